@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs every Debian package MoEKit's build, tests, benchmarks and recipes
+# need. Idempotent: does nothing (and prints nothing) when all are present.
+# Works as root or through sudo.  Usage: scripts/setup-deps.sh [--recipes]
+set -euo pipefail
+
+packages=(
+  cmake g++ make pkg-config
+  libtorch-dev libopenblas0-pthread libopenblas-pthread-dev
+  libgloo-dev
+  libsentencepiece-dev sentencepiece
+  libsndfile1-dev
+  libyaml-cpp-dev nlohmann-json3-dev libcli11-dev
+  libgtest-dev libgmock-dev libbenchmark-dev
+  python3-torch
+)
+if [[ "${1:-}" == "--recipes" ]]; then
+  packages+=(espeak-ng flite sox libsox-fmt-all gettext)
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+[[ ${#missing[@]} -eq 0 ]] && exit 0
+
+sudo_cmd=()
+if [[ $(id -u) -ne 0 ]]; then
+  command -v sudo >/dev/null || { echo "setup-deps: need root or sudo to install: ${missing[*]}" >&2; exit 1; }
+  sudo_cmd=(sudo)
+fi
+echo "setup-deps: installing ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+"${sudo_cmd[@]}" apt-get update -qq >/dev/null
+"${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

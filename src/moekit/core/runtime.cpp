@@ -1,0 +1,72 @@
+#include "moekit/core/runtime.h"
+
+#include <dlfcn.h>
+#include <torch/torch.h>
+
+#include <chrono>
+#include <climits>
+#include <cstdlib>
+#include <filesystem>
+
+namespace moekit {
+namespace {
+
+template <typename Fn>
+Fn find_symbol(const char* name) {
+  return reinterpret_cast<Fn>(::dlsym(RTLD_DEFAULT, name));
+}
+
+}  // namespace
+
+void set_num_threads(int threads) {
+  if (threads <= 0) return;
+  torch::set_num_threads(threads);
+  if (auto set_blas = find_symbol<void (*)(int)>("openblas_set_num_threads")) set_blas(threads);
+}
+
+int num_threads() { return torch::get_num_threads(); }
+
+BlasInfo blas_info() {
+  BlasInfo info;
+  void* sgemm = ::dlsym(RTLD_DEFAULT, "sgemm_");
+  Dl_info where{};
+  if (sgemm != nullptr && ::dladdr(sgemm, &where) != 0 && where.dli_fname != nullptr) {
+    std::error_code ec;
+    std::filesystem::path resolved = std::filesystem::canonical(where.dli_fname, ec);
+    info.library = ec ? where.dli_fname : resolved.string();
+  }
+  if (auto get_config = find_symbol<char* (*)()>("openblas_get_config")) {
+    info.name = "OpenBLAS";
+    info.config = get_config();
+    if (auto get_threads = find_symbol<int (*)()>("openblas_get_num_threads")) info.threads = get_threads();
+  } else if (find_symbol<void*>("mkl_get_max_threads") != nullptr) {
+    info.name = "MKL";
+  } else if (info.library.find("/blas/") != std::string::npos ||
+             info.library.find("libblas.so") != std::string::npos) {
+    info.name = "reference BLAS";
+    info.reference = true;
+  } else {
+    info.name = info.library.empty() ? "none found" : "unknown";
+  }
+  return info;
+}
+
+double gemm_gflops(int n, double seconds) {
+  torch::NoGradGuard no_grad;
+  torch::Tensor a = torch::randn({n, n});
+  torch::Tensor b = torch::randn({n, n});
+  torch::Tensor c = torch::empty({n, n});
+  torch::mm_out(c, a, b);  // warm-up
+  using clock = std::chrono::steady_clock;
+  const auto start = clock::now();
+  int64_t runs = 0;
+  double elapsed = 0.0;
+  do {
+    torch::mm_out(c, a, b);
+    ++runs;
+    elapsed = std::chrono::duration<double>(clock::now() - start).count();
+  } while (elapsed < seconds);
+  return 2.0 * n * n * static_cast<double>(n) * runs / elapsed / 1e9;
+}
+
+}  // namespace moekit

@@ -1,0 +1,27 @@
+#pragma once
+// Sort-based token dispatch: which rows each expert processes, in which order.
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <vector>
+
+namespace moekit {
+
+struct DispatchPlan {
+  torch::Tensor token_of_row;              // [M] int64: routed-token index of each grouped row
+  torch::Tensor slot_of_row;               // [M] int64: index into the flattened [N, k] gate weights
+  std::vector<int64_t> tokens_per_expert;  // [E] rows per expert (after capacity), sums to M
+  int64_t capacity = 0;                    // rows allowed per expert; 0 = dropless
+  int64_t dropped_assignments = 0;         // (token, expert) pairs over capacity
+  int64_t dropped_tokens = 0;              // tokens that lost all their k assignments
+};
+
+// Capacity GShard/Megatron style: ceil(capacity_factor * N * k / E); 0 when dropless.
+int64_t expert_capacity(int64_t num_tokens, int64_t top_k, int64_t num_experts, double capacity_factor);
+
+// expert_index: [N, k] int64. Rows are grouped by expert; inside an expert,
+// all first choices come before second choices, each in token order. With a
+// capacity, the assignments past it are dropped in that priority order (GShard).
+DispatchPlan make_dispatch_plan(const torch::Tensor& expert_index, int64_t num_experts, double capacity_factor);
+
+}  // namespace moekit

@@ -1,0 +1,61 @@
+#pragma once
+// The grouped expert FFN: MoEKit's hot kernel.
+//
+// Rows of `x` arrive sorted by expert: the first tokens_per_expert[0] rows go
+// to expert 0, the next tokens_per_expert[1] to expert 1, and so on. Each
+// expert e computes  y = act(x W1[e]^T + b1[e]) W2[e]^T + b2[e]  (SwiGLU:
+// silu(x W1^T) * (x W3^T)) on its own rows. Experts with no rows read none of
+// their weights, which is what makes an MoE cheap at inference.
+//
+// A custom autograd function: backward runs the same grouped GEMMs instead of
+// the autograd graph of E separate matmuls.
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "moekit/nn/activation.h"
+
+namespace moekit {
+
+// Stacked expert weights. b1, b2 and w3 may be undefined (no bias / not gated).
+struct ExpertWeights {
+  torch::Tensor w1;  // [E, H, D]
+  torch::Tensor b1;  // [E, H] or undefined
+  torch::Tensor w3;  // [E, H, D] (SwiGLU only) or undefined
+  torch::Tensor w2;  // [E, D, H]
+  torch::Tensor b2;  // [E, D] or undefined
+};
+
+enum class GroupedFfnKernel {
+  Auto,           // SmallRows for few rows per expert on CPU float32, PerExpertGemm otherwise
+  PerExpertGemm,  // one BLAS GEMM per expert (BLAS threads inside each GEMM)
+  SmallRows,      // CPU float32: threads over (expert, weight-row tile), weights streamed once
+};
+
+struct GroupedFfnOptions {
+  Activation activation = Activation::Swish;
+  GroupedFfnKernel kernel = GroupedFfnKernel::Auto;
+};
+
+// x: [M, D] (any float dtype, any device), tokens_per_expert: E counts summing
+// to M. Returns [M, D]. Differentiable w.r.t. x and every weight.
+torch::Tensor grouped_ffn(const torch::Tensor& x, const std::vector<int64_t>& tokens_per_expert,
+                          const ExpertWeights& weights, const GroupedFfnOptions& options);
+
+// The kernel Auto picks for these inputs (exposed for tests and benchmarks).
+GroupedFfnKernel resolve_grouped_ffn_kernel(const torch::Tensor& x,
+                                            const std::vector<int64_t>& tokens_per_expert,
+                                            GroupedFfnKernel requested);
+
+namespace detail {
+
+// CPU float32 small-rows forward of one linear map on a block of rows:
+// out[i, o] = dot(x[i, :], w[o, :]) (+ bias[o]) for i < rows, o in [o_begin, o_end).
+// x: [rows, in] with row stride ld_x; w: [out_features, in] contiguous;
+// out: row stride ld_out. bias may be null.
+void small_rows_linear(const float* x, int64_t rows, int64_t ld_x, int64_t in, const float* w,
+                       const float* bias, int64_t o_begin, int64_t o_end, float* out, int64_t ld_out);
+
+}  // namespace detail
+}  // namespace moekit

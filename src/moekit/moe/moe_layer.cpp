@@ -1,0 +1,184 @@
+#include "moekit/moe/moe_layer.h"
+
+#include <cmath>
+
+#include "moekit/core/check.h"
+#include "moekit/moe/dispatch.h"
+#include "moekit/moe/router.h"
+
+namespace moekit {
+
+ExpertsImpl::ExpertsImpl(int64_t num_experts, int64_t d_model, int64_t d_hidden, bool gated, bool bias) {
+  w1 = register_parameter("w1", torch::empty({num_experts, d_hidden, d_model}));
+  if (bias) b1 = register_parameter("b1", torch::empty({num_experts, d_hidden}));
+  if (gated) w3 = register_parameter("w3", torch::empty({num_experts, d_hidden, d_model}));
+  w2 = register_parameter("w2", torch::empty({num_experts, d_model, d_hidden}));
+  if (bias) b2 = register_parameter("b2", torch::empty({num_experts, d_model}));
+  reset_parameters();
+}
+
+void ExpertsImpl::reset_parameters() {
+  torch::NoGradGuard no_grad;
+  // torch.nn.Linear: weight and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+  const double bound_in = 1.0 / std::sqrt(static_cast<double>(w1.size(2)));
+  const double bound_hidden = 1.0 / std::sqrt(static_cast<double>(w2.size(2)));
+  w1.uniform_(-bound_in, bound_in);
+  if (w3.defined()) w3.uniform_(-bound_in, bound_in);
+  if (b1.defined()) b1.uniform_(-bound_in, bound_in);
+  w2.uniform_(-bound_hidden, bound_hidden);
+  if (b2.defined()) b2.uniform_(-bound_hidden, bound_hidden);
+}
+
+MoELayerImpl::MoELayerImpl(const MoEOptions& options) : options_(options) {
+  options_.validate();
+  gate = register_module(
+      "gate", torch::nn::Linear(torch::nn::LinearOptions(options_.d_model, options_.num_experts).bias(false)));
+  if (options_.routing == Routing::Task) {
+    task_embedding = register_parameter("task_embedding",
+                                        torch::randn({options_.num_tasks, options_.d_model}));
+  }
+  experts = register_module("experts", Experts(options_.num_experts, options_.d_model, options_.d_hidden,
+                                               is_gated(options_.activation), options_.expert_bias));
+}
+
+void MoELayerImpl::check_route(const torch::Tensor& x, const RouteInput& route) const {
+  MOEKIT_CHECK_ARG(x.dim() == 3 && x.size(2) == options_.d_model, "MoE input must be [B, T, d_model=",
+                   options_.d_model, "], got ", x.sizes());
+  if (route.mask.defined()) {
+    MOEKIT_CHECK_ARG(route.mask.dim() == 2 && route.mask.size(0) == x.size(0) && route.mask.size(1) == x.size(1),
+                     "MoE mask must be [B=", x.size(0), ", T=", x.size(1), "], got ", route.mask.sizes());
+    MOEKIT_CHECK_ARG(!route.mask.is_floating_point(), "MoE mask must be bool or integer, got ",
+                     route.mask.scalar_type());
+  }
+  if (options_.routing == Routing::Task) {
+    MOEKIT_CHECK_ARG(route.task.defined(), "MoE layer routes by task but no task ids were given");
+    MOEKIT_CHECK_ARG(route.task.dim() == 1 && route.task.size(0) == x.size(0) &&
+                         route.task.scalar_type() == torch::kInt64,
+                     "MoE task ids must be int64 [B=", x.size(0), "], got ", route.task.scalar_type(), " ",
+                     route.task.sizes());
+    if (route.task.numel() > 0) {
+      const int64_t lo = route.task.min().item<int64_t>(), hi = route.task.max().item<int64_t>();
+      MOEKIT_CHECK_ARG(lo >= 0 && hi < options_.num_tasks, "MoE task id ", lo < 0 ? lo : hi,
+                       " is outside [0, num_tasks=", options_.num_tasks, ")");
+    }
+  }
+}
+
+torch::Tensor MoELayerImpl::routed_logits(const torch::Tensor& x, const torch::Tensor& tokens,
+                                          const torch::Tensor& mask, const torch::Tensor& token_batch,
+                                          const RouteInput& route) {
+  const torch::Tensor gate_weight = gate->weight.to(torch::kFloat32);  // [E, D], router math in fp32
+  switch (options_.routing) {
+    case Routing::Token:
+      return torch::nn::functional::linear(tokens.to(torch::kFloat32), gate_weight);  // [N, E]
+    case Routing::Sentence: {
+      const torch::Tensor xf = x.to(torch::kFloat32);  // [B, T, D]
+      torch::Tensor mean;                               // [B, D]
+      if (mask.defined()) {
+        const torch::Tensor m = mask.to(torch::kFloat32).unsqueeze(-1);  // [B, T, 1]
+        mean = (xf * m).sum(1) / m.sum(1).clamp_min(1.0);
+      } else {
+        mean = xf.mean(1);
+      }
+      return torch::nn::functional::linear(mean, gate_weight).index_select(0, token_batch);  // [N, E]
+    }
+    case Routing::Task: {
+      const torch::Tensor task_input = task_embedding.to(torch::kFloat32).index_select(0, route.task);  // [B, D]
+      return torch::nn::functional::linear(task_input, gate_weight).index_select(0, token_batch);    // [N, E]
+    }
+  }
+  throw std::logic_error("unhandled routing");
+}
+
+torch::Tensor MoELayerImpl::router_logits(const torch::Tensor& input, const RouteInput& route) {
+  const torch::Tensor x = input.dim() == 2 ? input.unsqueeze(1) : input;  // [B, T, D]
+  check_route(x, route);
+  const int64_t batch = x.size(0), time = x.size(1);
+  const torch::Tensor mask = route.mask.defined() ? route.mask.to(torch::kBool) : torch::Tensor();
+  const torch::Tensor token_batch =
+      torch::arange(batch * time, torch::TensorOptions().dtype(torch::kInt64).device(x.device())).div(time, "floor");
+  return routed_logits(x, x.reshape({batch * time, options_.d_model}), mask, token_batch, route);
+}
+
+torch::Tensor MoELayerImpl::forward(const torch::Tensor& input, const RouteInput& route_in) {
+  RouteInput route = route_in;
+  if (input.dim() == 2 && route.mask.defined() && route.mask.dim() == 1) route.mask = route.mask.unsqueeze(1);
+  const torch::Tensor x = input.dim() == 2 ? input.unsqueeze(1) : input;  // [B, T, D]
+  check_route(x, route);
+  const int64_t batch = x.size(0), time = x.size(1), d_model = options_.d_model;
+  const auto index_options = torch::TensorOptions().dtype(torch::kInt64).device(x.device());
+  const torch::Tensor x_flat = x.reshape({batch * time, d_model});  // [B*T, D]
+
+  torch::Tensor mask, valid_index, tokens;  // tokens: [N, D] routed (non-padding) tokens
+  if (route.mask.defined()) {
+    mask = route.mask.to(torch::kBool);
+    valid_index = mask.reshape(-1).nonzero().squeeze(1);  // [N]
+    tokens = x_flat.index_select(0, valid_index);
+  } else {
+    tokens = x_flat;
+  }
+  const int64_t num_tokens = tokens.size(0);
+  stats_ = RouterStats{};
+  stats_.routed_tokens = num_tokens;
+  aux_loss_ = torch::Tensor();
+  if (num_tokens == 0) {
+    stats_.tokens_per_expert.assign(options_.num_experts, 0);
+    return torch::zeros_like(input);
+  }
+
+  torch::Tensor token_batch;  // [N] sequence of each routed token (sentence/task routing)
+  if (options_.routing != Routing::Token) {
+    token_batch = (valid_index.defined() ? valid_index : torch::arange(batch * time, index_options)).div(time, "floor");
+  }
+  const torch::Tensor logits = routed_logits(x, tokens, mask, token_batch, route);  // [N, E] fp32
+  const GateDecision decision = gate_top_k(logits, options_.top_k, options_.gating, options_.renormalize);
+
+  // Router losses.
+  const bool want_balance = options_.aux_loss_coef > 0.0 || is_training();
+  const bool want_z = options_.z_loss_coef > 0.0 || is_training();
+  if (want_balance) {
+    const torch::Tensor balance = load_balancing_loss(logits, decision.expert_index);
+    stats_.load_balancing_loss = balance.detach();
+    if (options_.aux_loss_coef > 0.0) aux_loss_ = balance * options_.aux_loss_coef;
+  }
+  if (want_z) {
+    const torch::Tensor z = router_z_loss(logits);
+    stats_.z_loss = z.detach();
+    if (options_.z_loss_coef > 0.0) {
+      aux_loss_ = aux_loss_.defined() ? aux_loss_ + z * options_.z_loss_coef : z * options_.z_loss_coef;
+    }
+  }
+
+  // Dispatch, run the experts, combine.
+  const DispatchPlan plan = make_dispatch_plan(decision.expert_index, options_.num_experts, options_.capacity_factor);
+  stats_.tokens_per_expert = plan.tokens_per_expert;
+  stats_.capacity = plan.capacity;
+  stats_.dropped_assignments = plan.dropped_assignments;
+  stats_.dropped_tokens = plan.dropped_tokens;
+
+  const torch::Tensor rows = tokens.index_select(0, plan.token_of_row);  // [M, D], grouped by expert
+  const torch::Tensor expert_out =
+      grouped_ffn(rows, plan.tokens_per_expert, experts->weights(), {options_.activation, kernel_});  // [M, D]
+  const torch::Tensor row_weight =
+      decision.expert_weight.reshape(-1).index_select(0, plan.slot_of_row).to(expert_out.scalar_type());  // [M]
+  const torch::Tensor combined = torch::zeros({num_tokens, d_model}, expert_out.options())
+                                     .index_add(0, plan.token_of_row, expert_out * row_weight.unsqueeze(1));  // [N, D]
+  if (!valid_index.defined()) return combined.reshape(input.sizes());
+  return torch::zeros({batch * time, d_model}, combined.options())
+      .index_copy(0, valid_index, combined)
+      .reshape(input.sizes());
+}
+
+torch::Tensor collect_moe_aux_loss(const torch::nn::Module& root) {
+  torch::Tensor total;
+  auto add = [&](const torch::nn::Module& module) {
+    if (const auto* moe = dynamic_cast<const MoELayerImpl*>(&module)) {
+      if (moe->aux_loss().defined()) total = total.defined() ? total + moe->aux_loss() : moe->aux_loss();
+    }
+  };
+  add(root);
+  for (const auto& child : root.modules(/*include_self=*/false)) add(*child);
+  return total;
+}
+
+}  // namespace moekit

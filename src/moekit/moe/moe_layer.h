@@ -1,0 +1,91 @@
+#pragma once
+// One MoE feed-forward layer for every model family.
+//
+//   y = moe(x [B, T, D], RouteInput{mask [B, T], task [B]})  ->  [B, T, D]
+//
+// Padding (mask == false) is never routed, never counted, and gets 0 output.
+// Parameters (checkpoint names):
+//   gate.weight      [E, D]   router, bias-free
+//   task_embedding   [num_tasks, D]   task routing only: the router's input per task
+//   experts.w1 [E, H, D], experts.b1 [E, H], experts.w3 [E, H, D] (SwiGLU),
+//   experts.w2 [E, D, H], experts.b2 [E, D]
+#include <torch/torch.h>
+
+#include <optional>
+
+#include "moekit/moe/grouped_ffn.h"
+#include "moekit/moe/options.h"
+
+namespace moekit {
+
+struct RouteInput {
+  torch::Tensor mask;  // [B, T] bool (or integer, nonzero = real token); undefined = no padding
+  torch::Tensor task;  // [B] int64 task ids in [0, num_tasks); required for task routing
+};
+
+// What the last forward did (copied out, so callers can keep it).
+struct RouterStats {
+  std::vector<int64_t> tokens_per_expert;  // [E] rows each expert processed (after capacity)
+  int64_t routed_tokens = 0;               // non-padding tokens routed
+  int64_t capacity = 0;                    // per-expert capacity, 0 = dropless
+  int64_t dropped_assignments = 0;         // (token, expert) pairs over capacity
+  int64_t dropped_tokens = 0;              // tokens that lost all k experts (MoE output 0)
+  // Unweighted losses, detached; defined in training mode or when their
+  // coefficient is nonzero.
+  torch::Tensor load_balancing_loss;       // Switch loss, 1.0 = uniform routing
+  torch::Tensor z_loss;                    // router z-loss
+};
+
+// Stacked expert weights of one MoE layer.
+class ExpertsImpl : public torch::nn::Module {
+ public:
+  ExpertsImpl(int64_t num_experts, int64_t d_model, int64_t d_hidden, bool gated, bool bias);
+  void reset_parameters();  // torch.nn.Linear's default init, per expert
+  ExpertWeights weights() const { return {w1, b1, w3, w2, b2}; }
+
+  torch::Tensor w1, b1, w3, w2, b2;  // see the file comment; b1/b2/w3 undefined when absent
+};
+TORCH_MODULE(Experts);
+
+class MoELayerImpl : public torch::nn::Module {
+ public:
+  explicit MoELayerImpl(const MoEOptions& options);
+
+  // x: [B, T, D] (or [N, D], treated as B = N sequences of one token).
+  torch::Tensor forward(const torch::Tensor& x, const RouteInput& route = {});
+
+  // Router logits [B*T, E] fp32 for every position (padding included); for
+  // inspection and extraction, not used by forward.
+  torch::Tensor router_logits(const torch::Tensor& x, const RouteInput& route = {});
+
+  const MoEOptions& options() const { return options_; }
+  const RouterStats& last_stats() const { return stats_; }
+  // Weighted aux_loss_coef * load-balancing + z_loss_coef * z-loss of the last
+  // forward, differentiable; undefined when both coefficients are 0.
+  const torch::Tensor& aux_loss() const { return aux_loss_; }
+  // Runtime (not stored) choice of grouped-FFN kernel; Auto by default.
+  void set_kernel(GroupedFfnKernel kernel) { kernel_ = kernel; }
+
+  torch::nn::Linear gate{nullptr};
+  torch::Tensor task_embedding;  // [num_tasks, D], task routing only
+  Experts experts{nullptr};
+
+ private:
+  // fp32 router logits for each routed token: [N, E].
+  torch::Tensor routed_logits(const torch::Tensor& x, const torch::Tensor& tokens,
+                              const torch::Tensor& mask, const torch::Tensor& token_batch,
+                              const RouteInput& route);
+  void check_route(const torch::Tensor& x, const RouteInput& route) const;
+
+  MoEOptions options_;
+  GroupedFfnKernel kernel_ = GroupedFfnKernel::Auto;
+  RouterStats stats_;
+  torch::Tensor aux_loss_;
+};
+TORCH_MODULE(MoELayer);
+
+// Sum of aux_loss() over every MoE layer in a module tree (undefined if none
+// has one): add it to the training loss.
+torch::Tensor collect_moe_aux_loss(const torch::nn::Module& root);
+
+}  // namespace moekit

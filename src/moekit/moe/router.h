@@ -1,0 +1,28 @@
+#pragma once
+// Gating (logits -> top-k experts and weights) and router losses. Pure
+// functions on fp32 tensors; the learned parts live in MoELayer.
+#include <torch/torch.h>
+
+#include "moekit/moe/options.h"
+
+namespace moekit {
+
+struct GateDecision {
+  torch::Tensor expert_index;   // [N, k] int64, experts in descending logit order
+  torch::Tensor expert_weight;  // [N, k] fp32 gate weights
+};
+
+// logits: [N, E] fp32. TopKSoftmax: softmax over the k largest logits.
+// SoftmaxTopK: the k largest entries of softmax over all E, divided by their
+// sum when `renormalize`.
+GateDecision gate_top_k(const torch::Tensor& logits, int64_t top_k, Gating gating, bool renormalize);
+
+// Switch Transformer load-balancing loss generalised to top-k (as Megatron-LM):
+//   E * sum_e f_e * P_e,  f_e = (assignments to e) / (N * k),  P_e = mean_n softmax(logits)_n,e
+// 1.0 when routing is perfectly uniform. logits [N, E] fp32, expert_index [N, k].
+torch::Tensor load_balancing_loss(const torch::Tensor& logits, const torch::Tensor& expert_index);
+
+// ST-MoE router z-loss: mean_n (logsumexp_e logits_n,e)^2.
+torch::Tensor router_z_loss(const torch::Tensor& logits);
+
+}  // namespace moekit
