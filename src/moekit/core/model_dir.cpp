@@ -1,0 +1,92 @@
+#include "moekit/core/model_dir.h"
+
+#include <sstream>
+
+#include "moekit/core/check.h"
+#include "moekit/core/config.h"
+#include "moekit/core/file_io.h"
+
+namespace moekit {
+
+void save_model_dir(const std::string& dir, YAML::Node config, const TensorMap& weights) {
+  MOEKIT_CHECK_ARG(config["model_type"].IsDefined(), "model config lacks 'model_type'");
+  config["format_version"] = kModelFormatVersion;
+  make_dirs(dir);
+  // Weights first: a directory whose config.yaml exists is complete.
+  write_safetensors(dir + "/" + kWeightsFile, weights,
+                    {{"format", "pt"}, {"moekit_format_version", std::to_string(kModelFormatVersion)}});
+  write_yaml_file(dir + "/" + kConfigFile, config);
+}
+
+YAML::Node read_model_config(const std::string& dir) {
+  MOEKIT_CHECK_ARG(is_directory(dir), "'", dir, "' is not a model directory (it does not exist or is a file)");
+  const std::string path = dir + "/" + kConfigFile;
+  MOEKIT_CHECK_ARG(path_exists(path), "'", dir, "' is not a model directory: it has no ", kConfigFile);
+  YAML::Node config = load_yaml_file(path);
+  MOEKIT_CHECK_ARG(config.IsMap(), path, ": expected a mapping at the top level");
+  const int version = yaml_get<int>(config, "format_version", path);
+  MOEKIT_CHECK_ARG(version >= 1 && version <= kModelFormatVersion, path, ": format_version ", version,
+                   " is not supported by this MoEKit (reads 1..", kModelFormatVersion, "); upgrade MoEKit");
+  yaml_get<std::string>(config, "model_type", path);
+  return config;
+}
+
+TensorMap read_model_weights(const std::string& dir) {
+  const std::string path = dir + "/" + kWeightsFile;
+  MOEKIT_CHECK_ARG(path_exists(path), "model directory '", dir, "' has no ", kWeightsFile);
+  return read_safetensors(path).tensors;
+}
+
+TensorMap module_state(const torch::nn::Module& module) {
+  TensorMap state;
+  for (const auto& item : module.named_parameters(/*recurse=*/true)) state[item.key()] = item.value();
+  for (const auto& item : module.named_buffers(/*recurse=*/true)) state[item.key()] = item.value();
+  return state;
+}
+
+namespace {
+
+std::string shape_string(torch::IntArrayRef shape) {
+  std::ostringstream out;
+  out << shape;
+  return out.str();
+}
+
+// Joins up to `limit` names, then "... (N more)".
+std::string name_list(const std::vector<std::string>& names, size_t limit = 6) {
+  std::string out;
+  for (size_t i = 0; i < names.size() && i < limit; ++i) out += (i ? ", " : "") + names[i];
+  if (names.size() > limit) out += str_cat(", ... (", names.size() - limit, " more)");
+  return out;
+}
+
+}  // namespace
+
+void load_module_state(torch::nn::Module& module, const TensorMap& weights, const std::string& source) {
+  TensorMap targets = module_state(module);
+  std::vector<std::string> missing, unexpected, mis_shaped;
+  for (const auto& [name, target] : targets) {
+    auto it = weights.find(name);
+    if (it == weights.end()) {
+      missing.push_back(name);
+    } else if (it->second.sizes() != target.sizes()) {
+      mis_shaped.push_back(str_cat(name, " ", shape_string(it->second.sizes()), " (model expects ",
+                                   shape_string(target.sizes()), ")"));
+    }
+  }
+  for (const auto& [name, value] : weights) {
+    if (targets.find(name) == targets.end()) unexpected.push_back(name);
+  }
+  if (!missing.empty() || !unexpected.empty() || !mis_shaped.empty()) {
+    std::string message = str_cat(source, ": weights do not match the model:");
+    if (!missing.empty()) message += str_cat(" missing ", missing.size(), " [", name_list(missing), "];");
+    if (!unexpected.empty()) message += str_cat(" unexpected ", unexpected.size(), " [", name_list(unexpected), "];");
+    if (!mis_shaped.empty()) message += str_cat(" mis-shaped ", mis_shaped.size(), " [", name_list(mis_shaped), "];");
+    message.pop_back();
+    throw std::invalid_argument(message);
+  }
+  torch::NoGradGuard no_grad;
+  for (auto& [name, target] : targets) target.copy_(weights.at(name));
+}
+
+}  // namespace moekit

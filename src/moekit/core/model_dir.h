@@ -1,0 +1,38 @@
+#pragma once
+// The model directory, MoEKit's one on-disk format:
+//   model_dir/config.yaml        format_version, model_type, architecture, ...
+//   model_dir/model.safetensors  weights named after the module tree
+//   model_dir/<assets>           units.txt, tokenizer.model, ...
+// Every file is written atomically.
+#include <torch/torch.h>
+#include <yaml-cpp/yaml.h>
+
+#include <string>
+
+#include "moekit/core/safetensors.h"
+
+namespace moekit {
+
+constexpr int kModelFormatVersion = 1;
+constexpr const char* kConfigFile = "config.yaml";
+constexpr const char* kWeightsFile = "model.safetensors";
+
+// Writes config.yaml (adding format_version) and model.safetensors.
+void save_model_dir(const std::string& dir, YAML::Node config, const TensorMap& weights);
+
+// Reads and checks config.yaml: exists, is a mapping, has model_type, and a
+// format_version this build can read. Errors name the file and field.
+YAML::Node read_model_config(const std::string& dir);
+
+// Reads model.safetensors of a model directory.
+TensorMap read_model_weights(const std::string& dir);
+
+// Parameters and buffers by their module-tree names.
+TensorMap module_state(const torch::nn::Module& module);
+
+// Copies `weights` into the module's parameters and buffers. Reports every
+// missing, unexpected and mis-shaped tensor by name in one error (naming
+// `source`); converts dtypes. Nothing is modified when anything mismatches.
+void load_module_state(torch::nn::Module& module, const TensorMap& weights, const std::string& source);
+
+}  // namespace moekit

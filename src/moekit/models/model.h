@@ -1,0 +1,41 @@
+#pragma once
+// The interface every model family implements, and the registry that builds
+// a model from its model directory by `model_type`.
+#include <torch/torch.h>
+#include <yaml-cpp/yaml.h>
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace moekit {
+
+class Model : public torch::nn::Module {
+ public:
+  // The registry key ("ffn_stack", later "asr", "seq2seq", "lm").
+  virtual std::string model_type() const = 0;
+  // Hyperparameters that rebuild this model (config.yaml's `architecture`).
+  virtual YAML::Node architecture() const = 0;
+};
+
+// Builds a model from `architecture`; `where` names the config for errors.
+using ModelFactory = std::function<std::shared_ptr<Model>(const YAML::Node& architecture, const std::string& where)>;
+
+std::vector<std::string> registered_model_types();
+std::shared_ptr<Model> create_model(const std::string& model_type, const YAML::Node& architecture,
+                                    const std::string& where);
+
+// Saves config.yaml + model.safetensors.
+void save_model(const std::string& dir, const Model& model);
+// Builds the model from config.yaml and loads its weights, with errors that
+// name every mismatching tensor.
+std::shared_ptr<Model> load_model(const std::string& dir);
+
+struct ParameterCount {
+  int64_t total = 0;   // every parameter
+  int64_t active = 0;  // parameters one token uses: only top_k of each MoE layer's experts
+};
+ParameterCount count_parameters(const torch::nn::Module& model);
+
+}  // namespace moekit
