@@ -1,0 +1,245 @@
+// `moekit bench moe`: the MoE layer against its yardsticks, interleaved in one
+// process so machine noise hits every variant alike.
+//   moekit    MoELayer (sort-based dispatch + grouped FFN)
+//   dense     a dense FFN with the same active FLOPs (hidden = k x H)
+//   loop      WeNet's MoEFFNLayer algorithm in LibTorch: for each expert,
+//             where(selected == e), run it, index_add back
+// With --stack-layers L it also times L MoE layers in sequence (weights far
+// larger than the last-level cache) and reports the fraction of the
+// memory-bandwidth bound: expert weight bytes touched / time / read bandwidth.
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <chrono>
+#include <iostream>
+#include <nlohmann/json.hpp>
+
+#include "commands.h"
+#include "moekit/core/check.h"
+#include "moekit/core/runtime.h"
+#include "moekit/moe/moe_layer.h"
+#include "moekit/nn/ffn.h"
+
+namespace moekit::cli {
+namespace {
+
+using json = nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+struct BenchMoeOptions {
+  int64_t d_model = 256;
+  std::vector<int64_t> hidden = {1024};
+  int64_t experts = 8;
+  int64_t top_k = 2;
+  std::vector<int64_t> tokens = {16, 256, 4096};
+  std::vector<int> threads = {1};
+  std::string activation = "swish";
+  bool backward = true;
+  int rounds = 7;
+  double sample_seconds = 0.05;
+  int64_t stack_layers = 0;
+  std::vector<std::string> variants = {"moekit", "dense", "loop"};
+};
+
+// WeNet's per-expert loop on the same stacked weights.
+torch::Tensor loop_moe(const MoELayerImpl& moe, const torch::Tensor& x) {
+  const MoEOptions& o = moe.options();
+  const torch::Tensor router = torch::nn::functional::linear(x, moe.gate->weight);  // [N, E]
+  auto [logits, selected] = router.topk(o.top_k, 1);                                 // [N, k]
+  const torch::Tensor weights = logits.softmax(1);
+  torch::Tensor out = torch::zeros_like(x);
+  const auto& ex = *moe.experts;
+  for (int64_t e = 0; e < o.num_experts; ++e) {
+    const auto where = torch::where(selected == e);  // token ids, slot ids
+    const torch::Tensor token_ids = where[0], slot_ids = where[1];
+    if (token_ids.numel() == 0) continue;
+    const torch::Tensor xe = x.index_select(0, token_ids);
+    const torch::Tensor h = torch::silu(torch::nn::functional::linear(xe, ex.w1[e], ex.b1[e]));
+    const torch::Tensor y = torch::nn::functional::linear(h, ex.w2[e], ex.b2[e]);
+    const torch::Tensor w = weights.index({token_ids, slot_ids}).unsqueeze(1);
+    out = out.index_add(0, token_ids, w * y);
+  }
+  return out;
+}
+
+// Seconds per call of fn, averaged over a sample of about `seconds`.
+double time_sample(const std::function<void()>& fn, double seconds) {
+  fn();
+  int64_t calls = 0;
+  const auto start = Clock::now();
+  double elapsed = 0.0;
+  do {
+    fn();
+    ++calls;
+    elapsed = std::chrono::duration<double>(Clock::now() - start).count();
+  } while (elapsed < seconds);
+  return elapsed / static_cast<double>(calls);
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+// Best of several full reads of a buffer 8x larger than any last-level cache.
+double read_bandwidth_bytes_per_s() {
+  torch::NoGradGuard no_grad;
+  const torch::Tensor buffer = torch::ones({64 * 1024 * 1024});  // 256 MiB
+  double best = 0.0;
+  for (int i = 0; i < 5; ++i) {
+    const auto start = Clock::now();
+    const double sum = buffer.sum().item<double>();
+    const double s = std::chrono::duration<double>(Clock::now() - start).count();
+    MOEKIT_CHECK(sum > 0, "bandwidth probe failed");
+    best = std::max(best, static_cast<double>(buffer.numel()) * 4.0 / s);
+  }
+  return best;
+}
+
+json bench_layer(const BenchMoeOptions& opt, int64_t hidden, int64_t tokens) {
+  MoEOptions mo;
+  mo.d_model = opt.d_model;
+  mo.d_hidden = hidden;
+  mo.num_experts = opt.experts;
+  mo.top_k = opt.top_k;
+  mo.activation = parse_activation(opt.activation);
+  torch::manual_seed(0);
+  MoELayer moe(mo);
+  FeedForward dense(FeedForwardOptions{opt.d_model, opt.top_k * hidden, mo.activation, true});
+  const torch::Tensor x = torch::randn({tokens, opt.d_model});
+  const torch::Tensor x_grad = x.clone().requires_grad_(true);
+  const torch::Tensor probe = torch::randn({tokens, opt.d_model});
+
+  std::map<std::string, std::function<torch::Tensor(const torch::Tensor&)>> forward = {
+      {"moekit", [&](const torch::Tensor& in) { return moe->forward(in); }},
+      {"dense", [&](const torch::Tensor& in) { return dense->forward(in); }},
+      {"loop", [&](const torch::Tensor& in) { return loop_moe(*moe, in); }},
+  };
+  auto clear_grads = [&] {
+    for (auto& p : moe->parameters()) p.mutable_grad() = torch::Tensor();
+    for (auto& p : dense->parameters()) p.mutable_grad() = torch::Tensor();
+    x_grad.mutable_grad() = torch::Tensor();
+  };
+  std::map<std::string, std::vector<double>> fwd, fwdbwd;
+  for (int r = 0; r < opt.rounds; ++r) {
+    for (const std::string& v : opt.variants) {
+      {
+        torch::NoGradGuard no_grad;
+        fwd[v].push_back(time_sample([&] { forward.at(v)(x); }, opt.sample_seconds));
+      }
+      if (opt.backward) {
+        fwdbwd[v].push_back(time_sample(
+            [&] {
+              clear_grads();
+              (forward.at(v)(x_grad) * probe).sum().backward();
+            },
+            opt.sample_seconds));
+      }
+    }
+  }
+  json result;
+  result["d_model"] = opt.d_model;
+  result["d_hidden"] = hidden;
+  result["experts"] = opt.experts;
+  result["top_k"] = opt.top_k;
+  result["tokens"] = tokens;
+  result["threads"] = num_threads();
+  for (const std::string& v : opt.variants) {
+    result["forward_ms"][v] = median(fwd[v]) * 1e3;
+    if (opt.backward) result["forward_backward_ms"][v] = median(fwdbwd[v]) * 1e3;
+  }
+  return result;
+}
+
+json bench_stack(const BenchMoeOptions& opt, int64_t hidden, int64_t tokens, double bandwidth) {
+  MoEOptions mo;
+  mo.d_model = opt.d_model;
+  mo.d_hidden = hidden;
+  mo.num_experts = opt.experts;
+  mo.top_k = opt.top_k;
+  mo.activation = parse_activation(opt.activation);
+  torch::manual_seed(1);
+  std::vector<MoELayer> layers;
+  for (int64_t i = 0; i < opt.stack_layers; ++i) layers.emplace_back(mo);
+  const torch::Tensor x = torch::randn({tokens, opt.d_model});
+  torch::NoGradGuard no_grad;
+  auto run = [&] {
+    for (auto& layer : layers) layer->forward(x);
+  };
+  std::vector<double> samples;
+  for (int r = 0; r < opt.rounds; ++r) samples.push_back(time_sample(run, opt.sample_seconds * 4));
+  // Bytes of expert weights each forward reads: every expert that got rows.
+  double bytes = 0.0;
+  const double expert_bytes = 4.0 * static_cast<double>(2 * hidden * opt.d_model + hidden + opt.d_model);
+  for (auto& layer : layers) {
+    for (int64_t n : layer->last_stats().tokens_per_expert) bytes += n > 0 ? expert_bytes : 0.0;
+  }
+  const double seconds = median(samples);
+  json j;
+  j["layers"] = opt.stack_layers;
+  j["tokens"] = tokens;
+  j["d_hidden"] = hidden;
+  j["threads"] = num_threads();
+  j["weight_bytes_touched"] = bytes;
+  j["ms_per_forward"] = seconds * 1e3;
+  j["achieved_gb_per_s"] = bytes / seconds / 1e9;
+  j["read_bandwidth_gb_per_s"] = bandwidth / 1e9;
+  j["fraction_of_bandwidth_bound"] = bytes / seconds / bandwidth;
+  return j;
+}
+
+}  // namespace
+
+void add_bench_command(CLI::App& app, const GlobalOptions& global) {
+  CLI::App* bench = app.add_subcommand("bench", "Benchmarks (JSON output)");
+  bench->require_subcommand(1);
+  auto opt = std::make_shared<BenchMoeOptions>();
+  CLI::App* cmd = bench->add_subcommand("moe", "MoE layer vs dense FFN (equal active FLOPs) vs a per-expert loop");
+  cmd->add_option("--d-model", opt->d_model, "Model width")->capture_default_str();
+  cmd->add_option("--hidden", opt->hidden, "Hidden width per expert (list)")->capture_default_str()->delimiter(',');
+  cmd->add_option("--experts", opt->experts, "Experts")->capture_default_str();
+  cmd->add_option("--top-k", opt->top_k, "Experts per token")->capture_default_str();
+  cmd->add_option("--tokens", opt->tokens, "Token counts (list)")->capture_default_str()->delimiter(',');
+  cmd->add_option("--bench-threads", opt->threads, "Thread counts to measure (list)")
+      ->capture_default_str()
+      ->delimiter(',');
+  cmd->add_option("--activation", opt->activation, "relu | gelu | swish | swiglu")->capture_default_str();
+  cmd->add_option("--rounds", opt->rounds, "Interleaved rounds; the median is reported")->capture_default_str();
+  cmd->add_option("--sample-seconds", opt->sample_seconds, "Seconds per timing sample")->capture_default_str();
+  cmd->add_option("--stack-layers", opt->stack_layers,
+                  "Also time this many MoE layers in sequence and report the bandwidth-bound fraction (0 = off)")
+      ->capture_default_str();
+  cmd->add_option("--variants", opt->variants, "Which of moekit,dense,loop to time")
+      ->capture_default_str()
+      ->delimiter(',');
+  bool forward_only = false;
+  cmd->add_flag("--forward-only", forward_only, "Skip forward+backward timings");
+  cmd->callback([opt, &global, &forward_only] {
+    opt->backward = !forward_only;
+    MOEKIT_CHECK_ARG(opt->rounds >= 1, "--rounds must be >= 1");
+    for (const auto& v : opt->variants) {
+      MOEKIT_CHECK_ARG(v == "moekit" || v == "dense" || v == "loop", "unknown --variants entry '", v, "'");
+    }
+    json out;
+    out["benchmark"] = "moe_layer";
+    out["blas"] = blas_info().name;
+    json layers = json::array(), stacks = json::array();
+    for (int threads : opt->threads) {
+      GlobalOptions g = global;
+      g.threads = threads;
+      apply_runtime(g);
+      const double bandwidth = opt->stack_layers > 0 ? read_bandwidth_bytes_per_s() : 0.0;
+      for (int64_t hidden : opt->hidden) {
+        for (int64_t tokens : opt->tokens) {
+          layers.push_back(bench_layer(*opt, hidden, tokens));
+          if (opt->stack_layers > 0) stacks.push_back(bench_stack(*opt, hidden, tokens, bandwidth));
+        }
+      }
+    }
+    out["layer"] = layers;
+    if (opt->stack_layers > 0) out["stack"] = stacks;
+    std::cout << out.dump(2) << std::endl;
+  });
+}
+
+}  // namespace moekit::cli

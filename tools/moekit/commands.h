@@ -1,0 +1,19 @@
+#pragma once
+// Subcommands of the `moekit` CLI. Each adds itself to the app; its callback
+// throws on error and main() turns that into a one-line message + exit code.
+#include <CLI/CLI.hpp>
+
+namespace moekit::cli {
+
+// Options every command shares (runtime settings, not model hyperparameters).
+struct GlobalOptions {
+  int threads = 0;  // 0 = all hardware threads
+};
+
+void add_info_command(CLI::App& app, const GlobalOptions& global);
+void add_bench_command(CLI::App& app, const GlobalOptions& global);
+
+// Applies --threads to LibTorch and the BLAS.
+void apply_runtime(const GlobalOptions& global);
+
+}  // namespace moekit::cli

@@ -1,0 +1,53 @@
+// moekit: the command-line front end. Only this file turns errors into exit
+// codes; library code throws.
+#include <c10/util/Exception.h>
+#include <torch/version.h>
+
+#include <iostream>
+#include <string>
+#include <thread>
+
+#include "commands.h"
+#include "moekit/core/runtime.h"
+#include "moekit/core/version.h"
+
+namespace moekit::cli {
+
+void apply_runtime(const GlobalOptions& global) {
+  const int threads = global.threads > 0 ? global.threads : static_cast<int>(std::thread::hardware_concurrency());
+  set_num_threads(std::max(threads, 1));
+}
+
+}  // namespace moekit::cli
+
+namespace {
+
+// First line only: errors are one line.
+std::string first_line(const std::string& text) { return text.substr(0, text.find('\n')); }
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  using namespace moekit::cli;
+  CLI::App app{"MoEKit: Mixture-of-Experts models - train, grow, upcycle, route, extract, decode, benchmark"};
+  app.set_version_flag("--version", std::string("moekit ") + MOEKIT_VERSION + " (LibTorch " + TORCH_VERSION + ")");
+  app.require_subcommand(1);
+  app.fallthrough();
+  GlobalOptions global;
+  app.add_option("--threads", global.threads, "Intra-op threads for LibTorch and the BLAS (0 = all cores)")
+      ->capture_default_str();
+  add_info_command(app, global);
+  add_bench_command(app, global);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  } catch (const c10::Error& e) {
+    std::cerr << "moekit: error: " << first_line(e.what_without_backtrace()) << "\n";
+    return 1;
+  } catch (const std::exception& e) {
+    std::cerr << "moekit: error: " << first_line(e.what()) << "\n";
+    return 1;
+  }
+  return 0;
+}
