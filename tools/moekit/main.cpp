@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "commands.h"
+#include "moekit/core/cpu_allocator.h"
 #include "moekit/core/runtime.h"
 #include "moekit/core/version.h"
 
@@ -29,6 +30,7 @@ std::string first_line(const std::string& text) { return text.substr(0, text.fin
 
 int main(int argc, char** argv) {
   using namespace moekit::cli;
+  moekit::install_caching_cpu_allocator();
   CLI::App app{"MoEKit: Mixture-of-Experts models - train, grow, upcycle, route, extract, decode, benchmark"};
   app.set_version_flag("--version", std::string("moekit ") + MOEKIT_VERSION + " (LibTorch " + TORCH_VERSION + ")");
   app.require_subcommand(1);

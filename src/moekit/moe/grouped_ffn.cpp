@@ -31,24 +31,6 @@ std::vector<int64_t> row_offsets(const std::vector<int64_t>& tokens_per_expert) 
   return offsets;
 }
 
-// Elementwise activation on a contiguous float block, in place into `a`.
-void activate_block(Activation activation, const float* h1, const float* h3, float* a, int64_t n) {
-  switch (activation) {
-    case Activation::Relu:
-      for (int64_t i = 0; i < n; ++i) a[i] = h1[i] > 0.f ? h1[i] : 0.f;
-      return;
-    case Activation::Gelu:
-      for (int64_t i = 0; i < n; ++i) a[i] = 0.5f * h1[i] * (1.f + std::erf(h1[i] * static_cast<float>(M_SQRT1_2)));
-      return;
-    case Activation::Swish:
-      for (int64_t i = 0; i < n; ++i) a[i] = h1[i] / (1.f + std::exp(-h1[i]));
-      return;
-    case Activation::SwiGLU:
-      for (int64_t i = 0; i < n; ++i) a[i] = h1[i] / (1.f + std::exp(-h1[i])) * h3[i];
-      return;
-  }
-}
-
 struct WorkItem {
   int64_t expert;
   int64_t begin;  // first weight row (output feature) of the tile
@@ -83,13 +65,11 @@ void small_rows_forward(const torch::Tensor& x, const std::vector<int64_t>& toke
   const float* b2 = w.b2.defined() ? w.b2.data_ptr<float>() : nullptr;
   float* h1_ptr = h1.data_ptr<float>();
   float* h3_ptr = gated ? h3.data_ptr<float>() : nullptr;
-  float* a_ptr = a.data_ptr<float>();
   float* y_ptr = y.data_ptr<float>();
 
-  // Phase 1: hidden = act(x W1^T + b1), tiles of hidden units in parallel.
+  // Phase 1: h1 = x W1^T + b1 (h3 = x W3^T), tiles of hidden units in parallel.
   const std::vector<WorkItem> hidden_items = tile_work(tokens_per_expert, d_hidden);
   at::parallel_for(0, static_cast<int64_t>(hidden_items.size()), 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> act_in;
     for (int64_t item = begin; item < end; ++item) {
       const WorkItem& it = hidden_items[item];
       const int64_t rows = tokens_per_expert[it.expert];
@@ -99,20 +79,15 @@ void small_rows_forward(const torch::Tensor& x, const std::vector<int64_t>& toke
       float* h1e = h1_ptr + row0 * d_hidden;
       detail::small_rows_linear(xe, rows, d_model, d_model, w1 + weight_offset,
                                 b1 ? b1 + it.expert * d_hidden : nullptr, it.begin, it.end, h1e, d_hidden);
-      float* h3e = nullptr;
       if (gated) {
-        h3e = h3_ptr + row0 * d_hidden;
-        detail::small_rows_linear(xe, rows, d_model, d_model, w3 + weight_offset, nullptr, it.begin,
-                                  it.end, h3e, d_hidden);
-      }
-      const int64_t width = it.end - it.begin;
-      for (int64_t r = 0; r < rows; ++r) {
-        const int64_t at = r * d_hidden + it.begin;
-        activate_block(activation, h1e + at, gated ? h3e + at : nullptr,
-                       a_ptr + row0 * d_hidden + at, width);
+        detail::small_rows_linear(xe, rows, d_model, d_model, w3 + weight_offset, nullptr, it.begin, it.end,
+                                  h3_ptr + row0 * d_hidden, d_hidden);
       }
     }
   });
+  // The activation over all rows at once: LibTorch's vectorized kernels.
+  a.copy_(apply_activation(activation, h1, h3));
+  const float* a_ptr = a.data_ptr<float>();
 
   // Phase 2: y = a W2^T + b2, tiles of output features in parallel.
   const std::vector<WorkItem> output_items = tile_work(tokens_per_expert, d_model);

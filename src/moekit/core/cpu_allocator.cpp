@@ -1,0 +1,127 @@
+#include "moekit/core/cpu_allocator.h"
+
+#include <c10/core/Allocator.h>
+#include <c10/core/CPUAllocator.h>
+#include <c10/core/impl/alloc_cpu.h>
+
+#include <cstdlib>
+#include <map>
+#include <mutex>
+#include <unordered_map>
+
+namespace moekit {
+namespace {
+
+constexpr size_t kMinCachedBytes = size_t{1} << 20;  // smaller blocks are malloc's business
+constexpr size_t kRoundBytes = size_t{1} << 20;
+
+class CachingCpuAllocator final : public c10::Allocator {
+ public:
+  c10::DataPtr allocate(size_t nbytes) const override {
+    if (nbytes < kMinCachedBytes) {
+      void* data = c10::alloc_cpu(nbytes);
+      return {data, data, &free_small, c10::Device(c10::DeviceType::CPU)};
+    }
+    const size_t rounded = (nbytes + kRoundBytes - 1) / kRoundBytes * kRoundBytes;
+    void* data = nullptr;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      auto it = free_blocks_.find(rounded);
+      if (it != free_blocks_.end()) {
+        data = it->second;
+        free_blocks_.erase(it);
+        cached_bytes_ -= rounded;
+        ++hits_;
+      } else {
+        ++misses_;
+      }
+    }
+    if (data == nullptr) data = c10::alloc_cpu(rounded);
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      live_sizes_[data] = rounded;
+    }
+    return {data, data, &free_large, c10::Device(c10::DeviceType::CPU)};
+  }
+
+  c10::DeleterFnPtr raw_deleter() const override { return &free_large_or_small; }
+
+  void release(void* data) {
+    size_t size = 0;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      auto it = live_sizes_.find(data);
+      if (it == live_sizes_.end()) {
+        c10::free_cpu(data);
+        return;
+      }
+      size = it->second;
+      live_sizes_.erase(it);
+      if (cached_bytes_ + size <= limit_) {
+        free_blocks_.emplace(size, data);
+        cached_bytes_ += size;
+        return;
+      }
+    }
+    c10::free_cpu(data);
+  }
+
+  void empty() {
+    std::multimap<size_t, void*> blocks;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      blocks.swap(free_blocks_);
+      cached_bytes_ = 0;
+    }
+    for (auto& [size, data] : blocks) c10::free_cpu(data);
+  }
+
+  CpuCacheStats stats() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return {static_cast<int64_t>(cached_bytes_), hits_, misses_};
+  }
+
+  void set_limit(size_t limit) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    limit_ = limit;
+  }
+
+  static CachingCpuAllocator& instance() {
+    static CachingCpuAllocator* allocator = new CachingCpuAllocator();  // never destroyed: tensors may outlive main
+    return *allocator;
+  }
+
+ private:
+  static void free_small(void* data) { c10::free_cpu(data); }
+  static void free_large(void* data) { instance().release(data); }
+  static void free_large_or_small(void* data) { instance().release(data); }
+
+  mutable std::mutex mutex_;
+  mutable std::multimap<size_t, void*> free_blocks_;
+  mutable std::unordered_map<void*, size_t> live_sizes_;
+  mutable size_t cached_bytes_ = 0;
+  mutable int64_t hits_ = 0, misses_ = 0;
+  size_t limit_ = size_t{4096} << 20;
+};
+
+}  // namespace
+
+void install_caching_cpu_allocator(size_t limit_bytes) {
+  static std::once_flag once;
+  CachingCpuAllocator& allocator = CachingCpuAllocator::instance();
+  if (limit_bytes == 0) {
+    limit_bytes = size_t{4096} << 20;
+    if (const char* env = std::getenv("MOEKIT_CPU_CACHE_MB")) {
+      const long mb = std::strtol(env, nullptr, 10);
+      if (mb >= 0) limit_bytes = static_cast<size_t>(mb) << 20;
+    }
+  }
+  allocator.set_limit(limit_bytes);
+  std::call_once(once, [&] { c10::SetCPUAllocator(&allocator, /*priority=*/10); });
+}
+
+void empty_cpu_cache() { CachingCpuAllocator::instance().empty(); }
+
+CpuCacheStats cpu_cache_stats() { return CachingCpuAllocator::instance().stats(); }
+
+}  // namespace moekit

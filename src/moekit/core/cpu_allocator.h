@@ -1,0 +1,31 @@
+#pragma once
+// A caching CPU allocator for LibTorch.
+//
+// LibTorch's default CPU allocator returns every large block to the OS, so the
+// next tensor of that size is mmap'ed again and page-faulted in, zeroed page by
+// page. On the machines MoEKit is measured on that costs ~10 us per 4 KiB page:
+// allocating a 32 MiB activation took longer than the GEMM that fills it (see
+// bench/README.md). This allocator keeps freed blocks of >= 1 MiB, keyed by
+// size rounded up to 1 MiB, and hands them out again, up to a cache limit.
+#include <cstddef>
+#include <cstdint>
+
+namespace moekit {
+
+struct CpuCacheStats {
+  int64_t cached_bytes = 0;  // held in the cache, free for reuse
+  int64_t hits = 0;          // allocations served from the cache
+  int64_t misses = 0;        // large allocations that went to the OS
+};
+
+// Installs the caching allocator as LibTorch's CPU allocator (idempotent).
+// limit_bytes bounds the memory held while unused; 0 keeps the default
+// (MOEKIT_CPU_CACHE_MB from the environment, else 4096 MiB).
+void install_caching_cpu_allocator(size_t limit_bytes = 0);
+
+// Frees every cached block.
+void empty_cpu_cache();
+
+CpuCacheStats cpu_cache_stats();
+
+}  // namespace moekit
