@@ -68,6 +68,7 @@ TEST(GroupedFfn, AutoPicksSmallRowsOnlyForFewRowsPerExpert) {
   const torch::Tensor few = torch::zeros({16, 8});
   const torch::Tensor many = torch::zeros({4096, 8});
   EXPECT_EQ(resolve_grouped_ffn_kernel(few, {4, 4, 4, 4}, GroupedFfnKernel::Auto), GroupedFfnKernel::SmallRows);
+  EXPECT_EQ(resolve_grouped_ffn_kernel(few, {16, 0, 0, 0}, GroupedFfnKernel::Auto), GroupedFfnKernel::SmallRows);
   EXPECT_EQ(resolve_grouped_ffn_kernel(many, {1024, 1024, 1024, 1024}, GroupedFfnKernel::Auto),
             GroupedFfnKernel::PerExpertGemm);
   EXPECT_EQ(resolve_grouped_ffn_kernel(few.to(torch::kFloat64), {4, 4, 4, 4}, GroupedFfnKernel::Auto),

@@ -105,6 +105,7 @@ json bench_layer(const BenchMoeOptions& opt, int64_t hidden, int64_t tokens) {
   mo.activation = parse_activation(opt.activation);
   torch::manual_seed(0);
   MoELayer moe(mo);
+  moe->eval();  // no router statistics losses: the peers compute none
   FeedForward dense(FeedForwardOptions{opt.d_model, opt.top_k * hidden, mo.activation, true});
   const torch::Tensor x = torch::randn({tokens, opt.d_model});
   const torch::Tensor x_grad = x.clone().requires_grad_(true);
@@ -160,7 +161,10 @@ json bench_stack(const BenchMoeOptions& opt, int64_t hidden, int64_t tokens, dou
   mo.activation = parse_activation(opt.activation);
   torch::manual_seed(1);
   std::vector<MoELayer> layers;
-  for (int64_t i = 0; i < opt.stack_layers; ++i) layers.emplace_back(mo);
+  for (int64_t i = 0; i < opt.stack_layers; ++i) {
+    layers.emplace_back(mo);
+    layers.back()->eval();
+  }
   const torch::Tensor x = torch::randn({tokens, opt.d_model});
   torch::NoGradGuard no_grad;
   auto run = [&] {

@@ -14,10 +14,13 @@ using torch::autograd::AutogradContext;
 using torch::autograd::Variable;
 using torch::autograd::variable_list;
 
-// Below this many rows per active expert, a BLAS GEMM is dominated by reading
-// the expert's weights and BLAS threading does not pay; the small-rows kernel
-// splits the weights over threads instead (see bench/README.md).
-constexpr int64_t kSmallRowsMaxAverage = 24;
+// Up to this many rows per active expert the small-rows kernel beats one BLAS
+// GEMM per expert (measured with OpenBLAS 0.3.21, D=256, H=1024; see
+// bench/README.md): single-threaded a GEMM wins from ~16 rows on, but
+// multi-threaded OpenBLAS splits small GEMMs so badly that splitting the
+// weights over threads stays ahead up to ~128 rows.
+constexpr int64_t kSmallRowsMaxAverageOneThread = 12;
+constexpr int64_t kSmallRowsMaxAverageThreaded = 128;
 // Weight rows per small-rows work item.
 constexpr int64_t kSmallRowsTile = 32;
 
@@ -86,7 +89,7 @@ void small_rows_forward(const torch::Tensor& x, const std::vector<int64_t>& toke
     }
   });
   // The activation over all rows at once: LibTorch's vectorized kernels.
-  a.copy_(apply_activation(activation, h1, h3));
+  a = apply_activation(activation, h1, h3);
   const float* a_ptr = a.data_ptr<float>();
 
   // Phase 2: y = a W2^T + b2, tiles of output features in parallel.
@@ -125,7 +128,7 @@ void per_expert_gemm_forward(const torch::Tensor& x, const std::vector<int64_t>&
     linear_into(h1.narrow(0, offsets[e], rows), xe, w.w1[e], w.b1.defined() ? w.b1[e] : torch::Tensor());
     if (gated) linear_into(h3.narrow(0, offsets[e], rows), xe, w.w3[e], torch::Tensor());
   }
-  a.copy_(apply_activation(activation, h1, h3));  // [M, H]
+  a = apply_activation(activation, h1, h3);  // [M, H]
   for (int64_t e = 0; e < num_experts; ++e) {
     const int64_t rows = tokens_per_expert[e];
     if (rows == 0) continue;
@@ -146,7 +149,7 @@ ForwardResult grouped_ffn_forward(const torch::Tensor& x, const std::vector<int6
   ForwardResult r;
   r.h1 = torch::empty({rows, d_hidden}, x.options());
   if (gated) r.h3 = torch::empty({rows, d_hidden}, x.options());
-  torch::Tensor a = torch::empty({rows, d_hidden}, x.options());
+  torch::Tensor a;  // [M, H] activations, made by the kernel
   r.y = torch::empty({rows, x.size(1)}, x.options());
   if (rows == 0) return r;
   if (resolve_grouped_ffn_kernel(x, tokens_per_expert, options.kernel) == GroupedFfnKernel::SmallRows) {
@@ -259,7 +262,8 @@ GroupedFfnKernel resolve_grouped_ffn_kernel(const torch::Tensor& x,
   const int64_t active = std::count_if(tokens_per_expert.begin(), tokens_per_expert.end(),
                                        [](int64_t n) { return n > 0; });
   if (active == 0) return GroupedFfnKernel::PerExpertGemm;
-  return x.size(0) <= kSmallRowsMaxAverage * active ? GroupedFfnKernel::SmallRows
+  const int64_t max_average = at::get_num_threads() > 1 ? kSmallRowsMaxAverageThreaded : kSmallRowsMaxAverageOneThread;
+  return x.size(0) <= max_average * active ? GroupedFfnKernel::SmallRows
                                                      : GroupedFfnKernel::PerExpertGemm;
 }
 

@@ -1,0 +1,26 @@
+# MoEKit: `make demo` runs the main job, `make test` the tests, `make bench`
+# the side-by-side benchmarks. Each installs its own Debian dependencies.
+BUILD ?= build
+JOBS ?= $(shell nproc)
+PYTHON ?= /usr/bin/python3
+
+.PHONY: deps build demo test bench clean
+
+deps:
+	@bash scripts/setup-deps.sh
+
+build: deps
+	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release > $(BUILD).cmake.log 2>&1 || (cat $(BUILD).cmake.log; exit 1)
+	@cmake --build $(BUILD) -j$(JOBS)
+
+demo: build
+	@bash scripts/demo.sh $(BUILD)
+
+test: build
+	@cd $(BUILD) && ctest --output-on-failure -j$(JOBS)
+
+bench: build
+	@$(PYTHON) bench/run_moe_bench.py --moekit $(BUILD)/moekit
+
+clean:
+	rm -rf $(BUILD) $(BUILD).cmake.log
