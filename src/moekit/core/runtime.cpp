@@ -26,6 +26,30 @@ void set_num_threads(int threads) {
 
 int num_threads() { return torch::get_num_threads(); }
 
+namespace {
+using SetThreadsFn = void (*)(int);
+using GetThreadsFn = int (*)();
+SetThreadsFn openblas_set_threads() {
+  static const SetThreadsFn fn = find_symbol<SetThreadsFn>("openblas_set_num_threads");
+  return fn;
+}
+GetThreadsFn openblas_get_threads() {
+  static const GetThreadsFn fn = find_symbol<GetThreadsFn>("openblas_get_num_threads");
+  return fn;
+}
+}  // namespace
+
+ScopedSingleThreadedBlas::ScopedSingleThreadedBlas() {
+  if (openblas_set_threads() != nullptr && openblas_get_threads() != nullptr) {
+    saved_threads_ = openblas_get_threads()();
+    if (saved_threads_ != 1) openblas_set_threads()(1);
+  }
+}
+
+ScopedSingleThreadedBlas::~ScopedSingleThreadedBlas() {
+  if (saved_threads_ > 1) openblas_set_threads()(saved_threads_);
+}
+
 BlasInfo blas_info() {
   BlasInfo info;
   void* sgemm = ::dlsym(RTLD_DEFAULT, "sgemm_");

@@ -12,6 +12,20 @@ void set_num_threads(int threads);
 // Threads LibTorch's intra-op pool uses.
 int num_threads();
 
+// While alive, OpenBLAS runs single-threaded (restored afterwards), so that
+// many threads can each run their own small GEMMs, as MoE experts want.
+// A no-op when the BLAS is not OpenBLAS.
+class ScopedSingleThreadedBlas {
+ public:
+  ScopedSingleThreadedBlas();
+  ~ScopedSingleThreadedBlas();
+  ScopedSingleThreadedBlas(const ScopedSingleThreadedBlas&) = delete;
+  ScopedSingleThreadedBlas& operator=(const ScopedSingleThreadedBlas&) = delete;
+
+ private:
+  int saved_threads_ = -1;
+};
+
 struct BlasInfo {
   std::string library;      // shared object that provides sgemm_ (resolved path)
   std::string name;         // "OpenBLAS", "reference BLAS", "MKL", ... or "unknown"

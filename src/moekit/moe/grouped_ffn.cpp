@@ -3,9 +3,11 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 #include <numeric>
 
 #include "moekit/core/check.h"
+#include "moekit/core/runtime.h"
 
 namespace moekit {
 namespace {
@@ -14,19 +16,64 @@ using torch::autograd::AutogradContext;
 using torch::autograd::Variable;
 using torch::autograd::variable_list;
 
-// Up to this many rows per active expert the small-rows kernel beats one BLAS
-// GEMM per expert (measured with OpenBLAS 0.3.21, D=256, H=1024; see
-// bench/README.md): single-threaded a GEMM wins from ~16 rows on, but
-// multi-threaded OpenBLAS splits small GEMMs so badly that splitting the
-// weights over threads stays ahead up to ~128 rows.
-constexpr int64_t kSmallRowsMaxAverageOneThread = 12;
-constexpr int64_t kSmallRowsMaxAverageThreaded = 128;
+// Up to this many rows per active expert the small-rows kernel beats BLAS
+// GEMMs (measured with OpenBLAS 0.3.21, D=256, H=1024; see bench/README.md).
+constexpr int64_t kSmallRowsMaxAverage = 24;
 // Weight rows per small-rows work item.
 constexpr int64_t kSmallRowsTile = 32;
 
 // mm/sum into a view (the out= overloads want an lvalue).
 void mm_into(torch::Tensor out, const torch::Tensor& a, const torch::Tensor& b) { torch::mm_out(out, a, b); }
 void sum_rows_into(torch::Tensor out, const torch::Tensor& a) { torch::sum_out(out, a, {0}); }
+
+// Runs fn(0..num_items-1) on LibTorch's intra-op threads, each thread taking
+// the next item when it finishes one (items come largest first, so this
+// balances experts with uneven row counts). BLAS calls inside run
+// single-threaded: the parallelism is across GEMMs, not within one.
+void for_each_item_dynamic(int64_t num_items, const std::function<void(int64_t)>& fn) {
+  const int64_t workers = std::min<int64_t>(at::get_num_threads(), num_items);
+  if (workers <= 1) {
+    for (int64_t i = 0; i < num_items; ++i) fn(i);
+    return;
+  }
+  ScopedSingleThreadedBlas single_threaded_blas;
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
+    // Grad mode is thread-local and worker threads start with it on; these
+    // GEMMs write into preallocated outputs and must not be recorded.
+    torch::NoGradGuard no_grad;
+    for (int64_t i = next++; i < num_items; i = next++) fn(i);
+  });
+}
+
+// Experts with rows, largest first.
+std::vector<int64_t> active_experts_by_size(const std::vector<int64_t>& tokens_per_expert) {
+  std::vector<int64_t> experts;
+  for (int64_t e = 0; e < static_cast<int64_t>(tokens_per_expert.size()); ++e) {
+    if (tokens_per_expert[e] > 0) experts.push_back(e);
+  }
+  std::stable_sort(experts.begin(), experts.end(),
+                   [&](int64_t a, int64_t b) { return tokens_per_expert[a] > tokens_per_expert[b]; });
+  return experts;
+}
+
+// Row blocks of at most kGemmRowBlock rows per expert, largest first: the
+// forward's units of parallel work.
+constexpr int64_t kGemmRowBlock = 256;
+struct RowBlock {
+  int64_t expert, begin, rows;  // begin: absolute row index
+};
+std::vector<RowBlock> row_blocks(const std::vector<int64_t>& tokens_per_expert, const std::vector<int64_t>& offsets) {
+  std::vector<RowBlock> blocks;
+  for (int64_t e : active_experts_by_size(tokens_per_expert)) {
+    const int64_t n = tokens_per_expert[e];
+    const int64_t pieces = (n + kGemmRowBlock - 1) / kGemmRowBlock;
+    const int64_t size = (n + pieces - 1) / pieces;
+    for (int64_t r = 0; r < n; r += size) blocks.push_back({e, offsets[e] + r, std::min(size, n - r)});
+  }
+  std::stable_sort(blocks.begin(), blocks.end(), [](const RowBlock& a, const RowBlock& b) { return a.rows > b.rows; });
+  return blocks;
+}
 
 std::vector<int64_t> row_offsets(const std::vector<int64_t>& tokens_per_expert) {
   std::vector<int64_t> offsets(tokens_per_expert.size() + 1, 0);
@@ -111,7 +158,6 @@ void per_expert_gemm_forward(const torch::Tensor& x, const std::vector<int64_t>&
                              const ExpertWeights& w, Activation activation, torch::Tensor& h1,
                              torch::Tensor& h3, torch::Tensor& a, torch::Tensor& y) {
   const std::vector<int64_t> offsets = row_offsets(tokens_per_expert);
-  const int64_t num_experts = static_cast<int64_t>(tokens_per_expert.size());
   const bool gated = is_gated(activation);
   auto linear_into = [](torch::Tensor out, const torch::Tensor& in, const torch::Tensor& weight,
                         const torch::Tensor& bias) {
@@ -121,20 +167,32 @@ void per_expert_gemm_forward(const torch::Tensor& x, const std::vector<int64_t>&
       torch::mm_out(out, in, weight.t());
     }
   };
-  for (int64_t e = 0; e < num_experts; ++e) {
-    const int64_t rows = tokens_per_expert[e];
-    if (rows == 0) continue;
-    const torch::Tensor xe = x.narrow(0, offsets[e], rows);  // [n_e, D]
-    linear_into(h1.narrow(0, offsets[e], rows), xe, w.w1[e], w.b1.defined() ? w.b1[e] : torch::Tensor());
-    if (gated) linear_into(h3.narrow(0, offsets[e], rows), xe, w.w3[e], torch::Tensor());
-  }
+  // On CPU with several threads: one single-threaded GEMM per row block, the
+  // blocks spread over threads. Elsewhere (one thread, CUDA): one GEMM per
+  // expert, the BLAS using the device.
+  const bool spread = x.device().is_cpu() && at::get_num_threads() > 1;
+  const std::vector<RowBlock> blocks =
+      spread ? row_blocks(tokens_per_expert, offsets) : std::vector<RowBlock>{};
+  auto for_each_block = [&](const std::function<void(int64_t expert, int64_t begin, int64_t rows)>& fn) {
+    if (spread) {
+      for_each_item_dynamic(static_cast<int64_t>(blocks.size()),
+                            [&](int64_t i) { fn(blocks[i].expert, blocks[i].begin, blocks[i].rows); });
+      return;
+    }
+    for (int64_t e = 0; e < static_cast<int64_t>(tokens_per_expert.size()); ++e) {
+      if (tokens_per_expert[e] > 0) fn(e, offsets[e], tokens_per_expert[e]);
+    }
+  };
+  for_each_block([&](int64_t e, int64_t begin, int64_t rows) {
+    const torch::Tensor xe = x.narrow(0, begin, rows);  // [n, D]
+    linear_into(h1.narrow(0, begin, rows), xe, w.w1[e], w.b1.defined() ? w.b1[e] : torch::Tensor());
+    if (gated) linear_into(h3.narrow(0, begin, rows), xe, w.w3[e], torch::Tensor());
+  });
   a = apply_activation(activation, h1, h3);  // [M, H]
-  for (int64_t e = 0; e < num_experts; ++e) {
-    const int64_t rows = tokens_per_expert[e];
-    if (rows == 0) continue;
-    linear_into(y.narrow(0, offsets[e], rows), a.narrow(0, offsets[e], rows), w.w2[e],
+  for_each_block([&](int64_t e, int64_t begin, int64_t rows) {
+    linear_into(y.narrow(0, begin, rows), a.narrow(0, begin, rows), w.w2[e],
                 w.b2.defined() ? w.b2[e] : torch::Tensor());
-  }
+  });
 }
 
 struct ForwardResult {
@@ -200,7 +258,6 @@ class GroupedFfnFunction : public torch::autograd::Function<GroupedFfnFunction> 
     const bool gated = is_gated(activation);
     const torch::Tensor grad_y = grad_outputs[0].contiguous();  // [M, D]
     const std::vector<int64_t> offsets = row_offsets(tokens_per_expert);
-    const int64_t num_experts = static_cast<int64_t>(tokens_per_expert.size());
 
     const bool need_x = ctx->needs_input_grad(0);
     const bool need_w1 = ctx->needs_input_grad(1), need_b1 = has_b1 && ctx->needs_input_grad(2);
@@ -216,19 +273,27 @@ class GroupedFfnFunction : public torch::autograd::Function<GroupedFfnFunction> 
 
     const torch::Tensor a = need_w2 ? apply_activation(activation, h1, h3) : torch::Tensor();  // [M, H]
     torch::Tensor grad_a = torch::empty_like(h1);                                              // [M, H]
-    for (int64_t e = 0; e < num_experts; ++e) {
+    // Experts are independent: on CPU with several threads each runs its
+    // GEMMs single-threaded on one thread.
+    const std::vector<int64_t> experts = active_experts_by_size(tokens_per_expert);
+    auto for_each_expert = [&](const std::function<void(int64_t)>& fn) {
+      if (x.device().is_cpu()) {
+        for_each_item_dynamic(static_cast<int64_t>(experts.size()), [&](int64_t i) { fn(experts[i]); });
+      } else {
+        for (int64_t e : experts) fn(e);
+      }
+    };
+    for_each_expert([&](int64_t e) {
       const int64_t rows = tokens_per_expert[e];
-      if (rows == 0) continue;
       const torch::Tensor dy = grad_y.narrow(0, offsets[e], rows);  // [n_e, D]
       if (need_w2) mm_into(grad_w2[e], dy.t(), a.narrow(0, offsets[e], rows));
       if (need_b2) sum_rows_into(grad_b2[e], dy);
       mm_into(grad_a.narrow(0, offsets[e], rows), dy, w2[e]);
-    }
+    });
     torch::Tensor grad_h1, grad_h3;
     activation_backward(activation, grad_a, h1, h3, &grad_h1, &grad_h3);
-    for (int64_t e = 0; e < num_experts; ++e) {
+    for_each_expert([&](int64_t e) {
       const int64_t rows = tokens_per_expert[e];
-      if (rows == 0) continue;
       const torch::Tensor xe = x.narrow(0, offsets[e], rows);
       const torch::Tensor dh1 = grad_h1.narrow(0, offsets[e], rows);  // [n_e, H]
       if (need_w1) mm_into(grad_w1[e], dh1.t(), xe);
@@ -240,7 +305,7 @@ class GroupedFfnFunction : public torch::autograd::Function<GroupedFfnFunction> 
         if (need_w3) mm_into(grad_w3[e], dh3.t(), xe);
         if (need_x) dx.addmm_(dh3, w3[e]);
       }
-    }
+    });
     return {grad_x, grad_w1, grad_b1, grad_w3, grad_w2, grad_b2, Variable(), Variable(), Variable()};
   }
 };
@@ -262,8 +327,7 @@ GroupedFfnKernel resolve_grouped_ffn_kernel(const torch::Tensor& x,
   const int64_t active = std::count_if(tokens_per_expert.begin(), tokens_per_expert.end(),
                                        [](int64_t n) { return n > 0; });
   if (active == 0) return GroupedFfnKernel::PerExpertGemm;
-  const int64_t max_average = at::get_num_threads() > 1 ? kSmallRowsMaxAverageThreaded : kSmallRowsMaxAverageOneThread;
-  return x.size(0) <= max_average * active ? GroupedFfnKernel::SmallRows
+  return x.size(0) <= kSmallRowsMaxAverage * active ? GroupedFfnKernel::SmallRows
                                                      : GroupedFfnKernel::PerExpertGemm;
 }
 
