@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include "moe_reference.h"
+#include "moekit/core/runtime.h"
 #include "moekit/moe/grouped_ffn.h"
 
 namespace moekit {
@@ -54,10 +55,14 @@ TEST(GroupedFfn, BothKernelsMatchAPerExpertLoop) {
         for (int64_t c : counts) rows += c;
         const torch::Tensor x = torch::randn({rows, D});
         const torch::Tensor expected = loop_reference(x, counts, w, act);
-        for (GroupedFfnKernel kernel : {GroupedFfnKernel::PerExpertGemm, GroupedFfnKernel::SmallRows}) {
-          const torch::Tensor y = grouped_ffn(x, counts, w, {act, kernel});
-          EXPECT_LE(max_abs_diff(y, expected), 1e-5)
-              << activation_name(act) << " kernel=" << static_cast<int>(kernel) << " bias=" << bias;
+        for (int threads : {1, 2}) {  // serial and thread-parallel paths
+          set_num_threads(threads);
+          for (GroupedFfnKernel kernel : {GroupedFfnKernel::PerExpertGemm, GroupedFfnKernel::SmallRows}) {
+            const torch::Tensor y = grouped_ffn(x, counts, w, {act, kernel});
+            EXPECT_LE(max_abs_diff(y, expected), 1e-5) << activation_name(act) << " kernel="
+                                                       << static_cast<int>(kernel) << " bias=" << bias
+                                                       << " threads=" << threads;
+          }
         }
       }
     }
@@ -77,9 +82,12 @@ TEST(GroupedFfn, AutoPicksSmallRowsOnlyForFewRowsPerExpert) {
                std::invalid_argument);
 }
 
-// Central differences in float64 on every input of the custom function.
+// Central differences in float64 on every input of the custom function, with
+// the serial and the thread-parallel backward.
 TEST(GroupedFfn, BackwardMatchesFiniteDifferences) {
+  for (int threads : {1, 2})
   for (Activation act : {Activation::Relu, Activation::Gelu, Activation::Swish, Activation::SwiGLU}) {
+    set_num_threads(threads);
     torch::manual_seed(21);
     const std::vector<int64_t> counts = {2, 0, 3};
     const int64_t D = 4, H = 5;
@@ -110,7 +118,7 @@ TEST(GroupedFfn, BackwardMatchesFiniteDifferences) {
       }
       // ReLU's kink makes finite differences unreliable right at zero; the
       // random inputs keep pre-activations well away from it.
-      EXPECT_LE(max_abs_diff(grads[i].view(-1), numeric), 1e-6) << activation_name(act) << " input " << i;
+      EXPECT_LE(max_abs_diff(grads[i].view(-1), numeric), 1e-6) << activation_name(act) << " input " << i << " threads " << threads;
     }
   }
 }
