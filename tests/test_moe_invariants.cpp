@@ -96,6 +96,24 @@ TEST(MoEInvariants, EveryRoutedTokenLandsExactlyKTimes) {
   }
 }
 
+TEST(MoEInvariants, CpuAndTensorOpDispatchAgree) {
+  torch::manual_seed(9);
+  for (double capacity_factor : {0.0, 0.5, 1.0, 1.5}) {
+    for (int64_t k = 1; k <= 3; ++k) {
+      const torch::Tensor logits = torch::randn({37, 6}) + torch::tensor({2.0, 0.0, 0.0, 0.0, 0.0, -1.0}).unsqueeze(0);
+      const torch::Tensor index = gate_top_k(logits, k, Gating::TopKSoftmax, false).expert_index;
+      const DispatchPlan cpu = make_dispatch_plan(index, 6, capacity_factor);
+      const DispatchPlan ops = detail::make_dispatch_plan_tensor_ops(index, 6, cpu.capacity);
+      EXPECT_TRUE(cpu.token_of_row.equal(ops.token_of_row)) << "cf=" << capacity_factor << " k=" << k;
+      EXPECT_TRUE(cpu.slot_of_row.equal(ops.slot_of_row));
+      EXPECT_EQ(cpu.tokens_per_expert, ops.tokens_per_expert);
+      EXPECT_EQ(cpu.dropped_assignments, ops.dropped_assignments);
+      EXPECT_EQ(cpu.dropped_tokens, ops.dropped_tokens);
+    }
+  }
+  EXPECT_THROW(make_dispatch_plan(torch::tensor({0, 7}, torch::kInt64).reshape({2, 1}), 4, 0.0), std::invalid_argument);
+}
+
 TEST(MoEInvariants, PaddingIsNeverRoutedNorCounted) {
   MoEOptions o = small_options(4, 2);
   torch::manual_seed(2);

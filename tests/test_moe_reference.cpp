@@ -96,20 +96,45 @@ class MoEReferenceTest
 
 TEST_P(MoEReferenceTest, OutputAndGradientsMatchNaiveLoop) {
   const auto [routing, gating_mode, top_k, num_experts, kernel] = GetParam();
-  if (top_k > num_experts) GTEST_SKIP() << "k > E";
   Case c{routing, gating_mode == 0 ? Gating::TopKSoftmax : Gating::SoftmaxTopK, gating_mode == 2, top_k,
          num_experts, kernel};
   check_against_reference(c, 17 * num_experts + 5 * top_k + gating_mode + 3 * static_cast<int>(routing));
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    AllModes, MoEReferenceTest,
-    ::testing::Combine(::testing::Values(Routing::Token, Routing::Sentence, Routing::Task),
-                       ::testing::Values(0, 1, 2),  // topk_softmax, softmax_topk, softmax_topk + renormalize
-                       ::testing::Values(1, 2, 3), ::testing::Values(1, 2, 5, 8, 16),
-                       ::testing::Values(GroupedFfnKernel::PerExpertGemm, GroupedFfnKernel::SmallRows)));
+// Every routing x gating x k = 1..3 x E in {1, 2, 5, 8, 16} with k <= E x kernel.
+std::vector<std::tuple<Routing, int, int64_t, int64_t, GroupedFfnKernel>> all_modes() {
+  std::vector<std::tuple<Routing, int, int64_t, int64_t, GroupedFfnKernel>> cases;
+  for (Routing routing : {Routing::Token, Routing::Sentence, Routing::Task}) {
+    for (int gating = 0; gating < 3; ++gating) {  // topk_softmax, softmax_topk, softmax_topk + renormalize
+      for (int64_t k = 1; k <= 3; ++k) {
+        for (int64_t experts : {1, 2, 5, 8, 16}) {
+          if (k > experts) continue;
+          for (GroupedFfnKernel kernel : {GroupedFfnKernel::PerExpertGemm, GroupedFfnKernel::SmallRows}) {
+            cases.emplace_back(routing, gating, k, experts, kernel);
+          }
+        }
+      }
+    }
+  }
+  return cases;
+}
+
+std::string mode_name(const ::testing::TestParamInfo<MoEReferenceTest::ParamType>& info) {
+  const auto [routing, gating, k, experts, kernel] = info.param;
+  static const char* gatings[] = {"TopkSoftmax", "SoftmaxTopk", "SoftmaxTopkRenorm"};
+  return routing_name(routing) + "_" + gatings[gating] + "_k" + std::to_string(k) + "_E" + std::to_string(experts) +
+         (kernel == GroupedFfnKernel::SmallRows ? "_SmallRows" : "_Gemm");
+}
+
+INSTANTIATE_TEST_SUITE_P(AllModes, MoEReferenceTest, ::testing::ValuesIn(all_modes()), mode_name);
 
 class MoECapacityReferenceTest : public ::testing::TestWithParam<std::tuple<Routing, double, int64_t, int64_t>> {};
+
+std::string capacity_name(const ::testing::TestParamInfo<MoECapacityReferenceTest::ParamType>& info) {
+  const auto [routing, cf, k, experts] = info.param;
+  return routing_name(routing) + "_cf" + std::to_string(static_cast<int>(cf * 100)) + "_k" + std::to_string(k) +
+         "_E" + std::to_string(experts);
+}
 
 TEST_P(MoECapacityReferenceTest, DropsExactlyWhatGShardDrops) {
   const auto [routing, capacity_factor, top_k, num_experts] = GetParam();
@@ -120,7 +145,8 @@ TEST_P(MoECapacityReferenceTest, DropsExactlyWhatGShardDrops) {
 INSTANTIATE_TEST_SUITE_P(Capacity, MoECapacityReferenceTest,
                          ::testing::Combine(::testing::Values(Routing::Token, Routing::Sentence, Routing::Task),
                                             ::testing::Values(0.5, 1.0, 1.25), ::testing::Values(1, 2),
-                                            ::testing::Values(4, 8)));
+                                            ::testing::Values(4, 8)),
+                         capacity_name);
 
 TEST(MoEReferenceDouble, Float64MatchesReference) {
   MoEOptions o;

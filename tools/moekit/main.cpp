@@ -42,8 +42,15 @@ int main(int argc, char** argv) {
   add_bench_command(app, global);
   try {
     app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
+  } catch (const CLI::CallForHelp& e) {
     return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::cerr << "moekit: error: " << first_line(e.what()) << " (see moekit --help)\n";
+    return e.get_exit_code() != 0 ? e.get_exit_code() : 2;
   } catch (const c10::Error& e) {
     std::cerr << "moekit: error: " << first_line(e.what_without_backtrace()) << "\n";
     return 1;

@@ -3,6 +3,7 @@
 #include <c10/core/Allocator.h>
 #include <c10/core/CPUAllocator.h>
 #include <c10/core/impl/alloc_cpu.h>
+#include <torch/version.h>
 
 #include <cstdlib>
 #include <map>
@@ -15,9 +16,24 @@ namespace {
 constexpr size_t kMinCachedBytes = size_t{1} << 20;  // smaller blocks are malloc's business
 constexpr size_t kRoundBytes = size_t{1} << 20;
 
+// LibTorch 2.3 made allocate() non-const and added copy_data().
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 3)
+#define MOEKIT_ALLOCATOR_CONST
+#define MOEKIT_ALLOCATOR_HAS_COPY_DATA 1
+#else
+#define MOEKIT_ALLOCATOR_CONST const
+#define MOEKIT_ALLOCATOR_HAS_COPY_DATA 0
+#endif
+
 class CachingCpuAllocator final : public c10::Allocator {
  public:
-  c10::DataPtr allocate(size_t nbytes) const override {
+#if MOEKIT_ALLOCATOR_HAS_COPY_DATA
+  void copy_data(void* dest, const void* src, std::size_t count) const override {
+    default_copy_data(dest, src, count);
+  }
+#endif
+
+  c10::DataPtr allocate(size_t nbytes) MOEKIT_ALLOCATOR_CONST override {
     if (nbytes < kMinCachedBytes) {
       void* data = c10::alloc_cpu(nbytes);
       return {data, data, &free_small, c10::Device(c10::DeviceType::CPU)};

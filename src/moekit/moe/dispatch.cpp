@@ -1,6 +1,8 @@
 #include "moekit/moe/dispatch.h"
 
+#include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "moekit/core/check.h"
 
@@ -12,13 +14,77 @@ int64_t expert_capacity(int64_t num_tokens, int64_t top_k, int64_t num_experts, 
   return std::max<int64_t>(1, static_cast<int64_t>(std::ceil(exact - 1e-9)));
 }
 
+namespace {
+
+// CPU: one counting-sort pass in plain loops. For decode-sized batches the
+// ~10 ATen ops of the tensor version cost more than the experts' math.
+DispatchPlan make_dispatch_plan_cpu(const torch::Tensor& expert_index, int64_t num_experts, int64_t capacity) {
+  const torch::Tensor index = expert_index.contiguous();
+  const int64_t num_tokens = index.size(0), top_k = index.size(1);
+  const int64_t* choice = index.data_ptr<int64_t>();  // [N, k]
+  DispatchPlan plan;
+  plan.capacity = capacity;
+  std::vector<int64_t> wanted(num_experts, 0);
+  for (int64_t i = 0; i < num_tokens * top_k; ++i) {
+    const int64_t e = choice[i];
+    MOEKIT_CHECK_ARG(e >= 0 && e < num_experts, "expert index ", e, " outside [0, ", num_experts, ")");
+    ++wanted[e];
+  }
+  plan.tokens_per_expert = wanted;
+  if (capacity > 0) {
+    for (int64_t& n : plan.tokens_per_expert) n = std::min(n, capacity);
+  }
+  std::vector<int64_t> fill(num_experts, 0);  // next free row of each expert
+  int64_t rows = 0;
+  for (int64_t e = 0; e < num_experts; ++e) {
+    fill[e] = rows;
+    rows += plan.tokens_per_expert[e];
+  }
+  const std::vector<int64_t> end_of = [&] {
+    std::vector<int64_t> end(num_experts);
+    for (int64_t e = 0; e < num_experts; ++e) end[e] = fill[e] + plan.tokens_per_expert[e];
+    return end;
+  }();
+  plan.token_of_row = torch::empty({rows}, index.options());
+  plan.slot_of_row = torch::empty({rows}, index.options());
+  int64_t* token_of_row = plan.token_of_row.data_ptr<int64_t>();
+  int64_t* slot_of_row = plan.slot_of_row.data_ptr<int64_t>();
+  std::vector<int64_t> kept_per_token(capacity > 0 ? num_tokens : 0, 0);
+  for (int64_t j = 0; j < top_k; ++j) {  // first choices before second choices
+    for (int64_t n = 0; n < num_tokens; ++n) {
+      const int64_t e = choice[n * top_k + j];
+      if (fill[e] == end_of[e]) {
+        ++plan.dropped_assignments;
+        continue;
+      }
+      const int64_t row = fill[e]++;
+      token_of_row[row] = n;
+      slot_of_row[row] = n * top_k + j;
+      if (capacity > 0) ++kept_per_token[n];
+    }
+  }
+  for (int64_t kept : kept_per_token) plan.dropped_tokens += kept == 0;
+  return plan;
+}
+
+}  // namespace
+
 DispatchPlan make_dispatch_plan(const torch::Tensor& expert_index, int64_t num_experts, double capacity_factor) {
   MOEKIT_CHECK_ARG(expert_index.dim() == 2 && expert_index.scalar_type() == torch::kInt64,
                    "expert_index must be int64 [tokens, k], got ", expert_index.scalar_type(), " ",
                    expert_index.sizes());
+  const int64_t capacity = expert_capacity(expert_index.size(0), expert_index.size(1), num_experts, capacity_factor);
+  if (expert_index.device().is_cpu()) return make_dispatch_plan_cpu(expert_index, num_experts, capacity);
+  return detail::make_dispatch_plan_tensor_ops(expert_index, num_experts, capacity);
+}
+
+namespace detail {
+
+// Device-agnostic version: ATen ops only (sort, bincount, ...), for GPUs.
+DispatchPlan make_dispatch_plan_tensor_ops(const torch::Tensor& expert_index, int64_t num_experts, int64_t capacity) {
   const int64_t num_tokens = expert_index.size(0), top_k = expert_index.size(1);
   DispatchPlan plan;
-  plan.capacity = expert_capacity(num_tokens, top_k, num_experts, capacity_factor);
+  plan.capacity = capacity;
   if (num_tokens == 0) {
     plan.token_of_row = torch::empty({0}, expert_index.options());
     plan.slot_of_row = torch::empty({0}, expert_index.options());
@@ -52,4 +118,5 @@ DispatchPlan make_dispatch_plan(const torch::Tensor& expert_index, int64_t num_e
   return plan;
 }
 
+}  // namespace detail
 }  // namespace moekit

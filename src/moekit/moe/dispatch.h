@@ -24,4 +24,10 @@ int64_t expert_capacity(int64_t num_tokens, int64_t top_k, int64_t num_experts, 
 // capacity, the assignments past it are dropped in that priority order (GShard).
 DispatchPlan make_dispatch_plan(const torch::Tensor& expert_index, int64_t num_experts, double capacity_factor);
 
+namespace detail {
+// The ATen-ops implementation (used for non-CPU tensors); same result as the
+// CPU loop. Exposed so tests can compare the two on CPU.
+DispatchPlan make_dispatch_plan_tensor_ops(const torch::Tensor& expert_index, int64_t num_experts, int64_t capacity);
+}  // namespace detail
+
 }  // namespace moekit
