@@ -1,112 +1,117 @@
 // Dot-product kernel for few rows against a weight matrix streamed once.
-// The body is compiled once per instruction set and picked at run time by CPU
-// feature (not model name, so AMD CPUs with AVX-512/AVX2 get the fast
-// versions too). Micro-kernels keep 4 to 8 independent accumulator chains so
-// FMA latency does not cap the read rate.
+//
+// For a block of R token rows and O weight rows, R x O vector accumulators run
+// over the input dimension, so each weight vector loaded feeds R FMAs and each
+// row vector O FMAs, and each weight row is read once per expert whatever
+// the row count. The body is compiled per instruction set (GCC vector
+// extensions: 16 lanes for AVX-512, 8 for AVX2, 4 otherwise) and picked at run
+// time by CPU feature, not model name, so AMD CPUs get the fast versions too.
 #include <cstdint>
+#include <cstring>
 
 #include "moekit/moe/grouped_ffn.h"
 
 namespace moekit::detail {
 namespace {
 
-// How many weight rows ahead to prefetch.
-constexpr int64_t kPrefetchRows = 16;
+// How many weight rows ahead to prefetch: the hardware prefetcher alone left
+// the kernel at a third of the read bandwidth.
+constexpr int64_t kPrefetchRows = 4;
 
-// Inlined into each ISA-specific wrapper below and compiled with its ISA.
-__attribute__((always_inline)) inline void small_rows_body(const float* x, int64_t rows, int64_t ld_x, int64_t in,
-                                                           const float* w, const float* bias, int64_t o_begin,
-                                                           int64_t o_end, float* out, int64_t ld_out) {
-  auto b = [bias](int64_t o) { return bias != nullptr ? bias[o] : 0.0f; };
-  int64_t i = 0;
-  // Four rows x two weight rows: 8 chains.
-  for (; i + 4 <= rows; i += 4) {
-    const float* x0 = x + (i + 0) * ld_x;
-    const float* x1 = x + (i + 1) * ld_x;
-    const float* x2 = x + (i + 2) * ld_x;
-    const float* x3 = x + (i + 3) * ld_x;
-    float* y = out + i * ld_out;
-    int64_t o = o_begin;
-    for (; o + 2 <= o_end; o += 2) {
-      const float* wa = w + o * in;
-      const float* wb = wa + in;
-      // Stay ahead of DRAM: the hardware prefetcher alone left us at a third
-      // of the read bandwidth.
-      for (int64_t p = 0; p < 2 * in; p += 16) __builtin_prefetch(wa + kPrefetchRows * in + p, 0, 0);
-      float a0 = 0.f, a1 = 0.f, a2 = 0.f, a3 = 0.f, b0 = 0.f, b1 = 0.f, b2 = 0.f, b3 = 0.f;
-#pragma omp simd reduction(+ : a0, a1, a2, a3, b0, b1, b2, b3)
-      for (int64_t k = 0; k < in; ++k) {
-        const float u = wa[k], v = wb[k];
-        a0 += x0[k] * u;
-        a1 += x1[k] * u;
-        a2 += x2[k] * u;
-        a3 += x3[k] * u;
-        b0 += x0[k] * v;
-        b1 += x1[k] * v;
-        b2 += x2[k] * v;
-        b3 += x3[k] * v;
-      }
-      y[0 * ld_out + o] = a0 + b(o), y[1 * ld_out + o] = a1 + b(o);
-      y[2 * ld_out + o] = a2 + b(o), y[3 * ld_out + o] = a3 + b(o);
-      y[0 * ld_out + o + 1] = b0 + b(o + 1), y[1 * ld_out + o + 1] = b1 + b(o + 1);
-      y[2 * ld_out + o + 1] = b2 + b(o + 1), y[3 * ld_out + o + 1] = b3 + b(o + 1);
-    }
-    for (; o < o_end; ++o) {
-      const float* wa = w + o * in;
-      float a0 = 0.f, a1 = 0.f, a2 = 0.f, a3 = 0.f;
-#pragma omp simd reduction(+ : a0, a1, a2, a3)
-      for (int64_t k = 0; k < in; ++k) {
-        a0 += x0[k] * wa[k];
-        a1 += x1[k] * wa[k];
-        a2 += x2[k] * wa[k];
-        a3 += x3[k] * wa[k];
-      }
-      y[0 * ld_out + o] = a0 + b(o), y[1 * ld_out + o] = a1 + b(o);
-      y[2 * ld_out + o] = a2 + b(o), y[3 * ld_out + o] = a3 + b(o);
+template <int Lanes>
+struct Vec {
+  typedef float type __attribute__((vector_size(Lanes * sizeof(float))));
+};
+
+template <int Lanes>
+__attribute__((always_inline)) inline typename Vec<Lanes>::type load(const float* p) {
+  typename Vec<Lanes>::type v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+template <int Lanes>
+__attribute__((always_inline)) inline float lane_sum(typename Vec<Lanes>::type v) {
+  float s = 0.f;
+  for (int l = 0; l < Lanes; ++l) s += v[l];
+  return s;
+}
+
+// out[i, o + j] = dot(x[i, :], w[o + j, :]) + bias[o + j] for i < R, j < O.
+template <int Lanes, int R, int O>
+__attribute__((always_inline)) inline void micro_kernel(const float* x, int64_t ld_x, int64_t in, const float* w,
+                                                        const float* bias, int64_t o, float* out, int64_t ld_out) {
+  using V = typename Vec<Lanes>::type;
+  V acc[R][O];
+  for (int i = 0; i < R; ++i)
+    for (int j = 0; j < O; ++j) acc[i][j] = V{};
+  const float* w_rows = w + o * in;
+  for (int64_t p = 0; p < O * in; p += 16) __builtin_prefetch(w_rows + kPrefetchRows * in + p, 0, 0);
+  int64_t k = 0;
+  for (; k + Lanes <= in; k += Lanes) {
+    V wv[O];
+    for (int j = 0; j < O; ++j) wv[j] = load<Lanes>(w_rows + j * in + k);
+    for (int i = 0; i < R; ++i) {
+      const V xv = load<Lanes>(x + i * ld_x + k);
+      for (int j = 0; j < O; ++j) acc[i][j] += xv * wv[j];
     }
   }
-  // Remaining rows one at a time x four weight rows: 4 chains.
-  for (; i < rows; ++i) {
-    const float* xi = x + i * ld_x;
-    float* y = out + i * ld_out;
-    int64_t o = o_begin;
-    for (; o + 4 <= o_end; o += 4) {
-      const float* w0 = w + o * in;
-      const float* w1 = w0 + in;
-      const float* w2 = w1 + in;
-      const float* w3 = w2 + in;
-      for (int64_t p = 0; p < 4 * in; p += 16) __builtin_prefetch(w0 + kPrefetchRows * in + p, 0, 0);
-      float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
-#pragma omp simd reduction(+ : s0, s1, s2, s3)
-      for (int64_t k = 0; k < in; ++k) {
-        s0 += xi[k] * w0[k];
-        s1 += xi[k] * w1[k];
-        s2 += xi[k] * w2[k];
-        s3 += xi[k] * w3[k];
-      }
-      y[o] = s0 + b(o), y[o + 1] = s1 + b(o + 1), y[o + 2] = s2 + b(o + 2), y[o + 3] = s3 + b(o + 3);
-    }
-    for (; o < o_end; ++o) {
-      const float* wo = w + o * in;
-      float s = 0.f;
-#pragma omp simd reduction(+ : s)
-      for (int64_t k = 0; k < in; ++k) s += xi[k] * wo[k];
-      y[o] = s + b(o);
+  for (int i = 0; i < R; ++i) {
+    for (int j = 0; j < O; ++j) {
+      float s = lane_sum<Lanes>(acc[i][j]);
+      for (int64_t t = k; t < in; ++t) s += x[i * ld_x + t] * w_rows[j * in + t];
+      out[i * ld_out + o + j] = s + (bias != nullptr ? bias[o + j] : 0.f);
     }
   }
 }
 
-#define MOEKIT_SMALL_ROWS_WRAPPER(name, attributes)                                                  \
-  attributes void name(const float* x, int64_t rows, int64_t ld_x, int64_t in, const float* w,         \
-                       const float* bias, int64_t o_begin, int64_t o_end, float* out, int64_t ld_out) { \
-    small_rows_body(x, rows, ld_x, in, w, bias, o_begin, o_end, out, ld_out);                          \
+// R rows against weight rows [o_begin, o_end), O at a time.
+template <int Lanes, int R, int O>
+__attribute__((always_inline)) inline void row_block(const float* x, int64_t ld_x, int64_t in, const float* w,
+                                                     const float* bias, int64_t o_begin, int64_t o_end, float* out,
+                                                     int64_t ld_out) {
+  int64_t o = o_begin;
+  for (; o + O <= o_end; o += O) micro_kernel<Lanes, R, O>(x, ld_x, in, w, bias, o, out, ld_out);
+  for (; o < o_end; ++o) micro_kernel<Lanes, R, 1>(x, ld_x, in, w, bias, o, out, ld_out);
+}
+
+// Accumulator shapes per vector width keep the registers from spilling
+// (AVX-512: 32 vector registers, AVX2 and SSE: 16).
+template <int Lanes>
+__attribute__((always_inline)) inline void small_rows_body(const float* x, int64_t rows, int64_t ld_x, int64_t in,
+                                                           const float* w, const float* bias, int64_t o_begin,
+                                                           int64_t o_end, float* out, int64_t ld_out) {
+  constexpr int kWide = Lanes == 16 ? 4 : 2;  // weight rows per block when 3-4 token rows share it
+  int64_t i = 0;
+  for (; i + 4 <= rows; i += 4) {
+    row_block<Lanes, 4, kWide>(x + i * ld_x, ld_x, in, w, bias, o_begin, o_end, out + i * ld_out, ld_out);
   }
+  const float* xr = x + i * ld_x;
+  float* yr = out + i * ld_out;
+  switch (rows - i) {
+    case 3: row_block<Lanes, 3, kWide>(xr, ld_x, in, w, bias, o_begin, o_end, yr, ld_out); break;
+    case 2: row_block<Lanes, 2, 4>(xr, ld_x, in, w, bias, o_begin, o_end, yr, ld_out); break;
+    case 1: row_block<Lanes, 1, 4>(xr, ld_x, in, w, bias, o_begin, o_end, yr, ld_out); break;
+    default: break;
+  }
+}
 
 #if defined(__x86_64__) && defined(__GNUC__)
-MOEKIT_SMALL_ROWS_WRAPPER(small_rows_avx512, __attribute__((target("avx512f,avx512vl,avx2,fma"))))
-MOEKIT_SMALL_ROWS_WRAPPER(small_rows_avx2, __attribute__((target("avx2,fma"))))
+__attribute__((target("avx512f,avx512vl,avx2,fma"))) void small_rows_avx512(
+    const float* x, int64_t rows, int64_t ld_x, int64_t in, const float* w, const float* bias, int64_t o_begin,
+    int64_t o_end, float* out, int64_t ld_out) {
+  small_rows_body<16>(x, rows, ld_x, in, w, bias, o_begin, o_end, out, ld_out);
+}
+__attribute__((target("avx2,fma"))) void small_rows_avx2(const float* x, int64_t rows, int64_t ld_x, int64_t in,
+                                                         const float* w, const float* bias, int64_t o_begin,
+                                                         int64_t o_end, float* out, int64_t ld_out) {
+  small_rows_body<8>(x, rows, ld_x, in, w, bias, o_begin, o_end, out, ld_out);
+}
 #endif
-MOEKIT_SMALL_ROWS_WRAPPER(small_rows_generic, )
+void small_rows_generic(const float* x, int64_t rows, int64_t ld_x, int64_t in, const float* w, const float* bias,
+                        int64_t o_begin, int64_t o_end, float* out, int64_t ld_out) {
+  small_rows_body<4>(x, rows, ld_x, in, w, bias, o_begin, o_end, out, ld_out);
+}
 
 using SmallRowsFn = void (*)(const float*, int64_t, int64_t, int64_t, const float*, const float*, int64_t, int64_t,
                              float*, int64_t);
