@@ -34,7 +34,7 @@ struct BenchMoeOptions {
   std::vector<int64_t> tokens = {16, 256, 4096};
   std::vector<int> threads = {1};
   std::string activation = "swish";
-  bool backward = true;
+  bool forward_only = false;
   int rounds = 7;
   double sample_seconds = 0.05;
   int64_t stack_layers = 0;
@@ -54,8 +54,9 @@ torch::Tensor loop_moe(const MoELayerImpl& moe, const torch::Tensor& x) {
     const torch::Tensor token_ids = where[0], slot_ids = where[1];
     if (token_ids.numel() == 0) continue;
     const torch::Tensor xe = x.index_select(0, token_ids);
-    const torch::Tensor h = torch::silu(torch::nn::functional::linear(xe, ex.w1[e], ex.b1[e]));
-    const torch::Tensor y = torch::nn::functional::linear(h, ex.w2[e], ex.b2[e]);
+    const torch::Tensor h1 = torch::nn::functional::linear(xe, ex.w1[e], ex.b1[e]);
+    const torch::Tensor h3 = ex.w3.defined() ? torch::nn::functional::linear(xe, ex.w3[e]) : torch::Tensor();
+    const torch::Tensor y = torch::nn::functional::linear(apply_activation(o.activation, h1, h3), ex.w2[e], ex.b2[e]);
     const torch::Tensor w = weights.index({token_ids, slot_ids}).unsqueeze(1);
     out = out.index_add(0, token_ids, w * y);
   }
@@ -96,13 +97,19 @@ double read_bandwidth_bytes_per_s() {
   return best;
 }
 
-json bench_layer(const BenchMoeOptions& opt, int64_t hidden, int64_t tokens) {
+MoEOptions layer_options(const BenchMoeOptions& opt, int64_t hidden) {
   MoEOptions mo;
   mo.d_model = opt.d_model;
   mo.d_hidden = hidden;
   mo.num_experts = opt.experts;
   mo.top_k = opt.top_k;
   mo.activation = parse_activation(opt.activation);
+  mo.validate();
+  return mo;
+}
+
+json bench_layer(const BenchMoeOptions& opt, int64_t hidden, int64_t tokens) {
+  const MoEOptions mo = layer_options(opt, hidden);
   torch::manual_seed(0);
   MoELayer moe(mo);
   moe->eval();  // no router statistics losses: the peers compute none
@@ -128,7 +135,7 @@ json bench_layer(const BenchMoeOptions& opt, int64_t hidden, int64_t tokens) {
         torch::NoGradGuard no_grad;
         fwd[v].push_back(time_sample([&] { forward.at(v)(x); }, opt.sample_seconds));
       }
-      if (opt.backward) {
+      if (!opt.forward_only) {
         fwdbwd[v].push_back(time_sample(
             [&] {
               clear_grads();
@@ -147,18 +154,13 @@ json bench_layer(const BenchMoeOptions& opt, int64_t hidden, int64_t tokens) {
   result["threads"] = num_threads();
   for (const std::string& v : opt.variants) {
     result["forward_ms"][v] = median(fwd[v]) * 1e3;
-    if (opt.backward) result["forward_backward_ms"][v] = median(fwdbwd[v]) * 1e3;
+    if (!opt.forward_only) result["forward_backward_ms"][v] = median(fwdbwd[v]) * 1e3;
   }
   return result;
 }
 
 json bench_stack(const BenchMoeOptions& opt, int64_t hidden, int64_t tokens, double bandwidth) {
-  MoEOptions mo;
-  mo.d_model = opt.d_model;
-  mo.d_hidden = hidden;
-  mo.num_experts = opt.experts;
-  mo.top_k = opt.top_k;
-  mo.activation = parse_activation(opt.activation);
+  const MoEOptions mo = layer_options(opt, hidden);
   torch::manual_seed(1);
   std::vector<MoELayer> layers;
   for (int64_t i = 0; i < opt.stack_layers; ++i) {
@@ -216,11 +218,13 @@ void add_bench_command(CLI::App& app, const GlobalOptions& global) {
   cmd->add_option("--variants", opt->variants, "Which of moekit,dense,loop to time")
       ->capture_default_str()
       ->delimiter(',');
-  bool forward_only = false;
-  cmd->add_flag("--forward-only", forward_only, "Skip forward+backward timings");
-  cmd->callback([opt, &global, &forward_only] {
-    opt->backward = !forward_only;
+  cmd->add_flag("--forward-only", opt->forward_only, "Skip forward+backward timings");
+  cmd->callback([opt, &global] {
     MOEKIT_CHECK_ARG(opt->rounds >= 1, "--rounds must be >= 1");
+    MOEKIT_CHECK_ARG(opt->stack_layers >= 0, "--stack-layers must be >= 0");
+    MOEKIT_CHECK_ARG(opt->sample_seconds > 0, "--sample-seconds must be > 0");
+    for (int64_t t : opt->tokens) MOEKIT_CHECK_ARG(t > 0, "--tokens entries must be positive, got ", t);
+    for (int t : opt->threads) MOEKIT_CHECK_ARG(t > 0, "--bench-threads entries must be positive, got ", t);
     for (const auto& v : opt->variants) {
       MOEKIT_CHECK_ARG(v == "moekit" || v == "dense" || v == "loop", "unknown --variants entry '", v, "'");
     }
