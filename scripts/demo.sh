@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The main job until a model family lands: show the system MoEKit runs on,
-# build a small MoE model directory and describe it, then benchmark the MoE
-# layer side by side with a dense FFN of equal active FLOPs and WeNet's
-# per-expert loop (LibTorch and PyTorch eager).
+# then benchmark the MoE layer side by side with a dense FFN of equal active
+# FLOPs and WeNet's per-expert loop (LibTorch and PyTorch eager), and a stack
+# of MoE layers against the machine's memory bandwidth.
 set -euo pipefail
 build=${1:-build}
 moekit="$build/moekit"
