@@ -9,7 +9,7 @@ packages=(
   libtorch-dev libopenblas0-pthread libopenblas-pthread-dev
   libgloo-dev
   libsentencepiece-dev sentencepiece
-  libsndfile1-dev
+  libsndfile1-dev libsoxr-dev
   libyaml-cpp-dev nlohmann-json3-dev libcli11-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   python3-torch

@@ -2,6 +2,7 @@
 
 #include "moekit/core/check.h"
 #include "moekit/core/model_dir.h"
+#include "moekit/models/asr/asr_model.h"
 #include "moekit/models/ffn_stack/ffn_stack.h"
 #include "moekit/models/model.h"
 #include "moekit/moe/moe_layer.h"
@@ -11,6 +12,10 @@ namespace {
 
 const std::map<std::string, ModelFactory>& factories() {
   static const std::map<std::string, ModelFactory> table = {
+      {"asr",
+       [](const YAML::Node& arch, const std::string& where) -> std::shared_ptr<Model> {
+         return std::make_shared<AsrModel>(AsrConfig::from_yaml(arch, where));
+       }},
       {"ffn_stack",
        [](const YAML::Node& arch, const std::string& where) -> std::shared_ptr<Model> {
          return std::make_shared<FfnStack>(FfnStackOptions::from_yaml(arch, where));

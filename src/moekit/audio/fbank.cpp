@@ -1,0 +1,105 @@
+#include "moekit/audio/fbank.h"
+
+#include <cmath>
+
+#include "moekit/core/check.h"
+#include "moekit/core/config.h"
+
+namespace moekit {
+
+namespace {
+int round_up_to_power_of_two(int n) {
+  int p = 1;
+  while (p < n) p <<= 1;
+  return p;
+}
+double mel_scale(double hz) { return 1127.0 * std::log(1.0 + hz / 700.0); }
+}  // namespace
+
+int FbankOptions::window_size() const { return static_cast<int>(sample_rate * frame_length_ms * 0.001); }
+int FbankOptions::window_shift() const { return static_cast<int>(sample_rate * frame_shift_ms * 0.001); }
+
+int64_t FbankOptions::num_frames(int64_t num_samples) const {
+  if (num_samples < window_size()) return 0;
+  return 1 + (num_samples - window_size()) / window_shift();
+}
+
+void FbankOptions::validate() const {
+  MOEKIT_CHECK_ARG(num_mel_bins >= 3, "fbank: num_mel_bins must be >= 3, got ", num_mel_bins);
+  MOEKIT_CHECK_ARG(sample_rate > 0, "fbank: sample_rate must be positive, got ", sample_rate);
+  MOEKIT_CHECK_ARG(window_size() >= 2 && window_shift() >= 1, "fbank: frame_length ", frame_length_ms,
+                   " ms / frame_shift ", frame_shift_ms, " ms give no usable window");
+  MOEKIT_CHECK_ARG(dither >= 0, "fbank: dither must be >= 0, got ", dither);
+  const double nyquist = 0.5 * sample_rate;
+  const double high = high_freq <= 0 ? high_freq + nyquist : high_freq;
+  MOEKIT_CHECK_ARG(low_freq >= 0 && low_freq < high && high <= nyquist, "fbank: bad frequency range [", low_freq,
+                   ", ", high, "] Hz at ", sample_rate, " Hz");
+}
+
+YAML::Node FbankOptions::to_yaml() const {
+  YAML::Node n;
+  n["num_mel_bins"] = num_mel_bins;
+  n["frame_length"] = frame_length_ms;
+  n["frame_shift"] = frame_shift_ms;
+  n["dither"] = dither;
+  n["sample_rate"] = sample_rate;
+  return n;
+}
+
+FbankOptions FbankOptions::from_yaml(const YAML::Node& node, const std::string& where) {
+  FbankOptions o;
+  o.num_mel_bins = yaml_get_or<int>(node, "num_mel_bins", o.num_mel_bins, where);
+  o.frame_length_ms = yaml_get_or<double>(node, "frame_length", o.frame_length_ms, where);
+  o.frame_shift_ms = yaml_get_or<double>(node, "frame_shift", o.frame_shift_ms, where);
+  o.dither = yaml_get_or<double>(node, "dither", o.dither, where);
+  o.sample_rate = yaml_get_or<int>(node, "sample_rate", o.sample_rate, where);
+  o.validate();
+  return o;
+}
+
+torch::Tensor mel_banks(const FbankOptions& o) {
+  // Same fp32 arithmetic as torchaudio.compliance.kaldi.get_mel_banks.
+  const int padded = round_up_to_power_of_two(o.window_size());
+  const double nyquist = 0.5 * o.sample_rate;
+  const double high = o.high_freq <= 0 ? o.high_freq + nyquist : o.high_freq;
+  const double fft_bin_width = static_cast<double>(o.sample_rate) / padded;
+  const double mel_low = mel_scale(o.low_freq), mel_high = mel_scale(high);
+  const double delta = (mel_high - mel_low) / (o.num_mel_bins + 1);
+  const torch::Tensor bin = torch::arange(o.num_mel_bins, torch::kLong).unsqueeze(1);
+  const torch::Tensor left = bin * delta + mel_low;
+  const torch::Tensor center = (bin + 1.0) * delta + mel_low;
+  const torch::Tensor right = (bin + 2.0) * delta + mel_low;
+  const torch::Tensor freqs = torch::arange(static_cast<double>(padded / 2), torch::kFloat) * fft_bin_width;
+  const torch::Tensor mel = ((freqs / 700.0 + 1.0).log() * 1127.0).unsqueeze(0);
+  const torch::Tensor up = (mel - left) / (center - left);
+  const torch::Tensor down = (right - mel) / (right - center);
+  const torch::Tensor banks = torch::max(torch::zeros(1), torch::min(up, down));
+  return torch::nn::functional::pad(banks, torch::nn::functional::PadFuncOptions({0, 1}));
+}
+
+torch::Tensor compute_fbank(const torch::Tensor& waveform, const FbankOptions& o,
+                            c10::optional<at::Generator> generator) {
+  o.validate();
+  MOEKIT_CHECK_ARG(waveform.dim() == 1, "fbank: waveform must be 1-D, got ", waveform.sizes());
+  const torch::Tensor wave = waveform.to(torch::kFloat).contiguous();
+  const int window = o.window_size(), shift = o.window_shift();
+  const int padded = round_up_to_power_of_two(window);
+  const int64_t frames = o.num_frames(wave.numel());
+  if (frames == 0) return torch::empty({0, o.num_mel_bins});
+  torch::Tensor x = wave.as_strided({frames, window}, {shift, 1});
+  if (o.dither > 0) x = x + torch::randn(x.sizes(), generator, x.options()) * o.dither;
+  x = x - x.mean(1, /*keepdim=*/true);
+  if (o.preemphasis != 0) {
+    const torch::Tensor previous = torch::cat({x.slice(1, 0, 1), x.slice(1, 0, window - 1)}, 1);
+    x = x - previous * o.preemphasis;
+  }
+  const torch::Tensor povey = torch::hann_window(window, /*periodic=*/false, torch::kFloat).pow(0.85);
+  x = x * povey.unsqueeze(0);
+  if (padded != window) x = torch::nn::functional::pad(x, torch::nn::functional::PadFuncOptions({0, padded - window}));
+  const torch::Tensor power = torch::fft::rfft(x).abs().pow(2.0);
+  const torch::Tensor mel = torch::mm(power, mel_banks(o).t());
+  const float eps = std::numeric_limits<float>::epsilon();
+  return torch::max(mel, torch::tensor(eps)).log();
+}
+
+}  // namespace moekit

@@ -1,0 +1,43 @@
+#pragma once
+// CTC decoding: greedy (best path) and prefix beam search, the algorithms of
+// WeNet's search.py, in double precision. The beam search is incremental
+// (feed frames as a stream produces them) and keeps WeNet's tie order.
+#include <torch/torch.h>
+
+#include <map>
+#include <vector>
+
+namespace moekit {
+
+struct Hypothesis {
+  std::vector<int64_t> tokens;
+  double score = 0.0;  // log-probability (CTC prefix score, or the rescoring score)
+};
+
+// log_probs [T, V]: argmax per frame, repeats merged, blanks removed.
+std::vector<int64_t> ctc_greedy_search(const torch::Tensor& log_probs, int64_t blank = 0);
+
+double log_add(double a, double b);
+
+class CtcPrefixBeamSearch {
+ public:
+  explicit CtcPrefixBeamSearch(int beam_size, int64_t blank = 0);
+  void advance(const torch::Tensor& log_probs);  // [t, V], more frames of the same utterance
+  // Best first; scores are log(P(prefix)) = logaddexp(blank-ending, non-blank-ending).
+  std::vector<Hypothesis> nbest() const;
+  void reset();
+
+ private:
+  struct PrefixScore {
+    double s = -std::numeric_limits<double>::infinity();   // ending in blank
+    double ns = -std::numeric_limits<double>::infinity();  // ending in a non-blank
+    double score() const { return log_add(s, ns); }
+  };
+  int beam_;
+  int64_t blank_;
+  std::vector<std::pair<std::vector<int64_t>, PrefixScore>> hyps_;
+};
+
+std::vector<Hypothesis> ctc_prefix_beam_search(const torch::Tensor& log_probs, int beam_size, int64_t blank = 0);
+
+}  // namespace moekit

@@ -1,0 +1,200 @@
+#include "moekit/decode/recognizer.h"
+
+#include "moekit/audio/audio_file.h"
+#include "moekit/audio/fbank.h"
+#include "moekit/core/check.h"
+
+namespace moekit {
+
+DecodeMode parse_decode_mode(const std::string& name) {
+  if (name == "ctc_greedy_search" || name == "ctc_greedy") return DecodeMode::CtcGreedy;
+  if (name == "ctc_prefix_beam_search" || name == "ctc_prefix_beam") return DecodeMode::CtcPrefixBeam;
+  if (name == "attention_rescoring") return DecodeMode::AttentionRescoring;
+  throw std::invalid_argument("unknown decoding mode '" + name +
+                              "' (ctc_greedy_search | ctc_prefix_beam_search | attention_rescoring)");
+}
+
+std::string decode_mode_name(DecodeMode mode) {
+  switch (mode) {
+    case DecodeMode::CtcGreedy: return "ctc_greedy_search";
+    case DecodeMode::CtcPrefixBeam: return "ctc_prefix_beam_search";
+    case DecodeMode::AttentionRescoring: return "attention_rescoring";
+  }
+  return "?";
+}
+
+Hypothesis attention_rescoring(AsrModel& model, const torch::Tensor& encoder_out,
+                               const std::vector<Hypothesis>& nbest, double ctc_weight, double reverse_weight) {
+  MOEKIT_CHECK_ARG(!nbest.empty(), "attention rescoring: no hypotheses");
+  std::vector<std::vector<int64_t>> hyps;
+  for (const auto& h : nbest) hyps.push_back(h.tokens);
+  auto [left, right] = model.decoder_log_probs(encoder_out, hyps);
+  const bool use_right = reverse_weight > 0 && right.defined();
+  left = left.to(torch::kDouble).contiguous();
+  if (use_right) right = right.to(torch::kDouble).contiguous();
+  const int64_t eos = model.config().eos_id();
+  Hypothesis best;
+  best.score = -std::numeric_limits<double>::infinity();
+  bool have_best = false;
+  for (size_t i = 0; i < nbest.size(); ++i) {
+    const auto& tokens = nbest[i].tokens;
+    const int64_t n = static_cast<int64_t>(tokens.size());
+    const torch::Tensor left_i = left[static_cast<int64_t>(i)];
+    auto l = left_i.accessor<double, 2>();
+    double score = 0.0;
+    for (int64_t j = 0; j < n; ++j) score += l[j][tokens[j]];
+    score += l[n][eos];
+    if (use_right) {
+      const torch::Tensor right_i = right[static_cast<int64_t>(i)];
+      auto r = right_i.accessor<double, 2>();
+      double r_score = 0.0;
+      for (int64_t j = 0; j < n; ++j) r_score += r[n - j - 1][tokens[j]];
+      r_score += r[n][eos];
+      score = score * (1 - reverse_weight) + r_score * reverse_weight;
+    }
+    score += nbest[i].score * ctc_weight;
+    if (!have_best || score > best.score) {
+      best = {tokens, score};
+      have_best = true;
+    }
+  }
+  return best;
+}
+
+torch::Tensor model_features(const AsrModel& model, const std::vector<float>& samples) {
+  FbankOptions fbank = model.config().fbank;
+  fbank.dither = 0.0;
+  torch::Tensor wave = torch::from_blob(const_cast<float*>(samples.data()), {static_cast<int64_t>(samples.size())},
+                                        torch::kFloat) * 32768.0;
+  return compute_fbank(wave, fbank);
+}
+
+Recognizer::Recognizer(std::shared_ptr<AsrModel> model, Units units, DecodeOptions options)
+    : model_(std::move(model)), units_(std::move(units)), options_(options) {
+  MOEKIT_CHECK_ARG(model_, "recognizer: no model");
+  MOEKIT_CHECK_ARG(options_.beam_size >= 1, "recognizer: beam size must be >= 1, got ", options_.beam_size);
+  MOEKIT_CHECK_ARG(options_.chunk_size != 0, "recognizer: chunk size 0 is the training setting; use -1 (full) or > 0");
+  MOEKIT_CHECK_ARG(options_.mode != DecodeMode::AttentionRescoring || model_->config().decoder.num_blocks > 0,
+                   "recognizer: attention_rescoring needs a model with an attention decoder");
+  MOEKIT_CHECK_ARG(units_.size() == 0 || units_.size() == model_->config().vocab_size, "recognizer: ", units_.size(),
+                   " units for a vocabulary of ", model_->config().vocab_size);
+  model_->eval();
+}
+
+double Recognizer::reverse_weight() const {
+  const double w = options_.reverse_weight >= 0 ? options_.reverse_weight : model_->config().reverse_weight;
+  return model_->decoder->has_right() ? w : 0.0;
+}
+
+Recognition Recognizer::search(const torch::Tensor& encoder_out) const {
+  torch::NoGradGuard no_grad;
+  const torch::Tensor log_probs = model_->ctc_log_probs(encoder_out)[0];
+  Recognition result;
+  if (options_.mode == DecodeMode::CtcGreedy) {
+    result.tokens = ctc_greedy_search(log_probs, model_->config().blank_id());
+  } else {
+    const std::vector<Hypothesis> nbest =
+        ctc_prefix_beam_search(log_probs, options_.beam_size, model_->config().blank_id());
+    Hypothesis best = options_.mode == DecodeMode::CtcPrefixBeam
+                          ? nbest.front()
+                          : attention_rescoring(*model_, encoder_out, nbest, options_.ctc_weight, reverse_weight());
+    result.tokens = best.tokens;
+    result.score = best.score;
+  }
+  if (units_.size() > 0) result.text = units_.to_text(result.tokens);
+  return result;
+}
+
+Recognition Recognizer::recognize_features(const torch::Tensor& feats) const {
+  torch::NoGradGuard no_grad;
+  MOEKIT_CHECK_ARG(feats.dim() == 2, "recognizer: features must be [T, F], got ", feats.sizes());
+  const int64_t needed = model_->encoder->right_context() + 1;
+  MOEKIT_CHECK_ARG(feats.size(0) >= needed, "audio too short: ", feats.size(0), " feature frames, the model needs ",
+                   needed, " (about ", (needed - 1) * 10 + 25, " ms)");
+  const torch::Tensor lens = torch::full({1}, feats.size(0), torch::kLong);
+  auto [encoder_out, mask] = model_->encoder->forward(feats.unsqueeze(0), lens, options_.chunk_size, options_.left_chunks);
+  return search(encoder_out);
+}
+
+Recognition Recognizer::recognize(const std::vector<float>& samples) const {
+  return recognize_features(model_features(*model_, samples));
+}
+
+Recognition Recognizer::recognize_file(const std::string& path) const {
+  const Audio audio = load_audio(path, model_->config().fbank.sample_rate);
+  try {
+    return recognize(audio.samples);
+  } catch (const std::invalid_argument& e) {
+    throw std::invalid_argument(path + ": " + e.what());
+  }
+}
+
+StreamingSession::StreamingSession(const Recognizer& recognizer)
+    : recognizer_(recognizer), beam_(recognizer.options().beam_size, recognizer.model().config().blank_id()) {
+  MOEKIT_CHECK_ARG(recognizer.options().chunk_size > 0, "streaming: chunk size must be > 0, got ",
+                   recognizer.options().chunk_size);
+  feats_ = torch::empty({0, recognizer.model().config().encoder.input_dim});
+}
+
+Recognition StreamingSession::accept_waveform(const float* samples, size_t count) {
+  MOEKIT_CHECK_ARG(!finished_, "streaming: session already finished");
+  torch::NoGradGuard no_grad;
+  samples_.insert(samples_.end(), samples, samples + count);
+  FbankOptions fbank = recognizer_.model().config().fbank;
+  fbank.dither = 0.0;
+  const int64_t frames = fbank.num_frames(static_cast<int64_t>(samples_.size()));
+  if (frames > 0) {
+    const int64_t used = frames * fbank.window_shift();
+    const int64_t span = (frames - 1) * fbank.window_shift() + fbank.window_size();
+    std::vector<float> head(samples_.begin(), samples_.begin() + span);
+    feats_ = torch::cat({feats_, model_features(recognizer_.model(), head)}, 0);
+    samples_.erase(samples_.begin(), samples_.begin() + used);
+    samples_consumed_ += used;
+  }
+  run_chunks(false);
+  return partial();
+}
+
+void StreamingSession::run_chunks(bool last) {
+  AsrModel& model = recognizer_.model();
+  const DecodeOptions& o = recognizer_.options();
+  const int64_t window = model.encoder->window_frames(o.chunk_size);
+  const int64_t stride = model.encoder->subsampling_rate() * o.chunk_size;
+  const int64_t context = model.encoder->right_context() + 1;
+  const int64_t cache_frames = o.left_chunks < 0 ? -1 : o.chunk_size * o.left_chunks;
+  while (feats_.size(0) >= window || (last && feats_.size(0) >= context)) {
+    const int64_t take = std::min(window, feats_.size(0));
+    const torch::Tensor out = model.encoder->forward_chunk(feats_.slice(0, 0, take).unsqueeze(0), cache_, cache_frames);
+    outputs_.push_back(out);
+    beam_.advance(model.ctc_log_probs(out)[0]);
+    feats_ = feats_.slice(0, std::min(stride, feats_.size(0)));
+    if (take < window) break;  // the last, partial window
+  }
+}
+
+torch::Tensor StreamingSession::encoder_out() const {
+  if (outputs_.empty()) return torch::empty({1, 0, recognizer_.model().config().encoder.output_size});
+  return torch::cat(outputs_, 1);
+}
+
+Recognition StreamingSession::partial() const {
+  Recognition r;
+  const auto nbest = beam_.nbest();
+  r.tokens = nbest.front().tokens;
+  r.score = nbest.front().score;
+  if (recognizer_.units().size() > 0) r.text = recognizer_.units().to_text(r.tokens);
+  return r;
+}
+
+Recognition StreamingSession::finish() {
+  MOEKIT_CHECK_ARG(!finished_, "streaming: session already finished");
+  torch::NoGradGuard no_grad;
+  run_chunks(true);
+  finished_ = true;
+  if (outputs_.empty()) return Recognition{};  // too short to produce a frame
+  const DecodeOptions& o = recognizer_.options();
+  if (o.mode == DecodeMode::CtcPrefixBeam) return partial();
+  return recognizer_.search(encoder_out());
+}
+
+}  // namespace moekit

@@ -1,0 +1,183 @@
+#include "moekit/models/asr/encoder.h"
+
+#include <cmath>
+
+#include "moekit/core/check.h"
+
+namespace moekit {
+
+torch::Tensor subsequent_chunk_mask(int64_t size, int64_t chunk_size, int64_t left_chunks) {
+  MOEKIT_CHECK_ARG(chunk_size > 0, "chunk mask: chunk_size must be positive, got ", chunk_size);
+  const torch::Tensor i = torch::arange(size, torch::kLong).unsqueeze(1);
+  const torch::Tensor j = torch::arange(size, torch::kLong).unsqueeze(0);
+  const torch::Tensor chunk = torch::div(i, chunk_size, "floor");
+  const torch::Tensor ending = torch::clamp_max((chunk + 1) * chunk_size, size);
+  torch::Tensor mask = j < ending;
+  if (left_chunks >= 0) mask = mask & (j >= torch::clamp_min((chunk - left_chunks) * chunk_size, 0));
+  return mask;
+}
+
+GlobalCmvnImpl::GlobalCmvnImpl(int64_t dim) {
+  mean = register_buffer("mean", torch::zeros({dim}));
+  istd = register_buffer("istd", torch::ones({dim}));
+}
+
+ConformerLayerImpl::ConformerLayerImpl(const ConformerEncoderConfig& c) : config_(c) {
+  namespace nn = torch::nn;
+  const int64_t d = c.output_size;
+  AttentionOptions att;
+  att.heads = c.attention_heads;
+  att.d_model = d;
+  att.dropout = c.attention_dropout_rate;
+  att.rel_pos = c.rel_pos;
+  self_attn = register_module("self_attn", MultiHeadedAttention(att));
+  feed_forward.create(*this, "feed_forward", d, c.ffn);
+  if (c.macaron_style) feed_forward_macaron.create(*this, "feed_forward_macaron", d, c.ffn);
+  if (c.use_cnn_module) {
+    ConvModuleOptions conv;
+    conv.channels = d;
+    conv.kernel_size = c.cnn_module_kernel;
+    conv.activation = c.ffn.activation;
+    conv.layer_norm = c.cnn_layer_norm;
+    conv.causal = c.causal;
+    conv_module = register_module("conv_module", ConvModule(conv));
+  }
+  auto norm = [&](const char* name) {
+    return register_module(name, nn::LayerNorm(nn::LayerNormOptions({d}).eps(c.norm_eps)));
+  };
+  norm_ff = norm("norm_ff");
+  norm_mha = norm("norm_mha");
+  if (c.macaron_style) norm_ff_macaron = norm("norm_ff_macaron");
+  if (c.use_cnn_module) {
+    norm_conv = norm("norm_conv");
+    norm_final = norm("norm_final");
+  }
+  dropout_ = register_module("dropout", nn::Dropout(c.dropout_rate));
+}
+
+torch::Tensor ConformerLayerImpl::sublayer(torch::nn::LayerNorm& norm, const torch::Tensor& x,
+                                           const std::function<torch::Tensor(const torch::Tensor&)>& body,
+                                           double scale) {
+  torch::Tensor y = config_.normalize_before ? norm->forward(x) : x;
+  y = dropout_->forward(body(y));
+  torch::Tensor out = scale == 1.0 ? x + y : x + y * scale;
+  return config_.normalize_before ? out : norm->forward(out);
+}
+
+torch::Tensor ConformerLayerImpl::forward(const torch::Tensor& input, const torch::Tensor& att_mask,
+                                          const torch::Tensor& pos_emb, const torch::Tensor& mask_pad,
+                                          ConformerLayerCache* cache) {
+  const double ff_scale = feed_forward_macaron.defined() ? 0.5 : 1.0;
+  torch::Tensor x = input;
+  if (feed_forward_macaron.defined())
+    x = sublayer(norm_ff_macaron, x, [&](const torch::Tensor& h) { return feed_forward_macaron.forward(h, mask_pad); },
+                 ff_scale);
+  x = sublayer(norm_mha, x,
+               [&](const torch::Tensor& h) {
+                 return self_attn->forward(h, h, h, att_mask, pos_emb, cache ? &cache->att : nullptr);
+               },
+               1.0);
+  if (conv_module)
+    x = sublayer(norm_conv, x,
+                 [&](const torch::Tensor& h) { return conv_module->forward(h, mask_pad, cache ? &cache->cnn : nullptr); },
+                 1.0);
+  x = sublayer(norm_ff, x, [&](const torch::Tensor& h) { return feed_forward.forward(h, mask_pad); }, ff_scale);
+  if (conv_module) x = norm_final->forward(x);
+  return x;
+}
+
+ConformerEncoderImpl::ConformerEncoderImpl(const ConformerEncoderConfig& c) : config_(c) {
+  namespace nn = torch::nn;
+  global_cmvn = register_module("global_cmvn", GlobalCmvn(c.input_dim));
+  embed = register_module("embed", Conv2dSubsampling(c.input_dim, c.output_size, c.subsampling_rate));
+  encoders = register_module("encoders", nn::ModuleList());
+  for (int64_t i = 0; i < c.num_blocks; ++i) encoders->push_back(ConformerLayer(c));
+  after_norm = register_module("after_norm", nn::LayerNorm(nn::LayerNormOptions({c.output_size}).eps(c.norm_eps)));
+  pos_dropout_ = register_module("pos_dropout", nn::Dropout(c.positional_dropout_rate));
+}
+
+std::pair<torch::Tensor, torch::Tensor> ConformerEncoderImpl::embed_input(const torch::Tensor& feats, int64_t offset) {
+  torch::Tensor x = embed->forward(global_cmvn->forward(feats));
+  const double xscale = std::sqrt(static_cast<double>(config_.output_size));
+  torch::Tensor pos = sinusoid_positions(offset, x.size(1), config_.output_size);
+  x = config_.rel_pos ? x * xscale : x * xscale + pos;
+  return {pos_dropout_->forward(x), pos_dropout_->forward(pos)};
+}
+
+std::pair<torch::Tensor, torch::Tensor> ConformerEncoderImpl::forward(const torch::Tensor& feats,
+                                                                      const torch::Tensor& lens, int64_t chunk_size,
+                                                                      int64_t left_chunks) {
+  MOEKIT_CHECK_ARG(feats.dim() == 3 && feats.size(2) == config_.input_dim, "encoder: features must be [B, T, ",
+                   config_.input_dim, "], got ", feats.sizes());
+  MOEKIT_CHECK_ARG(lens.dim() == 1 && lens.size(0) == feats.size(0), "encoder: lens must be [B]");
+  MOEKIT_CHECK_ARG(embed->output_length(feats.size(1)) > 0, "encoder: ", feats.size(1),
+                   " feature frames are too few for x", embed->rate(), " subsampling (need at least ",
+                   right_context() + 1, ")");
+  const torch::Tensor frames = torch::arange(feats.size(1), lens.options().dtype(torch::kLong)).unsqueeze(0);
+  torch::Tensor mask = embed->subsample_mask(frames < lens.to(torch::kLong).unsqueeze(1));  // [B, T']
+  auto [x, pos] = embed_input(feats, 0);
+  const int64_t t = x.size(1);
+  // WeNet's add_optional_chunk_mask.
+  torch::Tensor att_mask = mask.unsqueeze(1);  // [B, 1, T']
+  int64_t chunk = -1, left = -1;
+  if (config_.use_dynamic_chunk) {
+    if (chunk_size < 0) {
+      chunk = t;
+    } else if (chunk_size > 0) {
+      chunk = chunk_size;
+      left = left_chunks;
+    } else {
+      const int64_t max_chunk = 100 / embed->rate();
+      chunk = t > 1 ? torch::randint(1, t, {1}).item<int64_t>() : 1;
+      if (chunk > t / 2) {
+        chunk = t;
+      } else {
+        chunk = chunk % max_chunk + 1;
+        if (config_.use_dynamic_left_chunk) {
+          const int64_t max_left = (t - 1) / chunk;
+          left = max_left > 0 ? torch::randint(0, max_left, {1}).item<int64_t>() : 0;
+        }
+      }
+    }
+  } else if (config_.static_chunk_size > 0) {
+    chunk = config_.static_chunk_size;
+    left = left_chunks;
+  } else if (chunk_size > 0) {
+    // A model trained without chunks can still be run chunk-masked on request.
+    chunk = chunk_size;
+    left = left_chunks;
+  }
+  if (chunk > 0) att_mask = att_mask & subsequent_chunk_mask(t, chunk, left).unsqueeze(0);
+  for (const auto& layer : *encoders) x = layer->as<ConformerLayer>()->forward(x, att_mask, pos, mask);
+  if (config_.normalize_before) x = after_norm->forward(x);
+  return {x, mask};
+}
+
+torch::Tensor ConformerEncoderImpl::forward_chunk(const torch::Tensor& feats, EncoderStreamCache& cache,
+                                                  int64_t cache_frames) {
+  MOEKIT_CHECK_ARG(feats.dim() == 3 && feats.size(0) == 1 && feats.size(2) == config_.input_dim,
+                   "encoder chunk: features must be [1, T, ", config_.input_dim, "], got ", feats.sizes());
+  MOEKIT_CHECK_ARG(embed->output_length(feats.size(1)) > 0, "encoder chunk: ", feats.size(1),
+                   " frames are fewer than one output needs (", right_context() + 1, ")");
+  if (cache.layers.empty()) cache.layers.resize(encoders->size());
+  auto [x, unused] = embed_input(feats, cache.offset);
+  const int64_t chunk = x.size(1);
+  const int64_t cached = cache.layers[0].att.size();
+  const torch::Tensor pos = sinusoid_positions(cache.offset - cached, cached + chunk, config_.output_size);
+  const torch::Tensor no_mask;
+  for (size_t i = 0; i < encoders->size(); ++i) {
+    ConformerLayerCache& lc = cache.layers[i];
+    x = encoders[i]->as<ConformerLayer>()->forward(x, no_mask, pos, no_mask, &lc);
+    const int64_t total = lc.att.size();
+    const int64_t start = cache_frames < 0 ? 0 : std::max<int64_t>(total - cache_frames, 0);
+    if (start > 0) {
+      lc.att.k = lc.att.k.slice(2, start);
+      lc.att.v = lc.att.v.slice(2, start);
+    }
+  }
+  if (config_.normalize_before) x = after_norm->forward(x);
+  cache.offset += chunk;
+  return x;
+}
+
+}  // namespace moekit

@@ -1,0 +1,97 @@
+#include "moekit/nn/attention.h"
+
+#include <cmath>
+#include <mutex>
+
+#include "moekit/core/check.h"
+
+namespace moekit {
+
+MultiHeadedAttentionImpl::MultiHeadedAttentionImpl(const AttentionOptions& options) : options_(options) {
+  MOEKIT_CHECK_ARG(options.heads > 0 && options.d_model % options.heads == 0, "attention: d_model ",
+                   options.d_model, " is not divisible by heads ", options.heads);
+  d_k_ = options.d_model / options.heads;
+  const int64_t d = options.d_model;
+  linear_q = register_module("linear_q", torch::nn::Linear(d, d));
+  linear_k = register_module("linear_k", torch::nn::Linear(d, d));
+  linear_v = register_module("linear_v", torch::nn::Linear(d, d));
+  linear_out = register_module("linear_out", torch::nn::Linear(d, d));
+  if (options.rel_pos) {
+    linear_pos = register_module("linear_pos", torch::nn::Linear(torch::nn::LinearOptions(d, d).bias(false)));
+    pos_bias_u = register_parameter("pos_bias_u", torch::empty({options.heads, d_k_}));
+    pos_bias_v = register_parameter("pos_bias_v", torch::empty({options.heads, d_k_}));
+    torch::NoGradGuard no_grad;
+    torch::nn::init::xavier_uniform_(pos_bias_u);
+    torch::nn::init::xavier_uniform_(pos_bias_v);
+  }
+  dropout_ = register_module("dropout", torch::nn::Dropout(options.dropout));
+}
+
+torch::Tensor MultiHeadedAttentionImpl::split_heads(const torch::Tensor& x) const {
+  return x.view({x.size(0), x.size(1), options_.heads, d_k_}).transpose(1, 2);
+}
+
+torch::Tensor MultiHeadedAttentionImpl::forward(const torch::Tensor& query, const torch::Tensor& key,
+                                                const torch::Tensor& value, const torch::Tensor& mask,
+                                                const torch::Tensor& pos_emb, KvCache* cache) {
+  const int64_t batch = query.size(0), t1 = query.size(1);
+  torch::Tensor q = linear_q->forward(query).view({batch, t1, options_.heads, d_k_});  // [B, T1, H, d_k]
+  torch::Tensor k = split_heads(linear_k->forward(key));
+  torch::Tensor v = split_heads(linear_v->forward(value));
+  if (cache) {
+    if (cache->size() > 0) {
+      k = torch::cat({cache->k, k}, 2);
+      v = torch::cat({cache->v, v}, 2);
+    }
+    cache->k = k;
+    cache->v = v;
+  }
+  const double scale = 1.0 / std::sqrt(static_cast<double>(d_k_));
+  torch::Tensor scores;
+  if (options_.rel_pos) {
+    MOEKIT_CHECK_ARG(pos_emb.defined() && pos_emb.size(1) == k.size(2), "rel-pos attention: pos_emb covers ",
+                     pos_emb.defined() ? pos_emb.size(1) : 0, " positions, keys ", k.size(2));
+    torch::Tensor p = linear_pos->forward(pos_emb).view({pos_emb.size(0), -1, options_.heads, d_k_}).transpose(1, 2);
+    torch::Tensor q_u = (q + pos_bias_u).transpose(1, 2);
+    torch::Tensor q_v = (q + pos_bias_v).transpose(1, 2);
+    scores = (torch::matmul(q_u, k.transpose(-2, -1)) + torch::matmul(q_v, p.transpose(-2, -1))) * scale;
+  } else {
+    scores = torch::matmul(q.transpose(1, 2), k.transpose(-2, -1)) * scale;
+  }
+  torch::Tensor attn;
+  if (mask.defined() && mask.numel() > 0) {
+    const torch::Tensor blocked = mask.unsqueeze(1).logical_not();  // [B, 1, T1|1, T2]
+    attn = torch::softmax(scores.masked_fill(blocked, -std::numeric_limits<float>::infinity()), -1)
+               .masked_fill(blocked, 0.0);
+  } else {
+    attn = torch::softmax(scores, -1);
+  }
+  torch::Tensor x = torch::matmul(dropout_->forward(attn), v);  // [B, H, T1, d_k]
+  x = x.transpose(1, 2).contiguous().view({batch, t1, options_.d_model});
+  return linear_out->forward(x);
+}
+
+torch::Tensor sinusoid_positions(int64_t offset, int64_t length, int64_t d_model) {
+  MOEKIT_CHECK_ARG(offset >= 0 && length >= 0, "positions: offset ", offset, ", length ", length);
+  // One table per width, grown on demand (WeNet stops at 5000 positions).
+  static std::mutex mutex;
+  static std::map<int64_t, torch::Tensor> tables;
+  std::lock_guard<std::mutex> lock(mutex);
+  torch::Tensor& table = tables[d_model];
+  if (!table.defined() || table.size(0) < offset + length) {
+    const int64_t rows = std::max<int64_t>(5000, 2 * (offset + length));
+    torch::NoGradGuard no_grad;
+    torch::Tensor pe = torch::zeros({rows, d_model});
+    torch::Tensor position = torch::arange(0, rows, torch::kFloat).unsqueeze(1);
+    torch::Tensor div_term =
+        torch::exp(torch::arange(0, d_model, 2, torch::kFloat) * -(std::log(10000.0) / d_model));
+    pe.index_put_({torch::indexing::Slice(), torch::indexing::Slice(0, torch::indexing::None, 2)},
+                  torch::sin(position * div_term));
+    pe.index_put_({torch::indexing::Slice(), torch::indexing::Slice(1, torch::indexing::None, 2)},
+                  torch::cos(position * div_term));
+    table = pe;
+  }
+  return table.slice(0, offset, offset + length).unsqueeze(0);
+}
+
+}  // namespace moekit

@@ -1,0 +1,54 @@
+#pragma once
+// Multi-head attention as WeNet computes it: plain scaled dot-product
+// attention, and the relative-position form of the Conformer encoder
+// (Transformer-XL's u/v biases, positions projected by linear_pos; WeNet
+// drops the rel_shift, so the position term is q . P(key position)).
+// Module and parameter names follow WeNet (linear_q/k/v/out, linear_pos,
+// pos_bias_u/v) so checkpoints map one to one.
+#include <torch/torch.h>
+
+namespace moekit {
+
+// A streaming key/value cache: [B, H, t, d_k] each; undefined = empty.
+struct KvCache {
+  torch::Tensor k, v;
+  int64_t size() const { return k.defined() ? k.size(2) : 0; }
+};
+
+struct AttentionOptions {
+  int64_t heads = 4;
+  int64_t d_model = 256;
+  double dropout = 0.0;      // on the attention weights
+  bool rel_pos = false;      // Conformer relative-position attention
+};
+
+class MultiHeadedAttentionImpl : public torch::nn::Module {
+ public:
+  explicit MultiHeadedAttentionImpl(const AttentionOptions& options);
+
+  // query [B, T1, D], key/value [B, T2, D]; mask: bool [B, 1 or T1, T2 (+cache)]
+  // where true = may attend (undefined = attend everywhere); pos_emb
+  // [1, cache + T2, D] for rel_pos. With `cache`, keys and values are
+  // appended to it (and it is updated to hold them all).
+  torch::Tensor forward(const torch::Tensor& query, const torch::Tensor& key, const torch::Tensor& value,
+                        const torch::Tensor& mask, const torch::Tensor& pos_emb = {}, KvCache* cache = nullptr);
+
+  const AttentionOptions& options() const { return options_; }
+
+  torch::nn::Linear linear_q{nullptr}, linear_k{nullptr}, linear_v{nullptr}, linear_out{nullptr};
+  torch::nn::Linear linear_pos{nullptr};  // rel_pos only
+  torch::Tensor pos_bias_u, pos_bias_v;   // [H, d_k], rel_pos only
+
+ private:
+  torch::Tensor split_heads(const torch::Tensor& x) const;  // [B, T, D] -> [B, H, T, d_k]
+  AttentionOptions options_;
+  int64_t d_k_;
+  torch::nn::Dropout dropout_{nullptr};
+};
+TORCH_MODULE(MultiHeadedAttention);
+
+// Sinusoidal position table [1, length, d] starting at position `offset`,
+// computed as WeNet's PositionalEncoding does (fp32), with no length limit.
+torch::Tensor sinusoid_positions(int64_t offset, int64_t length, int64_t d_model);
+
+}  // namespace moekit

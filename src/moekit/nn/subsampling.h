@@ -1,0 +1,33 @@
+#pragma once
+// Conv2d front ends of WeNet (Conv2dSubsampling4/6/8): strided 3x3 (and 5x5
+// for x6) convolutions with ReLU, then a linear projection to d_model.
+// Names follow WeNet: conv.0/conv.2(/conv.4), then out.0 (x4) or linear (x6, x8).
+#include <torch/torch.h>
+
+namespace moekit {
+
+class Conv2dSubsamplingImpl : public torch::nn::Module {
+ public:
+  Conv2dSubsamplingImpl(int64_t input_dim, int64_t d_model, int64_t rate);
+
+  // x [B, T, F] -> [B, T', d_model] (not scaled, no positions).
+  torch::Tensor forward(const torch::Tensor& x);
+  // Output frames for T input frames (0 if too short).
+  int64_t output_length(int64_t frames) const;
+  // Subsampled padding mask: bool [B, T] -> [B, T'], as WeNet slices it.
+  torch::Tensor subsample_mask(const torch::Tensor& mask) const;
+
+  int64_t rate() const { return rate_; }
+  // Input frames beyond the first that one output frame needs (WeNet's right_context).
+  int64_t right_context() const { return rate_ == 4 ? 6 : rate_ == 6 ? 10 : 14; }
+
+  torch::nn::Sequential conv{nullptr};
+  torch::nn::Sequential out{nullptr};  // x4
+  torch::nn::Linear linear{nullptr};   // x6, x8
+
+ private:
+  int64_t rate_;
+};
+TORCH_MODULE(Conv2dSubsampling);
+
+}  // namespace moekit

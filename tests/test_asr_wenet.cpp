@@ -1,0 +1,173 @@
+// The imported WeNet U2++ MoE model against what WeNet computes for it
+// (fixture: $MOEKIT_FIXTURES/wenet_u2pp_moe, built with WeNet's own code).
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <cstdlib>
+
+#include "moekit/audio/audio_file.h"
+#include "moekit/audio/fbank.h"
+#include "moekit/core/file_io.h"
+#include "moekit/core/torch_checkpoint.h"
+#include "moekit/decode/recognizer.h"
+#include "moekit/models/asr/wenet_import.h"
+
+using namespace moekit;
+
+namespace {
+
+std::string fixture_dir() {
+  const char* root = std::getenv("MOEKIT_FIXTURES");
+  if (!root || !*root) return "";
+  return std::string(root) + "/wenet_u2pp_moe";
+}
+
+#define REQUIRE_FIXTURE()                                                                  \
+  const std::string dir = fixture_dir();                                                   \
+  if (dir.empty()) GTEST_SKIP() << "MOEKIT_FIXTURES is not set (the WeNet fixture lives there)"; \
+  if (!have_audio_files()) GTEST_SKIP() << "built without libsndfile/libsoxr"
+
+double max_diff(const torch::Tensor& a, const torch::Tensor& b) {
+  EXPECT_EQ(a.sizes(), b.sizes());
+  if (a.sizes() != b.sizes()) return 1e9;
+  return (a.to(torch::kDouble) - b.to(torch::kDouble)).abs().max().item<double>();
+}
+
+struct Fixture {
+  ImportedAsr imported;
+  TensorMap reference;
+  nlohmann::json decode;
+  torch::Tensor feats;  // MoEKit's fbank of input.wav
+};
+
+const Fixture& fixture(const std::string& dir) {
+  static Fixture f = [&] {
+    Fixture x;
+    x.imported = import_wenet(WenetFiles::from_dir(dir));
+    x.reference = read_torch_checkpoint(dir + "/reference.pt");
+    x.decode = nlohmann::json::parse(read_file(dir + "/reference_decode.json"));
+    const Audio audio = read_audio(dir + "/input.wav");
+    x.feats = model_features(*x.imported.model, audio.samples);
+    return x;
+  }();
+  return f;
+}
+
+std::vector<int64_t> json_tokens(const nlohmann::json& j, const char* mode) {
+  return j.at("tokens").at(mode).at(0).get<std::vector<int64_t>>();
+}
+
+}  // namespace
+
+TEST(WenetFixture, CheckpointReaderReadsTheStateDict) {
+  REQUIRE_FIXTURE();
+  const TensorMap sd = read_torch_checkpoint(dir + "/final.pt");
+  ASSERT_TRUE(sd.count("encoder.embed.conv.0.weight"));
+  EXPECT_EQ(sd.at("encoder.embed.conv.0.weight").sizes(), torch::IntArrayRef({64, 1, 3, 3}));
+  EXPECT_EQ(sd.at("encoder.encoders.1.feed_forward.experts.3.w_2.bias").sizes(), torch::IntArrayRef({64}));
+  int64_t parameters = 0;
+  for (const auto& [name, t] : sd)
+    if (name.size() < 3 || name.compare(name.size() - 3, 3, ".pe") != 0) parameters += t.numel();
+  // WeNet counts parameters only (no pe buffers, no CMVN buffers).
+  EXPECT_EQ(parameters - 160, fixture(dir).decode.at("num_params").get<int64_t>());
+}
+
+TEST(WenetFixture, FbankMatchesTorchaudio) {
+  REQUIRE_FIXTURE();
+  const Fixture& f = fixture(dir);
+  EXPECT_LE(max_diff(f.feats, f.reference.at("fbank")), 1e-4);
+}
+
+TEST(WenetFixture, FullContextEncoderAndCtc) {
+  REQUIRE_FIXTURE();
+  const Fixture& f = fixture(dir);
+  torch::NoGradGuard no_grad;
+  AsrModel& model = *f.imported.model;
+  const torch::Tensor feats = f.reference.at("fbank").unsqueeze(0);
+  auto [out, mask] = model.encoder->forward(feats, torch::full({1}, feats.size(1), torch::kLong), -1, -1);
+  EXPECT_LE(max_diff(out[0], f.reference.at("encoder_out_full")), 1e-4);
+  EXPECT_LE(max_diff(model.ctc_log_probs(out)[0], f.reference.at("ctc_log_probs_full")), 1e-4);
+}
+
+TEST(WenetFixture, ChunkMaskedAndStreamingEncoder) {
+  REQUIRE_FIXTURE();
+  const Fixture& f = fixture(dir);
+  torch::NoGradGuard no_grad;
+  AsrModel& model = *f.imported.model;
+  const torch::Tensor feats = f.reference.at("fbank").unsqueeze(0);
+  auto [masked, mask] = model.encoder->forward(feats, torch::full({1}, feats.size(1), torch::kLong), 4, -1);
+  EXPECT_LE(max_diff(masked[0], f.reference.at("encoder_out_chunk4_masked")), 1e-4);
+
+  // Chunk by chunk with caches, fed through a streaming session in uneven pieces.
+  DecodeOptions options;
+  options.chunk_size = 4;
+  options.mode = DecodeMode::CtcGreedy;
+  Recognizer recognizer(f.imported.model, f.imported.units, options);
+  StreamingSession session(recognizer);
+  const Audio audio = read_audio(dir + "/input.wav");
+  size_t pos = 0, piece = 777;
+  while (pos < audio.samples.size()) {
+    const size_t n = std::min(piece, audio.samples.size() - pos);
+    session.accept_waveform(audio.samples.data() + pos, n);
+    pos += n;
+    piece = piece * 3 % 2000 + 100;
+  }
+  session.finish();
+  EXPECT_LE(max_diff(session.encoder_out()[0], f.reference.at("encoder_out_chunk4_streaming")), 1e-4);
+}
+
+TEST(WenetFixture, DecoderLogProbs) {
+  REQUIRE_FIXTURE();
+  const Fixture& f = fixture(dir);
+  torch::NoGradGuard no_grad;
+  AsrModel& model = *f.imported.model;
+  const torch::Tensor hyps_t = f.reference.at("rescore_hyps");
+  std::vector<std::vector<int64_t>> hyps;
+  for (int64_t i = 0; i < hyps_t.size(0); ++i) {
+    std::vector<int64_t> h;
+    for (int64_t j = 0; j < hyps_t.size(1); ++j)
+      if (hyps_t[i][j].item<int64_t>() >= 0) h.push_back(hyps_t[i][j].item<int64_t>());
+    hyps.push_back(h);
+  }
+  const torch::Tensor memory = f.reference.at("encoder_out_full").unsqueeze(0);
+  auto [left, right] = model.decoder_log_probs(memory, hyps);
+  EXPECT_LE(max_diff(left, f.reference.at("decoder_l2r_log_probs")), 1e-4);
+  EXPECT_LE(max_diff(right, f.reference.at("decoder_r2l_log_probs")), 1e-4);
+}
+
+TEST(WenetFixture, DecodingResults) {
+  REQUIRE_FIXTURE();
+  const Fixture& f = fixture(dir);
+  DecodeOptions options;
+  options.beam_size = f.decode.at("beam_size").get<int>();
+  options.ctc_weight = f.decode.at("ctc_weight").get<double>();
+  options.reverse_weight = f.decode.at("reverse_weight").get<double>();
+  const Audio audio = read_audio(dir + "/input.wav");
+
+  options.mode = DecodeMode::CtcGreedy;
+  const Recognition greedy = Recognizer(f.imported.model, f.imported.units, options).recognize(audio.samples);
+  EXPECT_EQ(greedy.tokens, json_tokens(f.decode, "ctc_greedy_search"));
+
+  // Near-ties in a random model: compare by score.
+  options.mode = DecodeMode::CtcPrefixBeam;
+  const Recognition beam = Recognizer(f.imported.model, f.imported.units, options).recognize(audio.samples);
+  EXPECT_NEAR(beam.score, f.decode.at("scores").at("ctc_prefix_beam_search").at(0).get<double>(), 1e-3);
+
+  options.mode = DecodeMode::AttentionRescoring;
+  const Recognition rescored = Recognizer(f.imported.model, f.imported.units, options).recognize(audio.samples);
+  EXPECT_NEAR(rescored.score, f.decode.at("scores").at("attention_rescoring").at(0).get<double>(), 1e-3);
+  EXPECT_FALSE(rescored.text.empty());
+}
+
+TEST(WenetFixture, ImportedModelDirectoryRoundTrips) {
+  REQUIRE_FIXTURE();
+  const Fixture& f = fixture(dir);
+  const std::string out = testing::TempDir() + "/moekit_wenet_import";
+  save_asr_model(out, *f.imported.model, f.imported.units);
+  const LoadedAsr loaded = load_asr_model(out);
+  EXPECT_EQ(loaded.units.serialize(), f.imported.units.serialize());
+  torch::NoGradGuard no_grad;
+  const torch::Tensor feats = f.reference.at("fbank").unsqueeze(0);
+  auto [out_a, m_a] = loaded.model->encoder->forward(feats, torch::full({1}, feats.size(1), torch::kLong));
+  EXPECT_LE(max_diff(out_a[0], f.reference.at("encoder_out_full")), 1e-4);
+}
