@@ -12,6 +12,8 @@ struct GlobalOptions {
 
 void add_info_command(CLI::App& app, const GlobalOptions& global);
 void add_bench_command(CLI::App& app, const GlobalOptions& global);
+void add_import_command(CLI::App& app, const GlobalOptions& global);
+void add_transcribe_command(CLI::App& app, const GlobalOptions& global);
 
 // Applies --threads to LibTorch and the BLAS.
 void apply_runtime(const GlobalOptions& global);

@@ -40,6 +40,8 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   add_info_command(app, global);
   add_bench_command(app, global);
+  add_import_command(app, global);
+  add_transcribe_command(app, global);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

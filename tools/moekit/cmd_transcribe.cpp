@@ -1,0 +1,87 @@
+// `moekit transcribe <model_dir> a.wav [b.wav ...]`: one line per file.
+#include <iostream>
+#include <nlohmann/json.hpp>
+
+#include "commands.h"
+#include "moekit/audio/audio_file.h"
+#include "moekit/core/check.h"
+#include "moekit/decode/recognizer.h"
+#include "moekit/models/asr/wenet_import.h"
+
+namespace moekit::cli {
+
+void add_transcribe_command(CLI::App& app, const GlobalOptions& global) {
+  struct Options {
+    std::string model_dir;
+    std::vector<std::string> files;
+    std::string mode = "attention_rescoring";
+    DecodeOptions decode;
+    bool streaming = false;
+    bool json_output = false;
+  };
+  auto o = std::make_shared<Options>();
+  CLI::App* cmd = app.add_subcommand("transcribe", "Speech to text with an asr model; one line per file");
+  cmd->add_option("model_dir", o->model_dir, "Model directory (moekit import wenet / moekit train)")->required();
+  cmd->add_option("files", o->files, "Audio files (any format libsndfile reads; resampled, mixed to mono)")->required();
+  cmd->add_option("--mode", o->mode, "ctc_greedy_search | ctc_prefix_beam_search | attention_rescoring")
+      ->capture_default_str();
+  cmd->add_option("--beam", o->decode.beam_size, "CTC prefix beam size")->capture_default_str();
+  cmd->add_option("--chunk-size", o->decode.chunk_size, "Encoder frames per chunk (-1 = full context)")
+      ->capture_default_str();
+  cmd->add_option("--left-chunks", o->decode.left_chunks, "Chunks of left context (-1 = all)")->capture_default_str();
+  cmd->add_option("--ctc-weight", o->decode.ctc_weight, "Attention rescoring: weight of the CTC score")
+      ->capture_default_str();
+  cmd->add_option("--reverse-weight", o->decode.reverse_weight,
+                  "Attention rescoring: weight of the right-to-left decoder (-1 = the model's)")
+      ->capture_default_str();
+  cmd->add_flag("--streaming", o->streaming, "Decode through a streaming session (needs --chunk-size > 0)");
+  cmd->add_flag("--json", o->json_output, "One JSON object per line (file, text, tokens, score, error)");
+  cmd->callback([o, &global] {
+    apply_runtime(global);
+    o->decode.mode = parse_decode_mode(o->mode);
+    MOEKIT_CHECK_ARG(!o->streaming || o->decode.chunk_size > 0, "--streaming needs --chunk-size > 0");
+    LoadedAsr loaded = load_asr_model(o->model_dir);
+    const Recognizer recognizer(loaded.model, loaded.units, o->decode);
+    const int sample_rate = loaded.model->config().fbank.sample_rate;
+    int failures = 0;
+    for (const std::string& path : o->files) {
+      // Each file on its own: a bad one is reported and the rest go on.
+      try {
+        Recognition r;
+        if (o->streaming) {
+          const Audio audio = load_audio(path, sample_rate);
+          StreamingSession session(recognizer);
+          const size_t piece = static_cast<size_t>(sample_rate / 10);  // 100 ms pieces
+          for (size_t pos = 0; pos < audio.samples.size(); pos += piece)
+            session.accept_waveform(audio.samples.data() + pos, std::min(piece, audio.samples.size() - pos));
+          r = session.finish();
+          if (loaded.units.size() > 0) r.text = loaded.units.to_text(r.tokens);
+        } else {
+          r = recognizer.recognize_file(path);
+        }
+        const std::string text = loaded.units.size() > 0 ? r.text : [&] {
+          std::string ids;
+          for (int64_t t : r.tokens) ids += (ids.empty() ? "" : " ") + std::to_string(t);
+          return ids;
+        }();
+        if (o->json_output) {
+          nlohmann::json j = {{"file", path}, {"text", text}, {"tokens", r.tokens}, {"score", r.score}};
+          std::cout << j.dump() << "\n";
+        } else {
+          std::cout << path << "\t" << text << "\n";
+        }
+      } catch (const std::exception& e) {
+        ++failures;
+        std::string message = e.what();
+        message = message.substr(0, message.find('\n'));
+        if (message.rfind(path, 0) != 0) message = path + ": " + message;
+        if (o->json_output) std::cout << nlohmann::json{{"file", path}, {"error", message}}.dump() << "\n";
+        std::cerr << "moekit: error: " << message << "\n";
+      }
+      std::cout.flush();
+    }
+    MOEKIT_CHECK(failures == 0, failures, " of ", o->files.size(), " files failed");
+  });
+}
+
+}  // namespace moekit::cli
