@@ -14,6 +14,8 @@ void add_info_command(CLI::App& app, const GlobalOptions& global);
 void add_bench_command(CLI::App& app, const GlobalOptions& global);
 void add_import_command(CLI::App& app, const GlobalOptions& global);
 void add_transcribe_command(CLI::App& app, const GlobalOptions& global);
+void add_train_command(CLI::App& app, const GlobalOptions& global);
+void add_eval_command(CLI::App& app, const GlobalOptions& global);
 
 // Applies --threads to LibTorch and the BLAS.
 void apply_runtime(const GlobalOptions& global);

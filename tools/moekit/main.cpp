@@ -42,6 +42,8 @@ int main(int argc, char** argv) {
   add_bench_command(app, global);
   add_import_command(app, global);
   add_transcribe_command(app, global);
+  add_train_command(app, global);
+  add_eval_command(app, global);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

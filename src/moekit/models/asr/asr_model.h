@@ -24,6 +24,23 @@ class CtcImpl : public torch::nn::Module {
 };
 TORCH_MODULE(Ctc);
 
+// Training losses of one batch (each already normalised as WeNet does).
+struct AsrLosses {
+  torch::Tensor loss;     // the joint objective (+ MoE aux losses)
+  torch::Tensor ctc;      // CTC, summed over a sequence, averaged over the batch
+  torch::Tensor att;      // left-to-right decoder, label-smoothed
+  torch::Tensor att_r2l;  // right-to-left decoder (undefined without one)
+  torch::Tensor moe_aux;  // load-balancing + z-loss (undefined when off)
+  double att_accuracy = 0;  // token accuracy of the L2R decoder
+  int64_t tokens = 0;       // target tokens in the batch
+};
+
+// WeNet's LabelSmoothingLoss: KL(smoothed one-hot || softmax(logits)),
+// targets < 0 ignored; divided by the batch size, or by the token count
+// when `normalize_length`.
+torch::Tensor label_smoothing_loss(const torch::Tensor& logits, const torch::Tensor& targets, double smoothing,
+                                   bool normalize_length);
+
 class AsrModel : public Model {
  public:
   explicit AsrModel(const AsrConfig& config);
@@ -41,6 +58,10 @@ class AsrModel : public Model {
   // R2L decoder.
   std::pair<torch::Tensor, torch::Tensor> decoder_log_probs(const torch::Tensor& encoder_out,
                                                             const std::vector<std::vector<int64_t>>& hyps);
+
+  // feats [B, T, F], feat_lens [B], targets: token ids per utterance.
+  AsrLosses forward_train(const torch::Tensor& feats, const torch::Tensor& feat_lens,
+                          const std::vector<std::vector<int64_t>>& targets);
 
   ConformerEncoder encoder{nullptr};
   BiTransformerDecoder decoder{nullptr};

@@ -1,0 +1,263 @@
+#include "moekit/train/asr_task.h"
+
+#include <algorithm>
+#include <iostream>
+#include <random>
+#include <set>
+
+#include "moekit/audio/audio_file.h"
+#include "moekit/audio/fbank.h"
+#include "moekit/core/check.h"
+#include "moekit/core/config.h"
+#include "moekit/core/file_io.h"
+#include "moekit/decode/ctc_search.h"
+#include "moekit/decode/recognizer.h"
+
+namespace moekit {
+
+YAML::Node AsrDataOptions::to_yaml() const {
+  YAML::Node n;
+  n["batch_size"] = batch_size;
+  n["max_frames_in_batch"] = max_frames_in_batch;
+  n["spec_aug"] = spec_aug;
+  n["spec_aug_conf"]["num_t_mask"] = num_t_mask;
+  n["spec_aug_conf"]["num_f_mask"] = num_f_mask;
+  n["spec_aug_conf"]["max_t"] = max_t;
+  n["spec_aug_conf"]["max_f"] = max_f;
+  n["shuffle"] = shuffle;
+  return n;
+}
+
+AsrDataOptions AsrDataOptions::from_yaml(const YAML::Node& n, const std::string& where) {
+  AsrDataOptions o;
+  if (!n.IsDefined() || n.IsNull()) return o;
+  o.batch_size = yaml_get_or<int64_t>(n, "batch_size", o.batch_size, where);
+  o.max_frames_in_batch = yaml_get_or<int64_t>(n, "max_frames_in_batch", o.max_frames_in_batch, where);
+  o.spec_aug = yaml_get_or<bool>(n, "spec_aug", o.spec_aug, where);
+  const YAML::Node s = n["spec_aug_conf"];
+  o.num_t_mask = yaml_get_or<int64_t>(s, "num_t_mask", o.num_t_mask, where);
+  o.num_f_mask = yaml_get_or<int64_t>(s, "num_f_mask", o.num_f_mask, where);
+  o.max_t = yaml_get_or<int64_t>(s, "max_t", o.max_t, where);
+  o.max_f = yaml_get_or<int64_t>(s, "max_f", o.max_f, where);
+  o.shuffle = yaml_get_or<bool>(n, "shuffle", o.shuffle, where);
+  MOEKIT_CHECK_ARG(o.batch_size >= 1 && o.max_frames_in_batch >= 1, where,
+                   ": batch_size and max_frames_in_batch must be >= 1");
+  return o;
+}
+
+namespace {
+
+int64_t edit_distance(const std::vector<std::string>& a, const std::vector<std::string>& b) {
+  std::vector<int64_t> row(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) row[j] = static_cast<int64_t>(j);
+  for (size_t i = 1; i <= a.size(); ++i) {
+    int64_t diagonal = row[0];
+    row[0] = static_cast<int64_t>(i);
+    for (size_t j = 1; j <= b.size(); ++j) {
+      const int64_t up = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] == b[j - 1] ? 0 : 1)});
+      diagonal = up;
+    }
+  }
+  return row[b.size()];
+}
+
+std::vector<std::string> split_words(const std::string& text) {
+  std::vector<std::string> out;
+  std::string word;
+  for (char c : text) {
+    if (c == ' ' || c == '\t') {
+      if (!word.empty()) out.push_back(word);
+      word.clear();
+    } else {
+      word += c;
+    }
+  }
+  if (!word.empty()) out.push_back(word);
+  return out;
+}
+
+std::vector<std::string> chars_no_space(const std::string& text) {
+  std::vector<std::string> out;
+  for (auto& c : text_to_chars(text))
+    if (c != "\xe2\x96\x81") out.push_back(c);
+  return out;
+}
+
+}  // namespace
+
+void ErrorRates::add(const std::string& reference, const std::string& hypothesis) {
+  const auto rc = chars_no_space(reference), hc = chars_no_space(hypothesis);
+  char_edits += edit_distance(rc, hc);
+  chars += static_cast<int64_t>(rc.size());
+  const auto rw = split_words(reference), hw = split_words(hypothesis);
+  word_edits += edit_distance(rw, hw);
+  words += static_cast<int64_t>(rw.size());
+}
+
+AsrTrainTask::AsrTrainTask(std::shared_ptr<AsrModel> model, Units units, const std::vector<Utterance>& train,
+                           const std::vector<Utterance>& cv, AsrDataOptions options, uint64_t seed)
+    : model_(std::move(model)), units_(std::move(units)), options_(options), seed_(seed) {
+  MOEKIT_CHECK_ARG(units_.size() == model_->config().vocab_size, "train: ", units_.size(),
+                   " units for a model vocabulary of ", model_->config().vocab_size);
+  train_ = load(train, "training");
+  cv_ = load(cv, "validation");
+}
+
+std::vector<AsrTrainTask::Example> AsrTrainTask::load(const std::vector<Utterance>& data, const char* what) {
+  std::vector<Example> out;
+  const int rate = model_->config().fbank.sample_rate;
+  const int64_t min_frames = model_->encoder->right_context() + 1;
+  int64_t skipped = 0;
+  std::string first_reason;
+  for (const auto& u : data) {
+    try {
+      Example e;
+      e.key = u.key;
+      e.text = u.text;
+      e.samples = load_audio(u.wav, rate).samples;
+      e.feats = model_features(*model_, e.samples);
+      e.tokens = tokenize(u.text, units_, u.key);
+      MOEKIT_CHECK_ARG(!e.tokens.empty(), u.key, ": empty transcript");
+      MOEKIT_CHECK_ARG(e.feats.size(0) >= min_frames, u.key, ": audio too short (", e.feats.size(0), " frames)");
+      const int64_t outputs = model_->encoder->embed->output_length(e.feats.size(0));
+      MOEKIT_CHECK_ARG(outputs >= static_cast<int64_t>(e.tokens.size()), u.key, ": ", e.tokens.size(),
+                       " tokens do not fit in ", outputs, " encoder frames");
+      out.push_back(std::move(e));
+    } catch (const std::invalid_argument& err) {
+      if (first_reason.empty()) first_reason = err.what();
+      ++skipped;
+    }
+  }
+  if (skipped > 0)
+    std::cerr << "warning: skipped " << skipped << " of " << data.size() << " " << what << " utterances (first: "
+              << first_reason << ")\n";
+  MOEKIT_CHECK_ARG(!out.empty(), "no usable ", what, " utterances (first problem: ", first_reason, ")");
+  return out;
+}
+
+std::vector<std::vector<size_t>> AsrTrainTask::make_batches(const std::vector<Example>& set, int64_t epoch,
+                                                            bool shuffle) const {
+  std::vector<size_t> order(set.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::mt19937_64 rng(seed_ * 1000003ULL + static_cast<uint64_t>(epoch));
+  if (shuffle) std::shuffle(order.begin(), order.end(), rng);
+  // Sort within windows of 100 (WeNet's sort buffer) so batches hold similar lengths.
+  for (size_t s = 0; s < order.size(); s += 100) {
+    auto end = order.begin() + static_cast<std::ptrdiff_t>(std::min(order.size(), s + 100));
+    std::stable_sort(order.begin() + static_cast<std::ptrdiff_t>(s), end,
+                     [&](size_t a, size_t b) { return set[a].feats.size(0) < set[b].feats.size(0); });
+  }
+  std::vector<std::vector<size_t>> batches;
+  std::vector<size_t> current;
+  int64_t longest = 0;
+  for (size_t i : order) {
+    const int64_t frames = set[i].feats.size(0);
+    const int64_t new_longest = std::max(longest, frames);
+    if (!current.empty() && (static_cast<int64_t>(current.size()) + 1 > options_.batch_size ||
+                             new_longest * static_cast<int64_t>(current.size() + 1) > options_.max_frames_in_batch)) {
+      batches.push_back(current);
+      current.clear();
+      longest = 0;
+    }
+    current.push_back(i);
+    longest = std::max(longest, frames);
+  }
+  if (!current.empty()) batches.push_back(current);
+  if (shuffle) std::shuffle(batches.begin(), batches.end(), rng);
+  return batches;
+}
+
+int64_t AsrTrainTask::num_batches(int64_t epoch) {
+  if (batches_epoch_ != epoch) {
+    batches_ = make_batches(train_, epoch, options_.shuffle);
+    batches_epoch_ = epoch;
+  }
+  return static_cast<int64_t>(batches_.size());
+}
+
+torch::Tensor AsrTrainTask::features(const Example& e, bool train) const {
+  const FbankOptions& fb = model_->config().fbank;
+  torch::Tensor feats = e.feats;
+  if (train && fb.dither > 0) {
+    torch::Tensor wave = torch::from_blob(const_cast<float*>(e.samples.data()),
+                                          {static_cast<int64_t>(e.samples.size())}, torch::kFloat) * 32768.0;
+    feats = compute_fbank(wave, fb);
+  }
+  if (train && options_.spec_aug) {
+    feats = feats.clone();
+    const int64_t t = feats.size(0), f = feats.size(1);
+    auto randint = [](int64_t lo, int64_t hi) { return hi <= lo ? lo : torch::randint(lo, hi, {1}).item<int64_t>(); };
+    for (int64_t i = 0; i < options_.num_t_mask; ++i) {
+      const int64_t start = randint(0, t - 1);
+      const int64_t length = randint(1, options_.max_t + 1);
+      feats.slice(0, start, std::min(t, start + length)).zero_();
+    }
+    for (int64_t i = 0; i < options_.num_f_mask; ++i) {
+      const int64_t start = randint(0, f - 1);
+      const int64_t length = randint(1, options_.max_f + 1);
+      feats.slice(1, start, std::min(f, start + length)).zero_();
+    }
+  }
+  return feats;
+}
+
+AsrLosses AsrTrainTask::forward(const std::vector<Example>& set, const std::vector<size_t>& batch, bool train) {
+  int64_t longest = 0;
+  for (size_t i : batch) longest = std::max(longest, set[i].feats.size(0));
+  const int64_t dim = set[batch[0]].feats.size(1);
+  torch::Tensor feats = torch::zeros({static_cast<int64_t>(batch.size()), longest, dim});
+  torch::Tensor lens = torch::empty({static_cast<int64_t>(batch.size())}, torch::kLong);
+  std::vector<std::vector<int64_t>> targets;
+  for (size_t b = 0; b < batch.size(); ++b) {
+    const Example& e = set[batch[b]];
+    feats[static_cast<int64_t>(b)].slice(0, 0, e.feats.size(0)).copy_(features(e, train));
+    lens[static_cast<int64_t>(b)] = e.feats.size(0);
+    targets.push_back(e.tokens);
+  }
+  return model_->forward_train(feats, lens, targets);
+}
+
+BatchLoss AsrTrainTask::train_batch(int64_t epoch, int64_t index) {
+  num_batches(epoch);
+  const auto& batch = batches_.at(static_cast<size_t>(index));
+  AsrLosses l = forward(train_, batch, true);
+  BatchLoss out;
+  out.loss = l.loss;
+  if (l.ctc.defined()) out.parts["ctc"] = l.ctc.item<double>();
+  if (l.att.defined()) {
+    out.parts["att"] = l.att.item<double>();
+    out.parts["acc"] = l.att_accuracy;
+  }
+  if (l.moe_aux.defined()) out.parts["moe_aux"] = l.moe_aux.item<double>();
+  for (size_t i : batch) out.units += train_[i].feats.size(0);
+  return out;
+}
+
+std::map<std::string, double> AsrTrainTask::validate() {
+  double loss = 0, ctc = 0, att = 0;
+  int64_t n = 0;
+  ErrorRates rates;
+  const auto batches = make_batches(cv_, 0, false);
+  for (const auto& batch : batches) {
+    AsrLosses l = forward(cv_, batch, false);
+    const double w = static_cast<double>(batch.size());
+    loss += l.loss.item<double>() * w;
+    if (l.ctc.defined()) ctc += l.ctc.item<double>() * w;
+    if (l.att.defined()) att += l.att.item<double>() * w;
+    n += static_cast<int64_t>(batch.size());
+  }
+  for (const Example& e : cv_) {
+    const torch::Tensor lens = torch::full({1}, e.feats.size(0), torch::kLong);
+    auto [out, mask] = model_->encoder->forward(e.feats.unsqueeze(0), lens, -1, -1);
+    const auto tokens = ctc_greedy_search(model_->ctc_log_probs(out)[0], model_->config().blank_id());
+    rates.add(e.text, units_.to_text(tokens));
+  }
+  return {{"loss", loss / n}, {"ctc", ctc / n}, {"att", att / n}, {"cer", rates.cer()}};
+}
+
+void AsrTrainTask::save_assets(const std::string& model_dir) {
+  write_file_atomic(model_dir + "/units.txt", units_.serialize());
+}
+
+}  // namespace moekit

@@ -1,0 +1,66 @@
+#pragma once
+// The one training loop of MoEKit: a task supplies batches and losses; the
+// trainer runs Adam with a warmup schedule, gradient accumulation and
+// clipping, periodic validation, atomic checkpoints and exact resume
+// (weights, optimizer moments, RNG state, schedule step and data position),
+// and averages the last checkpoints into the final model.
+#include <torch/torch.h>
+#include <yaml-cpp/yaml.h>
+
+#include <functional>
+#include <map>
+#include <string>
+
+#include "moekit/models/model.h"
+
+namespace moekit {
+
+struct TrainerOptions {
+  int64_t epochs = 10;
+  double lr = 1e-3;
+  int64_t warmup_steps = 1000;  // WeNet's WarmupLR: lr * w^0.5 * min(s^-0.5, s * w^-1.5)
+  double weight_decay = 0.0;
+  double grad_clip = 5.0;       // max global grad norm (<= 0: off)
+  int64_t accum_grad = 1;       // batches per optimizer step
+  int64_t log_interval = 10;    // optimizer steps between progress lines
+  int64_t save_interval = 0;    // optimizer steps between mid-epoch checkpoints (0: epoch ends only)
+  int64_t keep_checkpoints = 5; // newest kept (at least average_last)
+  int64_t average_last = 5;     // final model = mean of the last N checkpoints' weights
+  uint64_t seed = 777;
+
+  void validate() const;
+  YAML::Node to_yaml() const;
+  static TrainerOptions from_yaml(const YAML::Node& node, const std::string& where);
+};
+
+struct BatchLoss {
+  torch::Tensor loss;                   // to minimise (scaled by the trainer for accumulation)
+  std::map<std::string, double> parts;  // logged
+  int64_t units = 0;                    // e.g. feature frames, for throughput
+};
+
+class TrainTask {
+ public:
+  virtual ~TrainTask() = default;
+  virtual Model& model() = 0;
+  virtual int64_t num_batches(int64_t epoch) = 0;  // deterministic per epoch
+  virtual BatchLoss train_batch(int64_t epoch, int64_t index) = 0;
+  virtual std::map<std::string, double> validate() = 0;  // must contain "loss"
+  virtual void save_assets(const std::string& model_dir) = 0;  // units.txt etc.
+  virtual std::string units_name() const { return "frames"; }
+};
+
+struct TrainSummary {
+  int64_t steps = 0;
+  std::map<std::string, double> last_validation;
+  std::string final_dir;
+};
+
+// Trains in `exp_dir` (checkpoints/, metrics.jsonl, final/). With `resume`,
+// continues from the newest complete checkpoint there.
+TrainSummary train(TrainTask& task, const TrainerOptions& options, const std::string& exp_dir, bool resume);
+
+// Mean of the weights of several model directories (same architecture), saved to `out_dir`.
+void average_model_dirs(const std::vector<std::string>& dirs, const std::string& out_dir);
+
+}  // namespace moekit

@@ -1,0 +1,80 @@
+// `moekit eval <model_dir> <data>`: CER/WER of an asr model on a data list.
+#include <chrono>
+#include <iomanip>
+#include <iostream>
+#include <nlohmann/json.hpp>
+
+#include "commands.h"
+#include "moekit/audio/audio_file.h"
+#include "moekit/core/check.h"
+#include "moekit/data/asr_data.h"
+#include "moekit/decode/recognizer.h"
+#include "moekit/models/asr/wenet_import.h"
+#include "moekit/train/asr_task.h"
+
+namespace moekit::cli {
+
+void add_eval_command(CLI::App& app, const GlobalOptions& global) {
+  struct Options {
+    std::string model_dir, data;
+    std::vector<std::string> modes = {"attention_rescoring"};
+    DecodeOptions decode;
+    bool streaming = false;
+    bool json_output = false;
+  };
+  auto o = std::make_shared<Options>();
+  CLI::App* cmd = app.add_subcommand("eval", "Error rates (CER, WER) of an asr model on a data list or Kaldi dir");
+  cmd->add_option("model_dir", o->model_dir, "Model directory")->required();
+  cmd->add_option("data", o->data, "WeNet data.list or Kaldi data directory")->required();
+  cmd->add_option("--mode", o->modes, "Decoding modes (several allowed)")->capture_default_str();
+  cmd->add_option("--beam", o->decode.beam_size, "CTC prefix beam size")->capture_default_str();
+  cmd->add_option("--chunk-size", o->decode.chunk_size, "Encoder frames per chunk (-1 = full context)")
+      ->capture_default_str();
+  cmd->add_option("--left-chunks", o->decode.left_chunks, "Chunks of left context (-1 = all)")->capture_default_str();
+  cmd->add_option("--ctc-weight", o->decode.ctc_weight, "Attention rescoring: CTC score weight")->capture_default_str();
+  cmd->add_option("--reverse-weight", o->decode.reverse_weight, "Right-to-left decoder weight (-1 = the model's)")
+      ->capture_default_str();
+  cmd->add_flag("--json", o->json_output, "Print one JSON object");
+  cmd->callback([o, &global] {
+    apply_runtime(global);
+    LoadedAsr loaded = load_asr_model(o->model_dir);
+    MOEKIT_CHECK_ARG(loaded.units.size() > 0, o->model_dir, ": no units.txt, cannot compare with transcripts");
+    const auto data = read_asr_data(o->data);
+    const int rate = loaded.model->config().fbank.sample_rate;
+    nlohmann::json results = nlohmann::json::array();
+    for (const std::string& mode : o->modes) {
+      DecodeOptions d = o->decode;
+      d.mode = parse_decode_mode(mode);
+      const Recognizer recognizer(loaded.model, loaded.units, d);
+      ErrorRates rates;
+      int64_t failed = 0;
+      double audio_seconds = 0, decode_seconds = 0;
+      for (const auto& u : data) {
+        try {
+          const Audio audio = load_audio(u.wav, rate);
+          const auto start = std::chrono::steady_clock::now();
+          const Recognition r = recognizer.recognize(audio.samples);
+          decode_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+          audio_seconds += static_cast<double>(audio.samples.size()) / rate;
+          rates.add(u.text, r.text);
+        } catch (const std::invalid_argument& e) {
+          ++failed;
+          std::cerr << "moekit: error: " << u.key << ": " << e.what() << "\n";
+        }
+      }
+      nlohmann::json j = {{"mode", mode},           {"chunk_size", d.chunk_size}, {"utterances", data.size()},
+                          {"failed", failed},       {"cer", rates.cer()},         {"wer", rates.wer()},
+                          {"chars", rates.chars},   {"words", rates.words},
+                          {"rtf", audio_seconds > 0 ? decode_seconds / audio_seconds : 0.0}};
+      results.push_back(j);
+      if (!o->json_output)
+        std::cout << std::left << std::setw(24) << mode << " chunk " << std::setw(3) << d.chunk_size << " CER "
+                  << std::fixed << std::setprecision(2) << 100 * rates.cer() << "%  WER " << 100 * rates.wer()
+                  << "%  (" << data.size() - failed << " utterances, RTF " << std::setprecision(4)
+                  << j["rtf"].get<double>() << ")\n";
+    }
+    if (o->json_output) std::cout << results.dump() << "\n";
+  });
+}
+
+}  // namespace moekit::cli

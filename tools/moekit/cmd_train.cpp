@@ -1,0 +1,76 @@
+// `moekit train asr --config train.yaml --train-data train.list --cv-data cv.list --exp-dir exp/`
+#include <iostream>
+
+#include "commands.h"
+#include "moekit/core/check.h"
+#include "moekit/core/config.h"
+#include "moekit/core/file_io.h"
+#include "moekit/data/asr_data.h"
+#include "moekit/models/asr/wenet_import.h"
+#include "moekit/models/model.h"
+#include "moekit/train/asr_task.h"
+#include "moekit/train/trainer.h"
+
+namespace moekit::cli {
+
+void add_train_command(CLI::App& app, const GlobalOptions& global) {
+  CLI::App* train = app.add_subcommand("train", "Train a model (checkpoints, exact resume, averaged final model)");
+  train->require_subcommand(1);
+  struct Options {
+    std::string config, train_data, cv_data, exp_dir, units;
+    bool resume = false;
+  };
+  auto o = std::make_shared<Options>();
+  CLI::App* asr = train->add_subcommand(
+      "asr", "U2++ Conformer (dense or MoE) from a WeNet-style config: encoder_conf, decoder_conf, model_conf, "
+             "dataset_conf (fbank_conf, batch_size, max_frames_in_batch, spec_aug_conf), train_conf");
+  asr->add_option("--config", o->config, "Training config (YAML)")->required()->check(CLI::ExistingFile);
+  asr->add_option("--train-data", o->train_data, "WeNet data.list (JSON lines: key, wav, txt) or Kaldi data dir")
+      ->required();
+  asr->add_option("--cv-data", o->cv_data, "Validation data, same formats")->required();
+  asr->add_option("--exp-dir", o->exp_dir, "Experiment directory (checkpoints/, metrics.jsonl, final/)")->required();
+  asr->add_option("--units", o->units, "units.txt (default: characters of the training transcripts)");
+  asr->add_flag("--resume", o->resume, "Continue from the newest checkpoint in --exp-dir");
+  asr->callback([o, &global] {
+    apply_runtime(global);
+    const YAML::Node y = load_yaml_file(o->config);
+    const std::vector<Utterance> train_data = read_asr_data(o->train_data);
+    const std::vector<Utterance> cv_data = read_asr_data(o->cv_data);
+    make_dirs(o->exp_dir);
+    // Units: given, or those of a run being resumed, or built from the training text.
+    Units units;
+    if (!o->units.empty()) units = Units::read(o->units);
+    else if (o->resume && path_exists(o->exp_dir + "/units.txt")) units = Units::read(o->exp_dir + "/units.txt");
+    else units = build_char_units(train_data);
+    write_file_atomic(o->exp_dir + "/units.txt", units.serialize());
+    YAML::Node arch;
+    for (const char* key : {"encoder_conf", "decoder_conf", "model_conf"})
+      if (y[key].IsDefined()) arch[key] = y[key];
+    arch["vocab_size"] = units.size();
+    const YAML::Node dataset = y["dataset_conf"];
+    if (dataset.IsDefined() && dataset["fbank_conf"].IsDefined()) {
+      arch["fbank_conf"] = dataset["fbank_conf"];
+      arch["input_dim"] = dataset["fbank_conf"]["num_mel_bins"].IsDefined() ? dataset["fbank_conf"]["num_mel_bins"]
+                                                                            : YAML::Node(80);
+    }
+    const AsrConfig config = AsrConfig::from_yaml(arch, o->config);
+    YAML::Node data_conf;
+    if (dataset.IsDefined())
+      for (const auto& kv : dataset)
+        if (kv.first.as<std::string>() != "fbank_conf") data_conf[kv.first.as<std::string>()] = kv.second;
+    const AsrDataOptions data_options = AsrDataOptions::from_yaml(data_conf, o->config + ": dataset_conf");
+    const TrainerOptions trainer = TrainerOptions::from_yaml(y["train_conf"], o->config + ": train_conf");
+    torch::manual_seed(trainer.seed);
+    auto model = std::make_shared<AsrModel>(config);
+    const ParameterCount count = count_parameters(*model);
+    std::cerr << "asr model: " << count.total << " parameters, " << count.active << " active per frame; "
+              << train_data.size() << " training / " << cv_data.size() << " validation utterances\n";
+    AsrTrainTask task(model, units, train_data, cv_data, data_options, trainer.seed);
+    const TrainSummary summary = moekit::train(task, trainer, o->exp_dir, o->resume);
+    std::cout << "trained " << summary.steps << " steps; validation";
+    for (const auto& [k, v] : summary.last_validation) std::cout << " " << k << " " << v;
+    std::cout << "; final model " << summary.final_dir << "\n";
+  });
+}
+
+}  // namespace moekit::cli
