@@ -83,6 +83,11 @@ void CtcPrefixBeamSearch::advance(const torch::Tensor& log_probs_in) {
         }
       }
     }
+    // Prefixes no alignment reaches (log-probability -inf) are dropped; WeNet
+    // keeps them at the end of its list, where they never win.
+    next.erase(std::remove_if(next.begin(), next.end(),
+                              [](const auto& h) { return h.second.score() == -std::numeric_limits<double>::infinity(); }),
+               next.end());
     std::stable_sort(next.begin(), next.end(),
                      [](const auto& a, const auto& b) { return a.second.score() > b.second.score(); });
     if (static_cast<int>(next.size()) > beam_) next.resize(beam_);

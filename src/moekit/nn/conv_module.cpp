@@ -41,6 +41,11 @@ torch::Tensor ConvModuleImpl::forward(const torch::Tensor& input, const torch::T
     if (cache) *cache = x.slice(2, x.size(2) - lorder);
   }
   x = torch::glu(pointwise_conv1->forward(x), 1);
+  // WeNet masks only before pointwise_conv1, so padded frames become
+  // glu(bias) and reach the last real frames through the depthwise kernel:
+  // a batch then decodes differently from its utterances one by one. Masking
+  // here too keeps padding out; unpadded input is unchanged.
+  if (masked && lorder == 0) x = x.masked_fill(mask_pad.unsqueeze(1).logical_not(), 0.0);
   x = depthwise_conv->forward(x);
   if (layer_norm)
     x = layer_norm->forward(x.transpose(1, 2)).transpose(1, 2);

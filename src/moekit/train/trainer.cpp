@@ -31,6 +31,7 @@ void TrainerOptions::validate() const {
   MOEKIT_CHECK_ARG(accum_grad >= 1, "train: accum_grad must be >= 1, got ", accum_grad);
   MOEKIT_CHECK_ARG(log_interval >= 1, "train: log_interval must be >= 1");
   MOEKIT_CHECK_ARG(save_interval >= 0, "train: save_interval must be >= 0");
+  MOEKIT_CHECK_ARG(max_steps >= 0, "train: max_steps must be >= 0");
   MOEKIT_CHECK_ARG(average_last >= 1 && keep_checkpoints >= 1, "train: average_last and keep_checkpoints must be >= 1");
 }
 
@@ -47,6 +48,7 @@ YAML::Node TrainerOptions::to_yaml() const {
   n["keep_checkpoints"] = keep_checkpoints;
   n["average_last"] = average_last;
   n["seed"] = seed;
+  n["max_steps"] = max_steps;
   return n;
 }
 
@@ -56,7 +58,7 @@ TrainerOptions TrainerOptions::from_yaml(const YAML::Node& n, const std::string&
     MOEKIT_CHECK_ARG(n.IsMap(), where, " must be a mapping");
     static const std::set<std::string> known = {"epochs", "lr", "warmup_steps", "weight_decay", "grad_clip",
                                                 "accum_grad", "log_interval", "save_interval", "keep_checkpoints",
-                                                "average_last", "seed"};
+                                                "average_last", "seed", "max_steps"};
     for (const auto& kv : n)
       MOEKIT_CHECK_ARG(known.count(kv.first.as<std::string>()), where, ": unknown option '",
                        kv.first.as<std::string>(), "'");
@@ -71,6 +73,7 @@ TrainerOptions TrainerOptions::from_yaml(const YAML::Node& n, const std::string&
     o.keep_checkpoints = yaml_get_or<int64_t>(n, "keep_checkpoints", o.keep_checkpoints, where);
     o.average_last = yaml_get_or<int64_t>(n, "average_last", o.average_last, where);
     o.seed = yaml_get_or<uint64_t>(n, "seed", o.seed, where);
+    o.max_steps = yaml_get_or<int64_t>(n, "max_steps", o.max_steps, where);
   }
   o.validate();
   return o;
@@ -226,6 +229,7 @@ TrainSummary train(TrainTask& task, const TrainerOptions& o, const std::string& 
 
   const auto start = std::chrono::steady_clock::now();
   int64_t units_done = 0;
+  bool stopped = false, stopped_mid_epoch = false;
   for (; epoch < o.epochs; ++epoch, next_batch = 0) {
     model.train();
     const int64_t batches = task.num_batches(epoch);
@@ -277,8 +281,18 @@ TrainSummary train(TrainTask& task, const TrainerOptions& o, const std::string& 
         running_n = 0;
         units_done = 0;
       }
+      if (o.max_steps > 0 && step >= o.max_steps) {
+        // A step budget: stop here with a checkpoint a later --resume continues from.
+        stopped = true;
+        if (b + 1 < batches) {
+          save_checkpoint(epoch, b + 1);
+          stopped_mid_epoch = true;
+          break;
+        }
+      }
       if (o.save_interval > 0 && step % o.save_interval == 0 && b + 1 < batches) save_checkpoint(epoch, b + 1);
     }
+    if (stopped_mid_epoch) break;
     model.eval();
     {
       torch::NoGradGuard no_grad;
@@ -294,15 +308,28 @@ TrainSummary train(TrainTask& task, const TrainerOptions& o, const std::string& 
     std::cerr << line.str() << "\n";
     metrics << j.dump() << "\n" << std::flush;
     save_checkpoint(epoch + 1, 0);
+    if (stopped) {
+      ++epoch;
+      break;
+    }
   }
   summary.steps = step;
-  auto all = list_checkpoints(ckpt_root);
-  const size_t n = std::min(all.size(), static_cast<size_t>(o.average_last));
-  std::vector<std::string> last(all.end() - static_cast<std::ptrdiff_t>(n), all.end());
+  summary.completed = epoch >= o.epochs && !stopped_mid_epoch;
+  if (!summary.completed) {
+    std::cerr << "stopped at step " << step << " (max_steps); --resume continues from the checkpoint\n";
+    return summary;
+  }
+  // Final model: the mean of the last epoch-end checkpoints.
+  std::vector<std::string> epoch_ends;
+  for (const auto& dir : list_checkpoints(ckpt_root))
+    if (load_yaml_file(dir + "/trainer_state.yaml")["next_batch"].as<int64_t>() == 0) epoch_ends.push_back(dir);
+  const size_t n = std::min(epoch_ends.size(), static_cast<size_t>(o.average_last));
+  MOEKIT_CHECK(n > 0, "train: no epoch-end checkpoint to build the final model from");
+  std::vector<std::string> last(epoch_ends.end() - static_cast<std::ptrdiff_t>(n), epoch_ends.end());
   summary.final_dir = exp_dir + "/final";
   average_model_dirs(last, summary.final_dir);
   task.save_assets(summary.final_dir);
-  std::cerr << "final model: mean of " << n << " checkpoints -> " << summary.final_dir << "\n";
+  std::cerr << "final model: mean of the last " << n << " epoch checkpoints -> " << summary.final_dir << "\n";
   return summary;
 }
 

@@ -27,6 +27,7 @@ struct TrainerOptions {
   int64_t keep_checkpoints = 5; // newest kept (at least average_last)
   int64_t average_last = 5;     // final model = mean of the last N checkpoints' weights
   uint64_t seed = 777;
+  int64_t max_steps = 0;        // stop (with a checkpoint) after this many optimizer steps in total (0: no limit)
 
   void validate() const;
   YAML::Node to_yaml() const;
@@ -52,6 +53,7 @@ class TrainTask {
 
 struct TrainSummary {
   int64_t steps = 0;
+  bool completed = false;  // all epochs done (false when max_steps stopped it early)
   std::map<std::string, double> last_validation;
   std::string final_dir;
 };

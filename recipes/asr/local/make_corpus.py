@@ -1,0 +1,154 @@
+#!/usr/bin/env python3
+"""Builds a synthetic English speech corpus on this machine, deterministically.
+
+Text: sentences from the Debian `fortunes` package, lower-cased and reduced to
+letters, apostrophes and spaces, deduplicated. Speech: espeak-ng voices and
+variants with varied speed and pitch, some flite voices, and sox augmentation
+(noise, tempo, telephone band). The test set is spoken only by voices that
+never appear in training or validation, so it measures unseen speakers.
+
+Writes <out>/{train,cv,test}/data.list (WeNet JSON lines: key, wav, txt) and
+the 16 kHz mono 16-bit wavs under <out>/wav/.
+"""
+import argparse
+import hashlib
+import json
+import os
+import random
+import re
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+FORTUNES = "/usr/share/games/fortunes"
+VARIANT_DIR = "/usr/lib/x86_64-linux-gnu/espeak-ng-data/voices/!v"
+# Accents heard in training; the test set uses the held-out ones only.
+TRAIN_ACCENTS = ["en-us", "en-gb", "en-gb-x-rp", "en-029", "en-gb-x-gbclan"]
+TEST_ACCENTS = ["en-gb-scotland", "en-us-nyc", "en-gb-x-gbcwmd"]
+TRAIN_FLITE = ["kal16", "awb", "rms"]
+TEST_FLITE = ["slt"]
+
+
+def sentences(min_words, max_words):
+    seen, out = set(), []
+    for name in sorted(os.listdir(FORTUNES)):
+        path = os.path.join(FORTUNES, name)
+        if "." in name or os.path.isdir(path):
+            continue
+        with open(path, encoding="utf-8", errors="ignore") as f:
+            text = f.read()
+        for entry in text.split("\n%\n"):
+            for s in re.split(r"[.!?;:]\s+", entry.replace("\n", " ")):
+                s = s.lower().replace("`", "'")
+                if re.search(r"[0-9@#$%&*_=+<>/\\|~\[\]{}]", s):
+                    continue
+                s = re.sub(r"[^a-z' ]", " ", s)
+                s = re.sub(r"\s+", " ", s).strip(" '")
+                words = s.split()
+                if min_words <= len(words) <= max_words and s not in seen:
+                    seen.add(s)
+                    out.append(s)
+    return out
+
+
+def variants():
+    names = [v for v in sorted(os.listdir(VARIANT_DIR)) if " " not in v]
+    return names
+
+
+def synthesize(job):
+    text, path, spec = job
+    if os.path.exists(path):
+        return path
+    tmp = path + ".tmp.wav"
+    effects = spec.get("sox", [])
+    if spec["engine"] == "espeak":
+        voice = spec["voice"] + ("+" + spec["variant"] if spec.get("variant") else "")
+        cmd = ["espeak-ng", "-v", voice, "-s", str(spec["speed"]), "-p", str(spec["pitch"]), "--stdout", text]
+        src = subprocess.run(cmd, check=True, capture_output=True).stdout
+        subprocess.run(["sox", "-q", "-V1", "-R", "-G", "-t", "wav", "-", "-r", "16000", "-c", "1", "-b", "16", tmp] + effects,
+                       input=src, check=True)
+    else:
+        raw = path + ".flite.wav"
+        subprocess.run(["flite", "-voice", spec["voice"], "--setf", "duration_stretch=%.2f" % spec["stretch"],
+                        "-t", text, "-o", raw], check=True, capture_output=True)
+        subprocess.run(["sox", "-q", "-V1", "-R", "-G", raw, "-r", "16000", "-c", "1", "-b", "16", tmp] + effects, check=True)
+        os.remove(raw)
+    os.replace(tmp, path)
+    return path
+
+
+def speaker(rng, accents, flite_voices, variant_names):
+    if rng.random() < 0.2:
+        return {"engine": "flite", "voice": rng.choice(flite_voices), "stretch": rng.uniform(0.85, 1.25)}
+    return {"engine": "espeak", "voice": rng.choice(accents), "variant": rng.choice(variant_names),
+            "speed": rng.randint(130, 200), "pitch": rng.randint(25, 75)}
+
+
+def augment(rng, spec):
+    r = rng.random()
+    if r < 0.15:
+        spec["sox"] = ["tempo", "%.2f" % rng.uniform(0.9, 1.1)]
+    elif r < 0.25:
+        spec["sox"] = ["bandpass", "1800", "1400h"]
+    elif r < 0.35:
+        spec["sox"] = ["reverb", "30", "50", "60"]
+    return spec
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("out")
+    p.add_argument("--train", type=int, default=3000)
+    p.add_argument("--cv", type=int, default=200)
+    p.add_argument("--test", type=int, default=200)
+    p.add_argument("--min-words", type=int, default=3)
+    p.add_argument("--max-words", type=int, default=10)
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
+    p.add_argument("--seed", type=int, default=1)
+    a = p.parse_args()
+
+    rng = random.Random(a.seed)
+    texts = sentences(a.min_words, a.max_words)
+    need = a.train + a.cv + a.test
+    if len(texts) < need:
+        sys.exit("make_corpus: only %d sentences available, %d needed" % (len(texts), need))
+    rng.shuffle(texts)
+    all_variants = variants()
+    # Hold some variants out of training as well, so test speakers are unseen twice over.
+    test_variants = all_variants[::5]
+    train_variants = [v for v in all_variants if v not in test_variants]
+    os.makedirs(os.path.join(a.out, "wav"), exist_ok=True)
+    jobs, lists = [], {"train": [], "cv": [], "test": []}
+    splits = [("train", a.train), ("cv", a.cv), ("test", a.test)]
+    start = 0
+    for split, count in splits:
+        for i in range(count):
+            text = texts[start + i]
+            if split == "test":
+                spec = speaker(rng, TEST_ACCENTS, TEST_FLITE, test_variants)
+            else:
+                spec = augment(rng, speaker(rng, TRAIN_ACCENTS, TRAIN_FLITE, train_variants))
+            tag = hashlib.sha1((text + json.dumps(spec, sort_keys=True)).encode()).hexdigest()[:10]
+            key = "%s_%05d_%s" % (split, i, tag)
+            path = os.path.join(a.out, "wav", key + ".wav")
+            jobs.append((text, path, spec))
+            lists[split].append({"key": key, "wav": os.path.join("..", "wav", key + ".wav"), "txt": text})
+        start += count
+    with ThreadPoolExecutor(max_workers=a.jobs) as pool:
+        for n, _ in enumerate(pool.map(synthesize, jobs), 1):
+            if n % 500 == 0:
+                print("make_corpus: %d/%d utterances" % (n, len(jobs)), file=sys.stderr)
+    for split, rows in lists.items():
+        os.makedirs(os.path.join(a.out, split), exist_ok=True)
+        tmp = os.path.join(a.out, split, "data.list.tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        os.replace(tmp, os.path.join(a.out, split, "data.list"))
+    print("make_corpus: %d train, %d cv, %d test utterances in %s (%d sentences available)"
+          % (a.train, a.cv, a.test, a.out, len(texts)), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
