@@ -1,0 +1,241 @@
+// Audio files, units, data lists and ASR training: bad input gives one clear
+// error each, resampling and mixdown are right, and a killed run resumes to
+// exactly the weights of an uninterrupted one.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <fstream>
+#include <random>
+
+#include "moekit/audio/audio_file.h"
+#include "moekit/core/file_io.h"
+#include "moekit/core/model_dir.h"
+#include "moekit/data/asr_data.h"
+#include "moekit/decode/recognizer.h"
+#include "moekit/models/asr/wenet_import.h"
+#include "moekit/train/asr_task.h"
+
+using namespace moekit;
+
+namespace {
+
+std::string temp_dir(const std::string& name) {
+  const std::string dir = testing::TempDir() + "/moekit_" + name;
+  make_dirs(dir);
+  return dir;
+}
+
+std::vector<float> sine(double freq, int rate, double seconds, double amplitude = 0.5) {
+  std::vector<float> out(static_cast<size_t>(rate * seconds));
+  for (size_t i = 0; i < out.size(); ++i) out[i] = static_cast<float>(amplitude * std::sin(2 * M_PI * freq * i / rate));
+  return out;
+}
+
+// A 16-bit PCM WAV with any channel count, written byte by byte.
+std::string wav_bytes(const std::vector<std::vector<float>>& channels, int rate) {
+  auto put = [](std::string& s, uint32_t v, int n) {
+    for (int i = 0; i < n; ++i) s.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+  };
+  const uint32_t c = static_cast<uint32_t>(channels.size());
+  const uint32_t frames = static_cast<uint32_t>(channels[0].size());
+  std::string s = "RIFF";
+  put(s, 36 + frames * c * 2, 4);
+  s += "WAVEfmt ";
+  put(s, 16, 4);
+  put(s, 1, 2);
+  put(s, c, 2);
+  put(s, static_cast<uint32_t>(rate), 4);
+  put(s, static_cast<uint32_t>(rate) * c * 2, 4);
+  put(s, c * 2, 2);
+  put(s, 16, 2);
+  s += "data";
+  put(s, frames * c * 2, 4);
+  for (uint32_t i = 0; i < frames; ++i)
+    for (uint32_t k = 0; k < c; ++k)
+      put(s, static_cast<uint32_t>(static_cast<int16_t>(std::lrint(channels[k][i] * 32767.f))) & 0xffff, 2);
+  return s;
+}
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const std::invalid_argument& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+}  // namespace
+
+TEST(AudioFiles, BadFilesGiveOneLineErrors) {
+  if (!have_audio_files()) GTEST_SKIP() << "built without libsndfile/libsoxr";
+  const std::string dir = temp_dir("audio_bad");
+  write_file_atomic(dir + "/text.wav", "this is not audio at all\n");
+  write_file_atomic(dir + "/empty.wav", wav_bytes({{}}, 16000));
+  const std::string good = wav_bytes({sine(440, 16000, 0.5)}, 16000);
+  write_file_atomic(dir + "/truncated.wav", good.substr(0, good.size() / 2));
+  write_file_atomic(dir + "/zero_bytes.wav", "");
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {dir + "/text.wav", "not a readable audio file"},
+      {dir + "/empty.wav", "no samples"},
+      {dir + "/truncated.wav", "truncated"},
+      {dir + "/zero_bytes.wav", "not a readable audio file"},
+      {dir + "/missing.wav", "no such file"},
+      {dir, "is a directory"},
+  };
+  for (const auto& [path, expected] : cases) {
+    const std::string message = error_of([&] { read_audio(path); });
+    EXPECT_NE(message.find(expected), std::string::npos) << path << ": " << message;
+    EXPECT_EQ(message.find('\n'), std::string::npos) << message;
+    EXPECT_EQ(message.rfind(path, 0), 0u) << "error should name the file: " << message;
+  }
+}
+
+TEST(AudioFiles, StereoIsMixedDownAndOtherRatesResampled) {
+  if (!have_audio_files()) GTEST_SKIP() << "built without libsndfile/libsoxr";
+  const std::string dir = temp_dir("audio_ok");
+  const auto left = sine(300, 8000, 1.0, 0.6), right = sine(300, 8000, 1.0, 0.2);
+  write_file_atomic(dir + "/stereo8k.wav", wav_bytes({left, right}, 8000));
+  const Audio raw = read_audio(dir + "/stereo8k.wav");
+  EXPECT_EQ(raw.file_channels, 2);
+  EXPECT_EQ(raw.sample_rate, 8000);
+  ASSERT_EQ(raw.samples.size(), left.size());
+  for (size_t i = 0; i < left.size(); i += 97) EXPECT_NEAR(raw.samples[i], 0.5f * (left[i] + right[i]), 1e-4);
+  const Audio audio = load_audio(dir + "/stereo8k.wav", 16000);
+  EXPECT_EQ(audio.sample_rate, 16000);
+  ASSERT_EQ(audio.samples.size(), 16000u);
+  // The 300 Hz tone survives: compare the middle against the analytic signal at 16 kHz.
+  const auto expected = sine(300, 16000, 1.0, 0.4);
+  double worst = 0;
+  for (size_t i = 2000; i < 14000; ++i) worst = std::max(worst, std::abs(double(audio.samples[i]) - expected[i]));
+  EXPECT_LT(worst, 2e-3);
+}
+
+TEST(Units, ParseAndTokenize) {
+  const Units units = Units::parse("<blank> 0\n<unk> 1\na 2\nb 3\n\xe2\x96\x81 4\n<sos/eos> 5\n", "u");
+  EXPECT_EQ(units.size(), 6);
+  EXPECT_EQ(tokenize("ab ba", units, "t"), (std::vector<int64_t>{2, 3, 4, 3, 2}));
+  EXPECT_EQ(tokenize("abz", units, "t"), (std::vector<int64_t>{2, 3, 1}));  // unknown -> <unk>
+  EXPECT_EQ(units.to_text({2, 3, 4, 3, 2, 5}), "ab ba");
+  const Units no_unk = Units::parse("<blank> 0\na 1\n<sos/eos> 2\n", "u");
+  EXPECT_NE(error_of([&] { tokenize("az", no_unk, "utt7"); }).find("character 'z'"), std::string::npos);
+  EXPECT_NE(error_of([] { Units::parse("a 0\n", "u"); }).find("must be <blank>"), std::string::npos);
+  EXPECT_NE(error_of([] { Units::parse("<blank> 0\na 2\n", "u"); }).find("id 1 is missing"), std::string::npos);
+  EXPECT_NE(error_of([] { Units::parse("<blank> 0\na x\n", "u"); }).find("not an integer"), std::string::npos);
+  EXPECT_NE(error_of([] { Units::parse("<blank> 0\na 1\na 2\n", "u"); }).find("twice"), std::string::npos);
+}
+
+TEST(AsrData, ListsAndKaldiDirectories) {
+  const std::string dir = temp_dir("asr_lists");
+  write_file_atomic(dir + "/data.list", "{\"key\": \"u1\", \"wav\": \"a.wav\", \"txt\": \"hello\"}\n\n"
+                                        "{\"key\": \"u2\", \"wav\": \"/abs/b.wav\", \"txt\": \"world\"}\n");
+  auto data = read_asr_data(dir + "/data.list");
+  ASSERT_EQ(data.size(), 2u);
+  EXPECT_EQ(data[0].wav, dir + "/a.wav");
+  EXPECT_EQ(data[1].wav, "/abs/b.wav");
+  write_file_atomic(dir + "/bad.list", "{\"key\": \"u1\", \"wav\": \"a.wav\"}\n");
+  EXPECT_NE(error_of([&] { read_asr_data(dir + "/bad.list"); }).find("bad.list:1"), std::string::npos);
+  make_dirs(dir + "/kaldi");
+  write_file_atomic(dir + "/kaldi/wav.scp", "u1 /x/a.wav\nu2 /x/b.wav\n");
+  write_file_atomic(dir + "/kaldi/text", "u1 hello there\nu2 world\n");
+  data = read_asr_data(dir + "/kaldi");
+  ASSERT_EQ(data.size(), 2u);
+  EXPECT_EQ(data[0].text, "hello there");
+  write_file_atomic(dir + "/kaldi/text", "u1 hello there\n");
+  EXPECT_NE(error_of([&] { read_asr_data(dir + "/kaldi"); }).find("no transcript for utterance u2"), std::string::npos);
+  EXPECT_EQ(text_to_chars("a  b"), (std::vector<std::string>{"a", "\xe2\x96\x81", "b"}));
+}
+
+TEST(AsrData, ErrorRates) {
+  ErrorRates r;
+  r.add("the cat sat", "the bat sat down");
+  EXPECT_EQ(r.words, 3);
+  EXPECT_EQ(r.word_edits, 2);  // cat->bat, +down
+  EXPECT_EQ(r.chars, 9);
+  EXPECT_EQ(r.char_edits, 5);  // c->b, +d +o +w +n
+}
+
+namespace {
+
+// A tiny corpus of tones: each "word" is a pitch, so the task is learnable.
+std::vector<Utterance> tone_corpus(const std::string& dir, int count, uint64_t seed) {
+  std::mt19937 rng(static_cast<unsigned>(seed));
+  const char* letters = "abcd";
+  std::vector<Utterance> out;
+  for (int i = 0; i < count; ++i) {
+    std::string text;
+    std::vector<float> samples;
+    const int n = 2 + static_cast<int>(rng() % 3);
+    for (int k = 0; k < n; ++k) {
+      const int which = static_cast<int>(rng() % 4);
+      text += letters[which];
+      const auto tone = sine(300.0 + 250.0 * which, 16000, 0.12, 0.3);
+      samples.insert(samples.end(), tone.begin(), tone.end());
+      samples.insert(samples.end(), 800, 0.0f);
+    }
+    const std::string path = dir + "/utt" + std::to_string(i) + ".wav";
+    write_wav16(path, samples, 16000);
+    out.push_back({"utt" + std::to_string(i), path, text});
+  }
+  return out;
+}
+
+std::shared_ptr<AsrModel> tiny_model(int64_t vocab) {
+  AsrConfig c;
+  c.vocab_size = vocab;
+  c.encoder.input_dim = 80;
+  c.encoder.output_size = 16;
+  c.encoder.attention_heads = 2;
+  c.encoder.num_blocks = 1;
+  c.encoder.ffn.hidden = 16;
+  c.encoder.ffn.moe = true;
+  c.encoder.ffn.n_expert = 4;
+  c.encoder.cnn_module_kernel = 3;
+  c.encoder.use_dynamic_chunk = true;
+  c.encoder.causal = true;
+  c.decoder.attention_heads = 2;
+  c.decoder.num_blocks = 1;
+  c.decoder.r_num_blocks = 1;
+  c.decoder.ffn.hidden = 16;
+  c.fbank.dither = 0.1;
+  return std::make_shared<AsrModel>(c);
+}
+
+}  // namespace
+
+TEST(AsrTraining, KilledRunResumesToTheSameWeights) {
+  if (!have_audio_files()) GTEST_SKIP() << "built without libsndfile/libsoxr";
+  const std::string dir = temp_dir("asr_resume");
+  const auto train_data = tone_corpus(dir, 12, 1), cv_data = tone_corpus(dir + "/..", 0, 2);
+  const std::vector<Utterance> cv(train_data.begin(), train_data.begin() + 3);
+  const Units units = build_char_units(train_data);
+  AsrDataOptions data;
+  data.batch_size = 4;
+  TrainerOptions o;
+  o.epochs = 2;
+  o.warmup_steps = 3;
+  o.log_interval = 100;
+  o.average_last = 1;
+  o.seed = 5;
+  auto run = [&](const std::string& exp, int64_t max_steps, bool resume) {
+    torch::manual_seed(o.seed);
+    auto model = tiny_model(units.size());
+    AsrTrainTask task(model, units, train_data, cv, data, o.seed);
+    TrainerOptions oo = o;
+    oo.max_steps = max_steps;
+    return train(task, oo, exp, resume);
+  };
+  const TrainSummary whole = run(dir + "/whole", 0, false);
+  EXPECT_TRUE(whole.completed);
+  EXPECT_EQ(whole.steps, 6);
+  const TrainSummary first = run(dir + "/killed", 4, false);  // stops in the middle of epoch 2
+  EXPECT_FALSE(first.completed);
+  EXPECT_NE(error_of([&] { run(dir + "/killed", 0, false); }).find("--resume"), std::string::npos);
+  const TrainSummary rest = run(dir + "/killed", 0, true);
+  EXPECT_TRUE(rest.completed);
+  EXPECT_EQ(rest.steps, 6);
+  const TensorMap a = read_model_weights(whole.final_dir), b = read_model_weights(rest.final_dir);
+  ASSERT_EQ(a.size(), b.size());
+  for (const auto& [name, t] : a) EXPECT_TRUE(torch::equal(t, b.at(name))) << name;
+  EXPECT_TRUE(path_exists(rest.final_dir + "/units.txt"));
+}
