@@ -4,6 +4,8 @@
 #include <nlohmann/json.hpp>
 
 #include <cstdlib>
+#include <functional>
+#include <yaml-cpp/yaml.h>
 
 #include "moekit/audio/audio_file.h"
 #include "moekit/audio/fbank.h"
@@ -170,4 +172,93 @@ TEST(WenetFixture, ImportedModelDirectoryRoundTrips) {
   const torch::Tensor feats = f.reference.at("fbank").unsqueeze(0);
   auto [out_a, m_a] = loaded.model->encoder->forward(feats, torch::full({1}, feats.size(1), torch::kLong));
   EXPECT_LE(max_diff(out_a[0], f.reference.at("encoder_out_full")), 1e-4);
+}
+
+namespace {
+
+// A copy of the fixture's WeNet directory with train.yaml edited by `edit`.
+std::string edited_copy(const std::string& dir, const std::string& name,
+                        const std::function<void(YAML::Node&)>& edit) {
+  const std::string out = testing::TempDir() + "/moekit_wenet_" + name;
+  make_dirs(out);
+  for (const char* f : {"final.pt", "global_cmvn", "units.txt"})
+    write_file_atomic(out + "/" + f, read_file(dir + "/" + f));
+  YAML::Node y = YAML::LoadFile(dir + "/train.yaml");
+  edit(y);
+  write_file_atomic(out + "/train.yaml", YAML::Dump(y));
+  return out;
+}
+
+std::string import_error(const std::string& wenet_dir) {
+  try {
+    import_wenet(WenetFiles::from_dir(wenet_dir));
+  } catch (const std::invalid_argument& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+}  // namespace
+
+TEST(WenetFixture, UnsupportedOptionsAndMismatchesAreRefusedByName) {
+  REQUIRE_FIXTURE();
+  struct Case {
+    const char* name;
+    std::function<void(YAML::Node&)> edit;
+    const char* expected;
+  };
+  const std::vector<Case> cases = {
+      {"gqa", [](YAML::Node& y) { y["encoder_conf"]["n_kv_head"] = 2; }, "encoder_conf.n_kv_head"},
+      {"rms", [](YAML::Node& y) { y["encoder_conf"]["layer_norm_type"] = "rms_norm"; }, "layer_norm_type"},
+      {"unknown", [](YAML::Node& y) { y["encoder_conf"]["frobnicate"] = true; }, "encoder_conf.frobnicate"},
+      {"squeezeformer", [](YAML::Node& y) { y["encoder"] = "squeezeformer"; }, "encoder 'squeezeformer'"},
+      {"transducer", [](YAML::Node& y) { y["model"] = "transducer"; }, "model 'transducer'"},
+      {"rope", [](YAML::Node& y) { y["encoder_conf"]["pos_enc_layer_type"] = "rope_pos"; }, "rope_pos"},
+      // Another architecture than the checkpoint's: every mismatch named.
+      {"deeper", [](YAML::Node& y) { y["encoder_conf"]["num_blocks"] = 3; }, "encoder.encoders.2."},
+      {"wider", [](YAML::Node& y) { y["encoder_conf"]["linear_units"] = 256; }, "feed_forward.experts.w1"},
+      {"dense", [](YAML::Node& y) { y["encoder_conf"]["mlp_type"] = "position_wise_feed_forward"; },
+       "feed_forward.gate.weight"},
+      {"vocab", [](YAML::Node& y) { y["output_dim"] = 40; }, "ctc.ctc_lo"},
+  };
+  for (const auto& c : cases) {
+    const std::string message = import_error(edited_copy(dir, c.name, c.edit));
+    EXPECT_NE(message.find(c.expected), std::string::npos) << c.name << ": " << message;
+    EXPECT_EQ(message.find('\n'), std::string::npos) << c.name << ": " << message;
+  }
+}
+
+TEST(WenetFixture, CorruptCheckpointsAreRefused) {
+  REQUIRE_FIXTURE();
+  const std::string bytes = read_file(dir + "/final.pt");
+  const std::string out = testing::TempDir() + "/moekit_corrupt";
+  make_dirs(out);
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"truncated.pt", bytes.substr(0, bytes.size() / 2)},
+      {"empty.pt", ""},
+      {"text.pt", "not a checkpoint"},
+      {"legacy.pt", std::string("\x80\x02\x8a\x0a", 4) + std::string(100, '\0')},
+  };
+  for (const auto& [name, content] : cases) {
+    write_file_atomic(out + "/" + name, content);
+    std::string message = "(no error)";
+    try {
+      read_torch_checkpoint(out + "/" + name);
+    } catch (const std::invalid_argument& e) {
+      message = e.what();
+    }
+    EXPECT_EQ(message.rfind(out + "/" + name, 0), 0u) << message;
+    EXPECT_EQ(message.find('\n'), std::string::npos) << message;
+  }
+  // Flipped bytes inside the pickle never crash.
+  const size_t pkl = bytes.find("data.pkl");
+  ASSERT_NE(pkl, std::string::npos);
+  for (int i = 0; i < 200; ++i) {
+    std::string damaged = bytes;
+    damaged[pkl + 40 + static_cast<size_t>(i) * 7 % 3000] ^= static_cast<char>(1 + i % 255);
+    try {
+      parse_torch_checkpoint(damaged, "damaged");
+    } catch (const std::invalid_argument&) {
+    }
+  }
 }
