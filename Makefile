@@ -14,6 +14,7 @@ build: deps
 	@cmake --build $(BUILD) -j$(JOBS)
 
 demo: build
+	@bash scripts/setup-deps.sh --recipes
 	@bash scripts/demo.sh $(BUILD)
 
 test: build

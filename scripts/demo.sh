@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
-# The main job until a model family lands: show the system MoEKit runs on,
-# then benchmark the MoE layer side by side with a dense FFN of equal active
-# FLOPs and WeNet's per-expert loop (LibTorch and PyTorch eager), and a stack
-# of MoE layers against the machine's memory bandwidth.
+# The main job: a small U2++ MoE speech recognition pipeline end to end on
+# this machine (recipes/asr with DEMO=1): a synthetic corpus spoken by
+# espeak-ng/flite voices, a dense Conformer and its 8-expert top-2 MoE
+# counterpart trained for streaming and full context, then WER/CER on
+# voices never heard in training, full context and chunk 16, with RTF.
+# `make bench` runs the MoE layer benchmarks.
 set -euo pipefail
 build=${1:-build}
 moekit="$build/moekit"
 echo "== moekit info --system"
 "$moekit" info --system
 echo
-echo "== MoE layer benchmark (D=256, H=1024, E=8, top-2; 2 threads; medians, ms)"
-/usr/bin/python3 bench/run_moe_bench.py --moekit "$moekit" --threads 2 --hidden 1024 --tokens 16,256,4096 \
-  --rounds 3 --alternations 1 --stack-layers 16
+start=$(date +%s)
+echo "== U2++ ASR recipe, demo size (recipes/asr/run.sh with DEMO=1)"
+DEMO=1 MOEKIT="$(cd "$(dirname "$moekit")" && pwd)/moekit" WORK="$(cd "$build" && pwd)/demo_asr" bash recipes/asr/run.sh
+echo
+echo "demo finished in $(( $(date +%s) - start )) s"

@@ -102,6 +102,23 @@ AsrTrainTask::AsrTrainTask(std::shared_ptr<AsrModel> model, Units units, const s
                    " units for a model vocabulary of ", model_->config().vocab_size);
   train_ = load(train, "training");
   cv_ = load(cv, "validation");
+  // Global CMVN from the training features (WeNet's compute_cmvn_stats), in
+  // the model so that decoding needs nothing else. A resumed run overwrites
+  // it with the checkpoint's identical values.
+  torch::Tensor sum = torch::zeros({model_->config().encoder.input_dim}, torch::kDouble);
+  torch::Tensor sum_sq = torch::zeros_like(sum);
+  int64_t frames = 0;
+  for (const Example& e : train_) {
+    const torch::Tensor f = e.feats.to(torch::kDouble);
+    sum += f.sum(0);
+    sum_sq += (f * f).sum(0);
+    frames += f.size(0);
+  }
+  const torch::Tensor mean = sum / static_cast<double>(frames);
+  const torch::Tensor var = torch::clamp_min(sum_sq / static_cast<double>(frames) - mean * mean, 1e-20);
+  torch::NoGradGuard no_grad;
+  model_->encoder->global_cmvn->mean.copy_(mean.to(torch::kFloat));
+  model_->encoder->global_cmvn->istd.copy_((1.0 / var.sqrt()).to(torch::kFloat));
 }
 
 std::vector<AsrTrainTask::Example> AsrTrainTask::load(const std::vector<Utterance>& data, const char* what) {

@@ -228,6 +228,7 @@ TrainSummary train(TrainTask& task, const TrainerOptions& o, const std::string& 
   };
 
   const auto start = std::chrono::steady_clock::now();
+  auto last_log = start;
   int64_t units_done = 0;
   bool stopped = false, stopped_mid_epoch = false;
   for (; epoch < o.epochs; ++epoch, next_batch = 0) {
@@ -261,18 +262,21 @@ TrainSummary train(TrainTask& task, const TrainerOptions& o, const std::string& 
       if (std::isfinite(grad_norm)) optimizer.step();
       optimizer.zero_grad();
       if (step % o.log_interval == 0) {
-        const double elapsed =
-            std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        const auto now = std::chrono::steady_clock::now();
+        const double elapsed = std::chrono::duration<double>(now - start).count();
+        const double interval = std::chrono::duration<double>(now - last_log).count();
+        last_log = now;
         std::ostringstream line;
         line << "epoch " << epoch + 1 << "/" << o.epochs << " batch " << b + 1 << "/" << batches << " step " << step;
-        nlohmann::json j = {{"step", step}, {"epoch", epoch + 1}, {"lr", lr}, {"grad_norm", grad_norm}};
+        nlohmann::json j = {{"step", step}, {"epoch", epoch + 1}, {"lr", lr}, {"grad_norm", grad_norm},
+                            {task.units_name() + "_per_s", units_done / std::max(interval, 1e-9)}};
         for (const auto& [k, v] : running) {
           line << " " << k << " " << std::fixed << std::setprecision(3) << v / running_n;
           j[k] = v / running_n;
         }
         const double done = (epoch + static_cast<double>(b + 1) / batches) / o.epochs;
         line << " lr " << std::scientific << std::setprecision(2) << lr << std::fixed << " " << task.units_name()
-             << "/s " << std::setprecision(0) << units_done / std::max(elapsed, 1e-9) << " elapsed "
+             << "/s " << std::setprecision(0) << units_done / std::max(interval, 1e-9) << " elapsed "
              << format_duration(elapsed);
         if (done > 0) line << " eta " << format_duration(elapsed / done * (1 - done));
         std::cerr << line.str() << "\n";

@@ -1,0 +1,44 @@
+#!/usr/bin/env python3
+"""Prints the recipe's results table (markdown) from the eval/info JSON files."""
+import json
+import os
+import sys
+
+MODES = [("ctc_greedy_search", "CTC greedy"), ("ctc_prefix_beam_search", "CTC prefix beam"),
+         ("attention_rescoring", "attention rescoring")]
+
+
+def main():
+    exp, confs = sys.argv[1], sys.argv[2:]
+    rows = []
+    for conf in confs:
+        d = os.path.join(exp, conf)
+        info = json.load(open(os.path.join(d, "info.json")))
+        evals = {}
+        for chunk in ("-1", "16"):
+            for r in json.load(open(os.path.join(d, "eval_chunk%s.json" % chunk))):
+                evals[(r["mode"], chunk)] = r
+        metrics = [json.loads(l) for l in open(os.path.join(d, "metrics.jsonl")) if "cv_loss" in l]
+        rows.append((conf, info, evals, metrics[-1] if metrics else {}))
+    print("| model | params total | active | decoding | WER full | WER chunk 16 | CER full | CER chunk 16 | RTF full | RTF chunk 16 |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for conf, info, evals, last in rows:
+        total = info["parameters"]["total"] / 1e6
+        active = info["parameters"]["active_per_token"] / 1e6
+        for mode, name in MODES:
+            full, chunk = evals[(mode, "-1")], evals[(mode, "16")]
+            print("| %s | %.2fM | %.2fM | %s | %.1f%% | %.1f%% | %.1f%% | %.1f%% | %.3f | %.3f |" % (
+                conf, total, active, name, 100 * full["wer"], 100 * chunk["wer"], 100 * full["cer"],
+                100 * chunk["cer"], full["rtf"], chunk["rtf"]))
+    print()
+    for conf, info, evals, last in rows:
+        if last:
+            print("%s: %d optimizer steps, last validation loss %.2f, CER %.1f%% (CTC greedy, full context)" % (
+                conf, last["step"], last["cv_loss"], 100 * last["cv_cer"]))
+    utts = rows[0][2][("ctc_greedy_search", "-1")]["utterances"] if rows else 0
+    print("\nTest set: %d utterances by voices never heard in training. RTF: decoding time / audio time, "
+          "1 thread, fbank included." % utts)
+
+
+if __name__ == "__main__":
+    main()
