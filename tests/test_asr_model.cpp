@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <thread>
 
 #include "moekit/models/asr/asr_model.h"
 
@@ -198,4 +199,26 @@ TEST(AsrModel, RejectsBadConfigsAndInputs) {
   // Round trip of the config.
   const AsrConfig back = AsrConfig::from_yaml(small_config(kVariants[2], true).to_yaml(), "test");
   EXPECT_EQ(YAML::Dump(back.to_yaml()), YAML::Dump(small_config(kVariants[2], true).to_yaml()));
+}
+
+TEST(AsrModel, ConcurrentStreamsShareOneModel) {
+  torch::manual_seed(21);
+  AsrModel model(small_config(kVariants[0], true));
+  randomize(model);
+  torch::NoGradGuard no_grad;
+  std::vector<torch::Tensor> inputs, expected(4), got(4);
+  for (int i = 0; i < 4; ++i) inputs.push_back(torch::randn({1, 120 + 13 * i, 20}));
+  auto stream = [&](const torch::Tensor& feats) {
+    torch::NoGradGuard guard;
+    EncoderStreamCache cache;
+    std::vector<torch::Tensor> pieces;
+    for (int64_t cur = 0; cur + 7 <= feats.size(1); cur += 8)
+      pieces.push_back(model.encoder->forward_chunk(feats.slice(1, cur, std::min(cur + 11, feats.size(1))), cache, -1));
+    return torch::cat(pieces, 1);
+  };
+  for (int i = 0; i < 4; ++i) expected[i] = stream(inputs[i]);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 4; ++i) threads.emplace_back([&, i] { got[i] = stream(inputs[i]); });
+  for (auto& t : threads) t.join();
+  for (int i = 0; i < 4; ++i) EXPECT_TRUE(torch::allclose(got[i], expected[i], 1e-5, 1e-6)) << i;
 }

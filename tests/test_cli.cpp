@@ -6,6 +6,12 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
+#include <cmath>
+#include <sstream>
+
+#include "moekit/audio/audio_file.h"
+#include "moekit/core/file_io.h"
+#include "moekit/models/asr/wenet_import.h"
 #include "moekit/models/ffn_stack/ffn_stack.h"
 
 namespace moekit {
@@ -78,4 +84,80 @@ TEST(Cli, ErrorsAreOneLineWithNonZeroExit) {
 }
 
 }  // namespace
+}  // namespace moekit
+
+// Speech recognition end to end through the CLI, on a small random model.
+namespace moekit {
+namespace {
+
+std::string asr_model_dir() {
+  const auto dir = std::filesystem::temp_directory_path() / ("moekit-cli-asr-" + std::to_string(::getpid()));
+  AsrConfig c;
+  c.vocab_size = 6;
+  c.encoder.output_size = 16;
+  c.encoder.attention_heads = 2;
+  c.encoder.num_blocks = 1;
+  c.encoder.ffn.hidden = 16;
+  c.encoder.ffn.moe = true;
+  c.encoder.ffn.n_expert = 4;
+  c.encoder.cnn_module_kernel = 3;
+  c.encoder.causal = true;
+  c.encoder.use_dynamic_chunk = true;
+  c.decoder.attention_heads = 2;
+  c.decoder.num_blocks = 1;
+  c.decoder.r_num_blocks = 1;
+  c.decoder.ffn.hidden = 16;
+  AsrModel model(c);
+  save_asr_model(dir.string(), model, Units({"<blank>", "<unk>", "a", "b", "\xe2\x96\x81", "<sos/eos>"}));
+  return dir.string();
+}
+
+}  // namespace
+
+TEST(Cli, TranscribeGoesOnPastBadFilesAndFailsAtTheEnd) {
+  if (!have_audio_files()) GTEST_SKIP() << "built without libsndfile/libsoxr";
+  const std::string dir = asr_model_dir();
+  std::vector<float> tone(16000), silence(8000, 0.0f);
+  for (size_t i = 0; i < tone.size(); ++i) tone[i] = 0.3f * std::sin(0.05f * static_cast<float>(i));
+  write_wav16(dir + "/tone.wav", tone, 16000);
+  write_wav16(dir + "/silence.wav", silence, 8000);  // other rate: resampled
+  write_wav16(dir + "/short.wav", std::vector<float>(100, 0.1f), 16000);
+  write_file_atomic(dir + "/notes.txt", "hello");
+  const CliRun run = run_cli("transcribe " + dir + " " + dir + "/tone.wav " + dir + "/notes.txt " + dir +
+                             "/silence.wav " + dir + "/short.wav --json");
+  EXPECT_EQ(run.exit_code, 1) << run.output;
+  std::vector<nlohmann::json> rows;
+  std::istringstream in(run.output);
+  std::string line;
+  int errors = 0;
+  while (std::getline(in, line)) {
+    if (line.rfind("{", 0) == 0) rows.push_back(nlohmann::json::parse(line));
+    if (line.rfind("moekit: error:", 0) == 0) ++errors;
+  }
+  ASSERT_EQ(rows.size(), 4u) << run.output;
+  EXPECT_FALSE(rows[0].contains("error")) << rows[0];
+  EXPECT_NE(rows[1]["error"].get<std::string>().find("notes.txt: not a readable audio file"), std::string::npos);
+  EXPECT_FALSE(rows[2].contains("error")) << rows[2];
+  EXPECT_NE(rows[3]["error"].get<std::string>().find("too short"), std::string::npos) << rows[3];
+  EXPECT_EQ(errors, 3) << run.output;  // two files + the summary line
+
+  const CliRun streaming = run_cli("transcribe " + dir + " " + dir + "/tone.wav --chunk-size 2 --streaming");
+  EXPECT_EQ(streaming.exit_code, 0) << streaming.output;
+  const CliRun bad_mode = run_cli("transcribe " + dir + " " + dir + "/tone.wav --mode beam");
+  EXPECT_EQ(bad_mode.exit_code, 1);
+  EXPECT_NE(bad_mode.output.find("unknown decoding mode 'beam'"), std::string::npos) << bad_mode.output;
+  EXPECT_EQ(lines(bad_mode.output), 1);
+  const CliRun no_model = run_cli("transcribe " + dir + "/nowhere " + dir + "/tone.wav");
+  EXPECT_EQ(no_model.exit_code, 1);
+  EXPECT_EQ(lines(no_model.output), 1) << no_model.output;
+}
+
+TEST(Cli, ImportWenetNeedsAWenetDirectory) {
+  const std::string dir = asr_model_dir();
+  const CliRun run = run_cli("import wenet " + dir + " " + dir + "/out");
+  EXPECT_EQ(run.exit_code, 1);
+  EXPECT_NE(run.output.find("no final.pt"), std::string::npos) << run.output;
+  EXPECT_EQ(lines(run.output), 1);
+}
+
 }  // namespace moekit

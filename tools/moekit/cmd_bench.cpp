@@ -14,6 +14,7 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 
+#include "bench_util.h"
 #include "commands.h"
 #include "moekit/core/check.h"
 #include "moekit/core/runtime.h"
@@ -24,7 +25,6 @@ namespace moekit::cli {
 namespace {
 
 using json = nlohmann::json;
-using Clock = std::chrono::steady_clock;
 
 struct BenchMoeOptions {
   int64_t d_model = 256;
@@ -61,40 +61,6 @@ torch::Tensor loop_moe(const MoELayerImpl& moe, const torch::Tensor& x) {
     out = out.index_add(0, token_ids, w * y);
   }
   return out;
-}
-
-// Seconds per call of fn, averaged over a sample of about `seconds`.
-double time_sample(const std::function<void()>& fn, double seconds) {
-  fn();
-  int64_t calls = 0;
-  const auto start = Clock::now();
-  double elapsed = 0.0;
-  do {
-    fn();
-    ++calls;
-    elapsed = std::chrono::duration<double>(Clock::now() - start).count();
-  } while (elapsed < seconds);
-  return elapsed / static_cast<double>(calls);
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
-
-// Best of several full reads of a buffer 8x larger than any last-level cache.
-double read_bandwidth_bytes_per_s() {
-  torch::NoGradGuard no_grad;
-  const torch::Tensor buffer = torch::ones({64 * 1024 * 1024});  // 256 MiB
-  double best = 0.0;
-  for (int i = 0; i < 5; ++i) {
-    const auto start = Clock::now();
-    const double sum = buffer.sum().item<double>();
-    const double s = std::chrono::duration<double>(Clock::now() - start).count();
-    MOEKIT_CHECK(sum > 0, "bandwidth probe failed");
-    best = std::max(best, static_cast<double>(buffer.numel()) * 4.0 / s);
-  }
-  return best;
 }
 
 MoEOptions layer_options(const BenchMoeOptions& opt, int64_t hidden) {
@@ -200,6 +166,7 @@ void add_bench_command(CLI::App& app, const GlobalOptions& global) {
   CLI::App* bench = app.add_subcommand("bench", "Benchmarks (JSON output)");
   bench->require_subcommand(1);
   auto opt = std::make_shared<BenchMoeOptions>();
+  add_bench_asr_command(*bench, global);
   CLI::App* cmd = bench->add_subcommand("moe", "MoE layer vs dense FFN (equal active FLOPs) vs a per-expert loop");
   cmd->add_option("--d-model", opt->d_model, "Model width")->capture_default_str();
   cmd->add_option("--hidden", opt->hidden, "Hidden width per expert (list)")->capture_default_str()->delimiter(',');

@@ -118,11 +118,14 @@ torch::Tensor MoELayerImpl::forward(const torch::Tensor& input, const RouteInput
     tokens = x_flat;
   }
   const int64_t num_tokens = tokens.size(0);
-  stats_ = RouterStats{};
-  stats_.routed_tokens = num_tokens;
-  aux_loss_ = torch::Tensor();
+  // Statistics are built locally and published at the end under a lock, so
+  // concurrent forwards (streaming sessions sharing one model) do not race.
+  RouterStats stats;
+  torch::Tensor aux;
+  stats.routed_tokens = num_tokens;
   if (num_tokens == 0) {
-    stats_.tokens_per_expert.assign(options_.num_experts, 0);
+    stats.tokens_per_expert.assign(options_.num_experts, 0);
+    publish(std::move(stats), aux);
     return torch::zeros_like(input);
   }
 
@@ -138,23 +141,25 @@ torch::Tensor MoELayerImpl::forward(const torch::Tensor& input, const RouteInput
   const bool want_z = options_.z_loss_coef > 0.0 || is_training();
   if (want_balance) {
     const torch::Tensor balance = load_balancing_loss(logits, decision.expert_index);
-    stats_.load_balancing_loss = balance.detach();
-    if (options_.aux_loss_coef > 0.0) aux_loss_ = balance * options_.aux_loss_coef;
+    stats.load_balancing_loss = balance.detach();
+    if (options_.aux_loss_coef > 0.0) aux = balance * options_.aux_loss_coef;
   }
   if (want_z) {
     const torch::Tensor z = router_z_loss(logits);
-    stats_.z_loss = z.detach();
+    stats.z_loss = z.detach();
     if (options_.z_loss_coef > 0.0) {
-      aux_loss_ = aux_loss_.defined() ? aux_loss_ + z * options_.z_loss_coef : z * options_.z_loss_coef;
+      aux = aux.defined() ? aux + z * options_.z_loss_coef : z * options_.z_loss_coef;
     }
   }
 
   // Dispatch, run the experts, combine.
   const DispatchPlan plan = make_dispatch_plan(decision.expert_index, options_.num_experts, options_.capacity_factor);
-  stats_.tokens_per_expert = plan.tokens_per_expert;
-  stats_.capacity = plan.capacity;
-  stats_.dropped_assignments = plan.dropped_assignments;
-  stats_.dropped_tokens = plan.dropped_tokens;
+  stats.tokens_per_expert = plan.tokens_per_expert;
+  stats.capacity = plan.capacity;
+  stats.dropped_assignments = plan.dropped_assignments;
+  stats.dropped_tokens = plan.dropped_tokens;
+
+  publish(std::move(stats), aux);
 
   const torch::Tensor rows = tokens.index_select(0, plan.token_of_row);  // [M, D], grouped by expert
   const torch::Tensor expert_out =
@@ -167,6 +172,22 @@ torch::Tensor MoELayerImpl::forward(const torch::Tensor& input, const RouteInput
   return torch::zeros({batch * time, d_model}, combined.options())
       .index_copy(0, valid_index, combined)
       .reshape(input.sizes());
+}
+
+void MoELayerImpl::publish(RouterStats stats, torch::Tensor aux) {
+  std::lock_guard<std::mutex> lock(stats_mutex_);
+  stats_ = std::move(stats);
+  aux_loss_ = std::move(aux);
+}
+
+RouterStats MoELayerImpl::last_stats() const {
+  std::lock_guard<std::mutex> lock(stats_mutex_);
+  return stats_;
+}
+
+torch::Tensor MoELayerImpl::aux_loss() const {
+  std::lock_guard<std::mutex> lock(stats_mutex_);
+  return aux_loss_;
 }
 
 torch::Tensor collect_moe_aux_loss(const torch::nn::Module& root) {

@@ -11,6 +11,7 @@
 //   experts.w2 [E, D, H], experts.b2 [E, D]
 #include <torch/torch.h>
 
+#include <mutex>
 #include <optional>
 
 #include "moekit/moe/grouped_ffn.h"
@@ -59,10 +60,12 @@ class MoELayerImpl : public torch::nn::Module {
   torch::Tensor router_logits(const torch::Tensor& x, const RouteInput& route = {});
 
   const MoEOptions& options() const { return options_; }
-  const RouterStats& last_stats() const { return stats_; }
+  // Router statistics of the latest forward (a copy: safe while other
+  // threads run forwards on the same layer).
+  RouterStats last_stats() const;
   // Weighted aux_loss_coef * load-balancing + z_loss_coef * z-loss of the last
   // forward, differentiable; undefined when both coefficients are 0.
-  const torch::Tensor& aux_loss() const { return aux_loss_; }
+  torch::Tensor aux_loss() const;
   // Runtime (not stored) choice of grouped-FFN kernel; Auto by default.
   void set_kernel(GroupedFfnKernel kernel) { kernel_ = kernel; }
 
@@ -77,8 +80,11 @@ class MoELayerImpl : public torch::nn::Module {
                               const RouteInput& route);
   void check_route(const torch::Tensor& x, const RouteInput& route) const;
 
+  void publish(RouterStats stats, torch::Tensor aux);
+
   MoEOptions options_;
   GroupedFfnKernel kernel_ = GroupedFfnKernel::Auto;
+  mutable std::mutex stats_mutex_;
   RouterStats stats_;
   torch::Tensor aux_loss_;
 };

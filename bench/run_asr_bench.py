@@ -1,0 +1,95 @@
+#!/usr/bin/env python3
+"""Side-by-side ASR speed benchmark (issue: U2++ MoE speed targets).
+
+One run, rounds interleaved, threads pinned (intra-op and OpenBLAS):
+  moe        MoEKit, Conformer with 8-expert top-2 MoE FFNs
+  dense      MoEKit, the same Conformer with dense FFNs of equal active FLOPs (FFN = top_k x H)
+  moe_torch  bench/asr_pytorch.py: the MoE model (same weights) in PyTorch eager, WeNet's per-expert loop
+  dense_torch  the dense model in PyTorch eager
+Prints a markdown table of RTF (encoder + CTC) at full context and chunk by
+chunk, the ratios the targets are stated in, and the MoE model's fraction of
+the memory-bandwidth bound per chunk.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+
+def run(cmd, env):
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
+    return json.loads(out)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--moekit", default="build/moekit")
+    ap.add_argument("--python", default="/usr/bin/python3")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--d-model", type=int, default=256)
+    ap.add_argument("--blocks", type=int, default=12)
+    ap.add_argument("--ffn", type=int, default=2048)
+    ap.add_argument("--experts", type=int, default=8)
+    ap.add_argument("--top-k", type=int, default=2)
+    ap.add_argument("--kernel", type=int, default=8)
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--chunk-size", type=int, default=16)
+    ap.add_argument("--rounds", type=int, default=3, help="timed repetitions inside each program call")
+    ap.add_argument("--alternations", type=int, default=2, help="interleaved calls of every variant")
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args()
+    env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), OPENBLAS_NUM_THREADS=str(a.threads))
+    tmp = tempfile.mkdtemp(prefix="moekit_asr_bench_")
+    shape = ["--d-model", str(a.d_model), "--blocks", str(a.blocks), "--kernel", str(a.kernel),
+             "--seconds", str(a.seconds), "--chunk-size", str(a.chunk_size), "--rounds", str(a.rounds)]
+    models = {"moe": ["--ffn", str(a.ffn), "--experts", str(a.experts), "--top-k", str(a.top_k)],
+              "dense": ["--ffn", str(a.ffn * a.top_k), "--experts", "0"]}
+    results = {k: [] for k in ("moe", "dense", "moe_torch", "dense_torch")}
+    for alt in range(a.alternations):
+        for name, extra in models.items():
+            cmd = [a.moekit, "--threads", str(a.threads), "bench", "asr"] + shape + extra
+            if alt == 0:
+                cmd += ["--save-model", os.path.join(tmp, name)]
+            results[name].append(run(cmd, env))
+            results[name + "_torch"].append(run(
+                [a.python, os.path.join(os.path.dirname(__file__), "asr_pytorch.py"), os.path.join(tmp, name),
+                 "--threads", str(a.threads), "--seconds", str(a.seconds), "--chunk-size", str(a.chunk_size),
+                 "--rounds", str(a.rounds)], env))
+    med = lambda rows, key: sorted(r[key] for r in rows)[len(rows) // 2]
+    summary = {k: {"rtf_full": med(v, "rtf_full"), "rtf_chunk": med(v, "rtf_chunk")} for k, v in results.items()}
+    for k in ("moe", "dense"):
+        for key in ("rtf_fbank", "rtf_full_with_fbank", "rtf_chunk_with_fbank", "chunk_fraction_of_bandwidth_bound",
+                    "read_bandwidth_gb_per_s"):
+            summary[k][key] = med(results[k], key)
+        summary[k]["parameters"] = results[k][0]["parameters"]
+    if a.json:
+        print(json.dumps(summary, indent=2))
+        return
+    print("ASR encoder + CTC, %.0f s utterance, d=%d, %d blocks, FFN %d, %d experts top-%d, kernel %d, causal, "
+          "%d thread(s), chunk %d; medians of %d x %d runs" % (a.seconds, a.d_model, a.blocks, a.ffn, a.experts,
+                                                               a.top_k, a.kernel, a.threads, a.chunk_size,
+                                                               a.alternations, a.rounds))
+    print()
+    print("| variant | RTF full | RTF chunk %d | RTF full + fbank | RTF chunk + fbank |" % a.chunk_size)
+    print("|---|---|---|---|---|")
+    for k in ("moe", "dense", "moe_torch", "dense_torch"):
+        s = summary[k]
+        extra = ("%.4f | %.4f" % (s["rtf_full_with_fbank"], s["rtf_chunk_with_fbank"])) if "rtf_fbank" in s else "- | -"
+        print("| %s | %.4f | %.4f | %s |" % (k, s["rtf_full"], s["rtf_chunk"], extra))
+    m, d, mt = summary["moe"], summary["dense"], summary["moe_torch"]
+    print()
+    print("- MoE / equal-FLOPs dense, full context: %.2fx (target <= 1.10x)" % (m["rtf_full"] / d["rtf_full"]))
+    print("- PyTorch reference / MoEKit MoE, full context: %.2fx (target >= 1.0x)" % (mt["rtf_full"] / m["rtf_full"]))
+    print("- PyTorch reference / MoEKit MoE, chunk %d: %.2fx (target >= 2x)" % (a.chunk_size, mt["rtf_chunk"] / m["rtf_chunk"]))
+    print("- MoE chunk %d: fraction of the memory-bandwidth bound %.2f (weights %.1f MB per chunk, read bandwidth "
+          "%.1f GB/s; target >= 0.7)" % (a.chunk_size, m["chunk_fraction_of_bandwidth_bound"],
+                                         results["moe"][0]["weight_bytes_per_chunk"] / 1e6,
+                                         m["read_bandwidth_gb_per_s"]))
+    print("- PyTorch reference, MoE / its dense: full %.2fx, chunk %.2fx" % (
+        mt["rtf_full"] / summary["dense_torch"]["rtf_full"], mt["rtf_chunk"] / summary["dense_torch"]["rtf_chunk"]))
+
+
+if __name__ == "__main__":
+    main()

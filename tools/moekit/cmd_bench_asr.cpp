@@ -1,0 +1,151 @@
+// `moekit bench asr`: real-time factor of a U2++ encoder + CTC head, full
+// context and chunk-by-chunk streaming, with and without fbank, and the
+// fraction of the memory-bandwidth bound per chunk.
+#include <iostream>
+#include <nlohmann/json.hpp>
+
+#include "bench_util.h"
+#include "commands.h"
+#include "moekit/audio/fbank.h"
+#include "moekit/core/check.h"
+#include "moekit/core/runtime.h"
+#include "moekit/decode/recognizer.h"
+#include "moekit/models/asr/wenet_import.h"
+#include "moekit/models/model.h"
+
+namespace moekit::cli {
+
+namespace {
+
+struct BenchAsrOptions {
+  std::string model_dir;   // empty: a random model of the shape below
+  int64_t d_model = 256, heads = 4, blocks = 12, ffn = 2048, experts = 8, top_k = 2, kernel = 8, vocab = 5000;
+  bool causal = true;
+  double seconds = 10.0;
+  int64_t chunk_size = 16;
+  int rounds = 5;
+  std::string save_model;  // write the benchmarked model here (for bench/asr_pytorch.py)
+  uint64_t seed = 1;
+};
+
+AsrConfig bench_config(const BenchAsrOptions& o) {
+  AsrConfig c;
+  c.vocab_size = o.vocab;
+  auto& e = c.encoder;
+  e.output_size = o.d_model;
+  e.attention_heads = o.heads;
+  e.num_blocks = o.blocks;
+  e.ffn.hidden = o.ffn;
+  e.ffn.moe = o.experts > 0;
+  e.ffn.n_expert = std::max<int64_t>(o.experts, 1);
+  e.ffn.n_expert_activated = o.top_k;
+  e.cnn_module_kernel = o.kernel;
+  e.causal = o.causal;
+  e.cnn_layer_norm = true;
+  e.use_dynamic_chunk = true;
+  c.decoder.num_blocks = 0;  // encoder + CTC only
+  c.reverse_weight = 0;
+  return c;
+}
+
+}  // namespace
+
+void add_bench_asr_command(CLI::App& bench, const GlobalOptions& global) {
+  auto o = std::make_shared<BenchAsrOptions>();
+  CLI::App* cmd = bench.add_subcommand("asr", "RTF of a U2++ encoder + CTC: full context and streaming chunks (JSON)");
+  cmd->add_option("--model-dir", o->model_dir, "Benchmark this model (default: a random one of the shape below)");
+  cmd->add_option("--d-model", o->d_model, "Encoder width")->capture_default_str();
+  cmd->add_option("--heads", o->heads, "Attention heads")->capture_default_str();
+  cmd->add_option("--blocks", o->blocks, "Conformer blocks")->capture_default_str();
+  cmd->add_option("--ffn", o->ffn, "FFN hidden width (per expert)")->capture_default_str();
+  cmd->add_option("--experts", o->experts, "Experts per FFN (0 = dense FFN)")->capture_default_str();
+  cmd->add_option("--top-k", o->top_k, "Experts per frame")->capture_default_str();
+  cmd->add_option("--kernel", o->kernel, "Convolution module kernel")->capture_default_str();
+  cmd->add_option("--vocab", o->vocab, "CTC output units")->capture_default_str();
+  cmd->add_option("--causal", o->causal, "Causal convolution")->capture_default_str();
+  cmd->add_option("--seconds", o->seconds, "Utterance length (s)")->capture_default_str();
+  cmd->add_option("--chunk-size", o->chunk_size, "Streaming chunk (encoder frames)")->capture_default_str();
+  cmd->add_option("--rounds", o->rounds, "Timed repetitions; medians are reported")->capture_default_str();
+  cmd->add_option("--save-model", o->save_model, "Also save the benchmarked model to this directory");
+  cmd->add_option("--seed", o->seed, "Seed of the random model and audio")->capture_default_str();
+  cmd->callback([o, &global] {
+    apply_runtime(global);
+    MOEKIT_CHECK_ARG(o->rounds >= 1 && o->seconds > 0 && o->chunk_size > 0, "bench asr: bad --rounds/--seconds/--chunk-size");
+    torch::manual_seed(static_cast<uint64_t>(o->seed));
+    std::shared_ptr<AsrModel> model;
+    if (!o->model_dir.empty()) {
+      model = load_asr_model(o->model_dir).model;
+    } else {
+      model = std::make_shared<AsrModel>(bench_config(*o));
+      // Random but well-scaled weights (default init), CMVN identity.
+    }
+    model->eval();
+    if (!o->save_model.empty()) save_model(o->save_model, *model);
+    torch::NoGradGuard no_grad;
+    const int rate = model->config().fbank.sample_rate;
+    const int64_t n = static_cast<int64_t>(o->seconds * rate);
+    std::vector<float> samples(static_cast<size_t>(n));
+    const torch::Tensor noise = torch::randn({n}) * 0.1;
+    std::copy(noise.data_ptr<float>(), noise.data_ptr<float>() + n, samples.begin());
+    const torch::Tensor feats = model_features(*model, samples).unsqueeze(0);
+    const torch::Tensor lens = torch::full({1}, feats.size(1), torch::kLong);
+    auto& enc = *model->encoder;
+    const int64_t window = enc.window_frames(o->chunk_size), stride = enc.subsampling_rate() * o->chunk_size;
+    const int64_t context = enc.right_context() + 1;
+    int64_t chunks = 0;
+    for (int64_t cur = 0; cur + context <= feats.size(1); cur += stride) ++chunks;
+
+    auto time_once = [](const std::function<void()>& fn) {
+      const auto start = Clock::now();
+      fn();
+      return std::chrono::duration<double>(Clock::now() - start).count();
+    };
+    auto fbank = [&] { model_features(*model, samples); };
+    auto full = [&] {
+      auto [out, mask] = enc.forward(feats, lens, -1, -1);
+      model->ctc_log_probs(out);
+    };
+    auto streaming = [&] {
+      EncoderStreamCache cache;
+      for (int64_t cur = 0; cur + context <= feats.size(1); cur += stride) {
+        const int64_t end = std::min(cur + window, feats.size(1));
+        model->ctc_log_probs(enc.forward_chunk(feats.slice(1, cur, end), cache, -1));
+      }
+    };
+    full();
+    streaming();  // warm-up
+    std::vector<double> t_fbank, t_full, t_stream;
+    for (int r = 0; r < o->rounds; ++r) {
+      t_fbank.push_back(time_once(fbank));
+      t_full.push_back(time_once(full));
+      t_stream.push_back(time_once(streaming));
+    }
+    // Bytes of weights one chunk reads: every encoder and CTC parameter (a
+    // chunk of 16 frames x top-2 reaches nearly every expert).
+    double weight_bytes = 0;
+    for (const auto& p : enc.parameters()) weight_bytes += static_cast<double>(p.numel()) * p.element_size();
+    for (const auto& p : model->ctc->parameters()) weight_bytes += static_cast<double>(p.numel()) * p.element_size();
+    const double bandwidth = read_bandwidth_bytes_per_s();
+    const double fb = median(t_fbank), fu = median(t_full), st = median(t_stream);
+    const ParameterCount count = count_parameters(*model);
+    nlohmann::json j;
+    j["benchmark"] = "asr_encoder_ctc";
+    j["threads"] = num_threads();
+    j["seconds"] = o->seconds;
+    j["experts"] = model->config().encoder.ffn.moe ? model->config().encoder.ffn.n_expert : 0;
+    j["parameters"] = {{"total", count.total}, {"active", count.active}};
+    j["rtf_fbank"] = fb / o->seconds;
+    j["rtf_full"] = fu / o->seconds;
+    j["rtf_full_with_fbank"] = (fu + fb) / o->seconds;
+    j["chunk_size"] = o->chunk_size;
+    j["chunks"] = chunks;
+    j["rtf_chunk"] = st / o->seconds;
+    j["rtf_chunk_with_fbank"] = (st + fb) / o->seconds;
+    j["weight_bytes_per_chunk"] = weight_bytes;
+    j["read_bandwidth_gb_per_s"] = bandwidth / 1e9;
+    j["chunk_fraction_of_bandwidth_bound"] = weight_bytes * static_cast<double>(chunks) / st / bandwidth;
+    std::cout << j.dump(2) << std::endl;
+  });
+}
+
+}  // namespace moekit::cli
