@@ -13,6 +13,7 @@
 #include "moekit/core/file_io.h"
 #include "moekit/core/model_dir.h"
 #include "moekit/data/asr_data.h"
+#include "moekit/data/sentencepiece.h"
 #include "moekit/decode/recognizer.h"
 #include "moekit/models/asr/wenet_import.h"
 #include "moekit/train/asr_task.h"
@@ -241,4 +242,39 @@ TEST(AsrTraining, KilledRunResumesToTheSameWeights) {
   ASSERT_EQ(a.size(), b.size());
   for (const auto& [name, t] : a) EXPECT_TRUE(torch::equal(t, b.at(name))) << name;
   EXPECT_TRUE(path_exists(rest.final_dir + "/units.txt"));
+}
+
+TEST(SentencePiece, UnitsAndPiecesRoundTrip) {
+  if (!have_sentencepiece()) GTEST_SKIP() << "built without libsentencepiece";
+  if (std::system("command -v spm_train > /dev/null 2>&1") != 0) GTEST_SKIP() << "spm_train (package sentencepiece) not installed";
+  const std::string dir = temp_dir("spm");
+  std::string text;
+  const char* words[] = {"the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "speech", "model"};
+  std::mt19937 rng(3);
+  for (int i = 0; i < 300; ++i) {
+    for (int k = 0; k < 6; ++k) text += std::string(k ? " " : "") + words[rng() % 10];
+    text += "\n";
+  }
+  write_file_atomic(dir + "/text.txt", text);
+  const std::string cmd = "spm_train --input=" + dir + "/text.txt --model_prefix=" + dir +
+                          "/bpe --vocab_size=40 --model_type=bpe --minloglevel=2 > /dev/null 2>&1";
+  ASSERT_EQ(std::system(cmd.c_str()), 0);
+  const SentencePieceTokenizer spm(dir + "/bpe.model");
+  const Units units = spm.units();
+  EXPECT_EQ(units.symbol(0), "<blank>");
+  EXPECT_EQ(units.symbol(units.size() - 1), "<sos/eos>");
+  const auto ids = spm.encode("the lazy fox", units, "t");
+  EXPECT_GE(ids.size(), 3u);
+  for (int64_t id : ids) EXPECT_GT(id, 1);  // no <blank>, no <unk>
+  EXPECT_EQ(units.to_text(ids), "the lazy fox");
+  EXPECT_NE(std::string([&] {
+              try {
+                SentencePieceTokenizer bad(dir + "/text.txt");
+              } catch (const std::invalid_argument& e) {
+                return std::string(e.what());
+              }
+              return std::string("(no error)");
+            }())
+                .find("not a SentencePiece model"),
+            std::string::npos);
 }

@@ -17,7 +17,7 @@ void add_train_command(CLI::App& app, const GlobalOptions& global) {
   CLI::App* train = app.add_subcommand("train", "Train a model (checkpoints, exact resume, averaged final model)");
   train->require_subcommand(1);
   struct Options {
-    std::string config, train_data, cv_data, exp_dir, units;
+    std::string config, train_data, cv_data, exp_dir, units, bpe_model;
     bool resume = false;
   };
   auto o = std::make_shared<Options>();
@@ -29,7 +29,9 @@ void add_train_command(CLI::App& app, const GlobalOptions& global) {
       ->required();
   asr->add_option("--cv-data", o->cv_data, "Validation data, same formats")->required();
   asr->add_option("--exp-dir", o->exp_dir, "Experiment directory (checkpoints/, metrics.jsonl, final/)")->required();
-  asr->add_option("--units", o->units, "units.txt (default: characters of the training transcripts)");
+  asr->add_option("--units", o->units,
+                  "units.txt (default: the --bpe-model pieces, else the characters of the training transcripts)");
+  asr->add_option("--bpe-model", o->bpe_model, "SentencePiece model: transcripts become its pieces (WeNet's bpe_model)");
   asr->add_flag("--resume", o->resume, "Continue from the newest checkpoint in --exp-dir");
   asr->callback([o, &global] {
     apply_runtime(global);
@@ -38,8 +40,11 @@ void add_train_command(CLI::App& app, const GlobalOptions& global) {
     const std::vector<Utterance> cv_data = read_asr_data(o->cv_data);
     make_dirs(o->exp_dir);
     // Units: given, or those of a run being resumed, or built from the training text.
+    std::shared_ptr<const SentencePieceTokenizer> sentencepiece;
+    if (!o->bpe_model.empty()) sentencepiece = std::make_shared<SentencePieceTokenizer>(o->bpe_model);
     Units units;
     if (!o->units.empty()) units = Units::read(o->units);
+    else if (sentencepiece) units = sentencepiece->units();
     else if (o->resume && path_exists(o->exp_dir + "/units.txt")) units = Units::read(o->exp_dir + "/units.txt");
     else units = build_char_units(train_data);
     write_file_atomic(o->exp_dir + "/units.txt", units.serialize());
@@ -65,7 +70,7 @@ void add_train_command(CLI::App& app, const GlobalOptions& global) {
     const ParameterCount count = count_parameters(*model);
     std::cerr << "asr model: " << count.total << " parameters, " << count.active << " active per frame; "
               << train_data.size() << " training / " << cv_data.size() << " validation utterances\n";
-    AsrTrainTask task(model, units, train_data, cv_data, data_options, trainer.seed);
+    AsrTrainTask task(model, units, train_data, cv_data, data_options, trainer.seed, sentencepiece);
     const TrainSummary summary = moekit::train(task, trainer, o->exp_dir, o->resume);
     std::cout << "trained " << summary.steps << " steps; validation";
     for (const auto& [k, v] : summary.last_validation) std::cout << " " << k << " " << v;

@@ -96,8 +96,13 @@ void ErrorRates::add(const std::string& reference, const std::string& hypothesis
 }
 
 AsrTrainTask::AsrTrainTask(std::shared_ptr<AsrModel> model, Units units, const std::vector<Utterance>& train,
-                           const std::vector<Utterance>& cv, AsrDataOptions options, uint64_t seed)
-    : model_(std::move(model)), units_(std::move(units)), options_(options), seed_(seed) {
+                           const std::vector<Utterance>& cv, AsrDataOptions options, uint64_t seed,
+                           std::shared_ptr<const SentencePieceTokenizer> sentencepiece)
+    : model_(std::move(model)),
+      units_(std::move(units)),
+      sentencepiece_(std::move(sentencepiece)),
+      options_(options),
+      seed_(seed) {
   MOEKIT_CHECK_ARG(units_.size() == model_->config().vocab_size, "train: ", units_.size(),
                    " units for a model vocabulary of ", model_->config().vocab_size);
   train_ = load(train, "training");
@@ -134,7 +139,7 @@ std::vector<AsrTrainTask::Example> AsrTrainTask::load(const std::vector<Utteranc
       e.text = u.text;
       e.samples = load_audio(u.wav, rate).samples;
       e.feats = model_features(*model_, e.samples);
-      e.tokens = tokenize(u.text, units_, u.key);
+      e.tokens = sentencepiece_ ? sentencepiece_->encode(u.text, units_, u.key) : tokenize(u.text, units_, u.key);
       MOEKIT_CHECK_ARG(!e.tokens.empty(), u.key, ": empty transcript");
       MOEKIT_CHECK_ARG(e.feats.size(0) >= min_frames, u.key, ": audio too short (", e.feats.size(0), " frames)");
       const int64_t outputs = model_->encoder->embed->output_length(e.feats.size(0));
@@ -275,6 +280,7 @@ std::map<std::string, double> AsrTrainTask::validate() {
 
 void AsrTrainTask::save_assets(const std::string& model_dir) {
   write_file_atomic(model_dir + "/units.txt", units_.serialize());
+  if (sentencepiece_) write_file_atomic(model_dir + "/tokenizer.model", read_file(sentencepiece_->path()));
 }
 
 }  // namespace moekit

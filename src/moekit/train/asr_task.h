@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "moekit/data/asr_data.h"
+#include "moekit/data/sentencepiece.h"
 #include "moekit/models/asr/asr_model.h"
 #include "moekit/train/trainer.h"
 
@@ -34,7 +35,8 @@ struct ErrorRates {
 class AsrTrainTask : public TrainTask {
  public:
   AsrTrainTask(std::shared_ptr<AsrModel> model, Units units, const std::vector<Utterance>& train,
-               const std::vector<Utterance>& cv, AsrDataOptions options, uint64_t seed);
+               const std::vector<Utterance>& cv, AsrDataOptions options, uint64_t seed,
+               std::shared_ptr<const SentencePieceTokenizer> sentencepiece = nullptr);
 
   Model& model() override { return *model_; }
   int64_t num_batches(int64_t epoch) override;
@@ -56,6 +58,7 @@ class AsrTrainTask : public TrainTask {
 
   std::shared_ptr<AsrModel> model_;
   Units units_;
+  std::shared_ptr<const SentencePieceTokenizer> sentencepiece_;  // null: character units
   AsrDataOptions options_;
   uint64_t seed_;
   std::vector<Example> train_, cv_;
