@@ -245,8 +245,8 @@ TEST(AsrTraining, KilledRunResumesToTheSameWeights) {
 }
 
 TEST(SentencePiece, UnitsAndPiecesRoundTrip) {
-  if (!have_sentencepiece()) GTEST_SKIP() << "built without libsentencepiece";
-  if (std::system("command -v spm_train > /dev/null 2>&1") != 0) GTEST_SKIP() << "spm_train (package sentencepiece) not installed";
+  if (!have_sentencepiece() || std::system("command -v spm_train > /dev/null 2>&1") != 0)
+    GTEST_SKIP() << "SentencePiece tools (package sentencepiece) not installed";
   const std::string dir = temp_dir("spm");
   std::string text;
   const char* words[] = {"the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "speech", "model"};

@@ -1,72 +1,110 @@
 #include "moekit/data/sentencepiece.h"
 
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <sstream>
+
 #include "moekit/core/check.h"
 #include "moekit/core/file_io.h"
 
-#ifdef MOEKIT_HAVE_SENTENCEPIECE
-#include <sentencepiece_processor.h>
-#endif
-
 namespace moekit {
 
-#ifdef MOEKIT_HAVE_SENTENCEPIECE
+namespace {
 
-bool have_sentencepiece() { return true; }
+std::string quote(const std::string& s) {
+  std::string out = "'";
+  for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return out + "'";
+}
 
-struct SentencePieceTokenizer::Impl {
-  sentencepiece::SentencePieceProcessor processor;
-};
+// Runs a shell command; returns its stdout, or throws naming `what`.
+std::string run(const std::string& command, const std::string& what) {
+  FILE* pipe = ::popen((command + " 2>/dev/null").c_str(), "r");
+  MOEKIT_CHECK(pipe, what, ": cannot start ", command);
+  std::string out;
+  char buffer[65536];
+  size_t n;
+  while ((n = std::fread(buffer, 1, sizeof buffer, pipe)) > 0) out.append(buffer, n);
+  const int status = ::pclose(pipe);
+  MOEKIT_CHECK_ARG(status == 0, what, ": SentencePiece failed (is it a SentencePiece model? is the `sentencepiece` ",
+                   "package installed?)");
+  return out;
+}
 
-SentencePieceTokenizer::SentencePieceTokenizer(const std::string& model_path)
-    : impl_(std::make_unique<Impl>()), path_(model_path) {
+}  // namespace
+
+bool have_sentencepiece() {
+  return std::system("command -v spm_encode > /dev/null 2>&1 && command -v spm_export_vocab > /dev/null 2>&1") == 0;
+}
+
+SentencePieceTokenizer::SentencePieceTokenizer(const std::string& model_path) : path_(model_path) {
   MOEKIT_CHECK_ARG(path_exists(model_path), model_path, ": no such SentencePiece model");
-  const auto status = impl_->processor.Load(model_path);
-  MOEKIT_CHECK_ARG(status.ok(), model_path, ": not a SentencePiece model (", status.ToString(), ")");
+  MOEKIT_CHECK_ARG(have_sentencepiece(), model_path,
+                   ": SentencePiece tools (spm_encode, spm_export_vocab) not found; install the sentencepiece package");
+  try {
+    units();
+  } catch (const std::exception&) {
+    throw std::invalid_argument(model_path + ": not a SentencePiece model");
+  }
 }
 
 Units SentencePieceTokenizer::units() const {
+  const std::string vocab = run("spm_export_vocab --model=" + quote(path_), path_);
   std::vector<std::string> symbols = {"<blank>", "<unk>"};
-  for (int i = 0; i < impl_->processor.GetPieceSize(); ++i) {
-    if (impl_->processor.IsControl(i) || impl_->processor.IsUnknown(i)) continue;
-    symbols.push_back(impl_->processor.IdToPiece(i));
+  std::istringstream in(vocab);
+  std::string line;
+  while (std::getline(in, line)) {
+    const std::string piece = line.substr(0, line.find('\t'));
+    if (piece.empty() || piece == "<unk>" || piece == "<s>" || piece == "</s>") continue;
+    symbols.push_back(piece);
   }
+  MOEKIT_CHECK_ARG(symbols.size() > 2, path_, ": not a SentencePiece model (no pieces)");
   symbols.push_back("<sos/eos>");
   return Units(symbols);
 }
 
-std::vector<int64_t> SentencePieceTokenizer::encode(const std::string& text, const Units& units,
-                                                    const std::string& where) const {
-  std::vector<std::string> pieces;
-  const auto status = impl_->processor.Encode(text, &pieces);
-  MOEKIT_CHECK_ARG(status.ok(), where, ": SentencePiece failed (", status.ToString(), ")");
-  std::vector<int64_t> ids;
-  for (const auto& p : pieces) {
-    int64_t id = units.id(p);
-    if (id < 0) {
-      MOEKIT_CHECK_ARG(units.unk_id() >= 0, where, ": piece '", p, "' has no unit and the units have no <unk>");
-      id = units.unk_id();
-    }
-    ids.push_back(id);
+std::vector<std::vector<int64_t>> SentencePieceTokenizer::encode(const std::vector<std::string>& texts,
+                                                                 const Units& units, const std::string& where) const {
+  std::string input;
+  for (const auto& t : texts) {
+    MOEKIT_CHECK_ARG(t.find('\n') == std::string::npos, where, ": a transcript holds a line break");
+    input += t + "\n";
   }
-  return ids;
+  char name[] = "/tmp/moekit_spm_XXXXXX";
+  const int fd = ::mkstemp(name);
+  MOEKIT_CHECK(fd >= 0, where, ": cannot create a temporary file");
+  ::close(fd);
+  write_file_atomic(name, input);
+  std::string out;
+  try {
+    out = run("spm_encode --model=" + quote(path_) + " --output_format=piece < " + quote(name), where);
+  } catch (...) {
+    std::remove(name);
+    throw;
+  }
+  std::remove(name);
+  std::vector<std::vector<int64_t>> result;
+  std::istringstream in(out);
+  std::string line;
+  while (std::getline(in, line)) {
+    std::vector<int64_t> ids;
+    std::istringstream pieces(line);
+    std::string p;
+    while (pieces >> p) {
+      int64_t id = units.id(p);
+      if (id < 0) {
+        MOEKIT_CHECK_ARG(units.unk_id() >= 0, where, ": piece '", p, "' has no unit and the units have no <unk>");
+        id = units.unk_id();
+      }
+      ids.push_back(id);
+    }
+    result.push_back(std::move(ids));
+  }
+  MOEKIT_CHECK(result.size() == texts.size(), where, ": spm_encode returned ", result.size(), " lines for ",
+               texts.size(), " texts");
+  return result;
 }
-
-#else
-
-bool have_sentencepiece() { return false; }
-struct SentencePieceTokenizer::Impl {};
-SentencePieceTokenizer::SentencePieceTokenizer(const std::string& model_path) : path_(model_path) {
-  throw std::invalid_argument(model_path + ": this build has no SentencePiece support: install libsentencepiece-dev, "
-                              "then rebuild");
-}
-Units SentencePieceTokenizer::units() const { return Units(); }
-std::vector<int64_t> SentencePieceTokenizer::encode(const std::string&, const Units&, const std::string&) const {
-  return {};
-}
-
-#endif
-
-SentencePieceTokenizer::~SentencePieceTokenizer() = default;
-SentencePieceTokenizer::SentencePieceTokenizer(SentencePieceTokenizer&&) noexcept = default;
 
 }  // namespace moekit

@@ -2,9 +2,12 @@
 // SentencePiece (BPE / unigram) units for ASR, as WeNet uses them: the
 // transcript is split into pieces by a SentencePiece model, pieces map to
 // ids through units.txt. Decoding needs only units.txt ("▁" = space).
-// Optional component: without libsentencepiece these throw an error naming
-// the package.
-#include <memory>
+//
+// The model is run through SentencePiece's own command-line tools
+// (spm_encode, spm_export_vocab; Debian package `sentencepiece`), once per
+// batch of texts: linking libsentencepiece into a process that also loads
+// Debian's LibTorch crashes at start-up, because each brings its own
+// protobuf runtime.
 #include <string>
 #include <vector>
 
@@ -12,24 +15,24 @@
 
 namespace moekit {
 
-bool have_sentencepiece();
+bool have_sentencepiece();  // spm_encode and spm_export_vocab on PATH
 
 class SentencePieceTokenizer {
  public:
   explicit SentencePieceTokenizer(const std::string& model_path);
-  ~SentencePieceTokenizer();
-  SentencePieceTokenizer(SentencePieceTokenizer&&) noexcept;
 
   // <blank>, <unk>, the model's pieces (controls and <unk> left out), <sos/eos>.
   Units units() const;
-  // Pieces of `text` mapped through `units`; pieces without a unit become
+  // Pieces of each text mapped through `units`; pieces without a unit become
   // <unk>, or raise an error naming them when `units` has none.
-  std::vector<int64_t> encode(const std::string& text, const Units& units, const std::string& where) const;
+  std::vector<std::vector<int64_t>> encode(const std::vector<std::string>& texts, const Units& units,
+                                           const std::string& where) const;
+  std::vector<int64_t> encode(const std::string& text, const Units& units, const std::string& where) const {
+    return encode(std::vector<std::string>{text}, units, where).at(0);
+  }
   const std::string& path() const { return path_; }
 
  private:
-  struct Impl;
-  std::unique_ptr<Impl> impl_;
   std::string path_;
 };
 

@@ -132,14 +132,23 @@ std::vector<AsrTrainTask::Example> AsrTrainTask::load(const std::vector<Utteranc
   const int64_t min_frames = model_->encoder->right_context() + 1;
   int64_t skipped = 0;
   std::string first_reason;
+  // SentencePiece runs once over all transcripts.
+  std::vector<std::vector<int64_t>> pieces;
+  if (sentencepiece_) {
+    std::vector<std::string> texts;
+    for (const auto& u : data) texts.push_back(u.text);
+    pieces = sentencepiece_->encode(texts, units_, what);
+  }
+  size_t index = 0;
   for (const auto& u : data) {
+    const size_t current = index++;
     try {
       Example e;
       e.key = u.key;
       e.text = u.text;
       e.samples = load_audio(u.wav, rate).samples;
       e.feats = model_features(*model_, e.samples);
-      e.tokens = sentencepiece_ ? sentencepiece_->encode(u.text, units_, u.key) : tokenize(u.text, units_, u.key);
+      e.tokens = sentencepiece_ ? pieces.at(current) : tokenize(u.text, units_, u.key);
       MOEKIT_CHECK_ARG(!e.tokens.empty(), u.key, ": empty transcript");
       MOEKIT_CHECK_ARG(e.feats.size(0) >= min_frames, u.key, ": audio too short (", e.feats.size(0), " frames)");
       const int64_t outputs = model_->encoder->embed->output_length(e.feats.size(0));
