@@ -152,6 +152,26 @@ TEST(Cli, TranscribeGoesOnPastBadFilesAndFailsAtTheEnd) {
   EXPECT_EQ(lines(no_model.output), 1) << no_model.output;
 }
 
+TEST(Cli, EvalScoresReadableUtterancesAndReportsTheRest) {
+  if (!have_audio_files()) GTEST_SKIP() << "built without libsndfile/libsoxr";
+  const std::string dir = asr_model_dir();
+  std::vector<float> tone(16000);
+  for (size_t i = 0; i < tone.size(); ++i) tone[i] = 0.3f * std::sin(0.05f * static_cast<float>(i));
+  write_wav16(dir + "/a.wav", tone, 16000);
+  write_file_atomic(dir + "/good.list", "{\"key\": \"a\", \"wav\": \"a.wav\", \"txt\": \"ab ba\"}\n");
+  write_file_atomic(dir + "/mixed.list", "{\"key\": \"a\", \"wav\": \"a.wav\", \"txt\": \"ab ba\"}\n"
+                                         "{\"key\": \"b\", \"wav\": \"missing.wav\", \"txt\": \"a\"}\n");
+  const CliRun good = run_cli("eval " + dir + " " + dir + "/good.list --mode ctc_greedy_search --json");
+  ASSERT_EQ(good.exit_code, 0) << good.output;
+  const auto j = nlohmann::json::parse(good.output);
+  EXPECT_EQ(j[0]["utterances"], 1);
+  EXPECT_EQ(j[0]["chars"], 4);
+  const CliRun mixed = run_cli("eval " + dir + " " + dir + "/mixed.list --mode ctc_greedy_search");
+  EXPECT_EQ(mixed.exit_code, 1) << mixed.output;
+  EXPECT_NE(mixed.output.find("b: "), std::string::npos) << mixed.output;
+  EXPECT_NE(mixed.output.find("CER"), std::string::npos) << mixed.output;
+}
+
 TEST(Cli, ImportWenetNeedsAWenetDirectory) {
   const std::string dir = asr_model_dir();
   const CliRun run = run_cli("import wenet " + dir + " " + dir + "/out");

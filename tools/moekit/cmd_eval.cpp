@@ -42,6 +42,7 @@ void add_eval_command(CLI::App& app, const GlobalOptions& global) {
     const auto data = read_asr_data(o->data);
     const int rate = loaded.model->config().fbank.sample_rate;
     nlohmann::json results = nlohmann::json::array();
+    int64_t total_failed = 0;
     for (const std::string& mode : o->modes) {
       DecodeOptions d = o->decode;
       d.mode = parse_decode_mode(mode);
@@ -67,6 +68,7 @@ void add_eval_command(CLI::App& app, const GlobalOptions& global) {
                           {"chars", rates.chars},   {"words", rates.words},
                           {"rtf", audio_seconds > 0 ? decode_seconds / audio_seconds : 0.0}};
       results.push_back(j);
+      total_failed += failed;
       if (!o->json_output)
         std::cout << std::left << std::setw(24) << mode << " chunk " << std::setw(3) << d.chunk_size << " CER "
                   << std::fixed << std::setprecision(2) << 100 * rates.cer() << "%  WER " << 100 * rates.wer()
@@ -74,6 +76,8 @@ void add_eval_command(CLI::App& app, const GlobalOptions& global) {
                   << j["rtf"].get<double>() << ")\n";
     }
     if (o->json_output) std::cout << results.dump() << "\n";
+    // Error rates cover the readable utterances; the exit code says some were not.
+    MOEKIT_CHECK(total_failed == 0, total_failed, " utterance decodes failed (see above)");
   });
 }
 
