@@ -9,6 +9,7 @@
 #include <unistd.h>
 #include <random>
 
+#include "asr_test_util.h"
 #include "moekit/audio/audio_file.h"
 #include "moekit/core/file_io.h"
 #include "moekit/core/model_dir.h"
@@ -185,22 +186,7 @@ std::vector<Utterance> tone_corpus(const std::string& dir, int count, uint64_t s
 }
 
 std::shared_ptr<AsrModel> tiny_model(int64_t vocab) {
-  AsrConfig c;
-  c.vocab_size = vocab;
-  c.encoder.input_dim = 80;
-  c.encoder.output_size = 16;
-  c.encoder.attention_heads = 2;
-  c.encoder.num_blocks = 1;
-  c.encoder.ffn.hidden = 16;
-  c.encoder.ffn.moe = true;
-  c.encoder.ffn.n_expert = 4;
-  c.encoder.cnn_module_kernel = 3;
-  c.encoder.use_dynamic_chunk = true;
-  c.encoder.causal = true;
-  c.decoder.attention_heads = 2;
-  c.decoder.num_blocks = 1;
-  c.decoder.r_num_blocks = 1;
-  c.decoder.ffn.hidden = 16;
+  AsrConfig c = tiny_asr_config(vocab);
   c.fbank.dither = 0.1;
   return std::make_shared<AsrModel>(c);
 }

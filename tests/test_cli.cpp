@@ -9,6 +9,7 @@
 #include <cmath>
 #include <sstream>
 
+#include "asr_test_util.h"
 #include "moekit/audio/audio_file.h"
 #include "moekit/core/file_io.h"
 #include "moekit/models/asr/wenet_import.h"
@@ -92,21 +93,7 @@ namespace {
 
 std::string asr_model_dir() {
   const auto dir = std::filesystem::temp_directory_path() / ("moekit-cli-asr-" + std::to_string(::getpid()));
-  AsrConfig c;
-  c.vocab_size = 6;
-  c.encoder.output_size = 16;
-  c.encoder.attention_heads = 2;
-  c.encoder.num_blocks = 1;
-  c.encoder.ffn.hidden = 16;
-  c.encoder.ffn.moe = true;
-  c.encoder.ffn.n_expert = 4;
-  c.encoder.cnn_module_kernel = 3;
-  c.encoder.causal = true;
-  c.encoder.use_dynamic_chunk = true;
-  c.decoder.attention_heads = 2;
-  c.decoder.num_blocks = 1;
-  c.decoder.r_num_blocks = 1;
-  c.decoder.ffn.hidden = 16;
+  const AsrConfig c = tiny_asr_config(6);
   AsrModel model(c);
   save_asr_model(dir.string(), model, Units({"<blank>", "<unk>", "a", "b", "\xe2\x96\x81", "<sos/eos>"}));
   return dir.string();
