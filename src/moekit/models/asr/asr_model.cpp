@@ -90,10 +90,11 @@ AsrLosses AsrModel::forward_train(const torch::Tensor& feats, const torch::Tenso
         for (auto& y : ys) std::reverse(y.begin(), y.end());
       auto [ys_in, lens] = decoder_inputs(ys, config_.sos_id(), config_.eos_id(), false);
       torch::Tensor ys_out = torch::full(ys_in.sizes(), -1, torch::kLong);
+      auto out_a = ys_out.accessor<int64_t, 2>();  // plain stores, not one tensor op per token
       for (int64_t b = 0; b < batch; ++b) {
         const auto& y = ys[b];
-        for (size_t j = 0; j < y.size(); ++j) ys_out[b][static_cast<int64_t>(j)] = y[j];
-        ys_out[b][static_cast<int64_t>(y.size())] = config_.eos_id();
+        for (size_t j = 0; j < y.size(); ++j) out_a[b][static_cast<int64_t>(j)] = y[j];
+        out_a[b][static_cast<int64_t>(y.size())] = config_.eos_id();
       }
       const torch::Tensor logits = dec->forward(encoder_out, memory_mask, ys_in, lens);
       if (accuracy) {
