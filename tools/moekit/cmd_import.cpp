@@ -23,6 +23,7 @@ void add_import_command(CLI::App& app, const GlobalOptions& global) {
   wenet->add_option("--config", options->files.config, "train.yaml (default: in wenet_dir)");
   wenet->add_option("--cmvn", options->files.cmvn, "global_cmvn (default: in wenet_dir if present)");
   wenet->add_option("--units", options->files.units, "units.txt (default: in wenet_dir if present)");
+  add_import_hf_command(*import, global);
   wenet->callback([options, &global] {
     apply_runtime(global);
     WenetFiles files = WenetFiles::from_dir(options->wenet_dir);

@@ -33,6 +33,7 @@ void add_train_command(CLI::App& app, const GlobalOptions& global) {
                   "units.txt (default: the --bpe-model pieces, else the characters of the training transcripts)");
   asr->add_option("--bpe-model", o->bpe_model, "SentencePiece model: transcripts become its pieces (WeNet's bpe_model)");
   asr->add_flag("--resume", o->resume, "Continue from the newest checkpoint in --exp-dir");
+  add_train_lm_command(*train, global);
   asr->callback([o, &global] {
     apply_runtime(global);
     const YAML::Node y = load_yaml_file(o->config);

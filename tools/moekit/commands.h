@@ -17,6 +17,11 @@ void add_import_command(CLI::App& app, const GlobalOptions& global);
 void add_transcribe_command(CLI::App& app, const GlobalOptions& global);
 void add_train_command(CLI::App& app, const GlobalOptions& global);
 void add_eval_command(CLI::App& app, const GlobalOptions& global);
+void add_tokenizer_command(CLI::App& app, const GlobalOptions& global);
+void add_train_lm_command(CLI::App& train, const GlobalOptions& global);
+void add_generate_command(CLI::App& app, const GlobalOptions& global);
+void add_scale_commands(CLI::App& app, const GlobalOptions& global);  // grow, upcycle, export
+void add_import_hf_command(CLI::App& import, const GlobalOptions& global);
 
 // Applies --threads to LibTorch and the BLAS.
 void apply_runtime(const GlobalOptions& global);

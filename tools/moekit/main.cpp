@@ -44,6 +44,9 @@ int main(int argc, char** argv) {
   add_transcribe_command(app, global);
   add_train_command(app, global);
   add_eval_command(app, global);
+  add_tokenizer_command(app, global);
+  add_generate_command(app, global);
+  add_scale_commands(app, global);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

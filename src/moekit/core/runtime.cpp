@@ -77,8 +77,9 @@ BlasInfo blas_info() {
 
 double gemm_gflops(int n, double seconds) {
   torch::NoGradGuard no_grad;
-  torch::Tensor a = torch::randn({n, n});
-  torch::Tensor b = torch::randn({n, n});
+  // Constant inputs: a probe must not consume the global RNG (training runs resume it exactly).
+  torch::Tensor a = torch::full({n, n}, 0.5f);
+  torch::Tensor b = torch::full({n, n}, 0.25f);
   torch::Tensor c = torch::empty({n, n});
   torch::mm_out(c, a, b);  // warm-up
   using clock = std::chrono::steady_clock;

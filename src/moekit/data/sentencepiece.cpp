@@ -11,16 +11,13 @@
 
 namespace moekit {
 
-namespace {
-
-std::string quote(const std::string& s) {
+std::string shell_quote(const std::string& s) {
   std::string out = "'";
   for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
   return out + "'";
 }
 
-// Runs a shell command; returns its stdout, or throws naming `what`.
-std::string run(const std::string& command, const std::string& what) {
+std::string run_sentencepiece_tool(const std::string& command, const std::string& what) {
   FILE* pipe = ::popen((command + " 2>/dev/null").c_str(), "r");
   MOEKIT_CHECK(pipe, what, ": cannot start ", command);
   std::string out;
@@ -32,8 +29,6 @@ std::string run(const std::string& command, const std::string& what) {
                    "package installed?)");
   return out;
 }
-
-}  // namespace
 
 bool have_sentencepiece() {
   return std::system("command -v spm_encode > /dev/null 2>&1 && command -v spm_export_vocab > /dev/null 2>&1") == 0;
@@ -51,7 +46,7 @@ SentencePieceTokenizer::SentencePieceTokenizer(const std::string& model_path) : 
 }
 
 Units SentencePieceTokenizer::units() const {
-  const std::string vocab = run("spm_export_vocab --model=" + quote(path_), path_);
+  const std::string vocab = run_sentencepiece_tool("spm_export_vocab --model=" + shell_quote(path_), path_);
   std::vector<std::string> symbols = {"<blank>", "<unk>"};
   std::istringstream in(vocab);
   std::string line;
@@ -79,7 +74,7 @@ std::vector<std::vector<int64_t>> SentencePieceTokenizer::encode(const std::vect
   write_file_atomic(name, input);
   std::string out;
   try {
-    out = run("spm_encode --model=" + quote(path_) + " --output_format=piece < " + quote(name), where);
+    out = run_sentencepiece_tool("spm_encode --model=" + shell_quote(path_) + " --output_format=piece < " + shell_quote(name), where);
   } catch (...) {
     std::remove(name);
     throw;

@@ -15,7 +15,13 @@
 
 namespace moekit {
 
-bool have_sentencepiece();  // spm_encode and spm_export_vocab on PATH
+bool have_sentencepiece();
+
+// 'text' quoted for /bin/sh.
+std::string shell_quote(const std::string& text);
+// Runs a SentencePiece command line (stderr discarded); returns its stdout,
+// or throws std::invalid_argument naming `what` when it fails.
+std::string run_sentencepiece_tool(const std::string& command, const std::string& what);  // spm_encode and spm_export_vocab on PATH
 
 class SentencePieceTokenizer {
  public:

@@ -4,6 +4,7 @@
 #include "moekit/core/model_dir.h"
 #include "moekit/models/asr/asr_model.h"
 #include "moekit/models/ffn_stack/ffn_stack.h"
+#include "moekit/models/lm/lm_model.h"
 #include "moekit/models/model.h"
 #include "moekit/moe/moe_layer.h"
 
@@ -19,6 +20,10 @@ const std::map<std::string, ModelFactory>& factories() {
       {"ffn_stack",
        [](const YAML::Node& arch, const std::string& where) -> std::shared_ptr<Model> {
          return std::make_shared<FfnStack>(FfnStackOptions::from_yaml(arch, where));
+       }},
+      {"lm",
+       [](const YAML::Node& arch, const std::string& where) -> std::shared_ptr<Model> {
+         return std::make_shared<LmModel>(LmConfig::from_yaml(arch, where));
        }},
   };
   return table;

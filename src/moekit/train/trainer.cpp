@@ -20,6 +20,7 @@
 #include "moekit/core/config.h"
 #include "moekit/core/file_io.h"
 #include "moekit/core/model_dir.h"
+#include "moekit/core/runtime.h"
 #include "moekit/core/safetensors.h"
 
 namespace moekit {
@@ -32,6 +33,11 @@ void TrainerOptions::validate() const {
   MOEKIT_CHECK_ARG(log_interval >= 1, "train: log_interval must be >= 1");
   MOEKIT_CHECK_ARG(save_interval >= 0, "train: save_interval must be >= 0");
   MOEKIT_CHECK_ARG(max_steps >= 0, "train: max_steps must be >= 0");
+  MOEKIT_CHECK_ARG(scheduler == "warmuplr" || scheduler == "cosine", "train: scheduler must be warmuplr or cosine, got '",
+                   scheduler, "'");
+  MOEKIT_CHECK_ARG(min_lr >= 0 && min_lr <= lr, "train: min_lr must be in [0, lr]");
+  MOEKIT_CHECK_ARG(total_steps >= 0 && eval_interval >= 0 && peak_flops >= 0,
+                   "train: total_steps, eval_interval and peak_flops must be >= 0");
   MOEKIT_CHECK_ARG(average_last >= 1 && keep_checkpoints >= 1, "train: average_last and keep_checkpoints must be >= 1");
 }
 
@@ -49,6 +55,11 @@ YAML::Node TrainerOptions::to_yaml() const {
   n["average_last"] = average_last;
   n["seed"] = seed;
   n["max_steps"] = max_steps;
+  n["scheduler"] = scheduler;
+  n["min_lr"] = min_lr;
+  n["total_steps"] = total_steps;
+  n["eval_interval"] = eval_interval;
+  n["peak_flops"] = peak_flops;
   return n;
 }
 
@@ -58,7 +69,8 @@ TrainerOptions TrainerOptions::from_yaml(const YAML::Node& n, const std::string&
     MOEKIT_CHECK_ARG(n.IsMap(), where, " must be a mapping");
     static const std::set<std::string> known = {"epochs", "lr", "warmup_steps", "weight_decay", "grad_clip",
                                                 "accum_grad", "log_interval", "save_interval", "keep_checkpoints",
-                                                "average_last", "seed", "max_steps"};
+                                                "average_last", "seed", "max_steps", "scheduler", "min_lr",
+                                                "total_steps", "eval_interval", "peak_flops"};
     for (const auto& kv : n)
       MOEKIT_CHECK_ARG(known.count(kv.first.as<std::string>()), where, ": unknown option '",
                        kv.first.as<std::string>(), "'");
@@ -74,14 +86,31 @@ TrainerOptions TrainerOptions::from_yaml(const YAML::Node& n, const std::string&
     o.average_last = yaml_get_or<int64_t>(n, "average_last", o.average_last, where);
     o.seed = yaml_get_or<uint64_t>(n, "seed", o.seed, where);
     o.max_steps = yaml_get_or<int64_t>(n, "max_steps", o.max_steps, where);
+    o.scheduler = yaml_get_or<std::string>(n, "scheduler", o.scheduler, where);
+    o.min_lr = yaml_get_or<double>(n, "min_lr", o.min_lr, where);
+    o.total_steps = yaml_get_or<int64_t>(n, "total_steps", o.total_steps, where);
+    o.eval_interval = yaml_get_or<int64_t>(n, "eval_interval", o.eval_interval, where);
+    o.peak_flops = yaml_get_or<double>(n, "peak_flops", o.peak_flops, where);
   }
-  o.validate();
+  try {
+    o.validate();
+  } catch (const std::invalid_argument& e) {
+    throw std::invalid_argument(where + ": " + e.what());
+  }
   return o;
 }
 
 namespace {
 
-double warmup_lr(const TrainerOptions& o, int64_t step) {
+// The learning rate of optimizer step `step` (1-based); `horizon` = the
+// run's total steps (cosine only).
+double scheduled_lr(const TrainerOptions& o, int64_t step, int64_t horizon) {
+  if (o.scheduler == "cosine") {
+    if (step <= o.warmup_steps) return o.lr * static_cast<double>(step) / static_cast<double>(std::max<int64_t>(o.warmup_steps, 1));
+    const double span = static_cast<double>(std::max<int64_t>(horizon - o.warmup_steps, 1));
+    const double progress = std::min(1.0, static_cast<double>(step - o.warmup_steps) / span);
+    return o.min_lr + 0.5 * (o.lr - o.min_lr) * (1.0 + std::cos(M_PI * progress));
+  }
   if (o.warmup_steps == 0) return o.lr;
   const double s = static_cast<double>(std::max<int64_t>(step, 1));
   const double w = static_cast<double>(o.warmup_steps);
@@ -179,13 +208,14 @@ TrainSummary train(TrainTask& task, const TrainerOptions& o, const std::string& 
     if (p.requires_grad()) params.push_back(p);
   torch::optim::Adam optimizer(params, torch::optim::AdamOptions(o.lr).weight_decay(o.weight_decay));
 
-  int64_t step = 0, epoch = 0, next_batch = 0;
+  int64_t step = 0, epoch = 0, next_batch = 0, resumed_units = 0;
   if (resume) {
     const auto found = list_checkpoints(ckpt_root);
     if (!found.empty()) {
       const std::string dir = found.back();
       const YAML::Node state = load_yaml_file(dir + "/trainer_state.yaml");
       step = state["step"].as<int64_t>();
+      if (state["units_total"].IsDefined()) resumed_units = state["units_total"].as<int64_t>();
       epoch = state["epoch"].as<int64_t>();
       next_batch = state["next_batch"].as<int64_t>();
       load_module_state(model, read_model_weights(dir), dir);
@@ -203,9 +233,20 @@ TrainSummary train(TrainTask& task, const TrainerOptions& o, const std::string& 
     torch::manual_seed(o.seed);
   }
 
+  // The cosine schedule's horizon: total_steps, else every epoch's optimizer steps.
+  int64_t horizon = o.total_steps;
+  if (horizon == 0 && o.scheduler == "cosine")
+    for (int64_t e = 0; e < o.epochs; ++e) horizon += (task.num_batches(e) + o.accum_grad - 1) / o.accum_grad;
+  const double flops_per_unit = task.flops_per_unit();
+  const double peak_flops = flops_per_unit > 0 ? (o.peak_flops > 0 ? o.peak_flops : gemm_gflops(768, 0.3) * 1e9) : 0.0;
+  if (peak_flops > 0)
+    std::cerr << "MFU relative to " << std::fixed << std::setprecision(1) << peak_flops / 1e9 << " GFLOP/s ("
+              << (o.peak_flops > 0 ? "peak_flops" : "a measured fp32 GEMM") << ")\n";
+
   std::ofstream metrics(exp_dir + "/metrics.jsonl", std::ios::app);
   TrainSummary summary;
-  auto save_checkpoint = [&](int64_t at_epoch, int64_t at_batch) {
+  int64_t units_total = 0;  // units trained on over the whole run (resumed runs included)
+  auto save_checkpoint = [&](int64_t at_epoch, int64_t at_batch, bool end_of_run) {
     const std::string dir = ckpt_root + "/step_" + std::to_string(step);
     // A checkpoint counts once trainer_state.yaml exists: it is written last.
     save_model(dir, model);
@@ -217,7 +258,9 @@ TrainSummary train(TrainTask& task, const TrainerOptions& o, const std::string& 
     state["step"] = step;
     state["epoch"] = at_epoch;
     state["next_batch"] = at_batch;
-    state["lr"] = warmup_lr(o, step);
+    state["lr"] = scheduled_lr(o, step, horizon);
+    state["units_total"] = units_total;
+    state["end_of_run"] = end_of_run;
     write_yaml_file(dir + "/trainer_state.yaml", state);
     auto all = list_checkpoints(ckpt_root);
     const size_t keep = static_cast<size_t>(std::max(o.keep_checkpoints, o.average_last));
@@ -227,10 +270,33 @@ TrainSummary train(TrainTask& task, const TrainerOptions& o, const std::string& 
     }
   };
 
+  units_total = resumed_units;
+  auto validate_and_log = [&](int64_t at_epoch) {
+    const bool was_training = model.is_training();
+    model.eval();
+    {
+      torch::NoGradGuard no_grad;
+      summary.last_validation = task.validate();
+    }
+    if (was_training) model.train();
+    nlohmann::json j = {{"epoch", at_epoch}, {"step", step}, {task.units_name(), units_total}};
+    if (flops_per_unit > 0) j["train_flops"] = flops_per_unit * static_cast<double>(units_total);
+    std::ostringstream line;
+    line << "step " << step << " validation:";
+    for (const auto& [k, v] : summary.last_validation) {
+      j["cv_" + k] = v;
+      line << " " << k << " " << std::fixed << std::setprecision(4) << v;
+    }
+    std::cerr << line.str() << "\n";
+    metrics << j.dump() << "\n" << std::flush;
+  };
+
   const auto start = std::chrono::steady_clock::now();
   auto last_log = start;
   int64_t units_done = 0;
-  bool stopped = false, stopped_mid_epoch = false;
+  bool stopped = false, stopped_mid_epoch = false, run_end = false;
+  int64_t run_end_batch = 0;
+  if (o.total_steps > 0 && step >= o.total_steps) epoch = o.epochs;  // a finished run: only the final model is left
   for (; epoch < o.epochs; ++epoch, next_batch = 0) {
     model.train();
     const int64_t batches = task.num_batches(epoch);
@@ -249,6 +315,7 @@ TrainSummary train(TrainTask& task, const TrainerOptions& o, const std::string& 
       }
       (loss.loss / static_cast<double>(o.accum_grad)).backward();
       units_done += loss.units;
+      units_total += loss.units;
       for (const auto& [k, v] : loss.parts) running[k] += v;
       running["loss"] += value;
       ++running_n;
@@ -257,7 +324,7 @@ TrainSummary train(TrainTask& task, const TrainerOptions& o, const std::string& 
       double grad_norm = 0;
       if (o.grad_clip > 0) grad_norm = torch::nn::utils::clip_grad_norm_(params, o.grad_clip);
       ++step;
-      const double lr = warmup_lr(o, step);
+      const double lr = scheduled_lr(o, step, horizon);
       for (auto& group : optimizer.param_groups()) static_cast<torch::optim::AdamOptions&>(group.options()).lr(lr);
       if (std::isfinite(grad_norm)) optimizer.step();
       optimizer.zero_grad();
@@ -276,7 +343,13 @@ TrainSummary train(TrainTask& task, const TrainerOptions& o, const std::string& 
         }
         const double done = (epoch + static_cast<double>(b + 1) / batches) / o.epochs;
         line << " lr " << std::scientific << std::setprecision(2) << lr << std::fixed << " " << task.units_name()
-             << "/s " << std::setprecision(0) << units_done / std::max(interval, 1e-9) << " elapsed "
+             << "/s " << std::setprecision(0) << units_done / std::max(interval, 1e-9);
+        if (peak_flops > 0) {
+          const double mfu = flops_per_unit * static_cast<double>(units_done) / std::max(interval, 1e-9) / peak_flops;
+          line << " mfu " << std::setprecision(1) << 100 * mfu << "%";
+          j["mfu"] = mfu;
+        }
+        line << " elapsed "
              << format_duration(elapsed);
         if (done > 0) line << " eta " << format_duration(elapsed / done * (1 - done));
         std::cerr << line.str() << "\n";
@@ -285,33 +358,35 @@ TrainSummary train(TrainTask& task, const TrainerOptions& o, const std::string& 
         running_n = 0;
         units_done = 0;
       }
+      if (o.total_steps > 0 && step >= o.total_steps) {
+        run_end = true;  // the run's length: validate, checkpoint, final model
+        run_end_batch = b + 1;
+        break;
+      }
+      if (o.eval_interval > 0 && step % o.eval_interval == 0 && b + 1 < batches) validate_and_log(epoch + 1);
       if (o.max_steps > 0 && step >= o.max_steps) {
         // A step budget: stop here with a checkpoint a later --resume continues from.
         stopped = true;
         if (b + 1 < batches) {
-          save_checkpoint(epoch, b + 1);
+          save_checkpoint(epoch, b + 1, false);
           stopped_mid_epoch = true;
           break;
         }
       }
-      if (o.save_interval > 0 && step % o.save_interval == 0 && b + 1 < batches) save_checkpoint(epoch, b + 1);
+      if (o.save_interval > 0 && step % o.save_interval == 0 && b + 1 < batches) save_checkpoint(epoch, b + 1, false);
     }
     if (stopped_mid_epoch) break;
-    model.eval();
-    {
-      torch::NoGradGuard no_grad;
-      summary.last_validation = task.validate();
+    validate_and_log(epoch + 1);
+    if (run_end && run_end_batch < batches) {
+      save_checkpoint(epoch, run_end_batch, true);
+      epoch = o.epochs;
+      break;
     }
-    nlohmann::json j = {{"epoch", epoch + 1}, {"step", step}};
-    std::ostringstream line;
-    line << "epoch " << epoch + 1 << " validation:";
-    for (const auto& [k, v] : summary.last_validation) {
-      j["cv_" + k] = v;
-      line << " " << k << " " << std::fixed << std::setprecision(4) << v;
+    save_checkpoint(epoch + 1, 0, run_end);
+    if (run_end) {
+      epoch = o.epochs;
+      break;
     }
-    std::cerr << line.str() << "\n";
-    metrics << j.dump() << "\n" << std::flush;
-    save_checkpoint(epoch + 1, 0);
     if (stopped) {
       ++epoch;
       break;
@@ -326,7 +401,11 @@ TrainSummary train(TrainTask& task, const TrainerOptions& o, const std::string& 
   // Final model: the mean of the last epoch-end checkpoints.
   std::vector<std::string> epoch_ends;
   for (const auto& dir : list_checkpoints(ckpt_root))
-    if (load_yaml_file(dir + "/trainer_state.yaml")["next_batch"].as<int64_t>() == 0) epoch_ends.push_back(dir);
+  {
+    const YAML::Node state = load_yaml_file(dir + "/trainer_state.yaml");
+    if (state["next_batch"].as<int64_t>() == 0 || (state["end_of_run"].IsDefined() && state["end_of_run"].as<bool>()))
+      epoch_ends.push_back(dir);
+  }
   const size_t n = std::min(epoch_ends.size(), static_cast<size_t>(o.average_last));
   MOEKIT_CHECK(n > 0, "train: no epoch-end checkpoint to build the final model from");
   std::vector<std::string> last(epoch_ends.end() - static_cast<std::ptrdiff_t>(n), epoch_ends.end());

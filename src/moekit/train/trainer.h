@@ -27,7 +27,12 @@ struct TrainerOptions {
   int64_t keep_checkpoints = 5; // newest kept (at least average_last)
   int64_t average_last = 5;     // final model = mean of the last N checkpoints' weights
   uint64_t seed = 777;
-  int64_t max_steps = 0;        // stop (with a checkpoint) after this many optimizer steps in total (0: no limit)
+  int64_t max_steps = 0;        // pause (with a checkpoint) after this many optimizer steps in total (0: no limit)
+  std::string scheduler = "warmuplr";  // warmuplr (WeNet) | cosine (linear warmup, cosine decay to min_lr)
+  double min_lr = 0.0;          // cosine: the final learning rate
+  int64_t total_steps = 0;      // the run ends after this many optimizer steps (0: after `epochs`); cosine's horizon
+  int64_t eval_interval = 0;    // optimizer steps between validations (0: epoch ends only)
+  double peak_flops = 0.0;      // FLOP/s that MFU is relative to (0: measure a GEMM at start)
 
   void validate() const;
   YAML::Node to_yaml() const;
@@ -49,11 +54,13 @@ class TrainTask {
   virtual std::map<std::string, double> validate() = 0;  // must contain "loss"
   virtual void save_assets(const std::string& model_dir) = 0;  // units.txt etc.
   virtual std::string units_name() const { return "frames"; }
+  // Training FLOPs (forward + backward) per unit, for MFU in the progress line (0: not reported).
+  virtual double flops_per_unit() const { return 0.0; }
 };
 
 struct TrainSummary {
   int64_t steps = 0;
-  bool completed = false;  // all epochs done (false when max_steps stopped it early)
+  bool completed = false;  // all epochs or total_steps done (false when max_steps paused it)
   std::map<std::string, double> last_validation;
   std::string final_dir;
 };

@@ -1,0 +1,162 @@
+#include "moekit/data/lm_tokenizer.h"
+
+#include <unistd.h>
+
+#include <cstdio>
+#include <sstream>
+
+#include "moekit/core/check.h"
+#include "moekit/core/file_io.h"
+#include "moekit/data/sentencepiece.h"
+
+namespace moekit {
+
+void TokenizerTrainOptions::validate() const {
+  MOEKIT_CHECK_ARG(!input.empty() && path_exists(input), "tokenizer: no such input file '", input, "'");
+  MOEKIT_CHECK_ARG(!output.empty(), "tokenizer: no output path");
+  MOEKIT_CHECK_ARG(vocab_size >= 8, "tokenizer: vocab_size must be >= 8, got ", vocab_size);
+  MOEKIT_CHECK_ARG(model_type == "bpe" || model_type == "unigram", "tokenizer: model_type must be bpe or unigram, got '",
+                   model_type, "'");
+  MOEKIT_CHECK_ARG(character_coverage > 0 && character_coverage <= 1, "tokenizer: character_coverage must be in (0, 1]");
+  MOEKIT_CHECK_ARG(input_sentence_size >= 0, "tokenizer: input_sentence_size must be >= 0");
+}
+
+void train_tokenizer(const TokenizerTrainOptions& o) {
+  o.validate();
+  MOEKIT_CHECK_ARG(std::system("command -v spm_train > /dev/null 2>&1") == 0,
+                   "tokenizer: spm_train not found; install the sentencepiece package");
+  const std::string prefix = o.output + ".tmp" + std::to_string(::getpid());
+  std::ostringstream cmd;
+  cmd << "spm_train --input=" << shell_quote(o.input) << " --model_prefix=" << shell_quote(prefix)
+      << " --vocab_size=" << o.vocab_size << " --model_type=" << o.model_type
+      << " --character_coverage=" << o.character_coverage << " --byte_fallback=" << (o.byte_fallback ? "true" : "false")
+      << " --random_seed=" << o.seed << " --num_threads=1 --minloglevel=2";
+  if (o.input_sentence_size > 0) cmd << " --input_sentence_size=" << o.input_sentence_size << " --shuffle_input_sentence=true";
+  // spm_train's own message says why it failed (e.g. a vocabulary too large for the text).
+  const std::string log = prefix + ".log";
+  const int status = std::system((cmd.str() + " > " + shell_quote(log) + " 2>&1").c_str());
+  std::string reason;
+  if (status != 0 && path_exists(log)) {
+    std::istringstream in(read_file(log));
+    std::string line;
+    while (std::getline(in, line))
+      if (line.find("Check failed") != std::string::npos || line.find("rror") != std::string::npos) reason = line;
+  }
+  std::remove(log.c_str());
+  std::remove((prefix + ".vocab").c_str());
+  if (status != 0) {
+    std::remove((prefix + ".model").c_str());
+    throw std::invalid_argument("tokenizer: spm_train failed on " + o.input + (reason.empty() ? "" : ": " + reason));
+  }
+  MOEKIT_CHECK(std::rename((prefix + ".model").c_str(), o.output.c_str()) == 0, "tokenizer: cannot write ", o.output);
+}
+
+LmTokenizer::LmTokenizer(const std::string& model_path) : path_(model_path) {
+  MOEKIT_CHECK_ARG(path_exists(model_path), model_path, ": no such tokenizer model");
+  MOEKIT_CHECK_ARG(have_sentencepiece(), model_path,
+                   ": SentencePiece tools (spm_encode, spm_export_vocab) not found; install the sentencepiece package");
+  std::string vocab;
+  try {
+    vocab = run_sentencepiece_tool("spm_export_vocab --model=" + shell_quote(path_), path_);
+  } catch (const std::exception&) {
+    throw std::invalid_argument(model_path + ": not a SentencePiece model");
+  }
+  std::istringstream in(vocab);
+  std::string line;
+  while (std::getline(in, line)) pieces_.push_back(line.substr(0, line.find('\t')));
+  MOEKIT_CHECK_ARG(pieces_.size() >= 2, model_path, ": not a SentencePiece model (no pieces)");
+  for (size_t i = 0; i < pieces_.size(); ++i) {
+    if (pieces_[i] == "<s>") bos_ = static_cast<int64_t>(i);
+    if (pieces_[i] == "</s>") eos_ = static_cast<int64_t>(i);
+  }
+}
+
+namespace {
+
+// Writes `text` to a fresh temporary file and returns its name.
+std::string temp_file(const std::string& text, const std::string& what) {
+  char name[] = "/tmp/moekit_spm_XXXXXX";
+  const int fd = ::mkstemp(name);
+  MOEKIT_CHECK(fd >= 0, what, ": cannot create a temporary file");
+  ::close(fd);
+  write_file_atomic(name, text);
+  return name;
+}
+
+std::vector<std::vector<int64_t>> parse_id_lines(const std::string& out) {
+  std::vector<std::vector<int64_t>> lines;
+  std::istringstream in(out);
+  std::string line;
+  while (std::getline(in, line)) {
+    std::vector<int64_t> ids;
+    std::istringstream words(line);
+    int64_t id;
+    while (words >> id) ids.push_back(id);
+    lines.push_back(std::move(ids));
+  }
+  return lines;
+}
+
+}  // namespace
+
+std::vector<std::vector<int64_t>> LmTokenizer::encode(const std::vector<std::string>& texts) const {
+  std::string input;
+  for (const auto& t : texts) {
+    MOEKIT_CHECK_ARG(t.find('\n') == std::string::npos, path_, ": a text to encode holds a line break");
+    input += t + "\n";
+  }
+  const std::string name = temp_file(input, path_);
+  std::string out;
+  try {
+    out = run_sentencepiece_tool("spm_encode --model=" + shell_quote(path_) + " --output_format=id < " + shell_quote(name),
+                                 path_);
+  } catch (...) {
+    std::remove(name.c_str());
+    throw;
+  }
+  std::remove(name.c_str());
+  auto lines = parse_id_lines(out);
+  MOEKIT_CHECK(lines.size() == texts.size(), path_, ": spm_encode returned ", lines.size(), " lines for ", texts.size(),
+               " texts");
+  return lines;
+}
+
+std::vector<int64_t> LmTokenizer::encode_file(const std::string& path) const {
+  MOEKIT_CHECK_ARG(path_exists(path) && !is_directory(path), path, ": no such text file");
+  const std::string out =
+      run_sentencepiece_tool("spm_encode --model=" + shell_quote(path_) + " --output_format=id < " + shell_quote(path), path);
+  std::vector<int64_t> stream;
+  for (auto& ids : parse_id_lines(out)) {
+    if (ids.empty()) continue;  // blank lines
+    stream.insert(stream.end(), ids.begin(), ids.end());
+    if (eos_ >= 0) stream.push_back(eos_);
+  }
+  return stream;
+}
+
+std::string LmTokenizer::decode(const std::vector<int64_t>& ids) const {
+  std::string text;
+  for (int64_t id : ids) {
+    MOEKIT_CHECK_ARG(id >= 0 && id < vocab_size(), path_, ": token id ", id, " is outside the vocabulary of ",
+                     vocab_size());
+    const std::string& p = pieces_[static_cast<size_t>(id)];
+    if (p.size() == 6 && p.compare(0, 3, "<0x") == 0 && p[5] == '>') {
+      text += static_cast<char>(std::stoi(p.substr(3, 2), nullptr, 16));
+    } else if (p.size() >= 3 && p.front() == '<' && p.back() == '>') {
+      continue;  // <s>, </s>, <unk>, <pad>
+    } else {
+      for (size_t i = 0; i < p.size();) {
+        if (p.compare(i, 3, "\xe2\x96\x81") == 0) {
+          text += ' ';
+          i += 3;
+        } else {
+          text += p[i++];
+        }
+      }
+    }
+  }
+  if (!text.empty() && text.front() == ' ') text.erase(0, 1);
+  return text;
+}
+
+}  // namespace moekit

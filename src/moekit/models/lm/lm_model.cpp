@@ -1,0 +1,217 @@
+#include "moekit/models/lm/lm_model.h"
+
+#include <cmath>
+
+#include "moekit/core/check.h"
+#include "moekit/core/model_dir.h"
+
+namespace moekit {
+
+RMSNormImpl::RMSNormImpl(int64_t dim, double eps) : eps_(eps) {
+  weight = register_parameter("weight", torch::ones({dim}));
+}
+
+torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
+  const torch::Tensor x32 = x.to(torch::kFloat);
+  const torch::Tensor normed = x32 * torch::rsqrt(x32.pow(2).mean(-1, /*keepdim=*/true) + eps_);
+  return normed.to(x.scalar_type()) * weight;
+}
+
+RotaryTables rotary_tables(int64_t offset, int64_t length, int64_t head_dim, double theta) {
+  const auto f32 = torch::TensorOptions().dtype(torch::kFloat);
+  // inv_freq_i = theta^(-2i / head_dim), as HF computes it (fp32 exponent).
+  const torch::Tensor inv_freq =
+      1.0 / torch::pow(theta, torch::arange(0, head_dim, 2, torch::TensorOptions().dtype(torch::kLong)).to(torch::kFloat) /
+                                  static_cast<double>(head_dim));
+  const torch::Tensor positions = torch::arange(offset, offset + length, f32);
+  const torch::Tensor freqs = torch::outer(positions, inv_freq);  // [T, hd/2]
+  const torch::Tensor emb = torch::cat({freqs, freqs}, -1);       // [T, hd]
+  return {emb.cos(), emb.sin()};
+}
+
+torch::Tensor apply_rotary(const torch::Tensor& x, const RotaryTables& tables) {
+  const int64_t half = x.size(-1) / 2;
+  const torch::Tensor rotated = torch::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
+  return x * tables.cos.to(x.scalar_type()) + rotated * tables.sin.to(x.scalar_type());
+}
+
+LmAttentionImpl::LmAttentionImpl(const LmConfig& c)
+    : heads_(c.n_heads), kv_heads_(c.kv_heads()), head_dim_(c.head_dim()) {
+  const int64_t q_width = heads_ * head_dim_, kv_width = kv_heads_ * head_dim_;
+  q_proj = register_module("q_proj", torch::nn::Linear(torch::nn::LinearOptions(c.d_model, q_width).bias(c.qkv_bias)));
+  k_proj = register_module("k_proj", torch::nn::Linear(torch::nn::LinearOptions(c.d_model, kv_width).bias(c.qkv_bias)));
+  v_proj = register_module("v_proj", torch::nn::Linear(torch::nn::LinearOptions(c.d_model, kv_width).bias(c.qkv_bias)));
+  o_proj = register_module("o_proj", torch::nn::Linear(torch::nn::LinearOptions(q_width, c.d_model).bias(false)));
+}
+
+torch::Tensor LmAttentionImpl::forward(const torch::Tensor& x, const RotaryTables& rope, int64_t offset,
+                                       torch::Tensor* k_cache, torch::Tensor* v_cache) {
+  const int64_t B = x.size(0), T = x.size(1), G = heads_ / kv_heads_;
+  torch::Tensor q = apply_rotary(q_proj(x).view({B, T, heads_, head_dim_}).transpose(1, 2), rope);      // [B, H, T, hd]
+  torch::Tensor k = apply_rotary(k_proj(x).view({B, T, kv_heads_, head_dim_}).transpose(1, 2), rope);   // [B, KV, T, hd]
+  torch::Tensor v = v_proj(x).view({B, T, kv_heads_, head_dim_}).transpose(1, 2);                       // [B, KV, T, hd]
+  int64_t keys = T;
+  if (k_cache != nullptr) {
+    k_cache->narrow(2, offset, T).copy_(k);
+    v_cache->narrow(2, offset, T).copy_(v);
+    keys = offset + T;
+    k = k_cache->narrow(2, 0, keys);
+    v = v_cache->narrow(2, 0, keys);
+  }
+  // The G query heads of a KV group attend together: [B, KV, G*T, hd] x [B, KV, hd, S].
+  const torch::Tensor grouped = q.reshape({B, kv_heads_, G * T, head_dim_});
+  torch::Tensor scores = torch::matmul(grouped, k.transpose(-1, -2)) / std::sqrt(static_cast<double>(head_dim_));
+  if (T > 1) {
+    // Query t (absolute position offset + t) sees keys 0 .. offset + t.
+    const auto long_opts = torch::TensorOptions().dtype(torch::kLong).device(x.device());
+    const torch::Tensor query_pos = torch::arange(offset, offset + T, long_opts).repeat({G});  // [G*T]
+    const torch::Tensor key_pos = torch::arange(0, keys, long_opts);                           // [S]
+    const torch::Tensor future = key_pos.unsqueeze(0) > query_pos.unsqueeze(1);               // [G*T, S]
+    scores = scores.masked_fill(future, -std::numeric_limits<float>::infinity());
+  }
+  const torch::Tensor probs = torch::softmax(scores, -1);
+  const torch::Tensor out = torch::matmul(probs, v)                // [B, KV, G*T, hd]
+                                .view({B, heads_, T, head_dim_})
+                                .transpose(1, 2)
+                                .reshape({B, T, heads_ * head_dim_});
+  return o_proj(out);
+}
+
+LmBlockImpl::LmBlockImpl(const LmConfig& c, int64_t layer) {
+  input_layernorm = register_module("input_layernorm", RMSNorm(c.d_model, c.norm_eps));
+  self_attn = register_module("self_attn", LmAttention(c));
+  post_attention_layernorm = register_module("post_attention_layernorm", RMSNorm(c.d_model, c.norm_eps));
+  if (c.is_moe_layer(layer)) {
+    MoEOptions o;
+    o.d_model = c.d_model;
+    o.d_hidden = c.expert_hidden();
+    o.num_experts = c.moe.num_experts;
+    o.top_k = c.moe.top_k;
+    o.activation = Activation::SwiGLU;
+    o.gating = Gating::TopKSoftmax;  // = Mixtral's softmax, top-k, renormalise
+    o.aux_loss_coef = c.moe.aux_loss_coef;
+    o.z_loss_coef = c.moe.z_loss_coef;
+    o.expert_bias = false;
+    moe_mlp = register_module("mlp", MoELayer(o));
+  } else {
+    FeedForwardOptions o;
+    o.d_model = c.d_model;
+    o.d_hidden = c.d_ffn;
+    o.activation = Activation::SwiGLU;
+    o.bias = false;
+    dense_mlp = register_module("mlp", FeedForward(o));
+  }
+}
+
+torch::Tensor LmBlockImpl::forward(const torch::Tensor& x, const RotaryTables& rope, int64_t offset,
+                                   torch::Tensor* k_cache, torch::Tensor* v_cache) {
+  torch::Tensor h = x + self_attn->forward(input_layernorm(x), rope, offset, k_cache, v_cache);
+  const torch::Tensor normed = post_attention_layernorm(h);
+  return h + (moe_mlp ? moe_mlp->forward(normed) : dense_mlp->forward(normed));
+}
+
+LmModel::LmModel(const LmConfig& config) : config_(config) {
+  config_.validate();
+  embed_tokens = register_module("embed_tokens", torch::nn::Embedding(config_.vocab_size, config_.d_model));
+  layer_list_ = register_module("layers", torch::nn::ModuleList());
+  for (int64_t l = 0; l < config_.n_layers; ++l) {
+    layers.push_back(LmBlock(config_, l));
+    layer_list_->push_back(layers.back());
+  }
+  norm = register_module("norm", RMSNorm(config_.d_model, config_.norm_eps));
+  if (!config_.tie_embeddings)
+    lm_head = register_module("lm_head",
+                              torch::nn::Linear(torch::nn::LinearOptions(config_.d_model, config_.vocab_size).bias(false)));
+  reset_parameters();
+}
+
+void LmModel::reset_parameters() {
+  torch::NoGradGuard no_grad;
+  for (auto& item : named_parameters()) {
+    const std::string& name = item.key();
+    torch::Tensor& p = item.value();
+    if (p.dim() >= 2) p.normal_(0.0, config_.init_std);
+    else if (name.size() >= 6 && name.compare(name.size() - 6, 6, "weight") == 0) p.fill_(1.0);  // RMSNorm
+    else p.zero_();                                                                           // biases
+  }
+}
+
+torch::Tensor LmModel::forward(const torch::Tensor& tokens, LmKvCache* cache, bool last_only) {
+  MOEKIT_CHECK_ARG(tokens.dim() == 2 && tokens.scalar_type() == torch::kLong, "lm: tokens must be int64 [B, T], got ",
+                   tokens.sizes(), " ", tokens.scalar_type());
+  const int64_t T = tokens.size(1);
+  MOEKIT_CHECK_ARG(T >= 1, "lm: no tokens");
+  const int64_t offset = cache ? cache->length : 0;
+  const int64_t limit = cache ? cache->capacity : config_.max_seq_len;
+  MOEKIT_CHECK_ARG(offset + T <= limit, "lm: ", offset + T, " positions exceed the ",
+                   cache ? "cache capacity " : "context length max_seq_len ", limit);
+  if (cache) MOEKIT_CHECK_ARG(cache->k.size() == layers.size() && cache->k[0].size(0) == tokens.size(0),
+                              "lm: the KV cache was made for another model or batch size");
+  torch::Tensor h = embed_tokens(tokens);
+  RotaryTables rope = rotary_tables(offset, T, config_.head_dim(), config_.rope_theta);
+  rope.cos = rope.cos.to(h.device());
+  rope.sin = rope.sin.to(h.device());
+  for (size_t l = 0; l < layers.size(); ++l)
+    h = layers[l]->forward(h, rope, offset, cache ? &cache->k[l] : nullptr, cache ? &cache->v[l] : nullptr);
+  if (cache) cache->length += T;
+  if (last_only) h = h.narrow(1, T - 1, 1);
+  h = norm(h);
+  const torch::Tensor logits =
+      config_.tie_embeddings ? torch::matmul(h, embed_tokens->weight.t()) : lm_head(h);
+  return logits.to(torch::kFloat);
+}
+
+LmLoss LmModel::loss(const torch::Tensor& tokens) {
+  MOEKIT_CHECK_ARG(tokens.dim() == 2 && tokens.size(1) >= 2, "lm: loss needs tokens [B, T + 1] with T >= 1, got ",
+                   tokens.sizes());
+  const int64_t T = tokens.size(1) - 1;
+  const torch::Tensor logits = forward(tokens.narrow(1, 0, T));
+  LmLoss out;
+  out.ce = torch::nn::functional::cross_entropy(logits.reshape({-1, config_.vocab_size}),
+                                                tokens.narrow(1, 1, T).reshape({-1}));
+  out.aux = collect_moe_aux_loss(*this);
+  if (!out.aux.defined()) out.aux = torch::zeros({}, out.ce.options());
+  out.loss = out.ce + out.aux;
+  return out;
+}
+
+LmKvCache LmModel::make_cache(int64_t batch, int64_t capacity) const {
+  MOEKIT_CHECK_ARG(capacity >= 1 && capacity <= config_.max_seq_len, "lm: cache capacity ", capacity,
+                   " must be in [1, max_seq_len=", config_.max_seq_len, "]");
+  LmKvCache cache;
+  cache.capacity = capacity;
+  const auto opts = embed_tokens->weight.options().requires_grad(false);
+  for (size_t l = 0; l < layers.size(); ++l) {
+    cache.k.push_back(torch::zeros({batch, config_.kv_heads(), capacity, config_.head_dim()}, opts));
+    cache.v.push_back(torch::zeros({batch, config_.kv_heads(), capacity, config_.head_dim()}, opts));
+  }
+  return cache;
+}
+
+LmWeights read_lm_dir(const std::string& dir) {
+  const YAML::Node config = read_model_config(dir);
+  const std::string type = config["model_type"].as<std::string>();
+  MOEKIT_CHECK_ARG(type == "lm", dir, " holds an '", type, "' model, not an 'lm' (language model)");
+  const std::string where = dir + "/" + kConfigFile;
+  MOEKIT_CHECK_ARG(config["architecture"].IsMap(), where, ": missing or invalid 'architecture'");
+  LmWeights out;
+  out.config = LmConfig::from_yaml(config["architecture"], where);
+  out.weights = read_model_weights(dir);
+  return out;
+}
+
+void save_lm_dir(const LmWeights& model, const std::string& dir) {
+  LmModel built(model.config);
+  load_module_state(built, model.weights, dir);
+  save_model(dir, built);
+}
+
+std::shared_ptr<LmModel> load_lm_model(const std::string& dir) {
+  const LmWeights w = read_lm_dir(dir);
+  auto model = std::make_shared<LmModel>(w.config);
+  load_module_state(*model, w.weights, dir + "/" + kWeightsFile);
+  model->eval();
+  return model;
+}
+
+}  // namespace moekit

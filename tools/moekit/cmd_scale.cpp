@@ -1,0 +1,107 @@
+// Scale-Up, Scale-Out and the Hugging Face layout:
+//   moekit grow <in_dir> <out_dir> --d-model 1024 --d-ffn 2752 --n-layers 16 --width aki --depth interpolate
+//   moekit upcycle <in_dir> <out_dir> --experts 8 --top-k 2 [--granularity G]
+//   moekit export hf <model_dir> <hf_dir>      moekit import hf <hf_dir> <model_dir>
+#include <iostream>
+
+#include "commands.h"
+#include "moekit/core/file_io.h"
+#include "moekit/models/lm/hf_llama.h"
+#include "moekit/scale/grow.h"
+#include "moekit/scale/upcycle.h"
+
+namespace moekit::cli {
+namespace {
+
+void copy_tokenizer(const std::string& from_dir, const std::string& to_dir) {
+  if (path_exists(from_dir + "/tokenizer.model"))
+    write_file_atomic(to_dir + "/tokenizer.model", read_file(from_dir + "/tokenizer.model"));
+}
+
+std::string describe(const LmWeights& m) {
+  LmModel model(m.config);
+  const ParameterCount count = count_parameters(model);
+  return std::to_string(count.total) + " parameters, " + std::to_string(count.active) + " active per token";
+}
+
+}  // namespace
+
+void add_scale_commands(CLI::App& app, const GlobalOptions& global) {
+  struct Options {
+    std::string in_dir, out_dir, width = "fpi", depth = "stack";
+    GrowOptions grow;
+    UpcycleOptions upcycle;
+  };
+  auto o = std::make_shared<Options>();
+  CLI::App* grow = app.add_subcommand("grow", "Scale-Up: grow a dense LM wider (fpi | aki) and deeper (stack | interpolate)");
+  grow->add_option("in_dir", o->in_dir, "Trained dense LM model directory")->required()->check(CLI::ExistingDirectory);
+  grow->add_option("out_dir", o->out_dir, "Grown model directory")->required();
+  grow->add_option("--d-model", o->grow.d_model, "New width (0 = keep)")->capture_default_str();
+  grow->add_option("--n-heads", o->grow.n_heads, "New query heads (0 = d_model / head_dim)")->capture_default_str();
+  grow->add_option("--d-ffn", o->grow.d_ffn, "New FFN hidden width (0 = keep)")->capture_default_str();
+  grow->add_option("--n-layers", o->grow.n_layers, "New depth (0 = keep)")->capture_default_str();
+  grow->add_option("--width", o->width, "fpi (function preserving) | aki (from the next layer; AKI-Pro = aki + interpolate)")
+      ->capture_default_str();
+  grow->add_option("--depth", o->depth, "stack (layer i <- i mod L) | interpolate (layer i <- floor(i L / L_new))")
+      ->capture_default_str();
+  grow->callback([o, &global] {
+    apply_runtime(global);
+    o->grow.width = parse_width_growth(o->width);
+    o->grow.depth = parse_depth_growth(o->depth);
+    const LmWeights grown = grow_lm(read_lm_dir(o->in_dir), o->grow);
+    save_lm_dir(grown, o->out_dir);
+    copy_tokenizer(o->in_dir, o->out_dir);
+    std::cout << "grew " << o->in_dir << " -> " << o->out_dir << " (" << o->width << " + " << o->depth << "; "
+              << grown.config.to_string() << "; " << describe(grown) << ")\n";
+  });
+
+  CLI::App* up = app.add_subcommand("upcycle", "Scale-Out: a dense LM into an MoE whose experts copy its FFNs");
+  up->add_option("in_dir", o->in_dir, "Dense LM model directory")->required()->check(CLI::ExistingDirectory);
+  up->add_option("out_dir", o->out_dir, "MoE model directory")->required();
+  up->add_option("--experts", o->upcycle.num_experts, "Experts per MoE layer")->capture_default_str();
+  up->add_option("--top-k", o->upcycle.top_k, "Experts per token")->capture_default_str();
+  up->add_option("--granularity", o->upcycle.granularity, "FFN slices per replica (granular upcycling)")->capture_default_str();
+  up->add_option("--first-layer", o->upcycle.first_layer, "First MoE layer")->capture_default_str();
+  up->add_option("--every", o->upcycle.every, "Then every n-th layer")->capture_default_str();
+  up->add_option("--router-std", o->upcycle.router_std, "Router init N(0, std)")->capture_default_str();
+  up->add_option("--aux-loss-coef", o->upcycle.aux_loss_coef, "Load-balancing loss coefficient")->capture_default_str();
+  up->add_option("--z-loss-coef", o->upcycle.z_loss_coef, "Router z-loss coefficient")->capture_default_str();
+  up->add_option("--seed", o->upcycle.seed, "Router init seed")->capture_default_str();
+  up->callback([o, &global] {
+    apply_runtime(global);
+    const LmWeights moe = upcycle_lm(read_lm_dir(o->in_dir), o->upcycle);
+    save_lm_dir(moe, o->out_dir);
+    copy_tokenizer(o->in_dir, o->out_dir);
+    std::cout << "upcycled " << o->in_dir << " -> " << o->out_dir << " (" << moe.config.moe.num_experts
+              << " experts, top-" << moe.config.moe.top_k << ", granularity " << o->upcycle.granularity << "; "
+              << describe(moe) << ")\n";
+  });
+
+  CLI::App* exp = app.add_subcommand("export", "Write a MoEKit model in another toolkit's layout");
+  exp->require_subcommand(1);
+  CLI::App* exp_hf = exp->add_subcommand("hf", "An LM as Hugging Face LLaMA / Qwen2 / Mixtral (config.json + model.safetensors)");
+  exp_hf->add_option("model_dir", o->in_dir, "LM model directory")->required()->check(CLI::ExistingDirectory);
+  exp_hf->add_option("hf_dir", o->out_dir, "Output directory")->required();
+  exp_hf->callback([o, &global] {
+    apply_runtime(global);
+    export_hf_llama(read_lm_dir(o->in_dir), o->out_dir);
+    copy_tokenizer(o->in_dir, o->out_dir);
+    std::cout << "exported " << o->in_dir << " -> " << o->out_dir << "\n";
+  });
+}
+
+void add_import_hf_command(CLI::App& import, const GlobalOptions& global) {
+  auto dirs = std::make_shared<std::pair<std::string, std::string>>();
+  CLI::App* hf = import.add_subcommand("hf", "A Hugging Face llama / mistral / qwen2 / mixtral directory");
+  hf->add_option("hf_dir", dirs->first, "config.json + model.safetensors (or shards)")->required()->check(CLI::ExistingDirectory);
+  hf->add_option("model_dir", dirs->second, "Output MoEKit model directory")->required();
+  hf->callback([dirs, &global] {
+    apply_runtime(global);
+    const LmWeights model = import_hf_llama(dirs->first);
+    save_lm_dir(model, dirs->second);
+    copy_tokenizer(dirs->first, dirs->second);
+    std::cout << "imported " << dirs->first << " -> " << dirs->second << " (lm; " << describe(model) << ")\n";
+  });
+}
+
+}  // namespace moekit::cli
