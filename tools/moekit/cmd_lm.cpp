@@ -140,7 +140,7 @@ void add_generate_command(CLI::App& app, const GlobalOptions& global) {
     MOEKIT_CHECK_ARG(o->prompt.find('\n') == std::string::npos, "generate: the prompt holds a line break");
     std::vector<int64_t> prompt = tokenizer.encode({o->prompt}).at(0);
     if (tokenizer.bos_id() >= 0) prompt.insert(prompt.begin(), tokenizer.bos_id());
-    MOEKIT_CHECK_ARG(!prompt.empty(), "generate: the prompt has no tokens");
+    check_prompt(model->config(), prompt);
     // Stream: print what the text gained with each token.
     std::vector<int64_t> generated;
     size_t printed = 0;

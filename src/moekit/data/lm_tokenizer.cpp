@@ -39,8 +39,12 @@ void train_tokenizer(const TokenizerTrainOptions& o) {
   if (status != 0 && path_exists(log)) {
     std::istringstream in(read_file(log));
     std::string line;
-    while (std::getline(in, line))
-      if (line.find("Check failed") != std::string::npos || line.find("rror") != std::string::npos) reason = line;
+    std::string fallback;
+    while (std::getline(in, line)) {
+      if (reason.empty() && line.find("Check failed") != std::string::npos) reason = line.substr(line.find("Check failed"));
+      if (line.find("rror") != std::string::npos) fallback = line;
+    }
+    if (reason.empty()) reason = fallback;
   }
   std::remove(log.c_str());
   std::remove((prefix + ".vocab").c_str());

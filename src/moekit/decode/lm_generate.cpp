@@ -31,10 +31,7 @@ int64_t sample_token(const torch::Tensor& logits, const SamplingOptions& o, at::
   return torch::multinomial(scaled.softmax(0), 1, /*replacement=*/false, generator).item<int64_t>();
 }
 
-std::vector<int64_t> generate(LmModel& model, const std::vector<int64_t>& prompt, const SamplingOptions& o,
-                              int64_t eos_id, const std::function<void(int64_t)>& on_token) {
-  o.validate();
-  const LmConfig& c = model.config();
+void check_prompt(const LmConfig& c, const std::vector<int64_t>& prompt) {
   const int64_t n = static_cast<int64_t>(prompt.size());
   MOEKIT_CHECK_ARG(n >= 1, "generate: empty prompt");
   MOEKIT_CHECK_ARG(n < c.max_seq_len, "generate: the prompt has ", n, " tokens; the model's context (max_seq_len) is ",
@@ -42,6 +39,14 @@ std::vector<int64_t> generate(LmModel& model, const std::vector<int64_t>& prompt
   for (int64_t id : prompt)
     MOEKIT_CHECK_ARG(id >= 0 && id < c.vocab_size, "generate: prompt token ", id, " is outside the vocabulary of ",
                      c.vocab_size);
+}
+
+std::vector<int64_t> generate(LmModel& model, const std::vector<int64_t>& prompt, const SamplingOptions& o,
+                              int64_t eos_id, const std::function<void(int64_t)>& on_token) {
+  o.validate();
+  const LmConfig& c = model.config();
+  check_prompt(c, prompt);
+  const int64_t n = static_cast<int64_t>(prompt.size());
   torch::NoGradGuard no_grad;
   const int64_t capacity = std::min(c.max_seq_len, n + o.max_new_tokens);
   LmKvCache cache = model.make_cache(1, capacity);

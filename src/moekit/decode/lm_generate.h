@@ -27,6 +27,10 @@ struct SamplingOptions {
 std::vector<int64_t> generate(LmModel& model, const std::vector<int64_t>& prompt, const SamplingOptions& options,
                               int64_t eos_id, const std::function<void(int64_t)>& on_token = nullptr);
 
+// Throws std::invalid_argument unless `prompt` is non-empty, in the
+// vocabulary and leaves room for one more token in the context.
+void check_prompt(const LmConfig& config, const std::vector<int64_t>& prompt);
+
 // Picks the next token from logits [V] fp32 (exposed for tests).
 int64_t sample_token(const torch::Tensor& logits, const SamplingOptions& options, at::Generator& generator);
 

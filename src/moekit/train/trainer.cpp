@@ -341,7 +341,8 @@ TrainSummary train(TrainTask& task, const TrainerOptions& o, const std::string& 
           line << " " << k << " " << std::fixed << std::setprecision(3) << v / running_n;
           j[k] = v / running_n;
         }
-        const double done = (epoch + static_cast<double>(b + 1) / batches) / o.epochs;
+        const double done = o.total_steps > 0 ? static_cast<double>(step) / static_cast<double>(o.total_steps)
+                                              : (epoch + static_cast<double>(b + 1) / batches) / o.epochs;
         line << " lr " << std::scientific << std::setprecision(2) << lr << std::fixed << " " << task.units_name()
              << "/s " << std::setprecision(0) << units_done / std::max(interval, 1e-9);
         if (peak_flops > 0) {

@@ -12,7 +12,8 @@ RMSNormImpl::RMSNormImpl(int64_t dim, double eps) : eps_(eps) {
 }
 
 torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
-  const torch::Tensor x32 = x.to(torch::kFloat);
+  // fp32 statistics for half types; fp64 stays fp64 (gradient checks).
+  const torch::Tensor x32 = x.scalar_type() == torch::kDouble ? x : x.to(torch::kFloat);
   const torch::Tensor normed = x32 * torch::rsqrt(x32.pow(2).mean(-1, /*keepdim=*/true) + eps_);
   return normed.to(x.scalar_type()) * weight;
 }
@@ -158,7 +159,7 @@ torch::Tensor LmModel::forward(const torch::Tensor& tokens, LmKvCache* cache, bo
   h = norm(h);
   const torch::Tensor logits =
       config_.tie_embeddings ? torch::matmul(h, embed_tokens->weight.t()) : lm_head(h);
-  return logits.to(torch::kFloat);
+  return logits.scalar_type() == torch::kDouble ? logits : logits.to(torch::kFloat);
 }
 
 LmLoss LmModel::loss(const torch::Tensor& tokens) {

@@ -1,0 +1,61 @@
+#pragma once
+// Small LM configurations and helpers shared by the LM tests.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <functional>
+#include <string>
+
+#include "moekit/core/file_io.h"
+#include "moekit/models/lm/lm_model.h"
+
+namespace moekit {
+
+// 3 blocks of width 32, 4 query heads in 2 KV groups, QKV bias.
+inline LmConfig tiny_lm_config(bool moe = false) {
+  LmConfig c;
+  c.vocab_size = 50;
+  c.d_model = 32;
+  c.n_layers = 3;
+  c.n_heads = 4;
+  c.n_kv_heads = 2;
+  c.d_ffn = 48;
+  c.max_seq_len = 40;
+  c.qkv_bias = true;
+  c.init_std = 0.1;
+  if (moe) {
+    c.moe.num_experts = 4;
+    c.moe.top_k = 2;
+  }
+  return c;
+}
+
+inline std::string lm_temp_dir(const std::string& name) {
+  const std::string dir = testing::TempDir() + "/moekit_" + name + "_" + std::to_string(::getpid());
+  std::filesystem::remove_all(dir);
+  make_dirs(dir);
+  return dir;
+}
+
+// The message of the exception `f` throws ("" when it throws none).
+inline std::string lm_error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return "";
+}
+
+inline torch::Tensor random_tokens(int64_t batch, int64_t length, int64_t vocab, uint64_t seed) {
+  torch::manual_seed(seed);
+  return torch::randint(vocab, {batch, length}, torch::kLong);
+}
+
+// max |a - b| / max |a|
+inline double relative_diff(const torch::Tensor& a, const torch::Tensor& b) {
+  return (a - b).abs().max().item<double>() / std::max(a.abs().max().item<double>(), 1e-12);
+}
+
+}  // namespace moekit
