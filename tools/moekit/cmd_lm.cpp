@@ -43,6 +43,7 @@ void add_train_lm_command(CLI::App& train, const GlobalOptions& global) {
     std::string config, train_text, valid_text, tokenizer, exp_dir, init;
     bool resume = false;
     double flops_budget = 0;
+    int64_t total_steps = -1;
   };
   auto o = std::make_shared<Options>();
   CLI::App* lm = train.add_subcommand(
@@ -55,6 +56,7 @@ void add_train_lm_command(CLI::App& train, const GlobalOptions& global) {
   lm->add_option("--init", o->init, "Start from this model directory (a grown or upcycled model): its architecture "
                                     "and weights replace the config's model section");
   lm->add_option("--flops-budget", o->flops_budget, "Training FLOPs of the run: sets train_conf.total_steps");
+  lm->add_option("--total-steps", o->total_steps, "Override train_conf.total_steps (the run's length)");
   lm->add_flag("--resume", o->resume, "Continue from the newest checkpoint in --exp-dir");
   lm->callback([o, &global] {
     apply_runtime(global);
@@ -82,6 +84,7 @@ void add_train_lm_command(CLI::App& train, const GlobalOptions& global) {
     }
     const LmDataOptions data = LmDataOptions::from_yaml(y["data"], o->config + ": data");
     TrainerOptions trainer = TrainerOptions::from_yaml(y["train_conf"], o->config + ": train_conf");
+    if (o->total_steps >= 0) trainer.total_steps = o->total_steps;
     if (!model) {
       YAML::Node arch = YAML::Clone(y["model"]);
       arch["vocab_size"] = tokenizer.vocab_size();

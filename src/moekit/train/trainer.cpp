@@ -60,6 +60,7 @@ YAML::Node TrainerOptions::to_yaml() const {
   n["total_steps"] = total_steps;
   n["eval_interval"] = eval_interval;
   n["peak_flops"] = peak_flops;
+  n["validate_first"] = validate_first;
   return n;
 }
 
@@ -70,7 +71,7 @@ TrainerOptions TrainerOptions::from_yaml(const YAML::Node& n, const std::string&
     static const std::set<std::string> known = {"epochs", "lr", "warmup_steps", "weight_decay", "grad_clip",
                                                 "accum_grad", "log_interval", "save_interval", "keep_checkpoints",
                                                 "average_last", "seed", "max_steps", "scheduler", "min_lr",
-                                                "total_steps", "eval_interval", "peak_flops"};
+                                                "total_steps", "eval_interval", "peak_flops", "validate_first"};
     for (const auto& kv : n)
       MOEKIT_CHECK_ARG(known.count(kv.first.as<std::string>()), where, ": unknown option '",
                        kv.first.as<std::string>(), "'");
@@ -91,6 +92,7 @@ TrainerOptions TrainerOptions::from_yaml(const YAML::Node& n, const std::string&
     o.total_steps = yaml_get_or<int64_t>(n, "total_steps", o.total_steps, where);
     o.eval_interval = yaml_get_or<int64_t>(n, "eval_interval", o.eval_interval, where);
     o.peak_flops = yaml_get_or<double>(n, "peak_flops", o.peak_flops, where);
+    o.validate_first = yaml_get_or<bool>(n, "validate_first", o.validate_first, where);
   }
   try {
     o.validate();
@@ -296,7 +298,9 @@ TrainSummary train(TrainTask& task, const TrainerOptions& o, const std::string& 
   int64_t units_done = 0;
   bool stopped = false, stopped_mid_epoch = false, run_end = false;
   int64_t run_end_batch = 0;
-  if (o.total_steps > 0 && step >= o.total_steps) epoch = o.epochs;  // a finished run: only the final model is left
+  // A finished run: only the final model is left.
+  if (o.total_steps > 0 && step >= o.total_steps) epoch = o.epochs;
+  if (o.validate_first && step == 0) validate_and_log(0);
   for (; epoch < o.epochs; ++epoch, next_batch = 0) {
     model.train();
     const int64_t batches = task.num_batches(epoch);

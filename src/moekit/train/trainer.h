@@ -32,6 +32,7 @@ struct TrainerOptions {
   double min_lr = 0.0;          // cosine: the final learning rate
   int64_t total_steps = 0;      // the run ends after this many optimizer steps (0: after `epochs`); cosine's horizon
   int64_t eval_interval = 0;    // optimizer steps between validations (0: epoch ends only)
+  bool validate_first = false;  // validate once before the first step (step 0 of a fresh run)
   double peak_flops = 0.0;      // FLOP/s that MFU is relative to (0: measure a GEMM at start)
 
   void validate() const;

@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# AquilaMoE EfficientScale recipe on local text: a small dense LLaMA-style
+# model is pretrained, then
+#   Scale-Up:  grown to 2x width and 2x depth by random init, FPI-stack,
+#              FPI-interpolate, AKI-stack and AKI-Pro (aki + interpolate),
+#              each trained for the same number of steps;
+#   Scale-Out: from the same dense checkpoint, at equal training FLOPs:
+#              (a) continued dense training, (b) the upcycled MoE (8 experts,
+#              top-2), (c) the same MoE from scratch.
+# Results: work/results.md (tables) and work/scale_out.png (curves).
+#
+#   recipes/lm/run.sh            # full recipe
+#   DEMO=1 recipes/lm/run.sh     # the short version `make demo` runs
+#
+# Stages (STAGE / STOP_STAGE): 0 corpus + tokenizer, 1 small dense model,
+# 2 Scale-Up, 3 Scale-Out, 4 tables + plot. A killed run picks up where it
+# stopped: finished models are kept, training resumes from checkpoints.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+moekit=${MOEKIT:-$root/build/moekit}
+python=${PYTHON:-/usr/bin/python3}
+threads=${THREADS:-2}
+stage=${STAGE:-0}
+stop_stage=${STOP_STAGE:-4}
+
+if [[ -n "${DEMO:-}" ]]; then
+  work=${WORK:-$root/build/demo_lm}
+  small_steps=${SMALL_STEPS:-150} grow_steps=${GROW_STEPS:-20} out_steps=${OUT_STEPS:-50}
+else
+  work=${WORK:-$here/work}
+  small_steps=${SMALL_STEPS:-600} grow_steps=${GROW_STEPS:-100} out_steps=${OUT_STEPS:-200}
+fi
+data=$work/data
+exp=$work/exp
+export OPENBLAS_NUM_THREADS=1  # LibTorch's own threads do the parallel work (--threads)
+
+log() { echo "[lm recipe $(date +%H:%M:%S)] $*" >&2; }
+
+# train NAME ARGS...: trains into $exp/NAME unless its final model exists; resumes a killed run.
+train() {
+  local name=$1
+  shift
+  if [[ -f $exp/$name/final/model.safetensors ]]; then log "$name: already trained"; return; fi
+  local resume=()
+  [[ -d $exp/$name/checkpoints ]] && resume=(--resume)
+  log "training $name"
+  "$moekit" --threads "$threads" train lm --train-text "$data/train.txt" --valid-text "$data/valid.txt" \
+    --exp-dir "$exp/$name" "${resume[@]}" "$@" 2> >(grep -v "^epoch .* step" >&2)
+}
+
+if [[ $stage -le 0 && $stop_stage -ge 0 ]]; then
+  log "stage 0: corpus and tokenizer"
+  "$python" "$here/local/make_corpus.py" "$data" ${GCIDE_MB:+--gcide-mb "$GCIDE_MB"}
+  [[ -f $data/tokenizer.model ]] ||
+    "$moekit" tokenizer train --input "$data/train.txt" --output "$data/tokenizer.model" --vocab-size 4000
+fi
+
+if [[ $stage -le 1 && $stop_stage -ge 1 ]]; then
+  log "stage 1: small dense model ($small_steps steps)"
+  train small --config "$here/conf/small.yaml" --tokenizer "$data/tokenizer.model" --total-steps "$small_steps"
+fi
+
+if [[ $stage -le 2 && $stop_stage -ge 2 ]]; then
+  log "stage 2: Scale-Up to 2x width and depth ($grow_steps steps each)"
+  train grow_random --config "$here/conf/big.yaml" --tokenizer "$data/tokenizer.model" --total-steps "$grow_steps"
+  for method in fpi:stack fpi:interpolate aki:stack aki:interpolate; do
+    width=${method%:*} depth=${method#*:}
+    name=grow_${width}_${depth}
+    [[ -f $exp/$name.init/model.safetensors ]] ||
+      "$moekit" grow "$exp/small/final" "$exp/$name.init" --d-model 256 --d-ffn 688 --n-layers 8 \
+        --width "$width" --depth "$depth"
+    train "$name" --config "$here/conf/grow_train.yaml" --init "$exp/$name.init" --total-steps "$grow_steps"
+  done
+fi
+
+if [[ $stage -le 3 && $stop_stage -ge 3 ]]; then
+  log "stage 3: Scale-Out at equal training FLOPs ($out_steps steps of the MoE)"
+  [[ -f $exp/upcycled.init/model.safetensors ]] ||
+    "$moekit" upcycle "$exp/small/final" "$exp/upcycled.init" --experts 8 --top-k 2 --seed 1
+  train out_upcycled --config "$here/conf/scale_out.yaml" --init "$exp/upcycled.init" --total-steps "$out_steps"
+  budget=$("$python" -c "import json,sys; print([json.loads(l) for l in open(sys.argv[1]) if 'train_flops' in l][-1]['train_flops'])" \
+    "$exp/out_upcycled/metrics.jsonl")
+  log "stage 3: budget $budget training FLOPs"
+  train out_dense --config "$here/conf/scale_out.yaml" --init "$exp/small/final" --flops-budget "$budget"
+  train out_scratch --config "$here/conf/scale_out.yaml" --tokenizer "$data/tokenizer.model" --flops-budget "$budget"
+fi
+
+if [[ $stage -le 4 && $stop_stage -ge 4 ]]; then
+  log "stage 4: tables and curves"
+  "$python" "$here/local/results.py" "$exp" --out "$work/results.md" --plot "$work/scale_out.png"
+  cat "$work/results.md"
+fi
