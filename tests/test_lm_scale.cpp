@@ -301,3 +301,35 @@ TEST(LmDir, ForeignAndCorruptModelDirectories) {
   const std::string err = lm_error_of([&] { save_lm_dir(deeper, dir + "/deeper"); });
   EXPECT_NE(err.find("layers.3"), std::string::npos) << err;
 }
+
+TEST(HfLayout, AnIndependentPyTorchImplementationComputesTheSameLogits) {
+  // bench/lm_pytorch.py: HF transformers' LLaMA / Qwen2 / Mixtral forward in
+  // PyTorch eager, reading the exported directory with its own reader.
+  const std::string source = std::string(__FILE__);
+  const std::string script = source.substr(0, source.rfind("/tests/")) + "/bench/lm_pytorch.py";
+  if (!path_exists(script) || std::system("/usr/bin/python3 -c 'import torch, numpy' > /dev/null 2>&1") != 0)
+    GTEST_SKIP() << "needs /usr/bin/python3 with torch and numpy (python3-torch) and " << script;
+  const std::string dir = lm_temp_dir("hf_pytorch");
+  const std::vector<int64_t> tokens = {5, 17, 3, 42, 8, 8, 0, 49, 21, 13};
+  std::string csv;
+  for (int64_t t : tokens) csv += (csv.empty() ? "" : ",") + std::to_string(t);
+  for (int variant = 0; variant < 3; ++variant) {
+    LmConfig c = tiny_lm_config(variant == 2);
+    c.qkv_bias = variant == 1;
+    c.tie_embeddings = variant == 1;
+    torch::manual_seed(40 + variant);
+    LmModel model(c);
+    model.eval();
+    const std::string hf = dir + "/v" + std::to_string(variant);
+    export_hf_llama(weights_of(model), hf);
+    const std::string out = hf + "/logits.f32";
+    ASSERT_EQ(std::system(("/usr/bin/python3 " + script + " logits " + hf + " --tokens " + csv + " --out " + out).c_str()), 0);
+    const std::string bytes = read_file(out);
+    const int64_t T = static_cast<int64_t>(tokens.size());
+    ASSERT_EQ(bytes.size(), static_cast<size_t>(T * c.vocab_size * 4));
+    const torch::Tensor theirs =
+        torch::from_blob(const_cast<char*>(bytes.data()), {T, c.vocab_size}, torch::kFloat).clone();
+    const torch::Tensor ours = logits_of(model, torch::tensor(tokens, torch::kLong).view({1, T}))[0];
+    EXPECT_LT(relative_diff(theirs, ours), 1e-5) << "variant " << variant;
+  }
+}

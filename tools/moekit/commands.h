@@ -13,6 +13,7 @@ struct GlobalOptions {
 void add_info_command(CLI::App& app, const GlobalOptions& global);
 void add_bench_command(CLI::App& app, const GlobalOptions& global);
 void add_bench_asr_command(CLI::App& bench, const GlobalOptions& global);
+void add_bench_lm_command(CLI::App& bench, const GlobalOptions& global);
 void add_import_command(CLI::App& app, const GlobalOptions& global);
 void add_transcribe_command(CLI::App& app, const GlobalOptions& global);
 void add_train_command(CLI::App& app, const GlobalOptions& global);

@@ -1,0 +1,263 @@
+#!/usr/bin/env python3
+"""PyTorch eager reference of the LLaMA / Qwen2 / Mixtral decoder, written
+the way Hugging Face transformers computes it (rotate-half RoPE, repeat_kv
+for grouped-query attention, and Mixtral's sparse MoE block: softmax router,
+top-k, renormalise, then a Python loop over experts with index_add_). It
+reads the directory `moekit export hf` writes (config.json +
+model.safetensors), so it is also an independent check of that layout.
+
+  lm_pytorch.py logits HF_DIR --tokens 1,2,3 --out logits.f32   # raw little-endian fp32 [T, V]
+  lm_pytorch.py train  HF_DIR --batch 8 --seq 128 --steps 5 --rounds 3 --threads 1   # JSON tokens/s
+  lm_pytorch.py generate HF_DIR --prompt 16 --tokens 64 --threads 1                  # JSON tokens/s
+"""
+import argparse
+import json
+import math
+import struct
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "I64": np.int64}
+
+
+def read_safetensors(path):
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(n))
+        data = f.read()
+    out = {}
+    for name, e in header.items():
+        if name == "__metadata__":
+            continue
+        b, end = e["data_offsets"]
+        arr = np.frombuffer(data[b:end], dtype=DTYPES[e["dtype"]]).reshape(e["shape"])
+        out[name] = torch.from_numpy(arr.copy())
+    return out
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, d, eps):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(d))
+        self.eps = eps
+
+    def forward(self, x):
+        var = x.float().pow(2).mean(-1, keepdim=True)
+        return self.weight * (x.float() * torch.rsqrt(var + self.eps)).to(x.dtype)
+
+
+def rotate_half(x):
+    h = x.shape[-1] // 2
+    return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, c, bias):
+        super().__init__()
+        self.h, self.kv, self.hd = c["num_attention_heads"], c["num_key_value_heads"], c["hidden_size"] // c["num_attention_heads"]
+        d = c["hidden_size"]
+        self.q_proj = nn.Linear(d, self.h * self.hd, bias=bias)
+        self.k_proj = nn.Linear(d, self.kv * self.hd, bias=bias)
+        self.v_proj = nn.Linear(d, self.kv * self.hd, bias=bias)
+        self.o_proj = nn.Linear(self.h * self.hd, d, bias=False)
+
+    def forward(self, x, cos, sin, cache=None):
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.h, self.hd).transpose(1, 2)
+        k = self.k_proj(x).view(B, T, self.kv, self.hd).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, self.kv, self.hd).transpose(1, 2)
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
+        if cache is not None:  # HF DynamicCache: concatenation
+            if cache:
+                k = torch.cat([cache[0], k], dim=2)
+                v = torch.cat([cache[1], v], dim=2)
+            cache[:] = [k, v]
+        rep = self.h // self.kv  # repeat_kv
+        k = k[:, :, None].expand(B, self.kv, rep, k.shape[2], self.hd).reshape(B, self.h, k.shape[2], self.hd)
+        v = v[:, :, None].expand(B, self.kv, rep, v.shape[2], self.hd).reshape(B, self.h, v.shape[2], self.hd)
+        scores = q @ k.transpose(2, 3) / math.sqrt(self.hd)
+        S = k.shape[2]
+        if T > 1:
+            mask = torch.ones(T, S, dtype=torch.bool).triu(S - T + 1)
+            scores = scores.masked_fill(mask, float("-inf"))
+        out = torch.softmax(scores.float(), dim=-1).to(q.dtype) @ v
+        return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, d, f):
+        super().__init__()
+        self.gate_proj = nn.Linear(d, f, bias=False)
+        self.up_proj = nn.Linear(d, f, bias=False)
+        self.down_proj = nn.Linear(f, d, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Expert(nn.Module):
+    def __init__(self, d, f):
+        super().__init__()
+        self.w1 = nn.Linear(d, f, bias=False)
+        self.w2 = nn.Linear(f, d, bias=False)
+        self.w3 = nn.Linear(d, f, bias=False)
+
+    def forward(self, x):
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class SparseMoeBlock(nn.Module):
+    """MixtralSparseMoeBlock: the per-expert loop."""
+
+    def __init__(self, d, f, e, k):
+        super().__init__()
+        self.gate = nn.Linear(d, e, bias=False)
+        self.experts = nn.ModuleList([Expert(d, f) for _ in range(e)])
+        self.e, self.k = e, k
+
+    def forward(self, x):
+        B, T, D = x.shape
+        x = x.view(-1, D)
+        logits = self.gate(x)
+        weights = F.softmax(logits, dim=1, dtype=torch.float)
+        weights, selected = torch.topk(weights, self.k, dim=-1)
+        weights = (weights / weights.sum(dim=-1, keepdim=True)).to(x.dtype)
+        out = torch.zeros_like(x)
+        mask = F.one_hot(selected, num_classes=self.e).permute(2, 1, 0)
+        for i in range(self.e):
+            idx, top = torch.where(mask[i])
+            if top.numel() == 0:
+                continue
+            out.index_add_(0, top, self.experts[i](x[top]) * weights[top, idx, None])
+        return out.view(B, T, D)
+
+
+class Block(nn.Module):
+    def __init__(self, c, bias, moe):
+        super().__init__()
+        d = c["hidden_size"]
+        self.input_layernorm = RMSNorm(d, c["rms_norm_eps"])
+        self.self_attn = Attention(c, bias)
+        self.post_attention_layernorm = RMSNorm(d, c["rms_norm_eps"])
+        if moe:
+            self.block_sparse_moe = SparseMoeBlock(d, c["intermediate_size"], c["num_local_experts"], c["num_experts_per_tok"])
+        else:
+            self.mlp = MLP(d, c["intermediate_size"])
+
+    def forward(self, x, cos, sin, cache=None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache)
+        h = self.post_attention_layernorm(x)
+        return x + (self.block_sparse_moe(h) if hasattr(self, "block_sparse_moe") else self.mlp(h))
+
+
+class Model(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.c = c
+        bias = c["model_type"] == "qwen2"
+        moe = c["model_type"] == "mixtral"
+        self.embed_tokens = nn.Embedding(c["vocab_size"], c["hidden_size"])
+        self.layers = nn.ModuleList([Block(c, bias, moe) for _ in range(c["num_hidden_layers"])])
+        self.norm = RMSNorm(c["hidden_size"], c["rms_norm_eps"])
+        self.lm_head = nn.Linear(c["hidden_size"], c["vocab_size"], bias=False)
+        hd = c["hidden_size"] // c["num_attention_heads"]
+        self.inv_freq = 1.0 / (c.get("rope_theta", 10000.0) ** (torch.arange(0, hd, 2, dtype=torch.int64).float() / hd))
+
+    def forward(self, tokens, offset=0, caches=None):
+        pos = torch.arange(offset, offset + tokens.shape[1], dtype=torch.float)
+        emb = torch.cat([torch.outer(pos, self.inv_freq)] * 2, dim=-1)
+        cos, sin = emb.cos(), emb.sin()
+        x = self.embed_tokens(tokens)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, None if caches is None else caches[i])
+        return self.lm_head(self.norm(x))
+
+
+def load(hf_dir):
+    c = json.load(open(f"{hf_dir}/config.json"))
+    model = Model(c)
+    state = {}
+    for name, t in read_safetensors(f"{hf_dir}/model.safetensors").items():
+        state[name[len("model."):] if name.startswith("model.") else name] = t
+    if c.get("tie_word_embeddings"):
+        state["lm_head.weight"] = state["embed_tokens.weight"]
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        sys.exit(f"lm_pytorch: missing {missing} unexpected {unexpected}")
+    return model
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("mode", choices=["logits", "train", "generate"])
+    ap.add_argument("hf_dir")
+    ap.add_argument("--tokens", default="")
+    ap.add_argument("--out")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--prompt", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    model = load(args.hf_dir)
+    V = model.c["vocab_size"]
+    if args.mode == "logits":
+        tokens = torch.tensor([[int(t) for t in args.tokens.split(",")]])
+        with torch.no_grad():
+            logits = model(tokens)[0].float().contiguous()
+        with open(args.out, "wb") as f:
+            f.write(logits.numpy().astype("<f4").tobytes())
+        return
+    if args.mode == "train":
+        opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+        batch = torch.randint(V, (args.batch, args.seq + 1))
+
+        def step():
+            opt.zero_grad()
+            logits = model(batch[:, :-1])
+            loss = F.cross_entropy(logits.reshape(-1, V), batch[:, 1:].reshape(-1))
+            loss.backward()
+            opt.step()
+
+        step()
+        times = []
+        for _ in range(args.rounds):
+            t0 = time.perf_counter()
+            for _ in range(args.steps):
+                step()
+            times.append(time.perf_counter() - t0)
+        t = sorted(times)[len(times) // 2]
+        print(json.dumps({"impl": "pytorch", "train_tokens_per_s": args.batch * args.seq * args.steps / t}))
+        return
+    prompt = torch.randint(V, (1, args.prompt))
+    with torch.no_grad():
+        def run():
+            caches = [[] for _ in model.layers]
+            logits = model(prompt, 0, caches)
+            tok = logits[:, -1:].argmax(-1)
+            for i in range(args.tokens):
+                logits = model(tok, args.prompt + i, caches)
+                tok = logits[:, -1:].argmax(-1)
+
+        run()
+        times = []
+        for _ in range(args.rounds):
+            t0 = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - t0)
+        t = sorted(times)[len(times) // 2]
+    print(json.dumps({"impl": "pytorch", "generate_tokens_per_s": args.tokens / t}))
+
+
+if __name__ == "__main__":
+    main()

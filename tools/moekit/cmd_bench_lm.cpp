@@ -1,0 +1,141 @@
+// `moekit bench lm`: training tokens/s (forward + backward + Adam) and
+// batch-1 generation tokens/s of an LLaMA-style LM, with the fraction of the
+// memory-bandwidth bound per generated token (JSON).
+#include <iostream>
+#include <nlohmann/json.hpp>
+
+#include "bench_util.h"
+#include "commands.h"
+#include "moekit/core/check.h"
+#include "moekit/core/model_dir.h"
+#include "moekit/core/runtime.h"
+#include "moekit/models/lm/hf_llama.h"
+#include "moekit/models/lm/lm_model.h"
+
+namespace moekit::cli {
+namespace {
+
+struct BenchLmOptions {
+  std::string model_dir;  // empty: a random model of the shape below
+  int64_t d_model = 256, layers = 4, heads = 8, kv_heads = 2, ffn = 688, experts = 0, top_k = 2, vocab = 4000;
+  int64_t batch = 8, seq = 128, steps = 5, prompt = 16, tokens = 64;
+  int rounds = 3;
+  std::string save_hf;  // write the benchmarked model in HF layout (for bench/lm_pytorch.py)
+  uint64_t seed = 1;
+};
+
+double time_once(const std::function<void()>& fn) {
+  const auto start = Clock::now();
+  fn();
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+}  // namespace
+
+void add_bench_lm_command(CLI::App& bench, const GlobalOptions& global) {
+  auto o = std::make_shared<BenchLmOptions>();
+  CLI::App* cmd = bench.add_subcommand("lm", "Training and generation speed of an LLaMA-style LM (JSON)");
+  cmd->add_option("--model-dir", o->model_dir, "Benchmark this model (default: a random one of the shape below)");
+  cmd->add_option("--d-model", o->d_model, "Width")->capture_default_str();
+  cmd->add_option("--layers", o->layers, "Blocks")->capture_default_str();
+  cmd->add_option("--heads", o->heads, "Query heads")->capture_default_str();
+  cmd->add_option("--kv-heads", o->kv_heads, "KV heads")->capture_default_str();
+  cmd->add_option("--ffn", o->ffn, "FFN hidden width (per expert)")->capture_default_str();
+  cmd->add_option("--experts", o->experts, "Experts per FFN (0 = dense)")->capture_default_str();
+  cmd->add_option("--top-k", o->top_k, "Experts per token")->capture_default_str();
+  cmd->add_option("--vocab", o->vocab, "Vocabulary")->capture_default_str();
+  cmd->add_option("--batch", o->batch, "Training sequences per step")->capture_default_str();
+  cmd->add_option("--seq", o->seq, "Training sequence length")->capture_default_str();
+  cmd->add_option("--steps", o->steps, "Training steps per timed round")->capture_default_str();
+  cmd->add_option("--prompt", o->prompt, "Generation prompt tokens")->capture_default_str();
+  cmd->add_option("--tokens", o->tokens, "Generated tokens per timed round")->capture_default_str();
+  cmd->add_option("--rounds", o->rounds, "Timed rounds; medians are reported")->capture_default_str();
+  cmd->add_option("--save-hf", o->save_hf, "Also write the model in HF layout (bench/lm_pytorch.py reads it)");
+  cmd->add_option("--seed", o->seed, "Seed of the random model and data")->capture_default_str();
+  cmd->callback([o, &global] {
+    apply_runtime(global);
+    MOEKIT_CHECK_ARG(o->rounds >= 1 && o->steps >= 1 && o->tokens >= 1 && o->prompt >= 1,
+                     "bench lm: --rounds, --steps, --tokens and --prompt must be >= 1");
+    torch::manual_seed(o->seed);
+    std::shared_ptr<LmModel> model;
+    if (!o->model_dir.empty()) {
+      model = load_lm_model(o->model_dir);
+    } else {
+      LmConfig c;
+      c.vocab_size = o->vocab;
+      c.d_model = o->d_model;
+      c.n_layers = o->layers;
+      c.n_heads = o->heads;
+      c.n_kv_heads = o->kv_heads;
+      c.d_ffn = o->ffn;
+      c.max_seq_len = std::max(o->seq, o->prompt + o->tokens) + 1;
+      c.moe.num_experts = o->experts;
+      c.moe.top_k = o->top_k;
+      c.moe.aux_loss_coef = 0;  // the reference computes no router losses
+      c.moe.z_loss_coef = 0;
+      model = std::make_shared<LmModel>(c);
+    }
+    const LmConfig& c = model->config();
+    MOEKIT_CHECK_ARG(o->seq + 1 <= c.max_seq_len + 1 && o->prompt + o->tokens <= c.max_seq_len,
+                     "bench lm: --seq / --prompt + --tokens exceed the model's max_seq_len ", c.max_seq_len);
+    if (!o->save_hf.empty()) export_hf_llama(LmWeights{c, module_state(*model)}, o->save_hf);
+
+    // Training: the trainer's step (loss, backward, Adam) on a fixed random batch.
+    model->train();
+    torch::optim::Adam adam(model->parameters(), torch::optim::AdamOptions(1e-4));
+    const torch::Tensor batch = torch::randint(c.vocab_size, {o->batch, o->seq + 1}, torch::kLong);
+    auto train_step = [&] {
+      adam.zero_grad();
+      model->loss(batch).loss.backward();
+      adam.step();
+    };
+    train_step();
+    std::vector<double> t_train;
+    for (int r = 0; r < o->rounds; ++r)
+      t_train.push_back(time_once([&] {
+        for (int64_t s = 0; s < o->steps; ++s) train_step();
+      }));
+
+    // Generation at batch 1: prefill the prompt, then one token per step (greedy).
+    model->eval();
+    torch::NoGradGuard no_grad;
+    const torch::Tensor prompt = torch::randint(c.vocab_size, {1, o->prompt}, torch::kLong);
+    double decode_seconds = 0;
+    auto generate_all = [&] {
+      LmKvCache cache = model->make_cache(1, o->prompt + o->tokens);
+      torch::Tensor next = model->forward(prompt, &cache, true).argmax(-1);  // [1, 1]
+      const auto start = Clock::now();
+      for (int64_t i = 0; i + 1 < o->tokens; ++i) next = model->forward(next, &cache, true).argmax(-1);
+      decode_seconds = std::chrono::duration<double>(Clock::now() - start).count();
+    };
+    generate_all();
+    std::vector<double> t_gen, t_decode;
+    for (int r = 0; r < o->rounds; ++r) {
+      t_gen.push_back(time_once(generate_all));
+      t_decode.push_back(decode_seconds / static_cast<double>(o->tokens - 1));
+    }
+    // Bytes of weights one decoded token reads: the active parameters (top-k
+    // experts per MoE layer) less the embedding table, of which it reads one row.
+    const ParameterCount count = count_parameters(*model);
+    const double element = static_cast<double>(model->embed_tokens->weight.element_size());
+    double bytes = static_cast<double>(count.active) * element;
+    if (!c.tie_embeddings) bytes -= static_cast<double>(c.vocab_size - 1) * c.d_model * element;
+    const double bandwidth = read_bandwidth_bytes_per_s();
+    const double per_token = median(t_decode);
+    nlohmann::json j;
+    j["benchmark"] = "lm";
+    j["impl"] = "moekit";
+    j["threads"] = num_threads();
+    j["experts"] = c.moe.num_experts;
+    j["parameters"] = {{"total", count.total}, {"active", count.active}};
+    j["train_tokens_per_s"] = static_cast<double>(o->batch * o->seq * o->steps) / median(t_train);
+    j["generate_tokens_per_s"] = static_cast<double>(o->tokens) / median(t_gen);
+    j["decode_tokens_per_s"] = 1.0 / per_token;
+    j["weight_bytes_per_token"] = bytes;
+    j["read_bandwidth_gb_per_s"] = bandwidth / 1e9;
+    j["decode_fraction_of_bandwidth_bound"] = bytes / per_token / bandwidth;
+    std::cout << j.dump(2) << std::endl;
+  });
+}
+
+}  // namespace moekit::cli
