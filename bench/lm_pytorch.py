@@ -8,7 +8,7 @@ model.safetensors), so it is also an independent check of that layout.
 
   lm_pytorch.py logits HF_DIR --tokens 1,2,3 --out logits.f32   # raw little-endian fp32 [T, V]
   lm_pytorch.py train  HF_DIR --batch 8 --seq 128 --steps 5 --rounds 3 --threads 1   # JSON tokens/s
-  lm_pytorch.py generate HF_DIR --prompt 16 --tokens 64 --threads 1                  # JSON tokens/s
+  lm_pytorch.py generate HF_DIR --prompt 16 --new-tokens 64 --threads 1                 # JSON tokens/s
 """
 import argparse
 import json
@@ -204,6 +204,7 @@ def main():
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--prompt", type=int, default=16)
+    ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()
@@ -245,7 +246,7 @@ def main():
             caches = [[] for _ in model.layers]
             logits = model(prompt, 0, caches)
             tok = logits[:, -1:].argmax(-1)
-            for i in range(args.tokens):
+            for i in range(args.new_tokens - 1):
                 logits = model(tok, args.prompt + i, caches)
                 tok = logits[:, -1:].argmax(-1)
 
@@ -256,7 +257,7 @@ def main():
             run()
             times.append(time.perf_counter() - t0)
         t = sorted(times)[len(times) // 2]
-    print(json.dumps({"impl": "pytorch", "generate_tokens_per_s": args.tokens / t}))
+    print(json.dumps({"impl": "pytorch", "generate_tokens_per_s": args.new_tokens / t}))
 
 
 if __name__ == "__main__":
