@@ -4,6 +4,10 @@
 # espeak-ng/flite voices, a dense Conformer and its 8-expert top-2 MoE
 # counterpart trained for streaming and full context, then WER/CER on
 # voices never heard in training, full context and chunk 16, with RTF.
+# Then the EfficientScale language-model recipe (recipes/lm with DEMO=1):
+# a small dense LLaMA-style model on Debian text, grown to 2x width and depth
+# by five methods, and upcycled into an 8-expert MoE compared at equal
+# training FLOPs with continued dense training and an MoE from scratch.
 # `make bench` runs the MoE layer benchmarks.
 set -euo pipefail
 build=${1:-build}
@@ -14,5 +18,8 @@ echo
 start=$(date +%s)
 echo "== U2++ ASR recipe, demo size (recipes/asr/run.sh with DEMO=1)"
 DEMO=1 MOEKIT="$(cd "$(dirname "$moekit")" && pwd)/moekit" WORK="$(cd "$build" && pwd)/demo_asr" bash recipes/asr/run.sh
+echo
+echo "== EfficientScale LM recipe, demo size (recipes/lm/run.sh with DEMO=1)"
+DEMO=1 MOEKIT="$(cd "$(dirname "$moekit")" && pwd)/moekit" WORK="$(cd "$build" && pwd)/demo_lm" bash recipes/lm/run.sh
 echo
 echo "demo finished in $(( $(date +%s) - start )) s"

@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "asr_test_util.h"
+#include "cli_test_util.h"
 #include "moekit/audio/audio_file.h"
 #include "moekit/core/file_io.h"
 #include "moekit/models/asr/wenet_import.h"
@@ -17,29 +18,6 @@
 
 namespace moekit {
 namespace {
-
-struct CliRun {
-  int exit_code;
-  std::string output;  // stdout + stderr
-};
-
-CliRun run_cli(const std::string& args) {
-  const std::string command = std::string(MOEKIT_CLI_PATH) + " " + args + " 2>&1";
-  FILE* pipe = ::popen(command.c_str(), "r");
-  if (pipe == nullptr) return {-1, "popen failed"};
-  std::string output;
-  std::array<char, 4096> buffer{};
-  size_t n = 0;
-  while ((n = std::fread(buffer.data(), 1, buffer.size(), pipe)) > 0) output.append(buffer.data(), n);
-  const int status = ::pclose(pipe);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, output};
-}
-
-int lines(const std::string& text) {
-  int count = 0;
-  for (char c : text) count += c == '\n';
-  return count;
-}
 
 TEST(Cli, VersionAndHelpSucceed) {
   const CliRun version = run_cli("--version");

@@ -1,0 +1,34 @@
+#pragma once
+// Runs the moekit binary (MOEKIT_CLI_PATH) the way a user does.
+#include <sys/wait.h>
+
+#include <array>
+#include <cstdio>
+#include <string>
+
+namespace moekit {
+
+struct CliRun {
+  int exit_code;
+  std::string output;  // stdout + stderr
+};
+
+inline CliRun run_cli(const std::string& args) {
+  const std::string command = std::string(MOEKIT_CLI_PATH) + " " + args + " 2>&1";
+  FILE* pipe = ::popen(command.c_str(), "r");
+  if (pipe == nullptr) return {-1, "popen failed"};
+  std::string output;
+  std::array<char, 4096> buffer{};
+  size_t n = 0;
+  while ((n = std::fread(buffer.data(), 1, buffer.size(), pipe)) > 0) output.append(buffer.data(), n);
+  const int status = ::pclose(pipe);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, output};
+}
+
+inline int lines(const std::string& text) {
+  int count = 0;
+  for (char c : text) count += c == '\n';
+  return count;
+}
+
+}  // namespace moekit

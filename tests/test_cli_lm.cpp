@@ -1,0 +1,78 @@
+// The language-model commands end to end, as a user runs them: tokenizer,
+// training (with resume), generation, grow, upcycle, HF export/import, and
+// one-line errors for bad input.
+#include <gtest/gtest.h>
+
+#include "cli_test_util.h"
+#include "lm_test_util.h"
+#include "moekit/core/model_dir.h"
+#include "moekit/data/sentencepiece.h"
+
+using namespace moekit;
+
+TEST(CliLm, TokenizerTrainGenerateGrowUpcycleExport) {
+  if (!have_sentencepiece() || std::system("command -v spm_train > /dev/null 2>&1") != 0)
+    GTEST_SKIP() << "SentencePiece tools (package sentencepiece) not installed";
+  const std::string d = lm_temp_dir("cli_lm");
+  std::string text;
+  for (int i = 0; i < 400; ++i)
+    text += "line " + std::to_string(i) + ": the cat sat on the mat and looked at number " + std::to_string(i * 13 % 97) + "\n";
+  write_file_atomic(d + "/train.txt", text);
+  write_file_atomic(d + "/valid.txt", text.substr(0, 2000));
+  write_file_atomic(d + "/lm.yaml",
+                    "model: {d_model: 32, n_layers: 2, n_heads: 4, n_kv_heads: 2, d_ffn: 48, max_seq_len: 64}\n"
+                    "data: {seq_len: 32, batch_size: 4, max_valid_windows: 4}\n"
+                    "train_conf: {epochs: 5, lr: 0.003, scheduler: cosine, warmup_steps: 2, total_steps: 6, "
+                    "log_interval: 2, average_last: 1}\n");
+  CliRun r = run_cli("tokenizer train --input " + d + "/train.txt --output " + d + "/tok.model --vocab-size 300");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const std::string train = "train lm --config " + d + "/lm.yaml --train-text " + d + "/train.txt --valid-text " + d +
+                            "/valid.txt --tokenizer " + d + "/tok.model --exp-dir " + d + "/exp";
+  r = run_cli("--threads 1 " + train + " --total-steps 3");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("tokens/s"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("mfu"), std::string::npos) << r.output;
+  r = run_cli("--threads 1 " + train);  // an existing run is not overwritten
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.output.find("--resume"), std::string::npos) << r.output;
+  r = run_cli("--threads 1 " + train + " --resume");  // continues to total_steps 6
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("trained 6 steps"), std::string::npos) << r.output;
+  const std::string model = d + "/exp/final";
+  EXPECT_TRUE(path_exists(model + "/tokenizer.model"));
+
+  r = run_cli("generate " + model + " --prompt 'the cat' --max-new-tokens 5");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(r.output.rfind("the cat", 0), 0u) << r.output;
+  EXPECT_EQ(lines(r.output), 1);
+
+  r = run_cli("grow " + model + " " + d + "/big --d-model 64 --d-ffn 96 --n-layers 4 --width aki --depth interpolate");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(read_lm_dir(d + "/big").config.n_heads, 8);
+  r = run_cli("upcycle " + d + "/big " + d + "/moe --experts 4 --top-k 2");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  r = run_cli("export hf " + d + "/moe " + d + "/hf");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  r = run_cli("import hf " + d + "/hf " + d + "/back");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const TensorMap a = read_model_weights(d + "/moe"), b = read_model_weights(d + "/back");
+  for (const auto& [name, t] : a) EXPECT_TRUE(torch::equal(t, b.at(name))) << name;
+  r = run_cli("generate " + d + "/back --prompt 'the cat' --max-new-tokens 3");  // tokenizer carried along
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  // A grown + continued model trains from --init.
+  r = run_cli("--threads 1 train lm --config " + d + "/lm.yaml --train-text " + d + "/train.txt --valid-text " + d +
+              "/valid.txt --exp-dir " + d + "/exp_moe --init " + d + "/moe --total-steps 2");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+
+  // Bad input: one line, non-zero exit.
+  const std::string long_prompt(3000, 'x');
+  for (const std::string& bad :
+       {"generate " + model + " --prompt '" + long_prompt + "'", "upcycle " + d + "/moe " + d + "/again",
+        "grow " + model + " " + d + "/small --d-model 16", "grow " + model + " " + d + "/odd --d-model 40",
+        "generate " + d + "/hf --prompt hi", "import hf " + d + "/exp --out x"}) {
+    r = run_cli(bad);
+    EXPECT_NE(r.exit_code, 0) << bad;
+    EXPECT_EQ(lines(r.output), 1) << bad << "\n" << r.output;
+    EXPECT_EQ(r.output.rfind("moekit: error: ", 0), 0u) << r.output;
+  }
+}
