@@ -106,13 +106,7 @@ void add_train_lm_command(CLI::App& train, const GlobalOptions& global) {
                 << per_step << " FLOPs\n";
     }
     const TrainSummary summary = moekit::train(task, trainer, o->exp_dir, o->resume);
-    if (!summary.completed) {
-      std::cout << "stopped after " << summary.steps << " steps (max_steps); rerun with --resume to continue\n";
-      return;
-    }
-    std::cout << "trained " << summary.steps << " steps; validation";
-    for (const auto& [k, v] : summary.last_validation) std::cout << " " << k << " " << v;
-    std::cout << "; final model " << summary.final_dir << "\n";
+    print_train_summary(summary);
   });
 }
 

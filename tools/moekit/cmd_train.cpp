@@ -13,6 +13,16 @@
 
 namespace moekit::cli {
 
+void print_train_summary(const TrainSummary& summary) {
+  if (!summary.completed) {
+    std::cout << "stopped after " << summary.steps << " steps (max_steps); rerun with --resume to continue\n";
+    return;
+  }
+  std::cout << "trained " << summary.steps << " steps; validation";
+  for (const auto& [k, v] : summary.last_validation) std::cout << " " << k << " " << v;
+  std::cout << "; final model " << summary.final_dir << "\n";
+}
+
 void add_train_command(CLI::App& app, const GlobalOptions& global) {
   CLI::App* train = app.add_subcommand("train", "Train a model (checkpoints, exact resume, averaged final model)");
   train->require_subcommand(1);
@@ -73,13 +83,7 @@ void add_train_command(CLI::App& app, const GlobalOptions& global) {
               << train_data.size() << " training / " << cv_data.size() << " validation utterances\n";
     AsrTrainTask task(model, units, train_data, cv_data, data_options, trainer.seed, sentencepiece);
     const TrainSummary summary = moekit::train(task, trainer, o->exp_dir, o->resume);
-    if (!summary.completed) {
-      std::cout << "stopped after " << summary.steps << " steps (max_steps); rerun with --resume to continue\n";
-      return;
-    }
-    std::cout << "trained " << summary.steps << " steps; validation";
-    for (const auto& [k, v] : summary.last_validation) std::cout << " " << k << " " << v;
-    std::cout << "; final model " << summary.final_dir << "\n";
+    print_train_summary(summary);
   });
 }
 

@@ -3,6 +3,8 @@
 // throws on error and main() turns that into a one-line message + exit code.
 #include <CLI/CLI.hpp>
 
+#include "moekit/train/trainer.h"
+
 namespace moekit::cli {
 
 // Options every command shares (runtime settings, not model hyperparameters).
@@ -23,6 +25,9 @@ void add_train_lm_command(CLI::App& train, const GlobalOptions& global);
 void add_generate_command(CLI::App& app, const GlobalOptions& global);
 void add_scale_commands(CLI::App& app, const GlobalOptions& global);  // grow, upcycle, export
 void add_import_hf_command(CLI::App& import, const GlobalOptions& global);
+
+// Prints how a `train` command ended (stdout, one line).
+void print_train_summary(const TrainSummary& summary);
 
 // Applies --threads to LibTorch and the BLAS.
 void apply_runtime(const GlobalOptions& global);
