@@ -11,6 +11,7 @@
 #include "moekit/data/lm_tokenizer.h"
 #include "moekit/data/sentencepiece.h"
 #include "moekit/decode/lm_generate.h"
+#include "moekit/nn/linear.h"
 #include "moekit/train/lm_task.h"
 
 using namespace moekit;
@@ -326,4 +327,23 @@ TEST(LmTraining, DataErrors) {
             std::string::npos);
   data.seq_len = 64;
   EXPECT_NE(lm_error_of([&] { LmTrainTask(model, ok, ok, data, 1, ""); }).find("max_seq_len"), std::string::npos);
+}
+
+TEST(SmallRowsLinear, EqualsTorchLinear) {
+  torch::NoGradGuard no_grad;
+  for (int64_t rows : {1, 3, 4, 7}) {
+    for (bool with_bias : {false, true}) {
+      const torch::Tensor x = torch::randn({1, rows, 37});
+      const torch::Tensor w = torch::randn({131, 37});
+      const torch::Tensor b = with_bias ? torch::randn({131}) : torch::Tensor();
+      const torch::Tensor got = fast_linear(x, w, b);
+      EXPECT_EQ(got.sizes(), (std::vector<int64_t>{1, rows, 131}));
+      EXPECT_LT((got - torch::nn::functional::linear(x, w, b)).abs().max().item<double>(), 1e-4) << rows;
+    }
+  }
+  // With autograd on, torch's path (gradients flow).
+  torch::AutoGradMode grad(true);
+  const torch::Tensor w = torch::randn({5, 3}, torch::requires_grad());
+  fast_linear(torch::randn({1, 3}), w).sum().backward();
+  EXPECT_TRUE(w.grad().defined());
 }

@@ -1,5 +1,7 @@
 #include "moekit/nn/ffn.h"
 
+#include "moekit/nn/linear.h"
+
 #include "moekit/core/check.h"
 
 namespace moekit {
@@ -17,8 +19,8 @@ FeedForwardImpl::FeedForwardImpl(const FeedForwardOptions& options) : options_(o
 }
 
 torch::Tensor FeedForwardImpl::forward(const torch::Tensor& x) {
-  const torch::Tensor h3 = w3 ? w3->forward(x) : torch::Tensor();
-  return w2->forward(apply_activation(options_.activation, w1->forward(x), h3));
+  const torch::Tensor h3 = w3 ? fast_linear(x, w3->weight, w3->bias) : torch::Tensor();
+  return fast_linear(apply_activation(options_.activation, fast_linear(x, w1->weight, w1->bias), h3), w2->weight, w2->bias);
 }
 
 }  // namespace moekit

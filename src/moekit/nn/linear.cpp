@@ -1,0 +1,32 @@
+#include "moekit/nn/linear.h"
+
+#include <ATen/Parallel.h>
+
+#include "moekit/moe/grouped_ffn.h"
+
+namespace moekit {
+
+torch::Tensor fast_linear(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias) {
+  const int64_t in = weight.size(1), out = weight.size(0);
+  const bool small = !torch::GradMode::is_enabled() && x.device().is_cpu() && x.scalar_type() == torch::kFloat &&
+                     weight.scalar_type() == torch::kFloat && weight.is_contiguous() && x.size(-1) == in &&
+                     x.numel() / std::max<int64_t>(in, 1) <= kSmallRows && x.numel() > 0 &&
+                     (!bias.defined() || (bias.scalar_type() == torch::kFloat && bias.is_contiguous()));
+  if (!small) return torch::nn::functional::linear(x, weight, bias);
+  const torch::Tensor rows = x.reshape({-1, in}).contiguous();
+  std::vector<int64_t> shape = x.sizes().vec();
+  shape.back() = out;
+  torch::Tensor y = torch::empty({rows.size(0), out}, x.options());
+  const float* xp = rows.data_ptr<float>();
+  const float* wp = weight.data_ptr<float>();
+  const float* bp = bias.defined() ? bias.data_ptr<float>() : nullptr;
+  float* yp = y.data_ptr<float>();
+  const int64_t n = rows.size(0);
+  // Tiles of 64 output rows: enough work per task, W streamed once in total.
+  at::parallel_for(0, out, 64, [&](int64_t begin, int64_t end) {
+    detail::small_rows_linear(xp, n, in, in, wp, bp, begin, end, yp, out);
+  });
+  return y.view(shape);
+}
+
+}  // namespace moekit
