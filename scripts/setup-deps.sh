@@ -15,7 +15,7 @@ packages=(
   python3-torch
 )
 if [[ "${1:-}" == "--recipes" ]]; then
-  packages+=(espeak-ng flite sox libsox-fmt-all gettext fortunes dict-gcide gnuplot-nox)
+  packages+=(espeak-ng flite sox libsox-fmt-all gettext fortunes gnuplot-nox)
 fi
 
 missing=()
