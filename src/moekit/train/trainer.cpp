@@ -405,8 +405,7 @@ TrainSummary train(TrainTask& task, const TrainerOptions& o, const std::string& 
   }
   // Final model: the mean of the last epoch-end checkpoints.
   std::vector<std::string> epoch_ends;
-  for (const auto& dir : list_checkpoints(ckpt_root))
-  {
+  for (const auto& dir : list_checkpoints(ckpt_root)) {
     const YAML::Node state = load_yaml_file(dir + "/trainer_state.yaml");
     if (state["next_batch"].as<int64_t>() == 0 || (state["end_of_run"].IsDefined() && state["end_of_run"].as<bool>()))
       epoch_ends.push_back(dir);
