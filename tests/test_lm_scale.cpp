@@ -190,7 +190,9 @@ TEST(Upcycle, TheMoeModelComputesTheDenseFunctionAtStepZero) {
     // Routers are fresh N(0, 0.02); MoE only where asked.
     const torch::Tensor gate = moe.weights.at("layers." + std::to_string(k.first) + ".mlp.gate.weight");
     EXPECT_NEAR(gate.std().item<double>(), 0.02, 0.004);
-    if (k.every == 2) EXPECT_TRUE(moe.weights.count("layers.0.mlp.w1.weight"));
+    if (k.every == 2) {
+      EXPECT_TRUE(moe.weights.count("layers.0.mlp.w1.weight"));
+    }
   }
 }
 

@@ -38,6 +38,7 @@ torch::Tensor MultiHeadedAttentionImpl::forward(const torch::Tensor& query, cons
   torch::Tensor q = linear_q->forward(query).view({batch, t1, options_.heads, d_k_});  // [B, T1, H, d_k]
   torch::Tensor k = split_heads(linear_k->forward(key));
   torch::Tensor v = split_heads(linear_v->forward(value));
+  const int64_t cached = cache ? cache->size() : 0;
   if (cache) {
     if (cache->size() > 0) {
       k = torch::cat({cache->k, k}, 2);
@@ -51,7 +52,18 @@ torch::Tensor MultiHeadedAttentionImpl::forward(const torch::Tensor& query, cons
   if (options_.rel_pos) {
     MOEKIT_CHECK_ARG(pos_emb.defined() && pos_emb.size(1) == k.size(2), "rel-pos attention: pos_emb covers ",
                      pos_emb.defined() ? pos_emb.size(1) : 0, " positions, keys ", k.size(2));
-    torch::Tensor p = linear_pos->forward(pos_emb).view({pos_emb.size(0), -1, options_.heads, d_k_}).transpose(1, 2);
+    auto project = [&](const torch::Tensor& positions) {
+      return linear_pos->forward(positions).view({positions.size(0), -1, options_.heads, d_k_}).transpose(1, 2);
+    };
+    torch::Tensor p;
+    if (cache && pos_emb.size(0) == 1) {
+      // Project only the new keys' positions; the cached keys' are kept.
+      const bool reuse = cached > 0 && cache->p.defined() && cache->p.size(2) == cached;
+      p = reuse ? torch::cat({cache->p, project(pos_emb.slice(1, cached))}, 2) : project(pos_emb);
+      cache->p = p;
+    } else {
+      p = project(pos_emb);
+    }
     torch::Tensor q_u = (q + pos_bias_u).transpose(1, 2);
     torch::Tensor q_v = (q + pos_bias_v).transpose(1, 2);
     scores = (torch::matmul(q_u, k.transpose(-2, -1)) + torch::matmul(q_v, p.transpose(-2, -1))) * scale;
@@ -69,6 +81,14 @@ torch::Tensor MultiHeadedAttentionImpl::forward(const torch::Tensor& query, cons
   torch::Tensor x = torch::matmul(dropout_->forward(attn), v);  // [B, H, T1, d_k]
   x = x.transpose(1, 2).contiguous().view({batch, t1, options_.d_model});
   return linear_out->forward(x);
+}
+
+void KvCache::keep_last(int64_t frames) {
+  const int64_t start = size() - frames;
+  if (frames < 0 || start <= 0) return;
+  k = k.slice(2, start);
+  v = v.slice(2, start);
+  if (p.defined()) p = p.slice(2, start);
 }
 
 torch::Tensor sinusoid_positions(int64_t offset, int64_t length, int64_t d_model) {

@@ -10,9 +10,14 @@
 namespace moekit {
 
 // A streaming key/value cache: [B, H, t, d_k] each; undefined = empty.
+// Relative-position attention also keeps the keys' projected positions
+// `p` [1, H, t, d_k]: WeNet's position term reads absolute key positions,
+// so a key's projection never changes and each chunk projects only its own.
 struct KvCache {
-  torch::Tensor k, v;
+  torch::Tensor k, v, p;
   int64_t size() const { return k.defined() ? k.size(2) : 0; }
+  // Keeps the newest `frames` keys (all of them when fewer are cached).
+  void keep_last(int64_t frames);
 };
 
 struct AttentionOptions {

@@ -168,12 +168,7 @@ torch::Tensor ConformerEncoderImpl::forward_chunk(const torch::Tensor& feats, En
   for (size_t i = 0; i < encoders->size(); ++i) {
     ConformerLayerCache& lc = cache.layers[i];
     x = encoders[i]->as<ConformerLayer>()->forward(x, no_mask, pos, no_mask, &lc);
-    const int64_t total = lc.att.size();
-    const int64_t start = cache_frames < 0 ? 0 : std::max<int64_t>(total - cache_frames, 0);
-    if (start > 0) {
-      lc.att.k = lc.att.k.slice(2, start);
-      lc.att.v = lc.att.v.slice(2, start);
-    }
+    lc.att.keep_last(cache_frames);
   }
   if (config_.normalize_before) x = after_norm->forward(x);
   cache.offset += chunk;
