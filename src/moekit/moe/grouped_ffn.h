@@ -57,5 +57,12 @@ namespace detail {
 void small_rows_linear(const float* x, int64_t rows, int64_t ld_x, int64_t in, const float* w,
                        const float* bias, int64_t o_begin, int64_t o_end, float* out, int64_t ld_out);
 
+// Every variant of that kernel this CPU can run, fastest first, by
+// instruction set ("avx512", "avx2", "generic"); small_rows_linear uses the
+// first. For tests, which check each against a reference.
+using SmallRowsFn = void (*)(const float*, int64_t, int64_t, int64_t, const float*, const float*, int64_t, int64_t,
+                             float*, int64_t);
+std::vector<std::pair<std::string, SmallRowsFn>> small_rows_variants();
+
 }  // namespace detail
 }  // namespace moekit
