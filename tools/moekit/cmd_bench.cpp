@@ -84,10 +84,19 @@ json bench_layer(const BenchMoeOptions& opt, int64_t hidden, int64_t tokens) {
   const torch::Tensor x_grad = x.clone().requires_grad_(true);
   const torch::Tensor probe = torch::randn({tokens, opt.d_model});
 
+  // MoEKit with its forward kernel forced instead of picked by row count.
+  auto with_kernel = [&](GroupedFfnKernel kernel, const torch::Tensor& in) {
+    moe->set_kernel(kernel);
+    torch::Tensor y = moe->forward(in);
+    moe->set_kernel(GroupedFfnKernel::Auto);
+    return y;
+  };
   std::map<std::string, std::function<torch::Tensor(const torch::Tensor&)>> forward = {
       {"moekit", [&](const torch::Tensor& in) { return moe->forward(in); }},
       {"dense", [&](const torch::Tensor& in) { return dense->forward(in); }},
       {"loop", [&](const torch::Tensor& in) { return loop_moe(*moe, in); }},
+      {"moekit_small_rows", [&](const torch::Tensor& in) { return with_kernel(GroupedFfnKernel::SmallRows, in); }},
+      {"moekit_gemm", [&](const torch::Tensor& in) { return with_kernel(GroupedFfnKernel::PerExpertGemm, in); }},
   };
   auto clear_grads = [&] {
     for (auto& p : moe->parameters()) p.mutable_grad() = torch::Tensor();
@@ -183,7 +192,7 @@ void add_bench_command(CLI::App& app, const GlobalOptions& global) {
   cmd->add_option("--stack-layers", opt->stack_layers,
                   "Also time this many MoE layers in sequence and report the bandwidth-bound fraction (0 = off)")
       ->capture_default_str();
-  cmd->add_option("--variants", opt->variants, "Which of moekit,dense,loop to time")
+  cmd->add_option("--variants", opt->variants, "Which of moekit,dense,loop to time (also moekit_small_rows, moekit_gemm: the forward kernel forced)")
       ->capture_default_str()
       ->delimiter(',');
   cmd->add_flag("--forward-only", opt->forward_only, "Skip forward+backward timings");
@@ -194,7 +203,8 @@ void add_bench_command(CLI::App& app, const GlobalOptions& global) {
     for (int64_t t : opt->tokens) MOEKIT_CHECK_ARG(t > 0, "--tokens entries must be positive, got ", t);
     for (int t : opt->threads) MOEKIT_CHECK_ARG(t > 0, "--bench-threads entries must be positive, got ", t);
     for (const auto& v : opt->variants) {
-      MOEKIT_CHECK_ARG(v == "moekit" || v == "dense" || v == "loop", "unknown --variants entry '", v, "'");
+      MOEKIT_CHECK_ARG(v == "moekit" || v == "dense" || v == "loop" || v == "moekit_small_rows" || v == "moekit_gemm",
+                       "unknown --variants entry '", v, "' (moekit, dense, loop, moekit_small_rows, moekit_gemm)");
     }
     json out;
     out["benchmark"] = "moe_layer";

@@ -1,8 +1,8 @@
 #pragma once
 // The Conformer convolution module (WeNet's ConvolutionModule): pointwise
 // conv to 2C, GLU, depthwise conv (causal: left-padded, with a streaming
-// cache of the last kernel-1 input frames), layer_norm or batch_norm,
-// activation, pointwise conv back to C. Names follow WeNet.
+// cache of the last kernel-1 frames after the GLU), layer_norm or
+// batch_norm, activation, pointwise conv back to C. Names follow WeNet.
 #include <torch/torch.h>
 
 #include "moekit/nn/activation.h"
@@ -24,8 +24,9 @@ class ConvModuleImpl : public torch::nn::Module {
   explicit ConvModuleImpl(const ConvModuleOptions& options);
 
   // x [B, T, C]; mask_pad bool [B, T] (true = real frame) or undefined.
-  // cache: causal streaming only, [B, C, kernel-1] input frames before x
-  // (undefined = start of stream: zeros); updated in place.
+  // cache: causal streaming only, [B, C, kernel-1]: the GLU outputs of the
+  // frames before x (undefined = start of stream, where WeNet's zero input
+  // frames give glu(bias)); updated in place.
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& mask_pad, torch::Tensor* cache = nullptr);
 
   int64_t left_context() const { return options_.causal ? options_.kernel_size - 1 : 0; }

@@ -8,7 +8,7 @@
 
 namespace moekit {
 
-constexpr int64_t kSmallRows = 4;
+constexpr int64_t kSmallRows = 16;
 
 // x [..., in], weight [out, in], bias [out] or undefined -> [..., out].
 torch::Tensor fast_linear(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias = {});

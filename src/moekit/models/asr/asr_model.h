@@ -11,6 +11,7 @@
 #include "moekit/models/asr/decoder.h"
 #include "moekit/models/asr/encoder.h"
 #include "moekit/models/model.h"
+#include "moekit/nn/linear.h"
 
 namespace moekit {
 
@@ -19,7 +20,9 @@ class CtcImpl : public torch::nn::Module {
   CtcImpl(int64_t d_model, int64_t vocab_size) {
     ctc_lo = register_module("ctc_lo", torch::nn::Linear(d_model, vocab_size));
   }
-  torch::Tensor log_probs(const torch::Tensor& x) { return torch::log_softmax(ctc_lo->forward(x), -1); }
+  torch::Tensor log_probs(const torch::Tensor& x) {
+    return torch::log_softmax(fast_linear(x, ctc_lo->weight, ctc_lo->bias), -1);
+  }
   torch::nn::Linear ctc_lo{nullptr};
 };
 TORCH_MODULE(Ctc);
