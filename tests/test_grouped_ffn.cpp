@@ -43,7 +43,8 @@ torch::Tensor loop_reference(const torch::Tensor& x, const std::vector<int64_t>&
 }
 
 TEST(GroupedFfn, BothKernelsMatchAPerExpertLoop) {
-  // Counts cover empty experts and row counts that are not multiples of 4.
+  // Counts cover empty experts, row counts that are not multiples of 4 and
+  // (with Auto) experts split between the two kernels.
   const std::vector<std::vector<int64_t>> count_sets = {{3, 0, 5, 1}, {0, 0, 7, 0}, {1, 1, 1, 1}, {40, 2, 0, 9}};
   for (Activation act : {Activation::Relu, Activation::Gelu, Activation::Swish, Activation::SwiGLU}) {
     for (const auto& counts : count_sets) {
@@ -57,7 +58,10 @@ TEST(GroupedFfn, BothKernelsMatchAPerExpertLoop) {
         const torch::Tensor expected = loop_reference(x, counts, w, act);
         for (int threads : {1, 2}) {  // serial and thread-parallel paths
           set_num_threads(threads);
-          for (GroupedFfnKernel kernel : {GroupedFfnKernel::PerExpertGemm, GroupedFfnKernel::SmallRows}) {
+          // Auto with {40, 2, 0, 9}: a GEMM for the first expert, the
+          // small-rows kernel for the others, in one call.
+          for (GroupedFfnKernel kernel :
+               {GroupedFfnKernel::PerExpertGemm, GroupedFfnKernel::SmallRows, GroupedFfnKernel::Auto}) {
             const torch::Tensor y = grouped_ffn(x, counts, w, {act, kernel});
             EXPECT_LE(max_abs_diff(y, expected), 1e-5) << activation_name(act) << " kernel="
                                                        << static_cast<int>(kernel) << " bias=" << bias
@@ -69,16 +73,22 @@ TEST(GroupedFfn, BothKernelsMatchAPerExpertLoop) {
   }
 }
 
-TEST(GroupedFfn, AutoPicksSmallRowsOnlyForFewRowsPerExpert) {
+TEST(GroupedFfn, AutoPicksSmallRowsPerExpertForFewRows) {
   const torch::Tensor few = torch::zeros({16, 8});
   const torch::Tensor many = torch::zeros({4096, 8});
-  EXPECT_EQ(resolve_grouped_ffn_kernel(few, {4, 4, 4, 4}, GroupedFfnKernel::Auto), GroupedFfnKernel::SmallRows);
-  EXPECT_EQ(resolve_grouped_ffn_kernel(few, {16, 0, 0, 0}, GroupedFfnKernel::Auto), GroupedFfnKernel::SmallRows);
-  EXPECT_EQ(resolve_grouped_ffn_kernel(many, {1024, 1024, 1024, 1024}, GroupedFfnKernel::Auto),
-            GroupedFfnKernel::PerExpertGemm);
-  EXPECT_EQ(resolve_grouped_ffn_kernel(few.to(torch::kFloat64), {4, 4, 4, 4}, GroupedFfnKernel::Auto),
-            GroupedFfnKernel::PerExpertGemm);
-  EXPECT_THROW(resolve_grouped_ffn_kernel(few.to(torch::kFloat64), {4, 4, 4, 4}, GroupedFfnKernel::SmallRows),
+  const torch::Tensor uneven = torch::zeros({300, 8});
+  using Picks = std::vector<bool>;
+  EXPECT_EQ(grouped_ffn_small_rows_experts(few, {4, 4, 4, 4}, GroupedFfnKernel::Auto), Picks(4, true));
+  EXPECT_EQ(grouped_ffn_small_rows_experts(few, {16, 0, 0, 0}, GroupedFfnKernel::Auto), Picks(4, true));
+  EXPECT_EQ(grouped_ffn_small_rows_experts(many, {1024, 1024, 1024, 1024}, GroupedFfnKernel::Auto), Picks(4, false));
+  // One heavily loaded expert takes a GEMM; the lightly loaded ones do not.
+  EXPECT_EQ(grouped_ffn_small_rows_experts(uneven, {280, 10, 0, 10}, GroupedFfnKernel::Auto),
+            (Picks{false, true, true, true}));
+  EXPECT_EQ(grouped_ffn_small_rows_experts(uneven, {280, 10, 0, 10}, GroupedFfnKernel::SmallRows), Picks(4, true));
+  EXPECT_EQ(grouped_ffn_small_rows_experts(few, {4, 4, 4, 4}, GroupedFfnKernel::PerExpertGemm), Picks(4, false));
+  EXPECT_EQ(grouped_ffn_small_rows_experts(few.to(torch::kFloat64), {4, 4, 4, 4}, GroupedFfnKernel::Auto),
+            Picks(4, false));
+  EXPECT_THROW(grouped_ffn_small_rows_experts(few.to(torch::kFloat64), {4, 4, 4, 4}, GroupedFfnKernel::SmallRows),
                std::invalid_argument);
 }
 

@@ -16,9 +16,11 @@ using torch::autograd::AutogradContext;
 using torch::autograd::Variable;
 using torch::autograd::variable_list;
 
-// Up to this many rows per active expert the small-rows kernel beats BLAS
-// GEMMs (measured with OpenBLAS 0.3.21, D=256, H=1024; see bench/README.md).
-constexpr int64_t kSmallRowsMaxAverage = 24;
+// Experts with up to this many rows run the small-rows kernel, the others a
+// BLAS GEMM each (measured with OpenBLAS 0.3.21, D = 256, H = 2048: see
+// bench/README.md). Per expert, so one expert that draws many rows does not
+// push the rest of an unevenly routed batch onto GEMMs too small for BLAS.
+constexpr int64_t kSmallRowsMaxRows = 24;
 // Weight rows per small-rows work item.
 constexpr int64_t kSmallRowsTile = 32;
 
@@ -98,101 +100,56 @@ std::vector<WorkItem> tile_work(const std::vector<int64_t>& tokens_per_expert, i
   return items;
 }
 
-// Forward of the small-rows kernel. h1/h3 (pre-activations) are written when
-// defined; `a` always receives the activation.
-void small_rows_forward(const torch::Tensor& x, const std::vector<int64_t>& tokens_per_expert,
-                        const ExpertWeights& w, Activation activation, torch::Tensor& h1,
-                        torch::Tensor& h3, torch::Tensor& a, torch::Tensor& y) {
-  const int64_t d_model = x.size(1);
-  const int64_t d_hidden = w.w1.size(1);
-  const std::vector<int64_t> offsets = row_offsets(tokens_per_expert);
-  const bool gated = is_gated(activation);
-  const float* x_ptr = x.data_ptr<float>();
-  const float* w1 = w.w1.data_ptr<float>();
-  const float* w3 = gated ? w.w3.data_ptr<float>() : nullptr;
-  const float* w2 = w.w2.data_ptr<float>();
-  const float* b1 = w.b1.defined() ? w.b1.data_ptr<float>() : nullptr;
-  const float* b2 = w.b2.defined() ? w.b2.data_ptr<float>() : nullptr;
-  float* h1_ptr = h1.data_ptr<float>();
-  float* h3_ptr = gated ? h3.data_ptr<float>() : nullptr;
-  float* y_ptr = y.data_ptr<float>();
-
-  // Phase 1: h1 = x W1^T + b1 (h3 = x W3^T), tiles of hidden units in parallel.
-  const std::vector<WorkItem> hidden_items = tile_work(tokens_per_expert, d_hidden);
-  at::parallel_for(0, static_cast<int64_t>(hidden_items.size()), 1, [&](int64_t begin, int64_t end) {
+// out[rows of e] = in[rows of e] W[e]^T (+ bias[e]) for every expert with
+// rows in `tokens` (the experts this kernel serves; the others have 0 there),
+// by the small-rows kernel: tiles of weight rows in parallel. `offsets` are
+// the experts' first rows in the full row order.
+void small_rows_linear_experts(const torch::Tensor& in, const std::vector<int64_t>& tokens,
+                               const std::vector<int64_t>& offsets, const torch::Tensor& weight,
+                               const torch::Tensor& bias, torch::Tensor& out) {
+  const int64_t in_dim = in.size(1), out_dim = weight.size(1);
+  const float* in_ptr = in.data_ptr<float>();
+  const float* w_ptr = weight.data_ptr<float>();
+  const float* b_ptr = bias.defined() ? bias.data_ptr<float>() : nullptr;
+  float* out_ptr = out.data_ptr<float>();
+  const std::vector<WorkItem> items = tile_work(tokens, out_dim);
+  at::parallel_for(0, static_cast<int64_t>(items.size()), 1, [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
-      const WorkItem& it = hidden_items[item];
-      const int64_t rows = tokens_per_expert[it.expert];
+      const WorkItem& it = items[item];
       const int64_t row0 = offsets[it.expert];
-      const float* xe = x_ptr + row0 * d_model;
-      const size_t weight_offset = static_cast<size_t>(it.expert) * d_hidden * d_model;
-      float* h1e = h1_ptr + row0 * d_hidden;
-      detail::small_rows_linear(xe, rows, d_model, d_model, w1 + weight_offset,
-                                b1 ? b1 + it.expert * d_hidden : nullptr, it.begin, it.end, h1e, d_hidden);
-      if (gated) {
-        detail::small_rows_linear(xe, rows, d_model, d_model, w3 + weight_offset, nullptr, it.begin, it.end,
-                                  h3_ptr + row0 * d_hidden, d_hidden);
-      }
-    }
-  });
-  // The activation over all rows at once: LibTorch's vectorized kernels.
-  a = apply_activation(activation, h1, h3);
-  const float* a_ptr = a.data_ptr<float>();
-
-  // Phase 2: y = a W2^T + b2, tiles of output features in parallel.
-  const std::vector<WorkItem> output_items = tile_work(tokens_per_expert, d_model);
-  at::parallel_for(0, static_cast<int64_t>(output_items.size()), 1, [&](int64_t begin, int64_t end) {
-    for (int64_t item = begin; item < end; ++item) {
-      const WorkItem& it = output_items[item];
-      const int64_t rows = tokens_per_expert[it.expert];
-      const int64_t row0 = offsets[it.expert];
-      detail::small_rows_linear(a_ptr + row0 * d_hidden, rows, d_hidden, d_hidden,
-                                w2 + static_cast<size_t>(it.expert) * d_model * d_hidden,
-                                b2 ? b2 + it.expert * d_model : nullptr, it.begin, it.end,
-                                y_ptr + row0 * d_model, d_model);
+      detail::small_rows_linear(in_ptr + row0 * in_dim, tokens[it.expert], in_dim, in_dim,
+                                w_ptr + static_cast<size_t>(it.expert) * out_dim * in_dim,
+                                b_ptr ? b_ptr + it.expert * out_dim : nullptr, it.begin, it.end,
+                                out_ptr + row0 * out_dim, out_dim);
     }
   });
 }
 
-void per_expert_gemm_forward(const torch::Tensor& x, const std::vector<int64_t>& tokens_per_expert,
-                             const ExpertWeights& w, Activation activation, torch::Tensor& h1,
-                             torch::Tensor& h3, torch::Tensor& a, torch::Tensor& y) {
-  const std::vector<int64_t> offsets = row_offsets(tokens_per_expert);
-  const bool gated = is_gated(activation);
-  auto linear_into = [](torch::Tensor out, const torch::Tensor& in, const torch::Tensor& weight,
-                        const torch::Tensor& bias) {
+// The same map for the experts in `tokens`, one BLAS GEMM per expert. On CPU
+// with several threads: one single-threaded GEMM per row block, the blocks
+// spread over threads. Elsewhere (one thread, CUDA): one GEMM per expert, the
+// BLAS using the device.
+void gemm_linear_experts(const torch::Tensor& in, const std::vector<int64_t>& tokens,
+                         const std::vector<int64_t>& offsets, const torch::Tensor& weight, const torch::Tensor& bias,
+                         torch::Tensor& out) {
+  auto linear_into = [&](int64_t e, int64_t begin, int64_t rows) {
+    torch::Tensor dst = out.narrow(0, begin, rows);
+    const torch::Tensor src = in.narrow(0, begin, rows);
     if (bias.defined()) {
-      torch::addmm_out(out, bias, in, weight.t());
+      torch::addmm_out(dst, bias[e], src, weight[e].t());
     } else {
-      torch::mm_out(out, in, weight.t());
+      torch::mm_out(dst, src, weight[e].t());
     }
   };
-  // On CPU with several threads: one single-threaded GEMM per row block, the
-  // blocks spread over threads. Elsewhere (one thread, CUDA): one GEMM per
-  // expert, the BLAS using the device.
-  const bool spread = x.device().is_cpu() && at::get_num_threads() > 1;
-  const std::vector<RowBlock> blocks =
-      spread ? row_blocks(tokens_per_expert, offsets) : std::vector<RowBlock>{};
-  auto for_each_block = [&](const std::function<void(int64_t expert, int64_t begin, int64_t rows)>& fn) {
-    if (spread) {
-      for_each_item_dynamic(static_cast<int64_t>(blocks.size()),
-                            [&](int64_t i) { fn(blocks[i].expert, blocks[i].begin, blocks[i].rows); });
-      return;
-    }
-    for (int64_t e = 0; e < static_cast<int64_t>(tokens_per_expert.size()); ++e) {
-      if (tokens_per_expert[e] > 0) fn(e, offsets[e], tokens_per_expert[e]);
-    }
-  };
-  for_each_block([&](int64_t e, int64_t begin, int64_t rows) {
-    const torch::Tensor xe = x.narrow(0, begin, rows);  // [n, D]
-    linear_into(h1.narrow(0, begin, rows), xe, w.w1[e], w.b1.defined() ? w.b1[e] : torch::Tensor());
-    if (gated) linear_into(h3.narrow(0, begin, rows), xe, w.w3[e], torch::Tensor());
-  });
-  a = apply_activation(activation, h1, h3);  // [M, H]
-  for_each_block([&](int64_t e, int64_t begin, int64_t rows) {
-    linear_into(y.narrow(0, begin, rows), a.narrow(0, begin, rows), w.w2[e],
-                w.b2.defined() ? w.b2[e] : torch::Tensor());
-  });
+  if (in.device().is_cpu() && at::get_num_threads() > 1) {
+    const std::vector<RowBlock> blocks = row_blocks(tokens, offsets);
+    for_each_item_dynamic(static_cast<int64_t>(blocks.size()),
+                          [&](int64_t i) { linear_into(blocks[i].expert, blocks[i].begin, blocks[i].rows); });
+    return;
+  }
+  for (int64_t e = 0; e < static_cast<int64_t>(tokens.size()); ++e) {
+    if (tokens[e] > 0) linear_into(e, offsets[e], tokens[e]);
+  }
 }
 
 struct ForwardResult {
@@ -207,14 +164,27 @@ ForwardResult grouped_ffn_forward(const torch::Tensor& x, const std::vector<int6
   ForwardResult r;
   r.h1 = torch::empty({rows, d_hidden}, x.options());
   if (gated) r.h3 = torch::empty({rows, d_hidden}, x.options());
-  torch::Tensor a;  // [M, H] activations, made by the kernel
   r.y = torch::empty({rows, x.size(1)}, x.options());
   if (rows == 0) return r;
-  if (resolve_grouped_ffn_kernel(x, tokens_per_expert, options.kernel) == GroupedFfnKernel::SmallRows) {
-    small_rows_forward(x, tokens_per_expert, w, options.activation, r.h1, r.h3, a, r.y);
-  } else {
-    per_expert_gemm_forward(x, tokens_per_expert, w, options.activation, r.h1, r.h3, a, r.y);
+  // Each expert's rows go through the small-rows kernel or a GEMM.
+  const std::vector<bool> small = grouped_ffn_small_rows_experts(x, tokens_per_expert, options.kernel);
+  std::vector<int64_t> small_tokens(tokens_per_expert.size(), 0), gemm_tokens(tokens_per_expert.size(), 0);
+  for (size_t e = 0; e < tokens_per_expert.size(); ++e) {
+    (small[e] ? small_tokens : gemm_tokens)[e] = tokens_per_expert[e];
   }
+  const bool any_small = std::any_of(small_tokens.begin(), small_tokens.end(), [](int64_t n) { return n > 0; });
+  const bool any_gemm = std::any_of(gemm_tokens.begin(), gemm_tokens.end(), [](int64_t n) { return n > 0; });
+  const std::vector<int64_t> offsets = row_offsets(tokens_per_expert);
+  auto linear = [&](const torch::Tensor& in, const torch::Tensor& weight, const torch::Tensor& bias,
+                    torch::Tensor& out) {
+    if (any_small) small_rows_linear_experts(in, small_tokens, offsets, weight, bias, out);
+    if (any_gemm) gemm_linear_experts(in, gemm_tokens, offsets, weight, bias, out);
+  };
+  linear(x, w.w1, w.b1, r.h1);
+  if (gated) linear(x, w.w3, torch::Tensor(), r.h3);
+  // The activation over all rows at once: LibTorch's vectorized kernels.
+  const torch::Tensor a = apply_activation(options.activation, r.h1, r.h3);  // [M, H]
+  linear(a, w.w2, w.b2, r.y);
   return r;
 }
 
@@ -312,23 +282,20 @@ class GroupedFfnFunction : public torch::autograd::Function<GroupedFfnFunction> 
 
 }  // namespace
 
-GroupedFfnKernel resolve_grouped_ffn_kernel(const torch::Tensor& x,
-                                            const std::vector<int64_t>& tokens_per_expert,
-                                            GroupedFfnKernel requested) {
+std::vector<bool> grouped_ffn_small_rows_experts(const torch::Tensor& x,
+                                                 const std::vector<int64_t>& tokens_per_expert,
+                                                 GroupedFfnKernel requested) {
   const bool small_rows_possible = x.device().is_cpu() && x.scalar_type() == torch::kFloat32;
   if (requested == GroupedFfnKernel::SmallRows) {
     MOEKIT_CHECK_ARG(small_rows_possible, "the SmallRows grouped-FFN kernel needs CPU float32 inputs, got ",
                      x.device(), " ", x.scalar_type());
-    return requested;
   }
-  if (requested == GroupedFfnKernel::PerExpertGemm || !small_rows_possible) {
-    return GroupedFfnKernel::PerExpertGemm;
+  std::vector<bool> small(tokens_per_expert.size(), false);
+  if (!small_rows_possible || requested == GroupedFfnKernel::PerExpertGemm) return small;
+  for (size_t e = 0; e < small.size(); ++e) {
+    small[e] = requested == GroupedFfnKernel::SmallRows || tokens_per_expert[e] <= kSmallRowsMaxRows;
   }
-  const int64_t active = std::count_if(tokens_per_expert.begin(), tokens_per_expert.end(),
-                                       [](int64_t n) { return n > 0; });
-  if (active == 0) return GroupedFfnKernel::PerExpertGemm;
-  return x.size(0) <= kSmallRowsMaxAverage * active ? GroupedFfnKernel::SmallRows
-                                                     : GroupedFfnKernel::PerExpertGemm;
+  return small;
 }
 
 torch::Tensor grouped_ffn(const torch::Tensor& x, const std::vector<int64_t>& tokens_per_expert,

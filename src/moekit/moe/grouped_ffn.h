@@ -28,7 +28,7 @@ struct ExpertWeights {
 };
 
 enum class GroupedFfnKernel {
-  Auto,           // SmallRows for few rows per expert on CPU float32, PerExpertGemm otherwise
+  Auto,           // per expert: SmallRows for few rows on CPU float32, PerExpertGemm otherwise
   PerExpertGemm,  // one BLAS GEMM per expert (BLAS threads inside each GEMM)
   SmallRows,      // CPU float32: threads over (expert, weight-row tile), weights streamed once
 };
@@ -43,10 +43,12 @@ struct GroupedFfnOptions {
 torch::Tensor grouped_ffn(const torch::Tensor& x, const std::vector<int64_t>& tokens_per_expert,
                           const ExpertWeights& weights, const GroupedFfnOptions& options);
 
-// The kernel Auto picks for these inputs (exposed for tests and benchmarks).
-GroupedFfnKernel resolve_grouped_ffn_kernel(const torch::Tensor& x,
-                                            const std::vector<int64_t>& tokens_per_expert,
-                                            GroupedFfnKernel requested);
+// Which experts the small-rows kernel serves under `requested` (the others
+// run a BLAS GEMM each): Auto picks it per expert, for few rows on CPU
+// float32. Exposed for tests and benchmarks.
+std::vector<bool> grouped_ffn_small_rows_experts(const torch::Tensor& x,
+                                                 const std::vector<int64_t>& tokens_per_expert,
+                                                 GroupedFfnKernel requested);
 
 namespace detail {
 
