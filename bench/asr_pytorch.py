@@ -196,6 +196,8 @@ def main():
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--chunk-size", type=int, default=16)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--feats", help="fbank features to run on (safetensors 'feats' [T, mel], from `moekit bench "
+                    "asr --save-feats`) instead of random ones")
     ap.add_argument("--check", metavar="REFERENCE_PT",
                     help="verify this implementation against WeNet's outputs (the fixture's reference.pt, with "
                          "MODEL_DIR = `moekit import wenet` of the fixture) and exit")
@@ -224,6 +226,8 @@ def main():
     torch.manual_seed(1)
     frames = int(1 + (a.seconds * 16000 - 400) // 160)
     feats = torch.randn(1, frames, conf.get("input_dim", 80)) * 3 + 10
+    if a.feats:
+        feats = read_safetensors(a.feats)["feats"].unsqueeze(0)
     context, rate = 7, 4
     window, stride = (a.chunk_size - 1) * rate + context, rate * a.chunk_size
 

@@ -2,6 +2,7 @@
 // context and chunk-by-chunk streaming, with and without fbank, and the
 // fraction of the memory-bandwidth bound per chunk.
 #include <iostream>
+#include <numeric>
 #include <nlohmann/json.hpp>
 
 #include "bench_util.h"
@@ -9,6 +10,9 @@
 #include "moekit/audio/fbank.h"
 #include "moekit/core/check.h"
 #include "moekit/core/runtime.h"
+#include "moekit/core/safetensors.h"
+#include "moekit/audio/audio_file.h"
+#include "moekit/moe/moe_layer.h"
 #include "moekit/decode/recognizer.h"
 #include "moekit/models/asr/wenet_import.h"
 #include "moekit/models/model.h"
@@ -25,8 +29,33 @@ struct BenchAsrOptions {
   int64_t chunk_size = 16;
   int rounds = 5;
   std::string save_model;  // write the benchmarked model here (for bench/asr_pytorch.py)
+  std::string save_feats;  // write the benchmarked fbank features here (safetensors, "feats" [T, mel])
+  std::string wav;         // benchmark on this audio instead of noise (its first `seconds`)
   uint64_t seed = 1;
 };
+
+// Expert bytes each MoE layer's last forward read: the experts that got rows.
+double touched_expert_bytes(torch::nn::Module& root, std::vector<double>* busiest_share) {
+  double bytes = 0;
+  for (const auto& m : root.modules(false)) {
+    const auto* moe = m->as<MoELayerImpl>();
+    if (moe == nullptr) continue;
+    const ExpertWeights w = moe->experts->weights();
+    double per_expert = 0;
+    for (const torch::Tensor& t : {w.w1, w.b1, w.w3, w.w2, w.b2}) {
+      if (t.defined()) per_expert += static_cast<double>(t.numel()) / t.size(0) * t.element_size();
+    }
+    const RouterStats stats = moe->last_stats();
+    int64_t total = 0, busiest = 0;
+    for (int64_t n : stats.tokens_per_expert) {
+      if (n > 0) bytes += per_expert;
+      total += n;
+      busiest = std::max(busiest, n);
+    }
+    if (busiest_share != nullptr && total > 0) busiest_share->push_back(static_cast<double>(busiest) / total);
+  }
+  return bytes;
+}
 
 AsrConfig bench_config(const BenchAsrOptions& o) {
   AsrConfig c;
@@ -68,6 +97,8 @@ void add_bench_asr_command(CLI::App& bench, const GlobalOptions& global) {
   cmd->add_option("--rounds", o->rounds, "Timed repetitions; medians are reported")->capture_default_str();
   cmd->add_option("--save-model", o->save_model, "Also save the benchmarked model to this directory");
   cmd->add_option("--seed", o->seed, "Seed of the random model and audio")->capture_default_str();
+  cmd->add_option("--wav", o->wav, "Benchmark on this audio (its first --seconds) instead of noise");
+  cmd->add_option("--save-feats", o->save_feats, "Also save the benchmarked fbank features (safetensors, 'feats')");
   cmd->callback([o, &global] {
     apply_runtime(global);
     MOEKIT_CHECK_ARG(o->rounds >= 1 && o->seconds > 0 && o->chunk_size > 0, "bench asr: bad --rounds/--seconds/--chunk-size");
@@ -85,9 +116,18 @@ void add_bench_asr_command(CLI::App& bench, const GlobalOptions& global) {
     const int rate = model->config().fbank.sample_rate;
     const int64_t n = static_cast<int64_t>(o->seconds * rate);
     std::vector<float> samples(static_cast<size_t>(n));
-    const torch::Tensor noise = torch::randn({n}) * 0.1;
-    std::copy(noise.data_ptr<float>(), noise.data_ptr<float>() + n, samples.begin());
+    if (o->wav.empty()) {
+      const torch::Tensor noise = torch::randn({n}) * 0.1;
+      std::copy(noise.data_ptr<float>(), noise.data_ptr<float>() + n, samples.begin());
+    } else {
+      const Audio audio = load_audio(o->wav, rate);
+      MOEKIT_CHECK_ARG(static_cast<int64_t>(audio.samples.size()) >= n, "bench asr: ", o->wav, " holds ",
+                       audio.samples.size() / static_cast<double>(rate), " s of audio, fewer than --seconds ",
+                       o->seconds);
+      std::copy(audio.samples.begin(), audio.samples.begin() + n, samples.begin());
+    }
     const torch::Tensor feats = model_features(*model, samples).unsqueeze(0);
+    if (!o->save_feats.empty()) write_safetensors(o->save_feats, {{"feats", feats[0].contiguous()}});
     const torch::Tensor lens = torch::full({1}, feats.size(1), torch::kLong);
     auto& enc = *model->encoder;
     const int64_t window = enc.window_frames(o->chunk_size), stride = enc.subsampling_rate() * o->chunk_size;
@@ -120,11 +160,37 @@ void add_bench_asr_command(CLI::App& bench, const GlobalOptions& global) {
       t_full.push_back(time_once(full));
       t_stream.push_back(time_once(streaming));
     }
-    // Bytes of weights one chunk reads: every encoder and CTC parameter (a
-    // chunk of 16 frames x top-2 reaches nearly every expert).
-    double weight_bytes = 0;
-    for (const auto& p : enc.parameters()) weight_bytes += static_cast<double>(p.numel()) * p.element_size();
-    for (const auto& p : model->ctc->parameters()) weight_bytes += static_cast<double>(p.numel()) * p.element_size();
+    // Bytes of weights one chunk reads: every encoder and CTC parameter,
+    // less the experts its routing left idle (counted chunk by chunk; with
+    // random weights and noise most frames pick the same two experts).
+    double all_bytes = 0;
+    for (const auto& p : enc.parameters()) all_bytes += static_cast<double>(p.numel()) * p.element_size();
+    for (const auto& p : model->ctc->parameters()) all_bytes += static_cast<double>(p.numel()) * p.element_size();
+    const double all_expert_bytes = [&] {
+      double b = 0;
+      for (const auto& m : enc.modules(false)) {
+        if (const auto* moe = m->as<MoELayerImpl>()) {
+          for (const auto& p : moe->experts->parameters()) b += static_cast<double>(p.numel()) * p.element_size();
+        }
+      }
+      return b;
+    }();
+    double touched_bytes = 0;
+    std::vector<double> busiest_full, busiest_chunk;
+    {
+      EncoderStreamCache cache;
+      for (int64_t cur = 0; cur + context <= feats.size(1); cur += stride) {
+        const int64_t end = std::min(cur + window, feats.size(1));
+        enc.forward_chunk(feats.slice(1, cur, end), cache, -1);
+        touched_bytes += touched_expert_bytes(enc, &busiest_chunk);
+      }
+      enc.forward(feats, lens, -1, -1);
+      touched_expert_bytes(enc, &busiest_full);
+    }
+    const double weight_bytes = all_bytes - all_expert_bytes + touched_bytes / std::max<int64_t>(chunks, 1);
+    auto mean = [](const std::vector<double>& v) {
+      return v.empty() ? 0.0 : std::accumulate(v.begin(), v.end(), 0.0) / static_cast<double>(v.size());
+    };
     const double bandwidth = read_bandwidth_bytes_per_s();
     const double fb = median(t_fbank), fu = median(t_full), st = median(t_stream);
     const ParameterCount count = count_parameters(*model);
@@ -142,6 +208,13 @@ void add_bench_asr_command(CLI::App& bench, const GlobalOptions& global) {
     j["rtf_chunk"] = st / o->seconds;
     j["rtf_chunk_with_fbank"] = (st + fb) / o->seconds;
     j["weight_bytes_per_chunk"] = weight_bytes;
+    j["weight_bytes_all"] = all_bytes;
+    j["expert_bytes_touched_per_chunk_fraction"] =
+        all_expert_bytes > 0 ? touched_bytes / std::max<int64_t>(chunks, 1) / all_expert_bytes : 0.0;
+    // Routing spread: the busiest expert's share of a layer's (token, expert)
+    // assignments, averaged over MoE layers (1/E = even, 1/k = all on k experts).
+    j["busiest_expert_share_full"] = mean(busiest_full);
+    j["busiest_expert_share_chunk"] = mean(busiest_chunk);
     j["read_bandwidth_gb_per_s"] = bandwidth / 1e9;
     j["chunk_fraction_of_bandwidth_bound"] = weight_bytes * static_cast<double>(chunks) / st / bandwidth;
     std::cout << j.dump(2) << std::endl;
