@@ -5,7 +5,7 @@
 # for CTC greedy, CTC prefix beam and attention rescoring at full context and
 # chunk 16, with parameter counts and real-time factors.
 #
-#   recipes/asr/run.sh                 # full recipe (about 1.5 hours on 2 cores)
+#   recipes/asr/run.sh                 # full recipe (about 1.75 hours on 2 cores)
 #   DEMO=1 recipes/asr/run.sh          # the small version `make demo` runs
 #
 # The full recipe trains its models side by side, one thread each
