@@ -157,9 +157,11 @@ TEST(GroupedFfn, RejectsInconsistentShapes) {
 }  // namespace moekit
 
 // Each instruction-set variant of the small-rows kernel (not only the one
-// this CPU picks) against a double-precision loop: row counts around the
-// 4-row blocks, input widths around the vector widths, output ranges that
-// start mid-matrix and leave remainders, strided rows, with and without bias.
+// this CPU picks), in both forms (dot: x as it is; packed: x transposed by
+// small_rows_pack), against a double-precision loop: row counts around the
+// blocks of both forms (dot 1-4, packed 8/16/24 with padding), input widths
+// around the vector widths, output ranges that start mid-matrix and leave
+// remainders, strided rows, with and without bias.
 TEST(SmallRowsKernel, EveryVariantEqualsANaiveLoop) {
   torch::manual_seed(3);
   const auto variants = moekit::detail::small_rows_variants();
@@ -167,31 +169,39 @@ TEST(SmallRowsKernel, EveryVariantEqualsANaiveLoop) {
   EXPECT_EQ(variants.back().first, "generic");
   for (const auto& [name, kernel] : variants) {
     for (int64_t in : {1, 5, 16, 37, 256}) {
-      for (int64_t rows : {1, 2, 3, 4, 5, 7, 8, 9}) {
-        for (bool with_bias : {false, true}) {
-          const int64_t out_features = 23, o_begin = 2, o_end = 21, ld_x = in + 3, ld_out = out_features + 5;
-          const torch::Tensor x = torch::randn({rows, ld_x});
-          const torch::Tensor w = torch::randn({out_features, in});
-          const torch::Tensor b = torch::randn({out_features});
-          torch::Tensor y = torch::full({rows, ld_out}, 7.0f);
-          kernel(x.data_ptr<float>(), rows, ld_x, in, w.data_ptr<float>(), with_bias ? b.data_ptr<float>() : nullptr,
-                 o_begin, o_end, y.data_ptr<float>(), ld_out);
-          const auto xa = x.accessor<float, 2>();
-          const auto wa = w.accessor<float, 2>();
-          const auto ya = y.accessor<float, 2>();
-          double worst = 0.0;
-          for (int64_t i = 0; i < rows; ++i) {
-            for (int64_t o = 0; o < ld_out; ++o) {
-              if (o < o_begin || o >= o_end) {
-                ASSERT_EQ(ya[i][o], 7.0f) << name << ": wrote outside [o_begin, o_end) at " << i << "," << o;
-                continue;
+      for (int64_t rows : {1, 2, 3, 4, 5, 7, 8, 9, 12, 16, 17, 24, 25, 31, 33, 40, 41}) {
+        for (bool packed : {false, true}) {
+          for (bool with_bias : {false, true}) {
+            const int64_t out_features = 23, o_begin = 2, o_end = 21, ld_x = in + 3, ld_out = out_features + 5;
+            const torch::Tensor x = torch::randn({rows, ld_x});
+            const torch::Tensor w = torch::randn({out_features, in});
+            const torch::Tensor b = torch::randn({out_features});
+            std::vector<float> xt(static_cast<size_t>(moekit::detail::small_rows_packed_floats(rows, in)));
+            moekit::detail::small_rows_pack(x.data_ptr<float>(), rows, ld_x, in, xt.data());
+            ASSERT_EQ(xt.empty(), rows <= 4) << "packed copy for " << rows << " rows";
+            torch::Tensor y = torch::full({rows, ld_out}, 7.0f);
+            kernel(x.data_ptr<float>(), packed && !xt.empty() ? xt.data() : nullptr, rows, ld_x, in,
+                   w.data_ptr<float>(), with_bias ? b.data_ptr<float>() : nullptr, o_begin, o_end,
+                   y.data_ptr<float>(), ld_out);
+            const auto xa = x.accessor<float, 2>();
+            const auto wa = w.accessor<float, 2>();
+            const auto ba = b.accessor<float, 1>();
+            const auto ya = y.accessor<float, 2>();
+            double worst = 0.0;
+            for (int64_t i = 0; i < rows; ++i) {
+              for (int64_t o = 0; o < ld_out; ++o) {
+                if (o < o_begin || o >= o_end) {
+                  ASSERT_EQ(ya[i][o], 7.0f) << name << ": wrote outside [o_begin, o_end) at " << i << "," << o;
+                  continue;
+                }
+                double want = with_bias ? ba[o] : 0.0;
+                for (int64_t k = 0; k < in; ++k) want += static_cast<double>(xa[i][k]) * wa[o][k];
+                worst = std::max(worst, std::abs(want - ya[i][o]));
               }
-              double want = with_bias ? b[o].item<double>() : 0.0;
-              for (int64_t k = 0; k < in; ++k) want += static_cast<double>(xa[i][k]) * wa[o][k];
-              worst = std::max(worst, std::abs(want - ya[i][o]));
             }
+            EXPECT_LT(worst, 1e-4) << name << " in " << in << " rows " << rows << " packed " << packed << " bias "
+                                   << with_bias;
           }
-          EXPECT_LT(worst, 1e-4) << name << " in " << in << " rows " << rows << " bias " << with_bias;
         }
       }
     }

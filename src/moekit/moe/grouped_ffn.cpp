@@ -113,12 +113,24 @@ void small_rows_linear_experts(const torch::Tensor& in, const std::vector<int64_
   const float* w_ptr = weight.data_ptr<float>();
   const float* b_ptr = bias.defined() ? bias.data_ptr<float>() : nullptr;
   float* out_ptr = out.data_ptr<float>();
+  // Each expert's rows packed once for all its weight tiles.
+  std::vector<int64_t> packed_at(tokens.size() + 1, 0);
+  for (size_t e = 0; e < tokens.size(); ++e) {
+    packed_at[e + 1] = packed_at[e] + detail::small_rows_packed_floats(tokens[e], in_dim);
+  }
+  std::vector<float> packed(static_cast<size_t>(packed_at.back()));
+  for (size_t e = 0; e < tokens.size(); ++e) {
+    if (packed_at[e + 1] > packed_at[e]) {
+      detail::small_rows_pack(in_ptr + offsets[e] * in_dim, tokens[e], in_dim, in_dim, packed.data() + packed_at[e]);
+    }
+  }
   const std::vector<WorkItem> items = tile_work(tokens, out_dim);
   at::parallel_for(0, static_cast<int64_t>(items.size()), 1, [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
       const WorkItem& it = items[item];
       const int64_t row0 = offsets[it.expert];
-      detail::small_rows_linear(in_ptr + row0 * in_dim, tokens[it.expert], in_dim, in_dim,
+      const float* xt = packed_at[it.expert + 1] > packed_at[it.expert] ? packed.data() + packed_at[it.expert] : nullptr;
+      detail::small_rows_linear(in_ptr + row0 * in_dim, xt, tokens[it.expert], in_dim, in_dim,
                                 w_ptr + static_cast<size_t>(it.expert) * out_dim * in_dim,
                                 b_ptr ? b_ptr + it.expert * out_dim : nullptr, it.begin, it.end,
                                 out_ptr + row0 * out_dim, out_dim);

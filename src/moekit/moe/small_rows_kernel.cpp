@@ -1,11 +1,18 @@
-// Dot-product kernel for few rows against a weight matrix streamed once.
+// Kernels for few rows against a weight matrix streamed once.
 //
-// For a block of R token rows and O weight rows, R x O vector accumulators run
-// over the input dimension, so each weight vector loaded feeds R FMAs and each
-// row vector O FMAs, and each weight row is read once per expert whatever
-// the row count. The body is compiled per instruction set (GCC vector
-// extensions: 16 lanes for AVX-512, 8 for AVX2, 4 otherwise) and picked at run
-// time by CPU feature, not model name, so AMD CPUs get the fast versions too.
+// Two forms, both reading each weight once per block of rows:
+// - packed (more than four rows): the rows are transposed once per call site
+//   into [in, rows rounded up to 8]; for each input k, one vector load holds
+//   8 rows' x[., k] and each weight w[o, k] is broadcast into it, so R x O
+//   vector accumulators run with no horizontal sums at all. Near the GEMM
+//   peak at 8-40 rows (bench/README.md).
+// - dot (one to four rows, or no packed copy): R x O vector accumulators run
+//   over the input dimension and are summed horizontally at the end.
+// The bodies are compiled per instruction set (GCC vector extensions; AVX-512
+// runs the packed form on 8-lane vectors, where it has 32 registers for the
+// accumulators and is no slower than 16 lanes on the CPUs measured) and picked at run time by CPU
+// feature, not model name, so AMD CPUs get the fast versions too.
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <string>
@@ -16,6 +23,11 @@
 
 namespace moekit::detail {
 namespace {
+
+// Up to this many rows the dot form runs (faster there: the packed form
+// computes at least 8).
+constexpr int64_t kDotMaxRows = 4;
+constexpr int64_t small_rows_ld(int64_t rows) { return (rows + 7) / 8 * 8; }
 
 // How many weight rows ahead to prefetch: the hardware prefetcher alone left
 // the kernel at a third of the read bandwidth.
@@ -113,7 +125,7 @@ __attribute__((always_inline)) inline void row_block(const float* x, int64_t ld_
 // Accumulator shapes per vector width keep the registers from spilling
 // (AVX-512: 32 vector registers, AVX2 and SSE: 16).
 template <int Lanes>
-__attribute__((always_inline)) inline void small_rows_body(const float* x, int64_t rows, int64_t ld_x, int64_t in,
+__attribute__((always_inline)) inline void dot_body(const float* x, int64_t rows, int64_t ld_x, int64_t in,
                                                            const float* w, const float* bias, int64_t o_begin,
                                                            int64_t o_end, float* out, int64_t ld_out) {
   constexpr int kWide = Lanes == 16 ? 4 : 2;  // weight rows per block when 3-4 token rows share it
@@ -131,21 +143,102 @@ __attribute__((always_inline)) inline void small_rows_body(const float* x, int64
   }
 }
 
+// Packed form. xt holds the rows transposed: xt[k * ld_t + r], ld_t = rows
+// rounded up to 8, zero padding. out[r0 + r, o + j] for r < RV * L, j < O.
+template <int L, int RV, int O>
+__attribute__((always_inline)) inline void packed_micro_kernel(const float* xt, int64_t ld_t, int64_t rows, int64_t r0,
+                                                               int64_t in, const float* w, const float* bias, int64_t o,
+                                                               float* out, int64_t ld_out) {
+  using V = typename Vec<L>::type;
+  V acc[RV][O];
+  for (int i = 0; i < RV; ++i)
+    for (int j = 0; j < O; ++j) acc[i][j] = V{};
+  const float* w_rows = w + o * in;
+  for (int64_t p = 0; p < O * in; p += 16) __builtin_prefetch(w_rows + O * in + p, 0, 0);
+  // Eight weight rows at most: their addresses must stay in general-purpose
+  // registers (twelve spilled them and ran at half speed).
+  static_assert(O <= 8, "at most 8 weight rows per block");
+  for (int64_t k = 0; k < in; ++k) {
+    V xv[RV];
+    for (int i = 0; i < RV; ++i) xv[i] = load<L>(xt + k * ld_t + r0 + i * L);
+    for (int j = 0; j < O; ++j) {
+      const float wk = w_rows[j * in + k];
+      for (int i = 0; i < RV; ++i) acc[i][j] += xv[i] * wk;
+    }
+  }
+  float lanes[O][RV * L];
+  for (int j = 0; j < O; ++j)
+    for (int i = 0; i < RV; ++i) std::memcpy(&lanes[j][i * L], &acc[i][j], sizeof(V));
+  const int64_t n = std::min<int64_t>(rows - r0, RV * L);
+  for (int64_t r = 0; r < n; ++r) {
+    for (int j = 0; j < O; ++j) out[(r0 + r) * ld_out + o + j] = lanes[j][r] + (bias != nullptr ? bias[o + j] : 0.f);
+  }
+}
+
+template <int L, int RV, int O>
+__attribute__((always_inline)) inline void packed_row_block(const float* xt, int64_t ld_t, int64_t rows, int64_t r0,
+                                                            int64_t in, const float* w, const float* bias,
+                                                            int64_t o_begin, int64_t o_end, float* out,
+                                                            int64_t ld_out) {
+  int64_t o = o_begin;
+  for (; o + O <= o_end; o += O) packed_micro_kernel<L, RV, O>(xt, ld_t, rows, r0, in, w, bias, o, out, ld_out);
+  for (; o < o_end; ++o) packed_micro_kernel<L, RV, 1>(xt, ld_t, rows, r0, in, w, bias, o, out, ld_out);
+}
+
+// Row blocks of 8, 16 (8 lanes) or 24 (Wide: 32 vector registers), whole
+// multiples of 8 so that no block reads past the padding: 17-24 rows as one block, 25-32
+// as two of 16, more by 24 at a time.
+template <int L, bool Wide>
+__attribute__((always_inline)) inline void packed_body(const float* xt, int64_t rows, int64_t in, const float* w,
+                                                       const float* bias, int64_t o_begin, int64_t o_end, float* out,
+                                                       int64_t ld_out) {
+  const int64_t ld_t = small_rows_ld(rows);
+  for (int64_t r0 = 0; r0 < ld_t;) {
+    const int64_t left = ld_t - r0;
+    if constexpr (Wide) {
+      if (left == 24 || left > 32) {
+        packed_row_block<L, 24 / L, 8>(xt, ld_t, rows, r0, in, w, bias, o_begin, o_end, out, ld_out);
+        r0 += 24;
+        continue;
+      }
+    }
+    if (L == 8 && left >= 16) {
+      packed_row_block<L, 16 / L, (Wide ? 8 : 4)>(xt, ld_t, rows, r0, in, w, bias, o_begin, o_end, out, ld_out);
+      r0 += 16;
+    } else {
+      packed_row_block<L, 8 / L, (L == 8 ? 8 : 4)>(xt, ld_t, rows, r0, in, w, bias, o_begin, o_end, out, ld_out);
+      r0 += 8;
+    }
+  }
+}
+
+template <int DotLanes, int PackedLanes, bool Wide>
+__attribute__((always_inline)) inline void small_rows_body(const float* x, const float* xt, int64_t rows, int64_t ld_x,
+                                                           int64_t in, const float* w, const float* bias,
+                                                           int64_t o_begin, int64_t o_end, float* out,
+                                                           int64_t ld_out) {
+  if (xt != nullptr && rows > kDotMaxRows) {
+    packed_body<PackedLanes, Wide>(xt, rows, in, w, bias, o_begin, o_end, out, ld_out);
+  } else {
+    dot_body<DotLanes>(x, rows, ld_x, in, w, bias, o_begin, o_end, out, ld_out);
+  }
+}
+
 #if defined(__x86_64__) && defined(__GNUC__)
 __attribute__((target("avx512f,avx512vl,avx2,fma"))) void small_rows_avx512(
-    const float* x, int64_t rows, int64_t ld_x, int64_t in, const float* w, const float* bias, int64_t o_begin,
-    int64_t o_end, float* out, int64_t ld_out) {
-  small_rows_body<16>(x, rows, ld_x, in, w, bias, o_begin, o_end, out, ld_out);
+    const float* x, const float* xt, int64_t rows, int64_t ld_x, int64_t in, const float* w, const float* bias,
+    int64_t o_begin, int64_t o_end, float* out, int64_t ld_out) {
+  small_rows_body<16, 8, true>(x, xt, rows, ld_x, in, w, bias, o_begin, o_end, out, ld_out);
 }
-__attribute__((target("avx2,fma"))) void small_rows_avx2(const float* x, int64_t rows, int64_t ld_x, int64_t in,
-                                                         const float* w, const float* bias, int64_t o_begin,
+__attribute__((target("avx2,fma"))) void small_rows_avx2(const float* x, const float* xt, int64_t rows, int64_t ld_x,
+                                                         int64_t in, const float* w, const float* bias, int64_t o_begin,
                                                          int64_t o_end, float* out, int64_t ld_out) {
-  small_rows_body<8>(x, rows, ld_x, in, w, bias, o_begin, o_end, out, ld_out);
+  small_rows_body<8, 8, false>(x, xt, rows, ld_x, in, w, bias, o_begin, o_end, out, ld_out);
 }
 #endif
-void small_rows_generic(const float* x, int64_t rows, int64_t ld_x, int64_t in, const float* w, const float* bias,
-                        int64_t o_begin, int64_t o_end, float* out, int64_t ld_out) {
-  small_rows_body<4>(x, rows, ld_x, in, w, bias, o_begin, o_end, out, ld_out);
+void small_rows_generic(const float* x, const float* xt, int64_t rows, int64_t ld_x, int64_t in, const float* w,
+                        const float* bias, int64_t o_begin, int64_t o_end, float* out, int64_t ld_out) {
+  small_rows_body<4, 4, false>(x, xt, rows, ld_x, in, w, bias, o_begin, o_end, out, ld_out);
 }
 
 }  // namespace
@@ -163,10 +256,24 @@ std::vector<std::pair<std::string, SmallRowsFn>> small_rows_variants() {
   return variants;
 }
 
-void small_rows_linear(const float* x, int64_t rows, int64_t ld_x, int64_t in, const float* w, const float* bias,
-                       int64_t o_begin, int64_t o_end, float* out, int64_t ld_out) {
+int64_t small_rows_packed_floats(int64_t rows, int64_t in) {
+  return rows > kDotMaxRows ? small_rows_ld(rows) * in : 0;
+}
+
+void small_rows_pack(const float* x, int64_t rows, int64_t ld_x, int64_t in, float* xt) {
+  if (rows <= kDotMaxRows) return;
+  const int64_t ld_t = small_rows_ld(rows);
+  for (int64_t k = 0; k < in; ++k) {
+    float* dst = xt + k * ld_t;
+    for (int64_t r = 0; r < rows; ++r) dst[r] = x[r * ld_x + k];
+    for (int64_t r = rows; r < ld_t; ++r) dst[r] = 0.f;
+  }
+}
+
+void small_rows_linear(const float* x, const float* xt, int64_t rows, int64_t ld_x, int64_t in, const float* w,
+                       const float* bias, int64_t o_begin, int64_t o_end, float* out, int64_t ld_out) {
   static const SmallRowsFn impl = small_rows_variants().front().second;
-  impl(x, rows, ld_x, in, w, bias, o_begin, o_end, out, ld_out);
+  impl(x, xt, rows, ld_x, in, w, bias, o_begin, o_end, out, ld_out);
 }
 
 }  // namespace moekit::detail

@@ -2,6 +2,8 @@
 
 #include <ATen/Parallel.h>
 
+#include <vector>
+
 #include "moekit/moe/grouped_ffn.h"
 
 namespace moekit {
@@ -22,9 +24,12 @@ torch::Tensor fast_linear(const torch::Tensor& x, const torch::Tensor& weight, c
   const float* bp = bias.defined() ? bias.data_ptr<float>() : nullptr;
   float* yp = y.data_ptr<float>();
   const int64_t n = rows.size(0);
+  std::vector<float> packed(static_cast<size_t>(detail::small_rows_packed_floats(n, in)));
+  detail::small_rows_pack(xp, n, in, in, packed.data());
+  const float* xt = packed.empty() ? nullptr : packed.data();
   // Tiles of 64 output rows: enough work per task, W streamed once in total.
   at::parallel_for(0, out, 64, [&](int64_t begin, int64_t end) {
-    detail::small_rows_linear(xp, n, in, in, wp, bp, begin, end, yp, out);
+    detail::small_rows_linear(xp, xt, n, in, in, wp, bp, begin, end, yp, out);
   });
   return y.view(shape);
 }
