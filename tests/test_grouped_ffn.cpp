@@ -45,7 +45,7 @@ torch::Tensor loop_reference(const torch::Tensor& x, const std::vector<int64_t>&
 TEST(GroupedFfn, BothKernelsMatchAPerExpertLoop) {
   // Counts cover empty experts, row counts that are not multiples of 4 and
   // (with Auto) experts split between the two kernels.
-  const std::vector<std::vector<int64_t>> count_sets = {{3, 0, 5, 1}, {0, 0, 7, 0}, {1, 1, 1, 1}, {45, 2, 0, 9}};
+  const std::vector<std::vector<int64_t>> count_sets = {{3, 0, 5, 1}, {0, 0, 7, 0}, {1, 1, 1, 1}, {90, 2, 0, 9}};
   for (Activation act : {Activation::Relu, Activation::Gelu, Activation::Swish, Activation::SwiGLU}) {
     for (const auto& counts : count_sets) {
       for (bool bias : {true, false}) {
@@ -58,7 +58,7 @@ TEST(GroupedFfn, BothKernelsMatchAPerExpertLoop) {
         const torch::Tensor expected = loop_reference(x, counts, w, act);
         for (int threads : {1, 2}) {  // serial and thread-parallel paths
           set_num_threads(threads);
-          // Auto with {45, 2, 0, 9}: a GEMM for the first expert, the
+          // Auto with {90, 2, 0, 9}: a GEMM for the first expert, the
           // small-rows kernel for the others, in one call.
           for (GroupedFfnKernel kernel :
                {GroupedFfnKernel::PerExpertGemm, GroupedFfnKernel::SmallRows, GroupedFfnKernel::Auto}) {
