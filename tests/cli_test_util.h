@@ -13,8 +13,9 @@ struct CliRun {
   std::string output;  // stdout + stderr
 };
 
-inline CliRun run_cli(const std::string& args) {
-  const std::string command = std::string(MOEKIT_CLI_PATH) + " " + args + " 2>&1";
+// `prefix` goes before the binary's path (e.g. "env -u VAR NAME=value").
+inline CliRun run_cli(const std::string& args, const std::string& prefix = "") {
+  const std::string command = prefix + " " + std::string(MOEKIT_CLI_PATH) + " " + args + " 2>&1";
   FILE* pipe = ::popen(command.c_str(), "r");
   if (pipe == nullptr) return {-1, "popen failed"};
   std::string output;

@@ -8,7 +8,7 @@
 #   recipes/asr/run.sh                 # full recipe (about 1.75 hours on 2 cores)
 #   DEMO=1 recipes/asr/run.sh          # the small version `make demo` runs
 #
-# The full recipe trains its models side by side, one thread each
+# Both sizes train their models side by side, one thread each
 # (PARALLEL= trains them one after the other with THREADS threads).
 #
 # Stages (STAGE / STOP_STAGE): 0 data, 1 train, 2 evaluate + table.
@@ -26,7 +26,7 @@ if [[ -n "${DEMO:-}" ]]; then
   work=${WORK:-$root/build/demo_asr}
   num_train=${NUM_TRAIN:-800} num_cv=${NUM_CV:-60} num_test=${NUM_TEST:-60} max_words=${MAX_WORDS:-6}
   confs=${CONFS:-"demo_dense demo_moe"}
-  parallel=${PARALLEL:-}
+  parallel=${PARALLEL-1}
 else
   work=${WORK:-$here/work}
   num_train=${NUM_TRAIN:-8000} num_cv=${NUM_CV:-300} num_test=${NUM_TEST:-300} max_words=${MAX_WORDS:-10}

@@ -201,10 +201,16 @@ void add_bench_command(CLI::App& app, const GlobalOptions& global) {
     MOEKIT_CHECK_ARG(opt->stack_layers >= 0, "--stack-layers must be >= 0");
     MOEKIT_CHECK_ARG(opt->sample_seconds > 0, "--sample-seconds must be > 0");
     for (int64_t t : opt->tokens) MOEKIT_CHECK_ARG(t > 0, "--tokens entries must be positive, got ", t);
+    MOEKIT_CHECK_ARG(!opt->threads.empty(), "--bench-threads needs at least one thread count");
     for (int t : opt->threads) MOEKIT_CHECK_ARG(t > 0, "--bench-threads entries must be positive, got ", t);
     for (const auto& v : opt->variants) {
       MOEKIT_CHECK_ARG(v == "moekit" || v == "dense" || v == "loop" || v == "moekit_small_rows" || v == "moekit_gemm",
                        "unknown --variants entry '", v, "' (moekit, dense, loop, moekit_small_rows, moekit_gemm)");
+    }
+    {  // the most threads first: a re-exec for their wait settings must happen before any output
+      GlobalOptions g = global;
+      g.threads = *std::max_element(opt->threads.begin(), opt->threads.end());
+      apply_runtime(g);
     }
     json out;
     out["benchmark"] = "moe_layer";

@@ -36,6 +36,13 @@ json system_info() {
   j["intra_op_threads"] = num_threads();
   j["blas"] = {{"name", blas.name}, {"library", blas.library}, {"config", blas.config},
                {"threads", blas.threads}, {"reference_blas", blas.reference}};
+  json wait = json::object();
+  for (const ThreadWaitSetting& s : kThreadWaitSettings) {
+    for (const char* name : {s.variable, s.unless_set}) {
+      if (const char* value = std::getenv(name)) wait[name] = value;
+    }
+  }
+  j["thread_wait"] = wait;
   j["gemm_probe"] = {{"shape", "512x512x512 fp32"}, {"gflops", gemm_gflops(512, 0.3)}};
   return j;
 }
@@ -51,6 +58,9 @@ void print_system(const json& j) {
   std::cout << "\nBLAS: " << j["blas"]["name"].get<std::string>() << " (" << j["blas"]["library"].get<std::string>()
             << ")";
   if (!j["blas"]["config"].get<std::string>().empty()) std::cout << " " << j["blas"]["config"].get<std::string>();
+  std::cout << "\nthread pool wait:";
+  if (j["thread_wait"].empty()) std::cout << " library defaults";
+  for (const auto& [name, value] : j["thread_wait"].items()) std::cout << " " << name << "=" << value.get<std::string>();
   std::cout << "\nGEMM probe: " << std::fixed << std::setprecision(1) << j["gemm_probe"]["gflops"].get<double>()
             << " GFLOP/s (512x512x512 fp32)\n";
   if (j["blas"]["reference_blas"].get<bool>()) {

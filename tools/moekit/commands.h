@@ -29,7 +29,10 @@ void add_import_hf_command(CLI::App& import, const GlobalOptions& global);
 // Prints how a `train` command ended (stdout, one line).
 void print_train_summary(const TrainSummary& summary);
 
-// Applies --threads to LibTorch and the BLAS.
+// Applies --threads to LibTorch and the BLAS. With two or more threads it
+// may first start the program over with the thread pools' wait settings
+// (apply_thread_wait_settings in core/runtime.h), so call it before any
+// output or side effect.
 void apply_runtime(const GlobalOptions& global);
 
 }  // namespace moekit::cli

@@ -13,9 +13,15 @@
 #include "moekit/core/version.h"
 
 namespace moekit::cli {
+namespace {
+char** program_argv = nullptr;
+}  // namespace
 
 void apply_runtime(const GlobalOptions& global) {
   const int threads = global.threads > 0 ? global.threads : static_cast<int>(std::thread::hardware_concurrency());
+  // Thread pools only contend with two or more threads; a single-threaded
+  // run keeps its start-up time (loading LibTorch twice costs ~0.6 s here).
+  if (threads > 1) apply_thread_wait_settings(program_argv);
   set_num_threads(std::max(threads, 1));
 }
 
@@ -30,6 +36,7 @@ std::string first_line(const std::string& text) { return text.substr(0, text.fin
 
 int main(int argc, char** argv) {
   using namespace moekit::cli;
+  program_argv = argv;
   moekit::install_caching_cpu_allocator();
   CLI::App app{"MoEKit: Mixture-of-Experts models - train, grow, upcycle, route, extract, decode, benchmark"};
   app.set_version_flag("--version", std::string("moekit ") + MOEKIT_VERSION + " (LibTorch " + TORCH_VERSION + ")");

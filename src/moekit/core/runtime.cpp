@@ -1,6 +1,7 @@
 #include "moekit/core/runtime.h"
 
 #include <dlfcn.h>
+#include <unistd.h>
 #include <torch/torch.h>
 
 #include <chrono>
@@ -25,6 +26,19 @@ void set_num_threads(int threads) {
 }
 
 int num_threads() { return torch::get_num_threads(); }
+
+void apply_thread_wait_settings(char** argv) {
+  if (std::getenv(kThreadWaitMarker) != nullptr) return;
+  bool changed = false;
+  for (const ThreadWaitSetting& s : kThreadWaitSettings) {
+    if (std::getenv(s.variable) == nullptr && std::getenv(s.unless_set) == nullptr) {
+      ::setenv(s.variable, s.value, 0);
+      changed = true;
+    }
+  }
+  ::setenv(kThreadWaitMarker, "1", 0);
+  if (changed) ::execv("/proc/self/exe", argv);  // returns only on failure
+}
 
 namespace {
 using SetThreadsFn = void (*)(int);

@@ -12,6 +12,33 @@ void set_num_threads(int threads);
 // Threads LibTorch's intra-op pool uses.
 int num_threads();
 
+// The wait settings of the two thread pools behind LibTorch on CPU: libgomp's
+// (ATen's parallel loops) and OpenBLAS's own. Both spin for a long time after
+// each piece of work (libgomp ~300,000 iterations, OpenBLAS 2^28 cycles), so
+// with two or more threads each pool burns the cores the other one needs
+// whenever work alternates between ATen ops and GEMMs: on 2 cores, U2++
+// training with 2 threads ran 1.75x slower than with 1 (recipes/asr/README.md).
+// Both libraries read these variables once, when they are loaded.
+struct ThreadWaitSetting {
+  const char* variable;
+  const char* value;
+  const char* unless_set;  // another variable that also controls the same wait
+};
+inline constexpr ThreadWaitSetting kThreadWaitSettings[] = {
+    {"GOMP_SPINCOUNT", "1000", "OMP_WAIT_POLICY"},
+    {"OPENBLAS_THREAD_TIMEOUT", "10", "GOTO_THREAD_TIMEOUT"},
+};
+// Set in the environment once the settings are applied; set it yourself to
+// keep the libraries' defaults.
+inline constexpr const char* kThreadWaitMarker = "MOEKIT_THREAD_WAIT";
+
+// Puts kThreadWaitSettings into the environment (a variable the user set
+// stays as it is) and, when anything changed, re-executes the running
+// program with argv so that the libraries see them. Returns when nothing had
+// to change or the re-exec failed (the program then runs with the defaults).
+// Call before any output or side effect: the program starts over.
+void apply_thread_wait_settings(char** argv);
+
 // While alive, OpenBLAS runs single-threaded (restored afterwards), so that
 // many threads can each run their own small GEMMs, as MoE experts want.
 // A no-op when the BLAS is not OpenBLAS.

@@ -1,0 +1,56 @@
+// The CLI's thread-pool wait settings (core/runtime.h): applied by starting
+// the program over when two or more threads run, never overriding a user's
+// own setting, and never repeating output.
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <string>
+
+#include "cli_test_util.h"
+
+namespace moekit {
+namespace {
+
+// Runs moekit with the wait variables cleared, then `assignments` set.
+CliRun run_clean(const std::string& assignments, const std::string& args) {
+  return run_cli(args,
+                 "env -u GOMP_SPINCOUNT -u OMP_WAIT_POLICY -u OPENBLAS_THREAD_TIMEOUT -u GOTO_THREAD_TIMEOUT "
+                 "-u MOEKIT_THREAD_WAIT " + assignments);
+}
+
+nlohmann::json thread_wait(const CliRun& run) {
+  EXPECT_EQ(run.exit_code, 0) << run.output;
+  return nlohmann::json::parse(run.output).at("thread_wait");
+}
+
+TEST(CliRuntime, TwoThreadsGetTheWaitSettings) {
+  const nlohmann::json wait = thread_wait(run_clean("", "--threads 2 info --system --json"));
+  EXPECT_EQ(wait.value("GOMP_SPINCOUNT", ""), "1000");
+  EXPECT_EQ(wait.value("OPENBLAS_THREAD_TIMEOUT", ""), "10");
+}
+
+TEST(CliRuntime, OneThreadKeepsTheLibraryDefaults) {
+  EXPECT_TRUE(thread_wait(run_clean("", "--threads 1 info --system --json")).empty());
+}
+
+TEST(CliRuntime, UserSettingsAndTheOptOutAreKept) {
+  nlohmann::json wait = thread_wait(run_clean("GOMP_SPINCOUNT=5", "--threads 2 info --system --json"));
+  EXPECT_EQ(wait.value("GOMP_SPINCOUNT", ""), "5");
+  EXPECT_EQ(wait.value("OPENBLAS_THREAD_TIMEOUT", ""), "10");
+  wait = thread_wait(run_clean("OMP_WAIT_POLICY=active", "--threads 2 info --system --json"));
+  EXPECT_EQ(wait.value("OMP_WAIT_POLICY", ""), "active");
+  EXPECT_FALSE(wait.contains("GOMP_SPINCOUNT"));
+  EXPECT_TRUE(thread_wait(run_clean("MOEKIT_THREAD_WAIT=1", "--threads 2 info --system --json")).empty());
+}
+
+TEST(CliRuntime, BenchmarkOverSeveralThreadCountsPrintsOnce) {
+  const CliRun run = run_clean("", "bench moe --d-model 16 --hidden 32 --experts 4 --tokens 4 --bench-threads 1 2 "
+                                   "--rounds 1 --sample-seconds 0.001 --variants moekit --forward-only");
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  const nlohmann::json j = nlohmann::json::parse(run.output);
+  EXPECT_EQ(j.at("benchmark"), "moe_layer");
+  EXPECT_EQ(j.at("layer").size(), 2u);
+}
+
+}  // namespace
+}  // namespace moekit
