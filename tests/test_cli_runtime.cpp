@@ -25,7 +25,7 @@ nlohmann::json thread_wait(const CliRun& run) {
 
 TEST(CliRuntime, TwoThreadsGetTheWaitSettings) {
   const nlohmann::json wait = thread_wait(run_clean("", "--threads 2 info --system --json"));
-  EXPECT_EQ(wait.value("GOMP_SPINCOUNT", ""), "1000");
+  EXPECT_EQ(wait.value("GOMP_SPINCOUNT", ""), "3000");
   EXPECT_EQ(wait.value("OPENBLAS_THREAD_TIMEOUT", ""), "10");
 }
 

@@ -25,7 +25,7 @@ struct ThreadWaitSetting {
   const char* unless_set;  // another variable that also controls the same wait
 };
 inline constexpr ThreadWaitSetting kThreadWaitSettings[] = {
-    {"GOMP_SPINCOUNT", "1000", "OMP_WAIT_POLICY"},
+    {"GOMP_SPINCOUNT", "3000", "OMP_WAIT_POLICY"},
     {"OPENBLAS_THREAD_TIMEOUT", "10", "GOTO_THREAD_TIMEOUT"},
 };
 // Set in the environment once the settings are applied; set it yourself to
