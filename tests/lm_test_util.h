@@ -7,8 +7,8 @@
 #include <functional>
 #include <string>
 
-#include "moekit/core/file_io.h"
 #include "moekit/models/lm/lm_model.h"
+#include "test_util.h"
 
 namespace moekit {
 
@@ -29,23 +29,6 @@ inline LmConfig tiny_lm_config(bool moe = false) {
     c.moe.top_k = 2;
   }
   return c;
-}
-
-inline std::string lm_temp_dir(const std::string& name) {
-  const std::string dir = testing::TempDir() + "/moekit_" + name + "_" + std::to_string(::getpid());
-  std::filesystem::remove_all(dir);
-  make_dirs(dir);
-  return dir;
-}
-
-// The message of the exception `f` throws ("" when it throws none).
-inline std::string lm_error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "";
 }
 
 inline torch::Tensor random_tokens(int64_t batch, int64_t length, int64_t vocab, uint64_t seed) {

@@ -10,6 +10,7 @@
 #include <random>
 
 #include "asr_test_util.h"
+#include "test_util.h"
 #include "moekit/audio/audio_file.h"
 #include "moekit/core/file_io.h"
 #include "moekit/core/model_dir.h"
@@ -22,13 +23,6 @@
 using namespace moekit;
 
 namespace {
-
-std::string temp_dir(const std::string& name) {
-  const std::string dir = testing::TempDir() + "/moekit_" + name + "_" + std::to_string(::getpid());
-  std::filesystem::remove_all(dir);
-  make_dirs(dir);
-  return dir;
-}
 
 std::vector<float> sine(double freq, int rate, double seconds, double amplitude = 0.5) {
   std::vector<float> out(static_cast<size_t>(rate * seconds));
@@ -61,14 +55,6 @@ std::string wav_bytes(const std::vector<std::vector<float>>& channels, int rate)
   return s;
 }
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const std::invalid_argument& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
 
 }  // namespace
 
@@ -89,7 +75,7 @@ TEST(AudioFiles, BadFilesGiveOneLineErrors) {
       {dir, "is a directory"},
   };
   for (const auto& [path, expected] : cases) {
-    const std::string message = error_of([&] { read_audio(path); });
+    const std::string message = error_of<std::invalid_argument>([&] { read_audio(path); });
     EXPECT_NE(message.find(expected), std::string::npos) << path << ": " << message;
     EXPECT_EQ(message.find('\n'), std::string::npos) << message;
     EXPECT_EQ(message.rfind(path, 0), 0u) << "error should name the file: " << message;
@@ -123,11 +109,11 @@ TEST(Units, ParseAndTokenize) {
   EXPECT_EQ(tokenize("abz", units, "t"), (std::vector<int64_t>{2, 3, 1}));  // unknown -> <unk>
   EXPECT_EQ(units.to_text({2, 3, 4, 3, 2, 5}), "ab ba");
   const Units no_unk = Units::parse("<blank> 0\na 1\n<sos/eos> 2\n", "u");
-  EXPECT_NE(error_of([&] { tokenize("az", no_unk, "utt7"); }).find("character 'z'"), std::string::npos);
-  EXPECT_NE(error_of([] { Units::parse("a 0\n", "u"); }).find("must be <blank>"), std::string::npos);
-  EXPECT_NE(error_of([] { Units::parse("<blank> 0\na 2\n", "u"); }).find("id 1 is missing"), std::string::npos);
-  EXPECT_NE(error_of([] { Units::parse("<blank> 0\na x\n", "u"); }).find("not an integer"), std::string::npos);
-  EXPECT_NE(error_of([] { Units::parse("<blank> 0\na 1\na 2\n", "u"); }).find("twice"), std::string::npos);
+  EXPECT_NE(error_of<std::invalid_argument>([&] { tokenize("az", no_unk, "utt7"); }).find("character 'z'"), std::string::npos);
+  EXPECT_NE(error_of<std::invalid_argument>([] { Units::parse("a 0\n", "u"); }).find("must be <blank>"), std::string::npos);
+  EXPECT_NE(error_of<std::invalid_argument>([] { Units::parse("<blank> 0\na 2\n", "u"); }).find("id 1 is missing"), std::string::npos);
+  EXPECT_NE(error_of<std::invalid_argument>([] { Units::parse("<blank> 0\na x\n", "u"); }).find("not an integer"), std::string::npos);
+  EXPECT_NE(error_of<std::invalid_argument>([] { Units::parse("<blank> 0\na 1\na 2\n", "u"); }).find("twice"), std::string::npos);
 }
 
 TEST(AsrData, ListsAndKaldiDirectories) {
@@ -139,7 +125,7 @@ TEST(AsrData, ListsAndKaldiDirectories) {
   EXPECT_EQ(data[0].wav, dir + "/a.wav");
   EXPECT_EQ(data[1].wav, "/abs/b.wav");
   write_file_atomic(dir + "/bad.list", "{\"key\": \"u1\", \"wav\": \"a.wav\"}\n");
-  EXPECT_NE(error_of([&] { read_asr_data(dir + "/bad.list"); }).find("bad.list:1"), std::string::npos);
+  EXPECT_NE(error_of<std::invalid_argument>([&] { read_asr_data(dir + "/bad.list"); }).find("bad.list:1"), std::string::npos);
   make_dirs(dir + "/kaldi");
   write_file_atomic(dir + "/kaldi/wav.scp", "u1 /x/a.wav\nu2 /x/b.wav\n");
   write_file_atomic(dir + "/kaldi/text", "u1 hello there\nu2 world\n");
@@ -147,7 +133,7 @@ TEST(AsrData, ListsAndKaldiDirectories) {
   ASSERT_EQ(data.size(), 2u);
   EXPECT_EQ(data[0].text, "hello there");
   write_file_atomic(dir + "/kaldi/text", "u1 hello there\n");
-  EXPECT_NE(error_of([&] { read_asr_data(dir + "/kaldi"); }).find("no transcript for utterance u2"), std::string::npos);
+  EXPECT_NE(error_of<std::invalid_argument>([&] { read_asr_data(dir + "/kaldi"); }).find("no transcript for utterance u2"), std::string::npos);
   EXPECT_EQ(text_to_chars("a  b"), (std::vector<std::string>{"a", "\xe2\x96\x81", "b"}));
 }
 
@@ -220,7 +206,7 @@ TEST(AsrTraining, KilledRunResumesToTheSameWeights) {
   EXPECT_EQ(whole.steps, 6);
   const TrainSummary first = run(dir + "/killed", 4, false);  // stops in the middle of epoch 2
   EXPECT_FALSE(first.completed);
-  EXPECT_NE(error_of([&] { run(dir + "/killed", 0, false); }).find("--resume"), std::string::npos);
+  EXPECT_NE(error_of<std::invalid_argument>([&] { run(dir + "/killed", 0, false); }).find("--resume"), std::string::npos);
   const TrainSummary rest = run(dir + "/killed", 0, true);
   EXPECT_TRUE(rest.completed);
   EXPECT_EQ(rest.steps, 6);
@@ -253,14 +239,7 @@ TEST(SentencePiece, UnitsAndPiecesRoundTrip) {
   EXPECT_GE(ids.size(), 3u);
   for (int64_t id : ids) EXPECT_GT(id, 1);  // no <blank>, no <unk>
   EXPECT_EQ(units.to_text(ids), "the lazy fox");
-  EXPECT_NE(std::string([&] {
-              try {
-                SentencePieceTokenizer bad(dir + "/text.txt");
-              } catch (const std::invalid_argument& e) {
-                return std::string(e.what());
-              }
-              return std::string("(no error)");
-            }())
+  EXPECT_NE(error_of<std::invalid_argument>([&] { SentencePieceTokenizer bad(dir + "/text.txt"); })
                 .find("not a SentencePiece model"),
             std::string::npos);
 }

@@ -13,6 +13,7 @@
 #include "moekit/core/torch_checkpoint.h"
 #include "moekit/decode/recognizer.h"
 #include "moekit/models/asr/wenet_import.h"
+#include "test_util.h"
 
 using namespace moekit;
 
@@ -190,12 +191,7 @@ std::string edited_copy(const std::string& dir, const std::string& name,
 }
 
 std::string import_error(const std::string& wenet_dir) {
-  try {
-    import_wenet(WenetFiles::from_dir(wenet_dir));
-  } catch (const std::invalid_argument& e) {
-    return e.what();
-  }
-  return "(no error)";
+  return error_of<std::invalid_argument>([&] { import_wenet(WenetFiles::from_dir(wenet_dir)); });
 }
 
 }  // namespace
@@ -241,12 +237,7 @@ TEST(WenetFixture, CorruptCheckpointsAreRefused) {
   };
   for (const auto& [name, content] : cases) {
     write_file_atomic(out + "/" + name, content);
-    std::string message = "(no error)";
-    try {
-      read_torch_checkpoint(out + "/" + name);
-    } catch (const std::invalid_argument& e) {
-      message = e.what();
-    }
+    const std::string message = error_of<std::invalid_argument>([&] { read_torch_checkpoint(out + "/" + name); });
     EXPECT_EQ(message.rfind(out + "/" + name, 0), 0u) << message;
     EXPECT_EQ(message.find('\n'), std::string::npos) << message;
   }

@@ -13,7 +13,7 @@ using namespace moekit;
 TEST(CliLm, TokenizerTrainGenerateGrowUpcycleExport) {
   if (!have_sentencepiece() || std::system("command -v spm_train > /dev/null 2>&1") != 0)
     GTEST_SKIP() << "SentencePiece tools (package sentencepiece) not installed";
-  const std::string d = lm_temp_dir("cli_lm");
+  const std::string d = temp_dir("cli_lm");
   std::string text;
   for (int i = 0; i < 400; ++i)
     text += "line " + std::to_string(i) + ": the cat sat on the mat and looked at number " + std::to_string(i * 13 % 97) + "\n";

@@ -187,9 +187,9 @@ TEST(LmGenerate, GreedyEqualsArgmaxOfTheFullForward) {
   o.max_new_tokens = 100;
   EXPECT_EQ(generate(model, long_prompt, o, -1).size(), 5u);
   std::vector<int64_t> too_long(40, 1);
-  EXPECT_NE(lm_error_of([&] { generate(model, too_long, o, -1); }).find("the prompt has 40 tokens"), std::string::npos);
-  EXPECT_NE(lm_error_of([&] { generate(model, {1, 50}, o, -1); }).find("outside the vocabulary"), std::string::npos);
-  EXPECT_NE(lm_error_of([&] { generate(model, {}, o, -1); }).find("empty prompt"), std::string::npos);
+  EXPECT_NE(error_of([&] { generate(model, too_long, o, -1); }).find("the prompt has 40 tokens"), std::string::npos);
+  EXPECT_NE(error_of([&] { generate(model, {1, 50}, o, -1); }).find("outside the vocabulary"), std::string::npos);
+  EXPECT_NE(error_of([&] { generate(model, {}, o, -1); }).find("empty prompt"), std::string::npos);
 }
 
 TEST(LmGenerate, SamplingRules) {
@@ -224,7 +224,7 @@ TEST(LmGenerate, SamplingRules) {
 
 TEST(LmConfig, BadConfigsAreRefusedByName) {
   auto error = [](const std::string& yaml) {
-    return lm_error_of([&] { LmConfig::from_yaml(YAML::Load(yaml), "lm.yaml"); });
+    return error_of([&] { LmConfig::from_yaml(YAML::Load(yaml), "lm.yaml"); });
   };
   EXPECT_NE(error("{vocab_size: 10, d_model: 32, n_heads: 4, n_kv_heads: 3}").find("not divisible by n_kv_heads"),
             std::string::npos);
@@ -242,7 +242,7 @@ TEST(LmConfig, BadConfigsAreRefusedByName) {
 TEST(LmTokenizer, TrainEncodeDecode) {
   if (!have_sentencepiece() || std::system("command -v spm_train > /dev/null 2>&1") != 0)
     GTEST_SKIP() << "SentencePiece tools (package sentencepiece) not installed";
-  const std::string dir = lm_temp_dir("lm_tok");
+  const std::string dir = temp_dir("lm_tok");
   std::string text;
   for (int i = 0; i < 200; ++i)
     text += "the quick brown fox " + std::to_string(i) + " jumps over the lazy dog number " + std::to_string(i * 7) + "\n";
@@ -264,14 +264,14 @@ TEST(LmTokenizer, TrainEncodeDecode) {
   EXPECT_EQ(std::count(stream.begin(), stream.end(), tok.eos_id()), 200);
   // Bad input.
   o.vocab_size = 100000;
-  EXPECT_NE(lm_error_of([&] { train_tokenizer(o); }).find("spm_train failed"), std::string::npos);
+  EXPECT_NE(error_of([&] { train_tokenizer(o); }).find("spm_train failed"), std::string::npos);
   write_file_atomic(dir + "/junk.model", "not a model");
-  EXPECT_NE(lm_error_of([&] { LmTokenizer t(dir + "/junk.model"); }).find("not a SentencePiece model"), std::string::npos);
-  EXPECT_NE(lm_error_of([&] { tok.decode({320}); }).find("outside the vocabulary"), std::string::npos);
+  EXPECT_NE(error_of([&] { LmTokenizer t(dir + "/junk.model"); }).find("not a SentencePiece model"), std::string::npos);
+  EXPECT_NE(error_of([&] { tok.decode({320}); }).find("outside the vocabulary"), std::string::npos);
 }
 
 TEST(LmTraining, KilledRunResumesToTheSameWeights) {
-  const std::string dir = lm_temp_dir("lm_resume");
+  const std::string dir = temp_dir("lm_resume");
   LmConfig c = tiny_lm_config(true);
   std::vector<int64_t> stream(2000), valid(300);
   for (size_t i = 0; i < stream.size(); ++i) stream[i] = static_cast<int64_t>((i * 7 + i / 13) % 50);
@@ -322,11 +322,11 @@ TEST(LmTraining, DataErrors) {
   data.batch_size = 4;
   std::vector<int64_t> ok(200, 1), bad(200, 1);
   bad[10] = 77;
-  EXPECT_NE(lm_error_of([&] { LmTrainTask(model, bad, ok, data, 1, ""); }).find("token id 77"), std::string::npos);
-  EXPECT_NE(lm_error_of([&] { LmTrainTask(model, std::vector<int64_t>(20, 1), ok, data, 1, ""); }).find("fewer than one batch"),
+  EXPECT_NE(error_of([&] { LmTrainTask(model, bad, ok, data, 1, ""); }).find("token id 77"), std::string::npos);
+  EXPECT_NE(error_of([&] { LmTrainTask(model, std::vector<int64_t>(20, 1), ok, data, 1, ""); }).find("fewer than one batch"),
             std::string::npos);
   data.seq_len = 64;
-  EXPECT_NE(lm_error_of([&] { LmTrainTask(model, ok, ok, data, 1, ""); }).find("max_seq_len"), std::string::npos);
+  EXPECT_NE(error_of([&] { LmTrainTask(model, ok, ok, data, 1, ""); }).find("max_seq_len"), std::string::npos);
 }
 
 TEST(SmallRowsLinear, EqualsTorchLinear) {

@@ -146,7 +146,7 @@ TEST(Grow, BadTargetsAreRefused) {
   LmConfig c = tiny_lm_config();
   LmModel small(c);
   const LmWeights w = weights_of(small);
-  auto error = [&](GrowOptions o) { return lm_error_of([&] { grow_lm(w, o); }); };
+  auto error = [&](GrowOptions o) { return error_of([&] { grow_lm(w, o); }); };
   GrowOptions o;
   o.d_model = 16;
   EXPECT_NE(error(o).find("d_model 16 is smaller"), std::string::npos);
@@ -161,7 +161,7 @@ TEST(Grow, BadTargetsAreRefused) {
   o.d_model = 40;  // 5 heads of 8: not divisible by 2 KV groups
   EXPECT_NE(error(o).find("not divisible by the 2 KV groups"), std::string::npos);
   LmModel moe(tiny_lm_config(true));
-  EXPECT_NE(lm_error_of([&] { grow_lm(weights_of(moe), GrowOptions{}); }).find("has MoE layers"), std::string::npos);
+  EXPECT_NE(error_of([&] { grow_lm(weights_of(moe), GrowOptions{}); }).find("has MoE layers"), std::string::npos);
 }
 
 TEST(Upcycle, TheMoeModelComputesTheDenseFunctionAtStepZero) {
@@ -199,7 +199,7 @@ TEST(Upcycle, TheMoeModelComputesTheDenseFunctionAtStepZero) {
 TEST(Upcycle, BadOptionsAreRefused) {
   LmModel dense(tiny_lm_config());
   const LmWeights w = weights_of(dense);
-  auto error = [&](UpcycleOptions o) { return lm_error_of([&] { upcycle_lm(w, o); }); };
+  auto error = [&](UpcycleOptions o) { return error_of([&] { upcycle_lm(w, o); }); };
   UpcycleOptions o;
   o.granularity = 5;  // 48 % 5 != 0
   EXPECT_NE(error(o).find("must divide d_ffn"), std::string::npos);
@@ -210,11 +210,11 @@ TEST(Upcycle, BadOptionsAreRefused) {
   o.first_layer = 3;
   EXPECT_NE(error(o).find("first_layer"), std::string::npos);
   const LmWeights moe = upcycle_lm(w, UpcycleOptions{});
-  EXPECT_NE(lm_error_of([&] { upcycle_lm(moe, UpcycleOptions{}); }).find("already an MoE model"), std::string::npos);
+  EXPECT_NE(error_of([&] { upcycle_lm(moe, UpcycleOptions{}); }).find("already an MoE model"), std::string::npos);
 }
 
 TEST(HfLayout, ExactRoundTrips) {
-  const std::string dir = lm_temp_dir("hf");
+  const std::string dir = temp_dir("hf");
   for (int variant = 0; variant < 3; ++variant) {
     LmConfig c = tiny_lm_config(variant == 2);
     c.qkv_bias = variant == 1;  // llama, qwen2, mixtral
@@ -243,7 +243,7 @@ TEST(HfLayout, ExactRoundTrips) {
 }
 
 TEST(HfLayout, ForeignAndCorruptInputsAreRefused) {
-  const std::string dir = lm_temp_dir("hf_bad");
+  const std::string dir = temp_dir("hf_bad");
   LmModel model(tiny_lm_config());
   export_hf_llama(weights_of(model), dir + "/ok");
   auto with_config = [&](const std::string& name, const std::function<void(nlohmann::json&)>& edit) {
@@ -253,7 +253,7 @@ TEST(HfLayout, ForeignAndCorruptInputsAreRefused) {
     edit(j);
     write_file_atomic(d + "/config.json", j.dump());
     write_file_atomic(d + "/model.safetensors", read_file(dir + "/ok/model.safetensors"));
-    return lm_error_of([&] { import_hf_llama(d); });
+    return error_of([&] { import_hf_llama(d); });
   };
   EXPECT_NE(with_config("rope", [](auto& j) { j["rope_scaling"] = {{"type", "linear"}, {"factor", 2.0}}; }).find("rope_scaling"),
             std::string::npos);
@@ -264,25 +264,25 @@ TEST(HfLayout, ForeignAndCorruptInputsAreRefused) {
   // Weights for another shape: named by the loader when the model is built.
   const std::string wrong = with_config("wide", [](auto& j) { j["intermediate_size"] = 64; });
   EXPECT_EQ(wrong, "");
-  EXPECT_NE(lm_error_of([&] { build(import_hf_llama(dir + "/wide")); }).find("mlp.w1.weight"), std::string::npos);
+  EXPECT_NE(error_of([&] { build(import_hf_llama(dir + "/wide")); }).find("mlp.w1.weight"), std::string::npos);
   make_dirs(dir + "/broken");
   write_file_atomic(dir + "/broken/config.json", "{not json");
-  EXPECT_NE(lm_error_of([&] { import_hf_llama(dir + "/broken"); }).find("invalid JSON"), std::string::npos);
+  EXPECT_NE(error_of([&] { import_hf_llama(dir + "/broken"); }).find("invalid JSON"), std::string::npos);
   make_dirs(dir + "/trunc");
   write_file_atomic(dir + "/trunc/config.json", read_file(dir + "/ok/config.json"));
   const std::string bytes = read_file(dir + "/ok/model.safetensors");
   write_file_atomic(dir + "/trunc/model.safetensors", bytes.substr(0, bytes.size() / 2));
-  EXPECT_NE(lm_error_of([&] { import_hf_llama(dir + "/trunc"); }), "");
+  EXPECT_NE(error_of([&] { import_hf_llama(dir + "/trunc"); }), "");
   // An MoE model with MoE in only some layers has no Mixtral form.
   LmConfig partial = tiny_lm_config(true);
   partial.qkv_bias = false;
   partial.moe.every = 2;
   LmModel p(partial);
-  EXPECT_NE(lm_error_of([&] { export_hf_llama(weights_of(p), dir + "/p"); }).find("every layer"), std::string::npos);
+  EXPECT_NE(error_of([&] { export_hf_llama(weights_of(p), dir + "/p"); }).find("every layer"), std::string::npos);
 }
 
 TEST(LmDir, ForeignAndCorruptModelDirectories) {
-  const std::string dir = lm_temp_dir("lm_dir");
+  const std::string dir = temp_dir("lm_dir");
   LmModel model(tiny_lm_config());
   save_lm_dir(weights_of(model), dir + "/lm");
   EXPECT_NO_THROW(load_lm_model(dir + "/lm"));
@@ -291,16 +291,16 @@ TEST(LmDir, ForeignAndCorruptModelDirectories) {
   config["model_type"] = "ffn_stack";
   config["architecture"] = YAML::Node(YAML::NodeType::Map);
   save_model_dir(dir + "/other", config, {});
-  EXPECT_NE(lm_error_of([&] { read_lm_dir(dir + "/other"); }).find("not an 'lm'"), std::string::npos);
+  EXPECT_NE(error_of([&] { read_lm_dir(dir + "/other"); }).find("not an 'lm'"), std::string::npos);
   // Truncated weights, and weights of another architecture.
   make_dirs(dir + "/trunc");
   write_file_atomic(dir + "/trunc/config.yaml", read_file(dir + "/lm/config.yaml"));
   const std::string bytes = read_file(dir + "/lm/model.safetensors");
   write_file_atomic(dir + "/trunc/model.safetensors", bytes.substr(0, bytes.size() - 100));
-  EXPECT_NE(lm_error_of([&] { load_lm_model(dir + "/trunc"); }), "");
+  EXPECT_NE(error_of([&] { load_lm_model(dir + "/trunc"); }), "");
   LmWeights deeper = weights_of(model);
   deeper.config.n_layers = 4;
-  const std::string err = lm_error_of([&] { save_lm_dir(deeper, dir + "/deeper"); });
+  const std::string err = error_of([&] { save_lm_dir(deeper, dir + "/deeper"); });
   EXPECT_NE(err.find("layers.3"), std::string::npos) << err;
 }
 
@@ -311,7 +311,7 @@ TEST(HfLayout, AnIndependentPyTorchImplementationComputesTheSameLogits) {
   const std::string script = source.substr(0, source.rfind("/tests/")) + "/bench/lm_pytorch.py";
   if (!path_exists(script) || std::system("/usr/bin/python3 -c 'import torch, numpy' > /dev/null 2>&1") != 0)
     GTEST_SKIP() << "needs /usr/bin/python3 with torch and numpy (python3-torch) and " << script;
-  const std::string dir = lm_temp_dir("hf_pytorch");
+  const std::string dir = temp_dir("hf_pytorch");
   const std::vector<int64_t> tokens = {5, 17, 3, 42, 8, 8, 0, 49, 21, 13};
   std::string csv;
   for (int64_t t : tokens) csv += (csv.empty() ? "" : ",") + std::to_string(t);

@@ -8,6 +8,7 @@
 #include "moekit/core/file_io.h"
 #include "moekit/core/model_dir.h"
 #include "moekit/models/ffn_stack/ffn_stack.h"
+#include "test_util.h"
 
 namespace moekit {
 namespace {
@@ -29,14 +30,6 @@ FfnStackOptions stack_options() {
   return o;
 }
 
-std::string error_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const std::invalid_argument& e) {
-    return e.what();
-  }
-  return "";
-}
 
 TEST(ModelDir, SaveLoadRoundTripGivesTheSameFunction) {
   torch::manual_seed(0);
@@ -76,7 +69,7 @@ TEST(ModelDir, ReportsEveryMismatchingTensorByName) {
   weights.erase("layers.0.norm.weight");
   weights["layers.9.extra"] = torch::zeros({1});
   weights["layers.1.ffn.experts.w1"] = torch::zeros({4, 32, 15});
-  const std::string message = error_of([&] { load_module_state(model, weights, "m.safetensors"); });
+  const std::string message = error_of<std::invalid_argument>([&] { load_module_state(model, weights, "m.safetensors"); });
   EXPECT_NE(message.find("m.safetensors"), std::string::npos) << message;
   EXPECT_NE(message.find("missing 1 [layers.0.norm.weight]"), std::string::npos) << message;
   EXPECT_NE(message.find("unexpected 1 [layers.9.extra]"), std::string::npos) << message;
@@ -85,31 +78,31 @@ TEST(ModelDir, ReportsEveryMismatchingTensorByName) {
 }
 
 TEST(ModelDir, BadDirectoriesAreClearErrors) {
-  EXPECT_NE(error_of([] { load_model("/nonexistent/model"); }).find("not a model directory"), std::string::npos);
+  EXPECT_NE(error_of<std::invalid_argument>([] { load_model("/nonexistent/model"); }).find("not a model directory"), std::string::npos);
   const std::string dir = fresh_dir("bad");
   make_dirs(dir);
-  EXPECT_NE(error_of([&] { load_model(dir); }).find("no config.yaml"), std::string::npos);
+  EXPECT_NE(error_of<std::invalid_argument>([&] { load_model(dir); }).find("no config.yaml"), std::string::npos);
   write_file_atomic(dir + "/config.yaml", "model_type: ffn_stack\nformat_version: 99\n");
-  EXPECT_NE(error_of([&] { load_model(dir); }).find("format_version 99"), std::string::npos);
+  EXPECT_NE(error_of<std::invalid_argument>([&] { load_model(dir); }).find("format_version 99"), std::string::npos);
   write_file_atomic(dir + "/config.yaml", "model_type: warp_drive\nformat_version: 1\narchitecture: {a: 1}\n");
-  EXPECT_NE(error_of([&] { load_model(dir); }).find("unknown model_type 'warp_drive'"), std::string::npos);
+  EXPECT_NE(error_of<std::invalid_argument>([&] { load_model(dir); }).find("unknown model_type 'warp_drive'"), std::string::npos);
   write_file_atomic(dir + "/config.yaml", "model_type: [unclosed\n");
-  EXPECT_NE(error_of([&] { load_model(dir); }).find("not valid YAML"), std::string::npos);
+  EXPECT_NE(error_of<std::invalid_argument>([&] { load_model(dir); }).find("not valid YAML"), std::string::npos);
   // A model directory whose weights belong to another architecture.
   FfnStack model(stack_options());
   save_model(dir, model);
   YAML::Node config = load_yaml_file(dir + "/config.yaml");
   config["architecture"]["d_hidden"] = 48;
   write_yaml_file(dir + "/config.yaml", config);
-  EXPECT_NE(error_of([&] { load_model(dir); }).find("mis-shaped"), std::string::npos);
+  EXPECT_NE(error_of<std::invalid_argument>([&] { load_model(dir); }).find("mis-shaped"), std::string::npos);
   config["architecture"]["moe"]["top_k"] = 7;
   write_yaml_file(dir + "/config.yaml", config);
-  EXPECT_NE(error_of([&] { load_model(dir); }).find("top_k"), std::string::npos);
+  EXPECT_NE(error_of<std::invalid_argument>([&] { load_model(dir); }).find("top_k"), std::string::npos);
   // Truncated weights.
   save_model(dir, model);
   const std::string bytes = read_file(dir + "/model.safetensors");
   write_file_atomic(dir + "/model.safetensors", bytes.substr(0, bytes.size() / 2));
-  EXPECT_NE(error_of([&] { load_model(dir); }).find("truncated"), std::string::npos);
+  EXPECT_NE(error_of<std::invalid_argument>([&] { load_model(dir); }).find("truncated"), std::string::npos);
 }
 
 }  // namespace
