@@ -6,6 +6,8 @@
 #include <cmath>
 #include <thread>
 
+#include "moekit/decode/ctc_search.h"
+#include "moekit/decode/recognizer.h"
 #include "moekit/models/asr/asr_model.h"
 
 using namespace moekit;
@@ -221,4 +223,129 @@ TEST(AsrModel, ConcurrentStreamsShareOneModel) {
   for (int i = 0; i < 4; ++i) threads.emplace_back([&, i] { got[i] = stream(inputs[i]); });
   for (auto& t : threads) t.join();
   for (int i = 0; i < 4; ++i) EXPECT_TRUE(torch::allclose(got[i], expected[i], 1e-5, 1e-6)) << i;
+}
+
+// WeNet's filter_blank_embedding, as a loop over frames.
+std::vector<std::vector<int64_t>> naive_non_blank(const torch::Tensor& log_probs, const std::vector<int64_t>& lens) {
+  std::vector<std::vector<int64_t>> kept;
+  for (int64_t b = 0; b < log_probs.size(0); ++b) {
+    std::vector<int64_t> frames;
+    for (int64_t t = 0; t < lens[b]; ++t)
+      if (log_probs[b][t].argmax().item<int64_t>() != 0) frames.push_back(t);
+    if (frames.empty())
+      for (int64_t t = 0; t < lens[b]; ++t) frames.push_back(t);  // none: all frames stay
+    kept.push_back(frames);
+  }
+  return kept;
+}
+
+TEST(AsrModel, NonBlankFramesEqualANaiveSelection) {
+  torch::manual_seed(5);
+  AsrModel model(small_config(kVariants[0], true));
+  const torch::Tensor encoder_out = torch::randn({3, 7, 16}).requires_grad_();
+  torch::Tensor log_probs = torch::randn({3, 7, 12});
+  // Argmax per frame; utterance 1 has 4 valid frames and a non-blank one in
+  // its padding, utterance 2 only blanks.
+  const int64_t argmax[3][7] = {{0, 3, 0, 0, 5, 1, 0}, {2, 0, 0, 4, 0, 7, 0}, {0, 0, 0, 0, 0, 0, 0}};
+  for (int64_t b = 0; b < 3; ++b)
+    for (int64_t t = 0; t < 7; ++t) log_probs[b][t][argmax[b][t]] = 10.0;
+  const std::vector<int64_t> lens = {7, 4, 5};
+  torch::Tensor mask = torch::zeros({3, 7}, torch::kBool);
+  for (int64_t b = 0; b < 3; ++b) mask[b].narrow(0, 0, lens[b]).fill_(true);
+  auto [frames, frames_mask] = model.non_blank_frames(encoder_out, log_probs, mask);
+  const auto expected = naive_non_blank(log_probs, lens);
+  EXPECT_EQ(expected[0], (std::vector<int64_t>{1, 4, 5}));
+  EXPECT_EQ(expected[1], (std::vector<int64_t>{0, 3}));
+  ASSERT_EQ(frames.sizes(), (std::vector<int64_t>{3, 5, 16}));
+  ASSERT_EQ(frames_mask.sizes(), (std::vector<int64_t>{3, 5}));
+  for (int64_t b = 0; b < 3; ++b) {
+    const int64_t n = static_cast<int64_t>(expected[b].size());
+    for (int64_t j = 0; j < 5; ++j) {
+      EXPECT_EQ(frames_mask[b][j].item<bool>(), j < n) << b << " " << j;
+      const torch::Tensor want = j < n ? encoder_out[b][expected[b][j]] : torch::zeros({16});
+      EXPECT_TRUE(torch::equal(frames[b][j], want)) << b << " " << j;
+    }
+  }
+  // Gradients reach exactly the kept frames.
+  const torch::Tensor w = torch::randn({3, 5, 16});
+  (frames * w).sum().backward();
+  for (int64_t b = 0; b < 3; ++b) {
+    for (int64_t t = 0; t < 7; ++t) {
+      const auto& kept = expected[b];
+      const auto at = std::find(kept.begin(), kept.end(), t);
+      const torch::Tensor want = at == kept.end() ? torch::zeros({16}) : w[b][at - kept.begin()];
+      EXPECT_TRUE(torch::equal(encoder_out.grad()[b][t], want)) << b << " " << t;
+    }
+  }
+  EXPECT_THROW(model.non_blank_frames(encoder_out, log_probs.slice(1, 0, 6), mask), std::invalid_argument);
+}
+
+TEST(AsrModel, NonBlankEmbeddingInTrainingAndRescoring) {
+  torch::manual_seed(17);
+  AsrConfig config = small_config(kVariants[0], true);
+  config.encoder.dropout_rate = config.encoder.positional_dropout_rate = 0.0;
+  config.decoder.dropout_rate = config.decoder.positional_dropout_rate = 0.0;
+  config.apply_non_blank_embedding = true;
+  config.encoder.use_dynamic_chunk = false;  // training runs full context too, so the same encoder output
+  EXPECT_TRUE(AsrConfig::from_yaml(config.to_yaml(), "test").apply_non_blank_embedding);
+  auto model = std::make_shared<AsrModel>(config);
+  randomize(*model);  // eval mode: full context, deterministic
+  const torch::Tensor feats = torch::randn({2, 120, 20});
+  const torch::Tensor lens = torch::tensor({120, 90}, torch::kLong);
+  torch::NoGradGuard no_grad;
+  // Shift the blank logit so that about half of the frames are blank.
+  auto [encoder_out, mask] = model->encoder->forward(feats, lens, -1, -1);
+  {
+    const torch::Tensor logits = model->ctc->ctc_lo->forward(encoder_out);
+    const torch::Tensor margin = std::get<0>(logits.slice(2, 1).max(-1)) - logits.select(2, 0);
+    model->ctc->ctc_lo->bias[0] += margin.median().item<double>();
+  }
+  const torch::Tensor log_probs = model->ctc_log_probs(encoder_out);
+  const std::vector<int64_t> enc_lens = {mask[0].sum().item<int64_t>(), mask[1].sum().item<int64_t>()};
+  const auto kept = naive_non_blank(log_probs, enc_lens);
+  for (int64_t b = 0; b < 2; ++b) {
+    ASSERT_GT(kept[b].size(), 2u);
+    ASSERT_LT(static_cast<int64_t>(kept[b].size()), enc_lens[b]);
+  }
+
+  // Training: the decoders attend to the kept frames only.
+  const std::vector<std::vector<int64_t>> targets = {{1, 2, 3, 4}, {5, 6, 7}};
+  const AsrLosses losses = model->forward_train(feats, lens, targets);
+  const int64_t longest = static_cast<int64_t>(std::max(kept[0].size(), kept[1].size()));
+  torch::Tensor memory = torch::zeros({2, longest, 16});
+  torch::Tensor memory_mask = torch::zeros({2, 1, longest}, torch::kBool);
+  for (int64_t b = 0; b < 2; ++b) {
+    for (size_t j = 0; j < kept[b].size(); ++j) {
+      memory[b][static_cast<int64_t>(j)] = encoder_out[b][kept[b][j]];
+      memory_mask[b][0][static_cast<int64_t>(j)] = true;
+    }
+  }
+  auto [ys_in, ys_lens] = decoder_inputs(targets, config.sos_id(), config.eos_id(), false);
+  torch::Tensor ys_out = torch::full(ys_in.sizes(), -1, torch::kLong);
+  for (int64_t b = 0; b < 2; ++b) {
+    for (size_t j = 0; j < targets[b].size(); ++j) ys_out[b][static_cast<int64_t>(j)] = targets[b][j];
+    ys_out[b][static_cast<int64_t>(targets[b].size())] = config.eos_id();
+  }
+  const torch::Tensor logits = model->decoder->left_decoder->forward(memory, memory_mask, ys_in, ys_lens);
+  const double want = label_smoothing_loss(logits, ys_out, config.lsm_weight, config.length_normalized_loss).item<double>();
+  EXPECT_NEAR(losses.att.item<double>(), want, 1e-6 * std::abs(want));
+  const torch::Tensor all_logits = model->decoder->left_decoder->forward(encoder_out, mask.unsqueeze(1), ys_in, ys_lens);
+  const double all = label_smoothing_loss(all_logits, ys_out, config.lsm_weight, config.length_normalized_loss).item<double>();
+  EXPECT_GT(std::abs(all - want), 1e-4);
+
+  // Attention rescoring: the same as rescoring the kept frames directly,
+  // and not the same as rescoring all frames.
+  DecodeOptions options;
+  options.mode = DecodeMode::AttentionRescoring;
+  options.beam_size = 4;
+  const Recognizer recognizer(model, Units(), options);
+  const torch::Tensor one = encoder_out.slice(0, 0, 1);
+  const Recognition got = recognizer.search(one);
+  const auto nbest = ctc_prefix_beam_search(log_probs[0], options.beam_size, config.blank_id());
+  const torch::Tensor kept_memory = memory.slice(0, 0, 1).slice(1, 0, static_cast<int64_t>(kept[0].size()));
+  const Hypothesis direct = attention_rescoring(*model, kept_memory, nbest, options.ctc_weight, recognizer.reverse_weight());
+  EXPECT_EQ(got.tokens, direct.tokens);
+  EXPECT_NEAR(got.score, direct.score, 1e-6);
+  const Hypothesis all_frames = attention_rescoring(*model, one, nbest, options.ctc_weight, recognizer.reverse_weight());
+  EXPECT_GT(std::abs(all_frames.score - direct.score), 1e-4);
 }

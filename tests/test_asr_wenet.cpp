@@ -210,6 +210,7 @@ TEST(WenetFixture, UnsupportedOptionsAndMismatchesAreRefusedByName) {
       {"squeezeformer", [](YAML::Node& y) { y["encoder"] = "squeezeformer"; }, "encoder 'squeezeformer'"},
       {"transducer", [](YAML::Node& y) { y["model"] = "transducer"; }, "model 'transducer'"},
       {"rope", [](YAML::Node& y) { y["encoder_conf"]["pos_enc_layer_type"] = "rope_pos"; }, "rope_pos"},
+      {"tie", [](YAML::Node& y) { y["decoder_conf"]["tie_word_embedding"] = true; }, "decoder_conf.tie_word_embedding"},
       // Another architecture than the checkpoint's: every mismatch named.
       {"deeper", [](YAML::Node& y) { y["encoder_conf"]["num_blocks"] = 3; }, "encoder.encoders.2."},
       {"wider", [](YAML::Node& y) { y["encoder_conf"]["linear_units"] = 256; }, "feed_forward.experts.w1"},
@@ -222,6 +223,25 @@ TEST(WenetFixture, UnsupportedOptionsAndMismatchesAreRefusedByName) {
     EXPECT_NE(message.find(c.expected), std::string::npos) << c.name << ": " << message;
     EXPECT_EQ(message.find('\n'), std::string::npos) << c.name << ": " << message;
   }
+}
+
+TEST(WenetFixture, NonBlankEmbeddingOptionIsImported) {
+  REQUIRE_FIXTURE();
+  const std::string edited = edited_copy(dir, "non_blank", [](YAML::Node& y) {
+    y["model_conf"]["apply_non_blank_embedding"] = true;
+  });
+  const ImportedAsr imported = import_wenet(WenetFiles::from_dir(edited));
+  EXPECT_TRUE(imported.model->config().apply_non_blank_embedding);
+  EXPECT_FALSE(fixture(dir).imported.model->config().apply_non_blank_embedding);
+  // Same weights, so CTC results agree; rescoring runs on the non-blank frames.
+  DecodeOptions options;
+  options.mode = DecodeMode::AttentionRescoring;
+  const Audio audio = read_audio(dir + "/input.wav");
+  const Recognition rescored = Recognizer(imported.model, imported.units, options).recognize(audio.samples);
+  EXPECT_FALSE(rescored.tokens.empty());
+  const std::string out = testing::TempDir() + "/moekit_non_blank_model";
+  save_asr_model(out, *imported.model, imported.units);
+  EXPECT_TRUE(load_asr_model(out).model->config().apply_non_blank_embedding);
 }
 
 TEST(WenetFixture, CorruptCheckpointsAreRefused) {

@@ -95,9 +95,16 @@ Recognition Recognizer::search(const torch::Tensor& encoder_out) const {
   } else {
     const std::vector<Hypothesis> nbest =
         ctc_prefix_beam_search(log_probs, options_.beam_size, model_->config().blank_id());
-    Hypothesis best = options_.mode == DecodeMode::CtcPrefixBeam
-                          ? nbest.front()
-                          : attention_rescoring(*model_, encoder_out, nbest, options_.ctc_weight, reverse_weight());
+    Hypothesis best = nbest.front();
+    if (options_.mode == DecodeMode::AttentionRescoring) {
+      torch::Tensor memory = encoder_out;
+      if (model_->config().apply_non_blank_embedding) {
+        memory = model_->non_blank_frames(encoder_out, log_probs.unsqueeze(0),
+                                          torch::ones({1, encoder_out.size(1)}, torch::kBool))
+                     .first;
+      }
+      best = attention_rescoring(*model_, memory, nbest, options_.ctc_weight, reverse_weight());
+    }
     result.tokens = best.tokens;
     result.score = best.score;
   }

@@ -125,6 +125,7 @@ YAML::Node AsrConfig::to_yaml() const {
   m["reverse_weight"] = reverse_weight;
   m["lsm_weight"] = lsm_weight;
   m["length_normalized_loss"] = length_normalized_loss;
+  if (apply_non_blank_embedding) m["apply_non_blank_embedding"] = true;  // older readers stay able to load the rest
   n["model_conf"] = m;
   n["fbank_conf"] = fbank.to_yaml();
   return n;
@@ -194,11 +195,14 @@ AsrConfig AsrConfig::from_yaml(const YAML::Node& n, const std::string& where) {
 
   const YAML::Node mn = n["model_conf"];
   const std::string mw = where + ": model_conf";
-  check_known_keys(mn, {"ctc_weight", "reverse_weight", "lsm_weight", "length_normalized_loss"}, mw);
+  check_known_keys(mn, {"ctc_weight", "reverse_weight", "lsm_weight", "length_normalized_loss",
+                        "apply_non_blank_embedding"},
+                   mw);
   c.ctc_weight = yaml_get_or<double>(mn, "ctc_weight", 0.3, mw);
   c.reverse_weight = yaml_get_or<double>(mn, "reverse_weight", d.r_num_blocks > 0 ? 0.3 : 0.0, mw);
   c.lsm_weight = yaml_get_or<double>(mn, "lsm_weight", 0.1, mw);
   c.length_normalized_loss = yaml_get_or<bool>(mn, "length_normalized_loss", false, mw);
+  c.apply_non_blank_embedding = yaml_get_or<bool>(mn, "apply_non_blank_embedding", false, mw);
   c.fbank = n["fbank_conf"].IsDefined() ? FbankOptions::from_yaml(n["fbank_conf"], where + ": fbank_conf") : FbankOptions{};
   if (!n["fbank_conf"].IsDefined()) c.fbank.num_mel_bins = static_cast<int>(e.input_dim);
   c.validate();

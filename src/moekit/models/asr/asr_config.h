@@ -65,6 +65,10 @@ struct AsrConfig {
   double reverse_weight = 0.3;
   double lsm_weight = 0.1;
   bool length_normalized_loss = false;
+  // WeNet's model_conf.apply_non_blank_embedding: the attention decoders
+  // attend only to the encoder frames whose CTC argmax is not blank, in
+  // training and in attention rescoring (AsrModel::non_blank_frames).
+  bool apply_non_blank_embedding = false;
   FbankOptions fbank;
 
   int64_t blank_id() const { return 0; }

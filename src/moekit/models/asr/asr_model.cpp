@@ -37,6 +37,36 @@ std::pair<torch::Tensor, torch::Tensor> AsrModel::decoder_log_probs(const torch:
   return {left, right};
 }
 
+std::pair<torch::Tensor, torch::Tensor> AsrModel::non_blank_frames(const torch::Tensor& encoder_out,
+                                                                    const torch::Tensor& log_probs,
+                                                                    const torch::Tensor& mask) const {
+  MOEKIT_CHECK_ARG(encoder_out.dim() == 3 && log_probs.dim() == 3 && mask.dim() == 2 &&
+                       log_probs.size(0) == encoder_out.size(0) && log_probs.size(1) == encoder_out.size(1) &&
+                       mask.sizes() == log_probs.sizes().slice(0, 2),
+                   "non_blank_frames: encoder_out ", encoder_out.sizes(), ", log_probs ", log_probs.sizes(),
+                   " and mask ", mask.sizes(), " do not match");
+  torch::Tensor keep;
+  {
+    torch::NoGradGuard no_grad;
+    const torch::Tensor valid = mask.to(torch::kBool);
+    keep = (log_probs.argmax(-1) != config_.blank_id()) & valid;
+    const torch::Tensor none = keep.sum(1) == 0;
+    keep = torch::where(none.unsqueeze(1), valid, keep);
+  }
+  const int64_t batch = encoder_out.size(0);
+  std::vector<torch::Tensor> frames;
+  std::vector<int64_t> counts;
+  for (int64_t b = 0; b < batch; ++b) {
+    const torch::Tensor index = keep[b].nonzero().squeeze(1);
+    frames.push_back(encoder_out[b].index_select(0, index));
+    counts.push_back(index.size(0));
+  }
+  const int64_t longest = *std::max_element(counts.begin(), counts.end());
+  torch::Tensor out_mask = torch::zeros({batch, longest}, torch::kBool);
+  for (int64_t b = 0; b < batch; ++b) out_mask[b].narrow(0, 0, counts[b]).fill_(true);
+  return {torch::nn::utils::rnn::pad_sequence(frames, /*batch_first=*/true), out_mask};
+}
+
 torch::Tensor label_smoothing_loss(const torch::Tensor& logits, const torch::Tensor& targets, double smoothing,
                                    bool normalize_length) {
   const int64_t batch = logits.size(0), vocab = logits.size(-1);
@@ -72,8 +102,12 @@ AsrLosses AsrModel::forward_train(const torch::Tensor& feats, const torch::Tenso
     out.tokens += static_cast<int64_t>(y.size());
   }
   torch::Tensor loss = torch::zeros({});
+  MOEKIT_CHECK_ARG(!config_.apply_non_blank_embedding || config_.ctc_weight > 0,
+                   "train: apply_non_blank_embedding needs ctc_weight > 0 (the CTC head picks the frames)");
+  torch::Tensor ctc_out;  // [B, T', V]
   if (config_.ctc_weight > 0) {
-    const torch::Tensor log_probs = ctc_log_probs(encoder_out).transpose(0, 1);  // [T', B, V]
+    ctc_out = ctc_log_probs(encoder_out);
+    const torch::Tensor log_probs = ctc_out.transpose(0, 1);  // [T', B, V]
     const torch::Tensor lens = encoder_lens.to(torch::kLong);
     out.ctc = torch::ctc_loss(log_probs, torch::tensor(flat, torch::kLong), lens,
                               torch::tensor(target_lens, torch::kLong), config_.blank_id(), at::Reduction::Sum,
@@ -82,7 +116,12 @@ AsrLosses AsrModel::forward_train(const torch::Tensor& feats, const torch::Tenso
     loss = loss + out.ctc * config_.ctc_weight;
   }
   if (config_.ctc_weight < 1 && config_.decoder.num_blocks > 0) {
-    const torch::Tensor memory_mask = mask.unsqueeze(1);
+    torch::Tensor memory = encoder_out, memory_mask = mask.unsqueeze(1);
+    if (config_.apply_non_blank_embedding) {
+      auto [frames, frames_mask] = non_blank_frames(encoder_out, ctc_out.detach(), mask);
+      memory = frames;
+      memory_mask = frames_mask.unsqueeze(1);
+    }
     // ys_in = [sos, y], ys_out = [y, eos], padded with -1 (ignored).
     auto run = [&](TransformerDecoder& dec, bool reverse, double* accuracy) {
       std::vector<std::vector<int64_t>> ys = targets;
@@ -96,7 +135,7 @@ AsrLosses AsrModel::forward_train(const torch::Tensor& feats, const torch::Tenso
         for (size_t j = 0; j < y.size(); ++j) out_a[b][static_cast<int64_t>(j)] = y[j];
         out_a[b][static_cast<int64_t>(y.size())] = config_.eos_id();
       }
-      const torch::Tensor logits = dec->forward(encoder_out, memory_mask, ys_in, lens);
+      const torch::Tensor logits = dec->forward(memory, memory_mask, ys_in, lens);
       if (accuracy) {
         torch::NoGradGuard no_grad;
         const torch::Tensor valid = ys_out >= 0;

@@ -62,6 +62,17 @@ class AsrModel : public Model {
   std::pair<torch::Tensor, torch::Tensor> decoder_log_probs(const torch::Tensor& encoder_out,
                                                             const std::vector<std::vector<int64_t>>& hyps);
 
+  // WeNet's filter_blank_embedding (model_conf.apply_non_blank_embedding):
+  // the frames of encoder_out [B, T', D] whose CTC argmax (log_probs
+  // [B, T', V]) is not blank, in order, zero-padded to the longest: returns
+  // them [B, N, D] with their mask [B, N] (bool). Only frames inside `mask`
+  // [B, T'] count (WeNet also keeps padding frames whose argmax is not
+  // blank). An utterance without a non-blank frame keeps all its frames
+  // (WeNet fails on it). Differentiable with respect to encoder_out.
+  std::pair<torch::Tensor, torch::Tensor> non_blank_frames(const torch::Tensor& encoder_out,
+                                                           const torch::Tensor& log_probs,
+                                                           const torch::Tensor& mask) const;
+
   // feats [B, T, F], feat_lens [B], targets: token ids per utterance.
   AsrLosses forward_train(const torch::Tensor& feats, const torch::Tensor& feat_lens,
                           const std::vector<std::vector<int64_t>>& targets);

@@ -139,11 +139,9 @@ AsrConfig wenet_config(const YAML::Node& y, const std::string& where) {
   arch["decoder_conf"] = dec;
 
   YAML::Node mc = filter_conf(y["model_conf"], "model_conf",
-                              {"ctc_weight", "reverse_weight", "lsm_weight", "length_normalized_loss"}, {},
-                              {"special_tokens", "apply_non_blank_embedding"});
-  if (y["model_conf"].IsDefined() && y["model_conf"]["apply_non_blank_embedding"].IsDefined())
-    MOEKIT_CHECK_ARG(!y["model_conf"]["apply_non_blank_embedding"].as<bool>(),
-                     "unsupported WeNet option model_conf.apply_non_blank_embedding = true");
+                              {"ctc_weight", "reverse_weight", "lsm_weight", "length_normalized_loss",
+                               "apply_non_blank_embedding"},
+                              {}, {"special_tokens"});
   arch["model_conf"] = mc;
 
   const YAML::Node dataset = y["dataset_conf"];
