@@ -9,6 +9,7 @@
 #include "moekit/decode/ctc_search.h"
 #include "moekit/decode/recognizer.h"
 #include "moekit/models/asr/asr_model.h"
+#include "test_util.h"
 
 using namespace moekit;
 
@@ -348,4 +349,66 @@ TEST(AsrModel, NonBlankEmbeddingInTrainingAndRescoring) {
   EXPECT_NEAR(got.score, direct.score, 1e-6);
   const Hypothesis all_frames = attention_rescoring(*model, one, nbest, options.ctc_weight, recognizer.reverse_weight());
   EXPECT_GT(std::abs(all_frames.score - direct.score), 1e-4);
+}
+
+TEST(AsrModel, TiedDecoderEmbeddingIsOneParameterTrainedByBothUses) {
+  torch::manual_seed(23);
+  AsrConfig config = small_config(kVariants[0], true);
+  config.encoder.use_dynamic_chunk = false;
+  config.encoder.dropout_rate = config.encoder.positional_dropout_rate = 0.0;
+  config.decoder.dropout_rate = config.decoder.positional_dropout_rate = 0.0;
+  AsrConfig tied_config = config;
+  tied_config.decoder.tie_word_embedding = true;
+  EXPECT_TRUE(AsrConfig::from_yaml(tied_config.to_yaml(), "test").decoder.tie_word_embedding);
+  AsrModel tied(tied_config), untied(config);
+  randomize(tied);
+  auto count = [](AsrModel& m) {
+    int64_t n = 0;
+    for (const auto& p : m.parameters()) n += p.numel();
+    return n;
+  };
+  const int64_t d = config.encoder.output_size, vocab = config.vocab_size;
+  EXPECT_EQ(count(untied) - count(tied), 2 * vocab * d);  // one [V, D] less per decoder
+  const auto tied_params = tied.named_parameters();
+  EXPECT_FALSE(tied_params.contains("decoder.left_decoder.output_layer.weight"));
+  EXPECT_TRUE(tied_params.contains("decoder.left_decoder.output_layer.bias"));
+  // The untied model with the same numbers, its output weights copies of the embeddings.
+  {
+    torch::NoGradGuard no_grad;
+    for (auto& p : untied.named_parameters()) {
+      std::string name = p.key();
+      const size_t at = name.find("output_layer.weight");
+      if (at != std::string::npos) name = name.substr(0, at) + "embed.0.weight";
+      p.value().copy_(tied_params[name]);
+    }
+    for (auto& b : untied.named_buffers()) b.value().copy_(tied.named_buffers()[b.key()]);
+  }
+  untied.eval();
+  const torch::Tensor feats = torch::randn({2, 90, 20});
+  const torch::Tensor lens = torch::tensor({90, 70}, torch::kLong);
+  const std::vector<std::vector<int64_t>> targets = {{1, 2, 3}, {4, 5, 6, 7}};
+  const AsrLosses a = tied.forward_train(feats, lens, targets), b = untied.forward_train(feats, lens, targets);
+  EXPECT_NEAR(a.loss.item<double>(), b.loss.item<double>(), 1e-6 * std::abs(b.loss.item<double>()));
+  a.loss.backward();
+  b.loss.backward();
+  // The tied weight's gradient is the sum of the two uses' gradients.
+  const auto untied_params = untied.named_parameters();
+  for (const std::string side : {"left_decoder", "right_decoder"}) {
+    const std::string prefix = "decoder." + side + ".";
+    const torch::Tensor want =
+        untied_params[prefix + "embed.0.weight"].grad() + untied_params[prefix + "output_layer.weight"].grad();
+    EXPECT_LT(max_diff(tied_params[prefix + "embed.0.weight"].grad(), want), 1e-5) << side;
+  }
+  // Saved and loaded, the model stays tied and computes the same.
+  const std::string dir = temp_dir("tied_asr");
+  save_model(dir + "/m", tied);
+  auto loaded = std::dynamic_pointer_cast<AsrModel>(load_model(dir + "/m"));
+  ASSERT_TRUE(loaded);
+  EXPECT_TRUE(loaded->config().decoder.tie_word_embedding);
+  torch::NoGradGuard no_grad;
+  auto [out, mask] = tied.encoder->forward(feats, lens, -1, -1);
+  const auto want = tied.decoder_log_probs(out.slice(0, 0, 1), {{1, 2}, {3}});
+  const auto got = loaded->decoder_log_probs(out.slice(0, 0, 1), {{1, 2}, {3}});
+  EXPECT_LT(max_diff(want.first, got.first), 1e-6);
+  EXPECT_LT(max_diff(want.second, got.second), 1e-6);
 }

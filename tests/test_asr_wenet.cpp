@@ -10,6 +10,7 @@
 #include "moekit/audio/audio_file.h"
 #include "moekit/audio/fbank.h"
 #include "moekit/core/file_io.h"
+#include "moekit/core/model_dir.h"
 #include "moekit/core/torch_checkpoint.h"
 #include "moekit/decode/recognizer.h"
 #include "moekit/models/asr/wenet_import.h"
@@ -210,7 +211,10 @@ TEST(WenetFixture, UnsupportedOptionsAndMismatchesAreRefusedByName) {
       {"squeezeformer", [](YAML::Node& y) { y["encoder"] = "squeezeformer"; }, "encoder 'squeezeformer'"},
       {"transducer", [](YAML::Node& y) { y["model"] = "transducer"; }, "model 'transducer'"},
       {"rope", [](YAML::Node& y) { y["encoder_conf"]["pos_enc_layer_type"] = "rope_pos"; }, "rope_pos"},
-      {"tie", [](YAML::Node& y) { y["decoder_conf"]["tie_word_embedding"] = true; }, "decoder_conf.tie_word_embedding"},
+      // Tying asked of a checkpoint whose weights are not tied.
+      {"tie", [](YAML::Node& y) { y["decoder_conf"]["tie_word_embedding"] = true; },
+       "tie_word_embedding is set, but decoder.left_decoder.output_layer.weight differs from "
+       "decoder.left_decoder.embed.0.weight"},
       // Another architecture than the checkpoint's: every mismatch named.
       {"deeper", [](YAML::Node& y) { y["encoder_conf"]["num_blocks"] = 3; }, "encoder.encoders.2."},
       {"wider", [](YAML::Node& y) { y["encoder_conf"]["linear_units"] = 256; }, "feed_forward.experts.w1"},
@@ -242,6 +246,40 @@ TEST(WenetFixture, NonBlankEmbeddingOptionIsImported) {
   const std::string out = testing::TempDir() + "/moekit_non_blank_model";
   save_asr_model(out, *imported.model, imported.units);
   EXPECT_TRUE(load_asr_model(out).model->config().apply_non_blank_embedding);
+}
+
+TEST(WenetFixture, TiedDecoderCheckpointIsImportedOnce) {
+  REQUIRE_FIXTURE();
+  // The fixture's state dict made tied, as WeNet saves a tied model: the
+  // output weights equal to the embeddings, under both names.
+  TensorMap sd = read_torch_checkpoint(dir + "/final.pt");
+  for (const char* side : {"left_decoder", "right_decoder"}) {
+    const std::string prefix = std::string("decoder.") + side + ".";
+    ASSERT_TRUE(sd.count(prefix + "embed.0.weight") && sd.count(prefix + "output_layer.weight"));
+    sd[prefix + "output_layer.weight"] = sd[prefix + "embed.0.weight"].clone();
+  }
+  YAML::Node y = YAML::LoadFile(dir + "/train.yaml");
+  const AsrConfig untied_config = wenet_config(y, "train.yaml");
+  y["decoder_conf"]["tie_word_embedding"] = true;
+  const AsrConfig tied_config = wenet_config(y, "train.yaml");
+  ASSERT_TRUE(tied_config.decoder.tie_word_embedding);
+  auto load = [&](const AsrConfig& config) {
+    TensorMap weights = map_wenet_weights(sd, config, "final.pt");
+    weights["encoder.global_cmvn.mean"] = torch::zeros({config.encoder.input_dim});
+    weights["encoder.global_cmvn.istd"] = torch::ones({config.encoder.input_dim});
+    auto model = std::make_shared<AsrModel>(config);
+    load_module_state(*model, weights, "final.pt");
+    model->eval();
+    return model;
+  };
+  const auto tied = load(tied_config), untied = load(untied_config);
+  EXPECT_FALSE(tied->named_parameters().contains("decoder.left_decoder.output_layer.weight"));
+  torch::NoGradGuard no_grad;
+  const torch::Tensor feats = fixture(dir).reference.at("fbank").unsqueeze(0);
+  auto [out, mask] = untied->encoder->forward(feats, torch::full({1}, feats.size(1), torch::kLong));
+  const auto a = tied->decoder_log_probs(out, {{3, 5, 7}, {2}}), b = untied->decoder_log_probs(out, {{3, 5, 7}, {2}});
+  EXPECT_TRUE(torch::equal(a.first, b.first));
+  EXPECT_TRUE(torch::equal(a.second, b.second));
 }
 
 TEST(WenetFixture, CorruptCheckpointsAreRefused) {

@@ -119,6 +119,7 @@ YAML::Node AsrConfig::to_yaml() const {
   d["self_attention_dropout_rate"] = dc.self_attention_dropout_rate;
   d["src_attention_dropout_rate"] = dc.src_attention_dropout_rate;
   d["normalize_before"] = dc.normalize_before;
+  if (dc.tie_word_embedding) d["tie_word_embedding"] = true;  // older readers stay able to load the rest
   n["decoder_conf"] = d;
   YAML::Node m;
   m["ctc_weight"] = ctc_weight;
@@ -181,7 +182,8 @@ AsrConfig AsrConfig::from_yaml(const YAML::Node& n, const std::string& where) {
   check_known_keys(dn,
                    {"attention_heads", "linear_units", "num_blocks", "r_num_blocks", "dropout_rate",
                     "positional_dropout_rate", "self_attention_dropout_rate", "src_attention_dropout_rate",
-                    "normalize_before", "activation_type", "mlp_type", "n_expert", "n_expert_activated", "mlp_bias"},
+                    "normalize_before", "activation_type", "mlp_type", "n_expert", "n_expert_activated", "mlp_bias",
+                    "tie_word_embedding"},
                    dw);
   d.attention_heads = yaml_get_or<int64_t>(dn, "attention_heads", 4, dw);
   d.num_blocks = yaml_get_or<int64_t>(dn, "num_blocks", 6, dw);
@@ -192,6 +194,7 @@ AsrConfig AsrConfig::from_yaml(const YAML::Node& n, const std::string& where) {
   d.self_attention_dropout_rate = yaml_get_or<double>(dn, "self_attention_dropout_rate", 0.0, dw);
   d.src_attention_dropout_rate = yaml_get_or<double>(dn, "src_attention_dropout_rate", 0.0, dw);
   d.normalize_before = yaml_get_or<bool>(dn, "normalize_before", true, dw);
+  d.tie_word_embedding = yaml_get_or<bool>(dn, "tie_word_embedding", false, dw);
 
   const YAML::Node mn = n["model_conf"];
   const std::string mw = where + ": model_conf";

@@ -55,6 +55,10 @@ struct TransformerDecoderConfig {
   double self_attention_dropout_rate = 0.0;
   double src_attention_dropout_rate = 0.0;
   bool normalize_before = true;
+  // WeNet's tie_word_embedding: each decoder's output projection uses its
+  // token embedding's weight (one tensor, trained by both uses); only the
+  // projection's bias is a parameter of its own.
+  bool tie_word_embedding = false;
 };
 
 struct AsrConfig {

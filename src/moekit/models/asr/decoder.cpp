@@ -37,6 +37,21 @@ torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& tgt, const torch::T
   return block(norm3, x, [&](const torch::Tensor& h) { return feed_forward.forward(h, token_mask); });
 }
 
+OutputLayerImpl::OutputLayerImpl(int64_t in, int64_t out, torch::Tensor tied_weight) : tied_(tied_weight.defined()) {
+  // torch::nn::Linear's initialisation for what is ours.
+  const double bound = 1.0 / std::sqrt(static_cast<double>(in));
+  if (tied_) {
+    MOEKIT_CHECK_ARG(tied_weight.dim() == 2 && tied_weight.size(0) == out && tied_weight.size(1) == in,
+                     "decoder: a tied output weight must be [", out, ", ", in, "], got ", tied_weight.sizes());
+    weight = tied_weight;
+  } else {
+    weight = register_parameter("weight", torch::empty({out, in}));
+    torch::nn::init::kaiming_uniform_(weight, std::sqrt(5.0));
+  }
+  bias = register_parameter("bias", torch::empty({out}));
+  torch::nn::init::uniform_(bias, -bound, bound);
+}
+
 TransformerDecoderImpl::TransformerDecoderImpl(int64_t vocab, int64_t d, int64_t num_blocks,
                                                const TransformerDecoderConfig& c)
     : d_model_(d), normalize_before_(c.normalize_before) {
@@ -46,7 +61,8 @@ TransformerDecoderImpl::TransformerDecoderImpl(int64_t vocab, int64_t d, int64_t
   decoders = register_module("decoders", nn::ModuleList());
   for (int64_t i = 0; i < num_blocks; ++i) decoders->push_back(DecoderLayer(d, c));
   after_norm = register_module("after_norm", nn::LayerNorm(nn::LayerNormOptions({d}).eps(1e-5)));
-  output_layer = register_module("output_layer", nn::Linear(d, vocab));
+  output_layer = register_module(
+      "output_layer", OutputLayer(d, vocab, c.tie_word_embedding ? embedding_->weight : torch::Tensor()));
   pos_dropout_ = register_module("pos_dropout", nn::Dropout(c.positional_dropout_rate));
 }
 

@@ -28,6 +28,22 @@ class DecoderLayerImpl : public torch::nn::Module {
 };
 TORCH_MODULE(DecoderLayer);
 
+// The decoder's output projection, named like torch::nn::Linear (weight,
+// bias). Tied: `weight` is not a parameter here but the given tensor (the
+// token embedding's), so parameters(), checkpoints and optimizers see it once.
+class OutputLayerImpl : public torch::nn::Module {
+ public:
+  OutputLayerImpl(int64_t in, int64_t out, torch::Tensor tied_weight = {});
+  torch::Tensor forward(const torch::Tensor& x) { return torch::nn::functional::linear(x, weight, bias); }
+  bool tied() const { return tied_; }
+
+  torch::Tensor weight, bias;
+
+ private:
+  bool tied_;
+};
+TORCH_MODULE(OutputLayer);
+
 class TransformerDecoderImpl : public torch::nn::Module {
  public:
   TransformerDecoderImpl(int64_t vocab_size, int64_t d_model, int64_t num_blocks, const TransformerDecoderConfig& config);
@@ -38,7 +54,7 @@ class TransformerDecoderImpl : public torch::nn::Module {
   torch::nn::Sequential embed{nullptr};  // embed.0 = token embedding
   torch::nn::ModuleList decoders{nullptr};
   torch::nn::LayerNorm after_norm{nullptr};
-  torch::nn::Linear output_layer{nullptr};
+  OutputLayer output_layer{nullptr};
 
  private:
   int64_t d_model_;

@@ -124,14 +124,14 @@ AsrConfig wenet_config(const YAML::Node& y, const std::string& where) {
 
   std::set<std::string> dec_keys = {"attention_heads", "num_blocks", "r_num_blocks", "dropout_rate",
                                     "positional_dropout_rate", "self_attention_dropout_rate",
-                                    "src_attention_dropout_rate", "normalize_before"};
+                                    "src_attention_dropout_rate", "normalize_before", "tie_word_embedding"};
   dec_keys.insert(kFfnKeys.begin(), kFfnKeys.end());
   YAML::Node dec = filter_conf(y["decoder_conf"], "decoder_conf", dec_keys,
                                {{"input_layer", "embed"}, {"use_output_layer", "true"}, {"src_attention", "true"},
                                 {"query_bias", "true"}, {"key_bias", "true"}, {"value_bias", "true"},
                                 {"src_query_bias", "true"}, {"src_key_bias", "true"}, {"src_value_bias", "true"},
                                 {"layer_norm_type", "layer_norm"}, {"norm_eps", "1e-5"}, {"n_kv_head", "null"},
-                                {"head_dim", "null"}, {"tie_word_embedding", "false"}},
+                                {"head_dim", "null"}},
                                {"gradient_checkpointing", "use_sdpa"});
   if (decoder == "transformer") dec["r_num_blocks"] = 0;
   else if (!dec["r_num_blocks"].IsDefined()) dec["r_num_blocks"] = 0;
@@ -199,6 +199,20 @@ TensorMap map_wenet_weights(const TensorMap& wenet, const AsrConfig& config, con
       stack.push_back(it->second);
     }
     out[name] = torch::stack(stack);
+  }
+  if (config.decoder.tie_word_embedding) {
+    // Tied weights are saved under both names; the model holds them once.
+    for (const std::string side : {"left_decoder", "right_decoder"}) {
+      const std::string weight = "decoder." + side + ".output_layer.weight";
+      const std::string embed = "decoder." + side + ".embed.0.weight";
+      const auto it = out.find(weight);
+      if (it == out.end()) continue;
+      const auto emb = out.find(embed);
+      MOEKIT_CHECK_ARG(emb != out.end() && it->second.sizes() == emb->second.sizes() &&
+                           torch::equal(it->second, emb->second),
+                       where, ": decoder_conf.tie_word_embedding is set, but ", weight, " differs from ", embed);
+      out.erase(it);
+    }
   }
   return out;
 }
