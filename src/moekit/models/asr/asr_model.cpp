@@ -61,10 +61,9 @@ std::pair<torch::Tensor, torch::Tensor> AsrModel::non_blank_frames(const torch::
     frames.push_back(encoder_out[b].index_select(0, index));
     counts.push_back(index.size(0));
   }
-  const int64_t longest = *std::max_element(counts.begin(), counts.end());
-  torch::Tensor out_mask = torch::zeros({batch, longest}, torch::kBool);
-  for (int64_t b = 0; b < batch; ++b) out_mask[b].narrow(0, 0, counts[b]).fill_(true);
-  return {torch::nn::utils::rnn::pad_sequence(frames, /*batch_first=*/true), out_mask};
+  const torch::Tensor padded = torch::nn::utils::rnn::pad_sequence(frames, /*batch_first=*/true);
+  const torch::Tensor out_mask = torch::arange(padded.size(1)).unsqueeze(0) < torch::tensor(counts).unsqueeze(1);
+  return {padded, out_mask};
 }
 
 torch::Tensor label_smoothing_loss(const torch::Tensor& logits, const torch::Tensor& targets, double smoothing,

@@ -37,10 +37,10 @@ torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& tgt, const torch::T
   return block(norm3, x, [&](const torch::Tensor& h) { return feed_forward.forward(h, token_mask); });
 }
 
-OutputLayerImpl::OutputLayerImpl(int64_t in, int64_t out, torch::Tensor tied_weight) : tied_(tied_weight.defined()) {
+OutputLayerImpl::OutputLayerImpl(int64_t in, int64_t out, torch::Tensor tied_weight) {
   // torch::nn::Linear's initialisation for what is ours.
   const double bound = 1.0 / std::sqrt(static_cast<double>(in));
-  if (tied_) {
+  if (tied_weight.defined()) {
     MOEKIT_CHECK_ARG(tied_weight.dim() == 2 && tied_weight.size(0) == out && tied_weight.size(1) == in,
                      "decoder: a tied output weight must be [", out, ", ", in, "], got ", tied_weight.sizes());
     weight = tied_weight;

@@ -35,12 +35,8 @@ class OutputLayerImpl : public torch::nn::Module {
  public:
   OutputLayerImpl(int64_t in, int64_t out, torch::Tensor tied_weight = {});
   torch::Tensor forward(const torch::Tensor& x) { return torch::nn::functional::linear(x, weight, bias); }
-  bool tied() const { return tied_; }
 
   torch::Tensor weight, bias;
-
- private:
-  bool tied_;
 };
 TORCH_MODULE(OutputLayer);
 
