@@ -8,6 +8,7 @@
 
 #include "moekit/core/check.h"
 #include "moekit/core/runtime.h"
+#include "moekit/moe/panel_kernel.h"
 
 namespace moekit {
 namespace {
@@ -22,8 +23,9 @@ using torch::autograd::variable_list;
 // expert and on par at 96; see bench/README.md). Per expert, so one expert that draws many rows does not
 // push the rest of an unevenly routed batch onto GEMMs too small for BLAS.
 constexpr int64_t kSmallRowsMaxRows = 80;
-// Weight rows per small-rows work item.
+// Weight rows per small-rows work item: one weight panel.
 constexpr int64_t kSmallRowsTile = 32;
+static_assert(kSmallRowsTile % detail::kPanelWidth == 0, "work items must cover whole panels");
 
 // mm/sum into a view (the out= overloads want an lvalue).
 void mm_into(torch::Tensor out, const torch::Tensor& a, const torch::Tensor& b) { torch::mm_out(out, a, b); }
@@ -103,16 +105,32 @@ std::vector<WorkItem> tile_work(const std::vector<int64_t>& tokens_per_expert, i
 
 // out[rows of e] = in[rows of e] W[e]^T (+ bias[e]) for every expert with
 // rows in `tokens` (the experts this kernel serves; the others have 0 there),
-// by the small-rows kernel: tiles of weight rows in parallel. `offsets` are
-// the experts' first rows in the full row order.
+// by the small-rows kernel, or its panel form when `panels` (W packed by
+// pack_panels) is given: tiles of weight rows in parallel. `offsets` are the
+// experts' first rows in the full row order.
 void small_rows_linear_experts(const torch::Tensor& in, const std::vector<int64_t>& tokens,
                                const std::vector<int64_t>& offsets, const torch::Tensor& weight,
-                               const torch::Tensor& bias, torch::Tensor& out) {
+                               const torch::Tensor& bias, const torch::Tensor& panels, torch::Tensor& out) {
   const int64_t in_dim = in.size(1), out_dim = weight.size(1);
   const float* in_ptr = in.data_ptr<float>();
   const float* w_ptr = weight.data_ptr<float>();
   const float* b_ptr = bias.defined() ? bias.data_ptr<float>() : nullptr;
   float* out_ptr = out.data_ptr<float>();
+  const std::vector<WorkItem> items = tile_work(tokens, out_dim);
+  if (panels.defined()) {
+    const float* p_ptr = panels.data_ptr<float>();
+    const int64_t expert_stride = panels.stride(0);
+    at::parallel_for(0, static_cast<int64_t>(items.size()), 1, [&](int64_t begin, int64_t end) {
+      for (int64_t item = begin; item < end; ++item) {
+        const WorkItem& it = items[item];
+        const int64_t row0 = offsets[it.expert];
+        detail::panel_linear(in_ptr + row0 * in_dim, tokens[it.expert], in_dim, in_dim,
+                             p_ptr + it.expert * expert_stride, b_ptr ? b_ptr + it.expert * out_dim : nullptr,
+                             it.begin, it.end, out_ptr + row0 * out_dim, out_dim);
+      }
+    });
+    return;
+  }
   // Each expert's rows packed once for all its weight tiles.
   std::vector<int64_t> packed_at(tokens.size() + 1, 0);
   for (size_t e = 0; e < tokens.size(); ++e) {
@@ -124,7 +142,6 @@ void small_rows_linear_experts(const torch::Tensor& in, const std::vector<int64_
       detail::small_rows_pack(in_ptr + offsets[e] * in_dim, tokens[e], in_dim, in_dim, packed.data() + packed_at[e]);
     }
   }
-  const std::vector<WorkItem> items = tile_work(tokens, out_dim);
   at::parallel_for(0, static_cast<int64_t>(items.size()), 1, [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
       const WorkItem& it = items[item];
@@ -189,15 +206,15 @@ ForwardResult grouped_ffn_forward(const torch::Tensor& x, const std::vector<int6
   const bool any_gemm = std::any_of(gemm_tokens.begin(), gemm_tokens.end(), [](int64_t n) { return n > 0; });
   const std::vector<int64_t> offsets = row_offsets(tokens_per_expert);
   auto linear = [&](const torch::Tensor& in, const torch::Tensor& weight, const torch::Tensor& bias,
-                    torch::Tensor& out) {
-    if (any_small) small_rows_linear_experts(in, small_tokens, offsets, weight, bias, out);
+                    const torch::Tensor& panels, torch::Tensor& out) {
+    if (any_small) small_rows_linear_experts(in, small_tokens, offsets, weight, bias, panels, out);
     if (any_gemm) gemm_linear_experts(in, gemm_tokens, offsets, weight, bias, out);
   };
-  linear(x, w.w1, w.b1, r.h1);
-  if (gated) linear(x, w.w3, torch::Tensor(), r.h3);
+  linear(x, w.w1, w.b1, w.w1_panels, r.h1);
+  if (gated) linear(x, w.w3, torch::Tensor(), w.w3_panels, r.h3);
   // The activation over all rows at once: LibTorch's vectorized kernels.
   const torch::Tensor a = apply_activation(options.activation, r.h1, r.h3);  // [M, H]
-  linear(a, w.w2, w.b2, r.y);
+  linear(a, w.w2, w.b2, w.w2_panels, r.y);
   return r;
 }
 
@@ -216,7 +233,7 @@ class GroupedFfnFunction : public torch::autograd::Function<GroupedFfnFunction> 
                                int64_t activation, int64_t kernel) {
     GroupedFfnOptions options{static_cast<Activation>(activation), static_cast<GroupedFfnKernel>(kernel)};
     ForwardResult r = grouped_ffn_forward(x, tokens_per_expert,
-                                          {w1, from_placeholder(b1), from_placeholder(w3), w2, from_placeholder(b2)},
+                                          {w1, from_placeholder(b1), from_placeholder(w3), w2, from_placeholder(b2), {}, {}, {}},
                                           options);
     ctx->save_for_backward({x, w1, w3, w2, r.h1, r.h3.defined() ? r.h3 : torch::empty({0}, x.options())});
     ctx->saved_data["tokens_per_expert"] = tokens_per_expert;
@@ -327,7 +344,34 @@ torch::Tensor grouped_ffn(const torch::Tensor& x, const std::vector<int64_t>& to
                    "grouped_ffn: w3 must be given exactly for gated activations");
   MOEKIT_CHECK_ARG(std::accumulate(tokens_per_expert.begin(), tokens_per_expert.end(), int64_t{0}) == x.size(0),
                    "grouped_ffn: tokens_per_expert sums to a different count than x's ", x.size(0), " rows");
+  auto check_panels = [&](const torch::Tensor& panels, const torch::Tensor& w, const char* name) {
+    if (!panels.defined()) return;
+    const int64_t out = w.size(1), in = w.size(2);
+    MOEKIT_CHECK_ARG(panels.scalar_type() == torch::kFloat && panels.is_contiguous() &&
+                         panels.sizes() == torch::IntArrayRef({num_experts, (out + detail::kPanelWidth - 1) /
+                                                                                  detail::kPanelWidth,
+                                                               in, detail::kPanelWidth}),
+                     "grouped_ffn: ", name, " must be pack_panels of its weight, got ", panels.sizes());
+  };
+  check_panels(weights.w1_panels, weights.w1, "w1_panels");
+  if (weights.w3.defined()) check_panels(weights.w3_panels, weights.w3, "w3_panels");
+  check_panels(weights.w2_panels, weights.w2, "w2_panels");
   const torch::Tensor x_contiguous = x.contiguous();
+  const bool needs_grad = torch::GradMode::is_enabled() &&
+                          (x.requires_grad() || weights.w1.requires_grad() || weights.w2.requires_grad() ||
+                           (weights.w3.defined() && weights.w3.requires_grad()) ||
+                           (weights.b1.defined() && weights.b1.requires_grad()) ||
+                           (weights.b2.defined() && weights.b2.requires_grad()));
+  if (!needs_grad) {
+    // Inference: no autograd node, and the panels when given.
+    ExpertWeights w = weights;
+    w.w1 = w.w1.contiguous();
+    w.w2 = w.w2.contiguous();
+    if (w.w3.defined()) w.w3 = w.w3.contiguous();
+    if (w.b1.defined()) w.b1 = w.b1.contiguous();
+    if (w.b2.defined()) w.b2 = w.b2.contiguous();
+    return grouped_ffn_forward(x_contiguous, tokens_per_expert, w, options).y;
+  }
   return GroupedFfnFunction::apply(x_contiguous, weights.w1.contiguous(), to_placeholder(weights.b1, x),
                                    to_placeholder(weights.w3, x), weights.w2.contiguous(),
                                    to_placeholder(weights.b2, x), tokens_per_expert,

@@ -25,6 +25,10 @@ struct ExpertWeights {
   torch::Tensor w3;  // [E, H, D] (SwiGLU only) or undefined
   torch::Tensor w2;  // [E, D, H]
   torch::Tensor b2;  // [E, D] or undefined
+  // Optional: the same w1, w3, w2 packed by pack_panels (packed_weights.h),
+  // for the small-rows experts of a forward that needs no gradient. Faster
+  // on few rows per expert; same results up to float rounding.
+  torch::Tensor w1_panels, w3_panels, w2_panels;
 };
 
 enum class GroupedFfnKernel {

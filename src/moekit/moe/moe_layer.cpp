@@ -29,6 +29,26 @@ void ExpertsImpl::reset_parameters() {
   if (b2.defined()) b2.uniform_(-bound_hidden, bound_hidden);
 }
 
+ExpertWeights ExpertsImpl::weights_for(const torch::Tensor& x, const std::vector<int64_t>& tokens_per_expert,
+                                       GroupedFfnKernel kernel) {
+  ExpertWeights w = weights();
+  if (torch::GradMode::is_enabled()) {
+    w1_panels_.clear();
+    w3_panels_.clear();
+    w2_panels_.clear();
+    return w;
+  }
+  if (!weight_panels_enabled() || !w1.device().is_cpu() || w1.scalar_type() != torch::kFloat) return w;
+  const std::vector<bool> small = grouped_ffn_small_rows_experts(x, tokens_per_expert, kernel);
+  bool any = false;
+  for (size_t e = 0; e < small.size(); ++e) any = any || (small[e] && tokens_per_expert[e] > 0);
+  if (!any) return w;
+  w.w1_panels = w1_panels_.get(w1);
+  if (w3.defined()) w.w3_panels = w3_panels_.get(w3);
+  w.w2_panels = w2_panels_.get(w2);
+  return w;
+}
+
 MoELayerImpl::MoELayerImpl(const MoEOptions& options) : options_(options) {
   options_.validate();
   gate = register_module(
@@ -163,7 +183,8 @@ torch::Tensor MoELayerImpl::forward(const torch::Tensor& input, const RouteInput
 
   const torch::Tensor rows = tokens.index_select(0, plan.token_of_row);  // [M, D], grouped by expert
   const torch::Tensor expert_out =
-      grouped_ffn(rows, plan.tokens_per_expert, experts->weights(), {options_.activation, kernel_});  // [M, D]
+      grouped_ffn(rows, plan.tokens_per_expert, experts->weights_for(rows, plan.tokens_per_expert, kernel_),
+                  {options_.activation, kernel_});  // [M, D]
   const torch::Tensor row_weight =
       decision.expert_weight.reshape(-1).index_select(0, plan.slot_of_row).to(expert_out.scalar_type());  // [M]
   const torch::Tensor combined = torch::zeros({num_tokens, d_model}, expert_out.options())

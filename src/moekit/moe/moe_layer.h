@@ -16,6 +16,7 @@
 
 #include "moekit/moe/grouped_ffn.h"
 #include "moekit/moe/options.h"
+#include "moekit/moe/packed_weights.h"
 
 namespace moekit {
 
@@ -42,9 +43,19 @@ class ExpertsImpl : public torch::nn::Module {
  public:
   ExpertsImpl(int64_t num_experts, int64_t d_model, int64_t d_hidden, bool gated, bool bias);
   void reset_parameters();  // torch.nn.Linear's default init, per expert
-  ExpertWeights weights() const { return {w1, b1, w3, w2, b2}; }
+  ExpertWeights weights() const { return {w1, b1, w3, w2, b2, {}, {}, {}}; }
+  // The weights for a forward of rows x routed as tokens_per_expert: with
+  // packed panels attached (packed on first use, kept until the weights
+  // change) when no gradient is being recorded, panels are enabled and some
+  // expert runs the small-rows kernel. A forward that records gradients
+  // frees the panels (training would make them stale).
+  ExpertWeights weights_for(const torch::Tensor& x, const std::vector<int64_t>& tokens_per_expert,
+                            GroupedFfnKernel kernel);
 
   torch::Tensor w1, b1, w3, w2, b2;  // see the file comment; b1/b2/w3 undefined when absent
+
+ private:
+  PanelCache w1_panels_, w3_panels_, w2_panels_;
 };
 TORCH_MODULE(Experts);
 

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "moekit/moe/grouped_ffn.h"
+#include "moekit/moe/simd.h"
 
 namespace moekit::detail {
 namespace {
@@ -34,18 +35,6 @@ constexpr int64_t kPackedPrefetchBlocks = 2;
 // How many weight rows ahead to prefetch: the hardware prefetcher alone left
 // the kernel at a third of the read bandwidth.
 constexpr int64_t kPrefetchRows = 4;
-
-template <int Lanes>
-struct Vec {
-  typedef float type __attribute__((vector_size(Lanes * sizeof(float))));
-};
-
-template <int Lanes>
-__attribute__((always_inline)) inline typename Vec<Lanes>::type load(const float* p) {
-  typename Vec<Lanes>::type v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
 
 // Horizontal sums as shuffle trees. A serial lane-by-lane sum (strict IEEE
 // order, so the compiler may not reorder it) cost more than the FMAs for

@@ -1,0 +1,64 @@
+#include "moekit/moe/packed_weights.h"
+
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+
+#include "moekit/core/check.h"
+
+namespace moekit {
+namespace {
+
+std::atomic<bool>& panels_flag() {
+  static std::atomic<bool> flag{[] {
+    const char* v = std::getenv("MOEKIT_WEIGHT_PANELS");
+    return v == nullptr || std::strcmp(v, "0") != 0;
+  }()};
+  return flag;
+}
+
+}  // namespace
+
+torch::Tensor pack_panels(const torch::Tensor& w) {
+  MOEKIT_CHECK_ARG(w.dim() >= 2 && w.scalar_type() == torch::kFloat && w.device().is_cpu(),
+                   "pack_panels: expected a CPU float32 tensor [..., out, in], got ", w.scalar_type(), " ",
+                   w.sizes());
+  torch::NoGradGuard no_grad;
+  const int64_t out = w.size(-2), in = w.size(-1);
+  const int64_t panels = (out + detail::kPanelWidth - 1) / detail::kPanelWidth;
+  // Pad out to whole panels, then [..., P, kPanelWidth, in] -> [..., P, in, kPanelWidth].
+  const torch::Tensor padded = torch::constant_pad_nd(w.detach(), {0, 0, 0, panels * detail::kPanelWidth - out});
+  std::vector<int64_t> shape = w.sizes().vec();
+  shape.pop_back();
+  shape.pop_back();
+  shape.insert(shape.end(), {panels, detail::kPanelWidth, in});
+  return padded.reshape(shape).transpose(-1, -2).contiguous();
+}
+
+bool weight_panels_enabled() { return panels_flag().load(std::memory_order_relaxed); }
+void set_weight_panels(bool enabled) { panels_flag().store(enabled, std::memory_order_relaxed); }
+
+torch::Tensor PanelCache::get(const torch::Tensor& w) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  const bool fresh = panels_.defined() && source_.is_same(w) && version_ == w._version() &&
+                     data_ == w.data_ptr() && sizes_ == w.sizes().vec();
+  if (!fresh) {
+    panels_ = pack_panels(w);
+    source_ = w;
+    version_ = w._version();
+    data_ = w.data_ptr();
+    sizes_ = w.sizes().vec();
+  }
+  return panels_;
+}
+
+void PanelCache::clear() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  panels_ = torch::Tensor();
+  source_ = torch::Tensor();
+  version_ = -1;
+  data_ = nullptr;
+  sizes_.clear();
+}
+
+}  // namespace moekit

@@ -1,0 +1,53 @@
+#pragma once
+// Weights packed into panels for inference (panel_kernel.h), and a cache
+// that keeps a packed copy in step with its source tensor.
+//
+// Packing costs one pass over the weights and a second copy of them in
+// memory; it pays off when the same weights serve many forwards on few rows
+// (decoding, streaming recognition). MoEKit packs only in inference (no
+// gradient needed), for CPU float32 weights, and only once a forward has
+// rows the small-rows kernels serve. Set MOEKIT_WEIGHT_PANELS=0 in the
+// environment, or call set_weight_panels(false), to never pack (the memory
+// then stays at one copy; decoding gets slower, results do not change beyond
+// float rounding).
+#include <torch/torch.h>
+
+#include <mutex>
+#include <vector>
+
+#include "moekit/moe/panel_kernel.h"
+
+namespace moekit {
+
+// w [..., out, in] float32 -> [..., ceil(out / kPanelWidth), in, kPanelWidth]
+// (zero-padded past out), contiguous.
+torch::Tensor pack_panels(const torch::Tensor& w);
+
+// Whether inference packs weights (MOEKIT_WEIGHT_PANELS, default on).
+bool weight_panels_enabled();
+void set_weight_panels(bool enabled);
+
+// A packed copy of one weight tensor, rebuilt when the tensor changes: a new
+// storage, an in-place update (the version counter LibTorch bumps on every
+// in-place write: optimizer steps, load_state_dict, copy_), new data
+// (set_data) or a new shape.
+// Thread-safe: forwards on one model from several threads share it.
+class PanelCache {
+ public:
+  // The panels of w (CPU, float32, contiguous).
+  torch::Tensor get(const torch::Tensor& w);
+  // Frees the packed copy (training: the next step would make it stale).
+  void clear();
+
+ private:
+  std::mutex mutex_;
+  // What was packed: the tensor (kept alive, so its address is not reused),
+  // its version counter, storage address (set_data keeps the version) and shape.
+  torch::Tensor source_;
+  int64_t version_ = -1;
+  const void* data_ = nullptr;
+  std::vector<int64_t> sizes_;
+  torch::Tensor panels_;
+};
+
+}  // namespace moekit
