@@ -8,6 +8,7 @@
 #include "moekit/moe/grouped_ffn.h"
 #include "moekit/moe/moe_layer.h"
 #include "moekit/moe/packed_weights.h"
+#include "moekit/nn/linear.h"
 
 namespace moekit {
 namespace {
@@ -182,6 +183,38 @@ TEST(MoELayer, InferenceWithPanelsFollowsWeightUpdates) {
   set_weight_panels(false);
   EXPECT_LE(max_abs_diff(infer(), with_panels), 1e-5);
   set_weight_panels(true);
+}
+
+}  // namespace
+}  // namespace moekit
+
+namespace moekit {
+namespace {
+
+// fast_linear with a panel cache: torch's linear up to rounding, in every
+// shape the fast path takes, and still after the weight changes in place.
+TEST(FastLinear, WithPanelsEqualsTorchLinearAndFollowsTheWeight) {
+  PanelCache cache;
+  torch::Tensor w = torch::randn({131, 37});
+  for (int64_t rows : {1, 3, 4, 7, 16}) {
+    for (bool with_bias : {false, true}) {
+      torch::NoGradGuard no_grad;
+      const torch::Tensor x = torch::randn({1, rows, 37});
+      const torch::Tensor b = with_bias ? torch::randn({131}) : torch::Tensor();
+      const torch::Tensor got = fast_linear(x, w, b, &cache);
+      EXPECT_EQ(got.sizes(), (std::vector<int64_t>{1, rows, 131}));
+      EXPECT_LT(max_abs_diff(got, torch::nn::functional::linear(x, w, b)), 1e-4) << rows;
+      w.add_(0.5);  // the next call must see the new weight
+    }
+  }
+  // A view made per call (as the convolution module's 1x1 weights) hits the cache.
+  torch::NoGradGuard no_grad;
+  const torch::Tensor conv_weight = torch::randn({64, 16, 1});
+  const torch::Tensor x = torch::randn({2, 16});
+  const torch::Tensor first = fast_linear(x, conv_weight.view({64, 16}), {}, &cache);
+  const torch::Tensor panels = cache.get(conv_weight.view({64, 16}));
+  EXPECT_EQ(cache.get(conv_weight.view({64, 16})).data_ptr(), panels.data_ptr());
+  EXPECT_LT(max_abs_diff(first, torch::mm(x, conv_weight.view({64, 16}).t())), 1e-4);
 }
 
 }  // namespace

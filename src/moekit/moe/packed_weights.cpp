@@ -39,9 +39,12 @@ bool weight_panels_enabled() { return panels_flag().load(std::memory_order_relax
 void set_weight_panels(bool enabled) { panels_flag().store(enabled, std::memory_order_relaxed); }
 
 torch::Tensor PanelCache::get(const torch::Tensor& w) {
+  MOEKIT_CHECK_ARG(w.is_contiguous(), "PanelCache: the weight must be contiguous");
   std::lock_guard<std::mutex> lock(mutex_);
-  const bool fresh = panels_.defined() && source_.is_same(w) && version_ == w._version() &&
-                     data_ == w.data_ptr() && sizes_ == w.sizes().vec();
+  // The same memory (no other live tensor can have source_'s address) at the
+  // same version: views of one weight, made afresh per call, share both.
+  const bool fresh = panels_.defined() && data_ == w.data_ptr() && version_ == w._version() &&
+                     sizes_ == w.sizes().vec();
   if (!fresh) {
     panels_ = pack_panels(w);
     source_ = w;

@@ -27,10 +27,11 @@ torch::Tensor pack_panels(const torch::Tensor& w);
 bool weight_panels_enabled();
 void set_weight_panels(bool enabled);
 
-// A packed copy of one weight tensor, rebuilt when the tensor changes: a new
-// storage, an in-place update (the version counter LibTorch bumps on every
-// in-place write: optimizer steps, load_state_dict, copy_), new data
-// (set_data) or a new shape.
+// A packed copy of one weight, rebuilt when the weight changes: other memory
+// (another tensor, set_data), an in-place update (the version counter
+// LibTorch bumps on every in-place write: optimizer steps, load_state_dict,
+// copy_) or a new shape. Views of the weight made per call (w.view(...))
+// share its memory and version, so they hit the cache.
 // Thread-safe: forwards on one model from several threads share it.
 class PanelCache {
  public:
@@ -41,8 +42,8 @@ class PanelCache {
 
  private:
   std::mutex mutex_;
-  // What was packed: the tensor (kept alive, so its address is not reused),
-  // its version counter, storage address (set_data keeps the version) and shape.
+  // What was packed: the tensor (kept alive, so no other tensor can have its
+  // address), its data address, version counter and shape.
   torch::Tensor source_;
   int64_t version_ = -1;
   const void* data_ = nullptr;

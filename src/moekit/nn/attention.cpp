@@ -36,9 +36,9 @@ torch::Tensor MultiHeadedAttentionImpl::forward(const torch::Tensor& query, cons
                                                 const torch::Tensor& value, const torch::Tensor& mask,
                                                 const torch::Tensor& pos_emb, KvCache* cache) {
   const int64_t batch = query.size(0), t1 = query.size(1);
-  torch::Tensor q = fast_linear(query, linear_q->weight, linear_q->bias).view({batch, t1, options_.heads, d_k_});
-  torch::Tensor k = split_heads(fast_linear(key, linear_k->weight, linear_k->bias));  // [B, H, T2, d_k]
-  torch::Tensor v = split_heads(fast_linear(value, linear_v->weight, linear_v->bias));
+  torch::Tensor q = fast_linear(query, linear_q->weight, linear_q->bias, &q_panels_).view({batch, t1, options_.heads, d_k_});
+  torch::Tensor k = split_heads(fast_linear(key, linear_k->weight, linear_k->bias, &k_panels_));  // [B, H, T2, d_k]
+  torch::Tensor v = split_heads(fast_linear(value, linear_v->weight, linear_v->bias, &v_panels_));
   const int64_t cached = cache ? cache->size() : 0;
   if (cache) {
     if (cache->size() > 0) {
@@ -54,7 +54,7 @@ torch::Tensor MultiHeadedAttentionImpl::forward(const torch::Tensor& query, cons
     MOEKIT_CHECK_ARG(pos_emb.defined() && pos_emb.size(1) == k.size(2), "rel-pos attention: pos_emb covers ",
                      pos_emb.defined() ? pos_emb.size(1) : 0, " positions, keys ", k.size(2));
     auto project = [&](const torch::Tensor& positions) {
-      return fast_linear(positions, linear_pos->weight).view({positions.size(0), -1, options_.heads, d_k_}).transpose(1, 2);
+      return fast_linear(positions, linear_pos->weight, {}, &pos_panels_).view({positions.size(0), -1, options_.heads, d_k_}).transpose(1, 2);
     };
     torch::Tensor p;
     if (cache && pos_emb.size(0) == 1) {
@@ -81,7 +81,7 @@ torch::Tensor MultiHeadedAttentionImpl::forward(const torch::Tensor& query, cons
   }
   torch::Tensor x = torch::matmul(dropout_->forward(attn), v);  // [B, H, T1, d_k]
   x = x.transpose(1, 2).contiguous().view({batch, t1, options_.d_model});
-  return fast_linear(x, linear_out->weight, linear_out->bias);
+  return fast_linear(x, linear_out->weight, linear_out->bias, &out_panels_);
 }
 
 void KvCache::keep_last(int64_t frames) {

@@ -7,6 +7,8 @@
 // pos_bias_u/v) so checkpoints map one to one.
 #include <torch/torch.h>
 
+#include "moekit/moe/packed_weights.h"
+
 namespace moekit {
 
 // A streaming key/value cache: [B, H, t, d_k] each; undefined = empty.
@@ -49,6 +51,7 @@ class MultiHeadedAttentionImpl : public torch::nn::Module {
   AttentionOptions options_;
   int64_t d_k_;
   torch::nn::Dropout dropout_{nullptr};
+  PanelCache q_panels_, k_panels_, v_panels_, out_panels_, pos_panels_;  // fast_linear's, per weight
 };
 TORCH_MODULE(MultiHeadedAttention);
 

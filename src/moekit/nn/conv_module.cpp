@@ -35,7 +35,8 @@ torch::Tensor ConvModuleImpl::forward(const torch::Tensor& input, const torch::T
   const torch::Tensor blocked = masked ? mask_pad.unsqueeze(2).logical_not() : torch::Tensor();  // [B, T, 1]
   torch::Tensor x = masked ? input.masked_fill(blocked, 0.0) : input;
   const int64_t channels = options_.channels;
-  x = torch::glu(fast_linear(x, pointwise_conv1->weight.view({2 * channels, channels}), pointwise_conv1->bias), -1);
+  x = torch::glu(fast_linear(x, pointwise_conv1->weight.view({2 * channels, channels}), pointwise_conv1->bias,
+                              &pointwise1_panels_), -1);
   // WeNet masks only before pointwise_conv1, so padded frames become
   // glu(bias) and reach the last real frames through the depthwise kernel:
   // a batch then decodes differently from its utterances one by one. Masking
@@ -65,7 +66,7 @@ torch::Tensor ConvModuleImpl::forward(const torch::Tensor& input, const torch::T
   x = x.transpose(1, 2);  // [B, T, C]
   if (layer_norm) x = layer_norm->forward(x);
   x = fast_linear(apply_activation(options_.activation, x, {}), pointwise_conv2->weight.view({channels, channels}),
-                  pointwise_conv2->bias);
+                  pointwise_conv2->bias, &pointwise2_panels_);
   if (masked) x = x.masked_fill(blocked, 0.0);
   return x;
 }

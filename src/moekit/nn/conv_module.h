@@ -5,6 +5,8 @@
 // batch_norm, activation, pointwise conv back to C. Names follow WeNet.
 #include <torch/torch.h>
 
+#include "moekit/moe/packed_weights.h"
+
 #include "moekit/nn/activation.h"
 
 namespace moekit {
@@ -37,6 +39,7 @@ class ConvModuleImpl : public torch::nn::Module {
 
  private:
   ConvModuleOptions options_;
+  PanelCache pointwise1_panels_, pointwise2_panels_;  // fast_linear's
 };
 TORCH_MODULE(ConvModule);
 

@@ -19,8 +19,9 @@ FeedForwardImpl::FeedForwardImpl(const FeedForwardOptions& options) : options_(o
 }
 
 torch::Tensor FeedForwardImpl::forward(const torch::Tensor& x) {
-  const torch::Tensor h3 = w3 ? fast_linear(x, w3->weight, w3->bias) : torch::Tensor();
-  return fast_linear(apply_activation(options_.activation, fast_linear(x, w1->weight, w1->bias), h3), w2->weight, w2->bias);
+  const torch::Tensor h3 = w3 ? fast_linear(x, w3->weight, w3->bias, &w3_panels_) : torch::Tensor();
+  const torch::Tensor h1 = fast_linear(x, w1->weight, w1->bias, &w1_panels_);
+  return fast_linear(apply_activation(options_.activation, h1, h3), w2->weight, w2->bias, &w2_panels_);
 }
 
 }  // namespace moekit

@@ -4,6 +4,8 @@
 // layer and a dense FFN convert into each other by indexing dim 0.
 #include <torch/torch.h>
 
+#include "moekit/moe/packed_weights.h"
+
 #include "moekit/nn/activation.h"
 
 namespace moekit {
@@ -25,6 +27,7 @@ class FeedForwardImpl : public torch::nn::Module {
 
  private:
   FeedForwardOptions options_;
+  PanelCache w1_panels_, w2_panels_, w3_panels_;  // fast_linear's
 };
 TORCH_MODULE(FeedForward);
 

@@ -5,10 +5,13 @@
 #include <vector>
 
 #include "moekit/moe/grouped_ffn.h"
+#include "moekit/moe/panel_kernel.h"
 
 namespace moekit {
 
-torch::Tensor fast_linear(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias) {
+torch::Tensor fast_linear(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias,
+                          PanelCache* panels) {
+  if (panels != nullptr && torch::GradMode::is_enabled()) panels->clear();
   const int64_t in = weight.size(1), out = weight.size(0);
   const bool small = !torch::GradMode::is_enabled() && x.device().is_cpu() && x.scalar_type() == torch::kFloat &&
                      weight.scalar_type() == torch::kFloat && weight.is_contiguous() && x.size(-1) == in &&
@@ -20,10 +23,20 @@ torch::Tensor fast_linear(const torch::Tensor& x, const torch::Tensor& weight, c
   shape.back() = out;
   torch::Tensor y = torch::empty({rows.size(0), out}, x.options());
   const float* xp = rows.data_ptr<float>();
-  const float* wp = weight.data_ptr<float>();
   const float* bp = bias.defined() ? bias.data_ptr<float>() : nullptr;
   float* yp = y.data_ptr<float>();
   const int64_t n = rows.size(0);
+  if (panels != nullptr && weight_panels_enabled()) {
+    const torch::Tensor packed = panels->get(weight);
+    const float* pp = packed.data_ptr<float>();
+    // Two panels (64 output rows) per task at least.
+    at::parallel_for(0, packed.size(0), 2, [&](int64_t begin, int64_t end) {
+      detail::panel_linear(xp, n, in, in, pp, bp, begin * detail::kPanelWidth,
+                           std::min(end * detail::kPanelWidth, out), yp, out);
+    });
+    return y.view(shape);
+  }
+  const float* wp = weight.data_ptr<float>();
   std::vector<float> packed(static_cast<size_t>(detail::small_rows_packed_floats(n, in)));
   detail::small_rows_pack(xp, n, in, in, packed.data());
   const float* xt = packed.empty() ? nullptr : packed.data();

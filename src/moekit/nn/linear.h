@@ -4,13 +4,20 @@
 // BLAS GEMV/GEMM call and its dispatch cost more than streaming W once, so
 // the rows go through MoEKit's small-rows kernel (the MoE experts' kernel),
 // threads splitting W's output rows. Everything else is torch's linear.
+// Given a PanelCache, the fast path runs on W packed into panels
+// (moe/packed_weights.h), made once and kept until W changes.
 #include <torch/torch.h>
+
+#include "moekit/moe/packed_weights.h"
 
 namespace moekit {
 
 constexpr int64_t kSmallRows = 16;
 
 // x [..., in], weight [out, in], bias [out] or undefined -> [..., out].
-torch::Tensor fast_linear(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias = {});
+// panels: the cache for this weight, or null. A call that records gradients
+// frees it (training would make it stale).
+torch::Tensor fast_linear(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias = {},
+                          PanelCache* panels = nullptr);
 
 }  // namespace moekit

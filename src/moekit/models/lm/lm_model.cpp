@@ -49,9 +49,9 @@ LmAttentionImpl::LmAttentionImpl(const LmConfig& c)
 torch::Tensor LmAttentionImpl::forward(const torch::Tensor& x, const RotaryTables& rope, int64_t offset,
                                        torch::Tensor* k_cache, torch::Tensor* v_cache) {
   const int64_t B = x.size(0), T = x.size(1), G = heads_ / kv_heads_;
-  torch::Tensor q = apply_rotary(fast_linear(x, q_proj->weight, q_proj->bias).view({B, T, heads_, head_dim_}).transpose(1, 2), rope);      // [B, H, T, hd]
-  torch::Tensor k = apply_rotary(fast_linear(x, k_proj->weight, k_proj->bias).view({B, T, kv_heads_, head_dim_}).transpose(1, 2), rope);   // [B, KV, T, hd]
-  torch::Tensor v = fast_linear(x, v_proj->weight, v_proj->bias).view({B, T, kv_heads_, head_dim_}).transpose(1, 2);                       // [B, KV, T, hd]
+  torch::Tensor q = apply_rotary(fast_linear(x, q_proj->weight, q_proj->bias, &q_panels_).view({B, T, heads_, head_dim_}).transpose(1, 2), rope);      // [B, H, T, hd]
+  torch::Tensor k = apply_rotary(fast_linear(x, k_proj->weight, k_proj->bias, &k_panels_).view({B, T, kv_heads_, head_dim_}).transpose(1, 2), rope);   // [B, KV, T, hd]
+  torch::Tensor v = fast_linear(x, v_proj->weight, v_proj->bias, &v_panels_).view({B, T, kv_heads_, head_dim_}).transpose(1, 2);                       // [B, KV, T, hd]
   int64_t keys = T;
   if (k_cache != nullptr) {
     k_cache->narrow(2, offset, T).copy_(k);
@@ -76,7 +76,7 @@ torch::Tensor LmAttentionImpl::forward(const torch::Tensor& x, const RotaryTable
                                 .view({B, heads_, T, head_dim_})
                                 .transpose(1, 2)
                                 .reshape({B, T, heads_ * head_dim_});
-  return fast_linear(out, o_proj->weight);
+  return fast_linear(out, o_proj->weight, {}, &o_panels_);
 }
 
 LmBlockImpl::LmBlockImpl(const LmConfig& c, int64_t layer) {
@@ -159,7 +159,7 @@ torch::Tensor LmModel::forward(const torch::Tensor& tokens, LmKvCache* cache, bo
   if (last_only) h = h.narrow(1, T - 1, 1);
   h = norm(h);
   const torch::Tensor logits =
-      fast_linear(h, config_.tie_embeddings ? embed_tokens->weight : lm_head->weight);
+      fast_linear(h, config_.tie_embeddings ? embed_tokens->weight : lm_head->weight, {}, &head_panels_);
   return logits.scalar_type() == torch::kDouble ? logits : logits.to(torch::kFloat);
 }
 

@@ -64,6 +64,7 @@ class LmAttentionImpl : public torch::nn::Module {
 
  private:
   int64_t heads_, kv_heads_, head_dim_;
+  PanelCache q_panels_, k_panels_, v_panels_, o_panels_;  // fast_linear's
 };
 TORCH_MODULE(LmAttention);
 
@@ -111,6 +112,7 @@ class LmModel : public Model {
  private:
   LmConfig config_;
   torch::nn::ModuleList layer_list_{nullptr};
+  PanelCache head_panels_;  // fast_linear's, for lm_head (or the tied embedding)
 };
 
 // An LM's architecture and weights (checkpoint names), as the scale and
