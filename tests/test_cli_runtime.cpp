@@ -1,6 +1,6 @@
 // The CLI's thread-pool wait settings (core/runtime.h): applied by starting
 // the program over when two or more threads run, never overriding a user's
-// own setting, and never repeating output.
+// own setting, and never repeating output; the weight-panel switch.
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
@@ -41,6 +41,17 @@ TEST(CliRuntime, UserSettingsAndTheOptOutAreKept) {
   EXPECT_EQ(wait.value("OMP_WAIT_POLICY", ""), "active");
   EXPECT_FALSE(wait.contains("GOMP_SPINCOUNT"));
   EXPECT_TRUE(thread_wait(run_clean("MOEKIT_THREAD_WAIT=1", "--threads 2 info --system --json")).empty());
+}
+
+TEST(CliRuntime, WeightPanelsAreOnUnlessTheEnvironmentSaysZero) {
+  auto panels = [](const std::string& env) {
+    const CliRun run = run_cli("--threads 1 info --system --json", "env -u MOEKIT_WEIGHT_PANELS " + env);
+    EXPECT_EQ(run.exit_code, 0) << run.output;
+    return nlohmann::json::parse(run.output).at("weight_panels").get<bool>();
+  };
+  EXPECT_TRUE(panels(""));
+  EXPECT_TRUE(panels("MOEKIT_WEIGHT_PANELS=1"));
+  EXPECT_FALSE(panels("MOEKIT_WEIGHT_PANELS=0"));
 }
 
 TEST(CliRuntime, BenchmarkOverSeveralThreadCountsPrintsOnce) {

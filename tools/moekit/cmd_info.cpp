@@ -13,6 +13,7 @@
 #include "moekit/core/version.h"
 #include "moekit/models/model.h"
 #include "moekit/moe/moe_layer.h"
+#include "moekit/moe/panel_kernel.h"
 
 namespace moekit::cli {
 namespace {
@@ -43,6 +44,9 @@ json system_info() {
     }
   }
   j["thread_wait"] = wait;
+  j["weight_panels"] = weight_panels_enabled();
+  j["small_rows_kernels"] = {{"panels", detail::panel_variants().front().first},
+                             {"rows", detail::small_rows_variants().front().first}};
   j["gemm_probe"] = {{"shape", "512x512x512 fp32"}, {"gflops", gemm_gflops(512, 0.3)}};
   return j;
 }
@@ -61,6 +65,9 @@ void print_system(const json& j) {
   std::cout << "\nthread pool wait:";
   if (j["thread_wait"].empty()) std::cout << " library defaults";
   for (const auto& [name, value] : j["thread_wait"].items()) std::cout << " " << name << "=" << value.get<std::string>();
+  std::cout << "\nsmall-rows kernels: " << j["small_rows_kernels"]["panels"].get<std::string>()
+            << "; inference weight panels: "
+            << (j["weight_panels"].get<bool>() ? "on (MOEKIT_WEIGHT_PANELS=0 turns them off)" : "off");
   std::cout << "\nGEMM probe: " << std::fixed << std::setprecision(1) << j["gemm_probe"]["gflops"].get<double>()
             << " GFLOP/s (512x512x512 fp32)\n";
   if (j["blas"]["reference_blas"].get<bool>()) {
