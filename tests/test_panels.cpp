@@ -93,7 +93,9 @@ TEST(PanelCache, RepacksExactlyWhenTheWeightChanges) {
 }
 
 TEST(GroupedFfn, PanelsGiveTheSameResultAsPlainWeights) {
-  const std::vector<std::vector<int64_t>> count_sets = {{3, 0, 5, 1}, {1, 1, 1, 1}, {90, 2, 0, 13}};
+  // {300, ...}: with panels every expert takes the panel kernel, also one
+  // with more rows than the small-rows kernel serves without them.
+  const std::vector<std::vector<int64_t>> count_sets = {{3, 0, 5, 1}, {1, 1, 1, 1}, {90, 2, 0, 13}, {300, 0, 17, 1}};
   for (Activation act : {Activation::Relu, Activation::Swish, Activation::SwiGLU}) {
     for (bool bias : {true, false}) {
       torch::manual_seed(5);
@@ -131,6 +133,21 @@ TEST(GroupedFfn, PanelsGiveTheSameResultAsPlainWeights) {
     }
   }
   set_num_threads(1);
+}
+
+TEST(GroupedFfn, WithPanelsAutoPicksThePanelKernelForEveryExpert) {
+  const torch::Tensor many = torch::zeros({4096, 8});
+  const bool simd = detail::panel_variants().front().first != "generic";
+  using Picks = std::vector<bool>;
+  EXPECT_EQ(grouped_ffn_small_rows_experts(many, {1024, 1024, 1024, 1024}, GroupedFfnKernel::Auto, true),
+            Picks(4, simd));
+  EXPECT_EQ(grouped_ffn_small_rows_experts(many, {1024, 1024, 1024, 1024}, GroupedFfnKernel::Auto, false),
+            Picks(4, false));
+  EXPECT_EQ(grouped_ffn_small_rows_experts(many, {1024, 1024, 1024, 1024}, GroupedFfnKernel::PerExpertGemm, true),
+            Picks(4, false));
+  EXPECT_EQ(grouped_ffn_small_rows_experts(many.to(torch::kFloat64), {1024, 1024, 1024, 1024},
+                                           GroupedFfnKernel::Auto, true),
+            Picks(4, false));
 }
 
 MoEOptions panel_moe_options() {

@@ -197,7 +197,8 @@ ForwardResult grouped_ffn_forward(const torch::Tensor& x, const std::vector<int6
   r.y = torch::empty({rows, x.size(1)}, x.options());
   if (rows == 0) return r;
   // Each expert's rows go through the small-rows kernel or a GEMM.
-  const std::vector<bool> small = grouped_ffn_small_rows_experts(x, tokens_per_expert, options.kernel);
+  const std::vector<bool> small =
+      grouped_ffn_small_rows_experts(x, tokens_per_expert, options.kernel, w.w1_panels.defined());
   std::vector<int64_t> small_tokens(tokens_per_expert.size(), 0), gemm_tokens(tokens_per_expert.size(), 0);
   for (size_t e = 0; e < tokens_per_expert.size(); ++e) {
     (small[e] ? small_tokens : gemm_tokens)[e] = tokens_per_expert[e];
@@ -314,7 +315,8 @@ class GroupedFfnFunction : public torch::autograd::Function<GroupedFfnFunction> 
 
 std::vector<bool> grouped_ffn_small_rows_experts(const torch::Tensor& x,
                                                  const std::vector<int64_t>& tokens_per_expert,
-                                                 GroupedFfnKernel requested) {
+                                                 GroupedFfnKernel requested, bool with_panels) {
+  static const bool panels_fast = detail::panel_variants().front().first != "generic";
   const bool small_rows_possible = x.device().is_cpu() && x.scalar_type() == torch::kFloat32;
   if (requested == GroupedFfnKernel::SmallRows) {
     MOEKIT_CHECK_ARG(small_rows_possible, "the SmallRows grouped-FFN kernel needs CPU float32 inputs, got ",
@@ -323,7 +325,8 @@ std::vector<bool> grouped_ffn_small_rows_experts(const torch::Tensor& x,
   std::vector<bool> small(tokens_per_expert.size(), false);
   if (!small_rows_possible || requested == GroupedFfnKernel::PerExpertGemm) return small;
   for (size_t e = 0; e < small.size(); ++e) {
-    small[e] = requested == GroupedFfnKernel::SmallRows || tokens_per_expert[e] <= kSmallRowsMaxRows;
+    small[e] = requested == GroupedFfnKernel::SmallRows || tokens_per_expert[e] <= kSmallRowsMaxRows ||
+               (with_panels && panels_fast);
   }
   return small;
 }

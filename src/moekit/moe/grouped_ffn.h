@@ -49,10 +49,14 @@ torch::Tensor grouped_ffn(const torch::Tensor& x, const std::vector<int64_t>& to
 
 // Which experts the small-rows kernel serves under `requested` (the others
 // run a BLAS GEMM each): Auto picks it per expert, for few rows on CPU
-// float32. Exposed for tests and benchmarks.
+// float32; with weight panels (with_panels) Auto picks it for every expert,
+// as the panel form is also faster than OpenBLAS on many rows (1024 rows per
+// expert: 2.5% at 1 thread, 7-12% at 2; bench/README.md, "Weight panels"),
+// except where only the generic (non-SIMD) variant exists. Exposed for tests
+// and benchmarks.
 std::vector<bool> grouped_ffn_small_rows_experts(const torch::Tensor& x,
                                                  const std::vector<int64_t>& tokens_per_expert,
-                                                 GroupedFfnKernel requested);
+                                                 GroupedFfnKernel requested, bool with_panels = false);
 
 namespace detail {
 
