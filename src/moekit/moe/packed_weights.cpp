@@ -26,8 +26,10 @@ torch::Tensor pack_panels(const torch::Tensor& w) {
   torch::NoGradGuard no_grad;
   const int64_t out = w.size(-2), in = w.size(-1);
   const int64_t panels = (out + detail::kPanelWidth - 1) / detail::kPanelWidth;
-  // Pad out to whole panels, then [..., P, kPanelWidth, in] -> [..., P, in, kPanelWidth].
-  const torch::Tensor padded = torch::constant_pad_nd(w.detach(), {0, 0, 0, panels * detail::kPanelWidth - out});
+  // Pad out to whole panels (a copy only when out is not a multiple), then
+  // [..., P, kPanelWidth, in] -> [..., P, in, kPanelWidth]: one more copy.
+  const int64_t pad = panels * detail::kPanelWidth - out;
+  const torch::Tensor padded = pad > 0 ? torch::constant_pad_nd(w.detach(), {0, 0, 0, pad}) : w.detach();
   std::vector<int64_t> shape = w.sizes().vec();
   shape.pop_back();
   shape.pop_back();
