@@ -31,7 +31,9 @@ void set_weight_panels(bool enabled);
 // (another tensor, set_data), an in-place update (the version counter
 // LibTorch bumps on every in-place write: optimizer steps, load_state_dict,
 // copy_) or a new shape. Views of the weight made per call (w.view(...))
-// share its memory and version, so they hit the cache.
+// share its memory and version, so they hit the cache. Writes through an
+// alias with its own version counter (from_blob over the same memory,
+// Tensor::data()) are not seen: MoEKit writes weights only in place.
 // Thread-safe: forwards on one model from several threads share it.
 class PanelCache {
  public:
