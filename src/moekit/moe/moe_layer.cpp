@@ -38,7 +38,10 @@ ExpertWeights ExpertsImpl::weights_for(const torch::Tensor& x, const std::vector
     w2_panels_.clear();
     return w;
   }
-  if (!weight_panels_enabled() || !w1.device().is_cpu() || w1.scalar_type() != torch::kFloat) return w;
+  if (!weight_panels_enabled() || !w1.device().is_cpu() || w1.scalar_type() != torch::kFloat ||
+      !w1.is_contiguous() || !w2.is_contiguous() || (w3.defined() && !w3.is_contiguous())) {
+    return w;
+  }
   const std::vector<bool> small = grouped_ffn_small_rows_experts(x, tokens_per_expert, kernel, /*with_panels=*/true);
   bool any = false;
   for (size_t e = 0; e < small.size(); ++e) any = any || (small[e] && tokens_per_expert[e] > 0);
