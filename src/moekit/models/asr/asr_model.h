@@ -21,9 +21,12 @@ class CtcImpl : public torch::nn::Module {
     ctc_lo = register_module("ctc_lo", torch::nn::Linear(d_model, vocab_size));
   }
   torch::Tensor log_probs(const torch::Tensor& x) {
-    return torch::log_softmax(fast_linear(x, ctc_lo->weight, ctc_lo->bias), -1);
+    return torch::log_softmax(fast_linear(x, ctc_lo->weight, ctc_lo->bias, &ctc_lo_panels_), -1);
   }
   torch::nn::Linear ctc_lo{nullptr};
+
+ private:
+  PanelCache ctc_lo_panels_;  // fast_linear's
 };
 TORCH_MODULE(Ctc);
 
