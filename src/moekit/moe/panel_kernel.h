@@ -7,8 +7,8 @@
 // contiguous stream, so the kernel reads the weights strictly in address
 // order (the hardware prefetcher's best case) and, for each input k,
 // broadcasts x[r, k] against kPanelWidth weights: no horizontal sums. On the
-// machine measured this streamed weights from DRAM at 27-28 GB/s for 1-6
-// rows where the unpacked dot form reached 14-17 GB/s at 4 rows
+// machine measured this streamed weights from DRAM at 24-29 GB/s for 1-6
+// rows where the unpacked dot form reached 14-19 GB/s at 1-4 rows
 // (bench/README.md, "Weight panels").
 //
 // No LibTorch here: this unit is compiled with its own flags.
