@@ -5,8 +5,8 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <cstring>
 #include <chrono>
+#include <cstring>
 #include <functional>
 #include <vector>
 

@@ -98,16 +98,11 @@ void panel_generic(const float* x, int64_t rows, int64_t ld_x, int64_t in, const
 }  // namespace
 
 std::vector<std::pair<std::string, PanelFn>> panel_variants() {
-  std::vector<std::pair<std::string, PanelFn>> variants;
 #if defined(__x86_64__) && defined(__GNUC__)
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")) {
-    variants.emplace_back("avx512", panel_avx512);
-  }
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) variants.emplace_back("avx2", panel_avx2);
+  return cpu_variants<PanelFn>(panel_avx512, panel_avx2, panel_generic);
+#else
+  return cpu_variants<PanelFn>(nullptr, nullptr, panel_generic);
 #endif
-  variants.emplace_back("generic", panel_generic);
-  return variants;
 }
 
 void panel_linear(const float* x, int64_t rows, int64_t ld_x, int64_t in, const float* panels, const float* bias,

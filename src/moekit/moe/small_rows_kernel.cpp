@@ -298,16 +298,11 @@ PackFn pack_variant() {
 }  // namespace
 
 std::vector<std::pair<std::string, SmallRowsFn>> small_rows_variants() {
-  std::vector<std::pair<std::string, SmallRowsFn>> variants;
 #if defined(__x86_64__) && defined(__GNUC__)
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")) {
-    variants.emplace_back("avx512", small_rows_avx512);
-  }
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) variants.emplace_back("avx2", small_rows_avx2);
+  return cpu_variants<SmallRowsFn>(small_rows_avx512, small_rows_avx2, small_rows_generic);
+#else
+  return cpu_variants<SmallRowsFn>(nullptr, nullptr, small_rows_generic);
 #endif
-  variants.emplace_back("generic", small_rows_generic);
-  return variants;
 }
 
 int64_t small_rows_packed_floats(int64_t rows, int64_t in) {
