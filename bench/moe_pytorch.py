@@ -7,7 +7,7 @@ softmax over those k, then for each expert the tokens that picked it run
 through w_2(act(w_1 x)) and are added back with their gate weight.
 
 Prints one JSON object with median forward and forward+backward times.
-Usage: moe_pytorch.py --tokens 256 --hidden 1024 --threads 1
+Usage: moe_pytorch.py --tokens 256 --hidden 1024 --threads 1 [--device cuda --dtype bfloat16]
 """
 import argparse
 import json
@@ -50,11 +50,13 @@ class LoopMoE(torch.nn.Module):
         return output
 
 
-def time_sample(fn, seconds):
+def time_sample(fn, seconds, sync):
     fn()
+    sync()
     calls, start = 0, time.perf_counter()
     while True:
         fn()
+        sync()
         calls += 1
         elapsed = time.perf_counter() - start
         if elapsed >= seconds:
@@ -71,15 +73,19 @@ def main():
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--sample-seconds", type=float, default=0.05)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     a = p.parse_args()
-    if os.environ.get("OPENBLAS_NUM_THREADS") != str(a.threads):
+    if a.device == "cpu" and os.environ.get("OPENBLAS_NUM_THREADS") != str(a.threads):
         sys.exit("moe_pytorch.py: set OPENBLAS_NUM_THREADS=%d to match --threads" % a.threads)
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    moe = LoopMoE(a.d_model, a.hidden, a.experts, a.top_k)
-    x = torch.randn(a.tokens, a.d_model)
+    dtype = getattr(torch, a.dtype)
+    moe = LoopMoE(a.d_model, a.hidden, a.experts, a.top_k).to(a.device, dtype)
+    x = torch.randn(a.tokens, a.d_model).to(a.device, dtype)
     x_grad = x.clone().requires_grad_(True)
-    probe = torch.randn(a.tokens, a.d_model)
+    probe = torch.randn(a.tokens, a.d_model).to(a.device, dtype)
+    sync = torch.cuda.synchronize if a.device.startswith("cuda") else (lambda: None)
 
     def forward():
         with torch.no_grad():
@@ -92,11 +98,11 @@ def main():
 
     fwd, fwdbwd = [], []
     for _ in range(a.rounds):
-        fwd.append(time_sample(forward, a.sample_seconds))
-        fwdbwd.append(time_sample(forward_backward, a.sample_seconds))
+        fwd.append(time_sample(forward, a.sample_seconds, sync))
+        fwdbwd.append(time_sample(forward_backward, a.sample_seconds, sync))
     print(json.dumps({
         "variant": "pytorch_loop", "torch": torch.__version__, "tokens": a.tokens, "d_hidden": a.hidden,
-        "threads": torch.get_num_threads(),
+        "threads": torch.get_num_threads(), "device": a.device, "dtype": a.dtype,
         "forward_ms": statistics.median(fwd) * 1e3,
         "forward_backward_ms": statistics.median(fwdbwd) * 1e3,
     }))

@@ -39,7 +39,21 @@ struct BenchMoeOptions {
   double sample_seconds = 0.05;
   int64_t stack_layers = 0;
   std::vector<std::string> variants = {"moekit", "dense", "loop"};
+  std::string dtype = "float32";
+  torch::Device device = torch::kCPU;  // from the global --device
+  torch::ScalarType scalar_type = torch::kFloat;
 };
+
+// One timing sample of `fn`, waiting for the device's queued work after each call.
+double time_on_device(const BenchMoeOptions& opt, const std::function<void()>& fn, double seconds) {
+  synchronize_device(opt.device);
+  return time_sample(
+      [&] {
+        fn();
+        synchronize_device(opt.device);
+      },
+      seconds);
+}
 
 // WeNet's per-expert loop on the same stacked weights.
 torch::Tensor loop_moe(const MoELayerImpl& moe, const torch::Tensor& x) {
@@ -80,9 +94,12 @@ json bench_layer(const BenchMoeOptions& opt, int64_t hidden, int64_t tokens) {
   MoELayer moe(mo);
   moe->eval();  // no router statistics losses: the peers compute none
   FeedForward dense(FeedForwardOptions{opt.d_model, opt.top_k * hidden, mo.activation, true});
-  const torch::Tensor x = torch::randn({tokens, opt.d_model});
+  moe->to(opt.device, opt.scalar_type);
+  dense->to(opt.device, opt.scalar_type);
+  const auto options = torch::TensorOptions().device(opt.device).dtype(opt.scalar_type);
+  const torch::Tensor x = torch::randn({tokens, opt.d_model}).to(options);
   const torch::Tensor x_grad = x.clone().requires_grad_(true);
-  const torch::Tensor probe = torch::randn({tokens, opt.d_model});
+  const torch::Tensor probe = torch::randn({tokens, opt.d_model}).to(options);
 
   // MoEKit with its forward kernel forced instead of picked by row count.
   auto with_kernel = [&](GroupedFfnKernel kernel, const torch::Tensor& in) {
@@ -108,10 +125,11 @@ json bench_layer(const BenchMoeOptions& opt, int64_t hidden, int64_t tokens) {
     for (const std::string& v : opt.variants) {
       {
         torch::NoGradGuard no_grad;
-        fwd[v].push_back(time_sample([&] { forward.at(v)(x); }, opt.sample_seconds));
+        fwd[v].push_back(time_on_device(opt, [&] { forward.at(v)(x); }, opt.sample_seconds));
       }
       if (!opt.forward_only) {
-        fwdbwd[v].push_back(time_sample(
+        fwdbwd[v].push_back(time_on_device(
+            opt,
             [&] {
               clear_grads();
               (forward.at(v)(x_grad) * probe).sum().backward();
@@ -126,6 +144,8 @@ json bench_layer(const BenchMoeOptions& opt, int64_t hidden, int64_t tokens) {
   result["experts"] = opt.experts;
   result["top_k"] = opt.top_k;
   result["tokens"] = tokens;
+  result["device"] = opt.device.str();
+  result["dtype"] = opt.dtype;
   result["threads"] = num_threads();
   for (const std::string& v : opt.variants) {
     result["forward_ms"][v] = median(fwd[v]) * 1e3;
@@ -141,17 +161,19 @@ json bench_stack(const BenchMoeOptions& opt, int64_t hidden, int64_t tokens, dou
   for (int64_t i = 0; i < opt.stack_layers; ++i) {
     layers.emplace_back(mo);
     layers.back()->eval();
+    layers.back()->to(opt.device, opt.scalar_type);
   }
-  const torch::Tensor x = torch::randn({tokens, opt.d_model});
+  const torch::Tensor x = torch::randn({tokens, opt.d_model}).to(opt.device, opt.scalar_type);
   torch::NoGradGuard no_grad;
   auto run = [&] {
     for (auto& layer : layers) layer->forward(x);
   };
   std::vector<double> samples;
-  for (int r = 0; r < opt.rounds; ++r) samples.push_back(time_sample(run, opt.sample_seconds * 4));
+  for (int r = 0; r < opt.rounds; ++r) samples.push_back(time_on_device(opt, run, opt.sample_seconds * 4));
   // Bytes of expert weights each forward reads: every expert that got rows.
   double bytes = 0.0;
-  const double expert_bytes = 4.0 * static_cast<double>(2 * hidden * opt.d_model + hidden + opt.d_model);
+  const double expert_bytes = static_cast<double>(c10::elementSize(opt.scalar_type)) *
+                              static_cast<double>(2 * hidden * opt.d_model + hidden + opt.d_model);
   for (auto& layer : layers) {
     for (int64_t n : layer->last_stats().tokens_per_expert) bytes += n > 0 ? expert_bytes : 0.0;
   }
@@ -160,12 +182,15 @@ json bench_stack(const BenchMoeOptions& opt, int64_t hidden, int64_t tokens, dou
   j["layers"] = opt.stack_layers;
   j["tokens"] = tokens;
   j["d_hidden"] = hidden;
+  j["device"] = opt.device.str();
   j["threads"] = num_threads();
   j["weight_bytes_touched"] = bytes;
   j["ms_per_forward"] = seconds * 1e3;
   j["achieved_gb_per_s"] = bytes / seconds / 1e9;
-  j["read_bandwidth_gb_per_s"] = bandwidth / 1e9;
-  j["fraction_of_bandwidth_bound"] = bytes / seconds / bandwidth;
+  if (bandwidth > 0) {  // measured on the CPU only
+    j["read_bandwidth_gb_per_s"] = bandwidth / 1e9;
+    j["fraction_of_bandwidth_bound"] = bytes / seconds / bandwidth;
+  }
   return j;
 }
 
@@ -196,8 +221,15 @@ void add_bench_command(CLI::App& app, const GlobalOptions& global) {
       ->capture_default_str()
       ->delimiter(',');
   cmd->add_flag("--forward-only", opt->forward_only, "Skip forward+backward timings");
+  cmd->add_option("--dtype", opt->dtype, "float32 | bfloat16 (bfloat16 on CUDA only)")->capture_default_str();
   cmd->callback([opt, &global] {
     MOEKIT_CHECK_ARG(opt->rounds >= 1, "--rounds must be >= 1");
+    opt->device = parse_device(global.device);
+    MOEKIT_CHECK_ARG(opt->dtype == "float32" || opt->dtype == "bfloat16", "unknown --dtype '", opt->dtype,
+                     "' (float32, bfloat16)");
+    opt->scalar_type = opt->dtype == "bfloat16" ? torch::kBFloat16 : torch::kFloat;
+    MOEKIT_CHECK_ARG(opt->scalar_type == torch::kFloat || opt->device.is_cuda(),
+                     "--dtype bfloat16 is for --device cuda (CPU bfloat16 GEMMs are slow in this LibTorch)");
     MOEKIT_CHECK_ARG(opt->stack_layers >= 0, "--stack-layers must be >= 0");
     MOEKIT_CHECK_ARG(opt->sample_seconds > 0, "--sample-seconds must be > 0");
     for (int64_t t : opt->tokens) MOEKIT_CHECK_ARG(t > 0, "--tokens entries must be positive, got ", t);
@@ -220,7 +252,7 @@ void add_bench_command(CLI::App& app, const GlobalOptions& global) {
       GlobalOptions g = global;
       g.threads = threads;
       apply_runtime(g);
-      const double bandwidth = opt->stack_layers > 0 ? read_bandwidth_bytes_per_s() : 0.0;
+      const double bandwidth = opt->stack_layers > 0 && opt->device.is_cpu() ? read_bandwidth_bytes_per_s() : 0.0;
       for (int64_t hidden : opt->hidden) {
         for (int64_t tokens : opt->tokens) {
           layers.push_back(bench_layer(*opt, hidden, tokens));

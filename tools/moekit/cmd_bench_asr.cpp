@@ -112,6 +112,8 @@ void add_bench_asr_command(CLI::App& bench, const GlobalOptions& global) {
     }
     model->eval();
     if (!o->save_model.empty()) save_model(o->save_model, *model);
+    const torch::Device device = parse_device(global.device);
+    model->to(device);
     torch::NoGradGuard no_grad;
     const int rate = model->config().fbank.sample_rate;
     const int64_t n = static_cast<int64_t>(o->seconds * rate);
@@ -126,18 +128,21 @@ void add_bench_asr_command(CLI::App& bench, const GlobalOptions& global) {
                        o->seconds);
       std::copy(audio.samples.begin(), audio.samples.begin() + n, samples.begin());
     }
-    const torch::Tensor feats = model_features(*model, samples).unsqueeze(0);
-    if (!o->save_feats.empty()) write_safetensors(o->save_feats, {{"feats", feats[0].contiguous()}});
-    const torch::Tensor lens = torch::full({1}, feats.size(1), torch::kLong);
+    const torch::Tensor cpu_feats = model_features(*model, samples).unsqueeze(0);
+    if (!o->save_feats.empty()) write_safetensors(o->save_feats, {{"feats", cpu_feats[0].contiguous()}});
+    const torch::Tensor feats = cpu_feats.to(device);
+    const torch::Tensor lens = torch::full({1}, feats.size(1), torch::dtype(torch::kLong).device(device));
     auto& enc = *model->encoder;
     const int64_t window = enc.window_frames(o->chunk_size), stride = enc.subsampling_rate() * o->chunk_size;
     const int64_t context = enc.right_context() + 1;
     int64_t chunks = 0;
     for (int64_t cur = 0; cur + context <= feats.size(1); cur += stride) ++chunks;
 
-    auto time_once = [](const std::function<void()>& fn) {
+    auto time_once = [&](const std::function<void()>& fn) {
+      synchronize_device(device);
       const auto start = Clock::now();
       fn();
+      synchronize_device(device);
       return std::chrono::duration<double>(Clock::now() - start).count();
     };
     auto fbank = [&] { model_features(*model, samples); };
@@ -191,11 +196,13 @@ void add_bench_asr_command(CLI::App& bench, const GlobalOptions& global) {
     auto mean = [](const std::vector<double>& v) {
       return v.empty() ? 0.0 : std::accumulate(v.begin(), v.end(), 0.0) / static_cast<double>(v.size());
     };
-    const double bandwidth = read_bandwidth_bytes_per_s();
+    // The CPU's read bandwidth; on a GPU the bound is not computed.
+    const double bandwidth = device.is_cpu() ? read_bandwidth_bytes_per_s() : 0.0;
     const double fb = median(t_fbank), fu = median(t_full), st = median(t_stream);
     const ParameterCount count = count_parameters(*model);
     nlohmann::json j;
     j["benchmark"] = "asr_encoder_ctc";
+    j["device"] = device.str();
     j["threads"] = num_threads();
     j["seconds"] = o->seconds;
     j["experts"] = model->config().encoder.ffn.moe ? model->config().encoder.ffn.n_expert : 0;
@@ -215,8 +222,10 @@ void add_bench_asr_command(CLI::App& bench, const GlobalOptions& global) {
     // assignments, averaged over MoE layers (1/E = even, 1/k = all on k experts).
     j["busiest_expert_share_full"] = mean(busiest_full);
     j["busiest_expert_share_chunk"] = mean(busiest_chunk);
-    j["read_bandwidth_gb_per_s"] = bandwidth / 1e9;
-    j["chunk_fraction_of_bandwidth_bound"] = weight_bytes * static_cast<double>(chunks) / st / bandwidth;
+    if (device.is_cpu()) {
+      j["read_bandwidth_gb_per_s"] = bandwidth / 1e9;
+      j["chunk_fraction_of_bandwidth_bound"] = weight_bytes * static_cast<double>(chunks) / st / bandwidth;
+    }
     std::cout << j.dump(2) << std::endl;
   });
 }

@@ -80,10 +80,12 @@ void add_bench_lm_command(CLI::App& bench, const GlobalOptions& global) {
                      "bench lm: --seq / --prompt + --tokens exceed the model's max_seq_len ", c.max_seq_len);
     if (!o->save_hf.empty()) export_hf_llama(LmWeights{c, module_state(*model)}, o->save_hf);
 
+    const torch::Device device = parse_device(global.device);
+    model->to(device);
     // Training: the trainer's step (loss, backward, Adam) on a fixed random batch.
     model->train();
     torch::optim::Adam adam(model->parameters(), torch::optim::AdamOptions(1e-4));
-    const torch::Tensor batch = torch::randint(c.vocab_size, {o->batch, o->seq + 1}, torch::kLong);
+    const torch::Tensor batch = torch::randint(c.vocab_size, {o->batch, o->seq + 1}, torch::kLong).to(device);
     auto train_step = [&] {
       adam.zero_grad();
       model->loss(batch).loss.backward();
@@ -94,18 +96,21 @@ void add_bench_lm_command(CLI::App& bench, const GlobalOptions& global) {
     for (int r = 0; r < o->rounds; ++r)
       t_train.push_back(time_once([&] {
         for (int64_t s = 0; s < o->steps; ++s) train_step();
+        synchronize_device(device);
       }));
 
     // Generation at batch 1: prefill the prompt, then one token per step (greedy).
     model->eval();
     torch::NoGradGuard no_grad;
-    const torch::Tensor prompt = torch::randint(c.vocab_size, {1, o->prompt}, torch::kLong);
+    const torch::Tensor prompt = torch::randint(c.vocab_size, {1, o->prompt}, torch::kLong).to(device);
     double decode_seconds = 0;
     auto generate_all = [&] {
       LmKvCache cache = model->make_cache(1, o->prompt + o->tokens);
       torch::Tensor next = model->forward(prompt, &cache, true).argmax(-1);  // [1, 1]
+      synchronize_device(device);
       const auto start = Clock::now();
       for (int64_t i = 0; i + 1 < o->tokens; ++i) next = model->forward(next, &cache, true).argmax(-1);
+      synchronize_device(device);
       decode_seconds = std::chrono::duration<double>(Clock::now() - start).count();
     };
     generate_all();
@@ -120,11 +125,12 @@ void add_bench_lm_command(CLI::App& bench, const GlobalOptions& global) {
     const double element = static_cast<double>(model->embed_tokens->weight.element_size());
     double bytes = static_cast<double>(count.active) * element;
     if (!c.tie_embeddings) bytes -= static_cast<double>(c.vocab_size - 1) * c.d_model * element;
-    const double bandwidth = read_bandwidth_bytes_per_s();
+    const double bandwidth = device.is_cpu() ? read_bandwidth_bytes_per_s() : 0.0;
     const double per_token = median(t_decode);
     nlohmann::json j;
     j["benchmark"] = "lm";
     j["impl"] = "moekit";
+    j["device"] = device.str();
     j["threads"] = num_threads();
     j["experts"] = c.moe.num_experts;
     j["parameters"] = {{"total", count.total}, {"active", count.active}};
@@ -132,8 +138,10 @@ void add_bench_lm_command(CLI::App& bench, const GlobalOptions& global) {
     j["generate_tokens_per_s"] = static_cast<double>(o->tokens) / median(t_gen);
     j["decode_tokens_per_s"] = 1.0 / per_token;
     j["weight_bytes_per_token"] = bytes;
-    j["read_bandwidth_gb_per_s"] = bandwidth / 1e9;
-    j["decode_fraction_of_bandwidth_bound"] = bytes / per_token / bandwidth;
+    if (device.is_cpu()) {
+      j["read_bandwidth_gb_per_s"] = bandwidth / 1e9;
+      j["decode_fraction_of_bandwidth_bound"] = bytes / per_token / bandwidth;
+    }
     std::cout << j.dump(2) << std::endl;
   });
 }

@@ -7,6 +7,7 @@
 #include "commands.h"
 #include "moekit/audio/audio_file.h"
 #include "moekit/core/check.h"
+#include "moekit/core/runtime.h"
 #include "moekit/data/asr_data.h"
 #include "moekit/decode/recognizer.h"
 #include "moekit/models/asr/wenet_import.h"
@@ -37,7 +38,9 @@ void add_eval_command(CLI::App& app, const GlobalOptions& global) {
   cmd->add_flag("--json", o->json_output, "Print one JSON object");
   cmd->callback([o, &global] {
     apply_runtime(global);
+    const torch::Device device = parse_device(global.device);
     LoadedAsr loaded = load_asr_model(o->model_dir);
+    loaded.model->to(device);
     MOEKIT_CHECK_ARG(loaded.units.size() > 0, o->model_dir, ": no units.txt, cannot compare with transcripts");
     const auto data = read_asr_data(o->data);
     const int rate = loaded.model->config().fbank.sample_rate;
@@ -55,6 +58,7 @@ void add_eval_command(CLI::App& app, const GlobalOptions& global) {
           const Audio audio = load_audio(u.wav, rate);
           const auto start = std::chrono::steady_clock::now();
           const Recognition r = recognizer.recognize(audio.samples);
+          synchronize_device(device);
           decode_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
           audio_seconds += static_cast<double>(audio.samples.size()) / rate;
           rates.add(u.text, r.text);

@@ -8,6 +8,7 @@
 #include "moekit/core/check.h"
 #include "moekit/core/config.h"
 #include "moekit/core/file_io.h"
+#include "moekit/core/runtime.h"
 #include "moekit/core/model_dir.h"
 #include "moekit/data/lm_tokenizer.h"
 #include "moekit/decode/lm_generate.h"
@@ -132,6 +133,7 @@ void add_generate_command(CLI::App& app, const GlobalOptions& global) {
     MOEKIT_CHECK_ARG(path_exists(tok_path), o->model_dir, ": no tokenizer.model (pass --tokenizer)");
     const LmTokenizer tokenizer(tok_path);
     const auto model = load_lm_model(o->model_dir);
+    model->to(parse_device(global.device));
     MOEKIT_CHECK_ARG(model->config().vocab_size == tokenizer.vocab_size(), tok_path, ": ", tokenizer.vocab_size(),
                      " pieces, but the model has ", model->config().vocab_size, " tokens");
     MOEKIT_CHECK_ARG(o->prompt.find('\n') == std::string::npos, "generate: the prompt holds a line break");

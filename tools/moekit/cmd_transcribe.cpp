@@ -5,6 +5,7 @@
 #include "commands.h"
 #include "moekit/audio/audio_file.h"
 #include "moekit/core/check.h"
+#include "moekit/core/runtime.h"
 #include "moekit/decode/recognizer.h"
 #include "moekit/models/asr/wenet_import.h"
 
@@ -40,7 +41,9 @@ void add_transcribe_command(CLI::App& app, const GlobalOptions& global) {
     apply_runtime(global);
     o->decode.mode = parse_decode_mode(o->mode);
     MOEKIT_CHECK_ARG(!o->streaming || o->decode.chunk_size > 0, "--streaming needs --chunk-size > 0");
+    const torch::Device device = parse_device(global.device);
     LoadedAsr loaded = load_asr_model(o->model_dir);
+    loaded.model->to(device);
     const Recognizer recognizer(loaded.model, loaded.units, o->decode);
     const int sample_rate = loaded.model->config().fbank.sample_rate;
     int failures = 0;

@@ -9,7 +9,8 @@ namespace moekit::cli {
 
 // Options every command shares (runtime settings, not model hyperparameters).
 struct GlobalOptions {
-  int threads = 0;  // 0 = all hardware threads
+  int threads = 0;             // 0 = all hardware threads
+  std::string device = "cpu";  // cpu | cuda | cuda:N: where models run
 };
 
 void add_info_command(CLI::App& app, const GlobalOptions& global);

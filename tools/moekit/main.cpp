@@ -45,6 +45,9 @@ int main(int argc, char** argv) {
   GlobalOptions global;
   app.add_option("--threads", global.threads, "Intra-op threads for LibTorch and the BLAS (0 = all cores)")
       ->capture_default_str();
+  app.add_option("--device", global.device,
+                 "Where models run: cpu, cuda or cuda:N (transcribe, eval, generate, bench)")
+      ->capture_default_str();
   add_info_command(app, global);
   add_bench_command(app, global);
   add_import_command(app, global);

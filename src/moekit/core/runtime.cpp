@@ -1,5 +1,7 @@
 #include "moekit/core/runtime.h"
 
+#include "moekit/core/check.h"
+
 #include <dlfcn.h>
 #include <unistd.h>
 #include <torch/torch.h>
@@ -106,6 +108,28 @@ double gemm_gflops(int n, double seconds) {
     elapsed = std::chrono::duration<double>(clock::now() - start).count();
   } while (elapsed < seconds);
   return 2.0 * n * n * static_cast<double>(n) * runs / elapsed / 1e9;
+}
+
+c10::Device parse_device(const std::string& name) {
+  if (name == "cpu") return c10::Device(c10::kCPU);
+  MOEKIT_CHECK_ARG(name == "cuda" || name.rfind("cuda:", 0) == 0, "unknown device '", name,
+                   "' (cpu, cuda or cuda:N)");
+  int index = 0;
+  if (name.size() > 5) {
+    const std::string digits = name.substr(5);
+    MOEKIT_CHECK_ARG(!digits.empty() && digits.size() < 4 && digits.find_first_not_of("0123456789") == std::string::npos,
+                     "unknown device '", name, "' (cpu, cuda or cuda:N)");
+    index = std::stoi(digits);
+  }
+  MOEKIT_CHECK_ARG(torch::cuda::is_available(), "device '", name,
+                   "': this LibTorch sees no CUDA device (built without CUDA, or no GPU/driver here)");
+  const int count = static_cast<int>(torch::cuda::device_count());
+  MOEKIT_CHECK_ARG(index < count, "device '", name, "': only ", count, " CUDA device(s) here");
+  return c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(index));
+}
+
+void synchronize_device(const c10::Device& device) {
+  if (device.is_cuda()) torch::cuda::synchronize(device.index());
 }
 
 }  // namespace moekit

@@ -1,6 +1,8 @@
 #pragma once
-// Runtime settings that are not model hyperparameters: threads and the BLAS
-// behind LibTorch.
+// Runtime settings that are not model hyperparameters: threads, the BLAS
+// behind LibTorch, the device models run on.
+#include <c10/core/Device.h>
+
 #include <string>
 
 namespace moekit {
@@ -68,5 +70,13 @@ BlasInfo blas_info();
 // Measures single-precision GEMM throughput (n x n x n) in GFLOP/s with the
 // current thread settings; takes about `seconds` of wall time.
 double gemm_gflops(int n = 512, double seconds = 0.3);
+
+// "cpu", "cuda" or "cuda:N" as a device LibTorch can use here; a clear error
+// names what is missing (no CUDA in this LibTorch, no such GPU).
+c10::Device parse_device(const std::string& name);
+
+// Waits for the device's queued work (a no-op on the CPU): timers around GPU
+// work must call it before reading the clock.
+void synchronize_device(const c10::Device& device);
 
 }  // namespace moekit

@@ -52,14 +52,16 @@ std::vector<int64_t> generate(LmModel& model, const std::vector<int64_t>& prompt
   LmKvCache cache = model.make_cache(1, capacity);
   at::Generator generator = at::detail::createCPUGenerator(o.seed);
   std::vector<int64_t> out;
-  torch::Tensor input = torch::tensor(prompt, torch::kLong).view({1, n});
+  // The model may live on a GPU; sampling runs on the CPU with its own generator.
+  const torch::Device device = model.embed_tokens->weight.device();
+  torch::Tensor input = torch::tensor(prompt, torch::kLong).view({1, n}).to(device);
   while (cache.length + input.size(1) <= capacity && static_cast<int64_t>(out.size()) < o.max_new_tokens) {
     const torch::Tensor logits = model.forward(input, &cache, /*last_only=*/true);  // [1, 1, V]
-    const int64_t next = sample_token(logits.view({-1}), o, generator);
+    const int64_t next = sample_token(logits.view({-1}).to(torch::kCPU), o, generator);
     out.push_back(next);
     if (on_token) on_token(next);
     if (o.stop_at_eos && next == eos_id) break;
-    input = torch::full({1, 1}, next, torch::kLong);
+    input = torch::full({1, 1}, next, torch::dtype(torch::kLong).device(device));
   }
   return out;
 }

@@ -23,6 +23,11 @@ std::string decode_mode_name(DecodeMode mode) {
   return "?";
 }
 
+torch::Device model_device(const AsrModel& model) {
+  const auto params = model.parameters();
+  return params.empty() ? torch::Device(torch::kCPU) : params.front().device();
+}
+
 Hypothesis attention_rescoring(AsrModel& model, const torch::Tensor& encoder_out,
                                const std::vector<Hypothesis>& nbest, double ctc_weight, double reverse_weight) {
   MOEKIT_CHECK_ARG(!nbest.empty(), "attention rescoring: no hypotheses");
@@ -30,8 +35,8 @@ Hypothesis attention_rescoring(AsrModel& model, const torch::Tensor& encoder_out
   for (const auto& h : nbest) hyps.push_back(h.tokens);
   auto [left, right] = model.decoder_log_probs(encoder_out, hyps);
   const bool use_right = reverse_weight > 0 && right.defined();
-  left = left.to(torch::kDouble).contiguous();
-  if (use_right) right = right.to(torch::kDouble).contiguous();
+  left = left.to(torch::kCPU, torch::kDouble).contiguous();
+  if (use_right) right = right.to(torch::kCPU, torch::kDouble).contiguous();
   const int64_t eos = model.config().eos_id();
   Hypothesis best;
   best.score = -std::numeric_limits<double>::infinity();
@@ -88,7 +93,8 @@ double Recognizer::reverse_weight() const {
 
 Recognition Recognizer::search(const torch::Tensor& encoder_out) const {
   torch::NoGradGuard no_grad;
-  const torch::Tensor log_probs = model_->ctc_log_probs(encoder_out)[0];
+  const torch::Tensor device_log_probs = model_->ctc_log_probs(encoder_out)[0];
+  const torch::Tensor log_probs = device_log_probs.to(torch::kCPU);  // the searches read it element by element
   Recognition result;
   if (options_.mode == DecodeMode::CtcGreedy) {
     result.tokens = ctc_greedy_search(log_probs, model_->config().blank_id());
@@ -99,8 +105,8 @@ Recognition Recognizer::search(const torch::Tensor& encoder_out) const {
     if (options_.mode == DecodeMode::AttentionRescoring) {
       torch::Tensor memory = encoder_out;
       if (model_->config().apply_non_blank_embedding) {
-        memory = model_->non_blank_frames(encoder_out, log_probs.unsqueeze(0),
-                                          torch::ones({1, encoder_out.size(1)}, torch::kBool))
+        memory = model_->non_blank_frames(encoder_out, device_log_probs.unsqueeze(0),
+                                          torch::ones({1, encoder_out.size(1)}, torch::dtype(torch::kBool).device(encoder_out.device())))
                      .first;
       }
       best = attention_rescoring(*model_, memory, nbest, options_.ctc_weight, reverse_weight());
@@ -118,8 +124,10 @@ Recognition Recognizer::recognize_features(const torch::Tensor& feats) const {
   const int64_t needed = model_->encoder->right_context() + 1;
   MOEKIT_CHECK_ARG(feats.size(0) >= needed, "audio too short: ", feats.size(0), " feature frames, the model needs ",
                    needed, " (about ", (needed - 1) * 10 + 25, " ms)");
-  const torch::Tensor lens = torch::full({1}, feats.size(0), torch::kLong);
-  auto [encoder_out, mask] = model_->encoder->forward(feats.unsqueeze(0), lens, options_.chunk_size, options_.left_chunks);
+  const torch::Device device = model_device(*model_);
+  const torch::Tensor lens = torch::full({1}, feats.size(0), torch::dtype(torch::kLong).device(device));
+  auto [encoder_out, mask] =
+      model_->encoder->forward(feats.unsqueeze(0).to(device), lens, options_.chunk_size, options_.left_chunks);
   return search(encoder_out);
 }
 
@@ -171,16 +179,20 @@ void StreamingSession::run_chunks(bool last) {
   const int64_t cache_frames = o.left_chunks < 0 ? -1 : o.chunk_size * o.left_chunks;
   while (feats_.size(0) >= window || (last && feats_.size(0) >= context)) {
     const int64_t take = std::min(window, feats_.size(0));
-    const torch::Tensor out = model.encoder->forward_chunk(feats_.slice(0, 0, take).unsqueeze(0), cache_, cache_frames);
+    const torch::Tensor piece = feats_.slice(0, 0, take).unsqueeze(0).to(model_device(model));
+    const torch::Tensor out = model.encoder->forward_chunk(piece, cache_, cache_frames);
     outputs_.push_back(out);
-    beam_.advance(model.ctc_log_probs(out)[0]);
+    beam_.advance(model.ctc_log_probs(out)[0].to(torch::kCPU));
     feats_ = feats_.slice(0, std::min(stride, feats_.size(0)));
     if (take < window) break;  // the last, partial window
   }
 }
 
 torch::Tensor StreamingSession::encoder_out() const {
-  if (outputs_.empty()) return torch::empty({1, 0, recognizer_.model().config().encoder.output_size});
+  if (outputs_.empty()) {
+    return torch::empty({1, 0, recognizer_.model().config().encoder.output_size},
+                        torch::TensorOptions().device(model_device(recognizer_.model())));
+  }
   return torch::cat(outputs_, 1);
 }
 

@@ -65,6 +65,9 @@ Hypothesis attention_rescoring(AsrModel& model, const torch::Tensor& encoder_out
 
 // Fbank of a waveform (full scale 1.0) as the model expects it: [T, F].
 torch::Tensor model_features(const AsrModel& model, const std::vector<float>& samples);
+// Where the model's weights are (CPU or a GPU): features go there, and the
+// CTC log-probs come back to the CPU for the searches.
+torch::Device model_device(const AsrModel& model);
 
 class StreamingSession {
  public:

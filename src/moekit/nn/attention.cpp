@@ -92,13 +92,13 @@ void KvCache::keep_last(int64_t frames) {
   if (p.defined()) p = p.slice(2, start);
 }
 
-torch::Tensor sinusoid_positions(int64_t offset, int64_t length, int64_t d_model) {
+torch::Tensor sinusoid_positions(int64_t offset, int64_t length, int64_t d_model, const torch::Device& device) {
   MOEKIT_CHECK_ARG(offset >= 0 && length >= 0, "positions: offset ", offset, ", length ", length);
   // One table per width, grown on demand (WeNet stops at 5000 positions).
   static std::mutex mutex;
-  static std::map<int64_t, torch::Tensor> tables;
+  static std::map<std::pair<std::string, int64_t>, torch::Tensor> tables;
   std::lock_guard<std::mutex> lock(mutex);
-  torch::Tensor& table = tables[d_model];
+  torch::Tensor& table = tables[{device.str(), d_model}];
   if (!table.defined() || table.size(0) < offset + length) {
     const int64_t rows = std::max<int64_t>(5000, 2 * (offset + length));
     torch::NoGradGuard no_grad;
@@ -110,7 +110,7 @@ torch::Tensor sinusoid_positions(int64_t offset, int64_t length, int64_t d_model
                   torch::sin(position * div_term));
     pe.index_put_({torch::indexing::Slice(), torch::indexing::Slice(1, torch::indexing::None, 2)},
                   torch::cos(position * div_term));
-    table = pe;
+    table = pe.to(device);
   }
   return table.slice(0, offset, offset + length).unsqueeze(0);
 }

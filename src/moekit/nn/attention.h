@@ -56,7 +56,9 @@ class MultiHeadedAttentionImpl : public torch::nn::Module {
 TORCH_MODULE(MultiHeadedAttention);
 
 // Sinusoidal position table [1, length, d] starting at position `offset`,
-// computed as WeNet's PositionalEncoding does (fp32), with no length limit.
-torch::Tensor sinusoid_positions(int64_t offset, int64_t length, int64_t d_model);
+// computed as WeNet's PositionalEncoding does (fp32), with no length limit,
+// on `device` (one table per device and width).
+torch::Tensor sinusoid_positions(int64_t offset, int64_t length, int64_t d_model,
+                                 const torch::Device& device = torch::kCPU);
 
 }  // namespace moekit

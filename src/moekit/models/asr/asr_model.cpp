@@ -26,13 +26,16 @@ std::pair<torch::Tensor, torch::Tensor> AsrModel::decoder_log_probs(const torch:
                        config_.vocab_size);
   const int64_t n = static_cast<int64_t>(hyps.size());
   const torch::Tensor memory = encoder_out.expand({n, -1, -1});
-  const torch::Tensor memory_mask = torch::ones({n, 1, encoder_out.size(1)}, torch::kBool);
+  const torch::Device device = encoder_out.device();
+  const torch::Tensor memory_mask = torch::ones({n, 1, encoder_out.size(1)}, torch::dtype(torch::kBool).device(device));
   auto [ys, lens] = decoder_inputs(hyps, config_.sos_id(), config_.eos_id(), false);
-  torch::Tensor left = torch::log_softmax(decoder->left_decoder->forward(memory, memory_mask, ys, lens), -1);
+  torch::Tensor left = torch::log_softmax(
+      decoder->left_decoder->forward(memory, memory_mask, ys.to(device), lens.to(device)), -1);
   torch::Tensor right;
   if (decoder->has_right()) {
     auto [r_ys, r_lens] = decoder_inputs(hyps, config_.sos_id(), config_.eos_id(), true);
-    right = torch::log_softmax(decoder->right_decoder->forward(memory, memory_mask, r_ys, r_lens), -1);
+    right = torch::log_softmax(
+        decoder->right_decoder->forward(memory, memory_mask, r_ys.to(device), r_lens.to(device)), -1);
   }
   return {left, right};
 }
@@ -62,7 +65,8 @@ std::pair<torch::Tensor, torch::Tensor> AsrModel::non_blank_frames(const torch::
     counts.push_back(index.size(0));
   }
   const torch::Tensor padded = torch::nn::utils::rnn::pad_sequence(frames, /*batch_first=*/true);
-  const torch::Tensor out_mask = torch::arange(padded.size(1)).unsqueeze(0) < torch::tensor(counts).unsqueeze(1);
+  const torch::Tensor out_mask = torch::arange(padded.size(1), mask.options().dtype(torch::kLong)).unsqueeze(0) <
+                                 torch::tensor(counts).to(mask.device()).unsqueeze(1);
   return {padded, out_mask};
 }
 
@@ -100,7 +104,7 @@ AsrLosses AsrModel::forward_train(const torch::Tensor& feats, const torch::Tenso
     target_lens.push_back(static_cast<int64_t>(y.size()));
     out.tokens += static_cast<int64_t>(y.size());
   }
-  torch::Tensor loss = torch::zeros({});
+  torch::Tensor loss = torch::zeros({}, feats.options());
   MOEKIT_CHECK_ARG(!config_.apply_non_blank_embedding || config_.ctc_weight > 0,
                    "train: apply_non_blank_embedding needs ctc_weight > 0 (the CTC head picks the frames)");
   torch::Tensor ctc_out;  // [B, T', V]
@@ -108,8 +112,9 @@ AsrLosses AsrModel::forward_train(const torch::Tensor& feats, const torch::Tenso
     ctc_out = ctc_log_probs(encoder_out);
     const torch::Tensor log_probs = ctc_out.transpose(0, 1);  // [T', B, V]
     const torch::Tensor lens = encoder_lens.to(torch::kLong);
-    out.ctc = torch::ctc_loss(log_probs, torch::tensor(flat, torch::kLong), lens,
-                              torch::tensor(target_lens, torch::kLong), config_.blank_id(), at::Reduction::Sum,
+    out.ctc = torch::ctc_loss(log_probs, torch::tensor(flat, torch::kLong).to(feats.device()), lens,
+                              torch::tensor(target_lens, torch::kLong).to(feats.device()), config_.blank_id(),
+                              at::Reduction::Sum,
                               /*zero_infinity=*/true) /
               static_cast<double>(batch);
     loss = loss + out.ctc * config_.ctc_weight;
@@ -134,7 +139,8 @@ AsrLosses AsrModel::forward_train(const torch::Tensor& feats, const torch::Tenso
         for (size_t j = 0; j < y.size(); ++j) out_a[b][static_cast<int64_t>(j)] = y[j];
         out_a[b][static_cast<int64_t>(y.size())] = config_.eos_id();
       }
-      const torch::Tensor logits = dec->forward(memory, memory_mask, ys_in, lens);
+      ys_out = ys_out.to(feats.device());
+      const torch::Tensor logits = dec->forward(memory, memory_mask, ys_in.to(feats.device()), lens.to(feats.device()));
       if (accuracy) {
         torch::NoGradGuard no_grad;
         const torch::Tensor valid = ys_out >= 0;

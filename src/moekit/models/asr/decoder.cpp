@@ -69,12 +69,12 @@ TransformerDecoderImpl::TransformerDecoderImpl(int64_t vocab, int64_t d, int64_t
 torch::Tensor TransformerDecoderImpl::forward(const torch::Tensor& memory, const torch::Tensor& memory_mask,
                                               const torch::Tensor& ys_in, const torch::Tensor& ys_lens) {
   const int64_t length = ys_in.size(1);
-  const torch::Tensor positions = torch::arange(length, torch::kLong);
+  const torch::Tensor positions = torch::arange(length, ys_in.options().dtype(torch::kLong));
   const torch::Tensor token_mask = positions.unsqueeze(0) < ys_lens.to(torch::kLong).unsqueeze(1);  // [B, L]
   const torch::Tensor causal = positions.unsqueeze(1) >= positions.unsqueeze(0);                  // [L, L]
   const torch::Tensor tgt_mask = token_mask.unsqueeze(1) & causal.unsqueeze(0);                   // [B, L, L]
   torch::Tensor x = embedding_->forward(ys_in) * std::sqrt(static_cast<double>(d_model_)) +
-                    sinusoid_positions(0, length, d_model_);
+                    sinusoid_positions(0, length, d_model_, ys_in.device());
   x = pos_dropout_->forward(x);
   // Every position goes through the FFN, padding included, as in WeNet: the
   // rows past a hypothesis' end are then the same numbers WeNet gives.

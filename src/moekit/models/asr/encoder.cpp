@@ -6,10 +6,11 @@
 
 namespace moekit {
 
-torch::Tensor subsequent_chunk_mask(int64_t size, int64_t chunk_size, int64_t left_chunks) {
+torch::Tensor subsequent_chunk_mask(int64_t size, int64_t chunk_size, int64_t left_chunks, const torch::Device& device) {
   MOEKIT_CHECK_ARG(chunk_size > 0, "chunk mask: chunk_size must be positive, got ", chunk_size);
-  const torch::Tensor i = torch::arange(size, torch::kLong).unsqueeze(1);
-  const torch::Tensor j = torch::arange(size, torch::kLong).unsqueeze(0);
+  const auto opts = torch::TensorOptions().dtype(torch::kLong).device(device);
+  const torch::Tensor i = torch::arange(size, opts).unsqueeze(1);
+  const torch::Tensor j = torch::arange(size, opts).unsqueeze(0);
   const torch::Tensor chunk = torch::div(i, chunk_size, "floor");
   const torch::Tensor ending = torch::clamp_max((chunk + 1) * chunk_size, size);
   torch::Tensor mask = j < ending;
@@ -99,7 +100,7 @@ ConformerEncoderImpl::ConformerEncoderImpl(const ConformerEncoderConfig& c) : co
 std::pair<torch::Tensor, torch::Tensor> ConformerEncoderImpl::embed_input(const torch::Tensor& feats, int64_t offset) {
   torch::Tensor x = embed->forward(global_cmvn->forward(feats));
   const double xscale = std::sqrt(static_cast<double>(config_.output_size));
-  torch::Tensor pos = sinusoid_positions(offset, x.size(1), config_.output_size);
+  torch::Tensor pos = sinusoid_positions(offset, x.size(1), config_.output_size, x.device());
   x = config_.rel_pos ? x * xscale : x * xscale + pos;
   return {pos_dropout_->forward(x), pos_dropout_->forward(pos)};
 }
@@ -147,7 +148,7 @@ std::pair<torch::Tensor, torch::Tensor> ConformerEncoderImpl::forward(const torc
     chunk = chunk_size;
     left = left_chunks;
   }
-  if (chunk > 0) att_mask = att_mask & subsequent_chunk_mask(t, chunk, left).unsqueeze(0);
+  if (chunk > 0) att_mask = att_mask & subsequent_chunk_mask(t, chunk, left, mask.device()).unsqueeze(0);
   for (const auto& layer : *encoders) x = layer->as<ConformerLayer>()->forward(x, att_mask, pos, mask);
   if (config_.normalize_before) x = after_norm->forward(x);
   return {x, mask};
@@ -163,7 +164,7 @@ torch::Tensor ConformerEncoderImpl::forward_chunk(const torch::Tensor& feats, En
   auto [x, unused] = embed_input(feats, cache.offset);
   const int64_t chunk = x.size(1);
   const int64_t cached = cache.layers[0].att.size();
-  const torch::Tensor pos = sinusoid_positions(cache.offset - cached, cached + chunk, config_.output_size);
+  const torch::Tensor pos = sinusoid_positions(cache.offset - cached, cached + chunk, config_.output_size, x.device());
   const torch::Tensor no_mask;
   for (size_t i = 0; i < encoders->size(); ++i) {
     ConformerLayerCache& lc = cache.layers[i];

@@ -18,7 +18,8 @@ namespace moekit {
 
 // WeNet's subsequent_chunk_mask: [size, size] bool, row i sees the chunks up
 // to its own (and at most `left_chunks` before it; < 0 = all).
-torch::Tensor subsequent_chunk_mask(int64_t size, int64_t chunk_size, int64_t left_chunks);
+torch::Tensor subsequent_chunk_mask(int64_t size, int64_t chunk_size, int64_t left_chunks,
+                                    const torch::Device& device = torch::kCPU);
 
 class GlobalCmvnImpl : public torch::nn::Module {
  public:

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# On a GPU machine with a CUDA PyTorch (no apt, no network): builds MoEKit
+# against that PyTorch's LibTorch with the libraries scripts/device-deps.sh
+# unpacked into .devdeps/, runs the CUDA tests, the GPU benchmarks and then
+# the whole test suite. Logs go to $OUT (default /tmp/moekit-device).
+set -u
+OUT=${OUT:-/tmp/moekit-device}
+mkdir -p "$OUT"
+step() { echo; echo "== $* ($(date +%T))"; }
+D=$PWD/.devdeps/root/usr
+[ -d "$D" ] || { echo "device-check: no .devdeps/ (run scripts/device-deps.sh on a Debian machine first)"; exit 2; }
+
+step machine
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+(g++ --version | head -1; cmake --version | head -1; nvcc --version | tail -1; nproc) 2>&1
+python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, "cxx11abi", torch._C._GLIBCXX_USE_CXX11_ABI)'
+TORCH_PREFIX=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')
+
+step configure
+cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$TORCH_PREFIX;$D" \
+  -Dyaml-cpp_DIR="$D/lib/x86_64-linux-gnu/cmake/yaml-cpp" -DGTest_DIR="$D/lib/x86_64-linux-gnu/cmake/GTest" \
+  -Dnlohmann_json_DIR="$D/share/cmake/nlohmann_json" -DCLI11_DIR="$D/share/cmake/CLI11" \
+  -DCMAKE_CUDA_ARCHITECTURES=90 -DTORCH_CUDA_ARCH_LIST=9.0 >"$OUT/configure.txt" 2>&1 ||
+  { tail -40 "$OUT/configure.txt"; exit 1; }
+grep -iE "warn|torch|cuda" "$OUT/configure.txt" | head -15
+
+step build
+start=$(date +%s)
+cmake --build build-gpu -j "$(nproc)" -- -k 0 >"$OUT/build.txt" 2>&1
+rc=$?
+echo "build rc=$rc in $(( $(date +%s) - start )) s; warnings: $(grep -c 'warning:' "$OUT/build.txt")"
+grep -E "error:|FAILED:|undefined reference" "$OUT/build.txt" | head -40
+[ "$rc" = 0 ] || exit 1
+
+M=build-gpu/moekit
+export OMP_NUM_THREADS=4 OPENBLAS_NUM_THREADS=4 MOEKIT_FIXTURES=$PWD/.devdeps/fixtures
+step info
+$M --version; $M info --system
+
+step cuda tests
+timeout 120 build-gpu/tests/moekit_tests --gtest_filter='Cuda*:Device*' 2>&1 | tail -40
+
+step bench moe, MoEKit on the GPU
+for dtype in float32 bfloat16; do
+  timeout 120 $M --device cuda bench moe --dtype "$dtype" --hidden 1024,2048 --tokens 16,256,4096 --rounds 5 \
+    --stack-layers 16 >"$OUT/bench_moe_cuda_$dtype.json" 2>&1
+  python3 - "$OUT/bench_moe_cuda_$dtype.json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+for r in d["layer"]:
+    f, b = r["forward_ms"], r["forward_backward_ms"]
+    print("%s H=%d N=%4d fwd ms moekit %.3f dense %.3f loop %.3f | fwd+bwd moekit %.3f dense %.3f loop %.3f" % (
+        r["dtype"], r["d_hidden"], r["tokens"], f["moekit"], f["dense"], f["loop"], b["moekit"], b["dense"], b["loop"]))
+for s in d.get("stack", []):
+    print("stack H=%d N=%d: %.3f ms per forward, %.0f GB/s of expert weights" % (
+        s["d_hidden"], s["tokens"], s["ms_per_forward"], s["achieved_gb_per_s"]))
+PY
+done
+
+step bench moe, PyTorch eager loop on the GPU
+for dtype in float32 bfloat16; do
+  for n in 16 256 4096; do
+    for h in 1024 2048; do
+      timeout 60 python3 bench/moe_pytorch.py --device cuda --dtype $dtype --tokens $n --hidden $h --rounds 5
+    done
+  done
+done 2>&1 | tee "$OUT/bench_moe_pytorch_cuda.txt" | cut -c1-220
+
+step bench asr on the GPU, MoE and equal-FLOPs dense
+timeout 120 $M --device cuda bench asr --rounds 5 >"$OUT/bench_asr_cuda_moe.json" 2>&1
+timeout 120 $M --device cuda bench asr --rounds 5 --ffn 4096 --experts 0 >"$OUT/bench_asr_cuda_dense.json" 2>&1
+grep -hE '"(rtf_full|rtf_chunk|device|experts)"|error' "$OUT"/bench_asr_cuda_*.json
+
+step bench lm on the GPU
+timeout 90 $M --device cuda bench lm --experts 8 >"$OUT/bench_lm_cuda.json" 2>&1
+grep -E "tokens_per_s|parameters|device|error" "$OUT/bench_lm_cuda.json"
+
+step whole test suite, one process
+timeout 300 build-gpu/tests/moekit_tests --gtest_brief=1 >"$OUT/tests.txt" 2>&1
+echo "tests rc=$?"
+tail -25 "$OUT/tests.txt"

@@ -1,0 +1,287 @@
+// The CUDA paths against the CPU: the same modules with the same weights,
+// one copy moved to the GPU. Skipped where LibTorch sees no CUDA device; the
+// device selection errors are checked everywhere.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "moekit/core/runtime.h"
+#include "moekit/decode/lm_generate.h"
+#include "moekit/decode/recognizer.h"
+#include "moekit/models/asr/asr_model.h"
+#include "moekit/models/lm/lm_model.h"
+#include "moekit/moe/moe_layer.h"
+#include "test_util.h"
+
+namespace moekit {
+namespace {
+
+#define SKIP_WITHOUT_CUDA()                                                   \
+  do {                                                                        \
+    if (!torch::cuda::is_available()) {                                       \
+      GTEST_SKIP() << "no CUDA device here";                                  \
+    }                                                                         \
+    at::globalContext().setAllowTF32CuBLAS(false);                           \
+    at::globalContext().setAllowTF32CuDNN(false);                            \
+  } while (0)
+
+double max_diff(const torch::Tensor& a, const torch::Tensor& b) {
+  return (a.to(torch::kCPU, torch::kDouble) - b.to(torch::kCPU, torch::kDouble)).abs().max().item<double>();
+}
+
+// Every parameter's gradient of `cpu` against the same-named one of `gpu`.
+void expect_same_grads(torch::nn::Module& cpu, torch::nn::Module& gpu, double tolerance, const std::string& what) {
+  const auto a = cpu.named_parameters(), b = gpu.named_parameters();
+  ASSERT_EQ(a.size(), b.size());
+  for (const auto& item : a) {
+    const torch::Tensor ga = item.value().grad(), gb = b[item.key()].grad();
+    ASSERT_EQ(ga.defined(), gb.defined()) << what << " " << item.key();
+    if (ga.defined()) {
+      EXPECT_LE(max_diff(ga, gb), tolerance) << what << " " << item.key();
+    }
+  }
+}
+
+TEST(Device, ParsesNamesAndRefusesUnknownOnes) {
+  EXPECT_TRUE(parse_device("cpu").is_cpu());
+  EXPECT_NE(error_of([] { parse_device("tpu"); }).find("unknown device 'tpu'"), std::string::npos);
+  EXPECT_NE(error_of([] { parse_device("cuda:x"); }).find("unknown device 'cuda:x'"), std::string::npos);
+  if (torch::cuda::is_available()) {
+    EXPECT_TRUE(parse_device("cuda").is_cuda());
+    EXPECT_NE(error_of([] { parse_device("cuda:99"); }).find("CUDA device(s) here"), std::string::npos);
+  } else {
+    EXPECT_NE(error_of([] { parse_device("cuda"); }).find("sees no CUDA device"), std::string::npos);
+  }
+}
+
+struct MoECase {
+  Routing routing;
+  Gating gating;
+  int64_t top_k;
+  double capacity_factor;
+  Activation activation;
+};
+
+TEST(Cuda, MoELayerForwardAndGradientsMatchCpu) {
+  SKIP_WITHOUT_CUDA();
+  const MoECase cases[] = {
+      {Routing::Token, Gating::TopKSoftmax, 2, 0.0, Activation::Swish},
+      {Routing::Token, Gating::SoftmaxTopK, 3, 0.0, Activation::SwiGLU},
+      {Routing::Token, Gating::TopKSoftmax, 1, 1.0, Activation::Relu},
+      {Routing::Sentence, Gating::TopKSoftmax, 2, 0.0, Activation::Gelu},
+      {Routing::Task, Gating::SoftmaxTopK, 2, 0.0, Activation::Swish},
+  };
+  for (const MoECase& c : cases) {
+    MoEOptions o;
+    o.d_model = 16;
+    o.d_hidden = 24;
+    o.num_experts = 6;
+    o.top_k = c.top_k;
+    o.routing = c.routing;
+    o.gating = c.gating;
+    o.renormalize = c.gating == Gating::SoftmaxTopK;
+    o.capacity_factor = c.capacity_factor;
+    o.activation = c.activation;
+    o.num_tasks = c.routing == Routing::Task ? 2 : 0;
+    o.aux_loss_coef = 0.01;
+    o.z_loss_coef = 0.001;
+    torch::manual_seed(3);
+    MoELayer cpu(o);
+    torch::manual_seed(3);
+    MoELayer gpu(o);
+    gpu->to(torch::kCUDA);
+    torch::manual_seed(4);
+    const torch::Tensor x = torch::randn({3, 7, o.d_model});
+    const torch::Tensor mask = torch::arange(7).unsqueeze(0) < torch::tensor({7, 4, 2}).unsqueeze(1);
+    const torch::Tensor task = torch::tensor({1, 0, 1}, torch::kInt64);
+    const torch::Tensor probe = torch::randn({3, 7, o.d_model});
+    const torch::Tensor x_cpu = x.clone().requires_grad_(true);
+    const torch::Tensor x_gpu = x.to(torch::kCUDA).requires_grad_(true);
+    const torch::Tensor y_cpu = cpu->forward(x_cpu, {mask, task});
+    const torch::Tensor y_gpu = gpu->forward(x_gpu, {mask.to(torch::kCUDA), task.to(torch::kCUDA)});
+    const std::string what = o.to_string();
+    ASSERT_TRUE(y_gpu.is_cuda()) << what;
+    EXPECT_LE(max_diff(y_cpu, y_gpu), 1e-5) << what;
+    EXPECT_EQ(cpu->last_stats().tokens_per_expert, gpu->last_stats().tokens_per_expert) << what;
+    EXPECT_EQ(cpu->last_stats().dropped_assignments, gpu->last_stats().dropped_assignments) << what;
+    const torch::Tensor aux_cpu = cpu->aux_loss(), aux_gpu = gpu->aux_loss();
+    ASSERT_TRUE(aux_cpu.defined() && aux_gpu.defined()) << what;
+    EXPECT_LE(max_diff(aux_cpu, aux_gpu), 1e-6) << what;
+    ((y_cpu * probe).sum() + aux_cpu).backward();
+    ((y_gpu * probe.to(torch::kCUDA)).sum() + aux_gpu).backward();
+    EXPECT_LE(max_diff(x_cpu.grad(), x_gpu.grad()), 1e-5) << what;
+    expect_same_grads(*cpu, *gpu, 1e-4, what);
+  }
+}
+
+TEST(Cuda, MoELayerRunsInBfloat16) {
+  SKIP_WITHOUT_CUDA();
+  MoEOptions o;
+  o.d_model = 64;
+  o.d_hidden = 128;
+  o.num_experts = 8;
+  o.top_k = 2;
+  torch::manual_seed(5);
+  MoELayer cpu(o);
+  torch::manual_seed(5);
+  MoELayer gpu(o);
+  gpu->to(torch::kCUDA, torch::kBFloat16);
+  const torch::Tensor x = torch::randn({40, o.d_model});
+  torch::NoGradGuard no_grad;
+  const torch::Tensor y_cpu = cpu->forward(x);
+  const torch::Tensor y_gpu = gpu->forward(x.to(torch::kCUDA, torch::kBFloat16));
+  EXPECT_EQ(y_gpu.scalar_type(), torch::kBFloat16);
+  // bfloat16 keeps 8 bits of mantissa: relative error ~1e-2 of the output's scale.
+  EXPECT_LE(max_diff(y_cpu, y_gpu), 0.05 * y_cpu.abs().max().item<double>());
+}
+
+AsrConfig small_asr_config() {
+  AsrConfig c;
+  c.vocab_size = 12;
+  c.encoder.input_dim = 20;
+  c.fbank.num_mel_bins = 20;
+  c.encoder.output_size = 16;
+  c.encoder.attention_heads = 2;
+  c.encoder.num_blocks = 2;
+  c.encoder.ffn.hidden = 24;
+  c.encoder.ffn.moe = true;
+  c.encoder.ffn.n_expert = 4;
+  c.encoder.ffn.n_expert_activated = 2;
+  c.encoder.cnn_module_kernel = 4;
+  c.encoder.causal = true;
+  c.encoder.use_dynamic_chunk = true;
+  c.decoder.attention_heads = 2;
+  c.decoder.num_blocks = 1;
+  c.decoder.r_num_blocks = 1;
+  c.decoder.ffn.hidden = 24;
+  c.decoder.ffn.moe = true;
+  c.decoder.ffn.n_expert = 3;
+  c.decoder.ffn.n_expert_activated = 2;
+  return c;
+}
+
+std::shared_ptr<AsrModel> random_asr_model(const AsrConfig& c) {
+  torch::manual_seed(21);
+  auto model = std::make_shared<AsrModel>(c);
+  torch::NoGradGuard no_grad;
+  for (auto& p : model->parameters()) p.uniform_(-0.3, 0.3);
+  model->eval();
+  return model;
+}
+
+TEST(Cuda, AsrModelMatchesCpu) {
+  SKIP_WITHOUT_CUDA();
+  for (bool non_blank : {false, true}) {
+    AsrConfig c = small_asr_config();
+    c.apply_non_blank_embedding = non_blank;
+    auto cpu = random_asr_model(c);
+    auto gpu = random_asr_model(c);
+    gpu->to(torch::kCUDA);
+    torch::manual_seed(22);
+    const torch::Tensor feats = torch::randn({2, 83, 20});
+    const torch::Tensor lens = torch::tensor({83, 57}, torch::kLong);
+    const torch::Tensor feats_gpu = feats.to(torch::kCUDA), lens_gpu = lens.to(torch::kCUDA);
+    {
+      torch::NoGradGuard no_grad;
+      for (int64_t chunk : {-1, 3}) {
+        auto [out_cpu, mask_cpu] = cpu->encoder->forward(feats, lens, chunk, 1);
+        auto [out_gpu, mask_gpu] = gpu->encoder->forward(feats_gpu, lens_gpu, chunk, 1);
+        ASSERT_TRUE(out_gpu.is_cuda());
+        EXPECT_TRUE(mask_cpu.equal(mask_gpu.cpu())) << "chunk " << chunk;
+        EXPECT_LE(max_diff(out_cpu, out_gpu), 1e-4) << "chunk " << chunk;
+        EXPECT_LE(max_diff(cpu->ctc_log_probs(out_cpu), gpu->ctc_log_probs(out_gpu)), 1e-4) << "chunk " << chunk;
+      }
+      // Streaming on the GPU equals the chunk-masked forward there.
+      const torch::Tensor one = feats_gpu.slice(0, 0, 1);
+      auto [masked, unused] = gpu->encoder->forward(one, lens_gpu.slice(0, 0, 1), 2, -1);
+      EncoderStreamCache cache;
+      std::vector<torch::Tensor> pieces;
+      const int64_t window = gpu->encoder->window_frames(2), stride = gpu->encoder->subsampling_rate() * 2;
+      for (int64_t cur = 0; cur + gpu->encoder->right_context() + 1 <= one.size(1); cur += stride)
+        pieces.push_back(gpu->encoder->forward_chunk(one.slice(1, cur, std::min(cur + window, one.size(1))), cache, -1));
+      EXPECT_LE(max_diff(torch::cat(pieces, 1), masked), 1e-4);
+      // Both decoders score hypotheses alike.
+      auto [enc_cpu, m1] = cpu->encoder->forward(feats.slice(0, 0, 1), lens.slice(0, 0, 1), -1, -1);
+      auto [enc_gpu, m2] = gpu->encoder->forward(one, lens_gpu.slice(0, 0, 1), -1, -1);
+      auto [l_cpu, r_cpu] = cpu->decoder_log_probs(enc_cpu, {{3, 4, 5}, {6}});
+      auto [l_gpu, r_gpu] = gpu->decoder_log_probs(enc_gpu, {{3, 4, 5}, {6}});
+      EXPECT_LE(max_diff(l_cpu, l_gpu), 1e-4);
+      EXPECT_LE(max_diff(r_cpu, r_gpu), 1e-4);
+    }
+    // The training objective and its gradients.
+    const std::vector<std::vector<int64_t>> targets = {{1, 2, 3, 4}, {5, 6}};
+    const AsrLosses loss_cpu = cpu->forward_train(feats, lens, targets);
+    const AsrLosses loss_gpu = gpu->forward_train(feats_gpu, lens_gpu, targets);
+    EXPECT_LE(max_diff(loss_cpu.loss, loss_gpu.loss), 1e-3 * std::max(1.0, loss_cpu.loss.item<double>()))
+        << "non_blank " << non_blank;
+    loss_cpu.loss.backward();
+    loss_gpu.loss.backward();
+    expect_same_grads(*cpu, *gpu, 1e-3, non_blank ? "non-blank asr" : "asr");
+  }
+}
+
+TEST(Cuda, RecognizerAndStreamingSessionMatchCpu) {
+  SKIP_WITHOUT_CUDA();
+  const AsrConfig c = small_asr_config();
+  auto cpu = random_asr_model(c);
+  auto gpu = random_asr_model(c);
+  gpu->to(torch::kCUDA);
+  EXPECT_TRUE(model_device(*gpu).is_cuda());
+  torch::manual_seed(23);
+  std::vector<float> samples(16000);
+  const torch::Tensor wave = torch::randn({16000}) * 0.1;
+  std::copy(wave.data_ptr<float>(), wave.data_ptr<float>() + 16000, samples.begin());
+  for (DecodeMode mode : {DecodeMode::CtcGreedy, DecodeMode::CtcPrefixBeam, DecodeMode::AttentionRescoring}) {
+    DecodeOptions d;
+    d.mode = mode;
+    d.chunk_size = 4;
+    const Recognition a = Recognizer(cpu, Units(), d).recognize(samples);
+    const Recognition b = Recognizer(gpu, Units(), d).recognize(samples);
+    EXPECT_EQ(a.tokens, b.tokens) << decode_mode_name(mode);
+    EXPECT_NEAR(a.score, b.score, 1e-3) << decode_mode_name(mode);
+    auto stream = [&](std::shared_ptr<AsrModel> model) {
+      const Recognizer recognizer(model, Units(), d);
+      StreamingSession session(recognizer);
+      for (size_t pos = 0; pos < samples.size(); pos += 1600) session.accept_waveform(samples.data() + pos, 1600);
+      return session.finish();
+    };
+    const Recognition s_cpu = stream(cpu), s_gpu = stream(gpu);
+    EXPECT_EQ(s_cpu.tokens, s_gpu.tokens) << "streaming " << decode_mode_name(mode);
+    EXPECT_NEAR(s_cpu.score, s_gpu.score, 1e-3) << "streaming " << decode_mode_name(mode);
+  }
+}
+
+TEST(Cuda, LmForwardLossAndGenerationMatchCpu) {
+  SKIP_WITHOUT_CUDA();
+  LmConfig c;
+  c.vocab_size = 50;
+  c.d_model = 32;
+  c.n_layers = 2;
+  c.n_heads = 4;
+  c.n_kv_heads = 2;
+  c.d_ffn = 48;
+  c.max_seq_len = 40;
+  c.moe.num_experts = 4;
+  c.moe.top_k = 2;
+  torch::manual_seed(31);
+  LmModel cpu(c);
+  torch::manual_seed(31);
+  LmModel gpu(c);
+  gpu.to(torch::kCUDA);
+  const torch::Tensor tokens = torch::randint(c.vocab_size, {2, 12}, torch::kLong);
+  const LmLoss a = cpu.loss(tokens);
+  const LmLoss b = gpu.loss(tokens.to(torch::kCUDA));
+  EXPECT_LE(max_diff(a.loss, b.loss), 1e-4);
+  a.loss.backward();
+  b.loss.backward();
+  expect_same_grads(cpu, gpu, 1e-4, "lm");
+  cpu.eval();
+  gpu.eval();
+  SamplingOptions greedy;
+  greedy.temperature = 0;
+  greedy.max_new_tokens = 10;
+  greedy.stop_at_eos = false;
+  EXPECT_EQ(generate(cpu, {1, 5, 7}, greedy, -1), generate(gpu, {1, 5, 7}, greedy, -1));
+}
+
+}  // namespace
+}  // namespace moekit
