@@ -20,17 +20,17 @@ step configure
 cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$TORCH_PREFIX;$D" \
   -Dyaml-cpp_DIR="$D/lib/x86_64-linux-gnu/cmake/yaml-cpp" -DGTest_DIR="$D/lib/x86_64-linux-gnu/cmake/GTest" \
   -Dnlohmann_json_DIR="$D/share/cmake/nlohmann_json" -DCLI11_DIR="$D/share/cmake/CLI11" \
-  -DCMAKE_CUDA_ARCHITECTURES=90 -DTORCH_CUDA_ARCH_LIST=9.0 >"$OUT/configure.txt" 2>&1 ||
-  { tail -40 "$OUT/configure.txt"; exit 1; }
-grep -iE "warn|torch|cuda" "$OUT/configure.txt" | head -15
+  -DTORCH_CUDA_ARCH_LIST=9.0 >/tmp/configure.txt 2>&1 || { tail -40 /tmp/configure.txt; exit 1; }
+grep -E "MoEKit|CMake Warning" -A2 /tmp/configure.txt | head -20
 
 step build
 start=$(date +%s)
-cmake --build build-gpu -j "$(nproc)" -- -k 0 >"$OUT/build.txt" 2>&1
+timeout 300 cmake --build build-gpu -j "$(nproc)" -- -k 0 >/tmp/build.txt 2>&1
 rc=$?
-echo "build rc=$rc in $(( $(date +%s) - start )) s; warnings: $(grep -c 'warning:' "$OUT/build.txt")"
-grep -E "error:|FAILED:|undefined reference" "$OUT/build.txt" | head -40
-[ "$rc" = 0 ] || exit 1
+echo "build rc=$rc in $(( $(date +%s) - start )) s; warnings: $(grep -c 'warning:' /tmp/build.txt)"
+grep -E "warning:" /tmp/build.txt | head -10
+grep -E "error:|FAILED:|undefined reference" -A3 /tmp/build.txt | head -60
+[ "$rc" = 0 ] || { cp /tmp/build.txt /tmp/configure.txt "$OUT"/; exit 1; }
 
 M=build-gpu/moekit
 export OMP_NUM_THREADS=4 OPENBLAS_NUM_THREADS=4 MOEKIT_FIXTURES=$PWD/.devdeps/fixtures
@@ -38,19 +38,23 @@ step info
 $M --version; $M info --system
 
 step cuda tests
-timeout 120 build-gpu/tests/moekit_tests --gtest_filter='Cuda*:Device*' 2>&1 | tail -40
+timeout 120 build-gpu/tests/moekit_tests --gtest_filter='Cuda*:Device*' >"$OUT/cuda_tests.txt" 2>&1
+grep -E "^\[ +(OK|FAILED|PASSED|SKIPPED) +\]" "$OUT/cuda_tests.txt" | sort -u
+grep -B1 -A3 "Failure" "$OUT/cuda_tests.txt" | head -40
 
 step bench moe, MoEKit on the GPU
 for dtype in float32 bfloat16; do
+  variants=moekit,dense,loop
+  [ "$dtype" = bfloat16 ] && variants=moekit,moekit_gemm,dense,loop
   timeout 120 $M --device cuda bench moe --dtype "$dtype" --hidden 1024,2048 --tokens 16,256,4096 --rounds 5 \
-    --stack-layers 16 >"$OUT/bench_moe_cuda_$dtype.json" 2>&1
+    --variants $variants --stack-layers 16 >"$OUT/bench_moe_cuda_$dtype.json" 2>&1
   python3 - "$OUT/bench_moe_cuda_$dtype.json" <<'PY'
 import json, sys
 d = json.load(open(sys.argv[1]))
 for r in d["layer"]:
     f, b = r["forward_ms"], r["forward_backward_ms"]
-    print("%s H=%d N=%4d fwd ms moekit %.3f dense %.3f loop %.3f | fwd+bwd moekit %.3f dense %.3f loop %.3f" % (
-        r["dtype"], r["d_hidden"], r["tokens"], f["moekit"], f["dense"], f["loop"], b["moekit"], b["dense"], b["loop"]))
+    print("%s H=%d N=%4d fwd ms: %s | fwd+bwd ms: %s" % (r["dtype"], r["d_hidden"], r["tokens"],
+        " ".join("%s %.3f" % kv for kv in f.items()), " ".join("%s %.3f" % kv for kv in b.items())))
 for s in d.get("stack", []):
     print("stack H=%d N=%d: %.3f ms per forward, %.0f GB/s of expert weights" % (
         s["d_hidden"], s["tokens"], s["ms_per_forward"], s["achieved_gb_per_s"]))
@@ -64,12 +68,22 @@ for dtype in float32 bfloat16; do
       timeout 60 python3 bench/moe_pytorch.py --device cuda --dtype $dtype --tokens $n --hidden $h --rounds 5
     done
   done
-done 2>&1 | tee "$OUT/bench_moe_pytorch_cuda.txt" | cut -c1-220
+done >"$OUT/bench_moe_pytorch_cuda.txt" 2>&1
+python3 - "$OUT/bench_moe_pytorch_cuda.txt" <<'PY'
+import json, sys
+for line in open(sys.argv[1]):
+    try:
+        r = json.loads(line)
+    except ValueError:
+        print(line.rstrip()[:200]); continue
+    print("pytorch %s H=%d N=%4d fwd ms %.3f | fwd+bwd ms %.3f" % (
+        r["dtype"], r["d_hidden"], r["tokens"], r["forward_ms"], r["forward_backward_ms"]))
+PY
 
 step bench asr on the GPU, MoE and equal-FLOPs dense
-timeout 120 $M --device cuda bench asr --rounds 5 >"$OUT/bench_asr_cuda_moe.json" 2>&1
-timeout 120 $M --device cuda bench asr --rounds 5 --ffn 4096 --experts 0 >"$OUT/bench_asr_cuda_dense.json" 2>&1
-grep -hE '"(rtf_full|rtf_chunk|device|experts)"|error' "$OUT"/bench_asr_cuda_*.json
+(timeout 120 $M --device cuda bench asr --rounds 5
+ timeout 120 $M --device cuda bench asr --rounds 5 --ffn 4096 --experts 0) >"$OUT/bench_asr_cuda.json" 2>&1
+grep -hE '"(rtf_full|rtf_chunk|device|experts)"|error' "$OUT"/bench_asr_cuda.json
 
 step bench lm on the GPU
 timeout 90 $M --device cuda bench lm --experts 8 >"$OUT/bench_lm_cuda.json" 2>&1
@@ -78,4 +92,4 @@ grep -E "tokens_per_s|parameters|device|error" "$OUT/bench_lm_cuda.json"
 step whole test suite, one process
 timeout 300 build-gpu/tests/moekit_tests --gtest_brief=1 >"$OUT/tests.txt" 2>&1
 echo "tests rc=$?"
-tail -25 "$OUT/tests.txt"
+grep -E "^\[  (PASSED|FAILED|SKIPPED) |^\[==========\]" "$OUT/tests.txt" | sort | uniq | head -40

@@ -9,6 +9,7 @@
 #include "moekit/decode/recognizer.h"
 #include "moekit/models/asr/asr_model.h"
 #include "moekit/models/lm/lm_model.h"
+#include "moekit/moe/grouped_ffn.h"
 #include "moekit/moe/moe_layer.h"
 #include "test_util.h"
 
@@ -28,15 +29,17 @@ double max_diff(const torch::Tensor& a, const torch::Tensor& b) {
   return (a.to(torch::kCPU, torch::kDouble) - b.to(torch::kCPU, torch::kDouble)).abs().max().item<double>();
 }
 
-// Every parameter's gradient of `cpu` against the same-named one of `gpu`.
+// Every parameter's gradient of `cpu` against the same-named one of `gpu`,
+// to `tolerance` times max(1, the largest gradient entry).
 void expect_same_grads(torch::nn::Module& cpu, torch::nn::Module& gpu, double tolerance, const std::string& what) {
   const auto a = cpu.named_parameters(), b = gpu.named_parameters();
   ASSERT_EQ(a.size(), b.size());
   for (const auto& item : a) {
     const torch::Tensor ga = item.value().grad(), gb = b[item.key()].grad();
     ASSERT_EQ(ga.defined(), gb.defined()) << what << " " << item.key();
-    if (ga.defined()) {
-      EXPECT_LE(max_diff(ga, gb), tolerance) << what << " " << item.key();
+    if (ga.defined()) {  // relative to the gradient's scale
+      const double scale = std::max(1.0, ga.abs().max().item<double>());
+      EXPECT_LE(max_diff(ga, gb), tolerance * scale) << what << " " << item.key();
     }
   }
 }
@@ -125,13 +128,72 @@ TEST(Cuda, MoELayerRunsInBfloat16) {
   torch::manual_seed(5);
   MoELayer gpu(o);
   gpu->to(torch::kCUDA, torch::kBFloat16);
-  const torch::Tensor x = torch::randn({40, o.d_model});
+  // The CPU copy gets the same bfloat16-rounded weights and input in float32,
+  // so both route alike (router math is float32 on both).
+  cpu->to(torch::kBFloat16);
+  cpu->to(torch::kFloat);
+  const torch::Tensor x = torch::randn({40, o.d_model}).to(torch::kBFloat16);
   torch::NoGradGuard no_grad;
-  const torch::Tensor y_cpu = cpu->forward(x);
-  const torch::Tensor y_gpu = gpu->forward(x.to(torch::kCUDA, torch::kBFloat16));
+  const torch::Tensor y_cpu = cpu->forward(x.to(torch::kFloat));
+  const torch::Tensor y_gpu = gpu->forward(x.to(torch::kCUDA));
   EXPECT_EQ(y_gpu.scalar_type(), torch::kBFloat16);
-  // bfloat16 keeps 8 bits of mantissa: relative error ~1e-2 of the output's scale.
-  EXPECT_LE(max_diff(y_cpu, y_gpu), 0.05 * y_cpu.abs().max().item<double>());
+  EXPECT_EQ(cpu->last_stats().tokens_per_expert, gpu->last_stats().tokens_per_expert);
+  // bfloat16 keeps 8 bits of mantissa: errors ~1e-2 of the output's scale.
+  EXPECT_LE(max_diff(y_cpu, y_gpu), 0.03 * y_cpu.abs().max().item<double>());
+}
+
+TEST(Device, GroupedMmKernelRefusesWhatItCannotRun) {
+  ExpertWeights w;
+  w.w1 = torch::randn({2, 8, 8});
+  w.w2 = torch::randn({2, 8, 8});
+  const torch::Tensor x = torch::randn({3, 8});
+  EXPECT_FALSE(grouped_mm_applies(x, w));  // CPU float32
+  const std::string error =
+      error_of([&] { grouped_ffn(x, {1, 2}, w, {Activation::Relu, GroupedFfnKernel::GroupedMm}); });
+  EXPECT_NE(error.find("GroupedMm grouped-FFN kernel needs LibTorch >= 2.8"), std::string::npos) << error;
+}
+
+// The grouped GEMM path (at::_grouped_mm) against one GEMM per expert, both on
+// the GPU in bfloat16: outputs and every gradient, with biases, SwiGLU and an
+// expert that gets no rows.
+TEST(Cuda, GroupedMmMatchesPerExpertGemmInBfloat16) {
+  SKIP_WITHOUT_CUDA();
+  for (Activation act : {Activation::Swish, Activation::SwiGLU}) {
+    MoEOptions o;
+    o.d_model = 64;
+    o.d_hidden = 96;
+    o.num_experts = 8;
+    o.top_k = 2;
+    o.activation = act;
+    o.expert_bias = act == Activation::Swish;
+    torch::manual_seed(6);
+    MoELayer a(o);
+    torch::manual_seed(6);
+    MoELayer b(o);
+    a->to(torch::kCUDA, torch::kBFloat16);
+    b->to(torch::kCUDA, torch::kBFloat16);
+    b->set_kernel(GroupedFfnKernel::PerExpertGemm);
+    {  // positive inputs and a negative router row: expert 7 never gets a row
+      torch::NoGradGuard no_grad;
+      a->gate->weight[7].fill_(-1);
+      b->gate->weight[7].fill_(-1);
+    }
+    torch::manual_seed(7);
+    const torch::Tensor x = torch::randn({37, o.d_model}).abs().to(torch::kCUDA, torch::kBFloat16);
+    if (!grouped_mm_applies(x, a->experts->weights_for(x, {37}, GroupedFfnKernel::Auto))) {
+      GTEST_SKIP() << "this LibTorch (" << TORCH_VERSION << ") has no at::_grouped_mm";
+    }
+    const torch::Tensor xa = x.clone().requires_grad_(true), xb = x.clone().requires_grad_(true);
+    const torch::Tensor ya = a->forward(xa), yb = b->forward(xb);
+    ASSERT_EQ(a->last_stats().tokens_per_expert[7], 0);
+    const double scale = yb.abs().max().item<double>();
+    EXPECT_LE(max_diff(ya, yb), 0.02 * scale);
+    const torch::Tensor probe = torch::randn_like(ya);
+    (ya.to(torch::kFloat) * probe).sum().backward();
+    (yb.to(torch::kFloat) * probe).sum().backward();
+    EXPECT_LE(max_diff(xa.grad(), xb.grad()), 0.02 * std::max(1.0, xb.grad().abs().max().item<double>()));
+    expect_same_grads(*b, *a, 0.02, act == Activation::Swish ? "grouped_mm swish" : "grouped_mm swiglu");
+  }
 }
 
 AsrConfig small_asr_config() {

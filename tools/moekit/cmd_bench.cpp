@@ -114,6 +114,7 @@ json bench_layer(const BenchMoeOptions& opt, int64_t hidden, int64_t tokens) {
       {"loop", [&](const torch::Tensor& in) { return loop_moe(*moe, in); }},
       {"moekit_small_rows", [&](const torch::Tensor& in) { return with_kernel(GroupedFfnKernel::SmallRows, in); }},
       {"moekit_gemm", [&](const torch::Tensor& in) { return with_kernel(GroupedFfnKernel::PerExpertGemm, in); }},
+      {"moekit_grouped_mm", [&](const torch::Tensor& in) { return with_kernel(GroupedFfnKernel::GroupedMm, in); }},
   };
   auto clear_grads = [&] {
     for (auto& p : moe->parameters()) p.mutable_grad() = torch::Tensor();
@@ -217,7 +218,7 @@ void add_bench_command(CLI::App& app, const GlobalOptions& global) {
   cmd->add_option("--stack-layers", opt->stack_layers,
                   "Also time this many MoE layers in sequence and report the bandwidth-bound fraction (0 = off)")
       ->capture_default_str();
-  cmd->add_option("--variants", opt->variants, "Which of moekit,dense,loop to time (also moekit_small_rows, moekit_gemm: the forward kernel forced)")
+  cmd->add_option("--variants", opt->variants, "Which of moekit,dense,loop to time (also moekit_small_rows, moekit_gemm, moekit_grouped_mm: the kernel forced)")
       ->capture_default_str()
       ->delimiter(',');
   cmd->add_flag("--forward-only", opt->forward_only, "Skip forward+backward timings");
@@ -236,8 +237,10 @@ void add_bench_command(CLI::App& app, const GlobalOptions& global) {
     MOEKIT_CHECK_ARG(!opt->threads.empty(), "--bench-threads needs at least one thread count");
     for (int t : opt->threads) MOEKIT_CHECK_ARG(t > 0, "--bench-threads entries must be positive, got ", t);
     for (const auto& v : opt->variants) {
-      MOEKIT_CHECK_ARG(v == "moekit" || v == "dense" || v == "loop" || v == "moekit_small_rows" || v == "moekit_gemm",
-                       "unknown --variants entry '", v, "' (moekit, dense, loop, moekit_small_rows, moekit_gemm)");
+      MOEKIT_CHECK_ARG(v == "moekit" || v == "dense" || v == "loop" || v == "moekit_small_rows" || v == "moekit_gemm" ||
+                           v == "moekit_grouped_mm",
+                       "unknown --variants entry '", v,
+                       "' (moekit, dense, loop, moekit_small_rows, moekit_gemm, moekit_grouped_mm)");
     }
     {  // the most threads first: a re-exec for their wait settings must happen before any output
       GlobalOptions g = global;

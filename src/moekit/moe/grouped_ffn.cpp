@@ -1,6 +1,7 @@
 #include "moekit/moe/grouped_ffn.h"
 
 #include <ATen/Parallel.h>
+#include <torch/version.h>
 
 #include <algorithm>
 #include <atomic>
@@ -9,6 +10,13 @@
 #include "moekit/core/check.h"
 #include "moekit/core/runtime.h"
 #include "moekit/moe/panel_kernel.h"
+
+// at::_grouped_mm (a grouped GEMM with autograd) arrived in LibTorch 2.8.
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 8)
+#define MOEKIT_HAVE_GROUPED_MM 1
+#else
+#define MOEKIT_HAVE_GROUPED_MM 0
+#endif
 
 namespace moekit {
 namespace {
@@ -311,7 +319,46 @@ class GroupedFfnFunction : public torch::autograd::Function<GroupedFfnFunction> 
   }
 };
 
+#if MOEKIT_HAVE_GROUPED_MM
+// All experts in three grouped GEMMs (two with SwiGLU's w3): rows stay
+// grouped by expert and `offs` holds each expert's end row.
+torch::Tensor grouped_mm_ffn(const torch::Tensor& x, const std::vector<int64_t>& tokens_per_expert,
+                             const ExpertWeights& w, Activation activation) {
+  const int64_t rows = x.size(0);
+  if (rows == 0) return torch::zeros_like(x);
+  std::vector<int32_t> ends(tokens_per_expert.size());
+  int64_t end = 0;
+  for (size_t e = 0; e < ends.size(); ++e) ends[e] = static_cast<int32_t>(end += tokens_per_expert[e]);
+  const torch::Tensor offs = torch::tensor(ends, torch::kInt32).to(x.device(), /*non_blocking=*/true);
+  torch::Tensor expert_of_row;  // [M] for the biases, made on the device without a sync
+  if (w.b1.defined() || w.b2.defined()) {
+    const torch::Tensor counts = torch::tensor(tokens_per_expert, torch::kLong).to(x.device(), true);
+    expert_of_row = torch::repeat_interleave(counts, rows);
+  }
+  auto linear = [&](const torch::Tensor& in, const torch::Tensor& weight, const torch::Tensor& bias) {
+    torch::Tensor out = at::_grouped_mm(in, weight.transpose(1, 2), offs);  // [M, out]
+    return bias.defined() ? out + bias.index_select(0, expert_of_row) : out;
+  };
+  const torch::Tensor h1 = linear(x, w.w1, w.b1);
+  const torch::Tensor h3 = w.w3.defined() ? linear(x, w.w3, torch::Tensor()) : torch::Tensor();
+  return linear(apply_activation(activation, h1, h3), w.w2, w.b2);
+}
+#endif
+
 }  // namespace
+
+bool grouped_mm_applies(const torch::Tensor& x, const ExpertWeights& weights) {
+#if MOEKIT_HAVE_GROUPED_MM
+  const auto bf16 = [](const torch::Tensor& t) { return !t.defined() || t.scalar_type() == torch::kBFloat16; };
+  return x.is_cuda() && x.scalar_type() == torch::kBFloat16 && bf16(weights.w1) && bf16(weights.w2) &&
+         bf16(weights.w3) && bf16(weights.b1) && bf16(weights.b2) && x.size(1) % 8 == 0 &&
+         weights.w1.size(1) % 8 == 0 && weights.w1.size(0) < 1024;
+#else
+  (void)x;
+  (void)weights;
+  return false;
+#endif
+}
 
 std::vector<bool> grouped_ffn_small_rows_experts(const torch::Tensor& x,
                                                  const std::vector<int64_t>& tokens_per_expert,
@@ -360,6 +407,17 @@ torch::Tensor grouped_ffn(const torch::Tensor& x, const std::vector<int64_t>& to
   if (weights.w3.defined()) check_panels(weights.w3_panels, weights.w3, "w3_panels");
   check_panels(weights.w2_panels, weights.w2, "w2_panels");
   const torch::Tensor x_contiguous = x.contiguous();
+  if (options.kernel == GroupedFfnKernel::GroupedMm) {
+    MOEKIT_CHECK_ARG(grouped_mm_applies(x, weights), "the GroupedMm grouped-FFN kernel needs LibTorch >= 2.8 (this is ",
+                     TORCH_VERSION, "), CUDA bfloat16 inputs and weights and widths that are multiples of 8; got ",
+                     x.device(), " ", x.scalar_type(), " rows of width ", x.size(1));
+  }
+#if MOEKIT_HAVE_GROUPED_MM
+  if (options.kernel == GroupedFfnKernel::GroupedMm ||
+      (options.kernel == GroupedFfnKernel::Auto && grouped_mm_applies(x, weights))) {
+    return grouped_mm_ffn(x_contiguous, tokens_per_expert, weights, options.activation);
+  }
+#endif
   const bool needs_grad = torch::GradMode::is_enabled() &&
                           (x.requires_grad() || weights.w1.requires_grad() || weights.w2.requires_grad() ||
                            (weights.w3.defined() && weights.w3.requires_grad()) ||

@@ -35,6 +35,8 @@ enum class GroupedFfnKernel {
   Auto,           // per expert: SmallRows for few rows on CPU float32, PerExpertGemm otherwise
   PerExpertGemm,  // one BLAS GEMM per expert (BLAS threads inside each GEMM)
   SmallRows,      // CPU float32: threads over (expert, weight-row tile), weights streamed once
+  GroupedMm,      // CUDA bfloat16, LibTorch >= 2.8: at::_grouped_mm, one kernel per weight matrix
+                  // for all experts (CUTLASS on Hopper and newer), autograd through ATen
 };
 
 struct GroupedFfnOptions {
@@ -54,6 +56,12 @@ torch::Tensor grouped_ffn(const torch::Tensor& x, const std::vector<int64_t>& to
 // expert: 2.5% at 1 thread, 7-12% at 2; bench/README.md, "Weight panels"),
 // except where only the generic (non-SIMD) variant exists. Exposed for tests
 // and benchmarks.
+// Whether the GroupedMm kernel can run on these inputs: a LibTorch with
+// at::_grouped_mm (2.8+), CUDA, bfloat16 inputs and weights, widths that
+// keep its 16-byte stride alignment (d_model and hidden multiples of 8),
+// fewer than 1024 experts. Auto takes it whenever it can.
+bool grouped_mm_applies(const torch::Tensor& x, const ExpertWeights& weights);
+
 std::vector<bool> grouped_ffn_small_rows_experts(const torch::Tensor& x,
                                                  const std::vector<int64_t>& tokens_per_expert,
                                                  GroupedFfnKernel requested, bool with_panels = false);

@@ -117,8 +117,8 @@ LmWeights grow_lm(const LmWeights& model, const GrowOptions& o) {
     const std::string prefix = "layers." + std::to_string(l) + ".";
     const std::string next_prefix = "layers." + std::to_string(aki ? std::min(l + 1, old.n_layers - 1) : l) + ".";
     auto out_in = [&](const std::string& name, const UnitMap* out, const UnitMap* in) {
-      const torch::Tensor& w = get(model.weights, prefix + name);
-      const torch::Tensor& next = get(model.weights, next_prefix + name);
+      const torch::Tensor w = get(model.weights, prefix + name);
+      const torch::Tensor next = get(model.weights, next_prefix + name);
       torch::Tensor grown = out ? expand_out(w, aki ? &next : nullptr, 0, *out) : w.clone();
       if (in) grown = split_in(grown, 1, *in);
       wide[prefix + name] = grown;
