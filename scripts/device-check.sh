@@ -30,6 +30,14 @@ rc=$?
 echo "build rc=$rc in $(( $(date +%s) - start )) s; warnings: $(grep -c 'warning:' /tmp/build.txt)"
 grep -E "warning:" /tmp/build.txt | head -10
 grep -E "error:|FAILED:|undefined reference" -A3 /tmp/build.txt | head -60
+if [ "$rc" != 0 ] && grep -q "grouped_ffn.cpp" /tmp/build.txt; then
+  step "build again without at::_grouped_mm"
+  cp /tmp/build.txt "$OUT/build_failed.txt"
+  cmake build-gpu -DCMAKE_CXX_FLAGS=-DMOEKIT_HAVE_GROUPED_MM=0 >/dev/null &&
+    timeout 300 cmake --build build-gpu -j "$(nproc)" -- -k 0 >/tmp/build.txt 2>&1
+  rc=$?
+  grep -E "error:|FAILED:|undefined reference" -A3 /tmp/build.txt | head -30
+fi
 [ "$rc" = 0 ] || { cp /tmp/build.txt /tmp/configure.txt "$OUT"/; exit 1; }
 
 M=build-gpu/moekit

@@ -11,11 +11,14 @@
 #include "moekit/core/runtime.h"
 #include "moekit/moe/panel_kernel.h"
 
-// at::_grouped_mm (a grouped GEMM with autograd) arrived in LibTorch 2.8.
+// at::_grouped_mm (a grouped GEMM with autograd) arrived in LibTorch 2.8
+// (-DMOEKIT_HAVE_GROUPED_MM=0 leaves it out).
+#ifndef MOEKIT_HAVE_GROUPED_MM
 #if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 8)
 #define MOEKIT_HAVE_GROUPED_MM 1
 #else
 #define MOEKIT_HAVE_GROUPED_MM 0
+#endif
 #endif
 
 namespace moekit {
