@@ -3,6 +3,7 @@
 # against that PyTorch's LibTorch with the libraries scripts/device-deps.sh
 # unpacked into .devdeps/, runs the CUDA tests, the GPU benchmarks and then
 # the whole test suite. Logs go to $OUT (default /tmp/moekit-device).
+# QUICK=1: bfloat16 MoE benchmarks only (no float32, ASR or LM ones).
 set -u
 OUT=${OUT:-/tmp/moekit-device}
 mkdir -p "$OUT"
@@ -51,7 +52,9 @@ grep -E "^\[ +(OK|FAILED|PASSED|SKIPPED) +\]" "$OUT/cuda_tests.txt" | sort -u
 grep -B1 -A3 "Failure" "$OUT/cuda_tests.txt" | head -40
 
 step bench moe, MoEKit on the GPU
-for dtype in float32 bfloat16; do
+DTYPES="float32 bfloat16"
+[ "${QUICK:-0}" = 1 ] && DTYPES=bfloat16
+for dtype in $DTYPES; do
   variants=moekit,dense,loop
   [ "$dtype" = bfloat16 ] && variants=moekit,moekit_gemm,dense,loop
   timeout 120 $M --device cuda bench moe --dtype "$dtype" --hidden 1024,2048 --tokens 16,256,4096 --rounds 5 \
@@ -70,7 +73,7 @@ PY
 done
 
 step bench moe, PyTorch eager loop on the GPU
-for dtype in float32 bfloat16; do
+for dtype in $DTYPES; do
   for n in 16 256 4096; do
     for h in 1024 2048; do
       timeout 60 python3 bench/moe_pytorch.py --device cuda --dtype $dtype --tokens $n --hidden $h --rounds 5
@@ -88,6 +91,7 @@ for line in open(sys.argv[1]):
         r["dtype"], r["d_hidden"], r["tokens"], r["forward_ms"], r["forward_backward_ms"]))
 PY
 
+if [ "${QUICK:-0}" != 1 ]; then
 step bench asr on the GPU, MoE and equal-FLOPs dense
 (timeout 120 $M --device cuda bench asr --rounds 5
  timeout 120 $M --device cuda bench asr --rounds 5 --ffn 4096 --experts 0) >"$OUT/bench_asr_cuda.json" 2>&1
@@ -96,6 +100,7 @@ grep -hE '"(rtf_full|rtf_chunk|device|experts)"|error' "$OUT"/bench_asr_cuda.jso
 step bench lm on the GPU
 timeout 90 $M --device cuda bench lm --experts 8 >"$OUT/bench_lm_cuda.json" 2>&1
 grep -E "tokens_per_s|parameters|device|error" "$OUT/bench_lm_cuda.json"
+fi
 
 step whole test suite, one process
 timeout 300 build-gpu/tests/moekit_tests --gtest_brief=1 >"$OUT/tests.txt" 2>&1

@@ -336,7 +336,7 @@ torch::Tensor grouped_mm_ffn(const torch::Tensor& x, const std::vector<int64_t>&
   torch::Tensor expert_of_row;  // [M] for the biases, made on the device without a sync
   if (w.b1.defined() || w.b2.defined()) {
     const torch::Tensor counts = torch::tensor(tokens_per_expert, torch::kLong).to(x.device(), true);
-    expert_of_row = torch::repeat_interleave(counts, rows);
+    expert_of_row = torch::repeat_interleave(counts, c10::optional<int64_t>(rows));  // [0 x n0, 1 x n1, ...]
   }
   auto linear = [&](const torch::Tensor& in, const torch::Tensor& weight, const torch::Tensor& bias) {
     torch::Tensor out = at::_grouped_mm(in, weight.transpose(1, 2), offs);  // [M, out]
