@@ -3,6 +3,7 @@
 // own setting, and never repeating output; the weight-panel switch.
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
+#include <torch/torch.h>
 
 #include <string>
 
@@ -52,6 +53,26 @@ TEST(CliRuntime, WeightPanelsAreOnUnlessTheEnvironmentSaysZero) {
   EXPECT_TRUE(panels(""));
   EXPECT_TRUE(panels("MOEKIT_WEIGHT_PANELS=1"));
   EXPECT_FALSE(panels("MOEKIT_WEIGHT_PANELS=0"));
+}
+
+TEST(CliRuntime, DeviceErrorsAreOneLine) {
+  const std::string bench = " bench moe --d-model 16 --hidden 32 --experts 4 --tokens 4 --rounds 1 --sample-seconds 0.001";
+  CliRun run = run_cli("--device tpu" + bench);
+  EXPECT_NE(run.exit_code, 0);
+  EXPECT_EQ(run.output, "moekit: error: unknown device 'tpu' (cpu, cuda or cuda:N)\n");
+  run = run_cli("--device cpu" + bench + " --dtype bfloat16");
+  EXPECT_NE(run.exit_code, 0);
+  EXPECT_NE(run.output.find("--dtype bfloat16 is for --device cuda"), std::string::npos) << run.output;
+  const std::string f = " " + std::string(MOEKIT_CLI_PATH);  // any existing file: the device is checked first
+  run = run_cli("--device cuda train lm --config" + f + " --train-text" + f + " --valid-text" + f + " --tokenizer" + f +
+                " --exp-dir /nonexistent/e");
+  EXPECT_NE(run.exit_code, 0);
+  EXPECT_NE(run.output.find("training runs on the CPU"), std::string::npos) << run.output;
+  if (!torch::cuda::is_available()) {
+    run = run_cli("--device cuda" + bench);
+    EXPECT_NE(run.exit_code, 0);
+    EXPECT_NE(run.output.find("this LibTorch sees no CUDA device"), std::string::npos) << run.output;
+  }
 }
 
 TEST(CliRuntime, BenchmarkOverSeveralThreadCountsPrintsOnce) {

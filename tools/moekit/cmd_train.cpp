@@ -46,6 +46,8 @@ void add_train_command(CLI::App& app, const GlobalOptions& global) {
   add_train_lm_command(*train, global);
   asr->callback([o, &global] {
     apply_runtime(global);
+    MOEKIT_CHECK_ARG(global.device == "cpu", "train: --device ", global.device,
+                     " is not supported: training runs on the CPU (decoding and the benchmarks take --device)");
     const YAML::Node y = load_yaml_file(o->config);
     const std::vector<Utterance> train_data = read_asr_data(o->train_data);
     const std::vector<Utterance> cv_data = read_asr_data(o->cv_data);
