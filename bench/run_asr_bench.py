@@ -17,6 +17,8 @@ import subprocess
 import sys
 import tempfile
 
+from bench_env import bench_env
+
 
 def run(cmd, env):
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
@@ -43,7 +45,7 @@ def main():
                     help="speech: an espeak-ng utterance (both sides get the same fbank features); noise: random "
                          "input, on which a random model routes nearly every frame to the same two experts")
     a = ap.parse_args()
-    env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), OPENBLAS_NUM_THREADS=str(a.threads))
+    env = bench_env(a.moekit, a.threads)
     tmp = tempfile.mkdtemp(prefix="moekit_asr_bench_")
     shape = ["--d-model", str(a.d_model), "--blocks", str(a.blocks), "--kernel", str(a.kernel),
              "--seconds", str(a.seconds), "--chunk-size", str(a.chunk_size), "--rounds", str(a.rounds)]

@@ -17,6 +17,8 @@ import os
 import subprocess
 import tempfile
 
+from bench_env import bench_env
+
 
 def run(cmd, env):
     return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout)
@@ -47,7 +49,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=3, help="timed repetitions inside each program call")
     ap.add_argument("--alternations", type=int, default=2, help="interleaved calls of every variant")
     args = ap.parse_args()
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), OPENBLAS_NUM_THREADS=str(args.threads))
+    env = bench_env(args.moekit, args.threads)
     here = os.path.dirname(os.path.abspath(__file__))
     results = {}
     with tempfile.TemporaryDirectory() as tmp:

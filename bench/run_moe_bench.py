@@ -13,11 +13,14 @@ import os
 import subprocess
 import sys
 
+from bench_env import bench_env
+
 HERE = os.path.dirname(os.path.abspath(__file__))
+ENVS = {}
 
 
 def run_json(cmd, threads):
-    env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
+    env = ENVS[threads]
     out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
     return json.loads(out)
 
@@ -36,6 +39,7 @@ def main():
 
     rows, stacks = [], []
     for threads in [int(t) for t in a.threads.split(",")]:
+        ENVS[threads] = bench_env(a.moekit, threads)
         for hidden in [int(h) for h in a.hidden.split(",")]:
             for tokens in [int(t) for t in a.tokens.split(",")]:
                 best = {}

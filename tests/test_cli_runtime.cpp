@@ -8,6 +8,7 @@
 #include <string>
 
 #include "cli_test_util.h"
+#include "moekit/core/runtime.h"
 
 namespace moekit {
 namespace {
@@ -53,6 +54,31 @@ TEST(CliRuntime, WeightPanelsAreOnUnlessTheEnvironmentSaysZero) {
   EXPECT_TRUE(panels(""));
   EXPECT_TRUE(panels("MOEKIT_WEIGHT_PANELS=1"));
   EXPECT_FALSE(panels("MOEKIT_WEIGHT_PANELS=0"));
+}
+
+TEST(Runtime, OpenBlasFallbackCoresAreReplacedByWhatTheCpuRuns) {
+  const CpuFeatures none, avx2{true, true, false}, avx512{true, true, true};
+  EXPECT_EQ(blas_core_upgrade("Prescott", avx512), "SkylakeX");
+  EXPECT_EQ(blas_core_upgrade("Prescott", avx2), "Haswell");
+  EXPECT_EQ(blas_core_upgrade("Sandybridge", avx2), "Haswell");
+  EXPECT_EQ(blas_core_upgrade("Prescott", none), "");
+  EXPECT_EQ(blas_core_upgrade("Haswell", avx512), "");  // an AVX2 choice stays
+  EXPECT_EQ(blas_core_upgrade("Zen", avx512), "");
+  EXPECT_EQ(blas_core_upgrade("SkylakeX", avx512), "");
+  EXPECT_EQ(blas_core_upgrade("", avx512), "");  // not OpenBLAS
+}
+
+TEST(CliRuntime, OpenBlasRunsTheBestCoreItHasUnlessTheUserChose) {
+  auto blas = [](const std::string& env) {
+    const CliRun run = run_cli("--threads 1 info --system --json", "env -u OPENBLAS_CORETYPE " + env);
+    EXPECT_EQ(run.exit_code, 0) << run.output;
+    return nlohmann::json::parse(run.output).at("blas");
+  };
+  const nlohmann::json chosen = blas("");
+  if (chosen.at("name") != "OpenBLAS") GTEST_SKIP() << "the BLAS here is " << chosen.at("name");
+  // Whatever OpenBLAS picked by itself, what runs needs no upgrade.
+  EXPECT_EQ(blas_core_upgrade(chosen.at("core").get<std::string>(), cpu_features()), "") << chosen.dump();
+  EXPECT_EQ(blas("OPENBLAS_CORETYPE=Prescott").at("core"), "Prescott");
 }
 
 TEST(CliRuntime, DeviceErrorsAreOneLine) {

@@ -44,6 +44,9 @@ json system_info() {
     }
   }
   j["thread_wait"] = wait;
+  j["blas"]["core"] = openblas_core();
+  const char* replaced = std::getenv("MOEKIT_SET_OPENBLAS_CORETYPE");
+  j["blas"]["core_replaced"] = replaced != nullptr && std::getenv("OPENBLAS_CORETYPE") != nullptr ? replaced : "";
   j["weight_panels"] = weight_panels_enabled();
   j["small_rows_kernels"] = {{"panels", detail::panel_variants().front().first},
                              {"rows", detail::small_rows_variants().front().first}};
@@ -62,6 +65,11 @@ void print_system(const json& j) {
   std::cout << "\nBLAS: " << j["blas"]["name"].get<std::string>() << " (" << j["blas"]["library"].get<std::string>()
             << ")";
   if (!j["blas"]["config"].get<std::string>().empty()) std::cout << " " << j["blas"]["config"].get<std::string>();
+  if (!j["blas"]["core_replaced"].get<std::string>().empty()) {
+    std::cout << "\nBLAS core: " << j["blas"]["core"].get<std::string>() << " (OpenBLAS picked "
+              << j["blas"]["core_replaced"].get<std::string>()
+              << " for this CPU; moekit set OPENBLAS_CORETYPE: set it yourself to choose)";
+  }
   std::cout << "\nthread pool wait:";
   if (j["thread_wait"].empty()) std::cout << " library defaults";
   for (const auto& [name, value] : j["thread_wait"].items()) std::cout << " " << name << "=" << value.get<std::string>();

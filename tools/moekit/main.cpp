@@ -21,7 +21,8 @@ void apply_runtime(const GlobalOptions& global) {
   const int threads = global.threads > 0 ? global.threads : static_cast<int>(std::thread::hardware_concurrency());
   // Thread pools only contend with two or more threads; a single-threaded
   // run keeps its start-up time (loading LibTorch twice costs ~0.6 s here).
-  if (threads > 1) apply_thread_wait_settings(program_argv);
+  // An OpenBLAS that fell back to pre-AVX2 kernels is started over with better ones.
+  apply_runtime_environment(program_argv, /*thread_wait=*/threads > 1);
   set_num_threads(std::max(threads, 1));
 }
 

@@ -6,7 +6,9 @@
 #include <unistd.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <chrono>
+#include <iterator>
 #include <climits>
 #include <cstdlib>
 #include <filesystem>
@@ -29,18 +31,62 @@ void set_num_threads(int threads) {
 
 int num_threads() { return torch::get_num_threads(); }
 
-void apply_thread_wait_settings(char** argv) {
-  if (std::getenv(kThreadWaitMarker) != nullptr) return;
+CpuFeatures cpu_features() {
+  CpuFeatures f;
+#if defined(__x86_64__) && defined(__GNUC__)
+  __builtin_cpu_init();
+  f.avx2 = __builtin_cpu_supports("avx2");
+  f.fma = __builtin_cpu_supports("fma");
+  f.avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+             __builtin_cpu_supports("avx512cd");
+#endif
+  return f;
+}
+
+std::string blas_core_upgrade(const std::string& openblas_core, const CpuFeatures& cpu) {
+  // OpenBLAS's x86-64 cores without AVX2 kernels (its fallbacks for CPUs it does not know).
+  static const char* const kPreAvx2[] = {"Prescott", "Core2",   "Penryn",    "Dunnington", "Nehalem",  "Sandybridge",
+                                         "Atom",     "Opteron", "Opteron(SSE3)", "Barcelona", "Bobcat", "Bulldozer",
+                                         "Piledriver", "Steamroller", "Excavator", "Nano"};
+  const bool pre_avx2 = std::any_of(std::begin(kPreAvx2), std::end(kPreAvx2),
+                                    [&](const char* name) { return openblas_core == name; });
+  if (!pre_avx2) return "";
+  if (cpu.avx512) return "SkylakeX";
+  if (cpu.avx2 && cpu.fma) return "Haswell";
+  return "";
+}
+
+std::string openblas_core() {
+  auto get_corename = find_symbol<char* (*)()>("openblas_get_corename");
+  const char* name = get_corename ? get_corename() : nullptr;
+  return name ? name : "";
+}
+
+void apply_runtime_environment(char** argv, bool thread_wait) {
   bool changed = false;
-  for (const ThreadWaitSetting& s : kThreadWaitSettings) {
-    if (std::getenv(s.variable) == nullptr && std::getenv(s.unless_set) == nullptr) {
-      ::setenv(s.variable, s.value, 0);
+  if (thread_wait && std::getenv(kThreadWaitMarker) == nullptr) {
+    for (const ThreadWaitSetting& s : kThreadWaitSettings) {
+      if (std::getenv(s.variable) == nullptr && std::getenv(s.unless_set) == nullptr) {
+        ::setenv(s.variable, s.value, 0);
+        changed = true;
+      }
+    }
+    ::setenv(kThreadWaitMarker, "1", 0);
+  }
+  // A core the user chose (or this function chose before the re-exec) stays.
+  if (std::getenv("OPENBLAS_CORETYPE") == nullptr) {
+    const std::string core = blas_core_upgrade(openblas_core(), cpu_features());
+    if (!core.empty()) {
+      ::setenv("OPENBLAS_CORETYPE", core.c_str(), 0);
+      ::setenv("MOEKIT_SET_OPENBLAS_CORETYPE", openblas_core().c_str(), 1);  // what OpenBLAS had picked
       changed = true;
     }
   }
-  ::setenv(kThreadWaitMarker, "1", 0);
   if (changed) ::execv("/proc/self/exe", argv);  // returns only on failure
 }
+
+void apply_thread_wait_settings(char** argv) { apply_runtime_environment(argv, true); }
 
 namespace {
 using SetThreadsFn = void (*)(int);

@@ -36,11 +36,31 @@ inline constexpr ThreadWaitSetting kThreadWaitSettings[] = {
 inline constexpr const char* kThreadWaitMarker = "MOEKIT_THREAD_WAIT";
 
 // Puts kThreadWaitSettings into the environment (a variable the user set
-// stays as it is) and, when anything changed, re-executes the running
-// program with argv so that the libraries see them. Returns when nothing had
-// to change or the re-exec failed (the program then runs with the defaults).
-// Call before any output or side effect: the program starts over.
+// stays as it is), and OPENBLAS_CORETYPE where blas_core_upgrade() names a
+// core, then, when anything changed, re-executes the running program with
+// argv so that the libraries see them. Returns when nothing had to change or
+// the re-exec failed (the program then runs with the defaults). Call before
+// any output or side effect: the program starts over.
 void apply_thread_wait_settings(char** argv);
+// The same with the thread-wait part optional (the CLI skips it for one
+// thread, where the pools do not contend).
+void apply_runtime_environment(char** argv, bool thread_wait);
+
+// OpenBLAS built with DYNAMIC_ARCH (Debian's) picks its kernels by CPU model
+// when it loads; a model it does not know (0.3.21: Intel family 6 model 207,
+// Emerald Rapids) gets the SSE3 "Prescott" kernels, 4.8x slower at fp32 GEMM
+// there (34 against 165 GFLOP/s, 1 thread) than the AVX-512 ones the CPU
+// runs. Given the core OpenBLAS chose and the CPU's features, the core to ask
+// for through OPENBLAS_CORETYPE ("SkylakeX" with AVX-512 F/BW/VL/DQ/CD,
+// "Haswell" with AVX2 and FMA), or "" when the chosen core already uses AVX2
+// or the CPU offers nothing better. Only pre-AVX2 choices are replaced.
+struct CpuFeatures {
+  bool avx2 = false, fma = false, avx512 = false;  // avx512: F, BW, VL, DQ and CD
+};
+CpuFeatures cpu_features();
+std::string blas_core_upgrade(const std::string& openblas_core, const CpuFeatures& cpu);
+// The running OpenBLAS's core ("" when the BLAS is not OpenBLAS).
+std::string openblas_core();
 
 // While alive, OpenBLAS runs single-threaded (restored afterwards), so that
 // many threads can each run their own small GEMMs, as MoE experts want.
