@@ -4,6 +4,7 @@
 #include <torch/version.h>
 
 #include <algorithm>
+#include <iterator>
 #include <atomic>
 #include <numeric>
 
@@ -276,12 +277,21 @@ class GroupedFfnFunction : public torch::autograd::Function<GroupedFfnFunction> 
     const bool need_w3 = gated && ctx->needs_input_grad(3);
     const bool need_w2 = ctx->needs_input_grad(4), need_b2 = has_b2 && ctx->needs_input_grad(5);
 
-    torch::Tensor grad_w1 = need_w1 ? torch::zeros_like(w1) : torch::Tensor();
-    torch::Tensor grad_b1 = need_b1 ? torch::zeros({w1.size(0), w1.size(1)}, w1.options()) : torch::Tensor();
-    torch::Tensor grad_w3 = need_w3 ? torch::zeros_like(w3) : torch::Tensor();
-    torch::Tensor grad_w2 = need_w2 ? torch::zeros_like(w2) : torch::Tensor();
-    torch::Tensor grad_b2 = need_b2 ? torch::zeros({w2.size(0), w2.size(1)}, w2.options()) : torch::Tensor();
-    torch::Tensor grad_x = need_x ? torch::zeros_like(x) : torch::Tensor();
+    // Every expert with rows overwrites its slice of each gradient below (and
+    // the rows cover all of x), so only the idle experts' slices are zeroed:
+    // zeroing whole [E, H, D] gradients cost more than the GEMMs at few rows.
+    torch::Tensor grad_w1 = need_w1 ? torch::empty_like(w1) : torch::Tensor();
+    torch::Tensor grad_b1 = need_b1 ? torch::empty({w1.size(0), w1.size(1)}, w1.options()) : torch::Tensor();
+    torch::Tensor grad_w3 = need_w3 ? torch::empty_like(w3) : torch::Tensor();
+    torch::Tensor grad_w2 = need_w2 ? torch::empty_like(w2) : torch::Tensor();
+    torch::Tensor grad_b2 = need_b2 ? torch::empty({w2.size(0), w2.size(1)}, w2.options()) : torch::Tensor();
+    torch::Tensor grad_x = need_x ? torch::empty_like(x) : torch::Tensor();
+    for (size_t e = 0; e < tokens_per_expert.size(); ++e) {
+      if (tokens_per_expert[e] > 0) continue;
+      const int64_t i = static_cast<int64_t>(e);
+      for (torch::Tensor* g : {&grad_w1, &grad_b1, &grad_w3, &grad_w2, &grad_b2})
+        if (g->defined()) (*g)[i].zero_();
+    }
 
     const torch::Tensor a = need_w2 ? apply_activation(activation, h1, h3) : torch::Tensor();  // [M, H]
     torch::Tensor grad_a = torch::empty_like(h1);                                              // [M, H]
@@ -350,6 +360,14 @@ torch::Tensor grouped_mm_ffn(const torch::Tensor& x, const std::vector<int64_t>&
 
 }  // namespace
 
+bool small_rows_beats_blas() {
+  // OpenBLAS's AVX-512 cores (the names openblas_get_corename gives).
+  static const char* const kAvx512Cores[] = {"SkylakeX", "Cooperlake", "SapphireRapids"};
+  const std::string core = openblas_core();
+  return std::none_of(std::begin(kAvx512Cores), std::end(kAvx512Cores),
+                      [&](const char* name) { return core == name; });
+}
+
 bool grouped_mm_applies(const torch::Tensor& x, const ExpertWeights& weights) {
 #if MOEKIT_HAVE_GROUPED_MM
   const auto bf16 = [](const torch::Tensor& t) { return !t.defined() || t.scalar_type() == torch::kBFloat16; };
@@ -372,11 +390,12 @@ std::vector<bool> grouped_ffn_small_rows_experts(const torch::Tensor& x,
     MOEKIT_CHECK_ARG(small_rows_possible, "the SmallRows grouped-FFN kernel needs CPU float32 inputs, got ",
                      x.device(), " ", x.scalar_type());
   }
+  static const bool beats_blas = small_rows_beats_blas();
   std::vector<bool> small(tokens_per_expert.size(), false);
   if (!small_rows_possible || requested == GroupedFfnKernel::PerExpertGemm) return small;
   for (size_t e = 0; e < small.size(); ++e) {
-    small[e] = requested == GroupedFfnKernel::SmallRows || tokens_per_expert[e] <= kSmallRowsMaxRows ||
-               (with_panels && panels_fast);
+    small[e] = requested == GroupedFfnKernel::SmallRows || (with_panels && panels_fast) ||
+               (beats_blas && tokens_per_expert[e] <= kSmallRowsMaxRows);
   }
   return small;
 }

@@ -56,6 +56,16 @@ torch::Tensor grouped_ffn(const torch::Tensor& x, const std::vector<int64_t>& to
 // expert: 2.5% at 1 thread, 7-12% at 2; bench/README.md, "Weight panels"),
 // except where only the generic (non-SIMD) variant exists. Exposed for tests
 // and benchmarks.
+// Whether Auto gives experts of up to 80 rows the small-rows kernel when no
+// weight panels are at hand (training, or panels off): yes, except where the
+// BLAS is OpenBLAS with AVX-512 kernels. Against OpenBLAS's AVX2 kernels
+// (AMD EPYC, session 5) the small-rows kernel was 1.2x faster at 64 rows;
+// against its SkylakeX kernels (Intel family 6 model 207, session 8; D 256,
+// H 1024, 8 experts, top-2, 1 thread, forward recording gradients) it was
+// 1.25-2.9x slower at 4-64 rows per expert (3.14 against 1.37 ms at 16
+// tokens, 12.3 against 4.2 ms at 256).
+bool small_rows_beats_blas();
+
 // Whether the GroupedMm kernel can run on these inputs: a LibTorch with
 // at::_grouped_mm (2.8+), CUDA, bfloat16 inputs and weights, widths that
 // keep its 16-byte stride alignment (d_model and hidden multiples of 8),
