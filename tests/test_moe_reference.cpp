@@ -74,6 +74,12 @@ void check_against_reference(const Case& c, int64_t seed) {
   EXPECT_EQ(moe->last_stats().dropped_assignments, ref_dropped);
   // Padding gets exactly zero.
   EXPECT_EQ(y.masked_select(~in.mask.unsqueeze(-1)).abs().max().item<float>(), 0.0f);
+  {  // Inference (weight panels, the fused combine) computes the same.
+    torch::NoGradGuard no_grad;
+    const torch::Tensor y_inference = moe->forward(in.x.detach(), route);
+    EXPECT_LE(max_abs_diff(y_inference, y_ref), 1e-5) << "inference, " << o.to_string();
+    EXPECT_EQ(y_inference.masked_select(~in.mask.unsqueeze(-1)).abs().max().item<float>(), 0.0f);
+  }
 
   // Gradients of a random projection of the output.
   const torch::Tensor probe = torch::randn_like(y);

@@ -1,5 +1,7 @@
 #include "moekit/moe/moe_layer.h"
 
+#include <ATen/Parallel.h>
+
 #include <cmath>
 
 #include "moekit/core/check.h"
@@ -7,6 +9,48 @@
 #include "moekit/moe/router.h"
 
 namespace moekit {
+namespace {
+
+// Inference combine on the CPU in one pass, without the [M, D] weighted copy,
+// the zero fill and index_add of the autograd form: out[t] = sum over token
+// t's kept slots j of w[t, j] * y[row of (t, j)]. Rows are token_of_row /
+// slot_of_row's; slots without a row (dropped over capacity) add nothing.
+template <typename T>
+torch::Tensor combine_rows_cpu(const torch::Tensor& expert_out, const torch::Tensor& slot_of_row,
+                               const torch::Tensor& gate_weight, int64_t num_tokens) {
+  const int64_t rows = expert_out.size(0), d = expert_out.size(1), k = gate_weight.size(1);
+  std::vector<int64_t> row_of_slot(static_cast<size_t>(num_tokens * k), -1);
+  const int64_t* slot = slot_of_row.data_ptr<int64_t>();
+  for (int64_t r = 0; r < rows; ++r) row_of_slot[static_cast<size_t>(slot[r])] = r;
+  const torch::Tensor w = gate_weight.to(torch::kFloat).contiguous();  // [N, k]
+  const float* wp = w.data_ptr<float>();
+  const torch::Tensor y = expert_out.contiguous();
+  const T* yp = y.data_ptr<T>();
+  torch::Tensor out = torch::empty({num_tokens, d}, expert_out.options());
+  T* op = out.data_ptr<T>();
+  at::parallel_for(0, num_tokens, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      T* o = op + t * d;
+      bool first = true;
+      for (int64_t j = 0; j < k; ++j) {
+        const int64_t r = row_of_slot[static_cast<size_t>(t * k + j)];
+        if (r < 0) continue;
+        const T g = static_cast<T>(wp[t * k + j]);
+        const T* src = yp + r * d;
+        if (first) {
+          for (int64_t i = 0; i < d; ++i) o[i] = g * src[i];
+          first = false;
+        } else {
+          for (int64_t i = 0; i < d; ++i) o[i] += g * src[i];
+        }
+      }
+      if (first) std::fill(o, o + d, T(0));
+    }
+  });
+  return out;
+}
+
+}  // namespace
 
 ExpertsImpl::ExpertsImpl(int64_t num_experts, int64_t d_model, int64_t d_hidden, bool gated, bool bias) {
   w1 = register_parameter("w1", torch::empty({num_experts, d_hidden, d_model}));
@@ -188,10 +232,20 @@ torch::Tensor MoELayerImpl::forward(const torch::Tensor& input, const RouteInput
   const torch::Tensor expert_out =
       grouped_ffn(rows, plan.tokens_per_expert, experts->weights_for(rows, plan.tokens_per_expert, kernel_),
                   {options_.activation, kernel_});  // [M, D]
-  const torch::Tensor row_weight =
-      decision.expert_weight.reshape(-1).index_select(0, plan.slot_of_row).to(expert_out.scalar_type());  // [M]
-  const torch::Tensor combined = torch::zeros({num_tokens, d_model}, expert_out.options())
-                                     .index_add(0, plan.token_of_row, expert_out * row_weight.unsqueeze(1));  // [N, D]
+  torch::Tensor combined;  // [N, D]
+  const bool fused = expert_out.device().is_cpu() && !expert_out.requires_grad() &&
+                     !decision.expert_weight.requires_grad() &&
+                     (expert_out.scalar_type() == torch::kFloat || expert_out.scalar_type() == torch::kDouble);
+  if (fused && expert_out.scalar_type() == torch::kFloat) {
+    combined = combine_rows_cpu<float>(expert_out, plan.slot_of_row, decision.expert_weight, num_tokens);
+  } else if (fused) {
+    combined = combine_rows_cpu<double>(expert_out, plan.slot_of_row, decision.expert_weight, num_tokens);
+  } else {
+    const torch::Tensor row_weight =
+        decision.expert_weight.reshape(-1).index_select(0, plan.slot_of_row).to(expert_out.scalar_type());  // [M]
+    combined = torch::zeros({num_tokens, d_model}, expert_out.options())
+                   .index_add(0, plan.token_of_row, expert_out * row_weight.unsqueeze(1));
+  }
   if (!valid_index.defined()) return combined.reshape(input.sizes());
   return torch::zeros({batch * time, d_model}, combined.options())
       .index_copy(0, valid_index, combined)
