@@ -11,6 +11,8 @@
 #include "moekit/models/lm/lm_model.h"
 #include "moekit/moe/grouped_ffn.h"
 #include "moekit/moe/moe_layer.h"
+#include "asr_test_util.h"
+#include "lm_test_util.h"
 #include "test_util.h"
 
 namespace moekit {
@@ -196,25 +198,14 @@ TEST(Cuda, GroupedMmMatchesPerExpertGemmInBfloat16) {
   }
 }
 
+// tiny_asr_config grown to 2 encoder blocks on 20 mel bins, with MoE decoders.
 AsrConfig small_asr_config() {
-  AsrConfig c;
-  c.vocab_size = 12;
+  AsrConfig c = tiny_asr_config(12);
   c.encoder.input_dim = 20;
   c.fbank.num_mel_bins = 20;
-  c.encoder.output_size = 16;
-  c.encoder.attention_heads = 2;
   c.encoder.num_blocks = 2;
-  c.encoder.ffn.hidden = 24;
-  c.encoder.ffn.moe = true;
-  c.encoder.ffn.n_expert = 4;
-  c.encoder.ffn.n_expert_activated = 2;
   c.encoder.cnn_module_kernel = 4;
-  c.encoder.causal = true;
-  c.encoder.use_dynamic_chunk = true;
-  c.decoder.attention_heads = 2;
-  c.decoder.num_blocks = 1;
-  c.decoder.r_num_blocks = 1;
-  c.decoder.ffn.hidden = 24;
+  c.encoder.ffn.n_expert_activated = 2;
   c.decoder.ffn.moe = true;
   c.decoder.ffn.n_expert = 3;
   c.decoder.ffn.n_expert_activated = 2;
@@ -319,16 +310,7 @@ TEST(Cuda, RecognizerAndStreamingSessionMatchCpu) {
 
 TEST(Cuda, LmForwardLossAndGenerationMatchCpu) {
   SKIP_WITHOUT_CUDA();
-  LmConfig c;
-  c.vocab_size = 50;
-  c.d_model = 32;
-  c.n_layers = 2;
-  c.n_heads = 4;
-  c.n_kv_heads = 2;
-  c.d_ffn = 48;
-  c.max_seq_len = 40;
-  c.moe.num_experts = 4;
-  c.moe.top_k = 2;
+  const LmConfig c = tiny_lm_config(/*moe=*/true);
   torch::manual_seed(31);
   LmModel cpu(c);
   torch::manual_seed(31);

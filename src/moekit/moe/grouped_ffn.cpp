@@ -4,8 +4,8 @@
 #include <torch/version.h>
 
 #include <algorithm>
-#include <iterator>
 #include <atomic>
+#include <iterator>
 #include <numeric>
 
 #include "moekit/core/check.h"
