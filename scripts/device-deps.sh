@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Prepares .devdeps/ (git-ignored) for a build on a machine without apt, such
+# Prepares .devdeps/ (in .gitignore) for a build on a machine without apt, such
 # as a lent GPU machine that has CUDA PyTorch but no Debian packages: the
 # Debian .debs of yaml-cpp, nlohmann-json, CLI11 and GoogleTest unpacked under
 # .devdeps/root, and the test fixtures copied under .devdeps/fixtures when
@@ -7,7 +7,6 @@
 # then carry .devdeps with the run and call scripts/device-check.sh there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-grep -qx '/.devdeps/' .git/info/exclude 2>/dev/null || echo '/.devdeps/' >> .git/info/exclude
 rm -rf .devdeps && mkdir -p .devdeps/debs
 (cd .devdeps/debs && apt-get download -q libyaml-cpp-dev libyaml-cpp0.7 nlohmann-json3-dev libcli11-dev \
    libgtest-dev 2>/dev/null)
