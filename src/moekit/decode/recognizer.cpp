@@ -23,10 +23,7 @@ std::string decode_mode_name(DecodeMode mode) {
   return "?";
 }
 
-torch::Device model_device(const AsrModel& model) {
-  const auto params = model.parameters();
-  return params.empty() ? torch::Device(torch::kCPU) : params.front().device();
-}
+torch::Device model_device(const AsrModel& model) { return model.ctc->ctc_lo->weight.device(); }
 
 Hypothesis attention_rescoring(AsrModel& model, const torch::Tensor& encoder_out,
                                const std::vector<Hypothesis>& nbest, double ctc_weight, double reverse_weight) {

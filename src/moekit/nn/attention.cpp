@@ -1,7 +1,9 @@
 #include "moekit/nn/attention.h"
 
 #include <cmath>
+#include <map>
 #include <mutex>
+#include <tuple>
 
 #include "moekit/core/check.h"
 #include "moekit/nn/linear.h"
@@ -94,11 +96,11 @@ void KvCache::keep_last(int64_t frames) {
 
 torch::Tensor sinusoid_positions(int64_t offset, int64_t length, int64_t d_model, const torch::Device& device) {
   MOEKIT_CHECK_ARG(offset >= 0 && length >= 0, "positions: offset ", offset, ", length ", length);
-  // One table per width, grown on demand (WeNet stops at 5000 positions).
+  // One table per device and width, grown on demand (WeNet stops at 5000 positions).
   static std::mutex mutex;
-  static std::map<std::pair<std::string, int64_t>, torch::Tensor> tables;
+  static std::map<std::tuple<int, int, int64_t>, torch::Tensor> tables;  // (device type, index, width)
   std::lock_guard<std::mutex> lock(mutex);
-  torch::Tensor& table = tables[{device.str(), d_model}];
+  torch::Tensor& table = tables[{static_cast<int>(device.type()), device.index(), d_model}];
   if (!table.defined() || table.size(0) < offset + length) {
     const int64_t rows = std::max<int64_t>(5000, 2 * (offset + length));
     torch::NoGradGuard no_grad;
