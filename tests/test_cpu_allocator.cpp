@@ -1,5 +1,5 @@
 // The caching CPU allocator: large blocks are reused, contents are intact,
-// small blocks bypass the cache.
+// small blocks bypass the cache, blocks from 4 MiB on are huge-page blocks.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -26,6 +26,26 @@ TEST(CachingCpuAllocator, ReusesLargeBlocksAndKeepsDataIntact) {
   EXPECT_EQ(cpu_cache_stats().cached_bytes, cached);
   empty_cpu_cache();
   EXPECT_EQ(cpu_cache_stats().cached_bytes, 0);
+}
+
+TEST(CachingCpuAllocator, HugePageBlocksAreAlignedAndSizedIn2MiB) {
+  install_caching_cpu_allocator();
+  empty_cpu_cache();
+  constexpr int64_t kTwoMiB = int64_t{2} << 20;
+  // 5 MiB + 4 bytes: a huge-page block, 6 MiB, 2 MiB aligned; its bytes intact.
+  {
+    torch::Tensor big = torch::arange((5 << 20) / 4 + 1, torch::kFloat32);
+#if defined(__linux__)
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(big.data_ptr()) % kTwoMiB, 0u);
+#endif
+    EXPECT_EQ(big[-1].item<float>(), static_cast<float>((5 << 20) / 4));
+  }
+  EXPECT_EQ(cpu_cache_stats().cached_bytes, 6 << 20);
+  // 3 MiB + 4 bytes stays in 1 MiB steps: 4 MiB.
+  empty_cpu_cache();
+  { torch::Tensor mid = torch::ones({(3 << 20) / 4 + 1}); }
+  EXPECT_EQ(cpu_cache_stats().cached_bytes, 4 << 20);
+  empty_cpu_cache();
 }
 
 }  // namespace

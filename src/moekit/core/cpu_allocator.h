@@ -6,7 +6,8 @@
 // page. On the machines MoEKit is measured on that costs ~10 us per 4 KiB page:
 // allocating a 32 MiB activation took longer than the GEMM that fills it (see
 // bench/README.md). This allocator keeps freed blocks of >= 1 MiB, keyed by
-// size rounded up to 1 MiB, and hands them out again, up to a cache limit.
+// size rounded up to 1 MiB (2 MiB, huge-page backed, from 4 MiB on), and hands
+// them out again, up to a cache limit.
 #include <cstddef>
 #include <cstdint>
 

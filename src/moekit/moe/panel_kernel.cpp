@@ -10,8 +10,20 @@
 namespace moekit::detail {
 namespace {
 
+// How far ahead of its reads the kernel asks for weights (floats; 32 KiB),
+// into L2. The hardware prefetcher alone keeps too few lines in flight once
+// each 128 bytes of weights carry 8 or more rows of FMAs: on the Intel VM of
+// bench/README.md ("Panel prefetch") streaming 8 rows went from 9.0 to
+// 13-14.5 GB/s with it, 16 rows from 7.4 to 10.5-11.
+#ifndef MOEKIT_PANEL_PREFETCH_FLOATS
+#define MOEKIT_PANEL_PREFETCH_FLOATS 8192
+#endif
+constexpr int64_t kPrefetchFloats = MOEKIT_PANEL_PREFETCH_FLOATS;
+
 // R rows against one panel: acc[r][v] holds out[r, v * L .. v * L + L).
-template <int L, int R>
+// Prefetch: the panel comes from memory (the first row group), so ask for
+// the weights kPrefetchFloats ahead; later groups find it in cache.
+template <int L, int R, bool Prefetch>
 __attribute__((always_inline)) inline void panel_micro_kernel(const float* x, int64_t ld_x, int64_t in,
                                                               const float* panel, const float* bias, int64_t cols,
                                                               float* out, int64_t ld_out) {
@@ -22,6 +34,9 @@ __attribute__((always_inline)) inline void panel_micro_kernel(const float* x, in
     for (int v = 0; v < NV; ++v) acc[r][v] = V{};
   for (int64_t k = 0; k < in; ++k) {
     const float* wk = panel + k * kPanelWidth;
+    if constexpr (Prefetch && kPrefetchFloats > 0) {
+      for (int64_t line = 0; line < kPanelWidth; line += 16) __builtin_prefetch(wk + kPrefetchFloats + line, 0, 2);
+    }
     V w[NV];
     for (int v = 0; v < NV; ++v) w[v] = load<L>(wk + v * L);
     for (int r = 0; r < R; ++r) {
@@ -42,23 +57,23 @@ __attribute__((always_inline)) inline void panel_micro_kernel(const float* x, in
 }
 
 // n (1..R) rows: the micro-kernel for exactly n, so no lanes are wasted.
-template <int L, int R>
+template <int L, int R, bool Prefetch>
 __attribute__((always_inline)) inline void panel_rows(int64_t n, const float* x, int64_t ld_x, int64_t in,
                                                       const float* panel, const float* bias, int64_t cols, float* out,
                                                       int64_t ld_out) {
   if constexpr (R > 1) {
     if (n < R) {
-      panel_rows<L, R - 1>(n, x, ld_x, in, panel, bias, cols, out, ld_out);
+      panel_rows<L, R - 1, Prefetch>(n, x, ld_x, in, panel, bias, cols, out, ld_out);
       return;
     }
   }
-  panel_micro_kernel<L, R>(x, ld_x, in, panel, bias, cols, out, ld_out);
+  panel_micro_kernel<L, R, Prefetch>(x, ld_x, in, panel, bias, cols, out, ld_out);
 }
 
 // Rows in near-equal groups of at most MaxRows (the accumulators that fit
 // in the vector registers); each group streams the panel once, the first
 // from memory, the rest from cache.
-template <int L, int MaxRows>
+template <int L, int MaxRows, bool Prefetch = true>
 __attribute__((always_inline)) inline void panel_body(const float* x, int64_t rows, int64_t ld_x, int64_t in,
                                                       const float* panels, const float* bias, int64_t o_begin,
                                                       int64_t o_end, float* out, int64_t ld_out) {
@@ -69,8 +84,12 @@ __attribute__((always_inline)) inline void panel_body(const float* x, int64_t ro
     const int64_t cols = std::min(kPanelWidth, o_end - o);
     const float* b = bias != nullptr ? bias + o : nullptr;
     for (int64_t r = 0; r < rows; r += group_rows) {
-      panel_rows<L, MaxRows>(std::min(group_rows, rows - r), x + r * ld_x, ld_x, in, panel, b, cols,
-                             out + r * ld_out + o, ld_out);
+      const int64_t n = std::min(group_rows, rows - r);
+      if (r == 0) {
+        panel_rows<L, MaxRows, Prefetch>(n, x, ld_x, in, panel, b, cols, out + o, ld_out);
+      } else {
+        panel_rows<L, MaxRows, false>(n, x + r * ld_x, ld_x, in, panel, b, cols, out + r * ld_out + o, ld_out);
+      }
     }
   }
 }
@@ -89,6 +108,18 @@ __attribute__((target("avx2,fma"))) void panel_avx2(const float* x, int64_t rows
                                                     int64_t o_end, float* out, int64_t ld_out) {
   panel_body<8, 3>(x, rows, ld_x, in, panels, bias, o_begin, o_end, out, ld_out);
 }
+// The same without software prefetch, for `moekit bench panels` and the tests.
+__attribute__((target("avx512f,avx512vl,avx2,fma"))) void panel_avx512_noprefetch(
+    const float* x, int64_t rows, int64_t ld_x, int64_t in, const float* panels, const float* bias, int64_t o_begin,
+    int64_t o_end, float* out, int64_t ld_out) {
+  panel_body<16, 12, false>(x, rows, ld_x, in, panels, bias, o_begin, o_end, out, ld_out);
+}
+__attribute__((target("avx2,fma"))) void panel_avx2_noprefetch(const float* x, int64_t rows, int64_t ld_x, int64_t in,
+                                                               const float* panels, const float* bias,
+                                                               int64_t o_begin, int64_t o_end, float* out,
+                                                               int64_t ld_out) {
+  panel_body<8, 3, false>(x, rows, ld_x, in, panels, bias, o_begin, o_end, out, ld_out);
+}
 #endif
 void panel_generic(const float* x, int64_t rows, int64_t ld_x, int64_t in, const float* panels, const float* bias,
                    int64_t o_begin, int64_t o_end, float* out, int64_t ld_out) {
@@ -99,7 +130,16 @@ void panel_generic(const float* x, int64_t rows, int64_t ld_x, int64_t in, const
 
 std::vector<std::pair<std::string, PanelFn>> panel_variants() {
 #if defined(__x86_64__) && defined(__GNUC__)
-  return cpu_variants<PanelFn>(panel_avx512, panel_avx2, panel_generic);
+  auto variants = cpu_variants<PanelFn>(panel_avx512, panel_avx2, panel_generic);
+  const auto generic = variants.back();
+  variants.pop_back();
+  const size_t simd = variants.size();
+  for (size_t i = 0; i < simd; ++i) {
+    variants.emplace_back(variants[i].first + "-noprefetch",
+                          variants[i].first == "avx512" ? panel_avx512_noprefetch : panel_avx2_noprefetch);
+  }
+  variants.push_back(generic);
+  return variants;
 #else
   return cpu_variants<PanelFn>(nullptr, nullptr, panel_generic);
 #endif

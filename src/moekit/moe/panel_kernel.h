@@ -28,8 +28,9 @@ constexpr int64_t kPanelWidth = 32;
 void panel_linear(const float* x, int64_t rows, int64_t ld_x, int64_t in, const float* panels, const float* bias,
                   int64_t o_begin, int64_t o_end, float* out, int64_t ld_out);
 
-// Every variant this CPU can run, fastest first ("avx512", "avx2",
-// "generic"); panel_linear uses the first. For tests and benchmarks.
+// Every variant this CPU can run, fastest first ("avx512", "avx2"), then
+// the same without software prefetch ("avx512-noprefetch", ...), then
+// "generic"; panel_linear uses the first. For tests and benchmarks.
 using PanelFn = void (*)(const float*, int64_t, int64_t, int64_t, const float*, const float*, int64_t, int64_t, float*,
                          int64_t);
 std::vector<std::pair<std::string, PanelFn>> panel_variants();

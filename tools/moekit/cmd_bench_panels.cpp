@@ -1,0 +1,123 @@
+// `moekit bench panels`: how fast the weight-panel kernel streams packed
+// weights from memory, per variant (software prefetch or not) and per page
+// size (2 MiB transparent huge pages or 4 KiB), at several row counts, next
+// to the read-bandwidth probe (JSON). One thread: the kernel as one core
+// runs it in a streaming chunk.
+#include <cstdlib>
+#include <iostream>
+#include <nlohmann/json.hpp>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
+#include "bench_util.h"
+#include "commands.h"
+#include "moekit/core/check.h"
+#include "moekit/core/runtime.h"
+#include "moekit/moe/panel_kernel.h"
+
+namespace moekit::cli {
+namespace {
+
+struct BenchPanelsOptions {
+  int64_t in = 2048, out = 256;  // one weight matrix [out, in], packed; the buffer holds many
+  int64_t megabytes = 512;       // buffer size: well above the last-level cache share of one core
+  std::vector<int64_t> rows = {1, 2, 4, 8, 12, 16, 24};
+  int rounds = 3;
+};
+
+// A buffer of `bytes` with or without huge pages (a plain mapping, so the
+// caching allocator's choice does not decide it).
+struct Mapping {
+  Mapping(size_t bytes, bool huge) : bytes_(bytes) {
+#if defined(__linux__)
+    void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    MOEKIT_CHECK(p != MAP_FAILED, "bench panels: cannot map ", bytes, " bytes");
+    madvise(p, bytes, huge ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
+    data_ = static_cast<float*>(p);
+#else
+    MOEKIT_CHECK_ARG(!huge, "bench panels: huge pages need Linux");
+    data_ = static_cast<float*>(std::aligned_alloc(64, bytes));
+    MOEKIT_CHECK(data_ != nullptr, "bench panels: cannot allocate ", bytes, " bytes");
+#endif
+  }
+  ~Mapping() {
+#if defined(__linux__)
+    munmap(data_, bytes_);
+#else
+    std::free(data_);
+#endif
+  }
+  Mapping(const Mapping&) = delete;
+  Mapping& operator=(const Mapping&) = delete;
+  size_t bytes_;
+  float* data_ = nullptr;
+};
+
+}  // namespace
+
+void add_bench_panels_command(CLI::App& bench, const GlobalOptions& global) {
+  auto o = std::make_shared<BenchPanelsOptions>();
+  CLI::App* cmd = bench.add_subcommand(
+      "panels", "Weight-panel kernel streaming from memory: GB/s per variant, page size and row count (JSON)");
+  cmd->add_option("--in", o->in, "Input width of each packed matrix")->capture_default_str();
+  cmd->add_option("--out", o->out, "Output width of each packed matrix (a multiple of 32)")->capture_default_str();
+  cmd->add_option("--megabytes", o->megabytes, "Weights streamed per pass (MB)")->capture_default_str();
+  cmd->add_option("--rows", o->rows, "Row counts (list)")->capture_default_str()->delimiter(',');
+  cmd->add_option("--rounds", o->rounds, "Interleaved rounds; the best is reported")->capture_default_str();
+  cmd->callback([o, &global] {
+    apply_runtime(global);
+    MOEKIT_CHECK_ARG(o->in >= 1 && o->out >= detail::kPanelWidth && o->out % detail::kPanelWidth == 0,
+                     "bench panels: --in must be >= 1 and --out a positive multiple of ", detail::kPanelWidth);
+    MOEKIT_CHECK_ARG(o->megabytes >= 1 && o->rounds >= 1, "bench panels: bad --megabytes/--rounds");
+    int64_t max_rows = 0;
+    for (int64_t r : o->rows) {
+      MOEKIT_CHECK_ARG(r >= 1 && r <= 4096, "bench panels: --rows must lie in 1..4096, got ", r);
+      max_rows = std::max(max_rows, r);
+    }
+    const int64_t matrix_floats = o->in * o->out;
+    const int64_t matrices =
+        std::max<int64_t>(1, (o->megabytes << 20) / (matrix_floats * static_cast<int64_t>(sizeof(float))));
+    const size_t bytes = static_cast<size_t>(matrices * matrix_floats) * sizeof(float);
+    std::vector<float> x(static_cast<size_t>(max_rows * o->in), 0.01f), y(static_cast<size_t>(max_rows * o->out));
+    const auto variants = detail::panel_variants();
+    nlohmann::json results = nlohmann::json::array();
+    for (bool huge : {true, false}) {
+      Mapping buffer(bytes, huge);
+      for (size_t i = 0; i < bytes / sizeof(float); ++i) buffer.data_[i] = 1e-3f * static_cast<float>(i % 7);
+      // best[variant][rows] over rounds; the variants alternate inside a round.
+      std::vector<std::vector<double>> best(variants.size(), std::vector<double>(o->rows.size(), 1e30));
+      for (int round = 0; round < o->rounds; ++round) {
+        for (size_t ri = 0; ri < o->rows.size(); ++ri) {
+          for (size_t v = 0; v < variants.size(); ++v) {
+            const auto start = Clock::now();
+            for (int64_t m = 0; m < matrices; ++m) {
+              variants[v].second(x.data(), o->rows[ri], o->in, o->in, buffer.data_ + m * matrix_floats, nullptr, 0,
+                                 o->out, y.data(), o->out);
+            }
+            best[v][ri] = std::min(best[v][ri], std::chrono::duration<double>(Clock::now() - start).count());
+          }
+        }
+      }
+      for (size_t v = 0; v < variants.size(); ++v) {
+        for (size_t ri = 0; ri < o->rows.size(); ++ri) {
+          results.push_back({{"variant", variants[v].first},
+                             {"pages", huge ? "2MiB-advised" : "4KiB"},
+                             {"rows", o->rows[ri]},
+                             {"gb_per_s", static_cast<double>(bytes) / best[v][ri] / 1e9}});
+        }
+      }
+    }
+    nlohmann::json j;
+    j["benchmark"] = "panels";
+    j["threads"] = num_threads();
+    j["bytes_per_pass"] = static_cast<double>(bytes);
+    j["matrix"] = {o->out, o->in};
+    j["read_bandwidth_gb_per_s"] = read_bandwidth_bytes_per_s() / 1e9;
+    j["results"] = results;
+    std::cout << j.dump(2) << std::endl;
+  });
+}
+
+}  // namespace moekit::cli
