@@ -51,6 +51,21 @@ timeout 120 build-gpu/tests/moekit_tests --gtest_filter='Cuda*:Device*' >"$OUT/c
 grep -E "^\[ +(OK|FAILED|PASSED|SKIPPED) +\]" "$OUT/cuda_tests.txt" | sort -u
 grep -B1 -A3 "Failure" "$OUT/cuda_tests.txt" | head -40
 
+step "bench panels on this machine's CPU (1 thread)"
+lscpu | grep -E "Model name|^CPU\(s\)" | tr -s ' '
+OPENBLAS_NUM_THREADS=1 timeout 60 $M --threads 1 bench panels --rounds 2 --megabytes 256 >"$OUT/bench_panels.json" 2>&1
+python3 - "$OUT/bench_panels.json" <<'PY'
+import json, sys
+from collections import defaultdict
+d = json.load(open(sys.argv[1]))
+print("read bandwidth %.1f GB/s" % d["read_bandwidth_gb_per_s"])
+t = defaultdict(dict)
+for r in d["results"]:
+    t[(r["variant"], r["pages"])][r["rows"]] = r["gb_per_s"]
+for k, v in t.items():
+    print("%-18s %-13s %s" % (k[0], k[1], " ".join("%d:%.1f" % kv for kv in sorted(v.items()))))
+PY
+
 step bench moe, MoEKit on the GPU
 DTYPES="float32 bfloat16"
 [ "${QUICK:-0}" = 1 ] && DTYPES=bfloat16
