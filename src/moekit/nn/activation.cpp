@@ -1,6 +1,7 @@
 #include "moekit/nn/activation.h"
 
 #include "moekit/core/check.h"
+#include "moekit/nn/silu_kernel.h"
 
 namespace moekit {
 
@@ -23,7 +24,31 @@ std::string activation_name(Activation activation) {
   return "?";
 }
 
+namespace {
+
+// silu(h1) (* h3) through detail::silu where it applies: CPU float32
+// contiguous tensors no gradient is recorded for, on a CPU with a SIMD
+// variant (the generic one is slower than ATen's).
+bool fast_silu_applies(const torch::Tensor& h1, const torch::Tensor& h3) {
+  static const bool simd = detail::silu_variants().front().first != "generic";
+  auto fits = [&](const torch::Tensor& t) {
+    return t.device().is_cpu() && t.scalar_type() == torch::kFloat && t.is_contiguous() &&
+           (!torch::GradMode::is_enabled() || !t.requires_grad());
+  };
+  return simd && fits(h1) && (!h3.defined() || (fits(h3) && h3.sizes() == h1.sizes()));
+}
+
+torch::Tensor fast_silu(const torch::Tensor& h1, const torch::Tensor& h3) {
+  torch::Tensor y = torch::empty_like(h1);
+  detail::silu(h1.data_ptr<float>(), h3.defined() ? h3.data_ptr<float>() : nullptr, y.data_ptr<float>(), h1.numel());
+  return y;
+}
+
+}  // namespace
+
 torch::Tensor apply_activation(Activation activation, const torch::Tensor& h1, const torch::Tensor& h3) {
+  if (activation == Activation::Swish && fast_silu_applies(h1, {})) return fast_silu(h1, {});
+  if (activation == Activation::SwiGLU && fast_silu_applies(h1, h3)) return fast_silu(h1, h3);
   switch (activation) {
     case Activation::Relu: return torch::relu(h1);
     case Activation::Gelu: return torch::gelu(h1);

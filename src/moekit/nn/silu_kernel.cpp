@@ -1,0 +1,106 @@
+// See silu_kernel.h. One body, compiled per instruction set.
+#include "moekit/nn/silu_kernel.h"
+
+#include <cstring>
+
+#include "moekit/moe/simd.h"
+
+namespace moekit::detail {
+namespace {
+
+template <int L>
+struct IntVec {
+  typedef int32_t type __attribute__((vector_size(L * sizeof(int32_t))));
+};
+
+// exp(v) for v in [-87, 87] (callers clamp): v = n ln2 + r, |r| <= ln2 / 2,
+// exp(r) by Cephes' expf polynomial, 2^n put into the exponent bits.
+template <int L>
+__attribute__((always_inline)) inline typename Vec<L>::type exp_clamped(typename Vec<L>::type v) {
+  using V = typename Vec<L>::type;
+  using I = typename IntVec<L>::type;
+  const V magic = V{} + 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+  const V t = v * 1.44269504088896341f + magic;
+  const V n = t - magic;
+  const I ni = (I)t - (I)magic;  // vector casts reinterpret the bits
+  V r = v - n * 0.693359375f;
+  r = r + n * 2.12194440e-4f;
+  const V r2 = r * r;
+  V p = V{} + 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r2 + r + 1.0f;
+  const I scale_bits = (ni + 127) << 23;
+  return p * (V)scale_bits;
+}
+
+template <int L, bool Gated>
+__attribute__((always_inline)) inline typename Vec<L>::type silu_vec(const float* x, const float* gate) {
+  using V = typename Vec<L>::type;
+  const V v = load<L>(x);
+  V m = -v;
+  m = m < 87.0f ? m : V{} + 87.0f;
+  m = m > -87.0f ? m : V{} - 87.0f;
+  V y = v / (1.0f + exp_clamped<L>(m));
+  y = v > -87.0f ? y : V{};  // |silu(x)| < 1e-36 there: 0 (also for -inf)
+  if constexpr (Gated) y *= load<L>(gate);
+  return y;
+}
+
+template <int L, bool Gated>
+__attribute__((always_inline)) inline void silu_body(const float* x, const float* gate, float* y, int64_t n) {
+  using V = typename Vec<L>::type;
+  int64_t i = 0;
+  for (; i + L <= n; i += L) {
+    const V r = silu_vec<L, Gated>(x + i, gate + (Gated ? i : 0));
+    std::memcpy(y + i, &r, sizeof(V));
+  }
+  if (i < n) {  // the tail through one padded vector
+    float xs[L] = {}, gs[L] = {};
+    const int64_t rest = n - i;
+    std::memcpy(xs, x + i, static_cast<size_t>(rest) * sizeof(float));
+    if (Gated) std::memcpy(gs, gate + i, static_cast<size_t>(rest) * sizeof(float));
+    const V r = silu_vec<L, Gated>(xs, gs);
+    std::memcpy(y + i, &r, static_cast<size_t>(rest) * sizeof(float));
+  }
+}
+
+template <int L>
+__attribute__((always_inline)) inline void silu_dispatch(const float* x, const float* gate, float* y, int64_t n) {
+  if (gate != nullptr) {
+    silu_body<L, true>(x, gate, y, n);
+  } else {
+    silu_body<L, false>(x, nullptr, y, n);
+  }
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+__attribute__((target("avx512f,avx512vl,avx2,fma"))) void silu_avx512(const float* x, const float* gate, float* y,
+                                                                      int64_t n) {
+  silu_dispatch<16>(x, gate, y, n);
+}
+__attribute__((target("avx2,fma"))) void silu_avx2(const float* x, const float* gate, float* y, int64_t n) {
+  silu_dispatch<8>(x, gate, y, n);
+}
+#endif
+void silu_generic(const float* x, const float* gate, float* y, int64_t n) { silu_dispatch<4>(x, gate, y, n); }
+
+}  // namespace
+
+std::vector<std::pair<std::string, SiluFn>> silu_variants() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  return cpu_variants<SiluFn>(silu_avx512, silu_avx2, silu_generic);
+#else
+  return cpu_variants<SiluFn>(nullptr, nullptr, silu_generic);
+#endif
+}
+
+void silu(const float* x, const float* gate, float* y, int64_t n) {
+  static const SiluFn impl = silu_variants().front().second;
+  impl(x, gate, y, n);
+}
+
+}  // namespace moekit::detail
