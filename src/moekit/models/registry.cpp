@@ -60,7 +60,11 @@ std::shared_ptr<Model> load_model(const std::string& dir) {
   const YAML::Node config = read_model_config(dir);
   const std::string where = dir + "/" + kConfigFile;
   MOEKIT_CHECK_ARG(config["architecture"].IsMap(), where, ": missing or invalid 'architecture'");
-  std::shared_ptr<Model> model = create_model(config["model_type"].as<std::string>(), config["architecture"], where);
+  std::shared_ptr<Model> model;
+  {
+    SkipExpertInit skip;  // every weight is loaded next (a missing one is an error)
+    model = create_model(config["model_type"].as<std::string>(), config["architecture"], where);
+  }
   load_module_state(*model, read_model_weights(dir), dir + "/" + kWeightsFile);
   model->eval();
   return model;

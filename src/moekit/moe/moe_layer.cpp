@@ -58,8 +58,16 @@ ExpertsImpl::ExpertsImpl(int64_t num_experts, int64_t d_model, int64_t d_hidden,
   if (gated) w3 = register_parameter("w3", torch::empty({num_experts, d_hidden, d_model}));
   w2 = register_parameter("w2", torch::empty({num_experts, d_model, d_hidden}));
   if (bias) b2 = register_parameter("b2", torch::empty({num_experts, d_model}));
-  reset_parameters();
+  if (!SkipExpertInit::active()) reset_parameters();
 }
+
+namespace {
+thread_local bool skip_expert_init = false;
+}  // namespace
+
+SkipExpertInit::SkipExpertInit() : previous_(skip_expert_init) { skip_expert_init = true; }
+SkipExpertInit::~SkipExpertInit() { skip_expert_init = previous_; }
+bool SkipExpertInit::active() { return skip_expert_init; }
 
 void ExpertsImpl::reset_parameters() {
   torch::NoGradGuard no_grad;
