@@ -7,7 +7,9 @@
 #include "moekit/core/config.h"
 #include "moekit/core/file_io.h"
 #include "moekit/core/model_dir.h"
+#include "moekit/core/safetensors.h"
 #include "moekit/models/ffn_stack/ffn_stack.h"
+#include "moekit/moe/moe_layer.h"
 #include "test_util.h"
 
 namespace moekit {
@@ -48,6 +50,33 @@ TEST(ModelDir, SaveLoadRoundTripGivesTheSameFunction) {
   EXPECT_EQ(weights.count("layers.0.ffn.experts.w1"), 1u);
   EXPECT_EQ(weights.count("layers.2.ffn.gate.weight"), 1u);
   EXPECT_EQ(weights.at("layers.1.ffn.experts.w2").sizes(), torch::IntArrayRef({4, 16, 32}));
+}
+
+TEST(ModelDir, LoadingSkipsExpertInitOnlyWhileBuildingAndRefusesAMissingExpert) {
+  EXPECT_FALSE(SkipExpertInit::active());
+  {
+    SkipExpertInit outer;
+    {
+      SkipExpertInit inner;
+      EXPECT_TRUE(SkipExpertInit::active());
+    }
+    EXPECT_TRUE(SkipExpertInit::active());
+  }
+  EXPECT_FALSE(SkipExpertInit::active());
+  // Built outside load_model, experts are initialized (bounded, not all zero).
+  FfnStack model(stack_options());
+  const TensorMap state = module_state(model);
+  const torch::Tensor w1 = state.at("layers.0.ffn.experts.w1");
+  EXPECT_GT(w1.abs().max().item<float>(), 0.f);
+  EXPECT_LE(w1.abs().max().item<float>(), 1.f / std::sqrt(16.f));
+  // A directory missing an expert tensor cannot leave it uninitialized.
+  const std::string dir = fresh_dir("missing_expert");
+  save_model(dir, model);
+  TensorMap weights = read_model_weights(dir);
+  weights.erase("layers.2.ffn.experts.w2");
+  write_safetensors(dir + "/" + kWeightsFile, weights);
+  const std::string message = error_of<std::invalid_argument>([&] { load_model(dir); });
+  EXPECT_NE(message.find("missing 1 [layers.2.ffn.experts.w2]"), std::string::npos) << message;
 }
 
 TEST(ModelDir, ParameterCountsSeparateTotalFromActive) {
