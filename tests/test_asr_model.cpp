@@ -133,6 +133,40 @@ TEST_P(AsrVariants, PaddingDoesNotLeakIntoOtherUtterances) {
 INSTANTIATE_TEST_SUITE_P(Configs, AsrVariants, ::testing::ValuesIn(kVariants),
                          [](const auto& info) { return std::string(info.param.name); });
 
+TEST(AsrModel, FrameBufferAppendsKeepsTheNewestAndCopiesOwnTheirFrames) {
+  torch::manual_seed(5);
+  FrameBuffer buffer;
+  EXPECT_EQ(buffer.size(), 0);
+  EXPECT_FALSE(buffer.view().defined());
+  std::vector<torch::Tensor> chunks;
+  // Past the first capacity (64) and through several growths.
+  for (int64_t t : {16, 16, 1, 40, 16, 100, 3}) {
+    chunks.push_back(torch::randn({1, 4, t, 8}));
+    buffer.append(chunks.back());
+    EXPECT_TRUE(buffer.view().equal(torch::cat(chunks, 2)));
+  }
+  buffer.keep_last(50);
+  torch::Tensor all = torch::cat(chunks, 2);
+  EXPECT_TRUE(buffer.view().equal(all.slice(2, all.size(2) - 50)));
+  buffer.keep_last(80);  // more than held: unchanged
+  EXPECT_EQ(buffer.size(), 50);
+  const torch::Tensor more = torch::randn({1, 4, 30, 8});
+  buffer.append(more);
+  EXPECT_TRUE(buffer.view().equal(torch::cat({all.slice(2, all.size(2) - 50), more}, 2)));
+  // A copy does not share the space the original appends into.
+  FrameBuffer copy = buffer;
+  const torch::Tensor a = torch::ones({1, 4, 2, 8}), b = torch::zeros({1, 4, 2, 8});
+  buffer.append(a);
+  copy.append(b);
+  EXPECT_TRUE(buffer.view().slice(2, -2).equal(a));
+  EXPECT_TRUE(copy.view().slice(2, -2).equal(b));
+  // Frames of another shape cannot continue it.
+  EXPECT_THROW(buffer.append(torch::randn({1, 2, 3, 8})), std::invalid_argument);
+  buffer.clear();
+  buffer.append(torch::randn({1, 2, 3, 8}));  // a cleared buffer takes any shape
+  EXPECT_EQ(buffer.size(), 3);
+}
+
 TEST(AsrModel, LabelSmoothingLossMatchesItsDefinition) {
   torch::manual_seed(5);
   const torch::Tensor logits = torch::randn({2, 3, 6});

@@ -43,12 +43,10 @@ torch::Tensor MultiHeadedAttentionImpl::forward(const torch::Tensor& query, cons
   torch::Tensor v = split_heads(fast_linear(value, linear_v->weight, linear_v->bias, &v_panels_));
   const int64_t cached = cache ? cache->size() : 0;
   if (cache) {
-    if (cache->size() > 0) {
-      k = torch::cat({cache->k, k}, 2);
-      v = torch::cat({cache->v, v}, 2);
-    }
-    cache->k = k;
-    cache->v = v;
+    cache->k.append(k);
+    cache->v.append(v);
+    k = cache->k.view();
+    v = cache->v.view();
   }
   const double scale = 1.0 / std::sqrt(static_cast<double>(d_k_));
   torch::Tensor scores;
@@ -61,9 +59,10 @@ torch::Tensor MultiHeadedAttentionImpl::forward(const torch::Tensor& query, cons
     torch::Tensor p;
     if (cache && pos_emb.size(0) == 1) {
       // Project only the new keys' positions; the cached keys' are kept.
-      const bool reuse = cached > 0 && cache->p.defined() && cache->p.size(2) == cached;
-      p = reuse ? torch::cat({cache->p, project(pos_emb.slice(1, cached))}, 2) : project(pos_emb);
-      cache->p = p;
+      const bool reuse = cached > 0 && cache->p.size() == cached;
+      if (!reuse) cache->p.clear();
+      cache->p.append(project(reuse ? pos_emb.slice(1, cached) : pos_emb));
+      p = cache->p.view();
     } else {
       p = project(pos_emb);
     }
@@ -86,12 +85,52 @@ torch::Tensor MultiHeadedAttentionImpl::forward(const torch::Tensor& query, cons
   return fast_linear(x, linear_out->weight, linear_out->bias, &out_panels_);
 }
 
+FrameBuffer::FrameBuffer(const FrameBuffer& other) { *this = other; }
+
+FrameBuffer& FrameBuffer::operator=(const FrameBuffer& other) {
+  if (this != &other) {
+    buffer_ = other.buffer_.defined() ? other.buffer_.clone() : torch::Tensor();
+    start_ = other.start_;
+    length_ = other.length_;
+  }
+  return *this;
+}
+
+torch::Tensor FrameBuffer::view() const {
+  return length_ > 0 ? buffer_.slice(2, start_, start_ + length_) : torch::Tensor();
+}
+
+void FrameBuffer::append(const torch::Tensor& frames) {
+  MOEKIT_CHECK_ARG(frames.dim() == 4, "frame buffer: expected [B, H, t, d] frames, got ", frames.sizes());
+  const int64_t t = frames.size(2);
+  const bool fits = buffer_.defined() && buffer_.size(0) == frames.size(0) && buffer_.size(1) == frames.size(1) &&
+                    buffer_.size(3) == frames.size(3) && buffer_.dtype() == frames.dtype() &&
+                    buffer_.device() == frames.device();
+  if (!fits && length_ > 0) {
+    MOEKIT_CHECK_ARG(false, "frame buffer: frames ", frames.sizes(), " do not continue the held ", view().sizes());
+  }
+  if (!fits || start_ + length_ + t > buffer_.size(2)) {
+    // Room for twice what will be held; the held frames move to the front.
+    const int64_t capacity = std::max<int64_t>(64, 2 * (length_ + t));
+    torch::Tensor grown = torch::empty({frames.size(0), frames.size(1), capacity, frames.size(3)}, frames.options());
+    if (length_ > 0) grown.slice(2, 0, length_).copy_(view());
+    buffer_ = grown;
+    start_ = 0;
+  }
+  buffer_.slice(2, start_ + length_, start_ + length_ + t).copy_(frames);
+  length_ += t;
+}
+
+void FrameBuffer::keep_last(int64_t frames) {
+  if (frames < 0 || frames >= length_) return;
+  start_ += length_ - frames;
+  length_ = frames;
+}
+
 void KvCache::keep_last(int64_t frames) {
-  const int64_t start = size() - frames;
-  if (frames < 0 || start <= 0) return;
-  k = k.slice(2, start);
-  v = v.slice(2, start);
-  if (p.defined()) p = p.slice(2, start);
+  k.keep_last(frames);
+  v.keep_last(frames);
+  p.keep_last(frames);
 }
 
 torch::Tensor sinusoid_positions(int64_t offset, int64_t length, int64_t d_model, const torch::Device& device) {

@@ -11,13 +11,39 @@
 
 namespace moekit {
 
-// A streaming key/value cache: [B, H, t, d_k] each; undefined = empty.
-// Relative-position attention also keeps the keys' projected positions
-// `p` [1, H, t, d_k]: WeNet's position term reads absolute key positions,
-// so a key's projection never changes and each chunk projects only its own.
+// Frames [B, H, t, d] appended chunk by chunk along t into a buffer with
+// room to grow (doubling), so a chunk copies only itself, not everything
+// cached before it (torch::cat did: quadratic in the stream's length).
+class FrameBuffer {
+ public:
+  FrameBuffer() = default;
+  // A copy owns its frames (appending to it must not write into the
+  // original's buffer); moves are cheap.
+  FrameBuffer(const FrameBuffer& other);
+  FrameBuffer& operator=(const FrameBuffer& other);
+  FrameBuffer(FrameBuffer&&) = default;
+  FrameBuffer& operator=(FrameBuffer&&) = default;
+
+  int64_t size() const { return length_; }
+  // The frames held, a view into the buffer; undefined when empty.
+  torch::Tensor view() const;
+  void append(const torch::Tensor& frames);
+  // Keeps the newest `frames` (all when fewer are held; < 0 = all).
+  void keep_last(int64_t frames);
+  void clear() { length_ = 0; start_ = 0; }
+
+ private:
+  torch::Tensor buffer_;  // [B, H, capacity, d]
+  int64_t start_ = 0, length_ = 0;
+};
+
+// A streaming key/value cache: k, v [B, H, t, d_k]. Relative-position
+// attention also keeps the keys' projected positions p [1, H, t, d_k]:
+// WeNet's position term reads absolute key positions, so a key's projection
+// never changes and each chunk projects only its own.
 struct KvCache {
-  torch::Tensor k, v, p;
-  int64_t size() const { return k.defined() ? k.size(2) : 0; }
+  FrameBuffer k, v, p;
+  int64_t size() const { return k.size(); }
   // Keeps the newest `frames` keys (all of them when fewer are cached).
   void keep_last(int64_t frames);
 };
