@@ -51,13 +51,15 @@ timeout 120 build-gpu/tests/moekit_tests --gtest_filter='Cuda*:Device*' >"$OUT/c
 grep -E "^\[ +(OK|FAILED|PASSED|SKIPPED) +\]" "$OUT/cuda_tests.txt" | sort -u
 grep -B1 -A3 "Failure" "$OUT/cuda_tests.txt" | head -40
 
-step "bench panels on this machine's CPU (1 thread)"
+step "bench kernels on this machine's CPU (1 thread)"
 lscpu | grep -E "Model name|^CPU\(s\)" | tr -s ' '
-OPENBLAS_NUM_THREADS=1 timeout 60 $M --threads 1 bench panels --rounds 2 --megabytes 256 >"$OUT/bench_panels.json" 2>&1
-python3 - "$OUT/bench_panels.json" <<'PY'
+OPENBLAS_NUM_THREADS=1 timeout 60 $M --threads 1 bench kernels --rounds 2 --megabytes 256 >"$OUT/bench_kernels.json" 2>&1
+python3 - "$OUT/bench_kernels.json" <<'PY'
 import json, sys
 from collections import defaultdict
 d = json.load(open(sys.argv[1]))
+print("silu G floats/s: " + " ".join("%s %.2f" % (r["variant"], r["g_floats_per_s"]) for r in d["silu"]["results"]))
+d = d["panels"]
 print("read bandwidth %.1f GB/s" % d["read_bandwidth_gb_per_s"])
 t = defaultdict(dict)
 for r in d["results"]:

@@ -17,7 +17,7 @@ void add_info_command(CLI::App& app, const GlobalOptions& global);
 void add_bench_command(CLI::App& app, const GlobalOptions& global);
 void add_bench_asr_command(CLI::App& bench, const GlobalOptions& global);
 void add_bench_lm_command(CLI::App& bench, const GlobalOptions& global);
-void add_bench_panels_command(CLI::App& bench, const GlobalOptions& global);
+void add_bench_kernels_command(CLI::App& bench, const GlobalOptions& global);
 void add_import_command(CLI::App& app, const GlobalOptions& global);
 void add_transcribe_command(CLI::App& app, const GlobalOptions& global);
 void add_train_command(CLI::App& app, const GlobalOptions& global);

@@ -1,8 +1,12 @@
-// `moekit bench panels`: how fast the weight-panel kernel streams packed
-// weights from memory, per variant (software prefetch or not) and per page
-// size (2 MiB transparent huge pages or 4 KiB), at several row counts, next
-// to the read-bandwidth probe (JSON). One thread: the kernel as one core
-// runs it in a streaming chunk.
+// `moekit bench kernels`: MoEKit's CPU kernels against their alternatives,
+// side by side in one run (JSON):
+// - panels: how fast the weight-panel kernel streams packed weights from
+//   memory, per variant (software prefetch or not) and page size (2 MiB
+//   transparent huge pages or 4 KiB), at several row counts, next to the
+//   read-bandwidth probe;
+// - silu: the SiLU kernel's variants against ATen's silu, on a block that
+//   stays in cache (as an FFN's hidden activations do).
+// Run it with one thread: the kernels as one core runs them.
 #include <cstdlib>
 #include <iostream>
 #include <nlohmann/json.hpp>
@@ -16,15 +20,17 @@
 #include "moekit/core/check.h"
 #include "moekit/core/runtime.h"
 #include "moekit/moe/panel_kernel.h"
+#include "moekit/nn/silu_kernel.h"
 
 namespace moekit::cli {
 namespace {
 
-struct BenchPanelsOptions {
+struct BenchKernelsOptions {
   int64_t in = 2048, out = 256;  // one weight matrix [out, in], packed; the buffer holds many
   int64_t megabytes = 512;       // buffer size: well above the last-level cache share of one core
   std::vector<int64_t> rows = {1, 2, 4, 8, 12, 16, 24};
   int rounds = 3;
+  int64_t silu_floats = 65536;
 };
 
 // A buffer of `bytes` with or without huge pages (a plain mapping, so the
@@ -33,13 +39,13 @@ struct Mapping {
   Mapping(size_t bytes, bool huge) : bytes_(bytes) {
 #if defined(__linux__)
     void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    MOEKIT_CHECK(p != MAP_FAILED, "bench panels: cannot map ", bytes, " bytes");
+    MOEKIT_CHECK(p != MAP_FAILED, "bench kernels: cannot map ", bytes, " bytes");
     madvise(p, bytes, huge ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
     data_ = static_cast<float*>(p);
 #else
-    MOEKIT_CHECK_ARG(!huge, "bench panels: huge pages need Linux");
+    MOEKIT_CHECK_ARG(!huge, "bench kernels: huge pages need Linux");
     data_ = static_cast<float*>(std::aligned_alloc(64, bytes));
-    MOEKIT_CHECK(data_ != nullptr, "bench panels: cannot allocate ", bytes, " bytes");
+    MOEKIT_CHECK(data_ != nullptr, "bench kernels: cannot allocate ", bytes, " bytes");
 #endif
   }
   ~Mapping() {
@@ -57,23 +63,24 @@ struct Mapping {
 
 }  // namespace
 
-void add_bench_panels_command(CLI::App& bench, const GlobalOptions& global) {
-  auto o = std::make_shared<BenchPanelsOptions>();
+void add_bench_kernels_command(CLI::App& bench, const GlobalOptions& global) {
+  auto o = std::make_shared<BenchKernelsOptions>();
   CLI::App* cmd = bench.add_subcommand(
-      "panels", "Weight-panel kernel streaming from memory: GB/s per variant, page size and row count (JSON)");
+      "kernels", "CPU kernels side by side: weight panels streaming from memory (GB/s), SiLU vs ATen (JSON)");
   cmd->add_option("--in", o->in, "Input width of each packed matrix")->capture_default_str();
   cmd->add_option("--out", o->out, "Output width of each packed matrix (a multiple of 32)")->capture_default_str();
   cmd->add_option("--megabytes", o->megabytes, "Weights streamed per pass (MB)")->capture_default_str();
   cmd->add_option("--rows", o->rows, "Row counts (list)")->capture_default_str()->delimiter(',');
   cmd->add_option("--rounds", o->rounds, "Interleaved rounds; the best is reported")->capture_default_str();
+  cmd->add_option("--silu-floats", o->silu_floats, "SiLU block size (floats)")->capture_default_str();
   cmd->callback([o, &global] {
     apply_runtime(global);
     MOEKIT_CHECK_ARG(o->in >= 1 && o->out >= detail::kPanelWidth && o->out % detail::kPanelWidth == 0,
-                     "bench panels: --in must be >= 1 and --out a positive multiple of ", detail::kPanelWidth);
-    MOEKIT_CHECK_ARG(o->megabytes >= 1 && o->rounds >= 1, "bench panels: bad --megabytes/--rounds");
+                     "bench kernels: --in must be >= 1 and --out a positive multiple of ", detail::kPanelWidth);
+    MOEKIT_CHECK_ARG(o->megabytes >= 1 && o->rounds >= 1, "bench kernels: bad --megabytes/--rounds");
     int64_t max_rows = 0;
     for (int64_t r : o->rows) {
-      MOEKIT_CHECK_ARG(r >= 1 && r <= 4096, "bench panels: --rows must lie in 1..4096, got ", r);
+      MOEKIT_CHECK_ARG(r >= 1 && r <= 4096, "bench kernels: --rows must lie in 1..4096, got ", r);
       max_rows = std::max(max_rows, r);
     }
     const int64_t matrix_floats = o->in * o->out;
@@ -109,13 +116,33 @@ void add_bench_panels_command(CLI::App& bench, const GlobalOptions& global) {
         }
       }
     }
+    // SiLU: every variant and ATen's silu_out on the same block, alternating.
+    MOEKIT_CHECK_ARG(o->silu_floats >= 1, "bench kernels: bad --silu-floats");
+    torch::NoGradGuard no_grad;
+    const torch::Tensor sx = torch::randn({o->silu_floats}) * 4;
+    torch::Tensor sy = torch::empty_like(sx);
+    std::vector<std::pair<std::string, std::function<void()>>> silus;
+    for (const auto& [name, fn] : detail::silu_variants()) {
+      silus.emplace_back(name, [&, fn = fn] { fn(sx.data_ptr<float>(), nullptr, sy.data_ptr<float>(), sx.numel()); });
+    }
+    silus.emplace_back("aten", [&] { at::silu_out(sy, sx); });
+    std::vector<double> silu_best(silus.size(), 1e30);
+    for (int round = 0; round < o->rounds; ++round) {
+      for (size_t v = 0; v < silus.size(); ++v) silu_best[v] = std::min(silu_best[v], time_sample(silus[v].second, 0.2));
+    }
+    nlohmann::json silu_results = nlohmann::json::array();
+    for (size_t v = 0; v < silus.size(); ++v) {
+      silu_results.push_back({{"variant", silus[v].first},
+                              {"g_floats_per_s", static_cast<double>(o->silu_floats) / silu_best[v] / 1e9}});
+    }
     nlohmann::json j;
-    j["benchmark"] = "panels";
+    j["benchmark"] = "kernels";
     j["threads"] = num_threads();
-    j["bytes_per_pass"] = static_cast<double>(bytes);
-    j["matrix"] = {o->out, o->in};
-    j["read_bandwidth_gb_per_s"] = read_bandwidth_bytes_per_s() / 1e9;
-    j["results"] = results;
+    j["panels"] = {{"bytes_per_pass", static_cast<double>(bytes)},
+                   {"matrix", {o->out, o->in}},
+                   {"read_bandwidth_gb_per_s", read_bandwidth_bytes_per_s() / 1e9},
+                   {"results", results}};
+    j["silu"] = {{"floats", o->silu_floats}, {"results", silu_results}};
     std::cout << j.dump(2) << std::endl;
   });
 }
