@@ -75,7 +75,8 @@ def main():
     for k in ("moe", "dense"):
         for key in ("rtf_fbank", "rtf_full_with_fbank", "rtf_chunk_with_fbank", "chunk_fraction_of_bandwidth_bound",
                     "read_bandwidth_gb_per_s", "busiest_expert_share_full", "busiest_expert_share_chunk",
-                    "expert_bytes_touched_per_chunk_fraction", "weight_bytes_per_chunk"):
+                    "expert_bytes_touched_per_chunk_fraction", "weight_bytes_per_chunk",
+                    "chunk_fraction_of_all_weights_bound", "weight_bytes_all"):
             summary[k][key] = med(results[k], key)
         summary[k]["parameters"] = results[k][0]["parameters"]
     if a.json:
@@ -106,6 +107,8 @@ def main():
           "the routing touched and every other parameter; read bandwidth %.1f GB/s; target >= 0.7)" % (
               a.chunk_size, m["chunk_fraction_of_bandwidth_bound"], m["weight_bytes_per_chunk"] / 1e6,
                                          m["read_bandwidth_gb_per_s"]))
+    print("  (were every expert read every chunk, %.1f MB: %.2f of that bound)" % (
+        m["weight_bytes_all"] / 1e6, m["chunk_fraction_of_all_weights_bound"]))
     print("- PyTorch reference, MoE / its dense: full %.2fx, chunk %.2fx" % (
         mt["rtf_full"] / summary["dense_torch"]["rtf_full"], mt["rtf_chunk"] / summary["dense_torch"]["rtf_chunk"]))
 

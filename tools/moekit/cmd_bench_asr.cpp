@@ -225,6 +225,10 @@ void add_bench_asr_command(CLI::App& bench, const GlobalOptions& global) {
     if (device.is_cpu()) {
       j["read_bandwidth_gb_per_s"] = bandwidth / 1e9;
       j["chunk_fraction_of_bandwidth_bound"] = weight_bytes * static_cast<double>(chunks) / st / bandwidth;
+      // The same bound if every chunk read every expert (the premise of a
+      // router that spreads a chunk's frames over all experts); above 1
+      // where skipping idle experts beats reading them all.
+      j["chunk_fraction_of_all_weights_bound"] = all_bytes * static_cast<double>(chunks) / st / bandwidth;
     }
     std::cout << j.dump(2) << std::endl;
   });
