@@ -1,6 +1,7 @@
 #include "moekit/nn/subsampling.h"
 
 #include "moekit/core/check.h"
+#include "moekit/nn/linear.h"
 
 namespace moekit {
 
@@ -37,7 +38,10 @@ torch::Tensor Conv2dSubsamplingImpl::forward(const torch::Tensor& x) {
   torch::Tensor h = conv->forward(x.unsqueeze(1));  // [B, C, T', F']
   const int64_t b = h.size(0), c = h.size(1), t = h.size(2), f = h.size(3);
   h = h.transpose(1, 2).contiguous().view({b, t, c * f});
-  return out ? out->forward(h) : linear->forward(h);
+  // The projection by fast_linear: a streaming chunk's 16 rows stream its
+  // weights through the panel kernel instead of an OpenBLAS GEMM.
+  torch::nn::LinearImpl& proj = out ? *out[0]->as<torch::nn::LinearImpl>() : *linear;
+  return fast_linear(h, proj.weight, proj.bias, &proj_panels_);
 }
 
 int64_t Conv2dSubsamplingImpl::output_length(int64_t frames) const {

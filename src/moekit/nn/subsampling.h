@@ -4,6 +4,8 @@
 // Names follow WeNet: conv.0/conv.2(/conv.4), then out.0 (x4) or linear (x6, x8).
 #include <torch/torch.h>
 
+#include "moekit/moe/packed_weights.h"
+
 namespace moekit {
 
 class Conv2dSubsamplingImpl : public torch::nn::Module {
@@ -27,6 +29,7 @@ class Conv2dSubsamplingImpl : public torch::nn::Module {
 
  private:
   int64_t rate_;
+  PanelCache proj_panels_;  // fast_linear's, for the output projection (chunk-sized inputs)
 };
 TORCH_MODULE(Conv2dSubsampling);
 
