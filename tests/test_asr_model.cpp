@@ -9,6 +9,7 @@
 #include "moekit/decode/ctc_search.h"
 #include "moekit/decode/recognizer.h"
 #include "moekit/models/asr/asr_model.h"
+#include "moekit/nn/conv_module.h"
 #include "test_util.h"
 
 using namespace moekit;
@@ -165,6 +166,34 @@ TEST(AsrModel, FrameBufferAppendsKeepsTheNewestAndCopiesOwnTheirFrames) {
   buffer.clear();
   buffer.append(torch::randn({1, 2, 3, 8}));  // a cleared buffer takes any shape
   EXPECT_EQ(buffer.size(), 3);
+}
+
+TEST(AsrModel, CausalConvModuleInferencePathEqualsTheTrainingPath) {
+  torch::manual_seed(9);
+  for (bool bias : {true, false}) {
+    ConvModuleOptions o;
+    o.channels = 24;
+    o.kernel_size = 5;
+    o.layer_norm = true;
+    o.causal = true;
+    o.bias = bias;
+    ConvModule conv(o);
+    conv->eval();
+    const torch::Tensor x = torch::randn({2, 13, 24});
+    // Recording gradients: LibTorch's depthwise Conv1d on [B, C, T].
+    const torch::Tensor reference = conv->forward(x, {}, nullptr).detach();
+    torch::NoGradGuard no_grad;  // inference: the time-major kernel
+    EXPECT_TRUE(torch::allclose(conv->forward(x, {}, nullptr), reference, 1e-5, 1e-5)) << "bias " << bias;
+    // Chunk by chunk with the cache: the same frames.
+    torch::Tensor cache;
+    std::vector<torch::Tensor> parts;
+    for (int64_t begin : {0, 4, 5, 11}) {
+      const int64_t end = begin == 11 ? 13 : (begin == 0 ? 4 : (begin == 4 ? 5 : 11));
+      parts.push_back(conv->forward(x.slice(1, begin, end), {}, &cache));
+      EXPECT_EQ(cache.sizes(), torch::IntArrayRef({2, 24, 4}));
+    }
+    EXPECT_TRUE(torch::allclose(torch::cat(parts, 1), reference, 1e-5, 1e-5)) << "bias " << bias;
+  }
 }
 
 TEST(AsrModel, LabelSmoothingLossMatchesItsDefinition) {

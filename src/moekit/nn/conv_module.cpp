@@ -25,6 +25,39 @@ ConvModuleImpl::ConvModuleImpl(const ConvModuleOptions& o) : options_(o) {
   pointwise_conv2 = register_module("pointwise_conv2", nn::Conv1d(nn::Conv1dOptions(c, c, 1).bias(o.bias)));
 }
 
+namespace {
+
+// The causal depthwise convolution on time-major frames, for CPU float32
+// inference: x [B, L + K - 1, C] (left context first) -> [B, L, C], out[b, t,
+// c] = bias[c] + sum_k w[c, k] x[b, t + k, c]. Vectorized over channels, it
+// skips the two transposes and LibTorch's convolution dispatch, which cost
+// more than the arithmetic on a streaming chunk's few frames.
+torch::Tensor depthwise_time_major(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias) {
+  const int64_t batch = x.size(0), frames = x.size(1), channels = x.size(2), kernel = weight.size(2);
+  const int64_t out_frames = frames - kernel + 1;
+  const torch::Tensor xc = x.contiguous();
+  const torch::Tensor w = weight.reshape({channels, kernel}).t().contiguous();  // [K, C]
+  torch::Tensor out = torch::empty({batch, out_frames, channels}, x.options());
+  const float* xp = xc.data_ptr<float>();
+  const float* wp = w.data_ptr<float>();
+  const float* bp = bias.defined() ? bias.data_ptr<float>() : nullptr;
+  float* op = out.data_ptr<float>();
+  for (int64_t b = 0; b < batch; ++b) {
+    for (int64_t t = 0; t < out_frames; ++t) {
+      float* dst = op + (b * out_frames + t) * channels;
+      for (int64_t c = 0; c < channels; ++c) dst[c] = bp ? bp[c] : 0.f;
+      for (int64_t k = 0; k < kernel; ++k) {
+        const float* src = xp + (b * frames + t + k) * channels;
+        const float* wk = wp + k * channels;
+        for (int64_t c = 0; c < channels; ++c) dst[c] += wk[c] * src[c];
+      }
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
 torch::Tensor ConvModuleImpl::forward(const torch::Tensor& input, const torch::Tensor& mask_pad,
                                       torch::Tensor* cache) {
   // Pointwise convolutions run as linear maps on [B, T, C] (a kernel-1
@@ -43,7 +76,10 @@ torch::Tensor ConvModuleImpl::forward(const torch::Tensor& input, const torch::T
   // here too keeps padding out; unpadded input is unchanged.
   const int64_t lorder = left_context();
   if (masked && lorder == 0) x = x.masked_fill(blocked, 0.0);
-  x = x.transpose(1, 2);  // [B, C, T]
+  const bool time_major = lorder > 0 && !batch_norm && x.device().is_cpu() && x.scalar_type() == torch::kFloat &&
+                          (!torch::GradMode::is_enabled() ||
+                           (!x.requires_grad() && !depthwise_conv->weight.requires_grad()));
+  x = x.transpose(1, 2);  // [B, C, T] (a view)
   if (lorder > 0) {
     // The causal left context, after the pointwise map: the cached frames,
     // or WeNet's zero input frames, which pointwise_conv1 + GLU turn into
@@ -58,12 +94,23 @@ torch::Tensor ConvModuleImpl::forward(const torch::Tensor& input, const torch::T
     } else {
       left = torch::zeros({x.size(0), channels, lorder}, x.options());
     }
-    x = torch::cat({left, x}, 2);
-    if (cache) *cache = x.slice(2, x.size(2) - lorder);
+    if (time_major) {
+      // The same frames concatenated along time in [B, T, C] (the cache
+      // keeps its [B, C, lorder] shape as a view).
+      x = torch::cat({left.transpose(1, 2), x.transpose(1, 2)}, 1);  // [B, lorder + T, C]
+      if (cache) *cache = x.slice(1, x.size(1) - lorder).transpose(1, 2);
+    } else {
+      x = torch::cat({left, x}, 2);
+      if (cache) *cache = x.slice(2, x.size(2) - lorder);
+    }
   }
-  x = depthwise_conv->forward(x);
-  if (batch_norm) x = batch_norm->forward(x);
-  x = x.transpose(1, 2);  // [B, T, C]
+  if (time_major) {
+    x = depthwise_time_major(x, depthwise_conv->weight, depthwise_conv->bias);  // [B, T, C]
+  } else {
+    x = depthwise_conv->forward(x);
+    if (batch_norm) x = batch_norm->forward(x);
+    x = x.transpose(1, 2);  // [B, T, C]
+  }
   if (layer_norm) x = layer_norm->forward(x);
   x = fast_linear(apply_activation(options_.activation, x, {}), pointwise_conv2->weight.view({channels, channels}),
                   pointwise_conv2->bias, &pointwise2_panels_);
