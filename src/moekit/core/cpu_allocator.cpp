@@ -7,11 +7,12 @@
 
 #include <cstdlib>
 #include <map>
+#include <mutex>
+#include <unordered_map>
+
 #if defined(__linux__)
 #include <sys/mman.h>
 #endif
-#include <mutex>
-#include <unordered_map>
 
 namespace moekit {
 namespace {
@@ -22,8 +23,8 @@ constexpr size_t kRoundBytes = size_t{1} << 20;
 // marked for transparent huge pages (Linux, where THP is "madvise" or
 // "always"): a weight streamed from memory then crosses no 4 KiB page
 // boundaries, where the hardware prefetcher stops, and a fresh block faults
-// in per 2 MiB instead of per 4 KiB. Streaming expert panels went from 13.7
-// to 15.2 GB/s at 8 rows on the Intel VM of bench/README.md.
+// in per 2 MiB instead of per 4 KiB. Streaming expert panels went from 14.0
+// to 15.2 GB/s at 8 rows on the Intel VM of bench/README.md ("Session 9").
 constexpr size_t kHugeMinBytes = size_t{4} << 20;
 constexpr size_t kHugeBytes = size_t{2} << 20;
 

@@ -12,9 +12,9 @@ namespace {
 
 // How far ahead of its reads the kernel asks for weights (floats; 32 KiB),
 // into L2. The hardware prefetcher alone keeps too few lines in flight once
-// each 128 bytes of weights carry 8 or more rows of FMAs: on the Intel VM of
-// bench/README.md ("Panel prefetch") streaming 8 rows went from 9.0 to
-// 13-14.5 GB/s with it, 16 rows from 7.4 to 10.5-11.
+// each 128 bytes of weights carry several rows of FMAs: on the Intel VM of
+// bench/README.md ("Session 9"; `moekit bench kernels`) streaming 8 rows
+// went from 9.2 to 14.0 GB/s with it, 16 rows from 7.5 to 10.6.
 #ifndef MOEKIT_PANEL_PREFETCH_FLOATS
 #define MOEKIT_PANEL_PREFETCH_FLOATS 8192
 #endif
@@ -108,7 +108,7 @@ __attribute__((target("avx2,fma"))) void panel_avx2(const float* x, int64_t rows
                                                     int64_t o_end, float* out, int64_t ld_out) {
   panel_body<8, 3>(x, rows, ld_x, in, panels, bias, o_begin, o_end, out, ld_out);
 }
-// The same without software prefetch, for `moekit bench panels` and the tests.
+// The same without software prefetch, for `moekit bench kernels` and the tests.
 __attribute__((target("avx512f,avx512vl,avx2,fma"))) void panel_avx512_noprefetch(
     const float* x, int64_t rows, int64_t ld_x, int64_t in, const float* panels, const float* bias, int64_t o_begin,
     int64_t o_end, float* out, int64_t ld_out) {
