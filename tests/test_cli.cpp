@@ -69,9 +69,15 @@ TEST(Cli, ErrorsAreOneLineWithNonZeroExit) {
 namespace moekit {
 namespace {
 
-std::string asr_model_dir() {
-  const auto dir = std::filesystem::temp_directory_path() / ("moekit-cli-asr-" + std::to_string(::getpid()));
-  const AsrConfig c = tiny_asr_config(6);
+std::string asr_model_dir(bool with_decoder = true) {
+  const auto dir = std::filesystem::temp_directory_path() /
+                   ((with_decoder ? "moekit-cli-asr-" : "moekit-cli-asr-ctc-") + std::to_string(::getpid()));
+  AsrConfig c = tiny_asr_config(6);
+  if (!with_decoder) {
+    c.decoder.num_blocks = c.decoder.r_num_blocks = 0;
+    c.reverse_weight = 0.0;
+    c.ctc_weight = 1.0;
+  }
   AsrModel model(c);
   save_asr_model(dir.string(), model, Units({"<blank>", "<unk>", "a", "b", "\xe2\x96\x81", "<sos/eos>"}));
   return dir.string();
@@ -135,6 +141,37 @@ TEST(Cli, EvalScoresReadableUtterancesAndReportsTheRest) {
   EXPECT_EQ(mixed.exit_code, 1) << mixed.output;
   EXPECT_NE(mixed.output.find("b: "), std::string::npos) << mixed.output;
   EXPECT_NE(mixed.output.find("CER"), std::string::npos) << mixed.output;
+}
+
+TEST(Cli, DefaultDecodingModeFitsTheModel) {
+  if (!have_audio_files()) GTEST_SKIP() << "built without libsndfile/libsoxr";
+  for (bool with_decoder : {true, false}) {
+    const std::string dir = asr_model_dir(with_decoder);
+    std::vector<float> tone(16000);
+    for (size_t i = 0; i < tone.size(); ++i) tone[i] = 0.3f * std::sin(0.05f * static_cast<float>(i));
+    write_wav16(dir + "/a.wav", tone, 16000);
+    write_file_atomic(dir + "/good.list", "{\"key\": \"a\", \"wav\": \"a.wav\", \"txt\": \"ab ba\"}\n");
+    // No --mode: attention rescoring with a decoder, CTC prefix beam without.
+    const CliRun eval = run_cli("eval " + dir + " " + dir + "/good.list --json");
+    ASSERT_EQ(eval.exit_code, 0) << eval.output;
+    EXPECT_EQ(nlohmann::json::parse(eval.output)[0]["mode"],
+              with_decoder ? "attention_rescoring" : "ctc_prefix_beam_search");
+    const CliRun transcribe = run_cli("transcribe " + dir + " " + dir + "/a.wav");
+    EXPECT_EQ(transcribe.exit_code, 0) << transcribe.output;
+    // Asked for explicitly, rescoring without a decoder is a one-line error.
+    const CliRun explicit_rescoring = run_cli("transcribe " + dir + " " + dir + "/a.wav --mode attention_rescoring");
+    if (with_decoder) {
+      EXPECT_EQ(explicit_rescoring.exit_code, 0) << explicit_rescoring.output;
+    } else {
+      EXPECT_EQ(explicit_rescoring.exit_code, 1);
+      EXPECT_NE(explicit_rescoring.output.find("attention_rescoring needs a model with an attention decoder"),
+                std::string::npos)
+          << explicit_rescoring.output;
+    }
+  }
+  const CliRun bad = run_cli("eval /nonexistent /nonexistent.list --mode beam");
+  EXPECT_EQ(bad.exit_code, 1);
+  EXPECT_NE(bad.output.find("unknown decoding mode 'beam'"), std::string::npos) << bad.output;
 }
 
 TEST(Cli, ImportWenetNeedsAWenetDirectory) {

@@ -15,7 +15,7 @@ void add_transcribe_command(CLI::App& app, const GlobalOptions& global) {
   struct Options {
     std::string model_dir;
     std::vector<std::string> files;
-    std::string mode = "attention_rescoring";
+    std::string mode = "auto";
     DecodeOptions decode;
     bool streaming = false;
     bool json_output = false;
@@ -24,7 +24,9 @@ void add_transcribe_command(CLI::App& app, const GlobalOptions& global) {
   CLI::App* cmd = app.add_subcommand("transcribe", "Speech to text with an asr model; one line per file");
   cmd->add_option("model_dir", o->model_dir, "Model directory (moekit import wenet / moekit train)")->required();
   cmd->add_option("files", o->files, "Audio files (any format libsndfile reads; resampled, mixed to mono)")->required();
-  cmd->add_option("--mode", o->mode, "ctc_greedy_search | ctc_prefix_beam_search | attention_rescoring")
+  cmd->add_option("--mode", o->mode,
+                  "ctc_greedy_search | ctc_prefix_beam_search | attention_rescoring | auto (attention_rescoring, or "
+                  "ctc_prefix_beam_search for a model without attention decoder)")
       ->capture_default_str();
   cmd->add_option("--beam", o->decode.beam_size, "CTC prefix beam size")->capture_default_str();
   cmd->add_option("--chunk-size", o->decode.chunk_size, "Encoder frames per chunk (-1 = full context)")
@@ -39,11 +41,12 @@ void add_transcribe_command(CLI::App& app, const GlobalOptions& global) {
   cmd->add_flag("--json", o->json_output, "One JSON object per line (file, text, tokens, score, error)");
   cmd->callback([o, &global] {
     apply_runtime(global);
-    o->decode.mode = parse_decode_mode(o->mode);
+    if (o->mode != "auto") parse_decode_mode(o->mode);  // a bad name fails before the model loads
     MOEKIT_CHECK_ARG(!o->streaming || o->decode.chunk_size > 0, "--streaming needs --chunk-size > 0");
     const torch::Device device = parse_device(global.device);
     LoadedAsr loaded = load_asr_model(o->model_dir);
     loaded.model->to(device);
+    o->decode.mode = resolve_decode_mode(o->mode, *loaded.model);
     const Recognizer recognizer(loaded.model, loaded.units, o->decode);
     const int sample_rate = loaded.model->config().fbank.sample_rate;
     int failures = 0;

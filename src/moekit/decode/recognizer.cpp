@@ -11,7 +11,12 @@ DecodeMode parse_decode_mode(const std::string& name) {
   if (name == "ctc_prefix_beam_search" || name == "ctc_prefix_beam") return DecodeMode::CtcPrefixBeam;
   if (name == "attention_rescoring") return DecodeMode::AttentionRescoring;
   throw std::invalid_argument("unknown decoding mode '" + name +
-                              "' (ctc_greedy_search | ctc_prefix_beam_search | attention_rescoring)");
+                              "' (ctc_greedy_search | ctc_prefix_beam_search | attention_rescoring | auto)");
+}
+
+DecodeMode resolve_decode_mode(const std::string& name, const AsrModel& model) {
+  if (name != "auto") return parse_decode_mode(name);
+  return model.config().decoder.num_blocks > 0 ? DecodeMode::AttentionRescoring : DecodeMode::CtcPrefixBeam;
 }
 
 std::string decode_mode_name(DecodeMode mode) {

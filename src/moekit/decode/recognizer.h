@@ -18,6 +18,9 @@ namespace moekit {
 enum class DecodeMode { CtcGreedy, CtcPrefixBeam, AttentionRescoring };
 DecodeMode parse_decode_mode(const std::string& name);  // ctc_greedy_search | ctc_prefix_beam_search | attention_rescoring
 std::string decode_mode_name(DecodeMode mode);
+// parse_decode_mode, plus "auto": attention rescoring where the model has an
+// attention decoder, CTC prefix beam search where it has none.
+DecodeMode resolve_decode_mode(const std::string& name, const AsrModel& model);
 
 struct DecodeOptions {
   DecodeMode mode = DecodeMode::AttentionRescoring;
