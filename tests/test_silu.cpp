@@ -44,7 +44,8 @@ TEST(SiluKernel, EveryVariantIsWithin4UlpOfExactIncludingTailsAndExtremes) {
 
 TEST(SiluKernel, InPlaceOutputIsAllowed) {
   for (const auto& [name, fn] : detail::silu_variants()) {
-    std::vector<float> x = {-3.f, -1.f, 0.f, 0.5f, 2.f, 9.f, -0.25f, 1.f, 4.f, -7.f, 3.f, 0.1f, 6.f, -2.f, 5.f, 8.f, -9.f};
+    std::vector<float> x = {-3.f, -1.f, 0.f,  0.5f, 2.f,  9.f, -0.25f, 1.f, 4.f,
+                            -7.f, 3.f,  0.1f, 6.f,  -2.f, 5.f, 8.f,    -9.f};
     const std::vector<float> original = x;
     fn(x.data(), nullptr, x.data(), static_cast<int64_t>(x.size()));
     for (size_t i = 0; i < x.size(); ++i) {

@@ -128,7 +128,9 @@ void add_bench_kernels_command(CLI::App& bench, const GlobalOptions& global) {
     silus.emplace_back("aten", [&] { at::silu_out(sy, sx); });
     std::vector<double> silu_best(silus.size(), 1e30);
     for (int round = 0; round < o->rounds; ++round) {
-      for (size_t v = 0; v < silus.size(); ++v) silu_best[v] = std::min(silu_best[v], time_sample(silus[v].second, 0.2));
+      for (size_t v = 0; v < silus.size(); ++v) {
+        silu_best[v] = std::min(silu_best[v], time_sample(silus[v].second, 0.2));
+      }
     }
     nlohmann::json silu_results = nlohmann::json::array();
     for (size_t v = 0; v < silus.size(); ++v) {

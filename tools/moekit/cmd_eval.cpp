@@ -28,7 +28,8 @@ void add_eval_command(CLI::App& app, const GlobalOptions& global) {
   cmd->add_option("model_dir", o->model_dir, "Model directory")->required();
   cmd->add_option("data", o->data, "WeNet data.list or Kaldi data directory")->required();
   cmd->add_option("--mode", o->modes,
-                  "Decoding modes (several allowed): ctc_greedy_search | ctc_prefix_beam_search | attention_rescoring | "
+                  "Decoding modes (several allowed): ctc_greedy_search | ctc_prefix_beam_search | "
+                  "attention_rescoring | "
                   "auto (attention_rescoring, or ctc_prefix_beam_search for a model without attention decoder)")
       ->capture_default_str();
   cmd->add_option("--beam", o->decode.beam_size, "CTC prefix beam size")->capture_default_str();
@@ -41,9 +42,7 @@ void add_eval_command(CLI::App& app, const GlobalOptions& global) {
   cmd->add_flag("--json", o->json_output, "Print one JSON object");
   cmd->callback([o, &global] {
     apply_runtime(global);
-    for (const std::string& mode : o->modes) {
-      if (mode != "auto") parse_decode_mode(mode);  // a bad name fails before the model loads
-    }
+    for (const std::string& mode : o->modes) check_decode_mode_name(mode);  // before the model loads
     const torch::Device device = parse_device(global.device);
     LoadedAsr loaded = load_asr_model(o->model_dir);
     loaded.model->to(device);
@@ -55,6 +54,7 @@ void add_eval_command(CLI::App& app, const GlobalOptions& global) {
     for (const std::string& mode : o->modes) {
       DecodeOptions d = o->decode;
       d.mode = resolve_decode_mode(mode, *loaded.model);
+      const std::string mode_name = decode_mode_name(d.mode);
       const Recognizer recognizer(loaded.model, loaded.units, d);
       ErrorRates rates;
       int64_t failed = 0;
@@ -72,14 +72,14 @@ void add_eval_command(CLI::App& app, const GlobalOptions& global) {
           std::cerr << "moekit: error: " << u.key << ": " << e.what() << "\n";
         }
       }
-      nlohmann::json j = {{"mode", decode_mode_name(d.mode)},           {"chunk_size", d.chunk_size}, {"utterances", data.size()},
+      nlohmann::json j = {{"mode", mode_name},      {"chunk_size", d.chunk_size}, {"utterances", data.size()},
                           {"failed", failed},       {"cer", rates.cer()},         {"wer", rates.wer()},
                           {"chars", rates.chars},   {"words", rates.words},
                           {"rtf", audio_seconds > 0 ? decode_seconds / audio_seconds : 0.0}};
       results.push_back(j);
       total_failed += failed;
       if (!o->json_output)
-        std::cout << std::left << std::setw(24) << decode_mode_name(d.mode) << " chunk " << std::setw(3) << d.chunk_size << " CER "
+        std::cout << std::left << std::setw(24) << mode_name << " chunk " << std::setw(3) << d.chunk_size << " CER "
                   << std::fixed << std::setprecision(2) << 100 * rates.cer() << "%  WER " << 100 * rates.wer()
                   << "%  (" << data.size() - failed << " utterances, RTF " << std::setprecision(4)
                   << j["rtf"].get<double>() << ")\n";

@@ -41,7 +41,7 @@ void add_transcribe_command(CLI::App& app, const GlobalOptions& global) {
   cmd->add_flag("--json", o->json_output, "One JSON object per line (file, text, tokens, score, error)");
   cmd->callback([o, &global] {
     apply_runtime(global);
-    if (o->mode != "auto") parse_decode_mode(o->mode);  // a bad name fails before the model loads
+    check_decode_mode_name(o->mode);  // a bad name fails before the model loads
     MOEKIT_CHECK_ARG(!o->streaming || o->decode.chunk_size > 0, "--streaming needs --chunk-size > 0");
     const torch::Device device = parse_device(global.device);
     LoadedAsr loaded = load_asr_model(o->model_dir);

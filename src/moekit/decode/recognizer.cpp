@@ -19,6 +19,10 @@ DecodeMode resolve_decode_mode(const std::string& name, const AsrModel& model) {
   return model.config().decoder.num_blocks > 0 ? DecodeMode::AttentionRescoring : DecodeMode::CtcPrefixBeam;
 }
 
+void check_decode_mode_name(const std::string& name) {
+  if (name != "auto") parse_decode_mode(name);
+}
+
 std::string decode_mode_name(DecodeMode mode) {
   switch (mode) {
     case DecodeMode::CtcGreedy: return "ctc_greedy_search";

@@ -21,6 +21,8 @@ std::string decode_mode_name(DecodeMode mode);
 // parse_decode_mode, plus "auto": attention rescoring where the model has an
 // attention decoder, CTC prefix beam search where it has none.
 DecodeMode resolve_decode_mode(const std::string& name, const AsrModel& model);
+// Throws what resolve_decode_mode would for an unknown name, before any model is loaded.
+void check_decode_mode_name(const std::string& name);
 
 struct DecodeOptions {
   DecodeMode mode = DecodeMode::AttentionRescoring;

@@ -106,9 +106,8 @@ void FrameBuffer::append(const torch::Tensor& frames) {
   const bool fits = buffer_.defined() && buffer_.size(0) == frames.size(0) && buffer_.size(1) == frames.size(1) &&
                     buffer_.size(3) == frames.size(3) && buffer_.dtype() == frames.dtype() &&
                     buffer_.device() == frames.device();
-  if (!fits && length_ > 0) {
-    MOEKIT_CHECK_ARG(false, "frame buffer: frames ", frames.sizes(), " do not continue the held ", view().sizes());
-  }
+  MOEKIT_CHECK_ARG(fits || length_ == 0, "frame buffer: frames ", frames.sizes(), " do not continue the held ",
+                   view().sizes());
   if (!fits || start_ + length_ + t > buffer_.size(2)) {
     // Room for twice what will be held; the held frames move to the front.
     const int64_t capacity = std::max<int64_t>(64, 2 * (length_ + t));

@@ -76,33 +76,36 @@ torch::Tensor ConvModuleImpl::forward(const torch::Tensor& input, const torch::T
   // here too keeps padding out; unpadded input is unchanged.
   const int64_t lorder = left_context();
   if (masked && lorder == 0) x = x.masked_fill(blocked, 0.0);
+  // CPU float32 inference on a causal kernel: the depthwise convolution runs
+  // on time-major frames; otherwise LibTorch's Conv1d on [B, C, T].
   const bool time_major = lorder > 0 && !batch_norm && x.device().is_cpu() && x.scalar_type() == torch::kFloat &&
                           (!torch::GradMode::is_enabled() ||
                            (!x.requires_grad() && !depthwise_conv->weight.requires_grad()));
-  x = x.transpose(1, 2);  // [B, C, T] (a view)
   if (lorder > 0) {
     // The causal left context, after the pointwise map: the cached frames,
     // or WeNet's zero input frames, which pointwise_conv1 + GLU turn into
-    // glu(bias). Each frame is mapped once, not again in the next chunk.
+    // glu(bias). Each frame is mapped once, not again in the next chunk. The
+    // cache is [B, C, lorder] (a view when the frames are time-major).
+    const int64_t batch = x.size(0);
     torch::Tensor left;
     if (cache && cache->defined() && cache->numel() > 0) {
-      MOEKIT_CHECK_ARG(cache->size(0) == x.size(0) && cache->size(1) == x.size(1) && cache->size(2) == lorder,
+      MOEKIT_CHECK_ARG(cache->size(0) == batch && cache->size(1) == channels && cache->size(2) == lorder,
                        "conv module: cache of shape ", cache->sizes(), " for input ", x.sizes());
       left = *cache;
     } else if (pointwise_conv1->bias.defined()) {
-      left = torch::glu(pointwise_conv1->bias, 0).view({1, channels, 1}).expand({x.size(0), channels, lorder});
+      left = torch::glu(pointwise_conv1->bias, 0).view({1, channels, 1}).expand({batch, channels, lorder});
     } else {
-      left = torch::zeros({x.size(0), channels, lorder}, x.options());
+      left = torch::zeros({batch, channels, lorder}, x.options());
     }
     if (time_major) {
-      // The same frames concatenated along time in [B, T, C] (the cache
-      // keeps its [B, C, lorder] shape as a view).
-      x = torch::cat({left.transpose(1, 2), x.transpose(1, 2)}, 1);  // [B, lorder + T, C]
+      x = torch::cat({left.transpose(1, 2), x}, 1);  // [B, lorder + T, C]
       if (cache) *cache = x.slice(1, x.size(1) - lorder).transpose(1, 2);
     } else {
-      x = torch::cat({left, x}, 2);
+      x = torch::cat({left, x.transpose(1, 2)}, 2);  // [B, C, lorder + T]
       if (cache) *cache = x.slice(2, x.size(2) - lorder);
     }
+  } else {
+    x = x.transpose(1, 2);  // [B, C, T]
   }
   if (time_major) {
     x = depthwise_time_major(x, depthwise_conv->weight, depthwise_conv->bias);  // [B, T, C]
