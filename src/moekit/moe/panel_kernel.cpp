@@ -70,9 +70,69 @@ __attribute__((always_inline)) inline void panel_rows(int64_t n, const float* x,
   panel_micro_kernel<L, R, Prefetch>(x, ld_x, in, panel, bias, cols, out, ld_out);
 }
 
+#ifndef MOEKIT_PANEL_BLOCK_PREFETCH_FLOATS
+#define MOEKIT_PANEL_BLOCK_PREFETCH_FLOATS 4096
+#endif
+constexpr int64_t kBlockPrefetchFloats = MOEKIT_PANEL_BLOCK_PREFETCH_FLOATS;
+
+// Row groups that take turns on one panel: inputs [k0, k1) of R rows, the
+// accumulators carried between blocks in acc ([R][kPanelWidth], zeroed by
+// the caller). When it prefetches, one line of each panel row
+// (pf_line: 0 or 1 of the two 64-byte lines), kPrefetchFloats ahead.
+template <int L, int R, bool Prefetch>
+__attribute__((always_inline)) inline void panel_block_kernel(const float* x, int64_t ld_x, int64_t k0, int64_t k1,
+                                                              const float* panel, float* acc_io, int64_t pf_line) {
+  constexpr int NV = static_cast<int>(kPanelWidth) / L;
+  using V = typename Vec<L>::type;
+  V acc[R][NV];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = load<L>(acc_io + r * kPanelWidth + v * L);
+  for (int64_t k = k0; k < k1; ++k) {
+    const float* wk = panel + k * kPanelWidth;
+    if constexpr (Prefetch && kBlockPrefetchFloats > 0) {
+      __builtin_prefetch(wk + kBlockPrefetchFloats + pf_line * 16, 0, 2);
+    }
+    V w[NV];
+    for (int v = 0; v < NV; ++v) w[v] = load<L>(wk + v * L);
+    for (int r = 0; r < R; ++r) {
+      const float xs = x[r * ld_x + k];
+      for (int v = 0; v < NV; ++v) acc[r][v] += xs * w[v];
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) std::memcpy(acc_io + r * kPanelWidth + v * L, &acc[r][v], sizeof(V));
+}
+
+template <int L, int R, bool Prefetch>
+__attribute__((always_inline)) inline void panel_block_rows(int64_t n, const float* x, int64_t ld_x, int64_t k0,
+                                                            int64_t k1, const float* panel, float* acc_io,
+                                                            int64_t pf_line) {
+  if constexpr (R > 1) {
+    if (n < R) {
+      panel_block_rows<L, R - 1, Prefetch>(n, x, ld_x, k0, k1, panel, acc_io, pf_line);
+      return;
+    }
+  }
+  panel_block_kernel<L, R, Prefetch>(x, ld_x, k0, k1, panel, acc_io, pf_line);
+}
+
+// Inputs per block when row groups take turns: 16 panel rows, 2 KiB.
+constexpr int64_t kBlockInputs = 16;
+// Up to this many row groups take turns per block; more stream the panel
+// once per group (their arithmetic then hides the memory time anyway).
+constexpr int64_t kMaxInterleavedGroups = 3;
+
 // Rows in near-equal groups of at most MaxRows (the accumulators that fit
-// in the vector registers); each group streams the panel once, the first
-// from memory, the rest from cache.
+// in the vector registers).
+// - One group streams each panel once, from memory.
+// - Up to kMaxInterleavedGroups groups take turns on blocks of
+//   kBlockInputs panel rows: the first group's pass brings a block in, the
+//   others find it in L1. Running the groups one after the other over the
+//   whole panel would leave memory idle while the later groups compute; in
+//   turns, each group asks for a share of the lines ahead, so the weights
+//   keep streaming (16 rows: 11.2 -> 12.4 GB/s on the VM of bench/README.md,
+//   "Session 10").
+// - More groups run one after the other, each over the whole panel.
 template <int L, int MaxRows, bool Prefetch = true>
 __attribute__((always_inline)) inline void panel_body(const float* x, int64_t rows, int64_t ld_x, int64_t in,
                                                       const float* panels, const float* bias, int64_t o_begin,
@@ -83,12 +143,38 @@ __attribute__((always_inline)) inline void panel_body(const float* x, int64_t ro
     const float* panel = panels + (o / kPanelWidth) * in * kPanelWidth;
     const int64_t cols = std::min(kPanelWidth, o_end - o);
     const float* b = bias != nullptr ? bias + o : nullptr;
-    for (int64_t r = 0; r < rows; r += group_rows) {
-      const int64_t n = std::min(group_rows, rows - r);
-      if (r == 0) {
-        panel_rows<L, MaxRows, Prefetch>(n, x, ld_x, in, panel, b, cols, out + o, ld_out);
+    if (groups == 1 || groups > kMaxInterleavedGroups) {
+      for (int64_t r = 0; r < rows; r += group_rows) {
+        const int64_t n = std::min(group_rows, rows - r);
+        if (r == 0) {
+          panel_rows<L, MaxRows, Prefetch>(n, x, ld_x, in, panel, b, cols, out + o, ld_out);
+        } else {
+          panel_rows<L, MaxRows, false>(n, x + r * ld_x, ld_x, in, panel, b, cols, out + r * ld_out + o, ld_out);
+        }
+      }
+      continue;
+    }
+    alignas(64) float acc[kMaxInterleavedGroups * MaxRows * kPanelWidth] = {};
+    for (int64_t k0 = 0; k0 < in; k0 += kBlockInputs) {
+      const int64_t k1 = std::min(in, k0 + kBlockInputs);
+      for (int64_t g = 0; g < groups; ++g) {
+        const int64_t r = g * group_rows, n = std::min(group_rows, rows - r);
+        float* acc_g = acc + g * MaxRows * kPanelWidth;
+        // Groups 0 and 1 ask for one line of each panel row each.
+        if (g < 2) {
+          panel_block_rows<L, MaxRows, Prefetch>(n, x + r * ld_x, ld_x, k0, k1, panel, acc_g, g);
+        } else {
+          panel_block_rows<L, MaxRows, false>(n, x + r * ld_x, ld_x, k0, k1, panel, acc_g, 0);
+        }
+      }
+    }
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* src = acc + (r / group_rows) * MaxRows * kPanelWidth + (r % group_rows) * kPanelWidth;
+      float* dst = out + r * ld_out + o;
+      if (b != nullptr) {
+        for (int64_t j = 0; j < cols; ++j) dst[j] = src[j] + b[j];
       } else {
-        panel_rows<L, MaxRows, false>(n, x + r * ld_x, ld_x, in, panel, b, cols, out + r * ld_out + o, ld_out);
+        std::memcpy(dst, src, static_cast<size_t>(cols) * sizeof(float));
       }
     }
   }
