@@ -1,11 +1,14 @@
 #include "moekit/nn/attention.h"
 
+#include <ATen/Parallel.h>
+
 #include <cmath>
 #include <map>
 #include <mutex>
 #include <tuple>
 
 #include "moekit/core/check.h"
+#include "moekit/nn/attention_kernel.h"
 #include "moekit/nn/linear.h"
 
 namespace moekit {
@@ -34,6 +37,62 @@ torch::Tensor MultiHeadedAttentionImpl::split_heads(const torch::Tensor& x) cons
   return x.view({x.size(0), x.size(1), options_.heads, d_k_}).transpose(1, 2);
 }
 
+bool MultiHeadedAttentionImpl::fused_core_applies(const torch::Tensor& q, const torch::Tensor& k,
+                                                  const torch::Tensor& v, const torch::Tensor& p,
+                                                  const torch::Tensor& mask) const {
+  if (torch::GradMode::is_enabled() || (is_training() && options_.dropout > 0.0)) return false;
+  auto fits = [](const torch::Tensor& t) {
+    return t.device().is_cpu() && t.scalar_type() == torch::kFloat && t.dim() == 4 && t.stride(3) == 1;
+  };
+  if (!fits(q) || !fits(k) || !fits(v) || k.size(0) != q.size(0) || v.size(0) != q.size(0)) return false;
+  if (options_.rel_pos) {
+    if (!fits(p) || (p.size(0) != 1 && p.size(0) != q.size(0))) return false;
+    if (pos_bias_u.scalar_type() != torch::kFloat || pos_bias_v.scalar_type() != torch::kFloat) return false;
+  }
+  // Masks as the callers make them: [B or 1, T1 or 1, T2].
+  return !mask.defined() || mask.numel() == 0 ||
+         (mask.dim() == 3 && (mask.size(0) == 1 || mask.size(0) == q.size(0)) &&
+          (mask.size(1) == 1 || mask.size(1) == q.size(1)) && mask.size(2) == k.size(2));
+}
+
+torch::Tensor MultiHeadedAttentionImpl::fused_core(const torch::Tensor& q, const torch::Tensor& k,
+                                                  const torch::Tensor& v, const torch::Tensor& p,
+                                                  const torch::Tensor& mask, double scale) const {
+  const int64_t batch = q.size(0), t1 = q.size(1), t2 = k.size(2);
+  // q is [B, T1, H, d_k]; k, v, p are [B, H, T2, d_k].
+  detail::AttentionProblem a;
+  a.batch = batch;
+  a.heads = options_.heads;
+  a.queries = t1;
+  a.keys = t2;
+  a.d_k = d_k_;
+  a.q = {q.data_ptr<float>(), q.stride(0), q.stride(2), q.stride(1)};
+  a.k = {k.data_ptr<float>(), k.stride(0), k.stride(1), k.stride(2)};
+  a.v = {v.data_ptr<float>(), v.stride(0), v.stride(1), v.stride(2)};
+  torch::Tensor bias_u, bias_v, allowed;
+  if (p.defined()) {
+    a.p = {p.data_ptr<float>(), p.size(0) == 1 ? 0 : p.stride(0), p.stride(1), p.stride(2)};
+    bias_u = pos_bias_u.contiguous();
+    bias_v = pos_bias_v.contiguous();
+    a.bias_u = bias_u.data_ptr<float>();
+    a.bias_v = bias_v.data_ptr<float>();
+  }
+  if (mask.defined() && mask.numel() > 0) {
+    allowed = mask.to(torch::kBool).contiguous();
+    a.mask = allowed.data_ptr<bool>();
+    a.mask_sb = allowed.size(0) == 1 ? 0 : allowed.stride(0);
+    a.mask_si = allowed.size(1) == 1 ? 0 : allowed.stride(1);
+  }
+  a.scale = static_cast<float>(scale);
+  torch::Tensor x = torch::empty({batch, t1, options_.d_model}, q.options());
+  a.out = x.data_ptr<float>();
+  a.out_sb = x.stride(0);
+  a.out_si = x.stride(1);
+  at::parallel_for(0, batch * options_.heads, 1,
+                   [&](int64_t begin, int64_t end) { detail::attention_forward(a, begin, end); });
+  return x;
+}
+
 torch::Tensor MultiHeadedAttentionImpl::forward(const torch::Tensor& query, const torch::Tensor& key,
                                                 const torch::Tensor& value, const torch::Tensor& mask,
                                                 const torch::Tensor& pos_emb, KvCache* cache) {
@@ -49,14 +108,15 @@ torch::Tensor MultiHeadedAttentionImpl::forward(const torch::Tensor& query, cons
     v = cache->v.view();
   }
   const double scale = 1.0 / std::sqrt(static_cast<double>(d_k_));
-  torch::Tensor scores;
+  torch::Tensor p;  // rel_pos: the keys' projected positions [1 or B, H, T2, d_k]
   if (options_.rel_pos) {
     MOEKIT_CHECK_ARG(pos_emb.defined() && pos_emb.size(1) == k.size(2), "rel-pos attention: pos_emb covers ",
                      pos_emb.defined() ? pos_emb.size(1) : 0, " positions, keys ", k.size(2));
     auto project = [&](const torch::Tensor& positions) {
-      return fast_linear(positions, linear_pos->weight, {}, &pos_panels_).view({positions.size(0), -1, options_.heads, d_k_}).transpose(1, 2);
+      return fast_linear(positions, linear_pos->weight, {}, &pos_panels_)
+          .view({positions.size(0), -1, options_.heads, d_k_})
+          .transpose(1, 2);
     };
-    torch::Tensor p;
     if (cache && pos_emb.size(0) == 1) {
       // Project only the new keys' positions; the cached keys' are kept.
       const bool reuse = cached > 0 && cache->p.size() == cached;
@@ -66,6 +126,13 @@ torch::Tensor MultiHeadedAttentionImpl::forward(const torch::Tensor& query, cons
     } else {
       p = project(pos_emb);
     }
+  }
+  if (fused_core_applies(q, k, v, p, mask)) {
+    const torch::Tensor x = fused_core(q, k, v, p, mask, scale);  // [B, T1, D]
+    return fast_linear(x, linear_out->weight, linear_out->bias, &out_panels_);
+  }
+  torch::Tensor scores;
+  if (options_.rel_pos) {
     torch::Tensor q_u = (q + pos_bias_u).transpose(1, 2);
     torch::Tensor q_v = (q + pos_bias_v).transpose(1, 2);
     scores = (torch::matmul(q_u, k.transpose(-2, -1)) + torch::matmul(q_v, p.transpose(-2, -1))) * scale;

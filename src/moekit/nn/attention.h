@@ -74,6 +74,14 @@ class MultiHeadedAttentionImpl : public torch::nn::Module {
 
  private:
   torch::Tensor split_heads(const torch::Tensor& x) const;  // [B, T, D] -> [B, H, T, d_k]
+  // Inference on the CPU (float32, no gradient, no attention dropout): the
+  // fused kernel of attention_kernel.h computes softmax(scores) v into
+  // [B, T1, D] where the ATen form took ~20 ops. q [B, T1, H, d_k]; k, v, p
+  // [B (p: or 1), H, T2, d_k] with contiguous rows; p undefined without rel_pos.
+  bool fused_core_applies(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                          const torch::Tensor& p, const torch::Tensor& mask) const;
+  torch::Tensor fused_core(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                           const torch::Tensor& p, const torch::Tensor& mask, double scale) const;
   AttentionOptions options_;
   int64_t d_k_;
   torch::nn::Dropout dropout_{nullptr};

@@ -8,35 +8,6 @@
 namespace moekit::detail {
 namespace {
 
-template <int L>
-struct IntVec {
-  typedef int32_t type __attribute__((vector_size(L * sizeof(int32_t))));
-};
-
-// exp(v) for v in [-87, 87] (callers clamp): v = n ln2 + r, |r| <= ln2 / 2,
-// exp(r) by Cephes' expf polynomial, 2^n put into the exponent bits.
-template <int L>
-__attribute__((always_inline)) inline typename Vec<L>::type exp_clamped(typename Vec<L>::type v) {
-  using V = typename Vec<L>::type;
-  using I = typename IntVec<L>::type;
-  const V magic = V{} + 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
-  const V t = v * 1.44269504088896341f + magic;
-  const V n = t - magic;
-  const I ni = (I)t - (I)magic;  // vector casts reinterpret the bits
-  V r = v - n * 0.693359375f;
-  r = r + n * 2.12194440e-4f;
-  const V r2 = r * r;
-  V p = V{} + 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r2 + r + 1.0f;
-  const I scale_bits = (ni + 127) << 23;
-  return p * (V)scale_bits;
-}
-
 template <int L, bool Gated>
 __attribute__((always_inline)) inline typename Vec<L>::type silu_vec(const float* x, const float* gate) {
   using V = typename Vec<L>::type;
