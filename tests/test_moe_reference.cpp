@@ -80,6 +80,17 @@ void check_against_reference(const Case& c, int64_t seed) {
     EXPECT_LE(max_abs_diff(y_inference, y_ref), 1e-5) << "inference, " << o.to_string();
     EXPECT_EQ(y_inference.masked_select(~in.mask.unsqueeze(-1)).abs().max().item<float>(), 0.0f);
   }
+  if (c.routing == Routing::Token && c.capacity_factor <= 0.0) {
+    // Evaluation without padding: the CPU loops of cpu_inference_forward.
+    const RouteInput unmasked{torch::Tensor(), in.task};
+    const torch::Tensor want = reference_moe_forward(*moe, in.x, unmasked, nullptr).detach();
+    torch::NoGradGuard no_grad;
+    moe->eval();
+    const torch::Tensor got = moe->forward(in.x.detach(), unmasked);
+    moe->train();
+    EXPECT_LE(max_abs_diff(got, want), 1e-5) << "evaluation, no mask, " << o.to_string();
+    EXPECT_EQ(moe->last_stats().routed_tokens, 15);
+  }
 
   // Gradients of a random projection of the output.
   const torch::Tensor probe = torch::randn_like(y);

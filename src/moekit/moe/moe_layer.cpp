@@ -2,7 +2,9 @@
 
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "moekit/core/check.h"
 #include "moekit/moe/dispatch.h"
@@ -13,17 +15,12 @@ namespace {
 
 // Inference combine on the CPU in one pass, without the [M, D] weighted copy,
 // the zero fill and index_add of the autograd form: out[t] = sum over token
-// t's kept slots j of w[t, j] * y[row of (t, j)]. Rows are token_of_row /
-// slot_of_row's; slots without a row (dropped over capacity) add nothing.
+// t's kept slots j of w[t, j] * y[row_of_slot[t, j]]; a slot without a row
+// (-1: dropped over capacity) adds nothing. w: [N, k] fp32.
 template <typename T>
-torch::Tensor combine_rows_cpu(const torch::Tensor& expert_out, const torch::Tensor& slot_of_row,
-                               const torch::Tensor& gate_weight, int64_t num_tokens) {
-  const int64_t rows = expert_out.size(0), d = expert_out.size(1), k = gate_weight.size(1);
-  std::vector<int64_t> row_of_slot(static_cast<size_t>(num_tokens * k), -1);
-  const int64_t* slot = slot_of_row.data_ptr<int64_t>();
-  for (int64_t r = 0; r < rows; ++r) row_of_slot[static_cast<size_t>(slot[r])] = r;
-  const torch::Tensor w = gate_weight.to(torch::kFloat).contiguous();  // [N, k]
-  const float* wp = w.data_ptr<float>();
+torch::Tensor combine_rows_cpu(const torch::Tensor& expert_out, const std::vector<int64_t>& row_of_slot,
+                               const float* w, int64_t num_tokens, int64_t k) {
+  const int64_t d = expert_out.size(1);
   const torch::Tensor y = expert_out.contiguous();
   const T* yp = y.data_ptr<T>();
   torch::Tensor out = torch::empty({num_tokens, d}, expert_out.options());
@@ -35,7 +32,7 @@ torch::Tensor combine_rows_cpu(const torch::Tensor& expert_out, const torch::Ten
       for (int64_t j = 0; j < k; ++j) {
         const int64_t r = row_of_slot[static_cast<size_t>(t * k + j)];
         if (r < 0) continue;
-        const T g = static_cast<T>(wp[t * k + j]);
+        const T g = static_cast<T>(w[t * k + j]);
         const T* src = yp + r * d;
         if (first) {
           for (int64_t i = 0; i < d; ++i) o[i] = g * src[i];
@@ -48,6 +45,54 @@ torch::Tensor combine_rows_cpu(const torch::Tensor& expert_out, const torch::Ten
     }
   });
   return out;
+}
+
+// The same from a dispatch plan's slot_of_row and the gate weights [N, k].
+template <typename T>
+torch::Tensor combine_rows_cpu(const torch::Tensor& expert_out, const torch::Tensor& slot_of_row,
+                               const torch::Tensor& gate_weight, int64_t num_tokens) {
+  const int64_t rows = expert_out.size(0), k = gate_weight.size(1);
+  std::vector<int64_t> row_of_slot(static_cast<size_t>(num_tokens * k), -1);
+  const int64_t* slot = slot_of_row.data_ptr<int64_t>();
+  for (int64_t r = 0; r < rows; ++r) row_of_slot[static_cast<size_t>(slot[r])] = r;
+  const torch::Tensor w = gate_weight.to(torch::kFloat).contiguous();
+  return combine_rows_cpu<T>(expert_out, row_of_slot, w.data_ptr<float>(), num_tokens, k);
+}
+
+// Token n's k experts (descending logit, the lower index first among equal
+// logits) and gate weights, from its E fp32 logits: gate_top_k's rule.
+void gate_row(const float* logits, int64_t num_experts, int64_t k, Gating gating, bool renormalize,
+              int64_t* expert, float* weight) {
+  std::vector<float> value(static_cast<size_t>(num_experts));
+  if (gating == Gating::TopKSoftmax) {
+    std::copy(logits, logits + num_experts, value.begin());
+  } else {  // softmax over all experts first
+    const float max = *std::max_element(logits, logits + num_experts);
+    float sum = 0.0f;
+    for (int64_t e = 0; e < num_experts; ++e) sum += value[e] = std::exp(logits[e] - max);
+    for (float& v : value) v /= sum;
+  }
+  std::vector<bool> taken(static_cast<size_t>(num_experts), false);
+  for (int64_t j = 0; j < k; ++j) {
+    int64_t best = -1;
+    for (int64_t e = 0; e < num_experts; ++e) {
+      // NaN never wins over a number (topk puts NaN first; a NaN logit is a
+      // broken model either way).
+      if (!taken[e] && (best < 0 || value[e] > value[best])) best = e;
+    }
+    taken[best] = true;
+    expert[j] = best;
+    weight[j] = value[best];
+  }
+  if (gating == Gating::TopKSoftmax) {  // softmax over the k chosen logits
+    float sum = 0.0f;
+    for (int64_t j = 0; j < k; ++j) sum += weight[j] = std::exp(weight[j] - value[expert[0]]);
+    for (int64_t j = 0; j < k; ++j) weight[j] /= sum;
+  } else if (renormalize) {
+    float sum = 0.0f;
+    for (int64_t j = 0; j < k; ++j) sum += weight[j];
+    for (int64_t j = 0; j < k; ++j) weight[j] /= sum;
+  }
 }
 
 }  // namespace
@@ -175,11 +220,65 @@ torch::Tensor MoELayerImpl::router_logits(const torch::Tensor& input, const Rout
   return routed_logits(x, x.reshape({batch * time, options_.d_model}), mask, token_batch, route);
 }
 
+bool MoELayerImpl::cpu_inference_applies(const torch::Tensor& x, const RouteInput& route) const {
+  return !torch::GradMode::is_enabled() && !is_training() && x.device().is_cpu() &&
+         x.scalar_type() == torch::kFloat && gate->weight.scalar_type() == torch::kFloat &&
+         options_.routing == Routing::Token && options_.capacity_factor <= 0.0 && options_.aux_loss_coef == 0.0 &&
+         options_.z_loss_coef == 0.0 && !route.mask.defined();
+}
+
+torch::Tensor MoELayerImpl::cpu_inference_forward(const torch::Tensor& input, const torch::Tensor& x) {
+  const int64_t num_tokens = x.size(0) * x.size(1), d_model = options_.d_model;
+  const int64_t num_experts = options_.num_experts, k = options_.top_k;
+  RouterStats stats;
+  stats.routed_tokens = num_tokens;
+  if (num_tokens == 0) {
+    stats.tokens_per_expert.assign(num_experts, 0);
+    publish(std::move(stats), {});
+    return torch::zeros_like(input);
+  }
+  const torch::Tensor tokens = x.reshape({num_tokens, d_model}).contiguous();
+  // The logits as the general path computes them (the same GEMM), so both
+  // paths route alike.
+  const torch::Tensor logits = torch::nn::functional::linear(tokens, gate->weight).contiguous();  // [N, E]
+  const float* lp = logits.data_ptr<float>();
+  std::vector<int64_t> expert(static_cast<size_t>(num_tokens * k));
+  std::vector<float> weight(static_cast<size_t>(num_tokens * k));
+  for (int64_t t = 0; t < num_tokens; ++t) {
+    gate_row(lp + t * num_experts, num_experts, k, options_.gating, options_.renormalize, expert.data() + t * k,
+             weight.data() + t * k);
+  }
+  // Rows grouped by expert; inside an expert first choices before second
+  // choices, each in token order (make_dispatch_plan's order).
+  std::vector<int64_t> tokens_per_expert(static_cast<size_t>(num_experts), 0);
+  for (int64_t e : expert) ++tokens_per_expert[e];
+  std::vector<int64_t> fill(static_cast<size_t>(num_experts), 0);
+  for (int64_t e = 1; e < num_experts; ++e) fill[e] = fill[e - 1] + tokens_per_expert[e - 1];
+  std::vector<int64_t> row_of_slot(static_cast<size_t>(num_tokens * k));
+  torch::Tensor rows = torch::empty({num_tokens * k, d_model}, tokens.options());
+  const float* src = tokens.data_ptr<float>();
+  float* dst = rows.data_ptr<float>();
+  for (int64_t j = 0; j < k; ++j) {
+    for (int64_t t = 0; t < num_tokens; ++t) {
+      const int64_t row = fill[expert[t * k + j]]++;
+      row_of_slot[t * k + j] = row;
+      std::memcpy(dst + row * d_model, src + t * d_model, static_cast<size_t>(d_model) * sizeof(float));
+    }
+  }
+  stats.tokens_per_expert = tokens_per_expert;
+  publish(std::move(stats), {});
+  const torch::Tensor expert_out = grouped_ffn(rows, tokens_per_expert,
+                                               experts->weights_for(rows, tokens_per_expert, kernel_),
+                                               {options_.activation, kernel_});  // [N * k, D]
+  return combine_rows_cpu<float>(expert_out, row_of_slot, weight.data(), num_tokens, k).reshape(input.sizes());
+}
+
 torch::Tensor MoELayerImpl::forward(const torch::Tensor& input, const RouteInput& route_in) {
   RouteInput route = route_in;
   if (input.dim() == 2 && route.mask.defined() && route.mask.dim() == 1) route.mask = route.mask.unsqueeze(1);
   const torch::Tensor x = input.dim() == 2 ? input.unsqueeze(1) : input;  // [B, T, D]
   check_route(x, route);
+  if (cpu_inference_applies(x, route)) return cpu_inference_forward(input, x);
   const int64_t batch = x.size(0), time = x.size(1), d_model = options_.d_model;
   const auto index_options = torch::TensorOptions().dtype(torch::kInt64).device(x.device());
   const torch::Tensor x_flat = x.reshape({batch * time, d_model});  // [B*T, D]

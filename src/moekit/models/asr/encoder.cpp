@@ -61,7 +61,7 @@ torch::Tensor ConformerLayerImpl::sublayer(torch::nn::LayerNorm& norm, const tor
                                            double scale) {
   torch::Tensor y = config_.normalize_before ? norm->forward(x) : x;
   y = dropout_->forward(body(y));
-  torch::Tensor out = scale == 1.0 ? x + y : x + y * scale;
+  torch::Tensor out = x.add(y, scale);
   return config_.normalize_before ? out : norm->forward(out);
 }
 
