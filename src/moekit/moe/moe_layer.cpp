@@ -9,6 +9,7 @@
 #include "moekit/core/check.h"
 #include "moekit/moe/dispatch.h"
 #include "moekit/moe/router.h"
+#include "moekit/nn/linear.h"
 
 namespace moekit {
 namespace {
@@ -238,9 +239,7 @@ torch::Tensor MoELayerImpl::cpu_inference_forward(const torch::Tensor& input, co
     return torch::zeros_like(input);
   }
   const torch::Tensor tokens = x.reshape({num_tokens, d_model}).contiguous();
-  // The logits as the general path computes them (the same GEMM), so both
-  // paths route alike.
-  const torch::Tensor logits = torch::nn::functional::linear(tokens, gate->weight).contiguous();  // [N, E]
+  const torch::Tensor logits = fast_linear(tokens, gate->weight, {}, &gate_panels_).contiguous();  // [N, E]
   const float* lp = logits.data_ptr<float>();
   std::vector<int64_t> expert(static_cast<size_t>(num_tokens * k));
   std::vector<float> weight(static_cast<size_t>(num_tokens * k));
@@ -278,6 +277,10 @@ torch::Tensor MoELayerImpl::forward(const torch::Tensor& input, const RouteInput
   if (input.dim() == 2 && route.mask.defined() && route.mask.dim() == 1) route.mask = route.mask.unsqueeze(1);
   const torch::Tensor x = input.dim() == 2 ? input.unsqueeze(1) : input;  // [B, T, D]
   check_route(x, route);
+  // A forward that records gradients may precede an optimizer step, which
+  // can write the gate through an alias PanelCache does not see (as
+  // weights_for does for the experts).
+  if (torch::GradMode::is_enabled()) gate_panels_.clear();
   if (cpu_inference_applies(x, route)) return cpu_inference_forward(input, x);
   const int64_t batch = x.size(0), time = x.size(1), d_model = options_.d_model;
   const auto index_options = torch::TensorOptions().dtype(torch::kInt64).device(x.device());

@@ -117,6 +117,7 @@ class MoELayerImpl : public torch::nn::Module {
 
   MoEOptions options_;
   GroupedFfnKernel kernel_ = GroupedFfnKernel::Auto;
+  PanelCache gate_panels_;  // cpu_inference_forward's fast_linear
   mutable std::mutex stats_mutex_;
   RouterStats stats_;
   torch::Tensor aux_loss_;
