@@ -3,6 +3,7 @@
 #include <ATen/Parallel.h>
 
 #include <cmath>
+#include <cstring>
 #include <map>
 #include <mutex>
 #include <tuple>
@@ -183,7 +184,24 @@ void FrameBuffer::append(const torch::Tensor& frames) {
     buffer_ = grown;
     start_ = 0;
   }
-  buffer_.slice(2, start_ + length_, start_ + length_ + t).copy_(frames);
+  torch::Tensor dst = buffer_.slice(2, start_ + length_, start_ + length_ + t);
+  if (!torch::GradMode::is_enabled() && frames.device().is_cpu() && frames.scalar_type() == torch::kFloat &&
+      frames.stride(3) == 1) {
+    // A streaming chunk's frames row by row: ATen's strided copy_ costs
+    // more than the bytes (three appends per layer per chunk).
+    const int64_t rows_per_head = t, d = frames.size(3);
+    for (int64_t b = 0; b < frames.size(0); ++b) {
+      for (int64_t h = 0; h < frames.size(1); ++h) {
+        const float* src = frames.data_ptr<float>() + b * frames.stride(0) + h * frames.stride(1);
+        float* out = dst.data_ptr<float>() + b * dst.stride(0) + h * dst.stride(1);
+        for (int64_t i = 0; i < rows_per_head; ++i) {
+          std::memcpy(out + i * dst.stride(2), src + i * frames.stride(2), static_cast<size_t>(d) * sizeof(float));
+        }
+      }
+    }
+  } else {
+    dst.copy_(frames);
+  }
   length_ += t;
 }
 
