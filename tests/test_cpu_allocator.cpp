@@ -1,5 +1,6 @@
-// The caching CPU allocator: large blocks are reused, contents are intact,
-// small blocks bypass the cache, blocks from 4 MiB on are huge-page blocks.
+// The caching CPU allocator: blocks from 64 KiB are reused, contents are
+// intact, smaller ones bypass the cache, blocks from 4 MiB on are huge-page
+// blocks.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -45,6 +46,17 @@ TEST(CachingCpuAllocator, HugePageBlocksAreAlignedAndSizedIn2MiB) {
   empty_cpu_cache();
   { torch::Tensor mid = torch::ones({(3 << 20) / 4 + 1}); }
   EXPECT_EQ(cpu_cache_stats().cached_bytes, 4 << 20);
+  // 100 KB (a streaming chunk's activations): cached in 64 KiB steps, 128 KiB,
+  // and served again from the cache.
+  empty_cpu_cache();
+  { torch::Tensor chunk = torch::ones({25000}); }
+  EXPECT_EQ(cpu_cache_stats().cached_bytes, 128 << 10);
+  const int64_t hits = cpu_cache_stats().hits;
+  {
+    torch::Tensor again = torch::arange(30000, torch::kFloat32);  // 120,000 bytes: the same block size
+    EXPECT_EQ(cpu_cache_stats().hits, hits + 1);
+    EXPECT_EQ(again[29999].item<float>(), 29999.0f);
+  }
   empty_cpu_cache();
 }
 
