@@ -161,7 +161,8 @@ TEST(AttentionKernel, ModuleInferenceEqualsItsAtenFormWithMasksAndCache) {
       const torch::Tensor aten = att->forward(x, x, x, mask, pos).detach();
       torch::NoGradGuard no_grad;
       const torch::Tensor fused = att->forward(x, x, x, mask, pos);
-      EXPECT_LT(max_abs_diff(fused, aten), 1e-5) << "rel " << rel << " mask " << (mask.defined() ? mask.sizes() : torch::IntArrayRef{});
+      EXPECT_LT(max_abs_diff(fused, aten), 1e-5)
+          << "rel " << rel << " mask " << (mask.defined() ? mask.sizes() : torch::IntArrayRef{});
     }
     // Streaming: chunks of 4 and 3 frames through a cache, batch 1.
     const torch::Tensor x1 = x.narrow(0, 0, 1);

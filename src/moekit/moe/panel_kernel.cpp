@@ -130,8 +130,8 @@ constexpr int64_t kMaxInterleavedGroups = 3;
 //   others find it in L1. Running the groups one after the other over the
 //   whole panel would leave memory idle while the later groups compute; in
 //   turns, each group asks for a share of the lines ahead, so the weights
-//   keep streaming (16 rows: 11.2 -> 12.4 GB/s on the VM of bench/README.md,
-//   "Session 10").
+//   keep streaming (16 rows: 11.2 -> 11.9 GB/s, 13 rows: 11.7 -> 12.9 on the
+//   VM of bench/README.md, "Session 10").
 // - More groups run one after the other, each over the whole panel.
 template <int L, int MaxRows, bool Prefetch = true>
 __attribute__((always_inline)) inline void panel_body(const float* x, int64_t rows, int64_t ld_x, int64_t in,

@@ -5,10 +5,10 @@
 // caller's strided arrays (a streaming cache's keys are read where they
 // lie). Vectorized across queries: a block of queries fills the vector
 // lanes, so scores, softmax and the weighted sum need no horizontal sums.
-// Against the ATen form (two or three matmuls on strided views, adds,
+// It replaces the ATen form (two or three matmuls on strided views, adds,
 // softmax, a transposing copy: ~20 ops, each with its own dispatch and
-// allocation) it saves most of a streaming chunk's attention time on one
-// core (bench/README.md, "Session 10").
+// allocation, which on a streaming chunk's 16 queries cost more than the
+// arithmetic; bench/README.md, "Session 10").
 //
 // No LibTorch here: this unit is compiled with its own flags.
 #include <cstdint>
