@@ -14,6 +14,39 @@ int64_t expert_capacity(int64_t num_tokens, int64_t top_k, int64_t num_experts, 
   return std::max<int64_t>(1, static_cast<int64_t>(std::ceil(exact - 1e-9)));
 }
 
+DispatchRows dispatch_rows_cpu(const int64_t* choice, int64_t num_tokens, int64_t top_k, int64_t num_experts,
+                               int64_t capacity) {
+  DispatchRows d;
+  d.tokens_per_expert.assign(static_cast<size_t>(num_experts), 0);
+  for (int64_t i = 0; i < num_tokens * top_k; ++i) {
+    const int64_t e = choice[i];
+    MOEKIT_CHECK_ARG(e >= 0 && e < num_experts, "expert index ", e, " outside [0, ", num_experts, ")");
+    ++d.tokens_per_expert[e];
+  }
+  if (capacity > 0) {
+    for (int64_t& n : d.tokens_per_expert) n = std::min(n, capacity);
+  }
+  std::vector<int64_t> fill(static_cast<size_t>(num_experts), 0), end(static_cast<size_t>(num_experts), 0);
+  int64_t rows = 0;
+  for (int64_t e = 0; e < num_experts; ++e) {
+    fill[e] = rows;
+    rows += d.tokens_per_expert[e];
+    end[e] = rows;
+  }
+  d.row_of_slot.assign(static_cast<size_t>(num_tokens * top_k), -1);
+  for (int64_t j = 0; j < top_k; ++j) {  // first choices before second choices
+    for (int64_t n = 0; n < num_tokens; ++n) {
+      const int64_t e = choice[n * top_k + j];
+      if (fill[e] == end[e]) {
+        ++d.dropped_assignments;
+        continue;
+      }
+      d.row_of_slot[n * top_k + j] = fill[e]++;
+    }
+  }
+  return d;
+}
+
 namespace {
 
 // CPU: one counting-sort pass in plain loops. For decode-sized batches the
@@ -21,49 +54,27 @@ namespace {
 DispatchPlan make_dispatch_plan_cpu(const torch::Tensor& expert_index, int64_t num_experts, int64_t capacity) {
   const torch::Tensor index = expert_index.contiguous();
   const int64_t num_tokens = index.size(0), top_k = index.size(1);
-  const int64_t* choice = index.data_ptr<int64_t>();  // [N, k]
+  DispatchRows d = dispatch_rows_cpu(index.data_ptr<int64_t>(), num_tokens, top_k, num_experts, capacity);
   DispatchPlan plan;
   plan.capacity = capacity;
-  std::vector<int64_t> wanted(num_experts, 0);
-  for (int64_t i = 0; i < num_tokens * top_k; ++i) {
-    const int64_t e = choice[i];
-    MOEKIT_CHECK_ARG(e >= 0 && e < num_experts, "expert index ", e, " outside [0, ", num_experts, ")");
-    ++wanted[e];
-  }
-  plan.tokens_per_expert = wanted;
-  if (capacity > 0) {
-    for (int64_t& n : plan.tokens_per_expert) n = std::min(n, capacity);
-  }
-  std::vector<int64_t> fill(num_experts, 0);  // next free row of each expert
-  int64_t rows = 0;
-  for (int64_t e = 0; e < num_experts; ++e) {
-    fill[e] = rows;
-    rows += plan.tokens_per_expert[e];
-  }
-  const std::vector<int64_t> end_of = [&] {
-    std::vector<int64_t> end(num_experts);
-    for (int64_t e = 0; e < num_experts; ++e) end[e] = fill[e] + plan.tokens_per_expert[e];
-    return end;
-  }();
+  plan.dropped_assignments = d.dropped_assignments;
+  plan.tokens_per_expert = std::move(d.tokens_per_expert);
+  const int64_t rows = num_tokens * top_k - d.dropped_assignments;
   plan.token_of_row = torch::empty({rows}, index.options());
   plan.slot_of_row = torch::empty({rows}, index.options());
   int64_t* token_of_row = plan.token_of_row.data_ptr<int64_t>();
   int64_t* slot_of_row = plan.slot_of_row.data_ptr<int64_t>();
-  std::vector<int64_t> kept_per_token(capacity > 0 ? num_tokens : 0, 0);
-  for (int64_t j = 0; j < top_k; ++j) {  // first choices before second choices
-    for (int64_t n = 0; n < num_tokens; ++n) {
-      const int64_t e = choice[n * top_k + j];
-      if (fill[e] == end_of[e]) {
-        ++plan.dropped_assignments;
-        continue;
-      }
-      const int64_t row = fill[e]++;
+  for (int64_t n = 0; n < num_tokens; ++n) {
+    bool kept = false;
+    for (int64_t j = 0; j < top_k; ++j) {
+      const int64_t slot = n * top_k + j, row = d.row_of_slot[slot];
+      if (row < 0) continue;
       token_of_row[row] = n;
-      slot_of_row[row] = n * top_k + j;
-      if (capacity > 0) ++kept_per_token[n];
+      slot_of_row[row] = slot;
+      kept = true;
     }
+    plan.dropped_tokens += capacity > 0 && !kept;
   }
-  for (int64_t kept : kept_per_token) plan.dropped_tokens += kept == 0;
   return plan;
 }
 

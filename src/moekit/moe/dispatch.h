@@ -24,6 +24,18 @@ int64_t expert_capacity(int64_t num_tokens, int64_t top_k, int64_t num_experts, 
 // capacity, the assignments past it are dropped in that priority order (GShard).
 DispatchPlan make_dispatch_plan(const torch::Tensor& expert_index, int64_t num_experts, double capacity_factor);
 
+// The CPU core of make_dispatch_plan, on raw expert choices (choice: [N, k]
+// row-major): row_of_slot[n * k + j] is the grouped row of token n's j-th
+// choice, -1 when it is dropped over `capacity` (0 = dropless). Checks that
+// every choice names an expert.
+struct DispatchRows {
+  std::vector<int64_t> row_of_slot;        // [N * k]
+  std::vector<int64_t> tokens_per_expert;  // [E]
+  int64_t dropped_assignments = 0;
+};
+DispatchRows dispatch_rows_cpu(const int64_t* choice, int64_t num_tokens, int64_t top_k, int64_t num_experts,
+                               int64_t capacity);
+
 namespace detail {
 // The ATen-ops implementation (used for non-CPU tensors); same result as the
 // CPU loop. Exposed so tests can compare the two on CPU.

@@ -62,9 +62,11 @@ torch::Tensor combine_rows_cpu(const torch::Tensor& expert_out, const torch::Ten
 
 // Token n's k experts (descending logit, the lower index first among equal
 // logits) and gate weights, from its E fp32 logits: gate_top_k's rule.
+// value, taken: scratch of E entries.
 void gate_row(const float* logits, int64_t num_experts, int64_t k, Gating gating, bool renormalize,
-              int64_t* expert, float* weight) {
-  std::vector<float> value(static_cast<size_t>(num_experts));
+              int64_t* expert, float* weight, std::vector<float>& value, std::vector<char>& taken) {
+  value.resize(static_cast<size_t>(num_experts));
+  taken.assign(static_cast<size_t>(num_experts), 0);
   if (gating == Gating::TopKSoftmax) {
     std::copy(logits, logits + num_experts, value.begin());
   } else {  // softmax over all experts first
@@ -73,7 +75,6 @@ void gate_row(const float* logits, int64_t num_experts, int64_t k, Gating gating
     for (int64_t e = 0; e < num_experts; ++e) sum += value[e] = std::exp(logits[e] - max);
     for (float& v : value) v /= sum;
   }
-  std::vector<bool> taken(static_cast<size_t>(num_experts), false);
   for (int64_t j = 0; j < k; ++j) {
     int64_t best = -1;
     for (int64_t e = 0; e < num_experts; ++e) {
@@ -81,7 +82,7 @@ void gate_row(const float* logits, int64_t num_experts, int64_t k, Gating gating
       // broken model either way).
       if (!taken[e] && (best < 0 || value[e] > value[best])) best = e;
     }
-    taken[best] = true;
+    taken[best] = 1;
     expert[j] = best;
     weight[j] = value[best];
   }
@@ -242,34 +243,28 @@ torch::Tensor MoELayerImpl::cpu_inference_forward(const torch::Tensor& input, co
   const torch::Tensor logits = fast_linear(tokens, gate->weight, {}, &gate_panels_).contiguous();  // [N, E]
   const float* lp = logits.data_ptr<float>();
   std::vector<int64_t> expert(static_cast<size_t>(num_tokens * k));
-  std::vector<float> weight(static_cast<size_t>(num_tokens * k));
+  std::vector<float> weight(static_cast<size_t>(num_tokens * k)), value;
+  std::vector<char> taken;
   for (int64_t t = 0; t < num_tokens; ++t) {
     gate_row(lp + t * num_experts, num_experts, k, options_.gating, options_.renormalize, expert.data() + t * k,
-             weight.data() + t * k);
+             weight.data() + t * k, value, taken);
   }
-  // Rows grouped by expert; inside an expert first choices before second
-  // choices, each in token order (make_dispatch_plan's order).
-  std::vector<int64_t> tokens_per_expert(static_cast<size_t>(num_experts), 0);
-  for (int64_t e : expert) ++tokens_per_expert[e];
-  std::vector<int64_t> fill(static_cast<size_t>(num_experts), 0);
-  for (int64_t e = 1; e < num_experts; ++e) fill[e] = fill[e - 1] + tokens_per_expert[e - 1];
-  std::vector<int64_t> row_of_slot(static_cast<size_t>(num_tokens * k));
+  // make_dispatch_plan's row order, without its tensors.
+  DispatchRows d = dispatch_rows_cpu(expert.data(), num_tokens, k, num_experts, /*capacity=*/0);
   torch::Tensor rows = torch::empty({num_tokens * k, d_model}, tokens.options());
   const float* src = tokens.data_ptr<float>();
   float* dst = rows.data_ptr<float>();
-  for (int64_t j = 0; j < k; ++j) {
-    for (int64_t t = 0; t < num_tokens; ++t) {
-      const int64_t row = fill[expert[t * k + j]]++;
-      row_of_slot[t * k + j] = row;
-      std::memcpy(dst + row * d_model, src + t * d_model, static_cast<size_t>(d_model) * sizeof(float));
-    }
+  for (int64_t slot = 0; slot < num_tokens * k; ++slot) {
+    std::memcpy(dst + d.row_of_slot[slot] * d_model, src + slot / k * d_model,
+                static_cast<size_t>(d_model) * sizeof(float));
   }
+  const std::vector<int64_t>& tokens_per_expert = d.tokens_per_expert;
   stats.tokens_per_expert = tokens_per_expert;
   publish(std::move(stats), {});
   const torch::Tensor expert_out = grouped_ffn(rows, tokens_per_expert,
                                                experts->weights_for(rows, tokens_per_expert, kernel_),
                                                {options_.activation, kernel_});  // [N * k, D]
-  return combine_rows_cpu<float>(expert_out, row_of_slot, weight.data(), num_tokens, k).reshape(input.sizes());
+  return combine_rows_cpu<float>(expert_out, d.row_of_slot, weight.data(), num_tokens, k).reshape(input.sizes());
 }
 
 torch::Tensor MoELayerImpl::forward(const torch::Tensor& input, const RouteInput& route_in) {

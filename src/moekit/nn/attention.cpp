@@ -189,12 +189,14 @@ void FrameBuffer::append(const torch::Tensor& frames) {
       frames.stride(3) == 1) {
     // A streaming chunk's frames row by row: ATen's strided copy_ costs
     // more than the bytes (three appends per layer per chunk).
-    const int64_t rows_per_head = t, d = frames.size(3);
+    const int64_t d = frames.size(3);
+    const float* src0 = frames.data_ptr<float>();
+    float* dst0 = dst.data_ptr<float>();
     for (int64_t b = 0; b < frames.size(0); ++b) {
       for (int64_t h = 0; h < frames.size(1); ++h) {
-        const float* src = frames.data_ptr<float>() + b * frames.stride(0) + h * frames.stride(1);
-        float* out = dst.data_ptr<float>() + b * dst.stride(0) + h * dst.stride(1);
-        for (int64_t i = 0; i < rows_per_head; ++i) {
+        const float* src = src0 + b * frames.stride(0) + h * frames.stride(1);
+        float* out = dst0 + b * dst.stride(0) + h * dst.stride(1);
+        for (int64_t i = 0; i < t; ++i) {
           std::memcpy(out + i * dst.stride(2), src + i * frames.stride(2), static_cast<size_t>(d) * sizeof(float));
         }
       }
