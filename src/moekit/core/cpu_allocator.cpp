@@ -20,8 +20,7 @@ namespace {
 // Smaller blocks are malloc's business. From 64 KiB on they are cached:
 // glibc serves such sizes from the top of its heap or by mmap and gives them
 // back to the kernel when freed (trim, munmap), so a decoding loop that
-// allocates the same few hundred KiB per step page-faults on every step
-// (streaming recognition: ~1,500 faults per 10 s utterance before).
+// allocates the same few hundred KiB per step page-faults on every step.
 constexpr size_t kMinCachedBytes = size_t{64} << 10;
 constexpr size_t kSmallRoundBytes = size_t{64} << 10;  // below kRoundBytes
 constexpr size_t kRoundBytes = size_t{1} << 20;
