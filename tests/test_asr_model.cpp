@@ -170,20 +170,29 @@ TEST(AsrModel, FrameBufferAppendsKeepsTheNewestAndCopiesOwnTheirFrames) {
 
 TEST(AsrModel, CausalConvModuleInferencePathEqualsTheTrainingPath) {
   torch::manual_seed(9);
-  for (bool bias : {true, false}) {
+  for (bool bias : {true, false}) for (bool layer_norm : {true, false}) {
     ConvModuleOptions o;
     o.channels = 24;
     o.kernel_size = 5;
-    o.layer_norm = true;
+    o.layer_norm = layer_norm;
     o.causal = true;
     o.bias = bias;
     ConvModule conv(o);
+    if (!layer_norm) {
+      // Batch norm in eval mode: its running statistics and affine map.
+      torch::NoGradGuard no_grad;
+      conv->batch_norm->running_mean.copy_(torch::randn({24}));
+      conv->batch_norm->running_var.copy_(torch::rand({24}) + 0.5);
+      conv->batch_norm->weight.copy_(torch::randn({24}));
+      conv->batch_norm->bias.copy_(torch::randn({24}));
+    }
     conv->eval();
     const torch::Tensor x = torch::randn({2, 13, 24});
     // Recording gradients: LibTorch's depthwise Conv1d on [B, C, T].
     const torch::Tensor reference = conv->forward(x, {}, nullptr).detach();
     torch::NoGradGuard no_grad;  // inference: the time-major kernel
-    EXPECT_TRUE(torch::allclose(conv->forward(x, {}, nullptr), reference, 1e-5, 1e-5)) << "bias " << bias;
+    EXPECT_TRUE(torch::allclose(conv->forward(x, {}, nullptr), reference, 1e-5, 1e-5))
+        << "bias " << bias << " layer_norm " << layer_norm;
     // Chunk by chunk with the cache: the same frames.
     torch::Tensor cache;
     std::vector<torch::Tensor> parts;
@@ -192,7 +201,8 @@ TEST(AsrModel, CausalConvModuleInferencePathEqualsTheTrainingPath) {
       parts.push_back(conv->forward(x.slice(1, begin, end), {}, &cache));
       EXPECT_EQ(cache.sizes(), torch::IntArrayRef({2, 24, 4}));
     }
-    EXPECT_TRUE(torch::allclose(torch::cat(parts, 1), reference, 1e-5, 1e-5)) << "bias " << bias;
+    EXPECT_TRUE(torch::allclose(torch::cat(parts, 1), reference, 1e-5, 1e-5))
+        << "bias " << bias << " layer_norm " << layer_norm;
   }
 }
 

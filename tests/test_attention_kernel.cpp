@@ -150,20 +150,27 @@ TEST(AttentionKernel, ModuleInferenceEqualsItsAtenFormWithMasksAndCache) {
     options.rel_pos = rel;
     MultiHeadedAttention att(options);
     att->eval();
-    const int64_t batch = 2, t = 11;
-    const torch::Tensor x = torch::randn({batch, t, 32});
-    const torch::Tensor pos = rel ? torch::randn({1, t, 32}) : torch::Tensor();
-    torch::Tensor padding = torch::ones({batch, 1, t}, torch::kBool);
-    padding[1].narrow(1, 8, 3).fill_(false);
-    torch::Tensor chunked = torch::ones({batch, t, t}, torch::kBool).tril();
-    chunked[0][2].fill_(false);
-    for (const torch::Tensor& mask : {torch::Tensor(), padding, chunked}) {
-      const torch::Tensor aten = att->forward(x, x, x, mask, pos).detach();
-      torch::NoGradGuard no_grad;
-      const torch::Tensor fused = att->forward(x, x, x, mask, pos);
-      EXPECT_LT(max_abs_diff(fused, aten), 1e-5)
-          << "rel " << rel << " mask " << (mask.defined() ? mask.sizes() : torch::IntArrayRef{});
+    // 22 rows: the fused core on ATen's projections; 14 rows: the
+    // self-attention path on weight panels as well.
+    for (int64_t t : {11, 7}) {
+      const int64_t batch = 2;
+      const torch::Tensor x = torch::randn({batch, t, 32});
+      const torch::Tensor pos = rel ? torch::randn({1, t, 32}) : torch::Tensor();
+      torch::Tensor padding = torch::ones({batch, 1, t}, torch::kBool);
+      padding[1].narrow(1, t - 3, 3).fill_(false);
+      torch::Tensor chunked = torch::ones({batch, t, t}, torch::kBool).tril();
+      chunked[0][2].fill_(false);
+      for (const torch::Tensor& mask : {torch::Tensor(), padding, chunked}) {
+        const torch::Tensor aten = att->forward(x, x, x, mask, pos).detach();
+        torch::NoGradGuard no_grad;
+        const torch::Tensor fused = att->forward(x, x, x, mask, pos);
+        EXPECT_LT(max_abs_diff(fused, aten), 1e-5)
+            << "rel " << rel << " t " << t << " mask " << (mask.defined() ? mask.sizes() : torch::IntArrayRef{});
+      }
     }
+    const int64_t t = 11;
+    const torch::Tensor x = torch::randn({2, t, 32});
+    const torch::Tensor pos = rel ? torch::randn({1, t, 32}) : torch::Tensor();
     // Streaming: chunks of 4 and 3 frames through a cache, batch 1.
     const torch::Tensor x1 = x.narrow(0, 0, 1);
     KvCache aten_cache, fused_cache;

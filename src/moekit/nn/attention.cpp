@@ -2,6 +2,7 @@
 
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <map>
@@ -10,6 +11,7 @@
 
 #include "moekit/core/check.h"
 #include "moekit/nn/attention_kernel.h"
+#include "moekit/moe/panel_kernel.h"
 #include "moekit/nn/linear.h"
 
 namespace moekit {
@@ -94,9 +96,126 @@ torch::Tensor MultiHeadedAttentionImpl::fused_core(const torch::Tensor& q, const
   return x;
 }
 
+bool MultiHeadedAttentionImpl::self_attention_cpu_applies(const torch::Tensor& query, const torch::Tensor& key,
+                                                          const torch::Tensor& value, const torch::Tensor& mask,
+                                                          const torch::Tensor& pos_emb) const {
+  if (torch::GradMode::is_enabled() || (is_training() && options_.dropout > 0.0) || !weight_panels_enabled()) {
+    return false;
+  }
+  if (!key.is_same(query) || !value.is_same(query) || query.dim() != 3 || !query.device().is_cpu() ||
+      query.scalar_type() != torch::kFloat || query.size(2) != options_.d_model ||
+      query.size(0) * query.size(1) > kSmallRows || query.numel() == 0) {
+    return false;
+  }
+  const auto usable = [](const torch::Tensor& p) {
+    return !p.defined() || (p.scalar_type() == torch::kFloat && p.device().is_cpu() && p.is_contiguous());
+  };
+  for (const torch::nn::Linear* l : {&linear_q, &linear_k, &linear_v, &linear_out}) {
+    if (!usable((*l)->weight) || !usable((*l)->bias)) return false;
+  }
+  if (options_.rel_pos && (!usable(linear_pos->weight) || !usable(pos_bias_u) || !usable(pos_bias_v))) return false;
+  if (options_.rel_pos &&
+      (!pos_emb.defined() || pos_emb.dim() != 3 || pos_emb.size(0) != 1 || pos_emb.size(2) != options_.d_model ||
+       pos_emb.scalar_type() != torch::kFloat || !pos_emb.device().is_cpu())) {
+    return false;
+  }
+  const int64_t batch = query.size(0), t = query.size(1);
+  // Masks as the callers make them: [B or 1, T or 1, keys].
+  return !mask.defined() || mask.numel() == 0 ||
+         (mask.dim() == 3 && (mask.size(0) == 1 || mask.size(0) == batch) && (mask.size(1) == 1 || mask.size(1) == t));
+}
+
+torch::Tensor MultiHeadedAttentionImpl::self_attention_cpu(const torch::Tensor& x, const torch::Tensor& mask,
+                                                           const torch::Tensor& pos_emb, KvCache* cache) {
+  const int64_t batch = x.size(0), t = x.size(1), d = options_.d_model, heads = options_.heads, rows = batch * t;
+  const torch::Tensor xs = x.contiguous();
+  const float* xp = xs.data_ptr<float>();
+  const auto options = xs.options();
+  // qkv [B, T, 3D]: q, k, v side by side in each row.
+  torch::Tensor qkv = torch::empty({batch, t, 3 * d}, options);
+  float* qkv_p = qkv.data_ptr<float>();
+  const torch::Tensor panels[3] = {q_panels_.get(linear_q->weight), k_panels_.get(linear_k->weight),
+                                   v_panels_.get(linear_v->weight)};
+  const torch::Tensor* biases[3] = {&linear_q->bias, &linear_k->bias, &linear_v->bias};
+  const int64_t panels_each = (d + detail::kPanelWidth - 1) / detail::kPanelWidth;
+  at::parallel_for(0, 3 * panels_each, 2, [&](int64_t begin, int64_t end) {
+    for (int64_t which = 0; which < 3; ++which) {
+      const int64_t lo = std::max(begin, which * panels_each) - which * panels_each;
+      const int64_t hi = std::min(end, (which + 1) * panels_each) - which * panels_each;
+      if (lo >= hi) continue;
+      detail::panel_linear(xp, rows, d, d, panels[which].data_ptr<float>(),
+                           biases[which]->defined() ? biases[which]->data_ptr<float>() : nullptr,
+                           lo * detail::kPanelWidth, std::min(hi * detail::kPanelWidth, d), qkv_p + which * d, 3 * d);
+    }
+  });
+  detail::AttentionProblem a;
+  a.batch = batch;
+  a.heads = heads;
+  a.queries = t;
+  a.d_k = d_k_;
+  a.q = {qkv_p, t * 3 * d, d_k_, 3 * d};
+  torch::Tensor k, v, p;  // cache views, held while the kernel reads them
+  const int64_t cached = cache ? cache->size() : 0;
+  if (cache) {
+    cache->k.append_rows(qkv_p + d, batch, t, heads, d_k_, t * 3 * d, 3 * d, options);
+    cache->v.append_rows(qkv_p + 2 * d, batch, t, heads, d_k_, t * 3 * d, 3 * d, options);
+    k = cache->k.view();
+    v = cache->v.view();
+    a.keys = k.size(2);
+    a.k = {k.data_ptr<float>(), k.stride(0), k.stride(1), k.stride(2)};
+    a.v = {v.data_ptr<float>(), v.stride(0), v.stride(1), v.stride(2)};
+  } else {
+    a.keys = t;
+    a.k = {qkv_p + d, t * 3 * d, d_k_, 3 * d};
+    a.v = {qkv_p + 2 * d, t * 3 * d, d_k_, 3 * d};
+  }
+  torch::Tensor projected;  // positions projected here: [new positions, D]
+  if (options_.rel_pos) {
+    MOEKIT_CHECK_ARG(pos_emb.size(1) == a.keys, "rel-pos attention: pos_emb covers ", pos_emb.size(1),
+                     " positions, keys ", a.keys);
+    // With a cache, only the new keys' positions are projected (the cached
+    // keys' are kept); see KvCache.
+    const bool reuse = cache && cached > 0 && cache->p.size() == cached;
+    if (cache && !reuse) cache->p.clear();
+    const int64_t first = reuse ? cached : 0, count = a.keys - first;
+    const torch::Tensor positions = pos_emb.slice(1, first).contiguous();
+    projected = torch::empty({count, d}, options);
+    const float* pos_panels = pos_panels_.get(linear_pos->weight).data_ptr<float>();
+    at::parallel_for(0, panels_each, 2, [&](int64_t begin, int64_t end) {
+      detail::panel_linear(positions.data_ptr<float>(), count, d, d, pos_panels, nullptr, begin * detail::kPanelWidth,
+                           std::min(end * detail::kPanelWidth, d), projected.data_ptr<float>(), d);
+    });
+    if (cache) {
+      cache->p.append_rows(projected.data_ptr<float>(), 1, count, heads, d_k_, 0, d, options);
+      p = cache->p.view();
+      a.p = {p.data_ptr<float>(), 0, p.stride(1), p.stride(2)};
+    } else {
+      a.p = {projected.data_ptr<float>(), 0, d_k_, d};
+    }
+    a.bias_u = pos_bias_u.data_ptr<float>();
+    a.bias_v = pos_bias_v.data_ptr<float>();
+  }
+  torch::Tensor allowed;
+  if (mask.defined() && mask.numel() > 0) {
+    MOEKIT_CHECK_ARG(mask.size(2) == a.keys, "attention: mask covers ", mask.size(2), " keys, not ", a.keys);
+    allowed = mask.to(torch::kBool).contiguous();
+    a.mask = allowed.data_ptr<bool>();
+    a.mask_sb = allowed.size(0) == 1 ? 0 : allowed.stride(0);
+    a.mask_si = allowed.size(1) == 1 ? 0 : allowed.stride(1);
+  }
+  a.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d_k_)));
+  torch::Tensor core = torch::empty({batch, t, d}, options);
+  a.out = core.data_ptr<float>();
+  a.out_sb = t * d;
+  a.out_si = d;
+  at::parallel_for(0, batch * heads, 1, [&](int64_t begin, int64_t end) { detail::attention_forward(a, begin, end); });
+  return fast_linear(core, linear_out->weight, linear_out->bias, &out_panels_);
+}
+
 torch::Tensor MultiHeadedAttentionImpl::forward(const torch::Tensor& query, const torch::Tensor& key,
                                                 const torch::Tensor& value, const torch::Tensor& mask,
                                                 const torch::Tensor& pos_emb, KvCache* cache) {
+  if (self_attention_cpu_applies(query, key, value, mask, pos_emb)) return self_attention_cpu(query, mask, pos_emb, cache);
   const int64_t batch = query.size(0), t1 = query.size(1);
   torch::Tensor q = fast_linear(query, linear_q->weight, linear_q->bias, &q_panels_).view({batch, t1, options_.heads, d_k_});
   torch::Tensor k = split_heads(fast_linear(key, linear_k->weight, linear_k->bias, &k_panels_));  // [B, H, T2, d_k]
@@ -168,22 +287,25 @@ torch::Tensor FrameBuffer::view() const {
   return length_ > 0 ? buffer_.slice(2, start_, start_ + length_) : torch::Tensor();
 }
 
-void FrameBuffer::append(const torch::Tensor& frames) {
-  MOEKIT_CHECK_ARG(frames.dim() == 4, "frame buffer: expected [B, H, t, d] frames, got ", frames.sizes());
-  const int64_t t = frames.size(2);
-  const bool fits = buffer_.defined() && buffer_.size(0) == frames.size(0) && buffer_.size(1) == frames.size(1) &&
-                    buffer_.size(3) == frames.size(3) && buffer_.dtype() == frames.dtype() &&
-                    buffer_.device() == frames.device();
-  MOEKIT_CHECK_ARG(fits || length_ == 0, "frame buffer: frames ", frames.sizes(), " do not continue the held ",
-                   view().sizes());
+void FrameBuffer::reserve(int64_t batch, int64_t heads, int64_t t, int64_t d, const torch::TensorOptions& options) {
+  const bool fits = buffer_.defined() && buffer_.size(0) == batch && buffer_.size(1) == heads &&
+                    buffer_.size(3) == d && buffer_.dtype() == options.dtype() && buffer_.device() == options.device();
+  MOEKIT_CHECK_ARG(fits || length_ == 0, "frame buffer: frames [", batch, ", ", heads, ", ", t, ", ", d,
+                   "] do not continue the held ", view().sizes());
   if (!fits || start_ + length_ + t > buffer_.size(2)) {
     // Room for twice what will be held; the held frames move to the front.
     const int64_t capacity = std::max<int64_t>(64, 2 * (length_ + t));
-    torch::Tensor grown = torch::empty({frames.size(0), frames.size(1), capacity, frames.size(3)}, frames.options());
+    torch::Tensor grown = torch::empty({batch, heads, capacity, d}, options);
     if (length_ > 0) grown.slice(2, 0, length_).copy_(view());
     buffer_ = grown;
     start_ = 0;
   }
+}
+
+void FrameBuffer::append(const torch::Tensor& frames) {
+  MOEKIT_CHECK_ARG(frames.dim() == 4, "frame buffer: expected [B, H, t, d] frames, got ", frames.sizes());
+  const int64_t t = frames.size(2);
+  reserve(frames.size(0), frames.size(1), t, frames.size(3), frames.options());
   torch::Tensor dst = buffer_.slice(2, start_ + length_, start_ + length_ + t);
   if (!torch::GradMode::is_enabled() && frames.device().is_cpu() && frames.scalar_type() == torch::kFloat &&
       frames.stride(3) == 1) {
@@ -203,6 +325,25 @@ void FrameBuffer::append(const torch::Tensor& frames) {
     }
   } else {
     dst.copy_(frames);
+  }
+  length_ += t;
+}
+
+void FrameBuffer::append_rows(const float* src, int64_t batch, int64_t t, int64_t heads, int64_t d_k, int64_t sb,
+                              int64_t si, const torch::TensorOptions& options) {
+  MOEKIT_CHECK_ARG(options.dtype() == torch::kFloat && options.device().is_cpu(),
+                   "frame buffer: append_rows takes CPU float32 rows");
+  reserve(batch, heads, t, d_k, options);
+  // buffer_ is contiguous [B, H, capacity, d_k].
+  const int64_t capacity = buffer_.size(2);
+  float* base = buffer_.data_ptr<float>();
+  for (int64_t b = 0; b < batch; ++b) {
+    for (int64_t h = 0; h < heads; ++h) {
+      float* out = base + ((b * heads + h) * capacity + start_ + length_) * d_k;
+      for (int64_t i = 0; i < t; ++i) {
+        std::memcpy(out + i * d_k, src + b * sb + i * si + h * d_k, static_cast<size_t>(d_k) * sizeof(float));
+      }
+    }
   }
   length_ += t;
 }

@@ -28,11 +28,17 @@ class FrameBuffer {
   // The frames held, a view into the buffer; undefined when empty.
   torch::Tensor view() const;
   void append(const torch::Tensor& frames);
+  // Appends t frames from rows laid out (b, i, h, d) at src[b*sb + i*si +
+  // h*d_k + d] (a projection's output rows): CPU float32 only.
+  void append_rows(const float* src, int64_t batch, int64_t t, int64_t heads, int64_t d_k, int64_t sb, int64_t si,
+                   const torch::TensorOptions& options);
   // Keeps the newest `frames` (all when fewer are held; < 0 = all).
   void keep_last(int64_t frames);
   void clear() { length_ = 0; start_ = 0; }
 
  private:
+  // Room for t more frames of [B, H, t, d] (the buffer regrown when not).
+  void reserve(int64_t batch, int64_t heads, int64_t t, int64_t d, const torch::TensorOptions& options);
   torch::Tensor buffer_;  // [B, H, capacity, d]
   int64_t start_ = 0, length_ = 0;
 };
@@ -82,6 +88,15 @@ class MultiHeadedAttentionImpl : public torch::nn::Module {
                           const torch::Tensor& p, const torch::Tensor& mask) const;
   torch::Tensor fused_core(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                            const torch::Tensor& p, const torch::Tensor& mask, double scale) const;
+  // Self-attention inference on a few CPU float32 rows (streaming chunks,
+  // batch-1 decoding) with weight panels: q, k and v come from one buffer
+  // the panel kernel writes, keys, values and positions go into the cache
+  // row by row, and the fused kernel reads q, k and v where they lie: about
+  // 10 LibTorch ops per call instead of about 40.
+  bool self_attention_cpu_applies(const torch::Tensor& query, const torch::Tensor& key, const torch::Tensor& value,
+                                  const torch::Tensor& mask, const torch::Tensor& pos_emb) const;
+  torch::Tensor self_attention_cpu(const torch::Tensor& x, const torch::Tensor& mask, const torch::Tensor& pos_emb,
+                                   KvCache* cache);
   AttentionOptions options_;
   int64_t d_k_;
   torch::nn::Dropout dropout_{nullptr};

@@ -1,7 +1,13 @@
 #include "moekit/nn/conv_module.h"
 
+#include <cmath>
+#include <cstring>
+#include <vector>
+
 #include "moekit/core/check.h"
 #include "moekit/nn/linear.h"
+#include "moekit/nn/row_kernels.h"
+#include "moekit/nn/silu_kernel.h"
 
 namespace moekit {
 
@@ -58,12 +64,111 @@ torch::Tensor depthwise_time_major(const torch::Tensor& x, const torch::Tensor& 
 
 }  // namespace
 
+bool ConvModuleImpl::inference_cpu_applies(const torch::Tensor& x, const torch::Tensor& mask_pad) const {
+  if (torch::GradMode::is_enabled() || left_context() == 0 || (mask_pad.defined() && mask_pad.numel() > 0)) return false;
+  if (!x.device().is_cpu() || x.scalar_type() != torch::kFloat || x.dim() != 3) return false;
+  const auto usable = [](const torch::Tensor& p) {
+    return !p.defined() || (p.scalar_type() == torch::kFloat && p.device().is_cpu() && p.is_contiguous());
+  };
+  if (!usable(pointwise_conv1->weight) || !usable(pointwise_conv1->bias) || !usable(depthwise_conv->weight) ||
+      !usable(depthwise_conv->bias) || !usable(pointwise_conv2->weight) || !usable(pointwise_conv2->bias)) {
+    return false;
+  }
+  if (layer_norm && (!usable(layer_norm->weight) || !usable(layer_norm->bias))) return false;
+  if (batch_norm && (!usable(batch_norm->weight) || !usable(batch_norm->bias) ||
+                     !usable(batch_norm->running_mean) || !usable(batch_norm->running_var))) {
+    return false;
+  }
+  // Batch norm in eval mode is a per-channel affine map of its running statistics.
+  return !batch_norm || (!batch_norm->is_training() && batch_norm->running_mean.defined() &&
+                         batch_norm->running_var.defined());
+}
+
+torch::Tensor ConvModuleImpl::inference_cpu(const torch::Tensor& input, torch::Tensor* cache) {
+  const int64_t batch = input.size(0), t = input.size(1), c = options_.channels, lorder = left_context();
+  const int64_t kernel = options_.kernel_size, span = lorder + t;
+  const torch::Tensor h = fast_linear(input, pointwise_conv1->weight.view({2 * c, c}), pointwise_conv1->bias,
+                                      &pointwise1_panels_);  // [B, T, 2C]
+  // frames [B, lorder + T, C]: the left context, then the GLU outputs.
+  torch::Tensor frames = torch::empty({batch, span, c}, input.options());
+  float* fp = frames.data_ptr<float>();
+  if (cache && cache->defined() && cache->numel() > 0) {
+    MOEKIT_CHECK_ARG(cache->dim() == 3 && cache->size(0) == batch && cache->size(1) == c && cache->size(2) == lorder,
+                     "conv module: cache of shape ", cache->sizes(), " for input ", input.sizes());
+    const torch::Tensor left = cache->transpose(1, 2).to(torch::kFloat).contiguous();  // [B, lorder, C]
+    for (int64_t b = 0; b < batch; ++b) {
+      std::memcpy(fp + b * span * c, left.data_ptr<float>() + b * lorder * c,
+                  static_cast<size_t>(lorder * c) * sizeof(float));
+    }
+  } else {
+    // WeNet's zero input frames: pointwise_conv1 makes them its bias, GLU glu(bias).
+    std::vector<float> row(static_cast<size_t>(c), 0.f);
+    if (pointwise_conv1->bias.defined()) detail::glu_rows(pointwise_conv1->bias.data_ptr<float>(), 1, c, 2 * c, row.data(), c);
+    for (int64_t b = 0; b < batch; ++b) {
+      for (int64_t i = 0; i < lorder; ++i) {
+        std::memcpy(fp + (b * span + i) * c, row.data(), static_cast<size_t>(c) * sizeof(float));
+      }
+    }
+  }
+  const float* hp = h.data_ptr<float>();
+  for (int64_t b = 0; b < batch; ++b) detail::glu_rows(hp + b * t * 2 * c, t, c, 2 * c, fp + (b * span + lorder) * c, c);
+  if (cache) *cache = frames.slice(1, t).transpose(1, 2);  // the last lorder frames, [B, C, lorder]
+
+  // Depthwise: out[b, i, ch] = bias[ch] + sum_k w[ch, k] frames[b, i + k, ch],
+  // then batch norm's affine map folded into one scale and shift per channel.
+  std::vector<float> w(static_cast<size_t>(kernel * c)), scale(static_cast<size_t>(c), 1.f),
+      shift(static_cast<size_t>(c), 0.f);
+  const float* wsrc = depthwise_conv->weight.data_ptr<float>();
+  for (int64_t ch = 0; ch < c; ++ch) {
+    for (int64_t k = 0; k < kernel; ++k) w[k * c + ch] = wsrc[ch * kernel + k];
+  }
+  if (depthwise_conv->bias.defined()) std::memcpy(shift.data(), depthwise_conv->bias.data_ptr<float>(), c * sizeof(float));
+  if (batch_norm) {
+    const float* mean = batch_norm->running_mean.data_ptr<float>();
+    const float* var = batch_norm->running_var.data_ptr<float>();
+    const float* gamma = batch_norm->weight.defined() ? batch_norm->weight.data_ptr<float>() : nullptr;
+    const float* beta = batch_norm->bias.defined() ? batch_norm->bias.data_ptr<float>() : nullptr;
+    const double eps = batch_norm->options.eps();
+    for (int64_t ch = 0; ch < c; ++ch) {
+      const float g = static_cast<float>((gamma ? gamma[ch] : 1.0) / std::sqrt(static_cast<double>(var[ch]) + eps));
+      scale[ch] = g;
+      shift[ch] = (shift[ch] - mean[ch]) * g + (beta ? beta[ch] : 0.f);
+    }
+  }
+  torch::Tensor out = torch::empty({batch, t, c}, input.options());
+  float* op = out.data_ptr<float>();
+  for (int64_t b = 0; b < batch; ++b) {
+    for (int64_t i = 0; i < t; ++i) {
+      float* dst = op + (b * t + i) * c;
+      for (int64_t ch = 0; ch < c; ++ch) dst[ch] = 0.f;
+      for (int64_t k = 0; k < kernel; ++k) {
+        const float* src = fp + (b * span + i + k) * c;
+        const float* wk = w.data() + k * c;
+        for (int64_t ch = 0; ch < c; ++ch) dst[ch] += wk[ch] * src[ch];
+      }
+      if (batch_norm) {
+        for (int64_t ch = 0; ch < c; ++ch) dst[ch] = dst[ch] * scale[ch] + shift[ch];
+      } else {
+        for (int64_t ch = 0; ch < c; ++ch) dst[ch] += shift[ch];
+      }
+    }
+  }
+  if (layer_norm) fast_layer_norm(layer_norm, out, &out);
+  if (options_.activation == Activation::Swish) {
+    detail::silu(op, nullptr, op, out.numel());
+  } else {
+    out = apply_activation(options_.activation, out, {});
+  }
+  return fast_linear(out, pointwise_conv2->weight.view({c, c}), pointwise_conv2->bias, &pointwise2_panels_);
+}
+
 torch::Tensor ConvModuleImpl::forward(const torch::Tensor& input, const torch::Tensor& mask_pad,
                                       torch::Tensor* cache) {
   // Pointwise convolutions run as linear maps on [B, T, C] (a kernel-1
   // Conv1d is one, and LibTorch's CPU conv path costs more: the module's
   // perf samples in chunk streaming fell from 90 to 64); only the depthwise
   // convolution works on [B, C, T].
+  if (inference_cpu_applies(input, mask_pad)) return inference_cpu(input, cache);
   const bool masked = mask_pad.defined() && mask_pad.numel() > 0;
   const torch::Tensor blocked = masked ? mask_pad.unsqueeze(2).logical_not() : torch::Tensor();  // [B, T, 1]
   torch::Tensor x = masked ? input.masked_fill(blocked, 0.0) : input;

@@ -38,6 +38,11 @@ class ConvModuleImpl : public torch::nn::Module {
   torch::nn::BatchNorm1d batch_norm{nullptr};
 
  private:
+  // CPU float32 inference of a causal kernel on unpadded frames: one
+  // time-major buffer of left context + GLU outputs, the depthwise kernel,
+  // norm and activation in loops (the cache becomes a view of that buffer).
+  bool inference_cpu_applies(const torch::Tensor& x, const torch::Tensor& mask_pad) const;
+  torch::Tensor inference_cpu(const torch::Tensor& x, torch::Tensor* cache);
   ConvModuleOptions options_;
   PanelCache pointwise1_panels_, pointwise2_panels_;  // fast_linear's
 };

@@ -6,6 +6,7 @@
 
 #include "moekit/moe/grouped_ffn.h"
 #include "moekit/moe/panel_kernel.h"
+#include "moekit/nn/row_kernels.h"
 
 namespace moekit {
 
@@ -45,6 +46,31 @@ torch::Tensor fast_linear(const torch::Tensor& x, const torch::Tensor& weight, c
     detail::small_rows_linear(xp, xt, n, in, in, wp, bp, begin, end, yp, out);
   });
   return y.view(shape);
+}
+
+}  // namespace moekit
+
+namespace moekit {
+
+torch::Tensor fast_layer_norm(torch::nn::LayerNorm& norm, const torch::Tensor& x, torch::Tensor* out) {
+  const auto& shape = norm->options.normalized_shape();
+  const torch::Tensor& gamma = norm->weight;
+  const torch::Tensor& beta = norm->bias;
+  const auto usable = [](const torch::Tensor& p) {
+    return !p.defined() || (p.scalar_type() == torch::kFloat && p.is_contiguous() && p.device().is_cpu());
+  };
+  const bool raw = !torch::GradMode::is_enabled() && shape.size() == 1 && shape[0] > 0 && x.dim() >= 1 && x.size(-1) == shape[0] &&
+                   x.device().is_cpu() && x.scalar_type() == torch::kFloat && x.is_contiguous() && usable(gamma) &&
+                   usable(beta) && (out == nullptr || (out->defined() && out->sizes() == x.sizes() &&
+                                                       out->scalar_type() == torch::kFloat && out->is_contiguous()));
+  if (!raw) return norm->forward(x);
+  torch::Tensor y = out != nullptr ? *out : torch::empty_like(x);
+  const int64_t n = shape[0];
+  detail::layer_norm_rows(x.data_ptr<float>(), x.numel() / n, n, n,
+                          gamma.defined() ? gamma.data_ptr<float>() : nullptr,
+                          beta.defined() ? beta.data_ptr<float>() : nullptr, static_cast<float>(norm->options.eps()),
+                          y.data_ptr<float>(), n);
+  return y;
 }
 
 }  // namespace moekit

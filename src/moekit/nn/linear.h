@@ -21,3 +21,13 @@ torch::Tensor fast_linear(const torch::Tensor& x, const torch::Tensor& weight, c
                           PanelCache* panels = nullptr);
 
 }  // namespace moekit
+
+namespace moekit {
+
+// LayerNorm over the last dimension: for CPU float32 with no gradient
+// recorded, the row kernel (nn/row_kernels.h) writes into `out` when given
+// (contiguous, x's shape; it may be x) or a new tensor; otherwise torch's
+// LayerNorm, the result returned (out untouched).
+torch::Tensor fast_layer_norm(torch::nn::LayerNorm& norm, const torch::Tensor& x, torch::Tensor* out = nullptr);
+
+}  // namespace moekit

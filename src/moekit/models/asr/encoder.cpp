@@ -3,6 +3,8 @@
 #include <cmath>
 
 #include "moekit/core/check.h"
+#include "moekit/nn/linear.h"
+#include "moekit/nn/row_kernels.h"
 
 namespace moekit {
 
@@ -56,9 +58,22 @@ ConformerLayerImpl::ConformerLayerImpl(const ConformerEncoderConfig& c) : config
   dropout_ = register_module("dropout", nn::Dropout(c.dropout_rate));
 }
 
+bool ConformerLayerImpl::in_place_applies(const torch::Tensor& x) const {
+  return !torch::GradMode::is_enabled() && !is_training() && config_.normalize_before && x.device().is_cpu() &&
+         x.scalar_type() == torch::kFloat;
+}
+
 torch::Tensor ConformerLayerImpl::sublayer(torch::nn::LayerNorm& norm, const torch::Tensor& x,
                                            const std::function<torch::Tensor(const torch::Tensor&)>& body,
-                                           double scale) {
+                                           double scale, bool in_place) {
+  if (in_place) {
+    // Inference on a CPU float32 x this layer owns: the norm through the row
+    // kernel, the residual added into x (no dropout, no temporaries).
+    const torch::Tensor y = body(fast_layer_norm(norm, x)).contiguous();
+    MOEKIT_CHECK(y.sizes() == x.sizes(), "conformer layer: a sublayer returned ", y.sizes(), " for ", x.sizes());
+    detail::add_scaled(y.data_ptr<float>(), static_cast<float>(scale), x.data_ptr<float>(), x.numel());
+    return x;
+  }
   torch::Tensor y = config_.normalize_before ? norm->forward(x) : x;
   y = dropout_->forward(body(y));
   torch::Tensor out = x.add(y, scale);
@@ -69,21 +84,24 @@ torch::Tensor ConformerLayerImpl::forward(const torch::Tensor& input, const torc
                                           const torch::Tensor& pos_emb, const torch::Tensor& mask_pad,
                                           ConformerLayerCache* cache) {
   const double ff_scale = feed_forward_macaron.defined() ? 0.5 : 1.0;
-  torch::Tensor x = input;
+  const bool in_place = in_place_applies(input);
+  // In place, the residual stream is a copy this layer owns.
+  torch::Tensor x = in_place ? input.contiguous().clone() : input;
   if (feed_forward_macaron.defined())
     x = sublayer(norm_ff_macaron, x, [&](const torch::Tensor& h) { return feed_forward_macaron.forward(h, mask_pad); },
-                 ff_scale);
+                 ff_scale, in_place);
   x = sublayer(norm_mha, x,
                [&](const torch::Tensor& h) {
                  return self_attn->forward(h, h, h, att_mask, pos_emb, cache ? &cache->att : nullptr);
                },
-               1.0);
+               1.0, in_place);
   if (conv_module)
     x = sublayer(norm_conv, x,
                  [&](const torch::Tensor& h) { return conv_module->forward(h, mask_pad, cache ? &cache->cnn : nullptr); },
-                 1.0);
-  x = sublayer(norm_ff, x, [&](const torch::Tensor& h) { return feed_forward.forward(h, mask_pad); }, ff_scale);
-  if (conv_module) x = norm_final->forward(x);
+                 1.0, in_place);
+  x = sublayer(norm_ff, x, [&](const torch::Tensor& h) { return feed_forward.forward(h, mask_pad); }, ff_scale,
+               in_place);
+  if (conv_module) x = in_place ? fast_layer_norm(norm_final, x, &x) : norm_final->forward(x);
   return x;
 }
 
@@ -150,7 +168,7 @@ std::pair<torch::Tensor, torch::Tensor> ConformerEncoderImpl::forward(const torc
   }
   if (chunk > 0) att_mask = att_mask & subsequent_chunk_mask(t, chunk, left, mask.device()).unsqueeze(0);
   for (const auto& layer : *encoders) x = layer->as<ConformerLayer>()->forward(x, att_mask, pos, mask);
-  if (config_.normalize_before) x = after_norm->forward(x);
+  if (config_.normalize_before) x = fast_layer_norm(after_norm, x);
   return {x, mask};
 }
 
@@ -171,7 +189,7 @@ torch::Tensor ConformerEncoderImpl::forward_chunk(const torch::Tensor& feats, En
     x = encoders[i]->as<ConformerLayer>()->forward(x, no_mask, pos, no_mask, &lc);
     lc.att.keep_last(cache_frames);
   }
-  if (config_.normalize_before) x = after_norm->forward(x);
+  if (config_.normalize_before) x = fast_layer_norm(after_norm, x);
   cache.offset += chunk;
   return x;
 }

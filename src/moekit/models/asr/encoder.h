@@ -50,7 +50,11 @@ class ConformerLayerImpl : public torch::nn::Module {
 
  private:
   torch::Tensor sublayer(torch::nn::LayerNorm& norm, const torch::Tensor& x,
-                         const std::function<torch::Tensor(const torch::Tensor&)>& body, double scale);
+                         const std::function<torch::Tensor(const torch::Tensor&)>& body, double scale,
+                         bool in_place);
+  // No gradient, pre-norm, CPU float32: the residual stream is updated in
+  // place and norms run through the row kernel.
+  bool in_place_applies(const torch::Tensor& x) const;
   ConformerEncoderConfig config_;
   torch::nn::Dropout dropout_{nullptr};
 };
