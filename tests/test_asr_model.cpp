@@ -10,6 +10,7 @@
 #include "moekit/decode/recognizer.h"
 #include "moekit/models/asr/asr_model.h"
 #include "moekit/nn/conv_module.h"
+#include "moekit/nn/subsampling.h"
 #include "test_util.h"
 
 using namespace moekit;
@@ -203,6 +204,17 @@ TEST(AsrModel, CausalConvModuleInferencePathEqualsTheTrainingPath) {
     }
     EXPECT_TRUE(torch::allclose(torch::cat(parts, 1), reference, 1e-5, 1e-5))
         << "bias " << bias << " layer_norm " << layer_norm;
+  }
+}
+
+TEST(AsrModel, SubsamplingInferencePathEqualsTheTrainingPath) {
+  torch::manual_seed(10);
+  for (int64_t rate : {4, 6, 8}) {
+    Conv2dSubsampling sub(20, 16, rate);
+    const torch::Tensor x = torch::randn({2, 41, 20});
+    const torch::Tensor reference = sub->forward(x).detach();  // recording gradients: LibTorch's convolutions
+    torch::NoGradGuard no_grad;  // inference: the first convolution in a loop
+    EXPECT_TRUE(torch::allclose(sub->forward(x), reference, 1e-5, 1e-5)) << "rate " << rate;
   }
 }
 

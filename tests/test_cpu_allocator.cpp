@@ -1,4 +1,4 @@
-// The caching CPU allocator: blocks from 64 KiB are reused, contents are
+// The caching CPU allocator: blocks from 1 KiB are reused, contents are
 // intact, smaller ones bypass the cache, blocks from 4 MiB on are huge-page
 // blocks.
 #include <gtest/gtest.h>
@@ -57,6 +57,20 @@ TEST(CachingCpuAllocator, HugePageBlocksAreAlignedAndSizedIn2MiB) {
     EXPECT_EQ(cpu_cache_stats().hits, hits + 1);
     EXPECT_EQ(again[29999].item<float>(), 29999.0f);
   }
+  // 16 KiB and a bit (a chunk's [16, 256] activations): 1 KiB steps, 17 KiB.
+  empty_cpu_cache();
+  { torch::Tensor small = torch::ones({4097}); }
+  EXPECT_EQ(cpu_cache_stats().cached_bytes, 17 << 10);
+  const int64_t small_hits = cpu_cache_stats().hits;
+  {
+    torch::Tensor again = torch::arange(4200, torch::kFloat32);  // 16,800 bytes: the same block size
+    EXPECT_EQ(cpu_cache_stats().hits, small_hits + 1);
+    EXPECT_EQ(again[4199].item<float>(), 4199.0f);
+  }
+  // Under 1 KiB: not cached.
+  empty_cpu_cache();
+  { torch::Tensor tiny = torch::ones({200}); }
+  EXPECT_EQ(cpu_cache_stats().cached_bytes, 0);
   empty_cpu_cache();
 }
 

@@ -100,5 +100,50 @@ TEST(RowKernels, AddScaledMatchesALoop) {
   }
 }
 
+TEST(RowKernels, DepthwiseMatchesADoubleLoop) {
+  for (const auto& [name, k] : detail::row_kernel_variants()) {
+    for (int64_t n : {3, 16, 37, 256}) {
+      const int64_t kernel = 5, t = 6;
+      const std::vector<float> x = values((t + kernel - 1) * n, 2.f, 7), w = values(kernel * n, 1.f, 8);
+      const std::vector<float> scale = values(n, 1.5f, 9), shift = values(n, 0.5f, 10);
+      for (bool affine : {true, false}) {
+        std::vector<float> out(static_cast<size_t>(t * n + 1), 777.f);
+        k.depthwise_rows(x.data(), t, n, w.data(), kernel, affine ? scale.data() : nullptr,
+                         affine ? shift.data() : nullptr, out.data());
+        for (int64_t i = 0; i < t; ++i) {
+          for (int64_t c = 0; c < n; ++c) {
+            double want = 0;
+            for (int64_t j = 0; j < kernel; ++j) want += static_cast<double>(w[j * n + c]) * x[(i + j) * n + c];
+            if (affine) want = want * scale[c] + shift[c];
+            ASSERT_NEAR(out[i * n + c], want, 1e-5 * (1 + std::fabs(want))) << name << " n=" << n;
+          }
+        }
+        ASSERT_EQ(out[t * n], 777.f) << name << ": wrote past the rows";
+      }
+    }
+  }
+}
+
+TEST(RowKernels, Conv3x3Stride2ReluEqualsTorch) {
+  torch::manual_seed(8);
+  for (int64_t cols : {7, 39 * 2 + 2, 80, 83}) {
+    const int64_t rows = 11, channels = 5;
+    const torch::Tensor x = torch::randn({rows, cols});
+    const torch::Tensor w = torch::randn({channels, 1, 3, 3}), bias = torch::randn({channels});
+    for (bool with_bias : {true, false}) {
+      const torch::Tensor want =
+          torch::relu(torch::conv2d(x.view({1, 1, rows, cols}), w, with_bias ? bias : torch::Tensor(), 2))[0];
+      for (const auto& [name, k] : detail::row_kernel_variants()) {
+        torch::Tensor out = torch::full({want.numel() + 1}, 777.f);
+        k.conv3x3s2_relu(x.data_ptr<float>(), rows, cols, w.data_ptr<float>(),
+                         with_bias ? bias.data_ptr<float>() : nullptr, channels, out.data_ptr<float>());
+        EXPECT_LT((out.narrow(0, 0, want.numel()).view(want.sizes()) - want).abs().max().item<float>(), 1e-5)
+            << name << " cols " << cols;
+        EXPECT_EQ(out[want.numel()].item<float>(), 777.f) << name << ": wrote past the output";
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace moekit

@@ -17,11 +17,17 @@
 namespace moekit {
 namespace {
 
-// Smaller blocks are malloc's business. From 64 KiB on they are cached:
-// glibc serves such sizes from the top of its heap or by mmap and gives them
-// back to the kernel when freed (trim, munmap), so a decoding loop that
-// allocates the same few hundred KiB per step page-faults on every step.
-constexpr size_t kMinCachedBytes = size_t{64} << 10;
+// Blocks under 1 KiB are malloc's business. From 64 KiB on glibc serves
+// sizes from the top of its heap or by mmap and gives them back to the
+// kernel when freed (trim, munmap), so a decoding loop that allocates the
+// same few hundred KiB per step page-faulted on every step; below that,
+// LibTorch's 64-byte-aligned allocations take glibc's memalign path, which
+// skips its per-thread cache and consolidates free chunks (a streaming
+// chunk makes hundreds of such tensors). So both are cached: from 1 KiB in
+// 1 KiB steps, from 64 KiB in 64 KiB steps.
+constexpr size_t kMinCachedBytes = size_t{1} << 10;
+constexpr size_t kTinyRoundBytes = size_t{1} << 10;    // below kSmallBytes
+constexpr size_t kSmallBytes = size_t{64} << 10;
 constexpr size_t kSmallRoundBytes = size_t{64} << 10;  // below kRoundBytes
 constexpr size_t kRoundBytes = size_t{1} << 20;
 // Blocks of at least kHugeMinBytes are aligned to, and sized in, 2 MiB and
@@ -34,7 +40,10 @@ constexpr size_t kHugeMinBytes = size_t{4} << 20;
 constexpr size_t kHugeBytes = size_t{2} << 20;
 
 size_t block_bytes(size_t nbytes) {
-  const size_t round = nbytes >= kHugeMinBytes ? kHugeBytes : nbytes >= kRoundBytes ? kRoundBytes : kSmallRoundBytes;
+  const size_t round = nbytes >= kHugeMinBytes ? kHugeBytes
+                       : nbytes >= kRoundBytes  ? kRoundBytes
+                       : nbytes >= kSmallBytes  ? kSmallRoundBytes
+                                                : kTinyRoundBytes;
   return (nbytes + round - 1) / round * round;
 }
 

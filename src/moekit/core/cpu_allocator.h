@@ -5,11 +5,12 @@
 // next tensor of that size is mmap'ed again and page-faulted in, zeroed page by
 // page. On the machines MoEKit is measured on that costs ~10 us per 4 KiB page:
 // allocating a 32 MiB activation took longer than the GEMM that fills it (see
-// bench/README.md). This allocator keeps freed blocks of >= 64 KiB, keyed by
-// size rounded up to 64 KiB (1 MiB from 1 MiB on; 2 MiB, huge-page backed,
-// from 4 MiB on), and hands them out again, up to a cache limit. (glibc, which
-// serves the smaller ones, also returns blocks of a few hundred KiB to the
-// OS, so a decoding loop faulted them in again on every step.)
+// bench/README.md). This allocator keeps freed blocks of >= 1 KiB, keyed by
+// size rounded up to 1 KiB (64 KiB from 64 KiB on, 1 MiB from 1 MiB on;
+// 2 MiB, huge-page backed, from 4 MiB on), and hands them out again, up to a
+// cache limit. (glibc also returns blocks of a few hundred KiB to the OS, so
+// a decoding loop faulted them in again on every step, and serves LibTorch's
+// aligned small blocks on a slow path.)
 #include <cstddef>
 #include <cstdint>
 

@@ -138,20 +138,8 @@ torch::Tensor ConvModuleImpl::inference_cpu(const torch::Tensor& input, torch::T
   torch::Tensor out = torch::empty({batch, t, c}, input.options());
   float* op = out.data_ptr<float>();
   for (int64_t b = 0; b < batch; ++b) {
-    for (int64_t i = 0; i < t; ++i) {
-      float* dst = op + (b * t + i) * c;
-      for (int64_t ch = 0; ch < c; ++ch) dst[ch] = 0.f;
-      for (int64_t k = 0; k < kernel; ++k) {
-        const float* src = fp + (b * span + i + k) * c;
-        const float* wk = w.data() + k * c;
-        for (int64_t ch = 0; ch < c; ++ch) dst[ch] += wk[ch] * src[ch];
-      }
-      if (batch_norm) {
-        for (int64_t ch = 0; ch < c; ++ch) dst[ch] = dst[ch] * scale[ch] + shift[ch];
-      } else {
-        for (int64_t ch = 0; ch < c; ++ch) dst[ch] += shift[ch];
-      }
-    }
+    detail::depthwise_rows(fp + b * span * c, t, c, w.data(), kernel, batch_norm ? scale.data() : nullptr, shift.data(),
+                           op + b * t * c);
   }
   if (layer_norm) fast_layer_norm(layer_norm, out, &out);
   if (options_.activation == Activation::Swish) {

@@ -3,6 +3,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <vector>
 
 #include "moekit/moe/simd.h"
 
@@ -92,6 +93,66 @@ __attribute__((always_inline)) inline void add_scaled_body(const float* x, float
   for (; i < n; ++i) y[i] += alpha * x[i];
 }
 
+template <int L>
+__attribute__((always_inline)) inline void depthwise_body(const float* x, int64_t t, int64_t n, const float* w,
+                                                          int64_t kernel, const float* scale, const float* shift,
+                                                          float* out) {
+  using V = typename Vec<L>::type;
+  const int64_t whole = n / L * L;
+  for (int64_t i = 0; i < t; ++i) {
+    float* dst = out + i * n;
+    for (int64_t c = 0; c < whole; c += L) {
+      V acc{};
+      for (int64_t k = 0; k < kernel; ++k) acc += load<L>(w + k * n + c) * load<L>(x + (i + k) * n + c);
+      if (scale != nullptr) acc *= load<L>(scale + c);
+      if (shift != nullptr) acc += load<L>(shift + c);
+      store<L>(dst + c, acc);
+    }
+    for (int64_t c = whole; c < n; ++c) {
+      float acc = 0.f;
+      for (int64_t k = 0; k < kernel; ++k) acc += w[k * n + c] * x[(i + k) * n + c];
+      if (scale != nullptr) acc *= scale[c];
+      if (shift != nullptr) acc += shift[c];
+      dst[c] = acc;
+    }
+  }
+}
+
+// Vectorized over output columns j: the input rows split into even and odd
+// columns, so x[2i + a, 2j + b] for L consecutive j is one contiguous load
+// (b = 0: even[j], b = 1: odd[j], b = 2: even[j + 1]).
+template <int L>
+__attribute__((always_inline)) inline void conv3x3s2_body(const float* x, int64_t rows, int64_t cols, const float* w,
+                                                          const float* bias, int64_t channels, float* out) {
+  using V = typename Vec<L>::type;
+  const int64_t out_rows = (rows - 1) / 2, out_cols = (cols - 1) / 2;
+  if (out_rows <= 0 || out_cols <= 0) return;
+  const int64_t vecs = (out_cols + L - 1) / L, width = vecs * L + 1;  // padded half rows
+  std::vector<float> even(static_cast<size_t>(rows * width), 0.f), odd(static_cast<size_t>(rows * width), 0.f);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t m = 0; 2 * m < cols; ++m) even[r * width + m] = x[r * cols + 2 * m];
+    for (int64_t m = 0; 2 * m + 1 < cols; ++m) odd[r * width + m] = x[r * cols + 2 * m + 1];
+  }
+  const int64_t tail = out_cols - (vecs - 1) * L;
+  for (int64_t c = 0; c < channels; ++c) {
+    const float* wc = w + c * 9;
+    const float b = bias != nullptr ? bias[c] : 0.f;
+    for (int64_t i = 0; i < out_rows; ++i) {
+      float* dst = out + (c * out_rows + i) * out_cols;
+      for (int64_t v = 0; v < vecs; ++v) {
+        V acc = V{} + b;
+        for (int64_t a = 0; a < 3; ++a) {
+          const float* e = even.data() + (2 * i + a) * width + v * L;
+          const float* o = odd.data() + (2 * i + a) * width + v * L;
+          acc += wc[3 * a] * load<L>(e) + wc[3 * a + 1] * load<L>(o) + wc[3 * a + 2] * load<L>(e + 1);
+        }
+        acc = acc > 0.f ? acc : V{};
+        std::memcpy(dst + v * L, &acc, static_cast<size_t>(v + 1 < vecs ? L : tail) * sizeof(float));
+      }
+    }
+  }
+}
+
 #define MOEKIT_ROW_KERNELS(SUFFIX, L, TARGET)                                                                     \
   TARGET void layer_norm_##SUFFIX(const float* x, int64_t rows, int64_t n, int64_t ld_x, const float* gamma,      \
                                   const float* beta, float eps, float* y, int64_t ld_y) {                        \
@@ -103,7 +164,16 @@ __attribute__((always_inline)) inline void add_scaled_body(const float* x, float
   TARGET void add_scaled_##SUFFIX(const float* x, float alpha, float* y, int64_t n) {                             \
     add_scaled_body<L>(x, alpha, y, n);                                                                           \
   }                                                                                                               \
-  const RowKernels kRows_##SUFFIX = {layer_norm_##SUFFIX, glu_##SUFFIX, add_scaled_##SUFFIX};
+  TARGET void depthwise_##SUFFIX(const float* x, int64_t t, int64_t n, const float* w, int64_t kernel,            \
+                                 const float* scale, const float* shift, float* out) {                            \
+    depthwise_body<L>(x, t, n, w, kernel, scale, shift, out);                                                     \
+  }                                                                                                               \
+  TARGET void conv3x3s2_relu_##SUFFIX(const float* x, int64_t rows, int64_t cols, const float* w,                 \
+                                      const float* bias, int64_t channels, float* out) {                          \
+    conv3x3s2_body<L>(x, rows, cols, w, bias, channels, out);                                                     \
+  }                                                                                                               \
+  const RowKernels kRows_##SUFFIX = {layer_norm_##SUFFIX, glu_##SUFFIX, add_scaled_##SUFFIX, depthwise_##SUFFIX,   \
+                                     conv3x3s2_relu_##SUFFIX};
 
 #if defined(__x86_64__) && defined(__GNUC__)
 MOEKIT_ROW_KERNELS(avx512, 16, __attribute__((target("avx512f,avx512vl,avx2,fma"))))
@@ -142,5 +212,15 @@ void glu_rows(const float* x, int64_t rows, int64_t n, int64_t ld_x, float* y, i
 }
 
 void add_scaled(const float* x, float alpha, float* y, int64_t n) { best().add_scaled(x, alpha, y, n); }
+
+void depthwise_rows(const float* x, int64_t t, int64_t n, const float* w, int64_t kernel, const float* scale,
+                    const float* shift, float* out) {
+  best().depthwise_rows(x, t, n, w, kernel, scale, shift, out);
+}
+
+void conv3x3s2_relu(const float* x, int64_t rows, int64_t cols, const float* w, const float* bias, int64_t channels,
+                    float* out) {
+  best().conv3x3s2_relu(x, rows, cols, w, bias, channels, out);
+}
 
 }  // namespace moekit::detail

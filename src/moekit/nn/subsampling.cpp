@@ -2,6 +2,7 @@
 
 #include "moekit/core/check.h"
 #include "moekit/nn/linear.h"
+#include "moekit/nn/row_kernels.h"
 
 namespace moekit {
 
@@ -34,10 +35,56 @@ Conv2dSubsamplingImpl::Conv2dSubsamplingImpl(int64_t idim, int64_t odim, int64_t
   }
 }
 
+bool Conv2dSubsamplingImpl::inference_cpu_applies(const torch::Tensor& x) const {
+  if (torch::GradMode::is_enabled() || !x.device().is_cpu() || x.scalar_type() != torch::kFloat || x.dim() != 3 ||
+      x.size(1) < 3 || x.size(2) < 3) {
+    return false;
+  }
+  const auto& first = *conv->ptr<torch::nn::Conv2dImpl>(0);
+  const auto usable = [](const torch::Tensor& p) {
+    return !p.defined() || (p.scalar_type() == torch::kFloat && p.device().is_cpu() && p.is_contiguous());
+  };
+  return usable(first.weight) && usable(first.bias) && first.weight.size(1) == 1;
+}
+
 torch::Tensor Conv2dSubsamplingImpl::forward(const torch::Tensor& x) {
-  torch::Tensor h = conv->forward(x.unsqueeze(1));  // [B, C, T', F']
-  const int64_t b = h.size(0), c = h.size(1), t = h.size(2), f = h.size(3);
-  h = h.transpose(1, 2).contiguous().view({b, t, c * f});
+  torch::Tensor h;  // [B, C, T', F'] before the last ReLU
+  if (inference_cpu_applies(x)) {
+    // Inference: the first convolution and its ReLU in a loop (one input
+    // channel: LibTorch's path was an im2col, a GEMM and a ReLU pass), the
+    // last ReLU in the transposing copy below.
+    auto& first = *conv->ptr<torch::nn::Conv2dImpl>(0);
+    const torch::Tensor xc = x.contiguous();
+    const int64_t batch = x.size(0), frames = x.size(1), bins = x.size(2), channels = first.weight.size(0);
+    const int64_t rows = (frames - 1) / 2, cols = (bins - 1) / 2;
+    h = torch::empty({batch, channels, rows, cols}, x.options());
+    for (int64_t b = 0; b < batch; ++b) {
+      detail::conv3x3s2_relu(xc.data_ptr<float>() + b * frames * bins, frames, bins, first.weight.data_ptr<float>(),
+                             first.bias.defined() ? first.bias.data_ptr<float>() : nullptr, channels,
+                             h.data_ptr<float>() + b * channels * rows * cols);
+    }
+    // conv[1] is the first ReLU; the last module is a ReLU too.
+    for (auto it = conv->begin() + 2; it + 1 < conv->end(); ++it) h = it->forward(h);
+    const int64_t b = h.size(0), c = h.size(1), t = h.size(2), f = h.size(3);
+    const torch::Tensor hc = h.contiguous();
+    torch::Tensor flat = torch::empty({b, t, c * f}, x.options());
+    const float* src = hc.data_ptr<float>();
+    float* dst = flat.data_ptr<float>();
+    for (int64_t bi = 0; bi < b; ++bi) {
+      for (int64_t ci = 0; ci < c; ++ci) {
+        for (int64_t ti = 0; ti < t; ++ti) {
+          const float* in = src + ((bi * c + ci) * t + ti) * f;
+          float* o = dst + (bi * t + ti) * c * f + ci * f;
+          for (int64_t fi = 0; fi < f; ++fi) o[fi] = in[fi] > 0.f ? in[fi] : 0.f;
+        }
+      }
+    }
+    h = flat;
+  } else {
+    h = conv->forward(x.unsqueeze(1));  // [B, C, T', F']
+    const int64_t b = h.size(0), c = h.size(1), t = h.size(2), f = h.size(3);
+    h = h.transpose(1, 2).contiguous().view({b, t, c * f});
+  }
   // The projection by fast_linear: a streaming chunk's 16 rows stream its
   // weights through the panel kernel instead of an OpenBLAS GEMM.
   torch::nn::LinearImpl& proj = out ? *out[0]->as<torch::nn::LinearImpl>() : *linear;

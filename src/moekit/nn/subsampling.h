@@ -28,6 +28,8 @@ class Conv2dSubsamplingImpl : public torch::nn::Module {
   torch::nn::Linear linear{nullptr};   // x6, x8
 
  private:
+  // No gradient, CPU float32: the first convolution by the row kernel.
+  bool inference_cpu_applies(const torch::Tensor& x) const;
   int64_t rate_;
   PanelCache proj_panels_;  // fast_linear's, for the output projection (chunk-sized inputs)
 };
