@@ -137,36 +137,45 @@ INSTANTIATE_TEST_SUITE_P(Configs, AsrVariants, ::testing::ValuesIn(kVariants),
 
 TEST(AsrModel, FrameBufferAppendsKeepsTheNewestAndCopiesOwnTheirFrames) {
   torch::manual_seed(5);
-  FrameBuffer buffer;
-  EXPECT_EQ(buffer.size(), 0);
-  EXPECT_FALSE(buffer.view().defined());
-  std::vector<torch::Tensor> chunks;
-  // Past the first capacity (64) and through several growths.
-  for (int64_t t : {16, 16, 1, 40, 16, 100, 3}) {
-    chunks.push_back(torch::randn({1, 4, t, 8}));
-    buffer.append(chunks.back());
-    EXPECT_TRUE(buffer.view().equal(torch::cat(chunks, 2)));
+  // Recording gradients (ATen copies) and not (row copies), batch 2.
+  for (bool grad : {true, false}) {
+    torch::AutoGradMode mode(grad);
+    FrameBuffer buffer;
+    EXPECT_EQ(buffer.size(), 0);
+    EXPECT_FALSE(buffer.view().defined());
+    std::vector<torch::Tensor> chunks;
+    // Past the first capacity (64) and through several growths.
+    for (int64_t t : {16, 16, 1, 40, 16, 100, 3}) {
+      chunks.push_back(torch::randn({2, 4, t, 8}));
+      buffer.append(chunks.back());
+      EXPECT_TRUE(buffer.view().equal(torch::cat(chunks, 2))) << "grad " << grad;
+    }
+    buffer.keep_last(50);
+    torch::Tensor all = torch::cat(chunks, 2);
+    EXPECT_TRUE(buffer.view().equal(all.slice(2, all.size(2) - 50)));
+    buffer.keep_last(80);  // more than held: unchanged
+    EXPECT_EQ(buffer.size(), 50);
+    // Growth after keep_last: the held frames start inside the buffer.
+    const torch::Tensor more = torch::randn({2, 4, 300, 8});
+    buffer.append(more);
+    EXPECT_TRUE(buffer.view().equal(torch::cat({all.slice(2, all.size(2) - 50), more}, 2))) << "grad " << grad;
+    // Rows laid out (b, i, h, d), as a projection writes them.
+    const torch::Tensor rows = torch::randn({2, 5, 4 * 8});
+    buffer.append_rows(rows.data_ptr<float>(), 2, 5, 4, 8, 5 * 32, 32, rows.options());
+    EXPECT_TRUE(buffer.view().slice(2, -5).equal(rows.view({2, 5, 4, 8}).transpose(1, 2))) << "grad " << grad;
+    // A copy does not share the space the original appends into.
+    FrameBuffer copy = buffer;
+    const torch::Tensor a = torch::ones({2, 4, 2, 8}), b = torch::zeros({2, 4, 2, 8});
+    buffer.append(a);
+    copy.append(b);
+    EXPECT_TRUE(buffer.view().slice(2, -2).equal(a));
+    EXPECT_TRUE(copy.view().slice(2, -2).equal(b));
+    // Frames of another shape cannot continue it.
+    EXPECT_THROW(buffer.append(torch::randn({1, 2, 3, 8})), std::invalid_argument);
+    buffer.clear();
+    buffer.append(torch::randn({1, 2, 3, 8}));  // a cleared buffer takes any shape
+    EXPECT_EQ(buffer.size(), 3);
   }
-  buffer.keep_last(50);
-  torch::Tensor all = torch::cat(chunks, 2);
-  EXPECT_TRUE(buffer.view().equal(all.slice(2, all.size(2) - 50)));
-  buffer.keep_last(80);  // more than held: unchanged
-  EXPECT_EQ(buffer.size(), 50);
-  const torch::Tensor more = torch::randn({1, 4, 30, 8});
-  buffer.append(more);
-  EXPECT_TRUE(buffer.view().equal(torch::cat({all.slice(2, all.size(2) - 50), more}, 2)));
-  // A copy does not share the space the original appends into.
-  FrameBuffer copy = buffer;
-  const torch::Tensor a = torch::ones({1, 4, 2, 8}), b = torch::zeros({1, 4, 2, 8});
-  buffer.append(a);
-  copy.append(b);
-  EXPECT_TRUE(buffer.view().slice(2, -2).equal(a));
-  EXPECT_TRUE(copy.view().slice(2, -2).equal(b));
-  // Frames of another shape cannot continue it.
-  EXPECT_THROW(buffer.append(torch::randn({1, 2, 3, 8})), std::invalid_argument);
-  buffer.clear();
-  buffer.append(torch::randn({1, 2, 3, 8}));  // a cleared buffer takes any shape
-  EXPECT_EQ(buffer.size(), 3);
 }
 
 TEST(AsrModel, CausalConvModuleInferencePathEqualsTheTrainingPath) {

@@ -6,9 +6,9 @@
 #include <torch/version.h>
 
 #include <cstdlib>
-#include <map>
 #include <mutex>
 #include <unordered_map>
+#include <vector>
 
 #if defined(__linux__)
 #include <sys/mman.h>
@@ -87,17 +87,18 @@ class CachingCpuAllocator final : public c10::Allocator {
     {
       std::lock_guard<std::mutex> lock(mutex_);
       auto it = free_blocks_.find(rounded);
-      if (it != free_blocks_.end()) {
-        data = it->second;
-        free_blocks_.erase(it);
+      if (it != free_blocks_.end() && !it->second.empty()) {
+        data = it->second.back();
+        it->second.pop_back();
         cached_bytes_ -= rounded;
         ++hits_;
+        live_sizes_[data] = rounded;
       } else {
         ++misses_;
       }
     }
-    if (data == nullptr) data = alloc_block(rounded);
-    {
+    if (data == nullptr) {
+      data = alloc_block(rounded);
       std::lock_guard<std::mutex> lock(mutex_);
       live_sizes_[data] = rounded;
     }
@@ -118,7 +119,7 @@ class CachingCpuAllocator final : public c10::Allocator {
       size = it->second;
       live_sizes_.erase(it);
       if (cached_bytes_ + size <= limit_) {
-        free_blocks_.emplace(size, data);
+        free_blocks_[size].push_back(data);
         cached_bytes_ += size;
         return;
       }
@@ -127,13 +128,15 @@ class CachingCpuAllocator final : public c10::Allocator {
   }
 
   void empty() {
-    std::multimap<size_t, void*> blocks;
+    std::unordered_map<size_t, std::vector<void*>> blocks;
     {
       std::lock_guard<std::mutex> lock(mutex_);
       blocks.swap(free_blocks_);
       cached_bytes_ = 0;
     }
-    for (auto& [size, data] : blocks) c10::free_cpu(data);
+    for (auto& [size, list] : blocks) {
+      for (void* data : list) c10::free_cpu(data);
+    }
   }
 
   CpuCacheStats stats() const {
@@ -157,7 +160,8 @@ class CachingCpuAllocator final : public c10::Allocator {
   static void free_large_or_small(void* data) { instance().release(data); }
 
   mutable std::mutex mutex_;
-  mutable std::multimap<size_t, void*> free_blocks_;
+  // Free blocks by rounded size, the most recently freed last (warmest in cache).
+  mutable std::unordered_map<size_t, std::vector<void*>> free_blocks_;
   mutable std::unordered_map<void*, size_t> live_sizes_;
   mutable size_t cached_bytes_ = 0;
   mutable int64_t hits_ = 0, misses_ = 0;

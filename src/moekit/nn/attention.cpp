@@ -296,7 +296,19 @@ void FrameBuffer::reserve(int64_t batch, int64_t heads, int64_t t, int64_t d, co
     // Room for twice what will be held; the held frames move to the front.
     const int64_t capacity = std::max<int64_t>(64, 2 * (length_ + t));
     torch::Tensor grown = torch::empty({batch, heads, capacity, d}, options);
-    if (length_ > 0) grown.slice(2, 0, length_).copy_(view());
+    if (length_ > 0 && !torch::GradMode::is_enabled() && buffer_.device().is_cpu() && buffer_.is_contiguous()) {
+      // Each (b, h)'s held frames are one contiguous run in both buffers.
+      const int64_t run = length_ * d * static_cast<int64_t>(buffer_.element_size());
+      const char* src = static_cast<const char*>(buffer_.data_ptr()) + start_ * d * buffer_.element_size();
+      char* dst = static_cast<char*>(grown.data_ptr());
+      const int64_t src_step = buffer_.size(2) * d * buffer_.element_size();
+      const int64_t dst_step = capacity * d * grown.element_size();
+      for (int64_t bh = 0; bh < batch * heads; ++bh) {
+        std::memcpy(dst + bh * dst_step, src + bh * src_step, static_cast<size_t>(run));
+      }
+    } else if (length_ > 0) {
+      grown.slice(2, 0, length_).copy_(view());
+    }
     buffer_ = grown;
     start_ = 0;
   }
