@@ -239,8 +239,10 @@ torch::Tensor MoELayerImpl::cpu_inference_forward(const torch::Tensor& input, co
     publish(std::move(stats), {});
     return torch::zeros_like(input);
   }
-  const torch::Tensor tokens = x.reshape({num_tokens, d_model}).contiguous();
-  const torch::Tensor logits = fast_linear(tokens, gate->weight, {}, &gate_panels_).contiguous();  // [N, E]
+  const torch::Tensor tokens =
+      x.is_contiguous() ? x.view({num_tokens, d_model}) : x.reshape({num_tokens, d_model}).contiguous();
+  torch::Tensor logits = fast_linear(tokens, gate->weight, {}, &gate_panels_);  // [N, E]
+  if (!logits.is_contiguous()) logits = logits.contiguous();
   const float* lp = logits.data_ptr<float>();
   std::vector<int64_t> expert(static_cast<size_t>(num_tokens * k));
   std::vector<float> weight(static_cast<size_t>(num_tokens * k)), value;

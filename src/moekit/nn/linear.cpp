@@ -19,14 +19,16 @@ torch::Tensor fast_linear(const torch::Tensor& x, const torch::Tensor& weight, c
                      x.numel() / std::max<int64_t>(in, 1) <= kSmallRows && x.numel() > 0 &&
                      (!bias.defined() || (bias.scalar_type() == torch::kFloat && bias.is_contiguous()));
   if (!small) return torch::nn::functional::linear(x, weight, bias);
-  const torch::Tensor rows = x.reshape({-1, in}).contiguous();
+  // A contiguous x is read in place and y made in its final shape: a
+  // streaming chunk makes several calls per layer, each op a dispatch.
+  const torch::Tensor rows = x.is_contiguous() ? x : x.contiguous();
   std::vector<int64_t> shape = x.sizes().vec();
   shape.back() = out;
-  torch::Tensor y = torch::empty({rows.size(0), out}, x.options());
+  torch::Tensor y = torch::empty(shape, x.options());
   const float* xp = rows.data_ptr<float>();
   const float* bp = bias.defined() ? bias.data_ptr<float>() : nullptr;
   float* yp = y.data_ptr<float>();
-  const int64_t n = rows.size(0);
+  const int64_t n = rows.numel() / in;
   if (panels != nullptr && weight_panels_enabled()) {
     const torch::Tensor packed = panels->get(weight);
     const float* pp = packed.data_ptr<float>();
@@ -35,7 +37,7 @@ torch::Tensor fast_linear(const torch::Tensor& x, const torch::Tensor& weight, c
       detail::panel_linear(xp, n, in, in, pp, bp, begin * detail::kPanelWidth,
                            std::min(end * detail::kPanelWidth, out), yp, out);
     });
-    return y.view(shape);
+    return y;
   }
   const float* wp = weight.data_ptr<float>();
   std::vector<float> packed(static_cast<size_t>(detail::small_rows_packed_floats(n, in)));
@@ -45,7 +47,7 @@ torch::Tensor fast_linear(const torch::Tensor& x, const torch::Tensor& weight, c
   at::parallel_for(0, out, 64, [&](int64_t begin, int64_t end) {
     detail::small_rows_linear(xp, xt, n, in, in, wp, bp, begin, end, yp, out);
   });
-  return y.view(shape);
+  return y;
 }
 
 }  // namespace moekit
