@@ -26,7 +26,7 @@ def run(cmd, env):
 
 def median(xs):
     xs = sorted(xs)
-    return xs[len(xs) // 2]
+    return xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
 
 
 def main():

@@ -32,7 +32,9 @@ inline double time_sample(const std::function<void()>& fn, double seconds) {
 
 inline double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
+  const size_t n = v.size();
+  if (n == 0) return 0.0;
+  return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
 // Sum of p[0..n) through eight independent vector accumulators: a plain
