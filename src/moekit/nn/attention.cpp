@@ -10,8 +10,8 @@
 #include <tuple>
 
 #include "moekit/core/check.h"
-#include "moekit/nn/attention_kernel.h"
 #include "moekit/moe/panel_kernel.h"
+#include "moekit/nn/attention_kernel.h"
 #include "moekit/nn/linear.h"
 
 namespace moekit {
@@ -215,7 +215,9 @@ torch::Tensor MultiHeadedAttentionImpl::self_attention_cpu(const torch::Tensor& 
 torch::Tensor MultiHeadedAttentionImpl::forward(const torch::Tensor& query, const torch::Tensor& key,
                                                 const torch::Tensor& value, const torch::Tensor& mask,
                                                 const torch::Tensor& pos_emb, KvCache* cache) {
-  if (self_attention_cpu_applies(query, key, value, mask, pos_emb)) return self_attention_cpu(query, mask, pos_emb, cache);
+  if (self_attention_cpu_applies(query, key, value, mask, pos_emb)) {
+    return self_attention_cpu(query, mask, pos_emb, cache);
+  }
   const int64_t batch = query.size(0), t1 = query.size(1);
   torch::Tensor q = fast_linear(query, linear_q->weight, linear_q->bias, &q_panels_).view({batch, t1, options_.heads, d_k_});
   torch::Tensor k = split_heads(fast_linear(key, linear_k->weight, linear_k->bias, &k_panels_));  // [B, H, T2, d_k]

@@ -65,7 +65,9 @@ torch::Tensor depthwise_time_major(const torch::Tensor& x, const torch::Tensor& 
 }  // namespace
 
 bool ConvModuleImpl::inference_cpu_applies(const torch::Tensor& x, const torch::Tensor& mask_pad) const {
-  if (torch::GradMode::is_enabled() || left_context() == 0 || (mask_pad.defined() && mask_pad.numel() > 0)) return false;
+  if (torch::GradMode::is_enabled() || left_context() == 0 || (mask_pad.defined() && mask_pad.numel() > 0)) {
+    return false;
+  }
   if (!x.device().is_cpu() || x.scalar_type() != torch::kFloat || x.dim() != 3) return false;
   const auto usable = [](const torch::Tensor& p) {
     return !p.defined() || (p.scalar_type() == torch::kFloat && p.device().is_cpu() && p.is_contiguous());
@@ -103,7 +105,9 @@ torch::Tensor ConvModuleImpl::inference_cpu(const torch::Tensor& input, torch::T
   } else {
     // WeNet's zero input frames: pointwise_conv1 makes them its bias, GLU glu(bias).
     std::vector<float> row(static_cast<size_t>(c), 0.f);
-    if (pointwise_conv1->bias.defined()) detail::glu_rows(pointwise_conv1->bias.data_ptr<float>(), 1, c, 2 * c, row.data(), c);
+    if (pointwise_conv1->bias.defined()) {
+      detail::glu_rows(pointwise_conv1->bias.data_ptr<float>(), 1, c, 2 * c, row.data(), c);
+    }
     for (int64_t b = 0; b < batch; ++b) {
       for (int64_t i = 0; i < lorder; ++i) {
         std::memcpy(fp + (b * span + i) * c, row.data(), static_cast<size_t>(c) * sizeof(float));
@@ -111,7 +115,9 @@ torch::Tensor ConvModuleImpl::inference_cpu(const torch::Tensor& input, torch::T
     }
   }
   const float* hp = h.data_ptr<float>();
-  for (int64_t b = 0; b < batch; ++b) detail::glu_rows(hp + b * t * 2 * c, t, c, 2 * c, fp + (b * span + lorder) * c, c);
+  for (int64_t b = 0; b < batch; ++b) {
+    detail::glu_rows(hp + b * t * 2 * c, t, c, 2 * c, fp + (b * span + lorder) * c, c);
+  }
   if (cache) *cache = frames.slice(1, t).transpose(1, 2);  // the last lorder frames, [B, C, lorder]
 
   // Depthwise: out[b, i, ch] = bias[ch] + sum_k w[ch, k] frames[b, i + k, ch],
@@ -122,7 +128,9 @@ torch::Tensor ConvModuleImpl::inference_cpu(const torch::Tensor& input, torch::T
   for (int64_t ch = 0; ch < c; ++ch) {
     for (int64_t k = 0; k < kernel; ++k) w[k * c + ch] = wsrc[ch * kernel + k];
   }
-  if (depthwise_conv->bias.defined()) std::memcpy(shift.data(), depthwise_conv->bias.data_ptr<float>(), c * sizeof(float));
+  if (depthwise_conv->bias.defined()) {
+    std::memcpy(shift.data(), depthwise_conv->bias.data_ptr<float>(), static_cast<size_t>(c) * sizeof(float));
+  }
   if (batch_norm) {
     const float* mean = batch_norm->running_mean.data_ptr<float>();
     const float* var = batch_norm->running_var.data_ptr<float>();
@@ -141,9 +149,9 @@ torch::Tensor ConvModuleImpl::inference_cpu(const torch::Tensor& input, torch::T
     detail::depthwise_rows(fp + b * span * c, t, c, w.data(), kernel, batch_norm ? scale.data() : nullptr, shift.data(),
                            op + b * t * c);
   }
-  if (layer_norm) fast_layer_norm(layer_norm, out, &out);
-  if (options_.activation == Activation::Swish) {
-    detail::silu(op, nullptr, op, out.numel());
+  if (layer_norm) out = fast_layer_norm(layer_norm, out, &out);  // in place here
+  if (options_.activation == Activation::Swish && out.is_contiguous()) {
+    detail::silu(out.data_ptr<float>(), nullptr, out.data_ptr<float>(), out.numel());
   } else {
     out = apply_activation(options_.activation, out, {});
   }

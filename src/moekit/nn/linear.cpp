@@ -61,10 +61,11 @@ torch::Tensor fast_layer_norm(torch::nn::LayerNorm& norm, const torch::Tensor& x
   const auto usable = [](const torch::Tensor& p) {
     return !p.defined() || (p.scalar_type() == torch::kFloat && p.is_contiguous() && p.device().is_cpu());
   };
-  const bool raw = !torch::GradMode::is_enabled() && shape.size() == 1 && shape[0] > 0 && x.dim() >= 1 && x.size(-1) == shape[0] &&
-                   x.device().is_cpu() && x.scalar_type() == torch::kFloat && x.is_contiguous() && usable(gamma) &&
-                   usable(beta) && (out == nullptr || (out->defined() && out->sizes() == x.sizes() &&
-                                                       out->scalar_type() == torch::kFloat && out->is_contiguous()));
+  const bool out_usable = out == nullptr || (out->defined() && out->sizes() == x.sizes() &&
+                                              out->scalar_type() == torch::kFloat && out->is_contiguous());
+  const bool raw = !torch::GradMode::is_enabled() && shape.size() == 1 && shape[0] > 0 && x.dim() >= 1 &&
+                   x.size(-1) == shape[0] && x.device().is_cpu() && x.scalar_type() == torch::kFloat &&
+                   x.is_contiguous() && usable(gamma) && usable(beta) && out_usable;
   if (!raw) return norm->forward(x);
   torch::Tensor y = out != nullptr ? *out : torch::empty_like(x);
   const int64_t n = shape[0];

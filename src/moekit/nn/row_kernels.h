@@ -2,10 +2,10 @@
 // Row-wise kernels of a streaming Conformer's CPU inference (LayerNorm, GLU,
 // scaled residual add, the causal depthwise convolution, the subsampling's
 // first convolution) on float rows, vectorized per instruction set and
-// picked at run time as the panel kernel is. A streaming chunk has a few
-// dozen frames: there LibTorch's dispatch, its temporaries and the cache
-// misses its code takes after the expert weights have streamed through cost
-// more than the arithmetic (bench/README.md, "Session 11").
+// picked at run time as the panel kernel is. A streaming chunk has 16
+// frames: there each LibTorch op's dispatch and temporaries cost more than
+// its arithmetic, and a chunk took about 1,000 of them (bench/README.md,
+// "Session 11").
 //
 // No LibTorch here: this unit is compiled with its own flags.
 #include <cstdint>
