@@ -46,27 +46,21 @@ TEST(CachingCpuAllocator, HugePageBlocksAreAlignedAndSizedIn2MiB) {
   empty_cpu_cache();
   { torch::Tensor mid = torch::ones({(3 << 20) / 4 + 1}); }
   EXPECT_EQ(cpu_cache_stats().cached_bytes, 4 << 20);
-  // 100 KB (a streaming chunk's activations): cached in 64 KiB steps, 128 KiB,
-  // and served again from the cache.
-  empty_cpu_cache();
-  { torch::Tensor chunk = torch::ones({25000}); }
-  EXPECT_EQ(cpu_cache_stats().cached_bytes, 128 << 10);
-  const int64_t hits = cpu_cache_stats().hits;
-  {
-    torch::Tensor again = torch::arange(30000, torch::kFloat32);  // 120,000 bytes: the same block size
-    EXPECT_EQ(cpu_cache_stats().hits, hits + 1);
-    EXPECT_EQ(again[29999].item<float>(), 29999.0f);
-  }
-  // 16 KiB and a bit (a chunk's [16, 256] activations): 1 KiB steps, 17 KiB.
-  empty_cpu_cache();
-  { torch::Tensor small = torch::ones({4097}); }
-  EXPECT_EQ(cpu_cache_stats().cached_bytes, 17 << 10);
-  const int64_t small_hits = cpu_cache_stats().hits;
-  {
-    torch::Tensor again = torch::arange(4200, torch::kFloat32);  // 16,800 bytes: the same block size
-    EXPECT_EQ(cpu_cache_stats().hits, small_hits + 1);
-    EXPECT_EQ(again[4199].item<float>(), 4199.0f);
-  }
+  // A block of `first` floats is cached as `cached` bytes and serves a later
+  // tensor of `again` floats (the same block size), its data intact.
+  auto expect_cached_and_reused = [](int64_t first, int64_t cached, int64_t again) {
+    empty_cpu_cache();
+    { torch::Tensor block = torch::ones({first}); }
+    EXPECT_EQ(cpu_cache_stats().cached_bytes, cached) << first << " floats";
+    const int64_t hits = cpu_cache_stats().hits;
+    torch::Tensor reused = torch::arange(again, torch::kFloat32);
+    EXPECT_EQ(cpu_cache_stats().hits, hits + 1) << again << " floats";
+    EXPECT_EQ(reused[again - 1].item<float>(), static_cast<float>(again - 1));
+  };
+  // 100 KB (a streaming chunk's activations): 64 KiB steps, 128 KiB; then 120,000 bytes.
+  expect_cached_and_reused(25000, 128 << 10, 30000);
+  // 16 KiB and a bit (a chunk's [16, 256] activations): 1 KiB steps, 17 KiB; then 16,800 bytes.
+  expect_cached_and_reused(4097, 17 << 10, 4200);
   // Under 1 KiB: not cached.
   empty_cpu_cache();
   { torch::Tensor tiny = torch::ones({200}); }

@@ -15,6 +15,20 @@
 #include "moekit/nn/linear.h"
 
 namespace moekit {
+namespace {
+
+// Points the kernel at a bool mask [B or 1, T1 or 1, T2] (true = may
+// attend); returns the tensor it reads, to be held while it runs.
+torch::Tensor set_mask(detail::AttentionProblem& a, const torch::Tensor& mask) {
+  if (!mask.defined() || mask.numel() == 0) return {};
+  torch::Tensor allowed = mask.to(torch::kBool).contiguous();
+  a.mask = allowed.data_ptr<bool>();
+  a.mask_sb = allowed.size(0) == 1 ? 0 : allowed.stride(0);
+  a.mask_si = allowed.size(1) == 1 ? 0 : allowed.stride(1);
+  return allowed;
+}
+
+}  // namespace
 
 MultiHeadedAttentionImpl::MultiHeadedAttentionImpl(const AttentionOptions& options) : options_(options) {
   MOEKIT_CHECK_ARG(options.heads > 0 && options.d_model % options.heads == 0, "attention: d_model ",
@@ -80,12 +94,7 @@ torch::Tensor MultiHeadedAttentionImpl::fused_core(const torch::Tensor& q, const
     a.bias_u = bias_u.data_ptr<float>();
     a.bias_v = bias_v.data_ptr<float>();
   }
-  if (mask.defined() && mask.numel() > 0) {
-    allowed = mask.to(torch::kBool).contiguous();
-    a.mask = allowed.data_ptr<bool>();
-    a.mask_sb = allowed.size(0) == 1 ? 0 : allowed.stride(0);
-    a.mask_si = allowed.size(1) == 1 ? 0 : allowed.stride(1);
-  }
+  allowed = set_mask(a, mask);
   a.scale = static_cast<float>(scale);
   torch::Tensor x = torch::empty({batch, t1, options_.d_model}, q.options());
   a.out = x.data_ptr<float>();
@@ -195,14 +204,9 @@ torch::Tensor MultiHeadedAttentionImpl::self_attention_cpu(const torch::Tensor& 
     a.bias_u = pos_bias_u.data_ptr<float>();
     a.bias_v = pos_bias_v.data_ptr<float>();
   }
-  torch::Tensor allowed;
-  if (mask.defined() && mask.numel() > 0) {
-    MOEKIT_CHECK_ARG(mask.size(2) == a.keys, "attention: mask covers ", mask.size(2), " keys, not ", a.keys);
-    allowed = mask.to(torch::kBool).contiguous();
-    a.mask = allowed.data_ptr<bool>();
-    a.mask_sb = allowed.size(0) == 1 ? 0 : allowed.stride(0);
-    a.mask_si = allowed.size(1) == 1 ? 0 : allowed.stride(1);
-  }
+  MOEKIT_CHECK_ARG(!mask.defined() || mask.numel() == 0 || mask.size(2) == a.keys, "attention: mask covers ",
+                   mask.defined() ? mask.size(2) : 0, " keys, not ", a.keys);
+  const torch::Tensor allowed = set_mask(a, mask);
   a.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d_k_)));
   torch::Tensor core = torch::empty({batch, t, d}, options);
   a.out = core.data_ptr<float>();
@@ -320,27 +324,31 @@ void FrameBuffer::append(const torch::Tensor& frames) {
   MOEKIT_CHECK_ARG(frames.dim() == 4, "frame buffer: expected [B, H, t, d] frames, got ", frames.sizes());
   const int64_t t = frames.size(2);
   reserve(frames.size(0), frames.size(1), t, frames.size(3), frames.options());
-  torch::Tensor dst = buffer_.slice(2, start_ + length_, start_ + length_ + t);
   if (!torch::GradMode::is_enabled() && frames.device().is_cpu() && frames.scalar_type() == torch::kFloat &&
       frames.stride(3) == 1) {
     // A streaming chunk's frames row by row: ATen's strided copy_ costs
     // more than the bytes (three appends per layer per chunk).
-    const int64_t d = frames.size(3);
-    const float* src0 = frames.data_ptr<float>();
-    float* dst0 = dst.data_ptr<float>();
-    for (int64_t b = 0; b < frames.size(0); ++b) {
-      for (int64_t h = 0; h < frames.size(1); ++h) {
-        const float* src = src0 + b * frames.stride(0) + h * frames.stride(1);
-        float* out = dst0 + b * dst.stride(0) + h * dst.stride(1);
-        for (int64_t i = 0; i < t; ++i) {
-          std::memcpy(out + i * dst.stride(2), src + i * frames.stride(2), static_cast<size_t>(d) * sizeof(float));
-        }
-      }
-    }
+    copy_rows(frames.data_ptr<float>(), frames.size(0), frames.size(1), t, frames.size(3), frames.stride(0),
+              frames.stride(1), frames.stride(2));
   } else {
-    dst.copy_(frames);
+    buffer_.slice(2, start_ + length_, start_ + length_ + t).copy_(frames);
   }
   length_ += t;
+}
+
+void FrameBuffer::copy_rows(const float* src, int64_t batch, int64_t heads, int64_t t, int64_t d, int64_t sb,
+                            int64_t sh, int64_t st) {
+  // buffer_ is contiguous [B, H, capacity, d].
+  const int64_t capacity = buffer_.size(2);
+  float* base = buffer_.data_ptr<float>();
+  for (int64_t b = 0; b < batch; ++b) {
+    for (int64_t h = 0; h < heads; ++h) {
+      float* out = base + ((b * heads + h) * capacity + start_ + length_) * d;
+      for (int64_t i = 0; i < t; ++i) {
+        std::memcpy(out + i * d, src + b * sb + h * sh + i * st, static_cast<size_t>(d) * sizeof(float));
+      }
+    }
+  }
 }
 
 void FrameBuffer::append_rows(const float* src, int64_t batch, int64_t t, int64_t heads, int64_t d_k, int64_t sb,
@@ -348,17 +356,7 @@ void FrameBuffer::append_rows(const float* src, int64_t batch, int64_t t, int64_
   MOEKIT_CHECK_ARG(options.dtype() == torch::kFloat && options.device().is_cpu(),
                    "frame buffer: append_rows takes CPU float32 rows");
   reserve(batch, heads, t, d_k, options);
-  // buffer_ is contiguous [B, H, capacity, d_k].
-  const int64_t capacity = buffer_.size(2);
-  float* base = buffer_.data_ptr<float>();
-  for (int64_t b = 0; b < batch; ++b) {
-    for (int64_t h = 0; h < heads; ++h) {
-      float* out = base + ((b * heads + h) * capacity + start_ + length_) * d_k;
-      for (int64_t i = 0; i < t; ++i) {
-        std::memcpy(out + i * d_k, src + b * sb + i * si + h * d_k, static_cast<size_t>(d_k) * sizeof(float));
-      }
-    }
-  }
+  copy_rows(src, batch, heads, t, d_k, sb, d_k, si);
   length_ += t;
 }
 

@@ -39,6 +39,10 @@ class FrameBuffer {
  private:
   // Room for t more frames of [B, H, t, d] (the buffer regrown when not).
   void reserve(int64_t batch, int64_t heads, int64_t t, int64_t d, const torch::TensorOptions& options);
+  // Writes t frames after the held ones, (b, h, i, :) from src[b*sb + h*sh +
+  // i*st] (CPU float32; room reserved).
+  void copy_rows(const float* src, int64_t batch, int64_t heads, int64_t t, int64_t d, int64_t sb, int64_t sh,
+                 int64_t st);
   torch::Tensor buffer_;  // [B, H, capacity, d]
   int64_t start_ = 0, length_ = 0;
 };
