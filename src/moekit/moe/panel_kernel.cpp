@@ -20,6 +20,16 @@ namespace {
 #endif
 constexpr int64_t kPrefetchFloats = MOEKIT_PANEL_PREFETCH_FLOATS;
 
+// A second, shorter prefetch into L1 (floats ahead; 0 turns it off). The
+// L2 prefetch above gets the weights out of memory, but the loads then
+// still wait on L2 while the FMAs need them: asking for them a few
+// kilobytes ahead into L1 streamed 16 rows 12.5 -> 13.3 GB/s and 8 rows
+// 15.2 -> 16.8 on the VM of bench/README.md ("Session 12").
+#ifndef MOEKIT_PANEL_L1_PREFETCH_FLOATS
+#define MOEKIT_PANEL_L1_PREFETCH_FLOATS 1024
+#endif
+constexpr int64_t kL1PrefetchFloats = MOEKIT_PANEL_L1_PREFETCH_FLOATS;
+
 // R rows against one panel: acc[r][v] holds out[r, v * L .. v * L + L).
 // Prefetch: the panel comes from memory (the first row group), so ask for
 // the weights kPrefetchFloats ahead; later groups find it in cache.
@@ -36,6 +46,9 @@ __attribute__((always_inline)) inline void panel_micro_kernel(const float* x, in
     const float* wk = panel + k * kPanelWidth;
     if constexpr (Prefetch && kPrefetchFloats > 0) {
       for (int64_t line = 0; line < kPanelWidth; line += 16) __builtin_prefetch(wk + kPrefetchFloats + line, 0, 2);
+    }
+    if constexpr (Prefetch && kL1PrefetchFloats > 0) {
+      for (int64_t line = 0; line < kPanelWidth; line += 16) __builtin_prefetch(wk + kL1PrefetchFloats + line, 0, 3);
     }
     V w[NV];
     for (int v = 0; v < NV; ++v) w[v] = load<L>(wk + v * L);
@@ -70,6 +83,9 @@ __attribute__((always_inline)) inline void panel_rows(int64_t n, const float* x,
   panel_micro_kernel<L, R, Prefetch>(x, ld_x, in, panel, bias, cols, out, ld_out);
 }
 
+// Inputs per block when row groups take turns: 16 panel rows, 2 KiB.
+constexpr int64_t kBlockInputs = 16;
+
 #ifndef MOEKIT_PANEL_BLOCK_PREFETCH_FLOATS
 #define MOEKIT_PANEL_BLOCK_PREFETCH_FLOATS 4096
 #endif
@@ -78,7 +94,8 @@ constexpr int64_t kBlockPrefetchFloats = MOEKIT_PANEL_BLOCK_PREFETCH_FLOATS;
 // Row groups that take turns on one panel: inputs [k0, k1) of R rows, the
 // accumulators carried between blocks in acc ([R][kPanelWidth], zeroed by
 // the caller). When it prefetches, one line of each panel row
-// (pf_line: 0 or 1 of the two 64-byte lines), kPrefetchFloats ahead.
+// (pf_line: 0 or 1 of the two 64-byte lines): kBlockPrefetchFloats ahead
+// into L2 and one block ahead into L1.
 template <int L, int R, bool Prefetch>
 __attribute__((always_inline)) inline void panel_block_kernel(const float* x, int64_t ld_x, int64_t k0, int64_t k1,
                                                               const float* panel, float* acc_io, int64_t pf_line) {
@@ -91,6 +108,10 @@ __attribute__((always_inline)) inline void panel_block_kernel(const float* x, in
     const float* wk = panel + k * kPanelWidth;
     if constexpr (Prefetch && kBlockPrefetchFloats > 0) {
       __builtin_prefetch(wk + kBlockPrefetchFloats + pf_line * 16, 0, 2);
+    }
+    // Into L1: the next block (kBlockInputs panel rows), while this one computes.
+    if constexpr (Prefetch && kL1PrefetchFloats > 0) {
+      __builtin_prefetch(wk + kBlockInputs * kPanelWidth + pf_line * 16, 0, 3);
     }
     V w[NV];
     for (int v = 0; v < NV; ++v) w[v] = load<L>(wk + v * L);
@@ -116,8 +137,6 @@ __attribute__((always_inline)) inline void panel_block_rows(int64_t n, const flo
   panel_block_kernel<L, R, Prefetch>(x, ld_x, k0, k1, panel, acc_io, pf_line);
 }
 
-// Inputs per block when row groups take turns: 16 panel rows, 2 KiB.
-constexpr int64_t kBlockInputs = 16;
 // Up to this many row groups take turns per block; more stream the panel
 // once per group (their arithmetic then hides the memory time anyway).
 constexpr int64_t kMaxInterleavedGroups = 3;
