@@ -228,6 +228,28 @@ TEST(AsrModel, SubsamplingInferencePathEqualsTheTrainingPath) {
   }
 }
 
+TEST(AsrModel, SubsamplingKeepsItsConvolutionWeightsInStepWithTheModule) {
+  // The inference path keeps oneDNN-layout copies of the later convolutions'
+  // weights: an in-place update, new memory or another shape must show.
+  torch::manual_seed(11);
+  Conv2dSubsampling sub(20, 16, 8);
+  const torch::Tensor x = torch::randn({1, 45, 20});
+  auto reference = [&] {
+    torch::AutoGradMode grad(true);  // LibTorch's convolutions
+    return sub->forward(x).detach();
+  };
+  torch::NoGradGuard no_grad;
+  EXPECT_TRUE(torch::allclose(sub->forward(x), reference(), 1e-5, 1e-5));
+  auto& second = *sub->conv->ptr<torch::nn::Conv2dImpl>(2);
+  auto& third = *sub->conv->ptr<torch::nn::Conv2dImpl>(4);
+  second.weight.mul_(-1.5);  // in place: same memory, new version
+  EXPECT_TRUE(torch::allclose(sub->forward(x), reference(), 1e-5, 1e-5)) << "in-place update";
+  third.weight.set_data(torch::randn_like(third.weight));  // other memory
+  EXPECT_TRUE(torch::allclose(sub->forward(x), reference(), 1e-5, 1e-5)) << "new memory";
+  second.bias.zero_();
+  EXPECT_TRUE(torch::allclose(sub->forward(x), reference(), 1e-5, 1e-5)) << "bias";
+}
+
 TEST(AsrModel, LabelSmoothingLossMatchesItsDefinition) {
   torch::manual_seed(5);
   const torch::Tensor logits = torch::randn({2, 3, 6});

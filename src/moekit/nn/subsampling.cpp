@@ -1,10 +1,55 @@
 #include "moekit/nn/subsampling.h"
 
+#include <variant>
+
 #include "moekit/core/check.h"
 #include "moekit/nn/linear.h"
 #include "moekit/nn/row_kernels.h"
 
 namespace moekit {
+
+torch::Tensor ConvWeightCache::forward(const torch::nn::Conv2dImpl& conv, const torch::Tensor& x) {
+  // LibTorch's option variants are c10::variant in 1.13 and std::variant in
+  // 2.x: unqualified calls find either (argument-dependent lookup).
+  using std::get;
+  using std::holds_alternative;
+  const auto& o = conv.options;
+  const torch::Tensor& w = conv.weight;
+  const bool applies = !torch::GradMode::is_enabled() && at::hasMKLDNN() && at::globalContext().userEnabledMkldnn() &&
+                       x.device().is_cpu() && x.scalar_type() == torch::kFloat && x.dim() == 4 && x.is_contiguous() &&
+                       w.device().is_cpu() && w.scalar_type() == torch::kFloat && w.is_contiguous() &&
+                       (!conv.bias.defined() || conv.bias.scalar_type() == torch::kFloat) && o.groups() == 1 &&
+                       holds_alternative<torch::ExpandingArray<2>>(o.padding()) &&
+                       holds_alternative<torch::enumtype::kZeros>(o.padding_mode());
+  if (!applies) return {};
+  const std::vector<int64_t> padding = torch::IntArrayRef(get<torch::ExpandingArray<2>>(o.padding())).vec();
+  const std::vector<int64_t> stride = torch::IntArrayRef(o.stride()).vec();
+  const std::vector<int64_t> dilation = torch::IntArrayRef(o.dilation()).vec();
+  torch::Tensor packed;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (unavailable_) return {};
+    // The same memory (source_ keeps it from being reused) at the same version.
+    const bool fresh =
+        packed_.defined() && data_ == w.data_ptr() && version_ == w._version() && sizes_ == w.sizes().vec();
+    if (!fresh) {
+      try {
+        packed_ = at::mkldnn_reorder_conv2d_weight(w.to_mkldnn(), padding, stride, dilation, 1);
+      } catch (const c10::Error&) {
+        unavailable_ = true;  // this LibTorch's oneDNN does not take it: LibTorch's own conv2d from now on
+        return {};
+      }
+      source_ = w;
+      version_ = w._version();
+      data_ = w.data_ptr();
+      sizes_ = w.sizes().vec();
+    }
+    packed = packed_;
+  }
+  const c10::optional<torch::Tensor> bias =
+      conv.bias.defined() ? c10::optional<torch::Tensor>(conv.bias) : c10::nullopt;
+  return at::mkldnn_convolution(x, packed, bias, padding, stride, dilation, 1);
+}
 
 Conv2dSubsamplingImpl::Conv2dSubsamplingImpl(int64_t idim, int64_t odim, int64_t rate) : rate_(rate) {
   namespace nn = torch::nn;
@@ -65,8 +110,16 @@ torch::Tensor Conv2dSubsamplingImpl::forward(const torch::Tensor& x) {
                              first.bias.defined() ? first.bias.data_ptr<float>() : nullptr, channels,
                              h.data_ptr<float>() + b * channels * rows * cols);
     }
-    // conv[1] is the first ReLU; the last module is a ReLU too.
-    for (auto it = conv->begin() + 2; it + 1 < conv->end(); ++it) h = it->forward(h);
+    // conv[1] is the first ReLU; the last module is a ReLU too. The other
+    // convolutions with their weights kept in oneDNN's layout.
+    size_t convs = 0;
+    for (auto it = conv->begin() + 2; it + 1 < conv->end(); ++it) {
+      torch::Tensor y;
+      if (const auto* c = it->ptr()->as<torch::nn::Conv2dImpl>(); c != nullptr && convs < 2) {
+        y = conv_weights_[convs++].forward(*c, h);
+      }
+      h = y.defined() ? y : it->forward(h);
+    }
     const int64_t b = h.size(0), c = h.size(1), t = h.size(2), f = h.size(3);
     const torch::Tensor hc = h.contiguous();
     torch::Tensor flat = torch::empty({b, t, c * f}, x.options());
