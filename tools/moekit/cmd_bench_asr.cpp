@@ -159,11 +159,15 @@ void add_bench_asr_command(CLI::App& bench, const GlobalOptions& global) {
     };
     full();
     streaming();  // warm-up
-    std::vector<double> t_fbank, t_full, t_stream;
+    // The CPU's read bandwidth is probed in every round, next to the
+    // timings it is compared with (on a shared machine it moves with the
+    // neighbours' load); on a GPU the bound is not computed.
+    std::vector<double> t_fbank, t_full, t_stream, probes;
     for (int r = 0; r < o->rounds; ++r) {
       t_fbank.push_back(time_once(fbank));
       t_full.push_back(time_once(full));
       t_stream.push_back(time_once(streaming));
+      if (device.is_cpu()) probes.push_back(read_bandwidth_bytes_per_s());
     }
     // Bytes of weights one chunk reads: every encoder and CTC parameter,
     // less the experts its routing left idle (counted chunk by chunk; with
@@ -196,8 +200,7 @@ void add_bench_asr_command(CLI::App& bench, const GlobalOptions& global) {
     auto mean = [](const std::vector<double>& v) {
       return v.empty() ? 0.0 : std::accumulate(v.begin(), v.end(), 0.0) / static_cast<double>(v.size());
     };
-    // The CPU's read bandwidth; on a GPU the bound is not computed.
-    const double bandwidth = device.is_cpu() ? read_bandwidth_bytes_per_s() : 0.0;
+    const double bandwidth = probes.empty() ? 0.0 : median(probes);
     const double fb = median(t_fbank), fu = median(t_full), st = median(t_stream);
     const ParameterCount count = count_parameters(*model);
     nlohmann::json j;
