@@ -13,6 +13,7 @@ the memory-bandwidth bound per chunk.
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -46,7 +47,15 @@ def main():
                          "input, on which a random model routes nearly every frame to the same two experts")
     a = ap.parse_args()
     env = bench_env(a.moekit, a.threads)
+    # The saved models (1.1 GB at the default size) go when the run ends.
     tmp = tempfile.mkdtemp(prefix="moekit_asr_bench_")
+    try:
+        bench(a, env, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def bench(a, env, tmp):
     shape = ["--d-model", str(a.d_model), "--blocks", str(a.blocks), "--kernel", str(a.kernel),
              "--seconds", str(a.seconds), "--chunk-size", str(a.chunk_size), "--rounds", str(a.rounds)]
     models = {"moe": ["--ffn", str(a.ffn), "--experts", str(a.experts), "--top-k", str(a.top_k)],
