@@ -230,7 +230,7 @@ TEST(AsrModel, SubsamplingInferencePathEqualsTheTrainingPath) {
 
 TEST(AsrModel, SubsamplingKeepsItsConvolutionWeightsInStepWithTheModule) {
   // The inference path keeps oneDNN-layout copies of the later convolutions'
-  // weights: an in-place update, new memory or another shape must show.
+  // weights: an in-place update, new memory and a new bias must show.
   torch::manual_seed(11);
   Conv2dSubsampling sub(20, 16, 8);
   const torch::Tensor x = torch::randn({1, 45, 20});

@@ -48,7 +48,13 @@ torch::Tensor ConvWeightCache::forward(const torch::nn::Conv2dImpl& conv, const 
   }
   const c10::optional<torch::Tensor> bias =
       conv.bias.defined() ? c10::optional<torch::Tensor>(conv.bias) : c10::nullopt;
-  return at::mkldnn_convolution(x, packed, bias, padding, stride, dilation, 1);
+  try {
+    return at::mkldnn_convolution(x, packed, bias, padding, stride, dilation, 1);
+  } catch (const c10::Error&) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    unavailable_ = true;
+    return {};
+  }
 }
 
 Conv2dSubsamplingImpl::Conv2dSubsamplingImpl(int64_t idim, int64_t odim, int64_t rate) : rate_(rate) {
