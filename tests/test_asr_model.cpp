@@ -132,6 +132,32 @@ TEST_P(AsrVariants, PaddingDoesNotLeakIntoOtherUtterances) {
   EXPECT_LE(max_diff(r1[0], r2[0].slice(0, 0, 4)), 1e-5);
 }
 
+TEST_P(AsrVariants, FullContextInferenceWithoutMasksEqualsTheMaskedForward) {
+  // With every frame valid, CPU inference hands the layers no masks (their
+  // unmasked paths); recording gradients keeps the masks and the ATen paths.
+  torch::manual_seed(13);
+  for (bool causal : {true, false}) {
+    AsrModel model(small_config(GetParam(), causal));
+    randomize(model);
+    const torch::Tensor feats = torch::randn({2, 97, 20}), lens = torch::full({2}, 97, torch::kLong);
+    torch::Tensor masked;
+    {
+      torch::AutoGradMode grad(true);
+      masked = model.encoder->forward(feats, lens).first.detach();
+    }
+    torch::NoGradGuard no_grad;
+    for (int64_t chunk : {-1, 3}) {
+      torch::Tensor reference = masked;
+      if (chunk > 0) {
+        torch::AutoGradMode grad(true);
+        reference = model.encoder->forward(feats, lens, chunk, -1).first.detach();
+      }
+      const torch::Tensor unmasked = model.encoder->forward(feats, lens, chunk, -1).first;
+      EXPECT_LE(max_diff(unmasked, reference), 1e-5) << "causal " << causal << " chunk " << chunk;
+    }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Configs, AsrVariants, ::testing::ValuesIn(kVariants),
                          [](const auto& info) { return std::string(info.param.name); });
 

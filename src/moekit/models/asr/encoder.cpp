@@ -167,7 +167,17 @@ std::pair<torch::Tensor, torch::Tensor> ConformerEncoderImpl::forward(const torc
     left = left_chunks;
   }
   if (chunk > 0) att_mask = att_mask & subsequent_chunk_mask(t, chunk, left, mask.device()).unsqueeze(0);
-  for (const auto& layer : *encoders) x = layer->as<ConformerLayer>()->forward(x, att_mask, pos, mask);
+  // Inference on CPU with nothing to mask (every frame valid; full context
+  // for the attention mask): the layers get no mask and take their unmasked
+  // paths (the MoE layer's and conv module's inference forms). A mask of all
+  // true changes no value. Not while recording gradients, so training runs
+  // as it did.
+  torch::Tensor pad_mask = mask, layer_att_mask = att_mask;
+  if (!torch::GradMode::is_enabled() && mask.device().is_cpu()) {
+    if (mask.all().item<bool>()) pad_mask = torch::Tensor();
+    if (att_mask.all().item<bool>()) layer_att_mask = torch::Tensor();
+  }
+  for (const auto& layer : *encoders) x = layer->as<ConformerLayer>()->forward(x, layer_att_mask, pos, pad_mask);
   if (config_.normalize_before) x = fast_layer_norm(after_norm, x);
   return {x, mask};
 }
