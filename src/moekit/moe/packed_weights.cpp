@@ -43,16 +43,9 @@ void set_weight_panels(bool enabled) { panels_flag().store(enabled, std::memory_
 torch::Tensor PanelCache::get(const torch::Tensor& w) {
   MOEKIT_CHECK_ARG(w.is_contiguous(), "PanelCache: the weight must be contiguous");
   std::lock_guard<std::mutex> lock(mutex_);
-  // The same memory (no other live tensor can have source_'s address) at the
-  // same version: views of one weight, made afresh per call, share both.
-  const bool fresh = panels_.defined() && data_ == w.data_ptr() && version_ == w._version() &&
-                     sizes_ == w.sizes().vec();
-  if (!fresh) {
+  if (!panels_.defined() || !stamp_.matches(w)) {
     panels_ = pack_panels(w);
-    source_ = w;
-    version_ = w._version();
-    data_ = w.data_ptr();
-    sizes_ = w.sizes().vec();
+    stamp_.take(w);
   }
   return panels_;
 }
@@ -60,10 +53,7 @@ torch::Tensor PanelCache::get(const torch::Tensor& w) {
 void PanelCache::clear() {
   std::lock_guard<std::mutex> lock(mutex_);
   panels_ = torch::Tensor();
-  source_ = torch::Tensor();
-  version_ = -1;
-  data_ = nullptr;
-  sizes_.clear();
+  stamp_.clear();
 }
 
 }  // namespace moekit

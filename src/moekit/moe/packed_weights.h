@@ -27,6 +27,31 @@ torch::Tensor pack_panels(const torch::Tensor& w);
 bool weight_panels_enabled();
 void set_weight_panels(bool enabled);
 
+// What a kept copy of a weight was made from: the tensor (kept alive, so no
+// other tensor can take its address), its data address, version counter and
+// shape. matches(w): w is that weight as it was then (views of it made
+// afresh per call share its memory and version). Not thread-safe: the
+// caches below hold it under their lock.
+class WeightStamp {
+ public:
+  bool matches(const torch::Tensor& w) const {
+    return data_ != nullptr && data_ == w.data_ptr() && version_ == w._version() && sizes_ == w.sizes();
+  }
+  void take(const torch::Tensor& w) {
+    source_ = w;
+    data_ = w.data_ptr();
+    version_ = w._version();
+    sizes_ = w.sizes().vec();
+  }
+  void clear() { *this = WeightStamp(); }
+
+ private:
+  torch::Tensor source_;
+  const void* data_ = nullptr;
+  int64_t version_ = -1;
+  std::vector<int64_t> sizes_;
+};
+
 // A packed copy of one weight, rebuilt when the weight changes: other memory
 // (another tensor, set_data), an in-place update (the version counter
 // LibTorch bumps on every in-place write: optimizer steps, load_state_dict,
@@ -44,12 +69,7 @@ class PanelCache {
 
  private:
   std::mutex mutex_;
-  // What was packed: the tensor (kept alive, so no other tensor can have its
-  // address), its data address, version counter and shape.
-  torch::Tensor source_;
-  int64_t version_ = -1;
-  const void* data_ = nullptr;
-  std::vector<int64_t> sizes_;
+  WeightStamp stamp_;  // what panels_ was packed from
   torch::Tensor panels_;
 };
 

@@ -22,27 +22,20 @@ torch::Tensor ConvWeightCache::forward(const torch::nn::Conv2dImpl& conv, const 
                        holds_alternative<torch::ExpandingArray<2>>(o.padding()) &&
                        holds_alternative<torch::enumtype::kZeros>(o.padding_mode());
   if (!applies) return {};
-  const std::vector<int64_t> padding = torch::IntArrayRef(get<torch::ExpandingArray<2>>(o.padding())).vec();
-  const std::vector<int64_t> stride = torch::IntArrayRef(o.stride()).vec();
-  const std::vector<int64_t> dilation = torch::IntArrayRef(o.dilation()).vec();
+  const torch::IntArrayRef padding = get<torch::ExpandingArray<2>>(o.padding());
+  const torch::IntArrayRef stride = o.stride(), dilation = o.dilation();
   torch::Tensor packed;
   {
     std::lock_guard<std::mutex> lock(mutex_);
     if (unavailable_) return {};
-    // The same memory (source_ keeps it from being reused) at the same version.
-    const bool fresh =
-        packed_.defined() && data_ == w.data_ptr() && version_ == w._version() && sizes_ == w.sizes().vec();
-    if (!fresh) {
+    if (!packed_.defined() || !stamp_.matches(w)) {
       try {
         packed_ = at::mkldnn_reorder_conv2d_weight(w.to_mkldnn(), padding, stride, dilation, 1);
       } catch (const c10::Error&) {
         unavailable_ = true;  // this LibTorch's oneDNN does not take it: LibTorch's own conv2d from now on
         return {};
       }
-      source_ = w;
-      version_ = w._version();
-      data_ = w.data_ptr();
-      sizes_ = w.sizes().vec();
+      stamp_.take(w);
     }
     packed = packed_;
   }

@@ -5,7 +5,6 @@
 #include <torch/torch.h>
 
 #include <mutex>
-#include <vector>
 
 #include "moekit/moe/packed_weights.h"
 
@@ -28,10 +27,8 @@ class ConvWeightCache {
  private:
   std::mutex mutex_;
   bool unavailable_ = false;
-  torch::Tensor source_, packed_;
-  int64_t version_ = -1;
-  const void* data_ = nullptr;
-  std::vector<int64_t> sizes_;
+  WeightStamp stamp_;  // what packed_ was made from
+  torch::Tensor packed_;
 };
 
 class Conv2dSubsamplingImpl : public torch::nn::Module {
