@@ -4,7 +4,7 @@ BUILD ?= build
 JOBS ?= $(shell nproc)
 PYTHON ?= /usr/bin/python3
 
-.PHONY: deps build demo test bench clean
+.PHONY: deps build demo test bench check-layers clean
 
 deps:
 	@bash scripts/setup-deps.sh
@@ -18,7 +18,11 @@ demo: build
 	@bash scripts/demo.sh $(BUILD)
 
 test: build
+	@$(PYTHON) scripts/check_layers.py
 	@cd $(BUILD) && ctest --output-on-failure -j$(JOBS)
+
+check-layers:
+	@$(PYTHON) scripts/check_layers.py
 
 bench: build
 	@$(PYTHON) bench/run_moe_bench.py --moekit $(BUILD)/moekit

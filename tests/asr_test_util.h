@@ -25,4 +25,18 @@ inline AsrConfig tiny_asr_config(int64_t vocab_size) {
   return c;
 }
 
+// tiny_asr_config grown to 2 encoder blocks on 20 mel bins, with MoE decoders.
+inline AsrConfig small_asr_config() {
+  AsrConfig c = tiny_asr_config(12);
+  c.encoder.input_dim = 20;
+  c.fbank.num_mel_bins = 20;
+  c.encoder.num_blocks = 2;
+  c.encoder.cnn_module_kernel = 4;
+  c.encoder.ffn.n_expert_activated = 2;
+  c.decoder.ffn.moe = true;
+  c.decoder.ffn.n_expert = 3;
+  c.decoder.ffn.n_expert_activated = 2;
+  return c;
+}
+
 }  // namespace moekit

@@ -90,6 +90,7 @@ TEST_P(AsrVariants, StreamingEqualsChunkMaskedForward) {
   randomize(model);
   torch::NoGradGuard no_grad;
   const torch::Tensor feats = torch::randn({1, 137, 20});
+  const FastPathProbe probe;
   for (int64_t chunk : {1, 2, 5}) {
     for (int64_t left : {-1, 0, 2}) {
       auto [masked, mask] = model.encoder->forward(feats, torch::full({1}, 137, torch::kLong), chunk, left);
@@ -106,6 +107,21 @@ TEST_P(AsrVariants, StreamingEqualsChunkMaskedForward) {
       ASSERT_EQ(streamed.sizes(), masked.sizes()) << "chunk " << chunk << " left " << left;
       EXPECT_LE(max_diff(streamed, masked), 1e-5) << "chunk " << chunk << " left " << left;
     }
+  }
+  // The streaming side ran the inference kernels, not LibTorch's forms.
+  const Variant& v = GetParam();
+  EXPECT_GT(probe.ran("attention.self_attention_cpu"), 0);
+  EXPECT_GT(probe.ran("linear.panels"), 0);
+  EXPECT_GT(probe.ran("subsampling.first_conv_rows"), 0);
+  if (v.normalize_before) {
+    EXPECT_GT(probe.ran("conformer.in_place"), 0);
+    EXPECT_GT(probe.ran("layer_norm.row_kernel"), 0);
+  }
+  if (v.moe) {
+    EXPECT_GT(probe.ran("moe.cpu_inference"), 0);
+  }
+  if (v.cnn) {
+    EXPECT_GT(probe.ran("conv_module.inference_cpu"), 0);
   }
 }
 
@@ -152,7 +168,11 @@ TEST_P(AsrVariants, FullContextInferenceWithoutMasksEqualsTheMaskedForward) {
         torch::AutoGradMode grad(true);
         reference = model.encoder->forward(feats, lens, chunk, -1).first.detach();
       }
+      const FastPathProbe probe;
       const torch::Tensor unmasked = model.encoder->forward(feats, lens, chunk, -1).first;
+      if (chunk < 0) {
+        EXPECT_GT(probe.ran("encoder.unmasked"), 0) << "causal " << causal;
+      }
       EXPECT_LE(max_diff(unmasked, reference), 1e-5) << "causal " << causal << " chunk " << chunk;
     }
   }
@@ -228,8 +248,10 @@ TEST(AsrModel, CausalConvModuleInferencePathEqualsTheTrainingPath) {
     // Recording gradients: LibTorch's depthwise Conv1d on [B, C, T].
     const torch::Tensor reference = conv->forward(x, {}, nullptr).detach();
     torch::NoGradGuard no_grad;  // inference: the time-major kernel
+    const FastPathProbe probe;
     EXPECT_TRUE(torch::allclose(conv->forward(x, {}, nullptr), reference, 1e-5, 1e-5))
         << "bias " << bias << " layer_norm " << layer_norm;
+    EXPECT_EQ(probe.ran("conv_module.inference_cpu"), 1) << "bias " << bias << " layer_norm " << layer_norm;
     // Chunk by chunk with the cache: the same frames.
     torch::Tensor cache;
     std::vector<torch::Tensor> parts;
@@ -250,7 +272,9 @@ TEST(AsrModel, SubsamplingInferencePathEqualsTheTrainingPath) {
     const torch::Tensor x = torch::randn({2, 41, 20});
     const torch::Tensor reference = sub->forward(x).detach();  // recording gradients: LibTorch's convolutions
     torch::NoGradGuard no_grad;  // inference: the first convolution in a loop
+    const FastPathProbe probe;
     EXPECT_TRUE(torch::allclose(sub->forward(x), reference, 1e-5, 1e-5)) << "rate " << rate;
+    EXPECT_EQ(probe.ran("subsampling.first_conv_rows"), 1) << "rate " << rate;
   }
 }
 
@@ -265,7 +289,12 @@ TEST(AsrModel, SubsamplingKeepsItsConvolutionWeightsInStepWithTheModule) {
     return sub->forward(x).detach();
   };
   torch::NoGradGuard no_grad;
+  const FastPathProbe probe;
   EXPECT_TRUE(torch::allclose(sub->forward(x), reference(), 1e-5, 1e-5));
+  // Both later convolutions through the kept oneDNN weights, where LibTorch has oneDNN.
+  if (at::hasMKLDNN()) {
+    EXPECT_EQ(probe.ran("conv2d.kept_onednn_weight"), 2);
+  }
   auto& second = *sub->conv->ptr<torch::nn::Conv2dImpl>(2);
   auto& third = *sub->conv->ptr<torch::nn::Conv2dImpl>(4);
   second.weight.mul_(-1.5);  // in place: same memory, new version

@@ -166,7 +166,7 @@ TEST(WenetFixture, DecodingResults) {
 TEST(WenetFixture, ImportedModelDirectoryRoundTrips) {
   REQUIRE_FIXTURE();
   const Fixture& f = fixture(dir);
-  const std::string out = testing::TempDir() + "/moekit_wenet_import";
+  const std::string out = temp_dir("wenet_import");
   save_asr_model(out, *f.imported.model, f.imported.units);
   const LoadedAsr loaded = load_asr_model(out);
   EXPECT_EQ(loaded.units.serialize(), f.imported.units.serialize());
@@ -181,7 +181,7 @@ namespace {
 // A copy of the fixture's WeNet directory with train.yaml edited by `edit`.
 std::string edited_copy(const std::string& dir, const std::string& name,
                         const std::function<void(YAML::Node&)>& edit) {
-  const std::string out = testing::TempDir() + "/moekit_wenet_" + name;
+  const std::string out = temp_dir("wenet_" + name);
   make_dirs(out);
   for (const char* f : {"final.pt", "global_cmvn", "units.txt"})
     write_file_atomic(out + "/" + f, read_file(dir + "/" + f));
@@ -243,7 +243,7 @@ TEST(WenetFixture, NonBlankEmbeddingOptionIsImported) {
   const Audio audio = read_audio(dir + "/input.wav");
   const Recognition rescored = Recognizer(imported.model, imported.units, options).recognize(audio.samples);
   EXPECT_FALSE(rescored.tokens.empty());
-  const std::string out = testing::TempDir() + "/moekit_non_blank_model";
+  const std::string out = temp_dir("non_blank_model");
   save_asr_model(out, *imported.model, imported.units);
   EXPECT_TRUE(load_asr_model(out).model->config().apply_non_blank_embedding);
 }
@@ -285,7 +285,7 @@ TEST(WenetFixture, TiedDecoderCheckpointIsImportedOnce) {
 TEST(WenetFixture, CorruptCheckpointsAreRefused) {
   REQUIRE_FIXTURE();
   const std::string bytes = read_file(dir + "/final.pt");
-  const std::string out = testing::TempDir() + "/moekit_corrupt";
+  const std::string out = temp_dir("corrupt");
   make_dirs(out);
   const std::vector<std::pair<std::string, std::string>> cases = {
       {"truncated.pt", bytes.substr(0, bytes.size() / 2)},

@@ -1,4 +1,4 @@
-// The fused attention kernel (nn/attention_kernel.h): every variant against
+// The fused attention kernel (kernels/attention_kernel.h): every variant against
 // a double-precision loop on strided arrays, and the attention module's
 // inference path (which uses it) against its ATen form (which runs when a
 // gradient is recorded), with masks, relative positions and a streaming cache.
@@ -8,8 +8,10 @@
 #include <cmath>
 #include <limits>
 
+#include "moekit/kernels/attention_kernel.h"
 #include "moekit/nn/attention.h"
-#include "moekit/nn/attention_kernel.h"
+#include "moekit/ops/linear.h"
+#include "test_util.h"
 
 namespace moekit {
 namespace {
@@ -163,7 +165,12 @@ TEST(AttentionKernel, ModuleInferenceEqualsItsAtenFormWithMasksAndCache) {
       for (const torch::Tensor& mask : {torch::Tensor(), padding, chunked}) {
         const torch::Tensor aten = att->forward(x, x, x, mask, pos).detach();
         torch::NoGradGuard no_grad;
+        const FastPathProbe probe;
         const torch::Tensor fused = att->forward(x, x, x, mask, pos);
+        EXPECT_EQ(probe.ran("attention.fused_core") + probe.ran("attention.self_attention_cpu"), 1);
+        if (batch * t <= kSmallRows) {
+          EXPECT_EQ(probe.ran("attention.self_attention_cpu"), 1) << "t " << t;
+        }
         EXPECT_LT(max_abs_diff(fused, aten), 1e-5)
             << "rel " << rel << " t " << t << " mask " << (mask.defined() ? mask.sizes() : torch::IntArrayRef{});
       }
@@ -180,7 +187,9 @@ TEST(AttentionKernel, ModuleInferenceEqualsItsAtenFormWithMasksAndCache) {
       const torch::Tensor chunk_pos = rel ? pos.narrow(1, 0, begin + n) : torch::Tensor();
       const torch::Tensor aten = att->forward(chunk, chunk, chunk, {}, chunk_pos, &aten_cache).detach();
       torch::NoGradGuard no_grad;
+      const FastPathProbe probe;
       const torch::Tensor fused = att->forward(chunk, chunk, chunk, {}, chunk_pos, &fused_cache);
+      EXPECT_EQ(probe.ran("attention.self_attention_cpu"), 1) << "rel " << rel << " chunk at " << begin;
       EXPECT_LT(max_abs_diff(fused, aten), 1e-5) << "rel " << rel << " chunk at " << begin;
     }
   }

@@ -11,6 +11,7 @@
 
 #include "asr_test_util.h"
 #include "cli_test_util.h"
+#include "test_util.h"
 #include "moekit/audio/audio_file.h"
 #include "moekit/core/file_io.h"
 #include "moekit/models/asr/wenet_import.h"
@@ -30,15 +31,9 @@ TEST(Cli, VersionAndHelpSucceed) {
 }
 
 TEST(Cli, InfoDescribesAModelDirectory) {
-  const auto dir = std::filesystem::temp_directory_path() / ("moekit-cli-" + std::to_string(::getpid()));
-  FfnStackOptions o;
-  o.d_model = 8;
-  o.d_hidden = 16;
-  o.num_layers = 2;
-  o.moe_options.num_experts = 4;
-  o.moe_options.top_k = 2;
-  save_model(dir.string(), FfnStack(o));
-  const CliRun run = run_cli("info --json " + dir.string());
+  const std::string dir = temp_dir("cli_info") + "/model";
+  save_model(dir, FfnStack(small_stack_options(8, 2)));
+  const CliRun run = run_cli("info --json " + dir);
   ASSERT_EQ(run.exit_code, 0) << run.output;
   const auto j = nlohmann::json::parse(run.output);
   EXPECT_EQ(j["model_type"], "ffn_stack");

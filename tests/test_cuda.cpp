@@ -9,8 +9,8 @@
 #include "moekit/decode/recognizer.h"
 #include "moekit/models/asr/asr_model.h"
 #include "moekit/models/lm/lm_model.h"
-#include "moekit/moe/grouped_ffn.h"
 #include "moekit/moe/moe_layer.h"
+#include "moekit/ops/grouped_ffn.h"
 #include "asr_test_util.h"
 #include "lm_test_util.h"
 #include "test_util.h"
@@ -196,20 +196,6 @@ TEST(Cuda, GroupedMmMatchesPerExpertGemmInBfloat16) {
     EXPECT_LE(max_diff(xa.grad(), xb.grad()), 0.02 * std::max(1.0, xb.grad().abs().max().item<double>()));
     expect_same_grads(*b, *a, 0.02, act == Activation::Swish ? "grouped_mm swish" : "grouped_mm swiglu");
   }
-}
-
-// tiny_asr_config grown to 2 encoder blocks on 20 mel bins, with MoE decoders.
-AsrConfig small_asr_config() {
-  AsrConfig c = tiny_asr_config(12);
-  c.encoder.input_dim = 20;
-  c.fbank.num_mel_bins = 20;
-  c.encoder.num_blocks = 2;
-  c.encoder.cnn_module_kernel = 4;
-  c.encoder.ffn.n_expert_activated = 2;
-  c.decoder.ffn.moe = true;
-  c.decoder.ffn.n_expert = 3;
-  c.decoder.ffn.n_expert_activated = 2;
-  return c;
 }
 
 std::shared_ptr<AsrModel> random_asr_model(const AsrConfig& c) {

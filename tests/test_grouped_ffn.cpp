@@ -4,7 +4,8 @@
 
 #include "moe_reference.h"
 #include "moekit/core/runtime.h"
-#include "moekit/moe/grouped_ffn.h"
+#include "moekit/kernels/small_rows_kernel.h"
+#include "moekit/ops/grouped_ffn.h"
 
 namespace moekit {
 namespace {

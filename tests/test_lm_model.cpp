@@ -7,11 +7,12 @@
 #include <ATen/CPUGeneratorImpl.h>
 
 #include "lm_test_util.h"
+#include "resume_test_util.h"
 #include "moekit/core/model_dir.h"
 #include "moekit/data/lm_tokenizer.h"
 #include "moekit/data/sentencepiece.h"
 #include "moekit/decode/lm_generate.h"
-#include "moekit/nn/linear.h"
+#include "moekit/ops/linear.h"
 #include "moekit/train/lm_task.h"
 
 using namespace moekit;
@@ -254,7 +255,11 @@ TEST(LmTokenizer, TrainEncodeDecode) {
   train_tokenizer(o);
   const LmTokenizer tok(o.output);
   EXPECT_EQ(tok.vocab_size(), 320);
-  EXPECT_GE(tok.eos_id(), 0);
+  // spm_train's defaults: <unk> 0, <s> 1, </s> 2; ids are piece positions.
+  ASSERT_EQ(tok.eos_id(), 2);
+  EXPECT_EQ(tok.piece(tok.eos_id()), "</s>");
+  EXPECT_EQ(tok.bos_id(), 1);
+  EXPECT_EQ(tok.piece(tok.bos_id()), "<s>");
   // Byte fallback: characters never seen in training survive the round trip.
   for (const std::string s : {"the lazy fox 123", "Grüße, 猫!"}) {
     const auto ids = tok.encode({s}).at(0);
@@ -297,18 +302,9 @@ TEST(LmTraining, KilledRunResumesToTheSameWeights) {
     oo.max_steps = max_steps;
     return train(task, oo, exp, resume);
   };
-  const TrainSummary whole = run(dir + "/whole", 0, false);
-  EXPECT_TRUE(whole.completed);
-  EXPECT_EQ(whole.steps, 30);
+  TrainSummary whole;
+  expect_killed_run_resumes(dir, 17, 30, run, &whole);
   EXPECT_LT(whole.last_validation.at("loss"), std::log(50.0));
-  const TrainSummary first = run(dir + "/killed", 17, false);
-  EXPECT_FALSE(first.completed);
-  const TrainSummary rest = run(dir + "/killed", 0, true);
-  EXPECT_TRUE(rest.completed);
-  EXPECT_EQ(rest.steps, 30);
-  const TensorMap a = read_model_weights(whole.final_dir), b = read_model_weights(rest.final_dir);
-  ASSERT_EQ(a.size(), b.size());
-  for (const auto& [name, t] : a) EXPECT_TRUE(torch::equal(t, b.at(name))) << name;
   // Validation every 10 steps: three records with token counts.
   const std::string metrics = read_file(dir + "/whole/metrics.jsonl");
   EXPECT_NE(metrics.find("\"cv_loss\""), std::string::npos);

@@ -2,8 +2,6 @@
 // name what is wrong.
 #include <gtest/gtest.h>
 
-#include <filesystem>
-
 #include "moekit/core/config.h"
 #include "moekit/core/file_io.h"
 #include "moekit/core/model_dir.h"
@@ -15,22 +13,10 @@
 namespace moekit {
 namespace {
 
-std::string fresh_dir(const std::string& name) {
-  auto dir = std::filesystem::temp_directory_path() / ("moekit-modeldir-" + std::to_string(::getpid())) / name;
-  std::filesystem::remove_all(dir);
-  return dir.string();
-}
+// A path for a model directory that does not exist yet.
+std::string fresh_dir(const std::string& name) { return temp_dir("modeldir") + "/" + name; }
 
-FfnStackOptions stack_options() {
-  FfnStackOptions o;
-  o.d_model = 16;
-  o.d_hidden = 32;
-  o.num_layers = 3;
-  o.moe_options.num_experts = 4;
-  o.moe_options.top_k = 2;
-  o.moe_every = 1;
-  return o;
-}
+FfnStackOptions stack_options() { return small_stack_options(16, 3); }
 
 
 TEST(ModelDir, SaveLoadRoundTripGivesTheSameFunction) {

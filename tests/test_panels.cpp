@@ -1,14 +1,15 @@
-// Weight panels (moe/panel_kernel.h, moe/packed_weights.h): the kernel in
+// Weight panels (kernels/panel_kernel.h, ops/packed_weights.h): the kernel in
 // every instruction-set variant against a naive loop, the packing layout,
 // the cache's invalidation, and the MoE forward with and without panels.
 #include <gtest/gtest.h>
 
 #include "moe_reference.h"
 #include "moekit/core/runtime.h"
-#include "moekit/moe/grouped_ffn.h"
 #include "moekit/moe/moe_layer.h"
-#include "moekit/moe/packed_weights.h"
-#include "moekit/nn/linear.h"
+#include "moekit/ops/grouped_ffn.h"
+#include "moekit/ops/linear.h"
+#include "moekit/ops/packed_weights.h"
+#include "test_util.h"
 
 namespace moekit {
 namespace {
@@ -173,7 +174,10 @@ TEST(MoELayer, InferenceWithPanelsFollowsWeightUpdates) {
   };
   auto infer = [&] {
     torch::NoGradGuard no_grad;
-    return moe->forward(x);
+    const FastPathProbe probe;
+    torch::Tensor y = moe->forward(x);
+    EXPECT_EQ(probe.ran("moe.cpu_inference"), 1);
+    return y;
   };
   EXPECT_LE(max_abs_diff(infer(), reference()), 1e-5);
   EXPECT_LE(max_abs_diff(infer(), reference()), 1e-5) << "second forward (cached panels)";
@@ -213,12 +217,18 @@ namespace {
 TEST(FastLinear, WithPanelsEqualsTorchLinearAndFollowsTheWeight) {
   PanelCache cache;
   torch::Tensor w = torch::randn({131, 37});
-  for (int64_t rows : {1, 3, 4, 7, 16}) {
+  // Up to kSmallRows rows (decoding) and past it (full-context inference,
+  // which takes the panels wherever small_rows_serves says so).
+  for (int64_t rows : {1, 3, 4, 7, 16, 17, 100, 300}) {
     for (bool with_bias : {false, true}) {
       torch::NoGradGuard no_grad;
       const torch::Tensor x = torch::randn({1, rows, 37});
       const torch::Tensor b = with_bias ? torch::randn({131}) : torch::Tensor();
+      const FastPathProbe probe;
       const torch::Tensor got = fast_linear(x, w, b, &cache);
+      if (rows <= kSmallRows || small_rows_serves(rows, true)) {
+        EXPECT_EQ(probe.ran("linear.panels"), 1) << rows;
+      }
       EXPECT_EQ(got.sizes(), (std::vector<int64_t>{1, rows, 131}));
       EXPECT_LT(max_abs_diff(got, torch::nn::functional::linear(x, w, b)), 1e-4) << rows;
       w.add_(0.5);  // the next call must see the new weight

@@ -1,4 +1,4 @@
-// The row kernels (nn/row_kernels.h), every variant, against double-precision
+// The row kernels (kernels/row_kernels.h), every variant, against double-precision
 // loops and against torch's LayerNorm and GLU.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
@@ -6,7 +6,7 @@
 #include <cmath>
 #include <vector>
 
-#include "moekit/nn/row_kernels.h"
+#include "moekit/kernels/row_kernels.h"
 
 namespace moekit {
 namespace {

@@ -8,15 +8,10 @@
 
 #include "moekit/core/file_io.h"
 #include "moekit/core/safetensors.h"
+#include "test_util.h"
 
 namespace moekit {
 namespace {
-
-std::string temp_dir() {
-  auto dir = std::filesystem::temp_directory_path() / ("moekit-test-" + std::to_string(::getpid()));
-  std::filesystem::create_directories(dir);
-  return dir.string();
-}
 
 // Builds a file from a header JSON text and a data section.
 std::string raw_file(const std::string& header, const std::string& data) {
@@ -50,7 +45,7 @@ TEST(Safetensors, ExactRoundTripForEveryDtype) {
   tensors["empty"] = torch::empty({0, 4});
   tensors["noncontiguous"] = torch::randn({4, 6}).t();
   const StringMap metadata = {{"format", "pt"}, {"moekit", "1"}};
-  const std::string path = temp_dir() + "/roundtrip.safetensors";
+  const std::string path = temp_dir("safetensors") + "/roundtrip.safetensors";
   write_safetensors(path, tensors, metadata);
   const SafetensorsContents back = read_safetensors(path);
   EXPECT_EQ(back.metadata, metadata);
@@ -127,17 +122,19 @@ TEST(Safetensors, FuzzedHeadersNeverCrash) {
       EXPECT_EQ(std::string(e.what()).rfind("fuzz", 0), 0u) << e.what();
     }
   }
-  EXPECT_EQ(accepted + rejected, 2000);
+  // Both outcomes occur: the flips reach the parser's checks and its
+  // accepting path (a flip inside a name or the data is still a valid file).
   EXPECT_GT(rejected, 0);
+  EXPECT_GT(accepted, 0);
 }
 
 TEST(Safetensors, MissingFileAndDirectoryAreClearErrors) {
   EXPECT_THROW(read_safetensors("/nonexistent/model.safetensors"), std::invalid_argument);
-  EXPECT_THROW(read_safetensors(temp_dir()), std::invalid_argument);
+  EXPECT_THROW(read_safetensors(temp_dir("safetensors")), std::invalid_argument);
 }
 
 TEST(FileIo, AtomicWriteReplacesWholeFileAndLeavesNoTemporaries) {
-  const std::string dir = temp_dir() + "/atomic";
+  const std::string dir = temp_dir("safetensors") + "/atomic";
   make_dirs(dir);
   write_file_atomic(dir + "/f.txt", "first version");
   write_file_atomic(dir + "/f.txt", "second");

@@ -1,4 +1,4 @@
-// The SiLU kernel (nn/silu_kernel.h) against a double-precision reference,
+// The SiLU kernel (kernels/silu_kernel.h) against a double-precision reference,
 // every variant, and apply_activation's use of it against torch::silu.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
@@ -6,8 +6,9 @@
 #include <cmath>
 #include <limits>
 
-#include "moekit/nn/activation.h"
-#include "moekit/nn/silu_kernel.h"
+#include "moekit/kernels/silu_kernel.h"
+#include "moekit/ops/activation.h"
+#include "test_util.h"
 
 namespace moekit {
 namespace {
@@ -60,8 +61,12 @@ TEST(SiluKernel, ApplyActivationMatchesTorchWithAndWithoutGradients) {
   const torch::Tensor h3 = torch::randn({7, 333});
   {
     torch::NoGradGuard no_grad;
+    const FastPathProbe probe;
     EXPECT_TRUE(torch::allclose(apply_activation(Activation::Swish, h1, {}), torch::silu(h1), 1e-6, 1e-6));
     EXPECT_TRUE(torch::allclose(apply_activation(Activation::SwiGLU, h1, h3), torch::silu(h1) * h3, 1e-6, 1e-6));
+    // Where a SIMD variant exists, both went through the kernel.
+    const bool simd = detail::silu_variants().front().first != "generic";
+    EXPECT_EQ(probe.ran("activation.silu_kernel"), simd ? 2 : 0);
     // Non-contiguous input: the ATen path, same numbers.
     const torch::Tensor t = h1.t();
     EXPECT_TRUE(torch::allclose(apply_activation(Activation::Swish, t, {}), torch::silu(t), 1e-6, 1e-6));

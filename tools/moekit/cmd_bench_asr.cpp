@@ -7,15 +7,15 @@
 
 #include "bench_util.h"
 #include "commands.h"
+#include "moekit/audio/audio_file.h"
 #include "moekit/audio/fbank.h"
 #include "moekit/core/check.h"
 #include "moekit/core/runtime.h"
 #include "moekit/core/safetensors.h"
-#include "moekit/audio/audio_file.h"
-#include "moekit/moe/moe_layer.h"
 #include "moekit/decode/recognizer.h"
 #include "moekit/models/asr/wenet_import.h"
 #include "moekit/models/model.h"
+#include "moekit/moe/moe_layer.h"
 
 namespace moekit::cli {
 

@@ -19,8 +19,8 @@
 #include "commands.h"
 #include "moekit/core/check.h"
 #include "moekit/core/runtime.h"
-#include "moekit/moe/panel_kernel.h"
-#include "moekit/nn/silu_kernel.h"
+#include "moekit/kernels/panel_kernel.h"
+#include "moekit/kernels/silu_kernel.h"
 
 namespace moekit::cli {
 namespace {

@@ -32,13 +32,7 @@ void add_eval_command(CLI::App& app, const GlobalOptions& global) {
                   "attention_rescoring | "
                   "auto (attention_rescoring, or ctc_prefix_beam_search for a model without attention decoder)")
       ->capture_default_str();
-  cmd->add_option("--beam", o->decode.beam_size, "CTC prefix beam size")->capture_default_str();
-  cmd->add_option("--chunk-size", o->decode.chunk_size, "Encoder frames per chunk (-1 = full context)")
-      ->capture_default_str();
-  cmd->add_option("--left-chunks", o->decode.left_chunks, "Chunks of left context (-1 = all)")->capture_default_str();
-  cmd->add_option("--ctc-weight", o->decode.ctc_weight, "Attention rescoring: CTC score weight")->capture_default_str();
-  cmd->add_option("--reverse-weight", o->decode.reverse_weight, "Right-to-left decoder weight (-1 = the model's)")
-      ->capture_default_str();
+  add_decode_options(*cmd, o->decode);
   cmd->add_flag("--json", o->json_output, "Print one JSON object");
   cmd->callback([o, &global] {
     apply_runtime(global);

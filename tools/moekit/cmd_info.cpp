@@ -11,9 +11,10 @@
 #include "moekit/core/check.h"
 #include "moekit/core/runtime.h"
 #include "moekit/core/version.h"
+#include "moekit/kernels/panel_kernel.h"
+#include "moekit/kernels/small_rows_kernel.h"
 #include "moekit/models/model.h"
 #include "moekit/moe/moe_layer.h"
-#include "moekit/moe/panel_kernel.h"
 
 namespace moekit::cli {
 namespace {

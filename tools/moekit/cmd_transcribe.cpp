@@ -11,6 +11,18 @@
 
 namespace moekit::cli {
 
+void add_decode_options(CLI::App& cmd, DecodeOptions& decode) {
+  cmd.add_option("--beam", decode.beam_size, "CTC prefix beam size")->capture_default_str();
+  cmd.add_option("--chunk-size", decode.chunk_size, "Encoder frames per chunk (-1 = full context)")
+      ->capture_default_str();
+  cmd.add_option("--left-chunks", decode.left_chunks, "Chunks of left context (-1 = all)")->capture_default_str();
+  cmd.add_option("--ctc-weight", decode.ctc_weight, "Attention rescoring: weight of the CTC score")
+      ->capture_default_str();
+  cmd.add_option("--reverse-weight", decode.reverse_weight,
+                 "Attention rescoring: weight of the right-to-left decoder (-1 = the model's)")
+      ->capture_default_str();
+}
+
 void add_transcribe_command(CLI::App& app, const GlobalOptions& global) {
   struct Options {
     std::string model_dir;
@@ -28,15 +40,7 @@ void add_transcribe_command(CLI::App& app, const GlobalOptions& global) {
                   "ctc_greedy_search | ctc_prefix_beam_search | attention_rescoring | auto (attention_rescoring, or "
                   "ctc_prefix_beam_search for a model without attention decoder)")
       ->capture_default_str();
-  cmd->add_option("--beam", o->decode.beam_size, "CTC prefix beam size")->capture_default_str();
-  cmd->add_option("--chunk-size", o->decode.chunk_size, "Encoder frames per chunk (-1 = full context)")
-      ->capture_default_str();
-  cmd->add_option("--left-chunks", o->decode.left_chunks, "Chunks of left context (-1 = all)")->capture_default_str();
-  cmd->add_option("--ctc-weight", o->decode.ctc_weight, "Attention rescoring: weight of the CTC score")
-      ->capture_default_str();
-  cmd->add_option("--reverse-weight", o->decode.reverse_weight,
-                  "Attention rescoring: weight of the right-to-left decoder (-1 = the model's)")
-      ->capture_default_str();
+  add_decode_options(*cmd, o->decode);
   cmd->add_flag("--streaming", o->streaming, "Decode through a streaming session (needs --chunk-size > 0)");
   cmd->add_flag("--json", o->json_output, "One JSON object per line (file, text, tokens, score, error)");
   cmd->callback([o, &global] {

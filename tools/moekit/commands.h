@@ -3,6 +3,7 @@
 // throws on error and main() turns that into a one-line message + exit code.
 #include <CLI/CLI.hpp>
 
+#include "moekit/decode/recognizer.h"
 #include "moekit/train/trainer.h"
 
 namespace moekit::cli {
@@ -27,6 +28,10 @@ void add_train_lm_command(CLI::App& train, const GlobalOptions& global);
 void add_generate_command(CLI::App& app, const GlobalOptions& global);
 void add_scale_commands(CLI::App& app, const GlobalOptions& global);  // grow, upcycle, export
 void add_import_hf_command(CLI::App& import, const GlobalOptions& global);
+
+// The decoding options `transcribe` and `eval` share: --beam, --chunk-size,
+// --left-chunks, --ctc-weight, --reverse-weight (defaults from `decode`).
+void add_decode_options(CLI::App& cmd, DecodeOptions& decode);
 
 // Prints how a `train` command ended (stdout, one line).
 void print_train_summary(const TrainSummary& summary);

@@ -3,7 +3,7 @@
 #include <cmath>
 
 #include "moekit/core/check.h"
-#include "moekit/core/config.h"
+#include "moekit/core/fields.h"
 
 namespace moekit {
 
@@ -24,37 +24,42 @@ int64_t FbankOptions::num_frames(int64_t num_samples) const {
   return 1 + (num_samples - window_size()) / window_shift();
 }
 
-void FbankOptions::validate() const {
-  MOEKIT_CHECK_ARG(num_mel_bins >= 3, "fbank: num_mel_bins must be >= 3, got ", num_mel_bins);
-  MOEKIT_CHECK_ARG(sample_rate > 0, "fbank: sample_rate must be positive, got ", sample_rate);
-  MOEKIT_CHECK_ARG(window_size() >= 2 && window_shift() >= 1, "fbank: frame_length ", frame_length_ms,
-                   " ms / frame_shift ", frame_shift_ms, " ms give no usable window");
-  MOEKIT_CHECK_ARG(dither >= 0, "fbank: dither must be >= 0, got ", dither);
-  const double nyquist = 0.5 * sample_rate;
-  const double high = high_freq <= 0 ? high_freq + nyquist : high_freq;
-  MOEKIT_CHECK_ARG(low_freq >= 0 && low_freq < high && high <= nyquist, "fbank: bad frequency range [", low_freq,
-                   ", ", high, "] Hz at ", sample_rate, " Hz");
+namespace {
+
+// WeNet's fbank_conf names (frame_length / frame_shift in milliseconds).
+const FieldTable<FbankOptions>& fbank_fields() {
+  using O = FbankOptions;
+  static const auto table =
+      FieldTable<O>("fbank")
+          .field("num_mel_bins", &O::num_mel_bins, "mel bands (the feature width)")
+          .check([](const O& o) { return o.num_mel_bins >= 3 ? "" : "must be >= 3"; })
+          .field("frame_length", &O::frame_length_ms, "window length, ms")
+          .field("frame_shift", &O::frame_shift_ms, "hop between frames, ms")
+          .field("dither", &O::dither, "Gaussian dither added in training (decoding uses 0)").non_negative()
+          .field("sample_rate", &O::sample_rate, "sample rate the features are computed at, Hz").positive()
+          .rule([](const O& o) {
+            return o.window_size() >= 2 && o.window_shift() >= 1
+                       ? std::string()
+                       : str_cat("frame_length ", o.frame_length_ms, " ms / frame_shift ", o.frame_shift_ms,
+                                 " ms give no usable window");
+          })
+          .rule([](const O& o) {
+            const double nyquist = 0.5 * o.sample_rate;
+            const double high = o.high_freq <= 0 ? o.high_freq + nyquist : o.high_freq;
+            return o.low_freq >= 0 && o.low_freq < high && high <= nyquist
+                       ? std::string()
+                       : str_cat("bad frequency range [", o.low_freq, ", ", high, "] Hz at ", o.sample_rate, " Hz");
+          });
+  return table;
 }
 
-YAML::Node FbankOptions::to_yaml() const {
-  YAML::Node n;
-  n["num_mel_bins"] = num_mel_bins;
-  n["frame_length"] = frame_length_ms;
-  n["frame_shift"] = frame_shift_ms;
-  n["dither"] = dither;
-  n["sample_rate"] = sample_rate;
-  return n;
-}
+}  // namespace
 
+const FieldTable<FbankOptions>& FbankOptions::fields() { return fbank_fields(); }
+void FbankOptions::validate() const { fbank_fields().validate(*this, "fbank"); }
+YAML::Node FbankOptions::to_yaml() const { return fbank_fields().write(*this); }
 FbankOptions FbankOptions::from_yaml(const YAML::Node& node, const std::string& where) {
-  FbankOptions o;
-  o.num_mel_bins = yaml_get_or<int>(node, "num_mel_bins", o.num_mel_bins, where);
-  o.frame_length_ms = yaml_get_or<double>(node, "frame_length", o.frame_length_ms, where);
-  o.frame_shift_ms = yaml_get_or<double>(node, "frame_shift", o.frame_shift_ms, where);
-  o.dither = yaml_get_or<double>(node, "dither", o.dither, where);
-  o.sample_rate = yaml_get_or<int>(node, "sample_rate", o.sample_rate, where);
-  o.validate();
-  return o;
+  return fbank_fields().parse(node, where);
 }
 
 torch::Tensor mel_banks(const FbankOptions& o) {

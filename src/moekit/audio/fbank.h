@@ -11,6 +11,9 @@
 
 namespace moekit {
 
+template <class Options>
+class FieldTable;
+
 struct FbankOptions {
   int num_mel_bins = 80;
   double frame_length_ms = 25.0;
@@ -26,6 +29,9 @@ struct FbankOptions {
   int window_shift() const;  // samples between frames
   // Frames produced from `num_samples` samples (snip_edges: only whole windows).
   int64_t num_frames(int64_t num_samples) const;
+  // The field table (core/fields.h) behind validate / to_yaml / from_yaml;
+  // YAML names are WeNet's fbank_conf names. from_yaml refuses unknown keys.
+  static const FieldTable<FbankOptions>& fields();
   void validate() const;
   YAML::Node to_yaml() const;
   static FbankOptions from_yaml(const YAML::Node& node, const std::string& where);

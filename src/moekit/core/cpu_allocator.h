@@ -5,7 +5,7 @@
 // next tensor of that size is mmap'ed again and page-faulted in, zeroed page by
 // page. On the machines MoEKit is measured on that costs ~10 us per 4 KiB page:
 // allocating a 32 MiB activation took longer than the GEMM that fills it (see
-// bench/README.md). This allocator keeps freed blocks of >= 1 KiB, keyed by
+// bench/results/2026-11-24.md). This allocator keeps freed blocks of >= 1 KiB, keyed by
 // size rounded up to 1 KiB (64 KiB from 64 KiB on, 1 MiB from 1 MiB on;
 // 2 MiB, huge-page backed, from 4 MiB on), and hands them out again, up to a
 // cache limit. (glibc also returns blocks of a few hundred KiB to the OS, so

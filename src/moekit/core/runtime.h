@@ -19,8 +19,8 @@ int num_threads();
 // each piece of work (libgomp ~300,000 iterations, OpenBLAS 2^28 cycles), so
 // with two or more threads each pool burns the cores the other one needs
 // whenever work alternates between ATen ops and GEMMs: on 2 cores, U2++
-// training with 2 threads ran 1.75x slower than with 1 (bench/README.md,
-// "Thread pools").
+// training with 2 threads ran 1.75x slower than with 1 (bench/results/2026-11-24.md,
+// "Thread pools: training with 2 threads").
 // Both libraries read these variables once, when they are loaded.
 struct ThreadWaitSetting {
   const char* variable;

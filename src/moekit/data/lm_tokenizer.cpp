@@ -77,16 +77,6 @@ LmTokenizer::LmTokenizer(const std::string& model_path) : path_(model_path) {
 
 namespace {
 
-// Writes `text` to a fresh temporary file and returns its name.
-std::string temp_file(const std::string& text, const std::string& what) {
-  char name[] = "/tmp/moekit_spm_XXXXXX";
-  const int fd = ::mkstemp(name);
-  MOEKIT_CHECK(fd >= 0, what, ": cannot create a temporary file");
-  ::close(fd);
-  write_file_atomic(name, text);
-  return name;
-}
-
 std::vector<std::vector<int64_t>> parse_id_lines(const std::string& out) {
   std::vector<std::vector<int64_t>> lines;
   std::istringstream in(out);
@@ -104,25 +94,9 @@ std::vector<std::vector<int64_t>> parse_id_lines(const std::string& out) {
 }  // namespace
 
 std::vector<std::vector<int64_t>> LmTokenizer::encode(const std::vector<std::string>& texts) const {
-  std::string input;
-  for (const auto& t : texts) {
-    MOEKIT_CHECK_ARG(t.find('\n') == std::string::npos, path_, ": a text to encode holds a line break");
-    input += t + "\n";
-  }
-  const std::string name = temp_file(input, path_);
   std::string out;
-  try {
-    out = run_sentencepiece_tool("spm_encode --model=" + shell_quote(path_) + " --output_format=id < " + shell_quote(name),
-                                 path_);
-  } catch (...) {
-    std::remove(name.c_str());
-    throw;
-  }
-  std::remove(name.c_str());
-  auto lines = parse_id_lines(out);
-  MOEKIT_CHECK(lines.size() == texts.size(), path_, ": spm_encode returned ", lines.size(), " lines for ", texts.size(),
-               " texts");
-  return lines;
+  for (const std::string& line : spm_encode_lines(path_, texts, "id", path_)) out += line + "\n";
+  return parse_id_lines(out);
 }
 
 std::vector<int64_t> LmTokenizer::encode_file(const std::string& path) const {

@@ -34,6 +34,37 @@ bool have_sentencepiece() {
   return std::system("command -v spm_encode > /dev/null 2>&1 && command -v spm_export_vocab > /dev/null 2>&1") == 0;
 }
 
+std::vector<std::string> spm_encode_lines(const std::string& model, const std::vector<std::string>& texts,
+                                          const std::string& output_format, const std::string& what) {
+  std::string input;
+  for (const auto& t : texts) {
+    MOEKIT_CHECK_ARG(t.find('\n') == std::string::npos, what, ": a text to encode holds a line break");
+    input += t + "\n";
+  }
+  char name[] = "/tmp/moekit_spm_XXXXXX";
+  const int fd = ::mkstemp(name);
+  MOEKIT_CHECK(fd >= 0, what, ": cannot create a temporary file");
+  ::close(fd);
+  std::string out;
+  try {
+    write_file_atomic(name, input);
+    out = run_sentencepiece_tool(
+        "spm_encode --model=" + shell_quote(model) + " --output_format=" + output_format + " < " + shell_quote(name),
+        what);
+  } catch (...) {
+    std::remove(name);
+    throw;
+  }
+  std::remove(name);
+  std::vector<std::string> lines;
+  std::istringstream in(out);
+  std::string line;
+  while (std::getline(in, line)) lines.push_back(line);
+  MOEKIT_CHECK(lines.size() == texts.size(), what, ": spm_encode returned ", lines.size(), " lines for ",
+               texts.size(), " texts");
+  return lines;
+}
+
 SentencePieceTokenizer::SentencePieceTokenizer(const std::string& model_path) : path_(model_path) {
   MOEKIT_CHECK_ARG(path_exists(model_path), model_path, ": no such SentencePiece model");
   MOEKIT_CHECK_ARG(have_sentencepiece(), model_path,
@@ -62,28 +93,9 @@ Units SentencePieceTokenizer::units() const {
 
 std::vector<std::vector<int64_t>> SentencePieceTokenizer::encode(const std::vector<std::string>& texts,
                                                                  const Units& units, const std::string& where) const {
-  std::string input;
-  for (const auto& t : texts) {
-    MOEKIT_CHECK_ARG(t.find('\n') == std::string::npos, where, ": a transcript holds a line break");
-    input += t + "\n";
-  }
-  char name[] = "/tmp/moekit_spm_XXXXXX";
-  const int fd = ::mkstemp(name);
-  MOEKIT_CHECK(fd >= 0, where, ": cannot create a temporary file");
-  ::close(fd);
-  write_file_atomic(name, input);
-  std::string out;
-  try {
-    out = run_sentencepiece_tool("spm_encode --model=" + shell_quote(path_) + " --output_format=piece < " + shell_quote(name), where);
-  } catch (...) {
-    std::remove(name);
-    throw;
-  }
-  std::remove(name);
+  const std::vector<std::string> lines = spm_encode_lines(path_, texts, "piece", where);
   std::vector<std::vector<int64_t>> result;
-  std::istringstream in(out);
-  std::string line;
-  while (std::getline(in, line)) {
+  for (const std::string& line : lines) {
     std::vector<int64_t> ids;
     std::istringstream pieces(line);
     std::string p;
@@ -97,8 +109,6 @@ std::vector<std::vector<int64_t>> SentencePieceTokenizer::encode(const std::vect
     }
     result.push_back(std::move(ids));
   }
-  MOEKIT_CHECK(result.size() == texts.size(), where, ": spm_encode returned ", result.size(), " lines for ",
-               texts.size(), " texts");
   return result;
 }
 

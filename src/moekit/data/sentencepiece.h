@@ -23,6 +23,12 @@ std::string shell_quote(const std::string& text);
 // or throws std::invalid_argument naming `what` when it fails.
 std::string run_sentencepiece_tool(const std::string& command, const std::string& what);  // spm_encode and spm_export_vocab on PATH
 
+// Runs spm_encode with `model` on `texts` (one line each; a text holding a
+// line break is refused) through a temporary file, removed afterwards;
+// returns spm_encode's output line for each text. output_format: piece | id.
+std::vector<std::string> spm_encode_lines(const std::string& model, const std::vector<std::string>& texts,
+                                          const std::string& output_format, const std::string& what);
+
 class SentencePieceTokenizer {
  public:
   explicit SentencePieceTokenizer(const std::string& model_path);

@@ -9,7 +9,8 @@
 #include "moekit/core/check.h"
 #include "moekit/moe/dispatch.h"
 #include "moekit/moe/router.h"
-#include "moekit/nn/linear.h"
+#include "moekit/ops/fast_path.h"
+#include "moekit/ops/linear.h"
 
 namespace moekit {
 namespace {
@@ -58,43 +59,6 @@ torch::Tensor combine_rows_cpu(const torch::Tensor& expert_out, const torch::Ten
   for (int64_t r = 0; r < rows; ++r) row_of_slot[static_cast<size_t>(slot[r])] = r;
   const torch::Tensor w = gate_weight.to(torch::kFloat).contiguous();
   return combine_rows_cpu<T>(expert_out, row_of_slot, w.data_ptr<float>(), num_tokens, k);
-}
-
-// Token n's k experts (descending logit, the lower index first among equal
-// logits) and gate weights, from its E fp32 logits: gate_top_k's rule.
-// value, taken: scratch of E entries.
-void gate_row(const float* logits, int64_t num_experts, int64_t k, Gating gating, bool renormalize,
-              int64_t* expert, float* weight, std::vector<float>& value, std::vector<char>& taken) {
-  value.resize(static_cast<size_t>(num_experts));
-  taken.assign(static_cast<size_t>(num_experts), 0);
-  if (gating == Gating::TopKSoftmax) {
-    std::copy(logits, logits + num_experts, value.begin());
-  } else {  // softmax over all experts first
-    const float max = *std::max_element(logits, logits + num_experts);
-    float sum = 0.0f;
-    for (int64_t e = 0; e < num_experts; ++e) sum += value[e] = std::exp(logits[e] - max);
-    for (float& v : value) v /= sum;
-  }
-  for (int64_t j = 0; j < k; ++j) {
-    int64_t best = -1;
-    for (int64_t e = 0; e < num_experts; ++e) {
-      // NaN never wins over a number (topk puts NaN first; a NaN logit is a
-      // broken model either way).
-      if (!taken[e] && (best < 0 || value[e] > value[best])) best = e;
-    }
-    taken[best] = 1;
-    expert[j] = best;
-    weight[j] = value[best];
-  }
-  if (gating == Gating::TopKSoftmax) {  // softmax over the k chosen logits
-    float sum = 0.0f;
-    for (int64_t j = 0; j < k; ++j) sum += weight[j] = std::exp(weight[j] - value[expert[0]]);
-    for (int64_t j = 0; j < k; ++j) weight[j] /= sum;
-  } else if (renormalize) {
-    float sum = 0.0f;
-    for (int64_t j = 0; j < k; ++j) sum += weight[j];
-    for (int64_t j = 0; j < k; ++j) weight[j] /= sum;
-  }
 }
 
 }  // namespace
@@ -154,7 +118,7 @@ ExpertWeights ExpertsImpl::weights_for(const torch::Tensor& x, const std::vector
 MoELayerImpl::MoELayerImpl(const MoEOptions& options) : options_(options) {
   options_.validate();
   gate = register_module(
-      "gate", torch::nn::Linear(torch::nn::LinearOptions(options_.d_model, options_.num_experts).bias(false)));
+      "gate", PackedLinear(torch::nn::LinearOptions(options_.d_model, options_.num_experts).bias(false)));
   if (options_.routing == Routing::Task) {
     task_embedding = register_parameter("task_embedding",
                                         torch::randn({options_.num_tasks, options_.d_model}));
@@ -230,6 +194,7 @@ bool MoELayerImpl::cpu_inference_applies(const torch::Tensor& x, const RouteInpu
 }
 
 torch::Tensor MoELayerImpl::cpu_inference_forward(const torch::Tensor& input, const torch::Tensor& x) {
+  MOEKIT_FAST_PATH("moe.cpu_inference");
   const int64_t num_tokens = x.size(0) * x.size(1), d_model = options_.d_model;
   const int64_t num_experts = options_.num_experts, k = options_.top_k;
   RouterStats stats;
@@ -241,7 +206,7 @@ torch::Tensor MoELayerImpl::cpu_inference_forward(const torch::Tensor& input, co
   }
   const torch::Tensor tokens =
       x.is_contiguous() ? x.view({num_tokens, d_model}) : x.reshape({num_tokens, d_model}).contiguous();
-  torch::Tensor logits = fast_linear(tokens, gate->weight, {}, &gate_panels_);  // [N, E]
+  torch::Tensor logits = gate(tokens);  // [N, E]
   if (!logits.is_contiguous()) logits = logits.contiguous();
   const float* lp = logits.data_ptr<float>();
   std::vector<int64_t> expert(static_cast<size_t>(num_tokens * k));
@@ -277,7 +242,7 @@ torch::Tensor MoELayerImpl::forward(const torch::Tensor& input, const RouteInput
   // A forward that records gradients may precede an optimizer step, which
   // can write the gate through an alias PanelCache does not see (as
   // weights_for does for the experts).
-  if (torch::GradMode::is_enabled()) gate_panels_.clear();
+  if (torch::GradMode::is_enabled()) gate->release_panels();
   if (cpu_inference_applies(x, route)) return cpu_inference_forward(input, x);
   const int64_t batch = x.size(0), time = x.size(1), d_model = options_.d_model;
   const auto index_options = torch::TensorOptions().dtype(torch::kInt64).device(x.device());

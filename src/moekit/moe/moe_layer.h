@@ -14,9 +14,10 @@
 #include <mutex>
 #include <optional>
 
-#include "moekit/moe/grouped_ffn.h"
 #include "moekit/moe/options.h"
-#include "moekit/moe/packed_weights.h"
+#include "moekit/ops/grouped_ffn.h"
+#include "moekit/ops/packed_linear.h"
+#include "moekit/ops/packed_weights.h"
 
 namespace moekit {
 
@@ -96,7 +97,7 @@ class MoELayerImpl : public torch::nn::Module {
   // Runtime (not stored) choice of grouped-FFN kernel; Auto by default.
   void set_kernel(GroupedFfnKernel kernel) { kernel_ = kernel; }
 
-  torch::nn::Linear gate{nullptr};
+  PackedLinear gate{nullptr};
   torch::Tensor task_embedding;  // [num_tasks, D], task routing only
   Experts experts{nullptr};
 
@@ -117,7 +118,6 @@ class MoELayerImpl : public torch::nn::Module {
 
   MoEOptions options_;
   GroupedFfnKernel kernel_ = GroupedFfnKernel::Auto;
-  PanelCache gate_panels_;  // cpu_inference_forward's fast_linear
   mutable std::mutex stats_mutex_;
   RouterStats stats_;
   torch::Tensor aux_loss_;

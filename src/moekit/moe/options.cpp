@@ -1,7 +1,7 @@
 #include "moekit/moe/options.h"
 
 #include "moekit/core/check.h"
-#include "moekit/core/config.h"
+#include "moekit/core/fields.h"
 
 namespace moekit {
 
@@ -31,69 +31,48 @@ std::string gating_name(Gating gating) {
   return gating == Gating::TopKSoftmax ? "topk_softmax" : "softmax_topk";
 }
 
-void MoEOptions::validate() const {
-  MOEKIT_CHECK_ARG(d_model > 0, "MoE d_model must be positive, got ", d_model);
-  MOEKIT_CHECK_ARG(d_hidden > 0, "MoE d_hidden must be positive, got ", d_hidden);
-  MOEKIT_CHECK_ARG(num_experts > 0, "MoE num_experts must be positive, got ", num_experts);
-  MOEKIT_CHECK_ARG(top_k >= 1 && top_k <= num_experts, "MoE top_k must be in [1, num_experts=",
-                   num_experts, "], got ", top_k);
-  MOEKIT_CHECK_ARG(routing != Routing::Task || num_tasks > 0,
-                   "MoE routing 'task' needs num_tasks > 0, got ", num_tasks);
-  MOEKIT_CHECK_ARG(capacity_factor >= 0.0, "MoE capacity_factor must be >= 0 (0 = dropless), got ",
-                   capacity_factor);
-  MOEKIT_CHECK_ARG(aux_loss_coef >= 0.0, "MoE aux_loss_coef must be >= 0, got ", aux_loss_coef);
-  MOEKIT_CHECK_ARG(z_loss_coef >= 0.0, "MoE z_loss_coef must be >= 0, got ", z_loss_coef);
+namespace {
+
+const FieldTable<MoEOptions>& moe_fields() {
+  using O = MoEOptions;
+  static const auto table =
+      FieldTable<O>("MoE")
+          .field("d_model", &O::d_model, "input/output width").required().positive()
+          .field("d_hidden", &O::d_hidden, "hidden width of each expert").required().positive()
+          .field("num_experts", &O::num_experts, "E, the experts of the layer").positive()
+          .field("top_k", &O::top_k, "experts per token, 1 <= k <= E")
+          .named("activation", &O::activation, parse_activation, activation_name, "expert activation")
+          .named("routing", &O::routing, parse_routing, routing_name, "router input: token | sentence | task")
+          .named("gating", &O::gating, parse_gating, gating_name, "gate weights: topk_softmax | softmax_topk")
+          .field("renormalize", &O::renormalize, "softmax_topk only: rescale the k weights to sum to 1")
+          .field("num_tasks", &O::num_tasks, "task routing only: the number of task ids")
+          .field("capacity_factor", &O::capacity_factor, "0 = dropless; else capacity = ceil(cf * N * k / E)")
+          .non_negative()
+          .field("aux_loss_coef", &O::aux_loss_coef, "Switch load-balancing loss coefficient").non_negative()
+          .field("z_loss_coef", &O::z_loss_coef, "router z-loss coefficient").non_negative()
+          .field("expert_bias", &O::expert_bias, "biases in the expert FFNs")
+          .rule([](const O& o) {
+            return o.top_k >= 1 && o.top_k <= o.num_experts
+                       ? std::string()
+                       : str_cat("top_k must be in [1, num_experts=", o.num_experts, "], got ", o.top_k);
+          })
+          .rule([](const O& o) {
+            return o.routing != Routing::Task || o.num_tasks > 0
+                       ? std::string()
+                       : str_cat("routing 'task' needs num_tasks > 0, got ", o.num_tasks);
+          });
+  return table;
 }
 
-std::string MoEOptions::to_string() const {
-  return str_cat("d_model=", d_model, " d_hidden=", d_hidden, " num_experts=", num_experts,
-                 " top_k=", top_k, " activation=", activation_name(activation),
-                 " routing=", routing_name(routing), " gating=", gating_name(gating),
-                 " renormalize=", renormalize, " num_tasks=", num_tasks,
-                 " capacity_factor=", capacity_factor, " aux_loss_coef=", aux_loss_coef,
-                 " z_loss_coef=", z_loss_coef, " expert_bias=", expert_bias);
-}
+}  // namespace
 
-YAML::Node MoEOptions::to_yaml() const {
-  YAML::Node node;
-  node["d_model"] = d_model;
-  node["d_hidden"] = d_hidden;
-  node["num_experts"] = num_experts;
-  node["top_k"] = top_k;
-  node["activation"] = activation_name(activation);
-  node["routing"] = routing_name(routing);
-  node["gating"] = gating_name(gating);
-  node["renormalize"] = renormalize;
-  node["num_tasks"] = num_tasks;
-  node["capacity_factor"] = capacity_factor;
-  node["aux_loss_coef"] = aux_loss_coef;
-  node["z_loss_coef"] = z_loss_coef;
-  node["expert_bias"] = expert_bias;
-  return node;
-}
-
+const FieldTable<MoEOptions>& MoEOptions::fields() { return moe_fields(); }
+void MoEOptions::validate() const { moe_fields().validate(*this); }
+std::string MoEOptions::to_string() const { return moe_fields().to_string(*this); }
+YAML::Node MoEOptions::to_yaml() const { return moe_fields().write(*this); }
 MoEOptions MoEOptions::from_yaml(const YAML::Node& node, const std::string& where) {
   MOEKIT_CHECK_ARG(node.IsMap(), where, ": MoE options must be a mapping");
-  MoEOptions o;
-  o.d_model = yaml_get<int64_t>(node, "d_model", where);
-  o.d_hidden = yaml_get<int64_t>(node, "d_hidden", where);
-  o.num_experts = yaml_get_or<int64_t>(node, "num_experts", o.num_experts, where);
-  o.top_k = yaml_get_or<int64_t>(node, "top_k", o.top_k, where);
-  o.activation = parse_activation(yaml_get_or<std::string>(node, "activation", activation_name(o.activation), where));
-  o.routing = parse_routing(yaml_get_or<std::string>(node, "routing", routing_name(o.routing), where));
-  o.gating = parse_gating(yaml_get_or<std::string>(node, "gating", gating_name(o.gating), where));
-  o.renormalize = yaml_get_or<bool>(node, "renormalize", o.renormalize, where);
-  o.num_tasks = yaml_get_or<int64_t>(node, "num_tasks", o.num_tasks, where);
-  o.capacity_factor = yaml_get_or<double>(node, "capacity_factor", o.capacity_factor, where);
-  o.aux_loss_coef = yaml_get_or<double>(node, "aux_loss_coef", o.aux_loss_coef, where);
-  o.z_loss_coef = yaml_get_or<double>(node, "z_loss_coef", o.z_loss_coef, where);
-  o.expert_bias = yaml_get_or<bool>(node, "expert_bias", o.expert_bias, where);
-  try {
-    o.validate();
-  } catch (const std::invalid_argument& e) {
-    throw std::invalid_argument(str_cat(where, ": ", e.what()));
-  }
-  return o;
+  return moe_fields().parse(node, where);
 }
 
 }  // namespace moekit

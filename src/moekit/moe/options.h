@@ -5,9 +5,12 @@
 #include <cstdint>
 #include <string>
 
-#include "moekit/nn/activation.h"
+#include "moekit/ops/activation.h"
 
 namespace moekit {
+
+template <class Options>
+class FieldTable;
 
 // What the router looks at.
 enum class Routing {
@@ -42,13 +45,16 @@ struct MoEOptions {
   double z_loss_coef = 0.0;                     // router z-loss coefficient
   bool expert_bias = true;                      // biases in the expert FFNs
 
+  // The field table (core/fields.h) behind the functions below.
+  static const FieldTable<MoEOptions>& fields();
   // Throws std::invalid_argument naming the first field that is out of range.
   void validate() const;
   // One line, every field: "d_model=256 d_hidden=1024 num_experts=8 ...".
   std::string to_string() const;
   YAML::Node to_yaml() const;
   // Reads the fields present in `node` over the defaults; `where` names the
-  // file/section in errors. Calls validate().
+  // file/section in errors; unknown keys are refused, naming the closest
+  // known one. Calls validate().
   static MoEOptions from_yaml(const YAML::Node& node, const std::string& where);
 
   // Whether the gate weights of a token always sum to one.

@@ -3,6 +3,8 @@
 // functions on fp32 tensors; the learned parts live in MoELayer.
 #include <torch/torch.h>
 
+#include <vector>
+
 #include "moekit/moe/options.h"
 
 namespace moekit {
@@ -14,8 +16,16 @@ struct GateDecision {
 
 // logits: [N, E] fp32. TopKSoftmax: softmax over the k largest logits.
 // SoftmaxTopK: the k largest entries of softmax over all E, divided by their
-// sum when `renormalize`.
+// sum when `renormalize`. Experts come in descending order, the lower index
+// first among equal values. On the CPU with no gradient to carry, gate_row
+// row by row; otherwise ATen's topk and softmax (differentiable).
 GateDecision gate_top_k(const torch::Tensor& logits, int64_t top_k, Gating gating, bool renormalize);
+
+// The same rule for one token: its k experts and gate weights from its E
+// fp32 logits (expert [k], weight [k]). value, taken: scratch of E entries,
+// reused across calls.
+void gate_row(const float* logits, int64_t num_experts, int64_t k, Gating gating, bool renormalize, int64_t* expert,
+              float* weight, std::vector<float>& value, std::vector<char>& taken);
 
 // Switch Transformer load-balancing loss generalised to top-k (as Megatron-LM):
 //   E * sum_e f_e * P_e,  f_e = (assignments to e) / (N * k),  P_e = mean_n softmax(logits)_n,e

@@ -10,9 +10,10 @@
 #include <tuple>
 
 #include "moekit/core/check.h"
-#include "moekit/moe/panel_kernel.h"
-#include "moekit/nn/attention_kernel.h"
-#include "moekit/nn/linear.h"
+#include "moekit/kernels/attention_kernel.h"
+#include "moekit/kernels/panel_kernel.h"
+#include "moekit/ops/fast_path.h"
+#include "moekit/ops/linear.h"
 
 namespace moekit {
 namespace {
@@ -35,12 +36,12 @@ MultiHeadedAttentionImpl::MultiHeadedAttentionImpl(const AttentionOptions& optio
                    options.d_model, " is not divisible by heads ", options.heads);
   d_k_ = options.d_model / options.heads;
   const int64_t d = options.d_model;
-  linear_q = register_module("linear_q", torch::nn::Linear(d, d));
-  linear_k = register_module("linear_k", torch::nn::Linear(d, d));
-  linear_v = register_module("linear_v", torch::nn::Linear(d, d));
-  linear_out = register_module("linear_out", torch::nn::Linear(d, d));
+  linear_q = register_module("linear_q", PackedLinear(d, d));
+  linear_k = register_module("linear_k", PackedLinear(d, d));
+  linear_v = register_module("linear_v", PackedLinear(d, d));
+  linear_out = register_module("linear_out", PackedLinear(d, d));
   if (options.rel_pos) {
-    linear_pos = register_module("linear_pos", torch::nn::Linear(torch::nn::LinearOptions(d, d).bias(false)));
+    linear_pos = register_module("linear_pos", PackedLinear(torch::nn::LinearOptions(d, d).bias(false)));
     pos_bias_u = register_parameter("pos_bias_u", torch::empty({options.heads, d_k_}));
     pos_bias_v = register_parameter("pos_bias_v", torch::empty({options.heads, d_k_}));
     torch::NoGradGuard no_grad;
@@ -75,6 +76,7 @@ bool MultiHeadedAttentionImpl::fused_core_applies(const torch::Tensor& q, const 
 torch::Tensor MultiHeadedAttentionImpl::fused_core(const torch::Tensor& q, const torch::Tensor& k,
                                                   const torch::Tensor& v, const torch::Tensor& p,
                                                   const torch::Tensor& mask, double scale) const {
+  MOEKIT_FAST_PATH("attention.fused_core");
   const int64_t batch = q.size(0), t1 = q.size(1), t2 = k.size(2);
   // q is [B, T1, H, d_k]; k, v, p are [B, H, T2, d_k].
   detail::AttentionProblem a;
@@ -119,7 +121,7 @@ bool MultiHeadedAttentionImpl::self_attention_cpu_applies(const torch::Tensor& q
   const auto usable = [](const torch::Tensor& p) {
     return !p.defined() || (p.scalar_type() == torch::kFloat && p.device().is_cpu() && p.is_contiguous());
   };
-  for (const torch::nn::Linear* l : {&linear_q, &linear_k, &linear_v, &linear_out}) {
+  for (const PackedLinear* l : {&linear_q, &linear_k, &linear_v, &linear_out}) {
     if (!usable((*l)->weight) || !usable((*l)->bias)) return false;
   }
   if (options_.rel_pos && (!usable(linear_pos->weight) || !usable(pos_bias_u) || !usable(pos_bias_v))) return false;
@@ -136,6 +138,7 @@ bool MultiHeadedAttentionImpl::self_attention_cpu_applies(const torch::Tensor& q
 
 torch::Tensor MultiHeadedAttentionImpl::self_attention_cpu(const torch::Tensor& x, const torch::Tensor& mask,
                                                            const torch::Tensor& pos_emb, KvCache* cache) {
+  MOEKIT_FAST_PATH("attention.self_attention_cpu");
   const int64_t batch = x.size(0), t = x.size(1), d = options_.d_model, heads = options_.heads, rows = batch * t;
   const torch::Tensor xs = x.contiguous();
   const float* xp = xs.data_ptr<float>();
@@ -143,8 +146,8 @@ torch::Tensor MultiHeadedAttentionImpl::self_attention_cpu(const torch::Tensor& 
   // qkv [B, T, 3D]: q, k, v side by side in each row.
   torch::Tensor qkv = torch::empty({batch, t, 3 * d}, options);
   float* qkv_p = qkv.data_ptr<float>();
-  const torch::Tensor panels[3] = {q_panels_.get(linear_q->weight), k_panels_.get(linear_k->weight),
-                                   v_panels_.get(linear_v->weight)};
+  const torch::Tensor panels[3] = {linear_q->panels(), linear_k->panels(),
+                                   linear_v->panels()};
   const torch::Tensor* biases[3] = {&linear_q->bias, &linear_k->bias, &linear_v->bias};
   const int64_t panels_each = (d + detail::kPanelWidth - 1) / detail::kPanelWidth;
   at::parallel_for(0, 3 * panels_each, 2, [&](int64_t begin, int64_t end) {
@@ -189,7 +192,7 @@ torch::Tensor MultiHeadedAttentionImpl::self_attention_cpu(const torch::Tensor& 
     const int64_t first = reuse ? cached : 0, count = a.keys - first;
     const torch::Tensor positions = pos_emb.slice(1, first).contiguous();
     projected = torch::empty({count, d}, options);
-    const float* pos_panels = pos_panels_.get(linear_pos->weight).data_ptr<float>();
+    const float* pos_panels = linear_pos->panels().data_ptr<float>();
     at::parallel_for(0, panels_each, 2, [&](int64_t begin, int64_t end) {
       detail::panel_linear(positions.data_ptr<float>(), count, d, d, pos_panels, nullptr, begin * detail::kPanelWidth,
                            std::min(end * detail::kPanelWidth, d), projected.data_ptr<float>(), d);
@@ -213,7 +216,7 @@ torch::Tensor MultiHeadedAttentionImpl::self_attention_cpu(const torch::Tensor& 
   a.out_sb = t * d;
   a.out_si = d;
   at::parallel_for(0, batch * heads, 1, [&](int64_t begin, int64_t end) { detail::attention_forward(a, begin, end); });
-  return fast_linear(core, linear_out->weight, linear_out->bias, &out_panels_);
+  return linear_out(core);
 }
 
 torch::Tensor MultiHeadedAttentionImpl::forward(const torch::Tensor& query, const torch::Tensor& key,
@@ -223,9 +226,9 @@ torch::Tensor MultiHeadedAttentionImpl::forward(const torch::Tensor& query, cons
     return self_attention_cpu(query, mask, pos_emb, cache);
   }
   const int64_t batch = query.size(0), t1 = query.size(1);
-  torch::Tensor q = fast_linear(query, linear_q->weight, linear_q->bias, &q_panels_).view({batch, t1, options_.heads, d_k_});
-  torch::Tensor k = split_heads(fast_linear(key, linear_k->weight, linear_k->bias, &k_panels_));  // [B, H, T2, d_k]
-  torch::Tensor v = split_heads(fast_linear(value, linear_v->weight, linear_v->bias, &v_panels_));
+  torch::Tensor q = linear_q(query).view({batch, t1, options_.heads, d_k_});
+  torch::Tensor k = split_heads(linear_k(key));  // [B, H, T2, d_k]
+  torch::Tensor v = split_heads(linear_v(value));
   const int64_t cached = cache ? cache->size() : 0;
   if (cache) {
     cache->k.append(k);
@@ -239,7 +242,7 @@ torch::Tensor MultiHeadedAttentionImpl::forward(const torch::Tensor& query, cons
     MOEKIT_CHECK_ARG(pos_emb.defined() && pos_emb.size(1) == k.size(2), "rel-pos attention: pos_emb covers ",
                      pos_emb.defined() ? pos_emb.size(1) : 0, " positions, keys ", k.size(2));
     auto project = [&](const torch::Tensor& positions) {
-      return fast_linear(positions, linear_pos->weight, {}, &pos_panels_)
+      return linear_pos(positions)
           .view({positions.size(0), -1, options_.heads, d_k_})
           .transpose(1, 2);
     };
@@ -255,7 +258,7 @@ torch::Tensor MultiHeadedAttentionImpl::forward(const torch::Tensor& query, cons
   }
   if (fused_core_applies(q, k, v, p, mask)) {
     const torch::Tensor x = fused_core(q, k, v, p, mask, scale);  // [B, T1, D]
-    return fast_linear(x, linear_out->weight, linear_out->bias, &out_panels_);
+    return linear_out(x);
   }
   torch::Tensor scores;
   if (options_.rel_pos) {
@@ -275,101 +278,7 @@ torch::Tensor MultiHeadedAttentionImpl::forward(const torch::Tensor& query, cons
   }
   torch::Tensor x = torch::matmul(dropout_->forward(attn), v);  // [B, H, T1, d_k]
   x = x.transpose(1, 2).contiguous().view({batch, t1, options_.d_model});
-  return fast_linear(x, linear_out->weight, linear_out->bias, &out_panels_);
-}
-
-FrameBuffer::FrameBuffer(const FrameBuffer& other) { *this = other; }
-
-FrameBuffer& FrameBuffer::operator=(const FrameBuffer& other) {
-  if (this != &other) {
-    buffer_ = other.buffer_.defined() ? other.buffer_.clone() : torch::Tensor();
-    start_ = other.start_;
-    length_ = other.length_;
-  }
-  return *this;
-}
-
-torch::Tensor FrameBuffer::view() const {
-  return length_ > 0 ? buffer_.slice(2, start_, start_ + length_) : torch::Tensor();
-}
-
-void FrameBuffer::reserve(int64_t batch, int64_t heads, int64_t t, int64_t d, const torch::TensorOptions& options) {
-  const bool fits = buffer_.defined() && buffer_.size(0) == batch && buffer_.size(1) == heads &&
-                    buffer_.size(3) == d && buffer_.dtype() == options.dtype() && buffer_.device() == options.device();
-  MOEKIT_CHECK_ARG(fits || length_ == 0, "frame buffer: frames [", batch, ", ", heads, ", ", t, ", ", d,
-                   "] do not continue the held ", view().sizes());
-  if (!fits || start_ + length_ + t > buffer_.size(2)) {
-    // Room for twice what will be held; the held frames move to the front.
-    const int64_t capacity = std::max<int64_t>(64, 2 * (length_ + t));
-    torch::Tensor grown = torch::empty({batch, heads, capacity, d}, options);
-    if (length_ > 0 && !torch::GradMode::is_enabled() && buffer_.device().is_cpu() && buffer_.is_contiguous()) {
-      // Each (b, h)'s held frames are one contiguous run in both buffers.
-      const int64_t run = length_ * d * static_cast<int64_t>(buffer_.element_size());
-      const char* src = static_cast<const char*>(buffer_.data_ptr()) + start_ * d * buffer_.element_size();
-      char* dst = static_cast<char*>(grown.data_ptr());
-      const int64_t src_step = buffer_.size(2) * d * buffer_.element_size();
-      const int64_t dst_step = capacity * d * grown.element_size();
-      for (int64_t bh = 0; bh < batch * heads; ++bh) {
-        std::memcpy(dst + bh * dst_step, src + bh * src_step, static_cast<size_t>(run));
-      }
-    } else if (length_ > 0) {
-      grown.slice(2, 0, length_).copy_(view());
-    }
-    buffer_ = grown;
-    start_ = 0;
-  }
-}
-
-void FrameBuffer::append(const torch::Tensor& frames) {
-  MOEKIT_CHECK_ARG(frames.dim() == 4, "frame buffer: expected [B, H, t, d] frames, got ", frames.sizes());
-  const int64_t t = frames.size(2);
-  reserve(frames.size(0), frames.size(1), t, frames.size(3), frames.options());
-  if (!torch::GradMode::is_enabled() && frames.device().is_cpu() && frames.scalar_type() == torch::kFloat &&
-      frames.stride(3) == 1) {
-    // A streaming chunk's frames row by row: ATen's strided copy_ costs
-    // more than the bytes (three appends per layer per chunk).
-    copy_rows(frames.data_ptr<float>(), frames.size(0), frames.size(1), t, frames.size(3), frames.stride(0),
-              frames.stride(1), frames.stride(2));
-  } else {
-    buffer_.slice(2, start_ + length_, start_ + length_ + t).copy_(frames);
-  }
-  length_ += t;
-}
-
-void FrameBuffer::copy_rows(const float* src, int64_t batch, int64_t heads, int64_t t, int64_t d, int64_t sb,
-                            int64_t sh, int64_t st) {
-  // buffer_ is contiguous [B, H, capacity, d].
-  const int64_t capacity = buffer_.size(2);
-  float* base = buffer_.data_ptr<float>();
-  for (int64_t b = 0; b < batch; ++b) {
-    for (int64_t h = 0; h < heads; ++h) {
-      float* out = base + ((b * heads + h) * capacity + start_ + length_) * d;
-      for (int64_t i = 0; i < t; ++i) {
-        std::memcpy(out + i * d, src + b * sb + h * sh + i * st, static_cast<size_t>(d) * sizeof(float));
-      }
-    }
-  }
-}
-
-void FrameBuffer::append_rows(const float* src, int64_t batch, int64_t t, int64_t heads, int64_t d_k, int64_t sb,
-                              int64_t si, const torch::TensorOptions& options) {
-  MOEKIT_CHECK_ARG(options.dtype() == torch::kFloat && options.device().is_cpu(),
-                   "frame buffer: append_rows takes CPU float32 rows");
-  reserve(batch, heads, t, d_k, options);
-  copy_rows(src, batch, heads, t, d_k, sb, d_k, si);
-  length_ += t;
-}
-
-void FrameBuffer::keep_last(int64_t frames) {
-  if (frames < 0 || frames >= length_) return;
-  start_ += length_ - frames;
-  length_ = frames;
-}
-
-void KvCache::keep_last(int64_t frames) {
-  k.keep_last(frames);
-  v.keep_last(frames);
-  p.keep_last(frames);
+  return linear_out(x);
 }
 
 torch::Tensor sinusoid_positions(int64_t offset, int64_t length, int64_t d_model, const torch::Device& device) {

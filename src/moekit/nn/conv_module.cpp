@@ -5,9 +5,11 @@
 #include <vector>
 
 #include "moekit/core/check.h"
-#include "moekit/nn/linear.h"
-#include "moekit/nn/row_kernels.h"
-#include "moekit/nn/silu_kernel.h"
+#include "moekit/kernels/row_kernels.h"
+#include "moekit/kernels/silu_kernel.h"
+#include "moekit/nn/norm.h"
+#include "moekit/ops/fast_path.h"
+#include "moekit/ops/linear.h"
 
 namespace moekit {
 
@@ -18,7 +20,7 @@ ConvModuleImpl::ConvModuleImpl(const ConvModuleOptions& o) : options_(o) {
                    o.kernel_size);
   namespace nn = torch::nn;
   const int64_t c = o.channels;
-  pointwise_conv1 = register_module("pointwise_conv1", nn::Conv1d(nn::Conv1dOptions(c, 2 * c, 1).bias(o.bias)));
+  pointwise_conv1 = register_module("pointwise_conv1", PackedPointwiseConv1d(nn::Conv1dOptions(c, 2 * c, 1).bias(o.bias)));
   depthwise_conv = register_module(
       "depthwise_conv", nn::Conv1d(nn::Conv1dOptions(c, c, o.kernel_size)
                                        .groups(c)
@@ -28,7 +30,7 @@ ConvModuleImpl::ConvModuleImpl(const ConvModuleOptions& o) : options_(o) {
     layer_norm = register_module("norm", nn::LayerNorm(nn::LayerNormOptions({c}).eps(o.norm_eps)));
   else
     batch_norm = register_module("norm", nn::BatchNorm1d(nn::BatchNormOptions(c).eps(o.norm_eps)));
-  pointwise_conv2 = register_module("pointwise_conv2", nn::Conv1d(nn::Conv1dOptions(c, c, 1).bias(o.bias)));
+  pointwise_conv2 = register_module("pointwise_conv2", PackedPointwiseConv1d(nn::Conv1dOptions(c, c, 1).bias(o.bias)));
 }
 
 namespace {
@@ -87,10 +89,10 @@ bool ConvModuleImpl::inference_cpu_applies(const torch::Tensor& x, const torch::
 }
 
 torch::Tensor ConvModuleImpl::inference_cpu(const torch::Tensor& input, torch::Tensor* cache) {
+  MOEKIT_FAST_PATH("conv_module.inference_cpu");
   const int64_t batch = input.size(0), t = input.size(1), c = options_.channels, lorder = left_context();
   const int64_t kernel = options_.kernel_size, span = lorder + t;
-  const torch::Tensor h = fast_linear(input, pointwise_conv1->weight.view({2 * c, c}), pointwise_conv1->bias,
-                                      &pointwise1_panels_);  // [B, T, 2C]
+  const torch::Tensor h = pointwise_conv1->linear(input);  // [B, T, 2C]
   // frames [B, lorder + T, C]: the left context, then the GLU outputs.
   torch::Tensor frames = torch::empty({batch, span, c}, input.options());
   float* fp = frames.data_ptr<float>();
@@ -155,7 +157,7 @@ torch::Tensor ConvModuleImpl::inference_cpu(const torch::Tensor& input, torch::T
   } else {
     out = apply_activation(options_.activation, out, {});
   }
-  return fast_linear(out, pointwise_conv2->weight.view({c, c}), pointwise_conv2->bias, &pointwise2_panels_);
+  return pointwise_conv2->linear(out);
 }
 
 torch::Tensor ConvModuleImpl::forward(const torch::Tensor& input, const torch::Tensor& mask_pad,
@@ -169,8 +171,7 @@ torch::Tensor ConvModuleImpl::forward(const torch::Tensor& input, const torch::T
   const torch::Tensor blocked = masked ? mask_pad.unsqueeze(2).logical_not() : torch::Tensor();  // [B, T, 1]
   torch::Tensor x = masked ? input.masked_fill(blocked, 0.0) : input;
   const int64_t channels = options_.channels;
-  x = torch::glu(fast_linear(x, pointwise_conv1->weight.view({2 * channels, channels}), pointwise_conv1->bias,
-                              &pointwise1_panels_), -1);
+  x = torch::glu(pointwise_conv1->linear(x), -1);
   // WeNet masks only before pointwise_conv1, so padded frames become
   // glu(bias) and reach the last real frames through the depthwise kernel:
   // a batch then decodes differently from its utterances one by one. Masking
@@ -209,6 +210,7 @@ torch::Tensor ConvModuleImpl::forward(const torch::Tensor& input, const torch::T
     x = x.transpose(1, 2);  // [B, C, T]
   }
   if (time_major) {
+    MOEKIT_FAST_PATH("conv_module.depthwise_time_major");
     x = depthwise_time_major(x, depthwise_conv->weight, depthwise_conv->bias);  // [B, T, C]
   } else {
     x = depthwise_conv->forward(x);
@@ -216,8 +218,7 @@ torch::Tensor ConvModuleImpl::forward(const torch::Tensor& input, const torch::T
     x = x.transpose(1, 2);  // [B, T, C]
   }
   if (layer_norm) x = layer_norm->forward(x);
-  x = fast_linear(apply_activation(options_.activation, x, {}), pointwise_conv2->weight.view({channels, channels}),
-                  pointwise_conv2->bias, &pointwise2_panels_);
+  x = pointwise_conv2->linear(apply_activation(options_.activation, x, {}));
   if (masked) x = x.masked_fill(blocked, 0.0);
   return x;
 }

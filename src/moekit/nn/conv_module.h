@@ -5,9 +5,9 @@
 // batch_norm, activation, pointwise conv back to C. Names follow WeNet.
 #include <torch/torch.h>
 
-#include "moekit/moe/packed_weights.h"
+#include "moekit/ops/packed_linear.h"
 
-#include "moekit/nn/activation.h"
+#include "moekit/ops/activation.h"
 
 namespace moekit {
 
@@ -33,7 +33,8 @@ class ConvModuleImpl : public torch::nn::Module {
 
   int64_t left_context() const { return options_.causal ? options_.kernel_size - 1 : 0; }
 
-  torch::nn::Conv1d pointwise_conv1{nullptr}, depthwise_conv{nullptr}, pointwise_conv2{nullptr};
+  PackedPointwiseConv1d pointwise_conv1{nullptr}, pointwise_conv2{nullptr};
+  torch::nn::Conv1d depthwise_conv{nullptr};
   torch::nn::LayerNorm layer_norm{nullptr};
   torch::nn::BatchNorm1d batch_norm{nullptr};
 
@@ -44,7 +45,6 @@ class ConvModuleImpl : public torch::nn::Module {
   bool inference_cpu_applies(const torch::Tensor& x, const torch::Tensor& mask_pad) const;
   torch::Tensor inference_cpu(const torch::Tensor& x, torch::Tensor* cache);
   ConvModuleOptions options_;
-  PanelCache pointwise1_panels_, pointwise2_panels_;  // fast_linear's
 };
 TORCH_MODULE(ConvModule);
 

@@ -1,6 +1,6 @@
 #include "moekit/nn/ffn.h"
 
-#include "moekit/nn/linear.h"
+#include "moekit/ops/linear.h"
 
 #include "moekit/core/check.h"
 
@@ -9,7 +9,7 @@ namespace moekit {
 FeedForwardImpl::FeedForwardImpl(const FeedForwardOptions& options) : options_(options) {
   MOEKIT_CHECK_ARG(options.d_model > 0 && options.d_hidden > 0, "FFN widths must be positive, got d_model=",
                    options.d_model, " d_hidden=", options.d_hidden);
-  using torch::nn::Linear;
+  using Linear = PackedLinear;
   using torch::nn::LinearOptions;
   w1 = register_module("w1", Linear(LinearOptions(options.d_model, options.d_hidden).bias(options.bias)));
   if (is_gated(options.activation)) {
@@ -19,9 +19,9 @@ FeedForwardImpl::FeedForwardImpl(const FeedForwardOptions& options) : options_(o
 }
 
 torch::Tensor FeedForwardImpl::forward(const torch::Tensor& x) {
-  const torch::Tensor h3 = w3 ? fast_linear(x, w3->weight, w3->bias, &w3_panels_) : torch::Tensor();
-  const torch::Tensor h1 = fast_linear(x, w1->weight, w1->bias, &w1_panels_);
-  return fast_linear(apply_activation(options_.activation, h1, h3), w2->weight, w2->bias, &w2_panels_);
+  const torch::Tensor h3 = w3 ? w3(x) : torch::Tensor();
+  const torch::Tensor h1 = w1(x);
+  return w2(apply_activation(options_.activation, h1, h3));
 }
 
 }  // namespace moekit

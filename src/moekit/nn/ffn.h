@@ -4,9 +4,9 @@
 // layer and a dense FFN convert into each other by indexing dim 0.
 #include <torch/torch.h>
 
-#include "moekit/moe/packed_weights.h"
+#include "moekit/ops/packed_linear.h"
 
-#include "moekit/nn/activation.h"
+#include "moekit/ops/activation.h"
 
 namespace moekit {
 
@@ -23,11 +23,10 @@ class FeedForwardImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& x);  // [..., D] -> [..., D]
   const FeedForwardOptions& options() const { return options_; }
 
-  torch::nn::Linear w1{nullptr}, w2{nullptr}, w3{nullptr};
+  PackedLinear w1{nullptr}, w2{nullptr}, w3{nullptr};
 
  private:
   FeedForwardOptions options_;
-  PanelCache w1_panels_, w2_panels_, w3_panels_;  // fast_linear's
 };
 TORCH_MODULE(FeedForward);
 

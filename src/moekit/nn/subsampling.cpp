@@ -1,54 +1,11 @@
 #include "moekit/nn/subsampling.h"
 
-#include <variant>
-
 #include "moekit/core/check.h"
-#include "moekit/nn/linear.h"
-#include "moekit/nn/row_kernels.h"
+#include "moekit/kernels/row_kernels.h"
+#include "moekit/ops/fast_path.h"
+#include "moekit/ops/linear.h"
 
 namespace moekit {
-
-torch::Tensor ConvWeightCache::forward(const torch::nn::Conv2dImpl& conv, const torch::Tensor& x) {
-  // LibTorch's option variants are c10::variant in 1.13 and std::variant in
-  // 2.x: unqualified calls find either (argument-dependent lookup).
-  using std::get;
-  using std::holds_alternative;
-  const auto& o = conv.options;
-  const torch::Tensor& w = conv.weight;
-  const bool applies = !torch::GradMode::is_enabled() && at::hasMKLDNN() && at::globalContext().userEnabledMkldnn() &&
-                       x.device().is_cpu() && x.scalar_type() == torch::kFloat && x.dim() == 4 && x.is_contiguous() &&
-                       w.device().is_cpu() && w.scalar_type() == torch::kFloat && w.is_contiguous() &&
-                       (!conv.bias.defined() || conv.bias.scalar_type() == torch::kFloat) && o.groups() == 1 &&
-                       holds_alternative<torch::ExpandingArray<2>>(o.padding()) &&
-                       holds_alternative<torch::enumtype::kZeros>(o.padding_mode());
-  if (!applies) return {};
-  const torch::IntArrayRef padding = get<torch::ExpandingArray<2>>(o.padding());
-  const torch::IntArrayRef stride = o.stride(), dilation = o.dilation();
-  torch::Tensor packed;
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (unavailable_) return {};
-    if (!packed_.defined() || !stamp_.matches(w)) {
-      try {
-        packed_ = at::mkldnn_reorder_conv2d_weight(w.to_mkldnn(), padding, stride, dilation, 1);
-      } catch (const c10::Error&) {
-        unavailable_ = true;  // this LibTorch's oneDNN does not take it: LibTorch's own conv2d from now on
-        return {};
-      }
-      stamp_.take(w);
-    }
-    packed = packed_;
-  }
-  const c10::optional<torch::Tensor> bias =
-      conv.bias.defined() ? c10::optional<torch::Tensor>(conv.bias) : c10::nullopt;
-  try {
-    return at::mkldnn_convolution(x, packed, bias, padding, stride, dilation, 1);
-  } catch (const c10::Error&) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    unavailable_ = true;
-    return {};
-  }
-}
 
 Conv2dSubsamplingImpl::Conv2dSubsamplingImpl(int64_t idim, int64_t odim, int64_t rate) : rate_(rate) {
   namespace nn = torch::nn;
@@ -73,9 +30,9 @@ Conv2dSubsamplingImpl::Conv2dSubsamplingImpl(int64_t idim, int64_t odim, int64_t
   MOEKIT_CHECK_ARG(f > 0, "subsampling: input_dim ", idim, " is too small for x", rate, " subsampling");
   register_module("conv", conv);
   if (rate == 4) {
-    out = register_module("out", nn::Sequential(nn::Linear(odim * f, odim)));
+    out = register_module("out", nn::Sequential(PackedLinear(odim * f, odim)));
   } else {
-    linear = register_module("linear", nn::Linear(odim * f, odim));
+    linear = register_module("linear", PackedLinear(odim * f, odim));
   }
 }
 
@@ -96,6 +53,7 @@ bool Conv2dSubsamplingImpl::inference_cpu_applies(const torch::Tensor& x) const 
 torch::Tensor Conv2dSubsamplingImpl::forward(const torch::Tensor& x) {
   torch::Tensor h;  // [B, C, T', F'] before the last ReLU
   if (inference_cpu_applies(x)) {
+    MOEKIT_FAST_PATH("subsampling.first_conv_rows");
     // Inference: the first convolution and its ReLU in a loop (one input
     // channel: LibTorch's path was an im2col, a GEMM and a ReLU pass), the
     // last ReLU in the transposing copy below.
@@ -141,8 +99,8 @@ torch::Tensor Conv2dSubsamplingImpl::forward(const torch::Tensor& x) {
   }
   // The projection by fast_linear: a streaming chunk's 16 rows stream its
   // weights through the panel kernel instead of an OpenBLAS GEMM.
-  torch::nn::LinearImpl& proj = out ? *out[0]->as<torch::nn::LinearImpl>() : *linear;
-  return fast_linear(h, proj.weight, proj.bias, &proj_panels_);
+  PackedLinearImpl& proj = out ? *out[0]->as<PackedLinearImpl>() : *linear;
+  return proj.forward(h);
 }
 
 int64_t Conv2dSubsamplingImpl::output_length(int64_t frames) const {

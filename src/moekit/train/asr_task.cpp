@@ -9,40 +9,45 @@
 #include "moekit/audio/fbank.h"
 #include "moekit/core/check.h"
 #include "moekit/core/config.h"
+#include "moekit/core/fields.h"
 #include "moekit/core/file_io.h"
 #include "moekit/decode/ctc_search.h"
 #include "moekit/decode/recognizer.h"
 
 namespace moekit {
 
-YAML::Node AsrDataOptions::to_yaml() const {
-  YAML::Node n;
-  n["batch_size"] = batch_size;
-  n["max_frames_in_batch"] = max_frames_in_batch;
-  n["spec_aug"] = spec_aug;
-  n["spec_aug_conf"]["num_t_mask"] = num_t_mask;
-  n["spec_aug_conf"]["num_f_mask"] = num_f_mask;
-  n["spec_aug_conf"]["max_t"] = max_t;
-  n["spec_aug_conf"]["max_f"] = max_f;
-  n["shuffle"] = shuffle;
-  return n;
+namespace {
+
+const FieldTable<AsrDataOptions>& spec_aug_fields() {
+  using O = AsrDataOptions;
+  static const auto table = FieldTable<O>("spec_aug_conf")
+                                .field("num_t_mask", &O::num_t_mask, "time masks per utterance").non_negative()
+                                .field("num_f_mask", &O::num_f_mask, "frequency masks per utterance").non_negative()
+                                .field("max_t", &O::max_t, "longest time mask, frames").non_negative()
+                                .field("max_f", &O::max_f, "widest frequency mask, bins").non_negative();
+  return table;
 }
 
+// WeNet's dataset_conf names (fbank_conf is read into the model's config).
+const FieldTable<AsrDataOptions>& asr_data_fields() {
+  using O = AsrDataOptions;
+  static const auto table =
+      FieldTable<O>("dataset_conf")
+          .field("batch_size", &O::batch_size, "utterances per batch at most").at_least(1)
+          .field("max_frames_in_batch", &O::max_frames_in_batch, "padded feature frames per batch at most")
+          .at_least(1)
+          .field("spec_aug", &O::spec_aug, "SpecAugment in training")
+          .section<O>("spec_aug_conf", [](O& o) -> O& { return o; }, spec_aug_fields(), "SpecAugment's masks")
+          .field("shuffle", &O::shuffle, "shuffle utterances each epoch");
+  return table;
+}
+
+}  // namespace
+
+const FieldTable<AsrDataOptions>& AsrDataOptions::fields() { return asr_data_fields(); }
+YAML::Node AsrDataOptions::to_yaml() const { return asr_data_fields().write(*this); }
 AsrDataOptions AsrDataOptions::from_yaml(const YAML::Node& n, const std::string& where) {
-  AsrDataOptions o;
-  if (!n.IsDefined() || n.IsNull()) return o;
-  o.batch_size = yaml_get_or<int64_t>(n, "batch_size", o.batch_size, where);
-  o.max_frames_in_batch = yaml_get_or<int64_t>(n, "max_frames_in_batch", o.max_frames_in_batch, where);
-  o.spec_aug = yaml_get_or<bool>(n, "spec_aug", o.spec_aug, where);
-  const YAML::Node s = n["spec_aug_conf"];
-  o.num_t_mask = yaml_get_or<int64_t>(s, "num_t_mask", o.num_t_mask, where);
-  o.num_f_mask = yaml_get_or<int64_t>(s, "num_f_mask", o.num_f_mask, where);
-  o.max_t = yaml_get_or<int64_t>(s, "max_t", o.max_t, where);
-  o.max_f = yaml_get_or<int64_t>(s, "max_f", o.max_f, where);
-  o.shuffle = yaml_get_or<bool>(n, "shuffle", o.shuffle, where);
-  MOEKIT_CHECK_ARG(o.batch_size >= 1 && o.max_frames_in_batch >= 1, where,
-                   ": batch_size and max_frames_in_batch must be >= 1");
-  return o;
+  return asr_data_fields().parse(n, where);
 }
 
 namespace {

@@ -13,6 +13,9 @@
 
 namespace moekit {
 
+template <class Options>
+class FieldTable;
+
 struct AsrDataOptions {
   int64_t batch_size = 16;             // utterances per batch at most
   int64_t max_frames_in_batch = 12000; // padded feature frames per batch at most
@@ -20,6 +23,9 @@ struct AsrDataOptions {
   int64_t num_t_mask = 2, num_f_mask = 2, max_t = 50, max_f = 10;
   bool shuffle = true;
 
+  // The field table (core/fields.h) behind to_yaml / from_yaml; from_yaml
+  // refuses unknown keys (naming the closest known one) and checks ranges.
+  static const FieldTable<AsrDataOptions>& fields();
   YAML::Node to_yaml() const;
   static AsrDataOptions from_yaml(const YAML::Node& node, const std::string& where);
 };

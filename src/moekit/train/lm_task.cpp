@@ -3,47 +3,33 @@
 #include <algorithm>
 #include <cmath>
 #include <random>
-#include <set>
 
 #include "moekit/core/check.h"
-#include "moekit/core/config.h"
+#include "moekit/core/fields.h"
 #include "moekit/core/file_io.h"
 
 namespace moekit {
 
-void LmDataOptions::validate() const {
-  MOEKIT_CHECK_ARG(seq_len >= 1, "data: seq_len must be >= 1, got ", seq_len);
-  MOEKIT_CHECK_ARG(batch_size >= 1, "data: batch_size must be >= 1, got ", batch_size);
-  MOEKIT_CHECK_ARG(max_valid_windows >= 0, "data: max_valid_windows must be >= 0");
+namespace {
+
+const FieldTable<LmDataOptions>& lm_data_fields() {
+  using O = LmDataOptions;
+  static const auto table = FieldTable<O>("data")
+                                .field("seq_len", &O::seq_len, "tokens predicted per window").at_least(1)
+                                .field("batch_size", &O::batch_size, "windows per batch").at_least(1)
+                                .field("shuffle", &O::shuffle, "shuffle windows each epoch")
+                                .field("max_valid_windows", &O::max_valid_windows, "validation windows used (0 = all)")
+                                .non_negative();
+  return table;
 }
 
-YAML::Node LmDataOptions::to_yaml() const {
-  YAML::Node n;
-  n["seq_len"] = seq_len;
-  n["batch_size"] = batch_size;
-  n["shuffle"] = shuffle;
-  n["max_valid_windows"] = max_valid_windows;
-  return n;
-}
+}  // namespace
 
+const FieldTable<LmDataOptions>& LmDataOptions::fields() { return lm_data_fields(); }
+void LmDataOptions::validate() const { lm_data_fields().validate(*this); }
+YAML::Node LmDataOptions::to_yaml() const { return lm_data_fields().write(*this); }
 LmDataOptions LmDataOptions::from_yaml(const YAML::Node& n, const std::string& where) {
-  LmDataOptions o;
-  if (n.IsDefined() && !n.IsNull()) {
-    MOEKIT_CHECK_ARG(n.IsMap(), where, " must be a mapping");
-    static const std::set<std::string> known = {"seq_len", "batch_size", "shuffle", "max_valid_windows"};
-    for (const auto& kv : n)
-      MOEKIT_CHECK_ARG(known.count(kv.first.as<std::string>()), where, ": unknown option '", kv.first.as<std::string>(), "'");
-    o.seq_len = yaml_get_or<int64_t>(n, "seq_len", o.seq_len, where);
-    o.batch_size = yaml_get_or<int64_t>(n, "batch_size", o.batch_size, where);
-    o.shuffle = yaml_get_or<bool>(n, "shuffle", o.shuffle, where);
-    o.max_valid_windows = yaml_get_or<int64_t>(n, "max_valid_windows", o.max_valid_windows, where);
-  }
-  try {
-    o.validate();
-  } catch (const std::invalid_argument& e) {
-    throw std::invalid_argument(where + ": " + e.what());
-  }
-  return o;
+  return lm_data_fields().parse(n, where);
 }
 
 LmTrainTask::LmTrainTask(std::shared_ptr<LmModel> model, std::vector<int64_t> train_stream,

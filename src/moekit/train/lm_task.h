@@ -12,14 +12,20 @@
 
 namespace moekit {
 
+template <class Options>
+class FieldTable;
+
 struct LmDataOptions {
   int64_t seq_len = 256;        // tokens predicted per window
   int64_t batch_size = 16;      // windows per batch
   bool shuffle = true;          // shuffle windows each epoch
   int64_t max_valid_windows = 0;  // validation windows used (0 = all)
 
+  // The field table (core/fields.h) behind the functions below.
+  static const FieldTable<LmDataOptions>& fields();
   void validate() const;
   YAML::Node to_yaml() const;
+  // Unknown keys are refused (naming the closest known one); calls validate().
   static LmDataOptions from_yaml(const YAML::Node& node, const std::string& where);
 };
 

@@ -15,6 +15,9 @@
 
 namespace moekit {
 
+template <class Options>
+class FieldTable;
+
 struct TrainerOptions {
   int64_t epochs = 10;
   double lr = 1e-3;
@@ -35,8 +38,11 @@ struct TrainerOptions {
   bool validate_first = false;  // validate once before the first step (step 0 of a fresh run)
   double peak_flops = 0.0;      // FLOP/s that MFU is relative to (0: measure a GEMM at start)
 
+  // The field table (core/fields.h) behind the functions below.
+  static const FieldTable<TrainerOptions>& fields();
   void validate() const;
   YAML::Node to_yaml() const;
+  // Unknown keys are refused (naming the closest known one); calls validate().
   static TrainerOptions from_yaml(const YAML::Node& node, const std::string& where);
 };
 

@@ -8,9 +8,12 @@
 
 #include "moekit/audio/fbank.h"
 #include "moekit/moe/options.h"
-#include "moekit/nn/activation.h"
+#include "moekit/ops/activation.h"
 
 namespace moekit {
+
+template <class Options>
+class FieldTable;
 
 // One feed-forward block: dense (WeNet "position_wise_feed_forward") or MoE.
 struct FfnConfig {
@@ -79,8 +82,12 @@ struct AsrConfig {
   int64_t sos_id() const { return vocab_size - 1; }
   int64_t eos_id() const { return vocab_size - 1; }
 
+  // The field table (core/fields.h) behind the functions below; YAML names
+  // are WeNet's train.yaml names.
+  static const FieldTable<AsrConfig>& fields();
   void validate() const;
   YAML::Node to_yaml() const;
+  // Unknown keys in any section are refused (naming the closest known one).
   static AsrConfig from_yaml(const YAML::Node& node, const std::string& where);
 };
 

@@ -11,22 +11,19 @@
 #include "moekit/models/asr/decoder.h"
 #include "moekit/models/asr/encoder.h"
 #include "moekit/models/model.h"
-#include "moekit/nn/linear.h"
+#include "moekit/ops/packed_linear.h"
 
 namespace moekit {
 
 class CtcImpl : public torch::nn::Module {
  public:
   CtcImpl(int64_t d_model, int64_t vocab_size) {
-    ctc_lo = register_module("ctc_lo", torch::nn::Linear(d_model, vocab_size));
+    ctc_lo = register_module("ctc_lo", PackedLinear(d_model, vocab_size));
   }
   torch::Tensor log_probs(const torch::Tensor& x) {
-    return torch::log_softmax(fast_linear(x, ctc_lo->weight, ctc_lo->bias, &ctc_lo_panels_), -1);
+    return torch::log_softmax(ctc_lo(x), -1);
   }
-  torch::nn::Linear ctc_lo{nullptr};
-
- private:
-  PanelCache ctc_lo_panels_;  // fast_linear's
+  PackedLinear ctc_lo{nullptr};
 };
 TORCH_MODULE(Ctc);
 

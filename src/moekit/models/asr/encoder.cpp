@@ -3,8 +3,10 @@
 #include <cmath>
 
 #include "moekit/core/check.h"
-#include "moekit/nn/linear.h"
-#include "moekit/nn/row_kernels.h"
+#include "moekit/kernels/row_kernels.h"
+#include "moekit/nn/norm.h"
+#include "moekit/ops/fast_path.h"
+#include "moekit/ops/linear.h"
 
 namespace moekit {
 
@@ -85,6 +87,7 @@ torch::Tensor ConformerLayerImpl::forward(const torch::Tensor& input, const torc
                                           ConformerLayerCache* cache) {
   const double ff_scale = feed_forward_macaron.defined() ? 0.5 : 1.0;
   const bool in_place = in_place_applies(input);
+  if (in_place) MOEKIT_FAST_PATH("conformer.in_place");
   // In place, the residual stream is a copy this layer owns.
   torch::Tensor x = in_place ? input.contiguous().clone() : input;
   if (feed_forward_macaron.defined())
@@ -176,6 +179,7 @@ std::pair<torch::Tensor, torch::Tensor> ConformerEncoderImpl::forward(const torc
   if (!torch::GradMode::is_enabled() && mask.device().is_cpu()) {
     if (mask.all().item<bool>()) pad_mask = torch::Tensor();
     if (att_mask.all().item<bool>()) layer_att_mask = torch::Tensor();
+    if (!pad_mask.defined() && !layer_att_mask.defined()) MOEKIT_FAST_PATH("encoder.unmasked");
   }
   for (const auto& layer : *encoders) x = layer->as<ConformerLayer>()->forward(x, layer_att_mask, pos, pad_mask);
   if (config_.normalize_before) x = fast_layer_norm(after_norm, x);

@@ -1,16 +1,43 @@
 #include "moekit/models/ffn_stack/ffn_stack.h"
 
 #include "moekit/core/check.h"
-#include "moekit/core/config.h"
+#include "moekit/core/fields.h"
 
 namespace moekit {
 
-void FfnStackOptions::validate() const {
-  MOEKIT_CHECK_ARG(d_model > 0 && d_hidden > 0, "ffn_stack widths must be positive");
-  MOEKIT_CHECK_ARG(num_layers > 0, "ffn_stack num_layers must be positive, got ", num_layers);
-  MOEKIT_CHECK_ARG(moe_every >= 1, "ffn_stack moe_every must be >= 1, got ", moe_every);
-  if (moe) layer_moe_options().validate();
+namespace {
+
+const FieldTable<FfnStackOptions>& ffn_stack_fields() {
+  using O = FfnStackOptions;
+  // The MoE section: MoEOptions' fields but the widths and activation,
+  // which are the stack's.
+  static const auto moe_table = MoEOptions::fields().without({"d_model", "d_hidden", "activation"}, "ffn_stack moe");
+  static const auto table =
+      FieldTable<O>("ffn_stack")
+          .field("d_model", &O::d_model, "width").required().positive()
+          .field("num_layers", &O::num_layers, "blocks").required().positive()
+          .field("d_hidden", &O::d_hidden, "FFN hidden width (per expert in MoE layers)").required().positive()
+          .named("activation", &O::activation, parse_activation, activation_name, "FFN activation")
+          .section("moe", &O::moe_options, moe_table, "MoE FFNs: num_experts, top_k, routing... (absent: dense)")
+          .write_if([](const O& o) { return o.moe; })
+          .field("moe_every", &O::moe_every, "every n-th block is MoE (1 = all)").at_least(1)
+          .write_if([](const O& o) { return o.moe; })
+          .rule([](const O& o) {
+            if (!o.moe) return std::string();
+            try {
+              o.layer_moe_options().validate();
+            } catch (const std::invalid_argument& e) {
+              return std::string(e.what());
+            }
+            return std::string();
+          });
+  return table;
 }
+
+}  // namespace
+
+const FieldTable<FfnStackOptions>& FfnStackOptions::fields() { return ffn_stack_fields(); }
+void FfnStackOptions::validate() const { ffn_stack_fields().validate(*this); }
 
 MoEOptions FfnStackOptions::layer_moe_options() const {
   MoEOptions m = moe_options;
@@ -20,41 +47,13 @@ MoEOptions FfnStackOptions::layer_moe_options() const {
   return m;
 }
 
-YAML::Node FfnStackOptions::to_yaml() const {
-  YAML::Node node;
-  node["d_model"] = d_model;
-  node["num_layers"] = num_layers;
-  node["d_hidden"] = d_hidden;
-  node["activation"] = activation_name(activation);
-  if (moe) {
-    YAML::Node m = moe_options.to_yaml();
-    m.remove("d_model");
-    m.remove("d_hidden");
-    m.remove("activation");
-    node["moe"] = m;
-    node["moe_every"] = moe_every;
-  }
-  return node;
-}
+YAML::Node FfnStackOptions::to_yaml() const { return ffn_stack_fields().write(*this); }
 
 FfnStackOptions FfnStackOptions::from_yaml(const YAML::Node& node, const std::string& where) {
   MOEKIT_CHECK_ARG(node.IsMap(), where, ": architecture must be a mapping");
   FfnStackOptions o;
-  o.d_model = yaml_get<int64_t>(node, "d_model", where);
-  o.num_layers = yaml_get<int64_t>(node, "num_layers", where);
-  o.d_hidden = yaml_get<int64_t>(node, "d_hidden", where);
-  o.activation = parse_activation(yaml_get_or<std::string>(node, "activation", "swish", where));
   o.moe = node["moe"].IsDefined() && !node["moe"].IsNull();
-  if (o.moe) {
-    YAML::Node m = YAML::Clone(node["moe"]);
-    m["d_model"] = o.d_model;
-    m["d_hidden"] = o.d_hidden;
-    m["activation"] = activation_name(o.activation);
-    o.moe_options = MoEOptions::from_yaml(m, where + ": moe");
-    o.moe_every = yaml_get_or<int64_t>(node, "moe_every", 1, where);
-  }
-  o.validate();
-  return o;
+  return ffn_stack_fields().parse(node, where, o);
 }
 
 FfnStack::FfnStack(const FfnStackOptions& options) : options_(options) {

@@ -18,6 +18,8 @@ struct FfnStackOptions {
   int64_t moe_every = 1;                      // every n-th block is MoE (1 = all), when moe
   MoEOptions moe_options;                     // num_experts, top_k, routing, ...; widths filled in
 
+  // The field table (core/fields.h) behind validate / to_yaml / from_yaml.
+  static const FieldTable<FfnStackOptions>& fields();
   void validate() const;
   MoEOptions layer_moe_options() const;  // moe_options with the widths and activation filled in
   YAML::Node to_yaml() const;

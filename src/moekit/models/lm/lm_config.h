@@ -9,6 +9,9 @@
 
 namespace moekit {
 
+template <class Options>
+class FieldTable;
+
 // The MoE FFNs of an LM (num_experts == 0: every FFN is dense).
 struct LmMoeConfig {
   int64_t num_experts = 0;       // E (0 = dense model)
@@ -49,6 +52,8 @@ struct LmConfig {
   // active experts only, attention scores included).
   double forward_flops_per_token(int64_t context) const;
 
+  // The field table (core/fields.h) behind the functions below.
+  static const FieldTable<LmConfig>& fields();
   // Throws std::invalid_argument naming the first field out of range.
   void validate() const;
   std::string to_string() const;

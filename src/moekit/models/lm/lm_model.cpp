@@ -4,7 +4,7 @@
 
 #include "moekit/core/check.h"
 #include "moekit/core/model_dir.h"
-#include "moekit/nn/linear.h"
+#include "moekit/ops/linear.h"
 
 namespace moekit {
 
@@ -40,18 +40,18 @@ torch::Tensor apply_rotary(const torch::Tensor& x, const RotaryTables& tables) {
 LmAttentionImpl::LmAttentionImpl(const LmConfig& c)
     : heads_(c.n_heads), kv_heads_(c.kv_heads()), head_dim_(c.head_dim()) {
   const int64_t q_width = heads_ * head_dim_, kv_width = kv_heads_ * head_dim_;
-  q_proj = register_module("q_proj", torch::nn::Linear(torch::nn::LinearOptions(c.d_model, q_width).bias(c.qkv_bias)));
-  k_proj = register_module("k_proj", torch::nn::Linear(torch::nn::LinearOptions(c.d_model, kv_width).bias(c.qkv_bias)));
-  v_proj = register_module("v_proj", torch::nn::Linear(torch::nn::LinearOptions(c.d_model, kv_width).bias(c.qkv_bias)));
-  o_proj = register_module("o_proj", torch::nn::Linear(torch::nn::LinearOptions(q_width, c.d_model).bias(false)));
+  q_proj = register_module("q_proj", PackedLinear(torch::nn::LinearOptions(c.d_model, q_width).bias(c.qkv_bias)));
+  k_proj = register_module("k_proj", PackedLinear(torch::nn::LinearOptions(c.d_model, kv_width).bias(c.qkv_bias)));
+  v_proj = register_module("v_proj", PackedLinear(torch::nn::LinearOptions(c.d_model, kv_width).bias(c.qkv_bias)));
+  o_proj = register_module("o_proj", PackedLinear(torch::nn::LinearOptions(q_width, c.d_model).bias(false)));
 }
 
 torch::Tensor LmAttentionImpl::forward(const torch::Tensor& x, const RotaryTables& rope, int64_t offset,
                                        torch::Tensor* k_cache, torch::Tensor* v_cache) {
   const int64_t B = x.size(0), T = x.size(1), G = heads_ / kv_heads_;
-  torch::Tensor q = apply_rotary(fast_linear(x, q_proj->weight, q_proj->bias, &q_panels_).view({B, T, heads_, head_dim_}).transpose(1, 2), rope);      // [B, H, T, hd]
-  torch::Tensor k = apply_rotary(fast_linear(x, k_proj->weight, k_proj->bias, &k_panels_).view({B, T, kv_heads_, head_dim_}).transpose(1, 2), rope);   // [B, KV, T, hd]
-  torch::Tensor v = fast_linear(x, v_proj->weight, v_proj->bias, &v_panels_).view({B, T, kv_heads_, head_dim_}).transpose(1, 2);                       // [B, KV, T, hd]
+  torch::Tensor q = apply_rotary(q_proj(x).view({B, T, heads_, head_dim_}).transpose(1, 2), rope);      // [B, H, T, hd]
+  torch::Tensor k = apply_rotary(k_proj(x).view({B, T, kv_heads_, head_dim_}).transpose(1, 2), rope);   // [B, KV, T, hd]
+  torch::Tensor v = v_proj(x).view({B, T, kv_heads_, head_dim_}).transpose(1, 2);                       // [B, KV, T, hd]
   int64_t keys = T;
   if (k_cache != nullptr) {
     k_cache->narrow(2, offset, T).copy_(k);
@@ -76,7 +76,7 @@ torch::Tensor LmAttentionImpl::forward(const torch::Tensor& x, const RotaryTable
                                 .view({B, heads_, T, head_dim_})
                                 .transpose(1, 2)
                                 .reshape({B, T, heads_ * head_dim_});
-  return fast_linear(out, o_proj->weight, {}, &o_panels_);
+  return o_proj(out);
 }
 
 LmBlockImpl::LmBlockImpl(const LmConfig& c, int64_t layer) {
@@ -123,7 +123,7 @@ LmModel::LmModel(const LmConfig& config) : config_(config) {
   norm = register_module("norm", RMSNorm(config_.d_model, config_.norm_eps));
   if (!config_.tie_embeddings)
     lm_head = register_module("lm_head",
-                              torch::nn::Linear(torch::nn::LinearOptions(config_.d_model, config_.vocab_size).bias(false)));
+                              PackedLinear(torch::nn::LinearOptions(config_.d_model, config_.vocab_size).bias(false)));
   reset_parameters();
 }
 
@@ -159,7 +159,7 @@ torch::Tensor LmModel::forward(const torch::Tensor& tokens, LmKvCache* cache, bo
   if (last_only) h = h.narrow(1, T - 1, 1);
   h = norm(h);
   const torch::Tensor logits =
-      fast_linear(h, config_.tie_embeddings ? embed_tokens->weight : lm_head->weight, {}, &head_panels_);
+      config_.tie_embeddings ? fast_linear(h, embed_tokens->weight, {}, &tied_head_panels_) : lm_head(h);
   return logits.scalar_type() == torch::kDouble ? logits : logits.to(torch::kFloat);
 }
 

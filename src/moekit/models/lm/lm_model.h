@@ -20,6 +20,7 @@
 #include "moekit/models/model.h"
 #include "moekit/moe/moe_layer.h"
 #include "moekit/nn/ffn.h"
+#include "moekit/ops/packed_linear.h"
 
 namespace moekit {
 
@@ -60,11 +61,10 @@ class LmAttentionImpl : public torch::nn::Module {
   // attention covers [0, offset + T).
   torch::Tensor forward(const torch::Tensor& x, const RotaryTables& rope, int64_t offset, torch::Tensor* k_cache,
                         torch::Tensor* v_cache);
-  torch::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
+  PackedLinear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
 
  private:
   int64_t heads_, kv_heads_, head_dim_;
-  PanelCache q_panels_, k_panels_, v_panels_, o_panels_;  // fast_linear's
 };
 TORCH_MODULE(LmAttention);
 
@@ -107,12 +107,12 @@ class LmModel : public Model {
   torch::nn::Embedding embed_tokens{nullptr};
   std::vector<LmBlock> layers;
   RMSNorm norm{nullptr};
-  torch::nn::Linear lm_head{nullptr};  // absent when tie_embeddings
+  PackedLinear lm_head{nullptr};  // absent when tie_embeddings
 
  private:
   LmConfig config_;
   torch::nn::ModuleList layer_list_{nullptr};
-  PanelCache head_panels_;  // fast_linear's, for lm_head (or the tied embedding)
+  PanelCache tied_head_panels_;  // fast_linear's, for the tied embedding as the output map
 };
 
 // An LM's architecture and weights (checkpoint names), as the scale and

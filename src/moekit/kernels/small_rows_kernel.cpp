@@ -5,7 +5,7 @@
 //   into [in, rows rounded up to 8]; for each input k, one vector load holds
 //   8 rows' x[., k] and each weight w[o, k] is broadcast into it, so R x O
 //   vector accumulators run with no horizontal sums at all. Near the GEMM
-//   peak at 8-40 rows (bench/README.md).
+//   peak at 8-40 rows (bench/results/2026-11-24.md).
 // - dot (one to four rows, or no packed copy): R x O vector accumulators run
 //   over the input dimension and are summed horizontally at the end.
 // The bodies are compiled per instruction set (GCC vector extensions; AVX-512
@@ -19,8 +19,8 @@
 #include <utility>
 #include <vector>
 
-#include "moekit/moe/grouped_ffn.h"
-#include "moekit/moe/simd.h"
+#include "moekit/kernels/simd.h"
+#include "moekit/kernels/small_rows_kernel.h"
 
 namespace moekit::detail {
 namespace {

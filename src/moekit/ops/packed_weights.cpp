@@ -1,4 +1,4 @@
-#include "moekit/moe/packed_weights.h"
+#include "moekit/ops/packed_weights.h"
 
 #include <atomic>
 #include <cstdlib>

@@ -9,7 +9,7 @@
 // broadcasts x[r, k] against kPanelWidth weights: no horizontal sums. On the
 // machine measured this streamed weights from DRAM at 24-29 GB/s for 1-6
 // rows where the unpacked dot form reached 14-19 GB/s at 1-4 rows
-// (bench/README.md, "Weight panels").
+// (bench/results/2026-11-24.md, "Weight panels").
 //
 // No LibTorch here: this unit is compiled with its own flags.
 #include <cstdint>

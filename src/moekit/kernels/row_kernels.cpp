@@ -1,11 +1,11 @@
 // See row_kernels.h. One body per function, compiled per instruction set.
-#include "moekit/nn/row_kernels.h"
+#include "moekit/kernels/row_kernels.h"
 
 #include <cmath>
 #include <cstring>
 #include <vector>
 
-#include "moekit/moe/simd.h"
+#include "moekit/kernels/simd.h"
 
 namespace moekit::detail {
 namespace {

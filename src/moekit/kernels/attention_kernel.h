@@ -8,7 +8,8 @@
 // It replaces the ATen form (two or three matmuls on strided views, adds,
 // softmax, a transposing copy: ~20 ops, each with its own dispatch and
 // allocation, which on a streaming chunk's 16 queries cost more than the
-// arithmetic; bench/README.md, "Session 10").
+// arithmetic; bench/results/2026-11-26.md, "Interleaved row groups, fused
+// attention, leaner MoE evaluation").
 //
 // No LibTorch here: this unit is compiled with its own flags.
 #include <cstdint>

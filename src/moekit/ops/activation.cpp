@@ -1,7 +1,8 @@
-#include "moekit/nn/activation.h"
+#include "moekit/ops/activation.h"
 
 #include "moekit/core/check.h"
-#include "moekit/nn/silu_kernel.h"
+#include "moekit/kernels/silu_kernel.h"
+#include "moekit/ops/fast_path.h"
 
 namespace moekit {
 
@@ -39,6 +40,7 @@ bool fast_silu_applies(const torch::Tensor& h1, const torch::Tensor& h3) {
 }
 
 torch::Tensor fast_silu(const torch::Tensor& h1, const torch::Tensor& h3) {
+  MOEKIT_FAST_PATH("activation.silu_kernel");
   torch::Tensor y = torch::empty_like(h1);
   detail::silu(h1.data_ptr<float>(), h3.defined() ? h3.data_ptr<float>() : nullptr, y.data_ptr<float>(), h1.numel());
   return y;

@@ -1,11 +1,11 @@
 // See panel_kernel.h. One body, compiled per instruction set and picked at
 // run time by CPU feature (as small_rows_kernel.cpp does).
-#include "moekit/moe/panel_kernel.h"
+#include "moekit/kernels/panel_kernel.h"
 
 #include <algorithm>
 #include <cstring>
 
-#include "moekit/moe/simd.h"
+#include "moekit/kernels/simd.h"
 
 namespace moekit::detail {
 namespace {
@@ -13,7 +13,7 @@ namespace {
 // How far ahead of its reads the kernel asks for weights (floats; 32 KiB),
 // into L2. The hardware prefetcher alone keeps too few lines in flight once
 // each 128 bytes of weights carry several rows of FMAs: on the Intel VM of
-// bench/README.md ("Session 9"; `moekit bench kernels`) streaming 8 rows
+// bench/results/2026-11-26.md ("Weight prefetch, huge pages, SiLU"; `moekit bench kernels`) streaming 8 rows
 // went from 9.2 to 14.0 GB/s with it, 16 rows from 7.5 to 10.6.
 #ifndef MOEKIT_PANEL_PREFETCH_FLOATS
 #define MOEKIT_PANEL_PREFETCH_FLOATS 8192
@@ -24,7 +24,8 @@ constexpr int64_t kPrefetchFloats = MOEKIT_PANEL_PREFETCH_FLOATS;
 // L2 prefetch above gets the weights out of memory, but the loads then
 // still wait on L2 while the FMAs need them: asking for them a few
 // kilobytes ahead into L1 streamed 16 rows 12.5 -> 13.3 GB/s and 8 rows
-// 15.2 -> 16.8 on the VM of bench/README.md ("Session 12").
+// 15.2 -> 16.8 on the Intel VM of bench/results/2026-11-26.md ("An L1 prefetch in the panel
+// kernel, kept oneDNN weights").
 #ifndef MOEKIT_PANEL_L1_PREFETCH_FLOATS
 #define MOEKIT_PANEL_L1_PREFETCH_FLOATS 1024
 #endif
@@ -150,7 +151,8 @@ constexpr int64_t kMaxInterleavedGroups = 3;
 //   whole panel would leave memory idle while the later groups compute; in
 //   turns, each group asks for a share of the lines ahead, so the weights
 //   keep streaming (16 rows: 11.2 -> 11.9 GB/s, 13 rows: 11.7 -> 12.9 on the
-//   VM of bench/README.md, "Session 10").
+//   VM of bench/results/2026-11-26.md, "Interleaved row groups, fused attention,
+//   leaner MoE evaluation").
 // - More groups run one after the other, each over the whole panel.
 template <int L, int MaxRows, bool Prefetch = true>
 __attribute__((always_inline)) inline void panel_body(const float* x, int64_t rows, int64_t ld_x, int64_t in,

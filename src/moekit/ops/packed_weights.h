@@ -15,7 +15,7 @@
 #include <mutex>
 #include <vector>
 
-#include "moekit/moe/panel_kernel.h"
+#include "moekit/kernels/panel_kernel.h"
 
 namespace moekit {
 

@@ -1,9 +1,9 @@
 // See silu_kernel.h. One body, compiled per instruction set.
-#include "moekit/nn/silu_kernel.h"
+#include "moekit/kernels/silu_kernel.h"
 
 #include <cstring>
 
-#include "moekit/moe/simd.h"
+#include "moekit/kernels/simd.h"
 
 namespace moekit::detail {
 namespace {

@@ -1,4 +1,4 @@
-#include "moekit/moe/grouped_ffn.h"
+#include "moekit/ops/grouped_ffn.h"
 
 #include <ATen/Parallel.h>
 #include <torch/version.h>
@@ -9,8 +9,8 @@
 #include <numeric>
 
 #include "moekit/core/check.h"
-#include "moekit/core/runtime.h"
-#include "moekit/moe/panel_kernel.h"
+#include "moekit/kernels/panel_kernel.h"
+#include "moekit/ops/grouped_linear.h"
 
 // at::_grouped_mm (a grouped GEMM with autograd) arrived in LibTorch 2.8
 // (-DMOEKIT_HAVE_GROUPED_MM=0 leaves it out).
@@ -29,170 +29,9 @@ using torch::autograd::AutogradContext;
 using torch::autograd::Variable;
 using torch::autograd::variable_list;
 
-// Experts with up to this many rows run the small-rows kernel, the others a
-// BLAS GEMM each (OpenBLAS 0.3.21, D = 256, H = 2048, 1 thread, uniform
-// routing: the small-rows kernel's packed form is 1.2x faster at 64 rows per
-// expert and on par at 96; see bench/README.md). Per expert, so one expert that draws many rows does not
-// push the rest of an unevenly routed batch onto GEMMs too small for BLAS.
-constexpr int64_t kSmallRowsMaxRows = 80;
-// Weight rows per small-rows work item: one weight panel.
-constexpr int64_t kSmallRowsTile = 32;
-static_assert(kSmallRowsTile % detail::kPanelWidth == 0, "work items must cover whole panels");
-
 // mm/sum into a view (the out= overloads want an lvalue).
 void mm_into(torch::Tensor out, const torch::Tensor& a, const torch::Tensor& b) { torch::mm_out(out, a, b); }
 void sum_rows_into(torch::Tensor out, const torch::Tensor& a) { torch::sum_out(out, a, {0}); }
-
-// Runs fn(0..num_items-1) on LibTorch's intra-op threads, each thread taking
-// the next item when it finishes one (items come largest first, so this
-// balances experts with uneven row counts). BLAS calls inside run
-// single-threaded: the parallelism is across GEMMs, not within one.
-void for_each_item_dynamic(int64_t num_items, const std::function<void(int64_t)>& fn) {
-  const int64_t workers = std::min<int64_t>(at::get_num_threads(), num_items);
-  if (workers <= 1) {
-    for (int64_t i = 0; i < num_items; ++i) fn(i);
-    return;
-  }
-  ScopedSingleThreadedBlas single_threaded_blas;
-  std::atomic<int64_t> next{0};
-  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
-    // Grad mode is thread-local and worker threads start with it on; these
-    // GEMMs write into preallocated outputs and must not be recorded.
-    torch::NoGradGuard no_grad;
-    for (int64_t i = next++; i < num_items; i = next++) fn(i);
-  });
-}
-
-// Experts with rows, largest first.
-std::vector<int64_t> active_experts_by_size(const std::vector<int64_t>& tokens_per_expert) {
-  std::vector<int64_t> experts;
-  for (int64_t e = 0; e < static_cast<int64_t>(tokens_per_expert.size()); ++e) {
-    if (tokens_per_expert[e] > 0) experts.push_back(e);
-  }
-  std::stable_sort(experts.begin(), experts.end(),
-                   [&](int64_t a, int64_t b) { return tokens_per_expert[a] > tokens_per_expert[b]; });
-  return experts;
-}
-
-// Row blocks of at most kGemmRowBlock rows per expert, largest first: the
-// forward's units of parallel work.
-constexpr int64_t kGemmRowBlock = 256;
-struct RowBlock {
-  int64_t expert, begin, rows;  // begin: absolute row index
-};
-std::vector<RowBlock> row_blocks(const std::vector<int64_t>& tokens_per_expert, const std::vector<int64_t>& offsets) {
-  std::vector<RowBlock> blocks;
-  for (int64_t e : active_experts_by_size(tokens_per_expert)) {
-    const int64_t n = tokens_per_expert[e];
-    const int64_t pieces = (n + kGemmRowBlock - 1) / kGemmRowBlock;
-    const int64_t size = (n + pieces - 1) / pieces;
-    for (int64_t r = 0; r < n; r += size) blocks.push_back({e, offsets[e] + r, std::min(size, n - r)});
-  }
-  std::stable_sort(blocks.begin(), blocks.end(), [](const RowBlock& a, const RowBlock& b) { return a.rows > b.rows; });
-  return blocks;
-}
-
-std::vector<int64_t> row_offsets(const std::vector<int64_t>& tokens_per_expert) {
-  std::vector<int64_t> offsets(tokens_per_expert.size() + 1, 0);
-  std::partial_sum(tokens_per_expert.begin(), tokens_per_expert.end(), offsets.begin() + 1);
-  return offsets;
-}
-
-struct WorkItem {
-  int64_t expert;
-  int64_t begin;  // first weight row (output feature) of the tile
-  int64_t end;
-};
-
-std::vector<WorkItem> tile_work(const std::vector<int64_t>& tokens_per_expert, int64_t out_features) {
-  std::vector<WorkItem> items;
-  for (int64_t e = 0; e < static_cast<int64_t>(tokens_per_expert.size()); ++e) {
-    if (tokens_per_expert[e] == 0) continue;
-    for (int64_t o = 0; o < out_features; o += kSmallRowsTile) {
-      items.push_back({e, o, std::min(o + kSmallRowsTile, out_features)});
-    }
-  }
-  return items;
-}
-
-// out[rows of e] = in[rows of e] W[e]^T (+ bias[e]) for every expert with
-// rows in `tokens` (the experts this kernel serves; the others have 0 there),
-// by the small-rows kernel, or its panel form when `panels` (W packed by
-// pack_panels) is given: tiles of weight rows in parallel. `offsets` are the
-// experts' first rows in the full row order.
-void small_rows_linear_experts(const torch::Tensor& in, const std::vector<int64_t>& tokens,
-                               const std::vector<int64_t>& offsets, const torch::Tensor& weight,
-                               const torch::Tensor& bias, const torch::Tensor& panels, torch::Tensor& out) {
-  const int64_t in_dim = in.size(1), out_dim = weight.size(1);
-  const float* in_ptr = in.data_ptr<float>();
-  const float* w_ptr = weight.data_ptr<float>();
-  const float* b_ptr = bias.defined() ? bias.data_ptr<float>() : nullptr;
-  float* out_ptr = out.data_ptr<float>();
-  const std::vector<WorkItem> items = tile_work(tokens, out_dim);
-  if (panels.defined()) {
-    const float* p_ptr = panels.data_ptr<float>();
-    const int64_t expert_stride = panels.stride(0);
-    at::parallel_for(0, static_cast<int64_t>(items.size()), 1, [&](int64_t begin, int64_t end) {
-      for (int64_t item = begin; item < end; ++item) {
-        const WorkItem& it = items[item];
-        const int64_t row0 = offsets[it.expert];
-        detail::panel_linear(in_ptr + row0 * in_dim, tokens[it.expert], in_dim, in_dim,
-                             p_ptr + it.expert * expert_stride, b_ptr ? b_ptr + it.expert * out_dim : nullptr,
-                             it.begin, it.end, out_ptr + row0 * out_dim, out_dim);
-      }
-    });
-    return;
-  }
-  // Each expert's rows packed once for all its weight tiles.
-  std::vector<int64_t> packed_at(tokens.size() + 1, 0);
-  for (size_t e = 0; e < tokens.size(); ++e) {
-    packed_at[e + 1] = packed_at[e] + detail::small_rows_packed_floats(tokens[e], in_dim);
-  }
-  std::vector<float> packed(static_cast<size_t>(packed_at.back()));
-  for (size_t e = 0; e < tokens.size(); ++e) {
-    if (packed_at[e + 1] > packed_at[e]) {
-      detail::small_rows_pack(in_ptr + offsets[e] * in_dim, tokens[e], in_dim, in_dim, packed.data() + packed_at[e]);
-    }
-  }
-  at::parallel_for(0, static_cast<int64_t>(items.size()), 1, [&](int64_t begin, int64_t end) {
-    for (int64_t item = begin; item < end; ++item) {
-      const WorkItem& it = items[item];
-      const int64_t row0 = offsets[it.expert];
-      const float* xt = packed_at[it.expert + 1] > packed_at[it.expert] ? packed.data() + packed_at[it.expert] : nullptr;
-      detail::small_rows_linear(in_ptr + row0 * in_dim, xt, tokens[it.expert], in_dim, in_dim,
-                                w_ptr + static_cast<size_t>(it.expert) * out_dim * in_dim,
-                                b_ptr ? b_ptr + it.expert * out_dim : nullptr, it.begin, it.end,
-                                out_ptr + row0 * out_dim, out_dim);
-    }
-  });
-}
-
-// The same map for the experts in `tokens`, one BLAS GEMM per expert. On CPU
-// with several threads: one single-threaded GEMM per row block, the blocks
-// spread over threads. Elsewhere (one thread, CUDA): one GEMM per expert, the
-// BLAS using the device.
-void gemm_linear_experts(const torch::Tensor& in, const std::vector<int64_t>& tokens,
-                         const std::vector<int64_t>& offsets, const torch::Tensor& weight, const torch::Tensor& bias,
-                         torch::Tensor& out) {
-  auto linear_into = [&](int64_t e, int64_t begin, int64_t rows) {
-    torch::Tensor dst = out.narrow(0, begin, rows);
-    const torch::Tensor src = in.narrow(0, begin, rows);
-    if (bias.defined()) {
-      torch::addmm_out(dst, bias[e], src, weight[e].t());
-    } else {
-      torch::mm_out(dst, src, weight[e].t());
-    }
-  };
-  if (in.device().is_cpu() && at::get_num_threads() > 1) {
-    const std::vector<RowBlock> blocks = row_blocks(tokens, offsets);
-    for_each_item_dynamic(static_cast<int64_t>(blocks.size()),
-                          [&](int64_t i) { linear_into(blocks[i].expert, blocks[i].begin, blocks[i].rows); });
-    return;
-  }
-  for (int64_t e = 0; e < static_cast<int64_t>(tokens.size()); ++e) {
-    if (tokens[e] > 0) linear_into(e, offsets[e], tokens[e]);
-  }
-}
 
 struct ForwardResult {
   torch::Tensor y, h1, h3;
@@ -211,17 +50,10 @@ ForwardResult grouped_ffn_forward(const torch::Tensor& x, const std::vector<int6
   // Each expert's rows go through the small-rows kernel or a GEMM.
   const std::vector<bool> small =
       grouped_ffn_small_rows_experts(x, tokens_per_expert, options.kernel, w.w1_panels.defined());
-  std::vector<int64_t> small_tokens(tokens_per_expert.size(), 0), gemm_tokens(tokens_per_expert.size(), 0);
-  for (size_t e = 0; e < tokens_per_expert.size(); ++e) {
-    (small[e] ? small_tokens : gemm_tokens)[e] = tokens_per_expert[e];
-  }
-  const bool any_small = std::any_of(small_tokens.begin(), small_tokens.end(), [](int64_t n) { return n > 0; });
-  const bool any_gemm = std::any_of(gemm_tokens.begin(), gemm_tokens.end(), [](int64_t n) { return n > 0; });
-  const std::vector<int64_t> offsets = row_offsets(tokens_per_expert);
+  const RowGroups groups = RowGroups::from_counts(tokens_per_expert);
   auto linear = [&](const torch::Tensor& in, const torch::Tensor& weight, const torch::Tensor& bias,
                     const torch::Tensor& panels, torch::Tensor& out) {
-    if (any_small) small_rows_linear_experts(in, small_tokens, offsets, weight, bias, panels, out);
-    if (any_gemm) gemm_linear_experts(in, gemm_tokens, offsets, weight, bias, out);
+    grouped_linear_into(in, groups, weight, bias, panels, small, out);
   };
   linear(x, w.w1, w.b1, w.w1_panels, r.h1);
   if (gated) linear(x, w.w3, torch::Tensor(), w.w3_panels, r.h3);
@@ -270,7 +102,7 @@ class GroupedFfnFunction : public torch::autograd::Function<GroupedFfnFunction> 
     const bool has_b2 = ctx->saved_data["has_b2"].toBool();
     const bool gated = is_gated(activation);
     const torch::Tensor grad_y = grad_outputs[0].contiguous();  // [M, D]
-    const std::vector<int64_t> offsets = row_offsets(tokens_per_expert);
+    const std::vector<int64_t> offsets = RowGroups::from_counts(tokens_per_expert).offsets;
 
     const bool need_x = ctx->needs_input_grad(0);
     const bool need_w1 = ctx->needs_input_grad(1), need_b1 = has_b1 && ctx->needs_input_grad(2);
@@ -297,10 +129,10 @@ class GroupedFfnFunction : public torch::autograd::Function<GroupedFfnFunction> 
     torch::Tensor grad_a = torch::empty_like(h1);                                              // [M, H]
     // Experts are independent: on CPU with several threads each runs its
     // GEMMs single-threaded on one thread.
-    const std::vector<int64_t> experts = active_experts_by_size(tokens_per_expert);
+    const std::vector<int64_t> experts = detail::active_groups_by_size(tokens_per_expert);
     auto for_each_expert = [&](const std::function<void(int64_t)>& fn) {
       if (x.device().is_cpu()) {
-        for_each_item_dynamic(static_cast<int64_t>(experts.size()), [&](int64_t i) { fn(experts[i]); });
+        detail::for_each_item_dynamic(static_cast<int64_t>(experts.size()), [&](int64_t i) { fn(experts[i]); });
       } else {
         for (int64_t e : experts) fn(e);
       }
@@ -360,14 +192,6 @@ torch::Tensor grouped_mm_ffn(const torch::Tensor& x, const std::vector<int64_t>&
 
 }  // namespace
 
-bool small_rows_beats_blas() {
-  // OpenBLAS's AVX-512 cores (the names openblas_get_corename gives).
-  static const char* const kAvx512Cores[] = {"SkylakeX", "Cooperlake", "SapphireRapids"};
-  const std::string core = openblas_core();
-  return std::none_of(std::begin(kAvx512Cores), std::end(kAvx512Cores),
-                      [&](const char* name) { return core == name; });
-}
-
 bool grouped_mm_applies(const torch::Tensor& x, const ExpertWeights& weights) {
 #if MOEKIT_HAVE_GROUPED_MM
   const auto bf16 = [](const torch::Tensor& t) { return !t.defined() || t.scalar_type() == torch::kBFloat16; };
@@ -384,18 +208,15 @@ bool grouped_mm_applies(const torch::Tensor& x, const ExpertWeights& weights) {
 std::vector<bool> grouped_ffn_small_rows_experts(const torch::Tensor& x,
                                                  const std::vector<int64_t>& tokens_per_expert,
                                                  GroupedFfnKernel requested, bool with_panels) {
-  static const bool panels_fast = detail::panel_variants().front().first != "generic";
   const bool small_rows_possible = x.device().is_cpu() && x.scalar_type() == torch::kFloat32;
   if (requested == GroupedFfnKernel::SmallRows) {
     MOEKIT_CHECK_ARG(small_rows_possible, "the SmallRows grouped-FFN kernel needs CPU float32 inputs, got ",
                      x.device(), " ", x.scalar_type());
   }
-  static const bool beats_blas = small_rows_beats_blas();
   std::vector<bool> small(tokens_per_expert.size(), false);
   if (!small_rows_possible || requested == GroupedFfnKernel::PerExpertGemm) return small;
   for (size_t e = 0; e < small.size(); ++e) {
-    small[e] = requested == GroupedFfnKernel::SmallRows || (with_panels && panels_fast) ||
-               (beats_blas && tokens_per_expert[e] <= kSmallRowsMaxRows);
+    small[e] = requested == GroupedFfnKernel::SmallRows || small_rows_serves(tokens_per_expert[e], with_panels);
   }
   return small;
 }

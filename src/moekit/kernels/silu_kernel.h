@@ -1,7 +1,7 @@
 #pragma once
 // SiLU (x * sigmoid(x)) over float arrays, vectorized per instruction set and
 // picked at run time (as the panel kernel is). On one core of the Intel VM
-// of bench/README.md ("Session 9") the AVX-512 variant ran at 3.2 G floats/s
+// of bench/results/2026-11-26.md ("Weight prefetch, huge pages, SiLU") the AVX-512 variant ran at 3.2 G floats/s
 // against ATen 1.13's silu at 1.5 (the generic SSE one at 0.7, so callers
 // keep ATen's where only that one exists). apply_activation uses it wherever
 // no gradient is recorded: decoding, and the MoE experts' own forward inside

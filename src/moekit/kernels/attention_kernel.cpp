@@ -1,12 +1,12 @@
 // See attention_kernel.h. One body, compiled per instruction set and picked
 // at run time by CPU feature (as panel_kernel.cpp does).
-#include "moekit/nn/attention_kernel.h"
+#include "moekit/kernels/attention_kernel.h"
 
 #include <algorithm>
 #include <cstring>
 #include <limits>
 
-#include "moekit/moe/simd.h"
+#include "moekit/kernels/simd.h"
 
 namespace moekit::detail {
 namespace {

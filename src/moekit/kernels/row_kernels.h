@@ -4,8 +4,8 @@
 // first convolution) on float rows, vectorized per instruction set and
 // picked at run time as the panel kernel is. A streaming chunk has 16
 // frames: there each LibTorch op's dispatch and temporaries cost more than
-// its arithmetic, and a chunk took about 1,000 of them (bench/README.md,
-// "Session 11").
+// its arithmetic, and a chunk took about 1,000 of them (bench/results/2026-11-26.md,
+// "Streaming inference without most LibTorch ops").
 //
 // No LibTorch here: this unit is compiled with its own flags.
 #include <cstdint>

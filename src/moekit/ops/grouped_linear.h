@@ -1,0 +1,63 @@
+#pragma once
+// The one linear primitive under every linear map of MoEKit's CPU inference:
+// rows sorted into groups, each group multiplied by its own weight (ggml's
+// mul_mat_id). The MoE experts are its E-group case (ops/grouped_ffn.h); a
+// dense layer is its one-group case (fast_linear, ops/linear.h). Both take
+// their kernel from the same predicate, so a dense projection and an expert
+// of the same shape run the same code.
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <functional>
+#include <vector>
+
+namespace moekit {
+
+// Rows sorted by group: group g owns rows [offsets[g], offsets[g] + rows[g]).
+struct RowGroups {
+  std::vector<int64_t> rows;     // [G]
+  std::vector<int64_t> offsets;  // [G + 1], offsets[G] = all rows
+  static RowGroups from_counts(std::vector<int64_t> rows);
+  int64_t size() const { return static_cast<int64_t>(rows.size()); }
+};
+
+// out[rows of g] = in[rows of g] W[g]^T (+ bias[g]) for every group g, no
+// autograd. in [M, K] and out [M, N] contiguous (out preallocated), weight
+// [G, N, K] contiguous, bias [G, N] or undefined, panels pack_panels(weight)
+// or undefined. Groups with small_rows[g] run MoEKit's CPU kernel (on the
+// panels when given: CPU float32 only), the others one BLAS GEMM each
+// (several at once on CPU threads, each single-threaded).
+void grouped_linear_into(const torch::Tensor& in, const RowGroups& groups, const torch::Tensor& weight,
+                         const torch::Tensor& bias, const torch::Tensor& panels, const std::vector<bool>& small_rows,
+                         torch::Tensor& out);
+
+// The predicate of the small-rows/panel kernel: whether it serves a group
+// of `rows` CPU float32 rows better than a BLAS GEMM. With weight panels
+// (inference) it does at any row count wherever a SIMD panel variant exists
+// (it streamed weights faster than OpenBLAS's kernels at every row count
+// measured; bench/README.md, "Kernel choice"). Without panels (training,
+// panels off) up to 80 rows, unless the BLAS runs AVX-512 kernels
+// (small_rows_beats_blas).
+bool small_rows_serves(int64_t rows, bool with_panels);
+
+// Whether the small-rows kernel beats the BLAS in training-sized GEMMs of up
+// to 80 rows: yes, except where the BLAS is OpenBLAS with AVX-512 kernels.
+// Against OpenBLAS's AVX2 kernels (AMD EPYC) the small-rows kernel was 1.2x
+// faster at 64 rows; against its SkylakeX kernels (Intel family 6 model 207;
+// D 256, H 1024, 8 experts, top-2, 1 thread, forward recording gradients) it
+// was 1.25-2.9x slower at 4-64 rows per expert.
+bool small_rows_beats_blas();
+
+namespace detail {
+
+// Runs fn(0..num_items-1) on LibTorch's intra-op threads, each thread taking
+// the next item when it finishes one (items come largest first, so this
+// balances groups with uneven row counts). BLAS calls inside run
+// single-threaded: the parallelism is across GEMMs, not within one.
+void for_each_item_dynamic(int64_t num_items, const std::function<void(int64_t)>& fn);
+
+// Groups with rows, largest first.
+std::vector<int64_t> active_groups_by_size(const std::vector<int64_t>& rows);
+
+}  // namespace detail
+}  // namespace moekit

@@ -1,0 +1,123 @@
+#include "moekit/train/checkpoint_store.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <dirent.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <mutex>
+#include <sstream>
+#include <utility>
+
+#include "moekit/core/check.h"
+#include "moekit/core/config.h"
+#include "moekit/core/file_io.h"
+#include "moekit/core/model_dir.h"
+#include "moekit/core/safetensors.h"
+
+namespace moekit {
+namespace {
+
+void remove_tree(const std::string& path) {
+  if (DIR* d = opendir(path.c_str())) {
+    while (dirent* e = readdir(d)) {
+      const std::string name = e->d_name;
+      if (name == "." || name == "..") continue;
+      std::remove((path + "/" + name).c_str());
+    }
+    closedir(d);
+  }
+  rmdir(path.c_str());
+}
+
+std::string serialize_optimizer(torch::optim::Optimizer& optimizer) {
+  torch::serialize::OutputArchive archive;
+  optimizer.save(archive);
+  std::ostringstream out;
+  archive.save_to(out);
+  return out.str();
+}
+
+void load_optimizer(torch::optim::Optimizer& optimizer, const std::string& path) {
+  const std::string bytes = read_file(path);
+  torch::serialize::InputArchive archive;
+  archive.load_from(bytes.data(), bytes.size());
+  optimizer.load(archive);
+}
+
+}  // namespace
+
+CheckpointStore::CheckpointStore(std::string root) : root_(std::move(root)) { make_dirs(root_); }
+
+std::vector<std::string> CheckpointStore::list() const {
+  std::vector<std::pair<int64_t, std::string>> found;
+  if (DIR* d = opendir(root_.c_str())) {
+    while (dirent* e = readdir(d)) {
+      const std::string name = e->d_name;
+      if (name.rfind("step_", 0) == 0 && path_exists(root_ + "/" + name + "/trainer_state.yaml")) {
+        try {
+          found.emplace_back(std::stoll(name.substr(5)), root_ + "/" + name);
+        } catch (const std::exception&) {
+          // not a checkpoint of ours (step_abc)
+        }
+      }
+    }
+    closedir(d);
+  }
+  std::sort(found.begin(), found.end());
+  std::vector<std::string> out;
+  for (auto& f : found) out.push_back(f.second);
+  return out;
+}
+
+void CheckpointStore::save(const TrainerState& state, const Model& model, torch::optim::Optimizer& optimizer,
+                           const std::function<void(const std::string&)>& save_assets, int64_t keep) {
+  const std::string dir = root_ + "/step_" + std::to_string(state.step);
+  save_model(dir, model);
+  save_assets(dir);
+  write_file_atomic(dir + "/optimizer.pt", serialize_optimizer(optimizer));
+  write_file_atomic(dir + "/rng.safetensors",
+                    serialize_safetensors({{"cpu", at::detail::getDefaultCPUGenerator().get_state()}}));
+  YAML::Node node;
+  node["step"] = state.step;
+  node["epoch"] = state.epoch;
+  node["next_batch"] = state.next_batch;
+  node["lr"] = state.lr;
+  node["units_total"] = state.units_total;
+  node["end_of_run"] = state.end_of_run;
+  write_yaml_file(dir + "/trainer_state.yaml", node);  // last: the checkpoint now counts
+  auto all = list();
+  while (all.size() > static_cast<size_t>(std::max<int64_t>(keep, 1))) {
+    remove_tree(all.front());
+    all.erase(all.begin());
+  }
+}
+
+TrainerState CheckpointStore::read_state(const std::string& dir) {
+  const std::string path = dir + "/trainer_state.yaml";
+  const YAML::Node node = load_yaml_file(path);
+  TrainerState s;
+  s.step = yaml_get<int64_t>(node, "step", path);
+  s.epoch = yaml_get<int64_t>(node, "epoch", path);
+  s.next_batch = yaml_get<int64_t>(node, "next_batch", path);
+  s.lr = yaml_get_or<double>(node, "lr", 0.0, path);
+  s.units_total = yaml_get_or<int64_t>(node, "units_total", 0, path);
+  s.end_of_run = yaml_get_or<bool>(node, "end_of_run", false, path);
+  return s;
+}
+
+TrainerState CheckpointStore::load(const std::string& dir, Model& model, torch::optim::Optimizer& optimizer) const {
+  const TrainerState state = read_state(dir);
+  load_module_state(model, read_model_weights(dir), dir);
+  load_optimizer(optimizer, dir + "/optimizer.pt");
+  const TensorMap rng = read_safetensors(dir + "/rng.safetensors").tensors;
+  const auto cpu = rng.find("cpu");
+  MOEKIT_CHECK_ARG(cpu != rng.end(), dir, "/rng.safetensors: no 'cpu' generator state");
+  at::Generator generator = at::detail::getDefaultCPUGenerator();
+  std::lock_guard<std::mutex> lock(generator.mutex());
+  generator.set_state(cpu->second);
+  return state;
+}
+
+}  // namespace moekit

@@ -1,0 +1,57 @@
+#include "moekit/train/metrics_log.h"
+
+#include <iomanip>
+#include <sstream>
+
+#include "moekit/core/check.h"
+
+namespace moekit {
+
+std::string format_duration(double seconds) {
+  const int64_t s = static_cast<int64_t>(seconds);
+  std::ostringstream out;
+  out << s / 3600 << ":" << std::setw(2) << std::setfill('0') << (s / 60) % 60 << ":" << std::setw(2)
+      << std::setfill('0') << s % 60;
+  return out.str();
+}
+
+std::string progress_line(const ProgressReport& r) {
+  std::ostringstream line;
+  line << "epoch " << r.epoch << "/" << r.epochs << " batch " << r.batch << "/" << r.batches << " step " << r.step;
+  for (const auto& [k, v] : r.means) line << " " << k << " " << std::fixed << std::setprecision(3) << v;
+  line << " lr " << std::scientific << std::setprecision(2) << r.lr << std::fixed << " " << r.units_name << "/s "
+       << std::setprecision(0) << r.units_per_s;
+  if (r.mfu >= 0) line << " mfu " << std::setprecision(1) << 100 * r.mfu << "%";
+  line << " elapsed " << format_duration(r.elapsed_s);
+  if (r.done > 0) line << " eta " << format_duration(r.elapsed_s / r.done * (1 - r.done));
+  return line.str();
+}
+
+nlohmann::json progress_record(const ProgressReport& r) {
+  nlohmann::json j = {{"step", r.step},
+                      {"epoch", r.epoch},
+                      {"lr", r.lr},
+                      {"grad_norm", r.grad_norm},
+                      {r.units_name + "_per_s", r.units_per_s}};
+  for (const auto& [k, v] : r.means) j[k] = v;
+  if (r.mfu >= 0) j["mfu"] = r.mfu;
+  return j;
+}
+
+std::string validation_line(int64_t step, const std::map<std::string, double>& values) {
+  std::ostringstream line;
+  line << "step " << step << " validation:";
+  for (const auto& [k, v] : values) line << " " << k << " " << std::fixed << std::setprecision(4) << v;
+  return line.str();
+}
+
+MetricsLog::MetricsLog(const std::string& path) : path_(path), out_(path, std::ios::app) {
+  MOEKIT_CHECK(out_.good(), "cannot open '", path, "' for appending");
+}
+
+void MetricsLog::write(const nlohmann::json& record) {
+  out_ << record.dump() << "\n" << std::flush;
+  MOEKIT_CHECK(out_.good(), "cannot write to '", path_, "'");
+}
+
+}  // namespace moekit
