@@ -4,6 +4,18 @@ import os
 import subprocess
 
 
+def run_json(cmd, env):
+    """Runs a benchmark program and returns the JSON it prints."""
+    return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout)
+
+
+def median(values):
+    """The median; of the middle two for an even count (the upper one alone
+    flattered the bandwidth fractions, the lower one the times)."""
+    v = sorted(values)
+    return v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
+
+
 def bench_env(moekit, threads):
     """Threads pinned (LibTorch's OpenMP pool and OpenBLAS), and the OpenBLAS
     kernels MoEKit runs: where OpenBLAS does not know the CPU and falls back to

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Side-by-side ASR speed benchmark (issue: U2++ MoE speed targets).
+"""Side-by-side ASR speed benchmark (U2++ MoE against dense and PyTorch).
 
 One run, rounds interleaved, threads pinned (intra-op and OpenBLAS):
   moe        MoEKit, Conformer with 8-expert top-2 MoE FFNs
@@ -18,12 +18,7 @@ import subprocess
 import sys
 import tempfile
 
-from bench_env import bench_env
-
-
-def run(cmd, env):
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
-    return json.loads(out)
+from bench_env import bench_env, median, run_json as run
 
 
 def main():
@@ -80,10 +75,7 @@ def bench(a, env, tmp):
                 torch_cmd += ["--feats", os.path.join(tmp, name + ".feats")]
             results[name + "_torch"].append(run(torch_cmd, env))
     def med(rows, key):
-        # The median of the calls (of the middle two for an even count: the
-        # upper one alone flattered the bandwidth fraction, the lower the RTFs).
-        v = sorted(r[key] for r in rows)
-        return v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
+        return median(r[key] for r in rows)
     summary = {k: {"rtf_full": med(v, "rtf_full"), "rtf_chunk": med(v, "rtf_chunk")} for k, v in results.items()}
     for k in ("moe", "dense"):
         for key in ("rtf_fbank", "rtf_full_with_fbank", "rtf_chunk_with_fbank", "chunk_fraction_of_bandwidth_bound",

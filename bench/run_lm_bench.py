@@ -17,16 +17,7 @@ import os
 import subprocess
 import tempfile
 
-from bench_env import bench_env
-
-
-def run(cmd, env):
-    return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout)
-
-
-def median(xs):
-    xs = sorted(xs)
-    return xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
+from bench_env import bench_env, median, run_json as run
 
 
 def main():

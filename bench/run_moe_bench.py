@@ -10,19 +10,16 @@ Then it times a stack of MoE layers at 16 tokens for the bandwidth bound.
 import argparse
 import json
 import os
-import subprocess
 import sys
 
-from bench_env import bench_env
+from bench_env import bench_env, run_json as run_with_env
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ENVS = {}
 
 
 def run_json(cmd, threads):
-    env = ENVS[threads]
-    out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
-    return json.loads(out)
+    return run_with_env(cmd, ENVS[threads])
 
 
 def main():
