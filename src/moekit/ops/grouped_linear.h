@@ -34,8 +34,9 @@ void grouped_linear_into(const torch::Tensor& in, const RowGroups& groups, const
 // The predicate of the small-rows/panel kernel: whether it serves a group
 // of `rows` CPU float32 rows better than a BLAS GEMM. With weight panels
 // (inference) it does at any row count wherever a SIMD panel variant exists
-// (it streamed weights faster than OpenBLAS's kernels at every row count
-// measured; bench/README.md, "Kernel choice"). Without panels (training,
+// (experts of up to 1024 rows ran faster than on OpenBLAS's GEMM,
+// bench/results/2026-11-24.md, "Weight panels"; a dense FFN at 4096 rows as
+// fast as the experts, bench/README.md, "Kernel choice"). Without panels (training,
 // panels off) up to 80 rows, unless the BLAS runs AVX-512 kernels
 // (small_rows_beats_blas).
 bool small_rows_serves(int64_t rows, bool with_panels);
