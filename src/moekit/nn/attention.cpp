@@ -118,13 +118,11 @@ bool MultiHeadedAttentionImpl::self_attention_cpu_applies(const torch::Tensor& q
       query.size(0) * query.size(1) > kSmallRows || query.numel() == 0) {
     return false;
   }
-  const auto usable = [](const torch::Tensor& p) {
-    return !p.defined() || (p.scalar_type() == torch::kFloat && p.device().is_cpu() && p.is_contiguous());
-  };
-  for (const PackedLinear* l : {&linear_q, &linear_k, &linear_v, &linear_out}) {
-    if (!usable((*l)->weight) || !usable((*l)->bias)) return false;
+  if (!cpu_float_inference({&linear_q->weight, &linear_q->bias, &linear_k->weight, &linear_k->bias, &linear_v->weight,
+                            &linear_v->bias, &linear_out->weight, &linear_out->bias})) {
+    return false;
   }
-  if (options_.rel_pos && (!usable(linear_pos->weight) || !usable(pos_bias_u) || !usable(pos_bias_v))) return false;
+  if (options_.rel_pos && !cpu_float_inference({&linear_pos->weight, &pos_bias_u, &pos_bias_v})) return false;
   if (options_.rel_pos &&
       (!pos_emb.defined() || pos_emb.dim() != 3 || pos_emb.size(0) != 1 || pos_emb.size(2) != options_.d_model ||
        pos_emb.scalar_type() != torch::kFloat || !pos_emb.device().is_cpu())) {

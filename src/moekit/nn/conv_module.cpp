@@ -71,16 +71,13 @@ bool ConvModuleImpl::inference_cpu_applies(const torch::Tensor& x, const torch::
     return false;
   }
   if (!x.device().is_cpu() || x.scalar_type() != torch::kFloat || x.dim() != 3) return false;
-  const auto usable = [](const torch::Tensor& p) {
-    return !p.defined() || (p.scalar_type() == torch::kFloat && p.device().is_cpu() && p.is_contiguous());
-  };
-  if (!usable(pointwise_conv1->weight) || !usable(pointwise_conv1->bias) || !usable(depthwise_conv->weight) ||
-      !usable(depthwise_conv->bias) || !usable(pointwise_conv2->weight) || !usable(pointwise_conv2->bias)) {
+  if (!cpu_float_inference({&pointwise_conv1->weight, &pointwise_conv1->bias, &depthwise_conv->weight,
+                            &depthwise_conv->bias, &pointwise_conv2->weight, &pointwise_conv2->bias})) {
     return false;
   }
-  if (layer_norm && (!usable(layer_norm->weight) || !usable(layer_norm->bias))) return false;
-  if (batch_norm && (!usable(batch_norm->weight) || !usable(batch_norm->bias) ||
-                     !usable(batch_norm->running_mean) || !usable(batch_norm->running_var))) {
+  if (layer_norm && !cpu_float_inference({&layer_norm->weight, &layer_norm->bias})) return false;
+  if (batch_norm && !cpu_float_inference({&batch_norm->weight, &batch_norm->bias, &batch_norm->running_mean,
+                                          &batch_norm->running_var})) {
     return false;
   }
   // Batch norm in eval mode is a per-channel affine map of its running statistics.

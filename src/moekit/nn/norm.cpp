@@ -9,14 +9,10 @@ torch::Tensor fast_layer_norm(torch::nn::LayerNorm& norm, const torch::Tensor& x
   const auto& shape = norm->options.normalized_shape();
   const torch::Tensor& gamma = norm->weight;
   const torch::Tensor& beta = norm->bias;
-  const auto usable = [](const torch::Tensor& p) {
-    return !p.defined() || (p.scalar_type() == torch::kFloat && p.is_contiguous() && p.device().is_cpu());
-  };
   const bool out_usable = out == nullptr || (out->defined() && out->sizes() == x.sizes() &&
                                               out->scalar_type() == torch::kFloat && out->is_contiguous());
-  const bool raw = !torch::GradMode::is_enabled() && shape.size() == 1 && shape[0] > 0 && x.dim() >= 1 &&
-                   x.size(-1) == shape[0] && x.device().is_cpu() && x.scalar_type() == torch::kFloat &&
-                   x.is_contiguous() && usable(gamma) && usable(beta) && out_usable;
+  const bool raw = cpu_float_inference({&x, &gamma, &beta}) && shape.size() == 1 && shape[0] > 0 &&
+                   x.defined() && x.dim() >= 1 && x.size(-1) == shape[0] && out_usable;
   if (!raw) return norm->forward(x);
   MOEKIT_FAST_PATH("layer_norm.row_kernel");
   torch::Tensor y = out != nullptr ? *out : torch::empty_like(x);

@@ -42,12 +42,9 @@ bool Conv2dSubsamplingImpl::inference_cpu_applies(const torch::Tensor& x) const 
     return false;
   }
   const auto& first = *conv->ptr<torch::nn::Conv2dImpl>(0);
-  const auto usable = [](const torch::Tensor& p) {
-    return !p.defined() || (p.scalar_type() == torch::kFloat && p.device().is_cpu() && p.is_contiguous());
-  };
   // The first convolution as every rate builds it: one input channel, 3x3, stride 2, no padding.
-  return usable(first.weight) && usable(first.bias) && first.weight.size(1) == 1 && first.weight.size(2) == 3 &&
-         first.weight.size(3) == 3;
+  return cpu_float_inference({&first.weight, &first.bias}) && first.weight.size(1) == 1 &&
+         first.weight.size(2) == 3 && first.weight.size(3) == 3;
 }
 
 torch::Tensor Conv2dSubsamplingImpl::forward(const torch::Tensor& x) {
