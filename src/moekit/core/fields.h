@@ -48,7 +48,8 @@ class FieldTable {
   // The label used in messages about the struct as a whole ("MoE").
   explicit FieldTable(std::string label) : label_(std::move(label)) {}
 
-  // A scalar field (int, int64_t, double, bool, std::string) at a member.
+  // A scalar field (int, int64_t, double, bool, std::string) or a list of
+  // strings at a member.
   template <class V>
   FieldTable& field(std::string name, V Options::*member, std::string help) {
     return field<V>(std::move(name), [member](Options& o) -> V& { return o.*member; }, std::move(help));
@@ -340,6 +341,10 @@ class FieldTable {
   static std::string show_value(const V& v) {
     if constexpr (std::is_same_v<V, bool>) {
       return v ? "true" : "false";
+    } else if constexpr (std::is_same_v<V, std::vector<std::string>>) {
+      std::string out = "[";
+      for (size_t i = 0; i < v.size(); ++i) out += (i ? "," : "") + v[i];
+      return out + "]";
     } else {
       std::ostringstream out;
       out << v;

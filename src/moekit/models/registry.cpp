@@ -6,6 +6,7 @@
 #include "moekit/models/ffn_stack/ffn_stack.h"
 #include "moekit/models/lm/lm_model.h"
 #include "moekit/models/model.h"
+#include "moekit/models/seq2seq/seq2seq_model.h"
 #include "moekit/moe/moe_layer.h"
 
 namespace moekit {
@@ -24,6 +25,10 @@ const std::map<std::string, ModelFactory>& factories() {
       {"lm",
        [](const YAML::Node& arch, const std::string& where) -> std::shared_ptr<Model> {
          return std::make_shared<LmModel>(LmConfig::from_yaml(arch, where));
+       }},
+      {"seq2seq",
+       [](const YAML::Node& arch, const std::string& where) -> std::shared_ptr<Model> {
+         return std::make_shared<Seq2seqModel>(Seq2seqConfig::from_yaml(arch, where));
        }},
   };
   return table;

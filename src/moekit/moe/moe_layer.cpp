@@ -136,6 +136,12 @@ void MoELayerImpl::check_route(const torch::Tensor& x, const RouteInput& route) 
     MOEKIT_CHECK_ARG(!route.mask.is_floating_point(), "MoE mask must be bool or integer, got ",
                      route.mask.scalar_type());
   }
+  if (route.sentence.defined()) {
+    MOEKIT_CHECK_ARG(route.sentence.dim() == 2 && route.sentence.size(0) == x.size(0) &&
+                         route.sentence.size(1) == options_.d_model,
+                     "MoE sentence vectors must be [B=", x.size(0), ", d_model=", options_.d_model, "], got ",
+                     route.sentence.sizes());
+  }
   if (options_.routing == Routing::Task) {
     MOEKIT_CHECK_ARG(route.task.defined(), "MoE layer routes by task but no task ids were given");
     MOEKIT_CHECK_ARG(route.task.dim() == 1 && route.task.size(0) == x.size(0) &&
@@ -158,6 +164,10 @@ torch::Tensor MoELayerImpl::routed_logits(const torch::Tensor& x, const torch::T
     case Routing::Token:
       return torch::nn::functional::linear(tokens.to(torch::kFloat32), gate_weight);  // [N, E]
     case Routing::Sentence: {
+      if (route.sentence.defined()) {
+        return torch::nn::functional::linear(route.sentence.to(torch::kFloat32), gate_weight)
+            .index_select(0, token_batch);
+      }
       const torch::Tensor xf = x.to(torch::kFloat32);  // [B, T, D]
       torch::Tensor mean;                               // [B, D]
       if (mask.defined()) {
@@ -189,8 +199,7 @@ torch::Tensor MoELayerImpl::router_logits(const torch::Tensor& input, const Rout
 bool MoELayerImpl::cpu_inference_applies(const torch::Tensor& x, const RouteInput& route) const {
   return !torch::GradMode::is_enabled() && !is_training() && x.device().is_cpu() &&
          x.scalar_type() == torch::kFloat && gate->weight.scalar_type() == torch::kFloat &&
-         options_.routing == Routing::Token && options_.capacity_factor <= 0.0 && options_.aux_loss_coef == 0.0 &&
-         options_.z_loss_coef == 0.0 && !route.mask.defined();
+         options_.routing == Routing::Token && options_.capacity_factor_for(false) <= 0.0 && !route.mask.defined();
 }
 
 torch::Tensor MoELayerImpl::cpu_inference_forward(const torch::Tensor& input, const torch::Tensor& x) {
@@ -292,7 +301,8 @@ torch::Tensor MoELayerImpl::forward(const torch::Tensor& input, const RouteInput
   }
 
   // Dispatch, run the experts, combine.
-  const DispatchPlan plan = make_dispatch_plan(decision.expert_index, options_.num_experts, options_.capacity_factor);
+  const DispatchPlan plan = make_dispatch_plan(decision.expert_index, options_.num_experts,
+                                                options_.capacity_factor_for(is_training()));
   stats.tokens_per_expert = plan.tokens_per_expert;
   stats.capacity = plan.capacity;
   stats.dropped_assignments = plan.dropped_assignments;

@@ -24,6 +24,11 @@ namespace moekit {
 struct RouteInput {
   torch::Tensor mask;  // [B, T] bool (or integer, nonzero = real token); undefined = no padding
   torch::Tensor task;  // [B] int64 task ids in [0, num_tasks); required for task routing
+  // Sentence routing: the vector each sequence is gated on, [B, D]
+  // (undefined: the masked mean of its token states). A decoder that
+  // generates token by token passes its source's, which does not change
+  // while it generates.
+  torch::Tensor sentence;
 };
 
 // What the last forward did (copied out, so callers can keep it).
@@ -107,8 +112,8 @@ class MoELayerImpl : public torch::nn::Module {
                               const torch::Tensor& mask, const torch::Tensor& token_batch,
                               const RouteInput& route);
   void check_route(const torch::Tensor& x, const RouteInput& route) const;
-  // Inference on the CPU (float32, token routing, no padding mask, dropless,
-  // no router losses): gating, dispatch and combine in plain loops, about 15
+  // Inference on the CPU (eval mode, float32, token routing, no padding
+  // mask, dropless; router losses are training signals and not computed): gating, dispatch and combine in plain loops, about 15
   // fewer ATen ops per layer, which at a streaming chunk's 16 rows cost more
   // than the gating's arithmetic. Same result as the general path.
   bool cpu_inference_applies(const torch::Tensor& x, const RouteInput& route) const;

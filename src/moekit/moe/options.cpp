@@ -48,6 +48,9 @@ const FieldTable<MoEOptions>& moe_fields() {
           .field("num_tasks", &O::num_tasks, "task routing only: the number of task ids")
           .field("capacity_factor", &O::capacity_factor, "0 = dropless; else capacity = ceil(cf * N * k / E)")
           .non_negative()
+          .field("eval_capacity_factor", &O::eval_capacity_factor,
+                 "the same in eval mode (0 = dropless inference); < 0 = capacity_factor")
+          .write_if([](const O& o) { return o.eval_capacity_factor >= 0.0; })
           .field("aux_loss_coef", &O::aux_loss_coef, "Switch load-balancing loss coefficient").non_negative()
           .field("z_loss_coef", &O::z_loss_coef, "router z-loss coefficient").non_negative()
           .field("expert_bias", &O::expert_bias, "biases in the expert FFNs")

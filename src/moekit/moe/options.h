@@ -41,6 +41,7 @@ struct MoEOptions {
   bool renormalize = false;                     // SoftmaxTopK only: rescale the k weights to sum to 1
   int64_t num_tasks = 0;                        // Task routing only: number of task ids
   double capacity_factor = 0.0;                 // 0 = dropless; else capacity = ceil(cf * N * k / E)
+  double eval_capacity_factor = -1.0;           // the same in eval mode; < 0 = capacity_factor
   double aux_loss_coef = 0.0;                   // Switch load-balancing loss coefficient
   double z_loss_coef = 0.0;                     // router z-loss coefficient
   bool expert_bias = true;                      // biases in the expert FFNs
@@ -56,6 +57,12 @@ struct MoEOptions {
   // file/section in errors; unknown keys are refused, naming the closest
   // known one. Calls validate().
   static MoEOptions from_yaml(const YAML::Node& node, const std::string& where);
+
+  // The capacity factor a forward uses: capacity_factor in training, else
+  // eval_capacity_factor unless that is negative.
+  double capacity_factor_for(bool training) const {
+    return training || eval_capacity_factor < 0.0 ? capacity_factor : eval_capacity_factor;
+  }
 
   // Whether the gate weights of a token always sum to one.
   bool weights_sum_to_one() const {

@@ -234,7 +234,6 @@ torch::Tensor MultiHeadedAttentionImpl::forward(const torch::Tensor& query, cons
     k = cache->k.view();
     v = cache->v.view();
   }
-  const double scale = 1.0 / std::sqrt(static_cast<double>(d_k_));
   torch::Tensor p;  // rel_pos: the keys' projected positions [1 or B, H, T2, d_k]
   if (options_.rel_pos) {
     MOEKIT_CHECK_ARG(pos_emb.defined() && pos_emb.size(1) == k.size(2), "rel-pos attention: pos_emb covers ",
@@ -254,6 +253,27 @@ torch::Tensor MultiHeadedAttentionImpl::forward(const torch::Tensor& query, cons
       p = project(pos_emb);
     }
   }
+  return attention_core(q, k, v, p, mask);
+}
+
+ProjectedMemory MultiHeadedAttentionImpl::project_memory(const torch::Tensor& memory) {
+  MOEKIT_CHECK_ARG(memory.dim() == 3 && memory.size(2) == options_.d_model, "attention: memory must be [B, T, ",
+                   options_.d_model, "], got ", memory.sizes());
+  return {split_heads(linear_k(memory)), split_heads(linear_v(memory))};
+}
+
+torch::Tensor MultiHeadedAttentionImpl::attend(const torch::Tensor& query, const ProjectedMemory& memory,
+                                               const torch::Tensor& mask) {
+  MOEKIT_CHECK_ARG(!options_.rel_pos, "attention: attend() is for plain attention, not rel_pos");
+  const torch::Tensor q = linear_q(query).view({query.size(0), query.size(1), options_.heads, d_k_});
+  return attention_core(q, memory.k, memory.v, {}, mask);
+}
+
+torch::Tensor MultiHeadedAttentionImpl::attention_core(const torch::Tensor& q, const torch::Tensor& k,
+                                                       const torch::Tensor& v, const torch::Tensor& p,
+                                                       const torch::Tensor& mask) {
+  const int64_t batch = q.size(0), t1 = q.size(1);
+  const double scale = 1.0 / std::sqrt(static_cast<double>(d_k_));
   if (fused_core_applies(q, k, v, p, mask)) {
     const torch::Tensor x = fused_core(q, k, v, p, mask, scale);  // [B, T1, D]
     return linear_out(x);

@@ -19,6 +19,13 @@ struct AttentionOptions {
   bool rel_pos = false;      // Conformer relative-position attention
 };
 
+// Keys and values of a memory projected and split into heads once, for
+// attention that reads the same memory at every step (a decoder's
+// cross-attention while it generates): k, v [B, H, T, d_k].
+struct ProjectedMemory {
+  torch::Tensor k, v;
+};
+
 class MultiHeadedAttentionImpl : public torch::nn::Module {
  public:
   explicit MultiHeadedAttentionImpl(const AttentionOptions& options);
@@ -30,6 +37,13 @@ class MultiHeadedAttentionImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& query, const torch::Tensor& key, const torch::Tensor& value,
                         const torch::Tensor& mask, const torch::Tensor& pos_emb = {}, KvCache* cache = nullptr);
 
+  // memory [B, T, D] -> its keys and values (plain attention only).
+  ProjectedMemory project_memory(const torch::Tensor& memory);
+  // Attention of query [B, T1, D] over projected keys and values; mask as
+  // forward's (bool [B or 1, T1 or 1, T]). Equals forward(query, memory,
+  // memory, mask).
+  torch::Tensor attend(const torch::Tensor& query, const ProjectedMemory& memory, const torch::Tensor& mask);
+
   const AttentionOptions& options() const { return options_; }
 
   PackedLinear linear_q{nullptr}, linear_k{nullptr}, linear_v{nullptr}, linear_out{nullptr};
@@ -38,6 +52,10 @@ class MultiHeadedAttentionImpl : public torch::nn::Module {
 
  private:
   torch::Tensor split_heads(const torch::Tensor& x) const;  // [B, T, D] -> [B, H, T, d_k]
+  // softmax(q k^T (+ q p^T) / sqrt(d_k)) v through linear_out: q [B, T1, H,
+  // d_k], k, v [B, H, T2, d_k], p undefined without rel_pos.
+  torch::Tensor attention_core(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                               const torch::Tensor& p, const torch::Tensor& mask);
   // Inference on the CPU (float32, no gradient, no attention dropout): the
   // fused kernel of attention_kernel.h computes softmax(scores) v into
   // [B, T1, D] where the ATen form took ~20 ops. q [B, T1, H, d_k]; k, v, p

@@ -95,6 +95,22 @@ void FrameBuffer::keep_last(int64_t frames) {
   length_ = frames;
 }
 
+void FrameBuffer::select(const torch::Tensor& index) {
+  if (length_ == 0) return;
+  // The held frames gathered into a buffer with the same room to grow.
+  torch::Tensor gathered = torch::empty({index.size(0), buffer_.size(1), buffer_.size(2) - start_, buffer_.size(3)},
+                                        buffer_.options());
+  gathered.slice(2, 0, length_).copy_(view().index_select(0, index.to(buffer_.device())));
+  buffer_ = gathered;
+  start_ = 0;
+}
+
+void KvCache::select(const torch::Tensor& index) {
+  k.select(index);
+  v.select(index);
+  p.select(index);
+}
+
 void KvCache::keep_last(int64_t frames) {
   k.keep_last(frames);
   v.keep_last(frames);

@@ -28,6 +28,9 @@ class FrameBuffer {
                    const torch::TensorOptions& options);
   // Keeps the newest `frames` (all when fewer are held; < 0 = all).
   void keep_last(int64_t frames);
+  // Keeps sequence index[i] as sequence i (index [B'] int64): a beam
+  // search's reordering of its hypotheses.
+  void select(const torch::Tensor& index);
   void clear() { length_ = 0; start_ = 0; }
 
  private:
@@ -50,6 +53,8 @@ struct KvCache {
   int64_t size() const { return k.size(); }
   // Keeps the newest `frames` keys (all of them when fewer are cached).
   void keep_last(int64_t frames);
+  // Keeps sequence index[i] as sequence i (see FrameBuffer::select).
+  void select(const torch::Tensor& index);
 };
 
 }  // namespace moekit
