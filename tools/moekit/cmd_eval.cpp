@@ -1,4 +1,5 @@
-// `moekit eval <model_dir> <data>`: CER/WER of an asr model on a data list.
+// `moekit eval <model_dir> <data>`: CER/WER of an asr model on a data list,
+// or BLEU/chrF of a seq2seq model on a parallel TSV file.
 #include <chrono>
 #include <iomanip>
 #include <iostream>
@@ -7,6 +8,7 @@
 #include "commands.h"
 #include "moekit/audio/audio_file.h"
 #include "moekit/core/check.h"
+#include "moekit/core/model_dir.h"
 #include "moekit/core/runtime.h"
 #include "moekit/data/asr_data.h"
 #include "moekit/decode/recognizer.h"
@@ -22,20 +24,39 @@ void add_eval_command(CLI::App& app, const GlobalOptions& global) {
     DecodeOptions decode;
     bool streaming = false;
     bool json_output = false;
+    TranslateOptions translate;
+    std::string hyp_out;
   };
   auto o = std::make_shared<Options>();
-  CLI::App* cmd = app.add_subcommand("eval", "Error rates (CER, WER) of an asr model on a data list or Kaldi dir");
+  CLI::App* cmd = app.add_subcommand(
+      "eval", "Error rates (CER, WER) of an asr model on a data list or Kaldi dir; BLEU and chrF per task of a "
+              "seq2seq model on a parallel file");
   cmd->add_option("model_dir", o->model_dir, "Model directory")->required();
-  cmd->add_option("data", o->data, "WeNet data.list or Kaldi data directory")->required();
+  cmd->add_option("data", o->data,
+                  "asr: WeNet data.list or Kaldi data directory; seq2seq: task<TAB>source<TAB>target lines")
+      ->required();
   cmd->add_option("--mode", o->modes,
                   "Decoding modes (several allowed): ctc_greedy_search | ctc_prefix_beam_search | "
                   "attention_rescoring | "
                   "auto (attention_rescoring, or ctc_prefix_beam_search for a model without attention decoder)")
       ->capture_default_str();
   add_decode_options(*cmd, o->decode);
+  cmd->add_option("--length-penalty", o->translate.search.length_penalty, "seq2seq: score = log p / length^penalty")
+      ->capture_default_str();
+  cmd->add_option("--batch-size", o->translate.batch_size, "seq2seq: sentences searched together")
+      ->capture_default_str();
+  cmd->add_option("--max-length", o->translate.search.max_length, "seq2seq: output tokens at most")
+      ->capture_default_str();
+  cmd->add_option("--hyp-out", o->hyp_out, "seq2seq: write the translations here, one per line of the data");
   cmd->add_flag("--json", o->json_output, "Print one JSON object");
-  cmd->callback([o, &global] {
+  cmd->callback([o, &global, cmd] {
     apply_runtime(global);
+    if (read_model_config(o->model_dir)["model_type"].as<std::string>("") == "seq2seq") {
+      TranslateOptions t = o->translate;
+      if (cmd->get_option("--beam")->count() > 0) t.search.beam = o->decode.beam_size;  // else the seq2seq default
+      run_translation_eval(o->model_dir, o->data, t, o->hyp_out, o->json_output, parse_device(global.device));
+      return;
+    }
     for (const std::string& mode : o->modes) check_decode_mode_name(mode);  // before the model loads
     const torch::Device device = parse_device(global.device);
     LoadedAsr loaded = load_asr_model(o->model_dir);

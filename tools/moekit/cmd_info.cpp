@@ -14,6 +14,7 @@
 #include "moekit/kernels/panel_kernel.h"
 #include "moekit/kernels/small_rows_kernel.h"
 #include "moekit/models/model.h"
+#include "moekit/models/seq2seq/seq2seq_model.h"
 #include "moekit/moe/moe_layer.h"
 
 namespace moekit::cli {
@@ -103,6 +104,10 @@ json model_info(const std::string& dir) {
                       {"capacity_factor", o.capacity_factor}, {"num_tasks", o.num_tasks}});
   }
   j["moe_layers"] = layers;
+  if (const auto seq2seq = std::dynamic_pointer_cast<Seq2seqModel>(model)) {
+    j["tasks"] = seq2seq->config().tasks;
+    if (!seq2seq->config().extracted_task.empty()) j["extracted_task"] = seq2seq->config().extracted_task;
+  }
   return j;
 }
 
@@ -117,6 +122,15 @@ void print_model(const json& j) {
             << "parameters: " << millions(j["parameters"]["total"].get<int64_t>()) << " total, "
             << millions(j["parameters"]["active_per_token"].get<int64_t>()) << " active per token\n"
             << "MoE layers: " << j["moe_layers"].size() << "\n";
+  if (j.contains("tasks")) {
+    std::cout << "tasks:";
+    for (const json& t : j["tasks"]) std::cout << " " << t.get<std::string>();
+    std::cout << "\n";
+  }
+  if (j.contains("extracted_task")) {
+    std::cout << "the sub-network of task " << j["extracted_task"].get<std::string>()
+              << " (its task-routed layers are dense FFNs)\n";
+  }
   for (const json& l : j["moe_layers"]) {
     std::cout << "  " << l["name"].get<std::string>() << ": " << l["num_experts"] << " experts, top-" << l["top_k"]
               << ", routing " << l["routing"].get<std::string>() << ", gating " << l["gating"].get<std::string>()

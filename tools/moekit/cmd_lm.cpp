@@ -18,7 +18,7 @@
 namespace moekit::cli {
 
 void add_tokenizer_command(CLI::App& app, const GlobalOptions& global) {
-  CLI::App* tok = app.add_subcommand("tokenizer", "SentencePiece tokenizers for language models");
+  CLI::App* tok = app.add_subcommand("tokenizer", "SentencePiece tokenizers for language and seq2seq models");
   tok->require_subcommand(1);
   auto o = std::make_shared<TokenizerTrainOptions>();
   CLI::App* train = tok->add_subcommand("train", "Train a SentencePiece model (BPE or unigram, byte fallback) on a text file");
@@ -31,6 +31,8 @@ void add_tokenizer_command(CLI::App& app, const GlobalOptions& global) {
   train->add_option("--input-sentence-size", o->input_sentence_size, "Lines sampled for training (0 = all)")
       ->capture_default_str();
   train->add_option("--seed", o->seed, "Sampling seed")->capture_default_str();
+  train->add_option("--user-symbols", o->user_defined_symbols,
+                    "Pieces kept whole, e.g. the task tags of a seq2seq model: --user-symbols '<2de>' '<2fr>'");
   train->callback([o, &global] {
     apply_runtime(global);
     train_tokenizer(*o);

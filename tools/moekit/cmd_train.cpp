@@ -44,6 +44,7 @@ void add_train_command(CLI::App& app, const GlobalOptions& global) {
   asr->add_option("--bpe-model", o->bpe_model, "SentencePiece model: transcripts become its pieces (WeNet's bpe_model)");
   asr->add_flag("--resume", o->resume, "Continue from the newest checkpoint in --exp-dir");
   add_train_lm_command(*train, global);
+  add_train_seq2seq_command(*train, global);
   asr->callback([o, &global] {
     apply_runtime(global);
     MOEKIT_CHECK_ARG(global.device == "cpu", "train: --device ", global.device,

@@ -47,7 +47,7 @@ int main(int argc, char** argv) {
   app.add_option("--threads", global.threads, "Intra-op threads for LibTorch and the BLAS (0 = all cores)")
       ->capture_default_str();
   app.add_option("--device", global.device,
-                 "Where models run: cpu, cuda or cuda:N (transcribe, eval, generate, bench)")
+                 "Where models run: cpu, cuda or cuda:N (transcribe, translate, eval, generate, bench)")
       ->capture_default_str();
   add_info_command(app, global);
   add_bench_command(app, global);
@@ -58,6 +58,8 @@ int main(int argc, char** argv) {
   add_tokenizer_command(app, global);
   add_generate_command(app, global);
   add_scale_commands(app, global);
+  add_translate_command(app, global);
+  add_extract_command(app, global);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

@@ -19,6 +19,10 @@ void TokenizerTrainOptions::validate() const {
                    model_type, "'");
   MOEKIT_CHECK_ARG(character_coverage > 0 && character_coverage <= 1, "tokenizer: character_coverage must be in (0, 1]");
   MOEKIT_CHECK_ARG(input_sentence_size >= 0, "tokenizer: input_sentence_size must be >= 0");
+  for (const std::string& symbol : user_defined_symbols) {
+    MOEKIT_CHECK_ARG(!symbol.empty() && symbol.find_first_of(", \t\n") == std::string::npos,
+                     "tokenizer: user-defined symbol '", symbol, "' must be non-empty, without commas or spaces");
+  }
 }
 
 void train_tokenizer(const TokenizerTrainOptions& o) {
@@ -31,6 +35,11 @@ void train_tokenizer(const TokenizerTrainOptions& o) {
       << " --vocab_size=" << o.vocab_size << " --model_type=" << o.model_type
       << " --character_coverage=" << o.character_coverage << " --byte_fallback=" << (o.byte_fallback ? "true" : "false")
       << " --random_seed=" << o.seed << " --num_threads=1 --minloglevel=2";
+  if (!o.user_defined_symbols.empty()) {
+    std::string symbols;
+    for (const std::string& symbol : o.user_defined_symbols) symbols += (symbols.empty() ? "" : ",") + symbol;
+    cmd << " --user_defined_symbols=" << shell_quote(symbols);
+  }
   if (o.input_sentence_size > 0) cmd << " --input_sentence_size=" << o.input_sentence_size << " --shuffle_input_sentence=true";
   // spm_train's own message says why it failed (e.g. a vocabulary too large for the text).
   const std::string log = prefix + ".log";
@@ -73,6 +82,13 @@ LmTokenizer::LmTokenizer(const std::string& model_path) : path_(model_path) {
     if (pieces_[i] == "<s>") bos_ = static_cast<int64_t>(i);
     if (pieces_[i] == "</s>") eos_ = static_cast<int64_t>(i);
   }
+}
+
+int64_t LmTokenizer::id_of(const std::string& piece) const {
+  for (size_t i = 0; i < pieces_.size(); ++i) {
+    if (pieces_[i] == piece) return static_cast<int64_t>(i);
+  }
+  return -1;
 }
 
 namespace {

@@ -16,6 +16,7 @@ struct TokenizerTrainOptions {
   bool byte_fallback = true;         // unknown characters become <0xNN> byte pieces
   int64_t input_sentence_size = 0;   // sample this many lines (0 = all)
   uint64_t seed = 0;                 // sampling seed (spm's --random_seed)
+  std::vector<std::string> user_defined_symbols;  // pieces kept whole (e.g. the task tags <2de>)
 
   void validate() const;
 };
@@ -31,6 +32,8 @@ class LmTokenizer {
   int64_t bos_id() const { return bos_; }  // <s>, -1 if none
   int64_t eos_id() const { return eos_; }  // </s>, -1 if none
   const std::string& piece(int64_t id) const { return pieces_.at(static_cast<size_t>(id)); }
+  // The id of a piece, or -1 when the vocabulary has no such piece.
+  int64_t id_of(const std::string& piece) const;
   const std::string& path() const { return path_; }
 
   // Token ids of each text (no line breaks inside a text).

@@ -1,0 +1,172 @@
+#include "moekit/decode/seq2seq_search.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+
+#include "moekit/core/check.h"
+#include "moekit/core/fields.h"
+
+namespace moekit {
+namespace {
+
+const FieldTable<SearchOptions>& search_fields() {
+  using O = SearchOptions;
+  static const auto table =
+      FieldTable<O>("search")
+          .field("beam", &O::beam, "hypotheses per sentence (1 = greedy)").in_range(1, 256)
+          .field("length_penalty", &O::length_penalty, "score = log p / length^length_penalty").in_range(0, 10)
+          .field("max_length_ratio", &O::max_length_ratio, "target length limit per source token").in_range(0, 100)
+          .field("max_length_offset", &O::max_length_offset, "target length limit added to the ratio's")
+          .in_range(0, 100000)
+          .field("max_length", &O::max_length, "target positions at most (eos included)").in_range(1, 100000)
+          .field("nbest", &O::nbest, "hypotheses returned per sentence").in_range(1, 256)
+          .rule([](const O& o) {
+            return o.nbest <= o.beam ? std::string() : str_cat("nbest ", o.nbest, " exceeds beam ", o.beam);
+          });
+  return table;
+}
+
+Seq2seqEncoded repeat_rows(const Seq2seqEncoded& e, const torch::Tensor& index) {
+  Seq2seqEncoded out;
+  out.memory = e.memory.index_select(0, index);
+  out.mask = e.mask.index_select(0, index);
+  if (e.task.defined()) out.task = e.task.index_select(0, index);
+  if (e.sentence.defined()) out.sentence = e.sentence.index_select(0, index);
+  return out;
+}
+
+double normalised(double log_prob, int64_t length, double penalty) {
+  return log_prob / std::pow(static_cast<double>(std::max<int64_t>(length, 1)), penalty);
+}
+
+}  // namespace
+
+const FieldTable<SearchOptions>& SearchOptions::fields() { return search_fields(); }
+void SearchOptions::validate() const { search_fields().validate(*this); }
+
+std::vector<std::vector<Hypothesis>> translate_batch(Seq2seqModel& model, const torch::Tensor& src,
+                                                     const torch::Tensor& src_lens, const torch::Tensor& task,
+                                                     const SearchOptions& options) {
+  options.validate();
+  torch::NoGradGuard no_grad;
+  const Seq2seqConfig& config = model.config();
+  const int64_t batch = src.size(0), beam = options.beam, vocab = config.vocab_size;
+  const Seq2seqEncoded encoded = model.encode(src, src_lens, task);
+  const torch::Device device = encoded.memory.device();
+
+  std::vector<int64_t> limit(static_cast<size_t>(batch));  // target positions allowed, eos included
+  int64_t longest = 0;
+  {
+    const torch::Tensor lens = src_lens.to(torch::kCPU);
+    for (int64_t b = 0; b < batch; ++b) {
+      const double by_ratio =
+          options.max_length_ratio * static_cast<double>(lens[b].item<int64_t>()) + options.max_length_offset;
+      limit[b] = std::max<int64_t>(1, std::min<int64_t>(options.max_length, static_cast<int64_t>(by_ratio)));
+      longest = std::max(longest, limit[b]);
+    }
+  }
+
+  // Every sentence's `beam` hypotheses, sentence-major: row b * beam + j.
+  const int64_t rows = batch * beam;
+  const torch::Tensor expand = torch::arange(batch, torch::kLong).repeat_interleave(beam).to(device);
+  Seq2seqDecoderState state = model.start_decoding(beam == 1 ? encoded : repeat_rows(encoded, expand));
+  std::vector<std::vector<int64_t>> history(static_cast<size_t>(rows));
+  std::vector<double> score(static_cast<size_t>(rows), -std::numeric_limits<double>::infinity());
+  for (int64_t b = 0; b < batch; ++b) score[b * beam] = 0.0;  // one live hypothesis per sentence at first
+  std::vector<std::vector<Hypothesis>> finished(static_cast<size_t>(batch));
+  std::vector<char> done(static_cast<size_t>(batch), 0);
+  std::vector<int64_t> prev(static_cast<size_t>(rows), config.bos_id);
+
+  for (int64_t t = 0; t < longest; ++t) {
+    const torch::Tensor tokens = torch::tensor(prev, torch::kLong).to(device);
+    const torch::Tensor log_probs = torch::log_softmax(model.step(state, tokens), -1).to(torch::kCPU).contiguous();
+    const float* lp = log_probs.data_ptr<float>();
+    std::vector<int64_t> parent(static_cast<size_t>(rows), 0);
+    std::vector<int64_t> next(static_cast<size_t>(rows), config.eos_id);
+    std::vector<double> next_score(static_cast<size_t>(rows), -std::numeric_limits<double>::infinity());
+    for (int64_t b = 0; b < batch; ++b) {
+      if (done[b]) continue;
+      const bool last = t + 1 >= limit[b];
+      // Candidates (score, row, token): each live row's best 2 * beam
+      // tokens cover every continuation that can survive (at most beam of
+      // them end with eos).
+      struct Candidate {
+        double score;
+        int64_t row, token;
+      };
+      std::vector<Candidate> candidates;
+      const int64_t per_row = std::min<int64_t>(vocab, 2 * beam);
+      std::vector<int64_t> order(static_cast<size_t>(vocab));
+      for (int64_t j = 0; j < beam; ++j) {
+        const int64_t row = b * beam + j;
+        if (!std::isfinite(score[row])) continue;
+        const float* p = lp + row * vocab;
+        if (last) {  // the length limit: only eos
+          candidates.push_back({score[row] + p[config.eos_id], row, config.eos_id});
+          continue;
+        }
+        std::iota(order.begin(), order.end(), 0);
+        std::partial_sort(order.begin(), order.begin() + per_row, order.end(),
+                          [p](int64_t x, int64_t y) { return p[x] > p[y] || (p[x] == p[y] && x < y); });
+        for (int64_t i = 0; i < per_row; ++i) candidates.push_back({score[row] + p[order[i]], row, order[i]});
+      }
+      std::stable_sort(candidates.begin(), candidates.end(),
+                       [](const Candidate& x, const Candidate& y) { return x.score > y.score; });
+      int64_t live = 0;
+      for (const Candidate& c : candidates) {
+        if (c.token == config.eos_id) {
+          Hypothesis h;
+          h.tokens = history[c.row];
+          h.log_prob = c.score;
+          h.score = normalised(c.score, t + 1, options.length_penalty);
+          h.finished = true;
+          finished[b].push_back(std::move(h));
+          if (static_cast<int64_t>(finished[b].size()) >= beam) break;
+        } else if (live < beam) {
+          const int64_t row = b * beam + live++;
+          parent[row] = c.row;
+          next[row] = c.token;
+          next_score[row] = c.score;
+        }
+        if (live == beam && static_cast<int64_t>(finished[b].size()) >= beam) break;
+      }
+      // A sentence is done once it has beam finished hypotheses (fairseq's
+      // rule), or nothing is left alive.
+      if (static_cast<int64_t>(finished[b].size()) >= beam || live == 0 || last) done[b] = 1;
+      for (int64_t j = 0; j < beam && !done[b]; ++j) {
+        if (j >= live) parent[b * beam + j] = b * beam;  // dead slots: any row, score -inf
+      }
+      if (done[b]) {
+        for (int64_t j = 0; j < beam; ++j) {
+          parent[b * beam + j] = b * beam;
+          next_score[b * beam + j] = -std::numeric_limits<double>::infinity();
+        }
+      }
+    }
+    if (std::all_of(done.begin(), done.end(), [](char d) { return d != 0; })) break;
+    std::vector<std::vector<int64_t>> grown(static_cast<size_t>(rows));
+    bool identity = true;
+    for (int64_t row = 0; row < rows; ++row) {
+      identity = identity && parent[row] == row;
+      grown[row] = history[parent[row]];
+      if (std::isfinite(next_score[row])) grown[row].push_back(next[row]);
+    }
+    history = std::move(grown);
+    score = next_score;
+    prev = next;
+    if (!identity) Seq2seqModel::select(state, torch::tensor(parent, torch::kLong).to(device));
+  }
+
+  std::vector<std::vector<Hypothesis>> out(static_cast<size_t>(batch));
+  for (int64_t b = 0; b < batch; ++b) {
+    std::vector<Hypothesis>& hyps = finished[b];
+    std::stable_sort(hyps.begin(), hyps.end(), [](const Hypothesis& x, const Hypothesis& y) { return x.score > y.score; });
+    if (static_cast<int64_t>(hyps.size()) > options.nbest) hyps.resize(static_cast<size_t>(options.nbest));
+    out[b] = std::move(hyps);
+  }
+  return out;
+}
+
+}  // namespace moekit

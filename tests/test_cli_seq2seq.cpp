@@ -1,0 +1,142 @@
+// The seq2seq commands end to end, as a user runs them: a tokenizer with
+// task tags, training, translate (streamed, bad lines answered in place),
+// extract (the sub-network translates as the full model does), eval, and
+// one-line errors for bad input.
+#include <gtest/gtest.h>
+
+#include "cli_test_util.h"
+#include "moekit/core/file_io.h"
+#include "moekit/data/sentencepiece.h"
+#include "test_util.h"
+
+using namespace moekit;
+
+namespace {
+
+// A toy two-task corpus: English number phrases into pseudo-German and
+// pseudo-French (word-by-word substitutions), enough for the plumbing.
+std::string toy_corpus(int count, int offset) {
+  const std::vector<std::string> en = {"one", "two", "three", "four", "five", "red", "blue", "cat", "dog", "house"};
+  const std::vector<std::string> de = {"eins", "zwei", "drei", "vier", "fuenf", "rot", "blau", "katze", "hund", "haus"};
+  const std::vector<std::string> fr = {"un", "deux", "trois", "quatre", "cinq", "rouge", "bleu", "chat", "chien", "maison"};
+  std::string out;
+  for (int i = 0; i < count; ++i) {
+    const int n = i + offset;
+    std::string s, t;
+    const bool german = n % 2 == 0;
+    for (int w = 0; w < 3 + n % 3; ++w) {
+      const size_t k = static_cast<size_t>((n * 7 + w * 3) % 10);
+      s += (w ? " " : "") + en[k];
+      t += (w ? " " : "") + (german ? de[k] : fr[k]);
+    }
+    out += std::string(german ? "de" : "fr") + "\t" + s + "\t" + t + "\n";
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST(CliSeq2seq, TrainTranslateExtractEval) {
+  if (!have_sentencepiece() || std::system("command -v spm_train > /dev/null 2>&1") != 0)
+    GTEST_SKIP() << "SentencePiece tools (package sentencepiece) not installed";
+  const std::string d = temp_dir("cli_seq2seq");
+  const std::string train_tsv = toy_corpus(300, 0), valid_tsv = toy_corpus(20, 1000);
+  write_file_atomic(d + "/train.tsv", train_tsv);
+  write_file_atomic(d + "/valid.tsv", valid_tsv);
+  std::string text;  // sources and targets for the shared vocabulary
+  for (size_t at = 0; at < train_tsv.size();) {
+    const size_t end = train_tsv.find('\n', at);
+    const std::string line = train_tsv.substr(at, end - at);
+    const size_t a = line.find('\t'), b = line.find('\t', a + 1);
+    text += line.substr(a + 1, b - a - 1) + "\n" + line.substr(b + 1) + "\n";
+    at = end + 1;
+  }
+  write_file_atomic(d + "/text.txt", text);
+  CliRun r = run_cli("tokenizer train --input " + d + "/text.txt --output " + d +
+                     "/tok.model --vocab-size 60 --user-symbols '<2de>' '<2fr>'");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  write_file_atomic(d + "/s2s.yaml",
+                    "model: {d_model: 32, heads: 4, ffn_hidden: 48, encoder_layers: 2, decoder_layers: 2, dropout: 0,\n"
+                    "        moe: {num_experts: 4, top_k: 2, every: 2, encoder_routing: token, decoder_routing: task}}\n"
+                    "data: {max_tokens: 400}\n"
+                    "train_conf: {epochs: 50, lr: 0.003, scheduler: cosine, warmup_steps: 5, total_steps: 30, "
+                    "log_interval: 10, average_last: 1}\n");
+  const std::string train = "--threads 1 train seq2seq --config " + d + "/s2s.yaml --train-data " + d +
+                            "/train.tsv --valid-data " + d + "/valid.tsv --tokenizer " + d + "/tok.model --exp-dir " +
+                            d + "/exp";
+  r = run_cli(train);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("tokens/s"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("task sampling (T = 5): de 0.5 fr 0.5"), std::string::npos) << r.output;
+  const std::string model = d + "/exp/final";
+  ASSERT_TRUE(path_exists(model + "/tokenizer.model"));
+
+  r = run_cli("info " + model);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("routing task"), std::string::npos) << r.output;
+
+  // One output line per input line; a bad line is answered with an empty
+  // line and an error naming it, the others are translated.
+  write_file_atomic(d + "/in.txt", "one two three\n\nred cat\nblue \xff dog\nfour five\n");
+  r = run_cli("--threads 1 translate " + model + " --task de --beam 3 < " + d + "/in.txt", "");
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.output.find("line 2: empty line"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("line 4: invalid UTF-8"), std::string::npos) << r.output;
+  CliRun out = run_cli("--threads 1 translate " + model + " --task de --beam 3 < " + d + "/in.txt 2>/dev/null", "");
+  EXPECT_EQ(lines(out.output), 5) << out.output;
+
+  r = run_cli("--threads 1 translate " + model + " --task xx < " + d + "/in.txt");
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.output.find("unknown task 'xx' (the model's tasks: de, fr)"), std::string::npos) << r.output;
+  EXPECT_EQ(lines(r.output), 1) << r.output;
+
+  // The extracted sub-network translates exactly as the full model does.
+  r = run_cli("extract " + model + " --task de --out " + d + "/de");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("decoder.layers.1.ffn: experts"), std::string::npos) << r.output;
+  write_file_atomic(d + "/good.txt", "one two three\nred cat\nfour five\nthe house\n");
+  for (const char* beam : {"1", "4"}) {
+    const CliRun full = run_cli("--threads 1 translate " + model + " --task de --beam " + beam + " < " + d + "/good.txt");
+    const CliRun sub = run_cli("--threads 1 translate " + d + "/de --task de --beam " + beam + " < " + d + "/good.txt");
+    ASSERT_EQ(full.exit_code, 0) << full.output;
+    ASSERT_EQ(sub.exit_code, 0) << sub.output;
+    EXPECT_EQ(sub.output, full.output) << "beam " << beam;
+    EXPECT_EQ(lines(full.output), 4);
+  }
+  r = run_cli("--threads 1 translate " + d + "/de --task fr < " + d + "/good.txt");
+  EXPECT_NE(r.output.find("sub-network of task 'de'"), std::string::npos) << r.output;
+  r = run_cli("extract " + model + " --task it --out " + d + "/it");
+  EXPECT_NE(r.output.find("unknown task 'it'"), std::string::npos) << r.output;
+  EXPECT_FALSE(path_exists(d + "/it"));
+  r = run_cli("info " + d + "/de");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+
+  r = run_cli("--threads 1 eval " + model + " " + d + "/valid.tsv --beam 2 --hyp-out " + d + "/hyp.txt");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("de       BLEU"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("average  BLEU"), std::string::npos) << r.output;
+  EXPECT_EQ(lines(read_file(d + "/hyp.txt")), 20);
+  r = run_cli("--threads 1 eval " + model + " " + d + "/valid.tsv --json");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("\"bleu_avg\""), std::string::npos) << r.output;
+
+  // A tokenizer that is not the model's.
+  r = run_cli("tokenizer train --input " + d + "/text.txt --output " + d + "/other.model --vocab-size 50");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  std::filesystem::copy(d + "/de", d + "/mismatch", std::filesystem::copy_options::recursive);
+  std::filesystem::copy_file(d + "/other.model", d + "/mismatch/tokenizer.model",
+                             std::filesystem::copy_options::overwrite_existing);
+  r = run_cli("translate " + d + "/mismatch --task de < " + d + "/good.txt");
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.output.find("not the model's tokenizer"), std::string::npos) << r.output;
+  EXPECT_EQ(lines(r.output), 1) << r.output;
+
+  // Data errors name the file and line.
+  write_file_atomic(d + "/bad.tsv", "de\tone\teins\nfr\ttwo\n");
+  r = run_cli("eval " + model + " " + d + "/bad.tsv");
+  EXPECT_NE(r.output.find("bad.tsv:2: expected task<TAB>source<TAB>target"), std::string::npos) << r.output;
+  write_file_atomic(d + "/it.tsv", "it\tone\tuno\n");
+  r = run_cli("train seq2seq --config " + d + "/s2s.yaml --train-data " + d + "/train.tsv --valid-data " + d +
+              "/it.tsv --tokenizer " + d + "/tok.model --exp-dir " + d + "/exp2");
+  EXPECT_NE(r.output.find("task 'it' is not one of the model's tasks"), std::string::npos) << r.output;
+}
