@@ -9,8 +9,14 @@ PYTHON ?= /usr/bin/python3
 deps:
 	@bash scripts/setup-deps.sh
 
+# Ninja where the build directory is new (it rebuilds the precompiled header
+# only when its inputs change; the Makefile generator's dependency stamp
+# rebuilt it, and with it every object, after a reconfigure); an existing
+# build directory keeps its generator.
+GENERATOR := $(if $(wildcard $(BUILD)/CMakeCache.txt),,$(if $(shell command -v ninja),-G Ninja,))
+
 build: deps
-	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release > $(BUILD).cmake.log 2>&1 || (cat $(BUILD).cmake.log; exit 1)
+	@cmake -S . -B $(BUILD) $(GENERATOR) -DCMAKE_BUILD_TYPE=Release > $(BUILD).cmake.log 2>&1 || (cat $(BUILD).cmake.log; exit 1)
 	@cmake --build $(BUILD) -j$(JOBS)
 
 demo: build

@@ -8,6 +8,10 @@
 # a small dense LLaMA-style model on Debian text, grown to 2x width and depth
 # by five methods, and upcycled into an 8-expert MoE compared at equal
 # training FLOPs with continued dense training and an MoE from scratch.
+# Then the task-level MoE translation recipe (recipes/seq2seq with DEMO=1):
+# English into 6 languages from Debian's gettext catalogs, a dense model, a
+# token-routed and a token/task-routed MoE, BLEU/chrF per language, and the
+# per-language sub-networks extracted from the task-routed model.
 # `make bench` runs the MoE layer benchmarks.
 set -euo pipefail
 build=${1:-build}
@@ -21,5 +25,8 @@ DEMO=1 MOEKIT="$(cd "$(dirname "$moekit")" && pwd)/moekit" WORK="$(cd "$build" &
 echo
 echo "== EfficientScale LM recipe, demo size (recipes/lm/run.sh with DEMO=1)"
 DEMO=1 MOEKIT="$(cd "$(dirname "$moekit")" && pwd)/moekit" WORK="$(cd "$build" && pwd)/demo_lm" bash recipes/lm/run.sh
+echo
+echo "== Task-level MoE translation recipe, demo size (recipes/seq2seq/run.sh with DEMO=1)"
+DEMO=1 MOEKIT="$(cd "$(dirname "$moekit")" && pwd)/moekit" WORK="$(cd "$build" && pwd)/demo_seq2seq" bash recipes/seq2seq/run.sh
 echo
 echo "demo finished in $(( $(date +%s) - start )) s"

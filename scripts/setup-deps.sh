@@ -5,7 +5,7 @@
 set -euo pipefail
 
 packages=(
-  cmake g++ make pkg-config
+  cmake ninja-build g++ make pkg-config
   libtorch-dev libopenblas0-pthread libopenblas-pthread-dev
   libgloo-dev
   libsentencepiece-dev sentencepiece
@@ -15,7 +15,11 @@ packages=(
   python3-torch
 )
 if [[ "${1:-}" == "--recipes" ]]; then
-  packages+=(espeak-ng flite sox libsox-fmt-all gettext fortunes gnuplot-nox)
+  # gettext catalogs (the translation recipe): data-only l10n packages;
+  # word lists (its grapheme-to-phoneme set)
+  packages+=(espeak-ng flite sox libsox-fmt-all gettext fortunes gnuplot-nox
+    vlc-l10n gnupg-l10n libc-l10n util-linux-locales gcc-12-locales
+    wamerican wfrench wngerman wspanish witalian wportuguese wdutch wpolish wdanish)
 fi
 
 missing=()

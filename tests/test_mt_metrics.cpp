@@ -94,5 +94,16 @@ TEST(Chrf, MatchesSacreBleusPublishedValues) {
               57.15704367, 1e-4);
 }
 
+TEST(CharErrorRate, LevenshteinOverCodePoints) {
+  EXPECT_EQ(char_edit_stats("kitten", "sitting").errors, 3);  // 2 substitutions, 1 insertion
+  EXPECT_EQ(char_edit_stats("kitten", "sitting").length, 7);
+  EXPECT_EQ(char_edit_stats("ˈhɛloʊ", "ˈhɛlo").errors, 1);   // IPA symbols, not bytes
+  EXPECT_EQ(char_edit_stats("a b c", "abc").errors, 0);     // whitespace ignored
+  EXPECT_EQ(char_edit_stats("", "abc").errors, 3);
+  EditStats s = char_edit_stats("ab", "abcd");
+  s.add(char_edit_stats("x", "y"));
+  EXPECT_NEAR(s.rate(), 3.0 / 5.0, 1e-12);
+}
+
 }  // namespace
 }  // namespace moekit

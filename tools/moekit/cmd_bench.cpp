@@ -203,6 +203,7 @@ void add_bench_command(CLI::App& app, const GlobalOptions& global) {
   auto opt = std::make_shared<BenchMoeOptions>();
   add_bench_asr_command(*bench, global);
   add_bench_lm_command(*bench, global);
+  add_bench_seq2seq_command(*bench, global);
   add_bench_kernels_command(*bench, global);
   CLI::App* cmd = bench->add_subcommand("moe", "MoE layer vs dense FFN (equal active FLOPs) vs a per-expert loop");
   cmd->add_option("--d-model", opt->d_model, "Model width")->capture_default_str();

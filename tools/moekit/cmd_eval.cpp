@@ -25,7 +25,7 @@ void add_eval_command(CLI::App& app, const GlobalOptions& global) {
     bool streaming = false;
     bool json_output = false;
     TranslateOptions translate;
-    std::string hyp_out;
+    std::string hyp_out, reference, task;
   };
   auto o = std::make_shared<Options>();
   CLI::App* cmd = app.add_subcommand(
@@ -48,13 +48,17 @@ void add_eval_command(CLI::App& app, const GlobalOptions& global) {
   cmd->add_option("--max-length", o->translate.search.max_length, "seq2seq: output tokens at most")
       ->capture_default_str();
   cmd->add_option("--hyp-out", o->hyp_out, "seq2seq: write the translations here, one per line of the data");
+  cmd->add_option("--ref", o->reference,
+                  "seq2seq: references, line by line with `data` as a plain source file (needs --task)");
+  cmd->add_option("--task", o->task, "seq2seq: the task of --ref's lines");
   cmd->add_flag("--json", o->json_output, "Print one JSON object");
   cmd->callback([o, &global, cmd] {
     apply_runtime(global);
     if (read_model_config(o->model_dir)["model_type"].as<std::string>("") == "seq2seq") {
       TranslateOptions t = o->translate;
       if (cmd->get_option("--beam")->count() > 0) t.search.beam = o->decode.beam_size;  // else the seq2seq default
-      run_translation_eval(o->model_dir, o->data, t, o->hyp_out, o->json_output, parse_device(global.device));
+      run_translation_eval(o->model_dir, o->data, t, o->hyp_out, o->json_output, parse_device(global.device),
+                           o->reference, o->task);
       return;
     }
     for (const std::string& mode : o->modes) check_decode_mode_name(mode);  // before the model loads

@@ -3,12 +3,16 @@
 #include <iomanip>
 #include <iostream>
 #include <map>
+#include <sstream>
 #include <nlohmann/json.hpp>
 
+#include "bench_util.h"
 #include "commands.h"
 #include "moekit/core/check.h"
 #include "moekit/core/config.h"
+#include "moekit/core/fields.h"
 #include "moekit/core/file_io.h"
+#include "moekit/core/runtime.h"
 #include "moekit/data/parallel_data.h"
 #include "moekit/decode/translator.h"
 #include "moekit/eval/mt_metrics.h"
@@ -100,6 +104,96 @@ void add_train_seq2seq_command(CLI::App& train, const GlobalOptions& global) {
   });
 }
 
+void add_distill_command(CLI::App& app, const GlobalOptions& global) {
+  struct Options {
+    std::string teacher, config, train_data, valid_data, exp_dir;
+    double word_weight = 0.5;
+    bool sequence = false, resume = false;
+    TranslateOptions search;
+  };
+  auto o = std::make_shared<Options>();
+  CLI::App* cmd = app.add_subcommand(
+      "distill", "Train a dense student from a seq2seq teacher: word-level (KL to the teacher) and/or "
+                 "sequence-level (the teacher's translations as targets) distillation");
+  cmd->add_option("teacher_dir", o->teacher, "The teacher model directory (its tokenizer.model is used)")->required();
+  cmd->add_option("--config", o->config,
+                  "Training config: data, train_conf, and optionally model (the student; default: the teacher's "
+                  "architecture without MoE)")
+      ->required()
+      ->check(CLI::ExistingFile);
+  cmd->add_option("--train-data", o->train_data, "Training pairs: task<TAB>source<TAB>target")->required();
+  cmd->add_option("--valid-data", o->valid_data, "Validation pairs")->required();
+  cmd->add_option("--exp-dir", o->exp_dir, "Experiment directory")->required();
+  cmd->add_option("--word-weight", o->word_weight,
+                  "Weight of the word-level KL term (0: none; 1: KL only)")->capture_default_str();
+  cmd->add_flag("--sequence", o->sequence, "Sequence-level: train on the teacher's beam translations of the sources");
+  cmd->add_option("--beam", o->search.search.beam, "Teacher beam size for --sequence")->capture_default_str();
+  cmd->add_option("--batch-size", o->search.batch_size, "Teacher batch size for --sequence")->capture_default_str();
+  cmd->add_flag("--resume", o->resume, "Continue from the newest checkpoint in --exp-dir");
+  cmd->callback([o, &global] {
+    apply_runtime(global);
+    MOEKIT_CHECK_ARG(o->word_weight >= 0.0 && o->word_weight <= 1.0, "distill: --word-weight must be in [0, 1], got ",
+                     o->word_weight);
+    MOEKIT_CHECK_ARG(o->word_weight > 0.0 || o->sequence, "distill: nothing to distill (--word-weight 0 and no --sequence)");
+    const YAML::Node y = load_yaml_file(o->config);
+    check_known_keys(y, {"model", "data", "train_conf"}, o->config);
+    std::shared_ptr<Seq2seqModel> teacher = load_seq2seq_model(o->teacher);
+    MOEKIT_CHECK_ARG(teacher->config().extracted_task.empty(), o->teacher, ": an extracted sub-network is not a teacher");
+    const std::string tokenizer_path = o->teacher + "/tokenizer.model";
+    const LmTokenizer tokenizer(tokenizer_path);
+    YAML::Node arch = teacher->config().to_yaml();
+    arch.remove("moe");
+    if (y["model"].IsMap()) {
+      for (const auto& kv : y["model"]) arch[kv.first.as<std::string>()] = kv.second;
+    }
+    const Seq2seqDataOptions data = Seq2seqDataOptions::from_yaml(y["data"], o->config + ": data");
+    const TrainerOptions trainer = TrainerOptions::from_yaml(y["train_conf"], o->config + ": train_conf");
+    torch::manual_seed(trainer.seed);
+    auto student = std::make_shared<Seq2seqModel>(Seq2seqConfig::from_yaml(arch, o->config + ": model"));
+    const std::vector<std::string> copied = init_student_from_teacher(*student, *teacher);
+    const auto& tasks = teacher->config().tasks;
+    std::vector<ParallelExample> train = encode_parallel(read_parallel_tsv(o->train_data), tokenizer, tasks, o->train_data);
+    std::vector<ParallelExample> valid = encode_parallel(read_parallel_tsv(o->valid_data), tokenizer, tasks, o->valid_data);
+    std::cerr << "distill: student " << student->config().to_string() << "\n"
+              << "distill: " << copied.size() << " of " << student->named_parameters().size()
+              << " student tensors initialised from the teacher\n";
+    make_dirs(o->exp_dir);
+    if (o->sequence) {
+      // The teacher's translations, kept in the experiment directory so a
+      // resumed run trains on the same targets without translating again.
+      const std::string cache = o->exp_dir + "/teacher_targets.txt";
+      std::vector<std::string> cached;
+      if (path_exists(cache)) {
+        std::istringstream in(read_file(cache));
+        for (std::string line; std::getline(in, line);) cached.push_back(line);
+      }
+      if (cached.size() == train.size()) {
+        for (size_t i = 0; i < train.size(); ++i) {
+          std::istringstream ids(cached[i]);
+          std::vector<int64_t> target;
+          for (int64_t id; ids >> id;) target.push_back(id);
+          train[i].target = std::move(target);
+        }
+        std::cerr << "distill: teacher translations from " << cache << "\n";
+      } else {
+        std::cerr << "distill: translating " << train.size() << " training sources with the teacher (beam "
+                  << o->search.search.beam << ")\n";
+        train = teacher_targets(*teacher, train, o->search.search, o->search.batch_size);
+        std::string text;
+        for (const auto& e : train) {
+          for (size_t i = 0; i < e.target.size(); ++i) text += (i ? " " : "") + std::to_string(e.target[i]);
+          text += "\n";
+        }
+        write_file_atomic(cache, text);
+      }
+    }
+    Seq2seqTrainTask task(student, std::move(train), std::move(valid), data, trainer.seed, tokenizer_path);
+    if (o->word_weight > 0.0) task.set_teacher(teacher, o->word_weight);
+    const TrainSummary summary = moekit::train(task, trainer, o->exp_dir, o->resume);
+    print_train_summary(summary);
+  });
+}
+
 void add_translate_command(CLI::App& app, const GlobalOptions& global) {
   struct Options {
     std::string model_dir, task;
@@ -173,9 +267,21 @@ void add_extract_command(CLI::App& app, const GlobalOptions& global) {
 }
 
 void run_translation_eval(const std::string& model_dir, const std::string& data, const TranslateOptions& options,
-                          const std::string& hyp_out, bool json_output, const torch::Device& device) {
+                          const std::string& hyp_out, bool json_output, const torch::Device& device,
+                          const std::string& reference, const std::string& task) {
   Translator translator = load_translator(model_dir, options, device);
-  const std::vector<ParallelLine> lines = read_parallel_tsv(data);
+  std::vector<ParallelLine> lines;
+  if (reference.empty()) {
+    lines = read_parallel_tsv(data);
+  } else {
+    // A source file and a reference file, line by line, all of one task.
+    MOEKIT_CHECK_ARG(!task.empty(), "eval: --ref needs --task");
+    const auto [sources, targets] = read_aligned_lines(data, reference);
+    for (size_t i = 0; i < sources.size(); ++i) {
+      lines.push_back({task, sources[i], targets[i], static_cast<int64_t>(i + 1)});
+    }
+    MOEKIT_CHECK_ARG(!lines.empty(), data, ": no lines");
+  }
   std::map<std::string, std::vector<size_t>> by_task;
   std::vector<std::string> order;
   for (size_t i = 0; i < lines.size(); ++i) {
@@ -185,7 +291,7 @@ void run_translation_eval(const std::string& model_dir, const std::string& data,
   for (const std::string& task : order) translator.check_task(task);
   std::vector<std::string> hyps(lines.size());
   nlohmann::json results = nlohmann::json::array();
-  double bleu_sum = 0, chrf_sum = 0;
+  double bleu_sum = 0, chrf_sum = 0, cer_sum = 0;
   int64_t failed = 0;
   for (const std::string& task : order) {
     std::vector<std::string> sources, refs, task_hyps;
@@ -202,24 +308,27 @@ void run_translation_eval(const std::string& model_dir, const std::string& data,
     }
     const BleuStats bleu = corpus_bleu(task_hyps, {refs});
     const ChrfStats chrf = corpus_chrf(task_hyps, refs);
+    EditStats edits;
+    for (size_t j = 0; j < refs.size(); ++j) edits.add(char_edit_stats(task_hyps[j], refs[j]));
     bleu_sum += bleu.score();
     chrf_sum += chrf.score();
+    cer_sum += edits.rate();
     results.push_back({{"task", task}, {"sentences", sources.size()}, {"bleu", bleu.score()}, {"chrf", chrf.score()},
-                       {"brevity_penalty", bleu.brevity_penalty()}});
+                       {"cer", edits.rate()}, {"brevity_penalty", bleu.brevity_penalty()}});
     if (!json_output) {
       std::cout << std::left << std::setw(8) << task << " BLEU " << std::fixed << std::setprecision(2) << bleu.score()
-                << "  chrF " << chrf.score() << "  (" << sources.size() << " sentences, BP "
-                << std::setprecision(3) << bleu.brevity_penalty() << ")\n";
+                << "  chrF " << chrf.score() << "  CER " << 100 * edits.rate() << "%  (" << sources.size()
+                << " sentences, BP " << std::setprecision(3) << bleu.brevity_penalty() << ")\n";
     }
   }
   const double n = static_cast<double>(order.size());
   if (json_output) {
-    std::cout << nlohmann::json{{"tasks", results}, {"bleu_avg", bleu_sum / n}, {"chrf_avg", chrf_sum / n},
-                                {"failed", failed}}.dump()
+    std::cout << nlohmann::json{{"tasks", results},      {"bleu_avg", bleu_sum / n}, {"chrf_avg", chrf_sum / n},
+                                {"cer_avg", cer_sum / n}, {"failed", failed}}.dump()
               << "\n";
   } else {
     std::cout << std::left << std::setw(8) << "average" << " BLEU " << std::fixed << std::setprecision(2)
-              << bleu_sum / n << "  chrF " << chrf_sum / n << "\n";
+              << bleu_sum / n << "  chrF " << chrf_sum / n << "  CER " << 100 * cer_sum / n << "%\n";
   }
   if (!hyp_out.empty()) {
     std::string text;
@@ -227,6 +336,132 @@ void run_translation_eval(const std::string& model_dir, const std::string& data,
     write_file_atomic(hyp_out, text);
   }
   MOEKIT_CHECK(failed == 0, failed, " lines were not translated (scored as empty; see above)");
+}
+
+}  // namespace moekit::cli
+
+// `moekit bench seq2seq`: decoding throughput (target tokens/s) of four
+// models of the same active width, side by side, per batch size: a
+// token-routed MoE, a token/task-routed MoE, that model's extracted
+// sub-network for one task, and the dense model (a task/task model with
+// every MoE layer folded: a dense FFN of width top_k x d_hidden wherever
+// the MoE models have an MoE layer). Each timed call encodes a batch of
+// random sources and runs `steps` greedy decoder steps with the KV caches,
+// no early stop, so every model produces the same number of tokens.
+namespace moekit::cli {
+
+void add_bench_seq2seq_command(CLI::App& bench, const GlobalOptions& global) {
+  struct Options {
+    int64_t d_model = 256, heads = 4, ffn = 1024, layers = 4, experts = 32, vocab = 8000;
+    int64_t source_len = 24, steps = 24, rounds = 3;
+    std::vector<int64_t> batches = {1, 8, 32, 64, 256};
+    uint64_t seed = 1;
+    std::string save_dir;
+  };
+  auto o = std::make_shared<Options>();
+  CLI::App* cmd = bench.add_subcommand(
+      "seq2seq", "Decoding tokens/s: token-MoE, task-MoE, its extracted sub-network and dense, per batch (JSON)");
+  cmd->add_option("--d-model", o->d_model, "Width")->capture_default_str();
+  cmd->add_option("--heads", o->heads, "Attention heads")->capture_default_str();
+  cmd->add_option("--ffn", o->ffn, "FFN hidden width (dense layers and each expert)")->capture_default_str();
+  cmd->add_option("--layers", o->layers, "Encoder layers = decoder layers (every second one MoE)")->capture_default_str();
+  cmd->add_option("--experts", o->experts, "Experts per MoE layer (top-2)")->capture_default_str();
+  cmd->add_option("--vocab", o->vocab, "Vocabulary")->capture_default_str();
+  cmd->add_option("--source-len", o->source_len, "Source tokens per sentence")->capture_default_str();
+  cmd->add_option("--steps", o->steps, "Target tokens decoded per sentence")->capture_default_str();
+  cmd->add_option("--batch", o->batches, "Batch sizes")->capture_default_str();
+  cmd->add_option("--rounds", o->rounds, "Timed rounds (models interleaved); medians are reported")
+      ->capture_default_str();
+  cmd->add_option("--seed", o->seed, "Seed of the random models and data")->capture_default_str();
+  cmd->add_option("--save-dir", o->save_dir,
+                  "Also write each model (DIR/<name>) with the first batch's sources and greedy output "
+                  "(check.txt), for bench/seq2seq_pytorch.py");
+  cmd->callback([o, &global] {
+    apply_runtime(global);
+    MOEKIT_CHECK_ARG(o->rounds >= 1 && o->steps >= 1 && o->source_len >= 1, "bench seq2seq: --rounds, --steps and "
+                     "--source-len must be >= 1");
+    auto config = [&](Routing enc, Routing dec) {
+      Seq2seqConfig c;
+      c.vocab_size = o->vocab;
+      c.d_model = o->d_model;
+      c.heads = o->heads;
+      c.ffn_hidden = o->ffn;
+      c.encoder_layers = c.decoder_layers = o->layers;
+      c.dropout = 0;
+      c.tasks = {"xx", "yy"};
+      c.moe.num_experts = o->experts;
+      c.moe.top_k = 2;
+      c.moe.every = 2;
+      c.moe.encoder_routing = enc;
+      c.moe.decoder_routing = dec;
+      return c;
+    };
+    torch::manual_seed(o->seed);
+    std::vector<std::pair<std::string, std::shared_ptr<Seq2seqModel>>> models;
+    models.emplace_back("token_moe", std::make_shared<Seq2seqModel>(config(Routing::Token, Routing::Token)));
+    auto task_moe = std::make_shared<Seq2seqModel>(config(Routing::Token, Routing::Task));
+    models.emplace_back("task_moe", task_moe);
+    models.emplace_back("task_extracted", extract_task(*task_moe, "xx").model);
+    Seq2seqModel task_task(config(Routing::Task, Routing::Task));
+    models.emplace_back("dense", extract_task(task_task, "xx").model);
+    for (auto& [name, m] : models) m->eval();
+    torch::NoGradGuard no_grad;
+    nlohmann::json results = nlohmann::json::array();
+    for (int64_t batch : o->batches) {
+      MOEKIT_CHECK_ARG(batch >= 1, "bench seq2seq: batch sizes must be >= 1");
+      const torch::Tensor src = torch::randint(3, o->vocab, {batch, o->source_len}, torch::kLong);
+      const torch::Tensor lens = torch::full({batch}, o->source_len, torch::kLong);
+      const torch::Tensor task = torch::zeros({batch}, torch::kLong);
+      std::map<std::string, std::vector<double>> seconds;
+      for (int64_t round = 0; round <= o->rounds; ++round) {  // round 0 warms up
+        for (size_t i = 0; i < models.size(); ++i) {
+          // Alternate the order each round so no model always runs first.
+          auto& [name, m] = models[round % 2 ? models.size() - 1 - i : i];
+          const auto start = Clock::now();
+          Seq2seqDecoderState state = m->start_decoding(m->encode(src, lens, task));
+          torch::Tensor prev = torch::full({batch}, m->config().bos_id, torch::kLong);
+          std::vector<torch::Tensor> produced;
+          torch::Tensor first_logits;
+          for (int64_t t = 0; t < o->steps; ++t) {
+            const torch::Tensor logits = m->step(state, prev);
+            if (t == 0) first_logits = logits;
+            prev = logits.argmax(-1);
+            produced.push_back(prev);
+          }
+          const double s = std::chrono::duration<double>(Clock::now() - start).count();
+          if (round > 0) seconds[name].push_back(s);
+          if (round == 0 && !o->save_dir.empty() && batch == o->batches.front()) {
+            // The sources (a row per sentence), the greedy tokens and the
+            // first step's logits, for the peer to compare.
+            const torch::Tensor out = torch::stack(produced, 1);
+            std::ostringstream text;
+            text.precision(9);
+            for (const torch::Tensor& rows : {src, out, first_logits}) {
+              const torch::Tensor r = rows.to(torch::kDouble);
+              for (int64_t b = 0; b < batch; ++b) {
+                for (int64_t j = 0; j < r.size(1); ++j) text << (j ? " " : "") << r[b][j].item<double>();
+                text << "\n";
+              }
+            }
+            save_model(o->save_dir + "/" + name, *m);
+            write_file_atomic(o->save_dir + "/" + name + "/check.txt", text.str());
+          }
+        }
+      }
+      const double token_moe = static_cast<double>(batch * o->steps) / median(seconds["token_moe"]);
+      for (auto& [name, m] : models) {
+        const double tps = static_cast<double>(batch * o->steps) / median(seconds[name]);
+        int64_t bytes = 0;
+        for (const auto& p : m->parameters()) bytes += p.numel() * static_cast<int64_t>(p.element_size());
+        results.push_back({{"batch", batch},
+                           {"model", name},
+                           {"tokens_per_s", tps},
+                           {"vs_token_moe", tps / token_moe},
+                           {"weights_mb", static_cast<double>(bytes) / 1e6}});
+        std::cout << nlohmann::json(results.back()).dump() << std::endl;
+      }
+    }
+  });
 }
 
 }  // namespace moekit::cli

@@ -32,14 +32,18 @@ void add_import_hf_command(CLI::App& import, const GlobalOptions& global);
 void add_train_seq2seq_command(CLI::App& train, const GlobalOptions& global);
 void add_translate_command(CLI::App& app, const GlobalOptions& global);
 void add_extract_command(CLI::App& app, const GlobalOptions& global);
+void add_distill_command(CLI::App& app, const GlobalOptions& global);
+void add_bench_seq2seq_command(CLI::App& bench, const GlobalOptions& global);
 
 // The search options `translate` and `eval` share: --beam, --length-penalty,
 // --max-length, --max-length-ratio, --batch-size, --max-input-tokens, --refuse-long.
 void add_search_options(CLI::App& cmd, TranslateOptions& options);
 // `eval` on a seq2seq model: BLEU and chrF per task of a parallel TSV file
-// and their average; the translations written to hyp_out when given.
+// (or, with `reference`, of the source file `data` against it, all of
+// `task`) and their average; the translations written to hyp_out when given.
 void run_translation_eval(const std::string& model_dir, const std::string& data, const TranslateOptions& options,
-                          const std::string& hyp_out, bool json_output, const torch::Device& device);
+                          const std::string& hyp_out, bool json_output, const torch::Device& device,
+                          const std::string& reference, const std::string& task);
 
 // The decoding options `transcribe` and `eval` share: --beam, --chunk-size,
 // --left-chunks, --ctc-weight, --reverse-weight (defaults from `decode`).

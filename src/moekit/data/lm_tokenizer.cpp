@@ -51,6 +51,10 @@ void train_tokenizer(const TokenizerTrainOptions& o) {
     std::string fallback;
     while (std::getline(in, line)) {
       if (reason.empty() && line.find("Check failed") != std::string::npos) reason = line.substr(line.find("Check failed"));
+      // "... Internal: ./src/x.cc(580) [condition] The reason." -> "The reason."
+      if (reason.empty() && line.find("Internal:") != std::string::npos && line.rfind("] ") != std::string::npos) {
+        reason = line.substr(line.rfind("] ") + 2);
+      }
       if (line.find("rror") != std::string::npos) fallback = line;
     }
     if (reason.empty()) reason = fallback;

@@ -46,7 +46,7 @@ double normalised(double log_prob, int64_t length, double penalty) {
 const FieldTable<SearchOptions>& SearchOptions::fields() { return search_fields(); }
 void SearchOptions::validate() const { search_fields().validate(*this); }
 
-std::vector<std::vector<Hypothesis>> translate_batch(Seq2seqModel& model, const torch::Tensor& src,
+std::vector<std::vector<SeqHypothesis>> translate_batch(Seq2seqModel& model, const torch::Tensor& src,
                                                      const torch::Tensor& src_lens, const torch::Tensor& task,
                                                      const SearchOptions& options) {
   options.validate();
@@ -75,7 +75,7 @@ std::vector<std::vector<Hypothesis>> translate_batch(Seq2seqModel& model, const 
   std::vector<std::vector<int64_t>> history(static_cast<size_t>(rows));
   std::vector<double> score(static_cast<size_t>(rows), -std::numeric_limits<double>::infinity());
   for (int64_t b = 0; b < batch; ++b) score[b * beam] = 0.0;  // one live hypothesis per sentence at first
-  std::vector<std::vector<Hypothesis>> finished(static_cast<size_t>(batch));
+  std::vector<std::vector<SeqHypothesis>> finished(static_cast<size_t>(batch));
   std::vector<char> done(static_cast<size_t>(batch), 0);
   std::vector<int64_t> prev(static_cast<size_t>(rows), config.bos_id);
 
@@ -117,11 +117,11 @@ std::vector<std::vector<Hypothesis>> translate_batch(Seq2seqModel& model, const 
       int64_t live = 0;
       for (const Candidate& c : candidates) {
         if (c.token == config.eos_id) {
-          Hypothesis h;
+          SeqHypothesis h;
           h.tokens = history[c.row];
           h.log_prob = c.score;
           h.score = normalised(c.score, t + 1, options.length_penalty);
-          h.finished = true;
+          h.finished = !last;  // at the length limit eos is forced
           finished[b].push_back(std::move(h));
           if (static_cast<int64_t>(finished[b].size()) >= beam) break;
         } else if (live < beam) {
@@ -159,10 +159,10 @@ std::vector<std::vector<Hypothesis>> translate_batch(Seq2seqModel& model, const 
     if (!identity) Seq2seqModel::select(state, torch::tensor(parent, torch::kLong).to(device));
   }
 
-  std::vector<std::vector<Hypothesis>> out(static_cast<size_t>(batch));
+  std::vector<std::vector<SeqHypothesis>> out(static_cast<size_t>(batch));
   for (int64_t b = 0; b < batch; ++b) {
-    std::vector<Hypothesis>& hyps = finished[b];
-    std::stable_sort(hyps.begin(), hyps.end(), [](const Hypothesis& x, const Hypothesis& y) { return x.score > y.score; });
+    std::vector<SeqHypothesis>& hyps = finished[b];
+    std::stable_sort(hyps.begin(), hyps.end(), [](const SeqHypothesis& x, const SeqHypothesis& y) { return x.score > y.score; });
     if (static_cast<int64_t>(hyps.size()) > options.nbest) hyps.resize(static_cast<size_t>(options.nbest));
     out[b] = std::move(hyps);
   }

@@ -25,7 +25,7 @@ struct SearchOptions {
   void validate() const;
 };
 
-struct Hypothesis {
+struct SeqHypothesis {
   std::vector<int64_t> tokens;  // without bos and eos
   double score = 0;             // length-normalised log-probability
   double log_prob = 0;          // sum of token log-probabilities, eos included
@@ -35,7 +35,7 @@ struct Hypothesis {
 // src [B, S] int64 (padding past src_lens), src_lens [B], task [B] or
 // undefined. Returns, per sentence, up to nbest hypotheses, best first.
 // The model should be in eval mode; runs without recording gradients.
-std::vector<std::vector<Hypothesis>> translate_batch(Seq2seqModel& model, const torch::Tensor& src,
+std::vector<std::vector<SeqHypothesis>> translate_batch(Seq2seqModel& model, const torch::Tensor& src,
                                                      const torch::Tensor& src_lens, const torch::Tensor& task,
                                                      const SearchOptions& options);
 

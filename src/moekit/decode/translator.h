@@ -22,7 +22,7 @@ struct TranslateOptions {
 
 struct Translation {
   std::string text;                // the best hypothesis, detokenized
-  std::vector<Hypothesis> nbest;   // every hypothesis returned, best first
+  std::vector<SeqHypothesis> nbest;   // every hypothesis returned, best first
   bool truncated = false;          // the input was cut to max_input_tokens
   std::string error;               // non-empty: the line was not translated, and why
 };

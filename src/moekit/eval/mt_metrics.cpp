@@ -255,6 +255,27 @@ ChrfStats chrf_stats(const std::string& hypothesis, const std::string& reference
   return s;
 }
 
+EditStats char_edit_stats(const std::string& hypothesis, const std::string& reference) {
+  auto squeeze = [](const std::string& s) {
+    std::vector<std::string> chars;
+    for (const std::string& w : split_words(s)) {
+      for (std::string& c : characters(w)) chars.push_back(std::move(c));
+    }
+    return chars;
+  };
+  const std::vector<std::string> h = squeeze(hypothesis), r = squeeze(reference);
+  std::vector<int64_t> row(r.size() + 1), next(r.size() + 1);
+  for (size_t j = 0; j <= r.size(); ++j) row[j] = static_cast<int64_t>(j);
+  for (size_t i = 1; i <= h.size(); ++i) {
+    next[0] = static_cast<int64_t>(i);
+    for (size_t j = 1; j <= r.size(); ++j) {
+      next[j] = std::min({row[j] + 1, next[j - 1] + 1, row[j - 1] + (h[i - 1] == r[j - 1] ? 0 : 1)});
+    }
+    std::swap(row, next);
+  }
+  return {row[r.size()], static_cast<int64_t>(r.size())};
+}
+
 ChrfStats corpus_chrf(const std::vector<std::string>& hypotheses, const std::vector<std::string>& references) {
   MOEKIT_CHECK_ARG(hypotheses.size() == references.size(), "chrF: ", hypotheses.size(), " hypotheses but ",
                    references.size(), " references");

@@ -56,4 +56,18 @@ ChrfStats chrf_stats(const std::string& hypothesis, const std::string& reference
 
 ChrfStats corpus_chrf(const std::vector<std::string>& hypotheses, const std::vector<std::string>& references);
 
+// Character error rate: Levenshtein distance between the code points of
+// hypothesis and reference with whitespace removed, over the reference's
+// length. On IPA transcriptions (grapheme-to-phoneme) it is the phoneme
+// error rate over IPA symbols, a length or stress mark counting as one.
+struct EditStats {
+  int64_t errors = 0, length = 0;
+  void add(const EditStats& other) {
+    errors += other.errors;
+    length += other.length;
+  }
+  double rate() const { return length > 0 ? static_cast<double>(errors) / static_cast<double>(length) : 0.0; }
+};
+EditStats char_edit_stats(const std::string& hypothesis, const std::string& reference);
+
 }  // namespace moekit

@@ -32,7 +32,7 @@ Extraction extract_task(Seq2seqModel& model, const std::string& task) {
 
   // The folded FFN of every task-routed layer, by parameter name.
   std::map<std::string, torch::Tensor> folded;
-  for (const auto& item : model.named_modules()) {
+  for (const auto& item : model.named_modules("", /*include_self=*/false)) {
     const auto* moe = dynamic_cast<const MoELayerImpl*>(item.value().get());
     if (!moe || moe->options().routing != Routing::Task) continue;
     const MoEOptions& o = moe->options();

@@ -176,12 +176,36 @@ Seq2seqTrainTask::Tensors Seq2seqTrainTask::collate(const std::vector<ParallelEx
   return t;
 }
 
+void Seq2seqTrainTask::set_teacher(std::shared_ptr<Seq2seqModel> teacher, double weight) {
+  MOEKIT_CHECK_ARG(weight > 0.0 && weight <= 1.0, "distill: the distillation weight must be in (0, 1], got ", weight);
+  MOEKIT_CHECK_ARG(teacher && teacher->config().vocab_size == model_->config().vocab_size,
+                   "distill: the teacher's vocabulary differs from the student's");
+  MOEKIT_CHECK_ARG(teacher->config().tasks == model_->config().tasks,
+                   "distill: the teacher's tasks differ from the student's");
+  teacher_ = std::move(teacher);
+  teacher_->eval();
+  kd_weight_ = weight;
+}
+
 BatchLoss Seq2seqTrainTask::train_batch(int64_t epoch, int64_t index) {
   const std::vector<int64_t>& rows = batches(epoch).at(static_cast<size_t>(index));
   const Tensors t = collate(train_, rows);
   const Seq2seqLoss loss = model_->loss(t.src, t.src_lens, t.task, t.tgt, t.tgt_lens, options_.label_smoothing);
   BatchLoss out;
   out.loss = loss.loss;
+  if (teacher_) {
+    torch::Tensor teacher_logp;
+    {
+      torch::NoGradGuard no_grad;
+      const Seq2seqLoss tl = teacher_->loss(t.src, t.src_lens, t.task, t.tgt, t.tgt_lens, 0.0);
+      teacher_logp = torch::log_softmax(tl.logits, -1);
+    }
+    const torch::Tensor student_logp = torch::log_softmax(loss.logits, -1);
+    const torch::Tensor kl_per_token = (teacher_logp.exp() * (teacher_logp - student_logp)).sum(-1);  // [B * L]
+    const torch::Tensor kl = kl_per_token.masked_select(loss.valid).mean();
+    out.loss = (1.0 - kd_weight_) * (loss.loss - loss.aux) + kd_weight_ * kl + loss.aux;
+    out.parts["kl"] = kl.item<double>();
+  }
   out.parts["nll"] = loss.nll.item<double>();
   if (model_->config().moe.enabled()) out.parts["aux"] = loss.aux.item<double>();
   out.units = loss.tokens;
@@ -203,6 +227,54 @@ std::map<std::string, double> Seq2seqTrainTask::validate() {
   }
   const double nll = total / static_cast<double>(std::max<int64_t>(tokens, 1));
   return {{"loss", nll}, {"ppl", std::exp(nll)}};
+}
+
+std::vector<ParallelExample> teacher_targets(Seq2seqModel& teacher, const std::vector<ParallelExample>& pairs,
+                                             const SearchOptions& search, int64_t batch_size) {
+  MOEKIT_CHECK_ARG(batch_size >= 1, "distill: batch size must be >= 1");
+  const Seq2seqConfig& c = teacher.config();
+  teacher.eval();
+  std::vector<ParallelExample> out = pairs;
+  std::vector<size_t> order(pairs.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(),
+                   [&](size_t a, size_t b) { return pairs[a].source.size() < pairs[b].source.size(); });
+  for (size_t first = 0; first < order.size(); first += static_cast<size_t>(batch_size)) {
+    const size_t count = std::min(order.size() - first, static_cast<size_t>(batch_size));
+    int64_t longest = 0;
+    for (size_t k = 0; k < count; ++k) longest = std::max(longest, len_of(pairs[order[first + k]].source));
+    torch::Tensor src = torch::full({static_cast<int64_t>(count), longest}, c.pad_id, torch::kLong);
+    torch::Tensor lens = torch::empty({static_cast<int64_t>(count)}, torch::kLong);
+    torch::Tensor task = torch::empty({static_cast<int64_t>(count)}, torch::kLong);
+    for (size_t k = 0; k < count; ++k) {
+      const ParallelExample& e = pairs[order[first + k]];
+      std::copy(e.source.begin(), e.source.end(), src.data_ptr<int64_t>() + static_cast<int64_t>(k) * longest);
+      lens[static_cast<int64_t>(k)] = len_of(e.source);
+      task[static_cast<int64_t>(k)] = e.task;
+    }
+    const auto hyps = translate_batch(teacher, src, lens, c.tasks.empty() ? torch::Tensor() : task, search);
+    for (size_t k = 0; k < count; ++k) {
+      if (hyps[k].empty() || hyps[k][0].tokens.empty()) continue;
+      std::vector<int64_t> target = hyps[k][0].tokens;
+      target.push_back(c.eos_id);
+      out[order[first + k]].target = std::move(target);
+    }
+  }
+  return out;
+}
+
+std::vector<std::string> init_student_from_teacher(Seq2seqModel& student, const Seq2seqModel& teacher) {
+  torch::NoGradGuard no_grad;
+  const auto from = teacher.named_parameters();
+  std::vector<std::string> copied;
+  for (auto& item : student.named_parameters()) {
+    const torch::Tensor* t = from.find(item.key());
+    if (t && t->sizes() == item.value().sizes()) {
+      item.value().copy_(*t);
+      copied.push_back(item.key());
+    }
+  }
+  return copied;
 }
 
 void Seq2seqTrainTask::save_assets(const std::string& model_dir) {

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "moekit/data/parallel_data.h"
+#include "moekit/decode/seq2seq_search.h"
 #include "moekit/models/seq2seq/seq2seq_model.h"
 #include "moekit/train/trainer.h"
 
@@ -46,6 +47,12 @@ class Seq2seqTrainTask : public TrainTask {
   void save_assets(const std::string& model_dir) override;
   std::string units_name() const override { return "tokens"; }
 
+  // Word-level distillation (Kim & Rush, 2016): the loss becomes
+  //   (1 - weight) * label-smoothed CE + weight * KL(teacher || student)
+  // per target token, the teacher's distribution from its forward on the
+  // same batch (eval mode, no gradient). weight in (0, 1].
+  void set_teacher(std::shared_ptr<Seq2seqModel> teacher, double weight);
+
   // Sampling probability of each task.
   std::vector<double> task_probabilities() const;
   // The batches of an epoch (indices into the training pairs).
@@ -60,7 +67,8 @@ class Seq2seqTrainTask : public TrainTask {
   std::vector<std::vector<int64_t>> make_batches(const std::vector<ParallelExample>& pool,
                                                  std::vector<int64_t> order) const;
 
-  std::shared_ptr<Seq2seqModel> model_;
+  std::shared_ptr<Seq2seqModel> model_, teacher_;
+  double kd_weight_ = 0.0;
   std::vector<ParallelExample> train_, valid_;
   Seq2seqDataOptions options_;
   uint64_t seed_;
@@ -70,5 +78,17 @@ class Seq2seqTrainTask : public TrainTask {
   int64_t batches_epoch_ = -1;
   std::vector<std::vector<int64_t>> batches_;
 };
+
+// Sequence-level distillation's data: each pair's target replaced by the
+// teacher's best beam-search translation of its source (</s> appended);
+// pairs whose translation comes back empty keep their reference.
+std::vector<ParallelExample> teacher_targets(Seq2seqModel& teacher, const std::vector<ParallelExample>& pairs,
+                                             const SearchOptions& search, int64_t batch_size);
+
+// Copies every weight of `teacher` whose name and shape the student also
+// has (embeddings, attention, norms, dense FFNs: the non-expert weights
+// when the student is the teacher's architecture without MoE); returns the
+// names copied.
+std::vector<std::string> init_student_from_teacher(Seq2seqModel& student, const Seq2seqModel& teacher);
 
 }  // namespace moekit

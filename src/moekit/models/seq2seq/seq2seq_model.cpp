@@ -222,6 +222,8 @@ Seq2seqLoss Seq2seqModel::loss(const torch::Tensor& src, const torch::Tensor& sr
   out.aux = collect_moe_aux_loss(*this);
   if (!out.aux.defined()) out.aux = torch::zeros({}, smoothed.options());
   out.loss = smoothed + out.aux;
+  out.logits = logits;
+  out.valid = valid;
   return out;
 }
 

@@ -98,6 +98,8 @@ struct Seq2seqLoss {
   torch::Tensor loss;    // label-smoothed cross entropy + MoE aux, to minimise
   torch::Tensor nll;     // mean negative log-likelihood per target token (no smoothing)
   torch::Tensor aux;     // weighted router losses (0 for dense)
+  torch::Tensor logits;  // [B * L, V] fp32, every target position (for distillation)
+  torch::Tensor valid;   // [B * L] bool, the positions that are real target tokens
   int64_t tokens = 0;    // target tokens predicted
 };
 

@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Task-level MoE recipe: multilingual translation English -> 6 languages from
+# the gettext catalogs Debian installs (the task is the target language).
+#   stage 0: corpus (local/make_corpus.py) and a shared SentencePiece model
+#            with a <2xx> tag piece per language
+#   stage 1: the paper's Table 1 at this scale, equal training steps:
+#            dense; token/token; sentence/sentence; task/task; token/task
+#   stage 2: BLEU and chrF per language on the test set; every task-routed
+#            model's sub-network extracted per language and scored too
+#   stage 3: the table (work/results.md)
+#
+#   recipes/seq2seq/run.sh            # full recipe
+#   DEMO=1 recipes/seq2seq/run.sh     # the short version `make demo` runs
+#   CORPUS=g2p recipes/seq2seq/run.sh # the second multi-task set: grapheme-to-phoneme
+#                                     # in 9 languages (word lists + espeak-ng IPA), scored
+#                                     # by CER over IPA symbols as well
+#
+# STAGE / STOP_STAGE pick stages; MODELS the configs (conf/<name>.yaml). A
+# killed run picks up where it stopped: trained models are kept, training
+# resumes from its checkpoint.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+moekit=${MOEKIT:-$root/build/moekit}
+python=${PYTHON:-/usr/bin/python3}
+threads=${THREADS:-2}
+stage=${STAGE:-0}
+stop_stage=${STOP_STAGE:-3}
+corpus=${CORPUS:-mt}
+langs=${LANGS:-de,fr,es,it,sv,ru}
+
+if [[ $corpus == g2p ]]; then
+  langs=${LANGS:-en,fr,de,es,it,pt,nl,pl,da}
+  work=${WORK:-$here/work_g2p}
+  models=${MODELS:-g2p_dense g2p_token_token g2p_task_task g2p_token_task}
+  vocab=${VOCAB:-600}
+  beam=${BEAM:-4}
+elif [[ -n "${DEMO:-}" ]]; then
+  work=${WORK:-$root/build/demo_seq2seq}
+  models=${MODELS:-demo_dense demo_token_token demo_token_task}
+  corpus_args=(--max-train 2500 --test 60 --valid 50)
+  vocab=${VOCAB:-2000}
+  beam=${BEAM:-1}
+else
+  work=${WORK:-$here/work}
+  models=${MODELS:-dense token_token sentence_sentence task_task token_task}
+  corpus_args=()
+  vocab=${VOCAB:-8000}
+  beam=${BEAM:-4}
+fi
+data=$work/data
+exp=$work/exp
+export OPENBLAS_NUM_THREADS=1  # LibTorch's own threads do the parallel work (--threads)
+
+log() { echo "[seq2seq recipe $(date +%H:%M:%S)] $*" >&2; }
+
+if [[ $stage -le 0 && $stop_stage -ge 0 ]]; then
+  log "stage 0: corpus and tokenizer"
+  if [[ $corpus == g2p ]]; then
+    [[ -f $data/test.tsv ]] || "$python" "$here/local/make_g2p.py" "$data"
+  else
+    [[ -f $data/test.tsv ]] || "$python" "$here/local/make_corpus.py" "$data" --langs "$langs" "${corpus_args[@]}"
+  fi
+  tags=()
+  for l in ${langs//,/ }; do tags+=("<2$l>"); done
+  [[ -f $data/tokenizer.model ]] ||
+    "$moekit" tokenizer train --input "$data/spm_text.txt" --output "$data/tokenizer.model" --vocab-size "$vocab" \
+      --model-type unigram --character-coverage 0.9995 --user-symbols "${tags[@]}"
+fi
+
+if [[ $stage -le 1 && $stop_stage -ge 1 ]]; then
+  for name in $models; do
+    if [[ -f $exp/$name/final/model.safetensors ]]; then log "$name: already trained"; continue; fi
+    resume=()
+    [[ -d $exp/$name/checkpoints ]] && resume=(--resume)
+    log "stage 1: training $name"
+    "$moekit" --threads "$threads" train seq2seq --config "$here/conf/$name.yaml" --train-data "$data/train.tsv" \
+      --valid-data "$data/valid.tsv" --tokenizer "$data/tokenizer.model" --exp-dir "$exp/$name" "${resume[@]}" \
+      2> >(grep -v "^epoch .* step" >&2)
+  done
+fi
+
+if [[ $stage -le 2 && $stop_stage -ge 2 ]]; then
+  mkdir -p "$work/eval"
+  for name in $models; do
+    model=$exp/$name/final
+    log "stage 2: scoring $name (beam $beam)"
+    "$moekit" --threads "$threads" info "$model" --json > "$work/eval/$name.info.json"
+    "$moekit" --threads "$threads" eval "$model" "$data/test.tsv" --beam "$beam" --json \
+      --hyp-out "$work/eval/$name.hyp" > "$work/eval/$name.json"
+    if grep -q '"routing":"task"' "$work/eval/$name.info.json"; then
+      for l in ${langs//,/ }; do
+        sub=$exp/$name/sub_$l
+        [[ -f $sub/model.safetensors ]] || "$moekit" extract "$model" --task "$l" --out "$sub" > /dev/null
+        grep -P "^$l\t" "$data/test.tsv" > "$work/eval/test_$l.tsv"
+        "$moekit" --threads "$threads" info "$sub" --json > "$work/eval/${name}_sub_$l.info.json"
+        "$moekit" --threads "$threads" eval "$sub" "$work/eval/test_$l.tsv" --beam "$beam" --json \
+          > "$work/eval/${name}_sub_$l.json"
+      done
+    fi
+  done
+fi
+
+if [[ $stage -le 3 && $stop_stage -ge 3 ]]; then
+  log "stage 3: results"
+  "$python" "$here/local/results.py" "$work/eval" --models $models --langs "$langs" --out "$work/results.md"
+  cat "$work/results.md"
+fi
