@@ -39,7 +39,7 @@ elif [[ -n "${DEMO:-}" ]]; then
   work=${WORK:-$root/build/demo_seq2seq}
   models=${MODELS:-demo_dense demo_token_token demo_token_task}
   corpus_args=(--max-train 2500 --test 60 --valid 50)
-  vocab=${VOCAB:-2000}
+  vocab=${VOCAB:-1000}
   beam=${BEAM:-1}
 else
   work=${WORK:-$here/work}
@@ -88,7 +88,7 @@ if [[ $stage -le 2 && $stop_stage -ge 2 ]]; then
     "$moekit" --threads "$threads" info "$model" --json > "$work/eval/$name.info.json"
     "$moekit" --threads "$threads" eval "$model" "$data/test.tsv" --beam "$beam" --json \
       --hyp-out "$work/eval/$name.hyp" > "$work/eval/$name.json"
-    if grep -q '"routing":"task"' "$work/eval/$name.info.json"; then
+    if grep -q '"routing": *"task"' "$work/eval/$name.info.json"; then
       for l in ${langs//,/ }; do
         sub=$exp/$name/sub_$l
         [[ -f $sub/model.safetensors ]] || "$moekit" extract "$model" --task "$l" --out "$sub" > /dev/null

@@ -54,6 +54,7 @@ void add_eval_command(CLI::App& app, const GlobalOptions& global) {
   cmd->add_flag("--json", o->json_output, "Print one JSON object");
   cmd->callback([o, &global, cmd] {
     apply_runtime(global);
+    for (const std::string& mode : o->modes) check_decode_mode_name(mode);  // before any model loads
     if (read_model_config(o->model_dir)["model_type"].as<std::string>("") == "seq2seq") {
       TranslateOptions t = o->translate;
       if (cmd->get_option("--beam")->count() > 0) t.search.beam = o->decode.beam_size;  // else the seq2seq default
@@ -61,7 +62,6 @@ void add_eval_command(CLI::App& app, const GlobalOptions& global) {
                            o->reference, o->task);
       return;
     }
-    for (const std::string& mode : o->modes) check_decode_mode_name(mode);  // before the model loads
     const torch::Device device = parse_device(global.device);
     LoadedAsr loaded = load_asr_model(o->model_dir);
     loaded.model->to(device);

@@ -22,6 +22,10 @@
 namespace moekit {
 
 struct RouteInput {
+  // {mask}, {mask, task}, {mask, task, sentence}: every part may be left out.
+  RouteInput(torch::Tensor mask = {}, torch::Tensor task = {}, torch::Tensor sentence = {})
+      : mask(std::move(mask)), task(std::move(task)), sentence(std::move(sentence)) {}
+
   torch::Tensor mask;  // [B, T] bool (or integer, nonzero = real token); undefined = no padding
   torch::Tensor task;  // [B] int64 task ids in [0, num_tasks); required for task routing
   // Sentence routing: the vector each sequence is gated on, [B, D]
