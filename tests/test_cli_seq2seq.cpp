@@ -125,6 +125,23 @@ TEST(CliSeq2seq, TrainTranslateExtractEval) {
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("\"bleu_avg\""), std::string::npos) << r.output;
 
+  // Distillation into a dense student, word- and sequence-level; the
+  // teacher's translations are cached for a resumed run.
+  write_file_atomic(d + "/distill.yaml",
+                    "data: {max_tokens: 400}\n"
+                    "train_conf: {epochs: 50, lr: 0.003, warmup_steps: 2, total_steps: 4, average_last: 1}\n");
+  r = run_cli("--threads 1 distill " + model + " --config " + d + "/distill.yaml --train-data " + d +
+              "/valid.tsv --valid-data " + d + "/valid.tsv --exp-dir " + d + "/student --sequence --beam 2");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("initialised from the teacher"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("trained 4 steps"), std::string::npos) << r.output;
+  EXPECT_EQ(lines(read_file(d + "/student/teacher_targets.txt")), 20);
+  r = run_cli("info " + d + "/student/final");
+  EXPECT_NE(r.output.find("MoE layers: 0"), std::string::npos) << r.output;
+  r = run_cli("distill " + d + "/de --config " + d + "/distill.yaml --train-data " + d + "/valid.tsv --valid-data " +
+              d + "/valid.tsv --exp-dir " + d + "/student2");
+  EXPECT_NE(r.output.find("not a teacher"), std::string::npos) << r.output;
+
   // A tokenizer that is not the model's; a vocabulary too small for the text.
   r = run_cli("tokenizer train --input " + d + "/text.txt --output " + d + "/tiny.model --vocab-size 60");
   EXPECT_NE(r.exit_code, 0);

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <algorithm>
 #include <random>
 #include <set>
 
@@ -147,6 +148,61 @@ TEST(Seq2seqTraining, KilledRunResumesToTheSameWeights) {
   EXPECT_LT(whole.last_validation.at("loss"), std::log(40.0) - 0.25);  // below uniform over the vocabulary: it learned
   const std::string metrics = read_file(dir + "/whole/metrics.jsonl");
   EXPECT_NE(metrics.find("\"tokens\""), std::string::npos);
+}
+
+TEST(Seq2seqDistill, WordLevelLossMixesTheLabelLossWithKlToTheTeacher) {
+  Seq2seqConfig tc = tiny_seq2seq_config(Routing::Token, Routing::Task);
+  tc.moe.capacity_factor = 0;
+  torch::manual_seed(1);
+  auto teacher = std::make_shared<Seq2seqModel>(tc);
+  Seq2seqConfig sc = tc;
+  sc.moe.num_experts = 0;  // the dense student
+  auto student = std::make_shared<Seq2seqModel>(sc);
+  const std::vector<std::string> copied = init_student_from_teacher(*student, *teacher);
+  // Embeddings, attention and norms come from the teacher; the MoE positions' dense FFNs do not exist there.
+  EXPECT_TRUE(std::find(copied.begin(), copied.end(), "embed_tokens.weight") != copied.end());
+  EXPECT_TRUE(std::find(copied.begin(), copied.end(), "decoder.layers.0.ffn.w1.weight") != copied.end());
+  EXPECT_TRUE(std::find(copied.begin(), copied.end(), "decoder.layers.1.ffn.w1.weight") == copied.end());
+  EXPECT_TRUE(torch::equal(student->embed_tokens->weight, teacher->embed_tokens->weight));
+
+  const auto pairs = copy_pairs(40, 3, {40, 30, 30});
+  Seq2seqDataOptions data;
+  data.max_tokens = 2000;
+  data.label_smoothing = 0.0;
+  const double w = 0.3;
+  Seq2seqTrainTask plain(student, pairs, pairs, data, 1, "");
+  Seq2seqTrainTask distilled(student, pairs, pairs, data, 1, "");
+  distilled.set_teacher(teacher, w);
+  student->train();
+  const BatchLoss a = plain.train_batch(0, 0), b = distilled.train_batch(0, 0);
+  ASSERT_TRUE(b.parts.count("kl"));
+  EXPECT_GT(b.parts.at("kl"), 0.0);
+  // With no label smoothing and a dense student (no aux loss): (1 - w) CE + w KL.
+  EXPECT_NEAR(b.loss.item<double>(), (1 - w) * a.loss.item<double>() + w * b.parts.at("kl"), 1e-4);
+  EXPECT_NE(error_of<std::invalid_argument>([&] { distilled.set_teacher(teacher, 0.0); }).find("(0, 1]"),
+            std::string::npos);
+}
+
+TEST(Seq2seqDistill, SequenceLevelTargetsAreTheTeachersTranslations) {
+  torch::manual_seed(2);
+  auto teacher = std::make_shared<Seq2seqModel>(tiny_seq2seq_config(Routing::Token, Routing::Task));
+  teacher->eval();
+  const auto pairs = copy_pairs(12, 5, {40, 30, 30});
+  SearchOptions search;
+  search.beam = 2;
+  search.max_length = 8;
+  const auto distilled = teacher_targets(*teacher, pairs, search, 5);
+  ASSERT_EQ(distilled.size(), pairs.size());
+  for (size_t i = 0; i < pairs.size(); ++i) {
+    EXPECT_EQ(distilled[i].source, pairs[i].source);
+    const auto& e = pairs[i];
+    const auto hyps = translate_batch(*teacher, torch::tensor(e.source, torch::kLong).unsqueeze(0),
+                                      torch::tensor({static_cast<int64_t>(e.source.size())}, torch::kLong),
+                                      torch::tensor({e.task}, torch::kLong), search);
+    std::vector<int64_t> want = hyps[0][0].tokens.empty() ? e.target : hyps[0][0].tokens;
+    if (!hyps[0][0].tokens.empty()) want.push_back(2);
+    EXPECT_EQ(distilled[i].target, want) << i;
+  }
 }
 
 TEST(Seq2seqTraining, DataThatDoesNotFitTheModelIsRefused) {
