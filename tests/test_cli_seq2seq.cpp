@@ -90,6 +90,19 @@ TEST(CliSeq2seq, TrainTranslateExtractEval) {
   }
   EXPECT_EQ(translated_lines, 5) << r.output;
 
+  // Over-long input: truncated with a warning by default, refused by option.
+  write_file_atomic(d + "/long.txt", "one two three four five red blue cat dog house one two three\nred cat\n");
+  r = run_cli("--threads 1 translate " + model + " --task de --max-input-tokens 6 < " + d + "/long.txt");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("warning: line 1: truncated to 6 tokens"), std::string::npos) << r.output;
+  r = run_cli("--threads 1 translate " + model + " --task de --max-input-tokens 6 --refuse-long < " + d + "/long.txt");
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.output.find("error: line 1: the input has"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("line 2:"), std::string::npos) << r.output;  // the short line is translated
+  r = run_cli("translate " + model + " --task de --beam 0 < " + d + "/long.txt");
+  EXPECT_NE(r.output.find("beam"), std::string::npos) << r.output;
+  EXPECT_EQ(lines(r.output), 1) << r.output;
+
   r = run_cli("--threads 1 translate " + model + " --task xx < " + d + "/in.txt");
   EXPECT_NE(r.exit_code, 0);
   EXPECT_NE(r.output.find("unknown task 'xx' (the model's tasks: de, fr)"), std::string::npos) << r.output;

@@ -143,7 +143,8 @@ void add_distill_command(CLI::App& app, const GlobalOptions& global) {
     const LmTokenizer tokenizer(tokenizer_path);
     YAML::Node arch = teacher->config().to_yaml();
     arch.remove("moe");
-    if (y["model"].IsMap()) {
+    if (y["model"].IsDefined()) {
+      MOEKIT_CHECK_ARG(y["model"].IsMap(), o->config, ": 'model' must be a mapping");
       for (const auto& kv : y["model"]) arch[kv.first.as<std::string>()] = kv.second;
     }
     const Seq2seqDataOptions data = Seq2seqDataOptions::from_yaml(y["data"], o->config + ": data");
