@@ -63,7 +63,7 @@ void add_train_seq2seq_command(CLI::App& train, const GlobalOptions& global) {
                      " is not supported: training runs on the CPU (decoding and the benchmarks take --device)");
     const YAML::Node y = load_yaml_file(o->config);
     check_known_keys(y, {"model", "data", "train_conf"}, o->config);
-    MOEKIT_CHECK_ARG(y["model"].IsMap(), o->config, ": no 'model' section");
+    MOEKIT_CHECK_ARG(y["model"].IsDefined() && y["model"].IsMap(), o->config, ": no 'model' section");
     for (const char* key : {"vocab_size", "pad_id", "bos_id", "eos_id"}) {
       MOEKIT_CHECK_ARG(!y["model"][key].IsDefined(), o->config, ": model.", key, " comes from the tokenizer; remove it");
     }
