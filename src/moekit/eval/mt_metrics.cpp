@@ -65,6 +65,15 @@ std::vector<std::string> split_words(const std::string& s) {
   return words;
 }
 
+// The code points of a line with its whitespace removed (chrF, CER).
+std::vector<std::string> characters_without_spaces(const std::string& s) {
+  std::vector<std::string> chars;
+  for (const std::string& w : split_words(s)) {
+    for (std::string& c : characters(w)) chars.push_back(std::move(c));
+  }
+  return chars;
+}
+
 using NgramCounts = std::map<std::vector<std::string>, int64_t>;
 
 NgramCounts word_ngrams(const std::vector<std::string>& words, size_t n) {
@@ -233,14 +242,7 @@ double ChrfStats::score(double beta, bool eps_smoothing) const {
 }
 
 ChrfStats chrf_stats(const std::string& hypothesis, const std::string& reference) {
-  auto squeeze = [](const std::string& s) {
-    std::vector<std::string> chars;
-    for (const std::string& w : split_words(s)) {
-      for (std::string& c : characters(w)) chars.push_back(std::move(c));
-    }
-    return chars;
-  };
-  const std::vector<std::string> h = squeeze(hypothesis), r = squeeze(reference);
+  const std::vector<std::string> h = characters_without_spaces(hypothesis), r = characters_without_spaces(reference);
   ChrfStats s;
   for (int n = 0; n < ChrfStats::kOrder; ++n) {
     const auto hc = char_ngrams(h, static_cast<size_t>(n + 1));
@@ -256,14 +258,7 @@ ChrfStats chrf_stats(const std::string& hypothesis, const std::string& reference
 }
 
 EditStats char_edit_stats(const std::string& hypothesis, const std::string& reference) {
-  auto squeeze = [](const std::string& s) {
-    std::vector<std::string> chars;
-    for (const std::string& w : split_words(s)) {
-      for (std::string& c : characters(w)) chars.push_back(std::move(c));
-    }
-    return chars;
-  };
-  const std::vector<std::string> h = squeeze(hypothesis), r = squeeze(reference);
+  const std::vector<std::string> h = characters_without_spaces(hypothesis), r = characters_without_spaces(reference);
   std::vector<int64_t> row(r.size() + 1), next(r.size() + 1);
   for (size_t j = 0; j <= r.size(); ++j) row[j] = static_cast<int64_t>(j);
   for (size_t i = 1; i <= h.size(); ++i) {
