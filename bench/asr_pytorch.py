@@ -12,30 +12,14 @@ same JSON fields as `moekit bench asr` (RTF full context and chunk by chunk).
 import argparse
 import json
 import math
-import struct
 import time
 
 import torch
 import yaml
 
-DTYPES = {"F32": torch.float32, "F64": torch.float64, "F16": torch.float16, "BF16": torch.bfloat16,
-          "I64": torch.int64, "I32": torch.int32}
+from safetensors_io import read_safetensors
 
 
-def read_safetensors(path):
-    with open(path, "rb") as f:
-        data = f.read()
-    (n,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8:8 + n])
-    base = 8 + n
-    out = {}
-    for name, e in header.items():
-        if name == "__metadata__":
-            continue
-        a, b = e["data_offsets"]
-        t = torch.frombuffer(bytearray(data[base + a:base + b]), dtype=DTYPES[e["dtype"]])
-        out[name] = t.reshape(e["shape"]).clone()
-    return out
 
 
 def act(name):
