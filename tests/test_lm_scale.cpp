@@ -306,11 +306,11 @@ TEST(LmDir, ForeignAndCorruptModelDirectories) {
 
 TEST(HfLayout, AnIndependentPyTorchImplementationComputesTheSameLogits) {
   // bench/lm_pytorch.py: HF transformers' LLaMA / Qwen2 / Mixtral forward in
-  // PyTorch eager, reading the exported directory with its own reader.
+  // PyTorch eager, reading the exported directory with bench/safetensors_io.py.
   const std::string source = std::string(__FILE__);
   const std::string script = source.substr(0, source.rfind("/tests/")) + "/bench/lm_pytorch.py";
-  if (!path_exists(script) || std::system("/usr/bin/python3 -c 'import torch, numpy' > /dev/null 2>&1") != 0)
-    GTEST_SKIP() << "needs /usr/bin/python3 with torch and numpy (python3-torch) and " << script;
+  if (!path_exists(script) || std::system("/usr/bin/python3 -c 'import torch' > /dev/null 2>&1") != 0)
+    GTEST_SKIP() << "needs /usr/bin/python3 with torch (python3-torch) and " << script;
   const std::string dir = temp_dir("hf_pytorch");
   const std::vector<int64_t> tokens = {5, 17, 3, 42, 8, 8, 0, 49, 21, 13};
   std::string csv;
