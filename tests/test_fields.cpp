@@ -82,7 +82,7 @@ TEST(Fields, MisspeltKeysAreRefusedInEverySectionNamingTheClosestKnownOne) {
 
 TEST(Fields, ChecksNameTheFieldAndTheValue) {
   const auto moe = [](const YAML::Node& n) { MoEOptions::from_yaml(n, "m"); };
-  EXPECT_EQ(error_for("{d_model: 0, d_hidden: 4}", moe), "m: d_model must be positive, got 0");
+  EXPECT_EQ(error_for("{d_model: 0, d_hidden: 4}", moe), "m: d_model must be in [1, 131072], got 0");
   EXPECT_EQ(error_for("{d_model: 4, d_hidden: 4, top_k: 9}", moe), "m: top_k must be in [1, num_experts=8], got 9");
   EXPECT_EQ(error_for("{d_model: 4}", moe), "m: missing field 'd_hidden'");
   EXPECT_EQ(error_for("{d_model: 4, d_hidden: 4, routing: tasks}", moe),

@@ -6,6 +6,7 @@
 
 #include "moekit/core/check.h"
 #include "moekit/core/file_io.h"
+#include "moekit/core/limits.h"
 
 #ifdef MOEKIT_HAVE_AUDIO
 #include <sndfile.h>
@@ -25,7 +26,7 @@ bool have_audio_files() { return true; }
 
 Audio read_audio(const std::string& path) {
   MOEKIT_CHECK_ARG(path_exists(path), path, ": no such file");
-  MOEKIT_CHECK_ARG(!is_directory(path), path, ": is a directory, not an audio file");
+  check_regular_file(path, "an audio file");
   SF_INFO info;
   std::memset(&info, 0, sizeof info);
   SNDFILE* file = sf_open(path.c_str(), SFM_READ, &info);
@@ -39,6 +40,12 @@ Audio read_audio(const std::string& path) {
   } closer{file};
   MOEKIT_CHECK_ARG(info.channels > 0 && info.samplerate > 0, path, ": audio header has ", info.channels,
                    " channels at ", info.samplerate, " Hz");
+  // Rates outside what any recording uses would be resampled into hours of
+  // audio (1 Hz -> 16 kHz is 16000x) or from gigabytes of it.
+  MOEKIT_CHECK_ARG(info.samplerate >= limits::kMinSampleRate && info.samplerate <= limits::kMaxSampleRate, path,
+                   ": unsupported sample rate ", info.samplerate, " Hz (expected ", limits::kMinSampleRate, " to ",
+                   limits::kMaxSampleRate, " Hz)");
+  MOEKIT_CHECK_ARG(info.channels <= 64, path, ": ", info.channels, " channels (at most 64)");
   MOEKIT_CHECK_ARG(info.frames > 0, path, ": audio file holds no samples");
   MOEKIT_CHECK_ARG(info.frames < (int64_t{1} << 34) / info.channels, path, ": audio file too long (", info.frames,
                    " frames)");

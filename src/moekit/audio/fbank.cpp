@@ -4,6 +4,7 @@
 
 #include "moekit/core/check.h"
 #include "moekit/core/fields.h"
+#include "moekit/core/limits.h"
 
 namespace moekit {
 
@@ -33,10 +34,12 @@ const FieldTable<FbankOptions>& fbank_fields() {
       FieldTable<O>("fbank")
           .field("num_mel_bins", &O::num_mel_bins, "mel bands (the feature width)")
           .check([](const O& o) { return o.num_mel_bins >= 3 ? "" : "must be >= 3"; })
+          .at_most(limits::kWidth)
           .field("frame_length", &O::frame_length_ms, "window length, ms")
           .field("frame_shift", &O::frame_shift_ms, "hop between frames, ms")
           .field("dither", &O::dither, "Gaussian dither added in training (decoding uses 0)").non_negative()
-          .field("sample_rate", &O::sample_rate, "sample rate the features are computed at, Hz").positive()
+          .field("sample_rate", &O::sample_rate, "sample rate the features are computed at, Hz")
+          .in_range(limits::kMinSampleRate, limits::kMaxSampleRate)
           .rule([](const O& o) {
             return o.window_size() >= 2 && o.window_shift() >= 1
                        ? std::string()

@@ -8,12 +8,13 @@
 
 namespace moekit {
 
-YAML::Node load_yaml_file(const std::string& path) {
-  const std::string text = read_file(path);
+YAML::Node load_yaml_file(const std::string& path) { return parse_yaml_text(read_file(path), path); }
+
+YAML::Node parse_yaml_text(const std::string& text, const std::string& where) {
   try {
     return YAML::Load(text);
   } catch (const YAML::Exception& e) {
-    throw std::invalid_argument(str_cat(path, ": not valid YAML (line ", e.mark.line + 1, ": ", e.msg, ")"));
+    throw std::invalid_argument(str_cat(where, ": not valid YAML (line ", e.mark.line + 1, ": ", e.msg, ")"));
   }
 }
 

@@ -10,6 +10,8 @@ namespace moekit {
 
 // Loads a YAML file; throws std::invalid_argument naming the file on parse errors.
 YAML::Node load_yaml_file(const std::string& path);
+// The same on text; `where` names its source in errors.
+YAML::Node parse_yaml_text(const std::string& text, const std::string& where);
 
 // Serializes a node (block style) and writes it atomically.
 void write_yaml_file(const std::string& path, const YAML::Node& node);

@@ -178,13 +178,14 @@ class FieldTable {
   FieldTable& positive() { return numeric_check([](double v) { return v > 0; }, "must be positive"); }
   FieldTable& non_negative() { return numeric_check([](double v) { return v >= 0; }, "must be >= 0"); }
   FieldTable& at_least(double bound) {
-    return numeric_check([bound](double v) { return v >= bound; }, str_cat("must be >= ", bound));
+    return numeric_check([bound](double v) { return v >= bound; }, str_cat("must be >= ", bound_text(bound)));
   }
   FieldTable& at_most(double bound) {
-    return numeric_check([bound](double v) { return v <= bound; }, str_cat("must be <= ", bound));
+    return numeric_check([bound](double v) { return v <= bound; }, str_cat("must be <= ", bound_text(bound)));
   }
   FieldTable& in_range(double lo, double hi) {
-    return numeric_check([lo, hi](double v) { return v >= lo && v <= hi; }, str_cat("must be in [", lo, ", ", hi, "]"));
+    return numeric_check([lo, hi](double v) { return v >= lo && v <= hi; },
+                         str_cat("must be in [", bound_text(lo), ", ", bound_text(hi), "]"));
   }
   // Written only when `when` holds (optional sections, fields older readers
   // do not know).
@@ -308,6 +309,11 @@ class FieldTable {
     f.name = std::move(name);
     f.help = std::move(help);
     return f;
+  }
+  // 1048576, not 1.04858e+06.
+  static std::string bound_text(double v) {
+    if (v == static_cast<double>(static_cast<int64_t>(v))) return std::to_string(static_cast<int64_t>(v));
+    return str_cat(v);
   }
   Field& last() {
     MOEKIT_CHECK(!fields_.empty(), "FieldTable: a modifier before any field");

@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -63,8 +64,34 @@ void write_file_atomic(const std::string& path, std::string_view bytes) {
   }
 }
 
+void check_regular_file(const std::string& path, const std::string& what) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) {
+    throw std::invalid_argument(str_cat(path, ": cannot open: ", os_error()));
+  }
+  if (S_ISREG(st.st_mode)) return;
+  const char* kind = S_ISDIR(st.st_mode)    ? "a directory"
+                     : S_ISFIFO(st.st_mode) ? "a FIFO"
+                     : S_ISSOCK(st.st_mode) ? "a socket"
+                     : S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode) ? "a device"
+                                                                  : "not a regular file";
+  throw std::invalid_argument(str_cat(path, ": is ", kind, ", expected ", what));
+}
+
+void check_inside_dir(const std::string& path, const std::string& dir) {
+  check_regular_file(path);
+  std::error_code ec;
+  const fs::path file = fs::canonical(path, ec);
+  MOEKIT_CHECK_ARG(!ec, "cannot resolve '", path, "': ", ec.message());
+  const fs::path root = fs::canonical(dir, ec);
+  MOEKIT_CHECK_ARG(!ec, "cannot resolve '", dir, "': ", ec.message());
+  const auto mismatch = std::mismatch(root.begin(), root.end(), file.begin(), file.end());
+  MOEKIT_CHECK_ARG(mismatch.first == root.end(), "'", path, "' leads outside '", dir,
+                   "' (a symlink); copy the file itself into the directory");
+}
+
 std::string read_file(const std::string& path) {
-  MOEKIT_CHECK_ARG(!is_directory(path), "'", path, "' is a directory, expected a file");
+  check_regular_file(path);
   std::ifstream in(path, std::ios::binary);
   MOEKIT_CHECK_ARG(in.good(), "cannot open '", path, "': ", os_error());
   std::ostringstream buffer;
@@ -87,6 +114,98 @@ bool path_exists(const std::string& path) {
 bool is_directory(const std::string& path) {
   std::error_code ec;
   return fs::is_directory(path, ec);
+}
+
+void remove_path(const std::string& path) {
+  std::error_code ec;
+  fs::remove_all(path, ec);
+  MOEKIT_CHECK(!ec, "cannot remove '", path, "': ", ec.message());
+}
+
+namespace {
+
+// `inner` is `outer` or lies inside it (both made absolute, symlinks resolved
+// as far as they exist).
+bool inside(const fs::path& inner, const fs::path& outer) {
+  std::error_code ec;
+  const fs::path a = fs::weakly_canonical(fs::absolute(inner), ec);
+  const fs::path b = fs::weakly_canonical(fs::absolute(outer), ec);
+  auto ai = a.begin();
+  for (auto bi = b.begin(); bi != b.end(); ++bi, ++ai) {
+    if (bi->empty()) continue;  // a trailing separator
+    if (ai == a.end() || *ai != *bi) return false;
+  }
+  return true;
+}
+
+// A temporary sibling of `target` named ".<name>.<kind>.XXXXXX".
+std::string make_sibling_dir(const fs::path& target, const std::string& kind) {
+  std::string pattern = (target.parent_path() / ("." + target.filename().string() + "." + kind + ".XXXXXX")).string();
+  MOEKIT_CHECK(::mkdtemp(pattern.data()) != nullptr, "cannot create a directory next to '", target.string(), "': ",
+               os_error());
+  return pattern;
+}
+
+}  // namespace
+
+OutputDir::OutputDir(std::string target, bool force, const std::vector<std::string>& inputs) : force_(force) {
+  fs::path t = fs::path(target).lexically_normal();
+  if (t.filename().empty()) t = t.parent_path();  // "out/" names "out"
+  MOEKIT_CHECK_ARG(!t.empty() && t.filename() != "." && t.filename() != "..", "'", target,
+                   "' cannot be an output directory");
+  target_ = t.string();
+  for (const std::string& input : inputs) {
+    MOEKIT_CHECK_ARG(!inside(input, t), "output '", target, "' is or holds the input '", input,
+                     "'; choose another output");
+  }
+  MOEKIT_CHECK_ARG(force || !path_exists(target_), "'", target_,
+                   "' exists already; pass --force to replace it, or choose another output");
+  const fs::path parent = t.parent_path().empty() ? fs::path(".") : t.parent_path();
+  make_dirs(parent.string());
+  // What a killed writer of this target left behind.
+  const std::string prefix = "." + t.filename().string() + ".";
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(parent, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (name.rfind(prefix, 0) == 0 &&
+        (name.find(".tmp.", prefix.size() - 1) == prefix.size() - 1 ||
+         name.find(".old.", prefix.size() - 1) == prefix.size() - 1))
+      fs::remove_all(entry.path(), ec);
+  }
+  staging_ = make_sibling_dir(t.parent_path().empty() ? fs::path(".") / t : t, "tmp");
+}
+
+OutputDir::~OutputDir() {
+  if (committed_) return;
+  std::error_code ec;
+  fs::remove_all(staging_, ec);
+}
+
+void OutputDir::commit() {
+  MOEKIT_CHECK(!committed_, "OutputDir: '", target_, "' committed twice");
+  if (path_exists(target_)) {
+    MOEKIT_CHECK(force_, "'", target_, "' appeared while it was being written");
+    // Move the old output aside first: rename(2) does not replace a
+    // non-empty directory.
+    const fs::path t(target_);
+    std::string old = (t.parent_path() / ("." + t.filename().string() + ".old.XXXXXX")).string();
+    MOEKIT_CHECK(::mkdtemp(old.data()) != nullptr, "cannot create a directory next to '", target_, "': ", os_error());
+    MOEKIT_CHECK(::rmdir(old.c_str()) == 0 && ::rename(target_.c_str(), old.c_str()) == 0, "cannot move '", target_,
+                 "' aside: ", os_error());
+    MOEKIT_CHECK(::rename(staging_.c_str(), target_.c_str()) == 0, "cannot rename '", staging_, "' to '", target_,
+                 "': ", os_error());
+    remove_path(old);
+  } else {
+    MOEKIT_CHECK(::rename(staging_.c_str(), target_.c_str()) == 0, "cannot rename '", staging_, "' to '", target_,
+                 "': ", os_error());
+  }
+  committed_ = true;
+  const fs::path parent = fs::path(target_).parent_path();
+  int dir_fd = ::open(parent.empty() ? "." : parent.c_str(), O_RDONLY | O_DIRECTORY);
+  if (dir_fd >= 0) {
+    ::fsync(dir_fd);
+    ::close(dir_fd);
+  }
 }
 
 }  // namespace moekit

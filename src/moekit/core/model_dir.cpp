@@ -52,6 +52,13 @@ std::string shape_string(torch::IntArrayRef shape) {
   return out.str();
 }
 
+// Floating point to floating point, integer to integer, bool to bool.
+bool same_kind(torch::ScalarType a, torch::ScalarType b) {
+  if (c10::isFloatingType(a) || c10::isFloatingType(b)) return c10::isFloatingType(a) && c10::isFloatingType(b);
+  if (a == torch::kBool || b == torch::kBool) return a == b;
+  return c10::isIntegralType(a, false) && c10::isIntegralType(b, false);
+}
+
 // Joins up to `limit` names, then "... (N more)".
 std::string name_list(const std::vector<std::string>& names, size_t limit = 6) {
   std::string out;
@@ -64,7 +71,7 @@ std::string name_list(const std::vector<std::string>& names, size_t limit = 6) {
 
 void load_module_state(torch::nn::Module& module, const TensorMap& weights, const std::string& source) {
   TensorMap targets = module_state(module);
-  std::vector<std::string> missing, unexpected, mis_shaped;
+  std::vector<std::string> missing, unexpected, mis_shaped, mis_typed;
   for (const auto& [name, target] : targets) {
     auto it = weights.find(name);
     if (it == weights.end()) {
@@ -72,16 +79,23 @@ void load_module_state(torch::nn::Module& module, const TensorMap& weights, cons
     } else if (it->second.sizes() != target.sizes()) {
       mis_shaped.push_back(str_cat(name, " ", shape_string(it->second.sizes()), " (model expects ",
                                    shape_string(target.sizes()), ")"));
+    } else if (!same_kind(it->second.scalar_type(), target.scalar_type())) {
+      // Float widths convert (a bf16 checkpoint into fp32 weights); an
+      // integer tensor where the model holds floats is a damaged or foreign
+      // file, and casting it would load garbage without a word.
+      mis_typed.push_back(str_cat(name, " ", c10::toString(it->second.scalar_type()), " (model expects ",
+                                  c10::toString(target.scalar_type()), ")"));
     }
   }
   for (const auto& [name, value] : weights) {
     if (targets.find(name) == targets.end()) unexpected.push_back(name);
   }
-  if (!missing.empty() || !unexpected.empty() || !mis_shaped.empty()) {
+  if (!missing.empty() || !unexpected.empty() || !mis_shaped.empty() || !mis_typed.empty()) {
     std::string message = str_cat(source, ": weights do not match the model:");
     if (!missing.empty()) message += str_cat(" missing ", missing.size(), " [", name_list(missing), "];");
     if (!unexpected.empty()) message += str_cat(" unexpected ", unexpected.size(), " [", name_list(unexpected), "];");
     if (!mis_shaped.empty()) message += str_cat(" mis-shaped ", mis_shaped.size(), " [", name_list(mis_shaped), "];");
+    if (!mis_typed.empty()) message += str_cat(" wrong dtype ", mis_typed.size(), " [", name_list(mis_typed), "];");
     message.pop_back();
     throw std::invalid_argument(message);
   }

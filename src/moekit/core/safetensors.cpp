@@ -12,6 +12,7 @@
 
 #include "moekit/core/check.h"
 #include "moekit/core/file_io.h"
+#include "moekit/core/json_error.h"
 
 namespace moekit {
 namespace {
@@ -129,7 +130,7 @@ SafetensorsHeader parse_safetensors_header(const char* data, size_t size, uint64
   try {
     root = json::parse(data + 8, data + 8 + header_len, find_duplicates);
   } catch (const json::exception& e) {
-    throw std::invalid_argument(str_cat(source, ": header is not valid JSON (", e.what(), ")"));
+    throw std::invalid_argument(str_cat(source, ": header is not valid JSON (", json_error_reason(e), ")"));
   }
   MOEKIT_CHECK_ARG(root.is_object(), source, ": header is not a JSON object");
   MOEKIT_CHECK_ARG(duplicate.empty(), source, ": header names '", duplicate, "' twice");
@@ -146,16 +147,20 @@ SafetensorsHeader parse_safetensors_header(const char* data, size_t size, uint64
     }
     header.entries[it.key()] = parse_entry(it.key(), it.value(), data_size, source);
   }
+  // Every pair of non-empty byte ranges must be disjoint: sorted by start,
+  // each range must begin at or after the furthest end seen so far (not
+  // just its neighbour's: an empty tensor between two others, or one range
+  // holding several, must not hide an overlap).
   std::vector<std::pair<const SafetensorsEntry*, const std::string*>> by_offset;
-  for (const auto& [name, entry] : header.entries) by_offset.emplace_back(&entry, &name);
+  for (const auto& [name, entry] : header.entries)
+    if (entry.begin != entry.end) by_offset.emplace_back(&entry, &name);
   std::sort(by_offset.begin(), by_offset.end(),
             [](const auto& a, const auto& b) { return a.first->begin < b.first->begin; });
-  for (size_t i = 1; i < by_offset.size(); ++i) {
-    const SafetensorsEntry& prev = *by_offset[i - 1].first;
+  for (size_t i = 1, furthest = 0; i < by_offset.size(); ++i) {
     const SafetensorsEntry& cur = *by_offset[i].first;
-    MOEKIT_CHECK_ARG(cur.begin >= prev.end || cur.begin == cur.end || prev.begin == prev.end, source,
-                     ": tensors '", *by_offset[i - 1].second, "' and '", *by_offset[i].second,
-                     "' have overlapping data ranges");
+    MOEKIT_CHECK_ARG(cur.begin >= by_offset[furthest].first->end, source, ": tensors '",
+                     *by_offset[furthest].second, "' and '", *by_offset[i].second, "' have overlapping data ranges");
+    if (cur.end > by_offset[furthest].first->end) furthest = i;
   }
   return header;
 }
@@ -177,13 +182,17 @@ TensorMap tensors_from_buffer(const SafetensorsHeader& header, const char* base)
 class MappedFile {
  public:
   explicit MappedFile(const std::string& path) {
-    MOEKIT_CHECK_ARG(!is_directory(path), "'", path, "' is a directory, expected a safetensors file");
-    fd_ = ::open(path.c_str(), O_RDONLY);
+    check_regular_file(path, "a safetensors file");
+    fd_ = ::open(path.c_str(), O_RDONLY | O_NONBLOCK);
     MOEKIT_CHECK_ARG(fd_ >= 0, "cannot open '", path, "': ", std::strerror(errno));
     struct stat st {};
     if (::fstat(fd_, &st) != 0) {
       ::close(fd_);
       throw std::invalid_argument(str_cat("cannot stat '", path, "': ", std::strerror(errno)));
+    }
+    if (!S_ISREG(st.st_mode)) {
+      ::close(fd_);
+      throw std::invalid_argument(str_cat("'", path, "' is not a regular file, expected a safetensors file"));
     }
     size_ = static_cast<size_t>(st.st_size);
     if (size_ > 0) {

@@ -1,8 +1,9 @@
 #include "moekit/core/torch_checkpoint.h"
 
-#include <caffe2/serialize/in_memory_adapter.h>
 #include <caffe2/serialize/inline_container.h>
+#include <caffe2/serialize/read_adapter_interface.h>
 
+#include <algorithm>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -15,9 +16,12 @@
 namespace moekit {
 namespace {
 
-// A Python value as far as a state dict needs one.
+// A Python value as far as a state dict needs one. Values refer to each
+// other by plain pointer and the Unpickler owns them all in one flat arena:
+// a pickle that nests a list a million levels deep (or appends a list to
+// itself) is then freed without recursion.
 struct PyValue;
-using PyRef = std::shared_ptr<PyValue>;
+using PyRef = PyValue*;
 
 struct PyGlobal {
   std::string module, name;
@@ -49,13 +53,6 @@ struct PyValue {
   template <typename T>
   T* get() { return std::get_if<T>(&v); }
 };
-
-template <typename T>
-PyRef make(T value) {
-  auto ref = std::make_shared<PyValue>();
-  ref->v = std::move(value);
-  return ref;
-}
 
 std::string describe(const PyRef& ref) {
   static const char* names[] = {"None",   "bool",   "int",    "float",   "str",    "tuple",
@@ -331,6 +328,14 @@ class Unpickler {
     return ref;
   }
 
+  template <typename T>
+  PyRef make(T value) {
+    arena_.push_back(std::make_unique<PyValue>());
+    arena_.back()->v = std::move(value);
+    return arena_.back().get();
+  }
+
+  std::vector<std::unique_ptr<PyValue>> arena_;  // first member: destroyed last
   const std::string& data_;
   caffe2::serialize::PyTorchStreamReader& zip_;
   std::string where_;
@@ -339,6 +344,27 @@ class Unpickler {
   std::vector<size_t> marks_;
   std::map<uint32_t, PyRef> memo_;
   std::map<std::string, PyRef> storages_;
+};
+
+// LibTorch's MemoryReadAdapter copies whatever range the zip reader asks
+// for; a crafted central directory points it past the end of the buffer
+// (found by fuzz/fuzz_pickle). This one copies only what lies inside and
+// reports the short read, which the zip reader turns into an error.
+class BoundedReadAdapter final : public caffe2::serialize::ReadAdapterInterface {
+ public:
+  BoundedReadAdapter(const char* data, size_t size) : data_(data), size_(size) {}
+  size_t size() const override { return size_; }
+  size_t read(uint64_t pos, void* buf, size_t n, const char* what = "") const override {
+    (void)what;
+    if (pos >= size_) return 0;
+    const size_t count = static_cast<size_t>(std::min<uint64_t>(n, size_ - pos));
+    std::memcpy(buf, data_ + pos, count);
+    return count;
+  }
+
+ private:
+  const char* data_;
+  size_t size_;
 };
 
 void collect_tensors(const PyRef& value, const std::string& prefix, TensorMap& out, int depth) {
@@ -370,7 +396,7 @@ TensorMap parse_torch_checkpoint(const std::string& bytes, const std::string& wh
   std::string pickle;
   try {
     zip = std::make_unique<caffe2::serialize::PyTorchStreamReader>(
-        std::make_shared<caffe2::serialize::MemoryReadAdapter>(bytes.data(), static_cast<off_t>(bytes.size())));
+        std::make_shared<BoundedReadAdapter>(bytes.data(), bytes.size()));
     MOEKIT_CHECK_ARG(zip->hasRecord("data.pkl"), where, ": zip archive has no data.pkl (not a torch.save checkpoint)");
     auto [data, size] = zip->getRecord("data.pkl");
     pickle.assign(static_cast<const char*>(data.get()), size);

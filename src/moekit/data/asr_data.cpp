@@ -8,6 +8,7 @@
 
 #include "moekit/core/check.h"
 #include "moekit/core/file_io.h"
+#include "moekit/core/json_error.h"
 
 namespace moekit {
 
@@ -43,7 +44,7 @@ std::vector<Utterance> read_data_list(const std::string& path) {
       out.push_back(std::move(u));
     } catch (const nlohmann::json::exception& e) {
       throw std::invalid_argument(str_cat(path, ":", line_no, ": not a data.list line with key, wav, txt (",
-                                          std::string(e.what()).substr(0, 120), ")"));
+                                          json_error_reason(e), ")"));
     }
   }
   return out;

@@ -24,15 +24,17 @@ Units Units::parse(const std::string& text, const std::string& where) {
     std::istringstream fields(line);
     std::string symbol, id_text, extra;
     fields >> symbol >> id_text;
+    // Messages describe the line rather than quote it: a units.txt that is
+    // really another file must not have its content echoed.
     MOEKIT_CHECK_ARG(!id_text.empty() && !(fields >> extra), where, ":", line_no,
-                     ": expected '<unit> <id>', got '", line, "'");
+                     ": expected '<unit> <id>' (two fields separated by white space)");
     int64_t id = -1;
     try {
       size_t used = 0;
       id = std::stoll(id_text, &used);
-      MOEKIT_CHECK_ARG(used == id_text.size(), where, ":", line_no, ": id '", id_text, "' is not an integer");
+      MOEKIT_CHECK_ARG(used == id_text.size(), where, ":", line_no, ": the id is not an integer");
     } catch (const std::logic_error&) {
-      throw std::invalid_argument(str_cat(where, ":", line_no, ": id '", id_text, "' is not an integer"));
+      throw std::invalid_argument(str_cat(where, ":", line_no, ": the id is not an integer"));
     }
     MOEKIT_CHECK_ARG(id >= 0 && id < 10000000, where, ":", line_no, ": id ", id, " out of range");
     if (static_cast<size_t>(id) >= symbols.size()) {
@@ -45,7 +47,7 @@ Units Units::parse(const std::string& text, const std::string& where) {
   }
   MOEKIT_CHECK_ARG(!symbols.empty(), where, ": no units");
   for (size_t i = 0; i < seen.size(); ++i) MOEKIT_CHECK_ARG(seen[i], where, ": id ", i, " is missing");
-  MOEKIT_CHECK_ARG(symbols[0] == "<blank>", where, ": id 0 must be <blank>, got '", symbols[0], "'");
+  MOEKIT_CHECK_ARG(symbols[0] == "<blank>", where, ": id 0 must be <blank>");
   Units units(symbols);
   MOEKIT_CHECK_ARG(units.ids_.size() == symbols.size(), where, ": a unit appears twice");
   return units;

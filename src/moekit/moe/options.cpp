@@ -2,6 +2,7 @@
 
 #include "moekit/core/check.h"
 #include "moekit/core/fields.h"
+#include "moekit/core/limits.h"
 
 namespace moekit {
 
@@ -37,9 +38,9 @@ const FieldTable<MoEOptions>& moe_fields() {
   using O = MoEOptions;
   static const auto table =
       FieldTable<O>("MoE")
-          .field("d_model", &O::d_model, "input/output width").required().positive()
-          .field("d_hidden", &O::d_hidden, "hidden width of each expert").required().positive()
-          .field("num_experts", &O::num_experts, "E, the experts of the layer").positive()
+          .field("d_model", &O::d_model, "input/output width").required().in_range(1, limits::kWidth)
+          .field("d_hidden", &O::d_hidden, "hidden width of each expert").required().in_range(1, limits::kHidden)
+          .field("num_experts", &O::num_experts, "E, the experts of the layer").in_range(1, limits::kExperts)
           .field("top_k", &O::top_k, "experts per token, 1 <= k <= E")
           .named("activation", &O::activation, parse_activation, activation_name, "expert activation")
           .named("routing", &O::routing, parse_routing, routing_name, "router input: token | sentence | task")

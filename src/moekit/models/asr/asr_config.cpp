@@ -2,6 +2,7 @@
 
 #include "moekit/core/check.h"
 #include "moekit/core/fields.h"
+#include "moekit/core/limits.h"
 
 namespace moekit {
 
@@ -15,12 +16,14 @@ void add_ffn_fields(FieldTable<C>& table, FfnConfig C::*ffn) {
         [ffn, member](C& c) -> auto& { return (c.*ffn).*member; });
   };
   table.template field<int64_t>("linear_units", at(&FfnConfig::hidden), "FFN hidden width (per expert for MoE)")
+      .in_range(1, limits::kHidden)
       .template named<Activation>("activation_type", at(&FfnConfig::activation), parse_activation, activation_name,
                                   "FFN activation")
       .template choice<bool>("mlp_type", at(&FfnConfig::moe),
                              {{"position_wise_feed_forward", false}, {"dense", false}, {"moe", true}},
                              "dense or MoE FFNs")
       .template field<int64_t>("n_expert", at(&FfnConfig::n_expert), "MoE only: experts per layer")
+      .in_range(1, limits::kExperts)
       .write_if([ffn](const C& c) { return (c.*ffn).moe; })
       .template field<int64_t>("n_expert_activated", at(&FfnConfig::n_expert_activated), "MoE only: experts per frame")
       .write_if([ffn](const C& c) { return (c.*ffn).moe; })
@@ -40,9 +43,9 @@ const FieldTable<ConformerEncoderConfig>& encoder_fields() {
   using E = ConformerEncoderConfig;
   static const FieldTable<E> table = [] {
     FieldTable<E> t("encoder_conf");
-    t.field("output_size", &E::output_size, "model width d").positive()
-        .field("attention_heads", &E::attention_heads, "self-attention heads").positive()
-        .field("num_blocks", &E::num_blocks, "Conformer blocks").positive();
+    t.field("output_size", &E::output_size, "model width d").in_range(1, limits::kWidth)
+        .field("attention_heads", &E::attention_heads, "self-attention heads").in_range(1, limits::kHeads)
+        .field("num_blocks", &E::num_blocks, "Conformer blocks").in_range(1, limits::kLayers);
     add_ffn_fields(t, &E::ffn);
     t.field("dropout_rate", &E::dropout_rate, "dropout after each sublayer")
         .field("positional_dropout_rate", &E::positional_dropout_rate, "dropout on the scaled input")
@@ -54,13 +57,14 @@ const FieldTable<ConformerEncoderConfig>& encoder_fields() {
         .field("normalize_before", &E::normalize_before, "pre-LN (else post-LN)")
         .field("macaron_style", &E::macaron_style, "two half-step FFNs per block")
         .field("use_cnn_module", &E::use_cnn_module, "the convolution module")
-        .field("cnn_module_kernel", &E::cnn_module_kernel, "depthwise kernel size")
+        .field("cnn_module_kernel", &E::cnn_module_kernel, "depthwise kernel size").in_range(1, limits::kKernel)
         .choice<bool>("cnn_module_norm", &E::cnn_layer_norm, {{"batch_norm", false}, {"layer_norm", true}},
                       "the convolution module's norm")
         .field("causal", &E::causal, "causal convolution (streaming)")
         .field("use_dynamic_chunk", &E::use_dynamic_chunk, "train with random chunk sizes (U2++)")
         .field("use_dynamic_left_chunk", &E::use_dynamic_left_chunk, "and random left context")
         .field("static_chunk_size", &E::static_chunk_size, "fixed chunk size in training (0: none)")
+        .in_range(0, limits::kSeqLen)
         .field("norm_eps", &E::norm_eps, "LayerNorm epsilon").positive();
     return t;
   }();
@@ -71,9 +75,9 @@ const FieldTable<TransformerDecoderConfig>& decoder_fields() {
   using D = TransformerDecoderConfig;
   static const FieldTable<D> table = [] {
     FieldTable<D> t("decoder_conf");
-    t.field("attention_heads", &D::attention_heads, "attention heads").positive()
-        .field("num_blocks", &D::num_blocks, "left-to-right decoder layers").non_negative()
-        .field("r_num_blocks", &D::r_num_blocks, "right-to-left decoder layers (0: none)").non_negative();
+    t.field("attention_heads", &D::attention_heads, "attention heads").in_range(1, limits::kHeads)
+        .field("num_blocks", &D::num_blocks, "left-to-right decoder layers").in_range(0, limits::kLayers)
+        .field("r_num_blocks", &D::r_num_blocks, "right-to-left decoder layers (0: none)").in_range(0, limits::kLayers);
     add_ffn_fields(t, &D::ffn);
     t.field("dropout_rate", &D::dropout_rate, "dropout after each sublayer")
         .field("positional_dropout_rate", &D::positional_dropout_rate, "dropout on the scaled embedding")
@@ -110,8 +114,9 @@ const FieldTable<AsrConfig>& asr_fields() {
           .field("vocab_size", &C::vocab_size, "output units: <blank> = 0, ..., <sos/eos> = vocab_size - 1")
           .required()
           .check([](const C& c) { return c.vocab_size >= 3 ? "" : "must be >= 3 (blank, a unit, sos/eos)"; })
+          .at_most(limits::kVocab)
           .field<int64_t>("input_dim", [](C& c) -> int64_t& { return c.encoder.input_dim; }, "feature width")
-          .positive()
+          .in_range(1, limits::kWidth)
           .section("encoder_conf", &C::encoder, encoder_fields(), "the Conformer encoder")
           .section("decoder_conf", &C::decoder, decoder_fields(), "the attention decoders")
           .section<C>("model_conf", [](C& c) -> C& { return c; }, model_conf_fields(), "the training loss")

@@ -2,6 +2,7 @@
 
 #include "moekit/core/check.h"
 #include "moekit/core/fields.h"
+#include "moekit/core/limits.h"
 
 namespace moekit {
 
@@ -14,9 +15,9 @@ const FieldTable<FfnStackOptions>& ffn_stack_fields() {
   static const auto moe_table = MoEOptions::fields().without({"d_model", "d_hidden", "activation"}, "ffn_stack moe");
   static const auto table =
       FieldTable<O>("ffn_stack")
-          .field("d_model", &O::d_model, "width").required().positive()
-          .field("num_layers", &O::num_layers, "blocks").required().positive()
-          .field("d_hidden", &O::d_hidden, "FFN hidden width (per expert in MoE layers)").required().positive()
+          .field("d_model", &O::d_model, "width").required().in_range(1, limits::kWidth)
+          .field("num_layers", &O::num_layers, "blocks").required().in_range(1, limits::kLayers)
+          .field("d_hidden", &O::d_hidden, "FFN hidden width (per expert in MoE layers)").required().in_range(1, limits::kHidden)
           .named("activation", &O::activation, parse_activation, activation_name, "FFN activation")
           .section("moe", &O::moe_options, moe_table, "MoE FFNs: num_experts, top_k, routing... (absent: dense)")
           .write_if([](const O& o) { return o.moe; })

@@ -3,6 +3,7 @@
 
 #include "moekit/core/check.h"
 #include "moekit/core/fields.h"
+#include "moekit/core/limits.h"
 
 namespace moekit {
 
@@ -29,9 +30,9 @@ const FieldTable<LmMoeConfig>& lm_moe_fields() {
   using M = LmMoeConfig;
   static const auto table =
       FieldTable<M>("lm moe")
-          .field("num_experts", &M::num_experts, "E (0 = dense model)").required().non_negative()
+          .field("num_experts", &M::num_experts, "E (0 = dense model)").required().in_range(0, limits::kExperts)
           .field("top_k", &M::top_k, "experts per token; weights = softmax over the top-k logits")
-          .field("d_hidden", &M::d_hidden, "hidden width of each expert (0 = the dense d_ffn)").non_negative()
+          .field("d_hidden", &M::d_hidden, "hidden width of each expert (0 = the dense d_ffn)").in_range(0, limits::kHidden)
           .field("first_layer", &M::first_layer, "the first MoE layer")
           .field("every", &M::every, "then every n-th layer (1 = all layers from first_layer)").at_least(1)
           .field("aux_loss_coef", &M::aux_loss_coef, "Switch load-balancing loss (AquilaMoE: 0.001)").non_negative()
@@ -48,13 +49,13 @@ const FieldTable<LmConfig>& lm_fields() {
   using C = LmConfig;
   static const auto table =
       FieldTable<C>("lm")
-          .field("vocab_size", &C::vocab_size, "tokenizer pieces").required().at_least(2)
-          .field("d_model", &C::d_model, "residual width").at_least(1)
-          .field("n_layers", &C::n_layers, "decoder blocks").at_least(1)
-          .field("n_heads", &C::n_heads, "query heads; head_dim = d_model / n_heads").at_least(1)
-          .field("n_kv_heads", &C::n_kv_heads, "key/value heads (KV groups); 0 = n_heads").non_negative()
-          .field("d_ffn", &C::d_ffn, "SwiGLU hidden width of the dense FFN").at_least(1)
-          .field("max_seq_len", &C::max_seq_len, "longest context (prompt + generated tokens)").at_least(1)
+          .field("vocab_size", &C::vocab_size, "tokenizer pieces").required().in_range(2, limits::kVocab)
+          .field("d_model", &C::d_model, "residual width").in_range(1, limits::kWidth)
+          .field("n_layers", &C::n_layers, "decoder blocks").in_range(1, limits::kLayers)
+          .field("n_heads", &C::n_heads, "query heads; head_dim = d_model / n_heads").in_range(1, limits::kHeads)
+          .field("n_kv_heads", &C::n_kv_heads, "key/value heads (KV groups); 0 = n_heads").in_range(0, limits::kHeads)
+          .field("d_ffn", &C::d_ffn, "SwiGLU hidden width of the dense FFN").in_range(1, limits::kHidden)
+          .field("max_seq_len", &C::max_seq_len, "longest context (prompt + generated tokens)").in_range(1, limits::kSeqLen)
           .field("rope_theta", &C::rope_theta, "rotary base").positive()
           .field("norm_eps", &C::norm_eps, "RMSNorm epsilon").positive()
           .field("qkv_bias", &C::qkv_bias, "biases on the q/k/v projections")
