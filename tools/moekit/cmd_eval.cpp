@@ -55,6 +55,7 @@ void add_eval_command(CLI::App& app, const GlobalOptions& global) {
   cmd->callback([o, &global, cmd] {
     apply_runtime(global);
     for (const std::string& mode : o->modes) check_decode_mode_name(mode);  // before any model loads
+    o->decode.validate();
     if (read_model_config(o->model_dir)["model_type"].as<std::string>("") == "seq2seq") {
       TranslateOptions t = o->translate;
       if (cmd->get_option("--beam")->count() > 0) t.search.beam = o->decode.beam_size;  // else the seq2seq default

@@ -21,6 +21,11 @@ void add_decode_options(CLI::App& cmd, DecodeOptions& decode) {
   cmd.add_option("--reverse-weight", decode.reverse_weight,
                  "Attention rescoring: weight of the right-to-left decoder (-1 = the model's)")
       ->capture_default_str();
+  cmd.add_option("--max-segment", decode.max_segment_seconds,
+                 "Long audio, seconds: whole-file decoding splits longer audio at its quietest points; streaming "
+                 "keeps this much left context (with --left-chunks -1) and restarts rescoring at the first 0.5 s "
+                 "pause after 2/3 of it. Memory and time stay linear in the audio's length (0 = never split)")
+      ->capture_default_str();
 }
 
 void add_transcribe_command(CLI::App& app, const GlobalOptions& global) {
@@ -45,7 +50,8 @@ void add_transcribe_command(CLI::App& app, const GlobalOptions& global) {
   cmd->add_flag("--json", o->json_output, "One JSON object per line (file, text, tokens, score, error)");
   cmd->callback([o, &global] {
     apply_runtime(global);
-    check_decode_mode_name(o->mode);  // a bad name fails before the model loads
+    check_decode_mode_name(o->mode);  // a bad name or option fails before the model loads
+    o->decode.validate();
     MOEKIT_CHECK_ARG(!o->streaming || o->decode.chunk_size > 0, "--streaming needs --chunk-size > 0");
     const torch::Device device = parse_device(global.device);
     LoadedAsr loaded = load_asr_model(o->model_dir);

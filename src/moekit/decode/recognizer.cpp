@@ -1,5 +1,9 @@
 #include "moekit/decode/recognizer.h"
 
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
 #include "moekit/audio/audio_file.h"
 #include "moekit/audio/fbank.h"
 #include "moekit/core/check.h"
@@ -80,11 +84,62 @@ torch::Tensor model_features(const AsrModel& model, const std::vector<float>& sa
   return compute_fbank(wave, fbank);
 }
 
+namespace {
+
+// Audio shorter than the encoder's receptive field gives no output frame:
+// refused alike by whole-file and streaming decoding.
+void check_long_enough(const AsrModel& model, int64_t feature_frames) {
+  const int64_t needed = model.encoder->right_context() + 1;
+  MOEKIT_CHECK_ARG(feature_frames >= needed, "audio too short: ", feature_frames, " feature frames, the model needs ",
+                   needed, " (about ", (needed - 1) * 10 + 25, " ms)");
+}
+
+}  // namespace
+
+void DecodeOptions::validate() const {
+  MOEKIT_CHECK_ARG(beam_size >= 1 && beam_size <= kMaxBeam, "--beam must be in [1, ", kMaxBeam, "], got ",
+                   beam_size);
+  MOEKIT_CHECK_ARG(chunk_size == -1 || chunk_size > 0, "--chunk-size must be -1 (full context) or > 0, got ",
+                   chunk_size, chunk_size == 0 ? " (0 is the training setting)" : "");
+  MOEKIT_CHECK_ARG(left_chunks >= -1, "--left-chunks must be -1 (all) or >= 0, got ", left_chunks);
+  MOEKIT_CHECK_ARG(std::isfinite(ctc_weight) && ctc_weight >= 0, "--ctc-weight must be a finite number >= 0, got ",
+                   ctc_weight);
+  MOEKIT_CHECK_ARG(reverse_weight == -1 || (reverse_weight >= 0 && reverse_weight <= 1),
+                   "--reverse-weight must be -1 (the model's) or in [0, 1], got ", reverse_weight);
+  MOEKIT_CHECK_ARG(max_segment_seconds == 0 || (std::isfinite(max_segment_seconds) && max_segment_seconds >= 5),
+                   "--max-segment must be 0 (never split) or at least 5 seconds, got ", max_segment_seconds);
+}
+
+std::vector<size_t> quiet_split_points(const std::vector<float>& samples, int sample_rate, double max_seconds) {
+  std::vector<size_t> cuts;
+  const size_t max_len = static_cast<size_t>(max_seconds * sample_rate);
+  const size_t min_tail = static_cast<size_t>(sample_rate);  // no piece shorter than 1 s at the end
+  const size_t frame = static_cast<size_t>(std::max(1, sample_rate / 100));  // 10 ms
+  if (max_len == 0) return cuts;
+  size_t pos = 0;
+  while (samples.size() - pos > max_len) {
+    const size_t lo = pos + max_len * 2 / 3;
+    const size_t hi = std::min(pos + max_len, samples.size() - min_tail);
+    size_t best = hi;
+    double best_energy = std::numeric_limits<double>::infinity();
+    for (size_t start = lo; start + frame <= hi; start += frame) {
+      double energy = 0;
+      for (size_t i = start; i < start + frame; ++i) energy += static_cast<double>(samples[i]) * samples[i];
+      if (energy < best_energy) {
+        best_energy = energy;
+        best = start + frame / 2;
+      }
+    }
+    cuts.push_back(best);
+    pos = best;
+  }
+  return cuts;
+}
+
 Recognizer::Recognizer(std::shared_ptr<AsrModel> model, Units units, DecodeOptions options)
     : model_(std::move(model)), units_(std::move(units)), options_(options) {
   MOEKIT_CHECK_ARG(model_, "recognizer: no model");
-  MOEKIT_CHECK_ARG(options_.beam_size >= 1, "recognizer: beam size must be >= 1, got ", options_.beam_size);
-  MOEKIT_CHECK_ARG(options_.chunk_size != 0, "recognizer: chunk size 0 is the training setting; use -1 (full) or > 0");
+  options_.validate();
   MOEKIT_CHECK_ARG(options_.mode != DecodeMode::AttentionRescoring || model_->config().decoder.num_blocks > 0,
                    "recognizer: attention_rescoring needs a model with an attention decoder");
   MOEKIT_CHECK_ARG(units_.size() == 0 || units_.size() == model_->config().vocab_size, "recognizer: ", units_.size(),
@@ -127,9 +182,7 @@ Recognition Recognizer::search(const torch::Tensor& encoder_out) const {
 Recognition Recognizer::recognize_features(const torch::Tensor& feats) const {
   torch::NoGradGuard no_grad;
   MOEKIT_CHECK_ARG(feats.dim() == 2, "recognizer: features must be [T, F], got ", feats.sizes());
-  const int64_t needed = model_->encoder->right_context() + 1;
-  MOEKIT_CHECK_ARG(feats.size(0) >= needed, "audio too short: ", feats.size(0), " feature frames, the model needs ",
-                   needed, " (about ", (needed - 1) * 10 + 25, " ms)");
+  check_long_enough(*model_, feats.size(0));
   const torch::Device device = model_device(*model_);
   const torch::Tensor lens = torch::full({1}, feats.size(0), torch::dtype(torch::kLong).device(device));
   auto [encoder_out, mask] =
@@ -138,7 +191,23 @@ Recognition Recognizer::recognize_features(const torch::Tensor& feats) const {
 }
 
 Recognition Recognizer::recognize(const std::vector<float>& samples) const {
-  return recognize_features(model_features(*model_, samples));
+  const int rate = model_->config().fbank.sample_rate;
+  const std::vector<size_t> cuts = quiet_split_points(samples, rate, options_.max_segment_seconds);
+  if (cuts.empty()) return recognize_features(model_features(*model_, samples));
+  // Long audio: each piece on its own, the tokens joined.
+  Recognition joined;
+  size_t begin = 0;
+  for (size_t i = 0; i <= cuts.size(); ++i) {
+    const size_t end = i < cuts.size() ? cuts[i] : samples.size();
+    const std::vector<float> piece(samples.begin() + static_cast<std::ptrdiff_t>(begin),
+                                   samples.begin() + static_cast<std::ptrdiff_t>(end));
+    const Recognition r = recognize_features(model_features(*model_, piece));
+    joined.tokens.insert(joined.tokens.end(), r.tokens.begin(), r.tokens.end());
+    joined.score += r.score;
+    begin = end;
+  }
+  if (units_.size() > 0) joined.text = units_.to_text(joined.tokens);
+  return joined;
 }
 
 Recognition Recognizer::recognize_file(const std::string& path) const {
@@ -155,6 +224,10 @@ StreamingSession::StreamingSession(const Recognizer& recognizer)
   MOEKIT_CHECK_ARG(recognizer.options().chunk_size > 0, "streaming: chunk size must be > 0, got ",
                    recognizer.options().chunk_size);
   feats_ = torch::empty({0, recognizer.model().config().encoder.input_dim});
+  const AsrConfig& c = recognizer.model().config();
+  const double frames_per_second = 1000.0 / (c.fbank.frame_shift_ms * static_cast<double>(c.encoder.subsampling_rate));
+  max_segment_frames_ = static_cast<int64_t>(recognizer.options().max_segment_seconds * frames_per_second);
+  endpoint_frames_ = std::max<int64_t>(1, static_cast<int64_t>(DecodeOptions::kEndpointSeconds * frames_per_second));
 }
 
 Recognition StreamingSession::accept_waveform(const float* samples, size_t count) {
@@ -182,14 +255,27 @@ void StreamingSession::run_chunks(bool last) {
   const int64_t window = model.encoder->window_frames(o.chunk_size);
   const int64_t stride = model.encoder->subsampling_rate() * o.chunk_size;
   const int64_t context = model.encoder->right_context() + 1;
-  const int64_t cache_frames = o.left_chunks < 0 ? -1 : o.chunk_size * o.left_chunks;
+  // All left context, up to a segment's worth (attention over an hour of
+  // cache would make streaming quadratic).
+  const int64_t cache_frames =
+      o.left_chunks >= 0 ? o.chunk_size * o.left_chunks : (max_segment_frames_ > 0 ? max_segment_frames_ : -1);
+  const int64_t blank = model.config().blank_id();
   while (feats_.size(0) >= window || (last && feats_.size(0) >= context)) {
     const int64_t take = std::min(window, feats_.size(0));
     const torch::Tensor piece = feats_.slice(0, 0, take).unsqueeze(0).to(model_device(model));
     const torch::Tensor out = model.encoder->forward_chunk(piece, cache_, cache_frames);
     outputs_.push_back(out);
-    beam_.advance(model.ctc_log_probs(out)[0].to(torch::kCPU));
+    const torch::Tensor log_probs = model.ctc_log_probs(out)[0].to(torch::kCPU);
+    beam_.advance(log_probs);
+    segment_frames_ += out.size(1);
+    any_output_ = true;
+    const torch::Tensor best = log_probs.argmax(-1);
+    const int64_t* ids = best.data_ptr<int64_t>();
+    for (int64_t t = 0; t < best.size(0); ++t) trailing_blanks_ = ids[t] == blank ? trailing_blanks_ + 1 : 0;
     feats_ = feats_.slice(0, std::min(stride, feats_.size(0)));
+    if (max_segment_frames_ > 0 && (segment_frames_ >= max_segment_frames_ ||
+                                    (segment_frames_ >= max_segment_frames_ * 2 / 3 && trailing_blanks_ >= endpoint_frames_)))
+      end_segment();
     if (take < window) break;  // the last, partial window
   }
 }
@@ -202,11 +288,26 @@ torch::Tensor StreamingSession::encoder_out() const {
   return torch::cat(outputs_, 1);
 }
 
+void StreamingSession::end_segment(bool keep_outputs) {
+  if (outputs_.empty()) return;
+  const Recognition r = recognizer_.options().mode == DecodeMode::CtcPrefixBeam
+                            ? Recognition{beam_.nbest().front().tokens, beam_.nbest().front().score, ""}
+                            : recognizer_.search(encoder_out());
+  committed_.insert(committed_.end(), r.tokens.begin(), r.tokens.end());
+  committed_score_ += r.score;
+  if (keep_outputs) return;
+  outputs_.clear();
+  beam_.reset();
+  segment_frames_ = 0;
+  trailing_blanks_ = 0;
+}
+
 Recognition StreamingSession::partial() const {
   Recognition r;
   const auto nbest = beam_.nbest();
-  r.tokens = nbest.front().tokens;
-  r.score = nbest.front().score;
+  r.tokens = committed_;
+  r.tokens.insert(r.tokens.end(), nbest.front().tokens.begin(), nbest.front().tokens.end());
+  r.score = committed_score_ + nbest.front().score;
   if (recognizer_.units().size() > 0) r.text = recognizer_.units().to_text(r.tokens);
   return r;
 }
@@ -216,10 +317,13 @@ Recognition StreamingSession::finish() {
   torch::NoGradGuard no_grad;
   run_chunks(true);
   finished_ = true;
-  if (outputs_.empty()) return Recognition{};  // too short to produce a frame
-  const DecodeOptions& o = recognizer_.options();
-  if (o.mode == DecodeMode::CtcPrefixBeam) return partial();
-  return recognizer_.search(encoder_out());
+  if (!any_output_) check_long_enough(recognizer_.model(), feats_.size(0));  // too short for one frame
+  end_segment(/*keep_outputs=*/true);
+  Recognition r;
+  r.tokens = committed_;
+  r.score = committed_score_;
+  if (recognizer_.units().size() > 0) r.text = recognizer_.units().to_text(r.tokens);
+  return r;
 }
 
 }  // namespace moekit

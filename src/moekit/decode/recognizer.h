@@ -31,6 +31,26 @@ struct DecodeOptions {
   int64_t left_chunks = -1;   // chunks of left context; < 0 all
   double ctc_weight = 0.5;    // attention rescoring: weight of the CTC prefix score
   double reverse_weight = -1; // < 0: the model's reverse_weight
+  // Long audio, in bounded memory and linear time. Whole-file decoding
+  // splits audio longer than this at its quietest 10 ms in the last third
+  // of each window and decodes the pieces one by one (full context over an
+  // hour would need a T x T attention mask of gigabytes). A streaming
+  // session keeps at most this much left context when left_chunks is -1,
+  // and ends a segment at the first trailing CTC blank run of
+  // kEndpointSeconds after two thirds of it (at its full length at the
+  // latest): its attention rescoring and beam then start over, as WeNet's
+  // runtime does at endpoints. 0: never (memory grows with the audio).
+  double max_segment_seconds = 30;
+  static constexpr double kEndpointSeconds = 0.5;
+
+  // Largest beam accepted: WeNet decodes with 10; a beam in the millions
+  // only burns minutes and gigabytes.
+  static constexpr int kMaxBeam = 1000;
+  // Throws std::invalid_argument naming the first bad field (as its CLI
+  // flag): beam outside [1, kMaxBeam], chunk size 0 or below -1, left
+  // chunks below -1, a non-finite or negative weight, a segment length
+  // other than 0 or >= 5 s.
+  void validate() const;
 };
 
 struct Recognition {
@@ -63,6 +83,13 @@ class Recognizer {
   DecodeOptions options_;
 };
 
+// Where whole-file decoding splits `samples` (DecodeOptions::
+// max_segment_seconds): none when they are at most max_seconds long (or
+// max_seconds is 0); else each cut at the centre of the quietest 10 ms
+// frame in the last third of a max_seconds window, no piece after the last
+// cut shorter than 1 s.
+std::vector<size_t> quiet_split_points(const std::vector<float>& samples, int sample_rate, double max_seconds);
+
 // Attention rescoring of CTC n-best hypotheses with both decoders (WeNet's
 // attention_rescoring): returns the best hypothesis and its score.
 Hypothesis attention_rescoring(AsrModel& model, const torch::Tensor& encoder_out,
@@ -84,22 +111,35 @@ class StreamingSession {
   // chunk that is complete. Returns the partial result (CTC prefix beam best).
   Recognition accept_waveform(const float* samples, size_t count);
   // Flushes the last partial chunk and returns the final result (by the
-  // recognizer's mode; attention rescoring over the whole utterance).
+  // recognizer's mode; attention rescoring over each segment, see
+  // DecodeOptions::max_segment_seconds).
   Recognition finish();
-  // Encoder output so far, [1, T', D].
+  // Encoder output of the current (after finish(): the last) segment,
+  // [1, T', D]; the whole utterance's when it is shorter than 2/3 of
+  // max_segment_seconds.
   torch::Tensor encoder_out() const;
 
  private:
   void run_chunks(bool last);
+  // Ends the current segment: its final result joins committed_, and the
+  // beam and rescoring start over (the encoder cache goes on). finish()
+  // keeps the last segment's outputs for encoder_out().
+  void end_segment(bool keep_outputs = false);
   Recognition partial() const;
   const Recognizer& recognizer_;
   std::vector<float> samples_;   // not yet turned into frames
   int64_t samples_consumed_ = 0; // samples before samples_[0] (frame alignment)
   torch::Tensor feats_;          // [T, F] not yet consumed by the encoder
   EncoderStreamCache cache_;
-  std::vector<torch::Tensor> outputs_;
+  std::vector<torch::Tensor> outputs_;  // of the current segment
   CtcPrefixBeamSearch beam_;
-  std::vector<int64_t> greedy_;
+  std::vector<int64_t> committed_;      // tokens of the segments ended so far
+  double committed_score_ = 0.0;
+  int64_t segment_frames_ = 0;          // encoder frames in outputs_
+  int64_t trailing_blanks_ = 0;         // encoder frames since the last non-blank argmax
+  int64_t max_segment_frames_ = 0;      // 0: segments never end early
+  int64_t endpoint_frames_ = 1;         // trailing blanks that end a long segment
+  bool any_output_ = false;             // an encoder frame came out
   bool finished_ = false;
 };
 
