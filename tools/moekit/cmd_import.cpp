@@ -2,6 +2,7 @@
 #include <iostream>
 
 #include "commands.h"
+#include "moekit/core/file_io.h"
 #include "moekit/models/asr/wenet_import.h"
 #include "moekit/models/model.h"
 
@@ -13,6 +14,7 @@ void add_import_command(CLI::App& app, const GlobalOptions& global) {
   struct Options {
     std::string wenet_dir, out_dir;
     WenetFiles files;
+    bool force = false;
   };
   auto options = std::make_shared<Options>();
   CLI::App* wenet = import->add_subcommand(
@@ -23,6 +25,7 @@ void add_import_command(CLI::App& app, const GlobalOptions& global) {
   wenet->add_option("--config", options->files.config, "train.yaml (default: in wenet_dir)");
   wenet->add_option("--cmvn", options->files.cmvn, "global_cmvn (default: in wenet_dir if present)");
   wenet->add_option("--units", options->files.units, "units.txt (default: in wenet_dir if present)");
+  add_force_flag(*wenet, options->force);
   add_import_hf_command(*import, global);
   wenet->callback([options, &global] {
     apply_runtime(global);
@@ -31,8 +34,10 @@ void add_import_command(CLI::App& app, const GlobalOptions& global) {
     if (!options->files.config.empty()) files.config = options->files.config;
     if (!options->files.cmvn.empty()) files.cmvn = options->files.cmvn;
     if (!options->files.units.empty()) files.units = options->files.units;
+    OutputDir out(options->out_dir, options->force, {options->wenet_dir});
     const ImportedAsr imported = import_wenet(files);
-    save_asr_model(options->out_dir, *imported.model, imported.units);
+    save_asr_model(out.path(), *imported.model, imported.units);
+    out.commit();
     const ParameterCount count = count_parameters(*imported.model);
     std::cout << "imported " << files.checkpoint << " -> " << options->out_dir << " (asr, " << count.total
               << " parameters, " << count.active << " active per frame"

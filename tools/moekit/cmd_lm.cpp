@@ -2,6 +2,7 @@
 //   moekit tokenizer train --input corpus.txt --output tokenizer.model --vocab-size 8000
 //   moekit train lm --config lm.yaml --train-text train.txt --valid-text valid.txt --tokenizer tok.model --exp-dir exp
 //   moekit generate <model_dir> --prompt "..." [--temperature --top-k --top-p --max-new-tokens]
+#include <filesystem>
 #include <iostream>
 
 #include "commands.h"
@@ -33,8 +34,15 @@ void add_tokenizer_command(CLI::App& app, const GlobalOptions& global) {
   train->add_option("--seed", o->seed, "Sampling seed")->capture_default_str();
   train->add_option("--user-symbols", o->user_defined_symbols,
                     "Pieces kept whole, e.g. the task tags of a seq2seq model: --user-symbols '<2de>' '<2fr>'");
-  train->callback([o, &global] {
+  auto force = std::make_shared<bool>(false);
+  add_force_flag(*train, *force);
+  train->callback([o, force, &global] {
     apply_runtime(global);
+    MOEKIT_CHECK_ARG(!path_exists(o->output) || (*force && !std::filesystem::equivalent(o->output, o->input)), "'",
+                     o->output, "' exists already",
+                     path_exists(o->output) && std::filesystem::equivalent(o->output, o->input)
+                         ? " and is the --input"
+                         : "; pass --force to replace it");
     train_tokenizer(*o);
     const LmTokenizer tokenizer(o->output);
     std::cout << "tokenizer " << o->output << ": " << tokenizer.vocab_size() << " pieces (" << o->model_type << ")\n";

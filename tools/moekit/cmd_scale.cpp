@@ -13,9 +13,14 @@
 namespace moekit::cli {
 namespace {
 
+// Copies from_dir/tokenizer.model when it is a regular file inside
+// from_dir: a symlink leaving the input directory (to /etc/passwd, say)
+// would copy a file the user never meant to publish.
 void copy_tokenizer(const std::string& from_dir, const std::string& to_dir) {
-  if (path_exists(from_dir + "/tokenizer.model"))
-    write_file_atomic(to_dir + "/tokenizer.model", read_file(from_dir + "/tokenizer.model"));
+  const std::string path = from_dir + "/tokenizer.model";
+  if (!path_exists(path)) return;
+  check_inside_dir(path, from_dir);
+  write_file_atomic(to_dir + "/tokenizer.model", read_file(path));
 }
 
 std::string describe(const LmWeights& m) {
@@ -29,6 +34,7 @@ std::string describe(const LmWeights& m) {
 void add_scale_commands(CLI::App& app, const GlobalOptions& global) {
   struct Options {
     std::string in_dir, out_dir, width = "fpi", depth = "stack";
+    bool force = false;
     GrowOptions grow;
     UpcycleOptions upcycle;
   };
@@ -44,13 +50,16 @@ void add_scale_commands(CLI::App& app, const GlobalOptions& global) {
       ->capture_default_str();
   grow->add_option("--depth", o->depth, "stack (layer i <- i mod L) | interpolate (layer i <- floor(i L / L_new))")
       ->capture_default_str();
+  add_force_flag(*grow, o->force);
   grow->callback([o, &global] {
     apply_runtime(global);
     o->grow.width = parse_width_growth(o->width);
     o->grow.depth = parse_depth_growth(o->depth);
+    OutputDir out(o->out_dir, o->force, {o->in_dir});
     const LmWeights grown = grow_lm(read_lm_dir(o->in_dir), o->grow);
-    save_lm_dir(grown, o->out_dir);
-    copy_tokenizer(o->in_dir, o->out_dir);
+    save_lm_dir(grown, out.path());
+    copy_tokenizer(o->in_dir, out.path());
+    out.commit();
     std::cout << "grew " << o->in_dir << " -> " << o->out_dir << " (" << o->width << " + " << o->depth << "; "
               << grown.config.to_string() << "; " << describe(grown) << ")\n";
   });
@@ -67,11 +76,14 @@ void add_scale_commands(CLI::App& app, const GlobalOptions& global) {
   up->add_option("--aux-loss-coef", o->upcycle.aux_loss_coef, "Load-balancing loss coefficient")->capture_default_str();
   up->add_option("--z-loss-coef", o->upcycle.z_loss_coef, "Router z-loss coefficient")->capture_default_str();
   up->add_option("--seed", o->upcycle.seed, "Router init seed")->capture_default_str();
+  add_force_flag(*up, o->force);
   up->callback([o, &global] {
     apply_runtime(global);
+    OutputDir out(o->out_dir, o->force, {o->in_dir});
     const LmWeights moe = upcycle_lm(read_lm_dir(o->in_dir), o->upcycle);
-    save_lm_dir(moe, o->out_dir);
-    copy_tokenizer(o->in_dir, o->out_dir);
+    save_lm_dir(moe, out.path());
+    copy_tokenizer(o->in_dir, out.path());
+    out.commit();
     std::cout << "upcycled " << o->in_dir << " -> " << o->out_dir << " (" << moe.config.moe.num_experts
               << " experts, top-" << moe.config.moe.top_k << ", granularity " << o->upcycle.granularity << "; "
               << describe(moe) << ")\n";
@@ -82,25 +94,35 @@ void add_scale_commands(CLI::App& app, const GlobalOptions& global) {
   CLI::App* exp_hf = exp->add_subcommand("hf", "An LM as Hugging Face LLaMA / Qwen2 / Mixtral (config.json + model.safetensors)");
   exp_hf->add_option("model_dir", o->in_dir, "LM model directory")->required()->check(CLI::ExistingDirectory);
   exp_hf->add_option("hf_dir", o->out_dir, "Output directory")->required();
+  add_force_flag(*exp_hf, o->force);
   exp_hf->callback([o, &global] {
     apply_runtime(global);
-    export_hf_llama(read_lm_dir(o->in_dir), o->out_dir);
-    copy_tokenizer(o->in_dir, o->out_dir);
+    OutputDir out(o->out_dir, o->force, {o->in_dir});
+    export_hf_llama(read_lm_dir(o->in_dir), out.path());
+    copy_tokenizer(o->in_dir, out.path());
+    out.commit();
     std::cout << "exported " << o->in_dir << " -> " << o->out_dir << "\n";
   });
 }
 
 void add_import_hf_command(CLI::App& import, const GlobalOptions& global) {
-  auto dirs = std::make_shared<std::pair<std::string, std::string>>();
+  struct Options {
+    std::string hf_dir, model_dir;
+    bool force = false;
+  };
+  auto dirs = std::make_shared<Options>();
   CLI::App* hf = import.add_subcommand("hf", "A Hugging Face llama / mistral / qwen2 / mixtral directory");
-  hf->add_option("hf_dir", dirs->first, "config.json + model.safetensors (or shards)")->required()->check(CLI::ExistingDirectory);
-  hf->add_option("model_dir", dirs->second, "Output MoEKit model directory")->required();
+  hf->add_option("hf_dir", dirs->hf_dir, "config.json + model.safetensors (or shards)")->required()->check(CLI::ExistingDirectory);
+  hf->add_option("model_dir", dirs->model_dir, "Output MoEKit model directory")->required();
+  add_force_flag(*hf, dirs->force);
   hf->callback([dirs, &global] {
     apply_runtime(global);
-    const LmWeights model = import_hf_llama(dirs->first);
-    save_lm_dir(model, dirs->second);
-    copy_tokenizer(dirs->first, dirs->second);
-    std::cout << "imported " << dirs->first << " -> " << dirs->second << " (lm; " << describe(model) << ")\n";
+    OutputDir out(dirs->model_dir, dirs->force, {dirs->hf_dir});
+    const LmWeights model = import_hf_llama(dirs->hf_dir);
+    save_lm_dir(model, out.path());
+    copy_tokenizer(dirs->hf_dir, out.path());
+    out.commit();
+    std::cout << "imported " << dirs->hf_dir << " -> " << dirs->model_dir << " (lm; " << describe(model) << ")\n";
   });
 }
 

@@ -244,6 +244,7 @@ void add_translate_command(CLI::App& app, const GlobalOptions& global) {
 void add_extract_command(CLI::App& app, const GlobalOptions& global) {
   struct Options {
     std::string model_dir, task, out;
+    bool force = false;
   };
   auto o = std::make_shared<Options>();
   CLI::App* cmd = app.add_subcommand(
@@ -251,9 +252,12 @@ void add_extract_command(CLI::App& app, const GlobalOptions& global) {
   cmd->add_option("model_dir", o->model_dir, "Model directory with task-routed MoE layers")->required();
   cmd->add_option("--task", o->task, "The task to keep")->required();
   cmd->add_option("--out", o->out, "Model directory to write")->required();
+  add_force_flag(*cmd, o->force);
   cmd->callback([o, &global] {
     apply_runtime(global);
-    const Extraction e = extract_task_dir(o->model_dir, o->task, o->out);
+    OutputDir out(o->out, o->force, {o->model_dir});
+    const Extraction e = extract_task_dir(o->model_dir, o->task, out.path());
+    out.commit();
     const ParameterCount count = count_parameters(*e.model);
     std::cout << "task " << o->task << ": " << e.layers.size() << " task-routed layers folded into dense FFNs; "
               << count.total << " parameters (" << count.active << " active per token) in " << o->out << "\n";

@@ -46,8 +46,13 @@ void run_translation_eval(const std::string& model_dir, const std::string& data,
                           const std::string& reference, const std::string& task);
 
 // The decoding options `transcribe` and `eval` share: --beam, --chunk-size,
-// --left-chunks, --ctc-weight, --reverse-weight (defaults from `decode`).
+// --left-chunks, --ctc-weight, --reverse-weight, --max-segment (defaults
+// from `decode`).
 void add_decode_options(CLI::App& cmd, DecodeOptions& decode);
+
+// --force: replace an existing output (written whole in a temporary
+// sibling, renamed into place; never the command's own input).
+void add_force_flag(CLI::App& cmd, bool& force);
 
 // Prints how a `train` command ended (stdout, one line).
 void print_train_summary(const TrainSummary& summary);

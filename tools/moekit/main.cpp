@@ -2,6 +2,7 @@
 // codes; library code throws.
 #include <c10/util/Exception.h>
 #include <torch/version.h>
+#include <yaml-cpp/yaml.h>
 
 #include <iostream>
 #include <string>
@@ -16,6 +17,10 @@ namespace moekit::cli {
 namespace {
 char** program_argv = nullptr;
 }  // namespace
+
+void add_force_flag(CLI::App& cmd, bool& force) {
+  cmd.add_flag("--force", force, "Replace an existing output (never the input itself)");
+}
 
 void apply_runtime(const GlobalOptions& global) {
   const int threads = global.threads > 0 ? global.threads : static_cast<int>(std::thread::hardware_concurrency());
@@ -74,6 +79,11 @@ int main(int argc, char** argv) {
     return e.get_exit_code() != 0 ? e.get_exit_code() : 2;
   } catch (const c10::Error& e) {
     std::cerr << "moekit: error: " << first_line(e.what_without_backtrace()) << "\n";
+    return 1;
+  } catch (const YAML::Exception& e) {  // a reader that did not name its file
+    std::cerr << "moekit: error: invalid YAML value"
+              << (e.mark.is_null() ? std::string() : " (line " + std::to_string(e.mark.line + 1) + ")") << ": "
+              << first_line(e.msg) << "\n";
     return 1;
   } catch (const std::exception& e) {
     std::cerr << "moekit: error: " << first_line(e.what()) << "\n";

@@ -19,18 +19,6 @@
 namespace moekit {
 namespace {
 
-void remove_tree(const std::string& path) {
-  if (DIR* d = opendir(path.c_str())) {
-    while (dirent* e = readdir(d)) {
-      const std::string name = e->d_name;
-      if (name == "." || name == "..") continue;
-      std::remove((path + "/" + name).c_str());
-    }
-    closedir(d);
-  }
-  rmdir(path.c_str());
-}
-
 std::string serialize_optimizer(torch::optim::Optimizer& optimizer) {
   torch::serialize::OutputArchive archive;
   optimizer.save(archive);
@@ -48,7 +36,23 @@ void load_optimizer(torch::optim::Optimizer& optimizer, const std::string& path)
 
 }  // namespace
 
-CheckpointStore::CheckpointStore(std::string root) : root_(std::move(root)) { make_dirs(root_); }
+CheckpointStore::CheckpointStore(std::string root) : root_(std::move(root)) {
+  make_dirs(root_);
+  // What a killed run left: a step_N without its trainer_state.yaml (from
+  // a writer older than the staged one below) and staging temporaries.
+  if (DIR* d = opendir(root_.c_str())) {
+    std::vector<std::string> stale;
+    while (dirent* e = readdir(d)) {
+      const std::string name = e->d_name;
+      if (name == "." || name == "..") continue;
+      const bool incomplete = name.rfind("step_", 0) == 0 && !path_exists(root_ + "/" + name + "/trainer_state.yaml");
+      const bool temporary = name.rfind(".step_", 0) == 0;
+      if (incomplete || temporary) stale.push_back(root_ + "/" + name);
+    }
+    closedir(d);
+    for (const auto& path : stale) remove_path(path);
+  }
+}
 
 std::vector<std::string> CheckpointStore::list() const {
   std::vector<std::pair<int64_t, std::string>> found;
@@ -73,7 +77,9 @@ std::vector<std::string> CheckpointStore::list() const {
 
 void CheckpointStore::save(const TrainerState& state, const Model& model, torch::optim::Optimizer& optimizer,
                            const std::function<void(const std::string&)>& save_assets, int64_t keep) {
-  const std::string dir = root_ + "/step_" + std::to_string(state.step);
+  // Staged in a temporary sibling and renamed into place complete.
+  OutputDir staged(root_ + "/step_" + std::to_string(state.step), /*force=*/true);
+  const std::string& dir = staged.path();
   save_model(dir, model);
   save_assets(dir);
   write_file_atomic(dir + "/optimizer.pt", serialize_optimizer(optimizer));
@@ -86,10 +92,11 @@ void CheckpointStore::save(const TrainerState& state, const Model& model, torch:
   node["lr"] = state.lr;
   node["units_total"] = state.units_total;
   node["end_of_run"] = state.end_of_run;
-  write_yaml_file(dir + "/trainer_state.yaml", node);  // last: the checkpoint now counts
+  write_yaml_file(dir + "/trainer_state.yaml", node);  // last: the checkpoint counts once renamed
+  staged.commit();
   auto all = list();
   while (all.size() > static_cast<size_t>(std::max<int64_t>(keep, 1))) {
-    remove_tree(all.front());
+    remove_path(all.front());
     all.erase(all.begin());
   }
 }

@@ -3,9 +3,10 @@
 //
 // A checkpoint is a directory <root>/step_<N>: the model (model directory
 // format) and the task's assets, the optimizer state (optimizer.pt), the
-// CPU random generator (rng.safetensors) and trainer_state.yaml, written
-// last: a checkpoint counts only once that file exists, so one killed while
-// being written is never resumed from. Every file is written atomically.
+// CPU random generator (rng.safetensors) and trainer_state.yaml. It is
+// written in a temporary sibling (.step_<N>.tmp.*) and renamed into place
+// complete, so one killed while being written is never resumed from; the
+// store removes such leftovers when it opens the directory.
 #include <torch/torch.h>
 
 #include <cstdint>

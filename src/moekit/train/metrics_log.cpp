@@ -4,6 +4,7 @@
 #include <sstream>
 
 #include "moekit/core/check.h"
+#include "moekit/core/file_io.h"
 
 namespace moekit {
 
@@ -47,6 +48,26 @@ std::string validation_line(int64_t step, const std::map<std::string, double>& v
 
 MetricsLog::MetricsLog(const std::string& path) : path_(path), out_(path, std::ios::app) {
   MOEKIT_CHECK(out_.good(), "cannot open '", path, "' for appending");
+}
+
+void MetricsLog::keep_through_step(int64_t step) {
+  out_.close();
+  std::string kept;
+  if (step > 0) {
+    std::istringstream in(read_file(path_));
+    std::string line;
+    while (std::getline(in, line)) {
+      if (line.empty()) continue;
+      const auto j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+      // A line cut short by the kill is dropped with the rest.
+      if (j.is_discarded() || !j.is_object()) continue;
+      if (j.contains("step") && j["step"].is_number_integer() && j["step"].get<int64_t>() > step) continue;
+      kept += line + "\n";
+    }
+  }
+  write_file_atomic(path_, kept);
+  out_.open(path_, std::ios::app);
+  MOEKIT_CHECK(out_.good(), "cannot open '", path_, "' for appending");
 }
 
 void MetricsLog::write(const nlohmann::json& record) {

@@ -40,6 +40,11 @@ class MetricsLog {
  public:
   explicit MetricsLog(const std::string& path);
   void write(const nlohmann::json& record);
+  // Drops the records of steps after `step` (all records when `step` is 0:
+  // a run starting over), rewriting the file atomically. A run resumed
+  // from the checkpoint of step N calls it with N, so the steps a killed
+  // run logged after that checkpoint do not appear twice.
+  void keep_through_step(int64_t step);
 
  private:
   std::string path_;

@@ -12,7 +12,6 @@
 
 #include "moekit/core/check.h"
 #include "moekit/core/config.h"
-#include "moekit/core/fields.h"
 #include "moekit/core/file_io.h"
 #include "moekit/core/model_dir.h"
 #include "moekit/core/runtime.h"
@@ -22,49 +21,6 @@
 #include "moekit/train/schedule.h"
 
 namespace moekit {
-
-namespace {
-
-// WeNet's train_conf names where WeNet has the option.
-const FieldTable<TrainerOptions>& trainer_fields() {
-  using O = TrainerOptions;
-  static const auto table =
-      FieldTable<O>("train")
-          .field("epochs", &O::epochs, "passes over the training data").at_least(1)
-          .field("lr", &O::lr, "peak learning rate").positive()
-          .field("warmup_steps", &O::warmup_steps, "optimizer steps of warmup").non_negative()
-          .field("weight_decay", &O::weight_decay, "AdamW weight decay")
-          .field("grad_clip", &O::grad_clip, "max global gradient norm (<= 0: off)")
-          .field("accum_grad", &O::accum_grad, "batches per optimizer step").at_least(1)
-          .field("log_interval", &O::log_interval, "optimizer steps between progress lines").at_least(1)
-          .field("save_interval", &O::save_interval, "optimizer steps between mid-epoch checkpoints (0: epoch ends)")
-          .non_negative()
-          .field("keep_checkpoints", &O::keep_checkpoints, "newest checkpoints kept").at_least(1)
-          .field("average_last", &O::average_last, "final model = mean of the last N checkpoints").at_least(1)
-          .field("seed", &O::seed, "random seed")
-          .field("max_steps", &O::max_steps, "pause with a checkpoint after this many steps in total (0: none)")
-          .non_negative()
-          .choice<std::string>("scheduler", &O::scheduler, {{"warmuplr", "warmuplr"}, {"cosine", "cosine"}},
-                               "learning-rate schedule")
-          .field("min_lr", &O::min_lr, "cosine: the final learning rate")
-          .check([](const O& o) { return o.min_lr >= 0 && o.min_lr <= o.lr ? "" : "must be in [0, lr]"; })
-          .field("total_steps", &O::total_steps, "the run's length in steps (0: `epochs`); cosine's horizon")
-          .non_negative()
-          .field("eval_interval", &O::eval_interval, "steps between validations (0: epoch ends only)").non_negative()
-          .field("peak_flops", &O::peak_flops, "FLOP/s that MFU is relative to (0: measured at start)")
-          .non_negative()
-          .field("validate_first", &O::validate_first, "validate once before the first step of a fresh run");
-  return table;
-}
-
-}  // namespace
-
-const FieldTable<TrainerOptions>& TrainerOptions::fields() { return trainer_fields(); }
-void TrainerOptions::validate() const { trainer_fields().validate(*this, "train"); }
-YAML::Node TrainerOptions::to_yaml() const { return trainer_fields().write(*this); }
-TrainerOptions TrainerOptions::from_yaml(const YAML::Node& n, const std::string& where) {
-  return trainer_fields().parse(n, where);
-}
 
 void average_model_dirs(const std::vector<std::string>& dirs, const std::string& out_dir) {
   MOEKIT_CHECK_ARG(!dirs.empty(), "average: no model directories");
@@ -106,6 +62,8 @@ class TrainLoop {
       if (p.requires_grad()) params_.push_back(p);
     optimizer_ = std::make_unique<torch::optim::Adam>(
         params_, torch::optim::AdamOptions(o.lr).weight_decay(o.weight_decay));
+    MOEKIT_CHECK_ARG(!store_.list().empty() || !path_exists(exp_dir + "/final"), exp_dir,
+                     ": holds a finished model (final/) and no checkpoints to resume from; use a new directory");
     if (resume) {
       const auto found = store_.list();
       if (!found.empty()) {
@@ -118,6 +76,8 @@ class TrainLoop {
                        ": holds checkpoints already; pass --resume to continue, or use a new directory");
       torch::manual_seed(o.seed);
     }
+    // What a killed run logged after its last checkpoint is logged again.
+    metrics_.keep_through_step(state_.step);
     // The cosine schedule's horizon: total_steps, else every epoch's optimizer steps.
     horizon_ = o.total_steps;
     if (horizon_ == 0 && o.scheduler == "cosine")
@@ -173,8 +133,12 @@ class TrainLoop {
     MOEKIT_CHECK(n > 0, "train: no epoch-end checkpoint to build the final model from");
     std::vector<std::string> last(epoch_ends.end() - static_cast<std::ptrdiff_t>(n), epoch_ends.end());
     summary_.final_dir = exp_dir + "/final";
-    average_model_dirs(last, summary_.final_dir);
-    task_.save_assets(summary_.final_dir);
+    // Written whole and renamed into place: a resumed run that finishes
+    // again replaces the final model, never mixes two.
+    OutputDir final_dir(summary_.final_dir, /*force=*/true);
+    average_model_dirs(last, final_dir.path());
+    task_.save_assets(final_dir.path());
+    final_dir.commit();
     std::cerr << "final model: mean of the last " << n << " epoch checkpoints -> " << summary_.final_dir << "\n";
   }
 

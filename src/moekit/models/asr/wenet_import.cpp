@@ -10,6 +10,7 @@
 #include "moekit/core/check.h"
 #include "moekit/core/config.h"
 #include "moekit/core/file_io.h"
+#include "moekit/core/json_error.h"
 #include "moekit/core/model_dir.h"
 #include "moekit/core/torch_checkpoint.h"
 
@@ -74,7 +75,27 @@ WenetFiles WenetFiles::from_dir(const std::string& dir) {
   return f;
 }
 
+namespace {
+
+AsrConfig wenet_config_unchecked(const YAML::Node& y, const std::string& where);
+
+}  // namespace
+
 AsrConfig wenet_config(const YAML::Node& y, const std::string& where) {
+  // A value of the wrong kind somewhere in train.yaml (a mapping where a
+  // name is expected): yaml-cpp's "bad conversion" said without the file.
+  try {
+    return wenet_config_unchecked(y, where);
+  } catch (const YAML::Exception& e) {
+    throw std::invalid_argument(str_cat(where, ": a value of the wrong type",
+                                        e.mark.is_null() ? std::string() : str_cat(" (line ", e.mark.line + 1, ")"),
+                                        ": ", e.msg));
+  }
+}
+
+namespace {
+
+AsrConfig wenet_config_unchecked(const YAML::Node& y, const std::string& where) {
   MOEKIT_CHECK_ARG(y.IsMap(), where, ": expected a mapping");
   const std::string encoder = yaml_get_or<std::string>(y, "encoder", "conformer", where);
   MOEKIT_CHECK_ARG(encoder == "conformer", where, ": unsupported WeNet encoder '", encoder,
@@ -164,6 +185,8 @@ AsrConfig wenet_config(const YAML::Node& y, const std::string& where) {
   return AsrConfig::from_yaml(arch, where);
 }
 
+}  // namespace
+
 TensorMap map_wenet_weights(const TensorMap& wenet, const AsrConfig& config, const std::string& where) {
   TensorMap out;
   // expert tensors collected per (prefix, kind) then stacked
@@ -229,7 +252,7 @@ std::pair<torch::Tensor, torch::Tensor> read_wenet_cmvn(const std::string& path)
       var_stat = j.at("var_stat").get<std::vector<double>>();
       frames = j.at("frame_num").get<double>();
     } catch (const nlohmann::json::exception& e) {
-      throw std::invalid_argument(path + ": not WeNet JSON CMVN stats (" + std::string(e.what()) + ")");
+      throw std::invalid_argument(path + ": not WeNet JSON CMVN stats (" + json_error_reason(e) + ")");
     }
   } else {
     // Kaldi text stats: [ m_0 .. m_{d-1} count \n v_0 .. v_{d-1} 0 ]

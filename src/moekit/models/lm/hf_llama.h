@@ -18,9 +18,9 @@ namespace moekit {
 // some layers, QKV bias with MoE).
 void export_hf_llama(const LmWeights& model, const std::string& dir);
 
-// Reads an HF llama / qwen2 / mistral / mixtral directory. Refuses, by name,
-// options MoEKit does not implement (rope_scaling, attention/mlp biases
-// beyond QKV, sliding windows shorter than the context, other activations).
+// Reads an HF llama / qwen2 / mistral / mixtral directory (config and weight
+// files as hf_config.h reads them); refuses tensors the architecture does
+// not have, and expert indices beyond num_local_experts, by name.
 LmWeights import_hf_llama(const std::string& dir);
 
 }  // namespace moekit
