@@ -4,7 +4,7 @@ BUILD ?= build
 JOBS ?= $(shell nproc)
 PYTHON ?= /usr/bin/python3
 
-.PHONY: deps build demo test bench check-layers clean
+.PHONY: deps build demo test bench check-layers fuzz clean
 
 deps:
 	@bash scripts/setup-deps.sh
@@ -30,8 +30,12 @@ test: build
 check-layers:
 	@$(PYTHON) scripts/check_layers.py
 
+# libFuzzer targets (clang, ASan + UBSan) run FUZZ_SECONDS each (default 60).
+fuzz: deps
+	@bash scripts/fuzz.sh $(BUILD)-fuzz
+
 bench: build
 	@$(PYTHON) bench/run_moe_bench.py --moekit $(BUILD)/moekit
 
 clean:
-	rm -rf $(BUILD) $(BUILD).cmake.log
+	rm -rf $(BUILD) $(BUILD).cmake.log $(BUILD)-fuzz $(BUILD)-fuzz.cmake.log

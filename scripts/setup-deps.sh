@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs every Debian package MoEKit's build, tests, benchmarks and recipes
 # need. Idempotent: does nothing (and prints nothing) when all are present.
-# Works as root or through sudo.  Usage: scripts/setup-deps.sh [--recipes]
+# Works as root or through sudo.  Usage: scripts/setup-deps.sh [--recipes | --fuzz]
 set -euo pipefail
 
 packages=(
@@ -14,6 +14,10 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   python3-torch
 )
+if [[ "${1:-}" == "--fuzz" ]]; then
+  # libFuzzer and the sanitizers' runtimes (fuzz/, make fuzz)
+  packages+=(clang libclang-rt-dev)
+fi
 if [[ "${1:-}" == "--recipes" ]]; then
   # gettext catalogs (the translation recipe): data-only l10n packages;
   # word lists (its grapheme-to-phoneme set)
