@@ -12,7 +12,7 @@ packages=(
   libsndfile1-dev libsoxr-dev
   libyaml-cpp-dev nlohmann-json3-dev libcli11-dev
   libgtest-dev libgmock-dev libbenchmark-dev
-  python3-torch
+  python3-torch time
 )
 if [[ "${1:-}" == "--fuzz" ]]; then
   # libFuzzer and the sanitizers' runtimes (fuzz/, make fuzz)
