@@ -61,6 +61,10 @@ inline void expect_killed_run_resumes(const std::string& dir, int64_t stop_at, i
   const TensorMap a = read_model_weights(whole.final_dir), b = read_model_weights(rest.final_dir);
   ASSERT_EQ(a.size(), b.size());
   for (const auto& [name, t] : a) EXPECT_TRUE(torch::equal(t, b.at(name))) << name;
+  // A directory holding a finished model but no checkpoints is not trained into.
+  make_dirs(dir + "/finished/final");
+  EXPECT_NE(error_of<std::invalid_argument>([&] { run(dir + "/finished", 0, false); }).find("final/"),
+            std::string::npos);
   if (whole_summary != nullptr) *whole_summary = whole;
 }
 
