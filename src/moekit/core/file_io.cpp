@@ -4,7 +4,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -34,6 +33,37 @@ void write_all(int fd, std::string_view bytes, const std::string& path) {
   }
 }
 
+// `inner` is `outer` or lies inside it (both made absolute, symlinks resolved
+// as far as they exist).
+bool inside(const fs::path& inner, const fs::path& outer) {
+  std::error_code ec;
+  const fs::path a = fs::weakly_canonical(fs::absolute(inner), ec);
+  const fs::path b = fs::weakly_canonical(fs::absolute(outer), ec);
+  auto ai = a.begin();
+  for (auto bi = b.begin(); bi != b.end(); ++bi, ++ai) {
+    if (bi->empty()) continue;  // a trailing separator
+    if (ai == a.end() || *ai != *bi) return false;
+  }
+  return true;
+}
+
+// A temporary sibling of `target` named ".<name>.<kind>.XXXXXX".
+std::string make_sibling_dir(const fs::path& target, const std::string& kind) {
+  std::string pattern = (target.parent_path() / ("." + target.filename().string() + "." + kind + ".XXXXXX")).string();
+  MOEKIT_CHECK(::mkdtemp(pattern.data()) != nullptr, "cannot create a directory next to '", target.string(), "': ",
+               os_error());
+  return pattern;
+}
+
+// Makes the directory entry of a rename or new file durable.
+void fsync_dir(const fs::path& dir) {
+  int dir_fd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY);
+  if (dir_fd >= 0) {
+    ::fsync(dir_fd);
+    ::close(dir_fd);
+  }
+}
+
 }  // namespace
 
 void write_file_atomic(const std::string& path, std::string_view bytes) {
@@ -56,12 +86,7 @@ void write_file_atomic(const std::string& path, std::string_view bytes) {
     ::unlink(tmp_template.c_str());
     throw;
   }
-  // Make the rename itself durable.
-  int dir_fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
-  if (dir_fd >= 0) {
-    ::fsync(dir_fd);
-    ::close(dir_fd);
-  }
+  fsync_dir(dir);  // the rename itself durable
 }
 
 void check_regular_file(const std::string& path, const std::string& what) {
@@ -85,8 +110,7 @@ void check_inside_dir(const std::string& path, const std::string& dir) {
   MOEKIT_CHECK_ARG(!ec, "cannot resolve '", path, "': ", ec.message());
   const fs::path root = fs::canonical(dir, ec);
   MOEKIT_CHECK_ARG(!ec, "cannot resolve '", dir, "': ", ec.message());
-  const auto mismatch = std::mismatch(root.begin(), root.end(), file.begin(), file.end());
-  MOEKIT_CHECK_ARG(mismatch.first == root.end(), "'", path, "' leads outside '", dir,
+  MOEKIT_CHECK_ARG(inside(file, root), "'", path, "' leads outside '", dir,
                    "' (a symlink); copy the file itself into the directory");
 }
 
@@ -122,32 +146,6 @@ void remove_path(const std::string& path) {
   MOEKIT_CHECK(!ec, "cannot remove '", path, "': ", ec.message());
 }
 
-namespace {
-
-// `inner` is `outer` or lies inside it (both made absolute, symlinks resolved
-// as far as they exist).
-bool inside(const fs::path& inner, const fs::path& outer) {
-  std::error_code ec;
-  const fs::path a = fs::weakly_canonical(fs::absolute(inner), ec);
-  const fs::path b = fs::weakly_canonical(fs::absolute(outer), ec);
-  auto ai = a.begin();
-  for (auto bi = b.begin(); bi != b.end(); ++bi, ++ai) {
-    if (bi->empty()) continue;  // a trailing separator
-    if (ai == a.end() || *ai != *bi) return false;
-  }
-  return true;
-}
-
-// A temporary sibling of `target` named ".<name>.<kind>.XXXXXX".
-std::string make_sibling_dir(const fs::path& target, const std::string& kind) {
-  std::string pattern = (target.parent_path() / ("." + target.filename().string() + "." + kind + ".XXXXXX")).string();
-  MOEKIT_CHECK(::mkdtemp(pattern.data()) != nullptr, "cannot create a directory next to '", target.string(), "': ",
-               os_error());
-  return pattern;
-}
-
-}  // namespace
-
 OutputDir::OutputDir(std::string target, bool force, const std::vector<std::string>& inputs) : force_(force) {
   fs::path t = fs::path(target).lexically_normal();
   if (t.filename().empty()) t = t.parent_path();  // "out/" names "out"
@@ -167,10 +165,7 @@ OutputDir::OutputDir(std::string target, bool force, const std::vector<std::stri
   std::error_code ec;
   for (const auto& entry : fs::directory_iterator(parent, ec)) {
     const std::string name = entry.path().filename().string();
-    if (name.rfind(prefix, 0) == 0 &&
-        (name.find(".tmp.", prefix.size() - 1) == prefix.size() - 1 ||
-         name.find(".old.", prefix.size() - 1) == prefix.size() - 1))
-      fs::remove_all(entry.path(), ec);
+    if (name.rfind(prefix + "tmp.", 0) == 0 || name.rfind(prefix + "old.", 0) == 0) fs::remove_all(entry.path(), ec);
   }
   staging_ = make_sibling_dir(t.parent_path().empty() ? fs::path(".") / t : t, "tmp");
 }
@@ -187,9 +182,7 @@ void OutputDir::commit() {
     MOEKIT_CHECK(force_, "'", target_, "' appeared while it was being written");
     // Move the old output aside first: rename(2) does not replace a
     // non-empty directory.
-    const fs::path t(target_);
-    std::string old = (t.parent_path() / ("." + t.filename().string() + ".old.XXXXXX")).string();
-    MOEKIT_CHECK(::mkdtemp(old.data()) != nullptr, "cannot create a directory next to '", target_, "': ", os_error());
+    const std::string old = make_sibling_dir(fs::path(target_), "old");
     MOEKIT_CHECK(::rmdir(old.c_str()) == 0 && ::rename(target_.c_str(), old.c_str()) == 0, "cannot move '", target_,
                  "' aside: ", os_error());
     MOEKIT_CHECK(::rename(staging_.c_str(), target_.c_str()) == 0, "cannot rename '", staging_, "' to '", target_,
@@ -200,12 +193,7 @@ void OutputDir::commit() {
                  "': ", os_error());
   }
   committed_ = true;
-  const fs::path parent = fs::path(target_).parent_path();
-  int dir_fd = ::open(parent.empty() ? "." : parent.c_str(), O_RDONLY | O_DIRECTORY);
-  if (dir_fd >= 0) {
-    ::fsync(dir_fd);
-    ::close(dir_fd);
-  }
+  fsync_dir(fs::path(target_).parent_path());
 }
 
 }  // namespace moekit
