@@ -290,8 +290,13 @@ torch::Tensor StreamingSession::encoder_out() const {
 
 void StreamingSession::end_segment(bool keep_outputs) {
   if (outputs_.empty()) return;
+  // CTC prefix beam: the beam's best, as a partial result reads it; other
+  // modes search the segment's encoder output (rescoring included).
   const Recognition r = recognizer_.options().mode == DecodeMode::CtcPrefixBeam
-                            ? Recognition{beam_.nbest().front().tokens, beam_.nbest().front().score, ""}
+                            ? [&] {
+                                const Hypothesis best = beam_.nbest().front();
+                                return Recognition{best.tokens, best.score, ""};
+                              }()
                             : recognizer_.search(encoder_out());
   committed_.insert(committed_.end(), r.tokens.begin(), r.tokens.end());
   committed_score_ += r.score;
