@@ -12,15 +12,22 @@ namespace moekit {
 
 using json = nlohmann::json;
 
+namespace {
+
+json read_json_file(const std::string& path) {
+  try {
+    return json::parse(read_file(path));
+  } catch (const json::exception& e) {
+    throw std::invalid_argument(path + ": invalid JSON: " + json_error_reason(e));
+  }
+}
+
+}  // namespace
+
 HfConfig read_hf_config(const std::string& dir) {
   const std::string config_path = dir + "/config.json";
   MOEKIT_CHECK_ARG(path_exists(config_path), dir, ": no config.json (expected a Hugging Face model directory)");
-  json j;
-  try {
-    j = json::parse(read_file(config_path));
-  } catch (const json::exception& e) {
-    throw std::invalid_argument(config_path + ": invalid JSON: " + json_error_reason(e));
-  }
+  const json j = read_json_file(config_path);
   MOEKIT_CHECK_ARG(j.is_object(), config_path, ": not a JSON object");
   const std::string type = j.contains("model_type") && j["model_type"].is_string() ? j["model_type"].get<std::string>() : "";
   MOEKIT_CHECK_ARG(type == "llama" || type == "mistral" || type == "mixtral" || type == "qwen2", config_path,
@@ -82,12 +89,7 @@ std::vector<std::string> hf_weight_files(const std::string& dir) {
     files.push_back(dir + "/model.safetensors");
   } else {
     MOEKIT_CHECK_ARG(path_exists(index_path), dir, ": neither model.safetensors nor model.safetensors.index.json");
-    json index;
-    try {
-      index = json::parse(read_file(index_path));
-    } catch (const json::exception& e) {
-      throw std::invalid_argument(index_path + ": invalid JSON: " + json_error_reason(e));
-    }
+    const json index = read_json_file(index_path);
     MOEKIT_CHECK_ARG(index.contains("weight_map") && index["weight_map"].is_object(), index_path, ": no weight_map");
     std::set<std::string> shards;
     for (const auto& item : index["weight_map"].items()) {
