@@ -103,6 +103,38 @@ TEST(AudioFiles, StereoIsMixedDownAndOtherRatesResampled) {
   EXPECT_LT(worst, 2e-3);
 }
 
+TEST(AudioFiles, ReadingInAnyPiecesGivesTheSameStream) {
+  if (!have_audio_files()) GTEST_SKIP() << "built without libsndfile/libsoxr";
+  const std::string dir = temp_dir("audio_pieces");
+  // Long enough for several of the reader's file blocks (32768 frames).
+  const auto left = sine(300, 8000, 10.0, 0.6), right = sine(700, 8000, 10.0, 0.2);
+  write_file_atomic(dir + "/stereo8k.wav", wav_bytes({left, right}, 8000));
+  for (int rate : {8000, 16000, 22050}) {
+    const Audio whole = load_audio(dir + "/stereo8k.wav", rate);
+    ASSERT_EQ(static_cast<double>(whole.samples.size()), std::round(10.0 * rate)) << rate;
+    for (size_t piece : {size_t{1}, size_t{977}, size_t{40000}}) {
+      AudioReader reader(dir + "/stereo8k.wav", rate);
+      EXPECT_EQ(reader.total_samples(), static_cast<int64_t>(whole.samples.size()));
+      std::vector<float> got;
+      size_t calls = 0;
+      while (reader.read(got, piece) > 0) ++calls;
+      EXPECT_EQ(reader.read(got, piece), 0u);
+      EXPECT_EQ(got, whole.samples) << rate << " Hz in pieces of " << piece;
+      EXPECT_EQ(calls, (whole.samples.size() + piece - 1) / piece);
+    }
+  }
+  // A cut-off file fails when the reader reaches the cut, naming the file.
+  const std::string good = wav_bytes({sine(440, 16000, 5.0)}, 16000);
+  write_file_atomic(dir + "/truncated.wav", good.substr(0, good.size() * 3 / 4));
+  const std::string message = error_of<std::invalid_argument>([&] {
+    AudioReader reader(dir + "/truncated.wav", 16000);
+    std::vector<float> out;
+    while (reader.read(out, 1000) > 0) {
+    }
+  });
+  EXPECT_EQ(message.rfind(dir + "/truncated.wav: truncated", 0), 0u) << message;
+}
+
 TEST(Units, ParseAndTokenize) {
   const Units units = Units::parse("<blank> 0\n<unk> 1\na 2\nb 3\n\xe2\x96\x81 4\n<sos/eos> 5\n", "u");
   EXPECT_EQ(units.size(), 6);

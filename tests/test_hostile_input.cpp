@@ -185,6 +185,30 @@ TEST(HostileInput, LongAudioDecodesPieceByPieceAndStreamsInBoundedContext) {
     begin = end;
   }
   EXPECT_EQ(recognizer.recognize(audio).tokens, want);
+  // Read as a stream, the same pieces come out while at most 31 s of audio
+  // are held: what has been read, less what has been decoded.
+  size_t taken = 0, decoded = 0, most_held = 0;
+  std::vector<size_t> ends;
+  for_each_quiet_piece(
+      [&](std::vector<float>& out, size_t max_samples) {
+        const size_t n = std::min({max_samples, size_t{4000}, audio.size() - taken});
+        out.insert(out.end(), audio.begin() + taken, audio.begin() + taken + n);
+        taken += n;
+        most_held = std::max(most_held, taken - decoded);
+        return n;
+      },
+      rate, 30, [&](const std::vector<float>& piece) {
+        decoded += piece.size();
+        ends.push_back(decoded);
+      });
+  EXPECT_EQ(ends, (std::vector<size_t>{cuts[0], cuts[1], audio.size()}));
+  EXPECT_LE(most_held, static_cast<size_t>(31 * rate + 1));
+  if (have_audio_files()) {
+    const std::string wav = temp_dir("long_audio") + "/long.wav";
+    write_wav16(wav, audio, rate);
+    const Audio back = load_audio(wav, rate);
+    EXPECT_EQ(recognizer.recognize_file(wav).tokens, recognizer.recognize(back.samples).tokens);
+  }
   // Streaming: the current segment never holds more than 30 s of encoder output.
   o.chunk_size = 8;
   const Recognizer streaming(model, Units(), o);

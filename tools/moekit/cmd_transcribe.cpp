@@ -65,11 +65,12 @@ void add_transcribe_command(CLI::App& app, const GlobalOptions& global) {
       try {
         Recognition r;
         if (o->streaming) {
-          const Audio audio = load_audio(path, sample_rate);
+          // 100 ms pieces read from the file as they are decoded.
+          AudioReader reader(path, sample_rate);
           StreamingSession session(recognizer);
-          const size_t piece = static_cast<size_t>(sample_rate / 10);  // 100 ms pieces
-          for (size_t pos = 0; pos < audio.samples.size(); pos += piece)
-            session.accept_waveform(audio.samples.data() + pos, std::min(piece, audio.samples.size() - pos));
+          std::vector<float> piece;
+          while (piece.clear(), reader.read(piece, static_cast<size_t>(sample_rate / 10)) > 0)
+            session.accept_waveform(piece.data(), piece.size());
           r = session.finish();
           if (loaded.units.size() > 0) r.text = loaded.units.to_text(r.tokens);
         } else {

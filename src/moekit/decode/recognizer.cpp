@@ -110,29 +110,64 @@ void DecodeOptions::validate() const {
                    "--max-segment must be 0 (never split) or at least 5 seconds, got ", max_segment_seconds);
 }
 
-std::vector<size_t> quiet_split_points(const std::vector<float>& samples, int sample_rate, double max_seconds) {
-  std::vector<size_t> cuts;
+void for_each_quiet_piece(const SampleSource& read, int sample_rate, double max_seconds,
+                          const std::function<void(const std::vector<float>&)>& piece) {
   const size_t max_len = static_cast<size_t>(max_seconds * sample_rate);
   const size_t min_tail = static_cast<size_t>(sample_rate);  // no piece shorter than 1 s at the end
   const size_t frame = static_cast<size_t>(std::max(1, sample_rate / 100));  // 10 ms
-  if (max_len == 0) return cuts;
-  size_t pos = 0;
-  while (samples.size() - pos > max_len) {
-    const size_t lo = pos + max_len * 2 / 3;
-    const size_t hi = std::min(pos + max_len, samples.size() - min_tail);
+  std::vector<float> buffer;  // the stream from the end of the last piece on
+  if (max_len == 0) {
+    while (read(buffer, size_t{1} << 20) > 0) {
+    }
+    piece(buffer);
+    return;
+  }
+  bool at_end = false;
+  for (;;) {
+    // Enough to know whether more than max_len remain, and if so, whether
+    // the last second is among them.
+    while (!at_end && buffer.size() < max_len + min_tail + 1)
+      at_end = read(buffer, max_len + min_tail + 1 - buffer.size()) == 0;
+    if (buffer.size() <= max_len) break;
+    const size_t lo = max_len * 2 / 3;
+    const size_t hi = buffer.size() > min_tail ? std::min(max_len, buffer.size() - min_tail) : lo;
     size_t best = hi;
     double best_energy = std::numeric_limits<double>::infinity();
     for (size_t start = lo; start + frame <= hi; start += frame) {
       double energy = 0;
-      for (size_t i = start; i < start + frame; ++i) energy += static_cast<double>(samples[i]) * samples[i];
+      for (size_t i = start; i < start + frame; ++i) energy += static_cast<double>(buffer[i]) * buffer[i];
       if (energy < best_energy) {
         best_energy = energy;
         best = start + frame / 2;
       }
     }
-    cuts.push_back(best);
-    pos = best;
+    best = std::max<size_t>(best, 1);
+    piece(std::vector<float>(buffer.begin(), buffer.begin() + static_cast<std::ptrdiff_t>(best)));
+    buffer.erase(buffer.begin(), buffer.begin() + static_cast<std::ptrdiff_t>(best));
   }
+  piece(buffer);
+}
+
+namespace {
+SampleSource vector_source(const std::vector<float>& samples) {
+  return [&samples, pos = size_t{0}](std::vector<float>& out, size_t max_samples) mutable {
+    const size_t n = std::min(max_samples, samples.size() - pos);
+    out.insert(out.end(), samples.begin() + static_cast<std::ptrdiff_t>(pos),
+               samples.begin() + static_cast<std::ptrdiff_t>(pos + n));
+    pos += n;
+    return n;
+  };
+}
+}  // namespace
+
+std::vector<size_t> quiet_split_points(const std::vector<float>& samples, int sample_rate, double max_seconds) {
+  std::vector<size_t> cuts;
+  size_t end = 0;
+  for_each_quiet_piece(vector_source(samples), sample_rate, max_seconds, [&](const std::vector<float>& piece) {
+    end += piece.size();
+    cuts.push_back(end);
+  });
+  cuts.pop_back();  // the end of the last piece is the end of the audio
   return cuts;
 }
 
@@ -191,31 +226,30 @@ Recognition Recognizer::recognize_features(const torch::Tensor& feats) const {
 }
 
 Recognition Recognizer::recognize(const std::vector<float>& samples) const {
-  const int rate = model_->config().fbank.sample_rate;
-  const std::vector<size_t> cuts = quiet_split_points(samples, rate, options_.max_segment_seconds);
-  if (cuts.empty()) return recognize_features(model_features(*model_, samples));
+  return recognize_source(vector_source(samples));
+}
+
+Recognition Recognizer::recognize_source(const SampleSource& read) const {
   // Long audio: each piece on its own, the tokens joined.
   Recognition joined;
-  size_t begin = 0;
-  for (size_t i = 0; i <= cuts.size(); ++i) {
-    const size_t end = i < cuts.size() ? cuts[i] : samples.size();
-    const std::vector<float> piece(samples.begin() + static_cast<std::ptrdiff_t>(begin),
-                                   samples.begin() + static_cast<std::ptrdiff_t>(end));
-    const Recognition r = recognize_features(model_features(*model_, piece));
-    joined.tokens.insert(joined.tokens.end(), r.tokens.begin(), r.tokens.end());
-    joined.score += r.score;
-    begin = end;
-  }
+  for_each_quiet_piece(read, model_->config().fbank.sample_rate, options_.max_segment_seconds,
+                       [&](const std::vector<float>& piece) {
+                         const Recognition r = recognize_features(model_features(*model_, piece));
+                         joined.tokens.insert(joined.tokens.end(), r.tokens.begin(), r.tokens.end());
+                         joined.score += r.score;
+                       });
   if (units_.size() > 0) joined.text = units_.to_text(joined.tokens);
   return joined;
 }
 
 Recognition Recognizer::recognize_file(const std::string& path) const {
-  const Audio audio = load_audio(path, model_->config().fbank.sample_rate);
+  AudioReader reader(path, model_->config().fbank.sample_rate);
   try {
-    return recognize(audio.samples);
+    return recognize_source([&](std::vector<float>& out, size_t max_samples) { return reader.read(out, max_samples); });
   } catch (const std::invalid_argument& e) {
-    throw std::invalid_argument(path + ": " + e.what());
+    const std::string message = e.what();
+    if (message.rfind(path, 0) == 0) throw;
+    throw std::invalid_argument(path + ": " + message);
   }
 }
 

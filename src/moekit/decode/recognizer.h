@@ -5,6 +5,7 @@
 // sessions can decode concurrently on one model.
 #include <torch/torch.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -14,6 +15,10 @@
 #include "moekit/models/asr/asr_model.h"
 
 namespace moekit {
+
+// A stream of samples: appends up to max_samples of them to `out`, returns
+// how many (0: the end). AudioReader::read is one.
+using SampleSource = std::function<size_t(std::vector<float>& out, size_t max_samples)>;
 
 enum class DecodeMode { CtcGreedy, CtcPrefixBeam, AttentionRescoring };
 DecodeMode parse_decode_mode(const std::string& name);  // ctc_greedy_search | ctc_prefix_beam_search | attention_rescoring
@@ -65,8 +70,12 @@ class Recognizer {
 
   // A waveform (full scale = 1.0) at the model's sample rate.
   Recognition recognize(const std::vector<float>& samples) const;
-  // Any audio file libsndfile reads, resampled and mixed to mono.
+  // Any audio file libsndfile reads, resampled and mixed to mono, read
+  // piece by piece: memory holds one segment of audio, not the file.
   Recognition recognize_file(const std::string& path) const;
+  // A stream of samples, decoded as recognize() would decode all of it,
+  // holding one segment at a time.
+  Recognition recognize_source(const SampleSource& read) const;
   // Features [T, F] (already fbank).
   Recognition recognize_features(const torch::Tensor& feats) const;
   // Decoding of an encoder output [1, T', D] by the configured mode.
@@ -89,6 +98,12 @@ class Recognizer {
 // frame in the last third of a max_seconds window, no piece after the last
 // cut shorter than 1 s.
 std::vector<size_t> quiet_split_points(const std::vector<float>& samples, int sample_rate, double max_seconds);
+
+// The pieces quiet_split_points cuts a stream into, handed to `piece` in
+// order as soon as each is known, holding at most max_seconds + 1 s of the
+// stream (all of it when max_seconds is 0).
+void for_each_quiet_piece(const SampleSource& read, int sample_rate, double max_seconds,
+                          const std::function<void(const std::vector<float>&)>& piece);
 
 // Attention rescoring of CTC n-best hypotheses with both decoders (WeNet's
 // attention_rescoring): returns the best hypothesis and its score.
