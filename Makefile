@@ -4,7 +4,7 @@ BUILD ?= build
 JOBS ?= $(shell nproc)
 PYTHON ?= /usr/bin/python3
 
-.PHONY: deps build demo test bench check-layers fuzz clean
+.PHONY: deps build demo test bench check-layers fuzz sanitize clean
 
 deps:
 	@bash scripts/setup-deps.sh
@@ -34,8 +34,12 @@ check-layers:
 fuzz: deps
 	@bash scripts/fuzz.sh $(BUILD)-fuzz
 
+# The test suite built with ASan + UBSan (its own build directory, -O1).
+sanitize: deps
+	@bash scripts/sanitize.sh $(BUILD)-sanitize
+
 bench: build
 	@$(PYTHON) bench/run_moe_bench.py --moekit $(BUILD)/moekit
 
 clean:
-	rm -rf $(BUILD) $(BUILD).cmake.log $(BUILD)-fuzz $(BUILD)-fuzz.cmake.log
+	rm -rf $(BUILD) $(BUILD).cmake.log $(BUILD)-fuzz $(BUILD)-fuzz.cmake.log $(BUILD)-sanitize $(BUILD)-sanitize.cmake.log
