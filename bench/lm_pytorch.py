@@ -7,6 +7,7 @@ reads the directory `moekit export hf` writes (config.json +
 model.safetensors), so it is also an independent check of that layout.
 
   lm_pytorch.py logits HF_DIR --tokens 1,2,3 --out logits.f32   # raw little-endian fp32 [T, V]
+  lm_pytorch.py perplexity HF_DIR --tokens-file ids.txt --window 64 --stride 32    # JSON nll, perplexity
   lm_pytorch.py train  HF_DIR --batch 8 --seq 128 --steps 5 --rounds 3 --threads 1   # JSON tokens/s
   lm_pytorch.py generate HF_DIR --prompt 16 --new-tokens 64 --threads 1                 # JSON tokens/s
 """
@@ -180,7 +181,7 @@ def load(hf_dir):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=["logits", "train", "generate"])
+    ap.add_argument("mode", choices=["logits", "perplexity", "train", "generate"])
     ap.add_argument("hf_dir")
     ap.add_argument("--tokens", default="")
     ap.add_argument("--out")
@@ -191,6 +192,9 @@ def main():
     ap.add_argument("--prompt", type=int, default=16)
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--tokens-file", help="perplexity: token ids, whitespace-separated")
+    ap.add_argument("--window", type=int, default=0, help="perplexity: max_length (0: max_position_embeddings)")
+    ap.add_argument("--stride", type=int, default=0, help="perplexity: stride (0: half the window)")
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -203,6 +207,34 @@ def main():
             logits = model(tokens)[0].float().contiguous()
         with open(args.out, "wb") as f:
             f.write(logits.numpy().astype("<f4").tobytes())
+        return
+    if args.mode == "perplexity":
+        # Hugging Face's perplexity recipe (docs: "Perplexity of fixed-length
+        # models"), batch 1: labels of positions an earlier window scored
+        # are -100; the loss shifts them by one inside.
+        ids = torch.tensor([[int(t) for t in open(args.tokens_file).read().split()]])
+        window = args.window or model.c["max_position_embeddings"]
+        stride = args.stride or max(1, window // 2)
+        seq_len = ids.size(1)
+        nll_sum, n_tokens, prev_end = 0.0, 0, 0
+        with torch.no_grad():
+            for begin in range(0, seq_len, stride):
+                end = min(begin + window, seq_len)
+                trg_len = end - prev_end
+                input_ids = ids[:, begin:end]
+                target_ids = input_ids.clone()
+                target_ids[:, :-trg_len] = -100
+                logits = model(input_ids).float()
+                labels = target_ids[:, 1:]
+                loss = F.cross_entropy(logits[:, :-1].reshape(-1, V), labels.reshape(-1), ignore_index=-100)
+                valid = int((labels != -100).sum())
+                nll_sum += float(loss) * valid
+                n_tokens += valid
+                prev_end = end
+                if end == seq_len:
+                    break
+        nll = nll_sum / n_tokens
+        print(json.dumps({"impl": "pytorch", "nll": nll, "perplexity": math.exp(nll), "tokens": n_tokens}))
         return
     if args.mode == "train":
         opt = torch.optim.Adam(model.parameters(), lr=1e-4)

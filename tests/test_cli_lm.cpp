@@ -3,10 +3,15 @@
 // one-line errors for bad input.
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <nlohmann/json.hpp>
+
 #include "cli_test_util.h"
 #include "lm_test_util.h"
 #include "moekit/core/model_dir.h"
+#include "moekit/data/lm_tokenizer.h"
 #include "moekit/data/sentencepiece.h"
+#include "moekit/decode/lm_perplexity.h"
 
 using namespace moekit;
 
@@ -45,6 +50,35 @@ TEST(CliLm, TokenizerTrainGenerateGrowUpcycleExport) {
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_EQ(r.output.rfind("the cat", 0), 0u) << r.output;
   EXPECT_EQ(lines(r.output), 1);
+
+  // Perplexity: the CLI's figure is the library's on the tokenized text.
+  r = run_cli("eval " + model + " " + d + "/valid.txt --json --window 32 --stride 16");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const nlohmann::json ppl = nlohmann::json::parse(r.output);
+  {
+    const LmTokenizer tokenizer(model + "/tokenizer.model");
+    const auto lm = load_lm_model(model);
+    const PerplexityResult want = lm_perplexity(*lm, tokenizer.encode_file(d + "/valid.txt"), {32, 16, 4});
+    EXPECT_EQ(ppl["tokens"].get<int64_t>(), want.tokens);
+    EXPECT_NEAR(ppl["nll"].get<double>(), want.nll, 1e-5 * want.nll);
+    EXPECT_NEAR(ppl["perplexity"].get<double>(), std::exp(want.nll), 1e-4 * want.perplexity);
+    EXPECT_EQ(ppl["window"].get<int64_t>(), 32);
+    EXPECT_EQ(ppl["stride"].get<int64_t>(), 16);
+    EXPECT_GT(ppl["tokens_per_s"].get<double>(), 0);
+  }
+  r = run_cli("eval " + model + " " + d + "/valid.txt");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("window 64, stride 32"), std::string::npos) << r.output;  // max_seq_len and half
+  write_file_atomic(d + "/empty.txt", "");
+  for (const auto& [bad, expected] : std::vector<std::pair<std::string, std::string>>{
+           {"eval " + model + " " + d + "/valid.txt --window 1", "--window must be in [2, 64]"},
+           {"eval " + model + " " + d + "/valid.txt --stride 65", "--stride must be in [1, --window = 64]"},
+           {"eval " + model + " " + d + "/empty.txt", d + "/empty.txt"}}) {
+    r = run_cli(bad);
+    EXPECT_NE(r.exit_code, 0) << bad;
+    EXPECT_EQ(lines(r.output), 1) << bad << "\n" << r.output;
+    EXPECT_NE(r.output.find(expected), std::string::npos) << bad << "\n" << r.output;
+  }
 
   r = run_cli("grow " + model + " " + d + "/big --d-model 64 --d-ffn 96 --n-layers 4 --width aki --depth interpolate");
   ASSERT_EQ(r.exit_code, 0) << r.output;

@@ -7,6 +7,7 @@
 
 #include "lm_test_util.h"
 #include "moekit/core/model_dir.h"
+#include "moekit/decode/lm_perplexity.h"
 #include "moekit/models/lm/hf_llama.h"
 #include "moekit/scale/grow.h"
 #include "moekit/scale/upcycle.h"
@@ -334,4 +335,76 @@ TEST(HfLayout, AnIndependentPyTorchImplementationComputesTheSameLogits) {
     const torch::Tensor ours = logits_of(model, torch::tensor(tokens, torch::kLong).view({1, T}))[0];
     EXPECT_LT(relative_diff(theirs, ours), 1e-5) << "variant " << variant;
   }
+}
+
+TEST(LmPerplexity, SlidingWindowsMatchHuggingFacesRecipeInPyTorch) {
+  // bench/lm_pytorch.py perplexity: HF's recipe (labels -100 where an
+  // earlier window scored them, loss shifted inside) on the exported model.
+  const std::string source = std::string(__FILE__);
+  const std::string script = source.substr(0, source.rfind("/tests/")) + "/bench/lm_pytorch.py";
+  const bool have_torch =
+      path_exists(script) && std::system("/usr/bin/python3 -c 'import torch' > /dev/null 2>&1") == 0;
+  const std::string dir = temp_dir("lm_perplexity");
+  const std::vector<int64_t> ids = [] {
+    const torch::Tensor t = random_tokens(1, 101, 50, 7)[0].contiguous();
+    return std::vector<int64_t>(t.data_ptr<int64_t>(), t.data_ptr<int64_t>() + t.numel());
+  }();
+  std::string listed;
+  for (int64_t t : ids) listed += std::to_string(t) + " ";
+  write_file_atomic(dir + "/ids.txt", listed);
+  for (bool moe : {false, true}) {
+    LmConfig c = tiny_lm_config(moe);
+    c.init_std = 1.0;  // peaked predictions, so that context and window placement matter
+    c.qkv_bias = !moe; // Qwen2 dense, Mixtral MoE (which has no QKV bias)
+    torch::manual_seed(moe ? 61 : 60);
+    LmModel model(c);
+    model.eval();
+    // One window over everything: the model's own loss on the stream.
+    std::vector<int64_t> head(ids.begin(), ids.begin() + 40);
+    const PerplexityResult all = lm_perplexity(model, head, {40, 40, 1});
+    EXPECT_EQ(all.tokens, 39);
+    EXPECT_NEAR(all.nll, model.loss(torch::tensor(head, torch::kLong).view({1, 40})).ce.item<double>(), 1e-5);
+    // Windows: overlapping (each token scored once), disjoint, and a
+    // stride that leaves a short last window; batching changes nothing.
+    const PerplexityResult overlapping = lm_perplexity(model, ids, {16, 8, 4});
+    EXPECT_EQ(overlapping.tokens, 100);
+    EXPECT_NEAR(lm_perplexity(model, ids, {16, 8, 1}).nll, overlapping.nll, 1e-6);
+    const PerplexityResult disjoint = lm_perplexity(model, ids, {16, 16, 3});
+    EXPECT_EQ(disjoint.tokens, 101 - 7);  // each window's first token has no context
+    EXPECT_GT(std::abs(disjoint.nll - overlapping.nll), 1e-3) << "window placement should matter";
+    EXPECT_NEAR(overlapping.perplexity, std::exp(overlapping.nll), 1e-9 * overlapping.perplexity);
+    if (!have_torch) continue;
+    const std::string hf = dir + (moe ? "/moe" : "/dense");
+    export_hf_llama(weights_of(model), hf);
+    for (auto [window, stride] : {std::pair<int64_t, int64_t>{16, 8}, {16, 16}, {24, 7}, {40, 20}}) {
+      const PerplexityResult ours = lm_perplexity(model, ids, {window, stride, 4});
+      const std::string out = hf + "/ppl.json";
+      ASSERT_EQ(std::system(("/usr/bin/python3 " + script + " perplexity " + hf + " --tokens-file " + dir +
+                             "/ids.txt --window " + std::to_string(window) + " --stride " + std::to_string(stride) +
+                             " > " + out).c_str()),
+                0);
+      const nlohmann::json theirs = nlohmann::json::parse(read_file(out));
+      EXPECT_EQ(ours.tokens, theirs["tokens"].get<int64_t>()) << window << "/" << stride;
+      EXPECT_NEAR(ours.nll, theirs["nll"].get<double>(), 1e-5 * ours.nll) << window << "/" << stride;
+    }
+  }
+  if (!have_torch) GTEST_SKIP() << "checked without the PyTorch reference: needs /usr/bin/python3 with torch";
+}
+
+TEST(LmPerplexity, BadWindowsAndStreamsAreRefusedByName) {
+  LmModel model(tiny_lm_config());
+  const std::vector<int64_t> ids = {1, 2, 3, 4, 5};
+  EXPECT_NE(error_of([&] { lm_perplexity(model, ids, {1, 1, 1}); }).find("--window must be in [2, 40]"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { lm_perplexity(model, ids, {41, 1, 1}); }).find("--window"), std::string::npos);
+  EXPECT_NE(error_of([&] { lm_perplexity(model, ids, {8, 9, 1}); }).find("--stride must be in [1, --window = 8]"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { lm_perplexity(model, ids, {8, 4, 0}); }).find("--batch-size"), std::string::npos);
+  EXPECT_NE(error_of([&] { lm_perplexity(model, {3}, {}); }).find("at least 2"), std::string::npos);
+  EXPECT_NE(error_of([&] { lm_perplexity(model, {3, 50}, {}); }).find("token 1 is id 50"), std::string::npos);
+  // Defaults: the model's context, half of it as stride.
+  const PerplexityResult r = lm_perplexity(model, ids, {});
+  EXPECT_EQ(r.window, 40);
+  EXPECT_EQ(r.stride, 20);
+  EXPECT_EQ(r.tokens, 4);
 }

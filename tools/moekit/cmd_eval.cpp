@@ -1,5 +1,6 @@
 // `moekit eval <model_dir> <data>`: CER/WER of an asr model on a data list,
-// or BLEU/chrF of a seq2seq model on a parallel TSV file.
+// BLEU/chrF of a seq2seq model on a parallel TSV file, perplexity of an lm
+// on a text file.
 #include <chrono>
 #include <iomanip>
 #include <iostream>
@@ -8,14 +9,52 @@
 #include "commands.h"
 #include "moekit/audio/audio_file.h"
 #include "moekit/core/check.h"
+#include "moekit/core/file_io.h"
 #include "moekit/core/model_dir.h"
 #include "moekit/core/runtime.h"
 #include "moekit/data/asr_data.h"
+#include "moekit/data/lm_tokenizer.h"
+#include "moekit/decode/lm_perplexity.h"
 #include "moekit/decode/recognizer.h"
 #include "moekit/models/asr/wenet_import.h"
 #include "moekit/train/asr_task.h"
 
 namespace moekit::cli {
+
+namespace {
+
+void run_perplexity_eval(const std::string& model_dir, const std::string& text, const std::string& tokenizer_path,
+                         const PerplexityOptions& options, bool json_output, torch::Device device) {
+  const std::string tok_path = tokenizer_path.empty() ? model_dir + "/tokenizer.model" : tokenizer_path;
+  MOEKIT_CHECK_ARG(path_exists(tok_path), model_dir, ": no tokenizer.model (pass --tokenizer)");
+  const LmTokenizer tokenizer(tok_path);
+  const auto model = load_lm_model(model_dir);
+  options.validate(model->config());  // before the text is tokenized
+  MOEKIT_CHECK_ARG(model->config().vocab_size == tokenizer.vocab_size(), tok_path, ": ", tokenizer.vocab_size(),
+                   " pieces, but the model has ", model->config().vocab_size, " tokens");
+  model->to(device);
+  const std::vector<int64_t> ids = tokenizer.encode_file(text);
+  PerplexityResult r;
+  try {
+    r = lm_perplexity(*model, ids, options);
+  } catch (const std::invalid_argument& e) {
+    throw std::invalid_argument(text + ": " + e.what());
+  }
+  const double tokens_per_s = r.seconds > 0 ? static_cast<double>(r.tokens) / r.seconds : 0.0;
+  if (json_output) {
+    std::cout << nlohmann::json{{"nll", r.nll},       {"perplexity", r.perplexity}, {"tokens", r.tokens},
+                                {"windows", r.windows}, {"window", r.window},        {"stride", r.stride},
+                                {"tokens_per_s", tokens_per_s}}
+                     .dump()
+              << "\n";
+    return;
+  }
+  std::cout << std::fixed << std::setprecision(4) << "perplexity " << r.perplexity << "  nll " << r.nll
+            << " nats/token  (" << r.tokens << " tokens scored, window " << r.window << ", stride " << r.stride
+            << ", " << std::setprecision(1) << tokens_per_s << " tokens/s)\n";
+}
+
+}  // namespace
 
 void add_eval_command(CLI::App& app, const GlobalOptions& global) {
   struct Options {
@@ -26,14 +65,17 @@ void add_eval_command(CLI::App& app, const GlobalOptions& global) {
     bool json_output = false;
     TranslateOptions translate;
     std::string hyp_out, reference, task;
+    PerplexityOptions perplexity;
+    std::string tokenizer;
   };
   auto o = std::make_shared<Options>();
   CLI::App* cmd = app.add_subcommand(
       "eval", "Error rates (CER, WER) of an asr model on a data list or Kaldi dir; BLEU and chrF per task of a "
-              "seq2seq model on a parallel file");
+              "seq2seq model on a parallel file; perplexity of an lm on a text file");
   cmd->add_option("model_dir", o->model_dir, "Model directory")->required();
   cmd->add_option("data", o->data,
-                  "asr: WeNet data.list or Kaldi data directory; seq2seq: task<TAB>source<TAB>target lines")
+                  "asr: WeNet data.list or Kaldi data directory; seq2seq: task<TAB>source<TAB>target lines; lm: text, "
+                  "each line followed by </s> as in training")
       ->required();
   cmd->add_option("--mode", o->modes,
                   "Decoding modes (several allowed): ctc_greedy_search | ctc_prefix_beam_search | "
@@ -43,8 +85,16 @@ void add_eval_command(CLI::App& app, const GlobalOptions& global) {
   add_decode_options(*cmd, o->decode);
   cmd->add_option("--length-penalty", o->translate.search.length_penalty, "seq2seq: score = log p / length^penalty")
       ->capture_default_str();
-  cmd->add_option("--batch-size", o->translate.batch_size, "seq2seq: sentences searched together")
+  cmd->add_option("--batch-size", o->translate.batch_size,
+                  "seq2seq: sentences searched together; lm: windows run together (default 4)")
       ->capture_default_str();
+  cmd->add_option("--window", o->perplexity.window, "lm: tokens per window (0 = the model's max_seq_len)")
+      ->capture_default_str();
+  cmd->add_option("--stride", o->perplexity.stride,
+                  "lm: tokens between window starts; each token is scored once, with at least window - stride "
+                  "tokens of context (0 = half the window)")
+      ->capture_default_str();
+  cmd->add_option("--tokenizer", o->tokenizer, "lm: SentencePiece model (default: model_dir/tokenizer.model)");
   cmd->add_option("--max-length", o->translate.search.max_length, "seq2seq: output tokens at most")
       ->capture_default_str();
   cmd->add_option("--hyp-out", o->hyp_out, "seq2seq: write the translations here, one per line of the data");
@@ -56,7 +106,14 @@ void add_eval_command(CLI::App& app, const GlobalOptions& global) {
     apply_runtime(global);
     for (const std::string& mode : o->modes) check_decode_mode_name(mode);  // before any model loads
     o->decode.validate();
-    if (read_model_config(o->model_dir)["model_type"].as<std::string>("") == "seq2seq") {
+    const std::string family = read_model_config(o->model_dir)["model_type"].as<std::string>("");
+    if (family == "lm") {
+      if (cmd->get_option("--batch-size")->count() > 0) o->perplexity.batch_size = o->translate.batch_size;
+      run_perplexity_eval(o->model_dir, o->data, o->tokenizer, o->perplexity, o->json_output,
+                          parse_device(global.device));
+      return;
+    }
+    if (family == "seq2seq") {
       TranslateOptions t = o->translate;
       if (cmd->get_option("--beam")->count() > 0) t.search.beam = o->decode.beam_size;  // else the seq2seq default
       run_translation_eval(o->model_dir, o->data, t, o->hyp_out, o->json_output, parse_device(global.device),
