@@ -25,6 +25,7 @@ demo: build
 
 test: build
 	@$(PYTHON) scripts/check_layers.py
+	@bash scripts/make_tokenizer_testdata.sh $(BUILD)/tokenizer-testdata
 	@cd $(BUILD) && ctest --output-on-failure -j$(JOBS)
 
 check-layers:

@@ -25,8 +25,7 @@ namespace {
 
 void run_perplexity_eval(const std::string& model_dir, const std::string& text, const std::string& tokenizer_path,
                          const PerplexityOptions& options, bool json_output, torch::Device device) {
-  const std::string tok_path = tokenizer_path.empty() ? model_dir + "/tokenizer.model" : tokenizer_path;
-  MOEKIT_CHECK_ARG(path_exists(tok_path), model_dir, ": no tokenizer.model (pass --tokenizer)");
+  const std::string tok_path = find_lm_tokenizer(model_dir, tokenizer_path);
   const LmTokenizer tokenizer(tok_path);
   const auto model = load_lm_model(model_dir);
   options.validate(model->config());  // before the text is tokenized
@@ -94,7 +93,7 @@ void add_eval_command(CLI::App& app, const GlobalOptions& global) {
                   "lm: tokens between window starts; each token is scored once, with at least window - stride "
                   "tokens of context (0 = half the window)")
       ->capture_default_str();
-  cmd->add_option("--tokenizer", o->tokenizer, "lm: SentencePiece model (default: model_dir/tokenizer.model)");
+  cmd->add_option("--tokenizer", o->tokenizer, "lm: SentencePiece .model or HF tokenizer.json (default: the model directory's)");
   cmd->add_option("--max-length", o->translate.search.max_length, "seq2seq: output tokens at most")
       ->capture_default_str();
   cmd->add_option("--hyp-out", o->hyp_out, "seq2seq: write the translations here, one per line of the data");

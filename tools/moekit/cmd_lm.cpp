@@ -130,9 +130,9 @@ void add_generate_command(CLI::App& app, const GlobalOptions& global) {
   };
   auto o = std::make_shared<Options>();
   CLI::App* gen = app.add_subcommand("generate", "Continue a prompt with a language model (KV cache, tokens streamed)");
-  gen->add_option("model_dir", o->model_dir, "LM model directory (with tokenizer.model)")->required()->check(CLI::ExistingDirectory);
+  gen->add_option("model_dir", o->model_dir, "LM model directory (with tokenizer.model or tokenizer.json)")->required()->check(CLI::ExistingDirectory);
   gen->add_option("--prompt", o->prompt, "Text to continue")->required();
-  gen->add_option("--tokenizer", o->tokenizer, "SentencePiece model (default: model_dir/tokenizer.model)");
+  gen->add_option("--tokenizer", o->tokenizer, "SentencePiece .model or HF tokenizer.json (default: the model directory's)");
   gen->add_option("--max-new-tokens", o->sampling.max_new_tokens, "Tokens to generate at most")->capture_default_str();
   gen->add_option("--temperature", o->sampling.temperature, "0 = greedy")->capture_default_str();
   gen->add_option("--top-k", o->sampling.top_k, "Sample among the k most likely tokens (0 = all)")->capture_default_str();
@@ -141,8 +141,7 @@ void add_generate_command(CLI::App& app, const GlobalOptions& global) {
   gen->callback([o, &global] {
     apply_runtime(global);
     o->sampling.validate();
-    const std::string tok_path = o->tokenizer.empty() ? o->model_dir + "/tokenizer.model" : o->tokenizer;
-    MOEKIT_CHECK_ARG(path_exists(tok_path), o->model_dir, ": no tokenizer.model (pass --tokenizer)");
+    const std::string tok_path = find_lm_tokenizer(o->model_dir, o->tokenizer);
     const LmTokenizer tokenizer(tok_path);
     const auto model = load_lm_model(o->model_dir);
     model->to(parse_device(global.device));

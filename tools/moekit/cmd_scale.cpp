@@ -13,14 +13,17 @@
 namespace moekit::cli {
 namespace {
 
-// Copies from_dir/tokenizer.model when it is a regular file inside
-// from_dir: a symlink leaving the input directory (to /etc/passwd, say)
-// would copy a file the user never meant to publish.
+// Copies from_dir's tokenizer files (tokenizer.model; tokenizer.json and
+// tokenizer_config.json) that are regular files inside from_dir: a symlink
+// leaving the input directory (to /etc/passwd, say) would copy a file the
+// user never meant to publish.
 void copy_tokenizer(const std::string& from_dir, const std::string& to_dir) {
-  const std::string path = from_dir + "/tokenizer.model";
-  if (!path_exists(path)) return;
-  check_inside_dir(path, from_dir);
-  write_file_atomic(to_dir + "/tokenizer.model", read_file(path));
+  for (const char* name : {"tokenizer.model", "tokenizer.json", "tokenizer_config.json"}) {
+    const std::string path = from_dir + "/" + name;
+    if (!path_exists(path)) continue;
+    check_inside_dir(path, from_dir);
+    write_file_atomic(to_dir + "/" + name, read_file(path));
+  }
 }
 
 std::string describe(const LmWeights& m) {

@@ -7,6 +7,7 @@
 
 #include "moekit/core/check.h"
 #include "moekit/core/file_io.h"
+#include "moekit/data/hf_tokenizer.h"
 #include "moekit/data/sentencepiece.h"
 
 namespace moekit {
@@ -68,8 +69,42 @@ void train_tokenizer(const TokenizerTrainOptions& o) {
   MOEKIT_CHECK(std::rename((prefix + ".model").c_str(), o.output.c_str()) == 0, "tokenizer: cannot write ", o.output);
 }
 
+namespace {
+bool ends_with(const std::string& s, const std::string& tail) {
+  return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
+}
+}  // namespace
+
+std::string find_lm_tokenizer(const std::string& model_dir, const std::string& override_path) {
+  if (!override_path.empty()) return override_path;
+  for (const char* name : {"tokenizer.model", "tokenizer.json"}) {
+    const std::string path = model_dir + "/" + name;
+    if (path_exists(path)) return path;
+  }
+  throw std::invalid_argument(model_dir + ": no tokenizer.model or tokenizer.json (pass --tokenizer)");
+}
+
+void copy_lm_tokenizer(const std::string& path, const std::string& dir) {
+  if (!ends_with(path, ".json")) {
+    write_file_atomic(dir + "/tokenizer.model", read_file(path));
+    return;
+  }
+  write_file_atomic(dir + "/tokenizer.json", read_file(path));
+  const std::string config = path.substr(0, path.find_last_of('/') + 1) + "tokenizer_config.json";
+  if (path.find('/') != std::string::npos && path_exists(config))
+    write_file_atomic(dir + "/tokenizer_config.json", read_file(config));
+}
+
 LmTokenizer::LmTokenizer(const std::string& model_path) : path_(model_path) {
   MOEKIT_CHECK_ARG(path_exists(model_path), model_path, ": no such tokenizer model");
+  if (ends_with(model_path, ".json")) {
+    hf_ = std::make_shared<const HfTokenizer>(model_path);
+    pieces_.resize(static_cast<size_t>(hf_->vocab_size()));
+    for (int64_t i = 0; i < hf_->vocab_size(); ++i) pieces_[static_cast<size_t>(i)] = hf_->token(i);
+    bos_ = hf_->bos_id();
+    eos_ = hf_->eos_id();
+    return;
+  }
   MOEKIT_CHECK_ARG(have_sentencepiece(), model_path,
                    ": SentencePiece tools (spm_encode, spm_export_vocab) not found; install the sentencepiece package");
   std::string vocab;
@@ -89,6 +124,7 @@ LmTokenizer::LmTokenizer(const std::string& model_path) : path_(model_path) {
 }
 
 int64_t LmTokenizer::id_of(const std::string& piece) const {
+  if (hf_) return hf_->id_of(piece);
   for (size_t i = 0; i < pieces_.size(); ++i) {
     if (pieces_[i] == piece) return static_cast<int64_t>(i);
   }
@@ -114,6 +150,11 @@ std::vector<std::vector<int64_t>> parse_id_lines(const std::string& out) {
 }  // namespace
 
 std::vector<std::vector<int64_t>> LmTokenizer::encode(const std::vector<std::string>& texts) const {
+  if (hf_) {
+    std::vector<std::vector<int64_t>> out;
+    for (const std::string& text : texts) out.push_back(hf_->encode(text, /*add_special_tokens=*/false));
+    return out;
+  }
   std::string out;
   for (const std::string& line : spm_encode_lines(path_, texts, "id", path_)) out += line + "\n";
   return parse_id_lines(out);
@@ -121,6 +162,19 @@ std::vector<std::vector<int64_t>> LmTokenizer::encode(const std::vector<std::str
 
 std::vector<int64_t> LmTokenizer::encode_file(const std::string& path) const {
   MOEKIT_CHECK_ARG(path_exists(path) && !is_directory(path), path, ": no such text file");
+  if (hf_) {
+    std::vector<int64_t> stream;
+    std::istringstream in(read_file(path));
+    std::string line;
+    while (std::getline(in, line)) {
+      if (!line.empty() && line.back() == '\r') line.pop_back();
+      const std::vector<int64_t> ids = hf_->encode(line, /*add_special_tokens=*/false);
+      if (ids.empty()) continue;  // blank lines
+      stream.insert(stream.end(), ids.begin(), ids.end());
+      if (eos_ >= 0) stream.push_back(eos_);
+    }
+    return stream;
+  }
   const std::string out =
       run_sentencepiece_tool("spm_encode --model=" + shell_quote(path_) + " --output_format=id < " + shell_quote(path), path);
   std::vector<int64_t> stream;
@@ -133,6 +187,7 @@ std::vector<int64_t> LmTokenizer::encode_file(const std::string& path) const {
 }
 
 std::string LmTokenizer::decode(const std::vector<int64_t>& ids) const {
+  if (hf_) return hf_->decode(ids, /*skip_special_tokens=*/true);
   std::string text;
   for (int64_t id : ids) {
     MOEKIT_CHECK_ARG(id >= 0 && id < vocab_size(), path_, ": token id ", id, " is outside the vocabulary of ",

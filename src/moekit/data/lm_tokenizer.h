@@ -1,7 +1,9 @@
 #pragma once
 // The language models' tokenizer: a SentencePiece model (BPE or unigram,
-// byte fallback) whose piece ids are the token ids. Trained and run through
-// SentencePiece's command-line tools (see sentencepiece.h for why).
+// byte fallback) whose piece ids are the token ids, trained and run through
+// SentencePiece's command-line tools (see sentencepiece.h for why); or a
+// Hugging Face tokenizer.json (hf_tokenizer.h), as Hub models ship them.
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -24,8 +26,20 @@ struct TokenizerTrainOptions {
 // Runs spm_train; throws std::invalid_argument with the reason when it fails.
 void train_tokenizer(const TokenizerTrainOptions& options);
 
+class HfTokenizer;
+
+// Files a model directory's tokenizer consists of, in the order looked for:
+// tokenizer.model, or tokenizer.json (with tokenizer_config.json beside it).
+// `override_path` (a --tokenizer flag) wins when not empty. Throws
+// std::invalid_argument naming the directory when it has neither.
+std::string find_lm_tokenizer(const std::string& model_dir, const std::string& override_path = "");
+// Copies the tokenizer at `path` (.model, or .json with its config) into
+// `dir` under the names find_lm_tokenizer looks for.
+void copy_lm_tokenizer(const std::string& path, const std::string& dir);
+
 class LmTokenizer {
  public:
+  // A SentencePiece .model, or a tokenizer.json (by the .json extension).
   explicit LmTokenizer(const std::string& model_path);  // validates the model
 
   int64_t vocab_size() const { return static_cast<int64_t>(pieces_.size()); }
@@ -36,15 +50,17 @@ class LmTokenizer {
   int64_t id_of(const std::string& piece) const;
   const std::string& path() const { return path_; }
 
-  // Token ids of each text (no line breaks inside a text).
+  // Token ids of each text (no line breaks inside a text), without BOS/EOS.
   std::vector<std::vector<int64_t>> encode(const std::vector<std::string>& texts) const;
   // Every line of a text file, each followed by </s>, as one stream.
   std::vector<int64_t> encode_file(const std::string& path) const;
-  // Text of ids: "▁" -> space, <0xNN> pieces -> bytes, control pieces dropped.
+  // Text of ids: "▁" -> space, <0xNN> pieces -> bytes, control pieces
+  // dropped (a tokenizer.json: through its decoder, special tokens dropped).
   std::string decode(const std::vector<int64_t>& ids) const;
 
  private:
   std::string path_;
+  std::shared_ptr<const HfTokenizer> hf_;  // a tokenizer.json; else SentencePiece
   std::vector<std::string> pieces_;
   int64_t bos_ = -1, eos_ = -1;
 };

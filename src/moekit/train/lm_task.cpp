@@ -7,6 +7,7 @@
 #include "moekit/core/check.h"
 #include "moekit/core/fields.h"
 #include "moekit/core/file_io.h"
+#include "moekit/data/lm_tokenizer.h"
 
 namespace moekit {
 
@@ -106,7 +107,7 @@ std::map<std::string, double> LmTrainTask::validate() {
 }
 
 void LmTrainTask::save_assets(const std::string& model_dir) {
-  if (!tokenizer_path_.empty()) write_file_atomic(model_dir + "/tokenizer.model", read_file(tokenizer_path_));
+  if (!tokenizer_path_.empty()) copy_lm_tokenizer(tokenizer_path_, model_dir);
 }
 
 double LmTrainTask::flops_per_unit() const {

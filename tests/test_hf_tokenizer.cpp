@@ -1,0 +1,128 @@
+// Hugging Face tokenizer.json: ids equal to Hugging Face's own JavaScript
+// implementation on real LLaMA-3 (byte-level BPE) and Mistral/LLaMA-2-style
+// (SentencePiece BPE, byte fallback) files, a few thousand varied texts
+// (scripts/make_tokenizer_testdata.sh, run by `make test`); merge order and
+// refusals on small files written here.
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "moekit/core/file_io.h"
+#include "moekit/data/hf_tokenizer.h"
+#include "test_util.h"
+
+using namespace moekit;
+using json = nlohmann::json;
+
+namespace {
+
+std::string testdata_dir() {
+  const char* env = std::getenv("MOEKIT_TOKENIZER_TESTDATA");
+  return env && *env ? env : MOEKIT_TOKENIZER_TESTDATA;
+}
+
+// A small BPE tokenizer.json with the given model fields merged in.
+std::string tiny_tokenizer(const json& model_extra, const json& top_extra = json::object()) {
+  json model = {{"type", "BPE"},
+                {"vocab", {{"a", 0}, {"b", 1}, {"c", 2}, {"ab", 3}, {"bc", 4}, {"abc", 5}, {"<unk>", 6}}},
+                {"merges", {"b c", "a b", "a bc"}},
+                {"unk_token", "<unk>"}};
+  if (model_extra.is_object()) model.update(model_extra);
+  json j = {{"version", "1.0"}, {"model", model}, {"normalizer", nullptr}, {"pre_tokenizer", nullptr},
+            {"post_processor", nullptr}, {"decoder", nullptr}, {"added_tokens", json::array()}};
+  if (top_extra.is_object()) j.update(top_extra);
+  return j.dump();
+}
+
+}  // namespace
+
+TEST(HfTokenizer, MergesApplyByRankNotLeftToRight) {
+  const std::string dir = temp_dir("hf_tok_tiny");
+  write_file_atomic(dir + "/tokenizer.json", tiny_tokenizer({}));
+  const HfTokenizer tok(dir + "/tokenizer.json");
+  // "b c" has the best rank, so "abc" is a + bc -> abc, never ab + c.
+  EXPECT_EQ(tok.encode("abc"), (std::vector<int64_t>{5}));
+  EXPECT_EQ(tok.encode("abab"), (std::vector<int64_t>{3, 3}));
+  EXPECT_EQ(tok.encode("cab"), (std::vector<int64_t>{2, 3}));
+  // Unknown characters: the unknown token, consecutive ones fused on request.
+  EXPECT_EQ(tok.encode("axxb"), (std::vector<int64_t>{0, 6, 6, 1}));
+  write_file_atomic(dir + "/fused.json", tiny_tokenizer({{"fuse_unk", true}}));
+  EXPECT_EQ(HfTokenizer(dir + "/fused.json").encode("axxb"), (std::vector<int64_t>{0, 6, 1}));
+  EXPECT_EQ(tok.vocab_size(), 7);
+  EXPECT_EQ(tok.decode({5, 2}), "abcc");
+}
+
+TEST(HfTokenizer, UnsupportedComponentsAndBrokenFilesAreRefusedByName) {
+  const std::string dir = temp_dir("hf_tok_bad");
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {tiny_tokenizer({}, {{"normalizer", {{"type", "NFKD"}}}}), "normalizer \"NFKD\" is not supported"},
+      {tiny_tokenizer({}, {{"pre_tokenizer", {{"type", "Whitespace"}}}}), "pre_tokenizer \"Whitespace\""},
+      {tiny_tokenizer({{"type", "WordPiece"}}), "model \"WordPiece\" is not supported"},
+      {tiny_tokenizer({{"merges", {"ab"}}}), "merge 0 is not \"a b\""},
+      {tiny_tokenizer({}, {{"pre_tokenizer", {{"type", "Split"}, {"pattern", {{"Regex", "(unclosed"}}},
+                                              {"behavior", "Isolated"}}}}),
+       "regex does not compile"},
+      {tiny_tokenizer({}, {{"decoder", {{"type", "CTC"}}}}), "decoder \"CTC\""},
+      {"{\"model\": ", "not a tokenizer.json"},
+      {"[1, 2]", "not a tokenizer.json"},
+  };
+  int n = 0;
+  for (const auto& [text, expected] : cases) {
+    const std::string path = dir + "/t" + std::to_string(n++) + ".json";
+    write_file_atomic(path, text);
+    const std::string message = error_of([&] { HfTokenizer t(path); });
+    EXPECT_NE(message.find(expected), std::string::npos) << message;
+    EXPECT_EQ(message.rfind(path, 0), 0u) << message;
+    EXPECT_EQ(message.find('\n'), std::string::npos) << message;
+  }
+  EXPECT_NE(error_of([&] { HfTokenizer t(dir + "/missing.json"); }).find("no such file"), std::string::npos);
+}
+
+TEST(HfTokenizer, IdsEqualHuggingFacesJavaScriptTokenizersOnRealFiles) {
+  const std::string dir = testdata_dir();
+  if (!path_exists(dir + "/expected.jsonl"))
+    GTEST_SKIP() << "no reference encodings in " << dir
+                 << " (scripts/make_tokenizer_testdata.sh makes them with node and npm; MOEKIT_TOKENIZER_TESTDATA "
+                    "points elsewhere)";
+  std::vector<json> entries;
+  {
+    std::ifstream in(dir + "/expected.jsonl");
+    std::string line;
+    while (std::getline(in, line)) entries.push_back(json::parse(line));
+  }
+  ASSERT_GE(entries.size(), 2000u);
+  for (const std::string name : {"llama3", "llama2"}) {
+    const HfTokenizer tok(dir + "/" + name + "/tokenizer.json");
+    int wrong_ids = 0, wrong_text = 0;
+    for (const json& e : entries) {
+      const std::string text = e["text"].get<std::string>();
+      const auto want = e[name]["ids"].get<std::vector<int64_t>>();
+      const std::vector<int64_t> got = tok.encode(text);
+      if (got != want && ++wrong_ids <= 5) {
+        ADD_FAILURE() << name << ": ids differ for " << json(text).dump() << "\n  want " << json(want).dump()
+                      << "\n  got  " << json(got).dump();
+      }
+      const std::string decoded = tok.decode(want, /*skip_special_tokens=*/false);
+      if (decoded != e[name]["decoded"].get<std::string>() && ++wrong_text <= 5) {
+        ADD_FAILURE() << name << ": decoded text differs for " << json(text).dump() << "\n  want "
+                      << e[name]["decoded"].dump() << "\n  got  " << json(decoded).dump();
+      }
+    }
+    EXPECT_EQ(wrong_ids, 0) << name << ": of " << entries.size() << " texts";
+    EXPECT_EQ(wrong_text, 0) << name << ": of " << entries.size() << " texts";
+  }
+  const HfTokenizer llama3(dir + "/llama3/tokenizer.json");
+  EXPECT_EQ(llama3.vocab_size(), 128256);
+  EXPECT_EQ(llama3.token(llama3.bos_id()), "<|begin_of_text|>");
+  EXPECT_EQ(llama3.token(llama3.eos_id()), "<|end_of_text|>");
+  const HfTokenizer llama2(dir + "/llama2/tokenizer.json");
+  EXPECT_EQ(llama2.token(llama2.bos_id()), "<s>");
+  EXPECT_EQ(llama2.token(llama2.eos_id()), "</s>");
+  // Lossless both ways where the tokenizer is (byte-level).
+  for (const json& e : entries) {
+    const std::string text = e["text"].get<std::string>();
+    if (text.find("<|") == std::string::npos) EXPECT_EQ(llama3.decode(llama3.encode(text), true, false), text);
+  }
+}
