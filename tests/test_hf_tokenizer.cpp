@@ -51,6 +51,10 @@ TEST(HfTokenizer, MergesApplyByRankNotLeftToRight) {
   write_file_atomic(dir + "/fused.json", tiny_tokenizer({{"fuse_unk", true}}));
   EXPECT_EQ(HfTokenizer(dir + "/fused.json").encode("axxb"), (std::vector<int64_t>{0, 6, 1}));
   EXPECT_EQ(tok.vocab_size(), 7);
+  EXPECT_NE(error_of([&] { tok.encode("ab\xff"); }).find("not valid UTF-8"), std::string::npos);
+  for (const std::string bad : {"a\xe2\x96", "\xc0\xaf", "\xed\xa0\x80", "\xf4\x90\x80\x80"})  // cut, overlong, surrogate, > U+10FFFF
+    EXPECT_NE(error_of([&] { tok.encode(bad); }).find("not valid UTF-8"), std::string::npos) << bad;
+  EXPECT_EQ(tok.encode("\xf0\x9f\x98\x80").size(), 1u);  // an emoji: valid, unknown
   EXPECT_EQ(tok.decode({5, 2}), "abcc");
 }
 

@@ -166,9 +166,16 @@ std::vector<int64_t> LmTokenizer::encode_file(const std::string& path) const {
     std::vector<int64_t> stream;
     std::istringstream in(read_file(path));
     std::string line;
+    int64_t number = 0;
     while (std::getline(in, line)) {
+      ++number;
       if (!line.empty() && line.back() == '\r') line.pop_back();
-      const std::vector<int64_t> ids = hf_->encode(line, /*add_special_tokens=*/false);
+      std::vector<int64_t> ids;
+      try {
+        ids = hf_->encode(line, /*add_special_tokens=*/false);
+      } catch (const std::invalid_argument& e) {
+        throw std::invalid_argument(path + ":" + std::to_string(number) + ": " + e.what());
+      }
       if (ids.empty()) continue;  // blank lines
       stream.insert(stream.end(), ids.begin(), ids.end());
       if (eos_ >= 0) stream.push_back(eos_);
