@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <filesystem>
 #include <sstream>
 
 #include "moekit/core/check.h"
@@ -90,8 +91,9 @@ void copy_lm_tokenizer(const std::string& path, const std::string& dir) {
     return;
   }
   write_file_atomic(dir + "/tokenizer.json", read_file(path));
-  const std::string config = path.substr(0, path.find_last_of('/') + 1) + "tokenizer_config.json";
-  if (path.find('/') != std::string::npos && path_exists(config))
+  // Beside it, as HfTokenizer looks for it.
+  const std::string config = (std::filesystem::path(path).parent_path() / "tokenizer_config.json").string();
+  if (path_exists(config))
     write_file_atomic(dir + "/tokenizer_config.json", read_file(config));
 }
 
