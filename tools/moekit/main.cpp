@@ -66,6 +66,7 @@ int main(int argc, char** argv) {
   add_translate_command(app, global);
   add_extract_command(app, global);
   add_distill_command(app, global);
+  add_serve_command(app, global);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

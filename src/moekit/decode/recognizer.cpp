@@ -262,6 +262,7 @@ StreamingSession::StreamingSession(const Recognizer& recognizer)
   const double frames_per_second = 1000.0 / (c.fbank.frame_shift_ms * static_cast<double>(c.encoder.subsampling_rate));
   max_segment_frames_ = static_cast<int64_t>(recognizer.options().max_segment_seconds * frames_per_second);
   endpoint_frames_ = std::max<int64_t>(1, static_cast<int64_t>(DecodeOptions::kEndpointSeconds * frames_per_second));
+  frame_ms_ = 1000.0 / frames_per_second;
 }
 
 Recognition StreamingSession::accept_waveform(const float* samples, size_t count) {
@@ -306,6 +307,11 @@ void StreamingSession::run_chunks(bool last) {
     const torch::Tensor best = log_probs.argmax(-1);
     const int64_t* ids = best.data_ptr<int64_t>();
     for (int64_t t = 0; t < best.size(0); ++t) trailing_blanks_ = ids[t] == blank ? trailing_blanks_ + 1 : 0;
+    const torch::Tensor blank_logp = log_probs.select(1, blank).to(torch::kDouble).contiguous();
+    const double* lp = blank_logp.data_ptr<double>();
+    const double silence_logp = std::log(EndpointRules::kBlankThreshold);
+    for (int64_t t = 0; t < blank_logp.size(0); ++t) trailing_silence_ = lp[t] > silence_logp ? trailing_silence_ + 1 : 0;
+    frames_decoded_ += out.size(1);
     feats_ = feats_.slice(0, std::min(stride, feats_.size(0)));
     if (max_segment_frames_ > 0 && (segment_frames_ >= max_segment_frames_ ||
                                     (segment_frames_ >= max_segment_frames_ * 2 / 3 && trailing_blanks_ >= endpoint_frames_)))
@@ -339,6 +345,18 @@ void StreamingSession::end_segment(bool keep_outputs) {
   beam_.reset();
   segment_frames_ = 0;
   trailing_blanks_ = 0;
+}
+
+bool StreamingSession::at_endpoint(const EndpointRules& rules) const {
+  const bool decoded_something = !committed_.empty() || !beam_.nbest().front().tokens.empty();
+  const double utterance_ms = static_cast<double>(frames_decoded_) * frame_ms_;
+  const double silence_ms = static_cast<double>(trailing_silence_) * frame_ms_;
+  for (const EndpointRule* rule : {&rules.rule1, &rules.rule2, &rules.rule3}) {
+    if ((decoded_something || !rule->must_decode_something) && silence_ms >= rule->min_trailing_silence_ms &&
+        utterance_ms >= rule->min_utterance_ms)
+      return true;
+  }
+  return false;
 }
 
 Recognition StreamingSession::partial() const {

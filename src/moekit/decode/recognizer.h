@@ -116,6 +116,21 @@ torch::Tensor model_features(const AsrModel& model, const std::vector<float>& sa
 // CTC log-probs come back to the CPU for the searches.
 torch::Device model_device(const AsrModel& model);
 
+// When a stream's utterance has ended (WeNet's CtcEndpoint rules): a frame
+// is silence when its CTC blank probability exceeds kBlankThreshold (0.8,
+// WeNet's); the utterance ends when any rule holds.
+struct EndpointRule {
+  bool must_decode_something = true;  // only after a non-blank token was decoded
+  double min_trailing_silence_ms = 1000;
+  double min_utterance_ms = 0;
+};
+struct EndpointRules {
+  static constexpr double kBlankThreshold = 0.8;
+  EndpointRule rule1{false, 5000, 0};  // 5 s of silence, even with nothing decoded
+  EndpointRule rule2{true, 1000, 0};   // 1 s of silence after speech
+  EndpointRule rule3{false, 0, 20000}; // an utterance of 20 s, whatever it holds
+};
+
 class StreamingSession {
  public:
   // options.chunk_size must be > 0; the model must have been trained with
@@ -133,6 +148,11 @@ class StreamingSession {
   // [1, T', D]; the whole utterance's when it is shorter than 2/3 of
   // max_segment_seconds.
   torch::Tensor encoder_out() const;
+  // Whether `rules` say the utterance has ended, from the encoder frames
+  // decoded so far (continuous decoding starts a new session there).
+  bool at_endpoint(const EndpointRules& rules) const;
+  // Encoder frames decoded so far (all segments).
+  int64_t frames_decoded() const { return frames_decoded_; }
 
  private:
   void run_chunks(bool last);
@@ -154,6 +174,9 @@ class StreamingSession {
   int64_t trailing_blanks_ = 0;         // encoder frames since the last non-blank argmax
   int64_t max_segment_frames_ = 0;      // 0: segments never end early
   int64_t endpoint_frames_ = 1;         // trailing blanks that end a long segment
+  int64_t frames_decoded_ = 0;          // encoder frames, all segments
+  int64_t trailing_silence_ = 0;        // frames since the last with P(blank) <= kBlankThreshold
+  double frame_ms_ = 40;                // one encoder frame
   bool any_output_ = false;             // an encoder frame came out
   bool finished_ = false;
 };

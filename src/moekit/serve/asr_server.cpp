@@ -1,0 +1,608 @@
+#include "moekit/serve/asr_server.h"
+
+#include <atomic>
+#include <boost/asio.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <boost/beast/websocket.hpp>
+#include <chrono>
+#include <cmath>
+#include <condition_variable>
+#include <deque>
+#include <iostream>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <thread>
+#include <vector>
+
+#include "moekit/core/check.h"
+
+namespace moekit {
+
+namespace beast = boost::beast;
+namespace http = beast::http;
+namespace websocket = beast::websocket;
+namespace asio = boost::asio;
+using tcp = asio::ip::tcp;
+using json = nlohmann::json;
+
+void AsrServerOptions::validate() const {
+  MOEKIT_CHECK_ARG(port >= 0 && port <= 65535, "--port must be in [0, 65535], got ", port);
+  MOEKIT_CHECK_ARG(max_connections >= 1, "--max-connections must be >= 1, got ", max_connections);
+  MOEKIT_CHECK_ARG(decode_threads >= 1 && decode_threads <= 256, "--decode-threads must be in [1, 256], got ",
+                   decode_threads);
+  MOEKIT_CHECK_ARG(max_message_bytes >= 2 && max_message_bytes <= (int64_t{1} << 30),
+                   "--max-message-bytes must be in [2, 2^30], got ", max_message_bytes);
+  MOEKIT_CHECK_ARG(std::isfinite(max_stream_seconds) && max_stream_seconds > 0,
+                   "--max-stream-seconds must be > 0, got ", max_stream_seconds);
+  MOEKIT_CHECK_ARG(std::isfinite(idle_timeout_seconds) && idle_timeout_seconds > 0,
+                   "--idle-timeout must be > 0, got ", idle_timeout_seconds);
+  MOEKIT_CHECK_ARG(std::isfinite(max_buffered_seconds) && max_buffered_seconds > 0,
+                   "--max-buffered-seconds must be > 0, got ", max_buffered_seconds);
+}
+
+namespace {
+
+std::chrono::milliseconds millis(double seconds) {
+  return std::chrono::milliseconds(static_cast<int64_t>(std::ceil(seconds * 1000.0)));
+}
+
+// WeNet's result shape: a JSON array of {"sentence": ...}, serialized.
+std::string nbest_string(const Recognition& r) { return json::array({json{{"sentence", r.text}}}).dump(); }
+
+json reply(const std::string& type) { return json{{"status", "ok"}, {"type", type}}; }
+
+// A text for a log line or an error message: at most 80 bytes of it, control
+// bytes shown as '?'.
+std::string printable(const std::string& text) {
+  std::string out;
+  for (char c : text.substr(0, 80)) out += (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) ? '?' : c;
+  return text.size() > 80 ? out + "..." : out;
+}
+
+}  // namespace
+
+class Stream;
+
+struct AsrServerImpl {
+  AsrServerImpl(const Recognizer& r, AsrServerOptions o)
+      : recognizer(r), options(std::move(o)), sample_rate(r.model().config().fbank.sample_rate), acceptor(ioc) {}
+
+  const Recognizer& recognizer;
+  const AsrServerOptions options;
+  const int sample_rate;
+  // Declared before the I/O context: streams whose handlers were still
+  // queued when it stopped end with it and read these as they go.
+  std::atomic<int64_t> open_streams{0};
+  std::atomic<int64_t> streams_served{0};
+  std::atomic<int64_t> read_pauses{0};
+  std::vector<std::weak_ptr<Stream>> streams;  // open WebSocket streams (I/O thread)
+  bool stopping = false;                       // I/O thread
+
+  // Streams with decoding work, for the decode threads.
+  std::mutex queue_mutex;
+  std::condition_variable queue_cv;
+  std::deque<std::shared_ptr<Stream>> ready;
+  bool workers_stop = false;
+
+  asio::io_context ioc;
+  tcp::acceptor acceptor;
+  std::optional<asio::signal_set> signals;
+  std::optional<asio::steady_timer> shutdown_timer;
+  std::chrono::steady_clock::time_point shutdown_deadline;
+
+  void schedule(std::shared_ptr<Stream> stream);
+  void worker_loop();
+  void do_accept();
+  void begin_shutdown();
+  void wait_for_streams();
+  void register_stream(const std::shared_ptr<Stream>& stream);
+};
+
+// One WebSocket connection: the protocol on the I/O thread, decoding on a
+// decode thread (at most one at a time per stream), replies queued back to
+// the I/O thread in order.
+class Stream : public std::enable_shared_from_this<Stream> {
+ public:
+  Stream(AsrServerImpl* server, tcp::socket socket)
+      : server_(server), ws_(std::move(socket)), idle_timer_(server_->ioc) {
+    ++server_->open_streams;
+  }
+  ~Stream() { --server_->open_streams; }
+
+  void start(http::request<http::string_body> request) {
+    request_ = std::move(request);
+    websocket::stream_base::timeout timeout{};
+    timeout.handshake_timeout = std::chrono::seconds(10);  // the opening and the closing handshake
+    timeout.idle_timeout = websocket::stream_base::none();  // our idle timer judges messages, not pings
+    timeout.keep_alive_pings = false;
+    ws_.set_option(timeout);
+    ws_.read_message_max(static_cast<std::uint64_t>(server_->options.max_message_bytes));
+    ws_.async_accept(request_, [self = shared_from_this()](beast::error_code ec) { self->on_accept(ec); });
+  }
+
+  // Ends the stream with an error message (I/O thread).
+  void fail(const std::string& message) {
+    if (closing_) return;
+    cancel_decoding();
+    send(json{{"status", "failed"}, {"message", message}});
+    close_after_sending();
+  }
+
+  // Decode thread: runs the stream's queued work until none is left.
+  void decode_pending();
+
+ private:
+  struct Job {
+    std::vector<float> samples;
+    bool end = false;
+  };
+
+  void on_accept(beast::error_code ec) {
+    if (ec) return;  // not a WebSocket client after all: nothing to answer
+    server_->register_stream(shared_from_this());
+    if (server_->stopping) return fail("server shutting down");
+    if (server_->open_streams > server_->options.max_connections)
+      return fail(str_cat("server busy: ", server_->options.max_connections,
+                          " streams open (--max-connections)"));
+    ++server_->streams_served;
+    do_read();
+  }
+
+  void arm_idle_timer() {
+    idle_timer_.expires_after(millis(server_->options.idle_timeout_seconds));
+    idle_timer_.async_wait([weak = weak_from_this()](beast::error_code ec) {
+      auto self = weak.lock();
+      if (ec || !self || self->ended_) return;
+      self->fail(str_cat("no message for ", self->server_->options.idle_timeout_seconds,
+                         " s (--idle-timeout): the stream is closed"));
+    });
+  }
+
+  void do_read() {
+    if (reading_ || closing_) return;
+    reading_ = true;
+    if (!ended_) arm_idle_timer();
+    ws_.async_read(buffer_, [self = shared_from_this()](beast::error_code ec, std::size_t) {
+      self->reading_ = false;
+      self->on_read(ec);
+    });
+  }
+
+  void on_read(beast::error_code ec) {
+    if (ec) {
+      // The client closed or went away, or broke the WebSocket framing
+      // (Beast has answered with a close code, e.g. 1009 for a message
+      // over read_message_max): nothing more can be sent.
+      cancel_decoding();
+      idle_timer_.cancel();
+      closing_ = true;
+      return;
+    }
+    if (ws_.got_text()) {
+      on_text(beast::buffers_to_string(buffer_.data()));
+    } else {
+      on_binary(buffer_);
+    }
+    buffer_.consume(buffer_.size());
+    if (!closing_ && !read_paused()) do_read();
+  }
+
+  void on_text(const std::string& text) {
+    const json message = json::parse(text, nullptr, /*allow_exceptions=*/false);
+    if (message.is_discarded()) return fail("text message is not JSON: " + printable(text));
+    if (!message.is_object()) return fail("Wrong protocol: a text message must be a JSON object");
+    if (!message.contains("signal") || !message["signal"].is_string())
+      return fail("Wrong message header: a text message needs a \"signal\" (\"start\" or \"end\")");
+    const std::string signal = message["signal"].get<std::string>();
+    if (signal == "start") return on_start(message);
+    if (signal == "end") return on_end();
+    fail("Unexpected signal type: \"" + printable(signal) + "\" (expected \"start\" or \"end\")");
+  }
+
+  void on_start(const json& message) {
+    if (started_) return fail("a start signal while the stream is open (one stream per connection)");
+    if (message.contains("nbest")) {
+      if (!message["nbest"].is_number_integer() || message["nbest"].get<int64_t>() < 1)
+        return fail("integer is expected for nbest option (>= 1)");
+    }
+    if (message.contains("continuous_decoding")) {
+      if (!message["continuous_decoding"].is_boolean())
+        return fail("boolean true or false is expected for continuous_decoding option");
+      continuous_ = message["continuous_decoding"].get<bool>();
+    }
+    const int rate = server_->sample_rate;
+    if (message.contains("sample_rate")) {
+      const json& v = message["sample_rate"];
+      if (!v.is_number() || v.get<double>() != rate)
+        return fail(str_cat("sample_rate ", printable(v.dump()), " in the start message: this model takes ", rate,
+                            " Hz 16-bit mono PCM"));
+    }
+    if (message.contains("channels")) {
+      const json& v = message["channels"];
+      if (!v.is_number_integer() || v.get<int64_t>() != 1)
+        return fail(str_cat("channels ", printable(v.dump()), " in the start message: this model takes ", rate,
+                            " Hz 16-bit mono PCM"));
+    }
+    try {
+      session_ = std::make_unique<StreamingSession>(server_->recognizer);
+    } catch (const std::exception& e) {
+      return fail(e.what());
+    }
+    started_ = true;
+    send(reply("server_ready"));
+  }
+
+  void on_end() {
+    if (!started_) return fail("an end signal before the start signal");
+    if (ended_) return fail("a second end signal");
+    ended_ = true;
+    idle_timer_.cancel();
+    enqueue(Job{{}, true});
+  }
+
+  void on_binary(const beast::flat_buffer& buffer) {
+    if (!started_) return fail("Start signal is expected before binary data");
+    if (ended_) return fail("binary data after the end signal");
+    const size_t bytes = buffer.size();
+    if (bytes % 2 != 0)
+      return fail(str_cat("a binary message of ", bytes, " bytes: audio is 16-bit PCM, an even number of bytes"));
+    const size_t count = bytes / 2;
+    samples_received_ += static_cast<int64_t>(count);
+    if (static_cast<double>(samples_received_) > server_->options.max_stream_seconds * server_->sample_rate)
+      return fail(str_cat("the stream is longer than ", server_->options.max_stream_seconds,
+                          " s (--max-stream-seconds)"));
+    Job job;
+    job.samples.resize(count);
+    const auto* bytes_in = static_cast<const unsigned char*>(buffer.data().data());
+    for (size_t i = 0; i < count; ++i) {
+      const auto v = static_cast<int16_t>(static_cast<uint16_t>(bytes_in[2 * i] | (bytes_in[2 * i + 1] << 8)));
+      job.samples[i] = static_cast<float>(v) / 32768.0f;  // as libsndfile reads 16-bit files
+    }
+    enqueue(std::move(job));
+  }
+
+  void enqueue(Job job) {
+    bool schedule = false;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (cancelled_) return;
+      pending_samples_ += static_cast<int64_t>(job.samples.size());
+      jobs_.push_back(std::move(job));
+      if (!scheduled_) schedule = scheduled_ = true;
+    }
+    if (schedule) server_->schedule(shared_from_this());
+  }
+
+  bool read_paused() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    paused_ = static_cast<double>(pending_samples_) > server_->options.max_buffered_seconds * server_->sample_rate;
+    if (paused_) ++server_->read_pauses;
+    return paused_;
+  }
+
+  void cancel_decoding() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    cancelled_ = true;
+    jobs_.clear();
+  }
+
+  // From a decode thread: hands a reply to the I/O thread.
+  void post(std::function<void(Stream&)> action) {
+    asio::post(server_->ioc, [self = shared_from_this(), action = std::move(action)] { action(*self); });
+  }
+
+  void send(const json& message) {
+    if (closing_) return;
+    outbox_.push_back(message.dump());
+    if (!writing_) do_write();
+  }
+
+  void close_after_sending() {
+    closing_ = true;
+    idle_timer_.cancel();
+    if (!writing_) do_close();
+  }
+
+  void do_write() {
+    if (outbox_.empty()) {
+      if (closing_) do_close();
+      return;
+    }
+    writing_ = true;
+    ws_.text(true);
+    ws_.async_write(asio::buffer(outbox_.front()), [self = shared_from_this()](beast::error_code ec, std::size_t) {
+      self->writing_ = false;
+      self->outbox_.pop_front();
+      if (ec) {
+        self->outbox_.clear();
+        self->cancel_decoding();
+        self->closing_ = true;
+        return;
+      }
+      self->do_write();
+    });
+  }
+
+  void do_close() {
+    if (close_started_) return;
+    close_started_ = true;
+    ws_.async_close(websocket::close_code::normal, [self = shared_from_this()](beast::error_code) {});
+  }
+
+  AsrServerImpl* server_;  // outlives every stream and session
+  websocket::stream<beast::tcp_stream> ws_;
+  http::request<http::string_body> request_;  // the upgrade request, until accepted
+  beast::flat_buffer buffer_;
+  asio::steady_timer idle_timer_;
+
+  // I/O thread only.
+  std::deque<std::string> outbox_;
+  bool reading_ = false;
+  bool writing_ = false;
+  bool closing_ = false;  // no more replies; close once the outbox is out
+  bool close_started_ = false;
+  bool started_ = false;
+  bool ended_ = false;
+  bool continuous_ = false;
+  int64_t samples_received_ = 0;
+
+  // Shared with the decode threads, under mutex_.
+  std::mutex mutex_;
+  std::deque<Job> jobs_;
+  int64_t pending_samples_ = 0;
+  bool scheduled_ = false;  // in the ready queue or being decoded
+  bool cancelled_ = false;
+  bool paused_ = false;
+
+  // The decode thread that holds scheduled_ only.
+  std::unique_ptr<StreamingSession> session_;
+  int64_t session_samples_ = 0;  // audio the current session was given
+};
+
+void Stream::decode_pending() {
+  for (;;) {
+    Job job;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (cancelled_ || jobs_.empty()) {
+        scheduled_ = false;
+        return;
+      }
+      job = std::move(jobs_.front());
+      jobs_.pop_front();
+    }
+    try {
+      if (!job.end) {
+        const int64_t frames_before = session_->frames_decoded();
+        Recognition r = session_->accept_waveform(job.samples.data(), job.samples.size());
+        session_samples_ += static_cast<int64_t>(job.samples.size());
+        if (continuous_ && session_->at_endpoint(server_->options.endpoint)) {
+          // One final result per utterance; the next starts with fresh caches, as WeNet's runtime does.
+          const Recognition final_result = session_->finish();
+          session_ = std::make_unique<StreamingSession>(server_->recognizer);
+          session_samples_ = 0;
+          post([text = nbest_string(final_result)](Stream& s) {
+            s.send(json{{"status", "ok"}, {"type", "final_result"}, {"nbest", text}});
+          });
+        } else if (session_->frames_decoded() > frames_before && !r.tokens.empty()) {
+          post([text = nbest_string(r)](Stream& s) {
+            s.send(json{{"status", "ok"}, {"type", "partial_result"}, {"nbest", text}});
+          });
+        }
+      } else {
+        // A continuous stream that ended right after an endpoint has no
+        // utterance left: no final result for it, only the end.
+        std::optional<Recognition> final_result;
+        if (!continuous_ || session_samples_ > 0) final_result = session_->finish();
+        post([text = final_result ? nbest_string(*final_result) : std::string()](Stream& s) {
+          if (!text.empty()) s.send(json{{"status", "ok"}, {"type", "final_result"}, {"nbest", text}});
+          s.send(reply("speech_end"));
+          s.close_after_sending();
+        });
+      }
+    } catch (const std::exception& e) {
+      std::string message = e.what();
+      message = message.substr(0, message.find('\n'));
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        cancelled_ = true;
+        jobs_.clear();
+        scheduled_ = false;
+      }
+      post([message](Stream& s) { s.fail(message); });
+      return;
+    }
+    bool resume = false;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      pending_samples_ -= static_cast<int64_t>(job.samples.size());
+      if (paused_ && static_cast<double>(pending_samples_) <=
+                         server_->options.max_buffered_seconds * server_->sample_rate / 2) {
+        paused_ = false;
+        resume = true;
+      }
+    }
+    if (resume) post([](Stream& s) { s.do_read(); });
+  }
+}
+
+// A plain HTTP connection: the page, or the upgrade to a WebSocket stream.
+class HttpSession : public std::enable_shared_from_this<HttpSession> {
+ public:
+  HttpSession(AsrServerImpl* server, tcp::socket socket)
+      : server_(server), stream_(std::move(socket)) {
+    parser_.body_limit(64 * 1024);
+    parser_.header_limit(16 * 1024);
+  }
+
+  void run() {
+    stream_.expires_after(std::chrono::seconds(30));
+    http::async_read(stream_, buffer_, parser_,
+                     [self = shared_from_this()](beast::error_code ec, std::size_t) { self->on_read(ec); });
+  }
+
+ private:
+  void on_read(beast::error_code ec) {
+    if (ec) return;  // closed, timed out or not HTTP: the socket closes with this session
+    http::request<http::string_body> request = parser_.release();
+    if (websocket::is_upgrade(request)) {
+      stream_.expires_never();
+      std::make_shared<Stream>(server_, stream_.release_socket())->start(std::move(request));
+      return;
+    }
+    auto response = std::make_shared<http::response<http::string_body>>();
+    response->version(request.version());
+    response->keep_alive(false);
+    response->set(http::field::server, "moekit");
+    const std::string target(request.target());
+    if (request.method() != http::verb::get && request.method() != http::verb::head) {
+      response->result(http::status::method_not_allowed);
+      response->set(http::field::allow, "GET, HEAD");
+      response->set(http::field::content_type, "text/plain; charset=utf-8");
+      response->body() = "method not allowed: " + printable(std::string(request.method_string())) +
+                         " (the server answers GET / and WebSocket streams)\n";
+    } else if (target == "/" || target == "/index.html" || target.rfind("/?", 0) == 0) {
+      response->result(http::status::ok);
+      response->set(http::field::content_type, "text/html; charset=utf-8");
+      response->set(http::field::cache_control, "no-store");
+      response->body() = asr_web_page(server_->sample_rate);
+    } else {
+      response->result(http::status::not_found);
+      response->set(http::field::content_type, "text/plain; charset=utf-8");
+      response->body() = "not found: " + printable(target) + " (the server has / and WebSocket streams)\n";
+    }
+    response->prepare_payload();
+    if (request.method() == http::verb::head) response->body().clear();
+    http::async_write(stream_, *response, [self = shared_from_this(), response](beast::error_code, std::size_t) {
+      beast::error_code ignored;
+      self->stream_.socket().shutdown(tcp::socket::shutdown_send, ignored);
+    });
+  }
+
+  AsrServerImpl* server_;  // outlives every stream and session
+  beast::tcp_stream stream_;
+  beast::flat_buffer buffer_;
+  http::request_parser<http::string_body> parser_;
+};
+
+void AsrServerImpl::schedule(std::shared_ptr<Stream> stream) {
+  {
+    std::lock_guard<std::mutex> lock(queue_mutex);
+    ready.push_back(std::move(stream));
+  }
+  queue_cv.notify_one();
+}
+
+void AsrServerImpl::worker_loop() {
+  for (;;) {
+    std::shared_ptr<Stream> stream;
+    {
+      std::unique_lock<std::mutex> lock(queue_mutex);
+      queue_cv.wait(lock, [&] { return workers_stop || !ready.empty(); });
+      if (ready.empty()) return;  // stopping, nothing left
+      stream = std::move(ready.front());
+      ready.pop_front();
+    }
+    stream->decode_pending();
+  }
+}
+
+void AsrServerImpl::register_stream(const std::shared_ptr<Stream>& stream) {
+  // Drop the entries of streams that are gone, then add this one.
+  streams.erase(std::remove_if(streams.begin(), streams.end(), [](const auto& w) { return w.expired(); }),
+                streams.end());
+  streams.push_back(stream);
+}
+
+void AsrServerImpl::do_accept() {
+  acceptor.async_accept(ioc, [this](beast::error_code ec, tcp::socket socket) {
+    if (stopping || !acceptor.is_open()) return;
+    if (!ec) std::make_shared<HttpSession>(this, std::move(socket))->run();
+    do_accept();
+  });
+}
+
+void AsrServerImpl::begin_shutdown() {
+  if (stopping) return;
+  stopping = true;
+  beast::error_code ignored;
+  acceptor.close(ignored);
+  if (signals) signals->cancel(ignored);
+  for (const auto& weak : streams) {
+    if (auto stream = weak.lock()) stream->fail("server shutting down");
+  }
+  // Done when every stream has closed; clients that never answer the
+  // closing handshake hold the server 12 s at most.
+  shutdown_deadline = std::chrono::steady_clock::now() + std::chrono::seconds(12);
+  shutdown_timer.emplace(ioc);
+  wait_for_streams();
+}
+
+void AsrServerImpl::wait_for_streams() {
+  if (open_streams == 0 || std::chrono::steady_clock::now() >= shutdown_deadline) {
+    ioc.stop();
+    return;
+  }
+  shutdown_timer->expires_after(std::chrono::milliseconds(20));
+  shutdown_timer->async_wait([this](beast::error_code ec) {
+    if (!ec) wait_for_streams();
+  });
+}
+
+AsrServer::AsrServer(const Recognizer& recognizer, AsrServerOptions options) {
+  options.validate();
+  MOEKIT_CHECK_ARG(recognizer.options().chunk_size > 0, "serve asr needs --chunk-size > 0 (streaming), got ",
+                   recognizer.options().chunk_size);
+  impl_ = std::make_shared<AsrServerImpl>(recognizer, options);  // (shared only so that stop() can post safely)
+  const std::string where = str_cat(options.host, ":", options.port);
+  beast::error_code ec;
+  const auto address = asio::ip::make_address(options.host, ec);
+  MOEKIT_CHECK_ARG(!ec, "--host ", options.host, " is not an IP address");
+  const tcp::endpoint endpoint(address, static_cast<unsigned short>(options.port));
+  impl_->acceptor.open(endpoint.protocol(), ec);
+  if (!ec) impl_->acceptor.set_option(asio::socket_base::reuse_address(true), ec);
+  if (!ec) impl_->acceptor.bind(endpoint, ec);
+  if (ec == asio::error::address_in_use)
+    throw std::runtime_error(str_cat("cannot listen on ", where, ": the port is in use (choose another with --port)"));
+  MOEKIT_CHECK(!ec, "cannot listen on ", where, ": ", ec.message());
+  impl_->acceptor.listen(asio::socket_base::max_listen_connections, ec);
+  MOEKIT_CHECK(!ec, "cannot listen on ", where, ": ", ec.message());
+}
+
+AsrServer::~AsrServer() = default;
+
+int AsrServer::port() const { return impl_->acceptor.local_endpoint().port(); }
+
+void AsrServer::run(bool handle_signals) {
+  AsrServerImpl& s = *impl_;
+  if (handle_signals) {
+    s.signals.emplace(s.ioc, SIGINT, SIGTERM);
+    s.signals->async_wait([&s](beast::error_code ec, int) {
+      if (!ec) s.begin_shutdown();
+    });
+  }
+  {
+    std::lock_guard<std::mutex> lock(s.queue_mutex);
+    s.workers_stop = false;
+  }
+  std::vector<std::thread> workers;
+  for (int i = 0; i < s.options.decode_threads; ++i) workers.emplace_back([&s] { s.worker_loop(); });
+  s.do_accept();
+  s.ioc.run();
+  {
+    std::lock_guard<std::mutex> lock(s.queue_mutex);
+    s.workers_stop = true;
+  }
+  s.queue_cv.notify_all();
+  for (auto& w : workers) w.join();
+}
+
+void AsrServer::stop() {
+  asio::post(impl_->ioc, [impl = impl_] { impl->begin_shutdown(); });
+}
+
+AsrServer::Stats AsrServer::stats() const { return {impl_->open_streams.load(), impl_->streams_served.load(), impl_->read_pauses.load()}; }
+
+}  // namespace moekit

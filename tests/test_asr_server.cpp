@@ -1,0 +1,505 @@
+// The streaming server (serve/asr_server.h) through a real WebSocket client:
+// results equal a StreamingSession fed the same audio, each malformed input
+// gets its error reply and the server goes on, shutdown, the page.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <boost/asio.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <boost/beast/websocket.hpp>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <random>
+#include <regex>
+#include <thread>
+
+#include "asr_test_util.h"
+#include "cli_test_util.h"
+#include "moekit/audio/audio_file.h"
+#include "moekit/core/model_dir.h"
+#include "moekit/decode/recognizer.h"
+#include "moekit/models/asr/wenet_import.h"
+#include "moekit/serve/asr_server.h"
+#include "test_util.h"
+
+namespace moekit {
+namespace {
+
+namespace beast = boost::beast;
+namespace http = beast::http;
+namespace websocket = beast::websocket;
+namespace asio = boost::asio;
+using tcp = asio::ip::tcp;
+using json = nlohmann::json;
+
+Units test_units() {
+  return Units({"<blank>", "<unk>", "a", "b", "c", "d", "e", "f", "g", "h", "\xe2\x96\x81", "<sos/eos>"});
+}
+
+std::shared_ptr<AsrModel> test_model(bool attention_decoder) {
+  torch::manual_seed(7);
+  AsrConfig config = small_asr_config();
+  if (!attention_decoder) {
+    config.decoder.num_blocks = 0;
+    config.decoder.r_num_blocks = 0;
+    config.reverse_weight = 0;
+  }
+  auto model = std::make_shared<AsrModel>(config);
+  model->eval();
+  return model;
+}
+
+// Seconds of noisy tones as 16-bit samples (what a client sends).
+std::vector<int16_t> test_pcm(double seconds, unsigned seed = 1) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> noise(0.0f, 0.05f);
+  std::vector<int16_t> pcm(static_cast<size_t>(seconds * 16000));
+  for (size_t i = 0; i < pcm.size(); ++i) {
+    const double t = static_cast<double>(i) / 16000;
+    const float v = static_cast<float>(0.3 * std::sin(2 * M_PI * (200 + 150 * std::sin(t * 3)) * t)) + noise(rng);
+    pcm[i] = static_cast<int16_t>(std::lround(std::clamp(v, -1.0f, 1.0f) * 32767));
+  }
+  return pcm;
+}
+
+std::vector<float> as_float(const int16_t* pcm, size_t n) {
+  std::vector<float> out(n);
+  for (size_t i = 0; i < n; ++i) out[i] = static_cast<float>(pcm[i]) / 32768.0f;
+  return out;
+}
+
+std::string sentence_of(const json& reply) { return json::parse(reply.at("nbest").get<std::string>())[0]["sentence"]; }
+
+// A WebSocket client with a time limit on every read.
+class Client {
+ public:
+  explicit Client(int port) {
+    ws_.next_layer().connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), static_cast<unsigned short>(port)));
+    ws_.handshake("127.0.0.1:" + std::to_string(port), "/");
+  }
+  void text(const std::string& message) {
+    ws_.text(true);
+    ws_.write(asio::buffer(message));
+  }
+  void send(const json& message) { text(message.dump()); }
+  bool pcm(const int16_t* samples, size_t count) {
+    std::vector<unsigned char> bytes(2 * count);
+    for (size_t i = 0; i < count; ++i) {
+      bytes[2 * i] = static_cast<unsigned char>(static_cast<uint16_t>(samples[i]) & 0xff);
+      bytes[2 * i + 1] = static_cast<unsigned char>(static_cast<uint16_t>(samples[i]) >> 8);
+    }
+    return binary(bytes);
+  }
+  bool binary(const std::vector<unsigned char>& bytes) {
+    beast::error_code ec;
+    ws_.binary(true);
+    ws_.write(asio::buffer(bytes), ec);
+    return !ec;
+  }
+  // The next message; nullopt when the server closed the stream (close_code() tells why).
+  std::optional<json> read(double seconds = 30) {
+    beast::flat_buffer buffer;
+    bool done = false;
+    beast::error_code ec;
+    ws_.async_read(buffer, [&](beast::error_code e, std::size_t) {
+      ec = e;
+      done = true;
+    });
+    ioc_.restart();
+    ioc_.run_for(std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000)));
+    if (!done) {
+      timed_out_ = true;
+      beast::error_code ignored;
+      ws_.next_layer().close(ignored);
+      ioc_.restart();
+      ioc_.run();
+      return std::nullopt;
+    }
+    if (ec) return std::nullopt;
+    return json::parse(beast::buffers_to_string(buffer.data()));
+  }
+  // Reads until the stream closes: every message.
+  std::vector<json> read_all(double seconds = 60) {
+    std::vector<json> out;
+    while (auto m = read(seconds)) out.push_back(*m);
+    return out;
+  }
+  int close_code() const { return static_cast<int>(ws_.reason().code); }
+  bool timed_out() const { return timed_out_; }
+  void drop() {
+    beast::error_code ignored;
+    ws_.next_layer().close(ignored);
+  }
+
+ private:
+  asio::io_context ioc_;
+  websocket::stream<tcp::socket> ws_{ioc_};
+  bool timed_out_ = false;
+};
+
+// A server on a free port, run on its own thread for the test's lifetime.
+class ServerFixture {
+ public:
+  ServerFixture(std::shared_ptr<AsrModel> model, DecodeOptions decode, AsrServerOptions options = {})
+      : recognizer_(model, test_units(), decode) {
+    options.port = 0;
+    options.host = "127.0.0.1";
+    server_ = std::make_unique<AsrServer>(recognizer_, options);
+    thread_ = std::thread([this] { server_->run(); });
+  }
+  ~ServerFixture() { stop(); }
+  void stop() {
+    if (!thread_.joinable()) return;
+    server_->stop();
+    thread_.join();
+  }
+  int port() const { return server_->port(); }
+  AsrServer& server() { return *server_; }
+  const Recognizer& recognizer() const { return recognizer_; }
+
+ private:
+  Recognizer recognizer_;
+  std::unique_ptr<AsrServer> server_;
+  std::thread thread_;
+};
+
+DecodeOptions streaming_options() {
+  DecodeOptions d;
+  d.chunk_size = 4;
+  d.beam_size = 4;
+  return d;
+}
+
+struct Expected {
+  std::vector<std::string> partials;
+  std::vector<std::string> finals;
+};
+
+// What the server should send for `pcm` in `frame`-sample messages: a
+// StreamingSession fed the same pieces, a partial after each piece that
+// completed a chunk and has text; with `endpoint`, a final result and a new
+// session wherever the rules fire.
+Expected expected_results(const Recognizer& recognizer, const std::vector<int16_t>& pcm, size_t frame,
+                          const EndpointRules* endpoint = nullptr) {
+  Expected e;
+  auto session = std::make_unique<StreamingSession>(recognizer);
+  size_t fed = 0;
+  for (size_t pos = 0; pos < pcm.size(); pos += frame) {
+    const size_t n = std::min(frame, pcm.size() - pos);
+    const std::vector<float> x = as_float(pcm.data() + pos, n);
+    const int64_t before = session->frames_decoded();
+    const Recognition r = session->accept_waveform(x.data(), x.size());
+    fed += n;
+    if (endpoint && session->at_endpoint(*endpoint)) {
+      e.finals.push_back(session->finish().text);
+      session = std::make_unique<StreamingSession>(recognizer);
+      fed = 0;
+    } else if (session->frames_decoded() > before && !r.tokens.empty()) {
+      e.partials.push_back(r.text);
+    }
+  }
+  if (!endpoint || fed > 0) e.finals.push_back(session->finish().text);
+  return e;
+}
+
+Expected received(const std::vector<json>& replies) {
+  Expected got;
+  for (const json& m : replies) {
+    if (m.value("type", "") == "partial_result") got.partials.push_back(sentence_of(m));
+    if (m.value("type", "") == "final_result") got.finals.push_back(sentence_of(m));
+  }
+  return got;
+}
+
+std::vector<json> stream(Client& client, const std::vector<int16_t>& pcm, size_t frame, const json& start) {
+  client.send(start);
+  std::vector<json> replies;
+  replies.push_back(client.read().value_or(json()));
+  for (size_t pos = 0; pos < pcm.size(); pos += frame) client.pcm(pcm.data() + pos, std::min(frame, pcm.size() - pos));
+  client.send({{"signal", "end"}});
+  for (const json& m : client.read_all()) replies.push_back(m);
+  return replies;
+}
+
+TEST(AsrServer, PartialAndFinalResultsEqualAStreamingSession) {
+  ServerFixture server(test_model(true), streaming_options());
+  const std::vector<int16_t> pcm = test_pcm(3.0);
+  Client client(server.port());
+  const std::vector<json> replies = stream(client, pcm, 1600, {{"signal", "start"}, {"nbest", 1}});
+  ASSERT_GE(replies.size(), 3u);
+  EXPECT_EQ(replies.front(), json({{"status", "ok"}, {"type", "server_ready"}}));
+  EXPECT_EQ(replies.back(), json({{"status", "ok"}, {"type", "speech_end"}}));
+  const Expected want = expected_results(server.recognizer(), pcm, 1600);
+  const Expected got = received(replies);
+  ASSERT_FALSE(want.partials.empty());
+  EXPECT_EQ(got.partials, want.partials);
+  ASSERT_EQ(got.finals.size(), 1u);
+  EXPECT_EQ(got.finals, want.finals);
+  // nbest is WeNet's shape: a JSON array, serialized into a string.
+  for (const json& m : replies) {
+    if (m.contains("nbest")) {
+      EXPECT_TRUE(json::parse(m["nbest"].get<std::string>()).is_array());
+    }
+  }
+}
+
+TEST(AsrServer, ContinuousDecodingSendsOneFinalResultPerUtterance) {
+  // Rules that end an utterance every second, whatever the model hears.
+  AsrServerOptions options;
+  options.endpoint.rule1 = {false, 1e9, 0};
+  options.endpoint.rule2 = {true, 1e9, 0};
+  options.endpoint.rule3 = {false, 0, 1000};
+  ServerFixture server(test_model(true), streaming_options(), options);
+  const std::vector<int16_t> pcm = test_pcm(3.5, 3);
+  Client client(server.port());
+  const std::vector<json> replies =
+      stream(client, pcm, 1600, {{"signal", "start"}, {"continuous_decoding", true}});
+  const Expected want = expected_results(server.recognizer(), pcm, 1600, &options.endpoint);
+  const Expected got = received(replies);
+  EXPECT_EQ(want.finals.size(), 3u);  // 1 s + the decoding delay each, then the rest
+  EXPECT_EQ(got.finals, want.finals);
+  EXPECT_EQ(got.partials, want.partials);
+  EXPECT_EQ(replies.back().value("type", ""), "speech_end");
+}
+
+TEST(AsrServer, AModelWithoutAttentionDecoderGivesTheCtcResult) {
+  auto model = test_model(false);
+  DecodeOptions d = streaming_options();
+  d.mode = resolve_decode_mode("auto", *model);
+  ASSERT_EQ(d.mode, DecodeMode::CtcPrefixBeam);
+  ServerFixture server(model, d);
+  const std::vector<int16_t> pcm = test_pcm(2.0, 5);
+  Client client(server.port());
+  const Expected got = received(stream(client, pcm, 3200, {{"signal", "start"}}));
+  EXPECT_EQ(got.finals, expected_results(server.recognizer(), pcm, 3200).finals);
+}
+
+TEST(AsrServer, ASenderFasterThanRealTimeLosesNothing) {
+  AsrServerOptions options;
+  options.max_buffered_seconds = 0.5;  // reading pauses after half a second of undecoded audio
+  ServerFixture server(test_model(true), streaming_options(), options);
+  const std::vector<int16_t> pcm = test_pcm(8.0, 9);
+  Client client(server.port());
+  const Expected got = received(stream(client, pcm, 800, {{"signal", "start"}}));
+  const Expected want = expected_results(server.recognizer(), pcm, 800);
+  EXPECT_GT(server.server().stats().read_pauses, 0);  // the server did hold the sender back
+  EXPECT_EQ(got.partials, want.partials);
+  EXPECT_EQ(got.finals, want.finals);
+}
+
+// The reply to a malformed stream: its failed message (empty when the server
+// closed without one).
+std::string failure(const std::function<void(Client&)>& act, int port) {
+  Client client(port);
+  act(client);
+  for (const json& m : client.read_all(20)) {
+    if (m.value("status", "") == "failed") return m.value("message", "");
+  }
+  return client.timed_out() ? "timed out" : "";
+}
+
+TEST(AsrServer, EachMalformedInputEndsOnlyItsStreamWithAnError) {
+  AsrServerOptions options;
+  options.max_stream_seconds = 1;
+  options.idle_timeout_seconds = 0.5;
+  ServerFixture server(test_model(true), streaming_options(), options);
+  const int port = server.port();
+  const std::vector<int16_t> pcm = test_pcm(0.5);
+  const json start = {{"signal", "start"}};
+  struct Case {
+    const char* what;
+    std::function<void(Client&)> act;
+    const char* error;
+  };
+  const std::vector<Case> cases = {
+      {"audio first", [&](Client& c) { c.pcm(pcm.data(), 100); }, "Start signal is expected before binary data"},
+      {"not JSON", [](Client& c) { c.text("{start"); }, "text message is not JSON: {start"},
+      {"not an object", [](Client& c) { c.text("[1]"); }, "Wrong protocol"},
+      {"no signal", [](Client& c) { c.send({{"nbest", 1}}); }, "Wrong message header"},
+      {"unknown signal", [](Client& c) { c.send({{"signal", "pause"}}); }, "Unexpected signal type: \"pause\""},
+      {"nbest", [](Client& c) { c.send({{"signal", "start"}, {"nbest", "two"}}); },
+       "integer is expected for nbest option"},
+      {"continuous", [](Client& c) { c.send({{"signal", "start"}, {"continuous_decoding", 1}}); },
+       "boolean true or false is expected for continuous_decoding option"},
+      {"rate", [](Client& c) { c.send({{"signal", "start"}, {"sample_rate", 8000}}); },
+       "sample_rate 8000 in the start message: this model takes 16000 Hz 16-bit mono PCM"},
+      {"channels", [](Client& c) { c.send({{"signal", "start"}, {"channels", 2}}); },
+       "channels 2 in the start message: this model takes 16000 Hz 16-bit mono PCM"},
+      {"odd bytes",
+       [&](Client& c) {
+         c.send(start);
+         c.binary({1, 2, 3});
+       },
+       "a binary message of 3 bytes: audio is 16-bit PCM"},
+      {"two starts",
+       [&](Client& c) {
+         c.send(start);
+         c.send(start);
+       },
+       "a start signal while the stream is open"},
+      {"end first", [](Client& c) { c.send({{"signal", "end"}}); }, "an end signal before the start signal"},
+      {"too long",
+       [&](Client& c) {
+         c.send(start);
+         for (int i = 0; i < 3; ++i) c.pcm(pcm.data(), pcm.size());
+       },
+       "the stream is longer than 1 s (--max-stream-seconds)"},
+      {"silent client", [&](Client& c) { c.send(start); }, "no message for 0.5 s (--idle-timeout)"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.what);
+    const std::string message = failure(c.act, port);
+    EXPECT_NE(message.find(c.error), std::string::npos) << message;
+  }
+  // The server is still there, and a good stream still gets its result.
+  Client client(port);
+  const Expected got = received(stream(client, test_pcm(0.9), 1600, start));
+  EXPECT_EQ(got.finals.size(), 1u);
+}
+
+TEST(AsrServer, AMessageOverTheLimitClosesTheStreamWithCode1009) {
+  AsrServerOptions options;
+  options.max_message_bytes = 1000;
+  ServerFixture server(test_model(true), streaming_options(), options);
+  Client client(server.port());
+  client.send({{"signal", "start"}});
+  ASSERT_EQ(client.read().value_or(json()).value("type", ""), "server_ready");
+  std::vector<unsigned char> big(4000, 0);
+  client.binary(big);
+  EXPECT_TRUE(client.read_all(20).empty());
+  EXPECT_FALSE(client.timed_out());
+  EXPECT_EQ(client.close_code(), 1009);  // message too big
+}
+
+TEST(AsrServer, ClientsThatVanishMidStreamLeaveNothingOpen) {
+  ServerFixture server(test_model(true), streaming_options());
+  const std::vector<int16_t> pcm = test_pcm(2.0);
+  for (int i = 0; i < 4; ++i) {
+    Client client(server.port());
+    client.send({{"signal", "start"}});
+    client.read();
+    client.pcm(pcm.data(), pcm.size());
+    client.drop();
+  }
+  for (int i = 0; i < 500 && server.server().stats().open_streams > 0; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_EQ(server.server().stats().open_streams, 0);
+  EXPECT_EQ(server.server().stats().streams_served, 4);
+}
+
+TEST(AsrServer, StopEndsOpenStreamsWithAMessage) {
+  ServerFixture server(test_model(true), streaming_options());
+  Client client(server.port());
+  client.send({{"signal", "start"}});
+  ASSERT_EQ(client.read().value_or(json()).value("type", ""), "server_ready");
+  std::thread stopper([&] { server.stop(); });
+  const std::vector<json> rest = client.read_all(20);
+  stopper.join();
+  ASSERT_EQ(rest.size(), 1u);
+  EXPECT_EQ(rest[0], json({{"status", "failed"}, {"message", "server shutting down"}}));
+}
+
+TEST(AsrServer, TooManyConnectionsAreRefusedWithAMessage) {
+  AsrServerOptions options;
+  options.max_connections = 1;
+  ServerFixture server(test_model(true), streaming_options(), options);
+  Client first(server.port());
+  first.send({{"signal", "start"}});
+  ASSERT_EQ(first.read().value_or(json()).value("type", ""), "server_ready");
+  const std::string message = failure([](Client&) {}, server.port());
+  EXPECT_NE(message.find("server busy: 1 streams open (--max-connections)"), std::string::npos) << message;
+}
+
+// One HTTP request; the response's status and body.
+std::pair<int, std::string> http_request(int port, http::verb verb, const std::string& target) {
+  asio::io_context ioc;
+  tcp::socket socket(ioc);
+  socket.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), static_cast<unsigned short>(port)));
+  http::request<http::string_body> request(verb, target, 11);
+  request.set(http::field::host, "127.0.0.1");
+  http::write(socket, request);
+  beast::flat_buffer buffer;
+  http::response<http::string_body> response;
+  http::read(socket, buffer, response);
+  return {static_cast<int>(response.result_int()), response.body()};
+}
+
+TEST(AsrServer, ServesThePageAndNamesBadPaths) {
+  ServerFixture server(test_model(true), streaming_options());
+  const auto [status, body] = http_request(server.port(), http::verb::get, "/");
+  EXPECT_EQ(status, 200);
+  EXPECT_NE(body.find("<title>MoEKit speech recognition</title>"), std::string::npos);
+  EXPECT_NE(body.find("const SAMPLE_RATE = 16000;"), std::string::npos);
+  const auto [missing, text] = http_request(server.port(), http::verb::get, "/static/app.js");
+  EXPECT_EQ(missing, 404);
+  EXPECT_NE(text.find("not found: /static/app.js"), std::string::npos);
+  EXPECT_EQ(http_request(server.port(), http::verb::post, "/").first, 405);
+}
+
+TEST(AsrServer, APortInUseIsNamed) {
+  ServerFixture first(test_model(true), streaming_options());
+  const Recognizer recognizer(test_model(true), test_units(), streaming_options());
+  AsrServerOptions options;
+  options.host = "127.0.0.1";
+  options.port = first.port();
+  const std::string message = error_of([&] { AsrServer second(recognizer, options); });
+  EXPECT_EQ(message, "cannot listen on 127.0.0.1:" + std::to_string(first.port()) +
+                         ": the port is in use (choose another with --port)");
+}
+
+// `moekit serve asr` as a user runs it: its final result for a WAV file
+// equals `moekit transcribe --streaming` on the same file; SIGTERM stops it.
+TEST(AsrServer, TheCommandAgreesWithTranscribeStreaming) {
+  const std::string dir = temp_dir("serve_cli");
+  auto model = test_model(true);
+  save_asr_model(dir + "/model", *model, test_units());
+  const std::vector<int16_t> pcm = test_pcm(2.5, 11);
+  std::vector<float> scaled(pcm.size());  // write_wav16 writes round(v * 32767): the same 16-bit samples
+  for (size_t i = 0; i < pcm.size(); ++i) scaled[i] = static_cast<float>(pcm[i]) / 32767.0f;
+  write_wav16(dir + "/a.wav", scaled, 16000);
+  const CliRun transcribed = run_cli("transcribe " + dir + "/model " + dir + "/a.wav --streaming --chunk-size 4 --beam 4 --json");
+  ASSERT_EQ(transcribed.exit_code, 0) << transcribed.output;
+  const std::string want = json::parse(transcribed.output.substr(0, transcribed.output.find('\n')))["text"];
+
+  const std::string log = dir + "/serve.log";
+  const std::string command = "exec " + std::string(MOEKIT_CLI_PATH) + " serve asr " + dir +
+                              "/model --host 127.0.0.1 --port 0 --chunk-size 4 --beam 4 2>" + log;
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    execl("/bin/sh", "sh", "-c", command.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  int port = 0;
+  for (int i = 0; i < 600 && port == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    std::ifstream in(log);
+    const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    std::smatch m;
+    if (std::regex_search(text, m, std::regex("on port ([0-9]+)"))) port = std::stoi(m[1]);
+  }
+  ASSERT_GT(port, 0) << "the server did not start";
+  {
+    Client client(port);
+    const Expected got = received(stream(client, pcm, 1600, {{"signal", "start"}}));
+    ASSERT_EQ(got.finals.size(), 1u);
+    EXPECT_EQ(got.finals[0], want);
+  }
+  kill(pid, SIGTERM);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+  std::ifstream in(log);
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_NE(text.find("server stopped after 1 streams"), std::string::npos) << text;
+}
+
+}  // namespace
+}  // namespace moekit
