@@ -24,6 +24,7 @@ demo: build
 	@bash scripts/demo.sh $(BUILD)
 
 test: build
+	@bash scripts/setup-deps.sh --browser
 	@$(PYTHON) scripts/check_layers.py
 	@bash scripts/make_tokenizer_testdata.sh $(BUILD)/tokenizer-testdata
 	@cd $(BUILD) && ctest --output-on-failure -j$(JOBS)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs every Debian package MoEKit's build, tests, benchmarks and recipes
 # need. Idempotent: does nothing (and prints nothing) when all are present.
-# Works as root or through sudo.  Usage: scripts/setup-deps.sh [--recipes | --fuzz]
+# Works as root or through sudo.  Usage: scripts/setup-deps.sh [--recipes | --fuzz | --browser]
 set -euo pipefail
 
 packages=(
@@ -18,12 +18,16 @@ if [[ "${1:-}" == "--fuzz" ]]; then
   # libFuzzer and the sanitizers' runtimes (fuzz/, make fuzz)
   packages+=(clang libclang-rt-dev)
 fi
+if [[ "${1:-}" == "--browser" ]]; then
+  # headless Chromium: the test of the recognition server's page (make test)
+  packages+=(chromium)
+fi
 if [[ "${1:-}" == "--recipes" ]]; then
   # gettext catalogs (the translation recipe): data-only l10n packages;
   # word lists (its grapheme-to-phoneme set)
   packages+=(espeak-ng flite sox libsox-fmt-all gettext fortunes gnuplot-nox
     vlc-l10n gnupg-l10n libc-l10n util-linux-locales gcc-12-locales
-    wamerican wfrench wngerman wspanish witalian wportuguese wdutch wpolish wdanish)
+    python3-websockets wamerican wfrench wngerman wspanish witalian wportuguese wdutch wpolish wdanish)
 fi
 
 missing=()

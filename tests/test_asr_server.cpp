@@ -3,6 +3,7 @@
 // gets its error reply and the server goes on, shutdown, the page.
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <fcntl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -80,9 +81,9 @@ std::string sentence_of(const json& reply) { return json::parse(reply.at("nbest"
 // A WebSocket client with a time limit on every read.
 class Client {
  public:
-  explicit Client(int port) {
+  explicit Client(int port, const std::string& target = "/") {
     ws_.next_layer().connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), static_cast<unsigned short>(port)));
-    ws_.handshake("127.0.0.1:" + std::to_string(port), "/");
+    ws_.handshake("127.0.0.1:" + std::to_string(port), target);
   }
   void text(const std::string& message) {
     ws_.text(true);
@@ -294,6 +295,63 @@ TEST(AsrServer, ASenderFasterThanRealTimeLosesNothing) {
   EXPECT_EQ(got.finals, want.finals);
 }
 
+// Resident memory of this process, MiB (Linux /proc).
+double rss_mib() {
+  std::ifstream in("/proc/self/statm");
+  long pages = 0, resident = 0;
+  in >> pages >> resident;
+  return static_cast<double>(resident) * static_cast<double>(sysconf(_SC_PAGESIZE)) / (1024.0 * 1024.0);
+}
+
+// N clients at once, each sending in real time: every one gets exactly its
+// own results, and the server's memory after a second round of streams is
+// where it was after the first (nothing kept per finished stream).
+TEST(AsrServer, ConcurrentRealTimeStreamsAllGetTheirResults) {
+  AsrServerOptions options;
+  options.decode_threads = 2;
+  ServerFixture server(test_model(true), streaming_options(), options);
+  constexpr int kStreams = 6;
+  std::vector<std::vector<int16_t>> audio;
+  std::vector<Expected> want;
+  for (int i = 0; i < kStreams; ++i) {
+    audio.push_back(test_pcm(1.5 + 0.1 * i, 100 + static_cast<unsigned>(i)));
+    want.push_back(expected_results(server.recognizer(), audio.back(), 1600));
+  }
+  auto round = [&] {
+    std::vector<Expected> got(kStreams);
+    std::vector<std::thread> clients;
+    for (int i = 0; i < kStreams; ++i) {
+      clients.emplace_back([&, i] {
+        Client client(server.port());
+        client.send({{"signal", "start"}});
+        // Replies wait in the socket's buffer until the end (they are small).
+        const auto begin = std::chrono::steady_clock::now();
+        for (size_t pos = 0, k = 0; pos < audio[i].size(); pos += 1600, ++k) {
+          std::this_thread::sleep_until(begin + std::chrono::milliseconds(100 * k));  // real time
+          client.pcm(audio[i].data() + pos, std::min<size_t>(1600, audio[i].size() - pos));
+        }
+        client.send({{"signal", "end"}});
+        got[i] = received(client.read_all(60));
+      });
+    }
+    for (auto& c : clients) c.join();
+    for (int i = 0; i < kStreams; ++i) {
+      SCOPED_TRACE(i);
+      EXPECT_EQ(got[i].partials, want[i].partials);
+      EXPECT_EQ(got[i].finals, want[i].finals);
+    }
+  };
+  round();
+  const double after_first = rss_mib();
+  round();
+  round();
+  for (int i = 0; i < 500 && server.server().stats().open_streams > 0; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_EQ(server.server().stats().open_streams, 0);
+  EXPECT_EQ(server.server().stats().streams_served, 3 * kStreams);
+  EXPECT_LT(rss_mib() - after_first, 16.0) << "memory grew over two more rounds of " << kStreams << " streams";
+}
+
 // The reply to a malformed stream: its failed message (empty when the server
 // closed without one).
 std::string failure(const std::function<void(Client&)>& act, int port) {
@@ -499,6 +557,165 @@ TEST(AsrServer, TheCommandAgreesWithTranscribeStreaming) {
   std::ifstream in(log);
   const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   EXPECT_NE(text.find("server stopped after 1 streams"), std::string::npos) << text;
+}
+
+// --- The page in a real browser -------------------------------------------
+
+std::string find_chromium() {
+  if (const char* env = std::getenv("MOEKIT_CHROMIUM")) return env;
+  for (const char* path : {"/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome"}) {
+    if (std::filesystem::exists(path)) return path;
+  }
+  return "";
+}
+
+std::string base64_decode(const std::string& text) {
+  static const std::string alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  std::string out;
+  uint32_t bits = 0;
+  int count = 0;
+  for (char c : text) {
+    const size_t v = alphabet.find(c);
+    if (v == std::string::npos) continue;  // '=' padding
+    bits = (bits << 6) | static_cast<uint32_t>(v);
+    count += 6;
+    if (count >= 8) {
+      count -= 8;
+      out.push_back(static_cast<char>((bits >> count) & 0xff));
+    }
+  }
+  return out;
+}
+
+// Chrome DevTools Protocol on one page target.
+class DevTools {
+ public:
+  DevTools(int port, const std::string& target) : client_(port, target) {}
+  json call(const std::string& method, const json& params = json::object()) {
+    const int id = ++id_;
+    client_.send({{"id", id}, {"method", method}, {"params", params}});
+    for (;;) {
+      std::optional<json> m = client_.read(30);
+      if (!m) return json{{"error", "devtools connection closed"}};
+      if (m->value("id", 0) == id) return *m;  // events in between are skipped
+    }
+  }
+  // The expression's value; what DevTools answered instead when it has none.
+  json evaluate(const std::string& expression) {
+    const json reply = call("Runtime.evaluate", {{"expression", expression}, {"returnByValue", true}});
+    if (reply.contains("result") && reply["result"].contains("result") && reply["result"]["result"].contains("value"))
+      return reply["result"]["result"]["value"];
+    return json{{"no value", reply}};
+  }
+  std::string text(const std::string& expression) {
+    const json v = evaluate(expression);
+    return v.is_string() ? v.get<std::string>() : v.dump().substr(0, 300);
+  }
+
+ private:
+  Client client_;
+  int id_ = 0;
+};
+
+// Headless Chromium with its microphone fed from a WAV file opens the page
+// and streams to the server; the final transcript in the page's DOM equals
+// a StreamingSession's on the very samples the page sent (kept by ?keep=1),
+// and those samples are the file's (silence, then the tone). A screenshot is
+// written to test-artifacts/asr_page.png.
+TEST(AsrServer, ThePageStreamsTheMicrophoneInARealBrowser) {
+  const std::string chromium = find_chromium();
+  if (chromium.empty()) GTEST_SKIP() << "Chromium not found (apt install chromium, or set MOEKIT_CHROMIUM)";
+  ServerFixture server(test_model(true), streaming_options());
+  const std::string dir = temp_dir("serve_browser");
+  // 1 s of silence, then 2 s of the test signal.
+  std::vector<int16_t> pcm = test_pcm(3.0, 13);
+  std::fill(pcm.begin(), pcm.begin() + 16000, int16_t{0});
+  std::vector<float> scaled(pcm.size());
+  for (size_t i = 0; i < pcm.size(); ++i) scaled[i] = static_cast<float>(pcm[i]) / 32767.0f;
+  write_wav16(dir + "/mic.wav", scaled, 16000);
+
+  const std::string profile = dir + "/profile";
+  const std::string url = "http://127.0.0.1:" + std::to_string(server.port()) +
+                          "/?autostart=1&seconds=3.5&continuous=0&keep=1";
+  const std::vector<std::string> args = {chromium, "--headless", "--no-sandbox", "--disable-gpu",
+                                         "--no-first-run", "--user-data-dir=" + profile,
+                                         "--remote-debugging-port=0", "--window-size=900,600",
+                                         "--autoplay-policy=no-user-gesture-required",
+                                         "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                                         "--use-file-for-fake-audio-capture=" + dir + "/mic.wav%noloop", url};
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    std::vector<char*> argv;
+    for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    const int null_fd = ::open("/dev/null", O_WRONLY);
+    dup2(null_fd, 1);
+    dup2(null_fd, 2);
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  struct Reaper {
+    pid_t pid;
+    ~Reaper() {
+      kill(pid, SIGTERM);
+      int status = 0;
+      waitpid(pid, &status, 0);
+    }
+  } reaper{pid};
+
+  int devtools_port = 0;
+  for (int i = 0; i < 600 && devtools_port == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    std::ifstream in(profile + "/DevToolsActivePort");
+    in >> devtools_port;
+  }
+  ASSERT_GT(devtools_port, 0) << "Chromium did not start";
+  std::string page_target;
+  for (int i = 0; i < 100 && page_target.empty(); ++i) {
+    for (const json& t : json::parse(http_request(devtools_port, http::verb::get, "/json/list").second)) {
+      if (t.value("type", "") == "page" && t.value("url", "").find("127.0.0.1:" + std::to_string(server.port())) !=
+                                               std::string::npos)
+        page_target = t["webSocketDebuggerUrl"].get<std::string>();
+    }
+    if (page_target.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  ASSERT_FALSE(page_target.empty()) << "no page target";
+  DevTools devtools(devtools_port, page_target.substr(page_target.find("/devtools/")));
+
+  std::string status;
+  for (int i = 0; i < 600 && status != "done" && status.rfind("server:", 0) != 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    status = devtools.text("document.getElementById('status').textContent");
+  }
+  ASSERT_EQ(status, "done") << devtools.text("document.body.innerText");
+  const std::string shown = devtools.text("document.getElementById('finals').textContent");
+  const json sent = devtools.evaluate(
+      "(() => { const out = []; for (const a of window.sentPcm) out.push(...a); return out; })()");
+  std::vector<int16_t> audio;
+  ASSERT_TRUE(sent.is_array()) << sent.dump().substr(0, 300);
+  for (const json& v : sent) audio.push_back(static_cast<int16_t>(v.get<int>()));
+  ASSERT_GE(audio.size(), 3u * 16000);
+
+  // The page's samples are the file's, resampled by the browser: quiet, then loud.
+  auto rms = [&](double from, double to) {
+    double sum = 0;
+    const size_t a = static_cast<size_t>(from * 16000), b = static_cast<size_t>(to * 16000);
+    for (size_t i = a; i < b; ++i) sum += static_cast<double>(audio[i]) * audio[i];
+    return std::sqrt(sum / static_cast<double>(b - a)) / 32768.0;
+  };
+  EXPECT_LT(rms(0.0, 0.7), 0.01);
+  EXPECT_GT(rms(1.5, 2.7), 0.1);
+  const Expected want = expected_results(server.recognizer(), audio, 1600);
+  ASSERT_EQ(want.finals.size(), 1u);
+  EXPECT_EQ(shown, want.finals[0]);
+
+  const json shot = devtools.call("Page.captureScreenshot", {{"format", "png"}});
+  const std::string png = base64_decode(shot["result"].value("data", ""));
+  EXPECT_EQ(png.substr(1, 3), "PNG");
+  std::filesystem::create_directories(MOEKIT_ARTIFACT_DIR);
+  std::ofstream(std::string(MOEKIT_ARTIFACT_DIR) + "/asr_page.png", std::ios::binary) << png;
+  std::cout << "screenshot: " << MOEKIT_ARTIFACT_DIR << "/asr_page.png\n";
 }
 
 }  // namespace

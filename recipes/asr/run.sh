@@ -20,7 +20,7 @@ moekit=${MOEKIT:-$root/build/moekit}
 python=${PYTHON:-/usr/bin/python3}
 threads=${THREADS:-2}
 stage=${STAGE:-0}
-stop_stage=${STOP_STAGE:-2}
+stop_stage=${STOP_STAGE:-3}
 
 if [[ -n "${DEMO:-}" ]]; then
   work=${WORK:-$root/build/demo_asr}
@@ -90,4 +90,34 @@ if [[ $stage -le 2 && $stop_stage -ge 2 ]]; then
     done
   done
   "$python" "$here/local/results_table.py" "$work/exp" $confs | tee "$work/results.md"
+fi
+
+if [[ $stage -le 3 && $stop_stage -ge 3 ]]; then
+  # The last model behind `moekit serve asr`: one test utterance streamed in
+  # real time over WeNet's WebSocket protocol, the partial results as they
+  # arrive, then SIGTERM.
+  conf=${confs##* }
+  exp=$work/exp/$conf
+  wav=$(head -n 1 "$data/test/data.list" | "$python" -c \
+    'import json, os, sys; print(os.path.normpath(os.path.join(sys.argv[1], json.loads(sys.stdin.read())["wav"])))' \
+    "$data/test")
+  ref=$(head -n 1 "$data/test/data.list" | "$python" -c 'import json, sys; print(json.loads(sys.stdin.read())["txt"])')
+  log "stage 3: serving $conf (serve asr, chunk 16) and streaming $(basename "$wav") to it"
+  "$moekit" --threads 1 serve asr "$exp/final" --host 127.0.0.1 --port 0 --chunk-size 16 2> "$exp/serve.log" &
+  server=$!
+  trap 'kill $server 2>/dev/null || true' EXIT
+  port=
+  for _ in $(seq 600); do
+    port=$(sed -n 's/.* on port \([0-9]*\):.*/\1/p' "$exp/serve.log")
+    [[ -n $port ]] && break
+    kill -0 $server 2>/dev/null || { cat "$exp/serve.log" >&2; exit 1; }
+    sleep 0.1
+  done
+  [[ -n $port ]] || { log "stage 3: the server did not start"; cat "$exp/serve.log" >&2; exit 1; }
+  echo "reference: $ref"
+  "$python" "$root/scripts/asr_ws_client.py" "ws://127.0.0.1:$port" "$wav" --realtime 1
+  kill -TERM $server
+  wait $server
+  trap - EXIT
+  tail -n 1 "$exp/serve.log" >&2
 fi

@@ -6,10 +6,21 @@
 #include "moekit/core/check.h"
 #include "moekit/core/runtime.h"
 #include "moekit/models/asr/wenet_import.h"
+#ifdef MOEKIT_HAVE_SERVER
 #include "moekit/serve/asr_server.h"
+#endif
 
 namespace moekit::cli {
 
+#ifndef MOEKIT_HAVE_SERVER
+void add_serve_command(CLI::App& app, const GlobalOptions&) {
+  CLI::App* serve = app.add_subcommand("serve", "Serve a model over the network (not in this build)");
+  serve->allow_extras();
+  serve->callback([] {
+    throw std::runtime_error("this moekit was built without Boost (apt install libboost-dev, rebuild): no serve");
+  });
+}
+#else
 void add_serve_command(CLI::App& app, const GlobalOptions& global) {
   CLI::App* serve = app.add_subcommand("serve", "Serve a model over the network");
   serve->require_subcommand(1);
@@ -67,5 +78,6 @@ void add_serve_command(CLI::App& app, const GlobalOptions& global) {
     std::cerr << "moekit: server stopped after " << stats.streams_served << " streams" << std::endl;
   });
 }
+#endif
 
 }  // namespace moekit::cli

@@ -4,6 +4,10 @@
 // created at that rate), an AudioWorklet hands over the samples, and every
 // 100 ms they go to the server as 16-bit PCM over the WebSocket protocol of
 // asr_server.h, on the same host and port as the page.
+//
+// For tests and kiosks the query string can drive it: ?autostart=1 starts at
+// load, &seconds=N stops after N s of audio, &continuous=0 asks for one
+// result for the whole stream, &keep=1 keeps the PCM sent in window.sentPcm.
 #include <string>
 
 #include "moekit/serve/asr_server.h"
@@ -45,7 +49,11 @@ const stopButton = document.getElementById("stop");
 const statusLine = document.getElementById("status");
 const finals = document.getElementById("finals");
 const partial = document.getElementById("partial");
-let socket = null, context = null, media = null, node = null, pending = [], pendingLength = 0;
+const query = new URLSearchParams(location.search);
+const stopAfter = Number(query.get("seconds") || 0);
+if (query.get("continuous") === "0") document.getElementById("continuous").checked = false;
+let socket = null, context = null, media = null, node = null, pending = [], pendingLength = 0, sentLength = 0;
+window.sentPcm = [];
 
 // The worklet copies each 128-sample render quantum to the page.
 const workletSource = `
@@ -85,11 +93,17 @@ function sendPending(force) {
   }
   pending = [];
   pendingLength = 0;
-  if (pcm.length > 0) socket.send(pcm.buffer);
+  if (pcm.length === 0) return;
+  if (query.get("keep") === "1") window.sentPcm.push(pcm);
+  socket.send(pcm.buffer);
+  sentLength += pcm.length;
+  if (stopAfter > 0 && sentLength >= stopAfter * SAMPLE_RATE && !stopButton.disabled) stop();
 }
 
 async function start() {
   startButton.disabled = true;
+  sentLength = 0;
+  window.sentPcm = [];
   finals.textContent = "";
   partial.textContent = "";
   try {
@@ -170,6 +184,7 @@ function stop() {
 
 startButton.onclick = start;
 stopButton.onclick = stop;
+if (query.get("autostart") === "1") start();
 </script>
 </body>
 </html>
