@@ -7,8 +7,8 @@ Usage: scripts/asr_ws_client.py ws://127.0.0.1:10086 audio.wav
 
 The file must be 16-bit PCM mono at the model's rate. Each message sent is
 --chunk-ms of audio, paced at SPEED x real time (0: as fast as the server
-takes it). Partial results overwrite one line; final results print on their
-own. Exits 1 with the server's message when it answers "failed".
+takes it). On a terminal partial results overwrite one line; final results
+print on their own. Exits 1 with the server's message when it answers "failed".
 Needs Debian's python3-websockets.
 """
 import argparse
@@ -56,11 +56,14 @@ async def stream(url, path, realtime, continuous, chunk_ms):
             elif kind in ("partial_result", "final_result"):
                 text = json.loads(reply["nbest"])[0]["sentence"]
                 stamp = f"{time.monotonic() - started:5.1f} s"
-                if kind == "partial_result":
+                if kind == "partial_result" and sys.stdout.isatty():
                     print(f"\r  partial {stamp}: {text}"[:160].ljust(100), end="", flush=True)
+                elif kind == "partial_result":
+                    print(f"  partial {stamp}: {text}", flush=True)
                 else:
                     finals.append(text)
-                    print(f"\r  final   {stamp}: {text}".ljust(100), flush=True)
+                    print(f"\r  final   {stamp}: {text}".ljust(100) if sys.stdout.isatty()
+                          else f"  final   {stamp}: {text}", flush=True)
             elif kind == "speech_end":
                 break
         if sender is not None:
