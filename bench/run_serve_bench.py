@@ -1,0 +1,173 @@
+#!/usr/bin/env python3
+"""Streaming server load: how many concurrent real-time streams `moekit
+serve asr` holds, and the partial-result latency and CPU use at each load.
+
+The models are the ASR benchmark's (`moekit bench asr --save-model`: d 256,
+12 blocks, 8 experts top-2, CTC only, random weights) and its equal-FLOPs
+dense twin (FFN 2 x 2048). For each model and each number of streams N the
+server starts afresh (`--decode-threads`, `--threads`), N clients in one
+asyncio loop each send the same noise-burst audio in 100 ms messages at
+real time, staggered over the first second, and the script records when
+each message went out and when each partial result came back.
+
+Latency of a partial result: its arrival minus the sending time of the
+message that completed its chunk. The script knows which messages complete
+a chunk from the front end's arithmetic (25 ms / 10 ms fbank frames, the
+encoder's window of (chunk - 1) * subsampling + right context + 1 frames,
+stride chunk * subsampling), and matches partial results to them in order
+(a chunk whose partial would be empty sends none; then later partials are
+matched to earlier messages, which overstates latency, never understates).
+CPU: the server process's user + system time over the run / wall time.
+Prints a markdown table per model: streams, p50 / p95 / max partial
+latency, final-result latency (end signal to final result), CPU use.
+Needs Debian's python3-websockets.
+"""
+import argparse
+import asyncio
+import json
+import os
+import re
+import statistics
+import subprocess
+import tempfile
+import time
+
+import websockets
+
+from run_long_audio_bench import write_audio
+
+
+def chunk_messages(total_samples, message, chunk, subsampling=4, right_context=6):
+    """Indices of the messages after which the server runs >= 1 new chunk."""
+    window = (chunk - 1) * subsampling + right_context + 1
+    stride = chunk * subsampling
+    done, k, out = 0, 0, []
+    for m in range((total_samples + message - 1) // message):
+        sent = min((m + 1) * message, total_samples)
+        frames = 0 if sent < 400 else 1 + (sent - 400) // 160
+        new = 0
+        while frames >= window + k * stride:
+            k += 1
+            new += 1
+        if new:
+            out.append(m)
+    return out
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def one_stream(url, pcm, delay, message, completing, result):
+    await asyncio.sleep(delay)
+    sent_at = []
+    partial_latency = []
+    async with websockets.connect(url, max_size=None) as ws:
+        await ws.send(json.dumps({"signal": "start", "nbest": 1}))
+        assert json.loads(await ws.recv())["type"] == "server_ready"
+
+        async def send():
+            start = time.monotonic()
+            for i, offset in enumerate(range(0, len(pcm), 2 * message)):
+                wait = start + i * message / 16000 - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                sent_at.append(time.monotonic())
+                await ws.send(pcm[offset:offset + 2 * message])
+            sent_at.append(time.monotonic())
+            await ws.send(json.dumps({"signal": "end"}))
+
+        sender = asyncio.ensure_future(send())
+        matched = 0
+        final_latency = None
+        async for raw in ws:
+            reply = json.loads(raw)
+            now = time.monotonic()
+            if reply.get("status") != "ok":
+                raise RuntimeError(reply.get("message"))
+            if reply["type"] == "partial_result" and matched < len(completing):
+                partial_latency.append(now - sent_at[min(completing[matched], len(sent_at) - 1)])
+                matched += 1
+            elif reply["type"] == "final_result":
+                final_latency = now - sent_at[-1]
+            elif reply["type"] == "speech_end":
+                break
+        await sender
+    result["partial"].extend(partial_latency)
+    result["final"].append(final_latency)
+
+
+async def load(url, pcm, streams, message, completing):
+    result = {"partial": [], "final": []}
+    await asyncio.gather(*[one_stream(url, pcm, i / max(streams, 1), message, completing, result)
+                           for i in range(streams)])
+    return result
+
+
+def start_server(moekit, model, threads, decode_threads, chunk):
+    log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
+    proc = subprocess.Popen([moekit, "--threads", str(threads), "serve", "asr", model, "--host", "127.0.0.1",
+                             "--port", "0", "--chunk-size", str(chunk), "--decode-threads", str(decode_threads),
+                             "--max-connections", "1000"], stderr=log)
+    for _ in range(600):
+        time.sleep(0.1)
+        text = open(log.name).read()
+        m = re.search(r"on port (\d+)", text)
+        if m:
+            return proc, int(m.group(1))
+        if proc.poll() is not None:
+            raise RuntimeError(text)
+    raise RuntimeError("server did not start")
+
+
+def percentile(values, q):
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--moekit", default="build/moekit")
+    ap.add_argument("--streams", default="1,2,4,8,16", help="comma-separated loads")
+    ap.add_argument("--seconds", type=float, default=10, help="audio per stream")
+    ap.add_argument("--threads", type=int, default=2, help="the server's intra-op threads")
+    ap.add_argument("--decode-threads", type=int, default=2)
+    ap.add_argument("--chunk-size", type=int, default=16)
+    ap.add_argument("--models", default="moe,dense")
+    ap.add_argument("--bench-args", default="", help="extra `bench asr` shape options, e.g. '--blocks 2'")
+    a = ap.parse_args()
+    work = tempfile.mkdtemp(prefix="serve_bench_")
+    shapes = {"moe": ["--experts", "8", "--top-k", "2", "--ffn", "2048"], "dense": ["--experts", "0", "--ffn", "4096"]}
+    wav = os.path.join(work, "a.wav")
+    write_audio(wav, a.seconds / 60)
+    with open(wav, "rb") as f:
+        pcm = f.read()[44:]
+    message = 1600
+    completing = chunk_messages(len(pcm) // 2, message, a.chunk_size)
+    print(f"`serve asr`, {a.seconds:.0f} s real-time streams in 100 ms messages, chunk {a.chunk_size}, "
+          f"--threads {a.threads}, --decode-threads {a.decode_threads}")
+    for name in a.models.split(","):
+        model = os.path.join(work, name)
+        subprocess.run([a.moekit, "--threads", "1", "bench", "asr", "--rounds", "1", "--seconds", "1",
+                        "--save-model", model] + shapes[name] + a.bench_args.split(), check=True,
+                       stdout=subprocess.DEVNULL)
+        print(f"\n{name}\n\n| streams | partial p50 (s) | p95 (s) | max (s) | final p95 (s) | server CPU (cores) |")
+        print("|---:|---:|---:|---:|---:|---:|")
+        for streams in [int(s) for s in a.streams.split(",")]:
+            proc, port = start_server(a.moekit, model, a.threads, a.decode_threads, a.chunk_size)
+            try:
+                cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
+                result = asyncio.run(load(f"ws://127.0.0.1:{port}", pcm, streams, message, completing))
+                cpu = (cpu_seconds(proc.pid) - cpu0) / (time.monotonic() - t0)
+            finally:
+                proc.terminate()
+                proc.wait()
+            p = result["partial"]
+            print(f"| {streams} | {statistics.median(p):.3f} | {percentile(p, 0.95):.3f} | {max(p):.3f} | "
+                  f"{percentile(result['final'], 0.95):.3f} | {cpu:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
