@@ -637,7 +637,7 @@ TEST(AsrServer, ThePageStreamsTheMicrophoneInARealBrowser) {
   const std::string profile = dir + "/profile";
   const std::string url = "http://127.0.0.1:" + std::to_string(server.port()) +
                           "/?autostart=1&seconds=3.5&continuous=0&keep=1";
-  const std::vector<std::string> args = {chromium, "--headless", "--no-sandbox", "--disable-gpu",
+  const std::vector<std::string> args = {chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                                          "--no-first-run", "--user-data-dir=" + profile,
                                          "--remote-debugging-port=0", "--window-size=900,600",
                                          "--autoplay-policy=no-user-gesture-required",
