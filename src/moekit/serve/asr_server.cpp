@@ -186,7 +186,12 @@ class Stream : public std::enable_shared_from_this<Stream> {
       on_binary(buffer_);
     }
     buffer_.consume(buffer_.size());
-    if (!closing_ && !read_paused()) do_read();
+    if (closing_) return;
+    if (!read_paused()) {
+      do_read();
+    } else {
+      idle_timer_.cancel();  // the server, not the client, is behind: do_read re-arms it on resuming
+    }
   }
 
   void on_text(const std::string& text) {
