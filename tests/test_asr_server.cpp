@@ -90,6 +90,11 @@ class Client {
     ws_.write(asio::buffer(message));
   }
   void send(const json& message) { text(message.dump()); }
+  // Sends the start signal; the type of the server's reply ("server_ready").
+  std::string start() {
+    send({{"signal", "start"}});
+    return read().value_or(json()).value("type", "");
+  }
   bool pcm(const int16_t* samples, size_t count) {
     std::vector<unsigned char> bytes(2 * count);
     for (size_t i = 0; i < count; ++i) {
@@ -427,8 +432,7 @@ TEST(AsrServer, AMessageOverTheLimitClosesTheStreamWithCode1009) {
   options.max_message_bytes = 1000;
   ServerFixture server(test_model(true), streaming_options(), options);
   Client client(server.port());
-  client.send({{"signal", "start"}});
-  ASSERT_EQ(client.read().value_or(json()).value("type", ""), "server_ready");
+  ASSERT_EQ(client.start(), "server_ready");
   std::vector<unsigned char> big(4000, 0);
   client.binary(big);
   EXPECT_TRUE(client.read_all(20).empty());
@@ -455,8 +459,7 @@ TEST(AsrServer, ClientsThatVanishMidStreamLeaveNothingOpen) {
 TEST(AsrServer, StopEndsOpenStreamsWithAMessage) {
   ServerFixture server(test_model(true), streaming_options());
   Client client(server.port());
-  client.send({{"signal", "start"}});
-  ASSERT_EQ(client.read().value_or(json()).value("type", ""), "server_ready");
+  ASSERT_EQ(client.start(), "server_ready");
   std::thread stopper([&] { server.stop(); });
   const std::vector<json> rest = client.read_all(20);
   stopper.join();
@@ -469,8 +472,7 @@ TEST(AsrServer, TooManyConnectionsAreRefusedWithAMessage) {
   options.max_connections = 1;
   ServerFixture server(test_model(true), streaming_options(), options);
   Client first(server.port());
-  first.send({{"signal", "start"}});
-  ASSERT_EQ(first.read().value_or(json()).value("type", ""), "server_ready");
+  ASSERT_EQ(first.start(), "server_ready");
   const std::string message = failure([](Client&) {}, server.port());
   EXPECT_NE(message.find("server busy: 1 streams open (--max-connections)"), std::string::npos) << message;
 }

@@ -53,6 +53,13 @@ std::string nbest_string(const Recognition& r) { return json::array({json{{"sent
 
 json reply(const std::string& type) { return json{{"status", "ok"}, {"type", type}}; }
 
+// A partial_result or final_result message.
+json result_reply(const std::string& type, const std::string& nbest) {
+  json message = reply(type);
+  message["nbest"] = nbest;
+  return message;
+}
+
 // A text for a log line or an error message: at most 80 bytes of it, control
 // bytes shown as '?'.
 std::string printable(const std::string& text) {
@@ -389,11 +396,11 @@ void Stream::decode_pending() {
           session_ = std::make_unique<StreamingSession>(server_->recognizer);
           session_samples_ = 0;
           post([text = nbest_string(final_result)](Stream& s) {
-            s.send(json{{"status", "ok"}, {"type", "final_result"}, {"nbest", text}});
+            s.send(result_reply("final_result", text));
           });
         } else if (session_->frames_decoded() > frames_before && !r.tokens.empty()) {
           post([text = nbest_string(r)](Stream& s) {
-            s.send(json{{"status", "ok"}, {"type", "partial_result"}, {"nbest", text}});
+            s.send(result_reply("partial_result", text));
           });
         }
       } else {
@@ -402,7 +409,7 @@ void Stream::decode_pending() {
         std::optional<Recognition> final_result;
         if (!continuous_ || session_samples_ > 0) final_result = session_->finish();
         post([text = final_result ? nbest_string(*final_result) : std::string()](Stream& s) {
-          if (!text.empty()) s.send(json{{"status", "ok"}, {"type", "final_result"}, {"nbest", text}});
+          if (!text.empty()) s.send(result_reply("final_result", text));
           s.send(reply("speech_end"));
           s.close_after_sending();
         });
@@ -450,7 +457,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
 
  private:
   void on_read(beast::error_code ec) {
-    if (ec) return;  // closed, timed out or not HTTP: the socket closes with this session
+    if (ec) return;  // closed, timed out or not HTTP: the socket closes when this object is released
     http::request<http::string_body> request = parser_.release();
     if (websocket::is_upgrade(request)) {
       stream_.expires_never();
