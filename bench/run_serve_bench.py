@@ -4,11 +4,16 @@ serve asr` holds, and the partial-result latency and CPU use at each load.
 
 The models are the ASR benchmark's (`moekit bench asr --save-model`: d 256,
 12 blocks, 8 experts top-2, CTC only, random weights) and its equal-FLOPs
-dense twin (FFN 2 x 2048). For each model and each number of streams N the
-server starts afresh (`--decode-threads`, `--threads`), N clients in one
-asyncio loop each send the same noise-burst audio in 100 ms messages at
-real time, staggered over the first second, and the script records when
-each message went out and when each partial result came back.
+dense twin (FFN 2 x 2048). Two server set-ups, side by side at each load:
+`batched` (the encoder steps of streams whose chunks are ready together run
+as one step: --batch-streams 64, one step at a time on --threads intra-op
+threads) and `unbatched` (each stream's chunk its own step, as one
+recognizer per stream: --batch-streams 1, --decode-threads streams at once
+on one intra-op thread each). For each model, each number of streams N and
+each set-up the server starts afresh, N clients in one asyncio loop each
+send the same noise-burst audio in 100 ms messages at real time, staggered
+over the first second, and the script records when each message went out
+and when each partial result came back.
 
 Latency of a partial result: its arrival minus the sending time of the
 message that completed its chunk. The script knows which messages complete
@@ -18,8 +23,11 @@ stride chunk * subsampling), and matches partial results to them in order
 (a chunk whose partial would be empty sends none; then later partials are
 matched to earlier messages, which overstates latency, never understates).
 CPU: the server process's user + system time over the run / wall time.
-Prints a markdown table per model: streams, p50 / p95 / max partial
-latency, final-result latency (end signal to final result), CPU use.
+Prints a markdown table per model: streams, set-up, p50 / p95 / max partial
+latency, final-result latency (end signal to final result), CPU use, and
+chunks per encoder step (from the server's closing log line); then, per
+model and set-up, the most streams held with p95 partial latency under
+--p95-limit seconds (of the loads tried).
 Needs Debian's python3-websockets.
 """
 import argparse
@@ -106,17 +114,17 @@ async def load(url, pcm, streams, message, completing):
     return result
 
 
-def start_server(moekit, model, threads, decode_threads, chunk):
+def start_server(moekit, model, threads, decode_threads, batch_streams, chunk):
     log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
     proc = subprocess.Popen([moekit, "--threads", str(threads), "serve", "asr", model, "--host", "127.0.0.1",
                              "--port", "0", "--chunk-size", str(chunk), "--decode-threads", str(decode_threads),
-                             "--max-connections", "1000"], stderr=log)
+                             "--batch-streams", str(batch_streams), "--max-connections", "1000"], stderr=log)
     for _ in range(600):
         time.sleep(0.1)
         text = open(log.name).read()
         m = re.search(r"on port (\d+)", text)
         if m:
-            return proc, int(m.group(1))
+            return proc, int(m.group(1)), log.name
         if proc.poll() is not None:
             raise RuntimeError(text)
     raise RuntimeError("server did not start")
@@ -132,8 +140,9 @@ def main():
     ap.add_argument("--moekit", default="build/moekit")
     ap.add_argument("--streams", default="1,2,4,8,16", help="comma-separated loads")
     ap.add_argument("--seconds", type=float, default=10, help="audio per stream")
-    ap.add_argument("--threads", type=int, default=2, help="the server's intra-op threads")
-    ap.add_argument("--decode-threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2,
+                    help="cores for the server: batched, intra-op threads; unbatched, streams decoded at once")
+    ap.add_argument("--p95-limit", type=float, default=0.5)
     ap.add_argument("--chunk-size", type=int, default=16)
     ap.add_argument("--models", default="moe,dense")
     ap.add_argument("--bench-args", default="", help="extra `bench asr` shape options, e.g. '--blocks 2'")
@@ -146,27 +155,43 @@ def main():
         pcm = f.read()[44:]
     message = 1600
     completing = chunk_messages(len(pcm) // 2, message, a.chunk_size)
+    setups = {"batched": (a.threads, 1, 64), "unbatched": (1, a.threads, 1)}  # threads, decode threads, batch
     print(f"`serve asr`, {a.seconds:.0f} s real-time streams in 100 ms messages, chunk {a.chunk_size}, "
-          f"--threads {a.threads}, --decode-threads {a.decode_threads}")
+          f"{a.threads} cores: batched --threads {a.threads} --decode-threads 1 --batch-streams 64; "
+          f"unbatched --threads 1 --decode-threads {a.threads} --batch-streams 1")
+    held = {}
     for name in a.models.split(","):
         model = os.path.join(work, name)
         subprocess.run([a.moekit, "--threads", "1", "bench", "asr", "--rounds", "1", "--seconds", "1",
                         "--save-model", model] + shapes[name] + a.bench_args.split(), check=True,
                        stdout=subprocess.DEVNULL)
-        print(f"\n{name}\n\n| streams | partial p50 (s) | p95 (s) | max (s) | final p95 (s) | server CPU (cores) |")
-        print("|---:|---:|---:|---:|---:|---:|")
+        print(f"\n{name}\n\n| streams | set-up | partial p50 (s) | p95 (s) | max (s) | final p95 (s) "
+              f"| server CPU (cores) | chunks per step |")
+        print("|---:|---|---:|---:|---:|---:|---:|---:|")
         for streams in [int(s) for s in a.streams.split(",")]:
-            proc, port = start_server(a.moekit, model, a.threads, a.decode_threads, a.chunk_size)
-            try:
-                cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
-                result = asyncio.run(load(f"ws://127.0.0.1:{port}", pcm, streams, message, completing))
-                cpu = (cpu_seconds(proc.pid) - cpu0) / (time.monotonic() - t0)
-            finally:
-                proc.terminate()
-                proc.wait()
-            p = result["partial"]
-            print(f"| {streams} | {statistics.median(p):.3f} | {percentile(p, 0.95):.3f} | {max(p):.3f} | "
-                  f"{percentile(result['final'], 0.95):.3f} | {cpu:.2f} |", flush=True)
+            for setup, (threads, decode_threads, batch) in setups.items():
+                proc, port, log = start_server(a.moekit, model, threads, decode_threads, batch, a.chunk_size)
+                try:
+                    cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
+                    result = asyncio.run(load(f"ws://127.0.0.1:{port}", pcm, streams, message, completing))
+                    cpu = (cpu_seconds(proc.pid) - cpu0) / (time.monotonic() - t0)
+                finally:
+                    proc.terminate()
+                    proc.wait()
+                m = re.search(r"\((\d+) chunks in (\d+) encoder steps\)", open(log).read())
+                per_step = int(m.group(1)) / max(int(m.group(2)), 1) if m else float("nan")
+                p = result["partial"]
+                p95 = percentile(p, 0.95)
+                if p95 < a.p95_limit:
+                    held[(name, setup)] = max(held.get((name, setup), 0), streams)
+                print(f"| {streams} | {setup} | {statistics.median(p):.3f} | {p95:.3f} | {max(p):.3f} | "
+                      f"{percentile(result['final'], 0.95):.3f} | {cpu:.2f} | {per_step:.1f} |", flush=True)
+    print(f"\nMost streams held with p95 partial latency < {a.p95_limit} s (of the loads tried):\n")
+    print("| model | batched | unbatched | ratio |")
+    print("|---|---:|---:|---:|")
+    for name in a.models.split(","):
+        b, u = held.get((name, "batched"), 0), held.get((name, "unbatched"), 0)
+        print(f"| {name} | {b} | {u} | {b / u:.2f}x |" if u else f"| {name} | {b} | {u} | - |")
 
 
 if __name__ == "__main__":

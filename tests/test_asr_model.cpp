@@ -376,6 +376,65 @@ TEST(AsrModel, RejectsBadConfigsAndInputs) {
   EXPECT_EQ(YAML::Dump(back.to_yaml()), YAML::Dump(small_config(kVariants[2], true).to_yaml()));
 }
 
+TEST_P(AsrVariants, BatchedStreamingStepsEqualOneStreamAtATime) {
+  // Four streams of different lengths starting at different steps, so the
+  // batched steps mix offsets, cache sizes and last (short) windows.
+  torch::manual_seed(13);
+  AsrModel model(small_config(GetParam(), /*causal=*/true));
+  randomize(model);
+  torch::NoGradGuard no_grad;
+  const int64_t chunk = 2, cache_frames = 6;
+  const int64_t window = model.encoder->window_frames(chunk);
+  const int64_t stride = model.encoder->subsampling_rate() * chunk;
+  const int64_t context = model.encoder->right_context() + 1;
+  std::vector<torch::Tensor> inputs;
+  for (int i = 0; i < 4; ++i) inputs.push_back(torch::randn({1, 90 + 23 * i, 20}));
+  auto windows = [&](const torch::Tensor& feats) {
+    std::vector<torch::Tensor> out;
+    for (int64_t cur = 0; cur + context <= feats.size(1); cur += stride)
+      out.push_back(feats.slice(1, cur, std::min(cur + window, feats.size(1))));
+    return out;
+  };
+  std::vector<torch::Tensor> expected;
+  for (const torch::Tensor& feats : inputs) {
+    EncoderStreamCache cache;
+    std::vector<torch::Tensor> pieces;
+    for (const torch::Tensor& w : windows(feats)) pieces.push_back(model.encoder->forward_chunk(w, cache, cache_frames));
+    expected.push_back(torch::cat(pieces, 1));
+  }
+  std::vector<std::vector<torch::Tensor>> todo;
+  for (const torch::Tensor& feats : inputs) todo.push_back(windows(feats));
+  std::vector<EncoderStreamCache> caches(4);
+  std::vector<std::vector<torch::Tensor>> got(4);
+  size_t batched_steps = 0;
+  for (size_t step = 0;; ++step) {
+    std::vector<torch::Tensor> feats;
+    std::vector<EncoderStreamCache*> cache_ptrs;
+    std::vector<size_t> who;
+    for (size_t i = 0; i < 4; ++i) {
+      if (step < i) continue;  // stream i starts at step i
+      const size_t k = step - i;
+      if (k >= todo[i].size()) continue;
+      feats.push_back(todo[i][k]);
+      cache_ptrs.push_back(&caches[i]);
+      who.push_back(i);
+    }
+    if (feats.empty()) break;
+    batched_steps += feats.size() > 1;
+    const std::vector<torch::Tensor> outs =
+        model.encoder->forward_chunks(feats, cache_ptrs, std::vector<int64_t>(feats.size(), cache_frames));
+    ASSERT_EQ(outs.size(), feats.size());
+    for (size_t j = 0; j < who.size(); ++j) got[who[j]].push_back(outs[j]);
+  }
+  EXPECT_GT(batched_steps, 5u);
+  for (size_t i = 0; i < 4; ++i) {
+    const torch::Tensor batched = torch::cat(got[i], 1);
+    ASSERT_EQ(batched.sizes(), expected[i].sizes()) << i;
+    EXPECT_LT(max_diff(batched, expected[i]), 1e-4) << "stream " << i;
+    EXPECT_EQ(caches[i].offset, expected[i].size(1));
+  }
+}
+
 TEST(AsrModel, ConcurrentStreamsShareOneModel) {
   torch::manual_seed(21);
   AsrModel model(small_config(kVariants[0], true));

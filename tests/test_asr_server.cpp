@@ -354,7 +354,53 @@ TEST(AsrServer, ConcurrentRealTimeStreamsAllGetTheirResults) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   EXPECT_EQ(server.server().stats().open_streams, 0);
   EXPECT_EQ(server.server().stats().streams_served, 3 * kStreams);
+  // Chunks of streams that were ready together ran as one encoder step.
+  EXPECT_GT(server.server().stats().encoder_chunks, server.server().stats().encoder_steps);
   EXPECT_LT(rss_mib() - after_first, 16.0) << "memory grew over two more rounds of " << kStreams << " streams";
+}
+
+// With --batch-streams 1 every stream's chunk is its own encoder step; the
+// results are the same.
+TEST(AsrServer, UnbatchedStepsGiveTheSameResults) {
+  AsrServerOptions options;
+  options.batch_streams = 1;
+  options.decode_threads = 2;
+  ServerFixture server(test_model(true), streaming_options(), options);
+  std::vector<std::vector<int16_t>> audio = {test_pcm(1.6, 40), test_pcm(1.9, 41), test_pcm(1.3, 42)};
+  std::vector<Expected> got(audio.size());
+  std::vector<std::thread> clients;
+  for (size_t i = 0; i < audio.size(); ++i) {
+    clients.emplace_back([&, i] {
+      Client client(server.port());
+      got[i] = received(stream(client, audio[i], 1600, {{"signal", "start"}}));
+    });
+  }
+  for (auto& c : clients) c.join();
+  for (size_t i = 0; i < audio.size(); ++i) {
+    SCOPED_TRACE(i);
+    const Expected want = expected_results(server.recognizer(), audio[i], 1600);
+    EXPECT_EQ(got[i].partials, want.partials);
+    EXPECT_EQ(got[i].finals, want.finals);
+  }
+  EXPECT_GT(server.server().stats().encoder_steps, 0);
+  EXPECT_EQ(server.server().stats().encoder_steps, server.server().stats().encoder_chunks);
+}
+
+TEST(AsrServer, BadServerOptionsNameTheirFlag) {
+  auto message = [](const std::function<void(AsrServerOptions&)>& change) {
+    AsrServerOptions o;
+    change(o);
+    try {
+      o.validate();
+    } catch (const std::invalid_argument& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  EXPECT_NE(message([](AsrServerOptions& o) { o.batch_streams = 0; }).find("--batch-streams"), std::string::npos);
+  EXPECT_NE(message([](AsrServerOptions& o) { o.batch_window_ms = -1; }).find("--batch-window-ms"), std::string::npos);
+  EXPECT_NE(message([](AsrServerOptions& o) { o.decode_threads = 0; }).find("--decode-threads"), std::string::npos);
+  EXPECT_EQ(message([](AsrServerOptions&) {}), "");
 }
 
 // The reply to a malformed stream: its failed message (empty when the server

@@ -44,7 +44,13 @@ void add_serve_command(CLI::App& app, const GlobalOptions& global) {
   add_decode_options(*cmd, o->decode);
   cmd->add_option("--max-connections", o->server.max_connections, "Streams open at once; more are refused")
       ->capture_default_str();
-  cmd->add_option("--decode-threads", o->server.decode_threads, "Streams decoded at the same time")
+  cmd->add_option("--decode-threads", o->server.decode_threads, "Batched encoder steps running at the same time")
+      ->capture_default_str();
+  cmd->add_option("--batch-streams", o->server.batch_streams,
+                  "Most streams whose chunks run as one encoder step (1: each stream on its own)")
+      ->capture_default_str();
+  cmd->add_option("--batch-window-ms", o->server.batch_window_ms,
+                  "Longest a ready chunk waits for other streams' chunks to join its step")
       ->capture_default_str();
   cmd->add_option("--max-message-bytes", o->server.max_message_bytes, "Largest WebSocket message")
       ->capture_default_str();
@@ -75,7 +81,8 @@ void add_serve_command(CLI::App& app, const GlobalOptions& global) {
               << std::endl;
     server.run(/*handle_signals=*/true);
     const AsrServer::Stats stats = server.stats();
-    std::cerr << "moekit: server stopped after " << stats.streams_served << " streams" << std::endl;
+    std::cerr << "moekit: server stopped after " << stats.streams_served << " streams (" << stats.encoder_chunks
+              << " chunks in " << stats.encoder_steps << " encoder steps)" << std::endl;
   });
 }
 #endif

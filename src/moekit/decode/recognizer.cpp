@@ -253,8 +253,8 @@ Recognition Recognizer::recognize_file(const std::string& path) const {
   }
 }
 
-StreamingSession::StreamingSession(const Recognizer& recognizer)
-    : recognizer_(recognizer), beam_(recognizer.options().beam_size, recognizer.model().config().blank_id()) {
+StreamingSession::StreamingSession(const Recognizer& recognizer, ChunkEncoder* encoder)
+    : recognizer_(recognizer), encoder_(encoder), beam_(recognizer.options().beam_size, recognizer.model().config().blank_id()) {
   MOEKIT_CHECK_ARG(recognizer.options().chunk_size > 0, "streaming: chunk size must be > 0, got ",
                    recognizer.options().chunk_size);
   feats_ = torch::empty({0, recognizer.model().config().encoder.input_dim});
@@ -298,7 +298,8 @@ void StreamingSession::run_chunks(bool last) {
   while (feats_.size(0) >= window || (last && feats_.size(0) >= context)) {
     const int64_t take = std::min(window, feats_.size(0));
     const torch::Tensor piece = feats_.slice(0, 0, take).unsqueeze(0).to(model_device(model));
-    const torch::Tensor out = model.encoder->forward_chunk(piece, cache_, cache_frames);
+    const torch::Tensor out = encoder_ ? encoder_->encode(piece, cache_, cache_frames)
+                                       : model.encoder->forward_chunk(piece, cache_, cache_frames);
     outputs_.push_back(out);
     const torch::Tensor log_probs = model.ctc_log_probs(out)[0].to(torch::kCPU);
     beam_.advance(log_probs);

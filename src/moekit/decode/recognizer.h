@@ -131,11 +131,25 @@ struct EndpointRules {
   EndpointRule rule3{false, 0, 20000}; // an utterance of 20 s, whatever it holds
 };
 
+// Runs a StreamingSession's encoder steps. Without one a session calls the
+// encoder itself; a server hands its sessions one that gathers the steps of
+// concurrent streams into one batched step (ConformerEncoderImpl::
+// forward_chunks), so an MoE layer reads its experts once per batch.
+class ChunkEncoder {
+ public:
+  virtual ~ChunkEncoder() = default;
+  // feats [1, t, F] on the model's device -> [1, t', D]; as
+  // ConformerEncoderImpl::forward_chunk.
+  virtual torch::Tensor encode(const torch::Tensor& feats, EncoderStreamCache& cache, int64_t cache_frames) = 0;
+};
+
 class StreamingSession {
  public:
   // options.chunk_size must be > 0; the model must have been trained with
   // chunks (use_dynamic_chunk or static_chunk_size) for good results.
-  explicit StreamingSession(const Recognizer& recognizer);
+  // `encoder` (not owned; it must outlive the session) runs the encoder
+  // steps; nullptr: the session runs them itself.
+  explicit StreamingSession(const Recognizer& recognizer, ChunkEncoder* encoder = nullptr);
 
   // Feeds more samples (full scale 1.0, the model's sample rate); runs every
   // chunk that is complete. Returns the partial result (CTC prefix beam best).
@@ -162,6 +176,7 @@ class StreamingSession {
   void end_segment(bool keep_outputs = false);
   Recognition partial() const;
   const Recognizer& recognizer_;
+  ChunkEncoder* encoder_;
   std::vector<float> samples_;   // not yet turned into frames
   int64_t samples_consumed_ = 0; // samples before samples_[0] (frame alignment)
   torch::Tensor feats_;          // [T, F] not yet consumed by the encoder

@@ -32,6 +32,10 @@ void AsrServerOptions::validate() const {
   MOEKIT_CHECK_ARG(max_connections >= 1, "--max-connections must be >= 1, got ", max_connections);
   MOEKIT_CHECK_ARG(decode_threads >= 1 && decode_threads <= 256, "--decode-threads must be in [1, 256], got ",
                    decode_threads);
+  MOEKIT_CHECK_ARG(batch_streams >= 1 && batch_streams <= 256, "--batch-streams must be in [1, 256], got ",
+                   batch_streams);
+  MOEKIT_CHECK_ARG(std::isfinite(batch_window_ms) && batch_window_ms >= 0 && batch_window_ms <= 1000,
+                   "--batch-window-ms must be in [0, 1000], got ", batch_window_ms);
   MOEKIT_CHECK_ARG(max_message_bytes >= 2 && max_message_bytes <= (int64_t{1} << 30),
                    "--max-message-bytes must be in [2, 2^30], got ", max_message_bytes);
   MOEKIT_CHECK_ARG(std::isfinite(max_stream_seconds) && max_stream_seconds > 0,
@@ -68,16 +72,137 @@ std::string printable(const std::string& text) {
   return text.size() > 80 ? out + "..." : out;
 }
 
+// Gathers the encoder steps of concurrent StreamingSessions into batched
+// steps. A decode thread whose session needs a step queues it and waits; a
+// step starts when batch_streams requests wait, or when every decode thread
+// that is working on a stream is waiting here (nobody else can join), or
+// when the oldest request has waited the batching window. Any waiting thread
+// may run the step (at most max_running steps at a time) and hands each
+// request its own output.
+class ChunkBatcher : public ChunkEncoder {
+ public:
+  ChunkBatcher(AsrModel& model, int batch_streams, int max_running, double window_ms)
+      : model_(model),
+        batch_streams_(static_cast<size_t>(batch_streams)),
+        max_running_(max_running),
+        window_(std::chrono::microseconds(static_cast<int64_t>(window_ms * 1000))) {}
+
+  // A decode thread starts (+1) or stops (-1) working on a stream.
+  void working(int delta) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    working_ += delta;
+    cv_.notify_all();
+  }
+
+  torch::Tensor encode(const torch::Tensor& feats, EncoderStreamCache& cache, int64_t cache_frames) override {
+    Request request;
+    request.feats = feats;
+    request.cache = &cache;
+    request.cache_frames = cache_frames;
+    request.arrived = Clock::now();
+    std::unique_lock<std::mutex> lock(mutex_);
+    waiting_.push_back(&request);
+    cv_.notify_all();
+    while (!request.done) {
+      if (running_ < max_running_ && !waiting_.empty() && step_due(Clock::now())) {
+        run_step(lock);
+        continue;
+      }
+      if (running_ < max_running_ && !waiting_.empty())
+        cv_.wait_until(lock, waiting_.front()->arrived + window_);
+      else
+        cv_.wait(lock);
+    }
+    if (!request.error.empty()) throw std::runtime_error(request.error);
+    return request.out;
+  }
+
+  int64_t steps() const { return steps_.load(); }
+  int64_t chunks() const { return chunks_.load(); }
+
+ private:
+  using Clock = std::chrono::steady_clock;
+  struct Request {
+    torch::Tensor feats;
+    EncoderStreamCache* cache = nullptr;
+    int64_t cache_frames = -1;
+    Clock::time_point arrived;
+    torch::Tensor out;
+    std::string error;
+    bool done = false;
+  };
+
+  bool step_due(Clock::time_point now) const {
+    return waiting_.size() >= batch_streams_ || static_cast<int64_t>(waiting_.size()) >= working_ ||
+           now >= waiting_.front()->arrived + window_;
+  }
+
+  // Takes up to batch_streams waiting requests and runs them (the lock is
+  // released meanwhile).
+  void run_step(std::unique_lock<std::mutex>& lock) {
+    const size_t n = std::min(batch_streams_, waiting_.size());
+    std::vector<Request*> batch(waiting_.begin(), waiting_.begin() + static_cast<std::ptrdiff_t>(n));
+    waiting_.erase(waiting_.begin(), waiting_.begin() + static_cast<std::ptrdiff_t>(n));
+    ++running_;
+    lock.unlock();
+    std::vector<torch::Tensor> feats;
+    std::vector<EncoderStreamCache*> caches;
+    std::vector<int64_t> cache_frames;
+    for (Request* r : batch) {
+      feats.push_back(r->feats);
+      caches.push_back(r->cache);
+      cache_frames.push_back(r->cache_frames);
+    }
+    std::vector<torch::Tensor> outs;
+    std::string error;
+    try {
+      torch::NoGradGuard no_grad;
+      outs = model_.encoder->forward_chunks(feats, caches, cache_frames);
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+    ++steps_;
+    chunks_ += static_cast<int64_t>(n);
+    lock.lock();
+    for (size_t i = 0; i < n; ++i) {
+      if (error.empty()) batch[i]->out = outs[i];
+      batch[i]->error = error;
+      batch[i]->done = true;
+    }
+    --running_;
+    cv_.notify_all();
+  }
+
+  AsrModel& model_;
+  const size_t batch_streams_;
+  const int max_running_;
+  const Clock::duration window_;
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  std::deque<Request*> waiting_;
+  int64_t working_ = 0;  // decode threads working on a stream
+  int running_ = 0;      // steps running
+  std::atomic<int64_t> steps_{0}, chunks_{0};
+};
+
 }  // namespace
 
 class Stream;
 
 struct AsrServerImpl {
   AsrServerImpl(const Recognizer& r, AsrServerOptions o)
-      : recognizer(r), options(std::move(o)), sample_rate(r.model().config().fbank.sample_rate), acceptor(ioc) {}
+      : recognizer(r), options(std::move(o)), sample_rate(r.model().config().fbank.sample_rate), acceptor(ioc) {
+    batcher = std::make_unique<ChunkBatcher>(recognizer.model(), options.batch_streams, options.decode_threads,
+                                             options.batch_window_ms);
+  }
 
   const Recognizer& recognizer;
   const AsrServerOptions options;
+  // Runs the sessions' encoder steps, batch_streams streams at most in one.
+  std::unique_ptr<ChunkBatcher> batcher;
+  // Decode threads: enough to bring batch_streams streams to each of the
+  // decode_threads steps that may run at once.
+  int worker_threads() const { return options.decode_threads * options.batch_streams; }
   const int sample_rate;
   // Declared before the I/O context: streams whose handlers were still
   // queued when it stopped end with it and read these as they go.
@@ -238,7 +363,7 @@ class Stream : public std::enable_shared_from_this<Stream> {
                             " Hz 16-bit mono PCM"));
     }
     try {
-      session_ = std::make_unique<StreamingSession>(server_->recognizer);
+      session_ = std::make_unique<StreamingSession>(server_->recognizer, server_->batcher.get());
     } catch (const std::exception& e) {
       return fail(e.what());
     }
@@ -393,7 +518,7 @@ void Stream::decode_pending() {
         if (continuous_ && session_->at_endpoint(server_->options.endpoint)) {
           // One final result per utterance; the next starts with fresh caches, as WeNet's runtime does.
           const Recognition final_result = session_->finish();
-          session_ = std::make_unique<StreamingSession>(server_->recognizer);
+          session_ = std::make_unique<StreamingSession>(server_->recognizer, server_->batcher.get());
           session_samples_ = 0;
           post([text = nbest_string(final_result)](Stream& s) {
             s.send(result_reply("final_result", text));
@@ -517,7 +642,9 @@ void AsrServerImpl::worker_loop() {
       stream = std::move(ready.front());
       ready.pop_front();
     }
+    batcher->working(1);
     stream->decode_pending();
+    batcher->working(-1);
   }
 }
 
@@ -600,7 +727,7 @@ void AsrServer::run(bool handle_signals) {
     s.workers_stop = false;
   }
   std::vector<std::thread> workers;
-  for (int i = 0; i < s.options.decode_threads; ++i) workers.emplace_back([&s] { s.worker_loop(); });
+  for (int i = 0; i < s.worker_threads(); ++i) workers.emplace_back([&s] { s.worker_loop(); });
   s.do_accept();
   s.ioc.run();
   {
@@ -615,6 +742,14 @@ void AsrServer::stop() {
   asio::post(impl_->ioc, [impl = impl_] { impl->begin_shutdown(); });
 }
 
-AsrServer::Stats AsrServer::stats() const { return {impl_->open_streams.load(), impl_->streams_served.load(), impl_->read_pauses.load()}; }
+AsrServer::Stats AsrServer::stats() const {
+  Stats stats;
+  stats.open_streams = impl_->open_streams.load();
+  stats.streams_served = impl_->streams_served.load();
+  stats.read_pauses = impl_->read_pauses.load();
+  stats.encoder_steps = impl_->batcher->steps();
+  stats.encoder_chunks = impl_->batcher->chunks();
+  return stats;
+}
 
 }  // namespace moekit

@@ -24,7 +24,10 @@
 //
 // Each connection has its own StreamingSession (its own caches) over the
 // shared read-only model; decode threads take streams with audio waiting,
-// one message at a time. Audio received but not yet decoded is bounded: the
+// one message at a time. The encoder steps of streams whose chunks are ready
+// at the same moment run as one batched step (up to --batch-streams of them,
+// waiting at most --batch-window-ms for more to arrive): an MoE layer then
+// reads each expert once per step rather than once per stream. Audio received but not yet decoded is bounded: the
 // server stops reading a stream that sends faster than it decodes (TCP holds
 // the rest) instead of buffering without limit.
 #include <cstdint>
@@ -41,7 +44,9 @@ struct AsrServerOptions {
   std::string host = "0.0.0.0";
   int port = 10086;                       // 0: any free port (AsrServer::port() tells which)
   int max_connections = 64;               // WebSocket streams open at once; more are refused
-  int decode_threads = 1;                 // streams decoded at the same time
+  int decode_threads = 1;                 // batched encoder steps running at the same time
+  int batch_streams = 16;                 // streams in one encoder step (1: each stream on its own)
+  double batch_window_ms = 20;            // how long a ready chunk waits for others to join its step
   int64_t max_message_bytes = 1 << 20;    // one WebSocket message (1 MiB: 32 s of 16 kHz PCM)
   double max_stream_seconds = 3600;       // audio in one stream
   double idle_timeout_seconds = 30;       // an open stream with no message for this long is ended
@@ -71,6 +76,8 @@ class AsrServer {
     int64_t open_streams = 0;
     int64_t streams_served = 0;  // streams accepted since start
     int64_t read_pauses = 0;     // times a stream was read no further until its audio was decoded
+    int64_t encoder_steps = 0;   // encoder steps run (batched: each covers one or more streams' chunks)
+    int64_t encoder_chunks = 0;  // stream chunks those steps encoded
   };
   Stats stats() const;
 

@@ -108,6 +108,44 @@ torch::Tensor ConformerLayerImpl::forward(const torch::Tensor& input, const torc
   return x;
 }
 
+torch::Tensor ConformerLayerImpl::forward_streams(const torch::Tensor& input, const std::vector<int64_t>& lengths,
+                                                  const std::vector<torch::Tensor>& pos_embs,
+                                                  const std::vector<ConformerLayerCache*>& caches) {
+  MOEKIT_CHECK_ARG(lengths.size() == pos_embs.size() && lengths.size() == caches.size(),
+                   "conformer layer: ", lengths.size(), " stream lengths for ", pos_embs.size(), " position tables and ",
+                   caches.size(), " caches");
+  if (lengths.size() == 1) return forward(input, {}, pos_embs[0], {}, caches[0]);
+  const double ff_scale = feed_forward_macaron.defined() ? 0.5 : 1.0;
+  const bool in_place = in_place_applies(input);
+  const torch::Tensor no_mask;
+  torch::Tensor x = in_place ? input.contiguous().clone() : input;
+  auto ffn = [&](FfnSlot& slot) { return [&slot, &no_mask](const torch::Tensor& h) { return slot.forward(h, no_mask); }; };
+  if (feed_forward_macaron.defined()) x = sublayer(norm_ff_macaron, x, ffn(feed_forward_macaron), ff_scale, in_place);
+  // Per stream: x is [1, rows, D], so each stream's rows are a contiguous
+  // view, and in place the sublayers write straight into x.
+  std::vector<torch::Tensor> parts;
+  parts.reserve(lengths.size());
+  int64_t start = 0;
+  for (size_t i = 0; i < lengths.size(); ++i) {
+    torch::Tensor xi = x.narrow(1, start, lengths[i]);
+    ConformerLayerCache* cache = caches[i];
+    xi = sublayer(norm_mha, xi,
+                  [&](const torch::Tensor& h) { return self_attn->forward(h, h, h, no_mask, pos_embs[i], &cache->att); },
+                  1.0, in_place);
+    if (conv_module)
+      xi = sublayer(norm_conv, xi, [&](const torch::Tensor& h) { return conv_module->forward(h, no_mask, &cache->cnn); },
+                    1.0, in_place);
+    parts.push_back(xi);
+    start += lengths[i];
+  }
+  MOEKIT_CHECK_ARG(start == input.size(1), "conformer layer: stream lengths sum to ", start, ", input has ",
+                   input.size(1), " rows");
+  if (!in_place) x = torch::cat(parts, 1);
+  x = sublayer(norm_ff, x, ffn(feed_forward), ff_scale, in_place);
+  if (conv_module) x = in_place ? fast_layer_norm(norm_final, x, &x) : norm_final->forward(x);
+  return x;
+}
+
 ConformerEncoderImpl::ConformerEncoderImpl(const ConformerEncoderConfig& c) : config_(c) {
   namespace nn = torch::nn;
   global_cmvn = register_module("global_cmvn", GlobalCmvn(c.input_dim));
@@ -188,24 +226,64 @@ std::pair<torch::Tensor, torch::Tensor> ConformerEncoderImpl::forward(const torc
 
 torch::Tensor ConformerEncoderImpl::forward_chunk(const torch::Tensor& feats, EncoderStreamCache& cache,
                                                   int64_t cache_frames) {
-  MOEKIT_CHECK_ARG(feats.dim() == 3 && feats.size(0) == 1 && feats.size(2) == config_.input_dim,
-                   "encoder chunk: features must be [1, T, ", config_.input_dim, "], got ", feats.sizes());
-  MOEKIT_CHECK_ARG(embed->output_length(feats.size(1)) > 0, "encoder chunk: ", feats.size(1),
-                   " frames are fewer than one output needs (", right_context() + 1, ")");
-  if (cache.layers.empty()) cache.layers.resize(encoders->size());
-  auto [x, unused] = embed_input(feats, cache.offset);
-  const int64_t chunk = x.size(1);
-  const int64_t cached = cache.layers[0].att.size();
-  const torch::Tensor pos = sinusoid_positions(cache.offset - cached, cached + chunk, config_.output_size, x.device());
-  const torch::Tensor no_mask;
-  for (size_t i = 0; i < encoders->size(); ++i) {
-    ConformerLayerCache& lc = cache.layers[i];
-    x = encoders[i]->as<ConformerLayer>()->forward(x, no_mask, pos, no_mask, &lc);
-    lc.att.keep_last(cache_frames);
+  return forward_chunks({feats}, {&cache}, {cache_frames})[0];
+}
+
+std::vector<torch::Tensor> ConformerEncoderImpl::forward_chunks(const std::vector<torch::Tensor>& feats,
+                                                                const std::vector<EncoderStreamCache*>& caches,
+                                                                const std::vector<int64_t>& cache_frames) {
+  const size_t n = feats.size();
+  MOEKIT_CHECK_ARG(n > 0 && caches.size() == n && cache_frames.size() == n, "encoder chunks: ", n,
+                   " feature chunks for ", caches.size(), " caches and ", cache_frames.size(), " cache sizes");
+  for (const torch::Tensor& f : feats) {
+    MOEKIT_CHECK_ARG(f.dim() == 3 && f.size(0) == 1 && f.size(2) == config_.input_dim,
+                     "encoder chunk: features must be [1, T, ", config_.input_dim, "], got ", f.sizes());
+    MOEKIT_CHECK_ARG(embed->output_length(f.size(1)) > 0, "encoder chunk: ", f.size(1),
+                     " frames are fewer than one output needs (", right_context() + 1, ")");
+  }
+  // Subsampling: one batch when every chunk has the same length (the
+  // steady state), else stream by stream.
+  std::vector<torch::Tensor> xs(n);
+  bool same_length = true;
+  for (const torch::Tensor& f : feats) same_length = same_length && f.size(1) == feats[0].size(1);
+  if (n > 1 && same_length) {
+    const torch::Tensor x = embed->forward(global_cmvn->forward(torch::cat(feats, 0)));
+    const double xscale = std::sqrt(static_cast<double>(config_.output_size));
+    for (size_t i = 0; i < n; ++i) {
+      torch::Tensor xi = x.narrow(0, static_cast<int64_t>(i), 1);
+      xs[i] = config_.rel_pos
+                  ? xi * xscale
+                  : xi * xscale + sinusoid_positions(caches[i]->offset, xi.size(1), config_.output_size, xi.device());
+      xs[i] = pos_dropout_->forward(xs[i]);
+    }
+  } else {
+    for (size_t i = 0; i < n; ++i) xs[i] = embed_input(feats[i], caches[i]->offset).first;
+  }
+  std::vector<int64_t> lengths(n);
+  std::vector<torch::Tensor> pos(n);
+  for (size_t i = 0; i < n; ++i) {
+    EncoderStreamCache& cache = *caches[i];
+    if (cache.layers.empty()) cache.layers.resize(encoders->size());
+    lengths[i] = xs[i].size(1);
+    const int64_t cached = cache.layers[0].att.size();
+    pos[i] = sinusoid_positions(cache.offset - cached, cached + lengths[i], config_.output_size, xs[i].device());
+  }
+  torch::Tensor x = n == 1 ? xs[0] : torch::cat(xs, 1);
+  std::vector<ConformerLayerCache*> layer_caches(n);
+  for (size_t l = 0; l < encoders->size(); ++l) {
+    for (size_t i = 0; i < n; ++i) layer_caches[i] = &caches[i]->layers[l];
+    x = encoders[l]->as<ConformerLayer>()->forward_streams(x, lengths, pos, layer_caches);
+    for (size_t i = 0; i < n; ++i) layer_caches[i]->att.keep_last(cache_frames[i]);
   }
   if (config_.normalize_before) x = fast_layer_norm(after_norm, x);
-  cache.offset += chunk;
-  return x;
+  std::vector<torch::Tensor> outputs(n);
+  int64_t start = 0;
+  for (size_t i = 0; i < n; ++i) {
+    outputs[i] = n == 1 ? x : x.narrow(1, start, lengths[i]);
+    start += lengths[i];
+    caches[i]->offset += lengths[i];
+  }
+  return outputs;
 }
 
 }  // namespace moekit

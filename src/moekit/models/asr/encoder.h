@@ -41,6 +41,15 @@ class ConformerLayerImpl : public torch::nn::Module {
   // mask_pad bool [B, T] or undefined.
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& att_mask, const torch::Tensor& pos_emb,
                         const torch::Tensor& mask_pad, ConformerLayerCache* cache = nullptr);
+  // One streaming step of several streams at once: x [1, sum of lengths, D]
+  // holds the streams' chunks one after another (stream i: lengths[i] rows,
+  // its positions pos_embs[i], its cache caches[i]). The feed-forward
+  // sublayers (where an MoE layer reads its experts) run once over all
+  // rows; attention over each stream's cache and the convolution module run
+  // per stream. Each stream's rows equal forward() on that stream alone.
+  torch::Tensor forward_streams(const torch::Tensor& x, const std::vector<int64_t>& lengths,
+                                const std::vector<torch::Tensor>& pos_embs,
+                                const std::vector<ConformerLayerCache*>& caches);
 
   MultiHeadedAttention self_attn{nullptr};
   FfnSlot feed_forward, feed_forward_macaron;
@@ -80,6 +89,14 @@ class ConformerEncoderImpl : public torch::nn::Module {
   // window_frames) -> [1, t', D]; keeps at most `cache_frames` frames of
   // attention context (< 0: all).
   torch::Tensor forward_chunk(const torch::Tensor& feats, EncoderStreamCache& cache, int64_t cache_frames);
+  // One streaming step of several independent streams: feats[i] [1, t_i, F]
+  // with its own caches[i] and cache_frames[i] -> outputs[i] [1, t_i', D],
+  // each what forward_chunk gives for that stream alone (up to rounding:
+  // the feed-forward sublayers see all streams' rows at once, so an MoE
+  // layer reads each expert once per step rather than once per stream).
+  std::vector<torch::Tensor> forward_chunks(const std::vector<torch::Tensor>& feats,
+                                            const std::vector<EncoderStreamCache*>& caches,
+                                            const std::vector<int64_t>& cache_frames);
 
   int64_t subsampling_rate() const { return embed->rate(); }
   int64_t right_context() const { return embed->right_context(); }
