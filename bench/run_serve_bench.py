@@ -6,10 +6,10 @@ The models are the ASR benchmark's (`moekit bench asr --save-model`: d 256,
 12 blocks, 8 experts top-2, CTC only, random weights) and its equal-FLOPs
 dense twin (FFN 2 x 2048). Two server set-ups, side by side at each load:
 `batched` (the encoder steps of streams whose chunks are ready together run
-as one step: --batch-streams 64, one step at a time on --threads intra-op
-threads) and `unbatched` (each stream's chunk its own step, as one
-recognizer per stream: --batch-streams 1, --decode-threads streams at once
-on one intra-op thread each). For each model, each number of streams N and
+as one step: --batch-streams 64) and `unbatched` (each stream's chunk its
+own step, as one recognizer per stream: --batch-streams 1); both run
+--decode-threads steps at once (--threads of this script, one per core) on
+one intra-op thread each, so only the batching differs. For each model, each number of streams N and
 each set-up the server starts afresh, N clients in one asyncio loop each
 send the same noise-burst audio in 100 ms messages at real time, staggered
 over the first second, and the script records when each message went out
@@ -141,8 +141,10 @@ def main():
     ap.add_argument("--streams", default="1,2,4,8,16", help="comma-separated loads")
     ap.add_argument("--seconds", type=float, default=10, help="audio per stream")
     ap.add_argument("--threads", type=int, default=2,
-                    help="cores for the server: batched, intra-op threads; unbatched, streams decoded at once")
+                    help="cores for the server: encoder steps running at once (--decode-threads)")
     ap.add_argument("--p95-limit", type=float, default=0.5)
+    ap.add_argument("--setups", default="",
+                    help="instead of the two default set-ups: 'name=threads,decode_threads,batch_streams;...'")
     ap.add_argument("--chunk-size", type=int, default=16)
     ap.add_argument("--models", default="moe,dense")
     ap.add_argument("--bench-args", default="", help="extra `bench asr` shape options, e.g. '--blocks 2'")
@@ -155,10 +157,11 @@ def main():
         pcm = f.read()[44:]
     message = 1600
     completing = chunk_messages(len(pcm) // 2, message, a.chunk_size)
-    setups = {"batched": (a.threads, 1, 64), "unbatched": (1, a.threads, 1)}  # threads, decode threads, batch
+    setups = {"batched": (1, a.threads, 64), "unbatched": (1, a.threads, 1)}  # threads, decode threads, batch
+    if a.setups:
+        setups = {k: tuple(int(x) for x in v.split(",")) for k, v in (e.split("=") for e in a.setups.split(";"))}
     print(f"`serve asr`, {a.seconds:.0f} s real-time streams in 100 ms messages, chunk {a.chunk_size}, "
-          f"{a.threads} cores: batched --threads {a.threads} --decode-threads 1 --batch-streams 64; "
-          f"unbatched --threads 1 --decode-threads {a.threads} --batch-streams 1")
+          f"--threads 1 --decode-threads {a.threads}; batched: --batch-streams 64, unbatched: --batch-streams 1")
     held = {}
     for name in a.models.split(","):
         model = os.path.join(work, name)
@@ -190,6 +193,8 @@ def main():
     print("| model | batched | unbatched | ratio |")
     print("|---|---:|---:|---:|")
     for name in a.models.split(","):
+        if "batched" not in setups or "unbatched" not in setups:
+            continue
         b, u = held.get((name, "batched"), 0), held.get((name, "unbatched"), 0)
         print(f"| {name} | {b} | {u} | {b / u:.2f}x |" if u else f"| {name} | {b} | {u} | - |")
 

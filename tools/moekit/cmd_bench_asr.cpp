@@ -27,6 +27,7 @@ struct BenchAsrOptions {
   bool causal = true;
   double seconds = 10.0;
   int64_t chunk_size = 16;
+  int64_t streams = 1;
   int rounds = 5;
   std::string save_model;  // write the benchmarked model here (for bench/asr_pytorch.py)
   std::string save_feats;  // write the benchmarked fbank features here (safetensors, "feats" [T, mel])
@@ -94,6 +95,10 @@ void add_bench_asr_command(CLI::App& bench, const GlobalOptions& global) {
   cmd->add_option("--causal", o->causal, "Causal convolution")->capture_default_str();
   cmd->add_option("--seconds", o->seconds, "Utterance length (s)")->capture_default_str();
   cmd->add_option("--chunk-size", o->chunk_size, "Streaming chunk (encoder frames)")->capture_default_str();
+  cmd->add_option("--streams", o->streams,
+                  "Also time this many streams chunk by chunk, one at a time against batched steps "
+                  "(forward_chunks), side by side")
+      ->capture_default_str();
   cmd->add_option("--rounds", o->rounds, "Timed repetitions; medians are reported")->capture_default_str();
   cmd->add_option("--save-model", o->save_model, "Also save the benchmarked model to this directory");
   cmd->add_option("--seed", o->seed, "Seed of the random model and audio")->capture_default_str();
@@ -102,6 +107,8 @@ void add_bench_asr_command(CLI::App& bench, const GlobalOptions& global) {
   cmd->callback([o, &global] {
     apply_runtime(global);
     MOEKIT_CHECK_ARG(o->rounds >= 1 && o->seconds > 0 && o->chunk_size > 0, "bench asr: bad --rounds/--seconds/--chunk-size");
+    MOEKIT_CHECK_ARG(o->streams >= 1 && o->streams <= 1024, "bench asr: --streams must be in [1, 1024], got ",
+                     o->streams);
     torch::manual_seed(static_cast<uint64_t>(o->seed));
     std::shared_ptr<AsrModel> model;
     if (!o->model_dir.empty()) {
@@ -157,16 +164,49 @@ void add_bench_asr_command(CLI::App& bench, const GlobalOptions& global) {
         model->ctc_log_probs(enc.forward_chunk(feats.slice(1, cur, end), cache, -1));
       }
     };
+    // N streams, each the audio rotated by its own offset (so their chunks
+    // differ and route to different experts, as distinct speakers' do): one
+    // after another, and in lockstep with each step batched over all.
+    const auto n_streams = static_cast<size_t>(o->streams);
+    std::vector<torch::Tensor> stream_feats;
+    for (size_t i = 0; i < n_streams; ++i)
+      stream_feats.push_back(torch::roll(feats, {static_cast<int64_t>(i) * 53 % feats.size(1)}, {1}).contiguous());
+    auto streams_one_at_a_time = [&] {
+      for (size_t i = 0; i < n_streams; ++i) {
+        EncoderStreamCache cache;
+        for (int64_t cur = 0; cur + context <= feats.size(1); cur += stride) {
+          const int64_t end = std::min(cur + window, feats.size(1));
+          model->ctc_log_probs(enc.forward_chunk(stream_feats[i].slice(1, cur, end), cache, -1));
+        }
+      }
+    };
+    auto streams_batched = [&] {
+      std::vector<EncoderStreamCache> caches(n_streams);
+      std::vector<EncoderStreamCache*> ptrs;
+      for (auto& c : caches) ptrs.push_back(&c);
+      const std::vector<int64_t> cache_frames(n_streams, -1);
+      for (int64_t cur = 0; cur + context <= feats.size(1); cur += stride) {
+        const int64_t end = std::min(cur + window, feats.size(1));
+        std::vector<torch::Tensor> pieces;
+        for (size_t i = 0; i < n_streams; ++i) pieces.push_back(stream_feats[i].slice(1, cur, end));
+        for (const torch::Tensor& out : enc.forward_chunks(pieces, ptrs, cache_frames)) model->ctc_log_probs(out);
+      }
+    };
     full();
     streaming();  // warm-up
     // The CPU's read bandwidth is probed in every round, next to the
     // timings it is compared with (on a shared machine it moves with the
     // neighbours' load); on a GPU the bound is not computed.
-    std::vector<double> t_fbank, t_full, t_stream, probes;
+    std::vector<double> t_fbank, t_full, t_stream, probes, t_one_at_a_time, t_batched;
+    if (n_streams > 1) streams_batched();  // warm-up
     for (int r = 0; r < o->rounds; ++r) {
       t_fbank.push_back(time_once(fbank));
       t_full.push_back(time_once(full));
       t_stream.push_back(time_once(streaming));
+      if (n_streams > 1) {
+        t_one_at_a_time.push_back(time_once(streams_one_at_a_time));
+        t_batched.push_back(time_once(streams_batched));
+      }
       if (device.is_cpu()) probes.push_back(read_bandwidth_bytes_per_s());
     }
     // Bytes of weights one chunk reads: every encoder and CTC parameter,
@@ -217,6 +257,13 @@ void add_bench_asr_command(CLI::App& bench, const GlobalOptions& global) {
     j["chunks"] = chunks;
     j["rtf_chunk"] = st / o->seconds;
     j["rtf_chunk_with_fbank"] = (st + fb) / o->seconds;
+    if (n_streams > 1) {
+      // Encoder + CTC time per second of audio of each of N streams.
+      j["streams"] = o->streams;
+      j["rtf_chunk_streams_one_at_a_time"] = median(t_one_at_a_time) / o->seconds / o->streams;
+      j["rtf_chunk_streams_batched"] = median(t_batched) / o->seconds / o->streams;
+      j["batched_speedup"] = median(t_one_at_a_time) / median(t_batched);
+    }
     j["weight_bytes_per_chunk"] = weight_bytes;
     j["weight_bytes_all"] = all_bytes;
     j["expert_bytes_touched_per_chunk_fraction"] =
