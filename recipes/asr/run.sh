@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# U2++ MoE recipe: a synthetic English speech corpus built on this machine,
-# a dense Conformer and its MoE counterpart (same d_model, 8 experts, top-2
-# in every FFN) trained for streaming + full context, and a WER/CER table
+# U2++ MoE recipe: a synthetic English speech corpus built on this machine
+# (open-vocabulary sentences; at demo size, spoken commands from a closed
+# 81-word grammar; TASK=fortunes|commands), a dense Conformer and its MoE
+# counterpart (same d_model, 8 experts, top-2 in every FFN) trained for
+# streaming + full context, and a WER/CER table
 # for CTC greedy, CTC prefix beam and attention rescoring at full context and
 # chunk 16, with parameter counts and real-time factors.
 #
@@ -24,11 +26,13 @@ stop_stage=${STOP_STAGE:-3}
 
 if [[ -n "${DEMO:-}" ]]; then
   work=${WORK:-$root/build/demo_asr}
+  task=${TASK:-commands}
   num_train=${NUM_TRAIN:-800} num_cv=${NUM_CV:-60} num_test=${NUM_TEST:-60} max_words=${MAX_WORDS:-6}
   confs=${CONFS:-"demo_dense demo_moe"}
   parallel=${PARALLEL-1}
 else
   work=${WORK:-$here/work}
+  task=${TASK:-fortunes}
   num_train=${NUM_TRAIN:-8000} num_cv=${NUM_CV:-300} num_test=${NUM_TEST:-300} max_words=${MAX_WORDS:-10}
   confs=${CONFS:-"dense moe"}
   parallel=${PARALLEL-1}
@@ -39,8 +43,8 @@ export OPENBLAS_NUM_THREADS=1  # LibTorch's own threads do the parallel work (--
 log() { echo "[asr recipe $(date +%H:%M:%S)] $*" >&2; }
 
 if [[ $stage -le 0 && $stop_stage -ge 0 ]]; then
-  log "stage 0: corpus ($num_train train / $num_cv cv / $num_test test utterances, test voices unseen)"
-  "$python" "$here/local/make_corpus.py" "$data" --train "$num_train" --cv "$num_cv" --test "$num_test" \
+  log "stage 0: $task corpus ($num_train train / $num_cv cv / $num_test test utterances, test voices unseen)"
+  "$python" "$here/local/make_corpus.py" "$data" --task "$task" --train "$num_train" --cv "$num_cv" --test "$num_test" \
     --max-words "$max_words"
 fi
 
@@ -65,6 +69,9 @@ if [[ $stage -le 1 && $stop_stage -ge 1 ]]; then
       log "stage 1: training $conf (1 thread, log in exp/$conf/train.log)"
       train_one "$conf" 1 > "$work/exp/$conf/train.log" 2>&1 &
       pids+=($!)
+      # A line per epoch (its validation) while the models train.
+      tail -n +1 -F --pid=$! "$work/exp/$conf/train.log" 2>/dev/null |
+        grep --line-buffered -E "validation|final model" | sed -u "s/^/  $conf: /" >&2 &
     done
     status=0
     for i in "${!pids[@]}"; do

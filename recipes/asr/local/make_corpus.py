@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
 """Builds a synthetic English speech corpus on this machine, deterministically.
 
-Text: sentences from the Debian `fortunes` package, lower-cased and reduced to
-letters, apostrophes and spaces, deduplicated. Speech: espeak-ng voices and
+Text (--task): `fortunes`, sentences from the Debian `fortunes` package,
+lower-cased and reduced to letters, apostrophes and spaces, deduplicated (an
+open vocabulary); or `commands`, spoken commands from a small grammar (alarms,
+timers, calls, lights, tracks, weather, dialled digits: a closed vocabulary of
+about 90 words that minutes of training can learn), each sentence once. Speech: espeak-ng voices and
 variants with varied speed and pitch, some flite voices, and sox augmentation
 (noise, tempo, telephone band). The test set is spoken only by voices that
 never appear in training or validation, so it measures unseen speakers.
@@ -48,6 +51,63 @@ def sentences(min_words, max_words):
                 if min_words <= len(words) <= max_words and s not in seen:
                     seen.add(s)
                     out.append(s)
+    return out
+
+
+ONES = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+TEENS = ["ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen"]
+TENS = ["twenty", "thirty", "forty", "fifty"]
+NAMES = ["anna", "peter", "maria", "david", "sophie", "james", "laura", "michael"]
+ROOMS = ["kitchen", "bedroom", "living room", "garage", "office", "bathroom"]
+DEVICES = ["lights", "heater", "fan", "radio"]
+CITIES = ["london", "paris", "berlin", "madrid", "tokyo", "boston"]
+DIGITS = ["zero"] + ONES
+
+
+def number(n):
+    """English words for 1 <= n <= 59."""
+    if n < 10:
+        return ONES[n - 1]
+    if n < 20:
+        return TEENS[n - 10]
+    return TENS[n // 10 - 2] + ("" if n % 10 == 0 else " " + ONES[n % 10 - 1])
+
+
+def clock(rng):
+    hour = number(rng.randint(1, 12))
+    minute = rng.choice([0, 15, 30, 45, rng.randint(1, 59)])
+    return hour + (" o'clock" if minute == 0 else " oh " + ONES[minute - 1] if minute < 10 else " " + number(minute))
+
+
+def command(rng):
+    k = rng.randrange(8)
+    if k == 0:
+        return "set an alarm for " + clock(rng)
+    if k == 1:
+        n = rng.randint(1, 59)
+        return "set a timer for %s %s" % (number(n), rng.choice(["minutes", "seconds"]) if n > 1 else rng.choice(["minute", "second"]))
+    if k == 2:
+        return "call " + rng.choice(NAMES) + (" at " + clock(rng) if rng.random() < 0.5 else "")
+    if k == 3:
+        return "turn %s the %s %s" % (rng.choice(["on", "off"]), rng.choice(ROOMS), rng.choice(DEVICES))
+    if k == 4:
+        return "play track " + number(rng.randint(1, 59))
+    if k == 5:
+        return "what is the weather in " + rng.choice(CITIES) + rng.choice(["", " today", " tomorrow"])
+    if k == 6:
+        return "dial " + " ".join(rng.choice(DIGITS) for _ in range(rng.randint(3, 5)))
+    return "turn the volume %s" % rng.choice(["up", "down"]) + rng.choice(["", " a little", " to " + number(rng.randint(1, 10))])
+
+
+def commands(rng, count):
+    seen, out = set(), []
+    for _ in range(count * 50):
+        s = command(rng)
+        if s not in seen:
+            seen.add(s)
+            out.append(s)
+            if len(out) == count:
+                break
     return out
 
 
@@ -99,6 +159,7 @@ def augment(rng, spec):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out")
+    p.add_argument("--task", choices=["fortunes", "commands"], default="fortunes")
     p.add_argument("--train", type=int, default=3000)
     p.add_argument("--cv", type=int, default=200)
     p.add_argument("--test", type=int, default=200)
@@ -109,8 +170,8 @@ def main():
     a = p.parse_args()
 
     rng = random.Random(a.seed)
-    texts = sentences(a.min_words, a.max_words)
     need = a.train + a.cv + a.test
+    texts = sentences(a.min_words, a.max_words) if a.task == "fortunes" else commands(random.Random(a.seed), need)
     if len(texts) < need:
         sys.exit("make_corpus: only %d sentences available, %d needed" % (len(texts), need))
     rng.shuffle(texts)
