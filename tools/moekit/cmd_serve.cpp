@@ -1,6 +1,8 @@
 // `moekit serve asr <model_dir>`: the streaming recognition server
 // (serve/asr_server.h), until SIGINT or SIGTERM.
+#include <algorithm>
 #include <iostream>
+#include <thread>
 
 #include "commands.h"
 #include "moekit/core/check.h"
@@ -32,6 +34,7 @@ void add_serve_command(CLI::App& app, const GlobalOptions& global) {
   };
   auto o = std::make_shared<Options>();
   o->decode.chunk_size = 16;
+  o->server.decode_threads = 0;  // one per core (resolved when the command runs)
   CLI::App* cmd = serve->add_subcommand(
       "asr", "Streaming speech recognition over WebSocket (WeNet runtime's protocol) and a browser page at /");
   cmd->add_option("model_dir", o->model_dir, "Model directory of an asr model")->required();
@@ -44,7 +47,9 @@ void add_serve_command(CLI::App& app, const GlobalOptions& global) {
   add_decode_options(*cmd, o->decode);
   cmd->add_option("--max-connections", o->server.max_connections, "Streams open at once; more are refused")
       ->capture_default_str();
-  cmd->add_option("--decode-threads", o->server.decode_threads, "Batched encoder steps running at the same time")
+  cmd->add_option("--decode-threads", o->server.decode_threads,
+                  "Batched encoder steps running at the same time (0: one per core, each on one intra-op thread "
+                  "unless --threads is given)")
       ->capture_default_str();
   cmd->add_option("--batch-streams", o->server.batch_streams,
                   "Most streams whose chunks run as one encoder step (1: each stream on its own)")
@@ -64,6 +69,12 @@ void add_serve_command(CLI::App& app, const GlobalOptions& global) {
       ->capture_default_str();
   cmd->callback([o, &global] {
     apply_runtime(global);
+    // Steps of one thread each, one per core, held the most streams
+    // (bench/README.md, "Streaming server").
+    if (o->server.decode_threads == 0) {
+      o->server.decode_threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+      if (global.threads == 0) set_num_threads(1);
+    }
     check_decode_mode_name(o->mode);
     o->decode.validate();
     MOEKIT_CHECK_ARG(o->decode.chunk_size > 0, "serve asr streams: --chunk-size must be > 0, got ",
@@ -76,7 +87,8 @@ void add_serve_command(CLI::App& app, const GlobalOptions& global) {
     const Recognizer recognizer(loaded.model, loaded.units, o->decode);
     AsrServer server(recognizer, o->server);
     std::cerr << "moekit: serving " << o->model_dir << " (" << decode_mode_name(o->decode.mode) << ", chunk "
-              << o->decode.chunk_size << ") on port " << server.port() << ": ws://" << o->server.host << ":"
+              << o->decode.chunk_size << ", " << o->server.decode_threads << " decode threads x " << num_threads()
+              << " intra-op) on port " << server.port() << ": ws://" << o->server.host << ":"
               << server.port() << "/ and the page at http://" << o->server.host << ":" << server.port() << "/"
               << std::endl;
     server.run(/*handle_signals=*/true);
