@@ -4,7 +4,7 @@ BUILD ?= build
 JOBS ?= $(shell nproc)
 PYTHON ?= /usr/bin/python3
 
-.PHONY: deps build demo test bench check-layers fuzz sanitize clean
+.PHONY: deps configure build demo test bench check-layers fuzz sanitize clean
 
 deps:
 	@bash scripts/setup-deps.sh
@@ -15,11 +15,15 @@ deps:
 # build directory keeps its generator.
 GENERATOR := $(if $(wildcard $(BUILD)/CMakeCache.txt),,$(if $(shell command -v ninja),-G Ninja,))
 
-build: deps
+configure: deps
 	@cmake -S . -B $(BUILD) $(GENERATOR) -DCMAKE_BUILD_TYPE=Release > $(BUILD).cmake.log 2>&1 || (cat $(BUILD).cmake.log; exit 1)
+
+build: configure
 	@cmake --build $(BUILD) -j$(JOBS)
 
-demo: build
+# The demo needs the command-line tool only (not the tests).
+demo: configure
+	@cmake --build $(BUILD) -j$(JOBS) --target moekit_cli
 	@bash scripts/setup-deps.sh --recipes
 	@bash scripts/demo.sh $(BUILD)
 
