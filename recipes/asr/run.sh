@@ -27,12 +27,17 @@ stop_stage=${STOP_STAGE:-3}
 if [[ -n "${DEMO:-}" ]]; then
   work=${WORK:-$root/build/demo_asr}
   task=${TASK:-commands}
+  # slt, the only female flite voice, speaks in training here: held out, it
+  # left the demo's 800 utterances without a voice like it (82% WER on it
+  # against 21-41% on the unseen espeak accents).
+  held_out_flite=${HELD_OUT_FLITE:-rms}
   num_train=${NUM_TRAIN:-800} num_cv=${NUM_CV:-60} num_test=${NUM_TEST:-60} max_words=${MAX_WORDS:-6}
   confs=${CONFS:-"demo_dense demo_moe"}
   parallel=${PARALLEL-1}
 else
   work=${WORK:-$here/work}
   task=${TASK:-fortunes}
+  held_out_flite=${HELD_OUT_FLITE:-slt}
   num_train=${NUM_TRAIN:-8000} num_cv=${NUM_CV:-300} num_test=${NUM_TEST:-300} max_words=${MAX_WORDS:-10}
   confs=${CONFS:-"dense moe"}
   parallel=${PARALLEL-1}
@@ -44,7 +49,7 @@ log() { echo "[asr recipe $(date +%H:%M:%S)] $*" >&2; }
 
 if [[ $stage -le 0 && $stop_stage -ge 0 ]]; then
   log "stage 0: $task corpus ($num_train train / $num_cv cv / $num_test test utterances, test voices unseen)"
-  "$python" "$here/local/make_corpus.py" "$data" --task "$task" --train "$num_train" --cv "$num_cv" --test "$num_test" \
+  "$python" "$here/local/make_corpus.py" "$data" --task "$task" --held-out-flite "$held_out_flite" --train "$num_train" --cv "$num_cv" --test "$num_test" \
     --max-words "$max_words"
 fi
 

@@ -28,8 +28,7 @@ VARIANT_DIR = "/usr/lib/x86_64-linux-gnu/espeak-ng-data/voices/!v"
 # Accents heard in training; the test set uses the held-out ones only.
 TRAIN_ACCENTS = ["en-us", "en-gb", "en-gb-x-rp", "en-029", "en-gb-x-gbclan"]
 TEST_ACCENTS = ["en-gb-scotland", "en-us-nyc", "en-gb-x-gbcwmd"]
-TRAIN_FLITE = ["kal16", "awb", "rms"]
-TEST_FLITE = ["slt"]
+FLITE_VOICES = ["kal16", "awb", "rms", "slt"]  # slt is the only female one
 
 
 def sentences(min_words, max_words):
@@ -160,6 +159,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out")
     p.add_argument("--task", choices=["fortunes", "commands"], default="fortunes")
+    p.add_argument("--held-out-flite", choices=FLITE_VOICES, default="slt",
+                   help="the flite voice heard only in the test set (the others speak in training)")
     p.add_argument("--train", type=int, default=3000)
     p.add_argument("--cv", type=int, default=200)
     p.add_argument("--test", type=int, default=200)
@@ -179,6 +180,8 @@ def main():
     # Hold some variants out of training as well, so test speakers are unseen twice over.
     test_variants = all_variants[::5]
     train_variants = [v for v in all_variants if v not in test_variants]
+    test_flite = [a.held_out_flite]
+    train_flite = [v for v in FLITE_VOICES if v != a.held_out_flite]
     os.makedirs(os.path.join(a.out, "wav"), exist_ok=True)
     jobs, lists = [], {"train": [], "cv": [], "test": []}
     splits = [("train", a.train), ("cv", a.cv), ("test", a.test)]
@@ -187,9 +190,9 @@ def main():
         for i in range(count):
             text = texts[start + i]
             if split == "test":
-                spec = speaker(rng, TEST_ACCENTS, TEST_FLITE, test_variants)
+                spec = speaker(rng, TEST_ACCENTS, test_flite, test_variants)
             else:
-                spec = augment(rng, speaker(rng, TRAIN_ACCENTS, TRAIN_FLITE, train_variants))
+                spec = augment(rng, speaker(rng, TRAIN_ACCENTS, train_flite, train_variants))
             tag = hashlib.sha1((text + json.dumps(spec, sort_keys=True)).encode()).hexdigest()[:10]
             key = "%s_%05d_%s" % (split, i, tag)
             path = os.path.join(a.out, "wav", key + ".wav")
