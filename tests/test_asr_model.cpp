@@ -3,6 +3,8 @@
 // their definitions, and a few steps of training lower the loss.
 #include <gtest/gtest.h>
 
+#include <set>
+
 #include <cmath>
 #include <thread>
 
@@ -580,6 +582,23 @@ TEST(AsrModel, NonBlankEmbeddingInTrainingAndRescoring) {
   EXPECT_NEAR(got.score, direct.score, 1e-6);
   const Hypothesis all_frames = attention_rescoring(*model, one, nbest, options.ctc_weight, recognizer.reverse_weight());
   EXPECT_GT(std::abs(all_frames.score - direct.score), 1e-4);
+  // The ranking: every CTC hypothesis once, best first, led by the best;
+  // the recognizer's result carries it.
+  const std::vector<Hypothesis> ranked =
+      attention_rescoring_nbest(*model, kept_memory, nbest, options.ctc_weight, recognizer.reverse_weight());
+  ASSERT_EQ(ranked.size(), nbest.size());
+  EXPECT_EQ(ranked.front().tokens, direct.tokens);
+  std::set<std::vector<int64_t>> in, out;
+  for (size_t i = 0; i < ranked.size(); ++i) {
+    in.insert(nbest[i].tokens);
+    out.insert(ranked[i].tokens);
+    if (i > 0) {
+      EXPECT_GE(ranked[i - 1].score, ranked[i].score);
+    }
+  }
+  EXPECT_EQ(in, out);
+  ASSERT_EQ(got.nbest.size(), ranked.size());
+  for (size_t i = 0; i < ranked.size(); ++i) EXPECT_EQ(got.nbest[i].tokens, ranked[i].tokens) << i;
 }
 
 TEST(AsrModel, TiedDecoderEmbeddingIsOneParameterTrainedByBothUses) {

@@ -256,6 +256,43 @@ TEST(AsrServer, PartialAndFinalResultsEqualAStreamingSession) {
   }
 }
 
+// {"nbest": 3}: each result carries up to three ranked sentences, those a
+// StreamingSession ranks (the beam's for partial results, the rescored ones
+// for the final result).
+TEST(AsrServer, NbestSendsTheRankedHypotheses) {
+  ServerFixture server(test_model(true), streaming_options());
+  const std::vector<int16_t> pcm = test_pcm(3.0, 11);
+  Client client(server.port());
+  const std::vector<json> replies = stream(client, pcm, 1600, {{"signal", "start"}, {"nbest", 3}});
+  const Units& units = server.recognizer().units();
+  auto texts = [&](const Recognition& r) {
+    std::vector<std::string> out;
+    for (size_t i = 0; i < r.nbest.size() && i < 3; ++i) out.push_back(units.to_text(r.nbest[i].tokens));
+    return out;
+  };
+  std::vector<std::vector<std::string>> want_partials, got_partials, got_finals;
+  StreamingSession session(server.recognizer());
+  for (size_t pos = 0; pos < pcm.size(); pos += 1600) {
+    const std::vector<float> x = as_float(pcm.data() + pos, std::min<size_t>(1600, pcm.size() - pos));
+    const int64_t before = session.frames_decoded();
+    const Recognition r = session.accept_waveform(x.data(), x.size());
+    if (session.frames_decoded() > before && !r.tokens.empty()) want_partials.push_back(texts(r));
+  }
+  const Recognition final_result = session.finish();
+  for (const json& m : replies) {
+    if (!m.contains("nbest")) continue;
+    std::vector<std::string> sentences;
+    for (const json& e : json::parse(m["nbest"].get<std::string>())) sentences.push_back(e.at("sentence"));
+    (m["type"] == "partial_result" ? got_partials : got_finals).push_back(sentences);
+  }
+  ASSERT_FALSE(want_partials.empty());
+  EXPECT_EQ(got_partials, want_partials);
+  ASSERT_EQ(got_finals.size(), 1u);
+  EXPECT_EQ(got_finals[0], texts(final_result));
+  EXPECT_EQ(got_finals[0].front(), final_result.text);
+  EXPECT_EQ(got_finals[0].size(), 3u);  // the beam (4) holds more than three hypotheses
+}
+
 TEST(AsrServer, ContinuousDecodingSendsOneFinalResultPerUtterance) {
   // Rules that end an utterance every second, whatever the model hears.
   AsrServerOptions options;

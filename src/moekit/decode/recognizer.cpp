@@ -38,8 +38,9 @@ std::string decode_mode_name(DecodeMode mode) {
 
 torch::Device model_device(const AsrModel& model) { return model.ctc->ctc_lo->weight.device(); }
 
-Hypothesis attention_rescoring(AsrModel& model, const torch::Tensor& encoder_out,
-                               const std::vector<Hypothesis>& nbest, double ctc_weight, double reverse_weight) {
+std::vector<Hypothesis> attention_rescoring_nbest(AsrModel& model, const torch::Tensor& encoder_out,
+                                                  const std::vector<Hypothesis>& nbest, double ctc_weight,
+                                                  double reverse_weight) {
   MOEKIT_CHECK_ARG(!nbest.empty(), "attention rescoring: no hypotheses");
   std::vector<std::vector<int64_t>> hyps;
   for (const auto& h : nbest) hyps.push_back(h.tokens);
@@ -48,9 +49,7 @@ Hypothesis attention_rescoring(AsrModel& model, const torch::Tensor& encoder_out
   left = left.to(torch::kCPU, torch::kDouble).contiguous();
   if (use_right) right = right.to(torch::kCPU, torch::kDouble).contiguous();
   const int64_t eos = model.config().eos_id();
-  Hypothesis best;
-  best.score = -std::numeric_limits<double>::infinity();
-  bool have_best = false;
+  std::vector<Hypothesis> scored;
   for (size_t i = 0; i < nbest.size(); ++i) {
     const auto& tokens = nbest[i].tokens;
     const int64_t n = static_cast<int64_t>(tokens.size());
@@ -68,12 +67,16 @@ Hypothesis attention_rescoring(AsrModel& model, const torch::Tensor& encoder_out
       score = score * (1 - reverse_weight) + r_score * reverse_weight;
     }
     score += nbest[i].score * ctc_weight;
-    if (!have_best || score > best.score) {
-      best = {tokens, score};
-      have_best = true;
-    }
+    scored.push_back({tokens, score});
   }
-  return best;
+  std::stable_sort(scored.begin(), scored.end(),
+                   [](const Hypothesis& a, const Hypothesis& b) { return a.score > b.score; });
+  return scored;
+}
+
+Hypothesis attention_rescoring(AsrModel& model, const torch::Tensor& encoder_out,
+                               const std::vector<Hypothesis>& nbest, double ctc_weight, double reverse_weight) {
+  return attention_rescoring_nbest(model, encoder_out, nbest, ctc_weight, reverse_weight).front();
 }
 
 torch::Tensor model_features(const AsrModel& model, const std::vector<float>& samples) {
@@ -194,10 +197,9 @@ Recognition Recognizer::search(const torch::Tensor& encoder_out) const {
   Recognition result;
   if (options_.mode == DecodeMode::CtcGreedy) {
     result.tokens = ctc_greedy_search(log_probs, model_->config().blank_id());
+    result.nbest = {{result.tokens, result.score}};
   } else {
-    const std::vector<Hypothesis> nbest =
-        ctc_prefix_beam_search(log_probs, options_.beam_size, model_->config().blank_id());
-    Hypothesis best = nbest.front();
+    result.nbest = ctc_prefix_beam_search(log_probs, options_.beam_size, model_->config().blank_id());
     if (options_.mode == DecodeMode::AttentionRescoring) {
       torch::Tensor memory = encoder_out;
       if (model_->config().apply_non_blank_embedding) {
@@ -205,10 +207,10 @@ Recognition Recognizer::search(const torch::Tensor& encoder_out) const {
                                           torch::ones({1, encoder_out.size(1)}, torch::dtype(torch::kBool).device(encoder_out.device())))
                      .first;
       }
-      best = attention_rescoring(*model_, memory, nbest, options_.ctc_weight, reverse_weight());
+      result.nbest = attention_rescoring_nbest(*model_, memory, result.nbest, options_.ctc_weight, reverse_weight());
     }
-    result.tokens = best.tokens;
-    result.score = best.score;
+    result.tokens = result.nbest.front().tokens;
+    result.score = result.nbest.front().score;
   }
   if (units_.size() > 0) result.text = units_.to_text(result.tokens);
   return result;
@@ -239,6 +241,7 @@ Recognition Recognizer::recognize_source(const SampleSource& read) const {
                          joined.score += r.score;
                        });
   if (units_.size() > 0) joined.text = units_.to_text(joined.tokens);
+  joined.nbest = {{joined.tokens, joined.score}};
   return joined;
 }
 
@@ -333,12 +336,20 @@ void StreamingSession::end_segment(bool keep_outputs) {
   if (outputs_.empty()) return;
   // CTC prefix beam: the beam's best, as a partial result reads it; other
   // modes search the segment's encoder output (rescoring included).
-  const Recognition r = recognizer_.options().mode == DecodeMode::CtcPrefixBeam
-                            ? [&] {
-                                const Hypothesis best = beam_.nbest().front();
-                                return Recognition{best.tokens, best.score, ""};
-                              }()
-                            : recognizer_.search(encoder_out());
+  Recognition r;
+  if (recognizer_.options().mode == DecodeMode::CtcPrefixBeam) {
+    r.nbest = beam_.nbest();
+    r.tokens = r.nbest.front().tokens;
+    r.score = r.nbest.front().score;
+  } else {
+    r = recognizer_.search(encoder_out());
+  }
+  last_nbest_.clear();
+  for (const Hypothesis& h : r.nbest) {
+    Hypothesis joined{committed_, committed_score_ + h.score};
+    joined.tokens.insert(joined.tokens.end(), h.tokens.begin(), h.tokens.end());
+    last_nbest_.push_back(std::move(joined));
+  }
   committed_.insert(committed_.end(), r.tokens.begin(), r.tokens.end());
   committed_score_ += r.score;
   if (keep_outputs) return;
@@ -362,10 +373,13 @@ bool StreamingSession::at_endpoint(const EndpointRules& rules) const {
 
 Recognition StreamingSession::partial() const {
   Recognition r;
-  const auto nbest = beam_.nbest();
-  r.tokens = committed_;
-  r.tokens.insert(r.tokens.end(), nbest.front().tokens.begin(), nbest.front().tokens.end());
-  r.score = committed_score_ + nbest.front().score;
+  for (const Hypothesis& h : beam_.nbest()) {
+    Hypothesis joined{committed_, committed_score_ + h.score};
+    joined.tokens.insert(joined.tokens.end(), h.tokens.begin(), h.tokens.end());
+    r.nbest.push_back(std::move(joined));
+  }
+  r.tokens = r.nbest.front().tokens;
+  r.score = r.nbest.front().score;
   if (recognizer_.units().size() > 0) r.text = recognizer_.units().to_text(r.tokens);
   return r;
 }
@@ -380,6 +394,8 @@ Recognition StreamingSession::finish() {
   Recognition r;
   r.tokens = committed_;
   r.score = committed_score_;
+  r.nbest = last_nbest_;
+  if (r.nbest.empty()) r.nbest = {{r.tokens, r.score}};
   if (recognizer_.units().size() > 0) r.text = recognizer_.units().to_text(r.tokens);
   return r;
 }

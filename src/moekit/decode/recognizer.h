@@ -62,6 +62,11 @@ struct Recognition {
   std::vector<int64_t> tokens;
   double score = 0.0;
   std::string text;  // empty without units
+  // The hypotheses the search ranked, best first (the first is `tokens`):
+  // the CTC prefix beam's, or the rescored ones for attention rescoring;
+  // only `tokens` for CTC greedy and for audio decoded in several pieces
+  // (streaming: the last segment's, after the earlier segments' tokens).
+  std::vector<Hypothesis> nbest;
 };
 
 class Recognizer {
@@ -106,7 +111,12 @@ void for_each_quiet_piece(const SampleSource& read, int sample_rate, double max_
                           const std::function<void(const std::vector<float>&)>& piece);
 
 // Attention rescoring of CTC n-best hypotheses with both decoders (WeNet's
-// attention_rescoring): returns the best hypothesis and its score.
+// attention_rescoring): every hypothesis with its rescored score, best first
+// (ties keep the CTC order).
+std::vector<Hypothesis> attention_rescoring_nbest(AsrModel& model, const torch::Tensor& encoder_out,
+                                                  const std::vector<Hypothesis>& nbest, double ctc_weight,
+                                                  double reverse_weight);
+// The best of attention_rescoring_nbest.
 Hypothesis attention_rescoring(AsrModel& model, const torch::Tensor& encoder_out,
                                const std::vector<Hypothesis>& nbest, double ctc_weight, double reverse_weight);
 
@@ -184,6 +194,7 @@ class StreamingSession {
   std::vector<torch::Tensor> outputs_;  // of the current segment
   CtcPrefixBeamSearch beam_;
   std::vector<int64_t> committed_;      // tokens of the segments ended so far
+  std::vector<Hypothesis> last_nbest_;  // finish(): the last segment's ranking, after the earlier tokens
   double committed_score_ = 0.0;
   int64_t segment_frames_ = 0;          // encoder frames in outputs_
   int64_t trailing_blanks_ = 0;         // encoder frames since the last non-blank argmax

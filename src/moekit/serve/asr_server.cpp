@@ -53,7 +53,13 @@ std::chrono::milliseconds millis(double seconds) {
 }
 
 // WeNet's result shape: a JSON array of {"sentence": ...}, serialized.
-std::string nbest_string(const Recognition& r) { return json::array({json{{"sentence", r.text}}}).dump(); }
+// The best `n` of r's ranked hypotheses.
+std::string nbest_string(const Recognition& r, const Units& units, size_t n) {
+  json array = json::array({json{{"sentence", r.text}}});
+  for (size_t i = 1; i < r.nbest.size() && i < n; ++i)
+    array.push_back(json{{"sentence", units.to_text(r.nbest[i].tokens)}});
+  return array.dump();
+}
 
 json reply(const std::string& type) { return json{{"status", "ok"}, {"type", type}}; }
 
@@ -343,6 +349,8 @@ class Stream : public std::enable_shared_from_this<Stream> {
     if (message.contains("nbest")) {
       if (!message["nbest"].is_number_integer() || message["nbest"].get<int64_t>() < 1)
         return fail("integer is expected for nbest option (>= 1)");
+      // Read by the decode threads only after the jobs this start precedes.
+      nbest_ = static_cast<size_t>(std::min<int64_t>(message["nbest"].get<int64_t>(), 1000));
     }
     if (message.contains("continuous_decoding")) {
       if (!message["continuous_decoding"].is_boolean())
@@ -483,6 +491,7 @@ class Stream : public std::enable_shared_from_this<Stream> {
   bool started_ = false;
   bool ended_ = false;
   bool continuous_ = false;
+  size_t nbest_ = 1;  // hypotheses per result (at most the beam's)
   int64_t samples_received_ = 0;
 
   // Shared with the decode threads, under mutex_.
@@ -520,11 +529,11 @@ void Stream::decode_pending() {
           const Recognition final_result = session_->finish();
           session_ = std::make_unique<StreamingSession>(server_->recognizer, server_->batcher.get());
           session_samples_ = 0;
-          post([text = nbest_string(final_result)](Stream& s) {
+          post([text = nbest_string(final_result, server_->recognizer.units(), nbest_)](Stream& s) {
             s.send(result_reply("final_result", text));
           });
         } else if (session_->frames_decoded() > frames_before && !r.tokens.empty()) {
-          post([text = nbest_string(r)](Stream& s) {
+          post([text = nbest_string(r, server_->recognizer.units(), nbest_)](Stream& s) {
             s.send(result_reply("partial_result", text));
           });
         }
@@ -533,7 +542,8 @@ void Stream::decode_pending() {
         // utterance left: no final result for it, only the end.
         std::optional<Recognition> final_result;
         if (!continuous_ || session_samples_ > 0) final_result = session_->finish();
-        post([text = final_result ? nbest_string(*final_result) : std::string()](Stream& s) {
+        post([text = final_result ? nbest_string(*final_result, server_->recognizer.units(), nbest_) : std::string()](
+                 Stream& s) {
           if (!text.empty()) s.send(result_reply("final_result", text));
           s.send(reply("speech_end"));
           s.close_after_sending();

@@ -12,7 +12,9 @@
 //             {"status": "ok", "type": "speech_end"}
 //   errors:   {"status": "failed", "message": "..."}, then the stream closes
 //
-// `nbest` is a JSON array serialized into a string, as WeNet sends it.
+// `nbest` is a JSON array serialized into a string, as WeNet sends it: the
+// best `nbest` hypotheses (of the CTC prefix beam for partial results, the
+// rescored ones for final results; at most the beam size), best first.
 // Departures from WeNet, each deliberate: the start message may carry
 // "sample_rate" and "channels" (checked against the model: a mismatch is an
 // error, never silently wrong text); without continuous decoding the whole
