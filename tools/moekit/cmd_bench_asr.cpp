@@ -157,13 +157,15 @@ void add_bench_asr_command(CLI::App& bench, const GlobalOptions& global) {
       auto [out, mask] = enc.forward(feats, lens, -1, -1);
       model->ctc_log_probs(out);
     };
-    auto streaming = [&] {
+    // One stream chunk by chunk, as a streaming session runs the encoder.
+    auto stream_one = [&](const torch::Tensor& f) {
       EncoderStreamCache cache;
-      for (int64_t cur = 0; cur + context <= feats.size(1); cur += stride) {
-        const int64_t end = std::min(cur + window, feats.size(1));
-        model->ctc_log_probs(enc.forward_chunk(feats.slice(1, cur, end), cache, -1));
+      for (int64_t cur = 0; cur + context <= f.size(1); cur += stride) {
+        const int64_t end = std::min(cur + window, f.size(1));
+        model->ctc_log_probs(enc.forward_chunk(f.slice(1, cur, end), cache, -1));
       }
     };
+    auto streaming = [&] { stream_one(feats); };
     // N streams, each the audio rotated by its own offset (so their chunks
     // differ and route to different experts, as distinct speakers' do): one
     // after another, and in lockstep with each step batched over all.
@@ -172,13 +174,7 @@ void add_bench_asr_command(CLI::App& bench, const GlobalOptions& global) {
     for (size_t i = 0; i < n_streams; ++i)
       stream_feats.push_back(torch::roll(feats, {static_cast<int64_t>(i) * 53 % feats.size(1)}, {1}).contiguous());
     auto streams_one_at_a_time = [&] {
-      for (size_t i = 0; i < n_streams; ++i) {
-        EncoderStreamCache cache;
-        for (int64_t cur = 0; cur + context <= feats.size(1); cur += stride) {
-          const int64_t end = std::min(cur + window, feats.size(1));
-          model->ctc_log_probs(enc.forward_chunk(stream_feats[i].slice(1, cur, end), cache, -1));
-        }
-      }
+      for (const torch::Tensor& f : stream_feats) stream_one(f);
     };
     auto streams_batched = [&] {
       std::vector<EncoderStreamCache> caches(n_streams);
