@@ -29,6 +29,7 @@ void add_train_lm_command(CLI::App& train, const GlobalOptions& global);
 void add_generate_command(CLI::App& app, const GlobalOptions& global);
 void add_scale_commands(CLI::App& app, const GlobalOptions& global);  // grow, upcycle, export
 void add_import_hf_command(CLI::App& import, const GlobalOptions& global);
+void add_quantize_command(CLI::App& app, const GlobalOptions& global);
 void add_train_seq2seq_command(CLI::App& train, const GlobalOptions& global);
 void add_translate_command(CLI::App& app, const GlobalOptions& global);
 void add_extract_command(CLI::App& app, const GlobalOptions& global);

@@ -65,6 +65,7 @@ int main(int argc, char** argv) {
   add_scale_commands(app, global);
   add_translate_command(app, global);
   add_extract_command(app, global);
+  add_quantize_command(app, global);
   add_distill_command(app, global);
   add_serve_command(app, global);
   try {

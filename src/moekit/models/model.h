@@ -32,6 +32,22 @@ void save_model(const std::string& dir, const Model& model);
 // name every mismatching tensor.
 std::shared_ptr<Model> load_model(const std::string& dir);
 
+// config.yaml's `quantization` entry: {experts: int8} for a model whose MoE
+// experts are stored as int8 (experts.w1 int8 + experts.w1_scale, ...). Makes
+// the model's experts int8 storage, ready for its weights to be loaded;
+// nothing when the entry is absent. Errors name `where` and the field.
+void apply_quantization(const YAML::Node& config, torch::nn::Module& model, const std::string& where);
+
+// `moekit quantize`: the model of model_dir with its MoE experts in int8
+// (per-output-channel symmetric, ops/int8_weights.h), written to out_dir:
+// config.yaml with the quantization entry, model.safetensors, and every
+// other file of model_dir (units.txt, tokenizer files) copied.
+struct QuantizeReport {
+  int64_t layers = 0;                     // MoE layers whose experts were quantized
+  int64_t float_bytes = 0, int8_bytes = 0;  // the experts' weights before / after (scales included)
+};
+QuantizeReport quantize_model_dir(const std::string& model_dir, const std::string& out_dir);
+
 struct ParameterCount {
   int64_t total = 0;   // every parameter
   int64_t active = 0;  // parameters one token uses: only top_k of each MoE layer's experts

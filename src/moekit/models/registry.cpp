@@ -1,6 +1,8 @@
+#include <filesystem>
 #include <map>
 
 #include "moekit/core/check.h"
+#include "moekit/core/file_io.h"
 #include "moekit/core/model_dir.h"
 #include "moekit/models/asr/asr_model.h"
 #include "moekit/models/ffn_stack/ffn_stack.h"
@@ -70,9 +72,62 @@ std::shared_ptr<Model> load_model(const std::string& dir) {
     SkipExpertInit skip;  // every weight is loaded next (a missing one is an error)
     model = create_model(config["model_type"].as<std::string>(), config["architecture"], where);
   }
+  apply_quantization(config, *model, where);
   load_module_state(*model, read_model_weights(dir), dir + "/" + kWeightsFile);
   model->eval();
   return model;
+}
+
+void apply_quantization(const YAML::Node& config, torch::nn::Module& model, const std::string& where) {
+  const YAML::Node q = config["quantization"];
+  if (!q) return;
+  MOEKIT_CHECK_ARG(q.IsMap(), where, ": 'quantization' must be a mapping such as {experts: int8}");
+  for (const auto& item : q) {
+    const std::string key = item.first.as<std::string>();
+    MOEKIT_CHECK_ARG(key == "experts", where, ": unknown quantization entry '", key, "' (known: experts)");
+    MOEKIT_CHECK_ARG(item.second.IsScalar() && item.second.as<std::string>() == "int8", where,
+                     ": quantization.experts must be int8");
+  }
+  if (!q["experts"]) return;
+  MOEKIT_CHECK_ARG(experts_to_int8(model, /*quantize=*/false) > 0, where,
+                   ": quantization.experts is set but the model has no MoE layers");
+}
+
+QuantizeReport quantize_model_dir(const std::string& model_dir, const std::string& out_dir) {
+  YAML::Node config = read_model_config(model_dir);
+  const std::string where = model_dir + "/" + kConfigFile;
+  MOEKIT_CHECK_ARG(!config["quantization"], where, ": the model is quantized already");
+  std::shared_ptr<Model> model = load_model(model_dir);
+  QuantizeReport report;
+  auto expert_bytes = [&] {
+    int64_t bytes = 0;
+    for (const auto& m : model->modules(/*include_self=*/false)) {
+      if (const auto* moe = dynamic_cast<const MoELayerImpl*>(m.get())) {
+        for (const auto& t : moe->experts->named_parameters())
+          if (t.key() != "b1" && t.key() != "b2") bytes += t.value().nbytes();
+        for (const auto& t : moe->experts->named_buffers()) bytes += t.value().nbytes();
+      }
+    }
+    return bytes;
+  };
+  for (const auto& p : model->parameters()) {
+    MOEKIT_CHECK_ARG(p.scalar_type() == torch::kFloat, where, ": quantize needs a float32 model, this one holds ",
+                     p.scalar_type(), " weights");
+  }
+  report.float_bytes = expert_bytes();
+  report.layers = experts_to_int8(*model);
+  MOEKIT_CHECK_ARG(report.layers > 0, model_dir, ": the model has no MoE layers: nothing to quantize");
+  report.int8_bytes = expert_bytes();
+  config.remove("format_version");
+  config["quantization"]["experts"] = "int8";
+  save_model_dir(out_dir, config, module_state(*model));
+  for (const auto& entry : std::filesystem::directory_iterator(model_dir)) {
+    const std::string name = entry.path().filename().string();
+    if (name == kConfigFile || name == kWeightsFile || !entry.is_regular_file()) continue;
+    check_inside_dir(entry.path().string(), model_dir);  // a link out of model_dir is not copied along
+    write_file_atomic(out_dir + "/" + name, read_file(entry.path().string()));
+  }
+  return report;
 }
 
 ParameterCount count_parameters(const torch::nn::Module& model) {

@@ -81,6 +81,7 @@ SkipExpertInit::~SkipExpertInit() { skip_expert_init = previous_; }
 bool SkipExpertInit::active() { return skip_expert_init; }
 
 void ExpertsImpl::reset_parameters() {
+  MOEKIT_CHECK_ARG(!int8(), "int8 experts cannot be re-initialized");
   torch::NoGradGuard no_grad;
   // torch.nn.Linear: weight and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
   const double bound_in = 1.0 / std::sqrt(static_cast<double>(w1.size(2)));
@@ -92,9 +93,45 @@ void ExpertsImpl::reset_parameters() {
   if (b2.defined()) b2.uniform_(-bound_hidden, bound_hidden);
 }
 
+void ExpertsImpl::to_int8(bool quantize) {
+  MOEKIT_CHECK_ARG(!int8(), "the experts are int8 already");
+  torch::NoGradGuard no_grad;
+  auto convert = [&](torch::Tensor& w, torch::Tensor& scale, const char* name) {
+    if (!w.defined()) return;
+    Int8Weight q;
+    if (quantize) {
+      q = quantize_int8(w);
+    } else {
+      q.q = torch::empty(w.sizes(), w.options().dtype(torch::kChar));
+      q.scale = torch::empty(w.sizes().slice(0, w.dim() - 1), w.options().dtype(torch::kFloat));
+    }
+    w.requires_grad_(false);
+    w.set_data(q.q.to(w.device()));
+    scale = register_buffer(std::string(name) + "_scale", q.scale.to(w.device()));
+  };
+  convert(w1, w1_scale, "w1");
+  convert(w3, w3_scale, "w3");
+  convert(w2, w2_scale, "w2");
+  w1_panels_.clear();
+  w3_panels_.clear();
+  w2_panels_.clear();
+}
+
 ExpertWeights ExpertsImpl::weights_for(const torch::Tensor& x, const std::vector<int64_t>& tokens_per_expert,
                                        GroupedFfnKernel kernel) {
   ExpertWeights w = weights();
+  if (int8()) {
+    // The int8 kernel reads only panels: packed on first use, always (the
+    // panels take the int8 weights' own size again).
+    if (torch::GradMode::is_enabled() || !w1.device().is_cpu() || !x.device().is_cpu() ||
+        x.scalar_type() != torch::kFloat) {
+      return w;
+    }
+    w.w1_panels = w1_int8_panels_.get(w1, w1_scale);
+    if (w3.defined()) w.w3_panels = w3_int8_panels_.get(w3, w3_scale);
+    w.w2_panels = w2_int8_panels_.get(w2, w2_scale);
+    return w;
+  }
   if (torch::GradMode::is_enabled()) {
     w1_panels_.clear();
     w3_panels_.clear();
@@ -348,6 +385,26 @@ RouterStats MoELayerImpl::last_stats() const {
 torch::Tensor MoELayerImpl::aux_loss() const {
   std::lock_guard<std::mutex> lock(stats_mutex_);
   return aux_loss_;
+}
+
+int64_t experts_to_int8(torch::nn::Module& root, bool quantize) {
+  int64_t converted = 0;
+  for (const auto& m : root.modules(/*include_self=*/false)) {
+    if (auto* moe = dynamic_cast<MoELayerImpl*>(m.get())) {
+      moe->experts->to_int8(quantize);
+      ++converted;
+    }
+  }
+  return converted;
+}
+
+bool has_int8_experts(const torch::nn::Module& root) {
+  for (const auto& m : root.modules(/*include_self=*/false)) {
+    if (const auto* moe = dynamic_cast<const MoELayerImpl*>(m.get())) {
+      if (moe->experts->int8()) return true;
+    }
+  }
+  return false;
 }
 
 torch::Tensor collect_moe_aux_loss(const torch::nn::Module& root) {

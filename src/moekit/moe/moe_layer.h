@@ -69,7 +69,7 @@ class ExpertsImpl : public torch::nn::Module {
  public:
   ExpertsImpl(int64_t num_experts, int64_t d_model, int64_t d_hidden, bool gated, bool bias);
   void reset_parameters();  // torch.nn.Linear's default init, per expert
-  ExpertWeights weights() const { return {w1, b1, w3, w2, b2, {}, {}, {}}; }
+  ExpertWeights weights() const { return {w1, b1, w3, w2, b2, {}, {}, {}, w1_scale, w3_scale, w2_scale}; }
   // The weights for a forward of rows x routed as tokens_per_expert: with
   // packed panels attached (packed on first use, kept until the weights
   // change) when no gradient is being recorded, panels are enabled and some
@@ -80,8 +80,21 @@ class ExpertsImpl : public torch::nn::Module {
 
   torch::Tensor w1, b1, w3, w2, b2;  // see the file comment; b1/b2/w3 undefined when absent
 
+  // int8 experts (`moekit quantize --experts int8`): w1, w3 and w2 hold int8
+  // weights and these buffers their per-output-channel scales
+  // (experts.w1_scale [E, H], experts.w3_scale [E, H], experts.w2_scale
+  // [E, D]); undefined for float experts. Biases stay float.
+  torch::Tensor w1_scale, w3_scale, w2_scale;
+  bool int8() const { return w1_scale.defined(); }
+  // Turns float experts into int8 ones: quantize_int8 (ops/int8_weights.h)
+  // of each weight; with quantize = false only the int8 storage is made,
+  // for a model whose int8 weights are loaded next. Inference only: a
+  // forward that records gradients through int8 experts is refused.
+  void to_int8(bool quantize = true);
+
  private:
   PanelCache w1_panels_, w3_panels_, w2_panels_;
+  Int8PanelCache w1_int8_panels_, w3_int8_panels_, w2_int8_panels_;
 };
 TORCH_MODULE(Experts);
 
@@ -132,6 +145,12 @@ class MoELayerImpl : public torch::nn::Module {
   torch::Tensor aux_loss_;
 };
 TORCH_MODULE(MoELayer);
+
+// Every MoE layer's experts in a module tree to int8 (ExpertsImpl::to_int8);
+// returns how many layers were converted.
+int64_t experts_to_int8(torch::nn::Module& root, bool quantize = true);
+// Whether any MoE layer in the tree has int8 experts.
+bool has_int8_experts(const torch::nn::Module& root);
 
 // Sum of aux_loss() over every MoE layer in a module tree (undefined if none
 // has one): add it to the training loss.

@@ -53,7 +53,11 @@ ForwardResult grouped_ffn_forward(const torch::Tensor& x, const std::vector<int6
   const RowGroups groups = RowGroups::from_counts(tokens_per_expert);
   auto linear = [&](const torch::Tensor& in, const torch::Tensor& weight, const torch::Tensor& bias,
                     const torch::Tensor& panels, torch::Tensor& out) {
-    grouped_linear_into(in, groups, weight, bias, panels, small, out);
+    if (w.int8()) {
+      grouped_linear_int8_into(in, tokens_per_expert, panels, weight.size(1), bias, out);
+    } else {
+      grouped_linear_into(in, groups, weight, bias, panels, small, out);
+    }
   };
   linear(x, w.w1, w.b1, w.w1_panels, r.h1);
   if (gated) linear(x, w.w3, torch::Tensor(), w.w3_panels, r.h3);
@@ -78,7 +82,7 @@ class GroupedFfnFunction : public torch::autograd::Function<GroupedFfnFunction> 
                                int64_t activation, int64_t kernel) {
     GroupedFfnOptions options{static_cast<Activation>(activation), static_cast<GroupedFfnKernel>(kernel)};
     ForwardResult r = grouped_ffn_forward(x, tokens_per_expert,
-                                          {w1, from_placeholder(b1), from_placeholder(w3), w2, from_placeholder(b2), {}, {}, {}},
+                                          {w1, from_placeholder(b1), from_placeholder(w3), w2, from_placeholder(b2), {}, {}, {}, {}, {}, {}},
                                           options);
     ctx->save_for_backward({x, w1, w3, w2, r.h1, r.h3.defined() ? r.h3 : torch::empty({0}, x.options())});
     ctx->saved_data["tokens_per_expert"] = tokens_per_expert;
@@ -190,6 +194,37 @@ torch::Tensor grouped_mm_ffn(const torch::Tensor& x, const std::vector<int64_t>&
 }
 #endif
 
+// int8 experts: the int8 kernel on CPU float32 rows (packing the panels
+// here when the caller has none), the dequantized weights elsewhere.
+torch::Tensor int8_grouped_ffn(const torch::Tensor& x, const std::vector<int64_t>& tokens_per_expert,
+                               const ExpertWeights& weights, const GroupedFfnOptions& options) {
+  MOEKIT_CHECK_ARG(!(torch::GradMode::is_enabled() && x.requires_grad()),
+                   "grouped_ffn: int8 experts serve inference only (train the float model, then quantize it)");
+  MOEKIT_CHECK_ARG(weights.w1.scalar_type() == torch::kChar && weights.w2.scalar_type() == torch::kChar &&
+                       weights.w2_scale.defined() && (!weights.w3.defined() || weights.w3_scale.defined()),
+                   "grouped_ffn: int8 experts need int8 w1/w2(/w3) with their scales");
+  if (!(x.device().is_cpu() && x.scalar_type() == torch::kFloat)) {
+    auto dq = [&](const torch::Tensor& q, const torch::Tensor& s) {
+      return q.defined() ? dequantize_int8(q, s).to(x.options()) : torch::Tensor();
+    };
+    auto cast = [&](const torch::Tensor& t) { return t.defined() ? t.to(x.options()) : t; };
+    const ExpertWeights w{dq(weights.w1, weights.w1_scale), cast(weights.b1), dq(weights.w3, weights.w3_scale),
+                          dq(weights.w2, weights.w2_scale), cast(weights.b2), {}, {}, {}, {}, {}, {}};
+    return grouped_ffn(x, tokens_per_expert, w, options);
+  }
+  ExpertWeights w = weights;
+  auto panels = [](const torch::Tensor& given, const torch::Tensor& q, const torch::Tensor& s) {
+    return given.defined() ? given : pack_int8_panels(q, s);
+  };
+  w.w1_panels = panels(w.w1_panels, w.w1, w.w1_scale);
+  if (w.w3.defined()) w.w3_panels = panels(w.w3_panels, w.w3, w.w3_scale);
+  w.w2_panels = panels(w.w2_panels, w.w2, w.w2_scale);
+  if (w.b1.defined()) w.b1 = w.b1.to(torch::kFloat).contiguous();
+  if (w.b2.defined()) w.b2 = w.b2.to(torch::kFloat).contiguous();
+  torch::NoGradGuard no_grad;
+  return grouped_ffn_forward(x.contiguous(), tokens_per_expert, w, options).y;
+}
+
 }  // namespace
 
 bool grouped_mm_applies(const torch::Tensor& x, const ExpertWeights& weights) {
@@ -237,6 +272,7 @@ torch::Tensor grouped_ffn(const torch::Tensor& x, const std::vector<int64_t>& to
                    "grouped_ffn: w3 must be given exactly for gated activations");
   MOEKIT_CHECK_ARG(std::accumulate(tokens_per_expert.begin(), tokens_per_expert.end(), int64_t{0}) == x.size(0),
                    "grouped_ffn: tokens_per_expert sums to a different count than x's ", x.size(0), " rows");
+  if (weights.int8()) return int8_grouped_ffn(x, tokens_per_expert, weights, options);
   auto check_panels = [&](const torch::Tensor& panels, const torch::Tensor& w, const char* name) {
     if (!panels.defined()) return;
     const int64_t out = w.size(1), in = w.size(2);

@@ -16,6 +16,7 @@
 
 #include "moekit/ops/activation.h"
 #include "moekit/ops/grouped_linear.h"
+#include "moekit/ops/int8_weights.h"
 
 namespace moekit {
 
@@ -30,6 +31,13 @@ struct ExpertWeights {
   // for the small-rows experts of a forward that needs no gradient. Faster
   // on few rows per expert; same results up to float rounding.
   torch::Tensor w1_panels, w3_panels, w2_panels;
+  // int8 experts (ops/int8_weights.h): when defined, w1, w3 and w2 are int8
+  // and these their per-output-channel scales ([E, H], [E, H], [E, D]); the
+  // panels above are then pack_int8_panels of them. Inference only: on CPU
+  // float32 rows the int8 kernel runs, elsewhere the weights are
+  // dequantized per call.
+  torch::Tensor w1_scale, w3_scale, w2_scale;
+  bool int8() const { return w1_scale.defined(); }
 };
 
 enum class GroupedFfnKernel {

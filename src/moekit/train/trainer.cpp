@@ -25,6 +25,7 @@ namespace moekit {
 void average_model_dirs(const std::vector<std::string>& dirs, const std::string& out_dir) {
   MOEKIT_CHECK_ARG(!dirs.empty(), "average: no model directories");
   YAML::Node config = read_model_config(dirs.front());
+  MOEKIT_CHECK_ARG(!config["quantization"], "average: ", dirs.front(), " is quantized; average the float models");
   TensorMap sum;
   for (const auto& dir : dirs) {
     const TensorMap w = read_model_weights(dir);

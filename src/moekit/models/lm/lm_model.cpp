@@ -211,6 +211,7 @@ void save_lm_dir(const LmWeights& model, const std::string& dir) {
 std::shared_ptr<LmModel> load_lm_model(const std::string& dir) {
   const LmWeights w = read_lm_dir(dir);
   auto model = std::make_shared<LmModel>(w.config);
+  apply_quantization(read_model_config(dir), *model, dir + "/" + kConfigFile);
   load_module_state(*model, w.weights, dir + "/" + kWeightsFile);
   model->eval();
   return model;

@@ -1,0 +1,258 @@
+// int8 experts (kernels/int8_kernel.h, ops/int8_weights.h, `moekit
+// quantize`): the kernel in every instruction-set variant against exact
+// integer sums, row and weight quantization against their formulas, the
+// grouped FFN against the same scheme written with LibTorch ops, and int8
+// model directories.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "moe_reference.h"
+#include "moekit/core/file_io.h"
+#include "moekit/core/model_dir.h"
+#include "moekit/kernels/int8_kernel.h"
+#include "moekit/models/ffn_stack/ffn_stack.h"
+#include "moekit/models/model.h"
+#include "moekit/moe/moe_layer.h"
+#include "moekit/ops/grouped_ffn.h"
+#include "moekit/ops/int8_weights.h"
+#include "test_util.h"
+
+namespace moekit {
+namespace {
+
+using detail::kPanelWidth;
+using testing::max_abs_diff;
+
+// Row quantization as int8_kernel.h states it, in LibTorch ops:
+// q = round(x / s) with s = max|x| / 127 per row; returns q (int32, unbiased) and s.
+std::pair<torch::Tensor, torch::Tensor> reference_quantize_rows(const torch::Tensor& x) {
+  const torch::Tensor s = x.abs().amax(1) / 127.0f;
+  const torch::Tensor inv = torch::where(s > 0, 1.0f / s, torch::zeros_like(s));
+  return {(x * inv.unsqueeze(1)).round().clamp(-127, 127).to(torch::kInt), s};
+}
+
+TEST(Int8Quantization, RowsFollowTheFormulaWithPaddingAndZeroRows) {
+  for (int64_t in : {1, 3, 4, 17, 64, 250}) {
+    torch::Tensor x = torch::randn({5, in + 2}) * 3.0;
+    x[2].zero_();  // a zero row: scale 0, all codes 128
+    const int64_t in4 = detail::int8_padded_inputs(in), ld_xq = in4 + 4;
+    std::vector<uint8_t> xq(static_cast<size_t>(5 * ld_xq), 7);
+    std::vector<float> scale(5, -1.0f);
+    detail::quantize_rows_u8(x.data_ptr<float>(), 5, in + 2, in, xq.data(), ld_xq, scale.data());
+    const auto [q, s] = reference_quantize_rows(x.narrow(1, 0, in));
+    for (int64_t r = 0; r < 5; ++r) {
+      EXPECT_FLOAT_EQ(scale[r], s[r].item<float>()) << "row " << r;
+      for (int64_t k = 0; k < in4; ++k) {
+        const int want = k < in ? q[r][k].item<int>() + 128 : 128;
+        ASSERT_EQ(xq[r * ld_xq + k], want) << "in " << in << " row " << r << " k " << k;
+      }
+      EXPECT_EQ(xq[r * ld_xq + in4], 7) << "wrote past the padded row";
+    }
+  }
+}
+
+TEST(Int8Quantization, WeightsArePerOutputChannelSymmetric) {
+  torch::Tensor w = torch::randn({3, 40, 24});
+  w[1][5].zero_();
+  const Int8Weight q = quantize_int8(w);
+  ASSERT_EQ(q.q.scalar_type(), torch::kChar);
+  ASSERT_EQ(q.scale.sizes(), torch::IntArrayRef({3, 40}));
+  EXPECT_EQ(q.q.abs().amax().item<int>(), 127);
+  EXPECT_EQ(q.scale[1][5].item<float>(), 0.0f);
+  // Every weight within half a step of its channel's scale.
+  const torch::Tensor err = (dequantize_int8(q.q, q.scale) - w).abs();
+  EXPECT_TRUE((err <= q.scale.unsqueeze(-1) * 0.5001f).all().item<bool>());
+  EXPECT_THROW(quantize_int8(torch::ones({4, 4}, torch::kInt)), std::invalid_argument);
+  torch::Tensor bad = torch::randn({4, 4});
+  bad[0][0] = std::nanf("");
+  EXPECT_THROW(quantize_int8(bad), std::invalid_argument);
+}
+
+TEST(Int8Kernel, EveryVariantEqualsExactIntegerSums) {
+  const auto variants = detail::int8_panel_variants();
+  ASSERT_FALSE(variants.empty());
+  EXPECT_EQ(variants.back().first, "generic");
+  const int64_t out_features = 70;  // 2 whole panels + 6 channels
+  const std::vector<std::pair<int64_t, int64_t>> ranges = {{0, 70}, {32, 64}, {64, 70}};
+  for (const auto& [name, kernel] : variants) {
+    for (int64_t in : {1, 5, 16, 37, 256}) {
+      const Int8Weight w = quantize_int8(torch::randn({out_features, in}));
+      const torch::Tensor b = torch::randn({out_features});
+      const torch::Tensor panels = pack_int8_panels(w.q, w.scale);
+      ASSERT_EQ(panels.sizes(), torch::IntArrayRef({3, detail::int8_panel_bytes(in)}));
+      for (int64_t rows : {1, 2, 3, 5, 11, 12, 13, 25, 40}) {
+        const int64_t ld_out = out_features + 5, in4 = detail::int8_padded_inputs(in);
+        const torch::Tensor x = torch::randn({rows, in});
+        std::vector<uint8_t> xq(static_cast<size_t>(rows * in4));
+        std::vector<float> xs(static_cast<size_t>(rows));
+        detail::quantize_rows_u8(x.data_ptr<float>(), rows, in, in, xq.data(), in4, xs.data());
+        // The exact sums in int64, scaled in double.
+        const auto [q, s] = reference_quantize_rows(x);
+        const torch::Tensor sums = torch::mm(q.to(torch::kLong), w.q.to(torch::kLong).t());  // [rows, out]
+        const torch::Tensor expected_all =
+            sums.to(torch::kDouble) * s.to(torch::kDouble).unsqueeze(1) * w.scale.to(torch::kDouble).unsqueeze(0);
+        for (const auto& [o_begin, o_end] : ranges) {
+          for (bool with_bias : {false, true}) {
+            torch::Tensor y = torch::full({rows, ld_out}, 7.0f);
+            kernel(xq.data(), xs.data(), rows, in4, in, panels.data_ptr<int8_t>(),
+                   with_bias ? b.data_ptr<float>() : nullptr, o_begin, o_end, y.data_ptr<float>(), ld_out);
+            torch::Tensor expected = torch::full({rows, ld_out}, 7.0, torch::kDouble);
+            torch::Tensor part = expected_all.narrow(1, o_begin, o_end - o_begin);
+            if (with_bias) part = part + b.narrow(0, o_begin, o_end - o_begin).to(torch::kDouble);
+            expected.narrow(1, o_begin, o_end - o_begin).copy_(part);
+            EXPECT_LT(max_abs_diff(y.to(torch::kDouble), expected), 1e-4 * (1.0 + expected.abs().max().item<double>()))
+                << name << " in " << in << " rows " << rows << " outputs [" << o_begin << ", " << o_end << ") bias "
+                << with_bias;
+          }
+        }
+      }
+    }
+  }
+}
+
+// The int8 grouped FFN computes, per expert: rows quantized per row, times
+// the dequantized weights; the activation in float; its rows quantized
+// again, times the dequantized w2.
+torch::Tensor reference_int8_ffn(const torch::Tensor& x, const std::vector<int64_t>& counts, const ExpertWeights& w,
+                                 Activation act) {
+  auto qdq_rows = [](const torch::Tensor& t) {
+    const auto [q, s] = reference_quantize_rows(t);
+    return q.to(torch::kFloat) * s.unsqueeze(1);
+  };
+  std::vector<torch::Tensor> outs;
+  int64_t row = 0;
+  for (size_t e = 0; e < counts.size(); ++e) {
+    const torch::Tensor xe = x.narrow(0, row, counts[e]);
+    row += counts[e];
+    const auto i = static_cast<int64_t>(e);
+    torch::Tensor h1 = torch::mm(qdq_rows(xe), dequantize_int8(w.w1[i], w.w1_scale[i]).t());
+    if (w.b1.defined()) h1 = h1 + w.b1[i];
+    torch::Tensor h3;
+    if (w.w3.defined()) h3 = torch::mm(qdq_rows(xe), dequantize_int8(w.w3[i], w.w3_scale[i]).t());
+    torch::Tensor y = torch::mm(qdq_rows(testing::reference_activation(act, h1, h3)),
+                                dequantize_int8(w.w2[i], w.w2_scale[i]).t());
+    if (w.b2.defined()) y = y + w.b2[i];
+    outs.push_back(y);
+  }
+  return torch::cat(outs, 0);
+}
+
+TEST(Int8GroupedFfn, EqualsTheSchemeInLibTorchOpsAndStaysNearFloat) {
+  torch::manual_seed(3);
+  for (Activation act : {Activation::Swish, Activation::SwiGLU}) {
+    const int64_t experts = 4, d = 40, h = 72;
+    const bool gated = act == Activation::SwiGLU;
+    ExpertWeights f{torch::randn({experts, h, d}) * 0.2, gated ? torch::Tensor() : torch::randn({experts, h}),
+                    gated ? torch::randn({experts, h, d}) * 0.2 : torch::Tensor(), torch::randn({experts, d, h}) * 0.2,
+                    gated ? torch::Tensor() : torch::randn({experts, d}), {}, {}, {}, {}, {}, {}};
+    ExpertWeights q = f;
+    auto to_q = [](torch::Tensor& w, torch::Tensor& scale) {
+      if (!w.defined()) return;
+      Int8Weight i = quantize_int8(w);
+      w = i.q;
+      scale = i.scale;
+    };
+    to_q(q.w1, q.w1_scale);
+    to_q(q.w3, q.w3_scale);
+    to_q(q.w2, q.w2_scale);
+    const std::vector<int64_t> counts = {5, 0, 17, 1};  // an idle expert, one with a single row
+    const torch::Tensor x = torch::randn({23, d});
+    const torch::Tensor y = grouped_ffn(x, counts, q, {act});
+    const torch::Tensor want = reference_int8_ffn(x, counts, q, act);
+    EXPECT_LT(max_abs_diff(y, want), 1e-3 * (1.0 + want.abs().max().item<double>())) << activation_name(act);
+    // And near the float experts it was made from (8-bit weights and rows).
+    const torch::Tensor y_float = grouped_ffn(x, counts, f, {act});
+    const double rel = (y - y_float).norm().item<double>() / y_float.norm().item<double>();
+    EXPECT_LT(rel, 0.03) << activation_name(act);
+    // Off the int8 kernel (float64 rows): the dequantized weights, same result up to the rows' rounding.
+    const torch::Tensor y64 = grouped_ffn(x.to(torch::kDouble), counts, q, {act});
+    EXPECT_LT((y64.to(torch::kFloat) - y_float).norm().item<double>() / y_float.norm().item<double>(), 0.03);
+  }
+}
+
+TEST(Int8Experts, MoELayerQuantizesInPlaceAndRefusesTraining) {
+  torch::manual_seed(5);
+  MoEOptions o;
+  o.d_model = 32;
+  o.d_hidden = 64;
+  o.num_experts = 4;
+  o.top_k = 2;
+  MoELayer moe(o);
+  moe->eval();
+  const torch::Tensor x = torch::randn({2, 9, 32});
+  torch::Tensor y_float;
+  {
+    torch::NoGradGuard no_grad;
+    y_float = moe->forward(x);
+  }
+  moe->experts->to_int8();
+  ASSERT_TRUE(moe->experts->int8());
+  EXPECT_EQ(moe->experts->w1.scalar_type(), torch::kChar);
+  EXPECT_FALSE(moe->experts->w1.requires_grad());
+  EXPECT_EQ(moe->experts->w1_scale.sizes(), torch::IntArrayRef({4, 64}));
+  torch::Tensor y_int8;
+  {
+    torch::NoGradGuard no_grad;
+    y_int8 = moe->forward(x);
+  }
+  EXPECT_LT((y_int8 - y_float).norm().item<double>() / y_float.norm().item<double>(), 0.03);
+  EXPECT_FALSE(y_int8.equal(y_float));
+  EXPECT_NE(error_of([&] { moe->experts->to_int8(); }).find("int8 already"), std::string::npos);
+  moe->train();
+  const torch::Tensor xg = x.clone().requires_grad_(true);
+  EXPECT_NE(error_of([&] { moe->forward(xg); }).find("inference only"), std::string::npos);
+}
+
+TEST(Int8ModelDir, QuantizedDirectoryLoadsAndComputesWhatTheQuantizedModelDoes) {
+  const std::string base = temp_dir("int8");
+  auto fresh_dir = [&](const std::string& name) { return base + "/" + name; };
+  torch::manual_seed(7);
+  FfnStack model(small_stack_options(32, 2));
+  const std::string dir = fresh_dir("float"), out = fresh_dir("q");
+  save_model(dir, model);
+  write_file_atomic(dir + "/units.txt", "a 0\n");
+  const QuantizeReport report = quantize_model_dir(dir, out);
+  EXPECT_EQ(report.layers, 2);
+  EXPECT_GT(report.float_bytes, 3 * report.int8_bytes);
+  EXPECT_EQ(read_file(out + "/units.txt"), "a 0\n");
+  EXPECT_EQ(read_model_config(out)["quantization"]["experts"].as<std::string>(), "int8");
+  const TensorMap weights = read_model_weights(out);
+  EXPECT_EQ(weights.at("layers.0.ffn.experts.w1").scalar_type(), torch::kChar);
+  EXPECT_EQ(weights.at("layers.0.ffn.experts.w1_scale").scalar_type(), torch::kFloat);
+  EXPECT_EQ(weights.at("layers.0.ffn.experts.b1").scalar_type(), torch::kFloat);
+
+  std::shared_ptr<Model> loaded = load_model(out);
+  EXPECT_TRUE(has_int8_experts(*loaded));
+  model.eval();
+  experts_to_int8(model);
+  torch::NoGradGuard no_grad;
+  const torch::Tensor x = torch::randn({2, 5, 32});
+  EXPECT_TRUE(dynamic_cast<FfnStack*>(loaded.get())->forward(x).equal(model.forward(x)));
+
+  // Quantizing twice, a model without MoE layers, and bad entries are clear errors.
+  EXPECT_NE(error_of([&] { quantize_model_dir(out, fresh_dir("twice")); }).find("quantized already"),
+            std::string::npos);
+  FfnStackOptions dense = small_stack_options(32, 2);
+  dense.moe = false;
+  FfnStack dense_model(dense);
+  save_model(fresh_dir("dense"), dense_model);
+  EXPECT_NE(error_of([&] { quantize_model_dir(fresh_dir("dense"), fresh_dir("dq")); }).find("no MoE layers"),
+            std::string::npos);
+  YAML::Node config = read_model_config(out);
+  config["quantization"]["experts"] = "int4";
+  write_file_atomic(out + "/config.yaml", YAML::Dump(config));
+  EXPECT_NE(error_of([&] { load_model(out); }).find("quantization.experts must be int8"), std::string::npos);
+  config["quantization"] = YAML::Node();
+  config["quantization"]["attention"] = "int8";
+  write_file_atomic(out + "/config.yaml", YAML::Dump(config));
+  EXPECT_NE(error_of([&] { load_model(out); }).find("unknown quantization entry 'attention'"),
+            std::string::npos);
+  // int8 weights in a directory that does not say so: named, not loaded as floats.
+  config.remove("quantization");
+  write_file_atomic(out + "/config.yaml", YAML::Dump(config));
+  EXPECT_NE(error_of([&] { load_model(out); }).find("w1_scale"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace moekit
