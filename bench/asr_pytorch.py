@@ -8,6 +8,11 @@ model.safetensors), so both sides run identical weights, and prints the
 same JSON fields as `moekit bench asr` (RTF full context and chunk by chunk).
 
   bench/asr_pytorch.py MODEL_DIR --threads 1 --seconds 10 --chunk-size 16
+
+--quantize experts|linear runs PyTorch's dynamic int8 quantization
+(torch.ao.quantization.quantize_dynamic, qint8 weights, on the oneDNN
+engine) of the experts' linear maps, or of every linear map as WeNet's
+runtime export does, instead of float32.
 """
 import argparse
 import json
@@ -26,12 +31,36 @@ def act(name):
     return {"swish": torch.nn.functional.silu, "relu": torch.relu, "gelu": torch.nn.functional.gelu}[name]
 
 
+def dynamic_int8(w, b):
+    """torch.nn.Linear(w, b) through quantize_dynamic: a dynamically quantized int8 linear map."""
+    lin = torch.nn.Linear(w.size(1), w.size(0), bias=b is not None)
+    with torch.no_grad():
+        lin.weight.copy_(w)
+        if b is not None:
+            lin.bias.copy_(b)
+    return torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(lin), {torch.nn.Linear}, dtype=torch.qint8)[0]
+
+
+QUANTIZE = "none"  # none | experts | linear (set by --quantize)
+ENGINE = "onednn"
+
+
 class Lin:
     def __init__(self, w, p):
         self.w, self.b = w[p + ".weight"], w.get(p + ".bias")
+        self.q = dynamic_int8(self.w, self.b) if QUANTIZE == "linear" else None
 
     def __call__(self, x):
+        if self.q is not None:
+            return self.q(x)
         return torch.nn.functional.linear(x, self.w, self.b)
+
+
+def linear_map(w, b):
+    """An expert's linear map: float, or quantize_dynamic's int8 one."""
+    if QUANTIZE == "none":
+        return lambda x: torch.nn.functional.linear(x, w, b)
+    return dynamic_int8(w, b)
 
 
 class LN:
@@ -56,8 +85,8 @@ class MoEFFN:
     def __init__(self, w, p, f, k):
         self.gate = w[p + ".gate.weight"]
         e = w[p + ".experts.w1"].size(0)
-        self.experts = [(w[p + ".experts.w1"][i], w.get(p + ".experts.b1")[i], w[p + ".experts.w2"][i],
-                         w.get(p + ".experts.b2")[i]) for i in range(e)]
+        self.experts = [(linear_map(w[p + ".experts.w1"][i], w.get(p + ".experts.b1")[i]),
+                         linear_map(w[p + ".experts.w2"][i], w.get(p + ".experts.b2")[i])) for i in range(e)]
         self.f, self.k = f, k
 
     def __call__(self, xs):
@@ -67,10 +96,10 @@ class MoEFFN:
         logits, selected = torch.topk(router, self.k)
         weights = torch.nn.functional.softmax(logits, dim=1, dtype=torch.float).to(dtype=xs.dtype)
         output = torch.zeros_like(xs)
-        for i, (w1, b1, w2, b2) in enumerate(self.experts):
+        for i, (l1, l2) in enumerate(self.experts):
             mask = selected == i
             token_ids, ith = torch.where(mask)
-            h = torch.nn.functional.linear(self.f(torch.nn.functional.linear(xs[token_ids], w1, b1)), w2, b2)
+            h = l2(self.f(l1(xs[token_ids])))
             output[token_ids] += weights[token_ids, ith, None] * h
         return output.view(b, l, d)
 
@@ -185,7 +214,15 @@ def main():
     ap.add_argument("--check", metavar="REFERENCE_PT",
                     help="verify this implementation against WeNet's outputs (the fixture's reference.pt, with "
                          "MODEL_DIR = `moekit import wenet` of the fixture) and exit")
+    ap.add_argument("--quantize", choices=["none", "experts", "linear"], default="none",
+                    help="quantize_dynamic int8: the experts' linear maps, or every linear map (WeNet's export)")
+    ap.add_argument("--engine", default="onednn", help="PyTorch's quantized engine (onednn | qnnpack)")
     a = ap.parse_args()
+    global QUANTIZE, ENGINE
+    ENGINE = a.engine
+    QUANTIZE = a.quantize
+    if QUANTIZE != "none":
+        torch.backends.quantized.engine = ENGINE
     torch.set_num_threads(a.threads)
     torch.set_grad_enabled(False)
     conf = yaml.safe_load(open(a.model_dir + "/config.yaml"))["architecture"]
@@ -231,7 +268,8 @@ def main():
         s = time.perf_counter(); full(); t_full.append(time.perf_counter() - s)
         s = time.perf_counter(); streaming(); t_stream.append(time.perf_counter() - s)
     med = lambda v: sorted(v)[len(v) // 2]
-    print(json.dumps({"benchmark": "asr_encoder_ctc_pytorch_eager", "threads": a.threads, "seconds": a.seconds,
+    print(json.dumps({"benchmark": "asr_encoder_ctc_pytorch_eager", "quantize": a.quantize, "threads": a.threads,
+                      "seconds": a.seconds,
                       "chunk_size": a.chunk_size, "rtf_full": med(t_full) / a.seconds,
                       "rtf_chunk": med(t_stream) / a.seconds}, indent=2))
 

@@ -6,6 +6,9 @@ One run, rounds interleaved, threads pinned (intra-op and OpenBLAS):
   dense      MoEKit, the same Conformer with dense FFNs of equal active FLOPs (FFN = top_k x H)
   moe_torch  bench/asr_pytorch.py: the MoE model (same weights) in PyTorch eager, WeNet's per-expert loop
   dense_torch  the dense model in PyTorch eager
+  moe_int8   MoEKit, the MoE model after `moekit quantize --experts int8`
+  moe_torch_int8  the MoE model in PyTorch eager with its experts through quantize_dynamic (qint8, oneDNN engine)
+  moe_torch_int8_qnnpack  the same on the QNNPACK engine
 Prints a markdown table of RTF (encoder + CTC) at full context and chunk by
 chunk, the ratios the targets are stated in, and the MoE model's fraction of
 the memory-bandwidth bound per chunk.
@@ -61,23 +64,40 @@ def bench(a, env, tmp):
         text = " ".join(open("/usr/share/common-licenses/GPL-3").read().split()[:400])
         subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", "-w", wav, text], check=True)
         shape += ["--wav", wav]
-    results = {k: [] for k in ("moe", "dense", "moe_torch", "dense_torch")}
+    variants = ["moe", "dense", "moe_torch", "dense_torch", "moe_int8", "moe_torch_int8", "moe_torch_int8_qnnpack"]
+    results = {k: [] for k in variants}
+
+    def torch_cmd(name, *extra):
+        cmd = [a.python, os.path.join(os.path.dirname(__file__), "asr_pytorch.py"), os.path.join(tmp, name),
+               "--threads", str(a.threads), "--seconds", str(a.seconds), "--chunk-size", str(a.chunk_size),
+               "--rounds", str(a.rounds)] + list(extra)
+        if a.input == "speech":
+            cmd += ["--feats", os.path.join(tmp, name + ".feats")]
+        return cmd
+
     for alt in range(a.alternations):
         for name, extra in models.items():
             cmd = [a.moekit, "--threads", str(a.threads), "bench", "asr"] + shape + extra
             if alt == 0:
                 cmd += ["--save-model", os.path.join(tmp, name), "--save-feats", os.path.join(tmp, name + ".feats")]
             results[name].append(run(cmd, env))
-            torch_cmd = [a.python, os.path.join(os.path.dirname(__file__), "asr_pytorch.py"), os.path.join(tmp, name),
-                         "--threads", str(a.threads), "--seconds", str(a.seconds), "--chunk-size", str(a.chunk_size),
-                         "--rounds", str(a.rounds)]
-            if a.input == "speech":
-                torch_cmd += ["--feats", os.path.join(tmp, name + ".feats")]
-            results[name + "_torch"].append(run(torch_cmd, env))
+            results[name + "_torch"].append(run(torch_cmd(name), env))
+            if name != "moe":
+                continue
+            # The same MoE model with int8 experts: MoEKit's and PyTorch's quantize_dynamic.
+            q = os.path.join(tmp, "moe_int8")
+            if alt == 0:
+                subprocess.run([a.moekit, "quantize", os.path.join(tmp, "moe"), q, "--experts", "int8"], check=True,
+                               env=env, stdout=subprocess.DEVNULL)
+            results["moe_int8"].append(run([a.moekit, "--threads", str(a.threads), "bench", "asr", "--model-dir", q]
+                                           + shape, env))
+            results["moe_torch_int8"].append(run(torch_cmd("moe", "--quantize", "experts"), env))
+            results["moe_torch_int8_qnnpack"].append(
+                run(torch_cmd("moe", "--quantize", "experts", "--engine", "qnnpack"), env))
     def med(rows, key):
         return median(r[key] for r in rows)
     summary = {k: {"rtf_full": med(v, "rtf_full"), "rtf_chunk": med(v, "rtf_chunk")} for k, v in results.items()}
-    for k in ("moe", "dense"):
+    for k in ("moe", "dense", "moe_int8"):
         for key in ("rtf_fbank", "rtf_full_with_fbank", "rtf_chunk_with_fbank", "chunk_fraction_of_bandwidth_bound",
                     "read_bandwidth_gb_per_s", "busiest_expert_share_full", "busiest_expert_share_chunk",
                     "expert_bytes_touched_per_chunk_fraction", "weight_bytes_per_chunk",
@@ -101,7 +121,7 @@ def bench(a, env, tmp):
     print()
     print("| variant | RTF full | RTF chunk %d | RTF full + fbank | RTF chunk + fbank |" % a.chunk_size)
     print("|---|---|---|---|---|")
-    for k in ("moe", "dense", "moe_torch", "dense_torch"):
+    for k in variants:
         s = summary[k]
         extra = ("%.4f | %.4f" % (s["rtf_full_with_fbank"], s["rtf_chunk_with_fbank"])) if "rtf_fbank" in s else "- | -"
         print("| %s | %.4f | %.4f | %s |" % (k, s["rtf_full"], s["rtf_chunk"], extra))
@@ -119,6 +139,19 @@ def bench(a, env, tmp):
         m["weight_bytes_all"] / 1e6, m["chunk_fraction_of_all_weights_bound"]))
     print("- PyTorch reference, MoE / its dense: full %.2fx, chunk %.2fx" % (
         mt["rtf_full"] / summary["dense_torch"]["rtf_full"], mt["rtf_chunk"] / summary["dense_torch"]["rtf_chunk"]))
+    q, qt = summary["moe_int8"], summary["moe_torch_int8"]
+    print("- int8 experts, MoEKit fp32 / int8: full %.2fx, chunk %d %.2fx (target >= 1.8x at chunk 16)" % (
+        m["rtf_full"] / q["rtf_full"], a.chunk_size, m["rtf_chunk"] / q["rtf_chunk"]))
+    print("- int8 chunk %d: fraction of the memory-bandwidth bound %.2f (weights read %.1f MB per chunk, the experts "
+          "as int8 + scales; read bandwidth %.1f GB/s)" % (a.chunk_size, q["chunk_fraction_of_bandwidth_bound"],
+                                                           q["weight_bytes_per_chunk"] / 1e6,
+                                                           q["read_bandwidth_gb_per_s"]))
+    print("- PyTorch quantize_dynamic (experts, oneDNN) / MoEKit int8: full %.2fx, chunk %.2fx; QNNPACK: full %.2fx, "
+          "chunk %.2fx" % (qt["rtf_full"] / q["rtf_full"], qt["rtf_chunk"] / q["rtf_chunk"],
+                           summary["moe_torch_int8_qnnpack"]["rtf_full"] / q["rtf_full"],
+                           summary["moe_torch_int8_qnnpack"]["rtf_chunk"] / q["rtf_chunk"]))
+    print("- PyTorch, its own fp32 / its quantize_dynamic (oneDNN): full %.2fx, chunk %.2fx" % (
+        mt["rtf_full"] / qt["rtf_full"], mt["rtf_chunk"] / qt["rtf_chunk"]))
 
 
 if __name__ == "__main__":

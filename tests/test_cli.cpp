@@ -118,6 +118,33 @@ TEST(Cli, TranscribeGoesOnPastBadFilesAndFailsAtTheEnd) {
   EXPECT_EQ(lines(no_model.output), 1) << no_model.output;
 }
 
+TEST(Cli, QuantizeWritesAnInt8ModelThatDecodes) {
+  const std::string dir = asr_model_dir(), out = dir + "-int8";
+  std::filesystem::remove_all(out);
+  const CliRun run = run_cli("quantize " + dir + " " + out + " --experts int8");
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  EXPECT_NE(run.output.find("experts of 2 MoE layers to int8"), std::string::npos) << run.output;
+  EXPECT_TRUE(std::filesystem::exists(out + "/units.txt"));
+  if (have_audio_files()) {
+    std::vector<float> tone(16000);
+    for (size_t i = 0; i < tone.size(); ++i) tone[i] = 0.3f * std::sin(0.05f * static_cast<float>(i));
+    write_wav16(out + "/tone.wav", tone, 16000);
+    const CliRun streaming = run_cli("transcribe " + out + " " + out + "/tone.wav --chunk-size 2 --streaming");
+    EXPECT_EQ(streaming.exit_code, 0) << streaming.output;
+  }
+  for (const auto& [args, message] : std::vector<std::pair<std::string, std::string>>{
+           {"quantize " + dir + " " + out + " --experts int8", "exists"},
+           {"quantize " + out + " " + out + "-again --experts int8", "quantized already"},
+           {"quantize " + dir + " " + out + "-4 --experts int4", "--experts"},
+       }) {
+    const CliRun bad = run_cli(args);
+    EXPECT_NE(bad.exit_code, 0) << args;
+    EXPECT_NE(bad.output.find(message), std::string::npos) << args << ": " << bad.output;
+    EXPECT_EQ(lines(bad.output), 1) << bad.output;
+  }
+  std::filesystem::remove_all(out);
+}
+
 TEST(Cli, EvalScoresReadableUtterancesAndReportsTheRest) {
   if (!have_audio_files()) GTEST_SKIP() << "built without libsndfile/libsoxr";
   const std::string dir = asr_model_dir();

@@ -7,10 +7,12 @@
 
 #include <cmath>
 
+#include "asr_test_util.h"
 #include "moe_reference.h"
 #include "moekit/core/file_io.h"
 #include "moekit/core/model_dir.h"
 #include "moekit/kernels/int8_kernel.h"
+#include "moekit/models/asr/asr_model.h"
 #include "moekit/models/ffn_stack/ffn_stack.h"
 #include "moekit/models/model.h"
 #include "moekit/moe/moe_layer.h"
@@ -252,6 +254,35 @@ TEST(Int8ModelDir, QuantizedDirectoryLoadsAndComputesWhatTheQuantizedModelDoes) 
   config.remove("quantization");
   write_file_atomic(out + "/config.yaml", YAML::Dump(config));
   EXPECT_NE(error_of([&] { load_model(out); }).find("w1_scale"), std::string::npos);
+}
+
+TEST(Int8Experts, SpeechEncoderStaysNearFloatInFullContextAndStreaming) {
+  torch::manual_seed(11);
+  AsrConfig c = small_asr_config();
+  c.encoder.output_size = 64;  // rows wide enough that 8-bit rounding averages out as in real models
+  c.encoder.ffn.hidden = 128;
+  AsrModel model(c);
+  model.eval();
+  torch::NoGradGuard no_grad;
+  const torch::Tensor feats = torch::randn({1, 67, 20});
+  const torch::Tensor lens = torch::full({1}, 67, torch::kLong);
+  auto stream = [&] {
+    EncoderStreamCache cache;
+    std::vector<torch::Tensor> out;
+    const int64_t window = model.encoder->window_frames(4), stride = model.encoder->subsampling_rate() * 4;
+    for (int64_t t = 0; t + window <= feats.size(1); t += stride) {
+      out.push_back(model.encoder->forward_chunk(feats.narrow(1, t, window), cache, -1));
+    }
+    return torch::cat(out, 1);
+  };
+  const torch::Tensor full_float = model.encoder->forward(feats, lens).first, chunk_float = stream();
+  experts_to_int8(model);
+  const FastPathProbe probe;
+  const torch::Tensor full_int8 = model.encoder->forward(feats, lens).first, chunk_int8 = stream();
+  EXPECT_GT(probe.ran("linear.int8"), 0);
+  auto rel = [](const torch::Tensor& a, const torch::Tensor& b) { return (a - b).norm().item<double>() / b.norm().item<double>(); };
+  EXPECT_LT(rel(full_int8, full_float), 0.03);
+  EXPECT_LT(rel(chunk_int8, chunk_float), 0.03);
 }
 
 }  // namespace

@@ -43,7 +43,7 @@ double touched_expert_bytes(torch::nn::Module& root, std::vector<double>* busies
     if (moe == nullptr) continue;
     const ExpertWeights w = moe->experts->weights();
     double per_expert = 0;
-    for (const torch::Tensor& t : {w.w1, w.b1, w.w3, w.w2, w.b2}) {
+    for (const torch::Tensor& t : {w.w1, w.b1, w.w3, w.w2, w.b2, w.w1_scale, w.w3_scale, w.w2_scale}) {
       if (t.defined()) per_expert += static_cast<double>(t.numel()) / t.size(0) * t.element_size();
     }
     const RouterStats stats = moe->last_stats();
@@ -208,6 +208,7 @@ void add_bench_asr_command(CLI::App& bench, const GlobalOptions& global) {
     // Bytes of weights one chunk reads: every encoder and CTC parameter,
     // less the experts its routing left idle (counted chunk by chunk; with
     // random weights and noise most frames pick the same two experts).
+    // int8 experts count their int8 bytes and their scales.
     double all_bytes = 0;
     for (const auto& p : enc.parameters()) all_bytes += static_cast<double>(p.numel()) * p.element_size();
     for (const auto& p : model->ctc->parameters()) all_bytes += static_cast<double>(p.numel()) * p.element_size();
@@ -216,10 +217,16 @@ void add_bench_asr_command(CLI::App& bench, const GlobalOptions& global) {
       for (const auto& m : enc.modules(false)) {
         if (const auto* moe = m->as<MoELayerImpl>()) {
           for (const auto& p : moe->experts->parameters()) b += static_cast<double>(p.numel()) * p.element_size();
+          for (const auto& p : moe->experts->buffers()) b += static_cast<double>(p.numel()) * p.element_size();
         }
       }
       return b;
     }();
+    for (const auto& m : enc.modules(false)) {
+      if (const auto* moe = m->as<MoELayerImpl>()) {
+        for (const auto& p : moe->experts->buffers()) all_bytes += static_cast<double>(p.numel()) * p.element_size();
+      }
+    }
     double touched_bytes = 0;
     std::vector<double> busiest_full, busiest_chunk;
     {

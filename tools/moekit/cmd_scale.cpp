@@ -3,7 +3,9 @@
 //   moekit upcycle <in_dir> <out_dir> --experts 8 --top-k 2 [--granularity G]
 //   moekit export hf <model_dir> <hf_dir>      moekit import hf <hf_dir> <model_dir>
 //   moekit quantize <model_dir> <out_dir> --experts int8
+#include <iomanip>
 #include <iostream>
+#include <sstream>
 
 #include "commands.h"
 #include "moekit/core/file_io.h"
@@ -130,9 +132,18 @@ void add_quantize_command(CLI::App& app, const GlobalOptions& global) {
     OutputDir out(o->out_dir, o->force, {o->in_dir});
     const QuantizeReport r = quantize_model_dir(o->in_dir, out.path());
     out.commit();
+    auto size = [](int64_t bytes) {
+      std::ostringstream s;
+      s << std::fixed << std::setprecision(1);
+      if (bytes >= 1000000) {
+        s << bytes / 1e6 << " MB";
+      } else {
+        s << bytes / 1e3 << " kB";
+      }
+      return s.str();
+    };
     std::cout << "quantized " << o->in_dir << " -> " << o->out_dir << " (experts of " << r.layers
-              << " MoE layers to int8: " << r.float_bytes / 1000000 << " MB -> " << r.int8_bytes / 1000000
-              << " MB)\n";
+              << " MoE layers to int8: " << size(r.float_bytes) << " -> " << size(r.int8_bytes) << ")\n";
   });
 }
 
