@@ -100,6 +100,15 @@ if [[ $stage -le 2 && $stop_stage -ge 2 ]]; then
       "$moekit" --threads 1 eval "$exp/final" "$data/test/data.list" --chunk-size "$chunk" --json \
         --mode ctc_greedy_search ctc_prefix_beam_search attention_rescoring > "$exp/eval_chunk$chunk.json"
     done
+    # An MoE model again with its experts in int8 (moekit quantize), scored the same way.
+    if grep -q '"top_k"' "$exp/info.json"; then
+      log "stage 2: $conf with int8 experts (moekit quantize)"
+      "$moekit" quantize "$exp/final" "$exp/final_int8" --experts int8 --force
+      for chunk in -1 16; do
+        "$moekit" --threads 1 eval "$exp/final_int8" "$data/test/data.list" --chunk-size "$chunk" --json \
+          --mode ctc_greedy_search ctc_prefix_beam_search attention_rescoring > "$exp/eval_int8_chunk$chunk.json"
+      done
+    fi
   done
   "$python" "$here/local/results_table.py" "$work/exp" $confs | tee "$work/results.md"
 fi

@@ -11,6 +11,7 @@
 #include "moekit/core/check.h"
 #include "moekit/core/runtime.h"
 #include "moekit/core/version.h"
+#include "moekit/kernels/int8_kernel.h"
 #include "moekit/kernels/panel_kernel.h"
 #include "moekit/kernels/small_rows_kernel.h"
 #include "moekit/models/model.h"
@@ -51,7 +52,8 @@ json system_info() {
   j["blas"]["core_replaced"] = replaced != nullptr && std::getenv("OPENBLAS_CORETYPE") != nullptr ? replaced : "";
   j["weight_panels"] = weight_panels_enabled();
   j["small_rows_kernels"] = {{"panels", detail::panel_variants().front().first},
-                             {"rows", detail::small_rows_variants().front().first}};
+                             {"rows", detail::small_rows_variants().front().first},
+                             {"int8", detail::int8_panel_variants().front().first}};
   j["gemm_probe"] = {{"shape", "512x512x512 fp32"}, {"gflops", gemm_gflops(512, 0.3)}};
   return j;
 }
@@ -78,6 +80,9 @@ void print_system(const json& j) {
   std::cout << "\nsmall-rows kernels: " << j["small_rows_kernels"]["panels"].get<std::string>()
             << "; inference weight panels: "
             << (j["weight_panels"].get<bool>() ? "on (MOEKIT_WEIGHT_PANELS=0 turns them off)" : "off");
+  const std::string int8 = j["small_rows_kernels"]["int8"].get<std::string>();
+  std::cout << "\nint8 experts kernel: " << int8
+            << (int8 == "generic" ? " (no VNNI on this CPU: int8 experts run slower than float32 here)" : "");
   std::cout << "\nGEMM probe: " << std::fixed << std::setprecision(1) << j["gemm_probe"]["gflops"].get<double>()
             << " GFLOP/s (512x512x512 fp32)\n";
   if (j["blas"]["reference_blas"].get<bool>()) {

@@ -14,12 +14,16 @@ def main():
     for conf in confs:
         d = os.path.join(exp, conf)
         info = json.load(open(os.path.join(d, "info.json")))
-        evals = {}
-        for chunk in ("-1", "16"):
-            for r in json.load(open(os.path.join(d, "eval_chunk%s.json" % chunk))):
-                evals[(r["mode"], chunk)] = r
         metrics = [json.loads(l) for l in open(os.path.join(d, "metrics.jsonl")) if "cv_loss" in l]
-        rows.append((conf, info, evals, metrics[-1] if metrics else {}))
+        for tag, name in (("", conf), ("int8_", conf + " int8")):
+            evals = {}
+            for chunk in ("-1", "16"):
+                path = os.path.join(d, "eval_%schunk%s.json" % (tag, chunk))
+                if os.path.exists(path):
+                    for r in json.load(open(path)):
+                        evals[(r["mode"], chunk)] = r
+            if evals:
+                rows.append((name, info, evals, metrics[-1] if metrics and not tag else {}))
     print("| model | params total | active | decoding | WER full | WER chunk 16 | CER full | CER chunk 16 | RTF full | RTF chunk 16 |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for conf, info, evals, last in rows:
@@ -35,6 +39,16 @@ def main():
         if last:
             print("%s: %d optimizer steps, last validation loss %.2f, CER %.1f%% (CTC greedy, full context)" % (
                 conf, last["step"], last["cv_loss"], 100 * last["cv_cer"]))
+    by_name = {r[0]: r[2] for r in rows}
+    for conf in confs:
+        q = by_name.get(conf + " int8")
+        if q is None:
+            continue
+        f = by_name[conf]
+        worst = max(((q[k]["cer"] - f[k]["cer"]) * 100, k) for k in f if k in q)
+        print("%s int8: the same model with its experts in int8 (moekit quantize --experts int8); CER changes by "
+              "at most %+.2f points (%s, %s)" % (conf, worst[0], dict(MODES)[worst[1][0]],
+                                                 "full context" if worst[1][1] == "-1" else "chunk 16"))
     utts = rows[0][2][("ctc_greedy_search", "-1")]["utterances"] if rows else 0
     print("\nTest set: %d utterances by voices never heard in training. RTF: decoding time / audio time, "
           "1 thread, fbank included." % utts)
