@@ -4,10 +4,14 @@
 //   memory, per variant (software prefetch or not) and page size (2 MiB
 //   transparent huge pages or 4 KiB), at several row counts, next to the
 //   read-bandwidth probe;
+// - int8: the int8 kernel's variants (kernels/int8_kernel.h) on the same
+//   matrices as int8 panels (2 MiB pages), in weights per second beside the
+//   float panels' (gb_per_s / 4);
 // - silu: the SiLU kernel's variants against ATen's silu, on a block that
 //   stays in cache (as an FFN's hidden activations do).
 // Run it with one thread: the kernels as one core runs them.
 #include <cstdlib>
+#include <cstring>
 #include <iostream>
 #include <nlohmann/json.hpp>
 
@@ -19,6 +23,7 @@
 #include "commands.h"
 #include "moekit/core/check.h"
 #include "moekit/core/runtime.h"
+#include "moekit/kernels/int8_kernel.h"
 #include "moekit/kernels/panel_kernel.h"
 #include "moekit/kernels/silu_kernel.h"
 
@@ -116,6 +121,44 @@ void add_bench_kernels_command(CLI::App& bench, const GlobalOptions& global) {
         }
       }
     }
+    // int8: the same number of matrices, packed as int8 panels.
+    nlohmann::json int8_results = nlohmann::json::array();
+    {
+      const auto int8_variants = detail::int8_panel_variants();
+      const int64_t in4 = detail::int8_padded_inputs(o->in);
+      const int64_t matrix_bytes = detail::int8_panel_bytes(o->in) * (o->out / detail::kPanelWidth);
+      Mapping qbuf(static_cast<size_t>(matrices * matrix_bytes), true);
+      auto* qdata = reinterpret_cast<int8_t*>(qbuf.data_);
+      std::vector<int8_t> w(static_cast<size_t>(o->in * o->out));
+      for (size_t i = 0; i < w.size(); ++i) w[i] = static_cast<int8_t>(static_cast<int>(i % 255) - 127);
+      const std::vector<float> w_scale(static_cast<size_t>(o->out), 1e-3f);
+      detail::pack_int8_panels(w.data(), w_scale.data(), o->out, o->in, qdata);
+      for (int64_t m = 1; m < matrices; ++m) std::memcpy(qdata + m * matrix_bytes, qdata, matrix_bytes);
+      const std::vector<uint8_t> xq(static_cast<size_t>(max_rows * in4), 130);
+      const std::vector<float> xs(static_cast<size_t>(max_rows), 0.01f);
+      std::vector<std::vector<double>> best(int8_variants.size(), std::vector<double>(o->rows.size(), 1e30));
+      for (int round = 0; round < o->rounds; ++round) {
+        for (size_t ri = 0; ri < o->rows.size(); ++ri) {
+          for (size_t v = 0; v < int8_variants.size(); ++v) {
+            const auto start = Clock::now();
+            for (int64_t m = 0; m < matrices; ++m) {
+              int8_variants[v].second(xq.data(), xs.data(), o->rows[ri], in4, o->in, qdata + m * matrix_bytes,
+                                      nullptr, 0, o->out, y.data(), o->out);
+            }
+            best[v][ri] = std::min(best[v][ri], std::chrono::duration<double>(Clock::now() - start).count());
+          }
+        }
+      }
+      for (size_t v = 0; v < int8_variants.size(); ++v) {
+        for (size_t ri = 0; ri < o->rows.size(); ++ri) {
+          int8_results.push_back(
+              {{"variant", int8_variants[v].first},
+               {"rows", o->rows[ri]},
+               {"g_weights_per_s", static_cast<double>(matrices * matrix_floats) / best[v][ri] / 1e9},
+               {"gb_per_s", static_cast<double>(matrices * matrix_bytes) / best[v][ri] / 1e9}});
+        }
+      }
+    }
     // SiLU: every variant and ATen's silu_out on the same block, alternating.
     MOEKIT_CHECK_ARG(o->silu_floats >= 1, "bench kernels: bad --silu-floats");
     torch::NoGradGuard no_grad;
@@ -144,6 +187,7 @@ void add_bench_kernels_command(CLI::App& bench, const GlobalOptions& global) {
                    {"matrix", {o->out, o->in}},
                    {"read_bandwidth_gb_per_s", read_bandwidth_bytes_per_s() / 1e9},
                    {"results", results}};
+    j["int8"] = {{"matrix", {o->out, o->in}}, {"results", int8_results}};
     j["silu"] = {{"floats", o->silu_floats}, {"results", silu_results}};
     std::cout << j.dump(2) << std::endl;
   });

@@ -140,6 +140,57 @@ MOEKIT_AVXVNNI void vnni256_dispatch(int64_t n, const uint8_t* xq, int64_t ld_xq
   vnni256_rows<R, Prefetch>(xq, ld_xq, in4, panel, sums);
 }
 
+#define MOEKIT_AVX2_INT8 __attribute__((target("avx2,fma"), always_inline)) inline
+
+// AVX2 without VNNI: weights widened to int16 in registers, products summed
+// by vpmaddwd (pairs of int16 products into int32, exact: no saturation as
+// vpmaddubsw would have). A quarter of the panel (8 channels) at a time,
+// so R rows x 2 accumulators fit in the 16 registers; the lanes hold
+// (channel, input pair) sums that the end adds pairwise.
+template <int R, bool Prefetch>
+MOEKIT_AVX2_INT8 void avx2_rows(const uint8_t* xq, int64_t ld_xq, int64_t in4, const int8_t* panel, int32_t* sums) {
+  alignas(32) int32_t lanes[R][4 * 16];
+  for (int q = 0; q < 4; ++q) {
+    __m256i acc[R][2];
+    for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
+    for (int64_t g = 0; g < in4 / 4; ++g) {
+      const int8_t* w = panel + g * kGroupBytes + q * 32;
+      if constexpr (Prefetch) {
+        if (q == 0) {
+          _mm_prefetch(reinterpret_cast<const char*>(w + kPrefetchBytes), _MM_HINT_T1);
+          _mm_prefetch(reinterpret_cast<const char*>(w + kPrefetchBytes + 64), _MM_HINT_T1);
+        }
+      }
+      // Channels 0-3 and 4-7 of this quarter, 4 inputs each, as int16.
+      const __m256i wa = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w)));
+      const __m256i wb = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + 16)));
+      for (int r = 0; r < R; ++r) {
+        int32_t x4;
+        std::memcpy(&x4, xq + r * ld_xq + g * 4, 4);
+        const __m256i xb = _mm256_broadcastq_epi64(_mm_cvtepu8_epi16(_mm_cvtsi32_si128(x4)));
+        acc[r][0] = _mm256_add_epi32(acc[r][0], _mm256_madd_epi16(wa, xb));
+        acc[r][1] = _mm256_add_epi32(acc[r][1], _mm256_madd_epi16(wb, xb));
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      _mm256_store_si256(reinterpret_cast<__m256i*>(lanes[r] + q * 16), acc[r][0]);
+      _mm256_store_si256(reinterpret_cast<__m256i*>(lanes[r] + q * 16 + 8), acc[r][1]);
+    }
+  }
+  // Lane 2c and 2c + 1 of a quarter hold channel c's two input pairs.
+  for (int r = 0; r < R; ++r)
+    for (int o = 0; o < kW; ++o) sums[r * kW + o] = lanes[r][2 * o] + lanes[r][2 * o + 1];
+}
+
+template <int R, bool Prefetch>
+MOEKIT_AVX2_INT8 void avx2_dispatch(int64_t n, const uint8_t* xq, int64_t ld_xq, int64_t in4, const int8_t* panel,
+                                    int32_t* sums) {
+  if constexpr (R > 1) {
+    if (n < R) return avx2_dispatch<R - 1, Prefetch>(n, xq, ld_xq, in4, panel, sums);
+  }
+  avx2_rows<R, Prefetch>(xq, ld_xq, in4, panel, sums);
+}
+
 // Rows in groups of MaxRows per pass over a panel (the accumulators that
 // fit in the vector registers), then each group's rows finished.
 #define MOEKIT_INT8_BODY(DISPATCH, MAX_ROWS)                                                          \
@@ -173,6 +224,13 @@ __attribute__((target("avx2,avxvnni"))) void int8_avxvnni(const uint8_t* xq, con
                                                           const float* bias, int64_t o_begin, int64_t o_end,
                                                           float* out, int64_t ld_out) {
   MOEKIT_INT8_BODY(vnni256_dispatch, 2)
+}
+
+__attribute__((target("avx2,fma"))) void int8_avx2(const uint8_t* xq, const float* x_scale, int64_t rows,
+                                                   int64_t ld_xq, int64_t in, const int8_t* panels,
+                                                   const float* bias, int64_t o_begin, int64_t o_end, float* out,
+                                                   int64_t ld_out) {
+  MOEKIT_INT8_BODY(avx2_dispatch, 6)
 }
 
 #undef MOEKIT_INT8_BODY
@@ -285,6 +343,7 @@ std::vector<std::pair<std::string, Int8PanelFn>> int8_panel_variants() {
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("avxvnni")) {
     variants.emplace_back("avxvnni", int8_avxvnni);
   }
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) variants.emplace_back("avx2", int8_avx2);
 #endif
   variants.emplace_back("generic", int8_generic);
   return variants;

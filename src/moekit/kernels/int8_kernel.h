@@ -57,8 +57,9 @@ void int8_panel_linear(const uint8_t* xq, const float* x_scale, int64_t rows, in
                        int64_t ld_out);
 
 // Every variant this CPU can run, fastest first ("avx512vnni", "avxvnni",
-// "generic"); int8_panel_linear uses the first. All compute the same exact
-// int32 sums. For tests and benchmarks.
+// "avx2": int16 products by vpmaddwd, for CPUs without VNNI; "generic");
+// int8_panel_linear uses the first. All compute the same exact int32 sums.
+// For tests and benchmarks.
 using Int8PanelFn = void (*)(const uint8_t*, const float*, int64_t, int64_t, int64_t, const int8_t*, const float*,
                              int64_t, int64_t, float*, int64_t);
 std::vector<std::pair<std::string, Int8PanelFn>> int8_panel_variants();
