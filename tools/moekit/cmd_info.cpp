@@ -82,7 +82,7 @@ void print_system(const json& j) {
             << (j["weight_panels"].get<bool>() ? "on (MOEKIT_WEIGHT_PANELS=0 turns them off)" : "off");
   const std::string int8 = j["small_rows_kernels"]["int8"].get<std::string>();
   std::cout << "\nint8 experts kernel: " << int8
-            << (int8 == "generic" ? " (no VNNI on this CPU: int8 experts run slower than float32 here)" : "");
+            << (int8 == "generic" ? " (no AVX2 on this CPU: int8 experts run slower than float32 here)" : "");
   std::cout << "\nGEMM probe: " << std::fixed << std::setprecision(1) << j["gemm_probe"]["gflops"].get<double>()
             << " GFLOP/s (512x512x512 fp32)\n";
   if (j["blas"]["reference_blas"].get<bool>()) {
