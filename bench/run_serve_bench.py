@@ -34,6 +34,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import re
 import statistics
 import subprocess
@@ -146,10 +147,19 @@ def main():
     ap.add_argument("--setups", default="",
                     help="instead of the two default set-ups: 'name=threads,decode_threads,batch_streams;...'")
     ap.add_argument("--chunk-size", type=int, default=16)
-    ap.add_argument("--models", default="moe,dense")
+    ap.add_argument("--models", default="moe,dense", help="of moe, dense, moe_int8 (the MoE model after `moekit "
+                    "quantize --experts int8`)")
     ap.add_argument("--bench-args", default="", help="extra `bench asr` shape options, e.g. '--blocks 2'")
     a = ap.parse_args()
+    # The saved models (1.1 GB each at the default size) go when the run ends.
     work = tempfile.mkdtemp(prefix="serve_bench_")
+    try:
+        run(a, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run(a, work):
     shapes = {"moe": ["--experts", "8", "--top-k", "2", "--ffn", "2048"], "dense": ["--experts", "0", "--ffn", "4096"]}
     wav = os.path.join(work, "a.wav")
     write_audio(wav, a.seconds / 60)
@@ -165,9 +175,15 @@ def main():
     held = {}
     for name in a.models.split(","):
         model = os.path.join(work, name)
+        base = name[:-len("_int8")] if name.endswith("_int8") else name  # moe_int8: moe after `quantize`
         subprocess.run([a.moekit, "--threads", "1", "bench", "asr", "--rounds", "1", "--seconds", "1",
-                        "--save-model", model] + shapes[name] + a.bench_args.split(), check=True,
-                       stdout=subprocess.DEVNULL)
+                        "--save-model", os.path.join(work, base + "_float")] + shapes[base] + a.bench_args.split(),
+                       check=True, stdout=subprocess.DEVNULL)
+        if base != name:
+            subprocess.run([a.moekit, "quantize", os.path.join(work, base + "_float"), model, "--experts", "int8"],
+                           check=True, stdout=subprocess.DEVNULL)
+        else:
+            os.rename(os.path.join(work, base + "_float"), model)
         print(f"\n{name}\n\n| streams | set-up | partial p50 (s) | p95 (s) | max (s) | final p95 (s) "
               f"| server CPU (cores) | chunks per step |")
         print("|---:|---|---:|---:|---:|---:|---:|---:|")

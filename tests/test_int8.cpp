@@ -8,6 +8,7 @@
 #include <cmath>
 
 #include "asr_test_util.h"
+#include "lm_test_util.h"
 #include "moe_reference.h"
 #include "moekit/core/file_io.h"
 #include "moekit/core/model_dir.h"
@@ -298,6 +299,26 @@ TEST(Int8Experts, SpeechEncoderStaysNearFloatInFullContextAndStreaming) {
   auto rel = [](const torch::Tensor& a, const torch::Tensor& b) { return (a - b).norm().item<double>() / b.norm().item<double>(); };
   EXPECT_LT(rel(full_int8, full_float), 0.03);
   EXPECT_LT(rel(chunk_int8, chunk_float), 0.03);
+}
+
+TEST(Int8Experts, LanguageModelDecodesWithTheCacheNearFloat) {
+  torch::manual_seed(13);
+  LmConfig c = tiny_lm_config(/*moe=*/true);
+  c.d_model = 64;
+  c.d_ffn = 96;
+  LmModel model(c);
+  model.eval();
+  torch::NoGradGuard no_grad;
+  const torch::Tensor tokens = random_tokens(2, 12, c.vocab_size, 3);
+  const torch::Tensor float_logits = model.forward(tokens);
+  experts_to_int8(model);
+  const torch::Tensor int8_logits = model.forward(tokens);
+  EXPECT_LT(relative_diff(float_logits, int8_logits), 0.05);
+  // Token by token with the KV cache: the int8 model's own full forward.
+  LmKvCache cache;
+  std::vector<torch::Tensor> steps;
+  for (int64_t t = 0; t < tokens.size(1); ++t) steps.push_back(model.forward(tokens.narrow(1, t, 1), &cache));
+  EXPECT_LT(relative_diff(int8_logits, torch::cat(steps, 1)), 2e-3);
 }
 
 }  // namespace
