@@ -315,7 +315,7 @@ TEST(Int8Experts, LanguageModelDecodesWithTheCacheNearFloat) {
   const torch::Tensor int8_logits = model.forward(tokens);
   EXPECT_LT(relative_diff(float_logits, int8_logits), 0.05);
   // Token by token with the KV cache: the int8 model's own full forward.
-  LmKvCache cache;
+  LmKvCache cache = model.make_cache(2, tokens.size(1));
   std::vector<torch::Tensor> steps;
   for (int64_t t = 0; t < tokens.size(1); ++t) steps.push_back(model.forward(tokens.narrow(1, t, 1), &cache));
   EXPECT_LT(relative_diff(int8_logits, torch::cat(steps, 1)), 2e-3);
