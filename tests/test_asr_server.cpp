@@ -282,7 +282,31 @@ TEST(AsrServer, NbestSendsTheRankedHypotheses) {
   for (const json& m : replies) {
     if (!m.contains("nbest")) continue;
     std::vector<std::string> sentences;
-    for (const json& e : json::parse(m["nbest"].get<std::string>())) sentences.push_back(e.at("sentence"));
+    const json entries = json::parse(m["nbest"].get<std::string>());
+    for (size_t i = 0; i < entries.size(); ++i) {
+      const json& e = entries[i];
+      sentences.push_back(e.at("sentence"));
+      // WeNet's word_pieces, in final results only: a unit per token of that
+      // hypothesis, in ms, in order, inside the audio.
+      if (m["type"] == "partial_result") {
+        EXPECT_FALSE(e.contains("word_pieces"));
+        continue;
+      }
+      ASSERT_TRUE(e.contains("word_pieces")) << e;
+      const Hypothesis& h = final_result.nbest.at(i);
+      ASSERT_EQ(e["word_pieces"].size(), h.tokens.size()) << e;
+      int64_t previous_start = 0;
+      for (size_t j = 0; j < h.tokens.size(); ++j) {
+        const json& piece = e["word_pieces"][j];
+        EXPECT_EQ(piece.at("word").get<std::string>(), units.symbol(h.tokens[j]));
+        const int64_t start = piece.at("start"), end = piece.at("end");
+        EXPECT_LE(previous_start, start);
+        EXPECT_LE(start, end);
+        EXPECT_LE(end, static_cast<int64_t>(pcm.size()) * 1000 / 16000);
+        EXPECT_EQ(end % 20, 0) << "frame times are multiples of the 40 ms frame (halves at most)";
+        previous_start = start;
+      }
+    }
     (m["type"] == "partial_result" ? got_partials : got_finals).push_back(sentences);
   }
   ASSERT_FALSE(want_partials.empty());

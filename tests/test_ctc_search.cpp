@@ -80,6 +80,41 @@ TEST(CtcSearch, IncrementalEqualsWhole) {
   }
 }
 
+// Token frames as WeNet's runtime tracks them: where the best alignment
+// emits each token, a repeated label's run ending at its last frame.
+TEST(CtcSearch, TimesFollowTheBestAlignment) {
+  // Nearly one-hot frames spelling: blank a a blank b blank blank c.
+  const std::vector<int64_t> path = {0, 1, 1, 0, 2, 0, 0, 3};
+  torch::Tensor logits = torch::full({8, 5}, -8.0);
+  for (int64_t t = 0; t < 8; ++t) logits[t][path[t]] = 8.0;
+  const torch::Tensor lp = torch::log_softmax(logits, 1);
+  const auto nbest = ctc_prefix_beam_search(lp, 4);
+  ASSERT_EQ(nbest.front().tokens, (std::vector<int64_t>{1, 2, 3}));
+  EXPECT_EQ(nbest.front().times, (std::vector<int64_t>{2, 4, 7}));
+  // Every hypothesis of a random search: one frame per token, increasing,
+  // inside the utterance; fed in pieces, the same frames.
+  torch::manual_seed(9);
+  const torch::Tensor random = torch::log_softmax(torch::randn({40, 6}) * 3, 1);
+  CtcPrefixBeamSearch pieces(6);
+  pieces.advance(random.slice(0, 0, 13));
+  pieces.advance(random.slice(0, 13, 40));
+  const auto whole = ctc_prefix_beam_search(random, 6), split = pieces.nbest();
+  ASSERT_EQ(whole.size(), split.size());
+  for (size_t i = 0; i < whole.size(); ++i) {
+    const Hypothesis& h = whole[i];
+    ASSERT_EQ(h.times.size(), h.tokens.size());
+    for (size_t j = 0; j < h.times.size(); ++j) {
+      EXPECT_GE(h.times[j], 0);
+      EXPECT_LT(h.times[j], 40);
+      if (j > 0) EXPECT_GT(h.times[j], h.times[j - 1]);
+    }
+    EXPECT_EQ(split[i].times, h.times);
+  }
+  pieces.reset();
+  pieces.advance(lp);
+  EXPECT_EQ(pieces.nbest().front().times, (std::vector<int64_t>{2, 4, 7})) << "reset restarts the frame count";
+}
+
 TEST(CtcSearch, RejectsBadInput) {
   EXPECT_THROW(ctc_prefix_beam_search(torch::zeros({3}), 4), std::invalid_argument);
   EXPECT_THROW(ctc_prefix_beam_search(torch::zeros({3, 4}), 0), std::invalid_argument);

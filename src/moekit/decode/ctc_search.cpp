@@ -34,8 +34,10 @@ CtcPrefixBeamSearch::CtcPrefixBeamSearch(int beam_size, int64_t blank) : beam_(b
 
 void CtcPrefixBeamSearch::reset() {
   hyps_.clear();
+  frames_ = 0;
   PrefixScore empty;
   empty.s = 0.0;
+  empty.v_s = empty.v_ns = 0.0;
   hyps_.emplace_back(std::vector<int64_t>{}, empty);
 }
 
@@ -49,7 +51,9 @@ void CtcPrefixBeamSearch::advance(const torch::Tensor& log_probs_in) {
   top_ids = top_ids.contiguous();
   const auto ids = top_ids.accessor<int64_t, 2>();
   const float* lp = log_probs.data_ptr<float>();
-  for (int64_t t = 0; t < frames; ++t) {
+  // Beside the prefix scores, the Viterbi alignment of each prefix and its
+  // token frames, by the rules of WeNet's runtime (ctc_prefix_beam_search.cc).
+  for (int64_t t = 0; t < frames; ++t, ++frames_) {
     // Insertion-ordered map of the next prefixes, as WeNet's defaultdict.
     std::vector<std::pair<std::vector<int64_t>, PrefixScore>> next;
     std::map<std::vector<int64_t>, size_t> index;
@@ -68,18 +72,40 @@ void CtcPrefixBeamSearch::advance(const torch::Tensor& log_probs_in) {
         if (u == blank_) {
           PrefixScore& ns = slot(prefix);
           ns.s = log_add(ns.s, score.score() + prob);
+          ns.v_s = score.viterbi() + prob;
+          ns.times_s = score.times();
         } else if (u == last) {
           PrefixScore& same = slot(prefix);
           same.ns = log_add(same.ns, score.ns + prob);
+          if (same.v_ns < score.v_ns + prob) {
+            same.v_ns = score.v_ns + prob;
+            if (same.cur_token_prob < prob && !score.times_ns.empty()) {
+              same.cur_token_prob = prob;
+              same.times_ns = score.times_ns;
+              same.times_ns.back() = frames_;
+            }
+          }
           std::vector<int64_t> extended = prefix;
           extended.push_back(u);
           PrefixScore& grown = slot(extended);
           grown.ns = log_add(grown.ns, score.s + prob);
+          if (grown.v_ns < score.v_s + prob) {
+            grown.v_ns = score.v_s + prob;
+            grown.cur_token_prob = prob;
+            grown.times_ns = score.times_s;
+            grown.times_ns.push_back(frames_);
+          }
         } else {
           std::vector<int64_t> extended = prefix;
           extended.push_back(u);
           PrefixScore& grown = slot(extended);
           grown.ns = log_add(grown.ns, score.score() + prob);
+          if (grown.v_ns < score.viterbi() + prob) {
+            grown.v_ns = score.viterbi() + prob;
+            grown.cur_token_prob = prob;
+            grown.times_ns = score.times();
+            grown.times_ns.push_back(frames_);
+          }
         }
       }
     }
@@ -97,7 +123,7 @@ void CtcPrefixBeamSearch::advance(const torch::Tensor& log_probs_in) {
 
 std::vector<Hypothesis> CtcPrefixBeamSearch::nbest() const {
   std::vector<Hypothesis> out;
-  for (const auto& [prefix, score] : hyps_) out.push_back({prefix, score.score()});
+  for (const auto& [prefix, score] : hyps_) out.push_back({prefix, score.score(), score.times()});
   return out;
 }
 

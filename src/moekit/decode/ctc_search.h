@@ -12,6 +12,11 @@ namespace moekit {
 struct Hypothesis {
   std::vector<int64_t> tokens;
   double score = 0.0;  // log-probability (CTC prefix score, or the rescoring score)
+  // The prefix beam search's frame (counted from the search's start or
+  // reset) of each token: where the best (Viterbi) alignment of the prefix
+  // emits it, as WeNet's runtime tracks it for word timestamps. Empty where
+  // a search does not track times.
+  std::vector<int64_t> times;
 };
 
 // log_probs [T, V]: argmax per frame, repeats merged, blanks removed.
@@ -32,9 +37,18 @@ class CtcPrefixBeamSearch {
     double s = -std::numeric_limits<double>::infinity();   // ending in blank
     double ns = -std::numeric_limits<double>::infinity();  // ending in a non-blank
     double score() const { return log_add(s, ns); }
+    // The best single alignment ending in blank / non-blank, its token
+    // frames, and the probability of the frame its last token was put at.
+    double v_s = -std::numeric_limits<double>::infinity();
+    double v_ns = -std::numeric_limits<double>::infinity();
+    double cur_token_prob = -std::numeric_limits<double>::infinity();
+    std::vector<int64_t> times_s, times_ns;
+    double viterbi() const { return v_s > v_ns ? v_s : v_ns; }
+    const std::vector<int64_t>& times() const { return v_s > v_ns ? times_s : times_ns; }
   };
   int beam_;
   int64_t blank_;
+  int64_t frames_ = 0;  // frames searched since the start or reset
   std::vector<std::pair<std::vector<int64_t>, PrefixScore>> hyps_;
 };
 

@@ -67,7 +67,7 @@ std::vector<Hypothesis> attention_rescoring_nbest(AsrModel& model, const torch::
       score = score * (1 - reverse_weight) + r_score * reverse_weight;
     }
     score += nbest[i].score * ctc_weight;
-    scored.push_back({tokens, score});
+    scored.push_back({tokens, score, nbest[i].times});
   }
   std::stable_sort(scored.begin(), scored.end(),
                    [](const Hypothesis& a, const Hypothesis& b) { return a.score > b.score; });
@@ -345,10 +345,14 @@ void StreamingSession::end_segment(bool keep_outputs) {
     r = recognizer_.search(encoder_out());
   }
   last_nbest_.clear();
-  for (const Hypothesis& h : r.nbest) {
-    Hypothesis joined{committed_, committed_score_ + h.score};
-    joined.tokens.insert(joined.tokens.end(), h.tokens.begin(), h.tokens.end());
-    last_nbest_.push_back(std::move(joined));
+  for (const Hypothesis& h : r.nbest) last_nbest_.push_back(joined(h));
+  const Hypothesis best = r.nbest.empty() ? Hypothesis{r.tokens, r.score, {}} : r.nbest.front();
+  if (times_known_ && best.tokens == r.tokens && best.times.size() == best.tokens.size()) {
+    const int64_t segment_start = frames_decoded_ - segment_frames_;
+    for (int64_t t : best.times) committed_times_.push_back(segment_start + t);
+  } else {
+    times_known_ = false;
+    committed_times_.clear();
   }
   committed_.insert(committed_.end(), r.tokens.begin(), r.tokens.end());
   committed_score_ += r.score;
@@ -371,13 +375,20 @@ bool StreamingSession::at_endpoint(const EndpointRules& rules) const {
   return false;
 }
 
+Hypothesis StreamingSession::joined(const Hypothesis& h) const {
+  Hypothesis out{committed_, committed_score_ + h.score, {}};
+  out.tokens.insert(out.tokens.end(), h.tokens.begin(), h.tokens.end());
+  if (times_known_ && h.times.size() == h.tokens.size()) {
+    const int64_t segment_start = frames_decoded_ - segment_frames_;
+    out.times = committed_times_;
+    for (int64_t t : h.times) out.times.push_back(segment_start + t);
+  }
+  return out;
+}
+
 Recognition StreamingSession::partial() const {
   Recognition r;
-  for (const Hypothesis& h : beam_.nbest()) {
-    Hypothesis joined{committed_, committed_score_ + h.score};
-    joined.tokens.insert(joined.tokens.end(), h.tokens.begin(), h.tokens.end());
-    r.nbest.push_back(std::move(joined));
-  }
+  for (const Hypothesis& h : beam_.nbest()) r.nbest.push_back(joined(h));
   r.tokens = r.nbest.front().tokens;
   r.score = r.nbest.front().score;
   if (recognizer_.units().size() > 0) r.text = recognizer_.units().to_text(r.tokens);
@@ -395,7 +406,7 @@ Recognition StreamingSession::finish() {
   r.tokens = committed_;
   r.score = committed_score_;
   r.nbest = last_nbest_;
-  if (r.nbest.empty()) r.nbest = {{r.tokens, r.score}};
+  if (r.nbest.empty()) r.nbest = {{r.tokens, r.score, times_known_ ? committed_times_ : std::vector<int64_t>{}}};
   if (recognizer_.units().size() > 0) r.text = recognizer_.units().to_text(r.tokens);
   return r;
 }

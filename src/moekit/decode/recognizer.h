@@ -177,6 +177,10 @@ class StreamingSession {
   bool at_endpoint(const EndpointRules& rules) const;
   // Encoder frames decoded so far (all segments).
   int64_t frames_decoded() const { return frames_decoded_; }
+  // One encoder frame in milliseconds (feature shift x subsampling): the
+  // unit of Hypothesis::times, which a session counts from its first frame
+  // across segments (empty where the search tracks none: CTC greedy).
+  double frame_ms() const { return frame_ms_; }
 
  private:
   void run_chunks(bool last);
@@ -185,6 +189,9 @@ class StreamingSession {
   // keeps the last segment's outputs for encoder_out().
   void end_segment(bool keep_outputs = false);
   Recognition partial() const;
+  // h (a hypothesis of the current segment) after the committed segments:
+  // tokens, score and (where known) times from the session's first frame.
+  Hypothesis joined(const Hypothesis& h) const;
   const Recognizer& recognizer_;
   ChunkEncoder* encoder_;
   std::vector<float> samples_;   // not yet turned into frames
@@ -194,6 +201,8 @@ class StreamingSession {
   std::vector<torch::Tensor> outputs_;  // of the current segment
   CtcPrefixBeamSearch beam_;
   std::vector<int64_t> committed_;      // tokens of the segments ended so far
+  std::vector<int64_t> committed_times_;  // their frames, while every segment's search tracked them
+  bool times_known_ = true;
   std::vector<Hypothesis> last_nbest_;  // finish(): the last segment's ranking, after the earlier tokens
   double committed_score_ = 0.0;
   int64_t segment_frames_ = 0;          // encoder frames in outputs_

@@ -52,12 +52,47 @@ std::chrono::milliseconds millis(double seconds) {
   return std::chrono::milliseconds(static_cast<int64_t>(std::ceil(seconds * 1000.0)));
 }
 
-// WeNet's result shape: a JSON array of {"sentence": ...}, serialized.
-// The best `n` of r's ranked hypotheses.
-std::string nbest_string(const Recognition& r, const Units& units, size_t n) {
-  json array = json::array({json{{"sentence", r.text}}});
-  for (size_t i = 1; i < r.nbest.size() && i < n; ++i)
-    array.push_back(json{{"sentence", units.to_text(r.nbest[i].tokens)}});
+// Where a final result's words lie: WeNet runtime's word_pieces, one per
+// token (its unit), in ms from the stream's start. A token's frame is where
+// the CTC prefix beam's best alignment emits it; as WeNet's decoder does, a
+// piece starts kTimestampGapMs before its frame and ends at it, except that
+// neighbours closer than the gap meet halfway between their frames.
+struct Timing {
+  double frame_ms = 40;   // one encoder frame
+  int64_t offset_ms = 0;  // the utterance's start in the stream (continuous decoding)
+};
+constexpr int64_t kTimestampGapMs = 100;
+
+json word_pieces(const Hypothesis& h, const Units& units, const Timing& timing) {
+  json pieces = json::array();
+  if (h.times.size() != h.tokens.size() || units.size() == 0) return pieces;
+  const auto shift = static_cast<int64_t>(timing.frame_ms);
+  const std::vector<int64_t>& t = h.times;
+  for (size_t j = 0; j < t.size(); ++j) {
+    int64_t start = std::max<int64_t>(0, t[j] * shift - kTimestampGapMs);
+    if (j > 0 && (t[j] - t[j - 1]) * shift < kTimestampGapMs) start = (t[j - 1] + t[j]) / 2 * shift;
+    int64_t end = t[j] * shift;
+    if (j + 1 < t.size() && (t[j + 1] - t[j]) * shift < kTimestampGapMs) end = (t[j + 1] + t[j]) / 2 * shift;
+    pieces.push_back(json{{"word", units.symbol(h.tokens[j])},
+                          {"start", timing.offset_ms + start},
+                          {"end", timing.offset_ms + end}});
+  }
+  return pieces;
+}
+
+// WeNet's result shape: a JSON array of {"sentence": ...} (final results:
+// also "word_pieces"), serialized. The best `n` of r's ranked hypotheses.
+std::string nbest_string(const Recognition& r, const Units& units, size_t n, const Timing* final_timing = nullptr) {
+  json array = json::array();
+  for (size_t i = 0; i < std::max<size_t>(1, std::min(n, r.nbest.size())); ++i) {
+    json entry{{"sentence", i == 0 ? r.text : units.to_text(r.nbest[i].tokens)}};
+    if (final_timing != nullptr) {
+      entry["word_pieces"] = i < r.nbest.size() && (i > 0 || r.nbest[0].tokens == r.tokens)
+                                 ? word_pieces(r.nbest[i], units, *final_timing)
+                                 : json::array();
+    }
+    array.push_back(std::move(entry));
+  }
   return array.dump();
 }
 
@@ -504,7 +539,13 @@ class Stream : public std::enable_shared_from_this<Stream> {
 
   // The decode thread that holds scheduled_ only.
   std::unique_ptr<StreamingSession> session_;
-  int64_t session_samples_ = 0;  // audio the current session was given
+  int64_t session_samples_ = 0;          // audio the current session was given
+  int64_t utterance_start_samples_ = 0;  // audio of the stream before the current session's
+
+  // The current session's result times: its frame length, and its start in the stream.
+  Timing utterance_timing() const {
+    return {session_->frame_ms(), utterance_start_samples_ * 1000 / server_->sample_rate};
+  }
 };
 
 void Stream::decode_pending() {
@@ -527,9 +568,11 @@ void Stream::decode_pending() {
         if (continuous_ && session_->at_endpoint(server_->options.endpoint)) {
           // One final result per utterance; the next starts with fresh caches, as WeNet's runtime does.
           const Recognition final_result = session_->finish();
+          const Timing timing = utterance_timing();
           session_ = std::make_unique<StreamingSession>(server_->recognizer, server_->batcher.get());
+          utterance_start_samples_ += session_samples_;
           session_samples_ = 0;
-          post([text = nbest_string(final_result, server_->recognizer.units(), nbest_)](Stream& s) {
+          post([text = nbest_string(final_result, server_->recognizer.units(), nbest_, &timing)](Stream& s) {
             s.send(result_reply("final_result", text));
           });
         } else if (session_->frames_decoded() > frames_before && !r.tokens.empty()) {
@@ -542,8 +585,9 @@ void Stream::decode_pending() {
         // utterance left: no final result for it, only the end.
         std::optional<Recognition> final_result;
         if (!continuous_ || session_samples_ > 0) final_result = session_->finish();
-        post([text = final_result ? nbest_string(*final_result, server_->recognizer.units(), nbest_) : std::string()](
-                 Stream& s) {
+        const Timing timing = utterance_timing();
+        post([text = final_result ? nbest_string(*final_result, server_->recognizer.units(), nbest_, &timing)
+                                  : std::string()](Stream& s) {
           if (!text.empty()) s.send(result_reply("final_result", text));
           s.send(reply("speech_end"));
           s.close_after_sending();

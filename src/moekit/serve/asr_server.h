@@ -15,12 +15,15 @@
 // `nbest` is a JSON array serialized into a string, as WeNet sends it: the
 // best `nbest` hypotheses (of the CTC prefix beam for partial results, the
 // rescored ones for final results; at most the beam size), best first.
+// Final results add WeNet's "word_pieces" to each: [{"word": unit, "start":
+// ms, "end": ms}], one per token, times from the CTC prefix beam's best
+// alignment and counted from the stream's start (empty in ctc_greedy_search
+// mode, which tracks no times).
 // Departures from WeNet, each deliberate: the start message may carry
 // "sample_rate" and "channels" (checked against the model: a mismatch is an
 // error, never silently wrong text); without continuous decoding the whole
 // stream is one utterance, its final result equal to `moekit transcribe
-// --streaming` (WeNet stops at the first endpoint); final results carry no
-// word timestamps ("word_pieces"); a partial result is sent after each
+// --streaming` (WeNet stops at the first endpoint); a partial result is sent after each
 // binary message that completed a chunk and has text. `GET /` serves a page
 // that streams the browser's microphone to the same port.
 //
