@@ -11,6 +11,7 @@
 #include "moekit/core/runtime.h"
 #include "moekit/models/lm/hf_llama.h"
 #include "moekit/models/lm/lm_model.h"
+#include "moekit/moe/moe_layer.h"
 
 namespace moekit::cli {
 namespace {
@@ -21,6 +22,7 @@ struct BenchLmOptions {
   int64_t batch = 8, seq = 128, steps = 5, prompt = 16, tokens = 64;
   int rounds = 3;
   std::string save_hf;  // write the benchmarked model in HF layout (for bench/lm_pytorch.py)
+  bool int8_experts = false;  // time generation with the experts quantized to int8
   uint64_t seed = 1;
 };
 
@@ -52,6 +54,9 @@ void add_bench_lm_command(CLI::App& bench, const GlobalOptions& global) {
   cmd->add_option("--rounds", o->rounds, "Timed rounds; medians are reported")->capture_default_str();
   cmd->add_option("--save-hf", o->save_hf, "Also write the model in HF layout (bench/lm_pytorch.py reads it)");
   cmd->add_option("--seed", o->seed, "Seed of the random model and data")->capture_default_str();
+  cmd->add_flag("--int8-experts", o->int8_experts,
+                "Time generation with the MoE experts in int8 (as `moekit quantize --experts int8`; training "
+                "is timed on the float model)");
   cmd->callback([o, &global] {
     apply_runtime(global);
     MOEKIT_CHECK_ARG(o->rounds >= 1 && o->steps >= 1 && o->tokens >= 1 && o->prompt >= 1,
@@ -82,22 +87,30 @@ void add_bench_lm_command(CLI::App& bench, const GlobalOptions& global) {
 
     const torch::Device device = parse_device(global.device);
     model->to(device);
-    // Training: the trainer's step (loss, backward, Adam) on a fixed random batch.
-    model->train();
-    torch::optim::Adam adam(model->parameters(), torch::optim::AdamOptions(1e-4));
-    const torch::Tensor batch = torch::randint(c.vocab_size, {o->batch, o->seq + 1}, torch::kLong).to(device);
-    auto train_step = [&] {
-      adam.zero_grad();
-      model->loss(batch).loss.backward();
-      adam.step();
-    };
-    train_step();
+    // Training: the trainer's step (loss, backward, Adam) on a fixed random
+    // batch (not for a model whose experts are int8 already).
     std::vector<double> t_train;
-    for (int r = 0; r < o->rounds; ++r)
-      t_train.push_back(time_once([&] {
-        for (int64_t s = 0; s < o->steps; ++s) train_step();
-        synchronize_device(device);
-      }));
+    const bool trainable = !has_int8_experts(*model);
+    if (trainable) {
+      model->train();
+      torch::optim::Adam adam(model->parameters(), torch::optim::AdamOptions(1e-4));
+      const torch::Tensor batch = torch::randint(c.vocab_size, {o->batch, o->seq + 1}, torch::kLong).to(device);
+      auto train_step = [&] {
+        adam.zero_grad();
+        model->loss(batch).loss.backward();
+        adam.step();
+      };
+      train_step();
+      for (int r = 0; r < o->rounds; ++r)
+        t_train.push_back(time_once([&] {
+          for (int64_t s = 0; s < o->steps; ++s) train_step();
+          synchronize_device(device);
+        }));
+    }
+    if (o->int8_experts) {
+      MOEKIT_CHECK_ARG(c.moe.num_experts > 0, "bench lm: --int8-experts needs an MoE model (--experts > 0)");
+      if (trainable) experts_to_int8(*model);
+    }
 
     // Generation at batch 1: prefill the prompt, then one token per step (greedy).
     model->eval();
@@ -121,9 +134,23 @@ void add_bench_lm_command(CLI::App& bench, const GlobalOptions& global) {
     }
     // Bytes of weights one decoded token reads: the active parameters (top-k
     // experts per MoE layer) less the embedding table, of which it reads one row.
+    // Counted in bytes per tensor, so int8 experts (and their scales) count as stored.
     const ParameterCount count = count_parameters(*model);
     const double element = static_cast<double>(model->embed_tokens->weight.element_size());
-    double bytes = static_cast<double>(count.active) * element;
+    double bytes = 0;
+    for (const auto& p : model->parameters()) bytes += static_cast<double>(p.nbytes());
+    for (const auto& m : model->modules(/*include_self=*/false)) {
+      if (const auto* moe = dynamic_cast<const MoELayerImpl*>(m.get())) {
+        double expert_bytes = 0;
+        for (const auto& p : moe->experts->parameters()) expert_bytes += static_cast<double>(p.nbytes());
+        for (const auto& b : moe->experts->buffers()) {
+          bytes += static_cast<double>(b.nbytes());  // int8 scales
+          expert_bytes += static_cast<double>(b.nbytes());
+        }
+        const MoEOptions& mo = moe->options();
+        bytes -= expert_bytes * static_cast<double>(mo.num_experts - mo.top_k) / static_cast<double>(mo.num_experts);
+      }
+    }
     if (!c.tie_embeddings) bytes -= static_cast<double>(c.vocab_size - 1) * c.d_model * element;
     const double bandwidth = device.is_cpu() ? read_bandwidth_bytes_per_s() : 0.0;
     const double per_token = median(t_decode);
@@ -134,7 +161,8 @@ void add_bench_lm_command(CLI::App& bench, const GlobalOptions& global) {
     j["threads"] = num_threads();
     j["experts"] = c.moe.num_experts;
     j["parameters"] = {{"total", count.total}, {"active", count.active}};
-    j["train_tokens_per_s"] = static_cast<double>(o->batch * o->seq * o->steps) / median(t_train);
+    j["int8_experts"] = has_int8_experts(*model);
+    if (!t_train.empty()) j["train_tokens_per_s"] = static_cast<double>(o->batch * o->seq * o->steps) / median(t_train);
     j["generate_tokens_per_s"] = static_cast<double>(o->tokens) / median(t_gen);
     j["decode_tokens_per_s"] = 1.0 / per_token;
     j["weight_bytes_per_token"] = bytes;
