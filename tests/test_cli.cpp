@@ -125,6 +125,12 @@ TEST(Cli, QuantizeWritesAnInt8ModelThatDecodes) {
   ASSERT_EQ(run.exit_code, 0) << run.output;
   EXPECT_NE(run.output.find("experts of 2 MoE layers to int8"), std::string::npos) << run.output;
   EXPECT_TRUE(std::filesystem::exists(out + "/units.txt"));
+  const CliRun info = run_cli("info --json " + out);
+  ASSERT_EQ(info.exit_code, 0) << info.output;
+  const nlohmann::json described = nlohmann::json::parse(info.output);
+  ASSERT_EQ(described["moe_layers"].size(), 2u);
+  EXPECT_EQ(described["moe_layers"][0]["expert_weights"], "int8");
+  EXPECT_EQ(nlohmann::json::parse(run_cli("info --json " + dir).output)["moe_layers"][0]["expert_weights"], "float32");
   if (have_audio_files()) {
     std::vector<float> tone(16000);
     for (size_t i = 0; i < tone.size(); ++i) tone[i] = 0.3f * std::sin(0.05f * static_cast<float>(i));

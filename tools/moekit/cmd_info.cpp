@@ -91,6 +91,17 @@ void print_system(const json& j) {
   }
 }
 
+// How a layer's experts are stored: int8 (quantized), float32, bfloat16, float16.
+std::string expert_weights(const ExpertsImpl& experts) {
+  if (experts.int8()) return "int8";
+  switch (experts.w1.scalar_type()) {
+    case torch::kFloat: return "float32";
+    case torch::kBFloat16: return "bfloat16";
+    case torch::kHalf: return "float16";
+    default: return c10::toString(experts.w1.scalar_type());
+  }
+}
+
 json model_info(const std::string& dir) {
   std::shared_ptr<Model> model = load_model(dir);
   const ParameterCount count = count_parameters(*model);
@@ -106,7 +117,8 @@ json model_info(const std::string& dir) {
     layers.push_back({{"name", item.key()}, {"num_experts", o.num_experts}, {"top_k", o.top_k},
                       {"routing", routing_name(o.routing)}, {"gating", gating_name(o.gating)},
                       {"d_hidden", o.d_hidden}, {"activation", activation_name(o.activation)},
-                      {"capacity_factor", o.capacity_factor}, {"num_tasks", o.num_tasks}});
+                      {"capacity_factor", o.capacity_factor}, {"num_tasks", o.num_tasks},
+                      {"expert_weights", expert_weights(*moe->experts)}});
   }
   j["moe_layers"] = layers;
   if (const auto seq2seq = std::dynamic_pointer_cast<Seq2seqModel>(model)) {
@@ -141,6 +153,7 @@ void print_model(const json& j) {
               << ", routing " << l["routing"].get<std::string>() << ", gating " << l["gating"].get<std::string>()
               << ", d_hidden " << l["d_hidden"] << ", " << l["activation"].get<std::string>();
     if (l["capacity_factor"].get<double>() > 0) std::cout << ", capacity factor " << l["capacity_factor"];
+    if (l["expert_weights"] == "int8") std::cout << ", int8 experts";
     std::cout << "\n";
   }
 }
