@@ -9,6 +9,7 @@
 
 #include "asr_test_util.h"
 #include "lm_test_util.h"
+#include "seq2seq_test_util.h"
 #include "moe_reference.h"
 #include "moekit/core/file_io.h"
 #include "moekit/core/model_dir.h"
@@ -19,6 +20,7 @@
 #include "moekit/moe/moe_layer.h"
 #include "moekit/ops/grouped_ffn.h"
 #include "moekit/ops/int8_weights.h"
+#include "moekit/scale/extract.h"
 #include "test_util.h"
 
 namespace moekit {
@@ -319,6 +321,14 @@ TEST(Int8Experts, LanguageModelDecodesWithTheCacheNearFloat) {
   std::vector<torch::Tensor> steps;
   for (int64_t t = 0; t < tokens.size(1); ++t) steps.push_back(model.forward(tokens.narrow(1, t, 1), &cache));
   EXPECT_LT(relative_diff(int8_logits, torch::cat(steps, 1)), 2e-3);
+}
+
+TEST(Int8Experts, ExtractionNeedsTheFloatModel) {
+  Seq2seqModel model(tiny_seq2seq_config(Routing::Task, Routing::Task));
+  experts_to_int8(model);
+  EXPECT_NE(error_of<std::invalid_argument>([&] { extract_task(model, model.config().tasks.front()); })
+                .find("the experts are int8; extract from the float model"),
+            std::string::npos);
 }
 
 }  // namespace

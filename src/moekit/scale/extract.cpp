@@ -43,7 +43,7 @@ Extraction extract_task(Seq2seqModel& model, const std::string& task) {
     layer.name = item.key();
     const auto& experts = moe->experts;
     MOEKIT_CHECK_ARG(!experts->int8(), layer.name,
-                     ": the experts are int8; extract from the float model (then quantize the sub-network's parent)");
+                     ": the experts are int8; extract from the float model");
     std::vector<torch::Tensor> w1, b1, w3, w2;
     torch::Tensor b2 = torch::zeros({o.d_model}, experts->w2.options());
     for (int64_t i = 0; i < o.top_k; ++i) {
