@@ -197,7 +197,7 @@ Recognition Recognizer::search(const torch::Tensor& encoder_out) const {
   Recognition result;
   if (options_.mode == DecodeMode::CtcGreedy) {
     result.tokens = ctc_greedy_search(log_probs, model_->config().blank_id());
-    result.nbest = {{result.tokens, result.score}};
+    result.nbest = {{result.tokens, result.score, {}}};  // greedy tracks no times
   } else {
     result.nbest = ctc_prefix_beam_search(log_probs, options_.beam_size, model_->config().blank_id());
     if (options_.mode == DecodeMode::AttentionRescoring) {
@@ -241,7 +241,7 @@ Recognition Recognizer::recognize_source(const SampleSource& read) const {
                          joined.score += r.score;
                        });
   if (units_.size() > 0) joined.text = units_.to_text(joined.tokens);
-  joined.nbest = {{joined.tokens, joined.score}};
+  joined.nbest = {{joined.tokens, joined.score, {}}};
   return joined;
 }
 
