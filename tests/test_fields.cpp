@@ -96,6 +96,12 @@ TEST(Fields, ChecksNameTheFieldAndTheValue) {
             "a: encoder_conf: unsupported input_layer 'conv2d5' (conv2d | conv2d6 | conv2d8)");
   EXPECT_EQ(error_for("{vocab_size: 5, model_conf: {ctc_weight: 1.5}}", asr),
             "a: model_conf: ctc_weight must be in [0, 1], got 1.5");
+  // Window lengths outside what fits an int of samples are refused before
+  // any window is computed from them.
+  const auto fbank = [](const YAML::Node& n) { FbankOptions::from_yaml(n, "f"); };
+  EXPECT_EQ(error_for("{frame_length: 1e300}", fbank), "f: frame_length must be <= 1000, got 1e+300");
+  EXPECT_EQ(error_for("{frame_shift: -2}", fbank), "f: frame_shift must be positive, got -2");
+  EXPECT_EQ(error_for("{frame_shift: 0.01}", fbank), "f: frame_length 25 ms / frame_shift 0.01 ms give no usable window");
 }
 
 TEST(Fields, EveryStructRoundTripsThroughYaml) {

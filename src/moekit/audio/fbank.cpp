@@ -27,6 +27,10 @@ int64_t FbankOptions::num_frames(int64_t num_samples) const {
 
 namespace {
 
+// Longer windows than a second are no speech features; the bound also keeps
+// window_size() inside an int.
+constexpr double kMaxFrameMs = 1000.0;
+
 // WeNet's fbank_conf names (frame_length / frame_shift in milliseconds).
 const FieldTable<FbankOptions>& fbank_fields() {
   using O = FbankOptions;
@@ -36,7 +40,11 @@ const FieldTable<FbankOptions>& fbank_fields() {
           .check([](const O& o) { return o.num_mel_bins >= 3 ? "" : "must be >= 3"; })
           .at_most(limits::kWidth)
           .field("frame_length", &O::frame_length_ms, "window length, ms")
+          .positive()
+          .at_most(kMaxFrameMs)
           .field("frame_shift", &O::frame_shift_ms, "hop between frames, ms")
+          .positive()
+          .at_most(kMaxFrameMs)
           .field("dither", &O::dither, "Gaussian dither added in training (decoding uses 0)").non_negative()
           .field("sample_rate", &O::sample_rate, "sample rate the features are computed at, Hz")
           .in_range(limits::kMinSampleRate, limits::kMaxSampleRate)
