@@ -19,7 +19,7 @@ STANDS_ON = {
     "kernels": [],
     "ops": ["kernels", "core"],
     "nn": ["ops"],
-    "moe": ["ops"],
+    "moe": ["ops", "dist"],
     "audio": ["core"],
     "data": ["core"],
     "eval": ["core"],

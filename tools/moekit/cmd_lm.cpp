@@ -71,6 +71,7 @@ void add_train_lm_command(CLI::App& train, const GlobalOptions& global) {
   lm->add_flag("--resume", o->resume, "Continue from the newest checkpoint in --exp-dir");
   lm->callback([o, &global] {
     apply_runtime(global);
+    join_run(global);
     MOEKIT_CHECK_ARG(global.device == "cpu", "train: --device ", global.device,
                      " is not supported: training runs on the CPU (decoding and the benchmarks take --device)");
     const YAML::Node y = load_yaml_file(o->config);

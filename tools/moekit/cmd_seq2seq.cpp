@@ -59,6 +59,7 @@ void add_train_seq2seq_command(CLI::App& train, const GlobalOptions& global) {
   cmd->add_flag("--resume", o->resume, "Continue from the newest checkpoint in --exp-dir");
   cmd->callback([o, &global] {
     apply_runtime(global);
+    join_run(global);
     MOEKIT_CHECK_ARG(global.device == "cpu", "train: --device ", global.device,
                      " is not supported: training runs on the CPU (decoding and the benchmarks take --device)");
     const YAML::Node y = load_yaml_file(o->config);
@@ -132,6 +133,7 @@ void add_distill_command(CLI::App& app, const GlobalOptions& global) {
   cmd->add_flag("--resume", o->resume, "Continue from the newest checkpoint in --exp-dir");
   cmd->callback([o, &global] {
     apply_runtime(global);
+    join_run(global);
     MOEKIT_CHECK_ARG(o->word_weight >= 0.0 && o->word_weight <= 1.0, "distill: --word-weight must be in [0, 1], got ",
                      o->word_weight);
     MOEKIT_CHECK_ARG(o->word_weight > 0.0 || o->sequence, "distill: nothing to distill (--word-weight 0 and no --sequence)");

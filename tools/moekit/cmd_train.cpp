@@ -1,11 +1,17 @@
 // `moekit train asr --config train.yaml --train-data train.list --cv-data cv.list --exp-dir exp/`
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
 #include <iostream>
+#include <thread>
 
 #include "commands.h"
 #include "moekit/core/check.h"
 #include "moekit/core/config.h"
 #include "moekit/core/file_io.h"
+#include "moekit/core/runtime.h"
 #include "moekit/data/asr_data.h"
+#include "moekit/dist/process_group.h"
 #include "moekit/models/asr/wenet_import.h"
 #include "moekit/models/model.h"
 #include "moekit/train/asr_task.h"
@@ -13,7 +19,17 @@
 
 namespace moekit::cli {
 
+void join_run(const GlobalOptions& global) {
+  const auto world =
+      dist::init_from_environment(std::chrono::milliseconds(static_cast<int64_t>(global.dist_timeout_s * 1000)));
+  if (world->size() == 1 || global.threads > 0) return;
+  const char* local = std::getenv("LOCAL_WORLD_SIZE");
+  const int per_host = local != nullptr ? std::max(1, std::atoi(local)) : 1;
+  set_num_threads(std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / per_host));
+}
+
 void print_train_summary(const TrainSummary& summary) {
+  if (dist::world()->rank() != 0) return;  // one report per run
   if (!summary.completed) {
     std::cout << "stopped after " << summary.steps << " steps (max_steps); rerun with --resume to continue\n";
     return;
@@ -47,6 +63,7 @@ void add_train_command(CLI::App& app, const GlobalOptions& global) {
   add_train_seq2seq_command(*train, global);
   asr->callback([o, &global] {
     apply_runtime(global);
+    join_run(global);
     MOEKIT_CHECK_ARG(global.device == "cpu", "train: --device ", global.device,
                      " is not supported: training runs on the CPU (decoding and the benchmarks take --device)");
     const YAML::Node y = load_yaml_file(o->config);

@@ -13,7 +13,14 @@ namespace moekit::cli {
 struct GlobalOptions {
   int threads = 0;             // 0 = all hardware threads
   std::string device = "cpu";  // cpu | cuda | cuda:N: where models run
+  double dist_timeout_s = 1800;  // distributed runs: rendezvous and collective timeout
 };
+
+// A training command joins the distributed run its environment describes
+// (RANK, WORLD_SIZE, ... as torchrun or `moekit launch` set them; none set:
+// one process). With --threads 0 each of a host's processes takes an equal
+// share of its cores.
+void join_run(const GlobalOptions& global);
 
 void add_info_command(CLI::App& app, const GlobalOptions& global);
 void add_bench_command(CLI::App& app, const GlobalOptions& global);
@@ -36,6 +43,7 @@ void add_extract_command(CLI::App& app, const GlobalOptions& global);
 void add_distill_command(CLI::App& app, const GlobalOptions& global);
 void add_bench_seq2seq_command(CLI::App& bench, const GlobalOptions& global);
 void add_serve_command(CLI::App& app, const GlobalOptions& global);  // serve asr
+void add_launch_command(CLI::App& app, const GlobalOptions& global);
 
 // The search options `translate` and `eval` share: --beam, --length-penalty,
 // --max-length, --max-length-ratio, --batch-size, --max-input-tokens, --refuse-long.

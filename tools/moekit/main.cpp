@@ -54,6 +54,11 @@ int main(int argc, char** argv) {
   app.add_option("--device", global.device,
                  "Where models run: cpu, cuda or cuda:N (transcribe, translate, eval, generate, bench)")
       ->capture_default_str();
+  app.add_option("--dist-timeout", global.dist_timeout_s,
+                 "Distributed training: seconds to wait for the other processes at the rendezvous and at every "
+                 "collective before stopping with an error")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   add_info_command(app, global);
   add_bench_command(app, global);
   add_import_command(app, global);
@@ -68,6 +73,7 @@ int main(int argc, char** argv) {
   add_quantize_command(app, global);
   add_distill_command(app, global);
   add_serve_command(app, global);
+  add_launch_command(app, global);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -76,6 +82,8 @@ int main(int argc, char** argv) {
     return app.exit(e);
   } catch (const CLI::CallForVersion& e) {
     return app.exit(e);
+  } catch (const CLI::RuntimeError& e) {  // a command's own exit status (launch), reported by it already
+    return e.get_exit_code();
   } catch (const CLI::ParseError& e) {
     std::cerr << "moekit: error: " << first_line(e.what()) << " (see moekit --help)\n";
     return e.get_exit_code() != 0 ? e.get_exit_code() : 2;

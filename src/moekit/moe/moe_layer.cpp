@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "moekit/core/check.h"
+#include "moekit/dist/all_to_all.h"
 #include "moekit/moe/dispatch.h"
 #include "moekit/moe/router.h"
 #include "moekit/ops/fast_path.h"
@@ -112,6 +113,18 @@ void ExpertsImpl::to_int8(bool quantize) {
   convert(w1, w1_scale, "w1");
   convert(w3, w3_scale, "w3");
   convert(w2, w2_scale, "w2");
+  w1_panels_.clear();
+  w3_panels_.clear();
+  w2_panels_.clear();
+}
+
+void ExpertsImpl::keep_experts(int64_t first, int64_t count) {
+  MOEKIT_CHECK_ARG(!int8(), "int8 experts cannot be sharded (inference only)");
+  MOEKIT_CHECK_ARG(first >= 0 && count > 0 && first + count <= w1.size(0), "experts [", first, ", ", first + count,
+                   ") of ", w1.size(0));
+  torch::NoGradGuard no_grad;
+  for (torch::Tensor* t : {&w1, &b1, &w3, &w2, &b2})
+    if (t->defined()) t->set_data(t->narrow(0, first, count).clone());
   w1_panels_.clear();
   w3_panels_.clear();
   w2_panels_.clear();
@@ -234,7 +247,7 @@ torch::Tensor MoELayerImpl::router_logits(const torch::Tensor& input, const Rout
 }
 
 bool MoELayerImpl::cpu_inference_applies(const torch::Tensor& x, const RouteInput& route) const {
-  return !torch::GradMode::is_enabled() && !is_training() && x.device().is_cpu() &&
+  return !ep_group_ && !torch::GradMode::is_enabled() && !is_training() && x.device().is_cpu() &&
          x.scalar_type() == torch::kFloat && gate->weight.scalar_type() == torch::kFloat &&
          options_.routing == Routing::Token && options_.capacity_factor_for(false) <= 0.0 && !route.mask.defined();
 }
@@ -311,6 +324,9 @@ torch::Tensor MoELayerImpl::forward(const torch::Tensor& input, const RouteInput
   if (num_tokens == 0) {
     stats.tokens_per_expert.assign(options_.num_experts, 0);
     publish(std::move(stats), aux);
+    // The other members of an expert-parallel group still exchange rows
+    // with this one.
+    if (ep_group_) run_experts(tokens.narrow(0, 0, 0), std::vector<int64_t>(options_.num_experts, 0));
     return torch::zeros_like(input);
   }
 
@@ -348,9 +364,7 @@ torch::Tensor MoELayerImpl::forward(const torch::Tensor& input, const RouteInput
   publish(std::move(stats), aux);
 
   const torch::Tensor rows = tokens.index_select(0, plan.token_of_row);  // [M, D], grouped by expert
-  const torch::Tensor expert_out =
-      grouped_ffn(rows, plan.tokens_per_expert, experts->weights_for(rows, plan.tokens_per_expert, kernel_),
-                  {options_.activation, kernel_});  // [M, D]
+  const torch::Tensor expert_out = run_experts(rows, plan.tokens_per_expert);  // [M, D]
   torch::Tensor combined;  // [N, D]
   const bool fused = expert_out.device().is_cpu() && !expert_out.requires_grad() &&
                      !decision.expert_weight.requires_grad() &&
@@ -385,6 +399,100 @@ RouterStats MoELayerImpl::last_stats() const {
 torch::Tensor MoELayerImpl::aux_loss() const {
   std::lock_guard<std::mutex> lock(stats_mutex_);
   return aux_loss_;
+}
+
+torch::Tensor MoELayerImpl::run_experts(const torch::Tensor& rows, const std::vector<int64_t>& tokens_per_expert) {
+  if (ep_group_) return run_experts_parallel(rows, tokens_per_expert);
+  return grouped_ffn(rows, tokens_per_expert, experts->weights_for(rows, tokens_per_expert, kernel_),
+                     {options_.activation, kernel_});
+}
+
+void MoELayerImpl::shard_experts(std::shared_ptr<const dist::Group> group) {
+  MOEKIT_CHECK_ARG(group != nullptr, "shard_experts: no group");
+  MOEKIT_CHECK_ARG(!ep_group_, "shard_experts: the experts are sharded already");
+  const int64_t members = group->size(), num_experts = options_.num_experts;
+  MOEKIT_CHECK_ARG(num_experts % members == 0, "expert parallelism: ep_size ", members, " does not divide the ",
+                   num_experts, " experts");
+  if (members == 1) return;
+  const int64_t local = num_experts / members;
+  first_local_expert_ = group->rank() * local;
+  experts->keep_experts(first_local_expert_, local);
+  ep_group_ = std::move(group);
+}
+
+torch::Tensor MoELayerImpl::run_experts_parallel(const torch::Tensor& rows,
+                                                 const std::vector<int64_t>& tokens_per_expert) {
+  const dist::Group& group = *ep_group_;
+  const int members = group.size();
+  const int64_t local = experts->num_local_experts();
+  // Rows are grouped by expert and a member's experts are consecutive, so
+  // member q's rows are one block.
+  std::vector<int64_t> send(members, 0);
+  for (int q = 0; q < members; ++q)
+    for (int64_t e = 0; e < local; ++e) send[q] += tokens_per_expert[q * local + e];
+  // counts[q][e]: the rows member q sends to this member's expert e.
+  const torch::Tensor my_counts = torch::tensor(tokens_per_expert, torch::kInt64);
+  const std::vector<int64_t> per_member(members, local);
+  const torch::Tensor counts_t = group.all_to_all(my_counts, per_member, per_member).contiguous();
+  const int64_t* counts = counts_t.data_ptr<int64_t>();
+  std::vector<int64_t> recv(members, 0), local_tokens(local, 0);
+  for (int q = 0; q < members; ++q)
+    for (int64_t e = 0; e < local; ++e) {
+      recv[q] += counts[q * local + e];
+      local_tokens[e] += counts[q * local + e];
+    }
+  const torch::Tensor received = dist::all_to_all_rows(group, rows.contiguous(), send, recv);  // member-major
+  // Member-major -> expert-major (and back for the results).
+  int64_t total = 0;
+  for (int64_t c : recv) total += c;
+  std::vector<int64_t> member_start(members, 0), expert_start(local, 0);
+  for (int q = 1; q < members; ++q) member_start[q] = member_start[q - 1] + recv[q - 1];
+  for (int64_t e = 1; e < local; ++e) expert_start[e] = expert_start[e - 1] + local_tokens[e - 1];
+  std::vector<int64_t> order(static_cast<size_t>(total));  // expert-major row -> member-major row
+  {
+    std::vector<int64_t> fill(expert_start);
+    for (int q = 0; q < members; ++q) {
+      int64_t at = member_start[q];
+      for (int64_t e = 0; e < local; ++e)
+        for (int64_t i = 0; i < counts[q * local + e]; ++i) order[static_cast<size_t>(fill[e]++)] = at++;
+    }
+  }
+  std::vector<int64_t> inverse(order.size());
+  for (size_t i = 0; i < order.size(); ++i) inverse[static_cast<size_t>(order[i])] = static_cast<int64_t>(i);
+  const auto index_options = torch::TensorOptions().dtype(torch::kInt64);
+  const torch::Tensor by_expert =
+      received.index_select(0, torch::tensor(order, index_options).to(received.device()));
+  const torch::Tensor out = grouped_ffn(by_expert, local_tokens,
+                                        experts->weights_for(by_expert, local_tokens, kernel_),
+                                        {options_.activation, kernel_});
+  const torch::Tensor by_member = out.index_select(0, torch::tensor(inverse, index_options).to(out.device()));
+  return dist::all_to_all_rows(group, by_member, recv, send);
+}
+
+int64_t shard_experts(torch::nn::Module& root, const std::shared_ptr<const dist::Group>& group) {
+  int64_t sharded = 0;
+  auto visit = [&](torch::nn::Module& m) {
+    if (auto* moe = dynamic_cast<MoELayerImpl*>(&m)) {
+      moe->shard_experts(group);
+      ++sharded;
+    }
+  };
+  visit(root);
+  for (const auto& m : root.modules(/*include_self=*/false)) visit(*m);
+  return sharded;
+}
+
+std::vector<torch::Tensor> sharded_expert_parameters(const torch::nn::Module& root) {
+  std::vector<torch::Tensor> params;
+  auto visit = [&](const torch::nn::Module& m) {
+    if (const auto* moe = dynamic_cast<const MoELayerImpl*>(&m)) {
+      if (!moe->expert_group()) return;
+      for (const auto& p : moe->experts->parameters()) params.push_back(p);
+    }
+  };
+  visit(root);
+  for (const auto& m : root.modules(/*include_self=*/false)) visit(*m);
+  return params;
 }
 
 int64_t experts_to_int8(torch::nn::Module& root, bool quantize) {

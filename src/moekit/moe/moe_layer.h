@@ -14,6 +14,7 @@
 #include <mutex>
 #include <optional>
 
+#include "moekit/dist/process_group.h"
 #include "moekit/moe/options.h"
 #include "moekit/ops/grouped_ffn.h"
 #include "moekit/ops/packed_linear.h"
@@ -91,6 +92,10 @@ class ExpertsImpl : public torch::nn::Module {
   // for a model whose int8 weights are loaded next. Inference only: a
   // forward that records gradients through int8 experts is refused.
   void to_int8(bool quantize = true);
+  // Keeps experts [first, first + count) only (expert parallelism: the other
+  // members of the group hold the rest).
+  void keep_experts(int64_t first, int64_t count);
+  int64_t num_local_experts() const { return w1.size(0); }
 
  private:
   PanelCache w1_panels_, w3_panels_, w2_panels_;
@@ -119,6 +124,21 @@ class MoELayerImpl : public torch::nn::Module {
   // Runtime (not stored) choice of grouped-FFN kernel; Auto by default.
   void set_kernel(GroupedFfnKernel kernel) { kernel_ = kernel; }
 
+  // Expert parallelism: the layer keeps experts [r * E/P, (r + 1) * E/P) of
+  // its E, r being this process's rank in `group` and P its size, and
+  // exchanges routed rows with the group's members, which hold the others:
+  // per-expert counts first, then the rows (all-to-all, differentiable, the
+  // backward being the reverse exchange); the results come back the same
+  // way. Routing, capacity and the router's losses stay per process, so
+  // each member's output equals what one process holding every expert
+  // computes on that member's tokens. Call on every member, on identical
+  // full weights; P must divide E. Every member must run every forward of
+  // the layer (an exchange waits for all of them).
+  void shard_experts(std::shared_ptr<const dist::Group> group);
+  const std::shared_ptr<const dist::Group>& expert_group() const { return ep_group_; }
+  // The global index of this process's first expert (0 without sharding).
+  int64_t first_local_expert() const { return first_local_expert_; }
+
   PackedLinear gate{nullptr};
   torch::Tensor task_embedding;  // [num_tasks, D], task routing only
   Experts experts{nullptr};
@@ -137,18 +157,31 @@ class MoELayerImpl : public torch::nn::Module {
   torch::Tensor cpu_inference_forward(const torch::Tensor& input, const torch::Tensor& x);
 
   void publish(RouterStats stats, torch::Tensor aux);
+  // The experts on rows grouped by expert (tokens_per_expert over all E):
+  // locally, or across the expert-parallel group.
+  torch::Tensor run_experts(const torch::Tensor& rows, const std::vector<int64_t>& tokens_per_expert);
+  torch::Tensor run_experts_parallel(const torch::Tensor& rows, const std::vector<int64_t>& tokens_per_expert);
 
   MoEOptions options_;
   GroupedFfnKernel kernel_ = GroupedFfnKernel::Auto;
   mutable std::mutex stats_mutex_;
   RouterStats stats_;
   torch::Tensor aux_loss_;
+  std::shared_ptr<const dist::Group> ep_group_;
+  int64_t first_local_expert_ = 0;
 };
 TORCH_MODULE(MoELayer);
 
 // Every MoE layer's experts in a module tree to int8 (ExpertsImpl::to_int8);
 // returns how many layers were converted.
 int64_t experts_to_int8(torch::nn::Module& root, bool quantize = true);
+// MoELayerImpl::shard_experts on every MoE layer of a module tree; returns
+// how many layers were sharded.
+int64_t shard_experts(torch::nn::Module& root, const std::shared_ptr<const dist::Group>& group);
+// The parameters of sharded experts in a module tree (each member holds its
+// own): their gradients are averaged only over the members that hold the
+// same experts.
+std::vector<torch::Tensor> sharded_expert_parameters(const torch::nn::Module& root);
 // Whether any MoE layer in the tree has int8 experts.
 bool has_int8_experts(const torch::nn::Module& root);
 

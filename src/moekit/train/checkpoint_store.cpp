@@ -76,15 +76,17 @@ std::vector<std::string> CheckpointStore::list() const {
 }
 
 void CheckpointStore::save(const TrainerState& state, const Model& model, torch::optim::Optimizer& optimizer,
-                           const std::function<void(const std::string&)>& save_assets, int64_t keep) {
+                           const std::function<void(const std::string&)>& save_assets, int64_t keep,
+                           const std::vector<torch::Tensor>& other_ranks_rng) {
   // Staged in a temporary sibling and renamed into place complete.
   OutputDir staged(root_ + "/step_" + std::to_string(state.step), /*force=*/true);
   const std::string& dir = staged.path();
   save_model(dir, model);
   save_assets(dir);
   write_file_atomic(dir + "/optimizer.pt", serialize_optimizer(optimizer));
-  write_file_atomic(dir + "/rng.safetensors",
-                    serialize_safetensors({{"cpu", at::detail::getDefaultCPUGenerator().get_state()}}));
+  TensorMap rng{{"cpu", at::detail::getDefaultCPUGenerator().get_state()}};
+  for (size_t r = 0; r < other_ranks_rng.size(); ++r) rng["cpu.rank" + std::to_string(r + 1)] = other_ranks_rng[r];
+  write_file_atomic(dir + "/rng.safetensors", serialize_safetensors(rng));
   YAML::Node node;
   node["step"] = state.step;
   node["epoch"] = state.epoch;
@@ -114,13 +116,16 @@ TrainerState CheckpointStore::read_state(const std::string& dir) {
   return s;
 }
 
-TrainerState CheckpointStore::load(const std::string& dir, Model& model, torch::optim::Optimizer& optimizer) const {
+TrainerState CheckpointStore::load(const std::string& dir, Model& model, torch::optim::Optimizer& optimizer, int rank,
+                                   bool* rng_restored) const {
   const TrainerState state = read_state(dir);
   load_module_state(model, read_model_weights(dir), dir);
   load_optimizer(optimizer, dir + "/optimizer.pt");
   const TensorMap rng = read_safetensors(dir + "/rng.safetensors").tensors;
-  const auto cpu = rng.find("cpu");
-  MOEKIT_CHECK_ARG(cpu != rng.end(), dir, "/rng.safetensors: no 'cpu' generator state");
+  MOEKIT_CHECK_ARG(rng.count("cpu"), dir, "/rng.safetensors: no 'cpu' generator state");
+  const auto cpu = rng.find(rank == 0 ? std::string("cpu") : "cpu.rank" + std::to_string(rank));
+  if (rng_restored != nullptr) *rng_restored = cpu != rng.end();
+  if (cpu == rng.end()) return state;
   at::Generator generator = at::detail::getDefaultCPUGenerator();
   std::lock_guard<std::mutex> lock(generator.mutex());
   generator.set_state(cpu->second);

@@ -41,12 +41,18 @@ class CheckpointStore {
   // Writes step_<state.step>: the model, `save_assets` (the task's assets,
   // given the directory), the optimizer, the default CPU generator's state
   // and `state`; then removes the oldest until `keep` remain.
+  // `other_ranks_rng`: the generator states of a data-parallel run's other
+  // ranks (rank r's under "cpu.rank<r>"), saved beside this process's.
   void save(const TrainerState& state, const Model& model, torch::optim::Optimizer& optimizer,
-            const std::function<void(const std::string&)>& save_assets, int64_t keep);
+            const std::function<void(const std::string&)>& save_assets, int64_t keep,
+            const std::vector<torch::Tensor>& other_ranks_rng = {});
   // Reads `dir`'s state; loads its weights into `model`, its optimizer
-  // state into `optimizer` and its generator state into the default CPU
-  // generator.
-  TrainerState load(const std::string& dir, Model& model, torch::optim::Optimizer& optimizer) const;
+  // state into `optimizer` and the generator state of `rank` into the
+  // default CPU generator. Returns false (the generator untouched) when the
+  // checkpoint has no state for that rank (a run resumed on more processes
+  // than it was saved from).
+  TrainerState load(const std::string& dir, Model& model, torch::optim::Optimizer& optimizer, int rank = 0,
+                    bool* rng_restored = nullptr) const;
   // The state in `dir`'s trainer_state.yaml.
   static TrainerState read_state(const std::string& dir);
 

@@ -16,6 +16,8 @@
 #include "moekit/core/model_dir.h"
 #include "moekit/core/runtime.h"
 #include "moekit/core/safetensors.h"
+#include "moekit/dist/grad_sync.h"
+#include "moekit/dist/process_group.h"
 #include "moekit/train/checkpoint_store.h"
 #include "moekit/train/metrics_log.h"
 #include "moekit/train/schedule.h"
@@ -51,41 +53,63 @@ namespace {
 
 // The training loop's state and its pieces: the optimizer, the checkpoint
 // store, the metrics log and the schedule's horizon.
+//
+// Data parallel over dist::world() when it has several ranks: every rank
+// holds the whole model; an epoch's batches are dealt out (batch b of the
+// epoch to rank b mod W, so one optimizer step sees W consecutive batches per
+// accumulation slot, as one process with W times accum_grad would);
+// gradients are averaged over the ranks before clipping; logged losses and
+// throughput are the run's; rank 0 alone writes checkpoints, metrics and
+// the final model, with every rank's generator state in the checkpoint.
 class TrainLoop {
  public:
   TrainLoop(TrainTask& task, const TrainerOptions& o, const std::string& exp_dir, bool resume)
       : task_(task),
         o_(o),
         model_(task.model()),
-        store_(exp_dir + "/checkpoints"),
-        metrics_(exp_dir + "/metrics.jsonl") {
+        world_(dist::world()),
+        lead_(world_->rank() == 0),
+        store_(exp_dir + "/checkpoints") {
+    if (lead_) metrics_ = std::make_unique<MetricsLog>(exp_dir + "/metrics.jsonl");
     for (auto& p : model_.parameters())
       if (p.requires_grad()) params_.push_back(p);
     optimizer_ = std::make_unique<torch::optim::Adam>(
         params_, torch::optim::AdamOptions(o.lr).weight_decay(o.weight_decay));
     MOEKIT_CHECK_ARG(!store_.list().empty() || !path_exists(exp_dir + "/final"), exp_dir,
                      ": holds a finished model (final/) and no checkpoints to resume from; use a new directory");
-    if (resume) {
-      const auto found = store_.list();
-      if (!found.empty()) {
-        state_ = store_.load(found.back(), model_, *optimizer_);
+    const auto found = store_.list();
+    MOEKIT_CHECK_ARG(resume || found.empty(), exp_dir,
+                     ": holds checkpoints already; pass --resume to continue, or use a new directory");
+    // Every rank has looked at the directory before rank 0 writes into it.
+    world_->barrier();
+    if (resume && !found.empty()) {
+      bool rng_restored = true;
+      state_ = store_.load(found.back(), model_, *optimizer_, world_->rank(), &rng_restored);
+      if (!rng_restored) torch::manual_seed(o.seed + static_cast<uint64_t>(world_->rank()) * 1000003u + state_.step);
+      if (lead_)
         std::cerr << "resumed from " << found.back() << " (step " << state_.step << ", epoch " << state_.epoch + 1
                   << ", batch " << state_.next_batch << ")\n";
-      }
     } else {
-      MOEKIT_CHECK_ARG(store_.list().empty(), exp_dir,
-                       ": holds checkpoints already; pass --resume to continue, or use a new directory");
-      torch::manual_seed(o.seed);
+      // The same starting weights on every rank (rank 0's), then a
+      // generator of its own per rank (dropout masks differ across ranks).
+      dist::broadcast_parameters(*world_, model_.parameters());
+      std::vector<torch::Tensor> buffers = model_.buffers();
+      if (!buffers.empty()) dist::broadcast_parameters(*world_, buffers);
+      torch::manual_seed(o.seed + static_cast<uint64_t>(world_->rank()));
     }
     // What a killed run logged after its last checkpoint is logged again.
-    metrics_.keep_through_step(state_.step);
+    if (metrics_) metrics_->keep_through_step(state_.step);
+    if (world_->size() > 1 && lead_)
+      std::cerr << "data parallel over " << world_->size() << " processes (c10d Gloo)\n";
     // The cosine schedule's horizon: total_steps, else every epoch's optimizer steps.
     horizon_ = o.total_steps;
     if (horizon_ == 0 && o.scheduler == "cosine")
-      for (int64_t e = 0; e < o.epochs; ++e) horizon_ += (task.num_batches(e) + o.accum_grad - 1) / o.accum_grad;
+      for (int64_t e = 0; e < o.epochs; ++e)
+        horizon_ += (task.num_batches(e) / world_->size() + o.accum_grad - 1) / o.accum_grad;
     flops_per_unit_ = task.flops_per_unit();
     peak_flops_ = flops_per_unit_ > 0 ? (o.peak_flops > 0 ? o.peak_flops : gemm_gflops(768, 0.3) * 1e9) : 0.0;
-    if (peak_flops_ > 0)
+    peak_flops_ *= world_->size();  // the run's units against the run's peak
+    if (peak_flops_ > 0 && lead_)
       std::cerr << "MFU relative to " << std::fixed << std::setprecision(1) << peak_flops_ / 1e9 << " GFLOP/s ("
                 << (o.peak_flops > 0 ? "peak_flops" : "a measured fp32 GEMM") << ")\n";
   }
@@ -94,15 +118,29 @@ class TrainLoop {
 
  private:
   void save_checkpoint(int64_t at_epoch, int64_t at_batch, bool end_of_run) {
+    sync_units();
     TrainerState s = state_;
     s.epoch = at_epoch;
-    s.next_batch = at_batch;
+    s.next_batch = at_batch * world_->size();  // stored as the epoch's global batch position
     s.lr = scheduled_lr(o_, state_.step, horizon_);
     s.end_of_run = end_of_run;
+    // Every rank's generator state goes into rank 0's checkpoint.
+    std::vector<torch::Tensor> rng = world_->all_gather(at::detail::getDefaultCPUGenerator().get_state());
+    if (!lead_) return;
+    rng.erase(rng.begin());
     store_.save(s, model_, *optimizer_, [&](const std::string& dir) { task_.save_assets(dir); },
-                std::max(o_.keep_checkpoints, o_.average_last));
+                std::max(o_.keep_checkpoints, o_.average_last), rng);
+  }
+  // The run's units so far into state_.units_total (a collective: every
+  // rank calls it at the same points).
+  void sync_units() {
+    std::vector<torch::Tensor> t{torch::tensor({pending_units_}, torch::kInt64)};
+    world_->all_reduce_sum(t);
+    state_.units_total += t[0].item<int64_t>();
+    pending_units_ = 0;
   }
   void validate_and_log(int64_t at_epoch) {
+    sync_units();
     const bool was_training = model_.is_training();
     model_.eval();
     {
@@ -113,11 +151,13 @@ class TrainLoop {
     nlohmann::json j = {{"epoch", at_epoch}, {"step", state_.step}, {task_.units_name(), state_.units_total}};
     if (flops_per_unit_ > 0) j["train_flops"] = flops_per_unit_ * static_cast<double>(state_.units_total);
     for (const auto& [k, v] : summary_.last_validation) j["cv_" + k] = v;
+    if (!lead_) return;  // every rank validates the same model on the same data; one reports
     std::cerr << validation_line(state_.step, summary_.last_validation) << "\n";
-    metrics_.write(j);
+    metrics_->write(j);
   }
   // One optimizer step on the accumulated gradients; returns the gradient norm.
   double step(double lr) {
+    if (world_->size() > 1) dist::all_reduce_gradients(*world_, params_, world_->size());
     double grad_norm = 0;
     if (o_.grad_clip > 0) grad_norm = torch::nn::utils::clip_grad_norm_(params_, o_.grad_clip);
     for (auto& group : optimizer_->param_groups()) static_cast<torch::optim::AdamOptions&>(group.options()).lr(lr);
@@ -143,22 +183,44 @@ class TrainLoop {
     std::cerr << "final model: mean of the last " << n << " epoch checkpoints -> " << summary_.final_dir << "\n";
   }
 
+  // Sums of the running values over the ranks (in key order; every rank
+  // logs the same keys), and of the units and batch counts.
+  void reduce_running(std::map<std::string, double>& running, int64_t& running_n, int64_t& units) const {
+    if (world_->size() == 1) return;
+    std::vector<double> values;
+    for (const auto& [k, v] : running) values.push_back(v);
+    values.push_back(static_cast<double>(running_n));
+    values.push_back(static_cast<double>(units));
+    std::vector<torch::Tensor> t{torch::tensor(values, torch::kDouble)};
+    world_->all_reduce_sum(t);
+    const double* sum = t[0].data_ptr<double>();
+    size_t i = 0;
+    for (auto& kv : running) kv.second = sum[i++];
+    running_n = static_cast<int64_t>(sum[i++]);
+    units = static_cast<int64_t>(sum[i]);
+  }
+
   TrainTask& task_;
   const TrainerOptions& o_;
   Model& model_;
+  std::shared_ptr<dist::Group> world_;
+  bool lead_;  // rank 0: writes checkpoints, metrics and the final model
   CheckpointStore store_;
-  MetricsLog metrics_;
+  std::unique_ptr<MetricsLog> metrics_;
   std::vector<torch::Tensor> params_;
   std::unique_ptr<torch::optim::Adam> optimizer_;
   TrainerState state_;
   int64_t horizon_ = 0;
+  int64_t pending_units_ = 0;  // this rank's units not yet in state_.units_total
   double flops_per_unit_ = 0, peak_flops_ = 0;
   TrainSummary summary_;
 };
 
 TrainSummary TrainLoop::run(const std::string& exp_dir) {
   const TrainerOptions& o = o_;
-  int64_t epoch = state_.epoch, next_batch = state_.next_batch;
+  // The checkpoint's global batch position as this rank's (rounded up: a
+  // run resumed on another number of processes repeats no batch).
+  int64_t epoch = state_.epoch, next_batch = (state_.next_batch + world_->size() - 1) / world_->size();
   const auto start = std::chrono::steady_clock::now();
   auto last_log = start;
   int64_t units_done = 0;
@@ -167,34 +229,46 @@ TrainSummary TrainLoop::run(const std::string& exp_dir) {
   // A finished run: only the final model is left.
   if (o.total_steps > 0 && state_.step >= o.total_steps) epoch = o.epochs;
   if (o.validate_first && state_.step == 0) validate_and_log(0);
+  const int64_t ranks = world_->size(), rank = world_->rank();
   for (; epoch < o.epochs; ++epoch, next_batch = 0) {
     model_.train();
-    const int64_t batches = task_.num_batches(epoch);
-    MOEKIT_CHECK_ARG(batches > 0, "train: epoch ", epoch + 1, " has no batches");
+    // This rank's share of the epoch: batches rank, rank + W, ... (the
+    // last global_batches mod W are left out, so every rank steps alike).
+    const int64_t global_batches = task_.num_batches(epoch);
+    const int64_t batches = global_batches / ranks;
+    MOEKIT_CHECK_ARG(batches > 0, "train: epoch ", epoch + 1, " has no batches",
+                     ranks > 1 ? str_cat(" for each of ", ranks, " processes (", global_batches, " in all)") : "");
     std::map<std::string, double> running;
     int64_t running_n = 0;
     optimizer_->zero_grad();
     for (int64_t b = next_batch; b < batches; ++b) {
-      BatchLoss loss = task_.train_batch(epoch, b);
+      BatchLoss loss = task_.train_batch(epoch, b * ranks + rank);
       MOEKIT_CHECK(loss.loss.defined(), "train: task returned no loss");
       const double value = loss.loss.item<double>();
       if (!std::isfinite(value)) {
-        std::cerr << "warning: non-finite loss at epoch " << epoch + 1 << " batch " << b << ", batch skipped\n";
-        optimizer_->zero_grad();
-        continue;
+        std::cerr << "warning: non-finite loss at epoch " << epoch + 1 << " batch " << b * ranks + rank
+                  << ", batch skipped\n";
+        if (ranks == 1) {
+          optimizer_->zero_grad();
+          continue;
+        }
+        // The other ranks step at this batch's boundary: this rank takes
+        // part without this batch's gradient.
+      } else {
+        (loss.loss / static_cast<double>(o.accum_grad)).backward();
+        units_done += loss.units;
+        pending_units_ += loss.units;
+        for (const auto& [k, v] : loss.parts) running[k] += v;
+        running["loss"] += value;
+        ++running_n;
       }
-      (loss.loss / static_cast<double>(o.accum_grad)).backward();
-      units_done += loss.units;
-      state_.units_total += loss.units;
-      for (const auto& [k, v] : loss.parts) running[k] += v;
-      running["loss"] += value;
-      ++running_n;
       const bool boundary = (b + 1) % o.accum_grad == 0 || b + 1 == batches;
       if (!boundary) continue;
       ++state_.step;
       const double lr = scheduled_lr(o, state_.step, horizon_);
       const double grad_norm = step(lr);
       if (state_.step % o.log_interval == 0) {
+        reduce_running(running, running_n, units_done);
         const auto now = std::chrono::steady_clock::now();
         const double interval = std::max(std::chrono::duration<double>(now - last_log).count(), 1e-9);
         last_log = now;
@@ -204,7 +278,7 @@ TrainSummary TrainLoop::run(const std::string& exp_dir) {
         r.batch = b + 1;
         r.batches = batches;
         r.step = state_.step;
-        for (const auto& [k, v] : running) r.means[k] = v / running_n;
+        for (const auto& [k, v] : running) r.means[k] = v / std::max<int64_t>(running_n, 1);
         r.lr = lr;
         r.grad_norm = grad_norm;
         r.units_name = task_.units_name();
@@ -213,8 +287,10 @@ TrainSummary TrainLoop::run(const std::string& exp_dir) {
         r.elapsed_s = std::chrono::duration<double>(now - start).count();
         r.done = o.total_steps > 0 ? static_cast<double>(state_.step) / static_cast<double>(o.total_steps)
                                    : (epoch + static_cast<double>(b + 1) / batches) / o.epochs;
-        std::cerr << progress_line(r) << "\n";
-        metrics_.write(progress_record(r));
+        if (lead_) {
+          std::cerr << progress_line(r) << "\n";
+          metrics_->write(progress_record(r));
+        }
         running.clear();
         running_n = 0;
         units_done = 0;
@@ -257,10 +333,14 @@ TrainSummary TrainLoop::run(const std::string& exp_dir) {
   summary_.steps = state_.step;
   summary_.completed = epoch >= o.epochs && !stopped_mid_epoch;
   if (!summary_.completed) {
-    std::cerr << "stopped at step " << state_.step << " (max_steps); --resume continues from the checkpoint\n";
+    if (lead_)
+      std::cerr << "stopped at step " << state_.step << " (max_steps); --resume continues from the checkpoint\n";
     return summary_;
   }
-  average_final(exp_dir);
+  if (lead_) average_final(exp_dir);
+  // The final model is complete before any rank reports the run done.
+  world_->barrier();
+  if (!lead_) summary_.final_dir = exp_dir + "/final";
   return summary_;
 }
 

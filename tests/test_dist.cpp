@@ -1,0 +1,436 @@
+// Distributed runs on localhost with Gloo: two processes started by
+// `moekit launch`, each this test binary running DistWorker.Run with a
+// scenario named by MOEKIT_DIST_SCENARIO; they write what they computed to
+// MOEKIT_DIST_OUT, and the test compares it with one process doing the same.
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <map>
+#include <optional>
+#include <sstream>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "cli_test_util.h"
+#include "moekit/core/model_dir.h"
+#include "moekit/data/sentencepiece.h"
+#include "moekit/core/safetensors.h"
+#include "moekit/dist/all_to_all.h"
+#include "moekit/dist/grad_sync.h"
+#include "moekit/dist/process_group.h"
+#include "moekit/moe/moe_layer.h"
+#include "test_util.h"
+
+namespace moekit {
+namespace {
+
+// Environment variables set for one scope, restored after.
+class ScopedEnv {
+ public:
+  explicit ScopedEnv(const std::map<std::string, std::string>& set) {
+    for (const char* n : {"RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"}) {
+      const char* v = std::getenv(n);
+      saved_[n] = v ? std::optional<std::string>(v) : std::nullopt;
+      ::unsetenv(n);
+    }
+    for (const auto& [k, v] : set) ::setenv(k.c_str(), v.c_str(), 1);
+  }
+  ~ScopedEnv() {
+    for (const auto& [k, v] : saved_) {
+      if (v) {
+        ::setenv(k.c_str(), v->c_str(), 1);
+      } else {
+        ::unsetenv(k.c_str());
+      }
+    }
+  }
+
+ private:
+  std::map<std::string, std::optional<std::string>> saved_;
+};
+
+std::string launch_error(const std::map<std::string, std::string>& env) {
+  ScopedEnv scoped(env);
+  return error_of<std::invalid_argument>([] { dist::LaunchEnv::from_environment(); });
+}
+
+TEST(Dist, LaunchEnvironmentIsReadAsTorchrunSetsItAndRefusedWhenIncomplete) {
+  {
+    ScopedEnv none({});
+    const dist::LaunchEnv env = dist::LaunchEnv::from_environment();
+    EXPECT_EQ(env.world_size, 1);
+    EXPECT_FALSE(env.distributed());
+  }
+  {
+    ScopedEnv full({{"RANK", "1"}, {"WORLD_SIZE", "4"}, {"LOCAL_RANK", "1"}, {"MASTER_ADDR", "10.0.0.2"},
+                    {"MASTER_PORT", "29400"}});
+    const dist::LaunchEnv env = dist::LaunchEnv::from_environment();
+    EXPECT_EQ(env.rank, 1);
+    EXPECT_EQ(env.world_size, 4);
+    EXPECT_EQ(env.master_addr, "10.0.0.2");
+    EXPECT_EQ(env.master_port, 29400);
+  }
+  EXPECT_NE(launch_error({{"RANK", "0"}}).find("WORLD_SIZE is not set"), std::string::npos);
+  EXPECT_EQ(launch_error({{"RANK", "2"}, {"WORLD_SIZE", "2"}, {"MASTER_ADDR", "a"}, {"MASTER_PORT", "1"}}),
+            "launch environment: RANK='2' is not an integer in [0, 1]");
+  EXPECT_EQ(launch_error({{"RANK", "0"}, {"WORLD_SIZE", "2"}, {"MASTER_PORT", "29500"}}),
+            "launch environment: MASTER_ADDR is not set (WORLD_SIZE is 2)");
+  EXPECT_EQ(launch_error({{"RANK", "0"}, {"WORLD_SIZE", "2"}, {"MASTER_ADDR", "x"}, {"MASTER_PORT", "70000"}}),
+            "launch environment: MASTER_PORT='70000' is not an integer in [1, 65535]");
+  EXPECT_EQ(launch_error({{"RANK", "zero"}, {"WORLD_SIZE", "1"}}),
+            "launch environment: RANK='zero' is not an integer in [0, 0]");
+}
+
+TEST(Dist, OneProcessGroupIsTheIdentity) {
+  const auto group = dist::Group::single();
+  EXPECT_EQ(group->size(), 1);
+  torch::Tensor x = torch::randn({5, 3}, torch::requires_grad());
+  const torch::Tensor y = dist::all_to_all_rows(*group, x, {5}, {5});
+  EXPECT_TRUE(torch::equal(y, x));
+  (y * 2).sum().backward();
+  EXPECT_TRUE(torch::allclose(x.grad(), torch::full_like(x, 2.0)));
+  std::vector<torch::Tensor> t{torch::ones({2})};
+  group->all_reduce_sum(t);
+  EXPECT_TRUE(torch::equal(t[0], torch::ones({2})));
+  torch::Tensor p = torch::ones({3}, torch::requires_grad());
+  (p * 4).sum().backward();
+  dist::all_reduce_gradients(*group, {p}, 2.0);
+  EXPECT_TRUE(torch::allclose(p.grad(), torch::full({3}, 2.0)));
+}
+
+// ---- the two-process scenarios ------------------------------------------
+
+constexpr int64_t kD = 16, kH = 24, kE = 4;
+
+MoEOptions ep_options(double capacity_factor) {
+  MoEOptions o;
+  o.d_model = kD;
+  o.d_hidden = kH;
+  o.num_experts = kE;
+  o.top_k = 2;
+  o.capacity_factor = capacity_factor;
+  o.aux_loss_coef = 0.01;
+  return o;
+}
+
+// Rank r's tokens (with padding) and the weights of its loss.
+struct RankInput {
+  torch::Tensor x, mask, loss_weight;
+};
+RankInput rank_input(int rank) {
+  torch::manual_seed(100 + rank);
+  RankInput in;
+  in.x = torch::randn({3, 5 + rank, kD});
+  in.mask = torch::ones({3, 5 + rank}, torch::kBool);
+  in.mask.index_put_({1, torch::indexing::Slice(3, torch::indexing::None)}, false);
+  in.loss_weight = torch::randn({3, 5 + rank, kD});
+  return in;
+}
+
+// One training step's forward and backward of a fresh layer (seed 7) on
+// rank r's tokens: output, input gradient, the layer's gradients.
+struct LayerStep {
+  torch::Tensor y, x_grad;
+  TensorMap grads;
+};
+LayerStep layer_step(MoELayer& layer, int rank) {
+  RankInput in = rank_input(rank);
+  in.x.set_requires_grad(true);
+  const torch::Tensor y = layer->forward(in.x, RouteInput(in.mask));
+  torch::Tensor loss = (y * in.loss_weight).sum();
+  if (layer->aux_loss().defined()) loss = loss + layer->aux_loss();
+  loss.backward();
+  LayerStep s;
+  s.y = y.detach();
+  s.x_grad = in.x.grad().clone();
+  for (const auto& p : layer->named_parameters())
+    if (p.value().grad().defined()) s.grads[p.key()] = p.value().grad().clone();
+  return s;
+}
+
+MoELayer fresh_layer(double capacity_factor) {
+  torch::manual_seed(7);
+  MoELayer layer(ep_options(capacity_factor));
+  layer->train();
+  return layer;
+}
+
+int scenario_timeout_ms() {
+  const char* v = std::getenv("MOEKIT_DIST_TIMEOUT_MS");
+  return v ? std::atoi(v) : 60000;
+}
+
+// Runs inside each launched process (skipped in an ordinary test run).
+TEST(DistWorker, Run) {
+  const char* scenario = std::getenv("MOEKIT_DIST_SCENARIO");
+  const char* out = std::getenv("MOEKIT_DIST_OUT");
+  if (scenario == nullptr || out == nullptr) GTEST_SKIP() << "a worker of the Dist tests (run by them)";
+  const auto world = dist::init_from_environment(std::chrono::milliseconds(scenario_timeout_ms()));
+  const std::string name = scenario;
+  const std::string file = std::string(out) + "/rank" + std::to_string(world->rank()) + ".safetensors";
+  if (name == "ep_dropless" || name == "ep_capacity") {
+    MoELayer layer = fresh_layer(name == "ep_capacity" ? 1.0 : 0.0);
+    layer->shard_experts(world);
+    const LayerStep s = layer_step(layer, world->rank());
+    TensorMap save = s.grads;
+    save["y"] = s.y;
+    save["x_grad"] = s.x_grad;
+    write_safetensors(file, save);
+  } else if (name == "ep_idle_rank") {
+    // Rank 1 has no tokens at all: it must still take part in the exchange.
+    MoELayer layer = fresh_layer(0.0);
+    layer->shard_experts(world);
+    torch::manual_seed(5);
+    const int64_t t = world->rank() == 0 ? 6 : 0;
+    const torch::Tensor x = torch::randn({2, t, kD});
+    torch::NoGradGuard no_grad;
+    write_safetensors(file, {{"y", layer->forward(x)}});
+  } else if (name == "ep_indivisible") {
+    MoEOptions o = ep_options(0.0);
+    o.num_experts = 3;
+    MoELayer layer(o);
+    layer->shard_experts(world);
+  } else if (name == "collectives") {
+    std::vector<torch::Tensor> t{torch::full({3}, static_cast<float>(world->rank() + 1))};
+    world->all_reduce_sum(t);
+    const auto gathered = world->all_gather(torch::full({2}, static_cast<float>(10 * world->rank())));
+    write_safetensors(file, {{"sum", t[0]}, {"gathered", torch::cat(gathered)}});
+  } else if (name == "peer_dies") {
+    world->barrier();
+    if (world->rank() == 1) std::_Exit(3);
+    std::vector<torch::Tensor> t{torch::ones({4})};
+    world->all_reduce_sum(t);  // throws: rank 1 is gone
+    world->all_reduce_sum(t);
+  } else if (name == "peer_hangs") {
+    world->barrier();
+    if (world->rank() == 1) std::this_thread::sleep_for(std::chrono::seconds(60));
+    std::vector<torch::Tensor> t{torch::ones({4})};
+    world->all_reduce_sum(t);  // throws after the timeout
+  } else {
+    FAIL() << "unknown scenario " << name;
+  }
+}
+
+struct WorkerRun {
+  CliRun run;
+  std::string out;
+  double seconds = 0;
+};
+
+WorkerRun launch_workers(const std::string& scenario, int timeout_ms = 60000, const std::string& extra = "") {
+  WorkerRun w;
+  w.out = temp_dir("dist_" + scenario);
+  const std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
+  const auto start = std::chrono::steady_clock::now();
+  w.run = run_cli("launch -n 2 --grace 3 " + extra + " -- " + self + " --gtest_filter=DistWorker.Run",
+                  "env MOEKIT_DIST_SCENARIO=" + scenario + " MOEKIT_DIST_OUT=" + w.out +
+                      " MOEKIT_DIST_TIMEOUT_MS=" + std::to_string(timeout_ms) + " OMP_NUM_THREADS=1");
+  w.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return w;
+}
+
+TensorMap worker_result(const WorkerRun& w, int rank) {
+  return read_safetensors(w.out + "/rank" + std::to_string(rank) + ".safetensors").tensors;
+}
+
+#define SKIP_WITHOUT_GLOO() \
+  if (!dist::gloo_available()) GTEST_SKIP() << "this build has no c10d Gloo backend (libgloo-dev)"
+
+TEST(Dist, CollectivesSumAndGatherOverTwoProcesses) {
+  SKIP_WITHOUT_GLOO();
+  const WorkerRun w = launch_workers("collectives");
+  ASSERT_EQ(w.run.exit_code, 0) << w.run.output;
+  for (int r = 0; r < 2; ++r) {
+    const TensorMap got = worker_result(w, r);
+    EXPECT_TRUE(torch::equal(got.at("sum"), torch::full({3}, 3.0f)));
+    EXPECT_TRUE(torch::equal(got.at("gathered"), torch::tensor({0.0f, 0.0f, 10.0f, 10.0f})));
+  }
+}
+
+// Expert parallelism over 2 processes = one process holding all 4 experts:
+// each rank's output and input gradient as if it ran alone, the router's
+// gradient its own, each expert's gradient the sum over both ranks' tokens.
+void expect_expert_parallel_matches_one_process(const std::string& scenario, double capacity_factor) {
+  const WorkerRun w = launch_workers(scenario);
+  ASSERT_EQ(w.run.exit_code, 0) << w.run.output;
+  MoELayer reference = fresh_layer(capacity_factor);
+  std::vector<LayerStep> steps;
+  for (int r = 0; r < 2; ++r) {
+    for (auto& p : reference->parameters()) p.mutable_grad() = torch::Tensor();
+    steps.push_back(layer_step(reference, r));
+  }
+  for (int r = 0; r < 2; ++r) {
+    const TensorMap got = worker_result(w, r);
+    EXPECT_LE((got.at("y") - steps[r].y).abs().max().item<double>(), 1e-5) << "rank " << r;
+    EXPECT_LE((got.at("x_grad") - steps[r].x_grad).abs().max().item<double>(), 1e-5) << "rank " << r;
+    EXPECT_LE((got.at("gate.weight") - steps[r].grads.at("gate.weight")).abs().max().item<double>(), 1e-5);
+    for (const char* name : {"experts.w1", "experts.b1", "experts.w2", "experts.b2"}) {
+      if (!steps[0].grads.count(name)) continue;
+      const torch::Tensor full = steps[0].grads.at(name) + steps[1].grads.at(name);
+      const torch::Tensor mine = full.narrow(0, r * kE / 2, kE / 2);
+      ASSERT_TRUE(got.count(name)) << name;
+      EXPECT_EQ(got.at(name).sizes(), mine.sizes()) << name;
+      EXPECT_LE((got.at(name) - mine).abs().max().item<double>(), 1e-5) << name << " rank " << r;
+    }
+  }
+}
+
+TEST(Dist, ExpertParallelLayerEqualsOneProcessDropless) {
+  SKIP_WITHOUT_GLOO();
+  expect_expert_parallel_matches_one_process("ep_dropless", 0.0);
+}
+
+TEST(Dist, ExpertParallelLayerEqualsOneProcessWithCapacity) {
+  SKIP_WITHOUT_GLOO();
+  expect_expert_parallel_matches_one_process("ep_capacity", 1.0);
+}
+
+TEST(Dist, ExpertParallelRankWithoutTokensStillServesItsExperts) {
+  SKIP_WITHOUT_GLOO();
+  const WorkerRun w = launch_workers("ep_idle_rank");
+  ASSERT_EQ(w.run.exit_code, 0) << w.run.output;
+  MoELayer reference = fresh_layer(0.0);
+  torch::manual_seed(5);
+  const torch::Tensor x = torch::randn({2, 6, kD});
+  torch::NoGradGuard no_grad;
+  const torch::Tensor expected = reference->forward(x);
+  EXPECT_LE((worker_result(w, 0).at("y") - expected).abs().max().item<double>(), 1e-5);
+  EXPECT_EQ(worker_result(w, 1).at("y").size(1), 0);
+}
+
+TEST(Dist, ShardingRefusesAGroupThatDoesNotDivideTheExperts) {
+  SKIP_WITHOUT_GLOO();
+  const WorkerRun w = launch_workers("ep_indivisible");
+  EXPECT_NE(w.run.exit_code, 0);
+  EXPECT_NE(w.run.output.find("expert parallelism: ep_size 2 does not divide the 3 experts"), std::string::npos)
+      << w.run.output;
+}
+
+TEST(Dist, APeerThatDiesStopsTheOtherWithAClearError) {
+  SKIP_WITHOUT_GLOO();
+  const WorkerRun w = launch_workers("peer_dies", 20000);
+  EXPECT_NE(w.run.exit_code, 0);
+  EXPECT_NE(w.run.output.find("rank 1 exited with status 3"), std::string::npos) << w.run.output;
+  EXPECT_NE(w.run.output.find("dist: all_reduce on rank 0 of 2 failed"), std::string::npos) << w.run.output;
+  EXPECT_LT(w.seconds, 30.0);
+}
+
+TEST(Dist, APeerThatHangsStopsTheOtherAfterTheTimeout) {
+  SKIP_WITHOUT_GLOO();
+  const WorkerRun w = launch_workers("peer_hangs", 3000);
+  EXPECT_NE(w.run.exit_code, 0);
+  EXPECT_NE(w.run.output.find("dist: all_reduce on rank 0 of 2 failed"), std::string::npos) << w.run.output;
+  EXPECT_NE(w.run.output.find("timeout of 3 s"), std::string::npos) << w.run.output;
+  EXPECT_LT(w.seconds, 40.0);
+}
+
+TEST(Dist, ABusyRendezvousPortIsNamed) {
+  SKIP_WITHOUT_GLOO();
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(fd, 0);
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)), 0);
+  ASSERT_EQ(::listen(fd, 1), 0);
+  socklen_t len = sizeof(sa);
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len);
+  const int port = ntohs(sa.sin_port);
+  const WorkerRun w = launch_workers("collectives", 3000, "--master-port " + std::to_string(port));
+  ::close(fd);
+  EXPECT_NE(w.run.exit_code, 0);
+  EXPECT_NE(w.run.output.find("dist: rank 0 cannot serve the rendezvous at 127.0.0.1:" + std::to_string(port)),
+            std::string::npos)
+      << w.run.output;
+}
+
+TEST(Dist, LaunchReportsACommandThatCannotRun) {
+  const CliRun run = run_cli("launch -n 2 -- /nonexistent/moekit-worker");
+  EXPECT_EQ(run.exit_code, 127);
+  EXPECT_NE(run.output.find("cannot run '/nonexistent/moekit-worker'"), std::string::npos) << run.output;
+  EXPECT_NE(run_cli("launch -n 0 -- true").output.find("launch: -n must be >= 1, got 0"), std::string::npos);
+}
+
+// ---- data-parallel training through the CLI --------------------------
+
+// The loss of every logged step in an experiment's metrics.jsonl.
+std::vector<double> logged_losses(const std::string& exp_dir) {
+  std::vector<double> losses;
+  std::istringstream in(read_file(exp_dir + "/metrics.jsonl"));
+  for (std::string line; std::getline(in, line);) {
+    const nlohmann::json j = nlohmann::json::parse(line);
+    if (j.contains("loss")) losses.push_back(j["loss"].get<double>());
+  }
+  return losses;
+}
+
+double max_weight_difference(const std::string& a, const std::string& b) {
+  const TensorMap wa = read_model_weights(a), wb = read_model_weights(b);
+  double worst = 0;
+  for (const auto& [name, t] : wa) worst = std::max(worst, (t - wb.at(name)).abs().max().item<double>());
+  return worst;
+}
+
+TEST(Dist, DataParallelLmTrainingEqualsOneProcessWithTheSameGlobalBatch) {
+  SKIP_WITHOUT_GLOO();
+  if (!have_sentencepiece() || std::system("command -v spm_train > /dev/null 2>&1") != 0)
+    GTEST_SKIP() << "SentencePiece tools (package sentencepiece) not installed";
+  const std::string d = temp_dir("dist_lm");
+  std::string text;
+  for (int i = 0; i < 400; ++i)
+    text += "line " + std::to_string(i) + ": the cat sat on the mat and looked at number " +
+            std::to_string(i * 13 % 97) + "\n";
+  write_file_atomic(d + "/train.txt", text);
+  write_file_atomic(d + "/valid.txt", text.substr(0, 1500));
+  const CliRun tok = run_cli("tokenizer train --input " + d + "/train.txt --output " + d + "/tok.model --vocab-size 300");
+  ASSERT_EQ(tok.exit_code, 0) << tok.output;
+  // One process with accum_grad 2 and two with 1 see the same global batch
+  // of each step; the MoE layers' router losses are in the loss.
+  const std::string model_conf =
+      "model: {d_model: 32, n_layers: 2, n_heads: 4, n_kv_heads: 2, d_ffn: 48, max_seq_len: 64, "
+      "moe: {num_experts: 4, top_k: 2, aux_loss_coef: 0.01}}\n"
+      "data: {seq_len: 32, batch_size: 4, max_valid_windows: 4}\n";
+  const std::string schedule = "lr: 0.003, scheduler: cosine, warmup_steps: 2, total_steps: 6, log_interval: 1, "
+                               "average_last: 1, epochs: 5";
+  write_file_atomic(d + "/one.yaml", model_conf + "train_conf: {" + schedule + ", accum_grad: 2}\n");
+  write_file_atomic(d + "/two.yaml", model_conf + "train_conf: {" + schedule + ", accum_grad: 1}\n");
+  write_file_atomic(d + "/two_paused.yaml",
+                    model_conf + "train_conf: {" + schedule + ", accum_grad: 1, max_steps: 3}\n");
+  auto train = [&](const std::string& config, const std::string& exp) {
+    return "train lm --config " + d + "/" + config + " --train-text " + d + "/train.txt --valid-text " + d +
+           "/valid.txt --tokenizer " + d + "/tok.model --exp-dir " + d + "/" + exp;
+  };
+  const std::string cli = std::string(MOEKIT_CLI_PATH);
+  CliRun one = run_cli("--threads 1 " + train("one.yaml", "one"));
+  ASSERT_EQ(one.exit_code, 0) << one.output;
+  CliRun two = run_cli("launch -n 2 -- " + cli + " --threads 1 " + train("two.yaml", "two"));
+  ASSERT_EQ(two.exit_code, 0) << two.output;
+  EXPECT_NE(two.output.find("data parallel over 2 processes"), std::string::npos) << two.output;
+  EXPECT_EQ(lines(two.output.substr(two.output.find("trained"))), 1) << "one report per run: " << two.output;
+  const std::vector<double> a = logged_losses(d + "/one"), b = logged_losses(d + "/two");
+  ASSERT_EQ(a.size(), 6u);
+  ASSERT_EQ(b.size(), a.size());
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(b[i], a[i], 1e-4 * std::abs(a[i])) << "step " << i + 1;
+  EXPECT_LT(max_weight_difference(d + "/one/final", d + "/two/final"), 1e-4);
+
+  // Paused by 2 processes at step 3, resumed by 1 (accum_grad 2): the same
+  // run as the uninterrupted one.
+  CliRun paused = run_cli("launch -n 2 -- " + cli + " --threads 1 " + train("two_paused.yaml", "mixed"));
+  ASSERT_EQ(paused.exit_code, 0) << paused.output;
+  ASSERT_TRUE(path_exists(d + "/mixed/checkpoints/step_3"));
+  CliRun resumed = run_cli("--threads 1 " + train("one.yaml", "mixed") + " --resume");
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
+  const std::vector<double> c = logged_losses(d + "/mixed");
+  ASSERT_EQ(c.size(), a.size());
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(c[i], a[i], 1e-4 * std::abs(a[i])) << "step " << i + 1;
+  EXPECT_LT(max_weight_difference(d + "/one/final", d + "/mixed/final"), 1e-4);
+}
+
+}  // namespace
+}  // namespace moekit
