@@ -377,7 +377,7 @@ double max_weight_difference(const std::string& a, const std::string& b) {
   return worst;
 }
 
-TEST(Dist, DataParallelLmTrainingEqualsOneProcessWithTheSameGlobalBatch) {
+TEST(Dist, DataAndExpertParallelLmTrainingEqualOneProcessWithTheSameGlobalBatch) {
   SKIP_WITHOUT_GLOO();
   if (!have_sentencepiece() || std::system("command -v spm_train > /dev/null 2>&1") != 0)
     GTEST_SKIP() << "SentencePiece tools (package sentencepiece) not installed";
@@ -430,6 +430,30 @@ TEST(Dist, DataParallelLmTrainingEqualsOneProcessWithTheSameGlobalBatch) {
   ASSERT_EQ(c.size(), a.size());
   for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(c[i], a[i], 1e-4 * std::abs(a[i])) << "step " << i + 1;
   EXPECT_LT(max_weight_difference(d + "/one/final", d + "/mixed/final"), 1e-4);
+
+  // Expert parallelism (each process holds 2 of each layer's 4 experts):
+  // the same run again, paused at step 3 and resumed on the same layout.
+  write_file_atomic(d + "/ep.yaml", model_conf + "train_conf: {" + schedule + ", accum_grad: 1, ep_size: 2}\n");
+  write_file_atomic(d + "/ep_paused.yaml",
+                    model_conf + "train_conf: {" + schedule + ", accum_grad: 1, ep_size: 2, max_steps: 3}\n");
+  CliRun ep = run_cli("launch -n 2 -- " + cli + " --threads 1 " + train("ep_paused.yaml", "ep"));
+  ASSERT_EQ(ep.exit_code, 0) << ep.output;
+  EXPECT_NE(ep.output.find("experts sharded over groups of 2"), std::string::npos) << ep.output;
+  EXPECT_TRUE(path_exists(d + "/ep/checkpoints/step_3/optimizer.rank1.pt"));
+  // Its checkpoint holds the whole model; its optimizer moments are per
+  // process, so it resumes on its own layout only.
+  CliRun wrong = run_cli("--threads 1 " + train("one.yaml", "ep") + " --resume");
+  EXPECT_NE(wrong.exit_code, 0);
+  EXPECT_NE(wrong.output.find("written by 2 processes with ep_size 2; an expert-parallel checkpoint resumes on the "
+                              "same layout (this run: 1 processes, ep_size 1)"),
+            std::string::npos)
+      << wrong.output;
+  ep = run_cli("launch -n 2 -- " + cli + " --threads 1 " + train("ep.yaml", "ep") + " --resume");
+  ASSERT_EQ(ep.exit_code, 0) << ep.output;
+  const std::vector<double> e = logged_losses(d + "/ep");
+  ASSERT_EQ(e.size(), a.size());
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(e[i], a[i], 1e-4 * std::abs(a[i])) << "step " << i + 1;
+  EXPECT_LT(max_weight_difference(d + "/one/final", d + "/ep/final"), 1e-4);
 }
 
 }  // namespace

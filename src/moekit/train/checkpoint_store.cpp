@@ -36,6 +36,8 @@ void load_optimizer(torch::optim::Optimizer& optimizer, const std::string& path)
 
 }  // namespace
 
+std::string CheckpointStore::serialize(torch::optim::Optimizer& optimizer) { return serialize_optimizer(optimizer); }
+
 CheckpointStore::CheckpointStore(std::string root) : root_(std::move(root)) {
   make_dirs(root_);
   // What a killed run left: a step_N without its trainer_state.yaml (from
@@ -77,15 +79,24 @@ std::vector<std::string> CheckpointStore::list() const {
 
 void CheckpointStore::save(const TrainerState& state, const Model& model, torch::optim::Optimizer& optimizer,
                            const std::function<void(const std::string&)>& save_assets, int64_t keep,
-                           const std::vector<torch::Tensor>& other_ranks_rng) {
+                           const OtherRanks& others) {
   // Staged in a temporary sibling and renamed into place complete.
   OutputDir staged(root_ + "/step_" + std::to_string(state.step), /*force=*/true);
   const std::string& dir = staged.path();
-  save_model(dir, model);
+  if (others.weights != nullptr) {
+    YAML::Node config;
+    config["model_type"] = model.model_type();
+    config["architecture"] = model.architecture();
+    save_model_dir(dir, config, *others.weights);
+  } else {
+    save_model(dir, model);
+  }
   save_assets(dir);
   write_file_atomic(dir + "/optimizer.pt", serialize_optimizer(optimizer));
+  for (size_t r = 0; r < others.optimizers.size(); ++r)
+    write_file_atomic(dir + "/optimizer.rank" + std::to_string(r + 1) + ".pt", others.optimizers[r]);
   TensorMap rng{{"cpu", at::detail::getDefaultCPUGenerator().get_state()}};
-  for (size_t r = 0; r < other_ranks_rng.size(); ++r) rng["cpu.rank" + std::to_string(r + 1)] = other_ranks_rng[r];
+  for (size_t r = 0; r < others.rng.size(); ++r) rng["cpu.rank" + std::to_string(r + 1)] = others.rng[r];
   write_file_atomic(dir + "/rng.safetensors", serialize_safetensors(rng));
   YAML::Node node;
   node["step"] = state.step;
@@ -94,6 +105,8 @@ void CheckpointStore::save(const TrainerState& state, const Model& model, torch:
   node["lr"] = state.lr;
   node["units_total"] = state.units_total;
   node["end_of_run"] = state.end_of_run;
+  node["world_size"] = state.world_size;
+  node["ep_size"] = state.ep_size;
   write_yaml_file(dir + "/trainer_state.yaml", node);  // last: the checkpoint counts once renamed
   staged.commit();
   auto all = list();
@@ -113,14 +126,18 @@ TrainerState CheckpointStore::read_state(const std::string& dir) {
   s.lr = yaml_get_or<double>(node, "lr", 0.0, path);
   s.units_total = yaml_get_or<int64_t>(node, "units_total", 0, path);
   s.end_of_run = yaml_get_or<bool>(node, "end_of_run", false, path);
+  s.world_size = yaml_get_or<int64_t>(node, "world_size", 1, path);
+  s.ep_size = yaml_get_or<int64_t>(node, "ep_size", 1, path);
   return s;
 }
 
 TrainerState CheckpointStore::load(const std::string& dir, Model& model, torch::optim::Optimizer& optimizer, int rank,
-                                   bool* rng_restored) const {
+                                   bool* rng_restored, const std::function<void()>& after_weights) const {
   const TrainerState state = read_state(dir);
   load_module_state(model, read_model_weights(dir), dir);
-  load_optimizer(optimizer, dir + "/optimizer.pt");
+  if (after_weights) after_weights();
+  const std::string rank_optimizer = dir + "/optimizer.rank" + std::to_string(rank) + ".pt";
+  load_optimizer(optimizer, rank > 0 && state.ep_size > 1 ? rank_optimizer : dir + "/optimizer.pt");
   const TensorMap rng = read_safetensors(dir + "/rng.safetensors").tensors;
   MOEKIT_CHECK_ARG(rng.count("cpu"), dir, "/rng.safetensors: no 'cpu' generator state");
   const auto cpu = rng.find(rank == 0 ? std::string("cpu") : "cpu.rank" + std::to_string(rank));

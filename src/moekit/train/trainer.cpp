@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstring>
+#include <set>
 #include <iomanip>
 #include <iostream>
 #include <memory>
@@ -18,6 +20,7 @@
 #include "moekit/core/safetensors.h"
 #include "moekit/dist/grad_sync.h"
 #include "moekit/dist/process_group.h"
+#include "moekit/moe/moe_layer.h"
 #include "moekit/train/checkpoint_store.h"
 #include "moekit/train/metrics_log.h"
 #include "moekit/train/schedule.h"
@@ -61,6 +64,12 @@ namespace {
 // gradients are averaged over the ranks before clipping; logged losses and
 // throughput are the run's; rank 0 alone writes checkpoints, metrics and
 // the final model, with every rank's generator state in the checkpoint.
+//
+// With ep_size P > 1 the MoE layers' experts are sharded over groups of P
+// consecutive ranks (expert parallelism, moe/moe_layer.h), the rest stays
+// data parallel: dense gradients are averaged over every rank, an expert's
+// over the ranks holding it; the clipping norm is the run's; checkpoints
+// hold the whole model (experts gathered) and each rank's optimizer moments.
 class TrainLoop {
  public:
   TrainLoop(TrainTask& task, const TrainerOptions& o, const std::string& exp_dir, bool resume)
@@ -82,9 +91,16 @@ class TrainLoop {
                      ": holds checkpoints already; pass --resume to continue, or use a new directory");
     // Every rank has looked at the directory before rank 0 writes into it.
     world_->barrier();
+    make_expert_groups();
     if (resume && !found.empty()) {
+      const TrainerState saved = CheckpointStore::read_state(found.back());
+      MOEKIT_CHECK_ARG((saved.ep_size == 1 && o.ep_size == 1) ||
+                           (saved.ep_size == o.ep_size && saved.world_size == world_->size()),
+                       found.back(), ": written by ", saved.world_size, " processes with ep_size ", saved.ep_size,
+                       "; an expert-parallel checkpoint resumes on the same layout (this run: ", world_->size(),
+                       " processes, ep_size ", o.ep_size, ")");
       bool rng_restored = true;
-      state_ = store_.load(found.back(), model_, *optimizer_, world_->rank(), &rng_restored);
+      state_ = store_.load(found.back(), model_, *optimizer_, world_->rank(), &rng_restored, [&] { shard(); });
       if (!rng_restored) torch::manual_seed(o.seed + static_cast<uint64_t>(world_->rank()) * 1000003u + state_.step);
       if (lead_)
         std::cerr << "resumed from " << found.back() << " (step " << state_.step << ", epoch " << state_.epoch + 1
@@ -95,12 +111,16 @@ class TrainLoop {
       dist::broadcast_parameters(*world_, model_.parameters());
       std::vector<torch::Tensor> buffers = model_.buffers();
       if (!buffers.empty()) dist::broadcast_parameters(*world_, buffers);
+      shard();
       torch::manual_seed(o.seed + static_cast<uint64_t>(world_->rank()));
     }
+    state_.world_size = world_->size();
+    state_.ep_size = o.ep_size;
     // What a killed run logged after its last checkpoint is logged again.
     if (metrics_) metrics_->keep_through_step(state_.step);
     if (world_->size() > 1 && lead_)
-      std::cerr << "data parallel over " << world_->size() << " processes (c10d Gloo)\n";
+      std::cerr << "data parallel over " << world_->size() << " processes (c10d Gloo)"
+                << (o.ep_size > 1 ? str_cat(", experts sharded over groups of ", o.ep_size) : "") << "\n";
     // The cosine schedule's horizon: total_steps, else every epoch's optimizer steps.
     horizon_ = o.total_steps;
     if (horizon_ == 0 && o.scheduler == "cosine")
@@ -124,12 +144,21 @@ class TrainLoop {
     s.next_batch = at_batch * world_->size();  // stored as the epoch's global batch position
     s.lr = scheduled_lr(o_, state_.step, horizon_);
     s.end_of_run = end_of_run;
-    // Every rank's generator state goes into rank 0's checkpoint.
-    std::vector<torch::Tensor> rng = world_->all_gather(at::detail::getDefaultCPUGenerator().get_state());
+    // Every rank's generator state goes into rank 0's checkpoint, and with
+    // expert parallelism every rank's optimizer and the gathered experts.
+    CheckpointStore::OtherRanks others;
+    others.rng = world_->all_gather(at::detail::getDefaultCPUGenerator().get_state());
+    others.rng.erase(others.rng.begin());
+    TensorMap weights;
+    if (ep_group_) {
+      others.optimizers = gather_optimizers();
+      weights = module_state(model_);
+      for (const auto& [name, t] : expert_names_) weights[name] = torch::cat(ep_group_->all_gather(t.detach()));
+      others.weights = &weights;
+    }
     if (!lead_) return;
-    rng.erase(rng.begin());
     store_.save(s, model_, *optimizer_, [&](const std::string& dir) { task_.save_assets(dir); },
-                std::max(o_.keep_checkpoints, o_.average_last), rng);
+                std::max(o_.keep_checkpoints, o_.average_last), others);
   }
   // The run's units so far into state_.units_total (a collective: every
   // rank calls it at the same points).
@@ -157,9 +186,16 @@ class TrainLoop {
   }
   // One optimizer step on the accumulated gradients; returns the gradient norm.
   double step(double lr) {
-    if (world_->size() > 1) dist::all_reduce_gradients(*world_, params_, world_->size());
     double grad_norm = 0;
-    if (o_.grad_clip > 0) grad_norm = torch::nn::utils::clip_grad_norm_(params_, o_.grad_clip);
+    if (ep_group_) {
+      dist::all_reduce_gradients(*world_, dense_params_, world_->size());
+      dist::all_reduce_gradients(expert_dp_group_ ? *expert_dp_group_ : *dist::Group::single(), expert_params_,
+                                 world_->size());
+      if (o_.grad_clip > 0) grad_norm = clip_sharded(o_.grad_clip);
+    } else {
+      if (world_->size() > 1) dist::all_reduce_gradients(*world_, params_, world_->size());
+      if (o_.grad_clip > 0) grad_norm = torch::nn::utils::clip_grad_norm_(params_, o_.grad_clip);
+    }
     for (auto& group : optimizer_->param_groups()) static_cast<torch::optim::AdamOptions&>(group.options()).lr(lr);
     if (std::isfinite(grad_norm)) optimizer_->step();
     optimizer_->zero_grad();
@@ -181,6 +217,72 @@ class TrainLoop {
     task_.save_assets(final_dir.path());
     final_dir.commit();
     std::cerr << "final model: mean of the last " << n << " epoch checkpoints -> " << summary_.final_dir << "\n";
+  }
+
+  // Expert parallelism's groups: ranks [k P, (k + 1) P) share their
+  // experts (the EP group); ranks r, r + P, ... hold the same experts (the
+  // group their gradients are averaged over).
+  void make_expert_groups() {
+    const int64_t ep = o_.ep_size, ranks = world_->size(), rank = world_->rank();
+    if (ep == 1) return;
+    MOEKIT_CHECK_ARG(ranks % ep == 0, "train_conf.ep_size ", ep, " does not divide the run's ", ranks, " processes");
+    std::vector<int> ep_ranks, same_experts;
+    const int64_t block = rank / ep;
+    for (int64_t r = block * ep; r < (block + 1) * ep; ++r) ep_ranks.push_back(static_cast<int>(r));
+    for (int64_t r = rank % ep; r < ranks; r += ep) same_experts.push_back(static_cast<int>(r));
+    ep_group_ = world_->subgroup(ep_ranks, "ep" + std::to_string(block));
+    if (same_experts.size() > 1) expert_dp_group_ = world_->subgroup(same_experts, "experts" + std::to_string(rank % ep));
+  }
+  // Shards the (full, identical) model's experts over the EP group.
+  void shard() {
+    if (!ep_group_) return;
+    std::map<const void*, std::string> names;
+    for (const auto& p : model_.named_parameters()) names[p.value().unsafeGetTensorImpl()] = p.key();
+    MOEKIT_CHECK_ARG(shard_experts(model_, ep_group_) > 0, "train_conf.ep_size ", o_.ep_size,
+                     ": the model has no MoE layer to shard");
+    expert_params_ = sharded_expert_parameters(model_);
+    std::set<const void*> sharded;
+    for (const auto& p : expert_params_) {
+      sharded.insert(p.unsafeGetTensorImpl());
+      expert_names_.emplace_back(names.at(p.unsafeGetTensorImpl()), p);
+    }
+    dense_params_.clear();
+    for (const auto& p : params_)
+      if (!sharded.count(p.unsafeGetTensorImpl())) dense_params_.push_back(p);
+  }
+  // torch's clip_grad_norm_ over the whole run's gradients: the dense ones
+  // are equal on every rank, the experts' norm is summed over the EP group.
+  double clip_sharded(double max_norm) {
+    torch::NoGradGuard no_grad;
+    double dense_sq = 0;
+    for (const auto& p : dense_params_)
+      if (p.grad().defined()) dense_sq += p.grad().pow(2).sum().item<double>();
+    std::vector<torch::Tensor> expert_sq{torch::zeros({1}, torch::kDouble)};
+    for (const auto& p : expert_params_)
+      if (p.grad().defined()) expert_sq[0] += p.grad().to(torch::kDouble).pow(2).sum();
+    ep_group_->all_reduce_sum(expert_sq);
+    const double norm = std::sqrt(dense_sq + expert_sq[0].item<double>());
+    const double coef = max_norm / (norm + 1e-6);
+    if (coef < 1.0)
+      for (const auto& p : params_)
+        if (p.grad().defined()) p.grad().mul_(coef);
+    return norm;
+  }
+  // Every rank's serialized optimizer, rank r's at r - 1, on rank 0 (empty elsewhere).
+  std::vector<std::string> gather_optimizers() {
+    const std::string mine = CheckpointStore::serialize(*optimizer_);
+    const auto sizes = world_->all_gather(torch::tensor({static_cast<int64_t>(mine.size())}, torch::kInt64));
+    int64_t longest = 0;
+    for (const auto& t : sizes) longest = std::max(longest, t.item<int64_t>());
+    torch::Tensor bytes = torch::zeros({longest}, torch::kUInt8);
+    std::memcpy(bytes.data_ptr<uint8_t>(), mine.data(), mine.size());
+    const auto all = world_->all_gather(bytes);
+    std::vector<std::string> out;
+    if (!lead_) return out;
+    for (size_t r = 1; r < all.size(); ++r)
+      out.emplace_back(reinterpret_cast<const char*>(all[r].data_ptr<uint8_t>()),
+                       static_cast<size_t>(sizes[r].item<int64_t>()));
+    return out;
   }
 
   // Sums of the running values over the ranks (in key order; every rank
@@ -205,6 +307,9 @@ class TrainLoop {
   Model& model_;
   std::shared_ptr<dist::Group> world_;
   bool lead_;  // rank 0: writes checkpoints, metrics and the final model
+  std::shared_ptr<const dist::Group> ep_group_, expert_dp_group_;  // expert parallelism (null: none)
+  std::vector<torch::Tensor> dense_params_, expert_params_;
+  std::vector<std::pair<std::string, torch::Tensor>> expert_names_;  // sharded parameters by checkpoint name
   CheckpointStore store_;
   std::unique_ptr<MetricsLog> metrics_;
   std::vector<torch::Tensor> params_;

@@ -37,6 +37,7 @@ struct TrainerOptions {
   int64_t eval_interval = 0;    // optimizer steps between validations (0: epoch ends only)
   bool validate_first = false;  // validate once before the first step (step 0 of a fresh run)
   double peak_flops = 0.0;      // FLOP/s that MFU is relative to (0: measure a GEMM at start)
+  int64_t ep_size = 1;          // distributed runs: processes each MoE layer's experts are sharded over
 
   // The field table (core/fields.h) behind the functions below.
   static const FieldTable<TrainerOptions>& fields();

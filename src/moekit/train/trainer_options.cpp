@@ -37,6 +37,11 @@ const FieldTable<TrainerOptions>& trainer_fields() {
           .field("eval_interval", &O::eval_interval, "steps between validations (0: epoch ends only)").non_negative()
           .field("peak_flops", &O::peak_flops, "FLOP/s that MFU is relative to (0: measured at start)")
           .non_negative()
+          .field("ep_size", &O::ep_size,
+                 "expert parallelism: processes each MoE layer's experts are sharded over (divides the run's "
+                 "processes and every layer's experts; 1: none)")
+          .at_least(1)
+          .write_if([](const O& o) { return o.ep_size != 1; })
           .field("validate_first", &O::validate_first, "validate once before the first step of a fresh run");
   return table;
 }
