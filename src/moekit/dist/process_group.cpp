@@ -1,6 +1,7 @@
 #include "moekit/dist/process_group.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstdlib>
 #include <mutex>
@@ -8,6 +9,9 @@
 #include "moekit/core/check.h"
 
 #ifdef MOEKIT_HAVE_GLOO
+#ifndef USE_C10D_GLOO  // LibTorch's CMake config sets it where c10d has Gloo
+#define USE_C10D_GLOO
+#endif
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
@@ -30,6 +34,8 @@ int parse_int_env(const char* name, const char* text, int lo, int hi) {
                    "='", text, "' is not an integer in [", lo, ", ", hi, "]");
   return static_cast<int>(v);
 }
+
+std::atomic<int64_t> collective_ns{0};
 
 // The first line of an exception text (c10 errors append a backtrace).
 std::string first_line(const std::string& text) {
@@ -86,6 +92,14 @@ std::shared_ptr<::gloo::transport::Device> make_device(const std::string& master
 
 template <class F>
 void collective(const char* op, int rank, int size, std::chrono::milliseconds timeout, F&& run) {
+  const auto start = std::chrono::steady_clock::now();
+  struct Count {
+    std::chrono::steady_clock::time_point start;
+    ~Count() {
+      collective_ns += std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start)
+                           .count();
+    }
+  } count{start};
   try {
     run();
   } catch (const c10::Error& e) {
@@ -270,6 +284,8 @@ void Group::barrier() const {}
 #endif
 
 Group::~Group() = default;
+
+double collective_seconds() { return static_cast<double>(collective_ns.load()) * 1e-9; }
 
 std::shared_ptr<Group> Group::single() { return std::shared_ptr<Group>(new Group()); }
 

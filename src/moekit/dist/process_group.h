@@ -91,6 +91,10 @@ class Group {
   std::shared_ptr<Backend> backend_;  // null: one process
 };
 
+// Seconds this process has spent inside collectives of any group so far
+// (waiting for slower peers included): a run's communication share.
+double collective_seconds();
+
 // The whole run's group for this process, set once by the command that
 // starts a run (init_from_environment) and read by the trainer; single()
 // until then.

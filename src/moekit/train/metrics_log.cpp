@@ -23,6 +23,7 @@ std::string progress_line(const ProgressReport& r) {
   line << " lr " << std::scientific << std::setprecision(2) << r.lr << std::fixed << " " << r.units_name << "/s "
        << std::setprecision(0) << r.units_per_s;
   if (r.mfu >= 0) line << " mfu " << std::setprecision(1) << 100 * r.mfu << "%";
+  if (r.comm >= 0) line << " comm " << std::setprecision(0) << 100 * r.comm << "%";
   line << " elapsed " << format_duration(r.elapsed_s);
   if (r.done > 0) line << " eta " << format_duration(r.elapsed_s / r.done * (1 - r.done));
   return line.str();
@@ -36,6 +37,7 @@ nlohmann::json progress_record(const ProgressReport& r) {
                       {r.units_name + "_per_s", r.units_per_s}};
   for (const auto& [k, v] : r.means) j[k] = v;
   if (r.mfu >= 0) j["mfu"] = r.mfu;
+  if (r.comm >= 0) j["comm"] = r.comm;
   return j;
 }
 

@@ -21,6 +21,7 @@ struct ProgressReport {
   std::string units_name = "frames";
   double units_per_s = 0.0;
   double mfu = -1.0;                // model FLOPs utilization, < 0: not reported
+  double comm = -1.0;               // distributed runs: share of the time in collectives, < 0: not reported
   double elapsed_s = 0.0;
   double done = 0.0;                // fraction of the run done, for the ETA (0: none)
 };

@@ -61,7 +61,8 @@ namespace {
 // holds the whole model; an epoch's batches are dealt out (batch b of the
 // epoch to rank b mod W, so one optimizer step sees W consecutive batches per
 // accumulation slot, as one process with W times accum_grad would);
-// gradients are averaged over the ranks before clipping; logged losses and
+// gradients are averaged over the ranks before clipping (BatchNorm's running
+// statistics before each validation and checkpoint); logged losses and
 // throughput are the run's; rank 0 alone writes checkpoints, metrics and
 // the final model, with every rank's generator state in the checkpoint.
 //
@@ -139,6 +140,7 @@ class TrainLoop {
  private:
   void save_checkpoint(int64_t at_epoch, int64_t at_batch, bool end_of_run) {
     sync_units();
+    sync_buffers();
     TrainerState s = state_;
     s.epoch = at_epoch;
     s.next_batch = at_batch * world_->size();  // stored as the epoch's global batch position
@@ -168,8 +170,24 @@ class TrainLoop {
     state_.units_total += t[0].item<int64_t>();
     pending_units_ = 0;
   }
+  // Buffers a training forward updates per rank (BatchNorm's running
+  // statistics) made equal again before they are used or saved: floating
+  // ones averaged over the ranks, integer ones (batch counters) rank 0's.
+  void sync_buffers() {
+    if (world_->size() == 1) return;
+    torch::NoGradGuard no_grad;
+    std::vector<torch::Tensor> floating, integral;
+    for (const auto& b : model_.buffers()) (b.is_floating_point() ? floating : integral).push_back(b);
+    for (auto& b : floating) {
+      std::vector<torch::Tensor> one{b.detach()};
+      world_->all_reduce_sum(one);
+      b.detach().div_(static_cast<double>(world_->size()));
+    }
+    if (!integral.empty()) dist::broadcast_parameters(*world_, integral);
+  }
   void validate_and_log(int64_t at_epoch) {
     sync_units();
+    sync_buffers();
     const bool was_training = model_.is_training();
     model_.eval();
     {
@@ -328,6 +346,7 @@ TrainSummary TrainLoop::run(const std::string& exp_dir) {
   int64_t epoch = state_.epoch, next_batch = (state_.next_batch + world_->size() - 1) / world_->size();
   const auto start = std::chrono::steady_clock::now();
   auto last_log = start;
+  double last_comm_s = dist::collective_seconds();
   int64_t units_done = 0;
   bool stopped = false, stopped_mid_epoch = false, run_end = false;
   int64_t run_end_batch = 0;
@@ -389,6 +408,11 @@ TrainSummary TrainLoop::run(const std::string& exp_dir) {
         r.units_name = task_.units_name();
         r.units_per_s = units_done / interval;
         if (peak_flops_ > 0) r.mfu = flops_per_unit_ * static_cast<double>(units_done) / interval / peak_flops_;
+        if (ranks > 1) {
+          const double comm_s = dist::collective_seconds();
+          r.comm = std::min(1.0, (comm_s - last_comm_s) / interval);
+          last_comm_s = comm_s;
+        }
         r.elapsed_s = std::chrono::duration<double>(now - start).count();
         r.done = o.total_steps > 0 ? static_cast<double>(state_.step) / static_cast<double>(o.total_steps)
                                    : (epoch + static_cast<double>(b + 1) / batches) / o.epochs;
