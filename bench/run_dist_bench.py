@@ -44,7 +44,9 @@ def run_layout(args, env, tmp, name, processes, accum, ep, round_index):
              os.path.join(tmp, "corpus", "train.txt"), "--valid-text", os.path.join(tmp, "corpus", "valid.txt"),
              "--tokenizer", os.path.join(tmp, "tok.model"), "--exp-dir", exp]
     cmd = train if processes == 1 else [args.moekit, "launch", "-n", str(processes), "--", *train]
-    subprocess.run(cmd, check=True, env=env, capture_output=True, text=True)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"{name}: {' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
     records = [json.loads(line) for line in open(os.path.join(exp, "metrics.jsonl")) if '"tokens_per_s"' in line]
     timed = records[1:] or records  # the first interval includes start-up
     tokens_per_s = median([r["tokens_per_s"] for r in timed])

@@ -118,6 +118,7 @@ MoEOptions ep_options(double capacity_factor) {
   o.top_k = 2;
   o.capacity_factor = capacity_factor;
   o.aux_loss_coef = 0.01;
+  o.activation = Activation::SwiGLU;  // gated experts: w1, w3, w2
   return o;
 }
 
@@ -197,8 +198,22 @@ TEST(DistWorker, Run) {
     torch::manual_seed(5);
     const int64_t t = world->rank() == 0 ? 6 : 0;
     const torch::Tensor x = torch::randn({2, t, kD});
-    torch::NoGradGuard no_grad;
-    write_safetensors(file, {{"y", layer->forward(x)}});
+    torch::Tensor y;
+    {
+      torch::NoGradGuard no_grad;
+      y = layer->forward(x);
+    }
+    write_safetensors(file, {{"y", y}});
+    // A training step in which rank 1 receives no rows either: every token
+    // (all-positive) prefers experts 0 and 1, which rank 0 holds.
+    {
+      torch::NoGradGuard no_grad;
+      layer->gate->weight.copy_(torch::tensor({1.0f, 1.0f, -1.0f, -1.0f}).unsqueeze(1).expand({kE, kD}));
+    }
+    const torch::Tensor xs = torch::rand({2, t, kD}, torch::requires_grad()) + 0.1;
+    layer->forward(xs).sum().backward();
+    EXPECT_EQ(layer->last_stats().tokens_per_expert[2], 0);
+    for (const auto& p : layer->experts->parameters()) EXPECT_TRUE(p.grad().defined());
   } else if (name == "ep_indivisible") {
     MoEOptions o = ep_options(0.0);
     o.num_experts = 3;
@@ -280,7 +295,7 @@ void expect_expert_parallel_matches_one_process(const std::string& scenario, dou
     EXPECT_LE((got.at("y") - steps[r].y).abs().max().item<double>(), 1e-5) << "rank " << r;
     EXPECT_LE((got.at("x_grad") - steps[r].x_grad).abs().max().item<double>(), 1e-5) << "rank " << r;
     EXPECT_LE((got.at("gate.weight") - steps[r].grads.at("gate.weight")).abs().max().item<double>(), 1e-5);
-    for (const char* name : {"experts.w1", "experts.b1", "experts.w2", "experts.b2"}) {
+    for (const char* name : {"experts.w1", "experts.b1", "experts.w3", "experts.w2", "experts.b2"}) {
       if (!steps[0].grads.count(name)) continue;
       const torch::Tensor full = steps[0].grads.at(name) + steps[1].grads.at(name);
       const torch::Tensor mine = full.narrow(0, r * kE / 2, kE / 2);

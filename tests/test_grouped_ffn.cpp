@@ -148,6 +148,22 @@ TEST(GroupedFfn, ExpertsWithoutRowsGetZeroGradient) {
   EXPECT_GT(w.w1.grad()[0].abs().sum().item<float>(), 0.0f);
 }
 
+// An expert-parallel rank can receive no rows at all in a training step:
+// the backward of a gated FFN over zero rows gives zero weight gradients.
+TEST(GroupedFfn, BackwardOverNoRowsAtAll) {
+  torch::manual_seed(3);
+  ExpertWeights w = random_weights(2, 6, 8, true, false, torch::kFloat32);
+  for (torch::Tensor* t : {&w.w1, &w.w3, &w.w2}) t->requires_grad_(true);
+  const torch::Tensor x = torch::randn({0, 6}, torch::requires_grad());
+  const torch::Tensor y = grouped_ffn(x, {0, 0}, w, {Activation::SwiGLU, GroupedFfnKernel::Auto});
+  EXPECT_EQ(y.size(0), 0);
+  y.sum().backward();
+  for (torch::Tensor* t : {&w.w1, &w.w3, &w.w2}) {
+    ASSERT_TRUE(t->grad().defined());
+    EXPECT_EQ(t->grad().abs().sum().item<float>(), 0.0f);
+  }
+}
+
 TEST(GroupedFfn, RejectsInconsistentShapes) {
   const ExpertWeights w = random_weights(2, 6, 8, false, true, torch::kFloat32);
   EXPECT_THROW(grouped_ffn(torch::randn({4, 5}), {2, 2}, w, {}), std::invalid_argument);

@@ -324,10 +324,15 @@ torch::Tensor MoELayerImpl::forward(const torch::Tensor& input, const RouteInput
   if (num_tokens == 0) {
     stats.tokens_per_expert.assign(options_.num_experts, 0);
     publish(std::move(stats), aux);
-    // The other members of an expert-parallel group still exchange rows
-    // with this one.
-    if (ep_group_) run_experts(tokens.narrow(0, 0, 0), std::vector<int64_t>(options_.num_experts, 0));
-    return torch::zeros_like(input);
+    torch::Tensor out = torch::zeros_like(input);
+    if (ep_group_) {
+      // The other members of an expert-parallel group still exchange rows
+      // with this one, and in the backward pass too: the (empty) result
+      // joins the output's graph.
+      const torch::Tensor none = run_experts(tokens.narrow(0, 0, 0), std::vector<int64_t>(options_.num_experts, 0));
+      if (none.requires_grad()) out = out + none.sum() * 0.0;
+    }
+    return out;
   }
 
   torch::Tensor token_batch;  // [N] sequence of each routed token (sentence/task routing)

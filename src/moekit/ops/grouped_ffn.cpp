@@ -99,13 +99,20 @@ class GroupedFfnFunction : public torch::autograd::Function<GroupedFfnFunction> 
     const torch::Tensor w3 = from_placeholder(saved[2]);
     const torch::Tensor& w2 = saved[3];
     const torch::Tensor& h1 = saved[4];
-    const torch::Tensor h3 = from_placeholder(saved[5]);
     const std::vector<int64_t> tokens_per_expert = ctx->saved_data["tokens_per_expert"].toIntVector();
     const auto activation = static_cast<Activation>(ctx->saved_data["activation"].toInt());
+    // Not from_placeholder: with no rows at all (an expert-parallel rank
+    // that received none) a gated h3 is [0, H], empty but present.
+    const torch::Tensor h3 = is_gated(activation) ? saved[5] : torch::Tensor();
     const bool has_b1 = ctx->saved_data["has_b1"].toBool();
     const bool has_b2 = ctx->saved_data["has_b2"].toBool();
     const bool gated = is_gated(activation);
-    const torch::Tensor grad_y = grad_outputs[0].contiguous();  // [M, D]
+    // Autograd passes no gradient for an output nothing downstream needed
+    // one for (an expert-parallel rank's rows whose tokens all went unused):
+    // zeros, so the weights' gradients are still defined.
+    const torch::Tensor grad_y = grad_outputs[0].defined()
+                                     ? grad_outputs[0].contiguous()
+                                     : torch::zeros({x.size(0), w2.size(1)}, x.options());  // [M, D]
     const std::vector<int64_t> offsets = RowGroups::from_counts(tokens_per_expert).offsets;
 
     const bool need_x = ctx->needs_input_grad(0);
