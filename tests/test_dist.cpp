@@ -375,6 +375,35 @@ TEST(Dist, ABusyRendezvousPortIsNamed) {
       << w.run.output;
 }
 
+// A port the kernel calls free now on 127.0.0.1.
+int free_local_port() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(sa);
+  ::bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa));
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len);
+  ::close(fd);
+  return ntohs(sa.sin_port);
+}
+
+TEST(Dist, RanksStartedWithDifferentWorldSizesAreToldSo) {
+  SKIP_WITHOUT_GLOO();
+  const std::string out = temp_dir("dist_world_mismatch");
+  const std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
+  const int port = free_local_port();
+  const std::string worker = " MOEKIT_DIST_SCENARIO=collectives MOEKIT_DIST_OUT=" + out +
+                             " MOEKIT_DIST_TIMEOUT_MS=3000 MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(port) +
+                             " " + self + " --gtest_filter=DistWorker.Run";
+  const std::string command = "(env RANK=0 WORLD_SIZE=2" + worker + " > " + out + "/rank0.log 2>&1 & env RANK=1 WORLD_SIZE=3" +
+                              worker + " > " + out + "/rank1.log 2>&1; wait)";
+  ASSERT_EQ(std::system(command.c_str()) == -1, false);
+  const std::string log = read_file(out + "/rank1.log");
+  EXPECT_NE(log.find("launch environment: WORLD_SIZE is 3 on rank 1 but 2 on rank 0"), std::string::npos) << log;
+  EXPECT_NE(read_file(out + "/rank0.log").find("FAILED"), std::string::npos);
+}
+
 TEST(Dist, LaunchReportsACommandThatCannotRun) {
   const CliRun run = run_cli("launch -n 2 -- /nonexistent/moekit-worker");
   EXPECT_EQ(run.exit_code, 127);
