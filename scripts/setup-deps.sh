@@ -23,9 +23,10 @@ if [[ "${1:-}" == "--browser" ]]; then
   packages+=(chromium)
 fi
 if [[ "${1:-}" == "--recipes" ]]; then
-  # gettext catalogs (the translation recipe): data-only l10n packages;
+  # speech synthesis and augmentation, IRSTLM (the ASR recipe's word n-gram
+  # model); gettext catalogs (the translation recipe): data-only l10n packages;
   # word lists (its grapheme-to-phoneme set)
-  packages+=(espeak-ng flite sox libsox-fmt-all gettext fortunes gnuplot-nox
+  packages+=(espeak-ng flite sox libsox-fmt-all gettext fortunes gnuplot-nox irstlm
     vlc-l10n gnupg-l10n libc-l10n util-linux-locales gcc-12-locales
     python3-websockets wamerican wfrench wngerman wspanish witalian wportuguese wdutch wpolish wdanish)
 fi

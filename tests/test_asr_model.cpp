@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <set>
+#include <sstream>
 
 #include <cmath>
 #include <thread>
@@ -661,4 +662,58 @@ TEST(AsrModel, TiedDecoderEmbeddingIsOneParameterTrainedByBothUses) {
   const auto got = loaded->decoder_log_probs(out.slice(0, 0, 1), {{1, 2}, {3}});
   EXPECT_LT(max_diff(want.first, got.first), 1e-6);
   EXPECT_LT(max_diff(want.second, got.second), 1e-6);
+}
+
+// A lexicon holds every beam decoding, whole or streaming, CTC or rescored,
+// to its words, even for a random model that would spell anything.
+TEST(AsrModel, LexiconHoldsDecodingToItsWords) {
+  torch::manual_seed(31);
+  auto model = std::make_shared<AsrModel>(small_config(kVariants[0], true));
+  randomize(*model);
+  const Units units({"<blank>", "<unk>", "a", "b", "c", "d", "e", "\xe2\x96\x81", "f", "g", "h", "<sos/eos>"});
+  const std::set<std::string> words = {"hb", "bad", "cafe", "he"};
+  const std::string dir = temp_dir("asr_lexicon");
+  write_file_atomic(dir + "/words.txt", "hb\nbad\ncafe\nhe\n");
+  auto words_of = [](const std::string& text) {
+    std::vector<std::string> out;
+    std::istringstream in(text);
+    for (std::string w; in >> w;) out.push_back(w);
+    return out;
+  };
+  std::vector<float> samples(24000);
+  for (size_t i = 0; i < samples.size(); ++i) samples[i] = 0.3f * std::sin(0.01f * i * (1 + i % 7));
+  for (DecodeMode mode : {DecodeMode::CtcPrefixBeam, DecodeMode::AttentionRescoring}) {
+    DecodeOptions options;
+    options.mode = mode;
+    options.beam_size = 6;
+    options.chunk_size = 4;
+    const Recognizer free(model, units, options);
+    options.lexicon = dir + "/words.txt";
+    const Recognizer held(model, units, options);
+    ASSERT_TRUE(held.lexicon());
+    const Recognition whole = held.recognize(samples);
+    StreamingSession session(held);
+    for (size_t pos = 0; pos < samples.size(); pos += 1600) {
+      const Recognition partial = session.accept_waveform(samples.data() + pos, std::min<size_t>(1600, samples.size() - pos));
+      const auto partial_words = words_of(partial.text);
+      for (size_t i = 0; i + 1 < partial_words.size(); ++i) EXPECT_TRUE(words.count(partial_words[i])) << partial.text;
+    }
+    const Recognition streamed = session.finish();
+    for (const Recognition* r : {&whole, &streamed}) {
+      for (const Hypothesis& h : r->nbest)
+        for (const std::string& w : words_of(units.to_text(h.tokens))) EXPECT_TRUE(words.count(w)) << w;
+    }
+    EXPECT_FALSE(whole.text.empty()) << "free: " << free.recognize(samples).text;
+    EXPECT_EQ(streamed.text.empty(), whole.text.empty());
+    EXPECT_NE(free.recognize(samples).text, whole.text) << "the random model spells other words when free";
+  }
+  // A lexicon the units cannot spell, or a model without units: named.
+  write_file_atomic(dir + "/bad.txt", "ab\nzebra\n");
+  DecodeOptions options;
+  options.mode = DecodeMode::CtcPrefixBeam;
+  options.lexicon = dir + "/bad.txt";
+  EXPECT_NE(error_of([&] { Recognizer(model, units, options); }).find("cannot spell 'zebra'"), std::string::npos);
+  options.lexicon = dir + "/words.txt";
+  EXPECT_NE(error_of([&] { Recognizer(model, Units(), options); }).find("--lexicon needs the model's units"),
+            std::string::npos);
 }

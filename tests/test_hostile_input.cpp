@@ -108,6 +108,14 @@ TEST(HostileInput, DecodingOptionsOutsideTheirRangeAreRefusedBeforeLoading) {
   expect_cli_error("transcribe " + model + " " + wav + " --ctc-weight nan", "--ctc-weight");
   expect_cli_error("transcribe " + model + " " + wav + " --chunk-size -5", "--chunk-size");
   expect_cli_error("transcribe " + model + " " + wav + " --left-chunks -3", "--left-chunks");
+  write_file_atomic(model + "/lm.arpa", "not a language model\n");
+  expect_cli_error("transcribe " + model + " " + wav + " --lm " + model + "/lm.arpa", "--lm needs --lexicon");
+  expect_cli_error("transcribe " + model + " " + wav + " --lm-weight inf", "--lm-weight must be a finite number");
+  write_file_atomic(model + "/words.txt", "<eps> 0\n");
+  expect_cli_error("transcribe " + model + " " + wav + " --lexicon " + model + "/words.txt", "words.txt: no words");
+  write_file_atomic(model + "/words.txt", "ab\nba\n");
+  expect_cli_error("transcribe " + model + " " + wav + " --lexicon " + model + "/words.txt --lm " + model + "/lm.arpa",
+                   "lm.arpa: not an ARPA language model");
 }
 
 TEST(HostileInput, AFifoInPlaceOfAFileIsRefusedNotOpened) {

@@ -5,7 +5,9 @@
 # counterpart (same d_model, 8 experts, top-2 in every FFN) trained for
 # streaming + full context, and a WER/CER table
 # for CTC greedy, CTC prefix beam and attention rescoring at full context and
-# chunk 16, with parameter counts and real-time factors.
+# chunk 16 (for commands also the beam searches held to the grammar's
+# lexicon, and with a word trigram model), with parameter counts and
+# real-time factors.
 #
 #   recipes/asr/run.sh                 # full recipe (about 1.75 hours on 2 cores)
 #   DEMO=1 recipes/asr/run.sh          # the small version `make demo` runs
@@ -51,6 +53,17 @@ if [[ $stage -le 0 && $stop_stage -ge 0 ]]; then
   log "stage 0: $task corpus ($num_train train / $num_cv cv / $num_test test utterances, test voices unseen)"
   "$python" "$here/local/make_corpus.py" "$data" --task "$task" --held-out-flite "$held_out_flite" --train "$num_train" --cv "$num_cv" --test "$num_test" \
     --max-words "$max_words"
+  if [[ -f $data/words.txt ]]; then
+    # A closed-vocabulary task: a word trigram model of the training
+    # transcripts (IRSTLM, Witten-Bell smoothing) for the beam searches.
+    log "stage 0: word trigram model of the training transcripts (IRSTLM tlm)"
+    "$python" -c 'import json, sys
+for line in open(sys.argv[1], encoding="utf-8"): print("<s> %s </s>" % json.loads(line)["txt"])' \
+      "$data/train/data.list" > "$data/lm_text.txt"
+    /usr/lib/irstlm/bin/tlm -tr="$data/lm_text.txt" -n=3 -lm=wb -o="$data/lm.arpa.tmp" > "$data/tlm.log" 2>&1 ||
+      { cat "$data/tlm.log" >&2; exit 1; }
+    mv "$data/lm.arpa.tmp" "$data/lm.arpa"
+  fi
 fi
 
 train_one() {  # conf threads
@@ -100,6 +113,17 @@ if [[ $stage -le 2 && $stop_stage -ge 2 ]]; then
       "$moekit" --threads 1 eval "$exp/final" "$data/test/data.list" --chunk-size "$chunk" --json \
         --mode ctc_greedy_search ctc_prefix_beam_search attention_rescoring > "$exp/eval_chunk$chunk.json"
     done
+    # A closed-vocabulary task: the beam searches again, held to its words,
+    # and with its word trigram model as well.
+    if [[ -f $data/words.txt ]]; then
+      for chunk in -1 16; do
+        "$moekit" --threads 1 eval "$exp/final" "$data/test/data.list" --chunk-size "$chunk" --json \
+          --lexicon "$data/words.txt" --mode ctc_prefix_beam_search attention_rescoring > "$exp/eval_lexicon_chunk$chunk.json"
+        "$moekit" --threads 1 eval "$exp/final" "$data/test/data.list" --chunk-size "$chunk" --json \
+          --lexicon "$data/words.txt" --lm "$data/lm.arpa" --mode ctc_prefix_beam_search attention_rescoring \
+          > "$exp/eval_lm_chunk$chunk.json"
+      done
+    fi
     # An MoE model again with its experts in int8 (moekit quantize), scored the same way.
     if grep -q '"top_k"' "$exp/info.json"; then
       log "stage 2: $conf with int8 experts (moekit quantize)"
@@ -124,7 +148,9 @@ if [[ $stage -le 3 && $stop_stage -ge 3 ]]; then
     "$data/test")
   ref=$(head -n 1 "$data/test/data.list" | "$python" -c 'import json, sys; print(json.loads(sys.stdin.read())["txt"])')
   log "stage 3: serving $conf (serve asr, chunk 16) and streaming $(basename "$wav") to it"
-  "$moekit" --threads 1 serve asr "$exp/final" --host 127.0.0.1 --port 0 --chunk-size 16 2> "$exp/serve.log" &
+  lexicon=()
+  [[ -f $data/words.txt ]] && lexicon=(--lexicon "$data/words.txt" --lm "$data/lm.arpa" --mode ctc_prefix_beam_search)
+  "$moekit" --threads 1 serve asr "$exp/final" --host 127.0.0.1 --port 0 --chunk-size 16 "${lexicon[@]}" 2> "$exp/serve.log" &
   server=$!
   trap 'kill $server 2>/dev/null || true' EXIT
   port=

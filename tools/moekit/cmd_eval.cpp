@@ -14,6 +14,7 @@
 #include "moekit/core/runtime.h"
 #include "moekit/data/asr_data.h"
 #include "moekit/data/lm_tokenizer.h"
+#include "moekit/decode/lexicon.h"
 #include "moekit/decode/lm_perplexity.h"
 #include "moekit/decode/recognizer.h"
 #include "moekit/models/asr/wenet_import.h"
@@ -151,7 +152,10 @@ void add_eval_command(CLI::App& app, const GlobalOptions& global) {
       nlohmann::json j = {{"mode", mode_name},      {"chunk_size", d.chunk_size}, {"utterances", data.size()},
                           {"failed", failed},       {"cer", rates.cer()},         {"wer", rates.wer()},
                           {"chars", rates.chars},   {"words", rates.words},
-                          {"rtf", audio_seconds > 0 ? decode_seconds / audio_seconds : 0.0}};
+                          {"rtf", audio_seconds > 0 ? decode_seconds / audio_seconds : 0.0},
+                          {"lexicon_words", recognizer.lexicon() && d.mode != DecodeMode::CtcGreedy
+                                                ? static_cast<int64_t>(recognizer.lexicon()->size())
+                                                : int64_t{0}}};
       results.push_back(j);
       total_failed += failed;
       if (!o->json_output)

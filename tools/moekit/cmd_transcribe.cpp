@@ -26,6 +26,18 @@ void add_decode_options(CLI::App& cmd, DecodeOptions& decode) {
                  "keeps this much left context (with --left-chunks -1) and restarts rescoring at the first 0.5 s "
                  "pause after 2/3 of it. Memory and time stay linear in the audio's length (0 = never split)")
       ->capture_default_str();
+  cmd.add_option("--lexicon", decode.lexicon,
+                 "Word list (first field per line, as WeNet's words.txt): the beam search and attention rescoring "
+                 "output only these words (a closed-vocabulary task); CTC greedy search ignores it")
+      ->check(CLI::ExistingFile);
+  cmd.add_option("--lm", decode.lm,
+                 "Word n-gram language model (ARPA, as SRILM/KenLM/IRSTLM write it) fused into the beam search; "
+                 "needs --lexicon")
+      ->check(CLI::ExistingFile);
+  cmd.add_option("--lm-weight", decode.lm_weight, "--lm: weight of the language model's log-probabilities")
+      ->capture_default_str();
+  cmd.add_option("--word-bonus", decode.word_bonus, "--lexicon: log-score added per output word")
+      ->capture_default_str();
 }
 
 void add_transcribe_command(CLI::App& app, const GlobalOptions& global) {

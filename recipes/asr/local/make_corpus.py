@@ -11,7 +11,9 @@ variants with varied speed and pitch, some flite voices, and sox augmentation
 never appear in training or validation, so it measures unseen speakers.
 
 Writes <out>/{train,cv,test}/data.list (WeNet JSON lines: key, wav, txt) and
-the 16 kHz mono 16-bit wavs under <out>/wav/.
+the 16 kHz mono 16-bit wavs under <out>/wav/; for `commands`, also the
+grammar's words, one per line, in <out>/words.txt (the lexicon that
+`moekit eval/transcribe/serve --lexicon` decode with).
 """
 import argparse
 import hashlib
@@ -98,6 +100,13 @@ def command(rng):
     return "turn the volume %s" % rng.choice(["up", "down"]) + rng.choice(["", " a little", " to " + number(rng.randint(1, 10))])
 
 
+# Every word the command grammar speaks (its lexicon: words.txt).
+COMMAND_WORDS = sorted(set(" ".join(
+    ONES + TEENS + TENS + NAMES + ROOMS + DEVICES + CITIES + DIGITS + [
+        "set an alarm for o'clock oh a timer minutes seconds minute second call at turn on off the play track",
+        "what is weather in today tomorrow dial volume up down little to"]).split()))
+
+
 def commands(rng, count):
     seen, out = set(), []
     for _ in range(count * 50):
@@ -107,6 +116,8 @@ def commands(rng, count):
             out.append(s)
             if len(out) == count:
                 break
+    unknown = set(" ".join(out).split()) - set(COMMAND_WORDS)
+    assert not unknown, "COMMAND_WORDS lacks %s" % sorted(unknown)
     return out
 
 
@@ -210,6 +221,11 @@ def main():
             for row in rows:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
         os.replace(tmp, os.path.join(a.out, split, "data.list"))
+    if a.task == "commands":
+        tmp = os.path.join(a.out, "words.txt.tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write("".join(w + "\n" for w in COMMAND_WORDS))
+        os.replace(tmp, os.path.join(a.out, "words.txt"))
     print("make_corpus: %d train, %d cv, %d test utterances in %s (%d sentences available)"
           % (a.train, a.cv, a.test, a.out, len(texts)), file=sys.stderr)
 

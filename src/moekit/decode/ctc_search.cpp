@@ -4,6 +4,8 @@
 #include <cmath>
 
 #include "moekit/core/check.h"
+#include "moekit/decode/lexicon.h"
+#include "moekit/decode/ngram_lm.h"
 
 namespace moekit {
 
@@ -27,9 +29,26 @@ std::vector<int64_t> ctc_greedy_search(const torch::Tensor& log_probs, int64_t b
   return out;
 }
 
-CtcPrefixBeamSearch::CtcPrefixBeamSearch(int beam_size, int64_t blank) : beam_(beam_size), blank_(blank) {
+CtcPrefixBeamSearch::CtcPrefixBeamSearch(int beam_size, int64_t blank, WordContext words)
+    : beam_(beam_size), blank_(blank), words_(std::move(words)) {
   MOEKIT_CHECK_ARG(beam_size >= 1, "ctc prefix beam search: beam size must be >= 1, got ", beam_size);
+  MOEKIT_CHECK_ARG(!words_.lm || words_.lexicon, "ctc prefix beam search: a language model needs a lexicon");
+  MOEKIT_CHECK_ARG(std::isfinite(words_.lm_weight) && std::isfinite(words_.word_bonus),
+                   "ctc prefix beam search: language model weight and word bonus must be finite");
   reset();
+}
+
+double CtcPrefixBeamSearch::word_terms(const std::vector<std::string>& finished, std::vector<int32_t>& history) const {
+  double terms = 0;
+  for (const std::string& w : finished) {
+    terms += words_.word_bonus;
+    if (!words_.lm) continue;
+    const int32_t id = words_.lm->id(w);
+    terms += words_.lm_weight * words_.lm->log_prob(history, id);
+    history.push_back(id);
+    if (history.size() >= static_cast<size_t>(words_.lm->order())) history.erase(history.begin());
+  }
+  return terms;
 }
 
 void CtcPrefixBeamSearch::reset() {
@@ -38,6 +57,7 @@ void CtcPrefixBeamSearch::reset() {
   PrefixScore empty;
   empty.s = 0.0;
   empty.v_s = empty.v_ns = 0.0;
+  if (words_.lm) empty.history = {words_.lm->bos()};
   hyps_.emplace_back(std::vector<int64_t>{}, empty);
 }
 
@@ -57,25 +77,41 @@ void CtcPrefixBeamSearch::advance(const torch::Tensor& log_probs_in) {
     // Insertion-ordered map of the next prefixes, as WeNet's defaultdict.
     std::vector<std::pair<std::vector<int64_t>, PrefixScore>> next;
     std::map<std::vector<int64_t>, size_t> index;
-    auto slot = [&](const std::vector<int64_t>& prefix) -> PrefixScore& {
+    auto slot = [&](const std::vector<int64_t>& prefix, const std::string& word,
+                    const std::vector<int32_t>& history) -> PrefixScore& {
       auto it = index.find(prefix);
       if (it != index.end()) return next[it->second].second;
       index.emplace(prefix, next.size());
       next.emplace_back(prefix, PrefixScore{});
+      next.back().second.word = word;
+      next.back().second.history = history;
       return next.back().second;
     };
-    for (int j = 0; j < k; ++j) {
-      const int64_t u = ids[t][j];
+    std::string word;                 // the unfinished word of a prefix extended by u,
+    std::vector<std::string> finished;  // the words u finishes,
+    std::vector<int32_t> history;     // and the language model's history after them
+    // With a lexicon the blank is always tried, so every prefix lives on
+    // when no top unit may extend it.
+    std::vector<int64_t> candidates(&ids[t][0], &ids[t][0] + k);
+    if (words_.lexicon && std::find(candidates.begin(), candidates.end(), blank_) == candidates.end())
+      candidates.push_back(blank_);
+    for (const int64_t u : candidates) {
       const double prob = lp[t * vocab + u];
       for (const auto& [prefix, score] : hyps_) {
         const int64_t last = prefix.empty() ? -1 : prefix.back();
+        const bool may_grow = u == blank_ || !words_.lexicon || words_.lexicon->extend(score.word, u, &word, &finished);
+        double terms = 0;  // the words u finishes, scored
+        if (u != blank_ && may_grow && words_.lexicon) {
+          history = score.history;
+          terms = word_terms(finished, history);
+        }
         if (u == blank_) {
-          PrefixScore& ns = slot(prefix);
+          PrefixScore& ns = slot(prefix, score.word, score.history);
           ns.s = log_add(ns.s, score.score() + prob);
           ns.v_s = score.viterbi() + prob;
           ns.times_s = score.times();
         } else if (u == last) {
-          PrefixScore& same = slot(prefix);
+          PrefixScore& same = slot(prefix, score.word, score.history);
           same.ns = log_add(same.ns, score.ns + prob);
           if (same.v_ns < score.v_ns + prob) {
             same.v_ns = score.v_ns + prob;
@@ -85,23 +121,25 @@ void CtcPrefixBeamSearch::advance(const torch::Tensor& log_probs_in) {
               same.times_ns.back() = frames_;
             }
           }
+          if (!may_grow) continue;
           std::vector<int64_t> extended = prefix;
           extended.push_back(u);
-          PrefixScore& grown = slot(extended);
-          grown.ns = log_add(grown.ns, score.s + prob);
-          if (grown.v_ns < score.v_s + prob) {
-            grown.v_ns = score.v_s + prob;
+          PrefixScore& grown = slot(extended, word, history);
+          grown.ns = log_add(grown.ns, score.s + prob + terms);
+          if (grown.v_ns < score.v_s + prob + terms) {
+            grown.v_ns = score.v_s + prob + terms;
             grown.cur_token_prob = prob;
             grown.times_ns = score.times_s;
             grown.times_ns.push_back(frames_);
           }
         } else {
+          if (!may_grow) continue;
           std::vector<int64_t> extended = prefix;
           extended.push_back(u);
-          PrefixScore& grown = slot(extended);
-          grown.ns = log_add(grown.ns, score.score() + prob);
-          if (grown.v_ns < score.viterbi() + prob) {
-            grown.v_ns = score.viterbi() + prob;
+          PrefixScore& grown = slot(extended, word, history);
+          grown.ns = log_add(grown.ns, score.score() + prob + terms);
+          if (grown.v_ns < score.viterbi() + prob + terms) {
+            grown.v_ns = score.viterbi() + prob + terms;
             grown.cur_token_prob = prob;
             grown.times_ns = score.times();
             grown.times_ns.push_back(frames_);
@@ -117,20 +155,56 @@ void CtcPrefixBeamSearch::advance(const torch::Tensor& log_probs_in) {
     std::stable_sort(next.begin(), next.end(),
                      [](const auto& a, const auto& b) { return a.second.score() > b.second.score(); });
     if (static_cast<int>(next.size()) > beam_) next.resize(beam_);
-    hyps_ = std::move(next);
+    if (!next.empty()) hyps_ = std::move(next);  // empty only when a lexicon left no prefix a finite score
   }
 }
 
-std::vector<Hypothesis> CtcPrefixBeamSearch::nbest() const {
+std::vector<Hypothesis> CtcPrefixBeamSearch::nbest(bool final) const {
+  const Lexicon* lexicon = words_.lexicon.get();
+  const bool finished_only =
+      final && lexicon &&
+      std::any_of(hyps_.begin(), hyps_.end(), [&](const auto& h) { return lexicon->may_end(h.second.word); });
   std::vector<Hypothesis> out;
-  for (const auto& [prefix, score] : hyps_) out.push_back({prefix, score.score(), score.times()});
+  for (const auto& [prefix, score] : hyps_) {
+    if (finished_only && !lexicon->may_end(score.word)) continue;
+    double total = score.score();
+    if (finished_only) {  // the last word and the end of the sentence
+      std::vector<int32_t> history = score.history;
+      total += word_terms(score.word.empty() ? std::vector<std::string>{} : std::vector<std::string>{score.word},
+                          history);
+      if (words_.lm) total += words_.lm_weight * words_.lm->log_prob(history, words_.lm->eos());
+    }
+    out.push_back({prefix, total, score.times()});
+  }
+  if (final && lexicon && !finished_only) {
+    // Every prefix ends inside a word (the audio stopped mid-word, or the
+    // beam was narrow): each keeps only its finished words, the first
+    // (best) of equal results stays.
+    std::vector<Hypothesis> cut;
+    for (size_t i = 0; i < out.size(); ++i) {
+      Hypothesis h = out[i];
+      const size_t n = lexicon->finished_length(h.tokens);
+      h.tokens.resize(n);
+      if (h.times.size() > n) h.times.resize(n);
+      if (words_.lm) {
+        std::vector<int32_t> history = hyps_[i].second.history;
+        h.score += words_.lm_weight * words_.lm->log_prob(history, words_.lm->eos());
+      }
+      if (std::none_of(cut.begin(), cut.end(), [&](const Hypothesis& c) { return c.tokens == h.tokens; }))
+        cut.push_back(std::move(h));
+    }
+    out = std::move(cut);
+  }
+  if (final && lexicon)
+    std::stable_sort(out.begin(), out.end(), [](const Hypothesis& a, const Hypothesis& b) { return a.score > b.score; });
   return out;
 }
 
-std::vector<Hypothesis> ctc_prefix_beam_search(const torch::Tensor& log_probs, int beam_size, int64_t blank) {
-  CtcPrefixBeamSearch search(beam_size, blank);
+std::vector<Hypothesis> ctc_prefix_beam_search(const torch::Tensor& log_probs, int beam_size, int64_t blank,
+                                               WordContext words) {
+  CtcPrefixBeamSearch search(beam_size, blank, std::move(words));
   search.advance(log_probs);
-  return search.nbest();
+  return search.nbest(/*final=*/true);
 }
 
 }  // namespace moekit

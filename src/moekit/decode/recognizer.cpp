@@ -7,6 +7,8 @@
 #include "moekit/audio/audio_file.h"
 #include "moekit/audio/fbank.h"
 #include "moekit/core/check.h"
+#include "moekit/decode/lexicon.h"
+#include "moekit/decode/ngram_lm.h"
 
 namespace moekit {
 
@@ -111,6 +113,10 @@ void DecodeOptions::validate() const {
                    "--reverse-weight must be -1 (the model's) or in [0, 1], got ", reverse_weight);
   MOEKIT_CHECK_ARG(max_segment_seconds == 0 || (std::isfinite(max_segment_seconds) && max_segment_seconds >= 5),
                    "--max-segment must be 0 (never split) or at least 5 seconds, got ", max_segment_seconds);
+  MOEKIT_CHECK_ARG(lm.empty() || !lexicon.empty(), "--lm needs --lexicon (the words the search may output)");
+  MOEKIT_CHECK_ARG(std::isfinite(lm_weight) && lm_weight >= 0, "--lm-weight must be a finite number >= 0, got ",
+                   lm_weight);
+  MOEKIT_CHECK_ARG(std::isfinite(word_bonus), "--word-bonus must be a finite number, got ", word_bonus);
 }
 
 void for_each_quiet_piece(const SampleSource& read, int sample_rate, double max_seconds,
@@ -182,6 +188,13 @@ Recognizer::Recognizer(std::shared_ptr<AsrModel> model, Units units, DecodeOptio
                    "recognizer: attention_rescoring needs a model with an attention decoder");
   MOEKIT_CHECK_ARG(units_.size() == 0 || units_.size() == model_->config().vocab_size, "recognizer: ", units_.size(),
                    " units for a vocabulary of ", model_->config().vocab_size);
+  if (!options_.lexicon.empty()) {
+    MOEKIT_CHECK_ARG(units_.size() > 0, "recognizer: --lexicon needs the model's units (units.txt)");
+    words_.lexicon = Lexicon::read(options_.lexicon, units_);
+  }
+  if (!options_.lm.empty()) words_.lm = NgramLm::read(options_.lm);
+  words_.lm_weight = options_.lm_weight;
+  words_.word_bonus = options_.word_bonus;
   model_->eval();
 }
 
@@ -199,7 +212,7 @@ Recognition Recognizer::search(const torch::Tensor& encoder_out) const {
     result.tokens = ctc_greedy_search(log_probs, model_->config().blank_id());
     result.nbest = {{result.tokens, result.score, {}}};  // greedy tracks no times
   } else {
-    result.nbest = ctc_prefix_beam_search(log_probs, options_.beam_size, model_->config().blank_id());
+    result.nbest = ctc_prefix_beam_search(log_probs, options_.beam_size, model_->config().blank_id(), words_);
     if (options_.mode == DecodeMode::AttentionRescoring) {
       torch::Tensor memory = encoder_out;
       if (model_->config().apply_non_blank_embedding) {
@@ -257,7 +270,7 @@ Recognition Recognizer::recognize_file(const std::string& path) const {
 }
 
 StreamingSession::StreamingSession(const Recognizer& recognizer, ChunkEncoder* encoder)
-    : recognizer_(recognizer), encoder_(encoder), beam_(recognizer.options().beam_size, recognizer.model().config().blank_id()) {
+    : recognizer_(recognizer), encoder_(encoder), beam_(recognizer.options().beam_size, recognizer.model().config().blank_id(), recognizer.word_context()) {
   MOEKIT_CHECK_ARG(recognizer.options().chunk_size > 0, "streaming: chunk size must be > 0, got ",
                    recognizer.options().chunk_size);
   feats_ = torch::empty({0, recognizer.model().config().encoder.input_dim});
@@ -338,7 +351,7 @@ void StreamingSession::end_segment(bool keep_outputs) {
   // modes search the segment's encoder output (rescoring included).
   Recognition r;
   if (recognizer_.options().mode == DecodeMode::CtcPrefixBeam) {
-    r.nbest = beam_.nbest();
+    r.nbest = beam_.nbest(/*final=*/true);
     r.tokens = r.nbest.front().tokens;
     r.score = r.nbest.front().score;
   } else {

@@ -47,6 +47,15 @@ struct DecodeOptions {
   // runtime does at endpoints. 0: never (memory grows with the audio).
   double max_segment_seconds = 30;
   static constexpr double kEndpointSeconds = 0.5;
+  // A word list (decode/lexicon.h): the CTC prefix beam search, and so
+  // attention rescoring, keep to its words. Empty: any unit sequence.
+  // CTC greedy search ignores it.
+  std::string lexicon;
+  // A word n-gram model in ARPA format (decode/ngram_lm.h), fused into the
+  // beam search with these weights (see WordContext); needs the lexicon.
+  std::string lm;
+  double lm_weight = 0.5;
+  double word_bonus = 0.0;
 
   // Largest beam accepted: WeNet decodes with 10; a beam in the millions
   // only burns minutes and gigabytes.
@@ -89,12 +98,17 @@ class Recognizer {
   AsrModel& model() const { return *model_; }
   const Units& units() const { return units_; }
   const DecodeOptions& options() const { return options_; }
+  // DecodeOptions::lexicon, read; nullptr without one.
+  const std::shared_ptr<const Lexicon>& lexicon() const { return words_.lexicon; }
+  // The lexicon and language model the beam searches use.
+  const WordContext& word_context() const { return words_; }
   double reverse_weight() const;
 
  private:
   std::shared_ptr<AsrModel> model_;
   Units units_;
   DecodeOptions options_;
+  WordContext words_;
 };
 
 // Where whole-file decoding splits `samples` (DecodeOptions::
