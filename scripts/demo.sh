@@ -3,7 +3,8 @@
 # this machine (recipes/asr with DEMO=1): a synthetic corpus spoken by
 # espeak-ng/flite voices, a dense Conformer and its 8-expert top-2 MoE
 # counterpart trained for streaming and full context, then WER/CER on
-# voices never heard in training, full context and chunk 16, with RTF.
+# voices never heard in training, full context and chunk 16, with RTF,
+# decoding freely and held to the grammar's words with a word trigram model.
 # Then the EfficientScale language-model recipe (recipes/lm with DEMO=1):
 # a small dense LLaMA-style model on Debian text, grown to 2x width and depth
 # by five methods, and upcycled into an 8-expert MoE compared at equal
