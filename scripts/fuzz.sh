@@ -18,7 +18,7 @@ cmake --build "$build" -j"$(nproc)"
 # Leaks inside LibTorch's zip reader are its own (fuzz/lsan.supp says which).
 export LSAN_OPTIONS="suppressions=$PWD/fuzz/lsan.supp${LSAN_OPTIONS:+:$LSAN_OPTIONS}"
 status=0
-for name in safetensors pickle audio yaml_configs hf_config; do
+for name in safetensors pickle audio yaml_configs hf_config decode_words; do
   mkdir -p "$build/corpus/$name" "$build/artifacts/$name"
   log="$build/fuzz_$name.log"
   if "$build/fuzz/fuzz_$name" "$build/corpus/$name" "fuzz/corpus/$name" -max_total_time="$seconds" \

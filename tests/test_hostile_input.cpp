@@ -18,6 +18,7 @@
 #include "moekit/core/config.h"
 #include "moekit/core/model_dir.h"
 #include "moekit/core/torch_checkpoint.h"
+#include "moekit/decode/ngram_lm.h"
 #include "moekit/decode/recognizer.h"
 #include "moekit/models/asr/wenet_import.h"
 #include "moekit/models/lm/hf_llama.h"
@@ -277,7 +278,11 @@ TEST(HostileInput, FuzzCorpusFilesAreReadOrRefusedByName) {
   replay("safetensors", [](const std::string& path) { read_safetensors(path); });
   replay("pickle", [](const std::string& path) { read_torch_checkpoint(path); });
   if (have_audio_files()) replay("audio", [](const std::string& path) { load_audio(path, 16000); });
-  EXPECT_GE(files, 7);
+  replay("decode_words", [](const std::string& path) {  // the language model before the first NUL
+    const std::string bytes = read_file(path);
+    NgramLm::parse(bytes.substr(0, bytes.find('\0')), path);
+  });
+  EXPECT_GE(files, 9);
   // The reproducer of a zip whose directory points past the end of the file.
   EXPECT_NE(error_of<std::invalid_argument>([&] { read_torch_checkpoint(corpus + "/pickle/regression-read-past-end.pt"); }),
             "");

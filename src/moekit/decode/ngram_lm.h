@@ -3,7 +3,8 @@
 // write it) with Katz-style backoff, for shallow fusion in the CTC prefix
 // beam search: WeNet's runtime decodes closed-vocabulary and domain tasks
 // with such a model compiled into its TLG graph; here it scores each word a
-// hypothesis finishes.
+// hypothesis finishes. The n-grams are held in an ordered map (about 100
+// bytes each): task and domain models of up to a few million n-grams.
 #include <cstdint>
 #include <map>
 #include <memory>
