@@ -16,6 +16,7 @@
 #include "moekit/kernels/int8_kernel.h"
 #include "moekit/models/asr/asr_model.h"
 #include "moekit/models/ffn_stack/ffn_stack.h"
+#include "moekit/models/lm/lm_model.h"
 #include "moekit/models/model.h"
 #include "moekit/moe/moe_layer.h"
 #include "moekit/ops/grouped_ffn.h"
@@ -321,6 +322,18 @@ TEST(Int8Experts, LanguageModelDecodesWithTheCacheNearFloat) {
   std::vector<torch::Tensor> steps;
   for (int64_t t = 0; t < tokens.size(1); ++t) steps.push_back(model.forward(tokens.narrow(1, t, 1), &cache));
   EXPECT_LT(relative_diff(int8_logits, torch::cat(steps, 1)), 2e-3);
+}
+
+// Scale-Up / Scale-Out and export take float weights: an int8 LM directory
+// is refused by name, while it still loads for inference.
+TEST(Int8Experts, ScalingAndExportNeedTheFloatLanguageModel) {
+  LmModel model(tiny_lm_config(/*moe=*/true));
+  const std::string dir = temp_dir("int8_lm_scale");
+  save_lm_dir({model.config(), module_state(model)}, dir + "/lm");
+  quantize_model_dir(dir + "/lm", dir + "/lm_int8");
+  EXPECT_NO_THROW(load_lm_model(dir + "/lm_int8"));
+  EXPECT_NE(error_of([&] { read_lm_dir(dir + "/lm_int8"); }).find("lm_int8 is quantized"), std::string::npos);
+  EXPECT_NO_THROW(read_lm_dir(dir + "/lm"));
 }
 
 TEST(Int8Experts, ExtractionNeedsTheFloatModel) {

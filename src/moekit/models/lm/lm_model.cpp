@@ -190,17 +190,26 @@ LmKvCache LmModel::make_cache(int64_t batch, int64_t capacity) const {
   return cache;
 }
 
-LmWeights read_lm_dir(const std::string& dir) {
+namespace {
+
+LmWeights read_lm_weights(const std::string& dir, bool allow_quantized) {
   const YAML::Node config = read_model_config(dir);
   const std::string type = config["model_type"].as<std::string>();
   MOEKIT_CHECK_ARG(type == "lm", dir, " holds an '", type, "' model, not an 'lm' (language model)");
   const std::string where = dir + "/" + kConfigFile;
+  MOEKIT_CHECK_ARG(allow_quantized || !config["quantization"], dir,
+                   " is quantized (int8 experts, for inference): grow, upcycle and export take the float model it "
+                   "was quantized from");
   MOEKIT_CHECK_ARG(config["architecture"].IsMap(), where, ": missing or invalid 'architecture'");
   LmWeights out;
   out.config = LmConfig::from_yaml(config["architecture"], where);
   out.weights = read_model_weights(dir);
   return out;
 }
+
+}  // namespace
+
+LmWeights read_lm_dir(const std::string& dir) { return read_lm_weights(dir, /*allow_quantized=*/false); }
 
 void save_lm_dir(const LmWeights& model, const std::string& dir) {
   LmModel built(model.config);
@@ -209,7 +218,7 @@ void save_lm_dir(const LmWeights& model, const std::string& dir) {
 }
 
 std::shared_ptr<LmModel> load_lm_model(const std::string& dir) {
-  const LmWeights w = read_lm_dir(dir);
+  const LmWeights w = read_lm_weights(dir, /*allow_quantized=*/true);
   auto model = std::make_shared<LmModel>(w.config);
   apply_quantization(read_model_config(dir), *model, dir + "/" + kConfigFile);
   load_module_state(*model, w.weights, dir + "/" + kWeightsFile);

@@ -122,7 +122,9 @@ struct LmWeights {
   TensorMap weights;
 };
 
-// Reads a model directory that must hold an LM ("<dir> holds an asr model, not an lm" otherwise).
+// Reads a model directory that must hold an LM ("<dir> holds an asr model,
+// not an lm" otherwise) in float weights: a quantized one is refused by name
+// (grow, upcycle and export work on the float model).
 LmWeights read_lm_dir(const std::string& dir);
 // Builds the model (which checks every tensor's name and shape, naming each
 // mismatch) and saves it as a model directory.
