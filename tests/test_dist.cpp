@@ -223,6 +223,15 @@ TEST(DistWorker, Run) {
     std::vector<torch::Tensor> t{torch::full({3}, static_cast<float>(world->rank() + 1))};
     world->all_reduce_sum(t);
     const auto gathered = world->all_gather(torch::full({2}, static_cast<float>(10 * world->rank())));
+    // Means in buckets of mixed dtypes and sizes (a 16-byte bucket: one or two tensors each).
+    std::vector<torch::Tensor> buffers{torch::full({3}, world->rank() + 1.0f),
+                                       torch::full({2, 2}, 10.0 * (world->rank() + 1), torch::kDouble),
+                                       torch::full({1}, world->rank() * 4.0f), torch::full({1}, 2.0f)};
+    dist::all_reduce_mean(*world, buffers, 16);
+    EXPECT_TRUE(torch::equal(buffers[0], torch::full({3}, 1.5f)));
+    EXPECT_TRUE(torch::equal(buffers[1], torch::full({2, 2}, 15.0, torch::kDouble)));
+    EXPECT_TRUE(torch::equal(buffers[2], torch::full({1}, 2.0f)));
+    EXPECT_TRUE(torch::equal(buffers[3], torch::full({1}, 2.0f)));
     write_safetensors(file, {{"sum", t[0]}, {"gathered", torch::cat(gathered)}});
     EXPECT_TRUE(torch::equal(t[0], torch::full({3}, 3.0f)));
     EXPECT_TRUE(torch::equal(torch::cat(gathered), torch::tensor({0.0f, 0.0f, 10.0f, 10.0f})));

@@ -40,6 +40,17 @@ void unflatten_into(const torch::Tensor& flat, const std::vector<torch::Tensor>&
   }
 }
 
+// Each tensor summed over `group` and divided by `divisor`, in place, in buckets.
+void all_reduce_divided(const Group& group, const std::vector<torch::Tensor>& tensors, double divisor,
+                        int64_t bucket_bytes) {
+  for_each_bucket(tensors, bucket_bytes, [&](const std::vector<torch::Tensor>& bucket) {
+    std::vector<torch::Tensor> flat{flatten(bucket)};
+    group.all_reduce_sum(flat);
+    flat[0].div_(divisor);
+    unflatten_into(flat[0], bucket);
+  });
+}
+
 }  // namespace
 
 void broadcast_parameters(const Group& group, const std::vector<torch::Tensor>& params, int root) {
@@ -68,12 +79,13 @@ void all_reduce_gradients(const Group& group, const std::vector<torch::Tensor>& 
       for (torch::Tensor& g : grads) g.div_(divisor);
     return;
   }
-  for_each_bucket(grads, bucket_bytes, [&](const std::vector<torch::Tensor>& bucket) {
-    std::vector<torch::Tensor> flat{flatten(bucket)};
-    group.all_reduce_sum(flat);
-    flat[0].div_(divisor);
-    unflatten_into(flat[0], bucket);
-  });
+  all_reduce_divided(group, grads, divisor, bucket_bytes);
+}
+
+void all_reduce_mean(const Group& group, const std::vector<torch::Tensor>& tensors, int64_t bucket_bytes) {
+  if (group.size() == 1) return;
+  torch::NoGradGuard no_grad;
+  all_reduce_divided(group, tensors, static_cast<double>(group.size()), bucket_bytes);
 }
 
 }  // namespace moekit::dist

@@ -24,4 +24,8 @@ void broadcast_parameters(const Group& group, const std::vector<torch::Tensor>& 
 void all_reduce_gradients(const Group& group, const std::vector<torch::Tensor>& params, double divisor,
                           int64_t bucket_bytes = 25 << 20);
 
+// `tensors` (buffers such as BatchNorm's running statistics) averaged over
+// `group` in place, bucketed as the gradients are.
+void all_reduce_mean(const Group& group, const std::vector<torch::Tensor>& tensors, int64_t bucket_bytes = 25 << 20);
+
 }  // namespace moekit::dist

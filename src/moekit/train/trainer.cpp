@@ -178,11 +178,7 @@ class TrainLoop {
     torch::NoGradGuard no_grad;
     std::vector<torch::Tensor> floating, integral;
     for (const auto& b : model_.buffers()) (b.is_floating_point() ? floating : integral).push_back(b);
-    for (auto& b : floating) {
-      std::vector<torch::Tensor> one{b.detach()};
-      world_->all_reduce_sum(one);
-      b.detach().div_(static_cast<double>(world_->size()));
-    }
+    dist::all_reduce_mean(*world_, floating);
     if (!integral.empty()) dist::broadcast_parameters(*world_, integral);
   }
   void validate_and_log(int64_t at_epoch) {
@@ -272,14 +268,14 @@ class TrainLoop {
   // are equal on every rank, the experts' norm is summed over the EP group.
   double clip_sharded(double max_norm) {
     torch::NoGradGuard no_grad;
-    double dense_sq = 0;
+    torch::Tensor dense_sq = torch::zeros({}, torch::kDouble);
     for (const auto& p : dense_params_)
-      if (p.grad().defined()) dense_sq += p.grad().pow(2).sum().item<double>();
+      if (p.grad().defined()) dense_sq += p.grad().to(torch::kDouble).pow(2).sum();
     std::vector<torch::Tensor> expert_sq{torch::zeros({1}, torch::kDouble)};
     for (const auto& p : expert_params_)
       if (p.grad().defined()) expert_sq[0] += p.grad().to(torch::kDouble).pow(2).sum();
     ep_group_->all_reduce_sum(expert_sq);
-    const double norm = std::sqrt(dense_sq + expert_sq[0].item<double>());
+    const double norm = std::sqrt(dense_sq.item<double>() + expert_sq[0].item<double>());
     const double coef = max_norm / (norm + 1e-6);
     if (coef < 1.0)
       for (const auto& p : params_)
