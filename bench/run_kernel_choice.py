@@ -7,8 +7,9 @@ which some hosts must set for OpenBLAS 0.3.21's correctness), a dense layer
 whose projections go through OpenBLAS is slower than MoE experts that run
 MoEKit's AVX-512 panel kernel. This driver measures, for each binary and each
 setting, interleaved in one run, 1 thread:
-  - `moekit bench moe` at --tokens (default 4096), forward: the MoE layer's
-    time over the equal-FLOPs dense FFN's (MoEKit / dense);
+  - `moekit bench moe` at --tokens (default 4096), forward and forward +
+    backward (training): the MoE layer's time over the equal-FLOPs dense
+    FFN's (MoEKit / dense);
   - `moekit bench asr`, full context, 10 s of noise: the U2++ MoE model's RTF
     over its equal-FLOPs dense twin's (MoE / dense), and both RTFs.
 Usage: bench/run_kernel_choice.py --binary before=OLD/moekit --binary after=build/moekit
@@ -41,23 +42,29 @@ def main():
             if core:
                 env["OPENBLAS_CORETYPE"] = core
             for name, path in binaries:
-                r = rows.setdefault((label, name), {"moe_ms": [], "dense_ms": [], "asr_moe": [], "asr_dense": []})
-                out = run([path, "--threads", "1", "bench", "moe", "--tokens", str(a.tokens), "--forward-only",
+                r = rows.setdefault((label, name), {"moe_ms": [], "dense_ms": [], "moe_train_ms": [],
+                                                    "dense_train_ms": [], "asr_moe": [], "asr_dense": []})
+                out = run([path, "--threads", "1", "bench", "moe", "--tokens", str(a.tokens),
                            "--variants", "moekit,dense", "--rounds", str(a.rounds)], env)
                 ms = out["layer"][0]["forward_ms"]
                 r["moe_ms"].append(ms["moekit"])
                 r["dense_ms"].append(ms["dense"])
+                ms = out["layer"][0]["forward_backward_ms"]
+                r["moe_train_ms"].append(ms["moekit"])
+                r["dense_train_ms"].append(ms["dense"])
                 if a.skip_asr:
                     continue
                 shape = ["--threads", "1", "bench", "asr", "--blocks", str(a.asr_blocks), "--rounds", "2"]
                 r["asr_moe"].append(run([path] + shape + ["--experts", "8", "--ffn", "2048"], env)["rtf_full"])
                 r["asr_dense"].append(run([path] + shape + ["--experts", "0", "--ffn", "4096"], env)["rtf_full"])
-    print("1 thread; MoE layer D 256, H 1024, 8 experts top-2, %d tokens, forward; U2++ encoder d 256, %d blocks, "
+    print("1 thread; MoE layer D 256, H 1024, 8 experts top-2, %d tokens, forward and forward + backward; "
+          "U2++ encoder d 256, %d blocks, "
           "FFN 2048 x 8 experts top-2 vs dense 4096, 10 s of noise, full context; medians of %d calls" % (
               a.tokens, a.asr_blocks, a.alternations))
     print()
-    print("| OpenBLAS | binary | MoE layer ms | dense FFN ms | MoE / dense | ASR MoE RTF | ASR dense RTF | ASR MoE / dense |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| OpenBLAS | binary | MoE layer ms | dense FFN ms | MoE / dense | MoE layer fwd+bwd ms | "
+          "dense FFN fwd+bwd ms | ASR MoE RTF | ASR dense RTF | ASR MoE / dense |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for (label, name), r in rows.items():
         moe, dense = median(r["moe_ms"]), median(r["dense_ms"])
         if r["asr_moe"]:
@@ -65,7 +72,8 @@ def main():
             asr = "%.4f | %.4f | %.2fx" % (am, ad, am / ad)
         else:
             asr = "- | - | -"
-        print("| %s | %s | %.2f | %.2f | %.2fx | %s |" % (label, name, moe, dense, moe / dense, asr))
+        train = "%.1f | %.1f" % (median(r["moe_train_ms"]), median(r["dense_train_ms"]))
+        print("| %s | %s | %.2f | %.2f | %.2fx | %s | %s |" % (label, name, moe, dense, moe / dense, train, asr))
 
 
 if __name__ == "__main__":

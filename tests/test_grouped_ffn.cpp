@@ -6,6 +6,7 @@
 #include "moekit/core/runtime.h"
 #include "moekit/kernels/small_rows_kernel.h"
 #include "moekit/ops/grouped_ffn.h"
+#include "test_util.h"
 
 namespace moekit {
 namespace {
@@ -132,6 +133,52 @@ TEST(GroupedFfn, BackwardMatchesFiniteDifferences) {
       // ReLU's kink makes finite differences unreliable right at zero; the
       // random inputs keep pre-activations well away from it.
       EXPECT_LE(max_abs_diff(grads[i].view(-1), numeric), 1e-6) << activation_name(act) << " input " << i << " threads " << threads;
+    }
+  }
+}
+
+// Training on the panel kernel (Auto where panels_serve_training()):
+// output and every gradient equal the per-expert BLAS GEMM path (itself
+// checked against finite differences above), with idle experts, uneven
+// rows and widths that are not whole panels; and the panel path ran.
+TEST(GroupedFfn, TrainingOnPanelsEqualsTheGemmPath) {
+  if (!panels_serve_training()) {
+    GTEST_SKIP() << "training keeps the BLAS here (panels_serve_training() is false, BLAS " << openblas_core() << ")";
+  }
+  for (Activation act : {Activation::Gelu, Activation::SwiGLU}) {
+    for (bool bias : {true, false}) {
+      for (int threads : {1, 2}) {
+        set_num_threads(threads);
+        torch::manual_seed(31);
+        const std::vector<int64_t> counts = {37, 0, 90, 5};
+        const ExpertWeights w0 = random_weights(4, 40, 70, is_gated(act), bias, torch::kFloat32);
+        const torch::Tensor x0 = torch::randn({132, 40});
+        const torch::Tensor probe_grad = torch::randn({132, 40});
+        auto run = [&](GroupedFfnKernel kernel) {
+          ExpertWeights w = w0;
+          std::vector<torch::Tensor*> params = {&w.w1, &w.w2, &w.w3, &w.b1, &w.b2};
+          for (torch::Tensor* t : params) {
+            if (t->defined()) *t = t->clone().requires_grad_(true);
+          }
+          torch::Tensor x = x0.clone().requires_grad_(true);
+          const torch::Tensor y = grouped_ffn(x, counts, w, {act, kernel});
+          (y * probe_grad).sum().backward();
+          std::vector<torch::Tensor> out = {y.detach(), x.grad()};
+          for (torch::Tensor* t : params) out.push_back(t->defined() ? t->grad() : torch::Tensor());
+          return out;
+        };
+        const FastPathProbe probe;
+        const auto got = run(GroupedFfnKernel::Auto);
+        EXPECT_EQ(probe.ran("grouped_ffn.training_panels"), 1);
+        const auto want = run(GroupedFfnKernel::PerExpertGemm);
+        for (size_t i = 0; i < got.size(); ++i) {
+          ASSERT_EQ(got[i].defined(), want[i].defined()) << i;
+          if (want[i].defined()) {
+            EXPECT_LT(max_abs_diff(got[i], want[i]), 2e-4) << activation_name(act) << " bias " << bias << " threads "
+                                                            << threads << " output/grad " << i;
+          }
+        }
+      }
     }
   }
 }

@@ -3,6 +3,8 @@
 // the cache's invalidation, and the MoE forward with and without panels.
 #include <gtest/gtest.h>
 
+#include <tuple>
+
 #include "moe_reference.h"
 #include "moekit/core/runtime.h"
 #include "moekit/moe/moe_layer.h"
@@ -242,6 +244,69 @@ TEST(FastLinear, WithPanelsEqualsTorchLinearAndFollowsTheWeight) {
   const torch::Tensor panels = cache.get(conv_weight.view({64, 16}));
   EXPECT_EQ(cache.get(conv_weight.view({64, 16})).data_ptr(), panels.data_ptr());
   EXPECT_LT(max_abs_diff(first, torch::mm(x, conv_weight.view({64, 16}).t())), 1e-4);
+}
+
+}  // namespace
+}  // namespace moekit
+
+namespace moekit {
+namespace {
+
+// Training's linear maps on the panel kernel: the forward and the three
+// gradients equal LibTorch's linear (itself checked by LibTorch), for shapes
+// that are not whole panels, with and without bias, frozen weights and a
+// non-contiguous input; and the panel path really ran where the predicate
+// says it serves this machine.
+TEST(FastLinear, TrainingOnPanelsEqualsTorchLinearWithGradients) {
+  if (!panels_serve_training()) {
+    GTEST_SKIP() << "training keeps the BLAS here (panels_serve_training() is false: BLAS " << openblas_core()
+                 << ", panel variant " << detail::panel_variants().front().first << ")";
+  }
+  torch::manual_seed(7);
+  for (int64_t rows : {16, 17, 100, 300}) {
+    for (bool with_bias : {false, true}) {
+      for (bool frozen : {false, true}) {
+        const torch::Tensor w0 = torch::randn({70, 37}) * 0.3, b0 = torch::randn({70});
+        const torch::Tensor x0 = torch::randn({37, rows}).t().unsqueeze(0);  // [1, rows, 37], not contiguous
+        const torch::Tensor probe_grad = torch::randn({1, rows, 70});
+        auto run = [&](bool panels) {
+          torch::Tensor x = x0.clone().requires_grad_(true);
+          torch::Tensor w = w0.clone().requires_grad_(!frozen);
+          torch::Tensor b = with_bias ? b0.clone().requires_grad_(true) : torch::Tensor();
+          const torch::Tensor input = x.transpose(1, 2).transpose(1, 2);  // a view autograd must see through
+          const torch::Tensor y = panels ? fast_linear(input, w, b) : torch::nn::functional::linear(input, w, b);
+          (y * probe_grad).sum().backward();
+          return std::vector<torch::Tensor>{y.detach(), x.grad(), frozen ? torch::Tensor() : w.grad(),
+                                            with_bias ? b.grad() : torch::Tensor()};
+        };
+        const FastPathProbe probe;
+        const auto got = run(true);
+        EXPECT_EQ(probe.ran("linear.training_panels"), 1) << rows;
+        const auto want = run(false);
+        for (size_t i = 0; i < got.size(); ++i) {
+          ASSERT_EQ(got[i].defined(), want[i].defined()) << i;
+          if (want[i].defined()) EXPECT_LT(max_abs_diff(got[i], want[i]), 2e-4) << rows << " output/grad " << i;
+        }
+      }
+    }
+  }
+  // Fewer than kSmallRows rows keep LibTorch's linear (packing per call would cost more).
+  const torch::Tensor w = torch::randn({70, 37}, torch::requires_grad());
+  const FastPathProbe probe;
+  fast_linear(torch::randn({kSmallRows - 1, 37}), w).sum().backward();
+  EXPECT_EQ(probe.ran("linear.training_panels"), 0);
+}
+
+TEST(PanelMatmul, EqualsMatmulForTransposedOperands) {
+  torch::manual_seed(8);
+  for (auto [m, n, k] : {std::tuple<int64_t, int64_t, int64_t>{1, 1, 1}, {70, 37, 300}, {256, 33, 17}, {5, 64, 0}}) {
+    const torch::Tensor a = torch::randn({k, m}).t(), b = torch::randn({k, n}).t();  // strided views
+    torch::Tensor out = torch::full({m, n}, 7.0f);
+    panel_matmul_nt_into(a, b, out);
+    EXPECT_LT(max_abs_diff(out, torch::mm(a, b.t())), 1e-4) << m << "x" << n << "x" << k;
+  }
+  torch::Tensor wrong = torch::empty({3, 4});
+  EXPECT_THROW(panel_matmul_nt_into(torch::randn({3, 5}), torch::randn({4, 6}), wrong), std::invalid_argument);
 }
 
 }  // namespace

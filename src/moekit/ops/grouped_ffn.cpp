@@ -10,7 +10,9 @@
 
 #include "moekit/core/check.h"
 #include "moekit/kernels/panel_kernel.h"
+#include "moekit/ops/fast_path.h"
 #include "moekit/ops/grouped_linear.h"
+#include "moekit/ops/packed_weights.h"
 
 // at::_grouped_mm (a grouped GEMM with autograd) arrived in LibTorch 2.8
 // (-DMOEKIT_HAVE_GROUPED_MM=0 leaves it out).
@@ -74,6 +76,65 @@ torch::Tensor to_placeholder(const torch::Tensor& t, const torch::Tensor& like) 
 }
 torch::Tensor from_placeholder(const torch::Tensor& t) { return t.numel() == 0 ? torch::Tensor() : t; }
 
+// Whether a training forward runs its GEMMs (and its backward's) on the
+// panel kernel: Auto or SmallRows requested, CPU float32, and
+// panels_serve_training() (ops/grouped_linear.h).
+bool training_on_panels(const torch::Tensor& x, GroupedFfnKernel kernel) {
+  return (kernel == GroupedFfnKernel::Auto || kernel == GroupedFfnKernel::SmallRows) && x.device().is_cpu() &&
+         x.scalar_type() == torch::kFloat && panels_serve_training();
+}
+
+// The backward's GEMMs on the panel kernel: the input gradients as grouped
+// maps on the transposed weights (packed here), the weight gradients as one
+// panel GEMM per expert (dW = dH^T X). Gradients of idle experts are
+// already zero; each active expert's slices are overwritten.
+void panel_backward(const std::vector<int64_t>& tokens_per_expert, Activation activation, const torch::Tensor& x,
+                    const torch::Tensor& w1, const torch::Tensor& w3, const torch::Tensor& w2,
+                    const torch::Tensor& h1, const torch::Tensor& h3, const torch::Tensor& a,
+                    const torch::Tensor& grad_y, torch::Tensor& grad_a, torch::Tensor& grad_x, torch::Tensor& grad_w1,
+                    torch::Tensor& grad_b1, torch::Tensor& grad_w3, torch::Tensor& grad_w2, torch::Tensor& grad_b2) {
+  const RowGroups groups = RowGroups::from_counts(tokens_per_expert);
+  const std::vector<bool> all(tokens_per_expert.size(), true);
+  auto transposed_map = [&](const torch::Tensor& in, const torch::Tensor& weight, torch::Tensor& out) {
+    const torch::Tensor weight_t = weight.transpose(1, 2);  // [E, in, out]: the map back
+    grouped_linear_into(in, groups, weight_t, torch::Tensor(), pack_panels(weight_t), all, out);
+  };
+  auto per_expert = [&](const std::function<void(int64_t, int64_t, int64_t)>& fn) {
+    for (int64_t e : detail::active_groups_by_size(tokens_per_expert)) fn(e, groups.offsets[e], tokens_per_expert[e]);
+  };
+  transposed_map(grad_y, w2, grad_a);  // dA = dY W2
+  per_expert([&](int64_t e, int64_t begin, int64_t rows) {
+    const torch::Tensor dy = grad_y.narrow(0, begin, rows);
+    if (grad_w2.defined()) {
+      torch::Tensor g = grad_w2[e];
+      panel_matmul_nt_into(dy.t(), a.narrow(0, begin, rows).t(), g);
+    }
+    if (grad_b2.defined()) sum_rows_into(grad_b2[e], dy);
+  });
+  torch::Tensor grad_h1, grad_h3;
+  activation_backward(activation, grad_a, h1, h3, &grad_h1, &grad_h3);
+  if (grad_x.defined()) {
+    transposed_map(grad_h1, w1, grad_x);  // dX = dH1 W1 (+ dH3 W3)
+    if (w3.defined()) {
+      torch::Tensor from_w3 = torch::empty_like(grad_x);
+      transposed_map(grad_h3, w3, from_w3);
+      grad_x.add_(from_w3);
+    }
+  }
+  per_expert([&](int64_t e, int64_t begin, int64_t rows) {
+    const torch::Tensor xe_t = x.narrow(0, begin, rows).t();
+    if (grad_w1.defined()) {
+      torch::Tensor g = grad_w1[e];
+      panel_matmul_nt_into(grad_h1.narrow(0, begin, rows).t(), xe_t, g);
+    }
+    if (grad_b1.defined()) sum_rows_into(grad_b1[e], grad_h1.narrow(0, begin, rows));
+    if (grad_w3.defined()) {
+      torch::Tensor g = grad_w3[e];
+      panel_matmul_nt_into(grad_h3.narrow(0, begin, rows).t(), xe_t, g);
+    }
+  });
+}
+
 class GroupedFfnFunction : public torch::autograd::Function<GroupedFfnFunction> {
  public:
   static variable_list forward(AutogradContext* ctx, const Variable& x, const Variable& w1,
@@ -81,9 +142,16 @@ class GroupedFfnFunction : public torch::autograd::Function<GroupedFfnFunction> 
                                const Variable& b2, std::vector<int64_t> tokens_per_expert,
                                int64_t activation, int64_t kernel) {
     GroupedFfnOptions options{static_cast<Activation>(activation), static_cast<GroupedFfnKernel>(kernel)};
-    ForwardResult r = grouped_ffn_forward(x, tokens_per_expert,
-                                          {w1, from_placeholder(b1), from_placeholder(w3), w2, from_placeholder(b2), {}, {}, {}, {}, {}, {}},
-                                          options);
+    ExpertWeights w{w1, from_placeholder(b1), from_placeholder(w3), w2, from_placeholder(b2), {}, {}, {}, {}, {}, {}};
+    const bool panels = training_on_panels(x, options.kernel);
+    if (panels) {  // packed per call: every optimizer step changes the weights
+      MOEKIT_FAST_PATH("grouped_ffn.training_panels");
+      w.w1_panels = pack_panels(w1);
+      if (w.w3.defined()) w.w3_panels = pack_panels(w.w3);
+      w.w2_panels = pack_panels(w2);
+    }
+    ForwardResult r = grouped_ffn_forward(x, tokens_per_expert, w, options);
+    ctx->saved_data["panels"] = panels;
     ctx->save_for_backward({x, w1, w3, w2, r.h1, r.h3.defined() ? r.h3 : torch::empty({0}, x.options())});
     ctx->saved_data["tokens_per_expert"] = tokens_per_expert;
     ctx->saved_data["activation"] = activation;
@@ -138,6 +206,11 @@ class GroupedFfnFunction : public torch::autograd::Function<GroupedFfnFunction> 
 
     const torch::Tensor a = need_w2 ? apply_activation(activation, h1, h3) : torch::Tensor();  // [M, H]
     torch::Tensor grad_a = torch::empty_like(h1);                                              // [M, H]
+    if (ctx->saved_data["panels"].toBool()) {
+      panel_backward(tokens_per_expert, activation, x, w1, w3, w2, h1, h3, a, grad_y, grad_a, grad_x, grad_w1,
+                     grad_b1, grad_w3, grad_w2, grad_b2);
+      return {grad_x, grad_w1, grad_b1, grad_w3, grad_w2, grad_b2, Variable(), Variable(), Variable()};
+    }
     // Experts are independent: on CPU with several threads each runs its
     // GEMMs single-threaded on one thread.
     const std::vector<int64_t> experts = detail::active_groups_by_size(tokens_per_expert);

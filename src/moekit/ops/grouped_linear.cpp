@@ -4,14 +4,17 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <iterator>
 #include <numeric>
 #include <string>
 
+#include "moekit/core/check.h"
 #include "moekit/core/runtime.h"
 #include "moekit/kernels/panel_kernel.h"
 #include "moekit/kernels/small_rows_kernel.h"
 #include "moekit/ops/fast_path.h"
+#include "moekit/ops/packed_weights.h"
 
 namespace moekit {
 namespace {
@@ -173,10 +176,41 @@ bool small_rows_beats_blas() {
                       [&](const char* name) { return core == name; });
 }
 
+namespace {
+bool simd_panels() {
+  static const bool simd = detail::panel_variants().front().first != "generic";
+  return simd;
+}
+}  // namespace
+
 bool small_rows_serves(int64_t rows, bool with_panels) {
-  static const bool panels_fast = detail::panel_variants().front().first != "generic";
   static const bool beats_blas = small_rows_beats_blas();
-  return (with_panels && panels_fast) || (beats_blas && rows <= kSmallRowsMaxRows);
+  return (with_panels && simd_panels()) || (beats_blas && rows <= kSmallRowsMaxRows);
+}
+
+bool panels_serve_training() {
+  // MOEKIT_TRAINING_PANELS=1 / 0 overrides the choice (for measuring it).
+  static const int forced = [] {
+    const char* v = std::getenv("MOEKIT_TRAINING_PANELS");
+    return v == nullptr || *v == '\0' ? -1 : (std::string(v) == "0" ? 0 : 1);
+  }();
+  static const bool beats_blas = small_rows_beats_blas();
+  return simd_panels() && weight_panels_enabled() && (forced >= 0 ? forced == 1 : beats_blas);
+}
+
+void panel_matmul_nt_into(const torch::Tensor& a, const torch::Tensor& b, torch::Tensor& out) {
+  MOEKIT_CHECK_ARG(a.dim() == 2 && b.dim() == 2 && a.size(1) == b.size(1) && out.is_contiguous() &&
+                       out.sizes() == torch::IntArrayRef({a.size(0), b.size(0)}),
+                   "panel_matmul_nt_into: expected a [M, K], b [N, K], out [M, N] contiguous; got ", a.sizes(), ", ",
+                   b.sizes(), ", ", out.sizes());
+  const int64_t rows = a.size(0);
+  if (rows == 0 || b.size(0) == 0) return;
+  if (a.size(1) == 0) {
+    out.zero_();
+    return;
+  }
+  const torch::Tensor a_rows = a.contiguous();
+  small_rows_groups(a_rows, {rows}, {0, rows}, b.unsqueeze(0), torch::Tensor(), pack_panels(b).unsqueeze(0), out);
 }
 
 namespace detail {

@@ -49,6 +49,21 @@ bool small_rows_serves(int64_t rows, bool with_panels);
 // was 1.25-2.9x slower at 4-64 rows per expert.
 bool small_rows_beats_blas();
 
+// Whether training's linear maps (dense and expert, forward and backward)
+// run on the panel kernel, their weights packed per call, instead of BLAS
+// GEMMs: where a SIMD panel variant exists, weight panels are on
+// (MOEKIT_WEIGHT_PANELS) and the BLAS runs no AVX-512 kernels
+// (small_rows_beats_blas). Against OpenBLAS's AVX2 kernels on an AVX-512
+// core a layer's forward + backward ran 1.7-1.9x faster that way
+// (bench/README.md, "Kernel choice").
+bool panels_serve_training();
+
+// out = a b^T, no autograd, on the panel kernel with b packed here: a [M, K]
+// and b [N, K] CPU float32 of any strides, out [M, N] contiguous and
+// preallocated. The weight-gradient GEMMs of training (dW = dY^T X as
+// (dY^T) (X^T)^T).
+void panel_matmul_nt_into(const torch::Tensor& a, const torch::Tensor& b, torch::Tensor& out);
+
 namespace detail {
 
 // Runs fn(0..num_items-1) on LibTorch's intra-op threads, each thread taking

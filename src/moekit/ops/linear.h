@@ -7,6 +7,9 @@
 // more than streaming W once) and for every row count the same predicate
 // gives the MoE experts (small_rows_serves): with a PanelCache, on W packed
 // into panels (ops/packed_weights.h), made once and kept until W changes.
+// A call that records gradients takes the panel kernel for the forward and
+// both backward GEMMs where panels_serve_training() says it beats the BLAS
+// (the weight packed per call), LibTorch's linear elsewhere.
 #include <torch/torch.h>
 
 #include "moekit/ops/packed_weights.h"
@@ -20,5 +23,10 @@ constexpr int64_t kSmallRows = 16;
 // frees it (training would make it stale).
 torch::Tensor fast_linear(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias = {},
                           PanelCache* panels = nullptr);
+
+// The predicate of fast_linear's training path: gradients are recorded,
+// panels_serve_training(), CPU float32 tensors, at least kSmallRows rows
+// (below, packing the weight per call costs more than it saves).
+bool training_panels_apply(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias);
 
 }  // namespace moekit

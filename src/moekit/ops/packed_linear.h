@@ -7,7 +7,9 @@
 // from it gets the inference fast path by construction, with no cache member
 // to place beside the weight. PackedPointwiseConv1d does the same for a
 // kernel-size-1 Conv1d (the Conformer conv module's pointwise convolutions),
-// exposing the linear map it is on time-major rows.
+// exposing the linear map it is on time-major rows. PackedEmbedding is an
+// embedding table that is also the output map (tied embeddings), with the
+// packed form of that map.
 #include <torch/torch.h>
 
 #include "moekit/ops/linear.h"
@@ -46,5 +48,18 @@ class PackedPointwiseConv1dImpl : public torch::nn::Conv1dImpl {
   PanelCache panels_;
 };
 TORCH_MODULE(PackedPointwiseConv1d);
+
+class PackedEmbeddingImpl : public torch::nn::EmbeddingImpl {
+ public:
+  using torch::nn::EmbeddingImpl::EmbeddingImpl;
+
+  // The table as the output map: h [..., dim] -> h E^T [..., num_embeddings]
+  // (fast_linear's paths, on the table's own panels).
+  torch::Tensor as_output(const torch::Tensor& h) { return fast_linear(h, weight, {}, &panels_); }
+
+ private:
+  PanelCache panels_;
+};
+TORCH_MODULE(PackedEmbedding);
 
 }  // namespace moekit

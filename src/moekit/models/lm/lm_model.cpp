@@ -114,7 +114,7 @@ torch::Tensor LmBlockImpl::forward(const torch::Tensor& x, const RotaryTables& r
 
 LmModel::LmModel(const LmConfig& config) : config_(config) {
   config_.validate();
-  embed_tokens = register_module("embed_tokens", torch::nn::Embedding(config_.vocab_size, config_.d_model));
+  embed_tokens = register_module("embed_tokens", PackedEmbedding(config_.vocab_size, config_.d_model));
   layer_list_ = register_module("layers", torch::nn::ModuleList());
   for (int64_t l = 0; l < config_.n_layers; ++l) {
     layers.push_back(LmBlock(config_, l));
@@ -159,7 +159,7 @@ torch::Tensor LmModel::forward(const torch::Tensor& tokens, LmKvCache* cache, bo
   if (last_only) h = h.narrow(1, T - 1, 1);
   h = norm(h);
   const torch::Tensor logits =
-      config_.tie_embeddings ? fast_linear(h, embed_tokens->weight, {}, &tied_head_panels_) : lm_head(h);
+      config_.tie_embeddings ? embed_tokens->as_output(h) : lm_head(h);
   return logits.scalar_type() == torch::kDouble ? logits : logits.to(torch::kFloat);
 }
 

@@ -104,7 +104,7 @@ class LmModel : public Model {
   // Fills every weight as a fresh model: normal(0, init_std) matrices, zero biases, unit norms.
   void reset_parameters();
 
-  torch::nn::Embedding embed_tokens{nullptr};
+  PackedEmbedding embed_tokens{nullptr};  // also the output map when tied
   std::vector<LmBlock> layers;
   RMSNorm norm{nullptr};
   PackedLinear lm_head{nullptr};  // absent when tie_embeddings
@@ -112,7 +112,6 @@ class LmModel : public Model {
  private:
   LmConfig config_;
   torch::nn::ModuleList layer_list_{nullptr};
-  PanelCache tied_head_panels_;  // fast_linear's, for the tied embedding as the output map
 };
 
 // An LM's architecture and weights (checkpoint names), as the scale and

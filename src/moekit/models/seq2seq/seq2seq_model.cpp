@@ -104,7 +104,7 @@ torch::Tensor Seq2seqDecoderLayerImpl::forward(const torch::Tensor& y, const tor
 
 Seq2seqModel::Seq2seqModel(const Seq2seqConfig& config) : config_(config) {
   config_.validate();
-  embed_tokens = register_module("embed_tokens", torch::nn::Embedding(config_.vocab_size, config_.d_model));
+  embed_tokens = register_module("embed_tokens", PackedEmbedding(config_.vocab_size, config_.d_model));
   auto encoder = register_module("encoder", std::make_shared<torch::nn::Module>());
   auto encoder_list = encoder->register_module("layers", torch::nn::ModuleList());
   for (int64_t l = 0; l < config_.encoder_layers; ++l) {
@@ -135,7 +135,7 @@ torch::Tensor Seq2seqModel::embed(const torch::Tensor& tokens, int64_t offset) {
 
 torch::Tensor Seq2seqModel::output_logits(const torch::Tensor& y) {
   const torch::Tensor h = fast_layer_norm(decoder_norm, y);
-  const torch::Tensor logits = fast_linear(h, embed_tokens->weight, {}, &tied_output_panels_);
+  const torch::Tensor logits = embed_tokens->as_output(h);
   return logits.scalar_type() == torch::kDouble ? logits : logits.to(torch::kFloat);
 }
 

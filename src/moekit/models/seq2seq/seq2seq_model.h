@@ -24,7 +24,7 @@
 #include "moekit/moe/moe_layer.h"
 #include "moekit/nn/attention.h"
 #include "moekit/nn/ffn.h"
-#include "moekit/ops/packed_weights.h"
+#include "moekit/ops/packed_linear.h"
 
 namespace moekit {
 
@@ -133,7 +133,7 @@ class Seq2seqModel : public Model {
   // LibTorch's and moe/'s initialisation.
   void reset_parameters();
 
-  torch::nn::Embedding embed_tokens{nullptr};
+  PackedEmbedding embed_tokens{nullptr};  // also the output map (tied)
   std::vector<Seq2seqEncoderLayer> encoder_layers;
   std::vector<Seq2seqDecoderLayer> decoder_layers;
   torch::nn::LayerNorm encoder_norm{nullptr}, decoder_norm{nullptr};
@@ -145,7 +145,6 @@ class Seq2seqModel : public Model {
 
   Seq2seqConfig config_;
   torch::nn::Dropout dropout_{nullptr};
-  PanelCache tied_output_panels_;  // fast_linear's, for the tied embedding as the output map
 };
 
 // Loads a model directory that must hold a seq2seq model (eval mode).
