@@ -111,7 +111,9 @@ TEST(CtcSearch, TimesFollowTheBestAlignment) {
     for (size_t j = 0; j < h.times.size(); ++j) {
       EXPECT_GE(h.times[j], 0);
       EXPECT_LT(h.times[j], 40);
-      if (j > 0) EXPECT_GT(h.times[j], h.times[j - 1]);
+      if (j > 0) {
+        EXPECT_GT(h.times[j], h.times[j - 1]);
+      }
     }
     EXPECT_EQ(split[i].times, h.times);
   }
@@ -181,7 +183,7 @@ TEST(CtcSearch, LexiconFinalKeepsFinishedWordsWhenEveryPrefixIsUnfinished) {
   const std::vector<int64_t> path = {1, 2, 3, 2, 1};
   torch::Tensor logits = torch::full({5, 5}, -8.0);
   for (int64_t t = 0; t < 5; ++t) logits[t][path[t]] = 8.0;
-  const auto nbest = ctc_prefix_beam_search(torch::log_softmax(logits, 1), 1, 0, {lexicon});
+  const auto nbest = ctc_prefix_beam_search(torch::log_softmax(logits, 1), 1, 0, WordContext{lexicon, nullptr});
   ASSERT_EQ(nbest.size(), 1u);
   EXPECT_EQ(nbest.front().tokens, (std::vector<int64_t>{1, 2, 3}));
   EXPECT_EQ(nbest.front().times.size(), 3u);
@@ -227,7 +229,7 @@ TEST(CtcSearch, LexiconBeamEqualsBruteForceOverItsWords) {
       best = logp;
       best_labels = labels;
     }
-    const auto nbest = ctc_prefix_beam_search(lp, 100000, 0, {lexicon});
+    const auto nbest = ctc_prefix_beam_search(lp, 100000, 0, WordContext{lexicon, nullptr});
     ASSERT_FALSE(nbest.empty());
     EXPECT_EQ(nbest.front().tokens, best_labels) << "trial " << trial;
     EXPECT_NEAR(nbest.front().score, best, 1e-5);
@@ -236,7 +238,7 @@ TEST(CtcSearch, LexiconBeamEqualsBruteForceOverItsWords) {
       EXPECT_NEAR(h.score, exact.at(h.tokens), 1e-5);
     }
     // Fed in pieces, the same; while unfinished, prefixes of words remain.
-    CtcPrefixBeamSearch stream(100000, 0, {lexicon});
+    CtcPrefixBeamSearch stream(100000, 0, WordContext{lexicon, nullptr});
     stream.advance(lp.slice(0, 0, 3));
     for (const auto& h : stream.nbest()) {
       std::string text = ab_units().to_text(h.tokens);
@@ -344,7 +346,9 @@ TEST(CtcSearch, LanguageModelFusionEqualsBruteForce) {
     EXPECT_NEAR(nbest.front().score, best, 1e-5) << "trial " << trial;
     for (size_t i = 0; i < nbest.size(); ++i) {
       EXPECT_NEAR(nbest[i].score, exact.at(nbest[i].tokens) + fused(nbest[i].tokens), 1e-5);
-      if (i > 0) EXPECT_LE(nbest[i].score, nbest[i - 1].score);
+      if (i > 0) {
+        EXPECT_LE(nbest[i].score, nbest[i - 1].score);
+      }
     }
   }
   WordContext lm_only;

@@ -137,23 +137,23 @@ TEST(GroupedFfn, BackwardMatchesFiniteDifferences) {
   }
 }
 
-// Training on the panel kernel (Auto where panels_serve_training()):
+// Training on the panel kernel (Auto where panels_serve_training says so):
 // output and every gradient equal the per-expert BLAS GEMM path (itself
 // checked against finite differences above), with idle experts, uneven
 // rows and widths that are not whole panels; and the panel path ran.
 TEST(GroupedFfn, TrainingOnPanelsEqualsTheGemmPath) {
-  if (!panels_serve_training()) {
-    GTEST_SKIP() << "training keeps the BLAS here (panels_serve_training() is false, BLAS " << openblas_core() << ")";
+  if (!panels_serve_training(1 << 20)) {
+    GTEST_SKIP() << "training keeps the BLAS here (panels_serve_training is false, BLAS " << openblas_core() << ")";
   }
   for (Activation act : {Activation::Gelu, Activation::SwiGLU}) {
     for (bool bias : {true, false}) {
       for (int threads : {1, 2}) {
         set_num_threads(threads);
         torch::manual_seed(31);
-        const std::vector<int64_t> counts = {37, 0, 90, 5};
+        const std::vector<int64_t> counts = {100, 0, 130, 5};  // 78 rows per active expert on average
         const ExpertWeights w0 = random_weights(4, 40, 70, is_gated(act), bias, torch::kFloat32);
-        const torch::Tensor x0 = torch::randn({132, 40});
-        const torch::Tensor probe_grad = torch::randn({132, 40});
+        const torch::Tensor x0 = torch::randn({235, 40});
+        const torch::Tensor probe_grad = torch::randn({235, 40});
         auto run = [&](GroupedFfnKernel kernel) {
           ExpertWeights w = w0;
           std::vector<torch::Tensor*> params = {&w.w1, &w.w2, &w.w3, &w.b1, &w.b2};
@@ -181,6 +181,13 @@ TEST(GroupedFfn, TrainingOnPanelsEqualsTheGemmPath) {
       }
     }
   }
+  // Experts with few rows on average keep the BLAS (packing every expert
+  // per call would cost more than it saves).
+  ExpertWeights w = random_weights(4, 40, 70, false, true, torch::kFloat32);
+  w.w1.requires_grad_(true);
+  const FastPathProbe probe;
+  grouped_ffn(torch::randn({35, 40}), {10, 0, 20, 5}, w, {Activation::Gelu, GroupedFfnKernel::Auto}).sum().backward();
+  EXPECT_EQ(probe.ran("grouped_ffn.training_panels"), 0);
 }
 
 TEST(GroupedFfn, ExpertsWithoutRowsGetZeroGradient) {

@@ -30,41 +30,53 @@ namespace {
 using detail::kPanelWidth;
 using testing::max_abs_diff;
 
-// Row quantization as int8_kernel.h states it, in LibTorch ops:
-// q = round(x / s) with s = max|x| / 127 per row; returns q (int32, unbiased) and s.
-std::pair<torch::Tensor, torch::Tensor> reference_quantize_rows(const torch::Tensor& x) {
-  const torch::Tensor s = x.abs().amax(1) / 127.0f;
+// Row quantization as int8_kernel.h states it, in LibTorch ops: the row's
+// range widened to include 0 over 255 steps, q = round(x / s) + zero in
+// [0, 255]; returns q - zero (int32), s and zero.
+struct RowsQ {
+  torch::Tensor q, scale, zero;
+};
+RowsQ reference_quantize_rows(const torch::Tensor& x) {
+  const torch::Tensor lo = x.amin(1).clamp_max(0), hi = x.amax(1).clamp_min(0);
+  const torch::Tensor s = (hi - lo) / 255.0f;
   const torch::Tensor inv = torch::where(s > 0, 1.0f / s, torch::zeros_like(s));
-  return {(x * inv.unsqueeze(1)).round().clamp(-127, 127).to(torch::kInt), s};
+  const torch::Tensor zero = torch::where(s > 0, (-lo * inv).round().clamp(0, 255), torch::zeros_like(s)).to(torch::kInt);
+  const torch::Tensor q = ((x * inv.unsqueeze(1)).round().to(torch::kInt) + zero.unsqueeze(1)).clamp(0, 255);
+  return {q - zero.unsqueeze(1), s, zero};
 }
 
 TEST(Int8Quantization, RowsFollowTheFormulaWithPaddingAndZeroRows) {
   for (int64_t in : {1, 3, 4, 17, 64, 250}) {
-    torch::Tensor x = torch::randn({5, in + 2}) * 3.0;
-    x[2].zero_();  // a zero row: scale 0, all codes 128
+    torch::Tensor x = torch::randn({6, in + 2}) * 3.0;
+    x[2].zero_();                      // a zero row: scale 0, zero point 0
+    x[4] = x[4].abs() + 0.5;           // all positive: the zero point at 0, all 255 steps above it
     const int64_t in4 = detail::int8_padded_inputs(in), ld_xq = in4 + 4;
-    std::vector<uint8_t> xq(static_cast<size_t>(5 * ld_xq), 7);
-    std::vector<float> scale(5, -1.0f);
-    detail::quantize_rows_u8(x.data_ptr<float>(), 5, in + 2, in, xq.data(), ld_xq, scale.data());
-    const auto [q, s] = reference_quantize_rows(x.narrow(1, 0, in));
+    std::vector<uint8_t> xq(static_cast<size_t>(6 * ld_xq), 7);
+    std::vector<detail::RowQuant> quant(6, detail::RowQuant{-1.0f, -1});
+    detail::quantize_rows_u8(x.data_ptr<float>(), 6, in + 2, in, xq.data(), ld_xq, quant.data());
+    const RowsQ want = reference_quantize_rows(x.narrow(1, 0, in));
     // x * (1 / scale) exactly (a product of two floats fits a double): the
     // SIMD variants round it in one fused step, the reference after
     // rounding the product to float, so a value within float rounding of a
     // tie may go either way.
-    const torch::Tensor inv = torch::where(s > 0, 1.0f / s, torch::zeros_like(s));
+    const torch::Tensor inv = torch::where(want.scale > 0, 1.0f / want.scale, torch::zeros_like(want.scale));
     const torch::Tensor exact = x.narrow(1, 0, in).to(torch::kDouble) * inv.to(torch::kDouble).unsqueeze(1);
-    for (int64_t r = 0; r < 5; ++r) {
-      EXPECT_FLOAT_EQ(scale[r], s[r].item<float>()) << "row " << r;
+    for (int64_t r = 0; r < 6; ++r) {
+      EXPECT_FLOAT_EQ(quant[r].scale, want.scale[r].item<float>()) << "row " << r;
+      const int zero = want.zero[r].item<int>();
+      EXPECT_EQ(quant[r].zero, zero) << "row " << r;
+      if (r == 2) EXPECT_EQ(quant[r].scale, 0.0f);
+      if (r == 4 && in > 1) EXPECT_EQ(zero, 0);
       for (int64_t k = 0; k < in4; ++k) {
-        const int want = k < in ? q[r][k].item<int>() + 128 : 128;
+        const int expect = k < in ? want.q[r][k].item<int>() + zero : zero;
         const int got = xq[r * ld_xq + k];
-        if (got != want && k < in) {
+        if (got != expect && k < in) {
           const double v = exact[r][k].item<double>();
           const bool near_tie = std::fabs(std::fabs(v - std::trunc(v)) - 0.5) < 1e-5 * std::fabs(v);
-          ASSERT_TRUE(near_tie && std::abs(got - want) == 1) << "in " << in << " row " << r << " k " << k;
+          ASSERT_TRUE(near_tie && std::abs(got - expect) == 1) << "in " << in << " row " << r << " k " << k;
           continue;
         }
-        ASSERT_EQ(got, want) << "in " << in << " row " << r << " k " << k;
+        ASSERT_EQ(got, expect) << "in " << in << " row " << r << " k " << k;
       }
       EXPECT_EQ(xq[r * ld_xq + in4], 7) << "wrote past the padded row";
     }
@@ -104,12 +116,18 @@ TEST(Int8Kernel, EveryVariantEqualsExactIntegerSums) {
         const int64_t ld_out = out_features + 5, in4 = detail::int8_padded_inputs(in);
         const torch::Tensor x = torch::randn({rows, in});
         std::vector<uint8_t> xq(static_cast<size_t>(rows * in4));
-        std::vector<float> xs(static_cast<size_t>(rows));
+        std::vector<detail::RowQuant> xs(static_cast<size_t>(rows));
         detail::quantize_rows_u8(x.data_ptr<float>(), rows, in, in, xq.data(), in4, xs.data());
         // The exact sums in int64 of the rows as quantized, scaled in double.
-        const torch::Tensor q =
-            torch::from_blob(xq.data(), {rows, in4}, torch::kUInt8).narrow(1, 0, in).to(torch::kInt) - 128;
-        const torch::Tensor s = torch::from_blob(xs.data(), {rows}, torch::kFloat).clone();
+        std::vector<int32_t> zeros;
+        std::vector<float> scales;
+        for (const auto& q : xs) {
+          zeros.push_back(q.zero);
+          scales.push_back(q.scale);
+        }
+        const torch::Tensor q = torch::from_blob(xq.data(), {rows, in4}, torch::kUInt8).narrow(1, 0, in).to(torch::kInt) -
+                                torch::tensor(zeros).unsqueeze(1);
+        const torch::Tensor s = torch::tensor(scales);
         const torch::Tensor sums = torch::mm(q.to(torch::kLong), w.q.to(torch::kLong).t());  // [rows, out]
         const torch::Tensor expected_all =
             sums.to(torch::kDouble) * s.to(torch::kDouble).unsqueeze(1) * w.scale.to(torch::kDouble).unsqueeze(0);
@@ -138,8 +156,8 @@ TEST(Int8Kernel, EveryVariantEqualsExactIntegerSums) {
 torch::Tensor reference_int8_ffn(const torch::Tensor& x, const std::vector<int64_t>& counts, const ExpertWeights& w,
                                  Activation act) {
   auto qdq_rows = [](const torch::Tensor& t) {
-    const auto [q, s] = reference_quantize_rows(t);
-    return q.to(torch::kFloat) * s.unsqueeze(1);
+    const RowsQ q = reference_quantize_rows(t);
+    return q.q.to(torch::kFloat) * q.scale.unsqueeze(1);
   };
   std::vector<torch::Tensor> outs;
   int64_t row = 0;

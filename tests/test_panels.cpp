@@ -258,12 +258,12 @@ namespace {
 // non-contiguous input; and the panel path really ran where the predicate
 // says it serves this machine.
 TEST(FastLinear, TrainingOnPanelsEqualsTorchLinearWithGradients) {
-  if (!panels_serve_training()) {
-    GTEST_SKIP() << "training keeps the BLAS here (panels_serve_training() is false: BLAS " << openblas_core()
+  if (!panels_serve_training(1 << 20)) {
+    GTEST_SKIP() << "training keeps the BLAS here (panels_serve_training is false: BLAS " << openblas_core()
                  << ", panel variant " << detail::panel_variants().front().first << ")";
   }
   torch::manual_seed(7);
-  for (int64_t rows : {16, 17, 100, 300}) {
+  for (int64_t rows : {kTrainingPanelRows, kTrainingPanelRows + 1, int64_t{100}, int64_t{300}}) {
     for (bool with_bias : {false, true}) {
       for (bool frozen : {false, true}) {
         const torch::Tensor w0 = torch::randn({70, 37}) * 0.3, b0 = torch::randn({70});
@@ -290,10 +290,10 @@ TEST(FastLinear, TrainingOnPanelsEqualsTorchLinearWithGradients) {
       }
     }
   }
-  // Fewer than kSmallRows rows keep LibTorch's linear (packing per call would cost more).
+  // Fewer rows keep LibTorch's linear (packing per call would cost more).
   const torch::Tensor w = torch::randn({70, 37}, torch::requires_grad());
   const FastPathProbe probe;
-  fast_linear(torch::randn({kSmallRows - 1, 37}), w).sum().backward();
+  fast_linear(torch::randn({kTrainingPanelRows - 1, 37}), w).sum().backward();
   EXPECT_EQ(probe.ran("linear.training_panels"), 0);
 }
 

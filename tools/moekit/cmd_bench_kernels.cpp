@@ -135,7 +135,7 @@ void add_bench_kernels_command(CLI::App& bench, const GlobalOptions& global) {
       detail::pack_int8_panels(w.data(), w_scale.data(), o->out, o->in, qdata);
       for (int64_t m = 1; m < matrices; ++m) std::memcpy(qdata + m * matrix_bytes, qdata, matrix_bytes);
       const std::vector<uint8_t> xq(static_cast<size_t>(max_rows * in4), 130);
-      const std::vector<float> xs(static_cast<size_t>(max_rows), 0.01f);
+      const std::vector<detail::RowQuant> xs(static_cast<size_t>(max_rows), detail::RowQuant{0.01f, 128});
       std::vector<std::vector<double>> best(int8_variants.size(), std::vector<double>(o->rows.size(), 1e30));
       for (int round = 0; round < o->rounds; ++round) {
         for (size_t ri = 0; ri < o->rows.size(); ++ri) {

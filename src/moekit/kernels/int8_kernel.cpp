@@ -29,16 +29,16 @@ inline const float* panel_scales(const int8_t* panel, int64_t in4) {
 }
 
 // out[r, o_begin + j] for j < cols from the exact sums of one row.
-inline void finish_row(const int32_t* sums, const int32_t* bias_sums, const float* w_scale, float x_scale,
+inline void finish_row(const int32_t* sums, const int32_t* w_sums, const float* w_scale, RowQuant q,
                        const float* bias, int64_t cols, float* dst) {
   for (int64_t j = 0; j < cols; ++j) {
-    const float v = static_cast<float>(sums[j] - bias_sums[j]) * (x_scale * w_scale[j]);
+    const float v = static_cast<float>(sums[j] - q.zero * w_sums[j]) * (q.scale * w_scale[j]);
     dst[j] = bias != nullptr ? v + bias[j] : v;
   }
 }
 
 // Scalar: the reference every SIMD variant must equal.
-void int8_generic(const uint8_t* xq, const float* x_scale, int64_t rows, int64_t ld_xq, int64_t in,
+void int8_generic(const uint8_t* xq, const RowQuant* quant, int64_t rows, int64_t ld_xq, int64_t in,
                   const int8_t* panels, const float* bias, int64_t o_begin, int64_t o_end, float* out,
                   int64_t ld_out) {
   const int64_t in4 = int8_padded_inputs(in), panel_bytes = int8_panel_bytes(in);
@@ -53,7 +53,7 @@ void int8_generic(const uint8_t* xq, const float* x_scale, int64_t rows, int64_t
         for (int64_t j = 0; j < kW; ++j)
           for (int t = 0; t < 4; ++t) sums[j] += static_cast<int32_t>(x[g * 4 + t]) * w[j * 4 + t];
       }
-      finish_row(sums, panel_sums(panel, in4), panel_scales(panel, in4), x_scale[r], bias ? bias + o : nullptr,
+      finish_row(sums, panel_sums(panel, in4), panel_scales(panel, in4), quant[r], bias ? bias + o : nullptr,
                  cols, out + r * ld_out + o);
     }
   }
@@ -245,26 +245,26 @@ MOEKIT_AVX2_INT8 void avx2_dispatch(int64_t n, const uint8_t* xq, int64_t ld_xq,
         DISPATCH<MAX_ROWS, false>(n, xq + r0 * ld_xq, ld_xq, in4, panel, sums);                       \
       }                                                                                               \
       for (int64_t r = 0; r < n; ++r) {                                                               \
-        finish_row(sums + r * kW, panel_sums(panel, in4), panel_scales(panel, in4), x_scale[r0 + r],  \
+        finish_row(sums + r * kW, panel_sums(panel, in4), panel_scales(panel, in4), quant[r0 + r],     \
                    bias ? bias + o : nullptr, cols, out + (r0 + r) * ld_out + o);                     \
       }                                                                                               \
     }                                                                                                 \
   }
 
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void int8_avx512vnni(
-    const uint8_t* xq, const float* x_scale, int64_t rows, int64_t ld_xq, int64_t in, const int8_t* panels,
+    const uint8_t* xq, const RowQuant* quant, int64_t rows, int64_t ld_xq, int64_t in, const int8_t* panels,
     const float* bias, int64_t o_begin, int64_t o_end, float* out, int64_t ld_out) {
   MOEKIT_INT8_BODY(vnni512_dispatch, 12)
 }
 
-__attribute__((target("avx2,avxvnni"))) void int8_avxvnni(const uint8_t* xq, const float* x_scale, int64_t rows,
+__attribute__((target("avx2,avxvnni"))) void int8_avxvnni(const uint8_t* xq, const RowQuant* quant, int64_t rows,
                                                           int64_t ld_xq, int64_t in, const int8_t* panels,
                                                           const float* bias, int64_t o_begin, int64_t o_end,
                                                           float* out, int64_t ld_out) {
   MOEKIT_INT8_BODY(vnni256_dispatch, 2)
 }
 
-__attribute__((target("avx2,fma"))) void int8_avx2(const uint8_t* xq, const float* x_scale, int64_t rows,
+__attribute__((target("avx2,fma"))) void int8_avx2(const uint8_t* xq, const RowQuant* quant, int64_t rows,
                                                    int64_t ld_xq, int64_t in, const int8_t* panels,
                                                    const float* bias, int64_t o_begin, int64_t o_end, float* out,
                                                    int64_t ld_out) {
@@ -281,7 +281,7 @@ void pack_int8_panels(const int8_t* w, const float* w_scale, int64_t out, int64_
   for (int64_t p = 0; p * kW < out; ++p) {
     int8_t* panel = panels + p * panel_bytes;
     std::memset(panel, 0, static_cast<size_t>(panel_bytes));
-    int32_t bias_sums[kW] = {};
+    int32_t w_sums[kW] = {};
     float scales[kW] = {};
     for (int64_t j = 0; j < kW && p * kW + j < out; ++j) {
       const int8_t* row = w + (p * kW + j) * in;
@@ -290,22 +290,23 @@ void pack_int8_panels(const int8_t* w, const float* w_scale, int64_t out, int64_
         panel[(k / 4) * kGroupBytes + j * 4 + k % 4] = row[k];
         sum += row[k];
       }
-      bias_sums[j] = 128 * sum;
+      w_sums[j] = sum;
       scales[j] = w_scale[p * kW + j];
     }
-    std::memcpy(panel + in4 * kW, bias_sums, sizeof(bias_sums));
+    std::memcpy(panel + in4 * kW, w_sums, sizeof(w_sums));
     std::memcpy(panel + in4 * kW + kW * 4, scales, sizeof(scales));
   }
 }
 
 namespace {
 
-// quantize_rows_u8 in vectors of L floats: max |x| per row, then x / scale
-// rounded to nearest even by the 1.5 * 2^23 trick (exact for |v| <= 2^22;
-// here |v| <= 127), biased by 128 and narrowed to bytes.
+// quantize_rows_u8 in vectors of L floats: the row's range (with 0), then
+// x / scale rounded to nearest even by the 1.5 * 2^23 trick (exact for
+// |v| <= 2^22; here |v| <= 255), shifted by the zero point, clamped to
+// [0, 255] and narrowed to bytes.
 template <int L>
 __attribute__((always_inline)) inline void quantize_rows_body(const float* x, int64_t rows, int64_t ld_x, int64_t in,
-                                                              uint8_t* xq, int64_t ld_xq, float* x_scale) {
+                                                              uint8_t* xq, int64_t ld_xq, RowQuant* quant) {
   using V = typename Vec<L>::type;
   using I = typename IntVec<L>::type;
   typedef uint8_t B __attribute__((vector_size(L)));
@@ -314,60 +315,69 @@ __attribute__((always_inline)) inline void quantize_rows_body(const float* x, in
   for (int64_t r = 0; r < rows; ++r) {
     const float* src = x + r * ld_x;
     uint8_t* dst = xq + r * ld_xq;
-    V m = V{};
+    V lo_v = V{}, hi_v = V{};
     for (int64_t k = 0; k < vec_end; k += L) {
       const V v = load<L>(src + k);
-      const V a = v < 0 ? -v : v;
-      m = m > a ? m : a;
+      lo_v = lo_v < v ? lo_v : v;
+      hi_v = hi_v > v ? hi_v : v;
     }
-    float amax = 0.0f;
-    for (int l = 0; l < L; ++l) amax = std::max(amax, m[l]);
-    for (int64_t k = vec_end; k < in; ++k) amax = std::max(amax, std::fabs(src[k]));
-    const float scale = amax / 127.0f;
+    float lo = 0.0f, hi = 0.0f;
+    for (int l = 0; l < L; ++l) {
+      lo = std::min(lo, lo_v[l]);
+      hi = std::max(hi, hi_v[l]);
+    }
+    for (int64_t k = vec_end; k < in; ++k) {
+      lo = std::min(lo, src[k]);
+      hi = std::max(hi, src[k]);
+    }
+    const float scale = (hi - lo) / 255.0f;
     const float inv = scale > 0.0f ? 1.0f / scale : 0.0f;
+    const int32_t zero = scale > 0.0f ? std::min(255, std::max(0, static_cast<int32_t>(std::nearbyint(-lo * inv)))) : 0;
     for (int64_t k = 0; k < vec_end; k += L) {
       const V q = (load<L>(src + k) * inv + magic) - magic;
-      const I qi = __builtin_convertvector(q, I) + 128;
+      I qi = __builtin_convertvector(q, I) + zero;
+      qi = qi < 0 ? I{} : qi;
+      qi = qi > 255 ? I{} + 255 : qi;
       const B b = __builtin_convertvector(qi, B);
       std::memcpy(dst + k, &b, sizeof(B));
     }
     for (int64_t k = vec_end; k < in; ++k) {
-      const float q = std::nearbyint(std::min(127.0f, std::max(-127.0f, src[k] * inv)));
-      dst[k] = static_cast<uint8_t>(static_cast<int32_t>(q) + 128);
+      const int32_t q = static_cast<int32_t>(std::nearbyint(src[k] * inv)) + zero;
+      dst[k] = static_cast<uint8_t>(std::min(255, std::max(0, q)));
     }
-    for (int64_t k = in; k < in4; ++k) dst[k] = 128;
-    x_scale[r] = scale;
+    for (int64_t k = in; k < in4; ++k) dst[k] = static_cast<uint8_t>(zero);
+    quant[r] = {scale, zero};
   }
 }
 
 #if defined(__x86_64__) && defined(__GNUC__)
 __attribute__((target("avx512f,avx512vl,avx2,fma"))) void quantize_rows_avx512(
-    const float* x, int64_t rows, int64_t ld_x, int64_t in, uint8_t* xq, int64_t ld_xq, float* x_scale) {
-  quantize_rows_body<16>(x, rows, ld_x, in, xq, ld_xq, x_scale);
+    const float* x, int64_t rows, int64_t ld_x, int64_t in, uint8_t* xq, int64_t ld_xq, RowQuant* quant) {
+  quantize_rows_body<16>(x, rows, ld_x, in, xq, ld_xq, quant);
 }
 __attribute__((target("avx2,fma"))) void quantize_rows_avx2(const float* x, int64_t rows, int64_t ld_x, int64_t in,
-                                                            uint8_t* xq, int64_t ld_xq, float* x_scale) {
-  quantize_rows_body<8>(x, rows, ld_x, in, xq, ld_xq, x_scale);
+                                                            uint8_t* xq, int64_t ld_xq, RowQuant* quant) {
+  quantize_rows_body<8>(x, rows, ld_x, in, xq, ld_xq, quant);
 }
 #endif
 void quantize_rows_generic(const float* x, int64_t rows, int64_t ld_x, int64_t in, uint8_t* xq, int64_t ld_xq,
-                           float* x_scale) {
-  quantize_rows_body<4>(x, rows, ld_x, in, xq, ld_xq, x_scale);
+                           RowQuant* quant) {
+  quantize_rows_body<4>(x, rows, ld_x, in, xq, ld_xq, quant);
 }
 
-using QuantizeRowsFn = void (*)(const float*, int64_t, int64_t, int64_t, uint8_t*, int64_t, float*);
+using QuantizeRowsFn = void (*)(const float*, int64_t, int64_t, int64_t, uint8_t*, int64_t, RowQuant*);
 
 }  // namespace
 
 void quantize_rows_u8(const float* x, int64_t rows, int64_t ld_x, int64_t in, uint8_t* xq, int64_t ld_xq,
-                      float* x_scale) {
+                      RowQuant* quant) {
 #if defined(__x86_64__) && defined(__GNUC__)
   static const QuantizeRowsFn impl =
       cpu_variants<QuantizeRowsFn>(quantize_rows_avx512, quantize_rows_avx2, quantize_rows_generic).front().second;
 #else
   static const QuantizeRowsFn impl = quantize_rows_generic;
 #endif
-  impl(x, rows, ld_x, in, xq, ld_xq, x_scale);
+  impl(x, rows, ld_x, in, xq, ld_xq, quant);
 }
 
 std::vector<std::pair<std::string, Int8PanelFn>> int8_panel_variants() {
@@ -387,11 +397,11 @@ std::vector<std::pair<std::string, Int8PanelFn>> int8_panel_variants() {
   return variants;
 }
 
-void int8_panel_linear(const uint8_t* xq, const float* x_scale, int64_t rows, int64_t ld_xq, int64_t in,
+void int8_panel_linear(const uint8_t* xq, const RowQuant* quant, int64_t rows, int64_t ld_xq, int64_t in,
                        const int8_t* panels, const float* bias, int64_t o_begin, int64_t o_end, float* out,
                        int64_t ld_out) {
   static const Int8PanelFn impl = int8_panel_variants().front().second;
-  impl(xq, x_scale, rows, ld_xq, in, panels, bias, o_begin, o_end, out, ld_out);
+  impl(xq, quant, rows, ld_xq, in, panels, bias, o_begin, o_end, out, ld_out);
 }
 
 }  // namespace moekit::detail

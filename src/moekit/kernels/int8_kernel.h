@@ -4,21 +4,24 @@
 // summed exactly in int32 (AVX-512 VNNI / AVX-VNNI vpdpbusd: 64 multiply-adds
 // per instruction where float32 FMAs do 16), one float scale per row and per
 // output channel applied at the end. This is the scheme of PyTorch's
-// quantize_dynamic, with a scale per row instead of one per tensor.
+// quantize_dynamic (asymmetric uint8 rows, symmetric int8 weights), with a
+// scale and zero point per row instead of one per tensor.
 //
-//   out[r, o] = x_scale[r] * w_scale[o] * sum_k xq[r, k] * wq[o, k] + bias[o]
+//   out[r, o] = x_scale[r] * w_scale[o] * sum_k (xq[r, k] - x_zero[r]) * wq[o, k] + bias[o]
 //
-// Rows: xq[r, k] = round(x[r, k] / x_scale[r]) in [-127, 127], x_scale[r] =
-// max_k |x[r, k]| / 127, stored biased by +128 as uint8 (vpdpbusd multiplies
-// unsigned by signed bytes); the kernel removes the bias with each output's
-// weight sum, so the int32 sums are exact.
+// Rows: xq[r, k] = round(x[r, k] / x_scale[r]) + x_zero[r] in [0, 255]
+// (uint8: vpdpbusd multiplies unsigned by signed bytes), the scale spreading
+// the row's range (widened to include 0, which stays exact) over 255 steps:
+// a row of SiLU outputs, nearly all positive, keeps all 8 bits. The kernel
+// removes the zero point with each channel's weight sum, so the int32 sums
+// are exact.
 //
 // Weights are packed into panels of kPanelWidth (32) output channels. A
 // panel of a weight [out, in] (in4 = in rounded up to a multiple of 4) is
 // int8_panel_bytes(in) bytes:
 //   [in4 / 4][32][4] int8   weights: 4 consecutive inputs of each output
 //                           channel side by side (one int32 lane of vpdpbusd)
-//   [32] int32              128 * sum_k wq[o, k] (removes the rows' bias)
+//   [32] int32              sum_k wq[o, k] (removes the rows' zero points)
 //   [32] float              w_scale[o]
 // zero past `out` and past `in`.
 //
@@ -43,16 +46,21 @@ inline int64_t int8_panel_bytes(int64_t in) {
 // ceil(out / kPanelWidth) panels at `panels`.
 void pack_int8_panels(const int8_t* w, const float* w_scale, int64_t out, int64_t in, int8_t* panels);
 
+// One quantized row's scale and zero point.
+struct RowQuant {
+  float scale;
+  int32_t zero;
+};
+
 // Quantizes rows x [rows, in] (row stride ld_x) to xq [rows, int8_padded_inputs(in)]
-// (row stride ld_xq >= that; padding zero, i.e. stored as 128) and x_scale
-// [rows]. A row of zeros (or of non-finite values' absence of any finite
-// maximum) gets scale 0 and quantizes to zero.
+// (row stride ld_xq >= that; padding holds the zero point) and their scales
+// and zero points. A row of zeros gets scale 0 and zero point 0.
 void quantize_rows_u8(const float* x, int64_t rows, int64_t ld_x, int64_t in, uint8_t* xq, int64_t ld_xq,
-                      float* x_scale);
+                      RowQuant* quant);
 
 // out[r, o] as in the file comment for r < rows, o in [o_begin, o_end);
 // o_begin a multiple of kPanelWidth; panels: the whole weight's panels.
-void int8_panel_linear(const uint8_t* xq, const float* x_scale, int64_t rows, int64_t ld_xq, int64_t in,
+void int8_panel_linear(const uint8_t* xq, const RowQuant* quant, int64_t rows, int64_t ld_xq, int64_t in,
                        const int8_t* panels, const float* bias, int64_t o_begin, int64_t o_end, float* out,
                        int64_t ld_out);
 
@@ -60,7 +68,7 @@ void int8_panel_linear(const uint8_t* xq, const float* x_scale, int64_t rows, in
 // "avx2": int16 products by vpmaddwd, for CPUs without VNNI; "generic");
 // int8_panel_linear uses the first. All compute the same exact int32 sums.
 // For tests and benchmarks.
-using Int8PanelFn = void (*)(const uint8_t*, const float*, int64_t, int64_t, int64_t, const int8_t*, const float*,
+using Int8PanelFn = void (*)(const uint8_t*, const RowQuant*, int64_t, int64_t, int64_t, const int8_t*, const float*,
                              int64_t, int64_t, float*, int64_t);
 std::vector<std::pair<std::string, Int8PanelFn>> int8_panel_variants();
 

@@ -78,10 +78,13 @@ torch::Tensor from_placeholder(const torch::Tensor& t) { return t.numel() == 0 ?
 
 // Whether a training forward runs its GEMMs (and its backward's) on the
 // panel kernel: Auto or SmallRows requested, CPU float32, and
-// panels_serve_training() (ops/grouped_linear.h).
-bool training_on_panels(const torch::Tensor& x, GroupedFfnKernel kernel) {
+// panels_serve_training (ops/grouped_linear.h) for the rows an active
+// expert has on average (every expert's weights are packed per call).
+bool training_on_panels(const torch::Tensor& x, const std::vector<int64_t>& tokens_per_expert,
+                        GroupedFfnKernel kernel) {
+  const int64_t active = std::count_if(tokens_per_expert.begin(), tokens_per_expert.end(), [](int64_t n) { return n > 0; });
   return (kernel == GroupedFfnKernel::Auto || kernel == GroupedFfnKernel::SmallRows) && x.device().is_cpu() &&
-         x.scalar_type() == torch::kFloat && panels_serve_training();
+         x.scalar_type() == torch::kFloat && active > 0 && panels_serve_training(x.size(0) / active);
 }
 
 // The backward's GEMMs on the panel kernel: the input gradients as grouped
@@ -143,7 +146,7 @@ class GroupedFfnFunction : public torch::autograd::Function<GroupedFfnFunction> 
                                int64_t activation, int64_t kernel) {
     GroupedFfnOptions options{static_cast<Activation>(activation), static_cast<GroupedFfnKernel>(kernel)};
     ExpertWeights w{w1, from_placeholder(b1), from_placeholder(w3), w2, from_placeholder(b2), {}, {}, {}, {}, {}, {}};
-    const bool panels = training_on_panels(x, options.kernel);
+    const bool panels = training_on_panels(x, tokens_per_expert, options.kernel);
     if (panels) {  // packed per call: every optimizer step changes the weights
       MOEKIT_FAST_PATH("grouped_ffn.training_panels");
       w.w1_panels = pack_panels(w1);

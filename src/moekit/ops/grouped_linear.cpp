@@ -188,8 +188,8 @@ bool small_rows_serves(int64_t rows, bool with_panels) {
   return (with_panels && simd_panels()) || (beats_blas && rows <= kSmallRowsMaxRows);
 }
 
-bool panels_serve_training() {
-  // MOEKIT_TRAINING_PANELS=1 / 0 overrides the choice (for measuring it).
+bool panels_serve_training(int64_t rows) {
+  if (rows < kTrainingPanelRows) return false;
   static const int forced = [] {
     const char* v = std::getenv("MOEKIT_TRAINING_PANELS");
     return v == nullptr || *v == '\0' ? -1 : (std::string(v) == "0" ? 0 : 1);

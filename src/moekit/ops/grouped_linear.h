@@ -51,12 +51,18 @@ bool small_rows_beats_blas();
 
 // Whether training's linear maps (dense and expert, forward and backward)
 // run on the panel kernel, their weights packed per call, instead of BLAS
-// GEMMs: where a SIMD panel variant exists, weight panels are on
-// (MOEKIT_WEIGHT_PANELS) and the BLAS runs no AVX-512 kernels
-// (small_rows_beats_blas). Against OpenBLAS's AVX2 kernels on an AVX-512
-// core a layer's forward + backward ran 1.7-1.9x faster that way
-// (bench/README.md, "Kernel choice").
-bool panels_serve_training();
+// GEMMs, for `rows` rows per weight matrix (per active expert, on
+// average): where a SIMD panel variant exists, weight panels are on
+// (MOEKIT_WEIGHT_PANELS), the BLAS runs no AVX-512 kernels
+// (small_rows_beats_blas) and rows >= kTrainingPanelRows. Against
+// OpenBLAS's AVX2 kernels on an AVX-512 core, a layer's forward + backward
+// ran 1.65x faster at 1024 rows per weight, on par at 64 and slower at 16
+// (the per-call packing); against OpenBLAS's AVX-512 kernels the BLAS was
+// as fast or faster (bench/README.md, "Kernel choice").
+// MOEKIT_TRAINING_PANELS=1 or 0 overrides the choice of BLAS (not the
+// row threshold), for measuring it.
+constexpr int64_t kTrainingPanelRows = 64;
+bool panels_serve_training(int64_t rows);
 
 // out = a b^T, no autograd, on the panel kernel with b packed here: a [M, K]
 // and b [N, K] CPU float32 of any strides, out [M, N] contiguous and

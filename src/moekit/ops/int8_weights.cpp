@@ -75,11 +75,11 @@ void grouped_linear_int8_into(const torch::Tensor& in, const std::vector<int64_t
   const int64_t rows = in.size(0), in_dim = in.size(1), in4 = detail::int8_padded_inputs(in_dim);
   if (rows == 0) return;
   std::vector<uint8_t> xq(static_cast<size_t>(rows * in4));
-  std::vector<float> x_scale(static_cast<size_t>(rows));
+  std::vector<detail::RowQuant> quant(static_cast<size_t>(rows));
   const float* in_ptr = in.data_ptr<float>();
   at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
     detail::quantize_rows_u8(in_ptr + begin * in_dim, end - begin, in_dim, in_dim, xq.data() + begin * in4, in4,
-                             x_scale.data() + begin);
+                             quant.data() + begin);
   });
   struct Item {
     int64_t group, row0, o_begin, o_end;
@@ -101,7 +101,7 @@ void grouped_linear_int8_into(const torch::Tensor& in, const std::vector<int64_t
   at::parallel_for(0, static_cast<int64_t>(items.size()), 1, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const Item& it = items[i];
-      detail::int8_panel_linear(xq.data() + it.row0 * in4, x_scale.data() + it.row0, group_rows[it.group], in4,
+      detail::int8_panel_linear(xq.data() + it.row0 * in4, quant.data() + it.row0, group_rows[it.group], in4,
                                 in_dim, p_ptr + it.group * group_stride,
                                 b_ptr ? b_ptr + it.group * out_features : nullptr, it.o_begin, it.o_end,
                                 out_ptr + it.row0 * out_features, out_features);

@@ -67,9 +67,8 @@ bool cpu_float(const torch::Tensor& t) { return !t.defined() || (t.device().is_c
 
 bool training_panels_apply(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias) {
   const int64_t in = weight.dim() == 2 ? weight.size(1) : -1;
-  return records_gradient({&x, &weight, &bias}) && panels_serve_training() && cpu_float(x) && cpu_float(weight) &&
-         cpu_float(bias) && weight.dim() == 2 && x.dim() >= 2 && x.size(-1) == in && in > 0 &&
-         x.numel() / in >= kSmallRows;
+  return records_gradient({&x, &weight, &bias}) && cpu_float(x) && cpu_float(weight) && cpu_float(bias) &&
+         weight.dim() == 2 && x.dim() >= 2 && x.size(-1) == in && in > 0 && panels_serve_training(x.numel() / in);
 }
 
 torch::Tensor fast_linear(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias,

@@ -8,8 +8,8 @@
 // gives the MoE experts (small_rows_serves): with a PanelCache, on W packed
 // into panels (ops/packed_weights.h), made once and kept until W changes.
 // A call that records gradients takes the panel kernel for the forward and
-// both backward GEMMs where panels_serve_training() says it beats the BLAS
-// (the weight packed per call), LibTorch's linear elsewhere.
+// both backward GEMMs where panels_serve_training(rows) says it beats the
+// BLAS (the weight packed per call), LibTorch's linear elsewhere.
 #include <torch/torch.h>
 
 #include "moekit/ops/packed_weights.h"
@@ -25,8 +25,7 @@ torch::Tensor fast_linear(const torch::Tensor& x, const torch::Tensor& weight, c
                           PanelCache* panels = nullptr);
 
 // The predicate of fast_linear's training path: gradients are recorded,
-// panels_serve_training(), CPU float32 tensors, at least kSmallRows rows
-// (below, packing the weight per call costs more than it saves).
+// CPU float32 tensors, panels_serve_training(rows) (ops/grouped_linear.h).
 bool training_panels_apply(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias);
 
 }  // namespace moekit
