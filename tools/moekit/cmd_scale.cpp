@@ -1,27 +1,34 @@
 // Scale-Up, Scale-Out and the Hugging Face layout:
 //   moekit grow <in_dir> <out_dir> --d-model 1024 --d-ffn 2752 --n-layers 16 --width aki --depth interpolate
 //   moekit upcycle <in_dir> <out_dir> --experts 8 --top-k 2 [--granularity G]
-//   moekit export hf <model_dir> <hf_dir>      moekit import hf <hf_dir> <model_dir>
+//     (in_dir a MoEKit LM, or a Hugging Face LLaMA / Mistral directory, which
+//      becomes a Mixtral directory tensor by tensor: [--dtype bf16 --shard-size 5GB])
+//   moekit export hf <model_dir> <hf_dir> [--dtype bf16 --shard-size 5GB]
+//   moekit import hf <hf_dir> <model_dir>
 //   moekit quantize <model_dir> <out_dir> --experts int8
 #include <iomanip>
 #include <iostream>
 #include <sstream>
 
 #include "commands.h"
+#include "moekit/core/check.h"
 #include "moekit/core/file_io.h"
+#include "moekit/core/safetensors_stream.h"
 #include "moekit/models/lm/hf_llama.h"
 #include "moekit/scale/grow.h"
+#include "moekit/scale/hf_upcycle.h"
 #include "moekit/scale/upcycle.h"
 
 namespace moekit::cli {
 namespace {
 
 // Copies from_dir's tokenizer files (tokenizer.model; tokenizer.json and
-// tokenizer_config.json) that are regular files inside from_dir: a symlink
+// tokenizer_config.json; a Hugging Face directory's generation_config.json)
+// that are regular files inside from_dir: a symlink
 // leaving the input directory (to /etc/passwd, say) would copy a file the
 // user never meant to publish.
 void copy_tokenizer(const std::string& from_dir, const std::string& to_dir) {
-  for (const char* name : {"tokenizer.model", "tokenizer.json", "tokenizer_config.json"}) {
+  for (const char* name : {"tokenizer.model", "tokenizer.json", "tokenizer_config.json", "generation_config.json"}) {
     const std::string path = from_dir + "/" + name;
     if (!path_exists(path)) continue;
     check_inside_dir(path, from_dir);
@@ -35,6 +42,30 @@ std::string describe(const LmWeights& m) {
   return std::to_string(count.total) + " parameters, " + std::to_string(count.active) + " active per token";
 }
 
+// --dtype and --shard-size, for commands that write Hugging Face weight files.
+struct HfWriteFlags {
+  std::string dtype, shard_size = "5GB";
+  HfWriteOptions options() const {
+    HfWriteOptions o;
+    if (!dtype.empty()) o.dtype = parse_hf_dtype(dtype);
+    o.max_shard_bytes = parse_byte_size(shard_size);
+    return o;
+  }
+};
+
+void add_hf_write_flags(CLI::App& cmd, HfWriteFlags& flags) {
+  cmd.add_option("--dtype", flags.dtype, "Weight dtype of the Hugging Face output: bf16 | fp16 | fp32 (default: each tensor's own)")
+      ->check(CLI::IsMember({"bf16", "bfloat16", "fp16", "float16", "fp32", "float32"}));
+  cmd.add_option("--shard-size", flags.shard_size, "Largest weight file of the Hugging Face output (5GB, 500MB, 2GiB, ...)")
+      ->capture_default_str();
+}
+
+std::string gigabytes(uint64_t bytes) {
+  std::ostringstream s;
+  s << std::fixed << std::setprecision(2) << bytes / 1e9 << " GB";
+  return s.str();
+}
+
 }  // namespace
 
 void add_scale_commands(CLI::App& app, const GlobalOptions& global) {
@@ -43,6 +74,7 @@ void add_scale_commands(CLI::App& app, const GlobalOptions& global) {
     bool force = false;
     GrowOptions grow;
     UpcycleOptions upcycle;
+    HfWriteFlags hf;
   };
   auto o = std::make_shared<Options>();
   CLI::App* grow = app.add_subcommand("grow", "Scale-Up: grow a dense LM wider (fpi | aki) and deeper (stack | interpolate)");
@@ -71,8 +103,10 @@ void add_scale_commands(CLI::App& app, const GlobalOptions& global) {
   });
 
   CLI::App* up = app.add_subcommand("upcycle", "Scale-Out: a dense LM into an MoE whose experts copy its FFNs");
-  up->add_option("in_dir", o->in_dir, "Dense LM model directory")->required()->check(CLI::ExistingDirectory);
-  up->add_option("out_dir", o->out_dir, "MoE model directory")->required();
+  up->add_option("in_dir", o->in_dir, "Dense LM: a MoEKit model directory, or a Hugging Face LLaMA / Mistral directory")
+      ->required()
+      ->check(CLI::ExistingDirectory);
+  up->add_option("out_dir", o->out_dir, "MoE model directory (Hugging Face Mixtral for a Hugging Face input)")->required();
   up->add_option("--experts", o->upcycle.num_experts, "Experts per MoE layer")->capture_default_str();
   up->add_option("--top-k", o->upcycle.top_k, "Experts per token")->capture_default_str();
   up->add_option("--granularity", o->upcycle.granularity, "FFN slices per replica (granular upcycling)")->capture_default_str();
@@ -82,9 +116,25 @@ void add_scale_commands(CLI::App& app, const GlobalOptions& global) {
   up->add_option("--aux-loss-coef", o->upcycle.aux_loss_coef, "Load-balancing loss coefficient")->capture_default_str();
   up->add_option("--z-loss-coef", o->upcycle.z_loss_coef, "Router z-loss coefficient")->capture_default_str();
   up->add_option("--seed", o->upcycle.seed, "Router init seed")->capture_default_str();
+  add_hf_write_flags(*up, o->hf);
   add_force_flag(*up, o->force);
-  up->callback([o, &global] {
+  up->callback([o, &global, up] {
     apply_runtime(global);
+    if (is_hf_model_dir(o->in_dir)) {
+      const HfWriteOptions write = o->hf.options();
+      OutputDir out(o->out_dir, o->force, {o->in_dir});
+      const HfUpcycleReport r = upcycle_hf_dir(o->in_dir, out.path(), o->upcycle, write);
+      copy_tokenizer(o->in_dir, out.path());
+      out.commit();
+      std::cout << "upcycled " << o->in_dir << " -> " << o->out_dir << " (Hugging Face Mixtral: "
+                << r.config.moe.num_experts << " experts, top-" << r.config.moe.top_k << ", granularity "
+                << o->upcycle.granularity << "; " << r.tensors << " tensors, " << gigabytes(r.bytes) << " in "
+                << r.files.size() << (r.files.size() == 1 ? " file" : " files") << ")\n";
+      return;
+    }
+    MOEKIT_CHECK_ARG(up->count("--dtype") == 0 && up->count("--shard-size") == 0,
+                     "--dtype and --shard-size apply to a Hugging Face input directory; ", o->in_dir,
+                     " is a MoEKit model directory (export hf writes Hugging Face files)");
     OutputDir out(o->out_dir, o->force, {o->in_dir});
     const LmWeights moe = upcycle_lm(read_lm_dir(o->in_dir), o->upcycle);
     save_lm_dir(moe, out.path());
@@ -97,14 +147,16 @@ void add_scale_commands(CLI::App& app, const GlobalOptions& global) {
 
   CLI::App* exp = app.add_subcommand("export", "Write a MoEKit model in another toolkit's layout");
   exp->require_subcommand(1);
-  CLI::App* exp_hf = exp->add_subcommand("hf", "An LM as Hugging Face LLaMA / Qwen2 / Mixtral (config.json + model.safetensors)");
+  CLI::App* exp_hf = exp->add_subcommand("hf", "An LM as Hugging Face LLaMA / Qwen2 / Mixtral (config.json + model.safetensors or shards with their index)");
   exp_hf->add_option("model_dir", o->in_dir, "LM model directory")->required()->check(CLI::ExistingDirectory);
   exp_hf->add_option("hf_dir", o->out_dir, "Output directory")->required();
+  add_hf_write_flags(*exp_hf, o->hf);
   add_force_flag(*exp_hf, o->force);
   exp_hf->callback([o, &global] {
     apply_runtime(global);
+    const HfWriteOptions write = o->hf.options();
     OutputDir out(o->out_dir, o->force, {o->in_dir});
-    export_hf_llama(read_lm_dir(o->in_dir), out.path());
+    export_hf_llama(read_lm_dir(o->in_dir), out.path(), write);
     copy_tokenizer(o->in_dir, out.path());
     out.commit();
     std::cout << "exported " << o->in_dir << " -> " << o->out_dir << "\n";

@@ -66,27 +66,44 @@ void fsync_dir(const fs::path& dir) {
 
 }  // namespace
 
-void write_file_atomic(const std::string& path, std::string_view bytes) {
-  fs::path target(path);
-  fs::path dir = target.parent_path();
-  if (dir.empty()) dir = ".";
-  std::string tmp_template = (dir / ("." + target.filename().string() + ".tmp.XXXXXX")).string();
-  int fd = ::mkstemp(tmp_template.data());
-  MOEKIT_CHECK(fd >= 0, "cannot create a temporary file next to '", path, "': ", os_error());
-  try {
-    write_all(fd, bytes, tmp_template);
-    MOEKIT_CHECK(::fchmod(fd, 0644) == 0, "cannot chmod '", tmp_template, "': ", os_error());
-    MOEKIT_CHECK(::fsync(fd) == 0, "cannot fsync '", tmp_template, "': ", os_error());
-    MOEKIT_CHECK(::close(fd) == 0, "cannot close '", tmp_template, "': ", os_error());
-    fd = -1;
-    MOEKIT_CHECK(::rename(tmp_template.c_str(), path.c_str()) == 0, "cannot rename '", tmp_template,
-                 "' to '", path, "': ", os_error());
-  } catch (...) {
-    if (fd >= 0) ::close(fd);
-    ::unlink(tmp_template.c_str());
-    throw;
+AtomicFileWriter::AtomicFileWriter(std::string path) : path_(std::move(path)) {
+  const fs::path target(path_);
+  const fs::path dir = target.parent_path().empty() ? fs::path(".") : target.parent_path();
+  temporary_ = (dir / ("." + target.filename().string() + ".tmp.XXXXXX")).string();
+  fd_ = ::mkstemp(temporary_.data());
+  MOEKIT_CHECK(fd_ >= 0, "cannot create a temporary file next to '", path_, "': ", os_error());
+}
+
+AtomicFileWriter::~AtomicFileWriter() {
+  if (fd_ >= 0) {
+    ::close(fd_);
+    ::unlink(temporary_.c_str());
   }
-  fsync_dir(dir);  // the rename itself durable
+}
+
+void AtomicFileWriter::write(std::string_view bytes) {
+  MOEKIT_CHECK(fd_ >= 0, "'", path_, "' was already committed");
+  write_all(fd_, bytes, temporary_);
+}
+
+void AtomicFileWriter::commit() {
+  MOEKIT_CHECK(fd_ >= 0, "'", path_, "' was already committed");
+  MOEKIT_CHECK(::fchmod(fd_, 0644) == 0, "cannot chmod '", temporary_, "': ", os_error());
+  MOEKIT_CHECK(::fsync(fd_) == 0, "cannot fsync '", temporary_, "': ", os_error());
+  const int fd = fd_;
+  fd_ = -1;
+  if (::close(fd) != 0 || ::rename(temporary_.c_str(), path_.c_str()) != 0) {
+    const std::string reason = os_error();
+    ::unlink(temporary_.c_str());
+    throw std::runtime_error(str_cat("cannot write '", path_, "': ", reason));
+  }
+  fsync_dir(fs::path(path_).parent_path());  // the rename itself durable
+}
+
+void write_file_atomic(const std::string& path, std::string_view bytes) {
+  AtomicFileWriter file(path);
+  file.write(bytes);
+  file.commit();
 }
 
 void check_regular_file(const std::string& path, const std::string& what) {

@@ -13,6 +13,26 @@ namespace moekit {
 // Throws std::runtime_error naming the path and the OS error on failure.
 void write_file_atomic(const std::string& path, std::string_view bytes);
 
+// write_file_atomic for a file written in pieces (a checkpoint shard larger
+// than memory): write() appends to the temporary, commit() fsyncs it and
+// renames it into place; destroyed before commit(), the temporary is removed
+// and the target left as it was.
+class AtomicFileWriter {
+ public:
+  explicit AtomicFileWriter(std::string path);
+  ~AtomicFileWriter();
+  AtomicFileWriter(const AtomicFileWriter&) = delete;
+  AtomicFileWriter& operator=(const AtomicFileWriter&) = delete;
+
+  void write(std::string_view bytes);
+  void commit();
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_, temporary_;
+  int fd_ = -1;
+};
+
 // Throws std::invalid_argument unless `path` names a regular file (symlinks
 // followed): a directory, FIFO, socket or device is refused before it is
 // opened, so a FIFO in place of a model file cannot block the process.

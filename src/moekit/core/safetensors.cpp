@@ -13,6 +13,7 @@
 #include "moekit/core/check.h"
 #include "moekit/core/file_io.h"
 #include "moekit/core/json_error.h"
+#include "moekit/core/mapped_file.h"
 
 namespace moekit {
 namespace {
@@ -178,47 +179,6 @@ TensorMap tensors_from_buffer(const SafetensorsHeader& header, const char* base)
   return tensors;
 }
 
-// RAII memory map of a whole file.
-class MappedFile {
- public:
-  explicit MappedFile(const std::string& path) {
-    check_regular_file(path, "a safetensors file");
-    fd_ = ::open(path.c_str(), O_RDONLY | O_NONBLOCK);
-    MOEKIT_CHECK_ARG(fd_ >= 0, "cannot open '", path, "': ", std::strerror(errno));
-    struct stat st {};
-    if (::fstat(fd_, &st) != 0) {
-      ::close(fd_);
-      throw std::invalid_argument(str_cat("cannot stat '", path, "': ", std::strerror(errno)));
-    }
-    if (!S_ISREG(st.st_mode)) {
-      ::close(fd_);
-      throw std::invalid_argument(str_cat("'", path, "' is not a regular file, expected a safetensors file"));
-    }
-    size_ = static_cast<size_t>(st.st_size);
-    if (size_ > 0) {
-      void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd_, 0);
-      if (p == MAP_FAILED) {
-        ::close(fd_);
-        throw std::invalid_argument(str_cat("cannot map '", path, "': ", std::strerror(errno)));
-      }
-      data_ = static_cast<const char*>(p);
-    }
-  }
-  ~MappedFile() {
-    if (data_ != nullptr) ::munmap(const_cast<char*>(data_), size_);
-    if (fd_ >= 0) ::close(fd_);
-  }
-  MappedFile(const MappedFile&) = delete;
-  MappedFile& operator=(const MappedFile&) = delete;
-  const char* data() const { return data_; }
-  size_t size() const { return size_; }
-
- private:
-  int fd_ = -1;
-  const char* data_ = nullptr;
-  size_t size_ = 0;
-};
-
 }  // namespace
 
 SafetensorsContents parse_safetensors(const std::string& bytes, const std::string& source) {
@@ -227,12 +187,12 @@ SafetensorsContents parse_safetensors(const std::string& bytes, const std::strin
 }
 
 SafetensorsHeader read_safetensors_header(const std::string& path) {
-  MappedFile file(path);
+  MappedFile file(path, "a safetensors file");
   return parse_safetensors_header(file.data(), file.size(), file.size(), path);
 }
 
 SafetensorsContents read_safetensors(const std::string& path) {
-  MappedFile file(path);
+  MappedFile file(path, "a safetensors file");
   SafetensorsHeader header = parse_safetensors_header(file.data(), file.size(), file.size(), path);
   return {tensors_from_buffer(header, file.data()), header.metadata};
 }

@@ -10,6 +10,7 @@
 // of G, picks whole replicas) and the down projections are scaled by G, which
 // keeps the dense function exactly too.
 #include <cstdint>
+#include <map>
 
 #include "moekit/scale/grow.h"
 
@@ -29,5 +30,18 @@ struct UpcycleOptions {
 
 // Throws std::invalid_argument when the model is already MoE or an option does not fit it.
 LmWeights upcycle_lm(const LmWeights& dense, const UpcycleOptions& options);
+
+// The pieces upcycle_lm is made of, for writers that go tensor by tensor
+// (scale/hf_upcycle.h):
+// the MoE model's config (`dense` with the options' MoE section), every
+// option checked against the dense model;
+LmConfig upcycled_config(const LmConfig& dense, const UpcycleOptions& options);
+// expert e's copy of a dense FFN matrix, [F, D] (w1, w3) or [D, F] (w2,
+// `down`): slice e mod G of the hidden width, the down projection times G;
+torch::Tensor upcycled_expert(const torch::Tensor& dense, bool down, int64_t expert, int64_t granularity);
+// the router of every MoE layer of `moe` (layer -> [E, D] float32), drawn
+// from N(0, router_std) with options.seed in layer order, one row per
+// replica repeated over its G slices.
+std::map<int64_t, torch::Tensor> upcycled_routers(const LmConfig& moe, const UpcycleOptions& options);
 
 }  // namespace moekit

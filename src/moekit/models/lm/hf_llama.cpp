@@ -7,6 +7,7 @@
 #include "moekit/core/check.h"
 #include "moekit/core/file_io.h"
 #include "moekit/core/model_dir.h"
+#include "moekit/core/safetensors_stream.h"
 #include "moekit/models/lm/hf_config.h"
 #include "moekit/models/lm/lm_model.h"
 
@@ -33,7 +34,60 @@ std::string hf_name(const std::string& name) {
 
 }  // namespace
 
-void export_hf_llama(const LmWeights& model, const std::string& dir) {
+torch::ScalarType parse_hf_dtype(const std::string& text) {
+  if (text == "bf16" || text == "bfloat16") return torch::kBFloat16;
+  if (text == "fp16" || text == "float16") return torch::kFloat16;
+  if (text == "fp32" || text == "float32") return torch::kFloat32;
+  throw std::invalid_argument(str_cat("dtype '", text, "' is not one of bf16, fp16, fp32"));
+}
+
+std::string hf_dtype_name(torch::ScalarType dtype) {
+  switch (dtype) {
+    case torch::kBFloat16: return "bfloat16";
+    case torch::kFloat16: return "float16";
+    case torch::kFloat32: return "float32";
+    case torch::kFloat64: return "float64";
+    default: throw std::invalid_argument(str_cat("dtype ", c10::toString(dtype), " is not a weight dtype"));
+  }
+}
+
+std::vector<std::pair<std::string, std::vector<int64_t>>> hf_tensor_shapes(const LmConfig& c) {
+  const int64_t D = c.d_model, q = c.n_heads * c.head_dim(), kv = c.kv_heads() * c.head_dim();
+  std::vector<std::pair<std::string, std::vector<int64_t>>> out = {{"model.embed_tokens.weight", {c.vocab_size, D}}};
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    out.push_back({p + "input_layernorm.weight", {D}});
+    out.push_back({p + "self_attn.q_proj.weight", {q, D}});
+    out.push_back({p + "self_attn.k_proj.weight", {kv, D}});
+    out.push_back({p + "self_attn.v_proj.weight", {kv, D}});
+    if (c.qkv_bias) {
+      out.push_back({p + "self_attn.q_proj.bias", {q}});
+      out.push_back({p + "self_attn.k_proj.bias", {kv}});
+      out.push_back({p + "self_attn.v_proj.bias", {kv}});
+    }
+    out.push_back({p + "self_attn.o_proj.weight", {D, q}});
+    out.push_back({p + "post_attention_layernorm.weight", {D}});
+    if (c.is_moe_layer(l)) {
+      const int64_t H = c.expert_hidden();
+      out.push_back({p + "block_sparse_moe.gate.weight", {c.moe.num_experts, D}});
+      for (int64_t e = 0; e < c.moe.num_experts; ++e) {
+        const std::string x = p + "block_sparse_moe.experts." + std::to_string(e) + ".";
+        out.push_back({x + "w1.weight", {H, D}});
+        out.push_back({x + "w2.weight", {D, H}});
+        out.push_back({x + "w3.weight", {H, D}});
+      }
+    } else {
+      out.push_back({p + "mlp.gate_proj.weight", {c.d_ffn, D}});
+      out.push_back({p + "mlp.up_proj.weight", {c.d_ffn, D}});
+      out.push_back({p + "mlp.down_proj.weight", {D, c.d_ffn}});
+    }
+  }
+  out.push_back({"model.norm.weight", {D}});
+  if (!c.tie_embeddings) out.push_back({"lm_head.weight", {c.vocab_size, D}});
+  return out;
+}
+
+void export_hf_llama(const LmWeights& model, const std::string& dir, const HfWriteOptions& options) {
   const LmConfig& c = model.config;
   const bool moe = c.moe.enabled();
   MOEKIT_CHECK_ARG(!moe || c.all_layers_moe(), "export hf: Mixtral has MoE in every layer; this model has MoE from layer ",
@@ -56,7 +110,7 @@ void export_hf_llama(const LmWeights& model, const std::string& dir) {
   j["rope_scaling"] = nullptr;
   j["tie_word_embeddings"] = c.tie_embeddings;
   j["initializer_range"] = c.init_std;
-  j["torch_dtype"] = "float32";
+  j["torch_dtype"] = hf_dtype_name(options.dtype.value_or(torch::kFloat32));
   if (!c.qkv_bias) {
     j["attention_bias"] = false;
     j["mlp_bias"] = false;
@@ -75,14 +129,19 @@ void export_hf_llama(const LmWeights& model, const std::string& dir) {
     if (std::regex_match(name, m, experts)) {
       for (int64_t e = 0; e < t.size(0); ++e)
         out["model.layers." + m[1].str() + ".block_sparse_moe.experts." + std::to_string(e) + "." + m[2].str() +
-            ".weight"] = t[e].contiguous();
+            ".weight"] = t[e];
       continue;
     }
     out[hf_name(name)] = t;
   }
+  std::vector<PlannedTensor> plan;
+  for (const auto& [name, t] : out) {
+    const torch::ScalarType dtype = options.dtype.value_or(t.scalar_type());
+    plan.push_back({name, dtype, t.sizes().vec(), [t = t] { return t; }, nullptr});
+  }
   make_dirs(dir);
   write_file_atomic(dir + "/config.json", j.dump(2) + "\n");
-  write_safetensors(dir + "/model.safetensors", out, {{"format", "pt"}});
+  write_sharded_safetensors(dir, plan, options.max_shard_bytes);
 }
 
 LmWeights import_hf_llama(const std::string& dir) {
