@@ -3,10 +3,6 @@
 // into a Mixtral one that equals upcycling the imported model, in its own
 // dtype, with bounded peak memory on a checkpoint of a few GB.
 #include <gtest/gtest.h>
-#include <fcntl.h>
-#include <sys/resource.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <nlohmann/json.hpp>
 
@@ -18,7 +14,8 @@
 #include "moekit/core/model_dir.h"
 #include "moekit/core/safetensors_stream.h"
 #include "moekit/models/lm/hf_llama.h"
-#include "moekit/scale/hf_upcycle.h"
+#include "moekit/scale/grow.h"
+#include "moekit/scale/hf_scale.h"
 
 using namespace moekit;
 using json = nlohmann::json;
@@ -48,34 +45,11 @@ std::map<std::string, std::string> weight_map(const std::string& dir) {
   return out;
 }
 
-// Runs the CLI as a child process: exit code, output, peak RSS in bytes.
-struct MeasuredRun {
-  int exit_code = -1;
-  std::string output;
-  int64_t peak_rss = 0;
-};
-
-MeasuredRun run_measured(const std::vector<std::string>& args, const std::string& log) {
-  std::vector<char*> argv{const_cast<char*>(MOEKIT_CLI_PATH)};
-  for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-  argv.push_back(nullptr);
-  const pid_t pid = ::fork();
-  if (pid == 0) {
-    const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    ::dup2(fd, 1);
-    ::dup2(fd, 2);
-    ::execv(argv[0], argv.data());
-    ::_exit(127);
-  }
-  MeasuredRun run;
-  int status = 0;
-  struct rusage usage {};
-  if (pid > 0 && ::wait4(pid, &status, 0, &usage) == pid) {
-    run.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    run.peak_rss = static_cast<int64_t>(usage.ru_maxrss) * 1024;
-  }
-  run.output = read_file(log);
-  return run;
+// The "<number> MB" after `label` in a command's output (-1 if absent).
+int64_t megabytes_after(const std::string& output, const std::string& label) {
+  const size_t at = output.find(label);
+  if (at == std::string::npos) return -1;
+  return std::stoll(output.substr(at + label.size()));
 }
 
 }  // namespace
@@ -198,7 +172,7 @@ TEST(HfUpcycle, EqualsUpcyclingTheImportedModel) {
       make_dirs(out);
       HfWriteOptions w;
       w.max_shard_bytes = 20000;
-      const HfUpcycleReport r = upcycle_hf_dir(in, out, o, w);
+      const HfScaleReport r = upcycle_hf_dir(in, out, o, w);
       EXPECT_GT(r.files.size(), 1u);
       const json config = json::parse(read_file(out + "/config.json"));
       EXPECT_EQ(config["model_type"], "mixtral");
@@ -233,6 +207,67 @@ TEST(HfUpcycle, EqualsUpcyclingTheImportedModel) {
       EXPECT_EQ(json::parse(read_file(f32 + "/config.json"))["torch_dtype"], "float32");
     }
   }
+}
+
+TEST(HfGrow, EqualsGrowingTheImportedModel) {
+  const std::string dir = temp_dir("hf_grow");
+  int variant = 0;
+  for (const torch::ScalarType dtype : {torch::kFloat, torch::kBFloat16}) {
+    for (const bool qwen2 : {false, true}) {
+      for (const std::string width : {"fpi", "aki"}) {
+        for (const std::string depth : {"stack", "interpolate"}) {
+          const std::string tag = std::to_string(variant++);
+          LmConfig c = tiny_lm_config();
+          c.qkv_bias = qwen2;
+          c.tie_embeddings = variant % 3 == 0;
+          torch::manual_seed(50 + variant);
+          LmModel model(c);
+          HfWriteOptions w;
+          w.dtype = dtype;
+          w.max_shard_bytes = 9000;
+          const std::string in = dir + "/in" + tag;
+          export_hf_llama(weights_of(model), in, w);
+          GrowOptions o;
+          o.d_model = 2 * c.d_model;
+          o.d_ffn = 3 * c.d_ffn / 2;
+          o.n_layers = 5;
+          o.width = parse_width_growth(width);
+          o.depth = parse_depth_growth(depth);
+          const std::string out = dir + "/out" + tag;
+          make_dirs(out);
+          const HfScaleReport r = grow_hf_dir(in, out, o, HfWriteOptions{std::nullopt, 20000});
+          EXPECT_GT(r.files.size(), 1u);
+          const json config = json::parse(read_file(out + "/config.json"));
+          EXPECT_EQ(config["model_type"], qwen2 ? "qwen2" : "llama");
+          EXPECT_EQ(config["hidden_size"], 2 * c.d_model);
+          EXPECT_EQ(config["num_hidden_layers"], 5);
+          const LmWeights expected = grow_lm(import_hf_llama(in), o);
+          const LmWeights got = import_hf_llama(out);
+          EXPECT_EQ(got.config.to_string(), expected.config.to_string()) << tag;
+          ASSERT_EQ(got.weights.size(), expected.weights.size()) << tag;
+          for (const auto& [name, t] : expected.weights) {
+            ASSERT_TRUE(got.weights.count(name)) << tag << " " << name;
+            EXPECT_EQ(got.weights.at(name).scalar_type(), dtype) << tag << " " << name;
+            EXPECT_TRUE(torch::equal(got.weights.at(name), t)) << tag << " " << name;
+          }
+        }
+      }
+    }
+  }
+  // What grow refuses on a MoEKit model it refuses here, by the same words.
+  LmConfig m = tiny_lm_config(true);
+  m.qkv_bias = false;
+  LmModel mixtral(m);
+  export_hf_llama(weights_of(mixtral), dir + "/mixtral");
+  make_dirs(dir + "/bad");
+  GrowOptions bigger;
+  bigger.n_layers = 6;
+  EXPECT_NE(error_of([&] { grow_hf_dir(dir + "/mixtral", dir + "/bad", bigger); }).find("grow the dense model first"),
+            std::string::npos);
+  GrowOptions smaller;
+  smaller.n_layers = 1;
+  EXPECT_NE(error_of([&] { grow_hf_dir(dir + "/in0", dir + "/bad", smaller); }).find("n_layers 1 is smaller"),
+            std::string::npos);
 }
 
 TEST(HfUpcycle, BadCheckpointsAreNamed) {
@@ -327,6 +362,11 @@ TEST(HfUpcycle, CliWritesMixtralAndNothingOnFailure) {
   EXPECT_NE(run.output.find("Hugging Face Mixtral: 4 experts, top-2"), std::string::npos) << run.output;
   EXPECT_TRUE(path_exists(dir + "/out/model.safetensors.index.json"));
   EXPECT_TRUE(path_exists(dir + "/out/generation_config.json"));
+  run = run_cli("grow " + in + " " + dir + "/grown --d-model 64 --n-layers 4 --width aki --depth interpolate --dtype fp32");
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  EXPECT_NE(run.output.find("Hugging Face layout; aki + interpolate"), std::string::npos) << run.output;
+  EXPECT_EQ(json::parse(read_file(dir + "/grown/config.json"))["torch_dtype"], "float32");
+  EXPECT_EQ(import_hf_llama(dir + "/grown").config.n_layers, 4);
   run = run_cli("import hf " + dir + "/out " + dir + "/imported");
   EXPECT_EQ(run.exit_code, 0) << run.output;
   run = run_cli("export hf " + dir + "/imported " + dir + "/exported --dtype bf16 --shard-size 30KB");
@@ -355,8 +395,9 @@ TEST(HfUpcycle, CliWritesMixtralAndNothingOnFailure) {
 
 // A LLaMA-shaped bf16 checkpoint of 1.6 GB (d_model 2048, 24 layers, GQA,
 // vocabulary 32000) upcycled to 8 experts (7.4 GB written in 2 GB shards)
-// by the CLI, its peak resident memory measured by the kernel (wait4).
-TEST(HfUpcycle, AFewGigabyteCheckpointUpcyclesInBoundedMemory) {
+// and grown to 32 wider layers by the CLI, the peak resident memory of each
+// measured by the kernel (wait4).
+TEST(HfUpcycle, AFewGigabyteCheckpointGrowsAndUpcyclesInBoundedMemory) {
   const std::string dir = temp_dir("hf_up_big");
   LmConfig c;
   c.vocab_size = 32000;
@@ -388,14 +429,15 @@ TEST(HfUpcycle, AFewGigabyteCheckpointUpcyclesInBoundedMemory) {
   }
   uint64_t in_bytes = 0;
   for (const auto& entry : std::filesystem::directory_iterator(in)) in_bytes += entry.file_size();
-  const MeasuredRun run = run_measured(
-      {"--threads", "1", "upcycle", in, dir + "/out", "--experts", "8", "--top-k", "2", "--shard-size", "2GB"},
-      dir + "/log.txt");
+  // Each command reports its own peak resident memory (VmHWM, which starts
+  // afresh at exec: the test process's memory is not in it).
+  const CliRun run = run_cli("--threads 1 upcycle " + in + " " + dir + "/out --experts 8 --top-k 2 --shard-size 2GB");
   ASSERT_EQ(run.exit_code, 0) << run.output;
+  const int64_t peak = megabytes_after(run.output, "peak memory ");
   uint64_t out_bytes = 0;
   for (const auto& entry : std::filesystem::directory_iterator(dir + "/out")) out_bytes += entry.file_size();
   std::cout << "upcycle of a " << in_bytes / 1e9 << " GB bf16 checkpoint to 8 experts: " << out_bytes / 1e9
-            << " GB written, peak RSS " << run.peak_rss / 1e6 << " MB\n";
+            << " GB written, peak memory " << peak << " MB\n";
   const json index = json::parse(read_file(dir + "/out/model.safetensors.index.json"));
   const uint64_t expected_total = [&] {
     uint64_t n = 0;
@@ -425,7 +467,29 @@ TEST(HfUpcycle, AFewGigabyteCheckpointUpcyclesInBoundedMemory) {
     const MappedSafetensors b(dir + "/out/" + index["weight_map"][expert].get<std::string>());
     EXPECT_TRUE(torch::equal(a.view(source), b.view(expert)));
   }
-  // The bound: a quarter of the input, a sixteenth of what was written.
-  EXPECT_LT(run.peak_rss, static_cast<int64_t>(in_bytes / 4)) << run.peak_rss;
+  // The bound: the process itself (LibTorch loaded) and three of the
+  // largest tensor (the 131 MB embedding: its source pages, a copy, a
+  // product), here a third of the input and a twentieth of the output.
+  const CliRun bare = run_cli("--threads 1 info --system");
+  const int64_t base = megabytes_after(bare.output, "memory: ");
+  ASSERT_GT(base, 0) << bare.output;
+  const int64_t largest = 2 * c.vocab_size * c.d_model / 1000000;
+  const int64_t bound = base + 3 * largest;
+  std::cout << "bound: the bare process " << base << " MB + 3 x the largest tensor (" << largest << " MB) = " << bound
+            << " MB\n";
+  EXPECT_GT(peak, 0) << run.output;
+  EXPECT_LT(peak, bound);
+  remove_path(dir + "/out");
+  // Scale-Up of the same checkpoint (AKI-Pro: wider FFN, 32 layers), in the same bound.
+  const CliRun grow = run_cli("--threads 1 grow " + in + " " + dir +
+                              "/grown --d-ffn 4224 --n-layers 32 --width aki --depth interpolate");
+  ASSERT_EQ(grow.exit_code, 0) << grow.output;
+  const int64_t grow_peak = megabytes_after(grow.output, "peak memory ");
+  uint64_t grown_bytes = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(dir + "/grown")) grown_bytes += entry.file_size();
+  std::cout << "grow of the same checkpoint to 32 layers, FFN 4224 (aki + interpolate): " << grown_bytes / 1e9
+            << " GB written, peak memory " << grow_peak << " MB\n";
+  EXPECT_GT(grow_peak, 0) << grow.output;
+  EXPECT_LT(grow_peak, bound);
   remove_path(dir);
 }

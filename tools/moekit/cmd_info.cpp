@@ -9,6 +9,7 @@
 
 #include "commands.h"
 #include "moekit/core/check.h"
+#include "moekit/core/process_memory.h"
 #include "moekit/core/runtime.h"
 #include "moekit/core/version.h"
 #include "moekit/kernels/int8_kernel.h"
@@ -55,6 +56,7 @@ json system_info() {
                              {"rows", detail::small_rows_variants().front().first},
                              {"int8", detail::int8_panel_variants().front().first}};
   j["gemm_probe"] = {{"shape", "512x512x512 fp32"}, {"gflops", gemm_gflops(512, 0.3)}};
+  j["peak_resident_bytes"] = peak_resident_bytes();
   return j;
 }
 
@@ -85,6 +87,9 @@ void print_system(const json& j) {
             << (int8 == "generic" ? " (no AVX2 on this CPU: int8 experts run slower than float32 here)" : "");
   std::cout << "\nGEMM probe: " << std::fixed << std::setprecision(1) << j["gemm_probe"]["gflops"].get<double>()
             << " GFLOP/s (512x512x512 fp32)\n";
+  if (j["peak_resident_bytes"].get<int64_t>() >= 0)
+    std::cout << "memory: " << j["peak_resident_bytes"].get<int64_t>() / 1000000
+              << " MB resident at peak (this process, LibTorch loaded)\n";
   if (j["blas"]["reference_blas"].get<bool>()) {
     std::cout << "warning: the slow reference BLAS is active; install libopenblas0-pthread "
                  "(scripts/setup-deps.sh) for ~20x faster matrix products\n";

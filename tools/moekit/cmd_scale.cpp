@@ -1,5 +1,7 @@
 // Scale-Up, Scale-Out and the Hugging Face layout:
 //   moekit grow <in_dir> <out_dir> --d-model 1024 --d-ffn 2752 --n-layers 16 --width aki --depth interpolate
+//     (in_dir a MoEKit LM, or a Hugging Face LLaMA / Mistral / Qwen2 directory,
+//      grown into one of the same kind tensor by tensor: [--dtype bf16 --shard-size 5GB])
 //   moekit upcycle <in_dir> <out_dir> --experts 8 --top-k 2 [--granularity G]
 //     (in_dir a MoEKit LM, or a Hugging Face LLaMA / Mistral directory, which
 //      becomes a Mixtral directory tensor by tensor: [--dtype bf16 --shard-size 5GB])
@@ -13,10 +15,11 @@
 #include "commands.h"
 #include "moekit/core/check.h"
 #include "moekit/core/file_io.h"
+#include "moekit/core/process_memory.h"
 #include "moekit/core/safetensors_stream.h"
 #include "moekit/models/lm/hf_llama.h"
 #include "moekit/scale/grow.h"
-#include "moekit/scale/hf_upcycle.h"
+#include "moekit/scale/hf_scale.h"
 #include "moekit/scale/upcycle.h"
 
 namespace moekit::cli {
@@ -60,6 +63,13 @@ void add_hf_write_flags(CLI::App& cmd, HfWriteFlags& flags) {
       ->capture_default_str();
 }
 
+// A MoEKit input writes a MoEKit model directory: the Hugging Face output flags do not apply.
+void refuse_hf_write_flags(const CLI::App& cmd, const std::string& in_dir) {
+  MOEKIT_CHECK_ARG(cmd.count("--dtype") == 0 && cmd.count("--shard-size") == 0,
+                   "--dtype and --shard-size apply to a Hugging Face input directory; ", in_dir,
+                   " is a MoEKit model directory (export hf writes Hugging Face files)");
+}
+
 std::string gigabytes(uint64_t bytes) {
   std::ostringstream s;
   s << std::fixed << std::setprecision(2) << bytes / 1e9 << " GB";
@@ -78,8 +88,10 @@ void add_scale_commands(CLI::App& app, const GlobalOptions& global) {
   };
   auto o = std::make_shared<Options>();
   CLI::App* grow = app.add_subcommand("grow", "Scale-Up: grow a dense LM wider (fpi | aki) and deeper (stack | interpolate)");
-  grow->add_option("in_dir", o->in_dir, "Trained dense LM model directory")->required()->check(CLI::ExistingDirectory);
-  grow->add_option("out_dir", o->out_dir, "Grown model directory")->required();
+  grow->add_option("in_dir", o->in_dir, "Trained dense LM: a MoEKit model directory, or a Hugging Face LLaMA / Mistral / Qwen2 directory")
+      ->required()
+      ->check(CLI::ExistingDirectory);
+  grow->add_option("out_dir", o->out_dir, "Grown model directory (Hugging Face layout for a Hugging Face input)")->required();
   grow->add_option("--d-model", o->grow.d_model, "New width (0 = keep)")->capture_default_str();
   grow->add_option("--n-heads", o->grow.n_heads, "New query heads (0 = d_model / head_dim)")->capture_default_str();
   grow->add_option("--d-ffn", o->grow.d_ffn, "New FFN hidden width (0 = keep)")->capture_default_str();
@@ -88,11 +100,25 @@ void add_scale_commands(CLI::App& app, const GlobalOptions& global) {
       ->capture_default_str();
   grow->add_option("--depth", o->depth, "stack (layer i <- i mod L) | interpolate (layer i <- floor(i L / L_new))")
       ->capture_default_str();
+  add_hf_write_flags(*grow, o->hf);
   add_force_flag(*grow, o->force);
-  grow->callback([o, &global] {
+  grow->callback([o, &global, grow] {
     apply_runtime(global);
     o->grow.width = parse_width_growth(o->width);
     o->grow.depth = parse_depth_growth(o->depth);
+    if (is_hf_model_dir(o->in_dir)) {
+      const HfWriteOptions write = o->hf.options();
+      OutputDir out(o->out_dir, o->force, {o->in_dir});
+      const HfScaleReport r = grow_hf_dir(o->in_dir, out.path(), o->grow, write);
+      copy_tokenizer(o->in_dir, out.path());
+      out.commit();
+      std::cout << "grew " << o->in_dir << " -> " << o->out_dir << " (Hugging Face layout; " << o->width << " + "
+                << o->depth << "; " << r.config.to_string() << "; " << r.tensors << " tensors, " << gigabytes(r.bytes)
+                << " in " << r.files.size() << (r.files.size() == 1 ? " file" : " files") << "; peak memory "
+                << peak_resident_bytes() / 1000000 << " MB)\n";
+      return;
+    }
+    refuse_hf_write_flags(*grow, o->in_dir);
     OutputDir out(o->out_dir, o->force, {o->in_dir});
     const LmWeights grown = grow_lm(read_lm_dir(o->in_dir), o->grow);
     save_lm_dir(grown, out.path());
@@ -123,18 +149,17 @@ void add_scale_commands(CLI::App& app, const GlobalOptions& global) {
     if (is_hf_model_dir(o->in_dir)) {
       const HfWriteOptions write = o->hf.options();
       OutputDir out(o->out_dir, o->force, {o->in_dir});
-      const HfUpcycleReport r = upcycle_hf_dir(o->in_dir, out.path(), o->upcycle, write);
+      const HfScaleReport r = upcycle_hf_dir(o->in_dir, out.path(), o->upcycle, write);
       copy_tokenizer(o->in_dir, out.path());
       out.commit();
       std::cout << "upcycled " << o->in_dir << " -> " << o->out_dir << " (Hugging Face Mixtral: "
                 << r.config.moe.num_experts << " experts, top-" << r.config.moe.top_k << ", granularity "
                 << o->upcycle.granularity << "; " << r.tensors << " tensors, " << gigabytes(r.bytes) << " in "
-                << r.files.size() << (r.files.size() == 1 ? " file" : " files") << ")\n";
+                << r.files.size() << (r.files.size() == 1 ? " file" : " files") << "; peak memory "
+                << peak_resident_bytes() / 1000000 << " MB)\n";
       return;
     }
-    MOEKIT_CHECK_ARG(up->count("--dtype") == 0 && up->count("--shard-size") == 0,
-                     "--dtype and --shard-size apply to a Hugging Face input directory; ", o->in_dir,
-                     " is a MoEKit model directory (export hf writes Hugging Face files)");
+    refuse_hf_write_flags(*up, o->in_dir);
     OutputDir out(o->out_dir, o->force, {o->in_dir});
     const LmWeights moe = upcycle_lm(read_lm_dir(o->in_dir), o->upcycle);
     save_lm_dir(moe, out.path());

@@ -1,5 +1,7 @@
 #include "moekit/core/safetensors_stream.h"
 
+#include <malloc.h>
+
 #include <nlohmann/json.hpp>
 
 #include <cctype>
@@ -8,6 +10,7 @@
 #include <set>
 
 #include "moekit/core/check.h"
+#include "moekit/core/cpu_allocator.h"
 #include "moekit/core/file_io.h"
 #include "moekit/core/mapped_file.h"
 
@@ -93,6 +96,12 @@ void write_shard(const std::string& path, const std::vector<const PlannedTensor*
       file.write(std::string_view(static_cast<const char*>(value.data_ptr()), value.numel() * value.element_size()));
     value = torch::Tensor();
     if (t->written) t->written();
+    // The caching allocator (cpu_allocator.h) would keep the blocks of every
+    // tensor size met so far, and glibc the freed heap pages of those it
+    // serves (its mmap threshold rises to the largest block freed): a
+    // checkpoint larger than memory keeps neither.
+    empty_cpu_cache();
+    ::malloc_trim(0);
   }
   file.commit();
 }

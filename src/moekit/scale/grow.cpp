@@ -64,19 +64,41 @@ torch::Tensor expand_out(const torch::Tensor& w, const torch::Tensor* next, int6
 torch::Tensor split_in(const torch::Tensor& w, int64_t dim, const UnitMap& map) {
   std::vector<int64_t> shape(static_cast<size_t>(w.dim()), 1);
   shape[static_cast<size_t>(dim)] = map.new_size;
-  return w.index_select(dim, map.index) * map.scale.to(w.scalar_type()).view(shape);
+  return w.index_select(dim, map.index).mul_(map.scale.to(w.scalar_type()).view(shape));
 }
 
-const torch::Tensor& get(const TensorMap& weights, const std::string& name) {
-  auto it = weights.find(name);
-  MOEKIT_CHECK_ARG(it != weights.end(), "grow: the model has no tensor '", name, "'");
-  return it->second;
+// How a layer tensor grows: the unit maps of its rows (out) and columns (in),
+// each null when that side keeps its size.
+struct LayerRule {
+  const char* suffix;
+  int out;  // 0 none, 1 width, 2 heads, 3 ffn
+  int in;
+};
+
+constexpr LayerRule kLayerRules[] = {
+    {"input_layernorm.weight", 1, 0},  {"post_attention_layernorm.weight", 1, 0}, {"self_attn.q_proj.weight", 2, 1},
+    {"self_attn.k_proj.weight", 0, 1}, {"self_attn.v_proj.weight", 0, 1},          {"self_attn.o_proj.weight", 1, 2},
+    {"self_attn.q_proj.bias", 2, 0},   {"self_attn.k_proj.bias", 0, 0},            {"self_attn.v_proj.bias", 0, 0},
+    {"mlp.w1.weight", 3, 1},           {"mlp.w3.weight", 3, 1},                    {"mlp.w2.weight", 1, 3},
+};
+
+// "layers.<i>.<suffix>" -> (i, suffix); (-1, name) for other names.
+std::pair<int64_t, std::string> split_layer(const std::string& name) {
+  if (name.rfind("layers.", 0) != 0) return {-1, name};
+  const size_t dot = name.find('.', 7);
+  MOEKIT_CHECK_ARG(dot != std::string::npos && dot > 7 && name.find_first_not_of("0123456789", 7) == dot,
+                   "grow: '", name, "' is not a layer tensor name");
+  return {std::stoll(name.substr(7, dot - 7)), name.substr(dot + 1)};
 }
 
 }  // namespace
 
-LmWeights grow_lm(const LmWeights& model, const GrowOptions& o) {
-  const LmConfig& old = model.config;
+struct GrowPlan::Maps {
+  UnitMap width, heads, ffn;
+  const UnitMap* of(int which) const { return which == 1 ? &width : which == 2 ? &heads : which == 3 ? &ffn : nullptr; }
+};
+
+GrowPlan::GrowPlan(const LmConfig& old, const GrowOptions& o) : old_(old), options_(o) {
   MOEKIT_CHECK_ARG(!old.moe.enabled(), "grow: the model has MoE layers (moe.num_experts=", old.moe.num_experts,
                    "); grow the dense model first (Scale-Up), then upcycle it (Scale-Out)");
   LmConfig c = old;
@@ -96,61 +118,78 @@ LmWeights grow_lm(const LmWeights& model, const GrowOptions& o) {
   MOEKIT_CHECK_ARG(c.n_heads % c.kv_heads() == 0, "grow: n_heads ", c.n_heads, " is not divisible by the ",
                    c.kv_heads(), " KV groups (heads grow inside each group; the group count is kept)");
   c.validate();
+  config_ = c;
+  maps_ = std::make_unique<Maps>(Maps{cyclic_map(old.d_model, c.d_model),
+                                      head_map(old.kv_heads(), old.n_heads, c.n_heads, old.head_dim()),
+                                      cyclic_map(old.d_ffn, c.d_ffn)});
+}
 
-  const int64_t hd = old.head_dim();
-  const UnitMap width = cyclic_map(old.d_model, c.d_model);
-  const UnitMap heads = head_map(old.kv_heads(), old.n_heads, c.n_heads, hd);
-  const UnitMap ffn = cyclic_map(old.d_ffn, c.d_ffn);
-  const bool aki = o.width == WidthGrowth::Aki;
+GrowPlan::~GrowPlan() = default;
 
-  TensorMap wide;
-  wide["embed_tokens.weight"] = expand_out(get(model.weights, "embed_tokens.weight"), nullptr, 1, width);
-  torch::Tensor final_norm = expand_out(get(model.weights, "norm.weight"), nullptr, 0, width);
-  if (old.tie_embeddings) {
-    // lm_head is embed_tokens (copied, not divided): the final norm, read only by it, takes the division.
-    final_norm = final_norm * width.scale;
-  } else {
-    wide["lm_head.weight"] = split_in(get(model.weights, "lm_head.weight"), 1, width);
+std::vector<std::string> GrowPlan::sources(const std::string& name) const {
+  const auto [layer, suffix] = split_layer(name);
+  if (layer < 0) {
+    MOEKIT_CHECK_ARG(name == "embed_tokens.weight" || name == "norm.weight" || (name == "lm_head.weight" && !old_.tie_embeddings),
+                     "grow: the grown model has no tensor '", name, "'");
+    return {name};
   }
-  wide["norm.weight"] = final_norm;
-  for (int64_t l = 0; l < old.n_layers; ++l) {
-    const std::string prefix = "layers." + std::to_string(l) + ".";
-    const std::string next_prefix = "layers." + std::to_string(aki ? std::min(l + 1, old.n_layers - 1) : l) + ".";
-    auto out_in = [&](const std::string& name, const UnitMap* out, const UnitMap* in) {
-      const torch::Tensor w = get(model.weights, prefix + name);
-      const torch::Tensor next = get(model.weights, next_prefix + name);
-      torch::Tensor grown = out ? expand_out(w, aki ? &next : nullptr, 0, *out) : w.clone();
-      if (in) grown = split_in(grown, 1, *in);
-      wide[prefix + name] = grown;
-    };
-    out_in("input_layernorm.weight", &width, nullptr);
-    out_in("post_attention_layernorm.weight", &width, nullptr);
-    out_in("self_attn.q_proj.weight", &heads, &width);
-    out_in("self_attn.k_proj.weight", nullptr, &width);
-    out_in("self_attn.v_proj.weight", nullptr, &width);
-    out_in("self_attn.o_proj.weight", &width, &heads);
-    if (old.qkv_bias) {
-      out_in("self_attn.q_proj.bias", &heads, nullptr);
-      out_in("self_attn.k_proj.bias", nullptr, nullptr);
-      out_in("self_attn.v_proj.bias", nullptr, nullptr);
-    }
-    out_in("mlp.w1.weight", &ffn, &width);
-    out_in("mlp.w3.weight", &ffn, &width);
-    out_in("mlp.w2.weight", &width, &ffn);
+  MOEKIT_CHECK_ARG(layer < config_.n_layers, "grow: the grown model has ", config_.n_layers, " layers; '", name,
+                   "' is beyond them");
+  // Depth: every new block copies one old block (after width growth).
+  const int64_t source = options_.depth == DepthGrowth::Stack ? layer % old_.n_layers
+                                                               : layer * old_.n_layers / config_.n_layers;
+  std::vector<std::string> out = {"layers." + std::to_string(source) + "." + suffix};
+  // AKI: the rows of new output units come from the next block (the last from itself).
+  if (options_.width == WidthGrowth::Aki)
+    out.push_back("layers." + std::to_string(std::min(source + 1, old_.n_layers - 1)) + "." + suffix);
+  return out;
+}
+
+torch::Tensor GrowPlan::make(const std::string& name, const std::vector<torch::Tensor>& sources) const {
+  MOEKIT_CHECK_ARG(!sources.empty(), "grow: no source tensor for '", name, "'");
+  const Maps& m = *maps_;
+  const torch::Tensor& w = sources[0];
+  if (name == "embed_tokens.weight") return expand_out(w, nullptr, 1, m.width);
+  if (name == "lm_head.weight") return split_in(w, 1, m.width);
+  if (name == "norm.weight") {
+    const torch::Tensor norm = expand_out(w, nullptr, 0, m.width);
+    // Tied: lm_head is embed_tokens (copied, not divided), so the final
+    // norm, read only by it, takes the division.
+    return old_.tie_embeddings ? norm * m.width.scale.to(norm.scalar_type()) : norm;
   }
-  // Depth: every new block copies one old block.
+  const std::string suffix = split_layer(name).second;
+  for (const LayerRule& rule : kLayerRules) {
+    if (suffix != rule.suffix) continue;
+    const UnitMap* out = m.of(rule.out);
+    const UnitMap* in = m.of(rule.in);
+    const torch::Tensor* next = sources.size() > 1 ? &sources[1] : nullptr;
+    torch::Tensor grown = out ? expand_out(w, next, 0, *out) : w.clone();
+    return in ? split_in(grown, 1, *in) : grown;
+  }
+  throw std::invalid_argument(str_cat("grow: the grown model has no tensor '", name, "'"));
+}
+
+LmWeights grow_lm(const LmWeights& model, const GrowOptions& o) {
+  const GrowPlan plan(model.config, o);
+  auto get = [&](const std::string& name) -> const torch::Tensor& {
+    auto it = model.weights.find(name);
+    MOEKIT_CHECK_ARG(it != model.weights.end(), "grow: the model has no tensor '", name, "'");
+    return it->second;
+  };
+  // The grown model's names: the old model's, its layer-0 tensors repeated for every new layer.
+  std::vector<std::string> names;
+  for (const auto& [name, t] : model.weights) {
+    const auto [layer, suffix] = split_layer(name);
+    if (layer < 0) names.push_back(name);
+    if (layer != 0) continue;
+    for (int64_t i = 0; i < plan.config().n_layers; ++i) names.push_back("layers." + std::to_string(i) + "." + suffix);
+  }
   LmWeights out;
-  out.config = c;
-  for (auto& [name, t] : wide) {
-    if (name.rfind("layers.", 0) != 0) out.weights[name] = t;
-  }
-  for (int64_t i = 0; i < c.n_layers; ++i) {
-    const int64_t source =
-        o.depth == DepthGrowth::Stack ? i % old.n_layers : i * old.n_layers / c.n_layers;
-    const std::string from = "layers." + std::to_string(source) + ".";
-    const std::string to = "layers." + std::to_string(i) + ".";
-    for (const auto& [name, t] : wide)
-      if (name.rfind(from, 0) == 0) out.weights[to + name.substr(from.size())] = t.clone();
+  out.config = plan.config();
+  for (const std::string& name : names) {
+    std::vector<torch::Tensor> sources;
+    for (const std::string& s : plan.sources(name)) sources.push_back(get(s));
+    out.weights[name] = plan.make(name, sources);
   }
   return out;
 }

@@ -14,7 +14,9 @@
 //   stack        new block i = old block i mod L
 //   interpolate  new block i = old block floor(i * L / L_new)
 // AKI-Pro (AquilaMoE) = aki + interpolate.
+#include <memory>
 #include <string>
+#include <vector>
 
 #include "moekit/models/lm/lm_model.h"
 
@@ -37,5 +39,28 @@ struct GrowOptions {
 // Grows a dense model. Throws std::invalid_argument naming the field when the
 // target is smaller, changes head_dim or the KV group count, or the model is MoE.
 LmWeights grow_lm(const LmWeights& model, const GrowOptions& options);
+
+// grow_lm one tensor at a time, for writers that go tensor by tensor
+// (scale/hf_scale.h). Tensor names are MoEKit's ("layers.3.mlp.w1.weight").
+class GrowPlan {
+ public:
+  // Checks the options against `old` as grow_lm does.
+  GrowPlan(const LmConfig& old, const GrowOptions& options);
+  ~GrowPlan();
+  GrowPlan(const GrowPlan&) = delete;
+  GrowPlan& operator=(const GrowPlan&) = delete;
+
+  const LmConfig& config() const { return config_; }  // the grown model's
+  // The old tensors the grown tensor `name` is made from,
+  std::vector<std::string> sources(const std::string& name) const;
+  // and the tensor, given them in that order.
+  torch::Tensor make(const std::string& name, const std::vector<torch::Tensor>& sources) const;
+
+ private:
+  struct Maps;
+  LmConfig old_, config_;
+  GrowOptions options_;
+  std::unique_ptr<Maps> maps_;
+};
 
 }  // namespace moekit

@@ -32,7 +32,7 @@ struct UpcycleOptions {
 LmWeights upcycle_lm(const LmWeights& dense, const UpcycleOptions& options);
 
 // The pieces upcycle_lm is made of, for writers that go tensor by tensor
-// (scale/hf_upcycle.h):
+// (scale/hf_scale.h):
 // the MoE model's config (`dense` with the options' MoE section), every
 // option checked against the dense model;
 LmConfig upcycled_config(const LmConfig& dense, const UpcycleOptions& options);

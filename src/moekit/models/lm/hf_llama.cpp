@@ -34,6 +34,25 @@ std::string hf_name(const std::string& name) {
 
 }  // namespace
 
+std::string hf_tensor_name(const std::string& moekit_name) { return hf_name(moekit_name); }
+
+std::string moekit_tensor_name(const std::string& name) {
+  static const std::vector<std::pair<std::string, std::string>> ffn = {
+      {".mlp.gate_proj.weight", ".mlp.w1.weight"},
+      {".mlp.up_proj.weight", ".mlp.w3.weight"},
+      {".mlp.down_proj.weight", ".mlp.w2.weight"},
+      {".block_sparse_moe.gate.weight", ".mlp.gate.weight"},
+  };
+  if (name == "lm_head.weight") return name;
+  MOEKIT_CHECK_ARG(name.rfind("model.", 0) == 0, "'", name, "' is not a tensor name of the Hugging Face LLaMA layout");
+  const std::string rest = name.substr(6);
+  for (const auto& [theirs, ours] : ffn) {
+    if (rest.size() > theirs.size() && rest.compare(rest.size() - theirs.size(), theirs.size(), theirs) == 0)
+      return rest.substr(0, rest.size() - theirs.size()) + ours;
+  }
+  return rest;
+}
+
 torch::ScalarType parse_hf_dtype(const std::string& text) {
   if (text == "bf16" || text == "bfloat16") return torch::kBFloat16;
   if (text == "fp16" || text == "float16") return torch::kFloat16;

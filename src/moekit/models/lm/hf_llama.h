@@ -34,6 +34,11 @@ std::string hf_dtype_name(torch::ScalarType dtype);
 // MoE).
 void export_hf_llama(const LmWeights& model, const std::string& dir, const HfWriteOptions& options = {});
 
+// The MoEKit name of a dense model's HF tensor ("model.layers.0.mlp.gate_proj.weight"
+// -> "layers.0.mlp.w1.weight"), and back.
+std::string moekit_tensor_name(const std::string& hf_name);
+std::string hf_tensor_name(const std::string& moekit_name);
+
 // Every tensor of the HF form of `config` (llama / qwen2 / mixtral naming)
 // with its shape, in the order transformers builds the model.
 std::vector<std::pair<std::string, std::vector<int64_t>>> hf_tensor_shapes(const LmConfig& config);
