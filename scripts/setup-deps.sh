@@ -10,7 +10,7 @@ packages=(
   libgloo-dev
   libsentencepiece-dev sentencepiece
   libsndfile1-dev libsoxr-dev
-  libyaml-cpp-dev nlohmann-json3-dev libcli11-dev libpcre2-dev libboost-dev
+  libyaml-cpp-dev nlohmann-json3-dev libcli11-dev libpcre2-dev libutf8proc-dev libboost-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   python3-torch time
 )

@@ -61,7 +61,7 @@ if (fs.existsSync(licenses)) {
 }
 while (texts.length < 3000) texts.push(randomLine());
 
-const names = ["llama3", "llama2"];
+const names = ["llama3", "llama2", "qwen3", "gemma2", "deepseek_v3", "yi"];
 const tokenizers = {};
 for (const name of names) {
   const models = path.dirname(require.resolve(`@lenml/tokenizer-${name}/models/tokenizer.json`));

@@ -1,6 +1,7 @@
 // Hugging Face tokenizer.json: ids equal to Hugging Face's own JavaScript
-// implementation on real LLaMA-3 (byte-level BPE) and Mistral/LLaMA-2-style
-// (SentencePiece BPE, byte fallback) files, a few thousand varied texts
+// implementation on real LLaMA-3, Qwen3 (NFC), DeepSeek-V3 (byte-level BPE),
+// Mistral/LLaMA-2-style, Gemma-2 and Yi (SentencePiece BPE, byte fallback)
+// files, a few thousand varied texts
 // (scripts/make_tokenizer_testdata.sh, run by `make test`); merge order and
 // refusals on small files written here.
 #include <gtest/gtest.h>
@@ -58,10 +59,39 @@ TEST(HfTokenizer, MergesApplyByRankNotLeftToRight) {
   EXPECT_EQ(tok.decode({5, 2}), "abcc");
 }
 
+// Split's delimiter behaviours as the tokenizers library defines them, seen
+// through merges that can only form inside one piece: on "a-b" and "a--b",
+// with "-" the delimiter and merges a+-, -+b, -+-.
+TEST(HfTokenizer, SplitBehavioursCutWhereTheLibraryCuts) {
+  const std::string dir = temp_dir("hf_tok_split");
+  const json vocab = {{"a", 0}, {"b", 1}, {"-", 2}, {"a-", 3}, {"-b", 4}, {"--", 5}, {"<unk>", 6}};
+  auto ids = [&](const std::string& behavior, const std::string& text) {
+    const std::string path = dir + "/" + behavior + ".json";
+    write_file_atomic(path, tiny_tokenizer({{"vocab", vocab}, {"merges", {"a -", "- b", "- -"}}},
+                                           {{"pre_tokenizer", {{"type", "Split"}, {"pattern", {{"String", "-"}}},
+                                                               {"behavior", behavior}}}}));
+    return HfTokenizer(path).encode(text, false);
+  };
+  using V = std::vector<int64_t>;
+  EXPECT_EQ(ids("Isolated", "a-b"), (V{0, 2, 1}));            // a | - | b
+  EXPECT_EQ(ids("Removed", "a-b"), (V{0, 1}));                // a | b
+  EXPECT_EQ(ids("MergedWithPrevious", "a-b"), (V{3, 1}));     // a- | b
+  EXPECT_EQ(ids("MergedWithNext", "a-b"), (V{0, 4}));         // a | -b
+  EXPECT_EQ(ids("Contiguous", "a-b"), (V{0, 2, 1}));          // a | - | b
+  // Two delimiters in a row: only the first joins its neighbour; Contiguous joins the run.
+  EXPECT_EQ(ids("MergedWithPrevious", "a--b"), (V{3, 2, 1}));  // a- | - | b
+  EXPECT_EQ(ids("MergedWithNext", "a--b"), (V{0, 2, 4}));      // a | - | -b
+  EXPECT_EQ(ids("Contiguous", "a--b"), (V{0, 5, 1}));          // a | -- | b
+  EXPECT_EQ(ids("MergedWithNext", "-b"), (V{4}));
+  EXPECT_EQ(ids("MergedWithPrevious", "-b"), (V{2, 1}));       // nothing before the first "-"
+}
+
 TEST(HfTokenizer, UnsupportedComponentsAndBrokenFilesAreRefusedByName) {
   const std::string dir = temp_dir("hf_tok_bad");
   const std::vector<std::pair<std::string, std::string>> cases = {
-      {tiny_tokenizer({}, {{"normalizer", {{"type", "NFKD"}}}}), "normalizer \"NFKD\" is not supported"},
+      {tiny_tokenizer({}, {{"normalizer", {{"type", "Lowercase"}}}}), "normalizer \"Lowercase\" is not supported"},
+      {tiny_tokenizer({}, {{"pre_tokenizer", {{"type", "Split"}, {"pattern", {{"String", " "}}}, {"behavior", "Sideways"}}}}),
+       "Split behavior \"Sideways\" is not supported"},
       {tiny_tokenizer({}, {{"pre_tokenizer", {{"type", "Whitespace"}}}}), "pre_tokenizer \"Whitespace\""},
       {tiny_tokenizer({{"type", "WordPiece"}}), "model \"WordPiece\" is not supported"},
       {tiny_tokenizer({{"merges", {"ab"}}}), "merge 0 is not \"a b\""},
@@ -97,7 +127,11 @@ TEST(HfTokenizer, IdsEqualHuggingFacesJavaScriptTokenizersOnRealFiles) {
     while (std::getline(in, line)) entries.push_back(json::parse(line));
   }
   ASSERT_GE(entries.size(), 2000u);
-  for (const std::string name : {"llama3", "llama2"}) {
+  for (const std::string name : {"llama3", "llama2", "qwen3", "gemma2", "deepseek_v3", "yi"}) {
+    if (!path_exists(dir + "/" + name + "/tokenizer.json")) {
+      ADD_FAILURE() << dir << " has no " << name << " tokenizer (an older test-data directory: remove it to rebuild)";
+      continue;
+    }
     const HfTokenizer tok(dir + "/" + name + "/tokenizer.json");
     int wrong_ids = 0, wrong_text = 0;
     for (const json& e : entries) {
@@ -124,6 +158,11 @@ TEST(HfTokenizer, IdsEqualHuggingFacesJavaScriptTokenizersOnRealFiles) {
   const HfTokenizer llama2(dir + "/llama2/tokenizer.json");
   EXPECT_EQ(llama2.token(llama2.bos_id()), "<s>");
   EXPECT_EQ(llama2.token(llama2.eos_id()), "</s>");
+  // Qwen3: NFC-normalized byte-level BPE; no BOS, EOS from tokenizer_config.json.
+  const HfTokenizer qwen3(dir + "/qwen3/tokenizer.json");
+  EXPECT_EQ(qwen3.bos_id(), -1);
+  EXPECT_EQ(qwen3.token(qwen3.eos_id()), "<|im_end|>");
+  EXPECT_EQ(qwen3.encode("e\u0301"), qwen3.encode("\u00e9")) << "NFC composes e + combining acute into one code point";
   // Lossless both ways where the tokenizer is (byte-level).
   for (const json& e : entries) {
     const std::string text = e["text"].get<std::string>();

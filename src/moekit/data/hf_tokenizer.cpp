@@ -7,9 +7,11 @@
 #include <array>
 #include <filesystem>
 #include <cstdio>
+#include <cstdlib>
 #include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <utf8proc.h>
 #include <queue>
 #include <unordered_map>
 
@@ -40,6 +42,25 @@ std::vector<std::string> utf8_chars(const std::string& s) {
     i += n;
   }
   return out;
+}
+
+// Unicode normalization form `form` (NFC, NFD, NFKC, NFKD) of well-formed
+// UTF-8, by utf8proc (the Unicode version Debian's utf8proc carries).
+std::string unicode_normalize(const std::string& text, const std::string& form) {
+  if (text.empty()) return text;
+  int options = UTF8PROC_STABLE | (form == "NFC" || form == "NFKC" ? UTF8PROC_COMPOSE : UTF8PROC_DECOMPOSE);
+  if (form == "NFKC" || form == "NFKD") options |= UTF8PROC_COMPAT;
+  utf8proc_uint8_t* out = nullptr;
+  const utf8proc_ssize_t n = utf8proc_map(reinterpret_cast<const utf8proc_uint8_t*>(text.data()),
+                                          static_cast<utf8proc_ssize_t>(text.size()), &out,
+                                          static_cast<utf8proc_option_t>(options));
+  if (n < 0) {
+    std::free(out);
+    throw std::invalid_argument(std::string("Unicode normalization ") + form + " failed: " + utf8proc_errmsg(n));
+  }
+  std::string result(reinterpret_cast<const char*>(out), static_cast<size_t>(n));
+  std::free(out);
+  return result;
 }
 
 std::string replace_all(const std::string& s, const std::string& from, const std::string& to) {
@@ -203,7 +224,7 @@ struct HfTokenizer::Impl {
   struct PreTokenizer {
     std::string type;  // Split | ByteLevel
     std::shared_ptr<Regex> regex;
-    bool removed = false;        // Split behaviour Removed (else Isolated)
+    std::string behavior;        // Split: Isolated, Removed, MergedWithPrevious, MergedWithNext, Contiguous
     bool add_prefix_space = false;
   };
   std::vector<PreTokenizer> pre_tokenizers;
@@ -243,8 +264,11 @@ struct HfTokenizer::Impl {
     } else if (type == "Replace") {
       MOEKIT_CHECK_ARG(n.at("pattern").contains("String"), where("normalizer Replace with a regex is not supported"));
       normalizers.push_back({type, n["pattern"]["String"].get<std::string>(), n.at("content").get<std::string>()});
+    } else if (type == "NFC" || type == "NFD" || type == "NFKC" || type == "NFKD") {
+      normalizers.push_back({type, "", ""});
     } else {
-      throw std::invalid_argument(where("normalizer \"" + type + "\" is not supported (Sequence, Prepend, Replace)"));
+      throw std::invalid_argument(
+          where("normalizer \"" + type + "\" is not supported (Sequence, Prepend, Replace, NFC, NFD, NFKC, NFKD)"));
     }
   }
 
@@ -256,8 +280,10 @@ struct HfTokenizer::Impl {
     } else if (type == "Split") {
       MOEKIT_CHECK_ARG(!p.value("invert", false), where("pre_tokenizer Split with invert is not supported"));
       const std::string behavior = p.at("behavior").get<std::string>();
-      MOEKIT_CHECK_ARG(behavior == "Isolated" || behavior == "Removed",
-                       where("pre_tokenizer Split behavior \"" + behavior + "\" is not supported (Isolated, Removed)"));
+      MOEKIT_CHECK_ARG(behavior == "Isolated" || behavior == "Removed" || behavior == "MergedWithPrevious" ||
+                           behavior == "MergedWithNext" || behavior == "Contiguous",
+                       where("pre_tokenizer Split behavior \"" + behavior +
+                             "\" is not supported (Isolated, Removed, MergedWithPrevious, MergedWithNext, Contiguous)"));
       const json& pattern = p.at("pattern");
       std::string regex;
       if (pattern.contains("Regex")) {
@@ -266,10 +292,10 @@ struct HfTokenizer::Impl {
         // A literal string: quoted for PCRE2.
         regex = "\\Q" + pattern.at("String").get<std::string>() + "\\E";
       }
-      PreTokenizer t{type, std::make_shared<Regex>(regex, where("pre_tokenizer Split")), behavior == "Removed", false};
+      PreTokenizer t{type, std::make_shared<Regex>(regex, where("pre_tokenizer Split")), behavior, false};
       pre_tokenizers.push_back(std::move(t));
     } else if (type == "ByteLevel") {
-      PreTokenizer t{type, nullptr, false, p.value("add_prefix_space", false)};
+      PreTokenizer t{type, nullptr, "Isolated", p.value("add_prefix_space", false)};
       if (p.value("use_regex", true)) t.regex = std::make_shared<Regex>(kGpt2Pattern, where("ByteLevel"));
       pre_tokenizers.push_back(std::move(t));
       byte_level = true;
@@ -385,11 +411,63 @@ struct HfTokenizer::Impl {
     for (const Normalizer& n : normalizers) {
       if (n.type == "Prepend") {
         if (!s.empty()) s = n.a + s;
-      } else {  // Replace
+      } else if (n.type == "Replace") {
         s = replace_all(s, n.a, n.b);
+      } else {
+        s = unicode_normalize(s, n.type);
       }
     }
     return s;
+  }
+
+  // The pieces a Split makes of `text`, as the tokenizers library's
+  // SplitDelimiterBehavior does: the text cut into non-matches and matches,
+  // then matches dropped (Removed), kept alone (Isolated), joined to the
+  // piece before (MergedWithPrevious) or after (MergedWithNext), or runs of
+  // either kind joined (Contiguous).
+  static std::vector<std::pair<size_t, size_t>> split_segments(const std::string& text, const Regex& regex,
+                                                               const std::string& behavior) {
+    struct Segment {
+      size_t begin, end;
+      bool match;
+    };
+    std::vector<Segment> segments;
+    size_t last = 0;
+    for (const auto& [b, e] : regex.matches(text)) {
+      if (b > last) segments.push_back({last, b, false});
+      segments.push_back({b, e, true});
+      last = e;
+    }
+    if (last < text.size()) segments.push_back({last, text.size(), false});
+    std::vector<std::pair<size_t, size_t>> out;
+    if (behavior == "MergedWithNext") {
+      bool previous_match = false;  // walking backwards: the segment after this one
+      for (auto it = segments.rbegin(); it != segments.rend(); ++it) {
+        if (it->match && !previous_match && !out.empty()) {
+          out.back().first = it->begin;
+        } else {
+          out.emplace_back(it->begin, it->end);
+        }
+        previous_match = it->match;
+      }
+      std::reverse(out.begin(), out.end());
+      return out;
+    }
+    bool previous_match = false;
+    for (const Segment& seg : segments) {
+      const bool merge = behavior == "MergedWithPrevious" ? seg.match && !previous_match
+                         : behavior == "Contiguous"       ? seg.match == previous_match
+                                                          : false;
+      if (behavior == "Removed" && seg.match) {
+        // dropped
+      } else if (merge && !out.empty()) {
+        out.back().second = seg.end;
+      } else {
+        out.emplace_back(seg.begin, seg.end);
+      }
+      previous_match = seg.match;
+    }
+    return out;
   }
 
   std::vector<std::string> pre_tokenize(const std::string& s) const {
@@ -400,13 +478,7 @@ struct HfTokenizer::Impl {
         if (p.type == "ByteLevel" && p.add_prefix_space && !piece.empty() && piece[0] != ' ') piece = " " + piece;
         std::vector<std::string> parts;
         if (p.regex) {
-          size_t last = 0;
-          for (const auto& [b, e] : p.regex->matches(piece)) {
-            if (b > last) parts.push_back(piece.substr(last, b - last));
-            if (!p.removed) parts.push_back(piece.substr(b, e - b));
-            last = e;
-          }
-          if (last < piece.size()) parts.push_back(piece.substr(last));
+          for (const auto& [b, e] : split_segments(piece, *p.regex, p.behavior)) parts.push_back(piece.substr(b, e - b));
         } else {
           parts.push_back(piece);
         }
@@ -571,6 +643,7 @@ HfTokenizer::HfTokenizer(const std::string& path) {
     return "";
   };
   std::string bos_name, eos_name;
+  bool bos_named = false, eos_named = false;  // the config names them, possibly as null (none)
   if (path_exists(config_path)) {
     try {
       const json c = json::parse(read_file(config_path));
@@ -578,6 +651,8 @@ HfTokenizer::HfTokenizer(const std::string& path) {
       m.clean_up_spaces = clean.is_boolean() && clean.get<bool>();
       bos_name = name_of(c.value("bos_token", json()));
       eos_name = name_of(c.value("eos_token", json()));
+      bos_named = c.is_object() && c.contains("bos_token");
+      eos_named = c.is_object() && c.contains("eos_token");
     } catch (const json::exception& e) {
       throw std::invalid_argument(config_path + ": not JSON (" + json_error_reason(e) + ")");
     }
@@ -587,8 +662,10 @@ HfTokenizer::HfTokenizer(const std::string& path) {
       if (!n.empty() && m.id(n) >= 0) return m.id(n);
     return -1;
   };
-  m.bos = first_of({bos_name, "<s>", "<|begin_of_text|>"});
-  m.eos = first_of({eos_name, "</s>", "<|end_of_text|>", "<|endoftext|>"});
+  // A config that names them decides, null meaning none (Qwen3 has no BOS,
+  // though "<s>" is an ordinary token of its vocabulary); else the usual names.
+  m.bos = bos_named ? first_of({bos_name}) : first_of({"<s>", "<|begin_of_text|>"});
+  m.eos = eos_named ? first_of({eos_name}) : first_of({"</s>", "<|end_of_text|>", "<|endoftext|>"});
   impl_ = std::move(impl);
 }
 
