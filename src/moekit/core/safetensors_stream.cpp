@@ -61,11 +61,6 @@ uint64_t planned_bytes(const PlannedTensor& t) {
   return n;
 }
 
-std::string shape_text(c10::IntArrayRef shape) {
-  std::string s = "[";
-  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
-  return s + "]";
-}
 
 // One shard: its header, then each tensor's bytes as it is produced.
 void write_shard(const std::string& path, const std::vector<const PlannedTensor*>& tensors,
@@ -90,7 +85,7 @@ void write_shard(const std::string& path, const std::vector<const PlannedTensor*
     torch::Tensor value = t->produce();
     MOEKIT_CHECK_ARG(value.defined(), "tensor '", t->name, "': nothing was produced");
     MOEKIT_CHECK_ARG(value.sizes() == c10::IntArrayRef(t->shape), "tensor '", t->name, "' has shape ",
-                     shape_text(value.sizes()), ", planned ", shape_text(t->shape));
+                     value.sizes(), ", planned ", c10::IntArrayRef(t->shape));
     value = value.detach().to(torch::kCPU, t->dtype).contiguous();
     if (value.numel() > 0)
       file.write(std::string_view(static_cast<const char*>(value.data_ptr()), value.numel() * value.element_size()));

@@ -8,17 +8,8 @@
 #include "moekit/models/lm/hf_llama.h"
 
 namespace moekit {
-namespace {
 
 using json = nlohmann::json;
-
-std::string shape_text(c10::IntArrayRef shape) {
-  std::string s = "[";
-  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
-  return s + "]";
-}
-
-}  // namespace
 
 HfCheckpoint::HfCheckpoint(const std::string& dir) : dir_(dir), config_(read_hf_config(dir)) {
   for (const std::string& file : hf_weight_files(dir)) {
@@ -55,8 +46,8 @@ HfCheckpoint::HfCheckpoint(const std::string& dir) : dir_(dir), config_(read_hf_
       continue;
     }
     const SafetensorsEntry& e = shard->entry(name);
-    MOEKIT_CHECK_ARG(e.shape == want->second, shard->path(), ": tensor '", name, "' has shape ", shape_text(e.shape),
-                     ", config.json says ", shape_text(want->second));
+    MOEKIT_CHECK_ARG(e.shape == want->second, shard->path(), ": tensor '", name, "' has shape ", c10::IntArrayRef(e.shape),
+                     ", config.json says ", c10::IntArrayRef(want->second));
     MOEKIT_CHECK_ARG(e.dtype == torch::kBFloat16 || e.dtype == torch::kFloat16 || e.dtype == torch::kFloat32 ||
                          e.dtype == torch::kFloat64,
                      shard->path(), ": tensor '", name, "' is ", safetensors_dtype_name(e.dtype),

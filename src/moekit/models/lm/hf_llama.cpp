@@ -16,19 +16,27 @@ namespace {
 
 using json = nlohmann::json;
 
-// MoEKit name -> HF name for one tensor that maps one to one (nullopt-like "" otherwise).
-std::string hf_name(const std::string& name) {
-  static const std::vector<std::pair<std::string, std::string>> ffn = {
+// The FFN tensors whose last name parts differ: (MoEKit, HF); every other
+// name differs only by HF's "model." prefix (lm_head.weight not even that).
+const std::vector<std::pair<std::string, std::string>>& renamed_ffn() {
+  static const std::vector<std::pair<std::string, std::string>> names = {
       {".mlp.w1.weight", ".mlp.gate_proj.weight"},
       {".mlp.w3.weight", ".mlp.up_proj.weight"},
       {".mlp.w2.weight", ".mlp.down_proj.weight"},
       {".mlp.gate.weight", ".block_sparse_moe.gate.weight"},
   };
+  return names;
+}
+
+bool ends_with(const std::string& s, const std::string& tail) {
+  return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
+}
+
+// MoEKit name -> HF name for one tensor that maps one to one.
+std::string hf_name(const std::string& name) {
   if (name == "lm_head.weight") return name;
-  for (const auto& [ours, theirs] : ffn) {
-    const size_t at = name.size() >= ours.size() ? name.size() - ours.size() : std::string::npos;
-    if (at != std::string::npos && name.compare(at, ours.size(), ours) == 0) return "model." + name.substr(0, at) + theirs;
-  }
+  for (const auto& [ours, theirs] : renamed_ffn())
+    if (ends_with(name, ours)) return "model." + name.substr(0, name.size() - ours.size()) + theirs;
   return "model." + name;
 }
 
@@ -37,19 +45,11 @@ std::string hf_name(const std::string& name) {
 std::string hf_tensor_name(const std::string& moekit_name) { return hf_name(moekit_name); }
 
 std::string moekit_tensor_name(const std::string& name) {
-  static const std::vector<std::pair<std::string, std::string>> ffn = {
-      {".mlp.gate_proj.weight", ".mlp.w1.weight"},
-      {".mlp.up_proj.weight", ".mlp.w3.weight"},
-      {".mlp.down_proj.weight", ".mlp.w2.weight"},
-      {".block_sparse_moe.gate.weight", ".mlp.gate.weight"},
-  };
   if (name == "lm_head.weight") return name;
   MOEKIT_CHECK_ARG(name.rfind("model.", 0) == 0, "'", name, "' is not a tensor name of the Hugging Face LLaMA layout");
   const std::string rest = name.substr(6);
-  for (const auto& [theirs, ours] : ffn) {
-    if (rest.size() > theirs.size() && rest.compare(rest.size() - theirs.size(), theirs.size(), theirs) == 0)
-      return rest.substr(0, rest.size() - theirs.size()) + ours;
-  }
+  for (const auto& [ours, theirs] : renamed_ffn())
+    if (ends_with(rest, theirs)) return rest.substr(0, rest.size() - theirs.size()) + ours;
   return rest;
 }
 
