@@ -10,6 +10,8 @@ model.safetensors), so it is also an independent check of that layout.
   lm_pytorch.py perplexity HF_DIR --tokens-file ids.txt --window 64 --stride 32    # JSON nll, perplexity
   lm_pytorch.py train  HF_DIR --batch 8 --seq 128 --steps 5 --rounds 3 --threads 1   # JSON tokens/s
   lm_pytorch.py generate HF_DIR --prompt 16 --new-tokens 64 --threads 1                 # JSON tokens/s
+  lm_pytorch.py generate HF_DIR --dtype bf16 ...   # the whole model in bfloat16, as transformers'
+                                                   # torch_dtype=torch.bfloat16 loads it
 """
 import argparse
 import json
@@ -158,8 +160,8 @@ class Model(nn.Module):
     def forward(self, tokens, offset=0, caches=None):
         pos = torch.arange(offset, offset + tokens.shape[1], dtype=torch.float)
         emb = torch.cat([torch.outer(pos, self.inv_freq)] * 2, dim=-1)
-        cos, sin = emb.cos(), emb.sin()
         x = self.embed_tokens(tokens)
+        cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)  # as HF's rotary embedding returns them
         for i, layer in enumerate(self.layers):
             x = layer(x, cos, sin, None if caches is None else caches[i])
         return self.lm_head(self.norm(x))
@@ -196,6 +198,7 @@ def main():
     ap.add_argument("--window", type=int, default=0, help="perplexity: max_length (0: max_position_embeddings)")
     ap.add_argument("--stride", type=int, default=0, help="perplexity: stride (0: half the window)")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="generate: the model's dtype")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -257,6 +260,8 @@ def main():
         t = sorted(times)[len(times) // 2]
         print(json.dumps({"impl": "pytorch", "train_tokens_per_s": args.batch * args.seq * args.steps / t}))
         return
+    if args.dtype == "bf16":
+        model = model.to(torch.bfloat16)
     prompt = torch.randint(V, (1, args.prompt))
     with torch.no_grad():
         def run():

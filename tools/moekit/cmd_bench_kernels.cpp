@@ -7,6 +7,8 @@
 // - int8: the int8 kernel's variants (kernels/int8_kernel.h) on the same
 //   matrices as int8 panels (2 MiB pages), in weights per second beside the
 //   float panels' (gb_per_s / 4);
+// - bf16: the panel kernel's bf16 variants (panel_linear_bf16) on the same
+//   matrices as bf16 panels (2 MiB pages): half the bytes per weight;
 // - silu: the SiLU kernel's variants against ATen's silu, on a block that
 //   stays in cache (as an FFN's hidden activations do).
 // Run it with one thread: the kernels as one core runs them.
@@ -159,6 +161,41 @@ void add_bench_kernels_command(CLI::App& bench, const GlobalOptions& global) {
         }
       }
     }
+    // bf16: the same number of matrices as bf16 panels.
+    nlohmann::json bf16_results = nlohmann::json::array();
+    {
+      const auto bf16_variants = detail::panel_bf16_variants();
+      Mapping hbuf(bytes / 2, true);
+      auto* hdata = reinterpret_cast<uint16_t*>(hbuf.data_);
+      for (size_t i = 0; i < bytes / sizeof(float); ++i) {  // the float buffer's values, upper halves
+        const float value = 1e-3f * static_cast<float>(i % 7);
+        uint32_t bits;
+        std::memcpy(&bits, &value, sizeof(bits));
+        hdata[i] = static_cast<uint16_t>(bits >> 16);
+      }
+      std::vector<std::vector<double>> best(bf16_variants.size(), std::vector<double>(o->rows.size(), 1e30));
+      for (int round = 0; round < o->rounds; ++round) {
+        for (size_t ri = 0; ri < o->rows.size(); ++ri) {
+          for (size_t v = 0; v < bf16_variants.size(); ++v) {
+            const auto start = Clock::now();
+            for (int64_t m = 0; m < matrices; ++m) {
+              bf16_variants[v].second(x.data(), o->rows[ri], o->in, o->in, hdata + m * matrix_floats, nullptr, 0,
+                                      o->out, y.data(), o->out);
+            }
+            best[v][ri] = std::min(best[v][ri], std::chrono::duration<double>(Clock::now() - start).count());
+          }
+        }
+      }
+      for (size_t v = 0; v < bf16_variants.size(); ++v) {
+        for (size_t ri = 0; ri < o->rows.size(); ++ri) {
+          bf16_results.push_back(
+              {{"variant", bf16_variants[v].first},
+               {"rows", o->rows[ri]},
+               {"g_weights_per_s", static_cast<double>(matrices * matrix_floats) / best[v][ri] / 1e9},
+               {"gb_per_s", static_cast<double>(bytes / 2) / best[v][ri] / 1e9}});
+        }
+      }
+    }
     // SiLU: every variant and ATen's silu_out on the same block, alternating.
     MOEKIT_CHECK_ARG(o->silu_floats >= 1, "bench kernels: bad --silu-floats");
     torch::NoGradGuard no_grad;
@@ -188,6 +225,7 @@ void add_bench_kernels_command(CLI::App& bench, const GlobalOptions& global) {
                    {"read_bandwidth_gb_per_s", read_bandwidth_bytes_per_s() / 1e9},
                    {"results", results}};
     j["int8"] = {{"matrix", {o->out, o->in}}, {"results", int8_results}};
+    j["bf16"] = {{"matrix", {o->out, o->in}}, {"results", bf16_results}};
     j["silu"] = {{"floats", o->silu_floats}, {"results", silu_results}};
     std::cout << j.dump(2) << std::endl;
   });

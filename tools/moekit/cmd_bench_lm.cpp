@@ -23,6 +23,7 @@ struct BenchLmOptions {
   int rounds = 3;
   std::string save_hf;  // write the benchmarked model in HF layout (for bench/lm_pytorch.py)
   bool int8_experts = false;  // time generation with the experts quantized to int8
+  std::string weight_dtype = "fp32";  // the matrices' dtype while generation is timed
   uint64_t seed = 1;
 };
 
@@ -48,7 +49,8 @@ void add_bench_lm_command(CLI::App& bench, const GlobalOptions& global) {
   cmd->add_option("--vocab", o->vocab, "Vocabulary")->capture_default_str();
   cmd->add_option("--batch", o->batch, "Training sequences per step")->capture_default_str();
   cmd->add_option("--seq", o->seq, "Training sequence length")->capture_default_str();
-  cmd->add_option("--steps", o->steps, "Training steps per timed round")->capture_default_str();
+  cmd->add_option("--steps", o->steps, "Training steps per timed round (0: time generation only)")
+      ->capture_default_str();
   cmd->add_option("--prompt", o->prompt, "Generation prompt tokens")->capture_default_str();
   cmd->add_option("--tokens", o->tokens, "Generated tokens per timed round")->capture_default_str();
   cmd->add_option("--rounds", o->rounds, "Timed rounds; medians are reported")->capture_default_str();
@@ -57,14 +59,20 @@ void add_bench_lm_command(CLI::App& bench, const GlobalOptions& global) {
   cmd->add_flag("--int8-experts", o->int8_experts,
                 "Time generation with the MoE experts in int8 (as `moekit quantize --experts int8`; training "
                 "is timed on the float model)");
+  cmd->add_option("--dtype", o->weight_dtype,
+                  "Weight matrices while generation is timed: fp32 | bf16 (LmModel::set_weight_dtype; training is "
+                  "timed in float32)")
+      ->capture_default_str();
   cmd->callback([o, &global] {
     apply_runtime(global);
-    MOEKIT_CHECK_ARG(o->rounds >= 1 && o->steps >= 1 && o->tokens >= 1 && o->prompt >= 1,
-                     "bench lm: --rounds, --steps, --tokens and --prompt must be >= 1");
+    const c10::optional<torch::ScalarType> weight_dtype = parse_lm_weight_dtype(o->weight_dtype);
+    MOEKIT_CHECK_ARG(weight_dtype.has_value(), "bench lm: --dtype is fp32 or bf16");
+    MOEKIT_CHECK_ARG(o->rounds >= 1 && o->steps >= 0 && o->tokens >= 1 && o->prompt >= 1,
+                     "bench lm: --rounds, --tokens and --prompt must be >= 1, --steps >= 0");
     torch::manual_seed(o->seed);
     std::shared_ptr<LmModel> model;
     if (!o->model_dir.empty()) {
-      model = load_lm_model(o->model_dir);
+      model = load_lm_model(o->model_dir, torch::kFloat);  // training is timed in float32
     } else {
       LmConfig c;
       c.vocab_size = o->vocab;
@@ -91,7 +99,7 @@ void add_bench_lm_command(CLI::App& bench, const GlobalOptions& global) {
     // batch (not for a model whose experts are int8 already).
     std::vector<double> t_train;
     const bool trainable = !has_int8_experts(*model);
-    if (trainable) {
+    if (trainable && o->steps > 0) {
       model->train();
       torch::optim::Adam adam(model->parameters(), torch::optim::AdamOptions(1e-4));
       const torch::Tensor batch = torch::randint(c.vocab_size, {o->batch, o->seq + 1}, torch::kLong).to(device);
@@ -114,6 +122,7 @@ void add_bench_lm_command(CLI::App& bench, const GlobalOptions& global) {
 
     // Generation at batch 1: prefill the prompt, then one token per step (greedy).
     model->eval();
+    model->set_weight_dtype(*weight_dtype);
     torch::NoGradGuard no_grad;
     const torch::Tensor prompt = torch::randint(c.vocab_size, {1, o->prompt}, torch::kLong).to(device);
     double decode_seconds = 0;
@@ -162,6 +171,7 @@ void add_bench_lm_command(CLI::App& bench, const GlobalOptions& global) {
     j["experts"] = c.moe.num_experts;
     j["parameters"] = {{"total", count.total}, {"active", count.active}};
     j["int8_experts"] = has_int8_experts(*model);
+    j["weight_dtype"] = c10::toString(model->weight_dtype());
     if (!t_train.empty()) j["train_tokens_per_s"] = static_cast<double>(o->batch * o->seq * o->steps) / median(t_train);
     j["generate_tokens_per_s"] = static_cast<double>(o->tokens) / median(t_gen);
     j["decode_tokens_per_s"] = 1.0 / per_token;

@@ -25,10 +25,11 @@ namespace moekit::cli {
 namespace {
 
 void run_perplexity_eval(const std::string& model_dir, const std::string& text, const std::string& tokenizer_path,
-                         const PerplexityOptions& options, bool json_output, torch::Device device) {
+                         const PerplexityOptions& options, const std::string& weight_dtype, bool json_output,
+                         torch::Device device) {
   const std::string tok_path = find_lm_tokenizer(model_dir, tokenizer_path);
   const LmTokenizer tokenizer(tok_path);
-  const auto model = load_lm_model(model_dir);
+  const auto model = load_lm_model(model_dir, parse_lm_weight_dtype(weight_dtype));
   options.validate(model->config());  // before the text is tokenized
   MOEKIT_CHECK_ARG(model->config().vocab_size == tokenizer.vocab_size(), tok_path, ": ", tokenizer.vocab_size(),
                    " pieces, but the model has ", model->config().vocab_size, " tokens");
@@ -67,6 +68,7 @@ void add_eval_command(CLI::App& app, const GlobalOptions& global) {
     std::string hyp_out, reference, task;
     PerplexityOptions perplexity;
     std::string tokenizer;
+    std::string weight_dtype = "auto";
   };
   auto o = std::make_shared<Options>();
   CLI::App* cmd = app.add_subcommand(
@@ -95,6 +97,10 @@ void add_eval_command(CLI::App& app, const GlobalOptions& global) {
                   "tokens of context (0 = half the window)")
       ->capture_default_str();
   cmd->add_option("--tokenizer", o->tokenizer, "lm: SentencePiece .model or HF tokenizer.json (default: the model directory's)");
+  cmd->add_option("--dtype", o->weight_dtype,
+                  "lm: weight matrices in auto | fp32 | bf16 (auto: bf16 where the model directory stores bf16; "
+                  "activations stay float32)")
+      ->capture_default_str();
   cmd->add_option("--max-length", o->translate.search.max_length, "seq2seq: output tokens at most")
       ->capture_default_str();
   cmd->add_option("--hyp-out", o->hyp_out, "seq2seq: write the translations here, one per line of the data");
@@ -107,9 +113,11 @@ void add_eval_command(CLI::App& app, const GlobalOptions& global) {
     for (const std::string& mode : o->modes) check_decode_mode_name(mode);  // before any model loads
     o->decode.validate();
     const std::string family = read_model_config(o->model_dir)["model_type"].as<std::string>("");
+    MOEKIT_CHECK_ARG(family == "lm" || cmd->get_option("--dtype")->count() == 0,
+                     "eval: --dtype applies to language models; ", o->model_dir, " holds a ", family, " model");
     if (family == "lm") {
       if (cmd->get_option("--batch-size")->count() > 0) o->perplexity.batch_size = o->translate.batch_size;
-      run_perplexity_eval(o->model_dir, o->data, o->tokenizer, o->perplexity, o->json_output,
+      run_perplexity_eval(o->model_dir, o->data, o->tokenizer, o->perplexity, o->weight_dtype, o->json_output,
                           parse_device(global.device));
       return;
     }

@@ -132,6 +132,7 @@ void add_train_lm_command(CLI::App& train, const GlobalOptions& global) {
 void add_generate_command(CLI::App& app, const GlobalOptions& global) {
   struct Options {
     std::string model_dir, prompt, tokenizer;
+    std::string weight_dtype = "auto";
     SamplingOptions sampling;
   };
   auto o = std::make_shared<Options>();
@@ -144,12 +145,16 @@ void add_generate_command(CLI::App& app, const GlobalOptions& global) {
   gen->add_option("--top-k", o->sampling.top_k, "Sample among the k most likely tokens (0 = all)")->capture_default_str();
   gen->add_option("--top-p", o->sampling.top_p, "Nucleus sampling threshold")->capture_default_str();
   gen->add_option("--seed", o->sampling.seed, "Sampling seed")->capture_default_str();
+  gen->add_option("--dtype", o->weight_dtype,
+                  "Weight matrices in auto | fp32 | bf16 (auto: bf16 where the model directory stores bf16; "
+                  "activations stay float32)")
+      ->capture_default_str();
   gen->callback([o, &global] {
     apply_runtime(global);
     o->sampling.validate();
     const std::string tok_path = find_lm_tokenizer(o->model_dir, o->tokenizer);
     const LmTokenizer tokenizer(tok_path);
-    const auto model = load_lm_model(o->model_dir);
+    const auto model = load_lm_model(o->model_dir, parse_lm_weight_dtype(o->weight_dtype));
     model->to(parse_device(global.device));
     MOEKIT_CHECK_ARG(model->config().vocab_size == tokenizer.vocab_size(), tok_path, ": ", tokenizer.vocab_size(),
                      " pieces, but the model has ", model->config().vocab_size, " tokens");

@@ -35,4 +35,15 @@ using PanelFn = void (*)(const float*, int64_t, int64_t, int64_t, const float*, 
                          int64_t);
 std::vector<std::pair<std::string, PanelFn>> panel_variants();
 
+// The same product with the panels in bfloat16 (pack_panels of a bf16
+// weight: the same layout, 2-byte elements, each the upper half of a
+// float32). The kernel streams half the bytes and widens each weight to
+// float32 in registers (exactly), so the sums are panel_linear's on the
+// same rounded weights, bit for bit; x, bias and out stay float32.
+void panel_linear_bf16(const float* x, int64_t rows, int64_t ld_x, int64_t in, const uint16_t* panels,
+                       const float* bias, int64_t o_begin, int64_t o_end, float* out, int64_t ld_out);
+using PanelBf16Fn = void (*)(const float*, int64_t, int64_t, int64_t, const uint16_t*, const float*, int64_t, int64_t,
+                             float*, int64_t);
+std::vector<std::pair<std::string, PanelBf16Fn>> panel_bf16_variants();
+
 }  // namespace moekit::detail

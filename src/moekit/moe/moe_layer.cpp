@@ -118,6 +118,18 @@ void ExpertsImpl::to_int8(bool quantize) {
   w2_panels_.clear();
 }
 
+void ExpertsImpl::set_weight_dtype(torch::ScalarType dtype) {
+  MOEKIT_CHECK_ARG(dtype == torch::kFloat || dtype == torch::kBFloat16,
+                   "experts: weights are stored in float32 or bfloat16, not ", dtype);
+  if (int8()) return;
+  torch::NoGradGuard no_grad;
+  for (torch::Tensor* t : {&w1, &w3, &w2})
+    if (t->defined() && t->scalar_type() != dtype) t->set_data(t->to(dtype));
+  w1_panels_.clear();
+  w3_panels_.clear();
+  w2_panels_.clear();
+}
+
 void ExpertsImpl::keep_experts(int64_t first, int64_t count) {
   MOEKIT_CHECK_ARG(!int8(), "int8 experts cannot be sharded (inference only)");
   MOEKIT_CHECK_ARG(first >= 0 && count > 0 && first + count <= w1.size(0), "experts [", first, ", ", first + count,
@@ -151,8 +163,7 @@ ExpertWeights ExpertsImpl::weights_for(const torch::Tensor& x, const std::vector
     w2_panels_.clear();
     return w;
   }
-  if (!weight_panels_enabled() || !w1.device().is_cpu() || w1.scalar_type() != torch::kFloat ||
-      !w1.is_contiguous() || !w2.is_contiguous() || (w3.defined() && !w3.is_contiguous())) {
+  if (!weight_panels_enabled() || !packs_into_panels(w1) || !w1.is_contiguous() || !w2.is_contiguous() || (w3.defined() && !w3.is_contiguous())) {
     return w;
   }
   const std::vector<bool> small = grouped_ffn_small_rows_experts(x, tokens_per_expert, kernel, /*with_panels=*/true);

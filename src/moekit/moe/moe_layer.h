@@ -92,6 +92,10 @@ class ExpertsImpl : public torch::nn::Module {
   // for a model whose int8 weights are loaded next. Inference only: a
   // forward that records gradients through int8 experts is refused.
   void to_int8(bool quantize = true);
+  // Stores float experts' w1, w3 and w2 in `dtype` (float32 or bfloat16;
+  // biases stay as they are), for inference: bf16 experts run the panel
+  // kernel on bf16 panels under float32 rows. int8 experts are left as they are.
+  void set_weight_dtype(torch::ScalarType dtype);
   // Keeps experts [first, first + count) only (expert parallelism: the other
   // members of the group hold the rest).
   void keep_experts(int64_t first, int64_t count);

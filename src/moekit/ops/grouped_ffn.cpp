@@ -359,7 +359,7 @@ torch::Tensor grouped_ffn(const torch::Tensor& x, const std::vector<int64_t>& to
   auto check_panels = [&](const torch::Tensor& panels, const torch::Tensor& w, const char* name) {
     if (!panels.defined()) return;
     const int64_t out = w.size(1), in = w.size(2);
-    MOEKIT_CHECK_ARG(panels.scalar_type() == torch::kFloat && panels.is_contiguous() &&
+    MOEKIT_CHECK_ARG(panels.scalar_type() == w.scalar_type() && packs_into_panels(panels) && panels.is_contiguous() &&
                          panels.sizes() == torch::IntArrayRef({num_experts, (out + detail::kPanelWidth - 1) /
                                                                                   detail::kPanelWidth,
                                                                in, detail::kPanelWidth}),

@@ -76,19 +76,26 @@ void small_rows_groups(const torch::Tensor& in, const std::vector<int64_t>& rows
   const float* b_ptr = bias.defined() ? bias.data_ptr<float>() : nullptr;
   float* out_ptr = out.data_ptr<float>();
   const std::vector<WorkItem> items = tile_work(rows, out_dim);
-  if (panels.defined()) {
-    MOEKIT_FAST_PATH("linear.panels");
-    const float* p_ptr = panels.data_ptr<float>();
+  // The panel kernel for the panels' element type W (float, or bf16 as its bits).
+  auto run_panels = [&](const auto* p_ptr, auto kernel) {
     const int64_t group_stride = panels.stride(0);
     at::parallel_for(0, static_cast<int64_t>(items.size()), 1, [&](int64_t begin, int64_t end) {
       for (int64_t item = begin; item < end; ++item) {
         const WorkItem& it = items[item];
         const int64_t row0 = offsets[it.group];
-        detail::panel_linear(in_ptr + row0 * in_dim, rows[it.group], in_dim, in_dim, p_ptr + it.group * group_stride,
-                             b_ptr ? b_ptr + it.group * out_dim : nullptr, it.begin, it.end,
-                             out_ptr + row0 * out_dim, out_dim);
+        kernel(in_ptr + row0 * in_dim, rows[it.group], in_dim, in_dim, p_ptr + it.group * group_stride,
+               b_ptr ? b_ptr + it.group * out_dim : nullptr, it.begin, it.end, out_ptr + row0 * out_dim, out_dim);
       }
     });
+  };
+  if (panels.defined() && panels.scalar_type() == torch::kBFloat16) {
+    MOEKIT_FAST_PATH("linear.panels_bf16");
+    run_panels(reinterpret_cast<const uint16_t*>(panels.data_ptr<at::BFloat16>()), detail::panel_linear_bf16);
+    return;
+  }
+  if (panels.defined()) {
+    MOEKIT_FAST_PATH("linear.panels");
+    run_panels(panels.data_ptr<float>(), detail::panel_linear);
     return;
   }
   MOEKIT_FAST_PATH("linear.small_rows");
@@ -126,10 +133,12 @@ void gemm_groups(const torch::Tensor& in, const RowGroups& gemm, const torch::Te
   auto linear_into = [&](int64_t g, int64_t begin, int64_t rows) {
     torch::Tensor dst = out.narrow(0, begin, rows);
     const torch::Tensor src = in.narrow(0, begin, rows);
+    // A narrower stored weight (bf16 panels serve the other groups) widened for this GEMM.
+    const torch::Tensor w = weight[g].scalar_type() == src.scalar_type() ? weight[g] : weight[g].to(src.scalar_type());
     if (bias.defined()) {
-      torch::addmm_out(dst, bias[g], src, weight[g].t());
+      torch::addmm_out(dst, bias[g], src, w.t());
     } else {
-      torch::mm_out(dst, src, weight[g].t());
+      torch::mm_out(dst, src, w.t());
     }
   };
   if (in.device().is_cpu() && at::get_num_threads() > 1) {
@@ -153,9 +162,14 @@ RowGroups RowGroups::from_counts(std::vector<int64_t> rows) {
   return groups;
 }
 
-void grouped_linear_into(const torch::Tensor& in, const RowGroups& groups, const torch::Tensor& weight,
+void grouped_linear_into(const torch::Tensor& in, const RowGroups& groups, const torch::Tensor& weight_in,
                          const torch::Tensor& bias, const torch::Tensor& panels, const std::vector<bool>& small_rows,
                          torch::Tensor& out) {
+  // Weights stored narrower than the rows (bf16 under float32) are read
+  // through their panels; without panels (weight panels off) they are
+  // widened here, per call, for the small-rows kernel and the GEMMs.
+  const bool widen = weight_in.scalar_type() != in.scalar_type() && !panels.defined();
+  const torch::Tensor weight = widen ? weight_in.to(in.scalar_type()) : weight_in;
   RowGroups small{std::vector<int64_t>(groups.rows.size(), 0), groups.offsets};
   RowGroups gemm{std::vector<int64_t>(groups.rows.size(), 0), groups.offsets};
   bool any_small = false, any_gemm = false;

@@ -25,8 +25,10 @@ struct RowGroups {
 // autograd. in [M, K] and out [M, N] contiguous (out preallocated), weight
 // [G, N, K] contiguous, bias [G, N] or undefined, panels pack_panels(weight)
 // or undefined. Groups with small_rows[g] run MoEKit's CPU kernel (on the
-// panels when given: CPU float32 only), the others one BLAS GEMM each
-// (several at once on CPU threads, each single-threaded).
+// panels when given: CPU float32 rows, float32 or bfloat16 panels), the
+// others one BLAS GEMM each (several at once on CPU threads, each
+// single-threaded). A bfloat16 weight under float32 rows needs its panels
+// for every small-rows group; without panels it is widened per call.
 void grouped_linear_into(const torch::Tensor& in, const RowGroups& groups, const torch::Tensor& weight,
                          const torch::Tensor& bias, const torch::Tensor& panels, const std::vector<bool>& small_rows,
                          torch::Tensor& out);

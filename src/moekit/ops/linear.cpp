@@ -83,10 +83,20 @@ torch::Tensor fast_linear(const torch::Tensor& x, const torch::Tensor& weight, c
     return PanelLinearFunction::apply(x.reshape({rows, in}).contiguous(), weight.contiguous(), b)[0].view(shape);
   }
   const bool with_panels = panels != nullptr && weight_panels_enabled();
-  const bool applies = cpu_float_inference({&weight, &bias}) && x.device().is_cpu() &&
+  // A bfloat16 weight (inference in bf16, LmModel::set_weight_dtype) runs
+  // only on its bf16 panels, at any row count.
+  const bool bf16 = weight.scalar_type() == torch::kBFloat16;
+  const bool weight_served = bf16 ? with_panels && !torch::GradMode::is_enabled() && weight.device().is_cpu() &&
+                                        weight.is_contiguous()
+                                  : cpu_float_inference({&weight});
+  const bool applies = weight_served && cpu_float_inference({&bias}) && x.device().is_cpu() &&
                        x.scalar_type() == torch::kFloat && x.dim() >= 1 && x.size(-1) == in && x.numel() > 0 &&
-                       (rows <= kSmallRows || small_rows_serves(rows, with_panels));
-  if (!applies) return torch::nn::functional::linear(x, weight, bias);
+                       (bf16 || rows <= kSmallRows || small_rows_serves(rows, with_panels));
+  if (!applies) {
+    // Elsewhere a weight stored narrower than the rows is widened per call.
+    const bool widen = weight.scalar_type() != x.scalar_type() && x.is_floating_point();
+    return torch::nn::functional::linear(x, widen ? weight.to(x.scalar_type()) : weight, bias);
+  }
   // The one-group case of the grouped linear map. A contiguous x is read in
   // place and y made in its final shape: a streaming chunk makes several
   // calls per layer, each op a dispatch.

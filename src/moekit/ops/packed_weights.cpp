@@ -20,9 +20,9 @@ std::atomic<bool>& panels_flag() {
 }  // namespace
 
 torch::Tensor pack_panels(const torch::Tensor& w) {
-  MOEKIT_CHECK_ARG(w.dim() >= 2 && w.scalar_type() == torch::kFloat && w.device().is_cpu(),
-                   "pack_panels: expected a CPU float32 tensor [..., out, in], got ", w.scalar_type(), " ",
-                   w.sizes());
+  MOEKIT_CHECK_ARG(w.dim() >= 2 && packs_into_panels(w),
+                   "pack_panels: expected a CPU float32 or bfloat16 tensor [..., out, in], got ", w.scalar_type(), " ",
+                   w.device(), " ", w.sizes());
   torch::NoGradGuard no_grad;
   const int64_t out = w.size(-2), in = w.size(-1);
   const int64_t panels = (out + detail::kPanelWidth - 1) / detail::kPanelWidth;
@@ -35,6 +35,10 @@ torch::Tensor pack_panels(const torch::Tensor& w) {
   shape.pop_back();
   shape.insert(shape.end(), {panels, detail::kPanelWidth, in});
   return padded.reshape(shape).transpose(-1, -2).contiguous();
+}
+
+bool packs_into_panels(const torch::Tensor& w) {
+  return w.device().is_cpu() && (w.scalar_type() == torch::kFloat || w.scalar_type() == torch::kBFloat16);
 }
 
 bool weight_panels_enabled() { return panels_flag().load(std::memory_order_relaxed); }

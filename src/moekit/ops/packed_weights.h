@@ -5,7 +5,7 @@
 // Packing costs one pass over the weights and a second copy of them in
 // memory; it pays off when the same weights serve many forwards on few rows
 // (decoding, streaming recognition). MoEKit packs only in inference (no
-// gradient needed), for CPU float32 weights, and only once a forward has
+// gradient needed), for CPU float32 and bfloat16 weights, and only once a forward has
 // rows the small-rows kernels serve. Set MOEKIT_WEIGHT_PANELS=0 in the
 // environment, or call set_weight_panels(false), to never pack (the memory
 // then stays at one copy; decoding gets slower, results do not change beyond
@@ -19,9 +19,12 @@
 
 namespace moekit {
 
-// w [..., out, in] float32 -> [..., ceil(out / kPanelWidth), in, kPanelWidth]
-// (zero-padded past out), contiguous.
+// w [..., out, in] float32 or bfloat16 -> [..., ceil(out / kPanelWidth), in,
+// kPanelWidth] of the same dtype (zero-padded past out), contiguous. bf16
+// panels feed panel_linear_bf16: half the bytes streamed per product.
 torch::Tensor pack_panels(const torch::Tensor& w);
+// Whether pack_panels takes w's dtype and device (CPU float32 or bfloat16).
+bool packs_into_panels(const torch::Tensor& w);
 
 // Whether inference packs weights (MOEKIT_WEIGHT_PANELS, default on).
 bool weight_panels_enabled();
@@ -62,7 +65,7 @@ class WeightStamp {
 // Thread-safe: forwards on one model from several threads share it.
 class PanelCache {
  public:
-  // The panels of w (CPU, float32, contiguous).
+  // The panels of w (CPU, float32 or bfloat16, contiguous).
   torch::Tensor get(const torch::Tensor& w);
   // Frees the packed copy (training: the next step would make it stale).
   void clear();

@@ -127,6 +127,30 @@ LmModel::LmModel(const LmConfig& config) : config_(config) {
   reset_parameters();
 }
 
+void LmModel::set_weight_dtype(torch::ScalarType dtype) {
+  MOEKIT_CHECK_ARG(dtype == torch::kFloat || dtype == torch::kBFloat16,
+                   "lm: weight matrices are stored in float32 or bfloat16, not ", dtype);
+  torch::NoGradGuard no_grad;
+  auto store = [&](torch::Tensor& w) {
+    if (w.scalar_type() != dtype) w.set_data(w.to(dtype));
+  };
+  store(embed_tokens->weight);
+  if (lm_head) store(lm_head->weight);
+  for (auto& layer : layers) {
+    for (PackedLinear* p : {&layer->self_attn->q_proj, &layer->self_attn->k_proj, &layer->self_attn->v_proj,
+                            &layer->self_attn->o_proj}) {
+      store((*p)->weight);
+    }
+    if (layer->moe_mlp) {
+      layer->moe_mlp->experts->set_weight_dtype(dtype);
+    } else {
+      for (PackedLinear* p : {&layer->dense_mlp->w1, &layer->dense_mlp->w2, &layer->dense_mlp->w3}) {
+        if (*p) store((*p)->weight);
+      }
+    }
+  }
+}
+
 void LmModel::reset_parameters() {
   torch::NoGradGuard no_grad;
   for (auto& item : named_parameters()) {
@@ -150,6 +174,8 @@ torch::Tensor LmModel::forward(const torch::Tensor& tokens, LmKvCache* cache, bo
   if (cache) MOEKIT_CHECK_ARG(cache->k.size() == layers.size() && cache->k[0].size(0) == tokens.size(0),
                               "lm: the KV cache was made for another model or batch size");
   torch::Tensor h = embed_tokens(tokens);
+  // Activations in the norms' dtype (float32 under bf16 matrices).
+  if (h.scalar_type() != norm->weight.scalar_type()) h = h.to(norm->weight.scalar_type());
   RotaryTables rope = rotary_tables(offset, T, config_.head_dim(), config_.rope_theta);
   rope.cos = rope.cos.to(h.device());
   rope.sin = rope.sin.to(h.device());
@@ -182,7 +208,7 @@ LmKvCache LmModel::make_cache(int64_t batch, int64_t capacity) const {
                    " must be in [1, max_seq_len=", config_.max_seq_len, "]");
   LmKvCache cache;
   cache.capacity = capacity;
-  const auto opts = embed_tokens->weight.options().requires_grad(false);
+  const auto opts = norm->weight.options().requires_grad(false);  // the activations' dtype
   for (size_t l = 0; l < layers.size(); ++l) {
     cache.k.push_back(torch::zeros({batch, config_.kv_heads(), capacity, config_.head_dim()}, opts));
     cache.v.push_back(torch::zeros({batch, config_.kv_heads(), capacity, config_.head_dim()}, opts));
@@ -217,10 +243,24 @@ void save_lm_dir(const LmWeights& model, const std::string& dir) {
   save_model(dir, built);
 }
 
-std::shared_ptr<LmModel> load_lm_model(const std::string& dir) {
+c10::optional<torch::ScalarType> parse_lm_weight_dtype(const std::string& text) {
+  if (text == "auto") return c10::nullopt;
+  if (text == "fp32" || text == "float32") return torch::kFloat;
+  if (text == "bf16" || text == "bfloat16") return torch::kBFloat16;
+  throw std::invalid_argument(str_cat("weight dtype '", text, "' is not one of auto, fp32, bf16"));
+}
+
+std::shared_ptr<LmModel> load_lm_model(const std::string& dir, c10::optional<torch::ScalarType> weight_dtype) {
   const LmWeights w = read_lm_weights(dir, /*allow_quantized=*/true);
   auto model = std::make_shared<LmModel>(w.config);
   apply_quantization(read_model_config(dir), *model, dir + "/" + kConfigFile);
+  if (!weight_dtype) {
+    const auto stored = w.weights.find("embed_tokens.weight");
+    const bool bf16 = stored != w.weights.end() && stored->second.scalar_type() == torch::kBFloat16;
+    weight_dtype = bf16 ? torch::kBFloat16 : torch::kFloat;
+  }
+  // Before the weights are copied in: bf16 ones then stay as stored.
+  model->set_weight_dtype(*weight_dtype);
   load_module_state(*model, w.weights, dir + "/" + kWeightsFile);
   model->eval();
   return model;

@@ -103,6 +103,18 @@ class LmModel : public Model {
   LmKvCache make_cache(int64_t batch, int64_t capacity) const;
   // Fills every weight as a fresh model: normal(0, init_std) matrices, zero biases, unit norms.
   void reset_parameters();
+  // Stores the weight matrices (embedding, attention and FFN projections,
+  // experts, output layer) in `dtype`, float32 or bfloat16; norms, biases
+  // and routers stay float32, as do activations, the KV cache and logits.
+  // For inference on the CPU: each bf16 matrix is read by the panel kernel
+  // from bf16 panels and widened in registers, so a decoded token streams
+  // half the bytes, and the result equals the float32 model holding the
+  // same bf16-rounded weights up to float summation order. Elsewhere (a
+  // forward recording gradients, another device, panels off) a bf16 matrix
+  // is widened per call.
+  void set_weight_dtype(torch::ScalarType dtype);
+  // The dtype the matrices are stored in.
+  torch::ScalarType weight_dtype() const { return embed_tokens->weight.scalar_type(); }
 
   PackedEmbedding embed_tokens{nullptr};  // also the output map when tied
   std::vector<LmBlock> layers;
@@ -128,7 +140,14 @@ LmWeights read_lm_dir(const std::string& dir);
 // Builds the model (which checks every tensor's name and shape, naming each
 // mismatch) and saves it as a model directory.
 void save_lm_dir(const LmWeights& model, const std::string& dir);
-// Loads a model directory as a ready LmModel (eval mode).
-std::shared_ptr<LmModel> load_lm_model(const std::string& dir);
+// Loads a model directory as a ready LmModel (eval mode), its matrices in
+// weight_dtype (LmModel::set_weight_dtype): float32 or bfloat16; by default
+// bfloat16 where the directory stores them so (a bf16 Hub checkpoint
+// imported as it is), float32 otherwise.
+std::shared_ptr<LmModel> load_lm_model(const std::string& dir,
+                                       c10::optional<torch::ScalarType> weight_dtype = c10::nullopt);
+// "auto" (nullopt), "fp32"/"float32", "bf16"/"bfloat16"; throws naming the
+// choices otherwise. For the commands' --dtype.
+c10::optional<torch::ScalarType> parse_lm_weight_dtype(const std::string& text);
 
 }  // namespace moekit
