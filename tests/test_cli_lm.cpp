@@ -143,4 +143,16 @@ TEST(CliLm, AHubTokenizerJsonTrainsGeneratesAndEvaluates) {
   // The stream: every line's ids (no BOS) and </s>, as the library encodes it.
   const LmTokenizer tok(tokenizer);
   EXPECT_EQ(j["tokens"].get<int64_t>() + 1, static_cast<int64_t>(tok.encode_file(d + "/train.txt").size()));
+  // The matrices in bf16: the same tokens scored, the likelihood of the
+  // rounded weights (close to the float32 one), and generation runs.
+  r = run_cli("eval " + model + " " + d + "/train.txt --json --dtype bf16");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const nlohmann::json jb = nlohmann::json::parse(r.output);
+  EXPECT_EQ(jb["tokens"], j["tokens"]);
+  EXPECT_NEAR(jb["nll"].get<double>(), j["nll"].get<double>(), 0.01 * j["nll"].get<double>());
+  r = run_cli("generate " + model + " --prompt 'naïve café' --max-new-tokens 3 --dtype bf16");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  r = run_cli("eval " + model + " " + d + "/train.txt --dtype fp16");
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.output.find("weight dtype 'fp16' is not one of auto, fp32, bf16"), std::string::npos) << r.output;
 }

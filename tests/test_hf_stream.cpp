@@ -13,6 +13,8 @@
 #include "lm_test_util.h"
 #include "moekit/core/model_dir.h"
 #include "moekit/core/safetensors_stream.h"
+#include "moekit/models/lm/hf_checkpoint.h"
+#include "moekit/models/lm/hf_import.h"
 #include "moekit/models/lm/hf_llama.h"
 #include "moekit/scale/grow.h"
 #include "moekit/scale/hf_scale.h"
@@ -205,6 +207,47 @@ TEST(HfUpcycle, EqualsUpcyclingTheImportedModel) {
       for (const auto& [name, t] : expected_f32.weights)
         EXPECT_TRUE(torch::equal(converted.weights.at(name), t)) << tag << " " << name;
       EXPECT_EQ(json::parse(read_file(f32 + "/config.json"))["torch_dtype"], "float32");
+    }
+  }
+}
+
+// import hf, tensor by tensor, equals reading the whole checkpoint
+// (import_hf_llama): LLaMA (tied and untied), Qwen2 and Mixtral, fp32 and
+// bf16, every tensor in its stored dtype or in --dtype; the directory loads.
+TEST(HfImport, TensorByTensorEqualsTheWholeModelImport) {
+  const std::string dir = temp_dir("hf_import");
+  int variant = 0;
+  for (const torch::ScalarType dtype : {torch::kFloat, torch::kBFloat16}) {
+    for (const std::string kind : {"llama", "llama_tied", "qwen2", "mixtral"}) {
+      const std::string tag = kind + "_" + c10::toString(dtype);
+      LmConfig c = tiny_lm_config(kind == "mixtral");
+      c.qkv_bias = kind == "qwen2";
+      c.tie_embeddings = kind == "llama_tied";
+      torch::manual_seed(50 + variant++);
+      LmModel model(c);
+      HfWriteOptions w;
+      w.dtype = dtype;
+      w.max_shard_bytes = 20000;
+      const std::string in = dir + "/in_" + tag;
+      export_hf_llama(weights_of(model), in, w);
+      const LmWeights expected = import_hf_llama(in);
+      for (const std::optional<torch::ScalarType> to : {std::optional<torch::ScalarType>(), std::optional(torch::kFloat)}) {
+        const std::string out = dir + "/out_" + tag + (to ? "_f32" : "");
+        make_dirs(out);
+        const HfImportReport r = import_hf_dir(in, out, to);
+        const TensorMap got = read_model_weights(out);
+        ASSERT_EQ(got.size(), expected.weights.size()) << tag;
+        EXPECT_EQ(r.tensors, static_cast<int64_t>(got.size()));
+        for (const auto& [name, t] : expected.weights) {
+          ASSERT_TRUE(got.count(name)) << tag << " " << name;
+          const torch::Tensor want = to ? t.to(*to) : t;
+          EXPECT_EQ(got.at(name).scalar_type(), want.scalar_type()) << tag << " " << name;
+          EXPECT_TRUE(torch::equal(got.at(name), want)) << tag << " " << name;
+        }
+        const auto loaded = load_lm_model(out);
+        EXPECT_EQ(loaded->config().to_string(), expected.config.to_string()) << tag;
+        EXPECT_EQ(loaded->weight_dtype(), to || dtype == torch::kFloat ? torch::kFloat : torch::kBFloat16) << tag;
+      }
     }
   }
 }
@@ -479,6 +522,24 @@ TEST(HfUpcycle, AFewGigabyteCheckpointGrowsAndUpcyclesInBoundedMemory) {
             << " MB\n";
   EXPECT_GT(peak, 0) << run.output;
   EXPECT_LT(peak, bound);
+  // The Mixtral directory imported as a MoEKit model directory (each
+  // layer's 8 experts stacked into one tensor), in the same bound.
+  const CliRun imported = run_cli("--threads 1 import hf " + dir + "/out " + dir + "/imported");
+  ASSERT_EQ(imported.exit_code, 0) << imported.output;
+  const int64_t import_peak = megabytes_after(imported.output, "peak memory ");
+  std::cout << "import hf of the upcycled checkpoint: "
+            << std::filesystem::file_size(dir + "/imported/model.safetensors") / 1e9 << " GB written, peak memory "
+            << import_peak << " MB\n";
+  EXPECT_GT(import_peak, 0) << imported.output;
+  EXPECT_LT(import_peak, bound);
+  {
+    MappedSafetensors got(dir + "/imported/model.safetensors");
+    const HfCheckpoint source(dir + "/out");
+    EXPECT_TRUE(torch::equal(got.view("layers.23.mlp.experts.w2")[5],
+                             source.view("model.layers.23.block_sparse_moe.experts.5.w2.weight")));
+    EXPECT_EQ(got.entry("layers.0.mlp.experts.w1").dtype, torch::kBFloat16);
+  }
+  remove_path(dir + "/imported");
   remove_path(dir + "/out");
   // Scale-Up of the same checkpoint (AKI-Pro: wider FFN, 32 layers), in the same bound.
   const CliRun grow = run_cli("--threads 1 grow " + in + " " + dir +

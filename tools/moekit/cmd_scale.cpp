@@ -6,7 +6,7 @@
 //     (in_dir a MoEKit LM, or a Hugging Face LLaMA / Mistral directory, which
 //      becomes a Mixtral directory tensor by tensor: [--dtype bf16 --shard-size 5GB])
 //   moekit export hf <model_dir> <hf_dir> [--dtype bf16 --shard-size 5GB]
-//   moekit import hf <hf_dir> <model_dir>
+//   moekit import hf <hf_dir> <model_dir> [--dtype bf16]   (tensor by tensor)
 //   moekit quantize <model_dir> <out_dir> --experts int8
 #include <iomanip>
 #include <iostream>
@@ -17,6 +17,7 @@
 #include "moekit/core/file_io.h"
 #include "moekit/core/process_memory.h"
 #include "moekit/core/safetensors_stream.h"
+#include "moekit/models/lm/hf_import.h"
 #include "moekit/models/lm/hf_llama.h"
 #include "moekit/scale/grow.h"
 #include "moekit/scale/hf_scale.h"
@@ -226,22 +227,26 @@ void add_quantize_command(CLI::App& app, const GlobalOptions& global) {
 
 void add_import_hf_command(CLI::App& import, const GlobalOptions& global) {
   struct Options {
-    std::string hf_dir, model_dir;
+    std::string hf_dir, model_dir, dtype;
     bool force = false;
   };
   auto dirs = std::make_shared<Options>();
   CLI::App* hf = import.add_subcommand("hf", "A Hugging Face llama / mistral / qwen2 / mixtral directory");
   hf->add_option("hf_dir", dirs->hf_dir, "config.json + model.safetensors (or shards)")->required()->check(CLI::ExistingDirectory);
   hf->add_option("model_dir", dirs->model_dir, "Output MoEKit model directory")->required();
+  hf->add_option("--dtype", dirs->dtype, "Weight dtype of the model directory: bf16 | fp16 | fp32 (default: each tensor's own)");
   add_force_flag(*hf, dirs->force);
   hf->callback([dirs, &global] {
     apply_runtime(global);
+    std::optional<torch::ScalarType> dtype;
+    if (!dirs->dtype.empty()) dtype = parse_hf_dtype(dirs->dtype);
     OutputDir out(dirs->model_dir, dirs->force, {dirs->hf_dir});
-    const LmWeights model = import_hf_llama(dirs->hf_dir);
-    save_lm_dir(model, out.path());
+    const HfImportReport r = import_hf_dir(dirs->hf_dir, out.path(), dtype);
     copy_tokenizer(dirs->hf_dir, out.path());
     out.commit();
-    std::cout << "imported " << dirs->hf_dir << " -> " << dirs->model_dir << " (lm; " << describe(model) << ")\n";
+    std::cout << "imported " << dirs->hf_dir << " -> " << dirs->model_dir << " (lm; " << r.config.to_string() << "; "
+              << r.tensors << " tensors, " << gigabytes(r.bytes) << "; peak memory "
+              << peak_resident_bytes() / 1000000 << " MB)\n";
   });
 }
 
