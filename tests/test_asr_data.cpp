@@ -6,6 +6,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <unistd.h>
 #include <random>
 
@@ -16,6 +17,7 @@
 #include "moekit/core/file_io.h"
 #include "moekit/core/model_dir.h"
 #include "moekit/data/asr_data.h"
+#include "moekit/data/lm_tokenizer.h"
 #include "moekit/data/sentencepiece.h"
 #include "moekit/decode/recognizer.h"
 #include "moekit/models/asr/wenet_import.h"
@@ -264,4 +266,46 @@ TEST(SentencePiece, UnitsAndPiecesRoundTrip) {
   EXPECT_NE(error_of<std::invalid_argument>([&] { SentencePieceTokenizer bad(dir + "/text.txt"); })
                 .find("not a SentencePiece model"),
             std::string::npos);
+}
+
+// SentencePiece in this process (the moekit_spm module next to LibTorch)
+// gives what its command-line tools give: pieces, ids, the vocabulary and a
+// whole file's ids, on varied text; a broken model is refused either way.
+TEST(SentencePiece, InProcessEqualsTheCommandLineTools) {
+  if (std::system("command -v spm_train > /dev/null 2>&1 && command -v spm_encode > /dev/null 2>&1") != 0)
+    GTEST_SKIP() << "SentencePiece tools (package sentencepiece) not installed";
+  if (!sentencepiece_in_process())
+    GTEST_SKIP() << "the moekit_spm module was not built (libsentencepiece-dev absent) or MOEKIT_SPM_MODULE=none";
+  const std::string dir = temp_dir("spm_in_process");
+  std::string text;
+  for (int i = 0; i < 300; ++i)
+    text += "Line " + std::to_string(i) + ": naïve café, the cat sat on the mat; 数字 " + std::to_string(i * 7) + "\n";
+  write_file_atomic(dir + "/text.txt", text);
+  for (const std::string type : {"bpe", "unigram"}) {
+    const std::string cmd = "spm_train --input=" + dir + "/text.txt --model_prefix=" + dir + "/" + type +
+                            " --model_type=" + type +
+                            (type == "bpe" ? " --vocab_size=400 --byte_fallback=true" : " --vocab_size=60") + " --minloglevel=2 > /dev/null 2>&1";
+    ASSERT_EQ(std::system(cmd.c_str()), 0) << type;
+    const std::string model = dir + "/" + type + ".model";
+    const std::vector<std::string> texts = {"the cat", "", "  two  spaces\tand a tab", "naïve café 😀 ünknown ŧext",
+                                            "Line 12: 数字 84", "x"};
+    std::map<bool, std::vector<std::vector<std::string>>> got;
+    std::map<bool, std::string> vocab;
+    std::map<bool, std::vector<int64_t>> file_ids;
+    for (bool in_process : {true, false}) {
+      set_sentencepiece_in_process(in_process);
+      EXPECT_EQ(sentencepiece_in_process(), in_process);
+      got[in_process] = {spm_encode_lines(model, texts, "piece", "t"), spm_encode_lines(model, texts, "id", "t")};
+      vocab[in_process] = spm_export_vocab(model, "t");
+      file_ids[in_process] = LmTokenizer(model).encode_file(dir + "/text.txt");
+      EXPECT_NE(error_of<std::invalid_argument>([&] { SentencePieceTokenizer bad(dir + "/text.txt"); })
+                    .find("not a SentencePiece model"),
+                std::string::npos);
+    }
+    set_sentencepiece_in_process(true);
+    EXPECT_EQ(got[true], got[false]) << type;
+    EXPECT_EQ(vocab[true], vocab[false]) << type;
+    EXPECT_EQ(file_ids[true], file_ids[false]) << type;
+    EXPECT_FALSE(file_ids[true].empty());
+  }
 }

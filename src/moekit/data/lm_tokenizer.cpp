@@ -108,10 +108,11 @@ LmTokenizer::LmTokenizer(const std::string& model_path) : path_(model_path) {
     return;
   }
   MOEKIT_CHECK_ARG(have_sentencepiece(), model_path,
-                   ": SentencePiece tools (spm_encode, spm_export_vocab) not found; install the sentencepiece package");
+                   ": SentencePiece not found (neither the moekit_spm module nor the tools spm_encode and "
+                   "spm_export_vocab); install the sentencepiece package");
   std::string vocab;
   try {
-    vocab = run_sentencepiece_tool("spm_export_vocab --model=" + shell_quote(path_), path_);
+    vocab = spm_export_vocab(path_, path_);
   } catch (const std::exception&) {
     throw std::invalid_argument(model_path + ": not a SentencePiece model");
   }
@@ -184,8 +185,18 @@ std::vector<int64_t> LmTokenizer::encode_file(const std::string& path) const {
     }
     return stream;
   }
-  const std::string out =
-      run_sentencepiece_tool("spm_encode --model=" + shell_quote(path_) + " --output_format=id < " + shell_quote(path), path);
+  std::string out;
+  if (sentencepiece_in_process()) {
+    // Line by line as spm_encode reads the file (a last line without '\n' too).
+    std::vector<std::string> lines;
+    std::istringstream in(read_file(path));
+    std::string line;
+    while (std::getline(in, line)) lines.push_back(line);
+    for (const std::string& ids : spm_encode_lines(path_, lines, "id", path)) out += ids + "\n";
+  } else {
+    out = run_sentencepiece_tool(
+        "spm_encode --model=" + shell_quote(path_) + " --output_format=id < " + shell_quote(path), path);
+  }
   std::vector<int64_t> stream;
   for (auto& ids : parse_id_lines(out)) {
     if (ids.empty()) continue;  // blank lines

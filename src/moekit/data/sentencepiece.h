@@ -3,11 +3,14 @@
 // transcript is split into pieces by a SentencePiece model, pieces map to
 // ids through units.txt. Decoding needs only units.txt ("▁" = space).
 //
-// The model is run through SentencePiece's own command-line tools
-// (spm_encode, spm_export_vocab; Debian package `sentencepiece`), once per
-// batch of texts: linking libsentencepiece into a process that also loads
-// Debian's LibTorch crashes at start-up, because each brings its own
-// protobuf runtime.
+// The model runs in this process through the moekit_spm module (a small C
+// interface to libsentencepiece, loaded with dlopen and RTLD_DEEPBIND:
+// Debian's libsentencepiece carries its own protobuf-lite 3.14 with exported
+// symbols, LibTorch the system's libprotobuf 3.21, and linking both crashes
+// before main; data/spm_shim.cpp says how). Where the module is absent (a
+// build without libsentencepiece-dev, or MOEKIT_SPM_MODULE=none), the same
+// functions run SentencePiece's command-line tools (spm_encode,
+// spm_export_vocab) once per batch of texts, with the same results.
 #include <string>
 #include <vector>
 
@@ -16,6 +19,14 @@
 namespace moekit {
 
 bool have_sentencepiece();
+// Whether SentencePiece runs in this process (the module loaded and not
+// turned off by set_sentencepiece_in_process(false), which tests use to
+// compare it with the tools).
+bool sentencepiece_in_process();
+void set_sentencepiece_in_process(bool enabled);
+
+// spm_export_vocab's output for `model`: one "piece<TAB>score" line per id.
+std::string spm_export_vocab(const std::string& model, const std::string& what);
 
 // 'text' quoted for /bin/sh.
 std::string shell_quote(const std::string& text);
