@@ -1,0 +1,83 @@
+#!/usr/bin/env python3
+"""Tables and curves of scale_out_study.sh from each run's metrics.jsonl.
+
+  scale_out_study.py EXP_DIR --seeds 1 2 3 --out study.md --plot study.png
+
+For each seed: the dense and the upcycled arm's validation loss at the
+start, at the end, and at every FLOP count both reached (the curves'
+common points); over seeds: the mean and the spread (max - min) of the
+final losses and of their difference.
+"""
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+
+from results import validations
+
+ARMS = [("study_dense_seed{}", "(a) dense, continued"), ("study_upcycled_seed{}", "(b) upcycled MoE")]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("exp")
+    ap.add_argument("--seeds", nargs="+", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--plot")
+    args = ap.parse_args()
+    small = validations(args.exp, "small")
+    lines = []
+    if small:
+        lines += [f"Dense checkpoint: validation loss {small[-1]['cv_loss']:.3f} after {small[-1]['step']} steps.", ""]
+    lines += ["| seed | run | val. loss at step 0 | final val. loss | steps | training FLOPs |",
+              "|---|---|---|---|---|---|"]
+    finals = {label: [] for _, label in ARMS}
+    curves = []
+    for seed in args.seeds:
+        for pattern, label in ARMS:
+            v = validations(args.exp, pattern.format(seed))
+            if not v:
+                continue
+            first = v[0]["cv_loss"] if v[0]["step"] == 0 else float("nan")
+            lines.append(f"| {seed} | {label} | {first:.3f} | {v[-1]['cv_loss']:.3f} | {v[-1]['step']} | "
+                         f"{v[-1].get('train_flops', 0):.3g} |")
+            finals[label].append(v[-1]["cv_loss"])
+            curves.append((f"{label}, seed {seed}", [(r.get("train_flops", 0), r["cv_loss"]) for r in v]))
+    dense, moe = (finals[label] for _, label in ARMS)
+    if dense and len(dense) == len(moe):
+        gaps = [d - m for d, m in zip(dense, moe)]
+        lines += ["", "| over seeds | (a) dense | (b) upcycled MoE | (a) - (b) |", "|---|---|---|---|",
+                  f"| mean final val. loss | {statistics.mean(dense):.3f} | {statistics.mean(moe):.3f} | "
+                  f"{statistics.mean(gaps):+.3f} |",
+                  f"| spread (max - min) | {max(dense) - min(dense):.3f} | {max(moe) - min(moe):.3f} | "
+                  f"{max(gaps) - min(gaps):.3f} |",
+                  f"| seeds where (b) is lower | | | {sum(g > 0 for g in gaps)} of {len(gaps)} |"]
+    with open(args.out + ".tmp", "w") as f:
+        f.write("\n".join(lines) + "\n")
+    os.replace(args.out + ".tmp", args.out)
+    if args.plot and curves:
+        if not shutil.which("gnuplot"):
+            print("scale_out_study: gnuplot not installed; no plot", file=sys.stderr)
+            return
+        data = args.plot + ".dat"
+        with open(data, "w") as f:
+            for label, points in curves:
+                f.write(f"# {label}\n")
+                for x, y in points:
+                    f.write(f"{x / 1e12:.6f} {y:.6f}\n")
+                f.write("\n\n")
+        plots = ", ".join(f"'{data}' index {i} with lines lw 2 dt {1 + i % 2} lc {1 + i % 2} "
+                          f"title '{label}'" for i, (label, _) in enumerate(curves))
+        script = (f"set terminal png size 900,550; set output '{args.plot}.tmp';"
+                  "set xlabel 'training FLOPs (TFLOP)'; set ylabel 'validation loss (nats/token)';"
+                  "set title 'Scale-Out from one dense checkpoint, equal FLOPs, 3 seeds'; set grid;"
+                  f"plot {plots}")
+        subprocess.run(["gnuplot", "-e", script], check=True)
+        os.replace(args.plot + ".tmp", args.plot)
+        os.remove(data)
+
+
+if __name__ == "__main__":
+    main()
