@@ -35,19 +35,8 @@ data=$work/data
 exp=$work/exp
 export OPENBLAS_NUM_THREADS=1  # LibTorch's own threads do the parallel work (--threads)
 
-log() { echo "[lm recipe $(date +%H:%M:%S)] $*" >&2; }
-
-# train NAME ARGS...: trains into $exp/NAME unless its final model exists; resumes a killed run.
-train() {
-  local name=$1
-  shift
-  if [[ -f $exp/$name/final/model.safetensors ]]; then log "$name: already trained"; return; fi
-  local resume=()
-  [[ -d $exp/$name/checkpoints ]] && resume=(--resume)
-  log "training $name"
-  "$moekit" --threads "$threads" train lm --train-text "$data/train.txt" --valid-text "$data/valid.txt" \
-    --exp-dir "$exp/$name" "${resume[@]}" "$@" 2> >(grep -v "^epoch .* step" >&2)
-}
+log_name="lm recipe"
+source "$here/local/train.sh"  # log, train
 
 if [[ $stage -le 0 && $stop_stage -ge 0 ]]; then
   log "stage 0: corpus and tokenizer"

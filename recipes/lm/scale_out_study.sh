@@ -28,23 +28,13 @@ seeds=${SEEDS:-1 2 3}
 moe_steps=${MOE_STEPS:-1000}
 export OPENBLAS_NUM_THREADS=1
 
-log() { echo "[scale-out study $(date +%H:%M:%S)] $*" >&2; }
-
 # The corpus, tokenizer and small dense model of the full recipe (600 steps).
 WORK=$work STOP_STAGE=1 THREADS=$threads MOEKIT=$moekit PYTHON=$python bash "$here/run.sh"
 data=$work/data
 exp=$work/exp
 
-train() {
-  local name=$1
-  shift
-  if [[ -f $exp/$name/final/model.safetensors ]]; then log "$name: already trained"; return; fi
-  local resume=()
-  [[ -d $exp/$name/checkpoints ]] && resume=(--resume)
-  log "training $name"
-  "$moekit" --threads "$threads" train lm --train-text "$data/train.txt" --valid-text "$data/valid.txt" \
-    --exp-dir "$exp/$name" "${resume[@]}" "$@" 2> >(grep -v "^epoch .* step" >&2)
-}
+log_name="scale-out study"
+source "$here/local/train.sh"  # log, train
 
 for seed in $seeds; do
   conf=$exp/study_seed$seed.yaml

@@ -60,24 +60,30 @@ def main():
         f.write("\n".join(lines) + "\n")
     os.replace(args.out + ".tmp", args.out)
     if args.plot and curves:
-        if not shutil.which("gnuplot"):
-            print("results: gnuplot not installed; no plot", file=sys.stderr)
-            return
-        data = args.plot + ".dat"
-        with open(data, "w") as f:
-            for label, points in curves:
-                f.write(f"# {label}\n")
-                for x, y in points:
-                    f.write(f"{x / 1e12:.6f} {y:.6f}\n")
-                f.write("\n\n")
-        plots = ", ".join(f"'{data}' index {i} with linespoints title '{label}'" for i, (label, _) in enumerate(curves))
-        script = (f"set terminal png size 800,500; set output '{args.plot}.tmp';"
-                  "set xlabel 'training FLOPs (TFLOP)'; set ylabel 'validation loss (nats/token)';"
-                  "set title 'Scale-Out from one dense checkpoint, equal training FLOPs'; set grid;"
-                  f"plot {plots}")
-        subprocess.run(["gnuplot", "-e", script], check=True)
-        os.replace(args.plot + ".tmp", args.plot)
-        os.remove(data)
+        plot_curves(curves, args.plot, "Scale-Out from one dense checkpoint, equal training FLOPs")
+
+
+def plot_curves(curves, path, title, style=lambda i: "linespoints"):
+    """Validation loss against training FLOPs, one line per (label, [(flops,
+    loss), ...]), written to the PNG `path` with gnuplot (none without it);
+    style(i) gives the gnuplot style of curve i."""
+    if not shutil.which("gnuplot"):
+        print("results: gnuplot not installed; no plot", file=sys.stderr)
+        return
+    data = path + ".dat"
+    with open(data, "w") as f:
+        for label, points in curves:
+            f.write(f"# {label}\n")
+            for x, y in points:
+                f.write(f"{x / 1e12:.6f} {y:.6f}\n")
+            f.write("\n\n")
+    plots = ", ".join(f"'{data}' index {i} with {style(i)} title '{label}'" for i, (label, _) in enumerate(curves))
+    script = (f"set terminal png size 900,550; set output '{path}.tmp';"
+              "set xlabel 'training FLOPs (TFLOP)'; set ylabel 'validation loss (nats/token)';"
+              f"set title '{title}'; set grid; plot {plots}")
+    subprocess.run(["gnuplot", "-e", script], check=True)
+    os.replace(path + ".tmp", path)
+    os.remove(data)
 
 
 if __name__ == "__main__":

@@ -10,12 +10,9 @@ final losses and of their difference.
 """
 import argparse
 import os
-import shutil
 import statistics
-import subprocess
-import sys
 
-from results import validations
+from results import plot_curves, validations
 
 ARMS = [("study_dense_seed{}", "(a) dense, continued"), ("study_upcycled_seed{}", "(b) upcycled MoE")]
 
@@ -58,26 +55,9 @@ def main():
         f.write("\n".join(lines) + "\n")
     os.replace(args.out + ".tmp", args.out)
     if args.plot and curves:
-        if not shutil.which("gnuplot"):
-            print("scale_out_study: gnuplot not installed; no plot", file=sys.stderr)
-            return
-        data = args.plot + ".dat"
-        with open(data, "w") as f:
-            for label, points in curves:
-                f.write(f"# {label}\n")
-                for x, y in points:
-                    f.write(f"{x / 1e12:.6f} {y:.6f}\n")
-                f.write("\n\n")
-        plots = ", ".join(f"'{data}' index {i} with lines lw 2 dt {1 + i % 2} lc {1 + i % 2} "
-                          f"title '{label}'" for i, (label, _) in enumerate(curves))
-        script = (f"set terminal png size 900,550; set output '{args.plot}.tmp';"
-                  "set xlabel 'training FLOPs (TFLOP)'; set ylabel 'validation loss (nats/token)';"
-                  "set title 'Scale-Out from one dense checkpoint, equal FLOPs, 3 seeds'; set grid;"
-                  f"plot {plots}")
-        subprocess.run(["gnuplot", "-e", script], check=True)
-        os.replace(args.plot + ".tmp", args.plot)
-        os.remove(data)
-
+        # Dense runs solid, upcycled dashed, one colour per arm.
+        plot_curves(curves, args.plot, "Scale-Out from one dense checkpoint, equal FLOPs, every seed",
+                    style=lambda i: f"lines lw 2 dt {1 + i % 2} lc {1 + i % 2}")
 
 if __name__ == "__main__":
     main()
