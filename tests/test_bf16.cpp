@@ -192,6 +192,7 @@ TEST(LmModel, LoadKeepsTheStoredBf16UnlessAskedOtherwise) {
   EXPECT_EQ(load_lm_model(dir + "/fp32")->weight_dtype(), torch::kFloat);
   EXPECT_EQ(load_lm_model(dir + "/fp32", torch::kBFloat16)->weight_dtype(), torch::kBFloat16);
   EXPECT_EQ(parse_lm_weight_dtype("auto"), c10::nullopt);
+  EXPECT_EQ(parse_lm_weight_dtype("auto", torch::Device("cuda:0")), torch::kFloat);
   EXPECT_EQ(parse_lm_weight_dtype("bf16"), torch::kBFloat16);
   EXPECT_EQ(parse_lm_weight_dtype("fp32"), torch::kFloat);
   EXPECT_EQ(error_of([] { parse_lm_weight_dtype("fp16"); }), "weight dtype 'fp16' is not one of auto, fp32, bf16");

@@ -154,8 +154,9 @@ void add_generate_command(CLI::App& app, const GlobalOptions& global) {
     o->sampling.validate();
     const std::string tok_path = find_lm_tokenizer(o->model_dir, o->tokenizer);
     const LmTokenizer tokenizer(tok_path);
-    const auto model = load_lm_model(o->model_dir, parse_lm_weight_dtype(o->weight_dtype));
-    model->to(parse_device(global.device));
+    const torch::Device device = parse_device(global.device);
+    const auto model = load_lm_model(o->model_dir, parse_lm_weight_dtype(o->weight_dtype, device));
+    model->to(device);
     MOEKIT_CHECK_ARG(model->config().vocab_size == tokenizer.vocab_size(), tok_path, ": ", tokenizer.vocab_size(),
                      " pieces, but the model has ", model->config().vocab_size, " tokens");
     MOEKIT_CHECK_ARG(o->prompt.find('\n') == std::string::npos, "generate: the prompt holds a line break");
