@@ -42,6 +42,14 @@ def main():
                          f"{v[-1].get('train_flops', 0):.3g} |")
             finals[label].append(v[-1]["cv_loss"])
             curves.append((f"{label}, seed {seed}", [(r.get("train_flops", 0), r["cv_loss"]) for r in v]))
+    # Equal tokens: the dense arm's loss at the MoE arm's last step (same
+    # batches up to there), where it was validated.
+    equal_tokens = []
+    for seed in args.seeds:
+        d = {r["step"]: r["cv_loss"] for r in validations(args.exp, ARMS[0][0].format(seed))}
+        m = validations(args.exp, ARMS[1][0].format(seed))
+        if m and m[-1]["step"] in d:
+            equal_tokens.append(d[m[-1]["step"]] - m[-1]["cv_loss"])
     dense, moe = (finals[label] for _, label in ARMS)
     if dense and len(dense) == len(moe):
         gaps = [d - m for d, m in zip(dense, moe)]
@@ -51,6 +59,9 @@ def main():
                   f"| spread (max - min) | {max(dense) - min(dense):.3f} | {max(moe) - min(moe):.3f} | "
                   f"{max(gaps) - min(gaps):.3f} |",
                   f"| seeds where (b) is lower | | | {sum(g > 0 for g in gaps)} of {len(gaps)} |"]
+        if len(equal_tokens) == len(gaps):
+            lines.append(f"| (a) - (b) at equal tokens ((a) at (b)'s last step), mean | | | "
+                         f"{statistics.mean(equal_tokens):+.3f} |")
     with open(args.out + ".tmp", "w") as f:
         f.write("\n".join(lines) + "\n")
     os.replace(args.out + ".tmp", args.out)
