@@ -168,16 +168,16 @@ bool have_sentencepiece() {
 
 std::vector<std::string> spm_encode_lines(const std::string& model, const std::vector<std::string>& texts,
                                           const std::string& output_format, const std::string& what) {
-  std::string input;
   for (const auto& t : texts) {
     MOEKIT_CHECK_ARG(t.find('\n') == std::string::npos, what, ": a text to encode holds a line break");
-    input += t + "\n";
   }
   if (use_module()) {
     MOEKIT_CHECK_ARG(output_format == "piece" || output_format == "id", what, ": output format ", output_format,
                      " is not piece or id");
     return SpmModule::instance().encode(model, texts, output_format == "id", what);
   }
+  std::string input;  // the tool reads one text per line
+  for (const auto& t : texts) input += t + "\n";
   char name[] = "/tmp/moekit_spm_XXXXXX";
   const int fd = ::mkstemp(name);
   MOEKIT_CHECK(fd >= 0, what, ": cannot create a temporary file");

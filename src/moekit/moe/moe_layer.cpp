@@ -163,7 +163,8 @@ ExpertWeights ExpertsImpl::weights_for(const torch::Tensor& x, const std::vector
     w2_panels_.clear();
     return w;
   }
-  if (!weight_panels_enabled() || !packs_into_panels(w1) || !w1.is_contiguous() || !w2.is_contiguous() || (w3.defined() && !w3.is_contiguous())) {
+  if (!weight_panels_enabled() || !packs_into_panels(w1) || !w1.is_contiguous() || !w2.is_contiguous() ||
+      (w3.defined() && !w3.is_contiguous())) {
     return w;
   }
   const std::vector<bool> small = grouped_ffn_small_rows_experts(x, tokens_per_expert, kernel, /*with_panels=*/true);
