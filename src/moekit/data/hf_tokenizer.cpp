@@ -222,10 +222,12 @@ struct HfTokenizer::Impl {
   std::vector<Normalizer> normalizers;
 
   struct PreTokenizer {
-    std::string type;  // Split | ByteLevel
+    std::string type;  // Split | ByteLevel | Metaspace
     std::shared_ptr<Regex> regex;
     std::string behavior;        // Split: Isolated, Removed, MergedWithPrevious, MergedWithNext, Contiguous
     bool add_prefix_space = false;
+    std::string replacement;     // Metaspace: the character spaces become ("▁")
+    std::string prepend_scheme;  // Metaspace: always | first | never
   };
   std::vector<PreTokenizer> pre_tokenizers;
   bool byte_level = false;
@@ -236,7 +238,7 @@ struct HfTokenizer::Impl {
   std::vector<int64_t> prefix, suffix;  // the template around a single sequence
 
   struct Decoder {
-    std::string type, a, b;
+    std::string type, a, b;  // Metaspace: a = replacement, b = prepend_scheme
     int start = 0, stop = 0;
   };
   std::vector<Decoder> decoders;
@@ -292,16 +294,39 @@ struct HfTokenizer::Impl {
         // A literal string: quoted for PCRE2.
         regex = "\\Q" + pattern.at("String").get<std::string>() + "\\E";
       }
-      PreTokenizer t{type, std::make_shared<Regex>(regex, where("pre_tokenizer Split")), behavior, false};
+      PreTokenizer t{type, std::make_shared<Regex>(regex, where("pre_tokenizer Split")), behavior, false, "", ""};
       pre_tokenizers.push_back(std::move(t));
     } else if (type == "ByteLevel") {
-      PreTokenizer t{type, nullptr, "Isolated", p.value("add_prefix_space", false)};
+      PreTokenizer t{type, nullptr, "Isolated", p.value("add_prefix_space", false), "", ""};
       if (p.value("use_regex", true)) t.regex = std::make_shared<Regex>(kGpt2Pattern, where("ByteLevel"));
       pre_tokenizers.push_back(std::move(t));
       byte_level = true;
+    } else if (type == "Metaspace") {
+      PreTokenizer t{type, nullptr, "MergedWithNext", false, "", ""};
+      t.replacement = metaspace_replacement(p, "pre_tokenizer");
+      t.prepend_scheme = metaspace_prepend_scheme(p, "pre_tokenizer");
+      // split (default true): words cut before each replacement character.
+      if (p.value("split", true)) t.regex = std::make_shared<Regex>("\\Q" + t.replacement + "\\E", where("Metaspace"));
+      pre_tokenizers.push_back(std::move(t));
     } else {
-      throw std::invalid_argument(where("pre_tokenizer \"" + type + "\" is not supported (Sequence, Split, ByteLevel)"));
+      throw std::invalid_argument(
+          where("pre_tokenizer \"" + type + "\" is not supported (Sequence, Split, ByteLevel, Metaspace)"));
     }
+  }
+
+  // Metaspace's fields, in the tokenizers library's current form and its
+  // older one (add_prefix_space instead of prepend_scheme).
+  std::string metaspace_replacement(const json& j, const std::string& part) const {
+    const std::string r = j.value("replacement", std::string("\xe2\x96\x81"));
+    MOEKIT_CHECK_ARG(utf8_chars(r).size() == 1, where(part + " Metaspace replacement must be one character"));
+    return r;
+  }
+  std::string metaspace_prepend_scheme(const json& j, const std::string& part) const {
+    if (!j.contains("prepend_scheme")) return j.value("add_prefix_space", true) ? "always" : "never";
+    const std::string scheme = j["prepend_scheme"].get<std::string>();
+    MOEKIT_CHECK_ARG(scheme == "always" || scheme == "first" || scheme == "never",
+                     where(part + " Metaspace prepend_scheme \"" + scheme + "\" is not always, first or never"));
+    return scheme;
   }
 
   void read_post_processor(const json& p) {
@@ -341,9 +366,12 @@ struct HfTokenizer::Impl {
       decoders.push_back({type, d["pattern"]["String"].get<std::string>(), d.at("content").get<std::string>(), 0, 0});
     } else if (type == "Strip") {
       decoders.push_back({type, d.at("content").get<std::string>(), "", d.value("start", 0), d.value("stop", 0)});
+    } else if (type == "Metaspace") {
+      decoders.push_back({type, metaspace_replacement(d, "decoder"), metaspace_prepend_scheme(d, "decoder"), 0, 0});
     } else {
-      throw std::invalid_argument(
-          where("decoder \"" + type + "\" is not supported (Sequence, ByteLevel, ByteFallback, Fuse, Replace, Strip)"));
+      throw std::invalid_argument(where("decoder \"" + type +
+                                        "\" is not supported (Sequence, ByteLevel, ByteFallback, Fuse, Replace, Strip, "
+                                        "Metaspace)"));
     }
   }
 
@@ -470,30 +498,49 @@ struct HfTokenizer::Impl {
     return out;
   }
 
-  std::vector<std::string> pre_tokenize(const std::string& s) const {
-    std::vector<std::string> pieces = {s};
+  // The pre-tokens of `s`; `at_start`: s begins the text (not after an
+  // added token), where Metaspace's prepend_scheme "first" prepends.
+  std::vector<std::string> pre_tokenize(const std::string& s, bool at_start) const {
+    struct Piece {
+      std::string text;
+      bool at_start;
+    };
+    std::vector<Piece> pieces = {{s, at_start}};
     for (const PreTokenizer& p : pre_tokenizers) {
-      std::vector<std::string> next;
-      for (std::string piece : pieces) {
+      std::vector<Piece> next;
+      for (Piece& in : pieces) {
+        std::string piece = std::move(in.text);
         if (p.type == "ByteLevel" && p.add_prefix_space && !piece.empty() && piece[0] != ' ') piece = " " + piece;
-        std::vector<std::string> parts;
-        if (p.regex) {
-          for (const auto& [b, e] : split_segments(piece, *p.regex, p.behavior)) parts.push_back(piece.substr(b, e - b));
-        } else {
-          parts.push_back(piece);
+        if (p.type == "Metaspace") {
+          // As the tokenizers library: spaces become the replacement, which
+          // is prepended where the scheme says and the piece lacks it.
+          piece = replace_all(piece, " ", p.replacement);
+          if (piece.compare(0, p.replacement.size(), p.replacement) != 0 &&
+              (p.prepend_scheme == "always" || (p.prepend_scheme == "first" && in.at_start)))
+            piece = p.replacement + piece;
         }
-        for (std::string& part : parts) {
+        std::vector<std::pair<size_t, size_t>> parts;
+        if (p.regex) {
+          parts = split_segments(piece, *p.regex, p.behavior);
+        } else {
+          parts.emplace_back(0, piece.size());
+        }
+        for (const auto& [b, e] : parts) {
+          std::string part = piece.substr(b, e - b);
           if (p.type == "ByteLevel") {
             std::string mapped;
             for (unsigned char c : part) mapped += byte_alphabet().to_char[c];
             part = std::move(mapped);
           }
-          if (!part.empty()) next.push_back(std::move(part));
+          if (!part.empty()) next.push_back({std::move(part), in.at_start && b == 0});
         }
       }
       pieces = std::move(next);
     }
-    return pieces;
+    std::vector<std::string> out;
+    out.reserve(pieces.size());
+    for (Piece& p : pieces) out.push_back(std::move(p.text));
+    return out;
   }
 
   // BPE of one pre-token: characters (or their bytes) merged lowest rank
@@ -675,12 +722,16 @@ std::vector<int64_t> HfTokenizer::encode(const std::string& text, bool add_speci
   MOEKIT_CHECK_ARG(valid_utf8(text), "tokenizer: the text is not valid UTF-8");
   std::vector<int64_t> ids;
   if (add_special_tokens) ids = m.prefix;
+  bool at_start = true;  // the piece begins the text
   for (const auto& [piece, special] : m.split_added(text)) {
     if (special >= 0) {
       ids.push_back(special);
+      at_start = false;
       continue;
     }
-    for (const std::string& word : m.pre_tokenize(m.normalize(piece))) {
+    const bool first = at_start;
+    at_start = false;
+    for (const std::string& word : m.pre_tokenize(m.normalize(piece), first)) {
       const std::vector<int64_t> w = m.bpe_cached(word);
       ids.insert(ids.end(), w.begin(), w.end());
     }
@@ -716,6 +767,11 @@ std::string HfTokenizer::decode(const std::vector<int64_t>& ids, bool skip_speci
       }
     } else if (d.type == "Replace") {
       for (std::string& p : pieces) p = replace_all(p, d.a, d.b);
+    } else if (d.type == "Metaspace") {
+      // As the tokenizers library: the replacement back to spaces, except
+      // in the first token, where it was prepended (unless never).
+      for (size_t i = 0; i < pieces.size(); ++i)
+        pieces[i] = replace_all(pieces[i], d.a, i == 0 && d.b != "never" ? "" : " ");
     } else if (d.type == "ByteFallback") {
       // Runs of <0xNN> tokens become their bytes when those are valid
       // UTF-8, else one U+FFFD per byte.
