@@ -6,12 +6,15 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 
+#include <optional>
+
 #include "lm_test_util.h"
 #include "resume_test_util.h"
 #include "moekit/core/model_dir.h"
 #include "moekit/data/lm_tokenizer.h"
 #include "moekit/data/sentencepiece.h"
 #include "moekit/decode/lm_generate.h"
+#include "moekit/ops/fast_path.h"
 #include "moekit/ops/linear.h"
 #include "moekit/train/lm_task.h"
 
@@ -107,6 +110,38 @@ TEST(LmModel, KvCacheEqualsTheFullForward) {
       const torch::Tensor last = model.forward(tokens.narrow(1, 12, 1), &again, /*last_only=*/true);
       EXPECT_LT(relative_diff(full.narrow(1, 12, 1), last), 1e-5);
     }
+  }
+}
+
+// The CPU decoding fast paths (RMSNorm and rotary as loops, one step's
+// attention over the cache in one loop) against the general form of the
+// same model, which runs where gradients are recorded: the same logits
+// step by step, every fast path counted.
+TEST(LmModel, DecodingFastPathsEqualTheGeneralForm) {
+  for (bool moe : {false, true}) {
+    LmConfig c = tiny_lm_config(moe);
+    c.d_model = 48;  // head_dim 12, not a power of two: the score scale is sqrt(12)
+    torch::manual_seed(5);
+    LmModel model(c);
+    model.eval();
+    const torch::Tensor tokens = random_tokens(2, 9, c.vocab_size, 6);
+    auto decode = [&](bool fast) {
+      std::optional<torch::NoGradGuard> no_grad;
+      if (fast) no_grad.emplace();
+      LmKvCache cache = model.make_cache(2, 12);
+      std::vector<torch::Tensor> steps = {model.forward(tokens.narrow(1, 0, 3), &cache).detach()};
+      for (int64_t t = 3; t < 9; ++t) steps.push_back(model.forward(tokens.narrow(1, t, 1), &cache).detach());
+      return torch::cat(steps, 1);
+    };
+    const int64_t norms = fast_path_count("lm.rms_norm"), rotary = fast_path_count("lm.rotary"),
+                  steps = fast_path_count("lm.attention_step");
+    const torch::Tensor fast = decode(true);
+    EXPECT_EQ(fast_path_count("lm.rms_norm") - norms, 7 * (2 * c.n_layers + 1));
+    EXPECT_EQ(fast_path_count("lm.rotary") - rotary, 7 * 2 * c.n_layers);
+    EXPECT_EQ(fast_path_count("lm.attention_step") - steps, 6 * c.n_layers);
+    const torch::Tensor general = decode(false);
+    EXPECT_EQ(fast_path_count("lm.attention_step") - steps, 6 * c.n_layers) << "gradients recorded: no fast path";
+    EXPECT_LT(relative_diff(general, fast), 1e-6) << "moe " << moe;
   }
 }
 

@@ -36,8 +36,9 @@ constexpr size_t kRoundBytes = size_t{1} << 20;
 // boundaries, where the hardware prefetcher stops, and a fresh block faults
 // in per 2 MiB instead of per 4 KiB. Streaming expert panels went from 14.0
 // to 15.2 GB/s at 8 rows on the Intel VM of bench/results/2026-11-26.md ("Weight prefetch, huge
-// pages, SiLU").
-constexpr size_t kHugeMinBytes = size_t{4} << 20;
+// pages, SiLU"). From 2 MiB on, so that a 1024 x 1024 bf16 matrix (exactly
+// 2 MiB) is one huge page too.
+constexpr size_t kHugeMinBytes = size_t{2} << 20;
 constexpr size_t kHugeBytes = size_t{2} << 20;
 
 size_t block_bytes(size_t nbytes) {

@@ -1,9 +1,13 @@
 #include "moekit/models/lm/lm_model.h"
 
+#include <algorithm>
 #include <cmath>
+#include <limits>
+#include <vector>
 
 #include "moekit/core/check.h"
 #include "moekit/core/model_dir.h"
+#include "moekit/ops/fast_path.h"
 #include "moekit/ops/linear.h"
 
 namespace moekit {
@@ -12,7 +16,37 @@ RMSNormImpl::RMSNormImpl(int64_t dim, double eps) : eps_(eps) {
   weight = register_parameter("weight", torch::ones({dim}));
 }
 
+namespace {
+
+// CPU float inference: one loop per row in place of the eight LibTorch ops
+// below, whose dispatch costs more than their arithmetic in batch-1
+// decoding. The same operations in the same order, the sum
+// of squares accumulated in float as LibTorch's mean does (in another
+// order, so the last bit may differ).
+torch::Tensor rms_norm_rows(const torch::Tensor& x, const torch::Tensor& weight, double eps) {
+  MOEKIT_FAST_PATH("lm.rms_norm");
+  const int64_t n = x.size(-1), rows = x.numel() / n;
+  torch::Tensor y = torch::empty_like(x);
+  const float* xp = x.data_ptr<float>();
+  const float* w = weight.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = xp + r * n;
+    float* yr = yp + r * n;
+    float squares = 0.f;
+    for (int64_t i = 0; i < n; ++i) squares += xr[i] * xr[i];
+    const float scale = 1.f / std::sqrt(squares / static_cast<float>(n) + static_cast<float>(eps));
+    for (int64_t i = 0; i < n; ++i) yr[i] = xr[i] * scale * w[i];
+  }
+  return y;
+}
+
+}  // namespace
+
 torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
+  // CPU inference: the loop form at every row count, so that a batch gives
+  // its sequences' values alone bit for bit.
+  if (x.dim() >= 1 && cpu_float_inference({&x, &weight})) return rms_norm_rows(x, weight, eps_);
   // fp32 statistics for half types; fp64 stays fp64 (gradient checks).
   const torch::Tensor x32 = x.scalar_type() == torch::kDouble ? x : x.to(torch::kFloat);
   const torch::Tensor normed = x32 * torch::rsqrt(x32.pow(2).mean(-1, /*keepdim=*/true) + eps_);
@@ -33,8 +67,76 @@ RotaryTables rotary_tables(int64_t offset, int64_t length, int64_t head_dim, dou
 
 torch::Tensor apply_rotary(const torch::Tensor& x, const RotaryTables& tables) {
   const int64_t half = x.size(-1) / 2;
+  // CPU float inference: one loop over x's strides (x is a transposed view
+  // of a projection) in place of the seven LibTorch ops below; the same
+  // products and sum, so the same values bit for bit.
+  if (x.dim() == 4 && x.stride(3) == 1 && !torch::GradMode::is_enabled() && x.device().is_cpu() &&
+      x.scalar_type() == torch::kFloat && cpu_float_inference({&tables.cos, &tables.sin}) &&
+      tables.cos.size(0) == x.size(2)) {
+    MOEKIT_FAST_PATH("lm.rotary");
+    const int64_t B = x.size(0), H = x.size(1), T = x.size(2), D = x.size(3);
+    torch::Tensor out = torch::empty({B, H, T, D}, x.options());
+    const float* xp = x.data_ptr<float>();
+    const float* cp = tables.cos.data_ptr<float>();
+    const float* sp = tables.sin.data_ptr<float>();
+    float* op = out.data_ptr<float>();
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t h = 0; h < H; ++h)
+        for (int64_t t = 0; t < T; ++t) {
+          const float* xr = xp + b * x.stride(0) + h * x.stride(1) + t * x.stride(2);
+          const float* c = cp + t * D;
+          const float* sn = sp + t * D;
+          float* o = op + ((b * H + h) * T + t) * D;
+          for (int64_t i = 0; i < half; ++i) {
+            o[i] = xr[i] * c[i] + -xr[i + half] * sn[i];
+            o[i + half] = xr[i + half] * c[i + half] + xr[i] * sn[i + half];
+          }
+        }
+    return out;
+  }
   const torch::Tensor rotated = torch::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
   return x * tables.cos.to(x.scalar_type()) + rotated * tables.sin.to(x.scalar_type());
+}
+
+// One decoding step's attention on the CPU (T = 1, float, no gradients):
+// each head's scores over the cached keys, their softmax and the weighted
+// sum of the values in one loop, in place of the dozen LibTorch ops (and
+// their temporaries) of the general form below. q: [B, H, 1, hd]
+// contiguous; caches [B, KV, S_max, hd], the first `keys` positions filled.
+// Returns [B, 1, H * hd].
+torch::Tensor LmAttentionImpl::attend_one_step(const torch::Tensor& q, const torch::Tensor& k_cache,
+                                               const torch::Tensor& v_cache, int64_t keys) const {
+  MOEKIT_FAST_PATH("lm.attention_step");
+  const int64_t B = q.size(0), G = heads_ / kv_heads_, D = head_dim_, s_max = k_cache.size(2);
+  torch::Tensor out = torch::empty({B, 1, heads_ * D}, q.options());
+  const float* qp = q.data_ptr<float>();
+  const float* kp = k_cache.data_ptr<float>();
+  const float* vp = v_cache.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  const float scale = static_cast<float>(std::sqrt(static_cast<double>(D)));  // as the general form divides
+  std::vector<float> p(static_cast<size_t>(keys));
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < heads_; ++h) {
+      const float* qh = qp + (b * heads_ + h) * D;
+      const float* kh = kp + (b * kv_heads_ + h / G) * s_max * D;
+      const float* vh = vp + (b * kv_heads_ + h / G) * s_max * D;
+      float top = -std::numeric_limits<float>::infinity();
+      for (int64_t j = 0; j < keys; ++j) {
+        float dot = 0.f;
+        for (int64_t d = 0; d < D; ++d) dot += qh[d] * kh[j * D + d];
+        p[j] = dot / scale;
+        top = std::max(top, p[j]);
+      }
+      float total = 0.f;
+      for (int64_t j = 0; j < keys; ++j) total += (p[j] = std::exp(p[j] - top));
+      float* o = op + (b * heads_ + h) * D;
+      std::fill(o, o + D, 0.f);
+      for (int64_t j = 0; j < keys; ++j) {
+        const float w = p[j] / total;
+        for (int64_t d = 0; d < D; ++d) o[d] += w * vh[j * D + d];
+      }
+    }
+  return out;
 }
 
 LmAttentionImpl::LmAttentionImpl(const LmConfig& c)
@@ -59,6 +161,9 @@ torch::Tensor LmAttentionImpl::forward(const torch::Tensor& x, const RotaryTable
     keys = offset + T;
     k = k_cache->narrow(2, 0, keys);
     v = v_cache->narrow(2, 0, keys);
+  }
+  if (T == 1 && k_cache != nullptr && cpu_float_inference({&q, k_cache, v_cache})) {
+    return o_proj(attend_one_step(q, *k_cache, *v_cache, keys));
   }
   // The G query heads of a KV group attend together: [B, KV, G*T, hd] x [B, KV, hd, S].
   const torch::Tensor grouped = q.reshape({B, kv_heads_, G * T, head_dim_});

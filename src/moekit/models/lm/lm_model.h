@@ -64,6 +64,8 @@ class LmAttentionImpl : public torch::nn::Module {
   PackedLinear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
 
  private:
+  torch::Tensor attend_one_step(const torch::Tensor& q, const torch::Tensor& k_cache, const torch::Tensor& v_cache,
+                                int64_t keys) const;
   int64_t heads_, kv_heads_, head_dim_;
 };
 TORCH_MODULE(LmAttention);
