@@ -152,6 +152,17 @@ TEST(CliLm, AHubTokenizerJsonTrainsGeneratesAndEvaluates) {
   EXPECT_NEAR(jb["nll"].get<double>(), j["nll"].get<double>(), 0.01 * j["nll"].get<double>());
   r = run_cli("generate " + model + " --prompt 'naïve café' --max-new-tokens 3 --dtype bf16");
   ASSERT_EQ(r.exit_code, 0) << r.output;
+  // A tokenizer with ids the model lacks is refused by name (one with
+  // fewer, as for a Hub model's padded embedding, is fine).
+  const std::string bigger = data + "/llama3/tokenizer.json";
+  for (const std::string& command : {"generate " + model + " --prompt hi --tokenizer " + bigger,
+                                     "eval " + model + " " + d + "/train.txt --tokenizer " + bigger}) {
+    r = run_cli(command);
+    EXPECT_NE(r.exit_code, 0) << command;
+    EXPECT_NE(r.output.find(bigger + ": the tokenizer has 128256 ids, more than the model's vocabulary of 32000"),
+              std::string::npos)
+        << r.output;
+  }
   r = run_cli("eval " + model + " " + d + "/train.txt --dtype fp16");
   EXPECT_NE(r.exit_code, 0);
   EXPECT_NE(r.output.find("weight dtype 'fp16' is not one of auto, fp32, bf16"), std::string::npos) << r.output;

@@ -6,6 +6,7 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 
+#include <algorithm>
 #include <optional>
 
 #include "lm_test_util.h"
@@ -256,6 +257,17 @@ TEST(LmGenerate, SamplingRules) {
   s.max_new_tokens = 10;
   s.seed = 42;
   EXPECT_EQ(generate(model, {1, 2, 3}, s, -1), generate(model, {1, 2, 3}, s, -1));
+  // A vocabulary limit (a Hub model's padded embedding rows): ids past it
+  // never come out, which they do without it.
+  s.max_new_tokens = 30;
+  s.stop_at_eos = false;
+  const std::vector<int64_t> free = generate(model, {1, 2, 3}, s, -1);
+  EXPECT_TRUE(std::any_of(free.begin(), free.end(), [](int64_t id) { return id >= 40; }));
+  s.vocab_limit = 40;
+  for (double temperature : {0.0, 1.0}) {
+    s.temperature = temperature;
+    for (int64_t id : generate(model, {1, 2, 3}, s, -1)) EXPECT_LT(id, 40) << "temperature " << temperature;
+  }
 }
 
 TEST(LmConfig, BadConfigsAreRefusedByName) {

@@ -31,8 +31,7 @@ void run_perplexity_eval(const std::string& model_dir, const std::string& text, 
   const LmTokenizer tokenizer(tok_path);
   const auto model = load_lm_model(model_dir, parse_lm_weight_dtype(weight_dtype, device));
   options.validate(model->config());  // before the text is tokenized
-  MOEKIT_CHECK_ARG(model->config().vocab_size == tokenizer.vocab_size(), tok_path, ": ", tokenizer.vocab_size(),
-                   " pieces, but the model has ", model->config().vocab_size, " tokens");
+  check_tokenizer_fits(tokenizer, tok_path, model->config().vocab_size);
   model->to(device);
   const std::vector<int64_t> ids = tokenizer.encode_file(text);
   PerplexityResult r;

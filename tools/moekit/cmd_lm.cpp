@@ -94,8 +94,7 @@ void add_train_lm_command(CLI::App& train, const GlobalOptions& global) {
     if (!o->init.empty()) {
       model = load_lm_model(o->init);
       model->train();
-      MOEKIT_CHECK_ARG(model->config().vocab_size == tokenizer.vocab_size(), o->init, ": the model has ",
-                       model->config().vocab_size, " tokens, the tokenizer ", tokenizer.vocab_size());
+      check_tokenizer_fits(tokenizer, tokenizer_path, model->config().vocab_size);
     } else {
       MOEKIT_CHECK_ARG(y["model"].IsMap(), o->config, ": no 'model' section (or pass --init)");
       MOEKIT_CHECK_ARG(!y["model"]["vocab_size"].IsDefined(), o->config,
@@ -157,8 +156,9 @@ void add_generate_command(CLI::App& app, const GlobalOptions& global) {
     const torch::Device device = parse_device(global.device);
     const auto model = load_lm_model(o->model_dir, parse_lm_weight_dtype(o->weight_dtype, device));
     model->to(device);
-    MOEKIT_CHECK_ARG(model->config().vocab_size == tokenizer.vocab_size(), tok_path, ": ", tokenizer.vocab_size(),
-                     " pieces, but the model has ", model->config().vocab_size, " tokens");
+    check_tokenizer_fits(tokenizer, tok_path, model->config().vocab_size);
+    // A Hub model's embedding may have rows past the tokenizer's ids: never chosen.
+    o->sampling.vocab_limit = tokenizer.vocab_size();
     MOEKIT_CHECK_ARG(o->prompt.find('\n') == std::string::npos, "generate: the prompt holds a line break");
     std::vector<int64_t> prompt = tokenizer.encode({o->prompt}).at(0);
     if (tokenizer.bos_id() >= 0) prompt.insert(prompt.begin(), tokenizer.bos_id());

@@ -232,4 +232,9 @@ std::string LmTokenizer::decode(const std::vector<int64_t>& ids) const {
   return text;
 }
 
+void check_tokenizer_fits(const LmTokenizer& tokenizer, const std::string& path, int64_t model_vocab) {
+  MOEKIT_CHECK_ARG(tokenizer.vocab_size() <= model_vocab, path, ": the tokenizer has ", tokenizer.vocab_size(),
+                   " ids, more than the model's vocabulary of ", model_vocab);
+}
+
 }  // namespace moekit

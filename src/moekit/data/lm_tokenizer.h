@@ -65,4 +65,10 @@ class LmTokenizer {
   int64_t bos_ = -1, eos_ = -1;
 };
 
+// Throws std::invalid_argument naming `path` when the tokenizer has ids the
+// model's vocabulary lacks. A model with more rows than the tokenizer has
+// ids (Hub models pad their embeddings, Qwen2 to 151936 for 151665 ids) is
+// fine: the extra rows are never fed, and generation never chooses them.
+void check_tokenizer_fits(const LmTokenizer& tokenizer, const std::string& path, int64_t model_vocab);
+
 }  // namespace moekit

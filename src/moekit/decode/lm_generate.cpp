@@ -11,6 +11,7 @@ void SamplingOptions::validate() const {
   MOEKIT_CHECK_ARG(temperature >= 0, "generate: temperature must be >= 0");
   MOEKIT_CHECK_ARG(top_k >= 0, "generate: top_k must be >= 0");
   MOEKIT_CHECK_ARG(top_p > 0 && top_p <= 1, "generate: top_p must be in (0, 1]");
+  MOEKIT_CHECK_ARG(vocab_limit >= 0, "generate: vocab_limit must be >= 0");
 }
 
 int64_t sample_token(const torch::Tensor& logits, const SamplingOptions& o, at::Generator& generator) {
@@ -57,7 +58,9 @@ std::vector<int64_t> generate(LmModel& model, const std::vector<int64_t>& prompt
   torch::Tensor input = torch::tensor(prompt, torch::kLong).view({1, n}).to(device);
   while (cache.length + input.size(1) <= capacity && static_cast<int64_t>(out.size()) < o.max_new_tokens) {
     const torch::Tensor logits = model.forward(input, &cache, /*last_only=*/true);  // [1, 1, V]
-    const int64_t next = sample_token(logits.view({-1}).to(torch::kCPU), o, generator);
+    torch::Tensor scores = logits.view({-1});
+    if (o.vocab_limit > 0 && o.vocab_limit < scores.size(0)) scores = scores.narrow(0, 0, o.vocab_limit);
+    const int64_t next = sample_token(scores.to(torch::kCPU), o, generator);
     out.push_back(next);
     if (on_token) on_token(next);
     if (o.stop_at_eos && next == eos_id) break;

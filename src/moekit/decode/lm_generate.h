@@ -16,6 +16,9 @@ struct SamplingOptions {
   double top_p = 1.0;           // nucleus: the smallest set whose probability reaches top_p
   uint64_t seed = 0;            // sampling RNG
   bool stop_at_eos = true;      // stop after </s>
+  // Ids at or past this are never chosen (0 = none): the rows a Hub model
+  // pads its embedding with beyond its tokenizer's vocabulary.
+  int64_t vocab_limit = 0;
 
   void validate() const;
 };
