@@ -13,6 +13,7 @@
 #include "moekit/data/lm_tokenizer.h"
 #include "moekit/data/sentencepiece.h"
 #include "moekit/decode/lm_perplexity.h"
+#include "moekit/models/model.h"
 
 using namespace moekit;
 
@@ -166,4 +167,52 @@ TEST(CliLm, AHubTokenizerJsonTrainsGeneratesAndEvaluates) {
   r = run_cli("eval " + model + " " + d + "/train.txt --dtype fp16");
   EXPECT_NE(r.exit_code, 0);
   EXPECT_NE(r.output.find("weight dtype 'fp16' is not one of auto, fp32, bf16"), std::string::npos) << r.output;
+}
+
+// Loading a bf16 model directory builds the model in bf16 and fills it
+// tensor by tensor from the mapped file: `eval` (which then packs the
+// weights into bf16 panels, a second copy) peaks near the process itself
+// plus twice the weights, where building in float32 beside a read copy of
+// the file took about five times. Its tokenizer has fewer ids than the
+// model's (padded) vocabulary, which is allowed.
+TEST(CliLm, ABf16DirectoryLoadsInAboutTwiceItsSize) {
+  if (!have_sentencepiece() || std::system("command -v spm_train > /dev/null 2>&1") != 0)
+    GTEST_SKIP() << "SentencePiece tools (package sentencepiece) not installed";
+  const std::string d = temp_dir("cli_lm_bf16_load");
+  std::string text;
+  for (int i = 0; i < 400; ++i)
+    text += "line " + std::to_string(i) + ": the cat sat on the mat and looked at number " + std::to_string(i * 13 % 97) + "\n";
+  write_file_atomic(d + "/text.txt", text);
+  CliRun r = run_cli("tokenizer train --input " + d + "/text.txt --output " + d + "/tok.model --vocab-size 400");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  LmConfig c;
+  c.vocab_size = 32000;
+  c.d_model = 1024;
+  c.n_layers = 4;
+  c.n_heads = 16;
+  c.n_kv_heads = 4;
+  c.d_ffn = 2816;
+  c.max_seq_len = 128;
+  c.tie_embeddings = false;
+  const std::string model = d + "/model";
+  {
+    LmModel built(c);
+    built.set_weight_dtype(torch::kBFloat16);
+    save_model(model, built);
+  }
+  copy_lm_tokenizer(d + "/tok.model", model);
+  const int64_t weights_mb = static_cast<int64_t>(std::filesystem::file_size(model + "/model.safetensors") >> 20);
+  write_file_atomic(d + "/eval.txt", text.substr(0, 400));
+  r = run_cli("--threads 1 eval " + model + " " + d + "/eval.txt --json --window 64");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const nlohmann::json j = nlohmann::json::parse(r.output.substr(r.output.find('{')));
+  const int64_t peak = j["peak_memory_mb"].get<int64_t>();
+  const CliRun bare = run_cli("--threads 1 info --system");
+  const size_t at = bare.output.find("memory: ");
+  ASSERT_NE(at, std::string::npos) << bare.output;
+  const int64_t base = std::stoll(bare.output.substr(at + 8));
+  std::cout << "bf16 model directory of " << weights_mb << " MB: eval peak " << peak << " MB, the bare process "
+            << base << " MB, bound " << base + 5 * weights_mb / 2 << " MB\n";
+  EXPECT_GT(j["tokens"].get<int64_t>(), 0);
+  EXPECT_LT(peak, base + 5 * weights_mb / 2);
 }

@@ -65,8 +65,12 @@ TEST(Int8Quantization, RowsFollowTheFormulaWithPaddingAndZeroRows) {
       EXPECT_FLOAT_EQ(quant[r].scale, want.scale[r].item<float>()) << "row " << r;
       const int zero = want.zero[r].item<int>();
       EXPECT_EQ(quant[r].zero, zero) << "row " << r;
-      if (r == 2) EXPECT_EQ(quant[r].scale, 0.0f);
-      if (r == 4 && in > 1) EXPECT_EQ(zero, 0);
+      if (r == 2) {
+        EXPECT_EQ(quant[r].scale, 0.0f);
+      }
+      if (r == 4 && in > 1) {
+        EXPECT_EQ(zero, 0);
+      }
       for (int64_t k = 0; k < in4; ++k) {
         const int expect = k < in ? want.q[r][k].item<int>() + zero : zero;
         const int got = xq[r * ld_xq + k];

@@ -11,6 +11,7 @@
 #include "moekit/core/check.h"
 #include "moekit/core/file_io.h"
 #include "moekit/core/model_dir.h"
+#include "moekit/core/process_memory.h"
 #include "moekit/core/runtime.h"
 #include "moekit/data/asr_data.h"
 #include "moekit/data/lm_tokenizer.h"
@@ -44,7 +45,7 @@ void run_perplexity_eval(const std::string& model_dir, const std::string& text, 
   if (json_output) {
     std::cout << nlohmann::json{{"nll", r.nll},       {"perplexity", r.perplexity}, {"tokens", r.tokens},
                                 {"windows", r.windows}, {"window", r.window},        {"stride", r.stride},
-                                {"tokens_per_s", tokens_per_s}}
+                                {"tokens_per_s", tokens_per_s}, {"peak_memory_mb", peak_resident_bytes() >> 20}}
                      .dump()
               << "\n";
     return;

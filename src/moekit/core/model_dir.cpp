@@ -1,10 +1,12 @@
 #include "moekit/core/model_dir.h"
 
+#include <map>
 #include <sstream>
 
 #include "moekit/core/check.h"
 #include "moekit/core/config.h"
 #include "moekit/core/file_io.h"
+#include "moekit/core/safetensors_stream.h"
 
 namespace moekit {
 
@@ -67,27 +69,33 @@ std::string name_list(const std::vector<std::string>& names, size_t limit = 6) {
   return out;
 }
 
-}  // namespace
+// What a stored tensor is, without its values.
+struct StoredTensor {
+  std::vector<int64_t> shape;
+  torch::ScalarType dtype;
+};
 
-void load_module_state(torch::nn::Module& module, const TensorMap& weights, const std::string& source) {
-  TensorMap targets = module_state(module);
+// Every missing, unexpected, mis-shaped and mistyped tensor by name in one
+// error naming `source`.
+void check_state(const TensorMap& targets, const std::map<std::string, StoredTensor>& stored,
+                 const std::string& source) {
   std::vector<std::string> missing, unexpected, mis_shaped, mis_typed;
   for (const auto& [name, target] : targets) {
-    auto it = weights.find(name);
-    if (it == weights.end()) {
+    auto it = stored.find(name);
+    if (it == stored.end()) {
       missing.push_back(name);
-    } else if (it->second.sizes() != target.sizes()) {
-      mis_shaped.push_back(str_cat(name, " ", shape_string(it->second.sizes()), " (model expects ",
+    } else if (torch::IntArrayRef(it->second.shape) != target.sizes()) {
+      mis_shaped.push_back(str_cat(name, " ", shape_string(it->second.shape), " (model expects ",
                                    shape_string(target.sizes()), ")"));
-    } else if (!same_kind(it->second.scalar_type(), target.scalar_type())) {
+    } else if (!same_kind(it->second.dtype, target.scalar_type())) {
       // Float widths convert (a bf16 checkpoint into fp32 weights); an
       // integer tensor where the model holds floats is a damaged or foreign
       // file, and casting it would load garbage without a word.
-      mis_typed.push_back(str_cat(name, " ", c10::toString(it->second.scalar_type()), " (model expects ",
+      mis_typed.push_back(str_cat(name, " ", c10::toString(it->second.dtype), " (model expects ",
                                   c10::toString(target.scalar_type()), ")"));
     }
   }
-  for (const auto& [name, value] : weights) {
+  for (const auto& [name, value] : stored) {
     if (targets.find(name) == targets.end()) unexpected.push_back(name);
   }
   if (!missing.empty() || !unexpected.empty() || !mis_shaped.empty() || !mis_typed.empty()) {
@@ -99,8 +107,32 @@ void load_module_state(torch::nn::Module& module, const TensorMap& weights, cons
     message.pop_back();
     throw std::invalid_argument(message);
   }
+}
+
+}  // namespace
+
+void load_module_state(torch::nn::Module& module, const TensorMap& weights, const std::string& source) {
+  TensorMap targets = module_state(module);
+  std::map<std::string, StoredTensor> stored;
+  for (const auto& [name, value] : weights) stored[name] = {value.sizes().vec(), value.scalar_type()};
+  check_state(targets, stored, source);
   torch::NoGradGuard no_grad;
   for (auto& [name, target] : targets) target.copy_(weights.at(name));
+}
+
+void load_module_state_from_dir(torch::nn::Module& module, const std::string& dir) {
+  const std::string path = dir + "/" + kWeightsFile;
+  MOEKIT_CHECK_ARG(path_exists(path), "model directory '", dir, "' has no ", kWeightsFile);
+  const MappedSafetensors file(path);
+  TensorMap targets = module_state(module);
+  std::map<std::string, StoredTensor> stored;
+  for (const auto& [name, entry] : file.header().entries) stored[name] = {entry.shape, entry.dtype};
+  check_state(targets, stored, path);
+  torch::NoGradGuard no_grad;
+  for (auto& [name, target] : targets) {
+    target.copy_(file.view(name));
+    file.release(name);
+  }
 }
 
 }  // namespace moekit

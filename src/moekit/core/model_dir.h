@@ -35,4 +35,10 @@ TensorMap module_state(const torch::nn::Module& module);
 // `source`); converts dtypes. Nothing is modified when anything mismatches.
 void load_module_state(torch::nn::Module& module, const TensorMap& weights, const std::string& source);
 
+// load_module_state from `dir`'s model.safetensors through a memory map, one
+// tensor at a time, each tensor's pages given back once copied: loading
+// holds the model and one tensor, not the file's contents beside the model.
+// The same checks and errors, naming the file.
+void load_module_state_from_dir(torch::nn::Module& module, const std::string& dir);
+
 }  // namespace moekit

@@ -3,10 +3,13 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <unordered_set>
 #include <vector>
 
 #include "moekit/core/check.h"
+#include "moekit/core/file_io.h"
 #include "moekit/core/model_dir.h"
+#include "moekit/core/safetensors_stream.h"
 #include "moekit/ops/fast_path.h"
 #include "moekit/ops/linear.h"
 
@@ -236,8 +239,10 @@ void LmModel::set_weight_dtype(torch::ScalarType dtype) {
   MOEKIT_CHECK_ARG(dtype == torch::kFloat || dtype == torch::kBFloat16,
                    "lm: weight matrices are stored in float32 or bfloat16, not ", dtype);
   torch::NoGradGuard no_grad;
+  std::unordered_set<const c10::TensorImpl*> matrices;
   auto store = [&](torch::Tensor& w) {
     if (w.scalar_type() != dtype) w.set_data(w.to(dtype));
+    matrices.insert(w.unsafeGetTensorImpl());
   };
   store(embed_tokens->weight);
   if (lm_head) store(lm_head->weight);
@@ -247,13 +252,25 @@ void LmModel::set_weight_dtype(torch::ScalarType dtype) {
       store((*p)->weight);
     }
     if (layer->moe_mlp) {
-      layer->moe_mlp->experts->set_weight_dtype(dtype);
+      auto& experts = layer->moe_mlp->experts;
+      experts->set_weight_dtype(dtype);
+      for (const torch::Tensor* w : {&experts->w1, &experts->w3, &experts->w2})
+        if (w->defined()) matrices.insert(w->unsafeGetTensorImpl());
     } else {
       for (PackedLinear* p : {&layer->dense_mlp->w1, &layer->dense_mlp->w2, &layer->dense_mlp->w3}) {
         if (*p) store((*p)->weight);
       }
     }
   }
+  // Everything else (norms, biases, routers, buffers) in float32, also in a
+  // model built with bf16 as the default dtype.
+  auto widen = [&](torch::Tensor& t) {
+    if ((t.scalar_type() == torch::kBFloat16 || t.scalar_type() == torch::kHalf) &&
+        matrices.count(t.unsafeGetTensorImpl()) == 0)
+      t.set_data(t.to(torch::kFloat));
+  };
+  for (auto& p : parameters()) widen(p);
+  for (auto& b : buffers()) widen(b);
 }
 
 void LmModel::reset_parameters() {
@@ -323,8 +340,7 @@ LmKvCache LmModel::make_cache(int64_t batch, int64_t capacity) const {
 
 namespace {
 
-LmWeights read_lm_weights(const std::string& dir, bool allow_quantized) {
-  const YAML::Node config = read_model_config(dir);
+LmConfig read_lm_config(const YAML::Node& config, const std::string& dir, bool allow_quantized) {
   const std::string type = config["model_type"].as<std::string>();
   MOEKIT_CHECK_ARG(type == "lm", dir, " holds an '", type, "' model, not an 'lm' (language model)");
   const std::string where = dir + "/" + kConfigFile;
@@ -332,11 +348,29 @@ LmWeights read_lm_weights(const std::string& dir, bool allow_quantized) {
                    " is quantized (int8 experts, for inference): grow, upcycle and export take the float model it "
                    "was quantized from");
   MOEKIT_CHECK_ARG(config["architecture"].IsMap(), where, ": missing or invalid 'architecture'");
+  return LmConfig::from_yaml(config["architecture"], where);
+}
+
+LmWeights read_lm_weights(const std::string& dir, bool allow_quantized) {
   LmWeights out;
-  out.config = LmConfig::from_yaml(config["architecture"], where);
+  out.config = read_lm_config(read_model_config(dir), dir, allow_quantized);
   out.weights = read_model_weights(dir);
   return out;
 }
+
+// Tensors made while it lives default to `dtype`.
+class DefaultDtypeGuard {
+ public:
+  explicit DefaultDtypeGuard(torch::ScalarType dtype) : saved_(torch::get_default_dtype()) {
+    torch::set_default_dtype(c10::scalarTypeToTypeMeta(dtype));
+  }
+  ~DefaultDtypeGuard() { torch::set_default_dtype(saved_); }
+  DefaultDtypeGuard(const DefaultDtypeGuard&) = delete;
+  DefaultDtypeGuard& operator=(const DefaultDtypeGuard&) = delete;
+
+ private:
+  caffe2::TypeMeta saved_;
+};
 
 }  // namespace
 
@@ -356,17 +390,31 @@ c10::optional<torch::ScalarType> parse_lm_weight_dtype(const std::string& text, 
 }
 
 std::shared_ptr<LmModel> load_lm_model(const std::string& dir, c10::optional<torch::ScalarType> weight_dtype) {
-  const LmWeights w = read_lm_weights(dir, /*allow_quantized=*/true);
-  auto model = std::make_shared<LmModel>(w.config);
-  apply_quantization(read_model_config(dir), *model, dir + "/" + kConfigFile);
+  const YAML::Node yaml = read_model_config(dir);
+  const LmConfig config = read_lm_config(yaml, dir, /*allow_quantized=*/true);
+  const std::string weights = dir + "/" + kWeightsFile;
+  MOEKIT_CHECK_ARG(path_exists(weights), "model directory '", dir, "' has no ", kWeightsFile);
   if (!weight_dtype) {
-    const auto stored = w.weights.find("embed_tokens.weight");
-    const bool bf16 = stored != w.weights.end() && stored->second.scalar_type() == torch::kBFloat16;
+    const MappedSafetensors file(weights);
+    const auto& entries = file.header().entries;
+    const auto stored = entries.find("embed_tokens.weight");
+    const bool bf16 = stored != entries.end() && stored->second.dtype == torch::kBFloat16;
     weight_dtype = bf16 ? torch::kBFloat16 : torch::kFloat;
   }
+  // Built in the weights' dtype (a bf16 model never exists in float32, at
+  // twice its size, on the way; int8 experts are quantized from float32),
+  // then filled tensor by tensor from the mapped file: loading holds the
+  // model and one tensor.
+  std::shared_ptr<LmModel> model;
+  {
+    const bool quantized = static_cast<bool>(yaml["quantization"]);
+    DefaultDtypeGuard guard(quantized ? torch::kFloat : *weight_dtype);
+    model = std::make_shared<LmModel>(config);
+  }
+  apply_quantization(yaml, *model, dir + "/" + kConfigFile);
   // Before the weights are copied in: bf16 ones then stay as stored.
   model->set_weight_dtype(*weight_dtype);
-  load_module_state(*model, w.weights, dir + "/" + kWeightsFile);
+  load_module_state_from_dir(*model, dir);
   model->eval();
   return model;
 }
