@@ -220,7 +220,7 @@ torch::Tensor LmBlockImpl::forward(const torch::Tensor& x, const RotaryTables& r
   return h + (moe_mlp ? moe_mlp->forward(normed) : dense_mlp->forward(normed));
 }
 
-LmModel::LmModel(const LmConfig& config) : config_(config) {
+LmModel::LmModel(const LmConfig& config, bool initialize) : config_(config) {
   config_.validate();
   embed_tokens = register_module("embed_tokens", PackedEmbedding(config_.vocab_size, config_.d_model));
   layer_list_ = register_module("layers", torch::nn::ModuleList());
@@ -232,7 +232,7 @@ LmModel::LmModel(const LmConfig& config) : config_(config) {
   if (!config_.tie_embeddings)
     lm_head = register_module("lm_head",
                               PackedLinear(torch::nn::LinearOptions(config_.d_model, config_.vocab_size).bias(false)));
-  reset_parameters();
+  if (initialize) reset_parameters();
 }
 
 void LmModel::set_weight_dtype(torch::ScalarType dtype) {
@@ -409,7 +409,7 @@ std::shared_ptr<LmModel> load_lm_model(const std::string& dir, c10::optional<tor
   {
     const bool quantized = static_cast<bool>(yaml["quantization"]);
     DefaultDtypeGuard guard(quantized ? torch::kFloat : *weight_dtype);
-    model = std::make_shared<LmModel>(config);
+    model = std::make_shared<LmModel>(config, /*initialize=*/false);
   }
   apply_quantization(yaml, *model, dir + "/" + kConfigFile);
   // Before the weights are copied in: bf16 ones then stay as stored.

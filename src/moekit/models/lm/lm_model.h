@@ -90,7 +90,9 @@ struct LmLoss {
 
 class LmModel : public Model {
  public:
-  explicit LmModel(const LmConfig& config);
+  // initialize = false skips the random initialization (reset_parameters)
+  // for a model whose weights are loaded next.
+  explicit LmModel(const LmConfig& config, bool initialize = true);
   std::string model_type() const override { return "lm"; }
   YAML::Node architecture() const override { return config_.to_yaml(); }
   const LmConfig& config() const { return config_; }
