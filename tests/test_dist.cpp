@@ -385,23 +385,11 @@ TEST(Dist, ABusyRendezvousPortIsNamed) {
 }
 
 // A port the kernel calls free now on 127.0.0.1.
-int free_local_port() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in sa{};
-  sa.sin_family = AF_INET;
-  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(sa);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa));
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len);
-  ::close(fd);
-  return ntohs(sa.sin_port);
-}
-
 TEST(Dist, RanksStartedWithDifferentWorldSizesAreToldSo) {
   SKIP_WITHOUT_GLOO();
   const std::string out = temp_dir("dist_world_mismatch");
   const std::string self = std::filesystem::read_symlink("/proc/self/exe").string();
-  const int port = free_local_port();
+  const int port = dist::free_tcp_port();
   const std::string worker = " MOEKIT_DIST_SCENARIO=collectives MOEKIT_DIST_OUT=" + out +
                              " MOEKIT_DIST_TIMEOUT_MS=3000 MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(port) +
                              " " + self + " --gtest_filter=DistWorker.Run";

@@ -3,10 +3,7 @@
 // LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT). Signals reach every process;
 // the run ends with the first failing process's exit status, the others
 // stopped after a grace period.
-#include <arpa/inet.h>
-#include <netinet/in.h>
 #include <signal.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -18,6 +15,7 @@
 
 #include "commands.h"
 #include "moekit/core/check.h"
+#include "moekit/dist/process_group.h"
 
 namespace moekit::cli {
 
@@ -25,23 +23,6 @@ namespace {
 
 volatile std::sig_atomic_t forwarded_signal = 0;
 void remember_signal(int sig) { forwarded_signal = sig; }
-
-// A TCP port the kernel calls free now (bound to port 0 and released).
-int free_port(const std::string& addr) {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  MOEKIT_CHECK(fd >= 0, "launch: cannot open a socket: ", std::strerror(errno));
-  sockaddr_in sa{};
-  sa.sin_family = AF_INET;
-  sa.sin_port = 0;
-  sa.sin_addr.s_addr = ::inet_addr(addr == "localhost" ? "127.0.0.1" : addr.c_str());
-  if (sa.sin_addr.s_addr == INADDR_NONE) sa.sin_addr.s_addr = htonl(INADDR_ANY);
-  socklen_t len = sizeof(sa);
-  const bool ok = ::bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) == 0 &&
-                  ::getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len) == 0;
-  ::close(fd);
-  MOEKIT_CHECK(ok, "launch: no free port on ", addr, ": ", std::strerror(errno));
-  return ntohs(sa.sin_port);
-}
 
 // The exit status a shell would report.
 int status_code(int status) {
@@ -69,7 +50,7 @@ int run_launch(const LaunchOptions& o) {
                    "launch: a run over several hosts needs --master-port (the same on every host)");
   MOEKIT_CHECK_ARG(o.master_port >= 0 && o.master_port <= 65535, "launch: --master-port ", o.master_port,
                    " is not a port");
-  const int port = o.master_port > 0 ? o.master_port : free_port(o.master_addr);
+  const int port = o.master_port > 0 ? o.master_port : dist::free_tcp_port(o.master_addr);
   const int world = o.processes * o.nodes;
   std::vector<char*> argv;
   for (const std::string& a : o.command) argv.push_back(const_cast<char*>(a.c_str()));

@@ -8,6 +8,13 @@
 
 #include "moekit/core/check.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cstring>
+
 #ifdef MOEKIT_HAVE_GLOO
 #ifndef USE_C10D_GLOO  // LibTorch's CMake config sets it where c10d has Gloo
 #define USE_C10D_GLOO
@@ -309,6 +316,23 @@ std::shared_ptr<Group> init_from_environment(std::chrono::milliseconds timeout) 
   std::lock_guard<std::mutex> lock(world_mutex);
   world_slot() = group;
   return group;
+}
+
+int free_tcp_port(const std::string& addr) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  MOEKIT_CHECK(fd >= 0, "dist: cannot open a socket: ", std::strerror(errno));
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_port = 0;
+  sa.sin_addr.s_addr = ::inet_addr(addr == "localhost" ? "127.0.0.1" : addr.c_str());
+  if (sa.sin_addr.s_addr == INADDR_NONE) sa.sin_addr.s_addr = htonl(INADDR_ANY);
+  socklen_t len = sizeof(sa);
+  const bool ok = ::bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) == 0 &&
+                  ::getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len) == 0;
+  const int error = errno;
+  ::close(fd);
+  MOEKIT_CHECK(ok, "dist: no free port on ", addr, ": ", std::strerror(error));
+  return ntohs(sa.sin_port);
 }
 
 }  // namespace moekit::dist

@@ -38,6 +38,12 @@ struct LaunchEnv {
   static LaunchEnv from_environment();
 };
 
+// A TCP port the kernel calls free on `addr` now (bound to port 0 and
+// released), for a launcher that picks MASTER_PORT; "localhost" means
+// 127.0.0.1, an address that is not an IPv4 literal every interface.
+// Throws std::runtime_error naming the address when none can be had.
+int free_tcp_port(const std::string& addr = "127.0.0.1");
+
 // Whether this build can run distributed (LibTorch with c10d's Gloo and the
 // Gloo headers at build time).
 bool gloo_available();
