@@ -475,41 +475,69 @@ TEST(Dist, DataAndExpertParallelLmTrainingEqualOneProcessWithTheSameGlobalBatch)
   for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(b[i], a[i], 1e-4 * std::abs(a[i])) << "step " << i + 1;
   EXPECT_LT(max_weight_difference(d + "/one/final", d + "/two/final"), 1e-4);
 
-  // Paused by 2 processes at step 3, resumed by 1 (accum_grad 2): the same
-  // run as the uninterrupted one.
-  CliRun paused = run_cli("launch -n 2 -- " + cli + " --threads 1 " + train("two_paused.yaml", "mixed"));
-  ASSERT_EQ(paused.exit_code, 0) << paused.output;
-  ASSERT_TRUE(path_exists(d + "/mixed/checkpoints/step_3"));
-  CliRun resumed = run_cli("--threads 1 " + train("one.yaml", "mixed") + " --resume");
-  ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
-  const std::vector<double> c = logged_losses(d + "/mixed");
-  ASSERT_EQ(c.size(), a.size());
-  for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(c[i], a[i], 1e-4 * std::abs(a[i])) << "step " << i + 1;
-  EXPECT_LT(max_weight_difference(d + "/one/final", d + "/mixed/final"), 1e-4);
+  auto expect_losses_of_one = [&](const std::string& exp) {
+    const std::vector<double> c = logged_losses(d + "/" + exp);
+    ASSERT_EQ(c.size(), a.size()) << exp;
+    for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(c[i], a[i], 1e-4 * std::abs(a[i])) << exp << " step " << i + 1;
+    EXPECT_LT(max_weight_difference(d + "/one/final", d + "/" + exp + "/final"), 1e-4) << exp;
+  };
+  auto copy = [&](const std::string& from, const std::string& to) {
+    ASSERT_EQ(std::system(("cp -r " + d + "/" + from + " " + d + "/" + to).c_str()), 0);
+  };
 
-  // Expert parallelism (each process holds 2 of each layer's 4 experts):
-  // the same run again, paused at step 3 and resumed on the same layout.
+  // Paused by 2 processes at step 3 (data parallel, and expert parallel:
+  // each process holds 2 of each layer's 4 experts).
   write_file_atomic(d + "/ep.yaml", model_conf + "train_conf: {" + schedule + ", accum_grad: 1, ep_size: 2}\n");
   write_file_atomic(d + "/ep_paused.yaml",
                     model_conf + "train_conf: {" + schedule + ", accum_grad: 1, ep_size: 2, max_steps: 3}\n");
+  CliRun paused = run_cli("launch -n 2 -- " + cli + " --threads 1 " + train("two_paused.yaml", "mixed"));
+  ASSERT_EQ(paused.exit_code, 0) << paused.output;
+  ASSERT_TRUE(path_exists(d + "/mixed/checkpoints/step_3"));
   CliRun ep = run_cli("launch -n 2 -- " + cli + " --threads 1 " + train("ep_paused.yaml", "ep"));
   ASSERT_EQ(ep.exit_code, 0) << ep.output;
   EXPECT_NE(ep.output.find("experts sharded over groups of 2"), std::string::npos) << ep.output;
-  EXPECT_TRUE(path_exists(d + "/ep/checkpoints/step_3/optimizer.rank1.pt"));
-  // Its checkpoint holds the whole model; its optimizer moments are per
-  // process, so it resumes on its own layout only.
-  CliRun wrong = run_cli("--threads 1 " + train("one.yaml", "ep") + " --resume");
-  EXPECT_NE(wrong.exit_code, 0);
-  EXPECT_NE(wrong.output.find("written by 2 processes with ep_size 2; an expert-parallel checkpoint resumes on the "
-                              "same layout (this run: 1 processes, ep_size 1)"),
-            std::string::npos)
-      << wrong.output;
-  ep = run_cli("launch -n 2 -- " + cli + " --threads 1 " + train("ep.yaml", "ep") + " --resume");
-  ASSERT_EQ(ep.exit_code, 0) << ep.output;
-  const std::vector<double> e = logged_losses(d + "/ep");
-  ASSERT_EQ(e.size(), a.size());
-  for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(e[i], a[i], 1e-4 * std::abs(a[i])) << "step " << i + 1;
-  EXPECT_LT(max_weight_difference(d + "/one/final", d + "/ep/final"), 1e-4);
+  // The expert-parallel checkpoint is sharded: each process wrote its
+  // experts and their moments; joined, it is the data-parallel run's model.
+  const std::string sharded = d + "/ep/checkpoints/step_3";
+  for (const char* file : {"manifest.json", "experts.shard0.safetensors", "experts.shard1.safetensors",
+                           "optimizer.shard0.safetensors", "optimizer.shard1.safetensors", "optimizer.safetensors"})
+    EXPECT_TRUE(path_exists(sharded + "/" + file)) << file;
+  EXPECT_EQ(read_model_weights(sharded).count("layers.0.mlp.experts.w1"), 0u) << "experts are in the shards only";
+  CliRun joined = run_cli("consolidate " + sharded + " " + d + "/joined");
+  ASSERT_EQ(joined.exit_code, 0) << joined.output;
+  EXPECT_NE(joined.output.find("(2 expert shards)"), std::string::npos) << joined.output;
+  EXPECT_LT(max_weight_difference(d + "/mixed/checkpoints/step_3", d + "/joined"), 1e-4);
+  const CliRun info = run_cli("info " + d + "/joined");
+  EXPECT_EQ(info.exit_code, 0) << info.output;
+  EXPECT_TRUE(path_exists(d + "/joined/tokenizer.model")) << "the assets come along";
+  EXPECT_FALSE(path_exists(d + "/joined/optimizer.safetensors"));
+  // Bad input: not a checkpoint; a shard missing.
+  CliRun bad = run_cli("consolidate " + d + "/joined " + d + "/joined2");
+  EXPECT_NE(bad.exit_code, 0);
+  EXPECT_NE(bad.output.find("not a training checkpoint (no trainer_state.yaml)"), std::string::npos) << bad.output;
+  copy("ep", "ep_broken");
+  std::remove((d + "/ep_broken/checkpoints/step_3/experts.shard1.safetensors").c_str());
+  bad = run_cli("consolidate " + d + "/ep_broken/checkpoints/step_3 " + d + "/joined2");
+  EXPECT_NE(bad.exit_code, 0);
+  EXPECT_NE(bad.output.find("shard 1 of 2 is missing"), std::string::npos) << bad.output;
+  EXPECT_FALSE(path_exists(d + "/joined2"));
+
+  // Every checkpoint resumes on every layout (Adam's moments resharded):
+  // each continuation is the uninterrupted one-process run.
+  copy("mixed", "dp_to_ep");
+  copy("ep", "ep_to_one");
+  CliRun resumed = run_cli("--threads 1 " + train("one.yaml", "mixed") + " --resume");
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
+  expect_losses_of_one("mixed");
+  resumed = run_cli("launch -n 2 -- " + cli + " --threads 1 " + train("ep.yaml", "dp_to_ep") + " --resume");
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
+  expect_losses_of_one("dp_to_ep");
+  resumed = run_cli("--threads 1 " + train("one.yaml", "ep_to_one") + " --resume");
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
+  expect_losses_of_one("ep_to_one");
+  resumed = run_cli("launch -n 2 -- " + cli + " --threads 1 " + train("ep.yaml", "ep") + " --resume");
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
+  expect_losses_of_one("ep");
 }
 
 TEST(Dist, DataAndExpertParallelAsrTrainingEqualOneProcessWithTheSameGlobalBatch) {

@@ -5,7 +5,9 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
 #include <sstream>
+#include <tuple>
 
 #include "moekit/core/file_io.h"
 #include "moekit/models/ffn_stack/ffn_stack.h"
@@ -146,6 +148,84 @@ TEST(CheckpointStore, RoundTripsWeightsOptimizerAndGeneratorAndPrunesTheOldest) 
   const auto got = restored.parameters();
   ASSERT_EQ(got.size(), want.size());
   for (size_t i = 0; i < want.size(); ++i) EXPECT_TRUE(torch::equal(got[i], want[i])) << i;
+}
+
+
+// Adam's state of each parameter, in parameter order: step, exp_avg, exp_avg_sq.
+std::vector<std::tuple<int64_t, torch::Tensor, torch::Tensor>> adam_state(torch::optim::Adam& adam,
+                                                                          const std::vector<torch::Tensor>& params) {
+  std::vector<std::tuple<int64_t, torch::Tensor, torch::Tensor>> out;
+  for (const auto& p : params) {
+    auto& s = static_cast<torch::optim::AdamParamState&>(*adam.state().at(c10::guts::to_string(p.unsafeGetTensorImpl())));
+    out.emplace_back(s.step(), s.exp_avg(), s.exp_avg_sq());
+  }
+  return out;
+}
+
+TEST(CheckpointStore, MomentsAreStoredByNameTheEarlierArchiveLoadsAndBadMomentsAreNamed) {
+  const std::string dir = temp_dir("checkpoint_moments");
+  CheckpointStore store(dir + "/checkpoints");
+  torch::manual_seed(5);
+  FfnStack model(tiny_stack());
+  torch::optim::Adam adam(model.parameters(), torch::optim::AdamOptions(0.1));
+  for (int i = 0; i < 2; ++i) {
+    adam.zero_grad();
+    model.forward(torch::randn({2, 3, 8})).square().sum().backward();
+    adam.step();
+  }
+  TrainerState state;
+  state.step = 2;
+  store.save(state, model, adam, [](const std::string&) {}, 2);
+  const std::string ckpt = dir + "/checkpoints/step_2";
+  const TensorMap moments = read_safetensors(ckpt + "/optimizer.safetensors").tensors;
+  const auto named = model.named_parameters();
+  ASSERT_GT(named.size(), 0u);
+  for (const auto& p : named) {
+    ASSERT_TRUE(moments.count(p.key() + ".exp_avg")) << p.key();
+    EXPECT_EQ(moments.at(p.key() + ".step").item<int64_t>(), 2) << p.key();
+  }
+  const auto want = adam_state(adam, model.parameters());
+  auto expect_restored = [&](const std::string& what) {
+    FfnStack restored(tiny_stack());
+    torch::optim::Adam adam2(restored.parameters(), torch::optim::AdamOptions(0.1));
+    store.load(ckpt, restored, adam2);
+    const auto got = adam_state(adam2, restored.parameters());
+    ASSERT_EQ(got.size(), want.size()) << what;
+    for (size_t i = 0; i < want.size(); ++i) {
+      EXPECT_EQ(std::get<0>(got[i]), std::get<0>(want[i])) << what << " " << i;
+      EXPECT_TRUE(torch::equal(std::get<1>(got[i]), std::get<1>(want[i]))) << what << " " << i;
+      EXPECT_TRUE(torch::equal(std::get<2>(got[i]), std::get<2>(want[i]))) << what << " " << i;
+    }
+  };
+  expect_restored("by name");
+
+  // A moment of no parameter, one of the wrong shape: named, nothing loaded.
+  const auto refused = [&](TensorMap bad, const std::string& message) {
+    write_safetensors(ckpt + "/optimizer.safetensors", bad);
+    FfnStack restored(tiny_stack());
+    torch::optim::Adam adam2(restored.parameters(), torch::optim::AdamOptions(0.1));
+    try {
+      store.load(ckpt, restored, adam2);
+      ADD_FAILURE() << "loaded: " << message;
+    } catch (const std::invalid_argument& e) {
+      EXPECT_NE(std::string(e.what()).find(message), std::string::npos) << e.what();
+    }
+    EXPECT_TRUE(adam2.state().empty());
+  };
+  TensorMap extra = moments;
+  extra["nope.exp_avg"] = torch::zeros({2});
+  refused(extra, "'nope.exp_avg' belongs to no parameter of the model");
+  TensorMap misshaped = moments;
+  const std::string first = named[0].key();
+  misshaped[first + ".exp_avg"] = torch::zeros({3});
+  refused(misshaped, "'" + first + ".exp_avg' has shape [3]");
+
+  // The earlier format: one torch archive (optimizer.pt).
+  std::remove((ckpt + "/optimizer.safetensors").c_str());
+  torch::serialize::OutputArchive archive;
+  adam.save(archive);
+  archive.save_to(ckpt + "/optimizer.pt");
+  expect_restored("optimizer.pt");
 }
 
 }  // namespace

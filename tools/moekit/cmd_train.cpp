@@ -1,6 +1,7 @@
 // `moekit train asr --config train.yaml --train-data train.list --cv-data cv.list --exp-dir exp/`
 #include <algorithm>
 #include <chrono>
+#include <filesystem>
 #include <cstdlib>
 #include <iostream>
 #include <thread>
@@ -11,10 +12,13 @@
 #include "moekit/core/file_io.h"
 #include "moekit/core/runtime.h"
 #include "moekit/data/asr_data.h"
+#include "moekit/core/model_dir.h"
 #include "moekit/dist/process_group.h"
+#include "moekit/dist/sharded_checkpoint.h"
 #include "moekit/models/asr/wenet_import.h"
 #include "moekit/models/model.h"
 #include "moekit/train/asr_task.h"
+#include "moekit/train/checkpoint_store.h"
 #include "moekit/train/trainer.h"
 
 namespace moekit::cli {
@@ -104,6 +108,51 @@ void add_train_command(CLI::App& app, const GlobalOptions& global) {
     AsrTrainTask task(model, units, train_data, cv_data, data_options, trainer.seed, sentencepiece);
     const TrainSummary summary = moekit::train(task, trainer, o->exp_dir, o->resume);
     print_train_summary(summary);
+  });
+}
+
+void add_consolidate_command(CLI::App& app, const GlobalOptions& global) {
+  CLI::App* cmd = app.add_subcommand(
+      "consolidate", "One ordinary model directory from a training checkpoint (an expert-parallel run's shards "
+                     "joined; the optimizer and generator states left out)");
+  struct Options {
+    std::string checkpoint, out;
+    bool force = false;
+  };
+  auto o = std::make_shared<Options>();
+  cmd->add_option("checkpoint", o->checkpoint, "A checkpoint directory (<exp_dir>/checkpoints/step_<N>)")
+      ->required()
+      ->check(CLI::ExistingDirectory);
+  cmd->add_option("out", o->out, "The model directory to write")->required();
+  cmd->add_flag("--force", o->force, "Replace `out` if it exists");
+  cmd->callback([o, &global] {
+    apply_runtime(global);
+    const std::string& dir = o->checkpoint;
+    MOEKIT_CHECK_ARG(path_exists(dir + "/trainer_state.yaml"), dir,
+                     ": not a training checkpoint (no trainer_state.yaml); consolidate takes a directory "
+                     "<exp_dir>/checkpoints/step_<N>");
+    const YAML::Node config = read_model_config(dir);
+    const auto manifest = dist::read_shard_manifest(dir);
+    const TensorMap weights = CheckpointStore::read_weights(dir);
+    OutputDir out(o->out, o->force, {dir});
+    // The task's assets (units.txt, tokenizer files): every file that is
+    // not part of the training state or the weights.
+    namespace fs = std::filesystem;
+    for (const auto& entry : fs::directory_iterator(dir)) {
+      const std::string name = entry.path().filename().string();
+      const bool state = name == kConfigFile || name == kWeightsFile || name == dist::kShardManifestFile ||
+                         name == "trainer_state.yaml" || name == "rng.safetensors" ||
+                         name.rfind("optimizer.", 0) == 0 || name.rfind("experts.shard", 0) == 0;
+      if (state || !entry.is_regular_file()) continue;
+      write_file_atomic(out.path() + "/" + name, read_file(entry.path().string()));
+    }
+    save_model_dir(out.path(), config, weights);
+    load_model(out.path());  // the names and shapes its model type expects
+    out.commit();
+    int64_t values = 0;
+    for (const auto& [name, t] : weights) values += t.numel();
+    std::cout << "consolidated " << dir << (manifest ? str_cat(" (", manifest->shards, " expert shards)") : "")
+              << " -> " << out.target() << ": " << weights.size() << " tensors, " << values << " values\n";
   });
 }
 

@@ -44,6 +44,7 @@ void add_distill_command(CLI::App& app, const GlobalOptions& global);
 void add_bench_seq2seq_command(CLI::App& bench, const GlobalOptions& global);
 void add_serve_command(CLI::App& app, const GlobalOptions& global);  // serve asr
 void add_launch_command(CLI::App& app, const GlobalOptions& global);
+void add_consolidate_command(CLI::App& app, const GlobalOptions& global);
 
 // The search options `translate` and `eval` share: --beam, --length-penalty,
 // --max-length, --max-length-ratio, --batch-size, --max-input-tokens, --refuse-long.

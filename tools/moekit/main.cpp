@@ -74,6 +74,7 @@ int main(int argc, char** argv) {
   add_distill_command(app, global);
   add_serve_command(app, global);
   add_launch_command(app, global);
+  add_consolidate_command(app, global);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

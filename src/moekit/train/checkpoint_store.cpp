@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <mutex>
+#include <set>
 #include <sstream>
 #include <utility>
 
@@ -19,13 +20,7 @@
 namespace moekit {
 namespace {
 
-std::string serialize_optimizer(torch::optim::Optimizer& optimizer) {
-  torch::serialize::OutputArchive archive;
-  optimizer.save(archive);
-  std::ostringstream out;
-  archive.save_to(out);
-  return out.str();
-}
+constexpr const char* kMoments = "optimizer.safetensors";
 
 void load_optimizer(torch::optim::Optimizer& optimizer, const std::string& path) {
   const std::string bytes = read_file(path);
@@ -34,9 +29,82 @@ void load_optimizer(torch::optim::Optimizer& optimizer, const std::string& path)
   optimizer.load(archive);
 }
 
-}  // namespace
+// The key of a parameter's state in a LibTorch optimizer.
+std::string state_key(const torch::Tensor& p) { return c10::guts::to_string(p.unsafeGetTensorImpl()); }
 
-std::string CheckpointStore::serialize(torch::optim::Optimizer& optimizer) { return serialize_optimizer(optimizer); }
+// Adam's moments of `model`'s parameters whose names `keep` accepts, by
+// name: <name>.exp_avg, .exp_avg_sq, .max_exp_avg_sq (amsgrad) and .step.
+// A parameter that never had a gradient has no state and no entry.
+template <class Keep>
+TensorMap adam_moments(const torch::optim::Optimizer& optimizer, const torch::nn::Module& model, Keep keep) {
+  TensorMap out;
+  for (const auto& p : model.named_parameters()) {
+    if (!keep(p.key())) continue;
+    const auto it = optimizer.state().find(state_key(p.value()));
+    if (it == optimizer.state().end()) continue;
+    const auto* s = dynamic_cast<const torch::optim::AdamParamState*>(it->second.get());
+    MOEKIT_CHECK(s != nullptr, "checkpoint: the optimizer's state of ", p.key(), " is not Adam's");
+    out[p.key() + ".exp_avg"] = s->exp_avg();
+    out[p.key() + ".exp_avg_sq"] = s->exp_avg_sq();
+    if (s->max_exp_avg_sq().defined()) out[p.key() + ".max_exp_avg_sq"] = s->max_exp_avg_sq();
+    out[p.key() + ".step"] = torch::tensor({s->step()}, torch::kInt64);
+  }
+  return out;
+}
+
+// `optimizer`'s state made `moments` (as adam_moments writes them, whole
+// tensors). Every entry must belong to a parameter of `model` with its
+// shape; nothing is changed when one does not.
+void set_adam_moments(torch::optim::Optimizer& optimizer, const torch::nn::Module& model, const TensorMap& moments,
+                      const std::string& source) {
+  std::vector<std::pair<torch::Tensor, std::unique_ptr<torch::optim::AdamParamState>>> states;
+  size_t used = 0;
+  auto moment = [&](const std::string& name, const char* what, const torch::Tensor& p, bool required) {
+    const auto it = moments.find(name + what);
+    if (it == moments.end()) {
+      MOEKIT_CHECK_ARG(!required, source, ": '", name, what, "' is missing");
+      return torch::Tensor();
+    }
+    MOEKIT_CHECK_ARG(it->second.sizes() == p.sizes(), source, ": '", name, what, "' has shape ", it->second.sizes(),
+                     ", the parameter ", p.sizes());
+    ++used;
+    return it->second.to(p.options()).clone();
+  };
+  for (const auto& p : model.named_parameters()) {
+    if (!p.value().requires_grad()) continue;
+    const std::string& name = p.key();
+    const auto step = moments.find(name + ".step");
+    if (step == moments.end()) continue;  // no gradient yet when it was written
+    MOEKIT_CHECK_ARG(step->second.numel() == 1 && step->second.scalar_type() == torch::kInt64, source, ": '", name,
+                     ".step' must be one int64");
+    ++used;
+    auto state = std::make_unique<torch::optim::AdamParamState>();
+    state->step(step->second.item<int64_t>());
+    state->exp_avg(moment(name, ".exp_avg", p.value(), true));
+    state->exp_avg_sq(moment(name, ".exp_avg_sq", p.value(), true));
+    state->max_exp_avg_sq(moment(name, ".max_exp_avg_sq", p.value(), false));
+    states.emplace_back(p.value(), std::move(state));
+  }
+  if (used != moments.size()) {
+    std::set<std::string> known;
+    for (const auto& p : model.named_parameters()) known.insert(p.key());
+    for (const auto& [key, t] : moments) {
+      const std::string name = key.substr(0, key.rfind('.'));
+      MOEKIT_CHECK_ARG(known.count(name), source, ": '", key, "' belongs to no parameter of the model");
+    }
+    MOEKIT_CHECK_ARG(false, source, ": moments without their step count");
+  }
+  optimizer.state().clear();
+  for (auto& [p, state] : states) optimizer.state()[state_key(p)] = std::move(state);
+}
+
+std::set<std::string> names_of(const dist::ShardManifest& manifest) {
+  std::set<std::string> names;
+  for (const auto& kv : manifest.sharded) names.insert(kv.first);
+  return names;
+}
+
+}  // namespace
 
 CheckpointStore::CheckpointStore(std::string root) : root_(std::move(root)) {
   make_dirs(root_);
@@ -77,24 +145,49 @@ std::vector<std::string> CheckpointStore::list() const {
   return out;
 }
 
+std::string CheckpointStore::stage(int64_t step) {
+  staged_step_ = step;
+  staged_ = std::make_unique<OutputDir>(root_ + "/step_" + std::to_string(step), /*force=*/true);
+  return staged_->path();
+}
+
+void CheckpointStore::write_expert_shard(const std::string& staged, int64_t shard, const Model& model,
+                                         const torch::optim::Optimizer& optimizer,
+                                         const dist::ShardManifest& sharded) {
+  const std::set<std::string> names = names_of(sharded);
+  TensorMap weights;
+  for (const auto& p : model.named_parameters())
+    if (names.count(p.key())) weights[p.key()] = p.value();
+  MOEKIT_CHECK(weights.size() == names.size(), "checkpoint: the model lacks some of the sharded parameters");
+  write_safetensors(dist::shard_path(staged, "experts", shard), weights);
+  write_safetensors(dist::shard_path(staged, "optimizer", shard),
+                    adam_moments(optimizer, model, [&](const std::string& n) { return names.count(n) > 0; }));
+}
+
 void CheckpointStore::save(const TrainerState& state, const Model& model, torch::optim::Optimizer& optimizer,
                            const std::function<void(const std::string&)>& save_assets, int64_t keep,
                            const OtherRanks& others) {
   // Staged in a temporary sibling and renamed into place complete.
-  OutputDir staged(root_ + "/step_" + std::to_string(state.step), /*force=*/true);
-  const std::string& dir = staged.path();
-  if (others.weights != nullptr) {
+  std::unique_ptr<OutputDir> staged = std::move(staged_);
+  if (!staged) staged_step_ = state.step;
+  if (!staged) staged = std::make_unique<OutputDir>(root_ + "/step_" + std::to_string(state.step), /*force=*/true);
+  MOEKIT_CHECK(staged_step_ == state.step, "checkpoint: staged step ", staged_step_, ", saving step ", state.step);
+  const std::string& dir = staged->path();
+  const std::set<std::string> sharded = names_of(others.experts);
+  if (others.experts.shards > 1) {
     YAML::Node config;
     config["model_type"] = model.model_type();
     config["architecture"] = model.architecture();
-    save_model_dir(dir, config, *others.weights);
+    TensorMap rest = module_state(model);
+    for (const auto& name : sharded) rest.erase(name);
+    save_model_dir(dir, config, rest);
+    dist::write_shard_manifest(dir, others.experts);
   } else {
     save_model(dir, model);
   }
   save_assets(dir);
-  write_file_atomic(dir + "/optimizer.pt", serialize_optimizer(optimizer));
-  for (size_t r = 0; r < others.optimizers.size(); ++r)
-    write_file_atomic(dir + "/optimizer.rank" + std::to_string(r + 1) + ".pt", others.optimizers[r]);
+  write_safetensors(dir + "/" + kMoments,
+                    adam_moments(optimizer, model, [&](const std::string& n) { return sharded.count(n) == 0; }));
   TensorMap rng{{"cpu", at::detail::getDefaultCPUGenerator().get_state()}};
   for (size_t r = 0; r < others.rng.size(); ++r) rng["cpu.rank" + std::to_string(r + 1)] = others.rng[r];
   write_file_atomic(dir + "/rng.safetensors", serialize_safetensors(rng));
@@ -108,12 +201,21 @@ void CheckpointStore::save(const TrainerState& state, const Model& model, torch:
   node["world_size"] = state.world_size;
   node["ep_size"] = state.ep_size;
   write_yaml_file(dir + "/trainer_state.yaml", node);  // last: the checkpoint counts once renamed
-  staged.commit();
+  staged->commit();
   auto all = list();
   while (all.size() > static_cast<size_t>(std::max<int64_t>(keep, 1))) {
     remove_path(all.front());
     all.erase(all.begin());
   }
+}
+
+bool CheckpointStore::has_named_moments(const std::string& dir) { return path_exists(dir + "/" + kMoments); }
+
+TensorMap CheckpointStore::read_weights(const std::string& dir) {
+  TensorMap weights = read_model_weights(dir);
+  const auto manifest = dist::read_shard_manifest(dir);
+  if (!manifest) return weights;
+  return dist::merge_shards(dir, "experts", *manifest, std::move(weights), {""});
 }
 
 TrainerState CheckpointStore::read_state(const std::string& dir) {
@@ -134,10 +236,20 @@ TrainerState CheckpointStore::read_state(const std::string& dir) {
 TrainerState CheckpointStore::load(const std::string& dir, Model& model, torch::optim::Optimizer& optimizer, int rank,
                                    bool* rng_restored, const std::function<void()>& after_weights) const {
   const TrainerState state = read_state(dir);
-  load_module_state(model, read_model_weights(dir), dir);
-  if (after_weights) after_weights();
-  const std::string rank_optimizer = dir + "/optimizer.rank" + std::to_string(rank) + ".pt";
-  load_optimizer(optimizer, rank > 0 && state.ep_size > 1 ? rank_optimizer : dir + "/optimizer.pt");
+  load_module_state(model, read_weights(dir), dir);
+  if (has_named_moments(dir)) {
+    TensorMap moments = read_safetensors(dir + "/" + kMoments).tensors;
+    if (const auto manifest = dist::read_shard_manifest(dir))
+      moments = dist::merge_shards(dir, "optimizer", *manifest, std::move(moments),
+                                   {".exp_avg", ".exp_avg_sq", ".max_exp_avg_sq"}, {".step"});
+    set_adam_moments(optimizer, model, moments, dir + "/" + kMoments);
+    if (after_weights) after_weights();
+  } else {
+    // The earlier format: torch archives, one per rank of an expert-parallel run.
+    if (after_weights) after_weights();
+    const std::string rank_optimizer = dir + "/optimizer.rank" + std::to_string(rank) + ".pt";
+    load_optimizer(optimizer, rank > 0 && state.ep_size > 1 ? rank_optimizer : dir + "/optimizer.pt");
+  }
   const TensorMap rng = read_safetensors(dir + "/rng.safetensors").tensors;
   MOEKIT_CHECK_ARG(rng.count("cpu"), dir, "/rng.safetensors: no 'cpu' generator state");
   const auto cpu = rng.find(rank == 0 ? std::string("cpu") : "cpu.rank" + std::to_string(rank));

@@ -2,8 +2,15 @@
 // The training checkpoints of one experiment directory.
 //
 // A checkpoint is a directory <root>/step_<N>: the model (model directory
-// format) and the task's assets, the optimizer state (optimizer.pt), the
-// CPU random generator (rng.safetensors) and trainer_state.yaml. It is
+// format) and the task's assets, Adam's moments by parameter name
+// (optimizer.safetensors: <name>.exp_avg, <name>.exp_avg_sq, <name>.step),
+// the CPU random generators (rng.safetensors) and trainer_state.yaml.
+// An expert-parallel run's checkpoint is sharded (dist/sharded_checkpoint.h):
+// model.safetensors and optimizer.safetensors hold everything but the
+// experts, each shard's rank writes its experts and their moments
+// (experts.shard<k>.safetensors, optimizer.shard<k>.safetensors), and
+// manifest.json names them; it loads into any number of processes and any
+// ep_size, and `moekit consolidate` makes it one model directory. It is
 // written in a temporary sibling (.step_<N>.tmp.*) and renamed into place
 // complete, so one killed while being written is never resumed from; the
 // store removes such leftovers when it opens the directory.
@@ -11,10 +18,13 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "moekit/core/file_io.h"
 #include "moekit/core/safetensors.h"
+#include "moekit/dist/sharded_checkpoint.h"
 #include "moekit/models/model.h"
 
 namespace moekit {
@@ -39,9 +49,11 @@ struct TrainerState {
 
 // What the other ranks of a distributed run add to rank 0's checkpoint.
 struct CheckpointOtherRanks {
-  std::vector<torch::Tensor> rng;       // rank r's generator state at r - 1 ("cpu.rank<r>")
-  std::vector<std::string> optimizers;  // expert parallelism: rank r's serialized optimizer (optimizer.rank<r>.pt)
-  const TensorMap* weights = nullptr;   // written instead of the model's (experts gathered from every rank)
+  std::vector<torch::Tensor> rng;  // rank r's generator state at r - 1 ("cpu.rank<r>")
+  // Expert parallelism: the parameters sharded over the EP group (their
+  // whole shapes) and the number of shards, which the shards' writers have
+  // put into the staged directory (write_expert_shard); shards 1: none.
+  dist::ShardManifest experts;
 };
 
 class CheckpointStore {
@@ -51,28 +63,47 @@ class CheckpointStore {
   const std::string& root() const { return root_; }
   // Complete checkpoints, oldest (fewest steps) first.
   std::vector<std::string> list() const;
-  // Writes step_<state.step>: the model, `save_assets` (the task's assets,
-  // given the directory), the optimizer, the default CPU generator's state
-  // and `state`; then removes the oldest until `keep` remain.
+  // A sharded checkpoint is written in three calls: rank 0 stages the
+  // directory of step `step` (returned; every rank writes into it), each
+  // shard's rank adds its shard (write_expert_shard), then rank 0 writes the
+  // rest and renames it into place (save).
+  std::string stage(int64_t step);
+  // Shard `shard`'s files in `staged`: the parameters of `model` named in
+  // `sharded` (this rank's slices) and their Adam moments.
+  static void write_expert_shard(const std::string& staged, int64_t shard, const Model& model,
+                                 const torch::optim::Optimizer& optimizer, const dist::ShardManifest& sharded);
+  // Writes step_<state.step> (in the staged directory, if stage() made
+  // one): the model (without the sharded experts, which their ranks wrote),
+  // `save_assets` (the task's assets, given the directory), the optimizer's
+  // moments, the default CPU generator's state and `state`; then removes the
+  // oldest until `keep` remain.
   using OtherRanks = CheckpointOtherRanks;
   void save(const TrainerState& state, const Model& model, torch::optim::Optimizer& optimizer,
             const std::function<void(const std::string&)>& save_assets, int64_t keep,
             const OtherRanks& others = {});
-  // Reads `dir`'s state; loads its weights into `model`, then calls
-  // `after_weights` (expert parallelism shards the model there), then loads
-  // `rank`'s optimizer state into `optimizer` and its generator state into
-  // the default CPU generator. *rng_restored is false (the generator
-  // untouched) when the checkpoint has no state for that rank (a run resumed
-  // on more processes than it was saved from).
+  // Reads `dir`'s state; loads its whole weights into `model` and Adam's
+  // moments into `optimizer`, then calls `after_weights` (expert parallelism
+  // shards the model and the moments there), then loads `rank`'s generator
+  // state into the default CPU generator. *rng_restored is false (the
+  // generator untouched) when the checkpoint has no state for that rank (a
+  // run resumed on more processes than it was saved from). Checkpoints of
+  // the earlier format (optimizer.pt, optimizer.rank<r>.pt) load too: the
+  // moments after `after_weights`, from `rank`'s archive.
   TrainerState load(const std::string& dir, Model& model, torch::optim::Optimizer& optimizer, int rank = 0,
                     bool* rng_restored = nullptr, const std::function<void()>& after_weights = {}) const;
-  // A serialized optimizer (torch archive bytes), as save writes it.
-  static std::string serialize(torch::optim::Optimizer& optimizer);
   // The state in `dir`'s trainer_state.yaml.
   static TrainerState read_state(const std::string& dir);
+  // Whether `dir` holds the moments by name (any layout resumes from it)
+  // rather than per-rank archives of the earlier format.
+  static bool has_named_moments(const std::string& dir);
+  // The whole model's weights in a checkpoint (shards concatenated) or in
+  // an ordinary model directory.
+  static TensorMap read_weights(const std::string& dir);
 
  private:
   std::string root_;
+  std::unique_ptr<OutputDir> staged_;
+  int64_t staged_step_ = -1;
 };
 
 }  // namespace moekit

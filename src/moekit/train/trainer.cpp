@@ -33,7 +33,7 @@ void average_model_dirs(const std::vector<std::string>& dirs, const std::string&
   MOEKIT_CHECK_ARG(!config["quantization"], "average: ", dirs.front(), " is quantized; average the float models");
   TensorMap sum;
   for (const auto& dir : dirs) {
-    const TensorMap w = read_model_weights(dir);
+    const TensorMap w = CheckpointStore::read_weights(dir);
     if (sum.empty()) {
       for (const auto& [name, t] : w) sum[name] = t.is_floating_point() ? t.to(torch::kDouble) : t.clone();
       continue;
@@ -46,7 +46,7 @@ void average_model_dirs(const std::vector<std::string>& dirs, const std::string&
       if (t.is_floating_point()) it->second += t.to(torch::kDouble);
     }
   }
-  const TensorMap first = read_model_weights(dirs.front());
+  const TensorMap first = CheckpointStore::read_weights(dirs.front());
   for (auto& [name, t] : sum)
     if (t.is_floating_point()) t = (t / static_cast<double>(dirs.size())).to(first.at(name).scalar_type());
   save_model_dir(out_dir, config, sum);
@@ -70,7 +70,8 @@ namespace {
 // consecutive ranks (expert parallelism, moe/moe_layer.h), the rest stays
 // data parallel: dense gradients are averaged over every rank, an expert's
 // over the ranks holding it; the clipping norm is the run's; checkpoints
-// hold the whole model (experts gathered) and each rank's optimizer moments.
+// are sharded (each of the first EP group's ranks writes its experts and
+// their moments, rank 0 the rest) and resume on any layout.
 class TrainLoop {
  public:
   TrainLoop(TrainTask& task, const TrainerOptions& o, const std::string& exp_dir, bool resume)
@@ -95,10 +96,12 @@ class TrainLoop {
     make_expert_groups();
     if (resume && !found.empty()) {
       const TrainerState saved = CheckpointStore::read_state(found.back());
-      MOEKIT_CHECK_ARG((saved.ep_size == 1 && o.ep_size == 1) ||
+      // The earlier format's per-rank optimizer archives fit one layout.
+      MOEKIT_CHECK_ARG(CheckpointStore::has_named_moments(found.back()) ||
+                           (saved.ep_size == 1 && o.ep_size == 1) ||
                            (saved.ep_size == o.ep_size && saved.world_size == world_->size()),
                        found.back(), ": written by ", saved.world_size, " processes with ep_size ", saved.ep_size,
-                       "; an expert-parallel checkpoint resumes on the same layout (this run: ", world_->size(),
+                       "; a checkpoint of this format resumes on the same layout (this run: ", world_->size(),
                        " processes, ep_size ", o.ep_size, ")");
       bool rng_restored = true;
       state_ = store_.load(found.back(), model_, *optimizer_, world_->rank(), &rng_restored, [&] { shard(); });
@@ -146,21 +149,37 @@ class TrainLoop {
     s.next_batch = at_batch * world_->size();  // stored as the epoch's global batch position
     s.lr = scheduled_lr(o_, state_.step, horizon_);
     s.end_of_run = end_of_run;
-    // Every rank's generator state goes into rank 0's checkpoint, and with
-    // expert parallelism every rank's optimizer and the gathered experts.
+    // Every rank's generator state goes into rank 0's checkpoint; with
+    // expert parallelism the first EP group's ranks write their experts'
+    // shards into the directory rank 0 staged.
     CheckpointStore::OtherRanks others;
     others.rng = world_->all_gather(at::detail::getDefaultCPUGenerator().get_state());
     others.rng.erase(others.rng.begin());
-    TensorMap weights;
     if (ep_group_) {
-      others.optimizers = gather_optimizers();
-      weights = module_state(model_);
-      for (const auto& [name, t] : expert_names_) weights[name] = torch::cat(ep_group_->all_gather(t.detach()));
-      others.weights = &weights;
+      others.experts.shards = o_.ep_size;
+      for (const auto& [name, t] : expert_names_) {
+        std::vector<int64_t> whole = t.sizes().vec();
+        whole[0] *= o_.ep_size;
+        others.experts.sharded[name] = whole;
+      }
+      const std::string staged = broadcast_string(lead_ ? store_.stage(s.step) : std::string());
+      if (world_->rank() < o_.ep_size)
+        CheckpointStore::write_expert_shard(staged, world_->rank(), model_, *optimizer_, others.experts);
+      world_->barrier();  // every shard is in place before rank 0 completes the checkpoint
     }
     if (!lead_) return;
     store_.save(s, model_, *optimizer_, [&](const std::string& dir) { task_.save_assets(dir); },
                 std::max(o_.keep_checkpoints, o_.average_last), others);
+  }
+  // `text` as rank 0 has it, on every rank.
+  std::string broadcast_string(const std::string& text) const {
+    std::vector<torch::Tensor> length{torch::tensor({static_cast<int64_t>(text.size())}, torch::kInt64)};
+    world_->broadcast(length, 0);
+    std::vector<torch::Tensor> bytes{torch::zeros({length[0].item<int64_t>()}, torch::kUInt8)};
+    if (lead_) std::memcpy(bytes[0].data_ptr<uint8_t>(), text.data(), text.size());
+    world_->broadcast(bytes, 0);
+    return std::string(reinterpret_cast<const char*>(bytes[0].data_ptr<uint8_t>()),
+                       static_cast<size_t>(bytes[0].numel()));
   }
   // The run's units so far into state_.units_total (a collective: every
   // rank calls it at the same points).
@@ -255,6 +274,20 @@ class TrainLoop {
     MOEKIT_CHECK_ARG(shard_experts(model_, ep_group_) > 0, "train_conf.ep_size ", o_.ep_size,
                      ": the model has no MoE layer to shard");
     expert_params_ = sharded_expert_parameters(model_);
+    // Adam's moments loaded whole from a checkpoint: this rank's slices.
+    const int64_t members = ep_group_->size(), member = ep_group_->rank();
+    for (const auto& p : expert_params_) {
+      const auto it = optimizer_->state().find(c10::guts::to_string(p.unsafeGetTensorImpl()));
+      if (it == optimizer_->state().end()) continue;
+      auto& state = static_cast<torch::optim::AdamParamState&>(*it->second);
+      const int64_t local = p.size(0);
+      MOEKIT_CHECK(state.exp_avg().size(0) == local * members, "train: the optimizer's moments of an expert "
+                   "parameter have ", state.exp_avg().size(0), " rows, not ", local * members);
+      auto slice = [&](const torch::Tensor& t) { return t.defined() ? t.narrow(0, member * local, local).clone() : t; };
+      state.exp_avg(slice(state.exp_avg()));
+      state.exp_avg_sq(slice(state.exp_avg_sq()));
+      state.max_exp_avg_sq(slice(state.max_exp_avg_sq()));
+    }
     std::set<const void*> sharded;
     for (const auto& p : expert_params_) {
       sharded.insert(p.unsafeGetTensorImpl());
@@ -282,23 +315,6 @@ class TrainLoop {
         if (p.grad().defined()) p.grad().mul_(coef);
     return norm;
   }
-  // Every rank's serialized optimizer, rank r's at r - 1, on rank 0 (empty elsewhere).
-  std::vector<std::string> gather_optimizers() {
-    const std::string mine = CheckpointStore::serialize(*optimizer_);
-    const auto sizes = world_->all_gather(torch::tensor({static_cast<int64_t>(mine.size())}, torch::kInt64));
-    int64_t longest = 0;
-    for (const auto& t : sizes) longest = std::max(longest, t.item<int64_t>());
-    torch::Tensor bytes = torch::zeros({longest}, torch::kUInt8);
-    std::memcpy(bytes.data_ptr<uint8_t>(), mine.data(), mine.size());
-    const auto all = world_->all_gather(bytes);
-    std::vector<std::string> out;
-    if (!lead_) return out;
-    for (size_t r = 1; r < all.size(); ++r)
-      out.emplace_back(reinterpret_cast<const char*>(all[r].data_ptr<uint8_t>()),
-                       static_cast<size_t>(sizes[r].item<int64_t>()));
-    return out;
-  }
-
   // Sums of the running values over the ranks (in key order; every rank
   // logs the same keys), and of the units and batch counts.
   void reduce_running(std::map<std::string, double>& running, int64_t& running_n, int64_t& units) const {
