@@ -235,6 +235,56 @@ TEST(DistWorker, Run) {
     write_safetensors(file, {{"sum", t[0]}, {"gathered", torch::cat(gathered)}});
     EXPECT_TRUE(torch::equal(t[0], torch::full({3}, 3.0f)));
     EXPECT_TRUE(torch::equal(torch::cat(gathered), torch::tensor({0.0f, 0.0f, 10.0f, 10.0f})));
+  } else if (name == "grad_overlap") {
+    // The same gradients from the overlapped reducer as from
+    // all_reduce_gradients after the pass: two accumulated passes (only the
+    // last armed), a parameter without a gradient, then a step in which
+    // rank 1 has no backward pass at all (a skipped non-finite batch), then
+    // two steps never armed (overlap off: every bucket after the pass).
+    auto make = [] {
+      torch::manual_seed(1);
+      torch::nn::Sequential net(torch::nn::Linear(32, 32), torch::nn::Linear(32, 32), torch::nn::Linear(32, 32),
+                                torch::nn::Linear(32, 32), torch::nn::Linear(32, 32));
+      return net;
+    };
+    torch::nn::Sequential a = make(), b = make();
+    // Layer 0 takes no part in the loss: its parameters get no gradient.
+    auto loss_of = [&](torch::nn::Sequential& net, int pass) {
+      torch::manual_seed(10 * world->rank() + pass);
+      torch::Tensor x = torch::randn({4, 32});
+      for (size_t i = 1; i < net->size(); ++i) x = torch::tanh(net[i]->as<torch::nn::Linear>()->forward(x));
+      return x.square().sum();
+    };
+    dist::GradientReducer reducer(world, a->parameters(), /*bucket_bytes=*/4500, /*first_bucket_bytes=*/4500);
+    EXPECT_GE(reducer.buckets(), 5);
+    for (int step = 0; step < 4; ++step) {
+      for (auto* net : {&a, &b})
+        for (auto& p : (*net)->parameters()) p.mutable_grad() = torch::Tensor();
+      const bool skipped = step == 1 && world->rank() == 1;
+      for (int pass = 0; pass < 2; ++pass) {
+        if (pass == 1 && step < 2) reducer.arm();
+        if (skipped && pass == 1) continue;
+        loss_of(a, pass).backward();
+        loss_of(b, pass).backward();
+      }
+      reducer.finish(2.0);
+      dist::all_reduce_gradients(*world, b->parameters(), 2.0);
+      const auto pa = a->parameters(), pb = b->parameters();
+      for (size_t i = 0; i < pa.size(); ++i)
+        EXPECT_TRUE(torch::equal(pa[i].grad(), pb[i].grad())) << "step " << step << " parameter " << i;
+      // The passes that ran started every bucket but layer 0's during the pass.
+      if (step >= 2) {
+        EXPECT_EQ(reducer.started_in_backward(), 0) << "step " << step;
+      } else if (!skipped) {
+        EXPECT_GE(reducer.started_in_backward(), 1) << "step " << step;
+        EXPECT_LT(reducer.started_in_backward(), reducer.buckets()) << "step " << step;
+      } else {
+        EXPECT_EQ(reducer.started_in_backward(), 0);
+      }
+    }
+    TensorMap grads;
+    for (const auto& p : a->named_parameters()) grads[p.key()] = p.value().grad();
+    write_safetensors(file, grads);
   } else if (name == "peer_dies") {
     world->barrier();
     if (world->rank() == 1) std::_Exit(3);
@@ -313,6 +363,15 @@ void expect_expert_parallel_matches_one_process(const std::string& scenario, dou
       EXPECT_LE((got.at(name) - mine).abs().max().item<double>(), 1e-5) << name << " rank " << r;
     }
   }
+}
+
+TEST(Dist, OverlappedGradientReduceEqualsTheReduceAfterTheBackwardPass) {
+  SKIP_WITHOUT_GLOO();
+  const WorkerRun w = launch_workers("grad_overlap");
+  ASSERT_EQ(w.run.exit_code, 0) << w.run.output;
+  const TensorMap r0 = worker_result(w, 0), r1 = worker_result(w, 1);
+  for (const auto& [name, g] : r0) EXPECT_TRUE(torch::equal(g, r1.at(name))) << name << ": the ranks agree";
+  EXPECT_TRUE(torch::equal(r0.at("0.weight"), torch::zeros({32, 32}))) << "no gradient anywhere: zeros";
 }
 
 TEST(Dist, ExpertParallelLayerEqualsOneProcessDropless) {

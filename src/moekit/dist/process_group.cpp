@@ -207,6 +207,32 @@ void Group::all_reduce_sum(std::vector<torch::Tensor>& tensors) const {
   collective("all_reduce", rank_, size_, backend_->timeout, [&] { backend_->pg->allreduce(tensors)->wait(); });
 }
 
+namespace {
+struct NothingPending : PendingCollective {
+  void wait() override {}
+};
+}  // namespace
+
+std::unique_ptr<PendingCollective> Group::all_reduce_sum_async(std::vector<torch::Tensor>& tensors) const {
+  if (!backend_ || tensors.empty()) return std::make_unique<NothingPending>();
+  struct Pending : PendingCollective {
+    c10::intrusive_ptr<c10d::Work> work;
+    int rank = 0, size = 0;
+    std::chrono::milliseconds timeout{0};
+    void wait() override {
+      if (!work) return;
+      collective("all_reduce", rank, size, timeout, [&] { work->wait(); });
+      work.reset();
+    }
+  };
+  auto pending = std::make_unique<Pending>();
+  pending->rank = rank_;
+  pending->size = size_;
+  pending->timeout = backend_->timeout;
+  collective("all_reduce", rank_, size_, backend_->timeout, [&] { pending->work = backend_->pg->allreduce(tensors); });
+  return pending;
+}
+
 void Group::broadcast(std::vector<torch::Tensor>& tensors, int root) const {
   MOEKIT_CHECK_ARG(root >= 0 && root < size_, "dist: broadcast from rank ", root, " of a group of ", size_);
   if (!backend_ || tensors.empty()) return;
@@ -275,6 +301,12 @@ std::shared_ptr<Group> Group::subgroup(const std::vector<int>& ranks, const std:
 }
 
 void Group::all_reduce_sum(std::vector<torch::Tensor>&) const {}
+std::unique_ptr<PendingCollective> Group::all_reduce_sum_async(std::vector<torch::Tensor>&) const {
+  struct NothingPending : PendingCollective {
+    void wait() override {}
+  };
+  return std::make_unique<NothingPending>();
+}
 void Group::broadcast(std::vector<torch::Tensor>&, int root) const {
   MOEKIT_CHECK_ARG(root == 0, "dist: broadcast from rank ", root, " of a group of 1");
 }

@@ -48,6 +48,14 @@ int free_tcp_port(const std::string& addr = "127.0.0.1");
 // Gloo headers at build time).
 bool gloo_available();
 
+// A collective started and not yet waited for.
+class PendingCollective {
+ public:
+  virtual ~PendingCollective() = default;
+  // Returns once it is complete; throws as the blocking collectives do.
+  virtual void wait() = 0;
+};
+
 class Group {
  public:
   // One process: rank 0 of 1.
@@ -74,6 +82,11 @@ class Group {
 
   // In place, over the group: the element-wise sum.
   void all_reduce_sum(std::vector<torch::Tensor>& tensors) const;
+  // all_reduce_sum started now, in the background: the tensors hold the
+  // sums once wait() returns (and must not be touched before). The time
+  // spent in wait() counts as collective time, so work overlapping it does
+  // not.
+  std::unique_ptr<PendingCollective> all_reduce_sum_async(std::vector<torch::Tensor>& tensors) const;
   // In place: every member gets `root`'s values.
   void broadcast(std::vector<torch::Tensor>& tensors, int root) const;
   // Every member's `t` (same shape on all), in group-rank order.

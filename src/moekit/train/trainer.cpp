@@ -118,6 +118,11 @@ class TrainLoop {
       shard();
       torch::manual_seed(o.seed + static_cast<uint64_t>(world_->rank()));
     }
+    if (world_->size() > 1) {
+      const auto bucket = static_cast<int64_t>(o.bucket_mb * (1 << 20));
+      reducer_ = std::make_unique<dist::GradientReducer>(world_, ep_group_ ? dense_params_ : params_, bucket,
+                                                         std::min<int64_t>(bucket, 1 << 20));
+    }
     state_.world_size = world_->size();
     state_.ep_size = o.ep_size;
     // What a killed run logged after its last checkpoint is logged again.
@@ -221,12 +226,12 @@ class TrainLoop {
   double step(double lr) {
     double grad_norm = 0;
     if (ep_group_) {
-      dist::all_reduce_gradients(*world_, dense_params_, world_->size());
+      reducer_->finish(world_->size());
       dist::all_reduce_gradients(expert_dp_group_ ? *expert_dp_group_ : *dist::Group::single(), expert_params_,
                                  world_->size());
       if (o_.grad_clip > 0) grad_norm = clip_sharded(o_.grad_clip);
     } else {
-      if (world_->size() > 1) dist::all_reduce_gradients(*world_, params_, world_->size());
+      if (reducer_) reducer_->finish(world_->size());
       if (o_.grad_clip > 0) grad_norm = torch::nn::utils::clip_grad_norm_(params_, o_.grad_clip);
     }
     for (auto& group : optimizer_->param_groups()) static_cast<torch::optim::AdamOptions&>(group.options()).lr(lr);
@@ -344,6 +349,7 @@ class TrainLoop {
   std::unique_ptr<MetricsLog> metrics_;
   std::vector<torch::Tensor> params_;
   std::unique_ptr<torch::optim::Adam> optimizer_;
+  std::unique_ptr<dist::GradientReducer> reducer_;  // data parallelism: the dense gradients' all-reduce
   TrainerState state_;
   int64_t horizon_ = 0;
   int64_t pending_units_ = 0;  // this rank's units not yet in state_.units_total
@@ -378,6 +384,9 @@ TrainSummary TrainLoop::run(const std::string& exp_dir) {
     int64_t running_n = 0;
     optimizer_->zero_grad();
     for (int64_t b = next_batch; b < batches; ++b) {
+      const bool boundary = (b + 1) % o.accum_grad == 0 || b + 1 == batches;
+      // The step's last backward pass all-reduces the gradients as it goes.
+      if (boundary && reducer_ && o.overlap_grad_reduce) reducer_->arm();
       BatchLoss loss = task_.train_batch(epoch, b * ranks + rank);
       MOEKIT_CHECK(loss.loss.defined(), "train: task returned no loss");
       const double value = loss.loss.item<double>();
@@ -398,7 +407,6 @@ TrainSummary TrainLoop::run(const std::string& exp_dir) {
         running["loss"] += value;
         ++running_n;
       }
-      const bool boundary = (b + 1) % o.accum_grad == 0 || b + 1 == batches;
       if (!boundary) continue;
       ++state_.step;
       const double lr = scheduled_lr(o, state_.step, horizon_);

@@ -38,6 +38,8 @@ struct TrainerOptions {
   bool validate_first = false;  // validate once before the first step (step 0 of a fresh run)
   double peak_flops = 0.0;      // FLOP/s that MFU is relative to (0: measure a GEMM at start)
   int64_t ep_size = 1;          // distributed runs: processes each MoE layer's experts are sharded over
+  double bucket_mb = 25.0;      // distributed runs: gradient all-reduce bucket size (DDP's bucket_cap_mb)
+  bool overlap_grad_reduce = true;  // distributed runs: all-reduce buckets during the backward pass
 
   // The field table (core/fields.h) behind the functions below.
   static const FieldTable<TrainerOptions>& fields();

@@ -42,6 +42,14 @@ const FieldTable<TrainerOptions>& trainer_fields() {
                  "processes and every layer's experts; 1: none)")
           .at_least(1)
           .write_if([](const O& o) { return o.ep_size != 1; })
+          .field("bucket_mb", &O::bucket_mb,
+                 "distributed runs: MB of gradients per all-reduce bucket (PyTorch DDP's bucket_cap_mb; the first "
+                 "bucket 1 MB at most)")
+          .positive()
+          .write_if([](const O& o) { return o.bucket_mb != 25.0; })
+          .field("overlap_grad_reduce", &O::overlap_grad_reduce,
+                 "distributed runs: start each bucket's all-reduce during the backward pass (false: after it)")
+          .write_if([](const O& o) { return !o.overlap_grad_reduce; })
           .field("validate_first", &O::validate_first, "validate once before the first step of a fresh run");
   return table;
 }
