@@ -4,12 +4,19 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <nlohmann/json.hpp>
+#include <sstream>
+
 #include "moekit/core/runtime.h"
 #include "moekit/decode/lm_generate.h"
 #include "moekit/decode/recognizer.h"
 #include "moekit/models/asr/asr_model.h"
 #include "moekit/models/lm/lm_model.h"
 #include "moekit/moe/moe_layer.h"
+#include "moekit/train/lm_task.h"
+#include "moekit/train/trainer.h"
+#include "moekit/core/file_io.h"
+#include "moekit/core/model_dir.h"
 #include "moekit/ops/grouped_ffn.h"
 #include "asr_test_util.h"
 #include "lm_test_util.h"
@@ -316,6 +323,89 @@ TEST(Cuda, LmForwardLossAndGenerationMatchCpu) {
   greedy.max_new_tokens = 10;
   greedy.stop_at_eos = false;
   EXPECT_EQ(generate(cpu, {1, 5, 7}, greedy, -1), generate(gpu, {1, 5, 7}, greedy, -1));
+}
+
+
+// ---- training on CUDA against the CPU --------------------------------------
+
+// The progress records' losses of a run, in step order.
+std::vector<double> logged_train_losses(const std::string& exp) {
+  std::vector<double> out;
+  std::istringstream lines(read_file(exp + "/metrics.jsonl"));
+  std::string line;
+  while (std::getline(lines, line)) {
+    const nlohmann::json j = nlohmann::json::parse(line);
+    if (j.contains("loss") && j.contains("lr")) out.push_back(j["loss"].get<double>());
+  }
+  return out;
+}
+
+// A small MoE LM trained for `steps` steps on `device` (no dropout: the
+// same computation on either device), paused at `max_steps` (0: not).
+TrainSummary train_tiny_lm(const std::string& exp, const torch::Device& device, const std::string& autocast,
+                           int64_t max_steps, bool resume) {
+  LmConfig c = tiny_lm_config(true);
+  std::vector<int64_t> stream(3000), valid(400);
+  for (size_t i = 0; i < stream.size(); ++i) stream[i] = static_cast<int64_t>((i * 7 + i / 13) % 50);
+  for (size_t i = 0; i < valid.size(); ++i) valid[i] = static_cast<int64_t>((i * 7 + i / 11) % 50);
+  LmDataOptions data;
+  data.seq_len = 16;
+  data.batch_size = 8;
+  TrainerOptions o;
+  o.epochs = 2;
+  o.lr = 0.005;
+  o.scheduler = "cosine";
+  o.warmup_steps = 2;
+  o.total_steps = 12;
+  o.log_interval = 1;
+  o.average_last = 1;
+  o.seed = 3;
+  o.autocast = autocast;
+  o.max_steps = max_steps;
+  torch::manual_seed(o.seed);
+  auto model = std::make_shared<LmModel>(c);
+  LmTrainTask task(model, stream, valid, data, o.seed, "");
+  return train(task, o, exp, resume, device);
+}
+
+void expect_close_losses(const std::vector<double>& a, const std::vector<double>& b, double relative,
+                         const std::string& what) {
+  ASSERT_EQ(a.size(), b.size()) << what;
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(b[i], a[i], relative * std::abs(a[i])) << what << " step " << i + 1;
+}
+
+TEST(Cuda, LmTrainingStepsEqualCpuAndCheckpointsMoveBetweenThem) {
+  SKIP_WITHOUT_CUDA();
+  const std::string d = temp_dir("cuda_train");
+  const torch::Device gpu(torch::kCUDA, 0);
+  train_tiny_lm(d + "/cpu", torch::kCPU, "none", 0, false);
+  train_tiny_lm(d + "/cuda", gpu, "none", 0, false);
+  const std::vector<double> cpu = logged_train_losses(d + "/cpu");
+  ASSERT_EQ(cpu.size(), 12u);
+  expect_close_losses(cpu, logged_train_losses(d + "/cuda"), 1e-4, "fp32 on CUDA");
+  const TensorMap wa = read_model_weights(d + "/cpu/final"), wb = read_model_weights(d + "/cuda/final");
+  for (const auto& [name, t] : wa) EXPECT_LE(max_diff(t, wb.at(name)), 1e-4) << name;
+  // bfloat16 autocast: close, not equal.
+  train_tiny_lm(d + "/bf16", gpu, "bf16", 0, false);
+  expect_close_losses(cpu, logged_train_losses(d + "/bf16"), 0.03, "bf16 autocast");
+  // Paused on one device, resumed on the other: the uninterrupted run.
+  train_tiny_lm(d + "/to_cpu", gpu, "none", 5, false);
+  train_tiny_lm(d + "/to_cpu", torch::kCPU, "none", 0, true);
+  expect_close_losses(cpu, logged_train_losses(d + "/to_cpu"), 1e-4, "CUDA checkpoint resumed on the CPU");
+  train_tiny_lm(d + "/to_cuda", torch::kCPU, "none", 5, false);
+  train_tiny_lm(d + "/to_cuda", gpu, "none", 0, true);
+  expect_close_losses(cpu, logged_train_losses(d + "/to_cuda"), 1e-4, "CPU checkpoint resumed on CUDA");
+}
+
+TEST(Device, Bf16AutocastNeedsCuda) {
+  const std::string d = temp_dir("autocast_cpu");
+  try {
+    train_tiny_lm(d + "/e", torch::kCPU, "bf16", 0, false);
+    ADD_FAILURE() << "trained with autocast on the CPU";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("train_conf.autocast bf16 needs --device cuda"), std::string::npos)
+        << e.what();
+  }
 }
 
 }  // namespace

@@ -72,8 +72,7 @@ void add_train_lm_command(CLI::App& train, const GlobalOptions& global) {
   lm->callback([o, &global] {
     apply_runtime(global);
     join_run(global);
-    MOEKIT_CHECK_ARG(global.device == "cpu", "train: --device ", global.device,
-                     " is not supported: training runs on the CPU (decoding and the benchmarks take --device)");
+    const torch::Device device = training_device(global);
     const YAML::Node y = load_yaml_file(o->config);
     for (const auto& kv : y) {
       const std::string key = kv.first.as<std::string>();
@@ -123,7 +122,7 @@ void add_train_lm_command(CLI::App& train, const GlobalOptions& global) {
       std::cerr << "lm: a budget of " << o->flops_budget << " FLOPs is " << trainer.total_steps << " steps of "
                 << per_step << " FLOPs\n";
     }
-    const TrainSummary summary = moekit::train(task, trainer, o->exp_dir, o->resume);
+    const TrainSummary summary = moekit::train(task, trainer, o->exp_dir, o->resume, device);
     print_train_summary(summary);
   });
 }

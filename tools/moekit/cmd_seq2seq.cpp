@@ -60,8 +60,7 @@ void add_train_seq2seq_command(CLI::App& train, const GlobalOptions& global) {
   cmd->callback([o, &global] {
     apply_runtime(global);
     join_run(global);
-    MOEKIT_CHECK_ARG(global.device == "cpu", "train: --device ", global.device,
-                     " is not supported: training runs on the CPU (decoding and the benchmarks take --device)");
+    const torch::Device device = training_device(global);
     const YAML::Node y = load_yaml_file(o->config);
     check_known_keys(y, {"model", "data", "train_conf"}, o->config);
     MOEKIT_CHECK_ARG(y["model"].IsDefined() && y["model"].IsMap(), o->config, ": no 'model' section");
@@ -100,7 +99,7 @@ void add_train_seq2seq_command(CLI::App& train, const GlobalOptions& global) {
     std::cerr << "seq2seq: task sampling (T = " << data.temperature << "):";
     for (size_t t = 0; t < p.size() && t < tasks.size(); ++t) std::cerr << " " << tasks[t] << " " << std::setprecision(3) << p[t];
     std::cerr << "\n";
-    const TrainSummary summary = moekit::train(task, trainer, o->exp_dir, o->resume);
+    const TrainSummary summary = moekit::train(task, trainer, o->exp_dir, o->resume, device);
     print_train_summary(summary);
   });
 }
@@ -134,6 +133,8 @@ void add_distill_command(CLI::App& app, const GlobalOptions& global) {
   cmd->callback([o, &global] {
     apply_runtime(global);
     join_run(global);
+    MOEKIT_CHECK_ARG(global.device == "cpu", "distill: --device ", global.device,
+                     " is not supported: distillation runs on the CPU (train seq2seq, lm and asr take --device cuda)");
     MOEKIT_CHECK_ARG(o->word_weight >= 0.0 && o->word_weight <= 1.0, "distill: --word-weight must be in [0, 1], got ",
                      o->word_weight);
     MOEKIT_CHECK_ARG(o->word_weight > 0.0 || o->sequence, "distill: nothing to distill (--word-weight 0 and no --sequence)");

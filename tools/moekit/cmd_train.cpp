@@ -32,6 +32,20 @@ void join_run(const GlobalOptions& global) {
   set_num_threads(std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / per_host));
 }
 
+torch::Device training_device(const GlobalOptions& global) {
+  torch::Device device = parse_device(global.device);
+  // Each process of a run on one host takes its own GPU, as torchrun's
+  // LOCAL_RANK means, unless the command names one.
+  if (device.is_cuda() && !device.has_index() && dist::world()->size() > 1) {
+    const char* local = std::getenv("LOCAL_RANK");
+    const int index = local != nullptr ? std::atoi(local) : 0;
+    MOEKIT_CHECK_ARG(index < static_cast<int>(torch::cuda::device_count()), "train: LOCAL_RANK ", index,
+                     " has no GPU of its own (", torch::cuda::device_count(), " here)");
+    device = torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(index));
+  }
+  return device;
+}
+
 void print_train_summary(const TrainSummary& summary) {
   if (dist::world()->rank() != 0) return;  // one report per run
   if (!summary.completed) {
@@ -68,8 +82,7 @@ void add_train_command(CLI::App& app, const GlobalOptions& global) {
   asr->callback([o, &global] {
     apply_runtime(global);
     join_run(global);
-    MOEKIT_CHECK_ARG(global.device == "cpu", "train: --device ", global.device,
-                     " is not supported: training runs on the CPU (decoding and the benchmarks take --device)");
+    const torch::Device device = training_device(global);
     const YAML::Node y = load_yaml_file(o->config);
     const std::vector<Utterance> train_data = read_asr_data(o->train_data);
     const std::vector<Utterance> cv_data = read_asr_data(o->cv_data);
@@ -106,7 +119,7 @@ void add_train_command(CLI::App& app, const GlobalOptions& global) {
     std::cerr << "asr model: " << count.total << " parameters, " << count.active << " active per frame; "
               << train_data.size() << " training / " << cv_data.size() << " validation utterances\n";
     AsrTrainTask task(model, units, train_data, cv_data, data_options, trainer.seed, sentencepiece);
-    const TrainSummary summary = moekit::train(task, trainer, o->exp_dir, o->resume);
+    const TrainSummary summary = moekit::train(task, trainer, o->exp_dir, o->resume, device);
     print_train_summary(summary);
   });
 }

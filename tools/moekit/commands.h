@@ -21,6 +21,9 @@ struct GlobalOptions {
 // one process). With --threads 0 each of a host's processes takes an equal
 // share of its cores.
 void join_run(const GlobalOptions& global);
+// --device for a training command (after join_run): "cuda" in a run of
+// several processes means each process's own GPU (cuda:LOCAL_RANK).
+torch::Device training_device(const GlobalOptions& global);
 
 void add_info_command(CLI::App& app, const GlobalOptions& global);
 void add_bench_command(CLI::App& app, const GlobalOptions& global);

@@ -251,7 +251,7 @@ AsrLosses AsrTrainTask::forward(const std::vector<Example>& set, const std::vect
     lens[static_cast<int64_t>(b)] = e.feats.size(0);
     targets.push_back(e.tokens);
   }
-  return model_->forward_train(feats, lens, targets);
+  return model_->forward_train(feats.to(device_), lens.to(device_), targets);
 }
 
 BatchLoss AsrTrainTask::train_batch(int64_t epoch, int64_t index) {
@@ -285,8 +285,8 @@ std::map<std::string, double> AsrTrainTask::validate() {
   }
   for (const Example& e : cv_) {
     const torch::Tensor lens = torch::full({1}, e.feats.size(0), torch::kLong);
-    auto [out, mask] = model_->encoder->forward(e.feats.unsqueeze(0), lens, -1, -1);
-    const auto tokens = ctc_greedy_search(model_->ctc_log_probs(out)[0], model_->config().blank_id());
+    auto [out, mask] = model_->encoder->forward(e.feats.unsqueeze(0).to(device_), lens.to(device_), -1, -1);
+    const auto tokens = ctc_greedy_search(model_->ctc_log_probs(out)[0].cpu(), model_->config().blank_id());
     rates.add(e.text, units_.to_text(tokens));
   }
   return {{"loss", loss / n}, {"ctc", ctc / n}, {"att", att / n}, {"cer", rates.cer()}};

@@ -190,6 +190,8 @@ void CheckpointStore::save(const TrainerState& state, const Model& model, torch:
                     adam_moments(optimizer, model, [&](const std::string& n) { return sharded.count(n) == 0; }));
   TensorMap rng{{"cpu", at::detail::getDefaultCPUGenerator().get_state()}};
   for (size_t r = 0; r < others.rng.size(); ++r) rng["cpu.rank" + std::to_string(r + 1)] = others.rng[r];
+  for (size_t r = 0; r < others.cuda_rng.size(); ++r)
+    rng[r == 0 ? std::string("cuda") : "cuda.rank" + std::to_string(r)] = others.cuda_rng[r];
   write_file_atomic(dir + "/rng.safetensors", serialize_safetensors(rng));
   YAML::Node node;
   node["step"] = state.step;
@@ -252,7 +254,15 @@ TrainerState CheckpointStore::load(const std::string& dir, Model& model, torch::
   }
   const TensorMap rng = read_safetensors(dir + "/rng.safetensors").tensors;
   MOEKIT_CHECK_ARG(rng.count("cpu"), dir, "/rng.safetensors: no 'cpu' generator state");
-  const auto cpu = rng.find(rank == 0 ? std::string("cpu") : "cpu.rank" + std::to_string(rank));
+  const std::string suffix = rank == 0 ? std::string() : ".rank" + std::to_string(rank);
+  const auto params = model.parameters();
+  const auto cuda = rng.find("cuda" + suffix);
+  if (cuda != rng.end() && !params.empty() && params.front().is_cuda()) {
+    at::Generator generator = at::globalContext().defaultGenerator(params.front().device());
+    std::lock_guard<std::mutex> lock(generator.mutex());
+    generator.set_state(cuda->second);
+  }
+  const auto cpu = rng.find("cpu" + suffix);
   if (rng_restored != nullptr) *rng_restored = cpu != rng.end();
   if (cpu == rng.end()) return state;
   at::Generator generator = at::detail::getDefaultCPUGenerator();

@@ -50,6 +50,8 @@ struct TrainerState {
 // What the other ranks of a distributed run add to rank 0's checkpoint.
 struct CheckpointOtherRanks {
   std::vector<torch::Tensor> rng;  // rank r's generator state at r - 1 ("cpu.rank<r>")
+  // A run on CUDA: every rank's CUDA generator state, rank 0's first ("cuda", "cuda.rank<r>").
+  std::vector<torch::Tensor> cuda_rng;
   // Expert parallelism: the parameters sharded over the EP group (their
   // whole shapes) and the number of shards, which the shards' writers have
   // put into the staged directory (write_expert_shard); shards 1: none.
@@ -84,7 +86,8 @@ class CheckpointStore {
   // Reads `dir`'s state; loads its whole weights into `model` and Adam's
   // moments into `optimizer`, then calls `after_weights` (expert parallelism
   // shards the model and the moments there), then loads `rank`'s generator
-  // state into the default CPU generator. *rng_restored is false (the
+  // state into the default CPU generator (and, for a model on a CUDA device,
+  // its CUDA generator's, where the checkpoint was written on CUDA). *rng_restored is false (the
   // generator untouched) when the checkpoint has no state for that rank (a
   // run resumed on more processes than it was saved from). Checkpoints of
   // the earlier format (optimizer.pt, optimizer.rank<r>.pt) load too: the

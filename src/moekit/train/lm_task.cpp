@@ -80,7 +80,7 @@ BatchLoss LmTrainTask::train_batch(int64_t epoch, int64_t index) {
   }
   const auto first = order_.begin() + index * options_.batch_size;
   const std::vector<int64_t> starts(first, first + options_.batch_size);
-  const LmLoss loss = model_->loss(windows(train_, starts));
+  const LmLoss loss = model_->loss(windows(train_, starts).to(device_));
   BatchLoss out;
   out.loss = loss.loss;
   out.parts["ce"] = loss.ce.item<double>();
@@ -97,7 +97,7 @@ std::map<std::string, double> LmTrainTask::validate() {
   for (int64_t first = 0; first < count; first += options_.batch_size) {
     std::vector<int64_t> starts;
     for (int64_t i = first; i < std::min(count, first + options_.batch_size); ++i) starts.push_back(i * options_.seq_len);
-    const LmLoss loss = model_->loss(windows(valid_, starts));
+    const LmLoss loss = model_->loss(windows(valid_, starts).to(device_));
     const int64_t n = static_cast<int64_t>(starts.size()) * options_.seq_len;
     total += loss.ce.item<double>() * static_cast<double>(n);
     tokens += n;

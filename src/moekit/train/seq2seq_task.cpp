@@ -173,6 +173,9 @@ Seq2seqTrainTask::Tensors Seq2seqTrainTask::collate(const std::vector<ParallelEx
     t.task[b] = e.task;
   }
   if (c.tasks.empty()) t.task = torch::Tensor();
+  if (device_.is_cpu()) return t;
+  for (torch::Tensor* x : {&t.src, &t.tgt, &t.src_lens, &t.tgt_lens, &t.task})
+    if (x->defined()) *x = x->to(device_);
   return t;
 }
 

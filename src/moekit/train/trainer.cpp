@@ -1,6 +1,8 @@
 #include "moekit/train/trainer.h"
 
+#include <ATen/autocast_mode.h>
 #include <nlohmann/json.hpp>
+#include <torch/version.h>
 
 #include <algorithm>
 #include <chrono>
@@ -54,6 +56,48 @@ void average_model_dirs(const std::vector<std::string>& dirs, const std::string&
 
 namespace {
 
+// torch.autocast("cuda", dtype=torch.bfloat16) for one forward pass: ops on
+// CUDA tensors run in bfloat16 where autocast's lists say so (matmuls,
+// convolutions), in float32 where precision needs it (softmax, losses); the
+// weights stay float32 and the backward pass follows the forward's dtypes.
+class CudaBf16Autocast {
+ public:
+  explicit CudaBf16Autocast(bool on) : on_(on) {
+    if (!on_) return;
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+    was_enabled_ = at::autocast::is_autocast_enabled(at::kCUDA);
+    was_dtype_ = at::autocast::get_autocast_dtype(at::kCUDA);
+    at::autocast::set_autocast_enabled(at::kCUDA, true);
+    at::autocast::set_autocast_dtype(at::kCUDA, at::kBFloat16);
+#else
+    was_enabled_ = at::autocast::is_enabled();
+    was_dtype_ = at::autocast::get_autocast_gpu_dtype();
+    at::autocast::set_enabled(true);
+    at::autocast::set_autocast_gpu_dtype(at::kBFloat16);
+#endif
+    at::autocast::increment_nesting();
+  }
+  ~CudaBf16Autocast() {
+    if (!on_) return;
+    // The casts cached for this pass are dropped when the outermost one ends.
+    if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+    at::autocast::set_autocast_enabled(at::kCUDA, was_enabled_);
+    at::autocast::set_autocast_dtype(at::kCUDA, was_dtype_);
+#else
+    at::autocast::set_enabled(was_enabled_);
+    at::autocast::set_autocast_gpu_dtype(was_dtype_);
+#endif
+  }
+  CudaBf16Autocast(const CudaBf16Autocast&) = delete;
+  CudaBf16Autocast& operator=(const CudaBf16Autocast&) = delete;
+
+ private:
+  bool on_;
+  bool was_enabled_ = false;
+  at::ScalarType was_dtype_ = at::kHalf;
+};
+
 // The training loop's state and its pieces: the optimizer, the checkpoint
 // store, the metrics log and the schedule's horizon.
 //
@@ -74,13 +118,19 @@ namespace {
 // their moments, rank 0 the rest) and resume on any layout.
 class TrainLoop {
  public:
-  TrainLoop(TrainTask& task, const TrainerOptions& o, const std::string& exp_dir, bool resume)
+  TrainLoop(TrainTask& task, const TrainerOptions& o, const std::string& exp_dir, bool resume,
+            const torch::Device& device)
       : task_(task),
         o_(o),
         model_(task.model()),
         world_(dist::world()),
         lead_(world_->rank() == 0),
+        device_(device),
         store_(exp_dir + "/checkpoints") {
+    MOEKIT_CHECK_ARG(o.autocast == "none" || device.is_cuda(), "train_conf.autocast ", o.autocast,
+                     " needs --device cuda (training on the CPU runs in float32)");
+    model_.to(device);
+    task.set_device(device);
     if (lead_) metrics_ = std::make_unique<MetricsLog>(exp_dir + "/metrics.jsonl");
     for (auto& p : model_.parameters())
       if (p.requires_grad()) params_.push_back(p);
@@ -160,6 +210,7 @@ class TrainLoop {
     CheckpointStore::OtherRanks others;
     others.rng = world_->all_gather(at::detail::getDefaultCPUGenerator().get_state());
     others.rng.erase(others.rng.begin());
+    if (device_.is_cuda()) others.cuda_rng = world_->all_gather(at::globalContext().defaultGenerator(device_).get_state());
     if (ep_group_) {
       others.experts.shards = o_.ep_size;
       for (const auto& [name, t] : expert_names_) {
@@ -342,6 +393,7 @@ class TrainLoop {
   Model& model_;
   std::shared_ptr<dist::Group> world_;
   bool lead_;  // rank 0: writes checkpoints, metrics and the final model
+  torch::Device device_;
   std::shared_ptr<const dist::Group> ep_group_, expert_dp_group_;  // expert parallelism (null: none)
   std::vector<torch::Tensor> dense_params_, expert_params_;
   std::vector<std::pair<std::string, torch::Tensor>> expert_names_;  // sharded parameters by checkpoint name
@@ -387,7 +439,11 @@ TrainSummary TrainLoop::run(const std::string& exp_dir) {
       const bool boundary = (b + 1) % o.accum_grad == 0 || b + 1 == batches;
       // The step's last backward pass all-reduces the gradients as it goes.
       if (boundary && reducer_ && o.overlap_grad_reduce) reducer_->arm();
-      BatchLoss loss = task_.train_batch(epoch, b * ranks + rank);
+      BatchLoss loss;
+      {
+        CudaBf16Autocast autocast(o.autocast == "bf16");
+        loss = task_.train_batch(epoch, b * ranks + rank);
+      }
       MOEKIT_CHECK(loss.loss.defined(), "train: task returned no loss");
       const double value = loss.loss.item<double>();
       if (!std::isfinite(value)) {
@@ -495,9 +551,10 @@ TrainSummary TrainLoop::run(const std::string& exp_dir) {
 
 }  // namespace
 
-TrainSummary train(TrainTask& task, const TrainerOptions& o, const std::string& exp_dir, bool resume) {
+TrainSummary train(TrainTask& task, const TrainerOptions& o, const std::string& exp_dir, bool resume,
+                   const torch::Device& device) {
   o.validate();
-  TrainLoop loop(task, o, exp_dir, resume);
+  TrainLoop loop(task, o, exp_dir, resume, device);
   return loop.run(exp_dir);
 }
 

@@ -40,6 +40,7 @@ struct TrainerOptions {
   int64_t ep_size = 1;          // distributed runs: processes each MoE layer's experts are sharded over
   double bucket_mb = 25.0;      // distributed runs: gradient all-reduce bucket size (DDP's bucket_cap_mb)
   bool overlap_grad_reduce = true;  // distributed runs: all-reduce buckets during the backward pass
+  std::string autocast = "none";  // none | bf16: the forward pass under CUDA bfloat16 autocast (fp32 master weights)
 
   // The field table (core/fields.h) behind the functions below.
   static const FieldTable<TrainerOptions>& fields();
@@ -58,6 +59,10 @@ struct BatchLoss {
 class TrainTask {
  public:
   virtual ~TrainTask() = default;
+  // Where the model is and the batches go (the trainer moves the model
+  // there and tells the task).
+  void set_device(const torch::Device& device) { device_ = device; }
+  const torch::Device& device() const { return device_; }
   virtual Model& model() = 0;
   virtual int64_t num_batches(int64_t epoch) = 0;  // deterministic per epoch
   virtual BatchLoss train_batch(int64_t epoch, int64_t index) = 0;
@@ -66,6 +71,9 @@ class TrainTask {
   virtual std::string units_name() const { return "frames"; }
   // Training FLOPs (forward + backward) per unit, for MFU in the progress line (0: not reported).
   virtual double flops_per_unit() const { return 0.0; }
+
+ protected:
+  torch::Device device_ = torch::kCPU;
 };
 
 struct TrainSummary {
@@ -75,9 +83,12 @@ struct TrainSummary {
   std::string final_dir;
 };
 
-// Trains in `exp_dir` (checkpoints/, metrics.jsonl, final/). With `resume`,
-// continues from the newest complete checkpoint there.
-TrainSummary train(TrainTask& task, const TrainerOptions& options, const std::string& exp_dir, bool resume);
+// Trains in `exp_dir` (checkpoints/, metrics.jsonl, final/) on `device`
+// (the model, its optimizer state and every batch there; checkpoints are
+// device-independent). With `resume`, continues from the newest complete
+// checkpoint there, whichever device wrote it.
+TrainSummary train(TrainTask& task, const TrainerOptions& options, const std::string& exp_dir, bool resume,
+                   const torch::Device& device = torch::kCPU);
 
 // Mean of the weights of several model directories (same architecture), saved to `out_dir`.
 void average_model_dirs(const std::vector<std::string>& dirs, const std::string& out_dir);

@@ -50,6 +50,9 @@ const FieldTable<TrainerOptions>& trainer_fields() {
           .field("overlap_grad_reduce", &O::overlap_grad_reduce,
                  "distributed runs: start each bucket's all-reduce during the backward pass (false: after it)")
           .write_if([](const O& o) { return !o.overlap_grad_reduce; })
+          .choice<std::string>("autocast", &O::autocast, {{"none", "none"}, {"bf16", "bf16"}},
+                               "the forward pass under bfloat16 autocast (CUDA; fp32 master weights)")
+          .write_if([](const O& o) { return o.autocast != "none"; })
           .field("validate_first", &O::validate_first, "validate once before the first step of a fresh run");
   return table;
 }
