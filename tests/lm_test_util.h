@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <functional>
 #include <string>
+#include <vector>
 
 #include "moekit/models/lm/lm_model.h"
 #include "test_util.h"
@@ -29,6 +30,14 @@ inline LmConfig tiny_lm_config(bool moe = false) {
     c.moe.top_k = 2;
   }
   return c;
+}
+
+// A learnable token stream for tiny_lm_config's 50 ids: a stride-7 cycle
+// shifted every `run` tokens (training and validation take different runs).
+inline std::vector<int64_t> patterned_tokens(size_t count, size_t run) {
+  std::vector<int64_t> ids(count);
+  for (size_t i = 0; i < count; ++i) ids[i] = static_cast<int64_t>((i * 7 + i / run) % 50);
+  return ids;
 }
 
 inline torch::Tensor random_tokens(int64_t batch, int64_t length, int64_t vocab, uint64_t seed) {

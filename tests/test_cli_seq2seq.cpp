@@ -4,6 +4,9 @@
 // one-line errors for bad input.
 #include <gtest/gtest.h>
 
+#include <nlohmann/json.hpp>
+#include <sstream>
+
 #include "cli_test_util.h"
 #include "moekit/core/file_io.h"
 #include "moekit/data/sentencepiece.h"
@@ -186,4 +189,36 @@ TEST(CliSeq2seq, TrainTranslateExtractEval) {
   r = run_cli("train seq2seq --config " + d + "/s2s.yaml --train-data " + d + "/train.tsv --valid-data " + d +
               "/it.tsv --tokenizer " + d + "/tok.model --exp-dir " + d + "/exp2");
   EXPECT_NE(r.output.find("task 'it' is not one of the model's tasks"), std::string::npos) << r.output;
+}
+
+TEST(CliSeq2seq, BenchTimesEveryModelOrOneWithItsResidentMemory) {
+  const std::string small =
+      "bench seq2seq --d-model 32 --heads 2 --ffn 64 --layers 2 --experts 4 --vocab 100 --rounds 1 --steps 2 "
+      "--source-len 3 --batch 1 2";
+  auto records = [](const std::string& output) {
+    std::vector<nlohmann::json> out;
+    std::istringstream lines(output);
+    std::string line;
+    while (std::getline(lines, line))
+      if (!line.empty() && line[0] == '{') out.push_back(nlohmann::json::parse(line));
+    return out;
+  };
+  const CliRun all = run_cli(small);
+  ASSERT_EQ(all.exit_code, 0) << all.output;
+  const auto a = records(all.output);
+  ASSERT_EQ(a.size(), 8u) << all.output;  // 2 batches x 4 models
+  const CliRun one = run_cli(small + " --only task_extracted");
+  ASSERT_EQ(one.exit_code, 0) << one.output;
+  const auto b = records(one.output);
+  ASSERT_EQ(b.size(), 3u) << one.output;  // 2 batches + the memory record
+  EXPECT_EQ(b[0]["model"], "task_extracted");
+  EXPECT_FALSE(b[0].contains("vs_token_moe"));
+  // The same model as in the run of all four (built from the same draws).
+  EXPECT_EQ(b[0]["weights_mb"], a[2]["weights_mb"]);
+  EXPECT_EQ(b[2]["model"], "task_extracted");
+  EXPECT_GT(b[2]["resident_mb"].get<double>(), 0.0);
+  EXPECT_GE(b[2]["peak_resident_mb"].get<double>(), b[2]["resident_mb"].get<double>());
+  const CliRun bad = run_cli(small + " --only sparse");
+  EXPECT_NE(bad.exit_code, 0);
+  EXPECT_NE(bad.output.find("--only"), std::string::npos) << bad.output;
 }

@@ -345,9 +345,7 @@ std::vector<double> logged_train_losses(const std::string& exp) {
 TrainSummary train_tiny_lm(const std::string& exp, const torch::Device& device, const std::string& autocast,
                            int64_t max_steps, bool resume) {
   LmConfig c = tiny_lm_config(true);
-  std::vector<int64_t> stream(3000), valid(400);
-  for (size_t i = 0; i < stream.size(); ++i) stream[i] = static_cast<int64_t>((i * 7 + i / 13) % 50);
-  for (size_t i = 0; i < valid.size(); ++i) valid[i] = static_cast<int64_t>((i * 7 + i / 11) % 50);
+  const std::vector<int64_t> stream = patterned_tokens(3000, 13), valid = patterned_tokens(400, 11);
   LmDataOptions data;
   data.seq_len = 16;
   data.batch_size = 8;

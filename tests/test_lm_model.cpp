@@ -325,9 +325,7 @@ TEST(LmTokenizer, TrainEncodeDecode) {
 TEST(LmTraining, KilledRunResumesToTheSameWeights) {
   const std::string dir = temp_dir("lm_resume");
   LmConfig c = tiny_lm_config(true);
-  std::vector<int64_t> stream(2000), valid(300);
-  for (size_t i = 0; i < stream.size(); ++i) stream[i] = static_cast<int64_t>((i * 7 + i / 13) % 50);
-  for (size_t i = 0; i < valid.size(); ++i) valid[i] = static_cast<int64_t>((i * 7 + i / 11) % 50);
+  const std::vector<int64_t> stream = patterned_tokens(2000, 13), valid = patterned_tokens(300, 11);
   LmDataOptions data;
   data.seq_len = 16;
   data.batch_size = 8;

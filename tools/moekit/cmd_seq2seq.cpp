@@ -1,5 +1,8 @@
 // Seq2seq commands: `train seq2seq`, `translate`, `extract`, and the
 // translation half of `eval` (BLEU and chrF per task).
+#include <malloc.h>
+
+#include <cmath>
 #include <iomanip>
 #include <iostream>
 #include <map>
@@ -9,6 +12,8 @@
 #include "bench_util.h"
 #include "commands.h"
 #include "moekit/core/check.h"
+#include "moekit/core/cpu_allocator.h"
+#include "moekit/core/process_memory.h"
 #include "moekit/core/config.h"
 #include "moekit/core/fields.h"
 #include "moekit/core/file_io.h"
@@ -364,7 +369,7 @@ void add_bench_seq2seq_command(CLI::App& bench, const GlobalOptions& global) {
     int64_t source_len = 24, steps = 24, rounds = 3;
     std::vector<int64_t> batches = {1, 8, 32, 64, 256};
     uint64_t seed = 1;
-    std::string save_dir;
+    std::string save_dir, only;
   };
   auto o = std::make_shared<Options>();
   CLI::App* cmd = bench.add_subcommand(
@@ -384,6 +389,10 @@ void add_bench_seq2seq_command(CLI::App& bench, const GlobalOptions& global) {
   cmd->add_option("--save-dir", o->save_dir,
                   "Also write each model (DIR/<name>) with the first batch's sources and greedy output "
                   "(check.txt), for bench/seq2seq_pytorch.py");
+  cmd->add_option("--only", o->only,
+                  "Build and time one model (token_moe, task_moe, task_extracted or dense) and report this process's "
+                  "resident memory after the runs (the model a server would hold, nothing else)")
+      ->check(CLI::IsMember({"token_moe", "task_moe", "task_extracted", "dense"}));
   cmd->callback([o, &global] {
     apply_runtime(global);
     MOEKIT_CHECK_ARG(o->rounds >= 1 && o->steps >= 1 && o->source_len >= 1, "bench seq2seq: --rounds, --steps and "
@@ -406,12 +415,19 @@ void add_bench_seq2seq_command(CLI::App& bench, const GlobalOptions& global) {
     };
     torch::manual_seed(o->seed);
     std::vector<std::pair<std::string, std::shared_ptr<Seq2seqModel>>> models;
-    models.emplace_back("token_moe", std::make_shared<Seq2seqModel>(config(Routing::Token, Routing::Token)));
-    auto task_moe = std::make_shared<Seq2seqModel>(config(Routing::Token, Routing::Task));
-    models.emplace_back("task_moe", task_moe);
-    models.emplace_back("task_extracted", extract_task(*task_moe, "xx").model);
-    Seq2seqModel task_task(config(Routing::Task, Routing::Task));
-    models.emplace_back("dense", extract_task(task_task, "xx").model);
+    auto wanted = [&](const char* name) { return o->only.empty() || o->only == name; };
+    {
+      // Built in one order whatever is kept, so every model has the same
+      // weights with and without --only; a model kept from an extraction
+      // does not keep its source.
+      auto token_moe = std::make_shared<Seq2seqModel>(config(Routing::Token, Routing::Token));
+      if (wanted("token_moe")) models.emplace_back("token_moe", token_moe);
+      auto task_moe = std::make_shared<Seq2seqModel>(config(Routing::Token, Routing::Task));
+      if (wanted("task_moe")) models.emplace_back("task_moe", task_moe);
+      if (wanted("task_extracted")) models.emplace_back("task_extracted", extract_task(*task_moe, "xx").model);
+      auto task_task = std::make_shared<Seq2seqModel>(config(Routing::Task, Routing::Task));
+      if (wanted("dense")) models.emplace_back("dense", extract_task(*task_task, "xx").model);
+    }
     for (auto& [name, m] : models) m->eval();
     torch::NoGradGuard no_grad;
     nlohmann::json results = nlohmann::json::array();
@@ -456,7 +472,9 @@ void add_bench_seq2seq_command(CLI::App& bench, const GlobalOptions& global) {
           }
         }
       }
-      const double token_moe = static_cast<double>(batch * o->steps) / median(seconds["token_moe"]);
+      const double token_moe = o->only.empty()
+                                   ? static_cast<double>(batch * o->steps) / median(seconds["token_moe"])
+                                   : std::nan("");
       for (auto& [name, m] : models) {
         const double tps = static_cast<double>(batch * o->steps) / median(seconds[name]);
         int64_t bytes = 0;
@@ -466,8 +484,19 @@ void add_bench_seq2seq_command(CLI::App& bench, const GlobalOptions& global) {
                            {"tokens_per_s", tps},
                            {"vs_token_moe", tps / token_moe},
                            {"weights_mb", static_cast<double>(bytes) / 1e6}});
+        if (!o->only.empty()) results.back().erase("vs_token_moe");
         std::cout << nlohmann::json(results.back()).dump() << std::endl;
       }
+    }
+    if (!o->only.empty()) {
+      // What stays resident while serving: the weights, their panels, the
+      // code; the freed decoding buffers given back first.
+      empty_cpu_cache();
+      malloc_trim(0);
+      std::cout << nlohmann::json{{"model", o->only}, {"resident_mb", static_cast<double>(resident_bytes()) / 1e6},
+                                  {"peak_resident_mb", static_cast<double>(peak_resident_bytes()) / 1e6}}
+                       .dump()
+                << std::endl;
     }
   });
 }

@@ -9,4 +9,8 @@ namespace moekit {
 // kernel does not say.
 int64_t peak_resident_bytes();
 
+// The resident set size of this process now (VmRSS), in bytes; -1 where
+// the kernel does not say.
+int64_t resident_bytes();
+
 }  // namespace moekit
