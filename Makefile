@@ -16,7 +16,7 @@ deps:
 GENERATOR := $(if $(wildcard $(BUILD)/CMakeCache.txt),,$(if $(shell command -v ninja),-G Ninja,))
 
 configure: deps
-	@cmake -S . -B $(BUILD) $(GENERATOR) -DCMAKE_BUILD_TYPE=Release > $(BUILD).cmake.log 2>&1 || (cat $(BUILD).cmake.log; exit 1)
+	@cmake -S . -B $(BUILD) $(GENERATOR) -DCMAKE_BUILD_TYPE=Release -DMOEKIT_UNITY_BUILD=ON > $(BUILD).cmake.log 2>&1 || (cat $(BUILD).cmake.log; exit 1)
 
 build: configure
 	@cmake --build $(BUILD) -j$(JOBS)
