@@ -57,7 +57,7 @@ def main():
     if lexicon_words:
         print("\n\"+ lexicon\": the beam searches held to the task's %d-word lexicon (moekit eval --lexicon "
               "words.txt): every output word is one of them. \"+ LM\": with a word trigram model of the training "
-              "transcripts fused in as well (--lm lm.arpa, weight 0.5)." % lexicon_words)
+              "transcripts fused in as well (--lm lm.arpa, %s)." % (lexicon_words, os.environ.get("LM_FUSION", "the CLI's weights")))
     utts = rows[0][2][("ctc_greedy_search", "-1")]["utterances"] if rows else 0
     print("\nTest set: %d utterances by voices never heard in training. RTF: decoding time / audio time, "
           "1 thread, fbank included." % utts)
