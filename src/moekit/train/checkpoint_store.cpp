@@ -8,7 +8,6 @@
 #include <cstdio>
 #include <mutex>
 #include <set>
-#include <sstream>
 #include <utility>
 
 #include "moekit/core/check.h"
