@@ -118,7 +118,7 @@ TEST(Cli, TranscribeGoesOnPastBadFilesAndFailsAtTheEnd) {
   EXPECT_EQ(lines(no_model.output), 1) << no_model.output;
 }
 
-TEST(Cli, QuantizeWritesAnInt8ModelThatDecodes) {
+TEST(Cli, QuantizeWritesInt8AndBf16ModelsThatDecode) {
   const std::string dir = asr_model_dir(), out = dir + "-int8";
   std::filesystem::remove_all(out);
   const CliRun run = run_cli("quantize " + dir + " " + out + " --experts int8");
@@ -147,6 +147,19 @@ TEST(Cli, QuantizeWritesAnInt8ModelThatDecodes) {
     EXPECT_NE(bad.exit_code, 0) << args;
     EXPECT_NE(bad.output.find(message), std::string::npos) << args << ": " << bad.output;
     EXPECT_EQ(lines(bad.output), 1) << bad.output;
+  }
+  // bf16 experts: half the bytes, described as such, decoded like the others.
+  const std::string bf16 = dir + "-bf16";
+  std::filesystem::remove_all(bf16);
+  const CliRun to_bf16 = run_cli("quantize " + dir + " " + bf16 + " --experts bf16");
+  ASSERT_EQ(to_bf16.exit_code, 0) << to_bf16.output;
+  EXPECT_NE(to_bf16.output.find("experts of 2 MoE layers to bf16"), std::string::npos) << to_bf16.output;
+  EXPECT_EQ(nlohmann::json::parse(run_cli("info --json " + bf16).output)["moe_layers"][0]["expert_weights"],
+            "bfloat16");
+  EXPECT_NE(run_cli("info " + bf16).output.find("bf16 experts"), std::string::npos);
+  if (have_audio_files()) {
+    const CliRun streaming = run_cli("transcribe " + bf16 + " " + out + "/tone.wav --chunk-size 2 --streaming");
+    EXPECT_EQ(streaming.exit_code, 0) << streaming.output;
   }
   std::filesystem::remove_all(out);
 }

@@ -2,10 +2,13 @@
 // quantize`): the kernel in every instruction-set variant against exact
 // integer sums, row and weight quantization against their formulas, the
 // grouped FFN against the same scheme written with LibTorch ops, and int8
-// model directories.
+// model directories. bf16 experts (`quantize --experts bf16`): the grouped
+// FFN against bf16 row GEMMs and float rows written with LibTorch ops, and
+// bf16 model directories.
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <numeric>
 
 #include "asr_test_util.h"
 #include "lm_test_util.h"
@@ -19,7 +22,9 @@
 #include "moekit/models/lm/lm_model.h"
 #include "moekit/models/model.h"
 #include "moekit/moe/moe_layer.h"
+#include "moekit/ops/fast_path.h"
 #include "moekit/ops/grouped_ffn.h"
+#include "moekit/ops/grouped_linear.h"
 #include "moekit/ops/int8_weights.h"
 #include "moekit/scale/extract.h"
 #include "test_util.h"
@@ -257,7 +262,7 @@ TEST(Int8ModelDir, QuantizedDirectoryLoadsAndComputesWhatTheQuantizedModelDoes) 
   write_file_atomic(dir + "/units.txt", "a 0\n");
   const QuantizeReport report = quantize_model_dir(dir, out);
   EXPECT_EQ(report.layers, 2);
-  EXPECT_GT(report.float_bytes, 3 * report.int8_bytes);
+  EXPECT_GT(report.float_bytes, 3 * report.quantized_bytes);
   EXPECT_EQ(read_file(out + "/units.txt"), "a 0\n");
   EXPECT_EQ(read_model_config(out)["quantization"]["experts"].as<std::string>(), "int8");
   const TensorMap weights = read_model_weights(out);
@@ -285,7 +290,7 @@ TEST(Int8ModelDir, QuantizedDirectoryLoadsAndComputesWhatTheQuantizedModelDoes) 
   YAML::Node config = read_model_config(out);
   config["quantization"]["experts"] = "int4";
   write_file_atomic(out + "/config.yaml", YAML::Dump(config));
-  EXPECT_NE(error_of([&] { load_model(out); }).find("quantization.experts must be int8"), std::string::npos);
+  EXPECT_NE(error_of([&] { load_model(out); }).find("quantization.experts must be int8 or bf16"), std::string::npos);
   config["quantization"] = YAML::Node();
   config["quantization"]["attention"] = "int8";
   write_file_atomic(out + "/config.yaml", YAML::Dump(config));
@@ -295,6 +300,91 @@ TEST(Int8ModelDir, QuantizedDirectoryLoadsAndComputesWhatTheQuantizedModelDoes) 
   config.remove("quantization");
   write_file_atomic(out + "/config.yaml", YAML::Dump(config));
   EXPECT_NE(error_of([&] { load_model(out); }).find("w1_scale"), std::string::npos);
+}
+
+// One expert's FFN in LibTorch ops: float rows on the bf16 weights widened
+// (what the panels compute), or, with bf16_rows, each product's rows and
+// result rounded to bf16 as a bf16 row GEMM does.
+torch::Tensor reference_bf16_expert(const torch::Tensor& x, const torch::Tensor& w1, const torch::Tensor& w3,
+                                    const torch::Tensor& w2, bool bf16_rows) {
+  auto linear = [&](const torch::Tensor& in, const torch::Tensor& w) {
+    if (bf16_rows) return torch::mm(in.to(torch::kBFloat16), w.t()).to(torch::kFloat);
+    return torch::mm(in, w.to(torch::kFloat).t());
+  };
+  const torch::Tensor a = torch::silu(linear(x, w1)) * linear(x, w3);
+  return linear(a, w2);
+}
+
+TEST(Bf16Experts, ManyRowsRunAsBf16RowGemmsFewStayExactOnPanels) {
+  torch::manual_seed(5);
+  const int64_t experts = 4, d = 64, h = 96;
+  Experts e(experts, d, h, /*gated=*/true, /*bias=*/false);
+  e->to_bf16();
+  ASSERT_EQ(e->w1.scalar_type(), torch::kBFloat16);
+  ASSERT_TRUE(e->bf16_gemm());
+  // Two experts at and above kBf16GemmRows, one with a few rows, one idle.
+  const std::vector<int64_t> counts = {kBf16GemmRows, 3, 0, 2 * kBf16GemmRows + 5};
+  const int64_t rows = std::accumulate(counts.begin(), counts.end(), int64_t{0});
+  const torch::Tensor x = torch::randn({rows, d});
+  torch::NoGradGuard no_grad;
+  const int64_t gemms_before = fast_path_count("linear.bf16_gemm");
+  const torch::Tensor y = grouped_ffn(x, counts, e->weights_for(x, counts, GroupedFfnKernel::Auto), {Activation::SwiGLU});
+  const bool native = cpu_has_native_bf16();
+  // Three products (w1, w3, w2) per expert with many rows.
+  EXPECT_EQ(fast_path_count("linear.bf16_gemm") - gemms_before, native ? 6 : 0);
+  if (!native) std::cout << "[ note ] this CPU has no native bf16: the bf16 row GEMMs were not exercised\n";
+  int64_t begin = 0;
+  for (int64_t i = 0; i < experts; ++i) {
+    const int64_t n = counts[static_cast<size_t>(i)];
+    if (n == 0) continue;
+    const torch::Tensor xi = x.narrow(0, begin, n), yi = y.narrow(0, begin, n);
+    const bool gemm = native && n >= kBf16GemmRows;
+    const torch::Tensor want = reference_bf16_expert(xi, e->w1[i], e->w3[i], e->w2[i], gemm);
+    EXPECT_LT(max_abs_diff(yi, want), 1e-4 * (1.0 + want.abs().max().item<double>())) << "expert " << i;
+    // Rounded rows stay near the float rows on the same weights.
+    const torch::Tensor exact = reference_bf16_expert(xi, e->w1[i], e->w3[i], e->w2[i], false);
+    EXPECT_LT((yi - exact).norm().item<double>() / exact.norm().item<double>(), 0.02) << "expert " << i;
+    begin += n;
+  }
+  // The same experts stored as bf16 for a language model (set_weight_dtype)
+  // keep float rows at every row count.
+  Experts lm_experts(experts, d, h, true, false);
+  lm_experts->set_weight_dtype(torch::kBFloat16);
+  ASSERT_FALSE(lm_experts->bf16_gemm());
+  const int64_t before_lm = fast_path_count("linear.bf16_gemm");
+  grouped_ffn(x, counts, lm_experts->weights_for(x, counts, GroupedFfnKernel::Auto), {Activation::SwiGLU});
+  EXPECT_EQ(fast_path_count("linear.bf16_gemm"), before_lm);
+  Experts int8_experts(experts, d, h, true, false);
+  int8_experts->to_int8();
+  EXPECT_NE(error_of([&] { int8_experts->to_bf16(); }).find("int8"), std::string::npos);
+}
+
+TEST(Bf16ModelDir, QuantizedDirectoryLoadsAsBf16ExpertsAndStaysNearFloat) {
+  const std::string base = temp_dir("bf16dir");
+  torch::manual_seed(9);
+  FfnStack model(small_stack_options(32, 2));
+  const std::string dir = base + "/float", out = base + "/bf16";
+  save_model(dir, model);
+  const QuantizeReport report = quantize_model_dir(dir, out, "bf16");
+  EXPECT_EQ(report.layers, 2);
+  EXPECT_EQ(report.float_bytes, 2 * report.quantized_bytes);
+  EXPECT_EQ(read_model_config(out)["quantization"]["experts"].as<std::string>(), "bf16");
+  const TensorMap weights = read_model_weights(out);
+  EXPECT_EQ(weights.at("layers.0.ffn.experts.w1").scalar_type(), torch::kBFloat16);
+  EXPECT_EQ(weights.at("layers.0.ffn.experts.b1").scalar_type(), torch::kFloat);
+  std::shared_ptr<Model> loaded = load_model(out);
+  torch::NoGradGuard no_grad;
+  model.eval();
+  const torch::Tensor x = torch::randn({4, 40, 32});
+  const torch::Tensor y_float = model.forward(x);
+  experts_to_bf16(model);
+  const torch::Tensor y = dynamic_cast<FfnStack*>(loaded.get())->forward(x);
+  EXPECT_TRUE(y.equal(model.forward(x)));
+  EXPECT_LT((y - y_float).norm().item<double>() / y_float.norm().item<double>(), 0.02);
+  EXPECT_NE(error_of([&] { quantize_model_dir(out, base + "/twice", "int8"); }).find("quantized already"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { quantize_model_dir(dir, base + "/x", "fp8"); }).find("int8 or bf16, not 'fp8'"),
+            std::string::npos);
 }
 
 TEST(Int8Experts, SpeechEncoderStaysNearFloatInFullContextAndStreaming) {

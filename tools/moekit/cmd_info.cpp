@@ -159,6 +159,7 @@ void print_model(const json& j) {
               << ", d_hidden " << l["d_hidden"] << ", " << l["activation"].get<std::string>();
     if (l["capacity_factor"].get<double>() > 0) std::cout << ", capacity factor " << l["capacity_factor"];
     if (l["expert_weights"] == "int8") std::cout << ", int8 experts";
+    if (l["expert_weights"] == "bfloat16") std::cout << ", bf16 experts";
     std::cout << "\n";
   }
 }

@@ -7,7 +7,7 @@
 //      becomes a Mixtral directory tensor by tensor: [--dtype bf16 --shard-size 5GB])
 //   moekit export hf <model_dir> <hf_dir> [--dtype bf16 --shard-size 5GB]
 //   moekit import hf <hf_dir> <model_dir> [--dtype bf16]   (tensor by tensor)
-//   moekit quantize <model_dir> <out_dir> --experts int8
+//   moekit quantize <model_dir> <out_dir> --experts int8|bf16
 #include <iomanip>
 #include <iostream>
 #include <sstream>
@@ -196,19 +196,21 @@ void add_quantize_command(CLI::App& app, const GlobalOptions& global) {
   };
   auto o = std::make_shared<Options>();
   CLI::App* cmd = app.add_subcommand(
-      "quantize", "MoE experts to int8 (per-output-channel symmetric) for faster, smaller CPU inference");
+      "quantize",
+      "MoE experts to int8 (per-output-channel symmetric) or bf16 (bf16 GEMMs for batched rows on CPUs with "
+      "native bf16) for faster, smaller CPU inference");
   cmd->add_option("model_dir", o->in_dir, "Model directory with MoE layers (any model type)")
       ->required()
       ->check(CLI::ExistingDirectory);
   cmd->add_option("out_dir", o->out_dir, "Model directory to write")->required();
-  cmd->add_option("--experts", o->experts, "How to store the experts' weights: int8")
+  cmd->add_option("--experts", o->experts, "How to store the experts' weights: int8 | bf16")
       ->required()
-      ->check(CLI::IsMember({"int8"}));
+      ->check(CLI::IsMember({"int8", "bf16"}));
   add_force_flag(*cmd, o->force);
   cmd->callback([o, &global] {
     apply_runtime(global);
     OutputDir out(o->out_dir, o->force, {o->in_dir});
-    const QuantizeReport r = quantize_model_dir(o->in_dir, out.path());
+    const QuantizeReport r = quantize_model_dir(o->in_dir, out.path(), o->experts);
     out.commit();
     auto size = [](int64_t bytes) {
       std::ostringstream s;
@@ -221,7 +223,8 @@ void add_quantize_command(CLI::App& app, const GlobalOptions& global) {
       return s.str();
     };
     std::cout << "quantized " << o->in_dir << " -> " << o->out_dir << " (experts of " << r.layers
-              << " MoE layers to int8: " << size(r.float_bytes) << " -> " << size(r.int8_bytes) << ")\n";
+              << " MoE layers to " << o->experts << ": " << size(r.float_bytes) << " -> " << size(r.quantized_bytes)
+              << ")\n";
   });
 }
 

@@ -39,14 +39,16 @@ std::shared_ptr<Model> load_model(const std::string& dir);
 void apply_quantization(const YAML::Node& config, torch::nn::Module& model, const std::string& where);
 
 // `moekit quantize`: the model of model_dir with its MoE experts in int8
-// (per-output-channel symmetric, ops/int8_weights.h), written to out_dir:
-// config.yaml with the quantization entry, model.safetensors, and every
-// other file of model_dir (units.txt, tokenizer files) copied.
+// (per-output-channel symmetric, ops/int8_weights.h) or bf16 (`experts` =
+// "int8" | "bf16"; ExpertsImpl::to_bf16), written to out_dir: config.yaml
+// with the quantization entry, model.safetensors, and every other file of
+// model_dir (units.txt, tokenizer files) copied.
 struct QuantizeReport {
-  int64_t layers = 0;                     // MoE layers whose experts were quantized
-  int64_t float_bytes = 0, int8_bytes = 0;  // the experts' weights before / after (scales included)
+  int64_t layers = 0;                            // MoE layers whose experts were quantized
+  int64_t float_bytes = 0, quantized_bytes = 0;  // the experts' weights before / after (scales included)
 };
-QuantizeReport quantize_model_dir(const std::string& model_dir, const std::string& out_dir);
+QuantizeReport quantize_model_dir(const std::string& model_dir, const std::string& out_dir,
+                                  const std::string& experts = "int8");
 
 struct ParameterCount {
   int64_t total = 0;   // every parameter

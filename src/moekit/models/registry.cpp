@@ -85,15 +85,20 @@ void apply_quantization(const YAML::Node& config, torch::nn::Module& model, cons
   for (const auto& item : q) {
     const std::string key = item.first.as<std::string>();
     MOEKIT_CHECK_ARG(key == "experts", where, ": unknown quantization entry '", key, "' (known: experts)");
-    MOEKIT_CHECK_ARG(item.second.IsScalar() && item.second.as<std::string>() == "int8", where,
-                     ": quantization.experts must be int8");
+    MOEKIT_CHECK_ARG(item.second.IsScalar() &&
+                         (item.second.as<std::string>() == "int8" || item.second.as<std::string>() == "bf16"),
+                     where, ": quantization.experts must be int8 or bf16");
   }
   if (!q["experts"]) return;
-  MOEKIT_CHECK_ARG(experts_to_int8(model, /*quantize=*/false) > 0, where,
+  const bool int8 = q["experts"].as<std::string>() == "int8";
+  MOEKIT_CHECK_ARG((int8 ? experts_to_int8(model, /*quantize=*/false) : experts_to_bf16(model)) > 0, where,
                    ": quantization.experts is set but the model has no MoE layers");
 }
 
-QuantizeReport quantize_model_dir(const std::string& model_dir, const std::string& out_dir) {
+QuantizeReport quantize_model_dir(const std::string& model_dir, const std::string& out_dir,
+                                  const std::string& experts) {
+  MOEKIT_CHECK_ARG(experts == "int8" || experts == "bf16", "quantize: experts are stored as int8 or bf16, not '",
+                   experts, "'");
   YAML::Node config = read_model_config(model_dir);
   const std::string where = model_dir + "/" + kConfigFile;
   MOEKIT_CHECK_ARG(!config["quantization"], where, ": the model is quantized already");
@@ -115,11 +120,11 @@ QuantizeReport quantize_model_dir(const std::string& model_dir, const std::strin
                      p.scalar_type(), " weights");
   }
   report.float_bytes = expert_bytes();
-  report.layers = experts_to_int8(*model);
+  report.layers = experts == "int8" ? experts_to_int8(*model) : experts_to_bf16(*model);
   MOEKIT_CHECK_ARG(report.layers > 0, model_dir, ": the model has no MoE layers: nothing to quantize");
-  report.int8_bytes = expert_bytes();
+  report.quantized_bytes = expert_bytes();
   config.remove("format_version");
-  config["quantization"]["experts"] = "int8";
+  config["quantization"]["experts"] = experts;
   save_model_dir(out_dir, config, module_state(*model));
   for (const auto& entry : std::filesystem::directory_iterator(model_dir)) {
     const std::string name = entry.path().filename().string();

@@ -130,6 +130,12 @@ void ExpertsImpl::set_weight_dtype(torch::ScalarType dtype) {
   w2_panels_.clear();
 }
 
+void ExpertsImpl::to_bf16() {
+  MOEKIT_CHECK_ARG(!int8(), "the experts are int8: they cannot be stored as bf16 too");
+  set_weight_dtype(torch::kBFloat16);
+  bf16_gemm_ = true;
+}
+
 void ExpertsImpl::keep_experts(int64_t first, int64_t count) {
   MOEKIT_CHECK_ARG(!int8(), "int8 experts cannot be sharded (inference only)");
   MOEKIT_CHECK_ARG(first >= 0 && count > 0 && first + count <= w1.size(0), "experts [", first, ", ", first + count,
@@ -517,6 +523,17 @@ int64_t experts_to_int8(torch::nn::Module& root, bool quantize) {
   for (const auto& m : root.modules(/*include_self=*/false)) {
     if (auto* moe = dynamic_cast<MoELayerImpl*>(m.get())) {
       moe->experts->to_int8(quantize);
+      ++converted;
+    }
+  }
+  return converted;
+}
+
+int64_t experts_to_bf16(torch::nn::Module& root) {
+  int64_t converted = 0;
+  for (const auto& m : root.modules(/*include_self=*/false)) {
+    if (auto* moe = dynamic_cast<MoELayerImpl*>(m.get())) {
+      moe->experts->to_bf16();
       ++converted;
     }
   }

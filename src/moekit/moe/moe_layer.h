@@ -70,7 +70,9 @@ class ExpertsImpl : public torch::nn::Module {
  public:
   ExpertsImpl(int64_t num_experts, int64_t d_model, int64_t d_hidden, bool gated, bool bias);
   void reset_parameters();  // torch.nn.Linear's default init, per expert
-  ExpertWeights weights() const { return {w1, b1, w3, w2, b2, {}, {}, {}, w1_scale, w3_scale, w2_scale}; }
+  ExpertWeights weights() const {
+    return {w1, b1, w3, w2, b2, {}, {}, {}, w1_scale, w3_scale, w2_scale, bf16_gemm_};
+  }
   // The weights for a forward of rows x routed as tokens_per_expert: with
   // packed panels attached (packed on first use, kept until the weights
   // change) when no gradient is being recorded, panels are enabled and some
@@ -96,6 +98,11 @@ class ExpertsImpl : public torch::nn::Module {
   // biases stay as they are), for inference: bf16 experts run the panel
   // kernel on bf16 panels under float32 rows. int8 experts are left as they are.
   void set_weight_dtype(torch::ScalarType dtype);
+  // bf16 experts for serving (`moekit quantize --experts bf16`): the weights
+  // stored as bfloat16 (set_weight_dtype), and experts with many rows run as
+  // bf16 row GEMMs on CPUs with native bf16 (ExpertWeights::bf16_gemm).
+  void to_bf16();
+  bool bf16_gemm() const { return bf16_gemm_; }
   // Keeps experts [first, first + count) only (expert parallelism: the other
   // members of the group hold the rest).
   void keep_experts(int64_t first, int64_t count);
@@ -104,6 +111,7 @@ class ExpertsImpl : public torch::nn::Module {
  private:
   PanelCache w1_panels_, w3_panels_, w2_panels_;
   Int8PanelCache w1_int8_panels_, w3_int8_panels_, w2_int8_panels_;
+  bool bf16_gemm_ = false;
 };
 TORCH_MODULE(Experts);
 
@@ -179,6 +187,8 @@ TORCH_MODULE(MoELayer);
 // Every MoE layer's experts in a module tree to int8 (ExpertsImpl::to_int8);
 // returns how many layers were converted.
 int64_t experts_to_int8(torch::nn::Module& root, bool quantize = true);
+// The same for bf16 experts (ExpertsImpl::to_bf16).
+int64_t experts_to_bf16(torch::nn::Module& root);
 // MoELayerImpl::shard_experts on every MoE layer of a module tree; returns
 // how many layers were sharded.
 int64_t shard_experts(torch::nn::Module& root, const std::shared_ptr<const dist::Group>& group);

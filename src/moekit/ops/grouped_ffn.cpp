@@ -50,15 +50,21 @@ ForwardResult grouped_ffn_forward(const torch::Tensor& x, const std::vector<int6
   r.y = torch::empty({rows, x.size(1)}, x.options());
   if (rows == 0) return r;
   // Each expert's rows go through the small-rows kernel or a GEMM.
-  const std::vector<bool> small =
+  std::vector<bool> small =
       grouped_ffn_small_rows_experts(x, tokens_per_expert, options.kernel, w.w1_panels.defined());
+  const bool bf16_gemm = w.bf16_gemm && w.w1.scalar_type() == torch::kBFloat16 && x.device().is_cpu() &&
+                         x.scalar_type() == torch::kFloat && options.kernel == GroupedFfnKernel::Auto &&
+                         cpu_has_native_bf16();
+  if (bf16_gemm) {
+    for (size_t e = 0; e < small.size(); ++e) small[e] = small[e] && tokens_per_expert[e] < kBf16GemmRows;
+  }
   const RowGroups groups = RowGroups::from_counts(tokens_per_expert);
   auto linear = [&](const torch::Tensor& in, const torch::Tensor& weight, const torch::Tensor& bias,
                     const torch::Tensor& panels, torch::Tensor& out) {
     if (w.int8()) {
       grouped_linear_int8_into(in, tokens_per_expert, panels, weight.size(1), bias, out);
     } else {
-      grouped_linear_into(in, groups, weight, bias, panels, small, out);
+      grouped_linear_into(in, groups, weight, bias, panels, small, out, bf16_gemm);
     }
   };
   linear(x, w.w1, w.b1, w.w1_panels, r.h1);

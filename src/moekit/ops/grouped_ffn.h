@@ -38,6 +38,11 @@ struct ExpertWeights {
   // dequantized per call.
   torch::Tensor w1_scale, w3_scale, w2_scale;
   bool int8() const { return w1_scale.defined(); }
+  // bf16 experts of `moekit quantize --experts bf16`: inference on CPU
+  // float32 rows runs each expert of at least kBf16GemmRows rows as bf16 row
+  // GEMMs where cpu_has_native_bf16() (ops/grouped_linear.h: its rows
+  // rounded to bf16), the others on the bf16 panels.
+  bool bf16_gemm = false;
 };
 
 enum class GroupedFfnKernel {

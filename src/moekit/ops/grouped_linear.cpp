@@ -129,10 +129,16 @@ void small_rows_groups(const torch::Tensor& in, const std::vector<int64_t>& rows
 // blocks spread over threads. Elsewhere (one thread, CUDA): one GEMM per
 // group, the BLAS using the device.
 void gemm_groups(const torch::Tensor& in, const RowGroups& gemm, const torch::Tensor& weight,
-                 const torch::Tensor& bias, torch::Tensor& out) {
+                 const torch::Tensor& bias, torch::Tensor& out, bool bf16_gemm) {
   auto linear_into = [&](int64_t g, int64_t begin, int64_t rows) {
     torch::Tensor dst = out.narrow(0, begin, rows);
     const torch::Tensor src = in.narrow(0, begin, rows);
+    if (bf16_gemm && weight.scalar_type() == torch::kBFloat16 && src.scalar_type() == torch::kFloat) {
+      MOEKIT_FAST_PATH("linear.bf16_gemm");
+      dst.copy_(torch::mm(src.to(torch::kBFloat16), weight[g].t()));
+      if (bias.defined()) dst.add_(bias[g]);
+      return;
+    }
     // A narrower stored weight (bf16 panels serve the other groups) widened for this GEMM.
     const torch::Tensor w = weight[g].scalar_type() == src.scalar_type() ? weight[g] : weight[g].to(src.scalar_type());
     if (bias.defined()) {
@@ -164,12 +170,7 @@ RowGroups RowGroups::from_counts(std::vector<int64_t> rows) {
 
 void grouped_linear_into(const torch::Tensor& in, const RowGroups& groups, const torch::Tensor& weight_in,
                          const torch::Tensor& bias, const torch::Tensor& panels, const std::vector<bool>& small_rows,
-                         torch::Tensor& out) {
-  // Weights stored narrower than the rows (bf16 under float32) are read
-  // through their panels; without panels (weight panels off) they are
-  // widened here, per call, for the small-rows kernel and the GEMMs.
-  const bool widen = weight_in.scalar_type() != in.scalar_type() && !panels.defined();
-  const torch::Tensor weight = widen ? weight_in.to(in.scalar_type()) : weight_in;
+                         torch::Tensor& out, bool bf16_gemm) {
   RowGroups small{std::vector<int64_t>(groups.rows.size(), 0), groups.offsets};
   RowGroups gemm{std::vector<int64_t>(groups.rows.size(), 0), groups.offsets};
   bool any_small = false, any_gemm = false;
@@ -178,8 +179,27 @@ void grouped_linear_into(const torch::Tensor& in, const RowGroups& groups, const
     (small_rows[g] ? small : gemm).rows[g] = groups.rows[g];
     (small_rows[g] ? any_small : any_gemm) = true;
   }
+  // Weights stored narrower than the rows (bf16 under float32) are read
+  // through their panels; without panels (weight panels off) they are
+  // widened here, per call, for the small-rows kernel and the GEMMs (bf16
+  // row GEMMs alone take the bf16 weight as it is).
+  const bool bf16_rows_only = bf16_gemm && weight_in.scalar_type() == torch::kBFloat16 && !any_small;
+  const bool widen = weight_in.scalar_type() != in.scalar_type() && !panels.defined() && !bf16_rows_only;
+  const torch::Tensor weight = widen ? weight_in.to(in.scalar_type()) : weight_in;
   if (any_small) small_rows_groups(in, small.rows, groups.offsets, weight, bias, panels, out);
-  if (any_gemm) gemm_groups(in, gemm, weight, bias, out);
+  if (any_gemm) gemm_groups(in, gemm, weight, bias, out, bf16_gemm);
+}
+
+bool cpu_has_native_bf16() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  static const bool native = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512bf16") || __builtin_cpu_supports("amx-bf16");
+  }();
+  return native;
+#else
+  return false;
+#endif
 }
 
 bool small_rows_beats_blas() {

@@ -28,10 +28,26 @@ struct RowGroups {
 // panels when given: CPU float32 rows, float32 or bfloat16 panels), the
 // others one BLAS GEMM each (several at once on CPU threads, each
 // single-threaded). A bfloat16 weight under float32 rows needs its panels
-// for every small-rows group; without panels it is widened per call.
+// for every small-rows group; without panels it is widened per call, unless
+// bf16_gemm: then its GEMM groups run as bf16 row GEMMs (below) and only
+// the small-rows groups need the panels.
 void grouped_linear_into(const torch::Tensor& in, const RowGroups& groups, const torch::Tensor& weight,
                          const torch::Tensor& bias, const torch::Tensor& panels, const std::vector<bool>& small_rows,
-                         torch::Tensor& out);
+                         torch::Tensor& out, bool bf16_gemm = false);
+
+// bf16 row GEMMs: a group's float32 rows rounded to bfloat16 and multiplied
+// by its bfloat16 weight on the CPU's own bf16 instructions (LibTorch's
+// oneDNN matmul: AMX tiles or AVX512-BF16 dot products, float32
+// accumulation, the product rounded to bfloat16 once more). They serve
+// experts stored as bf16 by `moekit quantize --experts bf16` in groups of at
+// least kBf16GemmRows rows where cpu_has_native_bf16(); smaller groups stay
+// on the bf16 panels with float32 rows, which are faster there (the chunk
+// of one stream) and exact. On a 2-core Sapphire Rapids VM, 256 x 2048
+// bf16 products at 64 rows ran 5x the float32 GEMM's FLOP rate; at 16 rows
+// a whole streaming chunk was slower on GEMMs than on the panels.
+constexpr int64_t kBf16GemmRows = 32;
+// AVX512-BF16 or AMX-BF16 on this CPU (x86-64; false elsewhere).
+bool cpu_has_native_bf16();
 
 // The predicate of the small-rows/panel kernel: whether it serves a group
 // of `rows` CPU float32 rows better than a BLAS GEMM. With weight panels
