@@ -4,7 +4,11 @@
 #   stage 0: corpus (local/make_corpus.py) and a shared SentencePiece model
 #            with a <2xx> tag piece per language
 #   stage 1: the paper's Table 1 at this scale, equal training steps:
-#            dense; token/token; sentence/sentence; task/task; token/task
+#            dense; token/token; sentence/sentence; task/task; token/task;
+#            then a dense student distilled (word-level) from the token/task
+#            model, at the same steps, so the distilled student and the
+#            extracted sub-networks come from one teacher (DISTILL_TEACHER
+#            picks another teacher; DISTILL_TEACHER= skips it)
 #   stage 2: BLEU and chrF per language on the test set; every task-routed
 #            model's sub-network extracted per language and scored too
 #   stage 3: the table (work/results.md)
@@ -35,19 +39,24 @@ if [[ $corpus == g2p ]]; then
   models=${MODELS:-g2p_dense g2p_token_token g2p_task_task g2p_token_task}
   vocab=${VOCAB:-600}
   beam=${BEAM:-4}
+  dense=g2p_dense extracted=g2p_token_task distill_teacher=${DISTILL_TEACHER-g2p_token_task}
 elif [[ -n "${DEMO:-}" ]]; then
   work=${WORK:-$root/build/demo_seq2seq}
   models=${MODELS:-demo_dense demo_token_token demo_token_task}
   corpus_args=(--max-train 2500 --test 60 --valid 50)
   vocab=${VOCAB:-1000}
   beam=${BEAM:-1}
+  dense=demo_dense extracted=demo_token_task distill_teacher=${DISTILL_TEACHER-}
 else
   work=${WORK:-$here/work}
   models=${MODELS:-dense token_token sentence_sentence task_task token_task}
   corpus_args=()
   vocab=${VOCAB:-8000}
   beam=${BEAM:-4}
+  dense=dense extracted=token_task distill_teacher=${DISTILL_TEACHER-token_task}
 fi
+student=${distill_teacher:+${distill_teacher}_distilled}
+scored=$models${student:+ $student}
 data=$work/data
 exp=$work/exp
 export OPENBLAS_NUM_THREADS=1  # LibTorch's own threads do the parallel work (--threads)
@@ -78,11 +87,26 @@ if [[ $stage -le 1 && $stop_stage -ge 1 ]]; then
       --valid-data "$data/valid.tsv" --tokenizer "$data/tokenizer.model" --exp-dir "$exp/$name" "${resume[@]}" \
       2> >(grep -v "^epoch .* step" >&2)
   done
+  # The baseline the paper beats: a dense student of the dense model's shape,
+  # initialised from the teacher's non-expert weights and trained as long as
+  # every other model with KL to the teacher mixed into the label loss.
+  if [[ -n $student ]]; then
+    if [[ -f $exp/$student/final/model.safetensors ]]; then
+      log "$student: already trained"
+    else
+      resume=()
+      [[ -d $exp/$student/checkpoints ]] && resume=(--resume)
+      log "stage 1: distilling $student from $distill_teacher"
+      "$moekit" --threads "$threads" distill "$exp/$distill_teacher/final" --config "$here/conf/$dense.yaml" \
+        --train-data "$data/train.tsv" --valid-data "$data/valid.tsv" --exp-dir "$exp/$student" \
+        --word-weight "${WORD_WEIGHT:-0.5}" "${resume[@]}" 2> >(grep -v "^epoch .* step" >&2)
+    fi
+  fi
 fi
 
 if [[ $stage -le 2 && $stop_stage -ge 2 ]]; then
   mkdir -p "$work/eval"
-  for name in $models; do
+  for name in $scored; do
     model=$exp/$name/final
     log "stage 2: scoring $name (beam $beam)"
     "$moekit" --threads "$threads" info "$model" --json > "$work/eval/$name.info.json"
@@ -103,6 +127,10 @@ fi
 
 if [[ $stage -le 3 && $stop_stage -ge 3 ]]; then
   log "stage 3: results"
-  "$python" "$here/local/results.py" "$work/eval" --models $models --langs "$langs" --out "$work/results.md"
+  compare=()
+  [[ -n $student && " $models " == *" $dense "* && " $models " == *" $extracted "* ]] &&
+    compare=(--dense "$dense" --distill "$distill_teacher" "$student" --extracted "$extracted")
+  "$python" "$here/local/results.py" "$work/eval" --models $scored --langs "$langs" --out "$work/results.md" \
+    "${compare[@]}"
   cat "$work/results.md"
 fi
