@@ -115,11 +115,12 @@ async def load(url, pcm, streams, message, completing):
     return result
 
 
-def start_server(moekit, model, threads, decode_threads, batch_streams, chunk):
+def start_server(moekit, model, threads, decode_threads, batch_streams, chunk, window_ms=None):
     log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
     proc = subprocess.Popen([moekit, "--threads", str(threads), "serve", "asr", model, "--host", "127.0.0.1",
                              "--port", "0", "--chunk-size", str(chunk), "--decode-threads", str(decode_threads),
-                             "--batch-streams", str(batch_streams), "--max-connections", "1000"], stderr=log)
+                             "--batch-streams", str(batch_streams), "--max-connections", "1000"] +
+                            ([] if window_ms is None else ["--batch-window-ms", str(window_ms)]), stderr=log)
     for _ in range(600):
         time.sleep(0.1)
         text = open(log.name).read()
@@ -145,10 +146,10 @@ def main():
                     help="cores for the server: encoder steps running at once (--decode-threads)")
     ap.add_argument("--p95-limit", type=float, default=0.5)
     ap.add_argument("--setups", default="",
-                    help="instead of the two default set-ups: 'name=threads,decode_threads,batch_streams;...'")
+                    help="instead of the two default set-ups: 'name=threads,decode_threads,batch_streams[,window_ms];...'")
     ap.add_argument("--chunk-size", type=int, default=16)
-    ap.add_argument("--models", default="moe,dense", help="of moe, dense, moe_int8 (the MoE model after `moekit "
-                    "quantize --experts int8`)")
+    ap.add_argument("--models", default="moe,dense", help="of moe, dense, moe_int8, moe_bf16 (the MoE model after "
+                    "`moekit quantize --experts int8` / `bf16`)")
     ap.add_argument("--bench-args", default="", help="extra `bench asr` shape options, e.g. '--blocks 2'")
     a = ap.parse_args()
     # The saved models (1.1 GB each at the default size) go when the run ends.
@@ -175,12 +176,12 @@ def run(a, work):
     held = {}
     for name in a.models.split(","):
         model = os.path.join(work, name)
-        base = name[:-len("_int8")] if name.endswith("_int8") else name  # moe_int8: moe after `quantize`
+        base, _, stored = name.partition("_")  # moe_int8, moe_bf16: moe after `quantize --experts int8 / bf16`
         subprocess.run([a.moekit, "--threads", "1", "bench", "asr", "--rounds", "1", "--seconds", "1",
                         "--save-model", os.path.join(work, base + "_float")] + shapes[base] + a.bench_args.split(),
                        check=True, stdout=subprocess.DEVNULL)
         if base != name:
-            subprocess.run([a.moekit, "quantize", os.path.join(work, base + "_float"), model, "--experts", "int8"],
+            subprocess.run([a.moekit, "quantize", os.path.join(work, base + "_float"), model, "--experts", stored],
                            check=True, stdout=subprocess.DEVNULL)
         else:
             os.rename(os.path.join(work, base + "_float"), model)
@@ -188,8 +189,9 @@ def run(a, work):
               f"| server CPU (cores) | chunks per step |")
         print("|---:|---|---:|---:|---:|---:|---:|---:|")
         for streams in [int(s) for s in a.streams.split(",")]:
-            for setup, (threads, decode_threads, batch) in setups.items():
-                proc, port, log = start_server(a.moekit, model, threads, decode_threads, batch, a.chunk_size)
+            for setup, (threads, decode_threads, batch, *window) in setups.items():
+                proc, port, log = start_server(a.moekit, model, threads, decode_threads, batch, a.chunk_size,
+                                               *window)
                 try:
                     cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
                     result = asyncio.run(load(f"ws://127.0.0.1:{port}", pcm, streams, message, completing))

@@ -130,7 +130,9 @@ if [[ $stage -le 3 && $stop_stage -ge 3 ]]; then
   compare=()
   [[ -n $student && " $models " == *" $dense "* && " $models " == *" $extracted "* ]] &&
     compare=(--dense "$dense" --distill "$distill_teacher" "$student" --extracted "$extracted")
+  per_task=bleu
+  [[ $corpus == g2p ]] && per_task=cer
   "$python" "$here/local/results.py" "$work/eval" --models $scored --langs "$langs" --out "$work/results.md" \
-    "${compare[@]}"
+    --per-task $per_task "${compare[@]}"
   cat "$work/results.md"
 fi

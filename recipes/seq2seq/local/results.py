@@ -88,9 +88,13 @@ def main():
     ap.add_argument("--distill", nargs=2, metavar=("TEACHER", "STUDENT"),
                     help="a teacher and the dense student distilled from it")
     ap.add_argument("--extracted", help="the task-routed model whose sub-networks are compared")
+    ap.add_argument("--per-task", choices=["bleu", "cer"], default="bleu",
+                    help="per-task cells: BLEU / chrF (translation) or chrF / CER (one-word outputs such as g2p, "
+                         "where BLEU, needing 4-grams, is 0)")
     args = ap.parse_args()
     langs = args.langs.split(",")
-    lines = ["## Test set, BLEU (13a) / chrF per task; averages; CER over characters (IPA symbols for g2p)", ""]
+    per_task = "BLEU (13a) / chrF" if args.per_task == "bleu" else "chrF / CER"
+    lines = [f"## Test set, {per_task} per task; averages; CER over characters (IPA symbols for g2p)", ""]
     head = ("| model | routing (enc/dec) | params total | active per token | " + " | ".join(langs) +
             " | avg BLEU | avg chrF | avg CER |")
     lines += [head, "|" + "---|" * (head.count("|") - 1)]
@@ -104,7 +108,11 @@ def main():
             enc = [l["routing"] for l in info["moe_layers"] if l["name"].startswith("encoder")]
             dec = [l["routing"] for l in info["moe_layers"] if l["name"].startswith("decoder")]
             routing = f"{enc[0] if enc else '-'}/{dec[0] if dec else '-'}"
-        cells = [f"{by_task[l]['bleu']:.1f} / {by_task[l]['chrf']:.1f}" if l in by_task else "-" for l in langs]
+        def cell(t):
+            if args.per_task == "bleu":
+                return f"{t['bleu']:.1f} / {t['chrf']:.1f}"
+            return f"{t['chrf']:.1f} / {100 * t['cer']:.1f}%"
+        cells = [cell(by_task[l]) if l in by_task else "-" for l in langs]
         lines.append(f"| {name} | {routing} | {millions(info['parameters']['total'])} | "
                      f"{millions(info['parameters']['active_per_token'])} | " + " | ".join(cells) +
                      f" | {ev['bleu_avg']:.2f} | {ev['chrf_avg']:.2f} | {100 * ev['cer_avg']:.1f}% |")
