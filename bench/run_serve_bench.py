@@ -22,7 +22,8 @@ encoder's window of (chunk - 1) * subsampling + right context + 1 frames,
 stride chunk * subsampling), and matches partial results to them in order
 (a chunk whose partial would be empty sends none; then later partials are
 matched to earlier messages, which overstates latency, never understates).
-CPU: the server process's user + system time over the run / wall time.
+CPU: the server process's user + system time over the run / wall time, and
+the same for this script's clients (they share the machine).
 Prints a markdown table per model: streams, set-up, p50 / p95 / max partial
 latency, final-result latency (end signal to final result), CPU use, and
 chunks per encoder step (from the server's closing log line); then, per
@@ -186,16 +187,17 @@ def run(a, work):
         else:
             os.rename(os.path.join(work, base + "_float"), model)
         print(f"\n{name}\n\n| streams | set-up | partial p50 (s) | p95 (s) | max (s) | final p95 (s) "
-              f"| server CPU (cores) | chunks per step |")
-        print("|---:|---|---:|---:|---:|---:|---:|---:|")
+              f"| server CPU (cores) | client CPU (cores) | chunks per step |")
+        print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
         for streams in [int(s) for s in a.streams.split(",")]:
             for setup, (threads, decode_threads, batch, *window) in setups.items():
                 proc, port, log = start_server(a.moekit, model, threads, decode_threads, batch, a.chunk_size,
                                                *window)
                 try:
-                    cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
+                    cpu0, t0, client0 = cpu_seconds(proc.pid), time.monotonic(), time.process_time()
                     result = asyncio.run(load(f"ws://127.0.0.1:{port}", pcm, streams, message, completing))
                     cpu = (cpu_seconds(proc.pid) - cpu0) / (time.monotonic() - t0)
+                    client_cpu = (time.process_time() - client0) / (time.monotonic() - t0)
                 finally:
                     proc.terminate()
                     proc.wait()
@@ -206,7 +208,7 @@ def run(a, work):
                 if p95 < a.p95_limit:
                     held[(name, setup)] = max(held.get((name, setup), 0), streams)
                 print(f"| {streams} | {setup} | {statistics.median(p):.3f} | {p95:.3f} | {max(p):.3f} | "
-                      f"{percentile(result['final'], 0.95):.3f} | {cpu:.2f} | {per_step:.1f} |", flush=True)
+                      f"{percentile(result['final'], 0.95):.3f} | {cpu:.2f} | {client_cpu:.2f} | {per_step:.1f} |", flush=True)
     print(f"\nMost streams held with p95 partial latency < {a.p95_limit} s (of the loads tried):\n")
     print("| model | batched | unbatched | ratio |")
     print("|---|---:|---:|---:|")
