@@ -209,14 +209,19 @@ def run(a, work):
                     held[(name, setup)] = max(held.get((name, setup), 0), streams)
                 print(f"| {streams} | {setup} | {statistics.median(p):.3f} | {p95:.3f} | {max(p):.3f} | "
                       f"{percentile(result['final'], 0.95):.3f} | {cpu:.2f} | {client_cpu:.2f} | {per_step:.1f} |", flush=True)
-    print(f"\nMost streams held with p95 partial latency < {a.p95_limit} s (of the loads tried):\n")
-    print("| model | batched | unbatched | ratio |")
-    print("|---|---:|---:|---:|")
+    print(f"\nMost streams held with p95 partial latency < {a.p95_limit} s (of the loads tried; 0: none):\n")
+    names = list(setups)
+    with_ratio = "unbatched" in setups and len(names) > 1
+    print("| model | " + " | ".join(names) + (" | ratio to unbatched |" if with_ratio else " |"))
+    print("|---|" + "---:|" * (len(names) + with_ratio))
     for name in a.models.split(","):
-        if "batched" not in setups or "unbatched" not in setups:
-            continue
-        b, u = held.get((name, "batched"), 0), held.get((name, "unbatched"), 0)
-        print(f"| {name} | {b} | {u} | {b / u:.2f}x |" if u else f"| {name} | {b} | {u} | - |")
+        counts = [held.get((name, setup), 0) for setup in names]
+        row = f"| {name} | " + " | ".join(str(c) for c in counts) + " |"
+        if with_ratio:
+            u = held.get((name, "unbatched"), 0)
+            best = max(c for s, c in zip(names, counts) if s != "unbatched")
+            row += f" {best / u:.2f}x |" if u else " - |"
+        print(row)
 
 
 if __name__ == "__main__":
