@@ -410,6 +410,7 @@ TEST_P(AsrVariants, BatchedStreamingStepsEqualOneStreamAtATime) {
   std::vector<EncoderStreamCache> caches(4);
   std::vector<std::vector<torch::Tensor>> got(4);
   size_t batched_steps = 0;
+  const FastPathProbe probe;
   for (size_t step = 0;; ++step) {
     std::vector<torch::Tensor> feats;
     std::vector<EncoderStreamCache*> cache_ptrs;
@@ -430,6 +431,10 @@ TEST_P(AsrVariants, BatchedStreamingStepsEqualOneStreamAtATime) {
     for (size_t j = 0; j < who.size(); ++j) got[who[j]].push_back(outs[j]);
   }
   EXPECT_GT(batched_steps, 5u);
+  // The batched steps ran attention and convolution over all streams' rows
+  // at once (their position-wise maps), not stream by stream.
+  EXPECT_GT(probe.ran("attention.self_attention_streams"), 0);
+  if (GetParam().cnn) EXPECT_GT(probe.ran("conv_module.streams"), 0);
   for (size_t i = 0; i < 4; ++i) {
     const torch::Tensor batched = torch::cat(got[i], 1);
     ASSERT_EQ(batched.sizes(), expected[i].sizes()) << i;

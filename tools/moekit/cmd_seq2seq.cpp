@@ -1,6 +1,5 @@
 // Seq2seq commands: `train seq2seq`, `translate`, `extract`, and the
 // translation half of `eval` (BLEU and chrF per task).
-#include <malloc.h>
 
 #include <cmath>
 #include <iomanip>
@@ -491,8 +490,7 @@ void add_bench_seq2seq_command(CLI::App& bench, const GlobalOptions& global) {
     if (!o->only.empty()) {
       // What stays resident while serving: the weights, their panels, the
       // code; the freed decoding buffers given back first.
-      empty_cpu_cache();
-      malloc_trim(0);
+      release_cpu_memory();
       std::cout << nlohmann::json{{"model", o->only}, {"resident_mb", static_cast<double>(resident_bytes()) / 1e6},
                                   {"peak_resident_mb", static_cast<double>(peak_resident_bytes()) / 1e6}}
                        .dump()

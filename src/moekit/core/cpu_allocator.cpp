@@ -6,6 +6,10 @@
 #include <torch/version.h>
 
 #include <cstdlib>
+
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 #include <mutex>
 #include <unordered_map>
 #include <vector>
@@ -187,6 +191,13 @@ void install_caching_cpu_allocator(size_t limit_bytes) {
 }
 
 void empty_cpu_cache() { CachingCpuAllocator::instance().empty(); }
+
+void release_cpu_memory() {
+  empty_cpu_cache();
+#if defined(__GLIBC__)
+  ::malloc_trim(0);
+#endif
+}
 
 CpuCacheStats cpu_cache_stats() { return CachingCpuAllocator::instance().stats(); }
 

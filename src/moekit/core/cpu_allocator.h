@@ -30,6 +30,10 @@ void install_caching_cpu_allocator(size_t limit_bytes = 0);
 // Frees every cached block.
 void empty_cpu_cache();
 
+// empty_cpu_cache(), then glibc's free heap memory back to the OS
+// (malloc_trim): after a phase that freed much, such as loading a model.
+void release_cpu_memory();
+
 CpuCacheStats cpu_cache_stats();
 
 }  // namespace moekit

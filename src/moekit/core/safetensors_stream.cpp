@@ -1,6 +1,5 @@
 #include "moekit/core/safetensors_stream.h"
 
-#include <malloc.h>
 
 #include <nlohmann/json.hpp>
 
@@ -95,8 +94,7 @@ void write_shard(const std::string& path, const std::vector<const PlannedTensor*
     // tensor size met so far, and glibc the freed heap pages of those it
     // serves (its mmap threshold rises to the largest block freed): a
     // checkpoint larger than memory keeps neither.
-    empty_cpu_cache();
-    ::malloc_trim(0);
+    release_cpu_memory();
   }
   file.commit();
 }

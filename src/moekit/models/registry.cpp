@@ -2,6 +2,7 @@
 #include <map>
 
 #include "moekit/core/check.h"
+#include "moekit/core/cpu_allocator.h"
 #include "moekit/core/file_io.h"
 #include "moekit/core/model_dir.h"
 #include "moekit/models/asr/asr_model.h"
@@ -75,6 +76,11 @@ std::shared_ptr<Model> load_model(const std::string& dir) {
   apply_quantization(config, *model, where);
   load_module_state(*model, read_model_weights(dir), dir + "/" + kWeightsFile);
   model->eval();
+  // Loading freed the file's buffer and, for quantized experts, the float32
+  // weights they replaced: as large as the model. Kept in the caching CPU
+  // allocator (and glibc's heap) they would stay resident, unused, for the
+  // life of the process (a server held twice its model's bytes).
+  release_cpu_memory();
   return model;
 }
 

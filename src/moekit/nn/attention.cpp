@@ -134,18 +134,9 @@ bool MultiHeadedAttentionImpl::self_attention_cpu_applies(const torch::Tensor& q
          (mask.dim() == 3 && (mask.size(0) == 1 || mask.size(0) == batch) && (mask.size(1) == 1 || mask.size(1) == t));
 }
 
-torch::Tensor MultiHeadedAttentionImpl::self_attention_cpu(const torch::Tensor& x, const torch::Tensor& mask,
-                                                           const torch::Tensor& pos_emb, KvCache* cache) {
-  MOEKIT_FAST_PATH("attention.self_attention_cpu");
-  const int64_t batch = x.size(0), t = x.size(1), d = options_.d_model, heads = options_.heads, rows = batch * t;
-  const torch::Tensor xs = x.contiguous();
-  const float* xp = xs.data_ptr<float>();
-  const auto options = xs.options();
-  // qkv [B, T, 3D]: q, k, v side by side in each row.
-  torch::Tensor qkv = torch::empty({batch, t, 3 * d}, options);
-  float* qkv_p = qkv.data_ptr<float>();
-  const torch::Tensor panels[3] = {linear_q->panels(), linear_k->panels(),
-                                   linear_v->panels()};
+void MultiHeadedAttentionImpl::project_qkv_cpu(const float* x, int64_t rows, float* qkv) {
+  const int64_t d = options_.d_model;
+  const torch::Tensor panels[3] = {linear_q->panels(), linear_k->panels(), linear_v->panels()};
   const torch::Tensor* biases[3] = {&linear_q->bias, &linear_k->bias, &linear_v->bias};
   const int64_t panels_each = (d + detail::kPanelWidth - 1) / detail::kPanelWidth;
   at::parallel_for(0, 3 * panels_each, 2, [&](int64_t begin, int64_t end) {
@@ -153,33 +144,40 @@ torch::Tensor MultiHeadedAttentionImpl::self_attention_cpu(const torch::Tensor& 
       const int64_t lo = std::max(begin, which * panels_each) - which * panels_each;
       const int64_t hi = std::min(end, (which + 1) * panels_each) - which * panels_each;
       if (lo >= hi) continue;
-      detail::panel_linear(xp, rows, d, d, panels[which].data_ptr<float>(),
+      detail::panel_linear(x, rows, d, d, panels[which].data_ptr<float>(),
                            biases[which]->defined() ? biases[which]->data_ptr<float>() : nullptr,
-                           lo * detail::kPanelWidth, std::min(hi * detail::kPanelWidth, d), qkv_p + which * d, 3 * d);
+                           lo * detail::kPanelWidth, std::min(hi * detail::kPanelWidth, d), qkv + which * d, 3 * d);
     }
   });
+}
+
+detail::AttentionProblem MultiHeadedAttentionImpl::self_attention_problem(float* qkv, int64_t batch, int64_t t,
+                                                                          const torch::Tensor& mask,
+                                                                          const torch::Tensor& pos_emb, KvCache* cache,
+                                                                          float* out, std::vector<torch::Tensor>& held) {
+  const int64_t d = options_.d_model, heads = options_.heads;
+  const auto options = torch::TensorOptions().dtype(torch::kFloat);
   detail::AttentionProblem a;
   a.batch = batch;
   a.heads = heads;
   a.queries = t;
   a.d_k = d_k_;
-  a.q = {qkv_p, t * 3 * d, d_k_, 3 * d};
-  torch::Tensor k, v, p;  // cache views, held while the kernel reads them
+  a.q = {qkv, t * 3 * d, d_k_, 3 * d};
   const int64_t cached = cache ? cache->size() : 0;
   if (cache) {
-    cache->k.append_rows(qkv_p + d, batch, t, heads, d_k_, t * 3 * d, 3 * d, options);
-    cache->v.append_rows(qkv_p + 2 * d, batch, t, heads, d_k_, t * 3 * d, 3 * d, options);
-    k = cache->k.view();
-    v = cache->v.view();
+    cache->k.append_rows(qkv + d, batch, t, heads, d_k_, t * 3 * d, 3 * d, options);
+    cache->v.append_rows(qkv + 2 * d, batch, t, heads, d_k_, t * 3 * d, 3 * d, options);
+    const torch::Tensor k = cache->k.view(), v = cache->v.view();  // views, held while the kernel reads them
+    held.push_back(k);
+    held.push_back(v);
     a.keys = k.size(2);
     a.k = {k.data_ptr<float>(), k.stride(0), k.stride(1), k.stride(2)};
     a.v = {v.data_ptr<float>(), v.stride(0), v.stride(1), v.stride(2)};
   } else {
     a.keys = t;
-    a.k = {qkv_p + d, t * 3 * d, d_k_, 3 * d};
-    a.v = {qkv_p + 2 * d, t * 3 * d, d_k_, 3 * d};
+    a.k = {qkv + d, t * 3 * d, d_k_, 3 * d};
+    a.v = {qkv + 2 * d, t * 3 * d, d_k_, 3 * d};
   }
-  torch::Tensor projected;  // positions projected here: [new positions, D]
   if (options_.rel_pos) {
     MOEKIT_CHECK_ARG(pos_emb.size(1) == a.keys, "rel-pos attention: pos_emb covers ", pos_emb.size(1),
                      " positions, keys ", a.keys);
@@ -189,7 +187,8 @@ torch::Tensor MultiHeadedAttentionImpl::self_attention_cpu(const torch::Tensor& 
     if (cache && !reuse) cache->p.clear();
     const int64_t first = reuse ? cached : 0, count = a.keys - first;
     const torch::Tensor positions = pos_emb.slice(1, first).contiguous();
-    projected = torch::empty({count, d}, options);
+    const torch::Tensor projected = torch::empty({count, d}, options);  // [new positions, D]
+    const int64_t panels_each = (d + detail::kPanelWidth - 1) / detail::kPanelWidth;
     const float* pos_panels = linear_pos->panels().data_ptr<float>();
     at::parallel_for(0, panels_each, 2, [&](int64_t begin, int64_t end) {
       detail::panel_linear(positions.data_ptr<float>(), count, d, d, pos_panels, nullptr, begin * detail::kPanelWidth,
@@ -197,9 +196,11 @@ torch::Tensor MultiHeadedAttentionImpl::self_attention_cpu(const torch::Tensor& 
     });
     if (cache) {
       cache->p.append_rows(projected.data_ptr<float>(), 1, count, heads, d_k_, 0, d, options);
-      p = cache->p.view();
+      const torch::Tensor p = cache->p.view();
+      held.push_back(p);
       a.p = {p.data_ptr<float>(), 0, p.stride(1), p.stride(2)};
     } else {
+      held.push_back(projected);
       a.p = {projected.data_ptr<float>(), 0, d_k_, d};
     }
     a.bias_u = pos_bias_u.data_ptr<float>();
@@ -207,13 +208,80 @@ torch::Tensor MultiHeadedAttentionImpl::self_attention_cpu(const torch::Tensor& 
   }
   MOEKIT_CHECK_ARG(!mask.defined() || mask.numel() == 0 || mask.size(2) == a.keys, "attention: mask covers ",
                    mask.defined() ? mask.size(2) : 0, " keys, not ", a.keys);
-  const torch::Tensor allowed = set_mask(a, mask);
+  held.push_back(set_mask(a, mask));
   a.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d_k_)));
-  torch::Tensor core = torch::empty({batch, t, d}, options);
-  a.out = core.data_ptr<float>();
+  a.out = out;
   a.out_sb = t * d;
   a.out_si = d;
-  at::parallel_for(0, batch * heads, 1, [&](int64_t begin, int64_t end) { detail::attention_forward(a, begin, end); });
+  return a;
+}
+
+torch::Tensor MultiHeadedAttentionImpl::self_attention_cpu(const torch::Tensor& x, const torch::Tensor& mask,
+                                                           const torch::Tensor& pos_emb, KvCache* cache) {
+  MOEKIT_FAST_PATH("attention.self_attention_cpu");
+  const int64_t batch = x.size(0), t = x.size(1), d = options_.d_model;
+  const torch::Tensor xs = x.contiguous();
+  // qkv [B, T, 3D]: q, k, v side by side in each row.
+  torch::Tensor qkv = torch::empty({batch, t, 3 * d}, xs.options());
+  project_qkv_cpu(xs.data_ptr<float>(), batch * t, qkv.data_ptr<float>());
+  torch::Tensor core = torch::empty({batch, t, d}, xs.options());
+  std::vector<torch::Tensor> held;
+  const detail::AttentionProblem a =
+      self_attention_problem(qkv.data_ptr<float>(), batch, t, mask, pos_emb, cache, core.data_ptr<float>(), held);
+  at::parallel_for(0, batch * options_.heads, 1,
+                   [&](int64_t begin, int64_t end) { detail::attention_forward(a, begin, end); });
+  return linear_out(core);
+}
+
+torch::Tensor MultiHeadedAttentionImpl::self_attention_streams(const torch::Tensor& x,
+                                                               const std::vector<int64_t>& lengths,
+                                                               const std::vector<torch::Tensor>& pos_embs,
+                                                               const std::vector<KvCache*>& caches) {
+  MOEKIT_CHECK_ARG(x.dim() == 3 && x.size(0) == 1 && lengths.size() == pos_embs.size() &&
+                       lengths.size() == caches.size(),
+                   "attention streams: x must be [1, rows, D] with a length, positions and cache per stream");
+  bool fused = true;
+  int64_t rows = 0;
+  for (size_t i = 0; i < lengths.size(); ++i) {
+    const torch::Tensor xi = x.narrow(1, rows, lengths[i]);
+    fused = fused && caches[i] != nullptr && self_attention_cpu_applies(xi, xi, xi, {}, pos_embs[i]);
+    rows += lengths[i];
+  }
+  MOEKIT_CHECK_ARG(rows == x.size(1), "attention streams: lengths sum to ", rows, ", x has ", x.size(1), " rows");
+  if (!fused) {
+    std::vector<torch::Tensor> parts;
+    int64_t start = 0;
+    for (size_t i = 0; i < lengths.size(); ++i) {
+      const torch::Tensor xi = x.narrow(1, start, lengths[i]);
+      parts.push_back(forward(xi, xi, xi, {}, pos_embs[i], caches[i]));
+      start += lengths[i];
+    }
+    return torch::cat(parts, 1);
+  }
+  // Every stream's rows through the q, k, v and output projections at once
+  // (each weight read once for all streams); the attention itself per stream
+  // over its own cache. Row by row the same arithmetic as self_attention_cpu.
+  MOEKIT_FAST_PATH("attention.self_attention_streams");
+  const int64_t d = options_.d_model, heads = options_.heads;
+  const torch::Tensor xs = x.contiguous();
+  torch::Tensor qkv = torch::empty({rows, 3 * d}, xs.options());
+  project_qkv_cpu(xs.data_ptr<float>(), rows, qkv.data_ptr<float>());
+  torch::Tensor core = torch::empty({1, rows, d}, xs.options());
+  std::vector<torch::Tensor> held;
+  std::vector<detail::AttentionProblem> problems;
+  int64_t start = 0;
+  for (size_t i = 0; i < lengths.size(); ++i) {
+    problems.push_back(self_attention_problem(qkv.data_ptr<float>() + start * 3 * d, 1, lengths[i], {}, pos_embs[i],
+                                              caches[i], core.data_ptr<float>() + start * d, held));
+    start += lengths[i];
+  }
+  const auto n = static_cast<int64_t>(problems.size());
+  at::parallel_for(0, n * heads, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t s = begin / heads; s * heads < end; ++s) {
+      const int64_t lo = std::max(begin, s * heads) - s * heads, hi = std::min(end, (s + 1) * heads) - s * heads;
+      detail::attention_forward(problems[static_cast<size_t>(s)], lo, hi);
+    }
+  });
   return linear_out(core);
 }
 

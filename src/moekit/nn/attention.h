@@ -7,6 +7,7 @@
 // pos_bias_u/v) so checkpoints map one to one.
 #include <torch/torch.h>
 
+#include "moekit/kernels/attention_kernel.h"
 #include "moekit/nn/kv_cache.h"
 #include "moekit/ops/packed_linear.h"
 
@@ -36,6 +37,14 @@ class MultiHeadedAttentionImpl : public torch::nn::Module {
   // appended to it (and it is updated to hold them all).
   torch::Tensor forward(const torch::Tensor& query, const torch::Tensor& key, const torch::Tensor& value,
                         const torch::Tensor& mask, const torch::Tensor& pos_emb = {}, KvCache* cache = nullptr);
+
+  // Self-attention of several streams at once: x [1, rows, D] holds stream
+  // i's lengths[i] rows after those of the streams before it, with its
+  // positions pos_embs[i] and its cache. Equals forward(x_i, x_i, x_i, {},
+  // pos_embs[i], caches[i]) stream by stream; on the CPU fast path the
+  // position-wise projections run once over every stream's rows.
+  torch::Tensor self_attention_streams(const torch::Tensor& x, const std::vector<int64_t>& lengths,
+                                       const std::vector<torch::Tensor>& pos_embs, const std::vector<KvCache*>& caches);
 
   // memory [B, T, D] -> its keys and values (plain attention only).
   ProjectedMemory project_memory(const torch::Tensor& memory);
@@ -73,6 +82,15 @@ class MultiHeadedAttentionImpl : public torch::nn::Module {
                                   const torch::Tensor& mask, const torch::Tensor& pos_emb) const;
   torch::Tensor self_attention_cpu(const torch::Tensor& x, const torch::Tensor& mask, const torch::Tensor& pos_emb,
                                    KvCache* cache);
+  // Its parts. q, k, v of x's `rows` rows side by side in qkv [rows, 3D].
+  void project_qkv_cpu(const float* x, int64_t rows, float* qkv);
+  // The kernel's problem for batch x t rows whose q, k, v lie in qkv
+  // ([B, T, 3D]) and whose output goes to out ([B, T, D]): keys, values
+  // and positions appended to the cache where there is one; `held` keeps
+  // the tensors the kernel reads alive.
+  detail::AttentionProblem self_attention_problem(float* qkv, int64_t batch, int64_t t, const torch::Tensor& mask,
+                                                  const torch::Tensor& pos_emb, KvCache* cache, float* out,
+                                                  std::vector<torch::Tensor>& held);
   AttentionOptions options_;
   int64_t d_k_;
   torch::nn::Dropout dropout_{nullptr};

@@ -85,17 +85,45 @@ bool ConvModuleImpl::inference_cpu_applies(const torch::Tensor& x, const torch::
                          batch_norm->running_var.defined());
 }
 
-torch::Tensor ConvModuleImpl::inference_cpu(const torch::Tensor& input, torch::Tensor* cache) {
-  MOEKIT_FAST_PATH("conv_module.inference_cpu");
-  const int64_t batch = input.size(0), t = input.size(1), c = options_.channels, lorder = left_context();
-  const int64_t kernel = options_.kernel_size, span = lorder + t;
-  const torch::Tensor h = pointwise_conv1->linear(input);  // [B, T, 2C]
+ConvModuleImpl::DepthwiseMap ConvModuleImpl::depthwise_map() const {
+  // out[b, i, ch] = bias[ch] + sum_k w[ch, k] frames[b, i + k, ch], then
+  // batch norm's affine map folded into one scale and shift per channel.
+  const int64_t c = options_.channels, kernel = options_.kernel_size;
+  DepthwiseMap m;
+  m.w.resize(static_cast<size_t>(kernel * c));
+  m.scale.assign(static_cast<size_t>(c), 1.f);
+  m.shift.assign(static_cast<size_t>(c), 0.f);
+  const float* wsrc = depthwise_conv->weight.data_ptr<float>();
+  for (int64_t ch = 0; ch < c; ++ch) {
+    for (int64_t k = 0; k < kernel; ++k) m.w[k * c + ch] = wsrc[ch * kernel + k];
+  }
+  if (depthwise_conv->bias.defined()) {
+    std::memcpy(m.shift.data(), depthwise_conv->bias.data_ptr<float>(), static_cast<size_t>(c) * sizeof(float));
+  }
+  if (batch_norm) {
+    const float* mean = batch_norm->running_mean.data_ptr<float>();
+    const float* var = batch_norm->running_var.data_ptr<float>();
+    const float* gamma = batch_norm->weight.defined() ? batch_norm->weight.data_ptr<float>() : nullptr;
+    const float* beta = batch_norm->bias.defined() ? batch_norm->bias.data_ptr<float>() : nullptr;
+    const double eps = batch_norm->options.eps();
+    for (int64_t ch = 0; ch < c; ++ch) {
+      const float g = static_cast<float>((gamma ? gamma[ch] : 1.0) / std::sqrt(static_cast<double>(var[ch]) + eps));
+      m.scale[ch] = g;
+      m.shift[ch] = (m.shift[ch] - mean[ch]) * g + (beta ? beta[ch] : 0.f);
+    }
+  }
+  return m;
+}
+
+void ConvModuleImpl::depthwise_cpu(const float* h, int64_t batch, int64_t t, torch::Tensor* cache,
+                                   const DepthwiseMap& map, float* out) {
+  const int64_t c = options_.channels, lorder = left_context(), span = lorder + t;
   // frames [B, lorder + T, C]: the left context, then the GLU outputs.
-  torch::Tensor frames = torch::empty({batch, span, c}, input.options());
+  torch::Tensor frames = torch::empty({batch, span, c}, torch::kFloat);
   float* fp = frames.data_ptr<float>();
   if (cache && cache->defined() && cache->numel() > 0) {
     MOEKIT_CHECK_ARG(cache->dim() == 3 && cache->size(0) == batch && cache->size(1) == c && cache->size(2) == lorder,
-                     "conv module: cache of shape ", cache->sizes(), " for input ", input.sizes());
+                     "conv module: cache of shape ", cache->sizes(), " for ", batch, " x ", t, " frames");
     const torch::Tensor left = cache->transpose(1, 2).to(torch::kFloat).contiguous();  // [B, lorder, C]
     for (int64_t b = 0; b < batch; ++b) {
       std::memcpy(fp + b * span * c, left.data_ptr<float>() + b * lorder * c,
@@ -113,41 +141,17 @@ torch::Tensor ConvModuleImpl::inference_cpu(const torch::Tensor& input, torch::T
       }
     }
   }
-  const float* hp = h.data_ptr<float>();
   for (int64_t b = 0; b < batch; ++b) {
-    detail::glu_rows(hp + b * t * 2 * c, t, c, 2 * c, fp + (b * span + lorder) * c, c);
+    detail::glu_rows(h + b * t * 2 * c, t, c, 2 * c, fp + (b * span + lorder) * c, c);
   }
   if (cache) *cache = frames.slice(1, t).transpose(1, 2);  // the last lorder frames, [B, C, lorder]
-
-  // Depthwise: out[b, i, ch] = bias[ch] + sum_k w[ch, k] frames[b, i + k, ch],
-  // then batch norm's affine map folded into one scale and shift per channel.
-  std::vector<float> w(static_cast<size_t>(kernel * c)), scale(static_cast<size_t>(c), 1.f),
-      shift(static_cast<size_t>(c), 0.f);
-  const float* wsrc = depthwise_conv->weight.data_ptr<float>();
-  for (int64_t ch = 0; ch < c; ++ch) {
-    for (int64_t k = 0; k < kernel; ++k) w[k * c + ch] = wsrc[ch * kernel + k];
-  }
-  if (depthwise_conv->bias.defined()) {
-    std::memcpy(shift.data(), depthwise_conv->bias.data_ptr<float>(), static_cast<size_t>(c) * sizeof(float));
-  }
-  if (batch_norm) {
-    const float* mean = batch_norm->running_mean.data_ptr<float>();
-    const float* var = batch_norm->running_var.data_ptr<float>();
-    const float* gamma = batch_norm->weight.defined() ? batch_norm->weight.data_ptr<float>() : nullptr;
-    const float* beta = batch_norm->bias.defined() ? batch_norm->bias.data_ptr<float>() : nullptr;
-    const double eps = batch_norm->options.eps();
-    for (int64_t ch = 0; ch < c; ++ch) {
-      const float g = static_cast<float>((gamma ? gamma[ch] : 1.0) / std::sqrt(static_cast<double>(var[ch]) + eps));
-      scale[ch] = g;
-      shift[ch] = (shift[ch] - mean[ch]) * g + (beta ? beta[ch] : 0.f);
-    }
-  }
-  torch::Tensor out = torch::empty({batch, t, c}, input.options());
-  float* op = out.data_ptr<float>();
   for (int64_t b = 0; b < batch; ++b) {
-    detail::depthwise_rows(fp + b * span * c, t, c, w.data(), kernel, batch_norm ? scale.data() : nullptr, shift.data(),
-                           op + b * t * c);
+    detail::depthwise_rows(fp + b * span * c, t, c, map.w.data(), options_.kernel_size,
+                           batch_norm ? map.scale.data() : nullptr, map.shift.data(), out + b * t * c);
   }
+}
+
+torch::Tensor ConvModuleImpl::finish_cpu(torch::Tensor out) {
   if (layer_norm) out = fast_layer_norm(layer_norm, out, &out);  // in place here
   if (options_.activation == Activation::Swish && out.is_contiguous()) {
     detail::silu(out.data_ptr<float>(), nullptr, out.data_ptr<float>(), out.numel());
@@ -155,6 +159,46 @@ torch::Tensor ConvModuleImpl::inference_cpu(const torch::Tensor& input, torch::T
     out = apply_activation(options_.activation, out, {});
   }
   return pointwise_conv2->linear(out);
+}
+
+torch::Tensor ConvModuleImpl::inference_cpu(const torch::Tensor& input, torch::Tensor* cache) {
+  MOEKIT_FAST_PATH("conv_module.inference_cpu");
+  const int64_t batch = input.size(0), t = input.size(1);
+  const torch::Tensor h = pointwise_conv1->linear(input);  // [B, T, 2C]
+  torch::Tensor out = torch::empty({batch, t, options_.channels}, input.options());
+  depthwise_cpu(h.data_ptr<float>(), batch, t, cache, depthwise_map(), out.data_ptr<float>());
+  return finish_cpu(out);
+}
+
+torch::Tensor ConvModuleImpl::forward_streams(const torch::Tensor& x, const std::vector<int64_t>& lengths,
+                                              const std::vector<torch::Tensor*>& caches) {
+  MOEKIT_CHECK_ARG(x.dim() == 3 && x.size(0) == 1 && lengths.size() == caches.size(),
+                   "conv module streams: x must be [1, rows, C] with a length and cache per stream");
+  int64_t rows = 0;
+  for (int64_t n : lengths) rows += n;
+  MOEKIT_CHECK_ARG(rows == x.size(1), "conv module streams: lengths sum to ", rows, ", x has ", x.size(1), " rows");
+  if (!inference_cpu_applies(x, {})) {
+    std::vector<torch::Tensor> parts;
+    int64_t start = 0;
+    for (size_t i = 0; i < lengths.size(); ++i) {
+      parts.push_back(forward(x.narrow(1, start, lengths[i]), {}, caches[i]));
+      start += lengths[i];
+    }
+    return torch::cat(parts, 1);
+  }
+  // The pointwise maps, norm and activation over every stream's rows at
+  // once; the depthwise convolution per stream over its own left context.
+  MOEKIT_FAST_PATH("conv_module.streams");
+  const int64_t c = options_.channels;
+  const torch::Tensor h = pointwise_conv1->linear(x);  // [1, rows, 2C]
+  torch::Tensor out = torch::empty({1, rows, c}, x.options());
+  const DepthwiseMap map = depthwise_map();
+  int64_t start = 0;
+  for (size_t i = 0; i < lengths.size(); ++i) {
+    depthwise_cpu(h.data_ptr<float>() + start * 2 * c, 1, lengths[i], caches[i], map, out.data_ptr<float>() + start * c);
+    start += lengths[i];
+  }
+  return finish_cpu(out);
 }
 
 torch::Tensor ConvModuleImpl::forward(const torch::Tensor& input, const torch::Tensor& mask_pad,

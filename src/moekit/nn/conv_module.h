@@ -5,6 +5,8 @@
 // batch_norm, activation, pointwise conv back to C. Names follow WeNet.
 #include <torch/torch.h>
 
+#include <vector>
+
 #include "moekit/ops/packed_linear.h"
 
 #include "moekit/ops/activation.h"
@@ -31,6 +33,13 @@ class ConvModuleImpl : public torch::nn::Module {
   // frames give glu(bias)); updated in place.
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& mask_pad, torch::Tensor* cache = nullptr);
 
+  // Several streams at once: x [1, rows, C] holds stream i's lengths[i]
+  // rows after those of the streams before it, each with its own cache.
+  // Equals forward(x_i, {}, caches[i]) stream by stream; on the CPU fast
+  // path the pointwise maps run once over every stream's rows.
+  torch::Tensor forward_streams(const torch::Tensor& x, const std::vector<int64_t>& lengths,
+                                const std::vector<torch::Tensor*>& caches);
+
   int64_t left_context() const { return options_.causal ? options_.kernel_size - 1 : 0; }
 
   PackedPointwiseConv1d pointwise_conv1{nullptr}, pointwise_conv2{nullptr};
@@ -44,6 +53,17 @@ class ConvModuleImpl : public torch::nn::Module {
   // norm and activation in loops (the cache becomes a view of that buffer).
   bool inference_cpu_applies(const torch::Tensor& x, const torch::Tensor& mask_pad) const;
   torch::Tensor inference_cpu(const torch::Tensor& x, torch::Tensor* cache);
+  // Its parts: the depthwise weights laid out per tap with the batch norm
+  // folded in; GLU, left context and depthwise kernel for `batch`
+  // sequences of t rows of h ([B, T, 2C]) into out ([B, T, C]); then norm,
+  // activation and pointwise_conv2.
+  struct DepthwiseMap {
+    std::vector<float> w, scale, shift;  // [K, C], [C], [C]
+  };
+  DepthwiseMap depthwise_map() const;
+  void depthwise_cpu(const float* h, int64_t batch, int64_t t, torch::Tensor* cache, const DepthwiseMap& map,
+                     float* out);
+  torch::Tensor finish_cpu(torch::Tensor out);
   ConvModuleOptions options_;
 };
 TORCH_MODULE(ConvModule);

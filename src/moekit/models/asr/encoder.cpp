@@ -121,26 +121,20 @@ torch::Tensor ConformerLayerImpl::forward_streams(const torch::Tensor& input, co
   torch::Tensor x = in_place ? input.contiguous().clone() : input;
   auto ffn = [&](FfnSlot& slot) { return [&slot, &no_mask](const torch::Tensor& h) { return slot.forward(h, no_mask); }; };
   if (feed_forward_macaron.defined()) x = sublayer(norm_ff_macaron, x, ffn(feed_forward_macaron), ff_scale, in_place);
-  // Per stream: x is [1, rows, D], so each stream's rows are a contiguous
-  // view, and in place the sublayers write straight into x.
-  std::vector<torch::Tensor> parts;
-  parts.reserve(lengths.size());
-  int64_t start = 0;
-  for (size_t i = 0; i < lengths.size(); ++i) {
-    torch::Tensor xi = x.narrow(1, start, lengths[i]);
-    ConformerLayerCache* cache = caches[i];
-    xi = sublayer(norm_mha, xi,
-                  [&](const torch::Tensor& h) { return self_attn->forward(h, h, h, no_mask, pos_embs[i], &cache->att); },
-                  1.0, in_place);
-    if (conv_module)
-      xi = sublayer(norm_conv, xi, [&](const torch::Tensor& h) { return conv_module->forward(h, no_mask, &cache->cnn); },
-                    1.0, in_place);
-    parts.push_back(xi);
-    start += lengths[i];
+  // Attention and convolution keep a cache per stream; their norms and
+  // position-wise maps run over every stream's rows at once.
+  std::vector<KvCache*> att_caches;
+  std::vector<torch::Tensor*> cnn_caches;
+  for (ConformerLayerCache* cache : caches) {
+    att_caches.push_back(&cache->att);
+    cnn_caches.push_back(&cache->cnn);
   }
-  MOEKIT_CHECK_ARG(start == input.size(1), "conformer layer: stream lengths sum to ", start, ", input has ",
-                   input.size(1), " rows");
-  if (!in_place) x = torch::cat(parts, 1);
+  x = sublayer(norm_mha, x,
+               [&](const torch::Tensor& h) { return self_attn->self_attention_streams(h, lengths, pos_embs, att_caches); },
+               1.0, in_place);
+  if (conv_module)
+    x = sublayer(norm_conv, x, [&](const torch::Tensor& h) { return conv_module->forward_streams(h, lengths, cnn_caches); },
+                 1.0, in_place);
   x = sublayer(norm_ff, x, ffn(feed_forward), ff_scale, in_place);
   if (conv_module) x = in_place ? fast_layer_norm(norm_final, x, &x) : norm_final->forward(x);
   return x;
