@@ -256,6 +256,16 @@ TEST(AsrServer, PartialAndFinalResultsEqualAStreamingSession) {
   }
 }
 
+// Before its first client the server ran a batched encoder step on noise
+// (the warm-up), not counted among its clients' steps.
+TEST(AsrServer, WarmsUpWithABatchedStepBeforeTheFirstClient) {
+  const FastPathProbe probe;
+  ServerFixture server(test_model(true), streaming_options());
+  EXPECT_GT(probe.ran("attention.self_attention_streams"), 0);
+  EXPECT_EQ(server.server().stats().encoder_steps, 0);
+  EXPECT_EQ(server.server().stats().encoder_chunks, 0);
+}
+
 // {"nbest": 3}: each result carries up to three ranked sentences, those a
 // StreamingSession ranks (the beam's for partial results, the rescored ones
 // for the final result).

@@ -322,7 +322,8 @@ TEST(Bf16Experts, ManyRowsRunAsBf16RowGemmsFewStayExactOnPanels) {
   e->to_bf16();
   ASSERT_EQ(e->w1.scalar_type(), torch::kBFloat16);
   ASSERT_TRUE(e->bf16_gemm());
-  // Two experts at and above kBf16GemmRows, one with a few rows, one idle.
+  // Two experts at and above kBf16GemmRows (69 rows: padded to 96 for the
+  // GEMM, the padding's products dropped), one with a few rows, one idle.
   const std::vector<int64_t> counts = {kBf16GemmRows, 3, 0, 2 * kBf16GemmRows + 5};
   const int64_t rows = std::accumulate(counts.begin(), counts.end(), int64_t{0});
   const torch::Tensor x = torch::randn({rows, d});

@@ -135,7 +135,17 @@ void gemm_groups(const torch::Tensor& in, const RowGroups& gemm, const torch::Te
     const torch::Tensor src = in.narrow(0, begin, rows);
     if (bf16_gemm && weight.scalar_type() == torch::kBFloat16 && src.scalar_type() == torch::kFloat) {
       MOEKIT_FAST_PATH("linear.bf16_gemm");
-      dst.copy_(torch::mm(src.to(torch::kBFloat16), weight[g].t()));
+      // oneDNN builds (and JIT-compiles) a matmul primitive per shape and
+      // caches 1024: an expert's row count changes step by step, so exact
+      // shapes made a new primitive on most calls (about 1.7 ms each on the
+      // Sapphire Rapids VM, longer than the product; past 1024 shapes the
+      // cache thrashed for good). Rows padded with zeros to a multiple of
+      // kBf16GemmRows keep the shapes few; the padding's products are dropped.
+      const int64_t padded = (rows + kBf16GemmRows - 1) / kBf16GemmRows * kBf16GemmRows;
+      torch::Tensor a = torch::empty({padded, src.size(1)}, src.options().dtype(torch::kBFloat16));
+      a.narrow(0, 0, rows).copy_(src);
+      if (padded > rows) a.narrow(0, rows, padded - rows).zero_();
+      dst.copy_(torch::mm(a, weight[g].t()).narrow(0, 0, rows));
       if (bias.defined()) dst.add_(bias[g]);
       return;
     }

@@ -44,7 +44,9 @@ void grouped_linear_into(const torch::Tensor& in, const RowGroups& groups, const
 // on the bf16 panels with float32 rows, which are faster there (the chunk
 // of one stream) and exact. On a 2-core Sapphire Rapids VM, 256 x 2048
 // bf16 products at 64 rows ran 5x the float32 GEMM's FLOP rate; at 16 rows
-// a whole streaming chunk was slower on GEMMs than on the panels.
+// a whole streaming chunk was slower on GEMMs than on the panels. A GEMM's
+// rows are padded to a multiple of kBf16GemmRows (oneDNN compiles one
+// kernel per shape).
 constexpr int64_t kBf16GemmRows = 32;
 // AVX512-BF16 or AMX-BF16 on this CPU (x86-64; false elsewhere).
 bool cpu_has_native_bf16();

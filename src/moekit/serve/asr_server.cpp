@@ -1,5 +1,7 @@
 #include "moekit/serve/asr_server.h"
 
+#include <ATen/CPUGeneratorImpl.h>
+
 #include <atomic>
 #include <boost/asio.hpp>
 #include <boost/beast/core.hpp>
@@ -266,6 +268,7 @@ struct AsrServerImpl {
   std::chrono::steady_clock::time_point shutdown_deadline;
 
   void schedule(std::shared_ptr<Stream> stream);
+  void warm_up();
   void worker_loop();
   void do_accept();
   void begin_shutdown();
@@ -686,6 +689,32 @@ void AsrServerImpl::schedule(std::shared_ptr<Stream> stream) {
   queue_cv.notify_one();
 }
 
+// Before the first client: one encoder step of batch_streams streams and one
+// of a single stream, two chunks each, on noise. The weights' panels are
+// packed, oneDNN's kernels for the steps' shapes compiled and the step
+// buffers faulted in now rather than in the first clients' latency (a cold
+// server spent its first seconds on them).
+void AsrServerImpl::warm_up() {
+  torch::NoGradGuard no_grad;
+  AsrModel& model = recognizer.model();
+  ConformerEncoderImpl& encoder = *model.encoder;
+  const torch::Device device = model.ctc->ctc_lo->weight.device();
+  const int64_t window = encoder.window_frames(recognizer.options().chunk_size);
+  const int64_t dim = model.config().encoder.input_dim;
+  torch::Generator noise = at::make_generator<at::CPUGeneratorImpl>(/*seed=*/1);
+  for (const int64_t n : {static_cast<int64_t>(options.batch_streams), int64_t{1}}) {
+    std::vector<EncoderStreamCache> caches(static_cast<size_t>(n));
+    std::vector<EncoderStreamCache*> cache_ptrs;
+    for (EncoderStreamCache& cache : caches) cache_ptrs.push_back(&cache);
+    for (int chunk = 0; chunk < 2; ++chunk) {
+      std::vector<torch::Tensor> feats;
+      for (int64_t i = 0; i < n; ++i) feats.push_back(torch::randn({1, window, dim}, noise).to(device));
+      for (const torch::Tensor& out : encoder.forward_chunks(feats, cache_ptrs, std::vector<int64_t>(feats.size(), -1)))
+        model.ctc_log_probs(out);
+    }
+  }
+}
+
 void AsrServerImpl::worker_loop() {
   for (;;) {
     std::shared_ptr<Stream> stream;
@@ -762,6 +791,7 @@ AsrServer::AsrServer(const Recognizer& recognizer, AsrServerOptions options) {
   MOEKIT_CHECK(!ec, "cannot listen on ", where, ": ", ec.message());
   impl_->acceptor.listen(asio::socket_base::max_listen_connections, ec);
   MOEKIT_CHECK(!ec, "cannot listen on ", where, ": ", ec.message());
+  impl_->warm_up();  // clients that connect meanwhile wait in the listen queue
 }
 
 AsrServer::~AsrServer() = default;

@@ -32,7 +32,10 @@
 // one message at a time. The encoder steps of streams whose chunks are ready
 // at the same moment run as one batched step (up to --batch-streams of them,
 // waiting at most --batch-window-ms for more to arrive): an MoE layer then
-// reads each expert once per step rather than once per stream. Audio received but not yet decoded is bounded: the
+// reads each expert once per step rather than once per stream. Before the
+// first client the server runs one such step on noise (a warm-up: weight
+// panels packed, kernels compiled, buffers faulted in), so the first
+// streams are served at full speed. Audio received but not yet decoded is bounded: the
 // server stops reading a stream that sends faster than it decodes (TCP holds
 // the rest) instead of buffering without limit.
 #include <cstdint>
