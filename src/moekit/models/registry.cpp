@@ -74,12 +74,13 @@ std::shared_ptr<Model> load_model(const std::string& dir) {
     model = create_model(config["model_type"].as<std::string>(), config["architecture"], where);
   }
   apply_quantization(config, *model, where);
-  load_module_state(*model, read_model_weights(dir), dir + "/" + kWeightsFile);
+  // Each tensor copied from the mapped file straight into its parameter
+  // (no second copy of the whole file in memory).
+  load_module_state_from_dir(*model, dir);
   model->eval();
-  // Loading freed the file's buffer and, for quantized experts, the float32
-  // weights they replaced: as large as the model. Kept in the caching CPU
-  // allocator (and glibc's heap) they would stay resident, unused, for the
-  // life of the process (a server held twice its model's bytes).
+  // For quantized experts, loading freed the float32 weights they replaced:
+  // kept in the caching CPU allocator (and glibc's heap) they would stay
+  // resident, unused, for the life of the process.
   release_cpu_memory();
   return model;
 }
