@@ -234,8 +234,11 @@ TEST(Int8Experts, MoELayerQuantizesInPlaceAndRefusesTraining) {
     torch::NoGradGuard no_grad;
     y_float = moe->forward(x);
   }
-  moe->experts->to_int8();
+  // The tree walk counts the layer itself when it is the root.
+  EXPECT_FALSE(has_int8_experts(*moe));
+  EXPECT_EQ(experts_to_int8(*moe), 1);
   ASSERT_TRUE(moe->experts->int8());
+  EXPECT_TRUE(has_int8_experts(*moe));
   EXPECT_EQ(moe->experts->w1.scalar_type(), torch::kChar);
   EXPECT_FALSE(moe->experts->w1.requires_grad());
   EXPECT_EQ(moe->experts->w1_scale.sizes(), torch::IntArrayRef({4, 64}));

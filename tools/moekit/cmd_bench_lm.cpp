@@ -148,17 +148,15 @@ void add_bench_lm_command(CLI::App& bench, const GlobalOptions& global) {
     const double element = static_cast<double>(model->embed_tokens->weight.element_size());
     double bytes = 0;
     for (const auto& p : model->parameters()) bytes += static_cast<double>(p.nbytes());
-    for (const auto& m : model->modules(/*include_self=*/false)) {
-      if (const auto* moe = dynamic_cast<const MoELayerImpl*>(m.get())) {
-        double expert_bytes = 0;
-        for (const auto& p : moe->experts->parameters()) expert_bytes += static_cast<double>(p.nbytes());
-        for (const auto& b : moe->experts->buffers()) {
-          bytes += static_cast<double>(b.nbytes());  // int8 scales
-          expert_bytes += static_cast<double>(b.nbytes());
-        }
-        const MoEOptions& mo = moe->options();
-        bytes -= expert_bytes * static_cast<double>(mo.num_experts - mo.top_k) / static_cast<double>(mo.num_experts);
+    for (const MoELayerImpl* moe : moe_layers(*model)) {
+      double expert_bytes = 0;
+      for (const auto& p : moe->experts->parameters()) expert_bytes += static_cast<double>(p.nbytes());
+      for (const auto& b : moe->experts->buffers()) {
+        bytes += static_cast<double>(b.nbytes());  // int8 scales
+        expert_bytes += static_cast<double>(b.nbytes());
       }
+      const MoEOptions& mo = moe->options();
+      bytes -= expert_bytes * static_cast<double>(mo.num_experts - mo.top_k) / static_cast<double>(mo.num_experts);
     }
     if (!c.tie_embeddings) bytes -= static_cast<double>(c.vocab_size - 1) * c.d_model * element;
     const double bandwidth = device.is_cpu() ? read_bandwidth_bytes_per_s() : 0.0;

@@ -113,12 +113,10 @@ QuantizeReport quantize_model_dir(const std::string& model_dir, const std::strin
   QuantizeReport report;
   auto expert_bytes = [&] {
     int64_t bytes = 0;
-    for (const auto& m : model->modules(/*include_self=*/false)) {
-      if (const auto* moe = dynamic_cast<const MoELayerImpl*>(m.get())) {
-        for (const auto& t : moe->experts->named_parameters())
-          if (t.key() != "b1" && t.key() != "b2") bytes += t.value().nbytes();
-        for (const auto& t : moe->experts->named_buffers()) bytes += t.value().nbytes();
-      }
+    for (const MoELayerImpl* moe : moe_layers(*model)) {
+      for (const auto& t : moe->experts->named_parameters())
+        if (t.key() != "b1" && t.key() != "b2") bytes += t.value().nbytes();
+      for (const auto& t : moe->experts->named_buffers()) bytes += t.value().nbytes();
     }
     return bytes;
   };
@@ -146,13 +144,11 @@ ParameterCount count_parameters(const torch::nn::Module& model) {
   ParameterCount count;
   for (const auto& p : model.parameters()) count.total += p.numel();
   count.active = count.total;
-  for (const auto& m : model.modules(/*include_self=*/false)) {
-    if (const auto* moe = dynamic_cast<const MoELayerImpl*>(m.get())) {
-      int64_t expert_params = 0;
-      for (const auto& p : moe->experts->parameters()) expert_params += p.numel();
-      const MoEOptions& o = moe->options();
-      count.active -= expert_params / o.num_experts * (o.num_experts - o.top_k);
-    }
+  for (const MoELayerImpl* moe : moe_layers(model)) {
+    int64_t expert_params = 0;
+    for (const auto& p : moe->experts->parameters()) expert_params += p.numel();
+    const MoEOptions& o = moe->options();
+    count.active -= expert_params / o.num_experts * (o.num_experts - o.top_k);
   }
   return count;
 }

@@ -492,72 +492,59 @@ torch::Tensor MoELayerImpl::run_experts_parallel(const torch::Tensor& rows,
   return dist::all_to_all_rows(group, by_member, recv, send);
 }
 
+std::vector<MoELayerImpl*> moe_layers(torch::nn::Module& root) {
+  std::vector<MoELayerImpl*> layers;
+  if (auto* moe = dynamic_cast<MoELayerImpl*>(&root)) layers.push_back(moe);
+  for (const auto& m : root.modules(/*include_self=*/false)) {
+    if (auto* moe = dynamic_cast<MoELayerImpl*>(m.get())) layers.push_back(moe);
+  }
+  return layers;
+}
+
+std::vector<const MoELayerImpl*> moe_layers(const torch::nn::Module& root) {
+  const std::vector<MoELayerImpl*> layers = moe_layers(const_cast<torch::nn::Module&>(root));
+  return {layers.begin(), layers.end()};
+}
+
 int64_t shard_experts(torch::nn::Module& root, const std::shared_ptr<const dist::Group>& group) {
-  int64_t sharded = 0;
-  auto visit = [&](torch::nn::Module& m) {
-    if (auto* moe = dynamic_cast<MoELayerImpl*>(&m)) {
-      moe->shard_experts(group);
-      ++sharded;
-    }
-  };
-  visit(root);
-  for (const auto& m : root.modules(/*include_self=*/false)) visit(*m);
-  return sharded;
+  const std::vector<MoELayerImpl*> layers = moe_layers(root);
+  for (MoELayerImpl* moe : layers) moe->shard_experts(group);
+  return static_cast<int64_t>(layers.size());
 }
 
 std::vector<torch::Tensor> sharded_expert_parameters(const torch::nn::Module& root) {
   std::vector<torch::Tensor> params;
-  auto visit = [&](const torch::nn::Module& m) {
-    if (const auto* moe = dynamic_cast<const MoELayerImpl*>(&m)) {
-      if (!moe->expert_group()) return;
-      for (const auto& p : moe->experts->parameters()) params.push_back(p);
-    }
-  };
-  visit(root);
-  for (const auto& m : root.modules(/*include_self=*/false)) visit(*m);
+  for (const MoELayerImpl* moe : moe_layers(root)) {
+    if (!moe->expert_group()) continue;
+    for (const auto& p : moe->experts->parameters()) params.push_back(p);
+  }
   return params;
 }
 
 int64_t experts_to_int8(torch::nn::Module& root, bool quantize) {
-  int64_t converted = 0;
-  for (const auto& m : root.modules(/*include_self=*/false)) {
-    if (auto* moe = dynamic_cast<MoELayerImpl*>(m.get())) {
-      moe->experts->to_int8(quantize);
-      ++converted;
-    }
-  }
-  return converted;
+  const std::vector<MoELayerImpl*> layers = moe_layers(root);
+  for (MoELayerImpl* moe : layers) moe->experts->to_int8(quantize);
+  return static_cast<int64_t>(layers.size());
 }
 
 int64_t experts_to_bf16(torch::nn::Module& root) {
-  int64_t converted = 0;
-  for (const auto& m : root.modules(/*include_self=*/false)) {
-    if (auto* moe = dynamic_cast<MoELayerImpl*>(m.get())) {
-      moe->experts->to_bf16();
-      ++converted;
-    }
-  }
-  return converted;
+  const std::vector<MoELayerImpl*> layers = moe_layers(root);
+  for (MoELayerImpl* moe : layers) moe->experts->to_bf16();
+  return static_cast<int64_t>(layers.size());
 }
 
 bool has_int8_experts(const torch::nn::Module& root) {
-  for (const auto& m : root.modules(/*include_self=*/false)) {
-    if (const auto* moe = dynamic_cast<const MoELayerImpl*>(m.get())) {
-      if (moe->experts->int8()) return true;
-    }
+  for (const MoELayerImpl* moe : moe_layers(root)) {
+    if (moe->experts->int8()) return true;
   }
   return false;
 }
 
 torch::Tensor collect_moe_aux_loss(const torch::nn::Module& root) {
   torch::Tensor total;
-  auto add = [&](const torch::nn::Module& module) {
-    if (const auto* moe = dynamic_cast<const MoELayerImpl*>(&module)) {
-      if (moe->aux_loss().defined()) total = total.defined() ? total + moe->aux_loss() : moe->aux_loss();
-    }
-  };
-  add(root);
-  for (const auto& child : root.modules(/*include_self=*/false)) add(*child);
+  for (const MoELayerImpl* moe : moe_layers(root)) {
+    if (moe->aux_loss().defined()) total = total.defined() ? total + moe->aux_loss() : moe->aux_loss();
+  }
   return total;
 }
 

@@ -184,6 +184,11 @@ class MoELayerImpl : public torch::nn::Module {
 };
 TORCH_MODULE(MoELayer);
 
+// Every MoE layer of a module tree, the root included, in module order.
+// The functions below walk a tree through it.
+std::vector<MoELayerImpl*> moe_layers(torch::nn::Module& root);
+std::vector<const MoELayerImpl*> moe_layers(const torch::nn::Module& root);
+
 // Every MoE layer's experts in a module tree to int8 (ExpertsImpl::to_int8);
 // returns how many layers were converted.
 int64_t experts_to_int8(torch::nn::Module& root, bool quantize = true);
