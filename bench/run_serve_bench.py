@@ -23,9 +23,11 @@ stride chunk * subsampling), and matches partial results to them in order
 (a chunk whose partial would be empty sends none; then later partials are
 matched to earlier messages, which overstates latency, never understates).
 CPU: the server process's user + system time over the run / wall time, and
-the same for this script's clients (they share the machine).
+the same for this script's clients (they share the machine). Memory: the
+server's resident set (VmRSS) once it listens (model loaded, warmed up) and
+when the streams have ended.
 Prints a markdown table per model: streams, set-up, p50 / p95 / max partial
-latency, final-result latency (end signal to final result), CPU use, and
+latency, final-result latency (end signal to final result), CPU use, resident memory, and
 chunks per encoder step (from the server's closing log line); then, per
 model and set-up, the most streams held with p95 partial latency under
 --p95-limit seconds (of the loads tried).
@@ -62,6 +64,14 @@ def chunk_messages(total_samples, message, chunk, subsampling=4, right_context=6
         if new:
             out.append(m)
     return out
+
+
+def resident_mb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def cpu_seconds(pid):
@@ -187,17 +197,19 @@ def run(a, work):
         else:
             os.rename(os.path.join(work, base + "_float"), model)
         print(f"\n{name}\n\n| streams | set-up | partial p50 (s) | p95 (s) | max (s) | final p95 (s) "
-              f"| server CPU (cores) | client CPU (cores) | chunks per step |")
-        print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+              f"| server CPU (cores) | client CPU (cores) | chunks per step | server RSS listening / after (MB) |")
+        print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         for streams in [int(s) for s in a.streams.split(",")]:
             for setup, (threads, decode_threads, batch, *window) in setups.items():
                 proc, port, log = start_server(a.moekit, model, threads, decode_threads, batch, a.chunk_size,
                                                *window)
                 try:
+                    rss0 = resident_mb(proc.pid)
                     cpu0, t0, client0 = cpu_seconds(proc.pid), time.monotonic(), time.process_time()
                     result = asyncio.run(load(f"ws://127.0.0.1:{port}", pcm, streams, message, completing))
                     cpu = (cpu_seconds(proc.pid) - cpu0) / (time.monotonic() - t0)
                     client_cpu = (time.process_time() - client0) / (time.monotonic() - t0)
+                    rss1 = resident_mb(proc.pid)
                 finally:
                     proc.terminate()
                     proc.wait()
@@ -208,7 +220,8 @@ def run(a, work):
                 if p95 < a.p95_limit:
                     held[(name, setup)] = max(held.get((name, setup), 0), streams)
                 print(f"| {streams} | {setup} | {statistics.median(p):.3f} | {p95:.3f} | {max(p):.3f} | "
-                      f"{percentile(result['final'], 0.95):.3f} | {cpu:.2f} | {client_cpu:.2f} | {per_step:.1f} |", flush=True)
+                      f"{percentile(result['final'], 0.95):.3f} | {cpu:.2f} | {client_cpu:.2f} | {per_step:.1f} | "
+                      f"{rss0:.0f} / {rss1:.0f} |", flush=True)
     print(f"\nMost streams held with p95 partial latency < {a.p95_limit} s (of the loads tried; 0: none):\n")
     names = list(setups)
     with_ratio = "unbatched" in setups and len(names) > 1

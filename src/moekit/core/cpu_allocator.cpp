@@ -6,13 +6,13 @@
 #include <torch/version.h>
 
 #include <cstdlib>
+#include <mutex>
+#include <unordered_map>
+#include <vector>
 
 #if defined(__GLIBC__)
 #include <malloc.h>
 #endif
-#include <mutex>
-#include <unordered_map>
-#include <vector>
 
 #if defined(__linux__)
 #include <sys/mman.h>

@@ -1,6 +1,5 @@
 #include "moekit/core/safetensors_stream.h"
 
-
 #include <nlohmann/json.hpp>
 
 #include <cctype>
