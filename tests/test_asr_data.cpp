@@ -14,6 +14,7 @@
 #include "resume_test_util.h"
 #include "test_util.h"
 #include "moekit/audio/audio_file.h"
+#include "moekit/audio/fbank.h"
 #include "moekit/core/file_io.h"
 #include "moekit/core/model_dir.h"
 #include "moekit/data/asr_data.h"
@@ -60,6 +61,57 @@ std::string wav_bytes(const std::vector<std::vector<float>>& channels, int rate)
 
 
 }  // namespace
+
+// Kaldi's fbank for one frame in double precision with a plain DFT: DC
+// removal, pre-emphasis, povey window, zero padding to a power of two,
+// power spectrum, mel_banks, log.
+std::vector<double> naive_fbank_frame(const float* samples, const FbankOptions& o) {
+  const int window = o.window_size();
+  int padded = 1;
+  while (padded < window) padded <<= 1;
+  std::vector<double> x(samples, samples + window);
+  double mean = 0;
+  for (double v : x) mean += v / window;
+  for (double& v : x) v -= mean;
+  for (int i = window - 1; i >= 0; --i) x[i] -= o.preemphasis * x[i > 0 ? i - 1 : 0];
+  for (int i = 0; i < window; ++i) x[i] *= std::pow(0.5 - 0.5 * std::cos(2 * M_PI * i / (window - 1)), 0.85);
+  const torch::Tensor banks = mel_banks(o).to(torch::kDouble);
+  std::vector<double> out(static_cast<size_t>(o.num_mel_bins), 0.0);
+  for (int k = 0; k <= padded / 2; ++k) {
+    double re = 0, im = 0;
+    for (int i = 0; i < window; ++i) {
+      re += x[i] * std::cos(2 * M_PI * k * i / padded);
+      im -= x[i] * std::sin(2 * M_PI * k * i / padded);
+    }
+    for (int m = 0; m < o.num_mel_bins; ++m) out[m] += banks[m][k].item<double>() * (re * re + im * im);
+  }
+  for (double& v : out) v = std::log(std::max(v, 1.1920929e-07));
+  return out;
+}
+
+TEST(Fbank, EqualsANaiveDftWhenOptionsChangeBetweenCalls) {
+  // compute_fbank keeps each thread's window and mel matrix for the options
+  // of its last call: a call with other options must not reuse them.
+  FbankOptions a;  // 16 kHz, 80 bins, 400-sample windows
+  FbankOptions b;
+  b.sample_rate = 8000;
+  b.num_mel_bins = 23;
+  b.low_freq = 64;
+  b.frame_length_ms = 32;  // 256 samples: no padding
+  std::vector<float> audio = sine(440, 16000, 0.05, 3000);
+  for (size_t i = 0; i < audio.size(); ++i) audio[i] += static_cast<float>(700 * std::sin(0.37 * i * i));
+  const torch::Tensor wave = torch::from_blob(audio.data(), {static_cast<int64_t>(audio.size())}, torch::kFloat);
+  for (const FbankOptions* o : {&a, &b, &a, &b}) {
+    const torch::Tensor feats = compute_fbank(wave, *o);
+    ASSERT_EQ(feats.size(0), o->num_frames(wave.numel()));
+    ASSERT_EQ(feats.size(1), o->num_mel_bins);
+    for (int64_t t = 0; t < feats.size(0); t += 2) {
+      const std::vector<double> want = naive_fbank_frame(audio.data() + t * o->window_shift(), *o);
+      for (int m = 0; m < o->num_mel_bins; ++m)
+        ASSERT_NEAR(feats[t][m].item<double>(), want[m], 2e-3) << "rate " << o->sample_rate << " frame " << t;
+    }
+  }
+}
 
 TEST(AudioFiles, BadFilesGiveOneLineErrors) {
   if (!have_audio_files()) GTEST_SKIP() << "built without libsndfile/libsoxr";
