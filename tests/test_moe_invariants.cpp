@@ -6,6 +6,8 @@
 #include <cmath>
 
 #include "moe_reference.h"
+#include "test_util.h"
+#include "moekit/ops/fast_path.h"
 #include "moekit/moe/dispatch.h"
 #include "moekit/moe/router.h"
 #include "moekit/nn/ffn.h"
@@ -112,6 +114,88 @@ TEST(MoEInvariants, CpuAndTensorOpDispatchAgree) {
     }
   }
   EXPECT_THROW(make_dispatch_plan(torch::tensor({0, 7}, torch::kInt64).reshape({2, 1}), 4, 0.0), std::invalid_argument);
+}
+
+TEST(MoEInvariants, PaddedDispatchEqualsSortedDispatchWithGradients) {
+  // The GPU's sync-free dispatch (an [E, C, D] buffer, batched GEMMs) against
+  // the sorted one, on the CPU: every routing, gating, capacity (dropless
+  // included), padding, train and eval mode; outputs, statistics, router
+  // losses and every gradient.
+  struct Case {
+    Routing routing;
+    Gating gating;
+    int64_t k;
+    double capacity_factor;
+    Activation activation;
+    bool mask;
+    bool train;
+  };
+  const Case cases[] = {
+      {Routing::Token, Gating::TopKSoftmax, 2, 0.0, Activation::Swish, true, true},
+      {Routing::Token, Gating::TopKSoftmax, 2, 1.0, Activation::Swish, true, true},
+      {Routing::Token, Gating::SoftmaxTopK, 3, 0.5, Activation::SwiGLU, true, true},
+      {Routing::Token, Gating::TopKSoftmax, 1, 1.25, Activation::Relu, false, true},
+      {Routing::Token, Gating::TopKSoftmax, 2, 0.75, Activation::Gelu, true, false},
+      {Routing::Sentence, Gating::TopKSoftmax, 2, 1.0, Activation::Gelu, true, true},
+      {Routing::Task, Gating::SoftmaxTopK, 2, 0.5, Activation::Swish, true, true},
+      {Routing::Task, Gating::TopKSoftmax, 2, 0.0, Activation::Relu, false, false},
+  };
+  for (const Case& c : cases) {
+    MoEOptions o = small_options(6, c.k);
+    o.routing = c.routing;
+    o.gating = c.gating;
+    o.renormalize = c.gating == Gating::SoftmaxTopK && c.k > 1;
+    o.capacity_factor = c.capacity_factor;
+    o.activation = c.activation;
+    o.num_tasks = c.routing == Routing::Task ? 3 : 0;
+    o.aux_loss_coef = 0.01;
+    o.z_loss_coef = 0.001;
+    torch::manual_seed(11);
+    MoELayer sorted(o);
+    torch::manual_seed(11);
+    MoELayer padded(o);
+    sorted->set_dispatch(MoEDispatch::Sorted);
+    padded->set_dispatch(MoEDispatch::Padded);
+    sorted->train(c.train);
+    padded->train(c.train);
+    torch::manual_seed(12);
+    const torch::Tensor x = torch::randn({4, 9, o.d_model});
+    const torch::Tensor mask =
+        c.mask ? torch::arange(9).unsqueeze(0) < torch::tensor({9, 5, 1, 7}).unsqueeze(1) : torch::Tensor();
+    const torch::Tensor task = torch::tensor({2, 0, 1, 2}, torch::kInt64);
+    const torch::Tensor probe = torch::randn({4, 9, o.d_model});
+    const torch::Tensor xa = x.clone().requires_grad_(true), xb = x.clone().requires_grad_(true);
+    const int64_t before = fast_path_count("moe.padded_dispatch");
+    const torch::Tensor ya = sorted->forward(xa, {mask, task});
+    const torch::Tensor yb = padded->forward(xb, {mask, task});
+    const std::string what = o.to_string() + (c.mask ? " masked" : "") + (c.train ? " train" : " eval");
+    EXPECT_EQ(fast_path_count("moe.padded_dispatch") - before, 1) << what;
+    EXPECT_LE(max_abs_diff(ya, yb), 1e-5) << what;
+    const RouterStats sa = sorted->last_stats(), sb = padded->last_stats();
+    EXPECT_EQ(sa.tokens_per_expert, sb.tokens_per_expert) << what;
+    EXPECT_EQ(sa.routed_tokens, sb.routed_tokens) << what;
+    EXPECT_EQ(sa.capacity, sb.capacity) << what;
+    EXPECT_EQ(sa.dropped_assignments, sb.dropped_assignments) << what;
+    EXPECT_EQ(sa.dropped_tokens, sb.dropped_tokens) << what;
+    if (c.capacity_factor > 0 && c.capacity_factor < 1) EXPECT_GT(sa.dropped_assignments, 0) << what;
+    ASSERT_TRUE(sa.load_balancing_loss.defined() && sb.load_balancing_loss.defined()) << what;
+    EXPECT_LE(max_abs_diff(sa.load_balancing_loss, sb.load_balancing_loss), 1e-6) << what;
+    EXPECT_LE(max_abs_diff(sa.z_loss, sb.z_loss), 1e-5) << what;
+    ((ya * probe).sum() + sorted->aux_loss()).backward();
+    ((yb * probe).sum() + padded->aux_loss()).backward();
+    EXPECT_LE(max_abs_diff(xa.grad(), xb.grad()), 1e-5) << what;
+    const auto pa = sorted->named_parameters(), pb = padded->named_parameters();
+    for (const auto& item : pa) {
+      const torch::Tensor ga = item.value().grad(), gb = pb[item.key()].grad();
+      ASSERT_EQ(ga.defined(), gb.defined()) << what << " " << item.key();
+      if (ga.defined()) EXPECT_LE(max_abs_diff(ga, gb), 1e-5) << what << " " << item.key();
+    }
+  }
+  MoELayer int8_layer(small_options(4, 2));
+  int8_layer->eval();
+  experts_to_int8(*int8_layer);
+  EXPECT_NE(error_of([&] { int8_layer->set_dispatch(MoEDispatch::Padded); }).find("int8"),
+            std::string::npos);
 }
 
 TEST(MoEInvariants, PaddingIsNeverRoutedNorCounted) {

@@ -216,7 +216,9 @@ void MoELayerImpl::check_route(const torch::Tensor& x, const RouteInput& route) 
                          route.task.scalar_type() == torch::kInt64,
                      "MoE task ids must be int64 [B=", x.size(0), "], got ", route.task.scalar_type(), " ",
                      route.task.sizes());
-    if (route.task.numel() > 0) {
+    // Off the CPU the range check would wait for the device; task ids are
+    // made (and checked) on the host, where batches are built.
+    if (route.task.numel() > 0 && route.task.device().is_cpu()) {
       const int64_t lo = route.task.min().item<int64_t>(), hi = route.task.max().item<int64_t>();
       MOEKIT_CHECK_ARG(lo >= 0 && hi < options_.num_tasks, "MoE task id ", lo < 0 ? lo : hi,
                        " is outside [0, num_tasks=", options_.num_tasks, ")");
@@ -320,6 +322,7 @@ torch::Tensor MoELayerImpl::forward(const torch::Tensor& input, const RouteInput
   // can write the gate through an alias PanelCache does not see (as
   // weights_for does for the experts).
   if (torch::GradMode::is_enabled()) gate->release_panels();
+  if (padded_dispatch_applies(x)) return padded_forward(input, x, route);
   if (cpu_inference_applies(x, route)) return cpu_inference_forward(input, x);
   const int64_t batch = x.size(0), time = x.size(1), d_model = options_.d_model;
   const auto index_options = torch::TensorOptions().dtype(torch::kInt64).device(x.device());
@@ -408,15 +411,147 @@ torch::Tensor MoELayerImpl::forward(const torch::Tensor& input, const RouteInput
       .reshape(input.sizes());
 }
 
-void MoELayerImpl::publish(RouterStats stats, torch::Tensor aux) {
+void MoELayerImpl::set_dispatch(MoEDispatch dispatch) {
+  MOEKIT_CHECK_ARG(dispatch != MoEDispatch::Padded || (!ep_group_ && !experts->int8()),
+                   "MoE layer: the padded dispatch needs float experts held by this process (not ",
+                   ep_group_ ? "expert-parallel ones)" : "int8 ones)");
+  dispatch_ = dispatch;
+}
+
+bool MoELayerImpl::padded_dispatch_applies(const torch::Tensor& x) const {
+  if (ep_group_ || experts->int8()) return false;
+  switch (dispatch_) {
+    case MoEDispatch::Sorted:
+      return false;
+    case MoEDispatch::Padded:
+      return true;
+    case MoEDispatch::Auto:
+      return !x.device().is_cpu() && options_.capacity_factor_for(is_training()) > 0.0;
+  }
+  return false;
+}
+
+torch::Tensor MoELayerImpl::padded_forward(const torch::Tensor& input, const torch::Tensor& x,
+                                           const RouteInput& route) {
+  MOEKIT_FAST_PATH("moe.padded_dispatch");
+  const int64_t batch = x.size(0), time = x.size(1), d_model = options_.d_model;
+  const int64_t num_experts = options_.num_experts, k = options_.top_k, n = batch * time;
+  const auto index_options = torch::TensorOptions().dtype(torch::kInt64).device(x.device());
+  const torch::Tensor tokens = x.reshape({n, d_model});  // [N, D], padding included
+  torch::Tensor mask, valid;                              // valid: [N] bool, undefined = all
+  if (route.mask.defined()) {
+    mask = route.mask.to(torch::kBool);
+    valid = mask.reshape(-1);
+  }
+  torch::Tensor token_batch;
+  if (options_.routing != Routing::Token) token_batch = torch::arange(n, index_options).div(time, "floor");
+  const torch::Tensor logits = routed_logits(x, tokens, mask, token_batch, route);  // [N, E] fp32
+  const GateDecision decision = gate_top_k(logits, k, options_.gating, options_.renormalize);
+
+  RouterStats stats;
+  torch::Tensor aux;
+  if (options_.aux_loss_coef > 0.0 || is_training()) {
+    const torch::Tensor balance = load_balancing_loss(logits, decision.expert_index, valid);
+    stats.load_balancing_loss = balance.detach();
+    if (options_.aux_loss_coef > 0.0) aux = balance * options_.aux_loss_coef;
+  }
+  if (options_.z_loss_coef > 0.0 || is_training()) {
+    const torch::Tensor z = router_z_loss(logits, valid);
+    stats.z_loss = z.detach();
+    if (options_.z_loss_coef > 0.0) aux = aux.defined() ? aux + z * options_.z_loss_coef : z * options_.z_loss_coef;
+  }
+
+  // Capacity: the buffer is sized for all N positions (known on the host);
+  // with padding the limit itself comes from the routed count, on the
+  // device, exactly as make_dispatch_plan computes it. Dropless: N rows per
+  // expert, more than any expert can be given (a token picks an expert once).
+  const double capacity_factor = options_.capacity_factor_for(is_training());
+  const int64_t rows = capacity_factor > 0.0 ? expert_capacity(n, k, num_experts, capacity_factor) : n;
+  torch::Tensor limit;  // [] int64 on the device when padding changes the capacity
+  if (capacity_factor > 0.0 && valid.defined()) {
+    const torch::Tensor routed = valid.sum().to(torch::kDouble);
+    limit = (routed * (capacity_factor * static_cast<double>(k) / static_cast<double>(num_experts)) - 1e-9)
+                .ceil()
+                .clamp_min(1.0)
+                .to(torch::kInt64);
+  }
+
+  // Assignment s = j * N + t is token t's j-th choice: first choices before
+  // second ones, each in token order (the priority make_dispatch_plan uses).
+  // Padding goes to a virtual expert E, which is never run.
+  torch::Tensor expert = decision.expert_index;  // [N, k]
+  if (valid.defined()) expert = expert.masked_fill(valid.logical_not().unsqueeze(1), num_experts);
+  const torch::Tensor by_priority = expert.t().reshape(-1);  // [k*N]
+  const auto sorted = by_priority.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false);
+  const torch::Tensor& sorted_expert = std::get<0>(sorted);
+  const torch::Tensor& order = std::get<1>(sorted);
+  const torch::Tensor wanted = torch::bincount(by_priority, /*weights=*/{}, num_experts + 1);  // [E + 1]
+  const torch::Tensor starts = wanted.cumsum(0) - wanted;
+  const torch::Tensor rank = torch::empty_like(by_priority).scatter_(
+      0, order, torch::arange(k * n, index_options) - starts.index_select(0, sorted_expert));  // [k*N]
+  torch::Tensor keep = (by_priority < num_experts).logical_and_(limit.defined() ? rank < limit : rank < rows);
+  const int64_t dump = num_experts * rows;  // one row past the buffer: zeros in, ignored out
+  const torch::Tensor destination = (by_priority * rows + rank).masked_fill_(keep.logical_not(), dump);  // [k*N]
+  const torch::Tensor token_of_row =
+      torch::full({dump + 1}, n, index_options)
+          .scatter_(0, destination, torch::arange(k * n, index_options).remainder(n))
+          .narrow(0, 0, dump);  // [E*C]: the token each buffer row holds; n = none (a zero row)
+  const torch::Tensor zero_row = torch::zeros({1, d_model}, tokens.options());
+  const torch::Tensor buffer =
+      torch::cat({tokens, zero_row}).index_select(0, token_of_row).view({num_experts, rows, d_model});
+
+  // The experts as batched GEMMs over [E, C, D].
+  const ExpertWeights w = experts->weights();
+  auto linear = [&](const torch::Tensor& in, const torch::Tensor& weight, const torch::Tensor& bias) {
+    const torch::Tensor out = torch::bmm(in, weight.to(in.scalar_type()).transpose(1, 2));  // [E, C, out]
+    return bias.defined() ? out + bias.unsqueeze(1).to(out.scalar_type()) : out;
+  };
+  const torch::Tensor h1 = linear(buffer, w.w1, w.b1);
+  const torch::Tensor h3 = w.w3.defined() ? linear(buffer, w.w3, torch::Tensor()) : torch::Tensor();
+  const torch::Tensor expert_out = linear(apply_activation(options_.activation, h1, h3), w.w2, w.b2);  // [E, C, D]
+
+  // Back to the tokens: each assignment reads its row (a dropped one or
+  // padding reads the zero row past the buffer), weighted and summed over k.
+  const torch::Tensor out_rows =
+      torch::cat({expert_out.reshape({dump, d_model}), zero_row.to(expert_out.scalar_type())});  // [E*C + 1, D]
+  const torch::Tensor gathered = out_rows.index_select(0, destination);                          // [k*N, D]
+  const torch::Tensor weight = decision.expert_weight.t().reshape({k * n, 1}).to(gathered.scalar_type());
+  const torch::Tensor combined = (gathered * weight).view({k, n, d_model}).sum(0);  // [N, D]
+
+  DeviceStats device;
+  const torch::Tensor kept = keep.to(torch::kInt64);
+  device.tokens_per_expert =
+      torch::zeros({num_experts + 1}, index_options).index_add_(0, by_priority, kept).narrow(0, 0, num_experts);
+  device.routed_tokens = valid.defined() ? valid.sum() : torch::full({}, n, index_options);
+  device.capacity = capacity_factor > 0.0 ? (limit.defined() ? limit : torch::full({}, rows, index_options))
+                                          : torch::zeros({}, index_options);
+  device.dropped_assignments = device.routed_tokens * k - kept.sum();
+  torch::Tensor lost = kept.view({k, n}).sum(0) == 0;  // [N] tokens with no kept assignment
+  if (valid.defined()) lost = lost.logical_and_(valid);
+  device.dropped_tokens = lost.sum();
+  publish(std::move(stats), aux, std::move(device));
+  return combined.view(input.sizes());
+}
+
+void MoELayerImpl::publish(RouterStats stats, torch::Tensor aux, DeviceStats device) {
   std::lock_guard<std::mutex> lock(stats_mutex_);
   stats_ = std::move(stats);
   aux_loss_ = std::move(aux);
+  device_stats_ = std::move(device);
 }
 
 RouterStats MoELayerImpl::last_stats() const {
   std::lock_guard<std::mutex> lock(stats_mutex_);
-  return stats_;
+  RouterStats stats = stats_;
+  if (device_stats_.tokens_per_expert.defined()) {  // copied out now, the only wait for the device
+    const torch::Tensor counts = device_stats_.tokens_per_expert.to(torch::kCPU).contiguous();
+    stats.tokens_per_expert.assign(counts.data_ptr<int64_t>(), counts.data_ptr<int64_t>() + counts.numel());
+    stats.routed_tokens = device_stats_.routed_tokens.item<int64_t>();
+    stats.capacity = device_stats_.capacity.item<int64_t>();
+    stats.dropped_assignments = device_stats_.dropped_assignments.item<int64_t>();
+    stats.dropped_tokens = device_stats_.dropped_tokens.item<int64_t>();
+  }
+  return stats;
 }
 
 torch::Tensor MoELayerImpl::aux_loss() const {

@@ -115,6 +115,23 @@ class ExpertsImpl : public torch::nn::Module {
 };
 TORCH_MODULE(Experts);
 
+// How a forward finds each expert's tokens.
+enum class MoEDispatch {
+  // Padded with a capacity on a GPU, Sorted everywhere else.
+  Auto,
+  // Rows sorted by expert, each expert's count on the host (make_dispatch_plan):
+  // no padding and no wasted rows; off the CPU, reading the counts waits
+  // for the device once per layer (and once more with a padding mask).
+  Sorted,
+  // GShard's layout: every expert gets C rows of an [E, C, D] buffer (the
+  // capacity; dropless: C = the token count, which no expert can exceed),
+  // tokens scattered in and gathered back by index, the experts as batched
+  // GEMMs. Every step stays on the device: no host sync in the forward or
+  // the backward, at the cost of computing the empty rows. The same
+  // routing, drops, output and gradients as Sorted.
+  Padded,
+};
+
 class MoELayerImpl : public torch::nn::Module {
  public:
   explicit MoELayerImpl(const MoEOptions& options);
@@ -135,6 +152,10 @@ class MoELayerImpl : public torch::nn::Module {
   torch::Tensor aux_loss() const;
   // Runtime (not stored) choice of grouped-FFN kernel; Auto by default.
   void set_kernel(GroupedFfnKernel kernel) { kernel_ = kernel; }
+  // Runtime (not stored) choice of dispatch; Auto by default. Padded is
+  // refused for int8 experts and with expert parallelism (both need the
+  // host's counts).
+  void set_dispatch(MoEDispatch dispatch);
 
   // Expert parallelism: the layer keeps experts [r * E/P, (r + 1) * E/P) of
   // its E, r being this process's rank in `group` and P its size, and
@@ -168,7 +189,16 @@ class MoELayerImpl : public torch::nn::Module {
   bool cpu_inference_applies(const torch::Tensor& x, const RouteInput& route) const;
   torch::Tensor cpu_inference_forward(const torch::Tensor& input, const torch::Tensor& x);
 
-  void publish(RouterStats stats, torch::Tensor aux);
+  // The Padded dispatch (see MoEDispatch), for any routing, mask and capacity.
+  bool padded_dispatch_applies(const torch::Tensor& x) const;
+  torch::Tensor padded_forward(const torch::Tensor& input, const torch::Tensor& x, const RouteInput& route);
+
+  // Statistics still on the device, copied out when last_stats() is called
+  // (the Padded dispatch): [E] kept rows per expert, then scalars.
+  struct DeviceStats {
+    torch::Tensor tokens_per_expert, routed_tokens, capacity, dropped_assignments, dropped_tokens;
+  };
+  void publish(RouterStats stats, torch::Tensor aux, DeviceStats device = {});
   // The experts on rows grouped by expert (tokens_per_expert over all E):
   // locally, or across the expert-parallel group.
   torch::Tensor run_experts(const torch::Tensor& rows, const std::vector<int64_t>& tokens_per_expert);
@@ -176,8 +206,10 @@ class MoELayerImpl : public torch::nn::Module {
 
   MoEOptions options_;
   GroupedFfnKernel kernel_ = GroupedFfnKernel::Auto;
+  MoEDispatch dispatch_ = MoEDispatch::Auto;
   mutable std::mutex stats_mutex_;
   RouterStats stats_;
+  DeviceStats device_stats_;
   torch::Tensor aux_loss_;
   std::shared_ptr<const dist::Group> ep_group_;
   int64_t first_local_expert_ = 0;

@@ -77,9 +77,21 @@ GateDecision gate_top_k(const torch::Tensor& logits, int64_t top_k, Gating gatin
   return d;
 }
 
-torch::Tensor load_balancing_loss(const torch::Tensor& logits, const torch::Tensor& expert_index) {
+torch::Tensor load_balancing_loss(const torch::Tensor& logits, const torch::Tensor& expert_index,
+                                  const torch::Tensor& valid) {
   const int64_t num_tokens = logits.size(0), num_experts = logits.size(1);
   if (num_tokens == 0) return torch::zeros({}, logits.options());
+  if (valid.defined()) {
+    const torch::Tensor weight = valid.to(logits.scalar_type());                          // [N]
+    const torch::Tensor count = weight.sum().clamp_min(1.0);                              // routed tokens
+    const torch::Tensor assignments =
+        torch::zeros({num_experts}, logits.options())
+            .index_add_(0, expert_index.reshape(-1),
+                        weight.unsqueeze(1).expand(expert_index.sizes()).reshape(-1));  // [E]
+    const torch::Tensor fraction_routed = assignments / (count * static_cast<double>(expert_index.size(1)));
+    const torch::Tensor mean_prob = (logits.softmax(1) * weight.unsqueeze(1)).sum(0) / count;  // [E]
+    return (fraction_routed * mean_prob).sum() * static_cast<double>(num_experts);
+  }
   const torch::Tensor assignments =
       torch::zeros({num_experts}, logits.options())
           .index_add_(0, expert_index.reshape(-1),
@@ -89,8 +101,12 @@ torch::Tensor load_balancing_loss(const torch::Tensor& logits, const torch::Tens
   return (fraction_routed * mean_prob).sum() * static_cast<double>(num_experts);
 }
 
-torch::Tensor router_z_loss(const torch::Tensor& logits) {
+torch::Tensor router_z_loss(const torch::Tensor& logits, const torch::Tensor& valid) {
   if (logits.size(0) == 0) return torch::zeros({}, logits.options());
+  if (valid.defined()) {
+    const torch::Tensor weight = valid.to(logits.scalar_type());
+    return (logits.logsumexp(1).square() * weight).sum() / weight.sum().clamp_min(1.0);
+  }
   return logits.logsumexp(1).square().mean();
 }
 

@@ -30,9 +30,13 @@ void gate_row(const float* logits, int64_t num_experts, int64_t k, Gating gating
 // Switch Transformer load-balancing loss generalised to top-k (as Megatron-LM):
 //   E * sum_e f_e * P_e,  f_e = (assignments to e) / (N * k),  P_e = mean_n softmax(logits)_n,e
 // 1.0 when routing is perfectly uniform. logits [N, E] fp32, expert_index [N, k].
-torch::Tensor load_balancing_loss(const torch::Tensor& logits, const torch::Tensor& expert_index);
+// `valid` ([N] bool, optional): only those tokens count, as if the others
+// were not in `logits` at all (with no sync: N stays the tensors' size).
+torch::Tensor load_balancing_loss(const torch::Tensor& logits, const torch::Tensor& expert_index,
+                                  const torch::Tensor& valid = {});
 
-// ST-MoE router z-loss: mean_n (logsumexp_e logits_n,e)^2.
-torch::Tensor router_z_loss(const torch::Tensor& logits);
+// ST-MoE router z-loss: mean_n (logsumexp_e logits_n,e)^2, over the `valid`
+// tokens when given.
+torch::Tensor router_z_loss(const torch::Tensor& logits, const torch::Tensor& valid = {});
 
 }  // namespace moekit
