@@ -17,6 +17,7 @@
 #include "moekit/train/trainer.h"
 #include "moekit/core/file_io.h"
 #include "moekit/core/model_dir.h"
+#include "moekit/ops/fast_path.h"
 #include "moekit/ops/grouped_ffn.h"
 #include "asr_test_util.h"
 #include "lm_test_util.h"
@@ -81,6 +82,9 @@ TEST(Cuda, MoELayerForwardAndGradientsMatchCpu) {
       {Routing::Token, Gating::TopKSoftmax, 1, 1.0, Activation::Relu},
       {Routing::Sentence, Gating::TopKSoftmax, 2, 0.0, Activation::Gelu},
       {Routing::Task, Gating::SoftmaxTopK, 2, 0.0, Activation::Swish},
+      // Capacity mode runs the padded dispatch on the GPU (no host sync).
+      {Routing::Sentence, Gating::TopKSoftmax, 2, 0.75, Activation::Gelu},
+      {Routing::Task, Gating::SoftmaxTopK, 2, 1.25, Activation::SwiGLU},
   };
   for (const MoECase& c : cases) {
     MoEOptions o;
@@ -109,8 +113,10 @@ TEST(Cuda, MoELayerForwardAndGradientsMatchCpu) {
     const torch::Tensor x_cpu = x.clone().requires_grad_(true);
     const torch::Tensor x_gpu = x.to(torch::kCUDA).requires_grad_(true);
     const torch::Tensor y_cpu = cpu->forward(x_cpu, {mask, task});
+    const int64_t padded_before = fast_path_count("moe.padded_dispatch");
     const torch::Tensor y_gpu = gpu->forward(x_gpu, {mask.to(torch::kCUDA), task.to(torch::kCUDA)});
     const std::string what = o.to_string();
+    EXPECT_EQ(fast_path_count("moe.padded_dispatch") - padded_before, c.capacity_factor > 0 ? 1 : 0) << what;
     ASSERT_TRUE(y_gpu.is_cuda()) << what;
     EXPECT_LE(max_diff(y_cpu, y_gpu), 1e-5) << what;
     EXPECT_EQ(cpu->last_stats().tokens_per_expert, gpu->last_stats().tokens_per_expert) << what;
