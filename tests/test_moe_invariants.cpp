@@ -177,7 +177,9 @@ TEST(MoEInvariants, PaddedDispatchEqualsSortedDispatchWithGradients) {
     EXPECT_EQ(sa.capacity, sb.capacity) << what;
     EXPECT_EQ(sa.dropped_assignments, sb.dropped_assignments) << what;
     EXPECT_EQ(sa.dropped_tokens, sb.dropped_tokens) << what;
-    if (c.capacity_factor > 0 && c.capacity_factor < 1) EXPECT_GT(sa.dropped_assignments, 0) << what;
+    if (c.capacity_factor > 0 && c.capacity_factor < 1) {
+      EXPECT_GT(sa.dropped_assignments, 0) << what;
+    }
     ASSERT_TRUE(sa.load_balancing_loss.defined() && sb.load_balancing_loss.defined()) << what;
     EXPECT_LE(max_abs_diff(sa.load_balancing_loss, sb.load_balancing_loss), 1e-6) << what;
     EXPECT_LE(max_abs_diff(sa.z_loss, sb.z_loss), 1e-5) << what;
@@ -188,7 +190,9 @@ TEST(MoEInvariants, PaddedDispatchEqualsSortedDispatchWithGradients) {
     for (const auto& item : pa) {
       const torch::Tensor ga = item.value().grad(), gb = pb[item.key()].grad();
       ASSERT_EQ(ga.defined(), gb.defined()) << what << " " << item.key();
-      if (ga.defined()) EXPECT_LE(max_abs_diff(ga, gb), 1e-5) << what << " " << item.key();
+      if (ga.defined()) {
+        EXPECT_LE(max_abs_diff(ga, gb), 1e-5) << what << " " << item.key();
+      }
     }
   }
   MoELayer int8_layer(small_options(4, 2));

@@ -22,6 +22,19 @@
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#include <torch/version.h>
+// LibTorch 2 made the backends (Gloo, NCCL) c10d::Backend, no longer
+// c10d::ProcessGroup; both have the collectives used here.
+#if TORCH_VERSION_MAJOR >= 2
+using CollectiveBackend = c10d::Backend;
+#else
+using CollectiveBackend = c10d::ProcessGroup;
+#endif
+// CUDA tensors go through NCCL where c10d has it (a CUDA LibTorch 2).
+#if defined(USE_C10D_NCCL) && TORCH_VERSION_MAJOR >= 2
+#define MOEKIT_HAVE_NCCL 1
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#endif
 #endif
 
 namespace moekit::dist {
@@ -81,11 +94,34 @@ LaunchEnv LaunchEnv::from_environment() {
 struct Group::Backend {
   c10::intrusive_ptr<c10d::Store> store;
   c10::intrusive_ptr<c10d::ProcessGroupGloo::Options> options;
-  c10::intrusive_ptr<c10d::ProcessGroup> pg;
+  c10::intrusive_ptr<CollectiveBackend> pg;    // Gloo: CPU tensors (and CUDA ones without NCCL)
+  c10::intrusive_ptr<CollectiveBackend> nccl;  // CUDA tensors, where c10d has NCCL and a GPU is here
   std::chrono::milliseconds timeout{0};
+
+  CollectiveBackend& for_tensor(const torch::Tensor& t) const { return nccl && t.is_cuda() ? *nccl : *pg; }
 };
 
 namespace {
+
+// An NCCL backend beside Gloo's on the same store (its keys under a prefix
+// of their own); null without NCCL in this LibTorch or without a GPU. NCCL
+// makes its communicators at the first collective on CUDA tensors.
+c10::intrusive_ptr<CollectiveBackend> make_nccl(const c10::intrusive_ptr<c10d::Store>& store, int rank, int size,
+                                                std::chrono::milliseconds timeout) {
+#ifdef MOEKIT_HAVE_NCCL
+  if (!torch::cuda::is_available()) return {};
+  auto options = c10d::ProcessGroupNCCL::Options::create();
+  options->timeout = timeout;
+  return c10::make_intrusive<c10d::ProcessGroupNCCL>(c10::make_intrusive<c10d::PrefixStore>("nccl", store), rank,
+                                                     size, options);
+#else
+  (void)store;
+  (void)rank;
+  (void)size;
+  (void)timeout;
+  return {};
+#endif
+}
 
 std::shared_ptr<::gloo::transport::Device> make_device(const std::string& master_addr) {
   // GLOO_SOCKET_IFNAME as PyTorch reads it; a loopback master means a
@@ -170,6 +206,7 @@ std::shared_ptr<Group> Group::init(const LaunchEnv& env, std::chrono::millisecon
   collective("rendezvous", env.rank, env.world_size, timeout, [&] {
     backend->pg = c10::make_intrusive<c10d::ProcessGroupGloo>(backend->store, env.rank, env.world_size,
                                                               backend->options);
+    backend->nccl = make_nccl(backend->store, env.rank, env.world_size, timeout);
   });
   std::shared_ptr<Group> group(new Group());
   group->rank_ = env.rank;
@@ -197,6 +234,7 @@ std::shared_ptr<Group> Group::subgroup(const std::vector<int>& ranks, const std:
   collective("subgroup rendezvous", rank_, size_, backend_->timeout, [&] {
     backend->pg = c10::make_intrusive<c10d::ProcessGroupGloo>(backend->store, group->rank_, group->size_,
                                                               backend->options);
+    backend->nccl = make_nccl(backend->store, group->rank_, group->size_, backend_->timeout);
   });
   group->backend_ = std::move(backend);
   return group;
@@ -204,7 +242,7 @@ std::shared_ptr<Group> Group::subgroup(const std::vector<int>& ranks, const std:
 
 void Group::all_reduce_sum(std::vector<torch::Tensor>& tensors) const {
   if (!backend_ || tensors.empty()) return;
-  collective("all_reduce", rank_, size_, backend_->timeout, [&] { backend_->pg->allreduce(tensors)->wait(); });
+  collective("all_reduce", rank_, size_, backend_->timeout, [&] { backend_->for_tensor(tensors[0]).allreduce(tensors)->wait(); });
 }
 
 namespace {
@@ -229,7 +267,7 @@ std::unique_ptr<PendingCollective> Group::all_reduce_sum_async(std::vector<torch
   pending->rank = rank_;
   pending->size = size_;
   pending->timeout = backend_->timeout;
-  collective("all_reduce", rank_, size_, backend_->timeout, [&] { pending->work = backend_->pg->allreduce(tensors); });
+  collective("all_reduce", rank_, size_, backend_->timeout, [&] { pending->work = backend_->for_tensor(tensors[0]).allreduce(tensors); });
   return pending;
 }
 
@@ -239,7 +277,7 @@ void Group::broadcast(std::vector<torch::Tensor>& tensors, int root) const {
   c10d::BroadcastOptions options;
   options.rootRank = root;
   collective("broadcast", rank_, size_, backend_->timeout,
-             [&] { backend_->pg->broadcast(tensors, options)->wait(); });
+             [&] { backend_->for_tensor(tensors[0]).broadcast(tensors, options)->wait(); });
 }
 
 std::vector<torch::Tensor> Group::all_gather(const torch::Tensor& t) const {
@@ -248,7 +286,7 @@ std::vector<torch::Tensor> Group::all_gather(const torch::Tensor& t) const {
   std::vector<std::vector<torch::Tensor>> output(1);
   for (int r = 0; r < size_; ++r) output[0].push_back(torch::empty_like(input[0]));
   collective("all_gather", rank_, size_, backend_->timeout,
-             [&] { backend_->pg->allgather(output, input)->wait(); });
+             [&] { backend_->for_tensor(input[0]).allgather(output, input)->wait(); });
   return output[0];
 }
 
@@ -274,7 +312,7 @@ torch::Tensor Group::all_to_all(const torch::Tensor& input, const std::vector<in
   torch::Tensor in = input.contiguous();
   std::vector<int64_t> send(send_counts), recv(recv_counts);
   collective("all_to_all", rank_, size_, backend_->timeout,
-             [&] { backend_->pg->alltoall_base(output, in, recv, send)->wait(); });
+             [&] { backend_->for_tensor(in).alltoall_base(output, in, recv, send)->wait(); });
   return output;
 }
 

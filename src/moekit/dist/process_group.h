@@ -1,7 +1,8 @@
 #pragma once
 // Process groups for training past one process, on LibTorch's c10d (the
 // collective engine torchrun, DeepSpeed and Megatron use): Gloo over TCP for
-// CPU tensors, rendezvous through c10d's TCPStore.
+// CPU tensors, NCCL for CUDA tensors where c10d has it (a CUDA LibTorch 2;
+// elsewhere Gloo moves CUDA tensors too), rendezvous through c10d's TCPStore.
 //
 // A run is described the way torchrun and Slurm's launchers describe it, by
 // environment variables: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR,
