@@ -434,7 +434,9 @@ TEST_P(AsrVariants, BatchedStreamingStepsEqualOneStreamAtATime) {
   // The batched steps ran attention and convolution over all streams' rows
   // at once (their position-wise maps), not stream by stream.
   EXPECT_GT(probe.ran("attention.self_attention_streams"), 0);
-  if (GetParam().cnn) EXPECT_GT(probe.ran("conv_module.streams"), 0);
+  if (GetParam().cnn) {
+    EXPECT_GT(probe.ran("conv_module.streams"), 0);
+  }
   for (size_t i = 0; i < 4; ++i) {
     const torch::Tensor batched = torch::cat(got[i], 1);
     ASSERT_EQ(batched.sizes(), expected[i].sizes()) << i;

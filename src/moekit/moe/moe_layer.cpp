@@ -426,7 +426,9 @@ bool MoELayerImpl::padded_dispatch_applies(const torch::Tensor& x) const {
     case MoEDispatch::Padded:
       return true;
     case MoEDispatch::Auto:
-      return !x.device().is_cpu() && options_.capacity_factor_for(is_training()) > 0.0;
+      if (x.device().is_cpu()) return false;
+      return options_.capacity_factor_for(is_training()) > 0.0 ||
+             grouped_mm_offsets_applies(x.reshape({-1, options_.d_model}), experts->weights());
   }
   return false;
 }
@@ -490,18 +492,47 @@ torch::Tensor MoELayerImpl::padded_forward(const torch::Tensor& input, const tor
   const torch::Tensor rank = torch::empty_like(by_priority).scatter_(
       0, order, torch::arange(k * n, index_options) - starts.index_select(0, sorted_expert));  // [k*N]
   torch::Tensor keep = (by_priority < num_experts).logical_and_(limit.defined() ? rank < limit : rank < rows);
+  const torch::Tensor weight = decision.expert_weight.t().reshape({k * n, 1});  // priority order
+  DeviceStats device;
+  const torch::Tensor kept = keep.to(torch::kInt64);
+  device.tokens_per_expert =
+      torch::zeros({num_experts + 1}, index_options).index_add_(0, by_priority, kept).narrow(0, 0, num_experts);
+  device.routed_tokens = valid.defined() ? valid.sum() : torch::full({}, n, index_options);
+  device.capacity = capacity_factor > 0.0 ? (limit.defined() ? limit : torch::full({}, rows, index_options))
+                                          : torch::zeros({}, index_options);
+  device.dropped_assignments = device.routed_tokens * k - kept.sum();
+  torch::Tensor lost = kept.view({k, n}).sum(0) == 0;  // [N] tokens with no kept assignment
+  if (valid.defined()) lost = lost.logical_and_(valid);
+  device.dropped_tokens = lost.sum();
+
+  const ExpertWeights w = experts->weights();
+  const torch::Tensor zero_row = torch::zeros({1, d_model}, tokens.options());
+  if (capacity_factor <= 0.0 && grouped_mm_offsets_applies(tokens, w)) {
+    // Dropless where at::_grouped_mm takes its group ends on the device: the
+    // rows sorted by expert (padding last, past the final end), no buffer.
+    const torch::Tensor offsets = wanted.narrow(0, 0, num_experts).cumsum(0);  // [E] end rows
+    const torch::Tensor expert_out =
+        grouped_mm_ffn_offsets(tokens.index_select(0, order.remainder(n)), offsets, w, options_.activation);
+    const torch::Tensor row_of_assignment =
+        torch::empty_like(order).scatter_(0, order, torch::arange(k * n, index_options));  // [k*N]
+    const torch::Tensor gathered =
+        torch::cat({expert_out, zero_row.to(expert_out.scalar_type())})
+            .index_select(0, row_of_assignment.masked_fill(keep.logical_not(), k * n));  // [k*N, D]
+    const torch::Tensor combined = (gathered * weight.to(gathered.scalar_type())).view({k, n, d_model}).sum(0);
+    publish(std::move(stats), aux, std::move(device));
+    return combined.view(input.sizes());
+  }
+
   const int64_t dump = num_experts * rows;  // one row past the buffer: zeros in, ignored out
   const torch::Tensor destination = (by_priority * rows + rank).masked_fill_(keep.logical_not(), dump);  // [k*N]
   const torch::Tensor token_of_row =
       torch::full({dump + 1}, n, index_options)
           .scatter_(0, destination, torch::arange(k * n, index_options).remainder(n))
           .narrow(0, 0, dump);  // [E*C]: the token each buffer row holds; n = none (a zero row)
-  const torch::Tensor zero_row = torch::zeros({1, d_model}, tokens.options());
   const torch::Tensor buffer =
       torch::cat({tokens, zero_row}).index_select(0, token_of_row).view({num_experts, rows, d_model});
 
   // The experts as batched GEMMs over [E, C, D].
-  const ExpertWeights w = experts->weights();
   auto linear = [&](const torch::Tensor& in, const torch::Tensor& weight, const torch::Tensor& bias) {
     const torch::Tensor out = torch::bmm(in, weight.to(in.scalar_type()).transpose(1, 2));  // [E, C, out]
     return bias.defined() ? out + bias.unsqueeze(1).to(out.scalar_type()) : out;
@@ -515,20 +546,7 @@ torch::Tensor MoELayerImpl::padded_forward(const torch::Tensor& input, const tor
   const torch::Tensor out_rows =
       torch::cat({expert_out.reshape({dump, d_model}), zero_row.to(expert_out.scalar_type())});  // [E*C + 1, D]
   const torch::Tensor gathered = out_rows.index_select(0, destination);                          // [k*N, D]
-  const torch::Tensor weight = decision.expert_weight.t().reshape({k * n, 1}).to(gathered.scalar_type());
-  const torch::Tensor combined = (gathered * weight).view({k, n, d_model}).sum(0);  // [N, D]
-
-  DeviceStats device;
-  const torch::Tensor kept = keep.to(torch::kInt64);
-  device.tokens_per_expert =
-      torch::zeros({num_experts + 1}, index_options).index_add_(0, by_priority, kept).narrow(0, 0, num_experts);
-  device.routed_tokens = valid.defined() ? valid.sum() : torch::full({}, n, index_options);
-  device.capacity = capacity_factor > 0.0 ? (limit.defined() ? limit : torch::full({}, rows, index_options))
-                                          : torch::zeros({}, index_options);
-  device.dropped_assignments = device.routed_tokens * k - kept.sum();
-  torch::Tensor lost = kept.view({k, n}).sum(0) == 0;  // [N] tokens with no kept assignment
-  if (valid.defined()) lost = lost.logical_and_(valid);
-  device.dropped_tokens = lost.sum();
+  const torch::Tensor combined = (gathered * weight.to(gathered.scalar_type())).view({k, n, d_model}).sum(0);
   publish(std::move(stats), aux, std::move(device));
   return combined.view(input.sizes());
 }

@@ -117,7 +117,9 @@ TORCH_MODULE(Experts);
 
 // How a forward finds each expert's tokens.
 enum class MoEDispatch {
-  // Padded with a capacity on a GPU, Sorted everywhere else.
+  // On a GPU: Padded in capacity mode, and dropless where at::_grouped_mm
+  // can take the group ends on the device (grouped_mm_offsets_applies);
+  // Sorted everywhere else.
   Auto,
   // Rows sorted by expert, each expert's count on the host (make_dispatch_plan):
   // no padding and no wasted rows; off the CPU, reading the counts waits
@@ -127,7 +129,9 @@ enum class MoEDispatch {
   // capacity; dropless: C = the token count, which no expert can exceed),
   // tokens scattered in and gathered back by index, the experts as batched
   // GEMMs. Every step stays on the device: no host sync in the forward or
-  // the backward, at the cost of computing the empty rows. The same
+  // the backward, at the cost of computing the empty rows. Dropless where
+  // at::_grouped_mm applies, the rows are sorted by expert instead, with
+  // the group ends computed on the device (no empty rows). The same
   // routing, drops, output and gradients as Sorted.
   Padded,
 };

@@ -1,6 +1,7 @@
 #include "moekit/ops/grouped_ffn.h"
 
 #include <ATen/Parallel.h>
+#include <ATen/autocast_mode.h>
 #include <torch/version.h>
 
 #include <algorithm>
@@ -259,7 +260,20 @@ class GroupedFfnFunction : public torch::autograd::Function<GroupedFfnFunction> 
 
 #if MOEKIT_HAVE_GROUPED_MM
 // All experts in three grouped GEMMs (two with SwiGLU's w3): rows stay
-// grouped by expert and `offs` holds each expert's end row.
+// grouped by expert, `offs` ([E] int32 on the device) holds each expert's
+// end row and expert_of_row ([M] int64, only needed with biases) each row's
+// expert.
+torch::Tensor grouped_mm_core(const torch::Tensor& x, const torch::Tensor& offs, const torch::Tensor& expert_of_row,
+                              const ExpertWeights& w, Activation activation) {
+  auto linear = [&](const torch::Tensor& in, const torch::Tensor& weight, const torch::Tensor& bias) {
+    torch::Tensor out = at::_grouped_mm(in, weight.transpose(1, 2), offs);  // [M, out]
+    return bias.defined() ? out + bias.index_select(0, expert_of_row) : out;
+  };
+  const torch::Tensor h1 = linear(x, w.w1, w.b1);
+  const torch::Tensor h3 = w.w3.defined() ? linear(x, w.w3, torch::Tensor()) : torch::Tensor();
+  return linear(apply_activation(activation, h1, h3), w.w2, w.b2);
+}
+
 torch::Tensor grouped_mm_ffn(const torch::Tensor& x, const std::vector<int64_t>& tokens_per_expert,
                              const ExpertWeights& w, Activation activation) {
   const int64_t rows = x.size(0);
@@ -273,13 +287,17 @@ torch::Tensor grouped_mm_ffn(const torch::Tensor& x, const std::vector<int64_t>&
     const torch::Tensor counts = torch::tensor(tokens_per_expert, torch::kLong).to(x.device(), true);
     expert_of_row = torch::repeat_interleave(counts, c10::optional<int64_t>(rows));  // [0 x n0, 1 x n1, ...]
   }
-  auto linear = [&](const torch::Tensor& in, const torch::Tensor& weight, const torch::Tensor& bias) {
-    torch::Tensor out = at::_grouped_mm(in, weight.transpose(1, 2), offs);  // [M, out]
-    return bias.defined() ? out + bias.index_select(0, expert_of_row) : out;
-  };
-  const torch::Tensor h1 = linear(x, w.w1, w.b1);
-  const torch::Tensor h3 = w.w3.defined() ? linear(x, w.w3, torch::Tensor()) : torch::Tensor();
-  return linear(apply_activation(activation, h1, h3), w.w2, w.b2);
+  return grouped_mm_core(x, offs, expert_of_row, w, activation);
+}
+
+// CUDA autocast to bfloat16 is on (the trainer's train_conf.autocast: bf16).
+bool cuda_autocast_bf16() {
+  return at::autocast::is_autocast_enabled(at::kCUDA) && at::autocast::get_autocast_dtype(at::kCUDA) == at::kBFloat16;
+}
+
+// GroupedMm's shape conditions (16-byte strides in bfloat16, the expert limit).
+bool grouped_mm_shapes_fit(const torch::Tensor& x, const ExpertWeights& w) {
+  return x.dim() == 2 && x.size(1) % 8 == 0 && w.w1.dim() == 3 && w.w1.size(1) % 8 == 0 && w.w1.size(0) < 1024;
 }
 #endif
 
@@ -320,8 +338,7 @@ bool grouped_mm_applies(const torch::Tensor& x, const ExpertWeights& weights) {
 #if MOEKIT_HAVE_GROUPED_MM
   const auto bf16 = [](const torch::Tensor& t) { return !t.defined() || t.scalar_type() == torch::kBFloat16; };
   return x.is_cuda() && x.scalar_type() == torch::kBFloat16 && bf16(weights.w1) && bf16(weights.w2) &&
-         bf16(weights.w3) && bf16(weights.b1) && bf16(weights.b2) && x.size(1) % 8 == 0 &&
-         weights.w1.size(1) % 8 == 0 && weights.w1.size(0) < 1024;
+         bf16(weights.w3) && bf16(weights.b1) && bf16(weights.b2) && grouped_mm_shapes_fit(x, weights);
 #else
   (void)x;
   (void)weights;
@@ -406,6 +423,49 @@ torch::Tensor grouped_ffn(const torch::Tensor& x, const std::vector<int64_t>& to
                                    to_placeholder(weights.b2, x), tokens_per_expert,
                                    static_cast<int64_t>(options.activation),
                                    static_cast<int64_t>(options.kernel))[0];
+}
+
+bool grouped_mm_offsets_applies(const torch::Tensor& x, const ExpertWeights& weights) {
+#if MOEKIT_HAVE_GROUPED_MM
+  if (!x.is_cuda() || weights.int8() || !grouped_mm_shapes_fit(x, weights)) return false;
+  return grouped_mm_applies(x, weights) || (cuda_autocast_bf16() && x.is_floating_point());
+#else
+  (void)x;
+  (void)weights;
+  return false;
+#endif
+}
+
+torch::Tensor grouped_mm_ffn_offsets(const torch::Tensor& x, const torch::Tensor& offsets,
+                                     const ExpertWeights& weights, Activation activation) {
+  MOEKIT_CHECK_ARG(grouped_mm_offsets_applies(x, weights), "grouped_mm_ffn_offsets needs LibTorch >= 2.8 (this is ",
+                   TORCH_VERSION, ") and CUDA bfloat16 rows and weights (or CUDA bfloat16 autocast), widths that "
+                   "are multiples of 8; got ", x.device(), " ", x.scalar_type());
+  MOEKIT_CHECK_ARG(offsets.dim() == 1 && offsets.size(0) == weights.w1.size(0) && offsets.device() == x.device(),
+                   "grouped_mm_ffn_offsets: offsets must be [E=", weights.w1.size(0), "] on ", x.device());
+#if MOEKIT_HAVE_GROUPED_MM
+  MOEKIT_FAST_PATH("grouped_ffn.grouped_mm_offsets");
+  // Under autocast the rows and weights are cast here (autocast does not
+  // know at::_grouped_mm); gradients flow back to the float32 weights.
+  auto bf16 = [](const torch::Tensor& t) { return t.defined() ? t.to(torch::kBFloat16) : t; };
+  ExpertWeights w = weights;
+  w.w1 = bf16(w.w1);
+  w.b1 = bf16(w.b1);
+  w.w3 = bf16(w.w3);
+  w.w2 = bf16(w.w2);
+  w.b2 = bf16(w.b2);
+  const torch::Tensor rows = bf16(x).contiguous();
+  const torch::Tensor offs = offsets.to(torch::kInt32);
+  torch::Tensor expert_of_row;  // rows past the last offset get the last expert's bias (their output is unused)
+  if (w.b1.defined() || w.b2.defined()) {
+    const torch::Tensor index = torch::arange(rows.size(0), offs.options().dtype(torch::kInt64));
+    expert_of_row = torch::searchsorted(offs.to(torch::kInt64), index, /*out_int32=*/false, /*right=*/true)
+                        .clamp_max(w.w1.size(0) - 1);
+  }
+  return grouped_mm_core(rows, offs, expert_of_row, w, activation);
+#else
+  return torch::Tensor();
+#endif
 }
 
 }  // namespace moekit

@@ -69,6 +69,16 @@ torch::Tensor grouped_ffn(const torch::Tensor& x, const std::vector<int64_t>& to
 // fewer than 1024 experts. Auto takes it whenever it can.
 bool grouped_mm_applies(const torch::Tensor& x, const ExpertWeights& weights);
 
+// The experts over rows sorted by expert, with each expert's end row in
+// `offsets` ([E] integer, on x's device) instead of host counts: nothing
+// waits for the device. Rows past the last offset are padding whose output
+// is unspecified. Runs at::_grouped_mm (LibTorch >= 2.8) on CUDA bfloat16
+// rows and weights, or on float32 ones under CUDA bfloat16 autocast (cast
+// here: autocast does not cover at::_grouped_mm). Differentiable.
+bool grouped_mm_offsets_applies(const torch::Tensor& x, const ExpertWeights& weights);
+torch::Tensor grouped_mm_ffn_offsets(const torch::Tensor& x, const torch::Tensor& offsets,
+                                     const ExpertWeights& weights, Activation activation);
+
 // Which experts the small-rows kernel serves under `requested` (the others
 // run a BLAS GEMM each): Auto asks small_rows_serves (ops/grouped_linear.h)
 // per expert, CPU float32 only; with_panels: the weights' panels are at
