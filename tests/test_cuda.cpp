@@ -185,13 +185,19 @@ TEST(Cuda, GroupedMmMatchesPerExpertGemmInBfloat16) {
     MoELayer a(o);
     torch::manual_seed(6);
     MoELayer b(o);
+    torch::manual_seed(6);
+    MoELayer c(o);  // Auto dispatch: dropless on the device, group ends never on the host
     a->to(torch::kCUDA, torch::kBFloat16);
     b->to(torch::kCUDA, torch::kBFloat16);
+    c->to(torch::kCUDA, torch::kBFloat16);
+    a->set_dispatch(MoEDispatch::Sorted);
+    b->set_dispatch(MoEDispatch::Sorted);
     b->set_kernel(GroupedFfnKernel::PerExpertGemm);
     {  // positive inputs and a negative router row: expert 7 never gets a row
       torch::NoGradGuard no_grad;
       a->gate->weight[7].fill_(-1);
       b->gate->weight[7].fill_(-1);
+      c->gate->weight[7].fill_(-1);
     }
     torch::manual_seed(7);
     const torch::Tensor x = torch::randn({37, o.d_model}).abs().to(torch::kCUDA, torch::kBFloat16);
@@ -199,15 +205,25 @@ TEST(Cuda, GroupedMmMatchesPerExpertGemmInBfloat16) {
       GTEST_SKIP() << "this LibTorch (" << TORCH_VERSION << ") has no at::_grouped_mm";
     }
     const torch::Tensor xa = x.clone().requires_grad_(true), xb = x.clone().requires_grad_(true);
-    const torch::Tensor ya = a->forward(xa), yb = b->forward(xb);
+    const torch::Tensor xc = x.clone().requires_grad_(true);
+    const int64_t offsets_before = fast_path_count("grouped_ffn.grouped_mm_offsets");
+    const torch::Tensor ya = a->forward(xa), yb = b->forward(xb), yc = c->forward(xc);
+    EXPECT_EQ(fast_path_count("grouped_ffn.grouped_mm_offsets") - offsets_before, 1);
     ASSERT_EQ(a->last_stats().tokens_per_expert[7], 0);
+    EXPECT_EQ(c->last_stats().tokens_per_expert, b->last_stats().tokens_per_expert);
     const double scale = yb.abs().max().item<double>();
     EXPECT_LE(max_diff(ya, yb), 0.02 * scale);
+    EXPECT_LE(max_diff(yc, yb), 0.02 * scale);
     const torch::Tensor probe = torch::randn_like(ya);
     (ya.to(torch::kFloat) * probe).sum().backward();
     (yb.to(torch::kFloat) * probe).sum().backward();
-    EXPECT_LE(max_diff(xa.grad(), xb.grad()), 0.02 * std::max(1.0, xb.grad().abs().max().item<double>()));
-    expect_same_grads(*b, *a, 0.02, act == Activation::Swish ? "grouped_mm swish" : "grouped_mm swiglu");
+    (yc.to(torch::kFloat) * probe).sum().backward();
+    const double grad_scale = std::max(1.0, xb.grad().abs().max().item<double>());
+    EXPECT_LE(max_diff(xa.grad(), xb.grad()), 0.02 * grad_scale);
+    EXPECT_LE(max_diff(xc.grad(), xb.grad()), 0.02 * grad_scale);
+    const std::string name = act == Activation::Swish ? "swish" : "swiglu";
+    expect_same_grads(*b, *a, 0.02, "grouped_mm " + name);
+    expect_same_grads(*b, *c, 0.02, "grouped_mm with device offsets " + name);
   }
 }
 
