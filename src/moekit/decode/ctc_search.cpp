@@ -2,12 +2,24 @@
 
 #include <algorithm>
 #include <cmath>
+#include <unordered_map>
 
 #include "moekit/core/check.h"
 #include "moekit/decode/lexicon.h"
 #include "moekit/decode/ngram_lm.h"
 
 namespace moekit {
+
+namespace {
+// A prefix's hash (FNV-1a over its units), for the per-frame prefix index.
+struct PrefixHash {
+  size_t operator()(const std::vector<int64_t>& prefix) const {
+    uint64_t h = 1469598103934665603ull;
+    for (const int64_t u : prefix) h = (h ^ static_cast<uint64_t>(u)) * 1099511628211ull;
+    return static_cast<size_t>(h);
+  }
+};
+}  // namespace
 
 double log_add(double a, double b) {
   const double inf = std::numeric_limits<double>::infinity();
@@ -76,7 +88,9 @@ void CtcPrefixBeamSearch::advance(const torch::Tensor& log_probs_in) {
   for (int64_t t = 0; t < frames; ++t, ++frames_) {
     // Insertion-ordered map of the next prefixes, as WeNet's defaultdict.
     std::vector<std::pair<std::vector<int64_t>, PrefixScore>> next;
-    std::map<std::vector<int64_t>, size_t> index;
+    std::unordered_map<std::vector<int64_t>, size_t, PrefixHash> index;
+    next.reserve(hyps_.size() * static_cast<size_t>(k + 2));
+    index.reserve(hyps_.size() * static_cast<size_t>(k + 2));
     auto slot = [&](const std::vector<int64_t>& prefix, const std::string& word,
                     const std::vector<int32_t>& history) -> PrefixScore& {
       auto it = index.find(prefix);
