@@ -162,6 +162,8 @@ def main():
     ap.add_argument("--models", default="moe,dense", help="of moe, dense, moe_int8, moe_bf16 (the MoE model after "
                     "`moekit quantize --experts int8` / `bf16`)")
     ap.add_argument("--bench-args", default="", help="extra `bench asr` shape options, e.g. '--blocks 2'")
+    ap.add_argument("--perf", default="", help="a folder: record each server with `perf record --call-graph "
+                    "dwarf` into <folder>/<model>_<streams>_<set-up>.data (bench/serve_profile.py reads them)")
     a = ap.parse_args()
     # The saved models (1.1 GB each at the default size) go when the run ends.
     work = tempfile.mkdtemp(prefix="serve_bench_")
@@ -203,7 +205,13 @@ def run(a, work):
             for setup, (threads, decode_threads, batch, *window) in setups.items():
                 proc, port, log = start_server(a.moekit, model, threads, decode_threads, batch, a.chunk_size,
                                                *window)
+                perf = None
                 try:
+                    if a.perf:
+                        os.makedirs(a.perf, exist_ok=True)
+                        perf = subprocess.Popen(["perf", "record", "-F", "149", "--call-graph", "dwarf,16384", "-o",
+                                                 os.path.join(a.perf, f"{name}_{streams}_{setup}.data"), "-p",
+                                                 str(proc.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                     rss0 = resident_mb(proc.pid)
                     cpu0, t0, client0 = cpu_seconds(proc.pid), time.monotonic(), time.process_time()
                     result = asyncio.run(load(f"ws://127.0.0.1:{port}", pcm, streams, message, completing))
@@ -211,6 +219,9 @@ def run(a, work):
                     client_cpu = (time.process_time() - client0) / (time.monotonic() - t0)
                     rss1 = resident_mb(proc.pid)
                 finally:
+                    if perf:
+                        perf.send_signal(2)
+                        perf.wait()
                     proc.terminate()
                     proc.wait()
                 m = re.search(r"\((\d+) chunks in (\d+) encoder steps\)", open(log).read())
