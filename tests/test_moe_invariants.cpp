@@ -195,6 +195,23 @@ TEST(MoEInvariants, PaddedDispatchEqualsSortedDispatchWithGradients) {
       }
     }
   }
+  {  // every position padding: zero output, nothing counted, as the sorted dispatch
+    MoEOptions o = small_options(4, 2);
+    o.capacity_factor = 1.0;
+    MoELayer sorted(o), padded(o);
+    sorted->set_dispatch(MoEDispatch::Sorted);
+    padded->set_dispatch(MoEDispatch::Padded);
+    const torch::Tensor x = torch::randn({2, 3, o.d_model});
+    const torch::Tensor none = torch::zeros({2, 3}, torch::kBool);
+    EXPECT_EQ(padded->forward(x, {none}).abs().max().item<double>(), 0.0);
+    sorted->forward(x, {none});
+    const RouterStats sa = sorted->last_stats(), sb = padded->last_stats();
+    EXPECT_EQ(sa.tokens_per_expert, sb.tokens_per_expert);
+    EXPECT_EQ(sb.routed_tokens, 0);
+    EXPECT_EQ(sa.capacity, sb.capacity);
+    EXPECT_EQ(sb.dropped_assignments, 0);
+    EXPECT_EQ(sb.dropped_tokens, 0);
+  }
   MoELayer int8_layer(small_options(4, 2));
   int8_layer->eval();
   experts_to_int8(*int8_layer);

@@ -500,6 +500,7 @@ torch::Tensor MoELayerImpl::padded_forward(const torch::Tensor& input, const tor
   device.routed_tokens = valid.defined() ? valid.sum() : torch::full({}, n, index_options);
   device.capacity = capacity_factor > 0.0 ? (limit.defined() ? limit : torch::full({}, rows, index_options))
                                           : torch::zeros({}, index_options);
+  if (limit.defined()) device.capacity = device.capacity * (device.routed_tokens > 0);  // nothing routed: 0
   device.dropped_assignments = device.routed_tokens * k - kept.sum();
   torch::Tensor lost = kept.view({k, n}).sum(0) == 0;  // [N] tokens with no kept assignment
   if (valid.defined()) lost = lost.logical_and_(valid);
