@@ -365,7 +365,7 @@ std::vector<double> logged_train_losses(const std::string& exp) {
 // A small MoE LM trained for `steps` steps on `device` (no dropout: the
 // same computation on either device), paused at `max_steps` (0: not).
 TrainSummary train_tiny_lm(const std::string& exp, const torch::Device& device, const std::string& autocast,
-                           int64_t max_steps, bool resume) {
+                           int64_t max_steps, bool resume, const std::string& moe_dispatch = "auto") {
   LmConfig c = tiny_lm_config(true);
   const std::vector<int64_t> stream = patterned_tokens(3000, 13), valid = patterned_tokens(400, 11);
   LmDataOptions data;
@@ -381,6 +381,7 @@ TrainSummary train_tiny_lm(const std::string& exp, const torch::Device& device, 
   o.average_last = 1;
   o.seed = 3;
   o.autocast = autocast;
+  o.moe_dispatch = moe_dispatch;
   o.max_steps = max_steps;
   torch::manual_seed(o.seed);
   auto model = std::make_shared<LmModel>(c);
@@ -415,6 +416,22 @@ TEST(Cuda, LmTrainingStepsEqualCpuAndCheckpointsMoveBetweenThem) {
   train_tiny_lm(d + "/to_cuda", torch::kCPU, "none", 5, false);
   train_tiny_lm(d + "/to_cuda", gpu, "none", 0, true);
   expect_close_losses(cpu, logged_train_losses(d + "/to_cuda"), 1e-4, "CPU checkpoint resumed on CUDA");
+}
+
+TEST(Device, PaddedMoeDispatchTrainsAsTheSortedOne) {
+  // train_conf.moe_dispatch reaches every MoE layer; on the CPU the padded
+  // dispatch (the GPU's sync-free one) trains to the sorted one's losses.
+  const std::string d = temp_dir("moe_dispatch");
+  const int64_t before = fast_path_count("moe.padded_dispatch");
+  train_tiny_lm(d + "/sorted", torch::kCPU, "none", 0, false, "sorted");
+  EXPECT_EQ(fast_path_count("moe.padded_dispatch"), before);
+  train_tiny_lm(d + "/padded", torch::kCPU, "none", 0, false, "padded");
+  EXPECT_GT(fast_path_count("moe.padded_dispatch"), before);
+  const std::vector<double> sorted = logged_train_losses(d + "/sorted");
+  ASSERT_EQ(sorted.size(), 12u);
+  expect_close_losses(sorted, logged_train_losses(d + "/padded"), 1e-4, "padded dispatch");
+  const TensorMap wa = read_model_weights(d + "/sorted/final"), wb = read_model_weights(d + "/padded/final");
+  for (const auto& [name, t] : wa) EXPECT_LE(max_diff(t, wb.at(name)), 1e-4) << name;
 }
 
 TEST(Device, Bf16AutocastNeedsCuda) {

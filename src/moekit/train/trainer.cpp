@@ -131,6 +131,13 @@ class TrainLoop {
                      " needs --device cuda (training on the CPU runs in float32)");
     model_.to(device);
     task.set_device(device);
+    MOEKIT_CHECK_ARG(o.moe_dispatch != "padded" || o.ep_size == 1,
+                     "train_conf.moe_dispatch padded keeps every expert in one process: it cannot run with ep_size ",
+                     o.ep_size);
+    const MoEDispatch dispatch = o.moe_dispatch == "sorted"   ? MoEDispatch::Sorted
+                                 : o.moe_dispatch == "padded" ? MoEDispatch::Padded
+                                                              : MoEDispatch::Auto;
+    for (MoELayerImpl* moe : moe_layers(model_)) moe->set_dispatch(dispatch);
     if (lead_) metrics_ = std::make_unique<MetricsLog>(exp_dir + "/metrics.jsonl");
     for (auto& p : model_.parameters())
       if (p.requires_grad()) params_.push_back(p);

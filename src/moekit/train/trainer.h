@@ -41,6 +41,7 @@ struct TrainerOptions {
   double bucket_mb = 25.0;      // distributed runs: gradient all-reduce bucket size (DDP's bucket_cap_mb)
   bool overlap_grad_reduce = true;  // distributed runs: all-reduce buckets during the backward pass
   std::string autocast = "none";  // none | bf16: the forward pass under CUDA bfloat16 autocast (fp32 master weights)
+  std::string moe_dispatch = "auto";  // auto | sorted | padded: every MoE layer's MoEDispatch (moe/moe_layer.h)
 
   // The field table (core/fields.h) behind the functions below.
   static const FieldTable<TrainerOptions>& fields();

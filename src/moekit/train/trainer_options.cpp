@@ -53,6 +53,12 @@ const FieldTable<TrainerOptions>& trainer_fields() {
           .choice<std::string>("autocast", &O::autocast, {{"none", "none"}, {"bf16", "bf16"}},
                                "the forward pass under bfloat16 autocast (CUDA; fp32 master weights)")
           .write_if([](const O& o) { return o.autocast != "none"; })
+          .choice<std::string>("moe_dispatch", &O::moe_dispatch,
+                               {{"auto", "auto"}, {"sorted", "sorted"}, {"padded", "padded"}},
+                               "how MoE layers find their experts' tokens: auto (padded on a GPU where no host "
+                               "sync is then needed, else sorted), sorted (per-expert counts on the host) or "
+                               "padded (GShard's [E, C, D] buffer, never waits for the device)")
+          .write_if([](const O& o) { return o.moe_dispatch != "auto"; })
           .field("validate_first", &O::validate_first, "validate once before the first step of a fresh run");
   return table;
 }
