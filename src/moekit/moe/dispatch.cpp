@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <tuple>
 #include <vector>
 
 #include "moekit/core/check.h"
@@ -91,6 +92,15 @@ DispatchPlan make_dispatch_plan(const torch::Tensor& expert_index, int64_t num_e
 
 namespace detail {
 
+ExpertRanks rank_within_expert(const torch::Tensor& by_priority, int64_t buckets) {
+  ExpertRanks r;
+  std::tie(r.sorted_expert, r.order) = by_priority.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false);
+  r.counts = torch::bincount(by_priority, /*weights=*/{}, buckets);
+  const torch::Tensor starts = r.counts.cumsum(0) - r.counts;  // each expert's first sorted place
+  r.rank = torch::arange(by_priority.numel(), r.order.options()) - starts.index_select(0, r.sorted_expert);
+  return r;
+}
+
 // Device-agnostic version: ATen ops only (sort, bincount, ...), for GPUs.
 DispatchPlan make_dispatch_plan_tensor_ops(const torch::Tensor& expert_index, int64_t num_experts, int64_t capacity) {
   const int64_t num_tokens = expert_index.size(0), top_k = expert_index.size(1);
@@ -104,14 +114,11 @@ DispatchPlan make_dispatch_plan_tensor_ops(const torch::Tensor& expert_index, in
   }
 
   // Slot-major order: assignment s = j * N + n is token n's j-th choice.
-  const torch::Tensor by_priority = expert_index.t().reshape(-1);                      // [k*N]
-  auto [sorted_expert, order] = by_priority.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false);  // [k*N]
-  torch::Tensor counts = torch::bincount(by_priority, /*weights=*/{}, num_experts);   // [E]
+  const torch::Tensor by_priority = expert_index.t().reshape(-1);  // [k*N]
+  ExpertRanks ranked = rank_within_expert(by_priority, num_experts);
+  torch::Tensor order = ranked.order, counts = ranked.counts;     // [k*N], [E]
   if (plan.capacity > 0) {
-    const torch::Tensor starts = counts.cumsum(0) - counts;                            // [E]
-    const torch::Tensor rank = torch::arange(by_priority.numel(), order.options()) -
-                               starts.index_select(0, sorted_expert);                  // [k*N]
-    const torch::Tensor keep = rank < plan.capacity;
+    const torch::Tensor keep = ranked.rank < plan.capacity;
     order = order.masked_select(keep);
     counts = counts.clamp_max(plan.capacity);
     plan.dropped_assignments = by_priority.numel() - order.numel();

@@ -37,6 +37,16 @@ DispatchRows dispatch_rows_cpu(const int64_t* choice, int64_t num_tokens, int64_
                                int64_t capacity);
 
 namespace detail {
+// Device-side ranking of assignments, no host sync: by_priority [A] int64
+// holds each assignment's expert (in [0, buckets)) in priority order.
+// order: a stable sort of them by expert; sorted_expert: their experts in
+// that order; counts [buckets]: assignments per expert; rank: each sorted
+// assignment's place among its expert's (0 = its highest priority).
+struct ExpertRanks {
+  torch::Tensor order, sorted_expert, counts, rank;
+};
+ExpertRanks rank_within_expert(const torch::Tensor& by_priority, int64_t buckets);
+
 // The ATen-ops implementation (used for non-CPU tensors); same result as the
 // CPU loop. Exposed so tests can compare the two on CPU.
 DispatchPlan make_dispatch_plan_tensor_ops(const torch::Tensor& expert_index, int64_t num_experts, int64_t capacity);

@@ -364,20 +364,7 @@ torch::Tensor MoELayerImpl::forward(const torch::Tensor& input, const RouteInput
   const GateDecision decision = gate_top_k(logits, options_.top_k, options_.gating, options_.renormalize);
 
   // Router losses.
-  const bool want_balance = options_.aux_loss_coef > 0.0 || is_training();
-  const bool want_z = options_.z_loss_coef > 0.0 || is_training();
-  if (want_balance) {
-    const torch::Tensor balance = load_balancing_loss(logits, decision.expert_index);
-    stats.load_balancing_loss = balance.detach();
-    if (options_.aux_loss_coef > 0.0) aux = balance * options_.aux_loss_coef;
-  }
-  if (want_z) {
-    const torch::Tensor z = router_z_loss(logits);
-    stats.z_loss = z.detach();
-    if (options_.z_loss_coef > 0.0) {
-      aux = aux.defined() ? aux + z * options_.z_loss_coef : z * options_.z_loss_coef;
-    }
-  }
+  aux = router_losses(logits, decision.expert_index, torch::Tensor(), stats);
 
   // Dispatch, run the experts, combine.
   const DispatchPlan plan = make_dispatch_plan(decision.expert_index, options_.num_experts,
@@ -409,6 +396,22 @@ torch::Tensor MoELayerImpl::forward(const torch::Tensor& input, const RouteInput
   return torch::zeros({batch * time, d_model}, combined.options())
       .index_copy(0, valid_index, combined)
       .reshape(input.sizes());
+}
+
+torch::Tensor MoELayerImpl::router_losses(const torch::Tensor& logits, const torch::Tensor& expert_index,
+                                          const torch::Tensor& valid, RouterStats& stats) const {
+  torch::Tensor aux;
+  if (options_.aux_loss_coef > 0.0 || is_training()) {
+    const torch::Tensor balance = load_balancing_loss(logits, expert_index, valid);
+    stats.load_balancing_loss = balance.detach();
+    if (options_.aux_loss_coef > 0.0) aux = balance * options_.aux_loss_coef;
+  }
+  if (options_.z_loss_coef > 0.0 || is_training()) {
+    const torch::Tensor z = router_z_loss(logits, valid);
+    stats.z_loss = z.detach();
+    if (options_.z_loss_coef > 0.0) aux = aux.defined() ? aux + z * options_.z_loss_coef : z * options_.z_loss_coef;
+  }
+  return aux;
 }
 
 void MoELayerImpl::set_dispatch(MoEDispatch dispatch) {
@@ -451,17 +454,7 @@ torch::Tensor MoELayerImpl::padded_forward(const torch::Tensor& input, const tor
   const GateDecision decision = gate_top_k(logits, k, options_.gating, options_.renormalize);
 
   RouterStats stats;
-  torch::Tensor aux;
-  if (options_.aux_loss_coef > 0.0 || is_training()) {
-    const torch::Tensor balance = load_balancing_loss(logits, decision.expert_index, valid);
-    stats.load_balancing_loss = balance.detach();
-    if (options_.aux_loss_coef > 0.0) aux = balance * options_.aux_loss_coef;
-  }
-  if (options_.z_loss_coef > 0.0 || is_training()) {
-    const torch::Tensor z = router_z_loss(logits, valid);
-    stats.z_loss = z.detach();
-    if (options_.z_loss_coef > 0.0) aux = aux.defined() ? aux + z * options_.z_loss_coef : z * options_.z_loss_coef;
-  }
+  const torch::Tensor aux = router_losses(logits, decision.expert_index, valid, stats);
 
   // Capacity: the buffer is sized for all N positions (known on the host);
   // with padding the limit itself comes from the routed count, on the
@@ -484,13 +477,10 @@ torch::Tensor MoELayerImpl::padded_forward(const torch::Tensor& input, const tor
   torch::Tensor expert = decision.expert_index;  // [N, k]
   if (valid.defined()) expert = expert.masked_fill(valid.logical_not().unsqueeze(1), num_experts);
   const torch::Tensor by_priority = expert.t().reshape(-1);  // [k*N]
-  const auto sorted = by_priority.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false);
-  const torch::Tensor& sorted_expert = std::get<0>(sorted);
-  const torch::Tensor& order = std::get<1>(sorted);
-  const torch::Tensor wanted = torch::bincount(by_priority, /*weights=*/{}, num_experts + 1);  // [E + 1]
-  const torch::Tensor starts = wanted.cumsum(0) - wanted;
-  const torch::Tensor rank = torch::empty_like(by_priority).scatter_(
-      0, order, torch::arange(k * n, index_options) - starts.index_select(0, sorted_expert));  // [k*N]
+  const detail::ExpertRanks ranked = detail::rank_within_expert(by_priority, num_experts + 1);
+  const torch::Tensor& order = ranked.order;
+  const torch::Tensor& wanted = ranked.counts;  // [E + 1]
+  const torch::Tensor rank = torch::empty_like(by_priority).scatter_(0, order, ranked.rank);  // [k*N], priority order
   torch::Tensor keep = (by_priority < num_experts).logical_and_(limit.defined() ? rank < limit : rank < rows);
   const torch::Tensor weight = decision.expert_weight.t().reshape({k * n, 1});  // priority order
   DeviceStats device;

@@ -193,6 +193,11 @@ class MoELayerImpl : public torch::nn::Module {
   bool cpu_inference_applies(const torch::Tensor& x, const RouteInput& route) const;
   torch::Tensor cpu_inference_forward(const torch::Tensor& input, const torch::Tensor& x);
 
+  // The router losses a forward records in `stats`, over the `valid` tokens
+  // of `logits` (undefined: all); returns their weighted sum (undefined
+  // when both coefficients are 0).
+  torch::Tensor router_losses(const torch::Tensor& logits, const torch::Tensor& expert_index,
+                              const torch::Tensor& valid, RouterStats& stats) const;
   // The Padded dispatch (see MoEDispatch), for any routing, mask and capacity.
   bool padded_dispatch_applies(const torch::Tensor& x) const;
   torch::Tensor padded_forward(const torch::Tensor& input, const torch::Tensor& x, const RouteInput& route);
