@@ -14,6 +14,7 @@
 #include "test_util.h"
 #include "moekit/audio/audio_file.h"
 #include "moekit/core/file_io.h"
+#include "moekit/data/sentencepiece.h"
 #include "moekit/models/asr/wenet_import.h"
 #include "moekit/models/ffn_stack/ffn_stack.h"
 
@@ -221,6 +222,117 @@ TEST(Cli, ImportWenetNeedsAWenetDirectory) {
   EXPECT_EQ(run.exit_code, 1);
   EXPECT_NE(run.output.find("no final.pt"), std::string::npos) << run.output;
   EXPECT_EQ(lines(run.output), 1);
+}
+
+// A run on SentencePiece pieces keeps its model beside units.txt, so a
+// resumed run tokenizes its transcripts as the run it continues did (it used
+// to fall back to characters when --bpe-model was not given again).
+TEST(Cli, TrainAsrOnPiecesResumesWithTheRunsOwnSentencePieceModel) {
+  if (!have_audio_files()) GTEST_SKIP() << "built without libsndfile/libsoxr";
+  if (!have_sentencepiece() || std::system("command -v spm_train > /dev/null 2>&1") != 0)
+    GTEST_SKIP() << "SentencePiece tools (package sentencepiece) not installed";
+  const std::string d = temp_dir("cli_asr_pieces");
+  // Tone words: each letter a frequency, words of two or three letters.
+  const std::vector<std::string> words = {"ab", "cd", "abc", "dab", "cab"};
+  std::string list, text;
+  for (int i = 0; i < 12; ++i) {
+    std::vector<float> samples;
+    std::string txt;
+    for (int k = 0; k < 2; ++k) {
+      const std::string& word = words[(i * 3 + k) % words.size()];
+      txt += (k ? " " : "") + word;
+      for (char c : word) {
+        for (int n = 0; n < 1600; ++n)
+          samples.push_back(0.3f * static_cast<float>(std::sin(2 * M_PI * (300.0 + 250.0 * (c - 'a')) * n / 16000.0)));
+      }
+      samples.insert(samples.end(), 1600, 0.0f);
+    }
+    const std::string wav = d + "/utt" + std::to_string(i) + ".wav";
+    write_wav16(wav, samples, 16000);
+    list += nlohmann::json{{"key", "utt" + std::to_string(i)}, {"wav", wav}, {"txt", txt}}.dump() + "\n";
+    text += txt + "\n";
+  }
+  write_file_atomic(d + "/train.list", list);
+  write_file_atomic(d + "/text.txt", text);
+  for (const auto& [name, vocab] : std::vector<std::pair<std::string, int>>{{"bpe", 12}, {"other", 10}}) {
+    const std::string cmd = "spm_train --input=" + d + "/text.txt --model_prefix=" + d + "/" + name +
+                            " --vocab_size=" + std::to_string(vocab) + " --model_type=bpe --minloglevel=2 > /dev/null 2>&1";
+    ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  }
+  const SentencePieceTokenizer spm(d + "/bpe.model");
+  // No randomness in the loss, so a resumed run logs the whole run's losses.
+  const std::string model_conf =
+      "encoder_conf: {output_size: 32, attention_heads: 2, linear_units: 48, num_blocks: 2, dropout_rate: 0.0,"
+      " positional_dropout_rate: 0.0, attention_dropout_rate: 0.0, input_layer: conv2d, pos_enc_layer_type: rel_pos,"
+      " normalize_before: true, use_cnn_module: true, cnn_module_kernel: 3, causal: true, use_dynamic_chunk: false}\n"
+      "decoder_conf: {attention_heads: 2, linear_units: 48, num_blocks: 1, r_num_blocks: 1, dropout_rate: 0.0,"
+      " positional_dropout_rate: 0.0}\n"
+      "model_conf: {ctc_weight: 0.3, reverse_weight: 0.3, lsm_weight: 0.1}\n"
+      "dataset_conf: {fbank_conf: {num_mel_bins: 20, dither: 0.0}, batch_size: 4, spec_aug: false}\n";
+  const std::string schedule = "epochs: 3, lr: 0.002, warmup_steps: 2, total_steps: 6, log_interval: 1, average_last: 1";
+  write_file_atomic(d + "/whole.yaml", model_conf + "train_conf: {" + schedule + "}\n");
+  write_file_atomic(d + "/paused.yaml", model_conf + "train_conf: {" + schedule + ", max_steps: 3}\n");
+  auto train = [&](const std::string& config, const std::string& exp, const std::string& extra) {
+    return run_cli("--threads 1 train asr --config " + d + "/" + config + " --train-data " + d +
+                   "/train.list --cv-data " + d + "/train.list --exp-dir " + d + "/" + exp + extra);
+  };
+  const std::string bpe = " --bpe-model " + d + "/bpe.model";
+  CliRun run = train("whole.yaml", "whole", bpe);
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  run = train("paused.yaml", "paused", bpe);
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  EXPECT_EQ(read_file(d + "/paused/tokenizer.model"), read_file(d + "/bpe.model"));
+  EXPECT_EQ(read_file(d + "/paused/units.txt"), spm.units().serialize());
+
+  // Options that disagree with the run's own tokenizer are errors; a fresh
+  // start into the directory is refused and leaves its files alone.
+  run = train("whole.yaml", "paused", " --resume --bpe-model " + d + "/other.model");
+  EXPECT_EQ(run.exit_code, 1);
+  EXPECT_NE(run.output.find("is not the SentencePiece model of the run"), std::string::npos) << run.output;
+  EXPECT_EQ(lines(run.output), 1) << run.output;
+  write_file_atomic(d + "/chars.txt", "<blank> 0\n<unk> 1\na 2\nb 3\nc 4\nd 5\n\xe2\x96\x81 6\n<sos/eos> 7\n");
+  run = train("whole.yaml", "paused", " --resume --units " + d + "/chars.txt");
+  EXPECT_EQ(run.exit_code, 1);
+  EXPECT_NE(run.output.find("is not the units table of the run"), std::string::npos) << run.output;
+  run = train("whole.yaml", "paused", " --bpe-model " + d + "/other.model");
+  EXPECT_EQ(run.exit_code, 1);
+  EXPECT_NE(run.output.find("--resume"), std::string::npos) << run.output;
+  EXPECT_EQ(read_file(d + "/paused/tokenizer.model"), read_file(d + "/bpe.model"));
+  EXPECT_EQ(read_file(d + "/paused/units.txt"), spm.units().serialize());
+
+  // Resumed without --bpe-model: the pieces again, so the whole run's losses.
+  run = train("whole.yaml", "paused", " --resume");
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  auto losses = [](const std::string& exp_dir) {
+    std::vector<double> out;
+    std::istringstream in(read_file(exp_dir + "/metrics.jsonl"));
+    for (std::string line; std::getline(in, line);) {
+      const nlohmann::json j = nlohmann::json::parse(line);
+      if (j.contains("loss")) out.push_back(j["loss"].get<double>());
+    }
+    return out;
+  };
+  const std::vector<double> whole = losses(d + "/whole"), resumed = losses(d + "/paused");
+  ASSERT_EQ(whole.size(), 6u);
+  ASSERT_EQ(resumed.size(), whole.size());
+  for (size_t i = 0; i < whole.size(); ++i) EXPECT_NEAR(resumed[i], whole[i], 1e-5 * std::abs(whole[i])) << "step " << i + 1;
+  EXPECT_EQ(read_file(d + "/paused/final/tokenizer.model"), read_file(d + "/bpe.model"));
+  EXPECT_EQ(read_file(d + "/paused/final/units.txt"), spm.units().serialize());
+  // A run that kept no model (written before runs kept it) names the fix,
+  // and resumes on the pieces once given its --bpe-model.
+  run = train("paused.yaml", "legacy", bpe);
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  std::filesystem::remove(d + "/legacy/tokenizer.model");
+  run = train("whole.yaml", "legacy", " --resume");
+  EXPECT_EQ(run.exit_code, 1);
+  EXPECT_NE(run.output.find("keeps no tokenizer.model: resume with its --bpe-model"), std::string::npos) << run.output;
+  run = train("whole.yaml", "legacy", " --resume" + bpe);
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  EXPECT_EQ(losses(d + "/legacy"), resumed);
+  // Its text comes back as words: the pieces' boundaries are spaces.
+  run = run_cli("transcribe " + d + "/paused/final " + d + "/utt0.wav --mode ctc_greedy_search");
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  EXPECT_EQ(run.output.find("\xe2\x96\x81"), std::string::npos) << run.output;
 }
 
 }  // namespace moekit

@@ -12,6 +12,8 @@
 #include "moekit/core/file_io.h"
 #include "moekit/core/runtime.h"
 #include "moekit/data/asr_data.h"
+#include "moekit/data/sentencepiece.h"
+#include "moekit/data/units.h"
 #include "moekit/core/model_dir.h"
 #include "moekit/dist/process_group.h"
 #include "moekit/dist/sharded_checkpoint.h"
@@ -46,6 +48,81 @@ torch::Device training_device(const GlobalOptions& global) {
   return device;
 }
 
+namespace {
+
+// Whether a units table holds SentencePiece pieces (a unit of several
+// characters other than the specials), not characters.
+bool has_pieces(const Units& units) {
+  for (int64_t id = 0; id < units.size(); ++id) {
+    const std::string& s = units.symbol(id);
+    if (s.size() > 2 && s.front() == '<' && s.back() == '>') continue;
+    if (text_to_chars(s).size() > 1) return true;
+  }
+  return false;
+}
+
+bool holds_checkpoints(const std::string& exp_dir) {
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(exp_dir + "/checkpoints", ec))
+    if (entry.path().filename().string().rfind("step_", 0) == 0) return true;
+  return false;
+}
+
+struct AsrRunUnits {
+  Units units;
+  std::shared_ptr<const SentencePieceTokenizer> sentencepiece;  // null: character units
+};
+
+// The output units an ASR run trains on, and the SentencePiece model that
+// turns its transcripts into them. A new run takes --units, else the
+// --bpe-model pieces, else the characters of the training transcripts, and
+// keeps them in its directory (units.txt, and tokenizer.model for pieces). A
+// resumed run reads them back from there, so it tokenizes its transcripts
+// as the run it continues did, with or without the options; options that
+// disagree with them are errors.
+AsrRunUnits asr_run_units(const std::string& exp_dir, bool resume, const std::string& units_path,
+                          const std::string& bpe_model, const std::vector<Utterance>& train_data) {
+  const std::string run_units = exp_dir + "/units.txt", run_model = exp_dir + "/tokenizer.model";
+  AsrRunUnits r;
+  if (resume && path_exists(run_units)) {
+    r.units = Units::read(run_units);
+    if (!units_path.empty())
+      MOEKIT_CHECK_ARG(Units::read(units_path).serialize() == r.units.serialize(), "train asr: --units ", units_path,
+                       " is not the units table of the run in ", exp_dir, " (", run_units,
+                       "); resume without --units");
+    if (!bpe_model.empty()) {
+      const bool same = path_exists(run_model)
+                            ? read_file(bpe_model) == read_file(run_model)
+                            : SentencePieceTokenizer(bpe_model).units().serialize() == r.units.serialize();
+      MOEKIT_CHECK_ARG(same, "train asr: --bpe-model ", bpe_model, " is not the SentencePiece model of the run in ",
+                       exp_dir,
+                       path_exists(run_model) ? " (" + run_model + "); resume without --bpe-model"
+                                              : " (its units.txt has other units); resume with the one it started with");
+      if (!path_exists(run_model)) write_file_atomic(run_model, read_file(bpe_model));
+    }
+    if (path_exists(run_model)) r.sentencepiece = std::make_shared<SentencePieceTokenizer>(run_model);
+    // A run started before its SentencePiece model was kept: its units tell.
+    MOEKIT_CHECK_ARG(r.sentencepiece || !units_path.empty() || !has_pieces(r.units), "train asr: the units of the run in ",
+                     exp_dir, " (", run_units,
+                     ") are SentencePiece pieces but it keeps no tokenizer.model: resume with its --bpe-model (or "
+                     "with --units ", run_units, " if it trained on characters)");
+    return r;
+  }
+  if (!bpe_model.empty()) r.sentencepiece = std::make_shared<SentencePieceTokenizer>(bpe_model);
+  r.units = !units_path.empty()  ? Units::read(units_path)
+            : r.sentencepiece ? r.sentencepiece->units()
+                              : build_char_units(train_data);
+  // A directory with checkpoints belongs to a run the trainer will refuse
+  // to start over (without --resume): its files stay as they are.
+  if (!holds_checkpoints(exp_dir)) {
+    write_file_atomic(run_units, r.units.serialize());
+    if (r.sentencepiece) write_file_atomic(run_model, read_file(bpe_model));
+  }
+  return r;
+}
+
+}  // namespace
+
 void print_train_summary(const TrainSummary& summary) {
   if (dist::world()->rank() != 0) return;  // one report per run
   if (!summary.completed) {
@@ -74,8 +151,11 @@ void add_train_command(CLI::App& app, const GlobalOptions& global) {
   asr->add_option("--cv-data", o->cv_data, "Validation data, same formats")->required();
   asr->add_option("--exp-dir", o->exp_dir, "Experiment directory (checkpoints/, metrics.jsonl, final/)")->required();
   asr->add_option("--units", o->units,
-                  "units.txt (default: the --bpe-model pieces, else the characters of the training transcripts)");
-  asr->add_option("--bpe-model", o->bpe_model, "SentencePiece model: transcripts become its pieces (WeNet's bpe_model)");
+                  "units.txt (default: the --bpe-model pieces, else the characters of the training transcripts; "
+                  "a resumed run keeps its own)");
+  asr->add_option("--bpe-model", o->bpe_model,
+                  "SentencePiece model: transcripts become its pieces (WeNet's bpe_model; kept in --exp-dir, so "
+                  "--resume needs it no more)");
   asr->add_flag("--resume", o->resume, "Continue from the newest checkpoint in --exp-dir");
   add_train_lm_command(*train, global);
   add_train_seq2seq_command(*train, global);
@@ -87,15 +167,8 @@ void add_train_command(CLI::App& app, const GlobalOptions& global) {
     const std::vector<Utterance> train_data = read_asr_data(o->train_data);
     const std::vector<Utterance> cv_data = read_asr_data(o->cv_data);
     make_dirs(o->exp_dir);
-    // Units: given, or those of a run being resumed, or built from the training text.
-    std::shared_ptr<const SentencePieceTokenizer> sentencepiece;
-    if (!o->bpe_model.empty()) sentencepiece = std::make_shared<SentencePieceTokenizer>(o->bpe_model);
-    Units units;
-    if (!o->units.empty()) units = Units::read(o->units);
-    else if (sentencepiece) units = sentencepiece->units();
-    else if (o->resume && path_exists(o->exp_dir + "/units.txt")) units = Units::read(o->exp_dir + "/units.txt");
-    else units = build_char_units(train_data);
-    write_file_atomic(o->exp_dir + "/units.txt", units.serialize());
+    const AsrRunUnits run_units = asr_run_units(o->exp_dir, o->resume, o->units, o->bpe_model, train_data);
+    const Units& units = run_units.units;
     YAML::Node arch;
     for (const char* key : {"encoder_conf", "decoder_conf", "model_conf"})
       if (y[key].IsDefined()) arch[key] = y[key];
@@ -118,7 +191,7 @@ void add_train_command(CLI::App& app, const GlobalOptions& global) {
     const ParameterCount count = count_parameters(*model);
     std::cerr << "asr model: " << count.total << " parameters, " << count.active << " active per frame; "
               << train_data.size() << " training / " << cv_data.size() << " validation utterances\n";
-    AsrTrainTask task(model, units, train_data, cv_data, data_options, trainer.seed, sentencepiece);
+    AsrTrainTask task(model, units, train_data, cv_data, data_options, trainer.seed, run_units.sentencepiece);
     const TrainSummary summary = moekit::train(task, trainer, o->exp_dir, o->resume, device);
     print_train_summary(summary);
   });
