@@ -232,23 +232,13 @@ TEST(Cli, TrainAsrOnPiecesResumesWithTheRunsOwnSentencePieceModel) {
   if (!have_sentencepiece() || std::system("command -v spm_train > /dev/null 2>&1") != 0)
     GTEST_SKIP() << "SentencePiece tools (package sentencepiece) not installed";
   const std::string d = temp_dir("cli_asr_pieces");
-  // Tone words: each letter a frequency, words of two or three letters.
+  // Tone words of two or three letters.
   const std::vector<std::string> words = {"ab", "cd", "abc", "dab", "cab"};
   std::string list, text;
   for (int i = 0; i < 12; ++i) {
-    std::vector<float> samples;
-    std::string txt;
-    for (int k = 0; k < 2; ++k) {
-      const std::string& word = words[(i * 3 + k) % words.size()];
-      txt += (k ? " " : "") + word;
-      for (char c : word) {
-        for (int n = 0; n < 1600; ++n)
-          samples.push_back(0.3f * static_cast<float>(std::sin(2 * M_PI * (300.0 + 250.0 * (c - 'a')) * n / 16000.0)));
-      }
-      samples.insert(samples.end(), 1600, 0.0f);
-    }
+    const std::string txt = words[(i * 3) % words.size()] + " " + words[(i * 3 + 1) % words.size()];
     const std::string wav = d + "/utt" + std::to_string(i) + ".wav";
-    write_wav16(wav, samples, 16000);
+    write_tone_wav(wav, txt);
     list += nlohmann::json{{"key", "utt" + std::to_string(i)}, {"wav", wav}, {"txt", txt}}.dump() + "\n";
     text += txt + "\n";
   }
@@ -261,14 +251,7 @@ TEST(Cli, TrainAsrOnPiecesResumesWithTheRunsOwnSentencePieceModel) {
   }
   const SentencePieceTokenizer spm(d + "/bpe.model");
   // No randomness in the loss, so a resumed run logs the whole run's losses.
-  const std::string model_conf =
-      "encoder_conf: {output_size: 32, attention_heads: 2, linear_units: 48, num_blocks: 2, dropout_rate: 0.0,"
-      " positional_dropout_rate: 0.0, attention_dropout_rate: 0.0, input_layer: conv2d, pos_enc_layer_type: rel_pos,"
-      " normalize_before: true, use_cnn_module: true, cnn_module_kernel: 3, causal: true, use_dynamic_chunk: false}\n"
-      "decoder_conf: {attention_heads: 2, linear_units: 48, num_blocks: 1, r_num_blocks: 1, dropout_rate: 0.0,"
-      " positional_dropout_rate: 0.0}\n"
-      "model_conf: {ctc_weight: 0.3, reverse_weight: 0.3, lsm_weight: 0.1}\n"
-      "dataset_conf: {fbank_conf: {num_mel_bins: 20, dither: 0.0}, batch_size: 4, spec_aug: false}\n";
+  const std::string model_conf = deterministic_asr_train_yaml(/*moe=*/false);
   const std::string schedule = "epochs: 3, lr: 0.002, warmup_steps: 2, total_steps: 6, log_interval: 1, average_last: 1";
   write_file_atomic(d + "/whole.yaml", model_conf + "train_conf: {" + schedule + "}\n");
   write_file_atomic(d + "/paused.yaml", model_conf + "train_conf: {" + schedule + ", max_steps: 3}\n");

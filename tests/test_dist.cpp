@@ -18,6 +18,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "asr_test_util.h"
 #include "cli_test_util.h"
 #include "moekit/audio/audio_file.h"
 #include "moekit/core/model_dir.h"
@@ -603,38 +604,21 @@ TEST(Dist, DataAndExpertParallelAsrTrainingEqualOneProcessWithTheSameGlobalBatch
   SKIP_WITHOUT_GLOO();
   if (!have_audio_files()) GTEST_SKIP() << "built without libsndfile/libsoxr";
   const std::string d = temp_dir("dist_asr");
-  // Tone "words": each letter a frequency.
   std::string list, cv;
   for (int i = 0; i < 16; ++i) {
-    std::vector<float> samples;
     std::string text;
-    for (int k = 0; k < 2 + i % 3; ++k) {
-      const int which = (i * 7 + k * 3) % 4;
-      text += "abcd"[which];
-      for (int n = 0; n < 1920; ++n)
-        samples.push_back(0.3f * static_cast<float>(std::sin(2 * M_PI * (300.0 + 250.0 * which) * n / 16000.0)));
-      samples.insert(samples.end(), 800, 0.0f);
-    }
+    for (int k = 0; k < 2 + i % 3; ++k) text += "abcd"[(i * 7 + k * 3) % 4];
     const std::string wav = d + "/utt" + std::to_string(i) + ".wav";
-    write_wav16(wav, samples, 16000);
+    write_tone_wav(wav, text);
     const std::string line = nlohmann::json{{"key", "utt" + std::to_string(i)}, {"wav", wav}, {"txt", text}}.dump();
     list += line + "\n";
     if (i < 4) cv += line + "\n";
   }
   write_file_atomic(d + "/train.list", list);
   write_file_atomic(d + "/cv.list", cv);
-  // No randomness in the loss (dropout, dither, SpecAugment, dynamic
-  // chunks): one process with accum_grad 2 and two with 1 see the same
-  // global batches and must log the same losses.
-  const std::string model_conf =
-      "encoder_conf: {output_size: 32, attention_heads: 2, linear_units: 48, num_blocks: 2, dropout_rate: 0.0,"
-      " positional_dropout_rate: 0.0, attention_dropout_rate: 0.0, input_layer: conv2d, pos_enc_layer_type: rel_pos,"
-      " normalize_before: true, use_cnn_module: true, cnn_module_kernel: 3, causal: true, use_dynamic_chunk: false,"
-      " mlp_type: moe, n_expert: 4, n_expert_activated: 2}\n"
-      "decoder_conf: {attention_heads: 2, linear_units: 48, num_blocks: 1, r_num_blocks: 1, dropout_rate: 0.0,"
-      " positional_dropout_rate: 0.0, mlp_type: moe, n_expert: 4, n_expert_activated: 2}\n"
-      "model_conf: {ctc_weight: 0.3, reverse_weight: 0.3, lsm_weight: 0.1}\n"
-      "dataset_conf: {fbank_conf: {num_mel_bins: 20, dither: 0.0}, batch_size: 2, spec_aug: false}\n";
+  // One process with accum_grad 2 and two with 1 see the same global
+  // batches and must log the same losses.
+  const std::string model_conf = deterministic_asr_train_yaml(/*moe=*/true);
   const std::string schedule = "epochs: 2, lr: 0.002, warmup_steps: 2, total_steps: 5, log_interval: 1, average_last: 1";
   write_file_atomic(d + "/one.yaml", model_conf + "train_conf: {" + schedule + ", accum_grad: 2}\n");
   write_file_atomic(d + "/dp.yaml", model_conf + "train_conf: {" + schedule + ", accum_grad: 1}\n");
