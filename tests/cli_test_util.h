@@ -4,7 +4,12 @@
 
 #include <array>
 #include <cstdio>
+#include <nlohmann/json.hpp>
+#include <sstream>
 #include <string>
+#include <vector>
+
+#include "moekit/core/file_io.h"
 
 namespace moekit {
 
@@ -30,6 +35,17 @@ inline int lines(const std::string& text) {
   int count = 0;
   for (char c : text) count += c == '\n';
   return count;
+}
+
+// The loss of every step a training run logged (<exp_dir>/metrics.jsonl).
+inline std::vector<double> logged_losses(const std::string& exp_dir) {
+  std::vector<double> losses;
+  std::istringstream in(read_file(exp_dir + "/metrics.jsonl"));
+  for (std::string line; std::getline(in, line);) {
+    const nlohmann::json j = nlohmann::json::parse(line);
+    if (j.contains("loss")) losses.push_back(j["loss"].get<double>());
+  }
+  return losses;
 }
 
 }  // namespace moekit

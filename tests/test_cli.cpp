@@ -286,16 +286,7 @@ TEST(Cli, TrainAsrOnPiecesResumesWithTheRunsOwnSentencePieceModel) {
   // Resumed without --bpe-model: the pieces again, so the whole run's losses.
   run = train("whole.yaml", "paused", " --resume");
   ASSERT_EQ(run.exit_code, 0) << run.output;
-  auto losses = [](const std::string& exp_dir) {
-    std::vector<double> out;
-    std::istringstream in(read_file(exp_dir + "/metrics.jsonl"));
-    for (std::string line; std::getline(in, line);) {
-      const nlohmann::json j = nlohmann::json::parse(line);
-      if (j.contains("loss")) out.push_back(j["loss"].get<double>());
-    }
-    return out;
-  };
-  const std::vector<double> whole = losses(d + "/whole"), resumed = losses(d + "/paused");
+  const std::vector<double> whole = logged_losses(d + "/whole"), resumed = logged_losses(d + "/paused");
   ASSERT_EQ(whole.size(), 6u);
   ASSERT_EQ(resumed.size(), whole.size());
   for (size_t i = 0; i < whole.size(); ++i) EXPECT_NEAR(resumed[i], whole[i], 1e-5 * std::abs(whole[i])) << "step " << i + 1;
@@ -311,7 +302,7 @@ TEST(Cli, TrainAsrOnPiecesResumesWithTheRunsOwnSentencePieceModel) {
   EXPECT_NE(run.output.find("keeps no tokenizer.model: resume with its --bpe-model"), std::string::npos) << run.output;
   run = train("whole.yaml", "legacy", " --resume" + bpe);
   ASSERT_EQ(run.exit_code, 0) << run.output;
-  EXPECT_EQ(losses(d + "/legacy"), resumed);
+  EXPECT_EQ(logged_losses(d + "/legacy"), resumed);
   // Its text comes back as words: the pieces' boundaries are spaces.
   run = run_cli("transcribe " + d + "/paused/final " + d + "/utt0.wav --mode ctc_greedy_search");
   ASSERT_EQ(run.exit_code, 0) << run.output;

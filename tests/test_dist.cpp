@@ -471,16 +471,6 @@ TEST(Dist, LaunchReportsACommandThatCannotRun) {
 // ---- data-parallel training through the CLI --------------------------
 
 // The loss of every logged step in an experiment's metrics.jsonl.
-std::vector<double> logged_losses(const std::string& exp_dir) {
-  std::vector<double> losses;
-  std::istringstream in(read_file(exp_dir + "/metrics.jsonl"));
-  for (std::string line; std::getline(in, line);) {
-    const nlohmann::json j = nlohmann::json::parse(line);
-    if (j.contains("loss")) losses.push_back(j["loss"].get<double>());
-  }
-  return losses;
-}
-
 // Over the trained parameters: BatchNorm's running statistics are averaged
 // over the ranks' own batches, which is not the order one process sees them in.
 double max_weight_difference(const std::string& a, const std::string& b) {
