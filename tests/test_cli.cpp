@@ -271,7 +271,7 @@ TEST(Cli, TrainAsrOnPiecesResumesWithTheRunsOwnSentencePieceModel) {
   // start into the directory is refused and leaves its files alone.
   run = train("whole.yaml", "paused", " --resume --bpe-model " + d + "/other.model");
   EXPECT_EQ(run.exit_code, 1);
-  EXPECT_NE(run.output.find("is not the SentencePiece model of the run"), std::string::npos) << run.output;
+  EXPECT_NE(run.output.find("is not the tokenizer the run in"), std::string::npos) << run.output;
   EXPECT_EQ(lines(run.output), 1) << run.output;
   write_file_atomic(d + "/chars.txt", "<blank> 0\n<unk> 1\na 2\nb 3\nc 4\nd 5\n\xe2\x96\x81 6\n<sos/eos> 7\n");
   run = train("whole.yaml", "paused", " --resume --units " + d + "/chars.txt");

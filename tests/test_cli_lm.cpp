@@ -33,16 +33,26 @@ TEST(CliLm, TokenizerTrainGenerateGrowUpcycleExport) {
                     "log_interval: 2, average_last: 1}\n");
   CliRun r = run_cli("tokenizer train --input " + d + "/train.txt --output " + d + "/tok.model --vocab-size 300");
   ASSERT_EQ(r.exit_code, 0) << r.output;
-  const std::string train = "train lm --config " + d + "/lm.yaml --train-text " + d + "/train.txt --valid-text " + d +
-                            "/valid.txt --tokenizer " + d + "/tok.model --exp-dir " + d + "/exp";
+  const std::string run = "train lm --config " + d + "/lm.yaml --train-text " + d + "/train.txt --valid-text " + d +
+                          "/valid.txt --exp-dir " + d + "/exp";
+  const std::string train = run + " --tokenizer " + d + "/tok.model";
   r = run_cli("--threads 1 " + train + " --total-steps 3");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("tokens/s"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("mfu"), std::string::npos) << r.output;
+  EXPECT_EQ(read_file(d + "/exp/tokenizer.model"), read_file(d + "/tok.model"));  // the run keeps its tokenizer
   r = run_cli("--threads 1 " + train);  // an existing run is not overwritten
   EXPECT_NE(r.exit_code, 0);
   EXPECT_NE(r.output.find("--resume"), std::string::npos) << r.output;
-  r = run_cli("--threads 1 " + train + " --resume");  // continues to total_steps 6
+  // Resumed with another tokenizer (the same size: the model would load):
+  // refused by name, since the run's text would become other ids.
+  r = run_cli("tokenizer train --input " + d + "/train.txt --output " + d + "/other.model --vocab-size 300 --seed 7 "
+              "--model-type unigram");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  r = run_cli("--threads 1 " + run + " --tokenizer " + d + "/other.model --resume");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.output.find("is not the tokenizer the run in"), std::string::npos) << r.output;
+  r = run_cli("--threads 1 " + run + " --resume");  // its own tokenizer; continues to total_steps 6
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("trained 6 steps"), std::string::npos) << r.output;
   const std::string model = d + "/exp/final";

@@ -73,6 +73,20 @@ TEST(CliSeq2seq, TrainTranslateExtractEval) {
   EXPECT_NE(r.output.find("task sampling (T = 5): de 0.5 fr 0.5"), std::string::npos) << r.output;
   const std::string model = d + "/exp/final";
   ASSERT_TRUE(path_exists(model + "/tokenizer.model"));
+  // The run keeps its tokenizer: a resumed run reads that copy, another one
+  // is refused by name, and a new run needs --tokenizer.
+  EXPECT_EQ(read_file(d + "/exp/tokenizer.model"), read_file(d + "/tok.model"));
+  r = run_cli("tokenizer train --input " + d + "/text.txt --output " + d +
+              "/retrained.model --vocab-size 300 --user-symbols '<2de>' '<2fr>'");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const std::string untokenized = "--threads 1 train seq2seq --config " + d + "/s2s.yaml --train-data " + d +
+                                  "/train.tsv --valid-data " + d + "/valid.tsv --exp-dir " + d;
+  r = run_cli(untokenized + "/exp --resume --tokenizer " + d + "/retrained.model");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.output.find("is not the tokenizer the run in"), std::string::npos) << r.output;
+  r = run_cli(untokenized + "/exp_new");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.output.find("--tokenizer is required"), std::string::npos) << r.output;
 
   r = run_cli("info " + model);
   ASSERT_EQ(r.exit_code, 0) << r.output;

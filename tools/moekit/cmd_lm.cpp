@@ -62,7 +62,9 @@ void add_train_lm_command(CLI::App& train, const GlobalOptions& global) {
   lm->add_option("--config", o->config, "Training config (YAML)")->required()->check(CLI::ExistingFile);
   lm->add_option("--train-text", o->train_text, "Training text, one document per line")->required()->check(CLI::ExistingFile);
   lm->add_option("--valid-text", o->valid_text, "Validation text, one document per line")->required()->check(CLI::ExistingFile);
-  lm->add_option("--tokenizer", o->tokenizer, "SentencePiece .model or HF tokenizer.json (default: the --init model's)");
+  lm->add_option("--tokenizer", o->tokenizer,
+                 "SentencePiece .model or HF tokenizer.json (default: the --init model's; a resumed run reads the "
+                 "copy it keeps in --exp-dir)");
   lm->add_option("--exp-dir", o->exp_dir, "Experiment directory (checkpoints/, metrics.jsonl, final/)")->required();
   lm->add_option("--init", o->init, "Start from this model directory (a grown or upcycled model): its architecture "
                                     "and weights replace the config's model section");
@@ -86,6 +88,16 @@ void add_train_lm_command(CLI::App& train, const GlobalOptions& global) {
       } catch (const std::invalid_argument&) {
       }
     }
+    // The run keeps its tokenizer (tokenizer.json or tokenizer.model, as
+    // given); a resumed run reads the one it kept.
+    const bool kept_json = path_exists(o->exp_dir + "/tokenizer.json");
+    const bool json = o->resume && (kept_json || path_exists(o->exp_dir + "/tokenizer.model"))
+                          ? kept_json
+                          : tokenizer_path.size() >= 5 && tokenizer_path.compare(tokenizer_path.size() - 5, 5, ".json") == 0;
+    tokenizer_path = json ? run_tokenizer_file(o->exp_dir, o->resume, tokenizer_path, "tokenizer.json",
+                                               "train lm: --tokenizer", {"tokenizer_config.json"})
+                          : run_tokenizer_file(o->exp_dir, o->resume, tokenizer_path, "tokenizer.model",
+                                               "train lm: --tokenizer");
     MOEKIT_CHECK_ARG(!tokenizer_path.empty(),
                      "train lm: no tokenizer: pass --tokenizer (a tokenizer.json, or moekit tokenizer train makes one)");
     const LmTokenizer tokenizer(tokenizer_path);

@@ -55,8 +55,8 @@ void add_train_seq2seq_command(CLI::App& train, const GlobalOptions& global) {
       ->check(CLI::ExistingFile);
   cmd->add_option("--valid-data", o->valid_data, "Validation pairs, same format")->required()->check(CLI::ExistingFile);
   cmd->add_option("--tokenizer", o->tokenizer,
-                  "SentencePiece model shared by sources and targets, with a <2task> piece per task")
-      ->required()
+                  "SentencePiece model shared by sources and targets, with a <2task> piece per task (a resumed run "
+                  "reads the copy it keeps in --exp-dir)")
       ->check(CLI::ExistingFile);
   cmd->add_option("--exp-dir", o->exp_dir, "Experiment directory (checkpoints/, metrics.jsonl, final/)")->required();
   cmd->add_option("--total-steps", o->total_steps, "Override train_conf.total_steps (the run's length)");
@@ -71,8 +71,12 @@ void add_train_seq2seq_command(CLI::App& train, const GlobalOptions& global) {
     for (const char* key : {"vocab_size", "pad_id", "bos_id", "eos_id"}) {
       MOEKIT_CHECK_ARG(!y["model"][key].IsDefined(), o->config, ": model.", key, " comes from the tokenizer; remove it");
     }
-    const LmTokenizer tokenizer(o->tokenizer);
-    MOEKIT_CHECK_ARG(tokenizer.bos_id() >= 0 && tokenizer.eos_id() >= 0, o->tokenizer, ": needs <s> and </s> pieces");
+    const std::string tokenizer_path =
+        run_tokenizer_file(o->exp_dir, o->resume, o->tokenizer, "tokenizer.model", "train seq2seq: --tokenizer");
+    MOEKIT_CHECK_ARG(!tokenizer_path.empty(), "train seq2seq: --tokenizer is required (a SentencePiece model with a "
+                                              "<2task> piece per task; moekit tokenizer train makes one)");
+    const LmTokenizer tokenizer(tokenizer_path);
+    MOEKIT_CHECK_ARG(tokenizer.bos_id() >= 0 && tokenizer.eos_id() >= 0, tokenizer_path, ": needs <s> and </s> pieces");
     const std::vector<ParallelLine> train_lines = read_parallel_tsv(o->train_data);
     const std::vector<ParallelLine> valid_lines = read_parallel_tsv(o->valid_data);
     YAML::Node arch = YAML::Clone(y["model"]);
@@ -94,7 +98,7 @@ void add_train_seq2seq_command(CLI::App& train, const GlobalOptions& global) {
               << "seq2seq: " << count.total << " parameters, " << count.active << " active per token; "
               << train.size() << " training / " << valid.size() << " validation pairs\n";
     make_dirs(o->exp_dir);
-    Seq2seqTrainTask task(model, std::move(train), std::move(valid), data, trainer.seed, o->tokenizer);
+    Seq2seqTrainTask task(model, std::move(train), std::move(valid), data, trainer.seed, tokenizer_path);
     if (task.skipped_too_long() > 0) {
       std::cerr << "seq2seq: " << task.skipped_too_long() << " training pairs longer than max_source_len / "
                 << "max_target_len are left out\n";

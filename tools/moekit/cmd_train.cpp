@@ -76,13 +76,13 @@ struct AsrRunUnits {
 // The output units an ASR run trains on, and the SentencePiece model that
 // turns its transcripts into them. A new run takes --units, else the
 // --bpe-model pieces, else the characters of the training transcripts, and
-// keeps them in its directory (units.txt, and tokenizer.model for pieces). A
+// keeps them in its directory (units.txt; tokenizer.model for pieces). A
 // resumed run reads them back from there, so it tokenizes its transcripts
 // as the run it continues did, with or without the options; options that
 // disagree with them are errors.
 AsrRunUnits asr_run_units(const std::string& exp_dir, bool resume, const std::string& units_path,
                           const std::string& bpe_model, const std::vector<Utterance>& train_data) {
-  const std::string run_units = exp_dir + "/units.txt", run_model = exp_dir + "/tokenizer.model";
+  const std::string run_units = exp_dir + "/units.txt";
   AsrRunUnits r;
   if (resume && path_exists(run_units)) {
     r.units = Units::read(run_units);
@@ -90,38 +90,68 @@ AsrRunUnits asr_run_units(const std::string& exp_dir, bool resume, const std::st
       MOEKIT_CHECK_ARG(Units::read(units_path).serialize() == r.units.serialize(), "train asr: --units ", units_path,
                        " is not the units table of the run in ", exp_dir, " (", run_units,
                        "); resume without --units");
-    if (!bpe_model.empty()) {
-      const bool same = path_exists(run_model)
-                            ? read_file(bpe_model) == read_file(run_model)
-                            : SentencePieceTokenizer(bpe_model).units().serialize() == r.units.serialize();
-      MOEKIT_CHECK_ARG(same, "train asr: --bpe-model ", bpe_model, " is not the SentencePiece model of the run in ",
-                       exp_dir,
-                       path_exists(run_model) ? " (" + run_model + "); resume without --bpe-model"
-                                              : " (its units.txt has other units); resume with the one it started with");
-      if (!path_exists(run_model)) write_file_atomic(run_model, read_file(bpe_model));
-    }
-    if (path_exists(run_model)) r.sentencepiece = std::make_shared<SentencePieceTokenizer>(run_model);
-    // A run started before its SentencePiece model was kept: its units tell.
-    MOEKIT_CHECK_ARG(r.sentencepiece || !units_path.empty() || !has_pieces(r.units), "train asr: the units of the run in ",
-                     exp_dir, " (", run_units,
+    const bool kept = path_exists(exp_dir + "/tokenizer.model");
+    // A run started before runs kept their SentencePiece model: its units tell.
+    MOEKIT_CHECK_ARG(kept || bpe_model.empty() ||
+                         SentencePieceTokenizer(bpe_model).units().serialize() == r.units.serialize(),
+                     "train asr: --bpe-model ", bpe_model, " does not make the units of the run in ", exp_dir, " (",
+                     run_units, "); resume with the one it started with");
+    MOEKIT_CHECK_ARG(kept || !bpe_model.empty() || !units_path.empty() || !has_pieces(r.units),
+                     "train asr: the units of the run in ", exp_dir, " (", run_units,
                      ") are SentencePiece pieces but it keeps no tokenizer.model: resume with its --bpe-model (or "
                      "with --units ", run_units, " if it trained on characters)");
+    const std::string model =
+        run_tokenizer_file(exp_dir, true, bpe_model, "tokenizer.model", "train asr: --bpe-model");
+    if (!model.empty()) r.sentencepiece = std::make_shared<SentencePieceTokenizer>(model);
     return r;
   }
-  if (!bpe_model.empty()) r.sentencepiece = std::make_shared<SentencePieceTokenizer>(bpe_model);
+  const std::string model = run_tokenizer_file(exp_dir, false, bpe_model, "tokenizer.model", "train asr: --bpe-model");
+  if (!model.empty()) r.sentencepiece = std::make_shared<SentencePieceTokenizer>(model);
   r.units = !units_path.empty()  ? Units::read(units_path)
             : r.sentencepiece ? r.sentencepiece->units()
                               : build_char_units(train_data);
   // A directory with checkpoints belongs to a run the trainer will refuse
   // to start over (without --resume): its files stay as they are.
-  if (!holds_checkpoints(exp_dir)) {
-    write_file_atomic(run_units, r.units.serialize());
-    if (r.sentencepiece) write_file_atomic(run_model, read_file(bpe_model));
-  }
+  if (!holds_checkpoints(exp_dir)) write_file_atomic(run_units, r.units.serialize());
   return r;
 }
 
 }  // namespace
+
+std::string run_tokenizer_file(const std::string& exp_dir, bool resume, const std::string& given,
+                               const std::string& kept_name, const std::string& option,
+                               const std::vector<std::string>& siblings) {
+  const std::string kept = exp_dir + "/" + kept_name;
+  // A sibling file of `given` (beside it, or absent).
+  auto sibling = [&](const std::string& name) {
+    const std::string path = (std::filesystem::path(given).parent_path() / name).string();
+    return path_exists(path) ? read_file(path) : std::string();
+  };
+  auto kept_sibling = [&](const std::string& name) {
+    return path_exists(exp_dir + "/" + name) ? read_file(exp_dir + "/" + name) : std::string();
+  };
+  if (resume && path_exists(kept)) {
+    bool same = given.empty() || read_file(given) == read_file(kept);
+    for (const std::string& name : siblings) same = same && (given.empty() || sibling(name) == kept_sibling(name));
+    MOEKIT_CHECK_ARG(same, option, " ", given, " is not the tokenizer the run in ", exp_dir, " trains with (", kept,
+                     "); resume without it");
+    return kept;
+  }
+  // Nothing to keep, or a directory with checkpoints the trainer will
+  // refuse to start over (without --resume), or a run that kept nothing.
+  if (given.empty() || holds_checkpoints(exp_dir)) return given;
+  make_dirs(exp_dir);
+  for (const std::string& name : siblings) {
+    const std::string content = sibling(name);
+    if (!content.empty()) {
+      write_file_atomic(exp_dir + "/" + name, content);
+    } else if (path_exists(exp_dir + "/" + name)) {
+      std::filesystem::remove(exp_dir + "/" + name);
+    }
+  }
+  write_file_atomic(kept, read_file(given));
+  return kept;
+}
 
 void print_train_summary(const TrainSummary& summary) {
   if (dist::world()->rank() != 0) return;  // one report per run

@@ -3,6 +3,9 @@
 // throws on error and main() turns that into a one-line message + exit code.
 #include <CLI/CLI.hpp>
 
+#include <string>
+#include <vector>
+
 #include "moekit/decode/recognizer.h"
 #include "moekit/decode/translator.h"
 #include "moekit/train/trainer.h"
@@ -70,6 +73,17 @@ void add_force_flag(CLI::App& cmd, bool& force);
 
 // Prints how a `train` command ended (stdout, one line).
 void print_train_summary(const TrainSummary& summary);
+// The tokenizer file a training run reads. A new run keeps a copy of
+// `given` in its experiment directory (as `kept_name`, with the `siblings`
+// found beside it, such as an HF tokenizer_config.json); a resumed run reads
+// its kept copy, so it encodes its data as the run it continues did, and a
+// `given` file that differs from that copy is an error (`option` names the
+// command and flag). Returns the kept copy, or `given` where nothing is kept
+// (none given, a run that kept none, a directory with checkpoints that a
+// start without --resume will be refused).
+std::string run_tokenizer_file(const std::string& exp_dir, bool resume, const std::string& given,
+                               const std::string& kept_name, const std::string& option,
+                               const std::vector<std::string>& siblings = {});
 
 // Applies --threads to LibTorch and the BLAS. With two or more threads it
 // may first start the program over with the thread pools' wait settings
