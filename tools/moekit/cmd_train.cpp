@@ -4,6 +4,7 @@
 #include <filesystem>
 #include <cstdlib>
 #include <iostream>
+#include <optional>
 #include <thread>
 
 #include "commands.h"
@@ -122,14 +123,14 @@ std::string run_tokenizer_file(const std::string& exp_dir, bool resume, const st
                                const std::string& kept_name, const std::string& option,
                                const std::vector<std::string>& siblings) {
   const std::string kept = exp_dir + "/" + kept_name;
-  // A sibling file of `given` (beside it, or absent).
+  // A sibling file's content, or nullopt where it is absent.
+  auto content = [](const std::string& path) {
+    return path_exists(path) ? std::optional<std::string>(read_file(path)) : std::nullopt;
+  };
   auto sibling = [&](const std::string& name) {
-    const std::string path = (std::filesystem::path(given).parent_path() / name).string();
-    return path_exists(path) ? read_file(path) : std::string();
+    return content((std::filesystem::path(given).parent_path() / name).string());
   };
-  auto kept_sibling = [&](const std::string& name) {
-    return path_exists(exp_dir + "/" + name) ? read_file(exp_dir + "/" + name) : std::string();
-  };
+  auto kept_sibling = [&](const std::string& name) { return content(exp_dir + "/" + name); };
   if (resume && path_exists(kept)) {
     bool same = given.empty() || read_file(given) == read_file(kept);
     for (const std::string& name : siblings) same = same && (given.empty() || sibling(name) == kept_sibling(name));
@@ -142,11 +143,10 @@ std::string run_tokenizer_file(const std::string& exp_dir, bool resume, const st
   if (given.empty() || holds_checkpoints(exp_dir)) return given;
   make_dirs(exp_dir);
   for (const std::string& name : siblings) {
-    const std::string content = sibling(name);
-    if (!content.empty()) {
-      write_file_atomic(exp_dir + "/" + name, content);
-    } else if (path_exists(exp_dir + "/" + name)) {
-      std::filesystem::remove(exp_dir + "/" + name);
+    if (const auto found = sibling(name)) {
+      write_file_atomic(exp_dir + "/" + name, *found);
+    } else {
+      std::filesystem::remove(exp_dir + "/" + name);  // a stale one from an earlier start
     }
   }
   write_file_atomic(kept, read_file(given));
