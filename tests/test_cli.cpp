@@ -227,6 +227,54 @@ TEST(Cli, ImportWenetNeedsAWenetDirectory) {
 // A run on SentencePiece pieces keeps its model beside units.txt, so a
 // resumed run tokenizes its transcripts as the run it continues did (it used
 // to fall back to characters when --bpe-model was not given again).
+TEST(Cli, PaddedMoeDispatchUnderRowBudgetsTrainsAsTheSortedOne) {
+  // train_conf.moe_dispatch: padded runs dropless MoE layers under row
+  // budgets (the GPU's sync-free training path). With moe_row_margin 1 a
+  // batch whose busiest expert outgrows the last one's runs again; with
+  // dropout and SpecAugment drawing random numbers, the losses still equal
+  // the sorted dispatch's only if the rerun draws the same ones.
+  if (!have_audio_files()) GTEST_SKIP() << "built without libsndfile/libsoxr";
+  const std::string d = temp_dir("cli_asr_row_budget");
+  const std::vector<std::string> words = {"ab", "cd", "abc", "dab", "cab", "bad"};
+  std::string list;
+  for (int i = 0; i < 12; ++i) {
+    const std::string txt = words[(i * 5) % words.size()] + " " + words[(i * 5 + 2) % words.size()];
+    const std::string wav = d + "/utt" + std::to_string(i) + ".wav";
+    write_tone_wav(wav, txt);
+    list += nlohmann::json{{"key", "utt" + std::to_string(i)}, {"wav", wav}, {"txt", txt}}.dump() + "\n";
+  }
+  write_file_atomic(d + "/train.list", list);
+  std::string model_conf = deterministic_asr_train_yaml(/*moe=*/true);
+  for (const std::string from : {"dropout_rate: 0.0", "spec_aug: false"}) {
+    const std::string to = from == "spec_aug: false" ? "spec_aug: true" : "dropout_rate: 0.1";
+    for (size_t at = model_conf.find(from); at != std::string::npos; at = model_conf.find(from, at + to.size()))
+      model_conf.replace(at, from.size(), to);
+  }
+  ASSERT_EQ(model_conf.find("dropout_rate: 0.0"), std::string::npos);
+  const std::string schedule = "epochs: 2, lr: 0.002, warmup_steps: 2, total_steps: 10, log_interval: 1, average_last: 1";
+  write_file_atomic(d + "/sorted.yaml", model_conf + "train_conf: {" + schedule + ", moe_dispatch: sorted}\n");
+  write_file_atomic(d + "/padded.yaml",
+                    model_conf + "train_conf: {" + schedule + ", moe_dispatch: padded, moe_row_margin: 1.0}\n");
+  auto train = [&](const std::string& name) {
+    return run_cli("--threads 1 train asr --config " + d + "/" + name + ".yaml --train-data " + d +
+                   "/train.list --cv-data " + d + "/train.list --exp-dir " + d + "/" + name);
+  };
+  CliRun run = train("sorted");
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  EXPECT_EQ(run.output.find("MoE row budgets"), std::string::npos) << run.output;
+  run = train("padded");
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  EXPECT_NE(run.output.find("MoE row budgets: "), std::string::npos) << run.output;  // some batch ran again
+  const std::vector<double> sorted = logged_losses(d + "/sorted"), padded = logged_losses(d + "/padded");
+  ASSERT_EQ(sorted.size(), 10u);
+  ASSERT_EQ(padded.size(), sorted.size());
+  for (size_t i = 0; i < sorted.size(); ++i) EXPECT_NEAR(padded[i], sorted[i], 1e-4 * sorted[i]) << "step " << i + 1;
+  write_file_atomic(d + "/bad.yaml", model_conf + "train_conf: {" + schedule + ", moe_row_margin: 0.5}\n");
+  run = train("bad");
+  EXPECT_EQ(run.exit_code, 1);
+  EXPECT_NE(run.output.find("moe_row_margin"), std::string::npos) << run.output;
+}
+
 TEST(Cli, TrainAsrOnPiecesResumesWithTheRunsOwnSentencePieceModel) {
   if (!have_audio_files()) GTEST_SKIP() << "built without libsndfile/libsoxr";
   if (!have_sentencepiece() || std::system("command -v spm_train > /dev/null 2>&1") != 0)

@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 
 #include <nlohmann/json.hpp>
+#include <algorithm>
 #include <sstream>
 
 #include "moekit/core/runtime.h"
@@ -22,6 +23,9 @@
 #include "asr_test_util.h"
 #include "lm_test_util.h"
 #include "test_util.h"
+#ifdef MOEKIT_CUDA_LIBTORCH
+#include <c10/cuda/CUDAFunctions.h>
+#endif
 
 namespace moekit {
 namespace {
@@ -129,6 +133,58 @@ TEST(Cuda, MoELayerForwardAndGradientsMatchCpu) {
     EXPECT_LE(max_diff(x_cpu.grad(), x_gpu.grad()), 1e-5) << what;
     expect_same_grads(*cpu, *gpu, 1e-4, what);
   }
+}
+
+TEST(Cuda, DroplessTrainingNeverWaitsForTheDevice) {
+  // float32 dropless training, where at::_grouped_mm does not apply: with a
+  // row budget (what the trainer sets) Auto runs the padded dispatch, and
+  // neither the forward nor the backward waits for the device; CUDA's sync
+  // debug mode turns any wait into an error. Same output and gradients as
+  // the CPU's sorted dispatch, and the busiest expert's load is recorded.
+  SKIP_WITHOUT_CUDA();
+#ifndef MOEKIT_CUDA_LIBTORCH
+  GTEST_SKIP() << "built against a LibTorch without c10_cuda (no sync debug mode)";
+#else
+  MoEOptions o;
+  o.d_model = 16;
+  o.d_hidden = 24;
+  o.num_experts = 8;
+  o.top_k = 2;
+  o.aux_loss_coef = 0.01;
+  o.z_loss_coef = 0.001;
+  torch::manual_seed(5);
+  MoELayer cpu(o);
+  torch::manual_seed(5);
+  MoELayer gpu(o);
+  gpu->to(torch::kCUDA);
+  gpu->set_row_budget(8.0 / 2.0);  // the trainer's first batch: N rows
+  torch::manual_seed(6);
+  const torch::Tensor x = torch::randn({4, 11, o.d_model});
+  const torch::Tensor mask = torch::arange(11).unsqueeze(0) < torch::tensor({11, 6, 9, 3}).unsqueeze(1);
+  const torch::Tensor probe = torch::randn({4, 11, o.d_model});
+  const torch::Tensor x_cpu = x.clone().requires_grad_(true);
+  const torch::Tensor x_gpu = x.to(torch::kCUDA).requires_grad_(true);
+  const torch::Tensor mask_gpu = mask.to(torch::kCUDA), probe_gpu = probe.to(torch::kCUDA);
+  const torch::Tensor y_cpu = cpu->forward(x_cpu, {mask});
+  ((y_cpu * probe).sum() + cpu->aux_loss()).backward();
+  const int64_t padded_before = fast_path_count("moe.padded_dispatch");
+  torch::Tensor y_gpu;
+  c10::cuda::warning_state().set_sync_debug_mode(c10::cuda::SyncDebugMode::L_ERROR);
+  const std::string waited = error_of([&] {
+    y_gpu = gpu->forward(x_gpu, {mask_gpu});
+    ((y_gpu * probe_gpu).sum() + gpu->aux_loss()).backward();
+  });
+  c10::cuda::warning_state().set_sync_debug_mode(c10::cuda::SyncDebugMode::L_DISABLED);
+  ASSERT_EQ(waited, "") << "the dropless training forward or backward waited for the device";
+  EXPECT_EQ(fast_path_count("moe.padded_dispatch") - padded_before, 1);
+  EXPECT_LE(max_diff(y_cpu, y_gpu), 1e-5);
+  EXPECT_LE(max_diff(x_cpu.grad(), x_gpu.grad()), 1e-5);
+  expect_same_grads(*cpu, *gpu, 1e-4, "dropless padded on CUDA");
+  const std::vector<RowBudgetRecord> records = gpu->take_row_budget_records();
+  ASSERT_EQ(records.size(), 1u);
+  const std::vector<int64_t>& load = cpu->last_stats().tokens_per_expert;
+  EXPECT_EQ(records[0].peak.item<int64_t>(), *std::max_element(load.begin(), load.end()));
+#endif
 }
 
 TEST(Cuda, MoELayerRunsInBfloat16) {
@@ -400,7 +456,10 @@ TEST(Cuda, LmTrainingStepsEqualCpuAndCheckpointsMoveBetweenThem) {
   const std::string d = temp_dir("cuda_train");
   const torch::Device gpu(torch::kCUDA, 0);
   train_tiny_lm(d + "/cpu", torch::kCPU, "none", 0, false);
+  const int64_t padded_before = fast_path_count("moe.padded_dispatch");
   train_tiny_lm(d + "/cuda", gpu, "none", 0, false);
+  // float32 dropless on the GPU: the padded dispatch under row budgets.
+  EXPECT_GT(fast_path_count("moe.padded_dispatch"), padded_before);
   const std::vector<double> cpu = logged_train_losses(d + "/cpu");
   ASSERT_EQ(cpu.size(), 12u);
   expect_close_losses(cpu, logged_train_losses(d + "/cuda"), 1e-4, "fp32 on CUDA");

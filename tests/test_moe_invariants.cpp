@@ -3,6 +3,7 @@
 // and clear errors on bad input.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "moe_reference.h"
@@ -217,6 +218,81 @@ TEST(MoEInvariants, PaddedDispatchEqualsSortedDispatchWithGradients) {
   experts_to_int8(*int8_layer);
   EXPECT_NE(error_of([&] { int8_layer->set_dispatch(MoEDispatch::Padded); }).find("int8"),
             std::string::npos);
+}
+
+TEST(MoEInvariants, RowBudgetShrinksThePaddedBufferAndRecordsTheBusiestExpert) {
+  // Dropless training on the padded dispatch with a row budget: each expert
+  // gets budget * k * N / E rows (a multiple of 8); the forward records its
+  // busiest expert's load for the caller. Under the load it drops
+  // assignments (and says so); at the load it is the sorted dispatch.
+  MoEOptions o = small_options(6, 2);
+  o.aux_loss_coef = 0.01;
+  torch::manual_seed(21);
+  MoELayer sorted(o);
+  torch::manual_seed(21);
+  MoELayer padded(o);
+  sorted->set_dispatch(MoEDispatch::Sorted);
+  padded->set_dispatch(MoEDispatch::Padded);
+  torch::manual_seed(22);
+  const int64_t batch = 4, time = 30, n = batch * time;
+  const torch::Tensor x = torch::randn({batch, time, o.d_model});
+  const torch::Tensor mask = torch::arange(time).unsqueeze(0) < torch::tensor({30, 21, 27, 25}).unsqueeze(1);
+  const torch::Tensor probe = torch::randn({batch, time, o.d_model});
+  const torch::Tensor xa = x.clone().requires_grad_(true);
+  const torch::Tensor ya = sorted->forward(xa, {mask});
+  const RouterStats sa = sorted->last_stats();
+  const int64_t peak = *std::max_element(sa.tokens_per_expert.begin(), sa.tokens_per_expert.end());
+  const double mean = 2.0 * n / 6;  // k * N / E
+  ASSERT_GT(peak, 24);
+
+  padded->set_row_budget(0.5);  // ceil(0.5 * 40) = 20 -> 24 rows, under the peak
+  EXPECT_TRUE(padded->take_row_budget_records().empty());
+  padded->forward(x, {mask});
+  std::vector<RowBudgetRecord> records = padded->take_row_budget_records();
+  ASSERT_EQ(records.size(), 1u);
+  EXPECT_EQ(records[0].rows, 24);
+  EXPECT_EQ(records[0].positions, n);
+  EXPECT_EQ(records[0].peak.item<int64_t>(), peak);
+  EXPECT_GT(padded->last_stats().dropped_assignments, 0);
+  EXPECT_TRUE(padded->take_row_budget_records().empty());  // taking clears
+
+  padded->set_row_budget(static_cast<double>(peak) / mean);  // exactly the busiest expert's load
+  const torch::Tensor xb = x.clone().requires_grad_(true);
+  const int64_t before = fast_path_count("moe.padded_dispatch");
+  const torch::Tensor yb = padded->forward(xb, {mask});
+  EXPECT_EQ(fast_path_count("moe.padded_dispatch") - before, 1);
+  records = padded->take_row_budget_records();
+  ASSERT_EQ(records.size(), 1u);
+  EXPECT_GE(records[0].rows, peak);
+  EXPECT_LT(records[0].rows, n);  // the buffer did shrink
+  EXPECT_EQ(records[0].peak.item<int64_t>(), peak);
+  const RouterStats sb = padded->last_stats();
+  EXPECT_EQ(sb.dropped_assignments, 0);
+  EXPECT_EQ(sa.tokens_per_expert, sb.tokens_per_expert);
+  EXPECT_LE(max_abs_diff(ya, yb), 1e-5);
+  ((ya * probe).sum() + sorted->aux_loss()).backward();
+  ((yb * probe).sum() + padded->aux_loss()).backward();
+  EXPECT_LE(max_abs_diff(xa.grad(), xb.grad()), 1e-5);
+  const auto pa = sorted->named_parameters(), pb = padded->named_parameters();
+  for (const auto& item : pa) {
+    ASSERT_TRUE(item.value().grad().defined()) << item.key();
+    EXPECT_LE(max_abs_diff(item.value().grad(), pb[item.key()].grad()), 1e-5) << item.key();
+  }
+
+  // Evaluation is never budgeted (no caller checks it), nor is Auto on the CPU.
+  padded->eval();
+  padded->set_row_budget(0.5);
+  EXPECT_LE(max_abs_diff(padded->forward(x, {mask}), ya), 1e-5);
+  EXPECT_TRUE(padded->take_row_budget_records().empty());
+  padded->train();
+  padded->set_dispatch(MoEDispatch::Auto);
+  const int64_t auto_before = fast_path_count("moe.padded_dispatch");
+  padded->forward(x, {mask});
+  EXPECT_EQ(fast_path_count("moe.padded_dispatch"), auto_before);
+  EXPECT_TRUE(padded->take_row_budget_records().empty());
+  for (double bad : {-1.0, std::nan("")}) {
+    EXPECT_NE(error_of([&] { padded->set_row_budget(bad); }).find("row budget"), std::string::npos) << bad;
+  }
 }
 
 TEST(MoEInvariants, PaddingIsNeverRoutedNorCounted) {

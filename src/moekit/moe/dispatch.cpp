@@ -95,7 +95,9 @@ namespace detail {
 ExpertRanks rank_within_expert(const torch::Tensor& by_priority, int64_t buckets) {
   ExpertRanks r;
   std::tie(r.sorted_expert, r.order) = by_priority.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false);
-  r.counts = torch::bincount(by_priority, /*weights=*/{}, buckets);
+  // Not torch::bincount: on CUDA it reads the input's min and max on the
+  // host to size its output, a wait for the device the padded dispatch avoids.
+  r.counts = torch::zeros({buckets}, by_priority.options()).scatter_add_(0, by_priority, torch::ones_like(by_priority));
   const torch::Tensor starts = r.counts.cumsum(0) - r.counts;  // each expert's first sorted place
   r.rank = torch::arange(by_priority.numel(), r.order.options()) - starts.index_select(0, r.sorted_expert);
   return r;

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <utility>
 
 #include "moekit/core/check.h"
 #include "moekit/dist/all_to_all.h"
@@ -421,6 +422,17 @@ void MoELayerImpl::set_dispatch(MoEDispatch dispatch) {
   dispatch_ = dispatch;
 }
 
+void MoELayerImpl::set_row_budget(double factor) {
+  MOEKIT_CHECK_ARG(std::isfinite(factor) && factor >= 0.0,
+                   "MoE layer: the row budget must be a finite multiple of the mean load >= 0 (0: none), got ", factor);
+  row_budget_ = factor;
+}
+
+std::vector<RowBudgetRecord> MoELayerImpl::take_row_budget_records() {
+  std::lock_guard<std::mutex> lock(stats_mutex_);
+  return std::exchange(row_budget_records_, {});
+}
+
 bool MoELayerImpl::padded_dispatch_applies(const torch::Tensor& x) const {
   if (ep_group_ || experts->int8()) return false;
   switch (dispatch_) {
@@ -430,7 +442,7 @@ bool MoELayerImpl::padded_dispatch_applies(const torch::Tensor& x) const {
       return true;
     case MoEDispatch::Auto:
       if (x.device().is_cpu()) return false;
-      return options_.capacity_factor_for(is_training()) > 0.0 ||
+      return options_.capacity_factor_for(is_training()) > 0.0 || (row_budget_ > 0.0 && is_training()) ||
              grouped_mm_offsets_applies(x.reshape({-1, options_.d_model}), experts->weights());
   }
   return false;
@@ -459,9 +471,16 @@ torch::Tensor MoELayerImpl::padded_forward(const torch::Tensor& input, const tor
   // Capacity: the buffer is sized for all N positions (known on the host);
   // with padding the limit itself comes from the routed count, on the
   // device, exactly as make_dispatch_plan computes it. Dropless: N rows per
-  // expert, more than any expert can be given (a token picks an expert once).
+  // expert, more than any expert can be given (a token picks an expert
+  // once), or the row budget's share when training with one.
   const double capacity_factor = options_.capacity_factor_for(is_training());
-  const int64_t rows = capacity_factor > 0.0 ? expert_capacity(n, k, num_experts, capacity_factor) : n;
+  int64_t rows = capacity_factor > 0.0 ? expert_capacity(n, k, num_experts, capacity_factor) : n;
+  const bool budgeted = capacity_factor <= 0.0 && row_budget_ > 0.0 && is_training();
+  if (budgeted) {
+    const double share = std::ceil(row_budget_ * static_cast<double>(k * n) / static_cast<double>(num_experts));
+    const auto share_rows = static_cast<int64_t>(std::min<double>(share, static_cast<double>(n)));
+    rows = std::min<int64_t>(n, (share_rows + 7) / 8 * 8);
+  }
   torch::Tensor limit;  // [] int64 on the device when padding changes the capacity
   if (capacity_factor > 0.0 && valid.defined()) {
     const torch::Tensor routed = valid.sum().to(torch::kDouble);
@@ -498,7 +517,13 @@ torch::Tensor MoELayerImpl::padded_forward(const torch::Tensor& input, const tor
 
   const ExpertWeights w = experts->weights();
   const torch::Tensor zero_row = torch::zeros({1, d_model}, tokens.options());
-  if (capacity_factor <= 0.0 && grouped_mm_offsets_applies(tokens, w)) {
+  const bool offsets_gemm = capacity_factor <= 0.0 && grouped_mm_offsets_applies(tokens, w);
+  if (budgeted && !offsets_gemm) {  // the caller's to check; sorted by expert, no budget is needed
+    RowBudgetRecord record{wanted.narrow(0, 0, num_experts).max(), rows, n};
+    std::lock_guard<std::mutex> lock(stats_mutex_);
+    row_budget_records_.push_back(std::move(record));
+  }
+  if (offsets_gemm) {
     // Dropless where at::_grouped_mm takes its group ends on the device: the
     // rows sorted by expert (padding last, past the final end), no buffer.
     const torch::Tensor offsets = wanted.narrow(0, 0, num_experts).cumsum(0);  // [E] end rows

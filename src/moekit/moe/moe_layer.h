@@ -13,6 +13,7 @@
 
 #include <mutex>
 #include <optional>
+#include <vector>
 
 #include "moekit/dist/process_group.h"
 #include "moekit/moe/options.h"
@@ -132,8 +133,18 @@ enum class MoEDispatch {
   // the backward, at the cost of computing the empty rows. Dropless where
   // at::_grouped_mm applies, the rows are sorted by expert instead, with
   // the group ends computed on the device (no empty rows). The same
-  // routing, drops, output and gradients as Sorted.
+  // routing, drops, output and gradients as Sorted. A row budget
+  // (MoELayerImpl::set_row_budget) shrinks the dropless C for training.
   Padded,
+};
+
+// What a budgeted dropless forward leaves for its caller to check (see
+// MoELayerImpl::set_row_budget): the busiest expert's load, on the device,
+// against the rows each expert was given.
+struct RowBudgetRecord {
+  torch::Tensor peak;     // [] int64 on the forward's device: the most assignments any expert was sent
+  int64_t rows = 0;       // rows per expert the forward had; peak > rows: assignments were dropped
+  int64_t positions = 0;  // N, the positions routed (padding included)
 };
 
 class MoELayerImpl : public torch::nn::Module {
@@ -160,6 +171,23 @@ class MoELayerImpl : public torch::nn::Module {
   // refused for int8 experts and with expert parallelism (both need the
   // host's counts).
   void set_dispatch(MoEDispatch dispatch);
+  // A row budget for dropless training forwards on the Padded dispatch:
+  // each expert gets ceil(factor * k * N / E) rows (rounded up to a
+  // multiple of 8, at most N) instead of N, `factor` times the mean load,
+  // so the batched GEMMs compute about factor * k * N rows instead of
+  // E * N. Whether the busiest expert fit is known only on the device:
+  // each such forward appends a RowBudgetRecord, and a forward whose peak
+  // exceeds its rows dropped assignments and must not be used (the trainer
+  // reads the records with the loss, one wait for the device per batch,
+  // and reruns such a batch with the budget raised). With a budget set,
+  // Auto picks Padded on a GPU for dropless training forwards that would
+  // otherwise read the counts on the host. 0 (the default): no budget
+  // (C = N, never exceeded).
+  void set_row_budget(double factor);
+  double row_budget() const { return row_budget_; }
+  // The records of the budgeted forwards since the last take, oldest first;
+  // taking them clears them.
+  std::vector<RowBudgetRecord> take_row_budget_records();
 
   // Expert parallelism: the layer keeps experts [r * E/P, (r + 1) * E/P) of
   // its E, r being this process's rank in `group` and P its size, and
@@ -216,6 +244,8 @@ class MoELayerImpl : public torch::nn::Module {
   MoEOptions options_;
   GroupedFfnKernel kernel_ = GroupedFfnKernel::Auto;
   MoEDispatch dispatch_ = MoEDispatch::Auto;
+  double row_budget_ = 0.0;
+  std::vector<RowBudgetRecord> row_budget_records_;  // guarded by stats_mutex_
   mutable std::mutex stats_mutex_;
   RouterStats stats_;
   DeviceStats device_stats_;

@@ -11,8 +11,11 @@
 #include <set>
 #include <iomanip>
 #include <iostream>
+#include <map>
 #include <memory>
+#include <optional>
 #include <sstream>
+#include <utility>
 
 #include "moekit/core/check.h"
 #include "moekit/core/config.h"
@@ -138,6 +141,15 @@ class TrainLoop {
                                  : o.moe_dispatch == "padded" ? MoEDispatch::Padded
                                                               : MoEDispatch::Auto;
     for (MoELayerImpl* moe : moe_layers(model_)) moe->set_dispatch(dispatch);
+    // Dropless training on the padded dispatch (a GPU's, or asked for) runs
+    // under row budgets: the first batch with N rows per expert (none can
+    // exceed it), then each layer sized from its last batch.
+    if (o.ep_size == 1 && o.moe_dispatch != "sorted" && (device.is_cuda() || o.moe_dispatch == "padded")) {
+      for (MoELayerImpl* moe : moe_layers(model_)) {
+        moe->set_row_budget(static_cast<double>(moe->options().num_experts) / moe->options().top_k);
+        budgeted_layers_.push_back(moe);
+      }
+    }
     if (lead_) metrics_ = std::make_unique<MetricsLog>(exp_dir + "/metrics.jsonl");
     for (auto& p : model_.parameters())
       if (p.requires_grad()) params_.push_back(p);
@@ -203,6 +215,72 @@ class TrainLoop {
   TrainSummary run(const std::string& exp_dir);
 
  private:
+  // The default generators' states (the CPU's and the training device's),
+  // to run a batch again with the same random draws.
+  struct GeneratorStates {
+    explicit GeneratorStates(const torch::Device& device) : cpu(at::detail::getDefaultCPUGenerator().get_state()) {
+      if (!device.is_cpu()) {
+        device_generator = at::globalContext().defaultGenerator(device);
+        on_device = device_generator.get_state();
+      }
+    }
+    void restore() {
+      at::Generator cpu_generator = at::detail::getDefaultCPUGenerator();  // shares the default's state
+      cpu_generator.set_state(cpu);
+      if (on_device.defined()) device_generator.set_state(on_device);
+    }
+    torch::Tensor cpu, on_device;
+    at::Generator device_generator;
+  };
+
+  // One batch's forward and its loss, read from the device with the MoE
+  // layers' row-budget records: one wait for the device per batch. A batch
+  // in which an expert was sent more than its budget dropped assignments;
+  // it runs again from the same generator states with the budgets raised
+  // to what it needed (the same routing then fits). Every layer's budget
+  // follows its last batch.
+  double forward_batch(int64_t epoch, int64_t index, BatchLoss& loss) {
+    std::optional<GeneratorStates> start;
+    if (!budgeted_layers_.empty()) start.emplace(device_);
+    for (int attempt = 1;; ++attempt) {
+      {
+        CudaBf16Autocast autocast(o_.autocast == "bf16");
+        loss = task_.train_batch(epoch, index);
+      }
+      MOEKIT_CHECK(loss.loss.defined(), "train: task returned no loss");
+      if (budgeted_layers_.empty()) return loss.loss.item<double>();
+      std::vector<std::pair<MoELayerImpl*, RowBudgetRecord>> records;
+      std::vector<torch::Tensor> read{loss.loss.detach().reshape({1}).to(torch::kDouble)};
+      for (MoELayerImpl* moe : budgeted_layers_) {
+        for (RowBudgetRecord& r : moe->take_row_budget_records()) {
+          read.push_back(r.peak.reshape({1}).to(torch::kDouble));
+          records.emplace_back(moe, std::move(r));
+        }
+      }
+      const torch::Tensor host = torch::cat(read).to(torch::kCPU);
+      const double* value = host.data_ptr<double>();
+      bool exceeded = false;
+      std::map<MoELayerImpl*, double> needed;  // the busiest expert's load over the mean load
+      for (size_t i = 0; i < records.size(); ++i) {
+        const auto& [moe, r] = records[i];
+        const double peak = value[i + 1];
+        exceeded = exceeded || peak > static_cast<double>(r.rows);
+        if (r.positions == 0) continue;
+        const double mean = static_cast<double>(moe->options().top_k * r.positions) / moe->options().num_experts;
+        double& f = needed[moe];
+        f = std::max(f, peak / mean);
+      }
+      for (const auto& [moe, f] : needed) moe->set_row_budget(o_.moe_row_margin * std::max(f, 1.0));
+      if (!exceeded) return value[0];
+      // Routing repeats exactly on the CPU; a GPU's reductions may round a
+      // near tie the other way, so a second miss is possible, not a third.
+      MOEKIT_CHECK(attempt < 3, "train: MoE row budgets still exceeded after ", attempt,
+                   " runs of batch ", index, " (set train_conf.moe_dispatch: sorted)");
+      start->restore();
+      ++summary_.moe_reruns;
+    }
+  }
+
   void save_checkpoint(int64_t at_epoch, int64_t at_batch, bool end_of_run) {
     sync_units();
     sync_buffers();
@@ -408,7 +486,8 @@ class TrainLoop {
   std::unique_ptr<MetricsLog> metrics_;
   std::vector<torch::Tensor> params_;
   std::unique_ptr<torch::optim::Adam> optimizer_;
-  std::unique_ptr<dist::GradientReducer> reducer_;  // data parallelism: the dense gradients' all-reduce
+  std::unique_ptr<dist::GradientReducer> reducer_;
+  std::vector<MoELayerImpl*> budgeted_layers_;  // MoE layers under row budgets (forward_batch)  // data parallelism: the dense gradients' all-reduce
   TrainerState state_;
   int64_t horizon_ = 0;
   int64_t pending_units_ = 0;  // this rank's units not yet in state_.units_total
@@ -447,12 +526,7 @@ TrainSummary TrainLoop::run(const std::string& exp_dir) {
       // The step's last backward pass all-reduces the gradients as it goes.
       if (boundary && reducer_ && o.overlap_grad_reduce) reducer_->arm();
       BatchLoss loss;
-      {
-        CudaBf16Autocast autocast(o.autocast == "bf16");
-        loss = task_.train_batch(epoch, b * ranks + rank);
-      }
-      MOEKIT_CHECK(loss.loss.defined(), "train: task returned no loss");
-      const double value = loss.loss.item<double>();
+      const double value = forward_batch(epoch, b * ranks + rank, loss);
       if (!std::isfinite(value)) {
         std::cerr << "warning: non-finite loss at epoch " << epoch + 1 << " batch " << b * ranks + rank
                   << ", batch skipped\n";
@@ -543,6 +617,8 @@ TrainSummary TrainLoop::run(const std::string& exp_dir) {
     }
   }
   summary_.steps = state_.step;
+  if (lead_ && summary_.moe_reruns > 0)
+    std::cerr << "MoE row budgets: " << summary_.moe_reruns << " batch forward(s) ran again with more rows\n";
   summary_.completed = epoch >= o.epochs && !stopped_mid_epoch;
   if (!summary_.completed) {
     if (lead_)

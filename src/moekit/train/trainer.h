@@ -42,6 +42,7 @@ struct TrainerOptions {
   bool overlap_grad_reduce = true;  // distributed runs: all-reduce buckets during the backward pass
   std::string autocast = "none";  // none | bf16: the forward pass under CUDA bfloat16 autocast (fp32 master weights)
   std::string moe_dispatch = "auto";  // auto | sorted | padded: every MoE layer's MoEDispatch (moe/moe_layer.h)
+  double moe_row_margin = 1.25;  // padded dropless training: rows per expert = this x the last batch's busiest
 
   // The field table (core/fields.h) behind the functions below.
   static const FieldTable<TrainerOptions>& fields();
@@ -82,6 +83,7 @@ struct TrainSummary {
   bool completed = false;  // all epochs or total_steps done (false when max_steps paused it)
   std::map<std::string, double> last_validation;
   std::string final_dir;
+  int64_t moe_reruns = 0;  // batches run again because an expert's load exceeded its row budget
 };
 
 // Trains in `exp_dir` (checkpoints/, metrics.jsonl, final/) on `device`
