@@ -41,6 +41,7 @@ import shutil
 import re
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -160,7 +161,8 @@ def main():
                     help="instead of the two default set-ups: 'name=threads,decode_threads,batch_streams[,window_ms];...'")
     ap.add_argument("--chunk-size", type=int, default=16)
     ap.add_argument("--models", default="moe,dense", help="of moe, dense, moe_int8, moe_bf16 (the MoE model after "
-                    "`moekit quantize --experts int8` / `bf16`)")
+                    "`moekit quantize --experts int8` / `bf16`), moe_balanced, moe_balanced_bf16 (its routers "
+                    "spread by bench/balance_routers.py first)")
     ap.add_argument("--bench-args", default="", help="extra `bench asr` shape options, e.g. '--blocks 2'")
     ap.add_argument("--perf", default="", help="a folder: record each server with `perf record --call-graph "
                     "dwarf` into <folder>/<model>_<streams>_<set-up>.data (bench/serve_profile.py reads them)")
@@ -189,15 +191,28 @@ def run(a, work):
     held = {}
     for name in a.models.split(","):
         model = os.path.join(work, name)
-        base, _, stored = name.partition("_")  # moe_int8, moe_bf16: moe after `quantize --experts int8 / bf16`
-        subprocess.run([a.moekit, "--threads", "1", "bench", "asr", "--rounds", "1", "--seconds", "1",
-                        "--save-model", os.path.join(work, base + "_float")] + shapes[base] + a.bench_args.split(),
+        # moe_int8, moe_bf16: moe after `quantize --experts int8 / bf16`;
+        # moe_balanced[_bf16]: its routers spread by balance_routers.py (on
+        # the benchmark's 10 s of noise features) before that.
+        base, *steps = name.split("_")
+        stored = steps[-1] if steps and steps[-1] in ("int8", "bf16") else ""
+        floats = os.path.join(work, base + "_float")
+        feats = os.path.join(work, "feats.safetensors")
+        subprocess.run([a.moekit, "--threads", "1", "bench", "asr", "--rounds", "1", "--seconds", "10",
+                        "--save-model", floats, "--save-feats", feats] + shapes[base] + a.bench_args.split(),
                        check=True, stdout=subprocess.DEVNULL)
-        if base != name:
-            subprocess.run([a.moekit, "quantize", os.path.join(work, base + "_float"), model, "--experts", stored],
+        if "balanced" in steps:
+            here = os.path.dirname(os.path.abspath(__file__))
+            subprocess.run([sys.executable, os.path.join(here, "balance_routers.py"), floats, floats + "_balanced",
+                            "--feats", feats], check=True, stdout=subprocess.DEVNULL)
+            shutil.rmtree(floats)
+            os.rename(floats + "_balanced", floats)
+        if stored:
+            subprocess.run([a.moekit, "quantize", floats, model, "--experts", stored],
                            check=True, stdout=subprocess.DEVNULL)
+            shutil.rmtree(floats)
         else:
-            os.rename(os.path.join(work, base + "_float"), model)
+            os.rename(floats, model)
         print(f"\n{name}\n\n| streams | set-up | partial p50 (s) | p95 (s) | max (s) | final p95 (s) "
               f"| server CPU (cores) | client CPU (cores) | chunks per step | server RSS listening / after (MB) |")
         print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
