@@ -238,7 +238,7 @@ class TrainLoop {
   // in which an expert was sent more than its budget dropped assignments;
   // it runs again from the same generator states with the budgets raised
   // to what it needed (the same routing then fits). Every layer's budget
-  // follows its last batch.
+  // follows its recent batches.
   double forward_batch(int64_t epoch, int64_t index, BatchLoss& loss) {
     std::optional<GeneratorStates> start;
     if (!budgeted_layers_.empty()) start.emplace(device_);
@@ -267,10 +267,20 @@ class TrainLoop {
         exceeded = exceeded || peak > static_cast<double>(r.rows);
         if (r.positions == 0) continue;
         const double mean = static_cast<double>(moe->options().top_k * r.positions) / moe->options().num_experts;
+        budget_rows_ += static_cast<double>(r.rows * moe->options().num_experts);
+        budget_assignments_ += static_cast<double>(moe->options().top_k * r.positions);
         double& f = needed[moe];
         f = std::max(f, peak / mean);
       }
-      for (const auto& [moe, f] : needed) moe->set_row_budget(o_.moe_row_margin * std::max(f, 1.0));
+      // A layer's budget follows its recent peaks: the largest of this
+      // batch's and the last estimate decayed by 10% a batch, so one busier
+      // batch keeps the budget up for the next few (fewer reruns) without
+      // holding it there for the run.
+      for (const auto& [moe, f] : needed) {
+        double& estimate = peak_estimate_[moe];
+        estimate = std::max({f, 0.9 * estimate, 1.0});
+        moe->set_row_budget(o_.moe_row_margin * estimate);
+      }
       if (!exceeded) return value[0];
       // Routing repeats exactly on the CPU; a GPU's reductions may round a
       // near tie the other way, so a second miss is possible, not a third.
@@ -487,7 +497,9 @@ class TrainLoop {
   std::vector<torch::Tensor> params_;
   std::unique_ptr<torch::optim::Adam> optimizer_;
   std::unique_ptr<dist::GradientReducer> reducer_;
-  std::vector<MoELayerImpl*> budgeted_layers_;  // MoE layers under row budgets (forward_batch)  // data parallelism: the dense gradients' all-reduce
+  std::vector<MoELayerImpl*> budgeted_layers_;  // MoE layers under row budgets (forward_batch)
+  std::map<const MoELayerImpl*, double> peak_estimate_;  // recent busiest-expert load over the mean, per layer
+  double budget_rows_ = 0, budget_assignments_ = 0;      // buffer rows computed, assignments they held  // data parallelism: the dense gradients' all-reduce
   TrainerState state_;
   int64_t horizon_ = 0;
   int64_t pending_units_ = 0;  // this rank's units not yet in state_.units_total
@@ -617,8 +629,11 @@ TrainSummary TrainLoop::run(const std::string& exp_dir) {
     }
   }
   summary_.steps = state_.step;
-  if (lead_ && summary_.moe_reruns > 0)
-    std::cerr << "MoE row budgets: " << summary_.moe_reruns << " batch forward(s) ran again with more rows\n";
+  if (lead_ && budget_assignments_ > 0) {
+    std::cerr << "MoE row budgets: the experts computed " << std::fixed << std::setprecision(2)
+              << budget_rows_ / budget_assignments_ << " rows per routed assignment; " << summary_.moe_reruns
+              << " batch forward(s) ran again with more rows\n";
+  }
   summary_.completed = epoch >= o.epochs && !stopped_mid_epoch;
   if (!summary_.completed) {
     if (lead_)
