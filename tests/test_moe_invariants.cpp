@@ -220,11 +220,11 @@ TEST(MoEInvariants, PaddedDispatchEqualsSortedDispatchWithGradients) {
             std::string::npos);
 }
 
-TEST(MoEInvariants, RowBudgetShrinksThePaddedBufferAndRecordsTheBusiestExpert) {
-  // Dropless training on the padded dispatch with a row budget: each expert
-  // gets budget * k * N / E rows (a multiple of 8); the forward records its
-  // busiest expert's load for the caller. Under the load it drops
-  // assignments (and says so); at the load it is the sorted dispatch.
+TEST(MoEInvariants, RowBudgetsGiveEachExpertItsBlockAndRecordTheLoads) {
+  // Dropless training on the padded dispatch with row budgets: expert e
+  // gets a block of budget[e] * k * N / E rows (a multiple of 8); the
+  // forward records every expert's load for the caller. Under the load it
+  // drops assignments (and says so); at the loads it is the sorted dispatch.
   MoEOptions o = small_options(6, 2);
   o.aux_loss_coef = 0.01;
   torch::manual_seed(21);
@@ -241,33 +241,41 @@ TEST(MoEInvariants, RowBudgetShrinksThePaddedBufferAndRecordsTheBusiestExpert) {
   const torch::Tensor xa = x.clone().requires_grad_(true);
   const torch::Tensor ya = sorted->forward(xa, {mask});
   const RouterStats sa = sorted->last_stats();
-  const int64_t peak = *std::max_element(sa.tokens_per_expert.begin(), sa.tokens_per_expert.end());
+  const std::vector<int64_t>& load = sa.tokens_per_expert;
   const double mean = 2.0 * n / 6;  // k * N / E
-  ASSERT_GT(peak, 24);
+  ASSERT_GT(*std::max_element(load.begin(), load.end()), 24);
 
-  padded->set_row_budget(0.5);  // ceil(0.5 * 40) = 20 -> 24 rows, under the peak
+  padded->set_row_budget(0.5);  // ceil(0.5 * 40) = 20 -> 24 rows each, under the busiest expert's load
   EXPECT_TRUE(padded->take_row_budget_records().empty());
   padded->forward(x, {mask});
   std::vector<RowBudgetRecord> records = padded->take_row_budget_records();
   ASSERT_EQ(records.size(), 1u);
-  EXPECT_EQ(records[0].rows, 24);
+  EXPECT_EQ(records[0].rows, std::vector<int64_t>(6, 24));
   EXPECT_EQ(records[0].positions, n);
-  EXPECT_EQ(records[0].peak.item<int64_t>(), peak);
+  const torch::Tensor recorded = records[0].load.contiguous();
+  EXPECT_EQ(std::vector<int64_t>(recorded.data_ptr<int64_t>(), recorded.data_ptr<int64_t>() + recorded.numel()), load);
   EXPECT_GT(padded->last_stats().dropped_assignments, 0);
   EXPECT_TRUE(padded->take_row_budget_records().empty());  // taking clears
 
-  padded->set_row_budget(static_cast<double>(peak) / mean);  // exactly the busiest expert's load
+  std::vector<double> exact;  // each expert's own load
+  for (int64_t l : load) exact.push_back(static_cast<double>(l) / mean);
+  padded->set_row_budgets(exact);
   const torch::Tensor xb = x.clone().requires_grad_(true);
   const int64_t before = fast_path_count("moe.padded_dispatch");
   const torch::Tensor yb = padded->forward(xb, {mask});
   EXPECT_EQ(fast_path_count("moe.padded_dispatch") - before, 1);
   records = padded->take_row_budget_records();
   ASSERT_EQ(records.size(), 1u);
-  EXPECT_GE(records[0].rows, peak);
-  EXPECT_LT(records[0].rows, n);  // the buffer did shrink
-  EXPECT_EQ(records[0].peak.item<int64_t>(), peak);
+  int64_t total = 0;
+  for (size_t e = 0; e < load.size(); ++e) {
+    EXPECT_GE(records[0].rows[e], load[e]) << e;
+    EXPECT_LT(records[0].rows[e], load[e] + 8) << e;  // rounded up to a multiple of 8
+    total += records[0].rows[e];
+  }
+  EXPECT_LT(total, 6 * n);  // the blocks hold far fewer rows than N per expert
   const RouterStats sb = padded->last_stats();
   EXPECT_EQ(sb.dropped_assignments, 0);
+  EXPECT_EQ(sb.dropped_tokens, 0);
   EXPECT_EQ(sa.tokens_per_expert, sb.tokens_per_expert);
   EXPECT_LE(max_abs_diff(ya, yb), 1e-5);
   ((ya * probe).sum() + sorted->aux_loss()).backward();
@@ -293,6 +301,7 @@ TEST(MoEInvariants, RowBudgetShrinksThePaddedBufferAndRecordsTheBusiestExpert) {
   for (double bad : {-1.0, std::nan("")}) {
     EXPECT_NE(error_of([&] { padded->set_row_budget(bad); }).find("row budget"), std::string::npos) << bad;
   }
+  EXPECT_NE(error_of([&] { padded->set_row_budgets({1.0, 1.0}); }).find("one per expert"), std::string::npos);
 }
 
 TEST(MoEInvariants, PaddingIsNeverRoutedNorCounted) {

@@ -422,10 +422,14 @@ void MoELayerImpl::set_dispatch(MoEDispatch dispatch) {
   dispatch_ = dispatch;
 }
 
-void MoELayerImpl::set_row_budget(double factor) {
-  MOEKIT_CHECK_ARG(std::isfinite(factor) && factor >= 0.0,
-                   "MoE layer: the row budget must be a finite multiple of the mean load >= 0 (0: none), got ", factor);
-  row_budget_ = factor;
+void MoELayerImpl::set_row_budgets(std::vector<double> factors) {
+  MOEKIT_CHECK_ARG(factors.empty() || static_cast<int64_t>(factors.size()) == options_.num_experts,
+                   "MoE layer: row budgets are one per expert (", options_.num_experts, "), got ", factors.size());
+  for (double f : factors) {
+    MOEKIT_CHECK_ARG(std::isfinite(f) && f >= 0.0,
+                     "MoE layer: a row budget must be a finite multiple of the mean load >= 0, got ", f);
+  }
+  row_budgets_ = std::move(factors);
 }
 
 std::vector<RowBudgetRecord> MoELayerImpl::take_row_budget_records() {
@@ -442,7 +446,7 @@ bool MoELayerImpl::padded_dispatch_applies(const torch::Tensor& x) const {
       return true;
     case MoEDispatch::Auto:
       if (x.device().is_cpu()) return false;
-      return options_.capacity_factor_for(is_training()) > 0.0 || (row_budget_ > 0.0 && is_training()) ||
+      return options_.capacity_factor_for(is_training()) > 0.0 || (!row_budgets_.empty() && is_training()) ||
              grouped_mm_offsets_applies(x.reshape({-1, options_.d_model}), experts->weights());
   }
   return false;
@@ -472,15 +476,9 @@ torch::Tensor MoELayerImpl::padded_forward(const torch::Tensor& input, const tor
   // with padding the limit itself comes from the routed count, on the
   // device, exactly as make_dispatch_plan computes it. Dropless: N rows per
   // expert, more than any expert can be given (a token picks an expert
-  // once), or the row budget's share when training with one.
+  // once); training under row budgets, blocks of their sizes instead.
   const double capacity_factor = options_.capacity_factor_for(is_training());
-  int64_t rows = capacity_factor > 0.0 ? expert_capacity(n, k, num_experts, capacity_factor) : n;
-  const bool budgeted = capacity_factor <= 0.0 && row_budget_ > 0.0 && is_training();
-  if (budgeted) {
-    const double share = std::ceil(row_budget_ * static_cast<double>(k * n) / static_cast<double>(num_experts));
-    const auto share_rows = static_cast<int64_t>(std::min<double>(share, static_cast<double>(n)));
-    rows = std::min<int64_t>(n, (share_rows + 7) / 8 * 8);
-  }
+  const int64_t rows = capacity_factor > 0.0 ? expert_capacity(n, k, num_experts, capacity_factor) : n;
   torch::Tensor limit;  // [] int64 on the device when padding changes the capacity
   if (capacity_factor > 0.0 && valid.defined()) {
     const torch::Tensor routed = valid.sum().to(torch::kDouble);
@@ -518,10 +516,54 @@ torch::Tensor MoELayerImpl::padded_forward(const torch::Tensor& input, const tor
   const ExpertWeights w = experts->weights();
   const torch::Tensor zero_row = torch::zeros({1, d_model}, tokens.options());
   const bool offsets_gemm = capacity_factor <= 0.0 && grouped_mm_offsets_applies(tokens, w);
-  if (budgeted && !offsets_gemm) {  // the caller's to check; sorted by expert, no budget is needed
-    RowBudgetRecord record{wanted.narrow(0, 0, num_experts).max(), rows, n};
-    std::lock_guard<std::mutex> lock(stats_mutex_);
-    row_budget_records_.push_back(std::move(record));
+  if (capacity_factor <= 0.0 && !offsets_gemm && !row_budgets_.empty() && is_training()) {
+    // Row budgets: expert e's rows are block e of the buffer, its size known
+    // on the host; an assignment past its block is dropped (the caller
+    // checks the record and runs the batch again).
+    std::vector<int64_t> block(num_experts), start(num_experts + 1, 0);
+    const double mean = static_cast<double>(k * n) / static_cast<double>(num_experts);
+    for (int64_t e = 0; e < num_experts; ++e) {
+      const double share = std::min(std::ceil(row_budgets_[e] * mean), static_cast<double>(n));
+      block[e] = std::min<int64_t>(n, (static_cast<int64_t>(share) + 7) / 8 * 8);
+      start[e + 1] = start[e] + block[e];
+    }
+    const int64_t total = start[num_experts];  // one row past the blocks: zeros in, ignored out
+    std::vector<int64_t> limit(block);
+    limit.push_back(0);  // the padding's virtual expert E keeps nothing
+    auto on_device = [&](const std::vector<int64_t>& v) {
+      torch::Tensor t = torch::tensor(v, torch::kInt64);
+      if (!x.device().is_cpu()) t = t.pin_memory().to(x.device(), /*non_blocking=*/true);  // no wait
+      return t;
+    };
+    const torch::Tensor block_start = on_device(start), block_rows = on_device(limit);  // [E + 1]
+    const torch::Tensor kept_here = rank < block_rows.index_select(0, by_priority);      // [k*N]
+    const torch::Tensor destination =
+        (block_start.index_select(0, by_priority) + rank).masked_fill_(kept_here.logical_not(), total);
+    const torch::Tensor token_of_row =
+        torch::full({total + 1}, n, index_options)
+            .scatter_(0, destination, torch::arange(k * n, index_options).remainder(n))
+            .narrow(0, 0, total);  // [total]: the token each row holds; n = none (a zero row)
+    const torch::Tensor buffer = torch::cat({tokens, zero_row}).index_select(0, token_of_row);
+    const torch::Tensor expert_out = run_experts(buffer, block);  // [total, D]
+    const torch::Tensor gathered =
+        torch::cat({expert_out, zero_row.to(expert_out.scalar_type())}).index_select(0, destination);
+    const torch::Tensor combined = (gathered * weight.to(gathered.scalar_type())).view({k, n, d_model}).sum(0);
+    // The statistics of what was kept (a dropped assignment means a rerun).
+    const torch::Tensor kept_budget = kept_here.to(torch::kInt64);
+    device.tokens_per_expert = torch::zeros({num_experts + 1}, index_options)
+                                   .index_add_(0, by_priority, kept_budget)
+                                   .narrow(0, 0, num_experts);
+    device.dropped_assignments = device.routed_tokens * k - kept_budget.sum();
+    torch::Tensor lost_budget = kept_budget.view({k, n}).sum(0) == 0;
+    if (valid.defined()) lost_budget = lost_budget.logical_and_(valid);
+    device.dropped_tokens = lost_budget.sum();
+    {
+      RowBudgetRecord record{wanted.narrow(0, 0, num_experts), std::move(block), n};
+      std::lock_guard<std::mutex> lock(stats_mutex_);
+      row_budget_records_.push_back(std::move(record));
+    }
+    publish(std::move(stats), aux, std::move(device));
+    return combined.view(input.sizes());
   }
   if (offsets_gemm) {
     // Dropless where at::_grouped_mm takes its group ends on the device: the

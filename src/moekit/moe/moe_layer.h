@@ -133,18 +133,19 @@ enum class MoEDispatch {
   // the backward, at the cost of computing the empty rows. Dropless where
   // at::_grouped_mm applies, the rows are sorted by expert instead, with
   // the group ends computed on the device (no empty rows). The same
-  // routing, drops, output and gradients as Sorted. A row budget
-  // (MoELayerImpl::set_row_budget) shrinks the dropless C for training.
+  // routing, drops, output and gradients as Sorted. With row budgets
+  // (MoELayerImpl::set_row_budgets) dropless training forwards give each
+  // expert its own block instead (see there).
   Padded,
 };
 
 // What a budgeted dropless forward leaves for its caller to check (see
-// MoELayerImpl::set_row_budget): the busiest expert's load, on the device,
-// against the rows each expert was given.
+// MoELayerImpl::set_row_budgets): each expert's load, on the device,
+// against the rows it was given.
 struct RowBudgetRecord {
-  torch::Tensor peak;     // [] int64 on the forward's device: the most assignments any expert was sent
-  int64_t rows = 0;       // rows per expert the forward had; peak > rows: assignments were dropped
-  int64_t positions = 0;  // N, the positions routed (padding included)
+  torch::Tensor load;         // [E] int64 on the forward's device: the assignments each expert was sent
+  std::vector<int64_t> rows;  // [E] rows each expert had; load > rows somewhere: assignments were dropped
+  int64_t positions = 0;      // N, the positions routed (padding included)
 };
 
 class MoELayerImpl : public torch::nn::Module {
@@ -171,20 +172,22 @@ class MoELayerImpl : public torch::nn::Module {
   // refused for int8 experts and with expert parallelism (both need the
   // host's counts).
   void set_dispatch(MoEDispatch dispatch);
-  // A row budget for dropless training forwards on the Padded dispatch:
-  // each expert gets ceil(factor * k * N / E) rows (rounded up to a
-  // multiple of 8, at most N) instead of N, `factor` times the mean load,
-  // so the batched GEMMs compute about factor * k * N rows instead of
-  // E * N. Whether the busiest expert fit is known only on the device:
-  // each such forward appends a RowBudgetRecord, and a forward whose peak
-  // exceeds its rows dropped assignments and must not be used (the trainer
-  // reads the records with the loss, one wait for the device per batch,
-  // and reruns such a batch with the budget raised). With a budget set,
-  // Auto picks Padded on a GPU for dropless training forwards that would
-  // otherwise read the counts on the host. 0 (the default): no budget
-  // (C = N, never exceeded).
-  void set_row_budget(double factor);
-  double row_budget() const { return row_budget_; }
+  // Row budgets for dropless training forwards on the Padded dispatch:
+  // expert e gets its own block of ceil(factors[e] * k * N / E) rows
+  // (rounded up to a multiple of 8, at most N), factors[e] times the mean
+  // load, instead of N rows each; the blocks run as one grouped FFN whose
+  // sizes the host knows. Whether each expert's tokens fit is known only on
+  // the device: each such forward appends a RowBudgetRecord, and a forward
+  // in which an expert's load exceeds its rows dropped assignments and must
+  // not be used (the trainer reads the records with the loss, one wait for
+  // the device per batch, and reruns such a batch with budgets raised).
+  // With budgets set, Auto picks Padded on a GPU for dropless training
+  // forwards that would otherwise read the counts on the host. Empty (the
+  // default): no budgets (every expert N rows, never exceeded).
+  void set_row_budgets(std::vector<double> factors);
+  // The same factor for every expert.
+  void set_row_budget(double factor) { set_row_budgets(std::vector<double>(options_.num_experts, factor)); }
+  const std::vector<double>& row_budgets() const { return row_budgets_; }
   // The records of the budgeted forwards since the last take, oldest first;
   // taking them clears them.
   std::vector<RowBudgetRecord> take_row_budget_records();
@@ -244,7 +247,7 @@ class MoELayerImpl : public torch::nn::Module {
   MoEOptions options_;
   GroupedFfnKernel kernel_ = GroupedFfnKernel::Auto;
   MoEDispatch dispatch_ = MoEDispatch::Auto;
-  double row_budget_ = 0.0;
+  std::vector<double> row_budgets_;  // per expert, empty: none
   std::vector<RowBudgetRecord> row_budget_records_;  // guarded by stats_mutex_
   mutable std::mutex stats_mutex_;
   RouterStats stats_;

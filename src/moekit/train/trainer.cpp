@@ -235,7 +235,7 @@ class TrainLoop {
 
   // One batch's forward and its loss, read from the device with the MoE
   // layers' row-budget records: one wait for the device per batch. A batch
-  // in which an expert was sent more than its budget dropped assignments;
+  // in which an expert was sent more than its rows dropped assignments;
   // it runs again from the same generator states with the budgets raised
   // to what it needed (the same routing then fits). Every layer's budget
   // follows its recent batches.
@@ -253,33 +253,42 @@ class TrainLoop {
       std::vector<torch::Tensor> read{loss.loss.detach().reshape({1}).to(torch::kDouble)};
       for (MoELayerImpl* moe : budgeted_layers_) {
         for (RowBudgetRecord& r : moe->take_row_budget_records()) {
-          read.push_back(r.peak.reshape({1}).to(torch::kDouble));
+          read.push_back(r.load.to(torch::kDouble));
           records.emplace_back(moe, std::move(r));
         }
       }
       const torch::Tensor host = torch::cat(read).to(torch::kCPU);
       const double* value = host.data_ptr<double>();
       bool exceeded = false;
-      std::map<MoELayerImpl*, double> needed;  // the busiest expert's load over the mean load
-      for (size_t i = 0; i < records.size(); ++i) {
-        const auto& [moe, r] = records[i];
-        const double peak = value[i + 1];
-        exceeded = exceeded || peak > static_cast<double>(r.rows);
-        if (r.positions == 0) continue;
-        const double mean = static_cast<double>(moe->options().top_k * r.positions) / moe->options().num_experts;
-        budget_rows_ += static_cast<double>(r.rows * moe->options().num_experts);
-        budget_assignments_ += static_cast<double>(moe->options().top_k * r.positions);
-        double& f = needed[moe];
-        f = std::max(f, peak / mean);
+      // Per layer and expert: the load over the mean load, the largest over
+      // the layer's forwards in this batch.
+      std::map<MoELayerImpl*, std::vector<double>> needed;
+      const double* load = value + 1;
+      for (auto& [moe, r] : records) {
+        const int64_t experts = moe->options().num_experts;
+        const double mean = static_cast<double>(moe->options().top_k * r.positions) / static_cast<double>(experts);
+        std::vector<double>& f = needed[moe];
+        f.resize(experts, 0.0);
+        for (int64_t e = 0; e < experts; ++e) {
+          exceeded = exceeded || load[e] > static_cast<double>(r.rows[e]);
+          budget_rows_ += static_cast<double>(r.rows[e]);
+          if (mean > 0) f[e] = std::max(f[e], load[e] / mean);
+        }
+        budget_assignments_ += mean * static_cast<double>(experts);
+        load += experts;
       }
-      // A layer's budget follows its recent peaks: the largest of this
-      // batch's and the last estimate decayed by 10% a batch, so one busier
-      // batch keeps the budget up for the next few (fewer reruns) without
-      // holding it there for the run.
-      for (const auto& [moe, f] : needed) {
-        double& estimate = peak_estimate_[moe];
-        estimate = std::max({f, 0.9 * estimate, 1.0});
-        moe->set_row_budget(o_.moe_row_margin * estimate);
+      // Each expert's budget follows its recent loads: the largest of this
+      // batch's and the last estimate decayed by 2% a batch (at least half
+      // the mean load), so the busier batches of the last few dozen keep it
+      // up (fewer reruns) without holding it there for the run.
+      for (auto& [moe, f] : needed) {
+        std::vector<double>& estimate = load_estimate_[moe];
+        estimate.resize(f.size(), 0.0);
+        for (size_t e = 0; e < f.size(); ++e) {
+          estimate[e] = std::max({f[e], 0.98 * estimate[e], 0.5});
+          f[e] = o_.moe_row_margin * estimate[e];
+        }
+        moe->set_row_budgets(f);
       }
       if (!exceeded) return value[0];
       // Routing repeats exactly on the CPU; a GPU's reductions may round a
@@ -498,7 +507,7 @@ class TrainLoop {
   std::unique_ptr<torch::optim::Adam> optimizer_;
   std::unique_ptr<dist::GradientReducer> reducer_;
   std::vector<MoELayerImpl*> budgeted_layers_;  // MoE layers under row budgets (forward_batch)
-  std::map<const MoELayerImpl*, double> peak_estimate_;  // recent busiest-expert load over the mean, per layer
+  std::map<const MoELayerImpl*, std::vector<double>> load_estimate_;  // recent load over the mean, per expert
   double budget_rows_ = 0, budget_assignments_ = 0;      // buffer rows computed, assignments they held  // data parallelism: the dense gradients' all-reduce
   TrainerState state_;
   int64_t horizon_ = 0;

@@ -42,7 +42,7 @@ struct TrainerOptions {
   bool overlap_grad_reduce = true;  // distributed runs: all-reduce buckets during the backward pass
   std::string autocast = "none";  // none | bf16: the forward pass under CUDA bfloat16 autocast (fp32 master weights)
   std::string moe_dispatch = "auto";  // auto | sorted | padded: every MoE layer's MoEDispatch (moe/moe_layer.h)
-  double moe_row_margin = 1.25;  // padded dropless training: rows per expert = this x the last batch's busiest
+  double moe_row_margin = 1.5;  // padded dropless training: each expert's rows = this x its recent peak load
 
   // The field table (core/fields.h) behind the functions below.
   static const FieldTable<TrainerOptions>& fields();

@@ -60,10 +60,10 @@ const FieldTable<TrainerOptions>& trainer_fields() {
                                "padded (GShard's [E, C, D] buffer, never waits for the device)")
           .write_if([](const O& o) { return o.moe_dispatch != "auto"; })
           .field("moe_row_margin", &O::moe_row_margin,
-                 "padded dispatch, dropless training: each expert's rows are this multiple of the busiest "
-                 "expert's load in the last batch (a batch that does not fit runs again with more)")
+                 "padded dispatch, dropless training: each expert's rows are this multiple of its recent "
+                 "peak load (a batch that does not fit runs again with more)")
           .at_least(1.0)
-          .write_if([](const O& o) { return o.moe_row_margin != 1.25; })
+          .write_if([](const O& o) { return o.moe_row_margin != 1.5; })
           .field("validate_first", &O::validate_first, "validate once before the first step of a fresh run");
   return table;
 }
