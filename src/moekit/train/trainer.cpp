@@ -143,7 +143,7 @@ class TrainLoop {
     for (MoELayerImpl* moe : moe_layers(model_)) moe->set_dispatch(dispatch);
     // Dropless training on the padded dispatch (a GPU's, or asked for) runs
     // under row budgets: the first batch with N rows per expert (none can
-    // exceed it), then each layer sized from its last batch.
+    // exceed it), then each expert's block sized from its recent loads.
     if (o.ep_size == 1 && o.moe_dispatch != "sorted" && (device.is_cuda() || o.moe_dispatch == "padded")) {
       for (MoELayerImpl* moe : moe_layers(model_)) {
         moe->set_row_budget(static_cast<double>(moe->options().num_experts) / moe->options().top_k);
@@ -272,9 +272,9 @@ class TrainLoop {
         for (int64_t e = 0; e < experts; ++e) {
           exceeded = exceeded || load[e] > static_cast<double>(r.rows[e]);
           budget_rows_ += static_cast<double>(r.rows[e]);
+          budget_assignments_ += load[e];
           if (mean > 0) f[e] = std::max(f[e], load[e] / mean);
         }
-        budget_assignments_ += mean * static_cast<double>(experts);
         load += experts;
       }
       // Each expert's budget follows its recent loads: the largest of this
@@ -505,10 +505,10 @@ class TrainLoop {
   std::unique_ptr<MetricsLog> metrics_;
   std::vector<torch::Tensor> params_;
   std::unique_ptr<torch::optim::Adam> optimizer_;
-  std::unique_ptr<dist::GradientReducer> reducer_;
+  std::unique_ptr<dist::GradientReducer> reducer_;  // data parallelism: the dense gradients' all-reduce
   std::vector<MoELayerImpl*> budgeted_layers_;  // MoE layers under row budgets (forward_batch)
   std::map<const MoELayerImpl*, std::vector<double>> load_estimate_;  // recent load over the mean, per expert
-  double budget_rows_ = 0, budget_assignments_ = 0;      // buffer rows computed, assignments they held  // data parallelism: the dense gradients' all-reduce
+  double budget_rows_ = 0, budget_assignments_ = 0;  // rows the experts computed, assignments routed to them
   TrainerState state_;
   int64_t horizon_ = 0;
   int64_t pending_units_ = 0;  // this rank's units not yet in state_.units_total
