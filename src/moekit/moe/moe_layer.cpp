@@ -498,7 +498,38 @@ torch::Tensor MoELayerImpl::padded_forward(const torch::Tensor& input, const tor
   const torch::Tensor& order = ranked.order;
   const torch::Tensor& wanted = ranked.counts;  // [E + 1]
   const torch::Tensor rank = torch::empty_like(by_priority).scatter_(0, order, ranked.rank);  // [k*N], priority order
-  torch::Tensor keep = (by_priority < num_experts).logical_and_(limit.defined() ? rank < limit : rank < rows);
+  const ExpertWeights w = experts->weights();
+  const bool offsets_gemm = capacity_factor <= 0.0 && grouped_mm_offsets_applies(tokens, w);
+  // Row budgets (dropless training): expert e's rows are block e of the
+  // buffer, its size known on the host; an assignment past its block is
+  // dropped (the caller checks the record and runs the batch again).
+  const bool budgeted = capacity_factor <= 0.0 && !offsets_gemm && !row_budgets_.empty() && is_training();
+  std::vector<int64_t> block;
+  torch::Tensor block_start;  // [E + 1] first row of each block; the virtual expert E: past the last
+  int64_t total = 0;          // rows in all blocks
+  torch::Tensor keep;
+  if (budgeted) {
+    block.resize(num_experts);
+    std::vector<int64_t> start(num_experts + 1, 0);
+    const double mean = static_cast<double>(k * n) / static_cast<double>(num_experts);
+    for (int64_t e = 0; e < num_experts; ++e) {
+      const double share = std::min(std::ceil(row_budgets_[e] * mean), static_cast<double>(n));
+      block[e] = std::min<int64_t>(n, (static_cast<int64_t>(share) + 7) / 8 * 8);
+      start[e + 1] = start[e] + block[e];
+    }
+    total = start[num_experts];
+    std::vector<int64_t> block_limit(block);
+    block_limit.push_back(0);  // the padding's virtual expert E keeps nothing
+    auto on_device = [&](const std::vector<int64_t>& v) {
+      torch::Tensor t = torch::tensor(v, torch::kInt64);
+      if (!x.device().is_cpu()) t = t.pin_memory().to(x.device(), /*non_blocking=*/true);  // no wait
+      return t;
+    };
+    block_start = on_device(start);
+    keep = rank < on_device(block_limit).index_select(0, by_priority);
+  } else {
+    keep = (by_priority < num_experts).logical_and_(limit.defined() ? rank < limit : rank < rows);
+  }
   const torch::Tensor weight = decision.expert_weight.t().reshape({k * n, 1});  // priority order
   DeviceStats device;
   const torch::Tensor kept = keep.to(torch::kInt64);
@@ -513,32 +544,10 @@ torch::Tensor MoELayerImpl::padded_forward(const torch::Tensor& input, const tor
   if (valid.defined()) lost = lost.logical_and_(valid);
   device.dropped_tokens = lost.sum();
 
-  const ExpertWeights w = experts->weights();
   const torch::Tensor zero_row = torch::zeros({1, d_model}, tokens.options());
-  const bool offsets_gemm = capacity_factor <= 0.0 && grouped_mm_offsets_applies(tokens, w);
-  if (capacity_factor <= 0.0 && !offsets_gemm && !row_budgets_.empty() && is_training()) {
-    // Row budgets: expert e's rows are block e of the buffer, its size known
-    // on the host; an assignment past its block is dropped (the caller
-    // checks the record and runs the batch again).
-    std::vector<int64_t> block(num_experts), start(num_experts + 1, 0);
-    const double mean = static_cast<double>(k * n) / static_cast<double>(num_experts);
-    for (int64_t e = 0; e < num_experts; ++e) {
-      const double share = std::min(std::ceil(row_budgets_[e] * mean), static_cast<double>(n));
-      block[e] = std::min<int64_t>(n, (static_cast<int64_t>(share) + 7) / 8 * 8);
-      start[e + 1] = start[e] + block[e];
-    }
-    const int64_t total = start[num_experts];  // one row past the blocks: zeros in, ignored out
-    std::vector<int64_t> limit(block);
-    limit.push_back(0);  // the padding's virtual expert E keeps nothing
-    auto on_device = [&](const std::vector<int64_t>& v) {
-      torch::Tensor t = torch::tensor(v, torch::kInt64);
-      if (!x.device().is_cpu()) t = t.pin_memory().to(x.device(), /*non_blocking=*/true);  // no wait
-      return t;
-    };
-    const torch::Tensor block_start = on_device(start), block_rows = on_device(limit);  // [E + 1]
-    const torch::Tensor kept_here = rank < block_rows.index_select(0, by_priority);      // [k*N]
+  if (budgeted) {
     const torch::Tensor destination =
-        (block_start.index_select(0, by_priority) + rank).masked_fill_(kept_here.logical_not(), total);
+        (block_start.index_select(0, by_priority) + rank).masked_fill_(keep.logical_not(), total);  // [k*N]
     const torch::Tensor token_of_row =
         torch::full({total + 1}, n, index_options)
             .scatter_(0, destination, torch::arange(k * n, index_options).remainder(n))
@@ -548,15 +557,6 @@ torch::Tensor MoELayerImpl::padded_forward(const torch::Tensor& input, const tor
     const torch::Tensor gathered =
         torch::cat({expert_out, zero_row.to(expert_out.scalar_type())}).index_select(0, destination);
     const torch::Tensor combined = (gathered * weight.to(gathered.scalar_type())).view({k, n, d_model}).sum(0);
-    // The statistics of what was kept (a dropped assignment means a rerun).
-    const torch::Tensor kept_budget = kept_here.to(torch::kInt64);
-    device.tokens_per_expert = torch::zeros({num_experts + 1}, index_options)
-                                   .index_add_(0, by_priority, kept_budget)
-                                   .narrow(0, 0, num_experts);
-    device.dropped_assignments = device.routed_tokens * k - kept_budget.sum();
-    torch::Tensor lost_budget = kept_budget.view({k, n}).sum(0) == 0;
-    if (valid.defined()) lost_budget = lost_budget.logical_and_(valid);
-    device.dropped_tokens = lost_budget.sum();
     {
       RowBudgetRecord record{wanted.narrow(0, 0, num_experts), std::move(block), n};
       std::lock_guard<std::mutex> lock(stats_mutex_);
