@@ -1,125 +1,122 @@
 #!/usr/bin/env bash
 # On a GPU machine with a CUDA PyTorch (no apt, no network): builds MoEKit
 # against that PyTorch's LibTorch with the libraries scripts/device-deps.sh
-# unpacked into .devdeps/, runs the CUDA tests, the GPU benchmarks and then
-# the whole test suite. Logs go to $OUT (default /tmp/moekit-device).
-# QUICK=1: bfloat16 MoE benchmarks only (no float32, ASR or LM ones).
+# unpacked into .devdeps/, then runs, while time is left, the CUDA tests, the
+# GPU MoE-layer benchmarks (MoEKit and the PyTorch eager per-expert loop),
+# the distributed tests and the MoE tests on the CPU. Logs go to $OUT
+# (default /tmp/moekit-device).
+#
+#   BUDGET_S   seconds for the whole script (default 540); a stage that
+#              would not fit is skipped and says so
+#   STAGES     which stages, in order (default "cuda bench dist cpu"; also gdb:
+#              the tests matching GDB_FILTER under cuda-gdb)
+#   TESTS      the test sources built (default: those the stages run)
 set -u
 OUT=${OUT:-/tmp/moekit-device}
 mkdir -p "$OUT"
-step() { echo; echo "== $* ($(date +%T))"; }
+DEADLINE=$(( $(date +%s) + ${BUDGET_S:-540} ))
+STAGES=${STAGES:-"cuda bench dist cpu"}
+TESTS=${TESTS:-"test_cuda.cpp;test_dist.cpp;test_moe_invariants.cpp;test_grouped_ffn.cpp;test_train_parts.cpp"}
+left() { echo $(( DEADLINE - $(date +%s) )); }
+step() { echo; echo "== $* ($(date +%T), $(left) s left)"; }
+# fits SECONDS: true when that much time is left (else says the stage is skipped)
+fits() { [ "$(left)" -ge "$1" ] || { echo "skipped: $(left) s left"; return 1; }; }
+limit() { local l; l=$(( $(left) - 5 )); [ "$l" -lt "$1" ] && echo "$l" || echo "$1"; }
 D=$PWD/.devdeps/root/usr
 [ -d "$D" ] || { echo "device-check: no .devdeps/ (run scripts/device-deps.sh on a Debian machine first)"; exit 2; }
 
 step machine
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-(g++ --version | head -1; cmake --version | head -1; nvcc --version | tail -1; nproc) 2>&1
+(g++ --version | head -1; cmake --version | head -1; nvcc --version | tail -1; echo "cores $(nproc)") 2>&1
 python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, "cxx11abi", torch._C._GLIBCXX_USE_CXX11_ABI)'
 TORCH_PREFIX=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')
+TORCH_INC=$(python3 -c 'import torch.utils.cpp_extension as c; print(c.include_paths()[0])')
+[ -f "$TORCH_INC/gloo/context.h" ] && echo "gloo headers: in the wheel" || echo "gloo headers: not in the wheel"
 
 step configure
 cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$TORCH_PREFIX;$D" \
   -Dyaml-cpp_DIR="$D/lib/x86_64-linux-gnu/cmake/yaml-cpp" -DGTest_DIR="$D/lib/x86_64-linux-gnu/cmake/GTest" \
   -Dnlohmann_json_DIR="$D/share/cmake/nlohmann_json" -DCLI11_DIR="$D/share/cmake/CLI11" \
-  -DTORCH_CUDA_ARCH_LIST=9.0 >/tmp/configure.txt 2>&1 || { tail -40 /tmp/configure.txt; exit 1; }
-grep -E "MoEKit|CMake Warning" -A2 /tmp/configure.txt | head -20
+  -DCMAKE_POLICY_VERSION_MINIMUM=3.5 -DMOEKIT_BUILD_BENCH=OFF -DMOEKIT_TESTS="$TESTS" -DTORCH_CUDA_ARCH_LIST=9.0 >"$OUT/configure.txt" 2>&1 ||
+  { tail -40 "$OUT/configure.txt"; exit 1; }
+grep -E "MoEKit|CMake Warning|Gloo" -A2 "$OUT/configure.txt" | head -20
 
 step build
 start=$(date +%s)
-timeout 300 cmake --build build-gpu -j "$(nproc)" -- -k 0 >/tmp/build.txt 2>&1
+timeout "$(limit 330)" cmake --build build-gpu -j "$(nproc)" --target moekit_tests -- -k 0 >/tmp/build.txt 2>&1
 rc=$?
 echo "build rc=$rc in $(( $(date +%s) - start )) s; warnings: $(grep -c 'warning:' /tmp/build.txt)"
-grep -E "warning:" /tmp/build.txt | head -10
-grep -E "error:|FAILED:|undefined reference" -A3 /tmp/build.txt | head -60
-if [ "$rc" != 0 ] && grep -q "grouped_ffn.cpp" /tmp/build.txt; then
-  step "build again without at::_grouped_mm"
-  cp /tmp/build.txt "$OUT/build_failed.txt"
-  cmake build-gpu -DCMAKE_CXX_FLAGS=-DMOEKIT_HAVE_GROUPED_MM=0 >/dev/null &&
-    timeout 300 cmake --build build-gpu -j "$(nproc)" -- -k 0 >/tmp/build.txt 2>&1
-  rc=$?
-  grep -E "error:|FAILED:|undefined reference" -A3 /tmp/build.txt | head -30
-fi
-[ "$rc" = 0 ] || { cp /tmp/build.txt /tmp/configure.txt "$OUT"/; exit 1; }
+grep -E "error:|undefined reference" /tmp/build.txt | sort | uniq -c | sort -rn | head -40 >"$OUT/build_errors.txt"
+grep -E "error:|FAILED:|undefined reference" -A4 /tmp/build.txt | head -150
+gzip -c /tmp/build.txt >"$OUT/build.txt.gz"
+[ "$rc" = 0 ] || exit 1
 
 M=build-gpu/moekit
+T=build-gpu/tests/moekit_tests
 export OMP_NUM_THREADS=4 OPENBLAS_NUM_THREADS=4 MOEKIT_FIXTURES=$PWD/.devdeps/fixtures
-step info
-$M --version; $M info --system
+$M --version
+summary() { grep -E "^\[ +(OK|FAILED|SKIPPED) +\]|^\[  PASSED|tests? ran" "$1" | sed 's/ (.*ms)//' | sort -u | head -60; }
 
-step cuda tests
-timeout 120 build-gpu/tests/moekit_tests --gtest_filter='Cuda*:Device*' >"$OUT/cuda_tests.txt" 2>&1
-grep -E "^\[ +(OK|FAILED|PASSED|SKIPPED) +\]" "$OUT/cuda_tests.txt" | sort -u
-grep -B1 -A3 "Failure" "$OUT/cuda_tests.txt" | head -40
-
-step "bench kernels on this machine's CPU (1 thread)"
-lscpu | grep -E "Model name|^CPU\(s\)" | tr -s ' '
-OPENBLAS_NUM_THREADS=1 timeout 60 $M --threads 1 bench kernels --rounds 2 --megabytes 256 >"$OUT/bench_kernels.json" 2>&1
-python3 - "$OUT/bench_kernels.json" <<'PY'
+for stage in $STAGES; do
+  case $stage in
+  cuda)
+    step "CUDA tests"
+    fits 60 || continue
+    timeout "$(limit 200)" $T --gtest_filter='Cuda*:Device*' >"$OUT/cuda_tests.txt" 2>&1
+    echo "rc=$?"; summary "$OUT/cuda_tests.txt"
+    grep -B2 -A6 "Failure\|what()" "$OUT/cuda_tests.txt" | head -60 ;;
+  bench)
+    step "MoE layer on the GPU: MoEKit, dense of equal active FLOPs, per-expert loop; PyTorch eager loop"
+    fits 60 || continue
+    for dtype in bfloat16 float32; do
+      variants=moekit,dense,loop
+      [ "$dtype" = bfloat16 ] && variants=moekit,moekit_gemm,dense,loop
+      timeout "$(limit 45)" $M --device cuda bench moe --dtype "$dtype" --d-model 1024 --hidden 4096 --tokens 512,8192,32768 \
+        --rounds 5 --variants $variants >"$OUT/bench_moe_cuda_$dtype.json" 2>&1
+      python3 - "$OUT/bench_moe_cuda_$dtype.json" <<'PY'
 import json, sys
-from collections import defaultdict
-d = json.load(open(sys.argv[1]))
-print("silu G floats/s: " + " ".join("%s %.2f" % (r["variant"], r["g_floats_per_s"]) for r in d["silu"]["results"]))
-d = d["panels"]
-print("read bandwidth %.1f GB/s" % d["read_bandwidth_gb_per_s"])
-t = defaultdict(dict)
-for r in d["results"]:
-    t[(r["variant"], r["pages"])][r["rows"]] = r["gb_per_s"]
-for k, v in t.items():
-    print("%-18s %-13s %s" % (k[0], k[1], " ".join("%d:%.1f" % kv for kv in sorted(v.items()))))
-PY
-
-step bench moe, MoEKit on the GPU
-DTYPES="float32 bfloat16"
-[ "${QUICK:-0}" = 1 ] && DTYPES=bfloat16
-for dtype in $DTYPES; do
-  variants=moekit,dense,loop
-  [ "$dtype" = bfloat16 ] && variants=moekit,moekit_gemm,dense,loop
-  timeout 120 $M --device cuda bench moe --dtype "$dtype" --hidden 1024,2048 --tokens 16,256,4096 --rounds 5 \
-    --variants $variants --stack-layers 16 >"$OUT/bench_moe_cuda_$dtype.json" 2>&1
-  python3 - "$OUT/bench_moe_cuda_$dtype.json" <<'PY'
-import json, sys
-d = json.load(open(sys.argv[1]))
+try:
+    d = json.load(open(sys.argv[1]))
+except ValueError:
+    print(open(sys.argv[1]).read()[-600:]); sys.exit()
 for r in d["layer"]:
     f, b = r["forward_ms"], r["forward_backward_ms"]
-    print("%s H=%d N=%4d fwd ms: %s | fwd+bwd ms: %s" % (r["dtype"], r["d_hidden"], r["tokens"],
+    print("moekit %s H=%d N=%5d fwd ms: %s | fwd+bwd ms: %s" % (r["dtype"], r["d_hidden"], r["tokens"],
         " ".join("%s %.3f" % kv for kv in f.items()), " ".join("%s %.3f" % kv for kv in b.items())))
-for s in d.get("stack", []):
-    print("stack H=%d N=%d: %.3f ms per forward, %.0f GB/s of expert weights" % (
-        s["d_hidden"], s["tokens"], s["ms_per_forward"], s["achieved_gb_per_s"]))
 PY
-done
-
-step bench moe, PyTorch eager loop on the GPU
-for dtype in $DTYPES; do
-  for n in 16 256 4096; do
-    for h in 1024 2048; do
-      timeout 60 python3 bench/moe_pytorch.py --device cuda --dtype $dtype --tokens $n --hidden $h --rounds 5
-    done
-  done
-done >"$OUT/bench_moe_pytorch_cuda.txt" 2>&1
-python3 - "$OUT/bench_moe_pytorch_cuda.txt" <<'PY'
+      for n in 512 8192 32768; do
+        timeout "$(limit 30)" python3 bench/moe_pytorch.py --device cuda --dtype $dtype --tokens $n --d-model 1024 --hidden 4096 --rounds 5
+      done >"$OUT/bench_moe_pytorch_$dtype.txt" 2>&1
+      python3 - "$OUT/bench_moe_pytorch_$dtype.txt" <<'PY'
 import json, sys
 for line in open(sys.argv[1]):
     try:
         r = json.loads(line)
     except ValueError:
         print(line.rstrip()[:200]); continue
-    print("pytorch %s H=%d N=%4d fwd ms %.3f | fwd+bwd ms %.3f" % (
+    print("pytorch %s H=%d N=%5d fwd ms %.3f | fwd+bwd ms %.3f" % (
         r["dtype"], r["d_hidden"], r["tokens"], r["forward_ms"], r["forward_backward_ms"]))
 PY
-
-if [ "${QUICK:-0}" != 1 ]; then
-step bench asr on the GPU, MoE and equal-FLOPs dense
-(timeout 120 $M --device cuda bench asr --rounds 5
- timeout 120 $M --device cuda bench asr --rounds 5 --ffn 4096 --experts 0) >"$OUT/bench_asr_cuda.json" 2>&1
-grep -hE '"(rtf_full|rtf_chunk|device|experts)"|error' "$OUT"/bench_asr_cuda.json
-
-step bench lm on the GPU
-timeout 90 $M --device cuda bench lm --experts 8 >"$OUT/bench_lm_cuda.json" 2>&1
-grep -E "tokens_per_s|parameters|device|error" "$OUT/bench_lm_cuda.json"
-fi
-
-step whole test suite, one process
-timeout 300 build-gpu/tests/moekit_tests --gtest_brief=1 >"$OUT/tests.txt" 2>&1
-echo "tests rc=$?"
-grep -E "^\[  (PASSED|FAILED|SKIPPED) |^\[==========\]" "$OUT/tests.txt" | sort | uniq | head -40
+    done ;;
+  dist)
+    step "distributed tests (Gloo in this LibTorch; NCCL needs two GPUs)"
+    fits 40 || continue
+    timeout "$(limit 150)" $T --gtest_filter='Dist.*' >"$OUT/dist_tests.txt" 2>&1
+    echo "rc=$?"; summary "$OUT/dist_tests.txt"
+    grep -B2 -A6 "Failure" "$OUT/dist_tests.txt" | head -40 ;;
+  gdb)
+    step "tests matching GDB_FILTER under cuda-gdb (a backtrace where one crashes)"
+    fits 30 || continue
+    timeout "$(limit 120)" cuda-gdb -q -batch -ex run -ex bt --args $T --gtest_filter="${GDB_FILTER:-CheckpointStore.*}" \
+      >"$OUT/gdb.txt" 2>&1
+    echo "rc=$?"; grep -vE "^\[New Thread|^\[Thread .* exited|^\[Detaching" "$OUT/gdb.txt" | tail -45 ;;
+  cpu)
+    step "MoE, grouped FFN and trainer-part tests on the CPU with this LibTorch"
+    fits 30 || continue
+    timeout "$(limit 120)" $T --gtest_filter='MoE*:GroupedFfn*:SmallRows*:CheckpointStore*:Schedule*:MetricsLog*' \
+      >"$OUT/cpu_tests.txt" 2>&1
+    echo "rc=$?"; summary "$OUT/cpu_tests.txt"
+    grep -B2 -A6 "Failure" "$OUT/cpu_tests.txt" | head -40 ;;
+  esac
+done
+step done

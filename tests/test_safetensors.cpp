@@ -148,5 +148,21 @@ TEST(FileIo, AtomicWriteReplacesWholeFileAndLeavesNoTemporaries) {
   EXPECT_THROW(write_file_atomic("/nonexistent-dir/x", "y"), std::runtime_error);
 }
 
+TEST(FileIo, RemovePathDeletesATreeWithoutFollowingLinks) {
+  const std::string dir = temp_dir("remove_path");
+  make_dirs(dir + "/tree/a/b");
+  make_dirs(dir + "/outside");
+  write_file_atomic(dir + "/tree/a/b/f.txt", "x");
+  write_file_atomic(dir + "/tree/g.txt", "y");
+  write_file_atomic(dir + "/outside/kept.txt", "z");
+  ASSERT_EQ(::symlink((dir + "/outside").c_str(), (dir + "/tree/link").c_str()), 0);
+  remove_path(dir + "/tree");
+  EXPECT_FALSE(path_exists(dir + "/tree"));
+  EXPECT_EQ(read_file(dir + "/outside/kept.txt"), "z");  // the link removed, its target untouched
+  remove_path(dir + "/outside/kept.txt");                // a plain file
+  EXPECT_FALSE(path_exists(dir + "/outside/kept.txt"));
+  EXPECT_NO_THROW(remove_path(dir + "/never-there"));    // nothing to remove is no error
+}
+
 }  // namespace
 }  // namespace moekit

@@ -13,6 +13,7 @@
 #include "moekit/models/ffn_stack/ffn_stack.h"
 #include "moekit/train/checkpoint_store.h"
 #include "moekit/train/metrics_log.h"
+#include "moekit/train/optimizer_state.h"
 #include "moekit/train/schedule.h"
 #include "test_util.h"
 
@@ -156,7 +157,7 @@ std::vector<std::tuple<int64_t, torch::Tensor, torch::Tensor>> adam_state(torch:
                                                                           const std::vector<torch::Tensor>& params) {
   std::vector<std::tuple<int64_t, torch::Tensor, torch::Tensor>> out;
   for (const auto& p : params) {
-    auto& s = static_cast<torch::optim::AdamParamState&>(*adam.state().at(c10::guts::to_string(p.unsafeGetTensorImpl())));
+    auto& s = static_cast<torch::optim::AdamParamState&>(*adam.state().at(optimizer_state_key(p)));
     out.emplace_back(s.step(), s.exp_avg(), s.exp_avg_sq());
   }
   return out;

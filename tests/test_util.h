@@ -18,7 +18,7 @@ namespace moekit {
 // A fresh, empty directory under the test temp dir, unique to this process.
 inline std::string temp_dir(const std::string& name) {
   const std::string dir = ::testing::TempDir() + "/moekit_" + name + "_" + std::to_string(::getpid());
-  std::filesystem::remove_all(dir);
+  remove_path(dir);
   make_dirs(dir);
   return dir;
 }

@@ -146,7 +146,7 @@ std::string run_tokenizer_file(const std::string& exp_dir, bool resume, const st
     if (const auto found = sibling(name)) {
       write_file_atomic(exp_dir + "/" + name, *found);
     } else {
-      std::filesystem::remove(exp_dir + "/" + name);  // a stale one from an earlier start
+      remove_path(exp_dir + "/" + name);  // a stale one from an earlier start
     }
   }
   write_file_atomic(kept, read_file(given));

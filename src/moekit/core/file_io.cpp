@@ -1,6 +1,7 @@
 #include "moekit/core/file_io.h"
 
 #include <fcntl.h>
+#include <ftw.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -18,6 +19,22 @@ namespace fs = std::filesystem;
 namespace {
 
 std::string os_error() { return std::strerror(errno); }
+
+int remove_entry(const char* path, const struct stat*, int, struct FTW*) {
+  return ::remove(path) == 0 || errno == ENOENT ? 0 : -1;
+}
+
+// Deletes `path` and, for a directory, everything under it (symbolic links
+// are removed, never followed); a missing path is no error. Returns "" or
+// why it failed. POSIX nftw, not std::filesystem::remove_all: CUDA builds
+// of PyTorch export their own copy of remove_all from libtorch.so, a
+// program linked against such a LibTorch binds to it, and it crashes there.
+std::string remove_tree(const std::string& path) {
+  struct stat st;
+  if (::lstat(path.c_str(), &st) != 0) return errno == ENOENT ? std::string() : os_error();
+  if (!S_ISDIR(st.st_mode)) return ::unlink(path.c_str()) == 0 || errno == ENOENT ? std::string() : os_error();
+  return ::nftw(path.c_str(), remove_entry, 16, FTW_DEPTH | FTW_PHYS) == 0 ? std::string() : os_error();
+}
 
 void write_all(int fd, std::string_view bytes, const std::string& path) {
   const char* data = bytes.data();
@@ -158,9 +175,8 @@ bool is_directory(const std::string& path) {
 }
 
 void remove_path(const std::string& path) {
-  std::error_code ec;
-  fs::remove_all(path, ec);
-  MOEKIT_CHECK(!ec, "cannot remove '", path, "': ", ec.message());
+  const std::string why = remove_tree(path);
+  MOEKIT_CHECK(why.empty(), "cannot remove '", path, "': ", why);
 }
 
 OutputDir::OutputDir(std::string target, bool force, const std::vector<std::string>& inputs) : force_(force) {
@@ -182,15 +198,14 @@ OutputDir::OutputDir(std::string target, bool force, const std::vector<std::stri
   std::error_code ec;
   for (const auto& entry : fs::directory_iterator(parent, ec)) {
     const std::string name = entry.path().filename().string();
-    if (name.rfind(prefix + "tmp.", 0) == 0 || name.rfind(prefix + "old.", 0) == 0) fs::remove_all(entry.path(), ec);
+    if (name.rfind(prefix + "tmp.", 0) == 0 || name.rfind(prefix + "old.", 0) == 0) remove_tree(entry.path().string());
   }
   staging_ = make_sibling_dir(t.parent_path().empty() ? fs::path(".") / t : t, "tmp");
 }
 
 OutputDir::~OutputDir() {
   if (committed_) return;
-  std::error_code ec;
-  fs::remove_all(staging_, ec);
+  remove_tree(staging_);
 }
 
 void OutputDir::commit() {

@@ -1,6 +1,7 @@
 #include "moekit/moe/moe_layer.h"
 
 #include <ATen/Parallel.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 
 #include <algorithm>
 #include <cmath>
@@ -230,7 +231,11 @@ void MoELayerImpl::check_route(const torch::Tensor& x, const RouteInput& route) 
 torch::Tensor MoELayerImpl::routed_logits(const torch::Tensor& x, const torch::Tensor& tokens,
                                           const torch::Tensor& mask, const torch::Tensor& token_batch,
                                           const RouteInput& route) {
-  const torch::Tensor gate_weight = gate->weight.to(torch::kFloat32);  // [E, D], router math in fp32
+  // Router math in fp32, also under CUDA bfloat16 autocast (whose cast
+  // policy would run these linears in bfloat16): the top-k choice and the
+  // balancing and z losses are taken on fp32 logits.
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+  const torch::Tensor gate_weight = gate->weight.to(torch::kFloat32);  // [E, D]
   switch (options_.routing) {
     case Routing::Token:
       return torch::nn::functional::linear(tokens.to(torch::kFloat32), gate_weight);  // [N, E]

@@ -15,6 +15,7 @@
 #include "moekit/core/file_io.h"
 #include "moekit/core/model_dir.h"
 #include "moekit/core/safetensors.h"
+#include "moekit/train/optimizer_state.h"
 
 namespace moekit {
 namespace {
@@ -28,9 +29,6 @@ void load_optimizer(torch::optim::Optimizer& optimizer, const std::string& path)
   optimizer.load(archive);
 }
 
-// The key of a parameter's state in a LibTorch optimizer.
-std::string state_key(const torch::Tensor& p) { return c10::guts::to_string(p.unsafeGetTensorImpl()); }
-
 // Adam's moments of `model`'s parameters whose names `keep` accepts, by
 // name: <name>.exp_avg, .exp_avg_sq, .max_exp_avg_sq (amsgrad) and .step.
 // A parameter that never had a gradient has no state and no entry.
@@ -39,7 +37,7 @@ TensorMap adam_moments(const torch::optim::Optimizer& optimizer, const torch::nn
   TensorMap out;
   for (const auto& p : model.named_parameters()) {
     if (!keep(p.key())) continue;
-    const auto it = optimizer.state().find(state_key(p.value()));
+    const auto it = optimizer.state().find(optimizer_state_key(p.value()));
     if (it == optimizer.state().end()) continue;
     const auto* s = dynamic_cast<const torch::optim::AdamParamState*>(it->second.get());
     MOEKIT_CHECK(s != nullptr, "checkpoint: the optimizer's state of ", p.key(), " is not Adam's");
@@ -94,7 +92,7 @@ void set_adam_moments(torch::optim::Optimizer& optimizer, const torch::nn::Modul
     MOEKIT_CHECK_ARG(false, source, ": moments without their step count");
   }
   optimizer.state().clear();
-  for (auto& [p, state] : states) optimizer.state()[state_key(p)] = std::move(state);
+  for (auto& [p, state] : states) optimizer.state()[optimizer_state_key(p)] = std::move(state);
 }
 
 std::set<std::string> names_of(const dist::ShardManifest& manifest) {

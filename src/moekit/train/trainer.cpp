@@ -28,6 +28,7 @@
 #include "moekit/moe/moe_layer.h"
 #include "moekit/train/checkpoint_store.h"
 #include "moekit/train/metrics_log.h"
+#include "moekit/train/optimizer_state.h"
 #include "moekit/train/schedule.h"
 
 namespace moekit {
@@ -437,7 +438,7 @@ class TrainLoop {
     // Adam's moments loaded whole from a checkpoint: this rank's slices.
     const int64_t members = ep_group_->size(), member = ep_group_->rank();
     for (const auto& p : expert_params_) {
-      const auto it = optimizer_->state().find(c10::guts::to_string(p.unsafeGetTensorImpl()));
+      const auto it = optimizer_->state().find(optimizer_state_key(p));
       if (it == optimizer_->state().end()) continue;
       auto& state = static_cast<torch::optim::AdamParamState&>(*it->second);
       const int64_t local = p.size(0);
