@@ -2,6 +2,8 @@
 // routed tokens and gate weight, capacity limits, hand-worked router losses,
 // and clear errors on bad input.
 #include <gtest/gtest.h>
+#include <ATen/autocast_mode.h>
+#include <torch/version.h>
 
 #include <algorithm>
 #include <cmath>
@@ -376,6 +378,51 @@ TEST(MoEInvariants, CapacityIsNeverExceededAndDropsAreCountedExactly) {
   EXPECT_EQ(moe->last_stats().dropped_tokens, 4);
   EXPECT_EQ(y[0].slice(0, 2).abs().max().item<float>(), 0.0f);
   EXPECT_GT(y[0].slice(0, 0, 2).abs().max().item<float>(), 0.0f);
+}
+
+// CPU bfloat16 autocast on (LibTorch 1.x and 2.x spell it differently),
+// off again when it goes out of scope.
+struct CpuBf16Autocast {
+  CpuBf16Autocast() { set(true); }
+  ~CpuBf16Autocast() { set(false); }
+  static void set(bool on) {
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+    at::autocast::set_autocast_dtype(at::kCPU, at::kBFloat16);
+    at::autocast::set_autocast_enabled(at::kCPU, on);
+#else
+    at::autocast::set_autocast_cpu_dtype(at::kBFloat16);
+    at::autocast::set_cpu_enabled(on);
+#endif
+  }
+};
+
+TEST(MoEInvariants, RouterComputesInFloat32UnderBfloat16Autocast) {
+  // Autocast's cast policy runs linears in bfloat16; the router's logits
+  // (the top-k choice, the balancing and z losses) stay float32, equal to
+  // those without autocast, in every routing mode.
+  for (const Routing routing : {Routing::Token, Routing::Sentence, Routing::Task}) {
+    MoEOptions o;
+    o.d_model = 16;
+    o.d_hidden = 8;
+    o.num_experts = 4;
+    o.top_k = 2;
+    o.routing = routing;
+    o.num_tasks = 3;
+    torch::manual_seed(3);
+    MoELayer moe(o);
+    const torch::Tensor x = torch::randn({2, 5, o.d_model}, torch::requires_grad());
+    RouteInput route;
+    if (routing == Routing::Task) route.task = torch::tensor({2, 0});
+    const torch::Tensor plain = moe->router_logits(x, route);
+    torch::Tensor under;
+    {
+      CpuBf16Autocast autocast;
+      under = moe->router_logits(x, route);
+    }
+    ASSERT_EQ(under.scalar_type(), torch::kFloat32) << static_cast<int>(routing);
+    EXPECT_TRUE(torch::allclose(under, plain, 1e-6, 1e-6)) << static_cast<int>(routing);
+    EXPECT_NO_THROW(gate_top_k(under, o.top_k, o.gating, o.renormalize));
+  }
 }
 
 TEST(MoEInvariants, RouterLossesEqualHandWorkedValues) {
