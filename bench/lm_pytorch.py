@@ -9,6 +9,7 @@ model.safetensors), so it is also an independent check of that layout.
   lm_pytorch.py logits HF_DIR --tokens 1,2,3 --out logits.f32   # raw little-endian fp32 [T, V]
   lm_pytorch.py perplexity HF_DIR --tokens-file ids.txt --window 64 --stride 32    # JSON nll, perplexity
   lm_pytorch.py train  HF_DIR --batch 8 --seq 128 --steps 5 --rounds 3 --threads 1   # JSON tokens/s
+  lm_pytorch.py train  HF_DIR --device cuda --autocast bf16 ...                          # on a GPU
   lm_pytorch.py generate HF_DIR --prompt 16 --new-tokens 64 --threads 1                 # JSON tokens/s
   lm_pytorch.py generate HF_DIR --dtype bf16 ...   # the whole model in bfloat16, as transformers'
                                                    # torch_dtype=torch.bfloat16 loads it
@@ -158,8 +159,8 @@ class Model(nn.Module):
         self.inv_freq = 1.0 / (c.get("rope_theta", 10000.0) ** (torch.arange(0, hd, 2, dtype=torch.int64).float() / hd))
 
     def forward(self, tokens, offset=0, caches=None):
-        pos = torch.arange(offset, offset + tokens.shape[1], dtype=torch.float)
-        emb = torch.cat([torch.outer(pos, self.inv_freq)] * 2, dim=-1)
+        pos = torch.arange(offset, offset + tokens.shape[1], dtype=torch.float, device=tokens.device)
+        emb = torch.cat([torch.outer(pos, self.inv_freq.to(tokens.device))] * 2, dim=-1)
         x = self.embed_tokens(tokens)
         cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)  # as HF's rotary embedding returns them
         for i, layer in enumerate(self.layers):
@@ -199,6 +200,9 @@ def main():
     ap.add_argument("--stride", type=int, default=0, help="perplexity: stride (0: half the window)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="generate: the model's dtype")
+    ap.add_argument("--device", default="cpu", help="train: cpu or cuda")
+    ap.add_argument("--autocast", choices=["none", "bf16"], default="none",
+                    help="train: the forward pass under torch.autocast bfloat16")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -240,22 +244,32 @@ def main():
         print(json.dumps({"impl": "pytorch", "nll": nll, "perplexity": math.exp(nll), "tokens": n_tokens}))
         return
     if args.mode == "train":
+        device = torch.device(args.device)
+        model = model.to(device)
         opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-        batch = torch.randint(V, (args.batch, args.seq + 1))
+        batch = torch.randint(V, (args.batch, args.seq + 1)).to(device)
 
         def step():
             opt.zero_grad()
-            logits = model(batch[:, :-1])
-            loss = F.cross_entropy(logits.reshape(-1, V), batch[:, 1:].reshape(-1))
+            # torch.autocast as a training script turns it on (fp32 master weights).
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.autocast == "bf16"):
+                logits = model(batch[:, :-1])
+                loss = F.cross_entropy(logits.reshape(-1, V).float(), batch[:, 1:].reshape(-1))
             loss.backward()
             opt.step()
 
+        def sync():
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+
         step()
+        sync()
         times = []
         for _ in range(args.rounds):
             t0 = time.perf_counter()
             for _ in range(args.steps):
                 step()
+            sync()
             times.append(time.perf_counter() - t0)
         t = sorted(times)[len(times) // 2]
         print(json.dumps({"impl": "pytorch", "train_tokens_per_s": args.batch * args.seq * args.steps / t}))

@@ -1,21 +1,22 @@
 #!/usr/bin/env bash
 # On a GPU machine with a CUDA PyTorch (no apt, no network): builds MoEKit
 # against that PyTorch's LibTorch with the libraries scripts/device-deps.sh
-# unpacked into .devdeps/, then runs, while time is left, the CUDA tests, the
-# GPU MoE-layer benchmarks (MoEKit and the PyTorch eager per-expert loop),
+# unpacked into .devdeps/, then runs, while time is left, the CUDA tests, LM
+# training throughput (MoE against dense of equal active FLOPs, and PyTorch
+# eager), the GPU MoE-layer benchmarks (MoEKit and the per-expert loop),
 # the distributed tests and the MoE tests on the CPU. Logs go to $OUT
 # (default /tmp/moekit-device).
 #
 #   BUDGET_S   seconds for the whole script (default 540); a stage that
 #              would not fit is skipped and says so
-#   STAGES     which stages, in order (default "cuda bench dist cpu"; also gdb:
+#   STAGES     which stages, in order (default "cuda train bench dist cpu"; also gdb:
 #              the tests matching GDB_FILTER under cuda-gdb)
 #   TESTS      the test sources built (default: those the stages run)
 set -u
 OUT=${OUT:-/tmp/moekit-device}
 mkdir -p "$OUT"
 DEADLINE=$(( $(date +%s) + ${BUDGET_S:-540} ))
-STAGES=${STAGES:-"cuda bench dist cpu"}
+STAGES=${STAGES:-"cuda train bench dist cpu"}
 TESTS=${TESTS:-"test_cuda.cpp;test_dist.cpp;test_moe_invariants.cpp;test_grouped_ffn.cpp;test_train_parts.cpp"}
 left() { echo $(( DEADLINE - $(date +%s) )); }
 step() { echo; echo "== $* ($(date +%T), $(left) s left)"; }
@@ -65,6 +66,38 @@ for stage in $STAGES; do
     timeout "$(limit 200)" $T --gtest_filter='Cuda*:Device*' >"$OUT/cuda_tests.txt" 2>&1
     echo "rc=$?"; summary "$OUT/cuda_tests.txt"
     grep -B2 -A6 "Failure\|what()" "$OUT/cuda_tests.txt" | head -60 ;;
+  train)
+    step "LM training through the trainer: MoE (8 experts, top-2) against the dense LM of equal active FLOPs; PyTorch eager (HF Mixtral's loop)"
+    fits 120 || continue
+    shape="--d-model 1024 --layers 8 --heads 16 --kv-heads 4 --vocab 32000 --batch 16 --seq 512 --steps 10 --rounds 3"
+    for autocast in bf16 none; do
+      for model in moe dense; do
+        arch="--experts 8 --ffn 2816"
+        [ "$model" = dense ] && arch="--experts 0 --ffn 5632"
+        timeout "$(limit 90)" $M --device cuda bench lm --trainer --autocast $autocast $shape $arch --tokens 8 \
+          --save-hf /tmp/hf_$model >"$OUT/train_${model}_$autocast.json" 2>/tmp/train_${model}_$autocast.err ||
+          tail -3 /tmp/train_${model}_$autocast.err
+        timeout "$(limit 90)" python3 bench/lm_pytorch.py train /tmp/hf_$model --device cuda --autocast $autocast \
+          --batch 16 --seq 512 --steps 10 --rounds 3 >"$OUT/train_pytorch_${model}_$autocast.json" 2>&1
+      done
+      python3 - "$OUT" $autocast <<'PY'
+import json, sys
+out, autocast = sys.argv[1], sys.argv[2]
+def read(name):
+    try:
+        return json.load(open("%s/%s" % (out, name)))
+    except (OSError, ValueError):
+        return {}
+m, d = read("train_moe_%s.json" % autocast), read("train_dense_%s.json" % autocast)
+pm, pd = read("train_pytorch_moe_%s.json" % autocast), read("train_pytorch_dense_%s.json" % autocast)
+tm, td = m.get("trainer", {}).get("tokens_per_s", 0), d.get("trainer", {}).get("tokens_per_s", 0)
+print("autocast %s: tokens/s moekit MoE %.0f (reruns %s), dense %.0f, MoE / dense %.2f; pytorch MoE %.0f, dense %.0f; moekit / pytorch MoE %.2f" % (
+    autocast, tm, m.get("trainer", {}).get("moe_reruns"), td, tm / td if td else 0,
+    pm.get("train_tokens_per_s", 0), pd.get("train_tokens_per_s", 0),
+    tm / pm["train_tokens_per_s"] if pm.get("train_tokens_per_s") else 0))
+PY
+    done
+    rm -rf /tmp/hf_moe /tmp/hf_dense ;;
   bench)
     step "MoE layer on the GPU: MoEKit, dense of equal active FLOPs, per-expert loop; PyTorch eager loop"
     fits 60 || continue

@@ -1,17 +1,24 @@
 // `moekit bench lm`: training tokens/s (forward + backward + Adam) and
 // batch-1 generation tokens/s of an LLaMA-style LM, with the fraction of the
-// memory-bandwidth bound per generated token (JSON).
+// memory-bandwidth bound per generated token (JSON). With --trainer the
+// training is timed through the trainer itself (`moekit train lm`'s loop:
+// gradient clipping, bfloat16 autocast, MoE row budgets on a GPU).
+#include <cstdlib>
 #include <iostream>
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "bench_util.h"
 #include "commands.h"
 #include "moekit/core/check.h"
+#include "moekit/core/file_io.h"
 #include "moekit/core/model_dir.h"
 #include "moekit/core/runtime.h"
 #include "moekit/models/lm/hf_llama.h"
 #include "moekit/models/lm/lm_model.h"
 #include "moekit/moe/moe_layer.h"
+#include "moekit/train/lm_task.h"
+#include "moekit/train/trainer.h"
 
 namespace moekit::cli {
 namespace {
@@ -25,12 +32,73 @@ struct BenchLmOptions {
   bool int8_experts = false;  // time generation with the experts quantized to int8
   std::string weight_dtype = "fp32";  // the matrices' dtype while generation is timed
   uint64_t seed = 1;
+  bool trainer = false;              // time training through the trainer (train())
+  std::string autocast = "none";     // --trainer: train_conf.autocast
+  std::string moe_dispatch = "auto";  // --trainer: train_conf.moe_dispatch
 };
 
 double time_once(const std::function<void()>& fn) {
   const auto start = Clock::now();
   fn();
   return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+// Training tokens/s through the trainer: `rounds` + 1 intervals of `steps`
+// optimizer steps on random tokens in a temporary experiment directory; the
+// trainer's throughput records of every interval but the first (warm-up:
+// allocations, the first MoE row budgets), their median.
+nlohmann::json time_trainer(const std::shared_ptr<LmModel>& model, const BenchLmOptions& o,
+                            const torch::Device& device) {
+  const int64_t steps = o.steps * (o.rounds + 1);
+  const LmConfig& c = model->config();
+  auto tokens = [&](int64_t n) {
+    const torch::Tensor t = torch::randint(c.vocab_size, {n}, torch::kLong);
+    return std::vector<int64_t>(t.data_ptr<int64_t>(), t.data_ptr<int64_t>() + n);
+  };
+  LmDataOptions data;
+  data.seq_len = o.seq;
+  data.batch_size = o.batch;
+  data.max_valid_windows = o.batch;
+  TrainerOptions t;
+  t.epochs = 1;
+  t.lr = 1e-4;
+  t.warmup_steps = 1;
+  t.log_interval = o.steps;
+  t.keep_checkpoints = 1;
+  t.average_last = 1;
+  t.total_steps = steps;
+  t.peak_flops = 1e15;  // no GEMM measurement at start (MFU is not reported here)
+  t.seed = o.seed;
+  t.autocast = o.autocast;
+  t.moe_dispatch = o.moe_dispatch;
+  t.validate();
+  const char* tmp = std::getenv("TMPDIR");
+  std::string dir = std::string(tmp != nullptr && *tmp != '\0' ? tmp : "/tmp") + "/moekit_bench_lm.XXXXXX";
+  MOEKIT_CHECK(::mkdtemp(dir.data()) != nullptr, "bench lm: cannot create a directory under ", dir);
+  struct Remove {
+    std::string dir;
+    ~Remove() {
+      try {
+        remove_path(dir);
+      } catch (const std::exception&) {
+      }
+    }
+  } remove{dir};
+  LmTrainTask task(model, tokens((steps + 2) * o.batch * (o.seq + 1)), tokens(2 * o.batch * (o.seq + 1)), data,
+                   o.seed, "");
+  const TrainSummary summary = train(task, t, dir + "/exp", false, device);
+  std::vector<double> per_s;
+  std::istringstream lines(read_file(dir + "/exp/metrics.jsonl"));
+  std::string line;
+  while (std::getline(lines, line)) {
+    const nlohmann::json r = nlohmann::json::parse(line);
+    if (r.contains("tokens_per_s")) per_s.push_back(r["tokens_per_s"].get<double>());
+  }
+  MOEKIT_CHECK(per_s.size() == static_cast<size_t>(o.rounds + 1), "bench lm: the trainer logged ", per_s.size(),
+               " throughput records, not ", o.rounds + 1);
+  per_s.erase(per_s.begin());
+  return {{"tokens_per_s", median(per_s)}, {"intervals", per_s}, {"moe_reruns", summary.moe_reruns},
+          {"autocast", o.autocast}, {"moe_dispatch", o.moe_dispatch}};
 }
 
 }  // namespace
@@ -62,6 +130,12 @@ void add_bench_lm_command(CLI::App& bench, const GlobalOptions& global) {
   cmd->add_option("--dtype", o->weight_dtype,
                   "Weight matrices while generation is timed: fp32 | bf16 (LmModel::set_weight_dtype; training is "
                   "timed in float32)")
+      ->capture_default_str();
+  cmd->add_flag("--trainer", o->trainer,
+                "Time training through the trainer (train lm's loop: clipping, autocast, MoE row budgets)");
+  cmd->add_option("--autocast", o->autocast, "--trainer: train_conf.autocast (none | bf16, CUDA)")
+      ->capture_default_str();
+  cmd->add_option("--moe-dispatch", o->moe_dispatch, "--trainer: train_conf.moe_dispatch (auto | sorted | padded)")
       ->capture_default_str();
   cmd->callback([o, &global] {
     apply_runtime(global);
@@ -98,8 +172,13 @@ void add_bench_lm_command(CLI::App& bench, const GlobalOptions& global) {
     // Training: the trainer's step (loss, backward, Adam) on a fixed random
     // batch (not for a model whose experts are int8 already).
     std::vector<double> t_train;
+    nlohmann::json trainer;
     const bool trainable = !has_int8_experts(*model);
-    if (trainable && o->steps > 0) {
+    MOEKIT_CHECK_ARG(!o->trainer || (trainable && o->steps > 0),
+                     "bench lm: --trainer needs --steps > 0 and a model without int8 experts");
+    if (o->trainer) {
+      trainer = time_trainer(model, *o, device);
+    } else if (trainable && o->steps > 0) {
       model->train();
       torch::optim::Adam adam(model->parameters(), torch::optim::AdamOptions(1e-4));
       const torch::Tensor batch = torch::randint(c.vocab_size, {o->batch, o->seq + 1}, torch::kLong).to(device);
@@ -171,6 +250,7 @@ void add_bench_lm_command(CLI::App& bench, const GlobalOptions& global) {
     j["int8_experts"] = has_int8_experts(*model);
     j["weight_dtype"] = c10::toString(model->weight_dtype());
     if (!t_train.empty()) j["train_tokens_per_s"] = static_cast<double>(o->batch * o->seq * o->steps) / median(t_train);
+    if (!trainer.is_null()) j["trainer"] = trainer;
     j["generate_tokens_per_s"] = static_cast<double>(o->tokens) / median(t_gen);
     j["decode_tokens_per_s"] = 1.0 / per_token;
     j["weight_bytes_per_token"] = bytes;
