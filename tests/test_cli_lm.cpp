@@ -185,6 +185,32 @@ TEST(CliLm, AHubTokenizerJsonTrainsGeneratesAndEvaluates) {
 // plus twice the weights, where building in float32 beside a read copy of
 // the file took about five times. Its tokenizer has fewer ids than the
 // model's (padded) vocabulary, which is allowed.
+TEST(CliLm, BenchLmTimesTrainingThroughTheTrainer) {
+  // --trainer runs the trainer's loop (here on the padded dispatch under row
+  // budgets) in a temporary directory under TMPDIR, removed afterwards, and
+  // reports the median of its throughput records after the first interval.
+  const std::string tmp = temp_dir("bench_lm_trainer");
+  const std::string shape = "--threads 1 bench lm --experts 4 --d-model 32 --layers 1 --heads 2 --kv-heads 1 "
+                            "--ffn 64 --vocab 50 --batch 2 --seq 16 --tokens 2 ";
+  const CliRun run = run_cli(shape + "--trainer --steps 2 --rounds 2 --moe-dispatch padded", "env TMPDIR=" + tmp);
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  const size_t json_at = run.output.find("{\n  \"benchmark\"");
+  ASSERT_NE(json_at, std::string::npos) << run.output;
+  const nlohmann::json j = nlohmann::json::parse(run.output.substr(json_at));
+  const nlohmann::json& t = j.at("trainer");
+  EXPECT_EQ(t.at("intervals").size(), 2u);
+  EXPECT_GT(t.at("tokens_per_s").get<double>(), 0.0);
+  EXPECT_EQ(t.at("moe_dispatch"), "padded");
+  EXPECT_NE(run.output.find("MoE row budgets:"), std::string::npos) << run.output;  // the trainer's own last line
+  int left = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(tmp))
+    left += entry.path().filename().string().rfind("moekit_bench_lm.", 0) == 0;
+  EXPECT_EQ(left, 0);
+  const CliRun bad = run_cli(shape + "--trainer --steps 0");
+  EXPECT_NE(bad.exit_code, 0);
+  EXPECT_NE(bad.output.find("--trainer needs --steps > 0"), std::string::npos) << bad.output;
+}
+
 TEST(CliLm, ABf16DirectoryLoadsInAboutTwiceItsSize) {
   if (!have_sentencepiece() || std::system("command -v spm_train > /dev/null 2>&1") != 0)
     GTEST_SKIP() << "SentencePiece tools (package sentencepiece) not installed";
