@@ -103,7 +103,7 @@ PY
     fits 60 || continue
     for dtype in bfloat16 float32; do
       variants=moekit,dense,loop
-      [ "$dtype" = bfloat16 ] && variants=moekit,moekit_gemm,dense,loop
+      [ "$dtype" = bfloat16 ] && variants=moekit,moekit_gemm,moekit_grouped_mm,dense,loop
       timeout "$(limit 45)" $M --device cuda bench moe --dtype "$dtype" --d-model 1024 --hidden 4096 --tokens 512,8192,32768 \
         --rounds 5 --variants $variants >"$OUT/bench_moe_cuda_$dtype.json" 2>&1
       python3 - "$OUT/bench_moe_cuda_$dtype.json" <<'PY'
@@ -116,6 +116,7 @@ for r in d["layer"]:
     f, b = r["forward_ms"], r["forward_backward_ms"]
     print("moekit %s H=%d N=%5d fwd ms: %s | fwd+bwd ms: %s" % (r["dtype"], r["d_hidden"], r["tokens"],
         " ".join("%s %.3f" % kv for kv in f.items()), " ".join("%s %.3f" % kv for kv in b.items())))
+    print("  Auto ran: %s" % json.dumps(r.get("moekit_fast_paths", {})))
 PY
       for n in 512 8192 32768; do
         timeout "$(limit 30)" python3 bench/moe_pytorch.py --device cuda --dtype $dtype --tokens $n --d-model 1024 --hidden 4096 --rounds 5

@@ -108,6 +108,8 @@ TEST(CliRuntime, BenchmarkOverSeveralThreadCountsPrintsOnce) {
   const nlohmann::json j = nlohmann::json::parse(run.output);
   EXPECT_EQ(j.at("benchmark"), "moe_layer");
   EXPECT_EQ(j.at("layer").size(), 2u);
+  // Which kernels MoEKit's own choice ran (here the CPU inference loop form).
+  EXPECT_EQ(j.at("layer")[0].at("moekit_fast_paths").at("forward").value("moe.cpu_inference", 0), 1);
 }
 
 }  // namespace

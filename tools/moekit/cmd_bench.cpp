@@ -19,6 +19,7 @@
 #include "moekit/core/check.h"
 #include "moekit/core/runtime.h"
 #include "moekit/moe/moe_layer.h"
+#include "moekit/ops/fast_path.h"
 #include "moekit/nn/ffn.h"
 
 namespace moekit::cli {
@@ -121,6 +122,32 @@ json bench_layer(const BenchMoeOptions& opt, int64_t hidden, int64_t tokens) {
     for (auto& p : dense->parameters()) p.mutable_grad() = torch::Tensor();
     x_grad.mutable_grad() = torch::Tensor();
   };
+  // The fast paths (kernels) one untimed call of MoEKit's own choice ran:
+  // which kernel Auto took at this shape and device.
+  auto paths_of = [&](const std::function<void()>& call) {
+    const std::map<std::string, int64_t> before = fast_path_counts();
+    call();
+    json ran = json::object();
+    for (const auto& [name, count] : fast_path_counts()) {
+      const auto it = before.find(name);
+      const int64_t calls = count - (it == before.end() ? 0 : it->second);
+      if (calls > 0) ran[name] = calls;
+    }
+    return ran;
+  };
+  json auto_paths;
+  if (std::find(opt.variants.begin(), opt.variants.end(), "moekit") != opt.variants.end()) {
+    {
+      torch::NoGradGuard no_grad;
+      auto_paths["forward"] = paths_of([&] { moe->forward(x); });
+    }
+    if (!opt.forward_only) {
+      auto_paths["forward_backward"] = paths_of([&] {
+        clear_grads();
+        (moe->forward(x_grad) * probe).sum().backward();
+      });
+    }
+  }
   std::map<std::string, std::vector<double>> fwd, fwdbwd;
   for (int r = 0; r < opt.rounds; ++r) {
     for (const std::string& v : opt.variants) {
@@ -152,6 +179,7 @@ json bench_layer(const BenchMoeOptions& opt, int64_t hidden, int64_t tokens) {
     result["forward_ms"][v] = median(fwd[v]) * 1e3;
     if (!opt.forward_only) result["forward_backward_ms"][v] = median(fwdbwd[v]) * 1e3;
   }
+  if (!auto_paths.is_null()) result["moekit_fast_paths"] = auto_paths;
   return result;
 }
 

@@ -278,6 +278,7 @@ torch::Tensor grouped_mm_ffn(const torch::Tensor& x, const std::vector<int64_t>&
                              const ExpertWeights& w, Activation activation) {
   const int64_t rows = x.size(0);
   if (rows == 0) return torch::zeros_like(x);
+  MOEKIT_FAST_PATH("grouped_ffn.grouped_mm");
   std::vector<int32_t> ends(tokens_per_expert.size());
   int64_t end = 0;
   for (size_t e = 0; e < ends.size(); ++e) ends[e] = static_cast<int32_t>(end += tokens_per_expert[e]);
