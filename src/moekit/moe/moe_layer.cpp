@@ -452,9 +452,16 @@ bool MoELayerImpl::padded_dispatch_applies(const torch::Tensor& x) const {
     case MoEDispatch::Auto:
       if (x.device().is_cpu()) return false;
       return options_.capacity_factor_for(is_training()) > 0.0 || (!row_budgets_.empty() && is_training()) ||
-             grouped_mm_offsets_applies(x.reshape({-1, options_.d_model}), experts->weights());
+             offsets_gemm_applies(x.reshape({-1, options_.d_model}));
   }
   return false;
+}
+
+bool MoELayerImpl::offsets_gemm_applies(const torch::Tensor& tokens) const {
+  // A kernel set by set_kernel other than GroupedMm is honoured: the
+  // sorted dispatch runs it.
+  return (kernel_ == GroupedFfnKernel::Auto || kernel_ == GroupedFfnKernel::GroupedMm) &&
+         grouped_mm_offsets_applies(tokens, experts->weights());
 }
 
 torch::Tensor MoELayerImpl::padded_forward(const torch::Tensor& input, const torch::Tensor& x,
@@ -504,7 +511,7 @@ torch::Tensor MoELayerImpl::padded_forward(const torch::Tensor& input, const tor
   const torch::Tensor& wanted = ranked.counts;  // [E + 1]
   const torch::Tensor rank = torch::empty_like(by_priority).scatter_(0, order, ranked.rank);  // [k*N], priority order
   const ExpertWeights w = experts->weights();
-  const bool offsets_gemm = capacity_factor <= 0.0 && grouped_mm_offsets_applies(tokens, w);
+  const bool offsets_gemm = capacity_factor <= 0.0 && offsets_gemm_applies(tokens);
   // Row budgets (dropless training): expert e's rows are block e of the
   // buffer, its size known on the host; an assignment past its block is
   // dropped (the caller checks the record and runs the batch again).

@@ -231,6 +231,9 @@ class MoELayerImpl : public torch::nn::Module {
                               const torch::Tensor& valid, RouterStats& stats) const;
   // The Padded dispatch (see MoEDispatch), for any routing, mask and capacity.
   bool padded_dispatch_applies(const torch::Tensor& x) const;
+  // Dropless rows run as at::_grouped_mm with group ends on the device
+  // (CUDA bfloat16 or bfloat16 autocast), unless set_kernel chose another kernel.
+  bool offsets_gemm_applies(const torch::Tensor& tokens) const;
   torch::Tensor padded_forward(const torch::Tensor& input, const torch::Tensor& x, const RouteInput& route);
 
   // Statistics still on the device, copied out when last_stats() is called
