@@ -17,7 +17,7 @@ OUT=${OUT:-/tmp/moekit-device}
 mkdir -p "$OUT"
 DEADLINE=$(( $(date +%s) + ${BUDGET_S:-540} ))
 STAGES=${STAGES:-"cuda train bench dist cpu"}
-TESTS=${TESTS:-"test_cuda.cpp;test_dist.cpp;test_moe_invariants.cpp;test_grouped_ffn.cpp;test_train_parts.cpp"}
+TESTS=${TESTS:-"test_cuda.cpp;test_dist.cpp;test_moe_invariants.cpp;test_grouped_ffn.cpp;test_train_parts.cpp;test_safetensors.cpp"}
 left() { echo $(( DEADLINE - $(date +%s) )); }
 step() { echo; echo "== $* ($(date +%T), $(left) s left)"; }
 # fits SECONDS: true when that much time is left (else says the stage is skipped)
@@ -57,15 +57,19 @@ T=build-gpu/tests/moekit_tests
 export OMP_NUM_THREADS=4 OPENBLAS_NUM_THREADS=4 MOEKIT_FIXTURES=$PWD/.devdeps/fixtures
 $M --version
 summary() { grep -E "^\[ +(OK|FAILED|SKIPPED) +\]|^\[  PASSED|tests? ran" "$1" | sed 's/ (.*ms)//' | sort -u | head -60; }
+# run_tests NAME FILTER SECONDS: the tests matching FILTER, log in $OUT/NAME.txt
+run_tests() {
+  timeout "$(limit "$3")" $T --gtest_filter="$2" >"$OUT/$1.txt" 2>&1
+  echo "rc=$?"; summary "$OUT/$1.txt"
+  grep -B2 -A6 "Failure\|what()" "$OUT/$1.txt" | head -60
+}
 
 for stage in $STAGES; do
   case $stage in
   cuda)
     step "CUDA tests"
     fits 60 || continue
-    timeout "$(limit 200)" $T --gtest_filter='Cuda*:Device*' >"$OUT/cuda_tests.txt" 2>&1
-    echo "rc=$?"; summary "$OUT/cuda_tests.txt"
-    grep -B2 -A6 "Failure\|what()" "$OUT/cuda_tests.txt" | head -60 ;;
+    run_tests cuda_tests 'Cuda*:Device*' 200 ;;
   train)
     step "LM training through the trainer: MoE (8 experts, top-2) against the dense LM of equal active FLOPs; PyTorch eager (HF Mixtral's loop)"
     fits 120 || continue
@@ -135,9 +139,7 @@ PY
   dist)
     step "distributed tests (Gloo in this LibTorch; NCCL needs two GPUs)"
     fits 40 || continue
-    timeout "$(limit 150)" $T --gtest_filter='Dist.*' >"$OUT/dist_tests.txt" 2>&1
-    echo "rc=$?"; summary "$OUT/dist_tests.txt"
-    grep -B2 -A6 "Failure" "$OUT/dist_tests.txt" | head -40 ;;
+    run_tests dist_tests 'Dist.*' 150 ;;
   gdb)
     step "tests matching GDB_FILTER under cuda-gdb (a backtrace where one crashes)"
     fits 30 || continue
@@ -147,10 +149,7 @@ PY
   cpu)
     step "MoE, grouped FFN and trainer-part tests on the CPU with this LibTorch"
     fits 30 || continue
-    timeout "$(limit 120)" $T --gtest_filter='MoE*:GroupedFfn*:SmallRows*:CheckpointStore*:Schedule*:MetricsLog*' \
-      >"$OUT/cpu_tests.txt" 2>&1
-    echo "rc=$?"; summary "$OUT/cpu_tests.txt"
-    grep -B2 -A6 "Failure" "$OUT/cpu_tests.txt" | head -40 ;;
+    run_tests cpu_tests 'MoE*:GroupedFfn*:SmallRows*:CheckpointStore*:Schedule*:MetricsLog*:FileIo*' 120 ;;
   esac
 done
 step done
