@@ -209,6 +209,9 @@ TEST(CliLm, BenchLmTimesTrainingThroughTheTrainer) {
   const CliRun bad = run_cli(shape + "--trainer --steps 0");
   EXPECT_NE(bad.exit_code, 0);
   EXPECT_NE(bad.output.find("--trainer needs --steps > 0"), std::string::npos) << bad.output;
+  const CliRun alone = run_cli(shape + "--steps 1 --autocast bf16");  // an option of --trainer without it
+  EXPECT_NE(alone.exit_code, 0);
+  EXPECT_NE(alone.output.find("--trainer"), std::string::npos) << alone.output;
 }
 
 TEST(CliLm, ABf16DirectoryLoadsInAboutTwiceItsSize) {

@@ -131,12 +131,14 @@ void add_bench_lm_command(CLI::App& bench, const GlobalOptions& global) {
                   "Weight matrices while generation is timed: fp32 | bf16 (LmModel::set_weight_dtype; training is "
                   "timed in float32)")
       ->capture_default_str();
-  cmd->add_flag("--trainer", o->trainer,
-                "Time training through the trainer (train lm's loop: clipping, autocast, MoE row budgets)");
+  CLI::Option* trainer = cmd->add_flag(
+      "--trainer", o->trainer, "Time training through the trainer (train lm's loop: clipping, autocast, MoE row budgets)");
   cmd->add_option("--autocast", o->autocast, "--trainer: train_conf.autocast (none | bf16, CUDA)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->needs(trainer);
   cmd->add_option("--moe-dispatch", o->moe_dispatch, "--trainer: train_conf.moe_dispatch (auto | sorted | padded)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->needs(trainer);
   cmd->callback([o, &global] {
     apply_runtime(global);
     const c10::optional<torch::ScalarType> weight_dtype = parse_lm_weight_dtype(o->weight_dtype);
