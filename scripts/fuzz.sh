@@ -17,6 +17,11 @@ fi
 cmake --build "$build" -j"$(nproc)"
 # Leaks inside LibTorch's zip reader are its own (fuzz/lsan.supp says which).
 export LSAN_OPTIONS="suppressions=$PWD/fuzz/lsan.supp${LSAN_OPTIONS:+:$LSAN_OPTIONS}"
+# The targets that need files write them under TMPDIR: one directory for
+# this run, removed afterwards.
+TMPDIR="$(mktemp -d "${TMPDIR:-/tmp}/moekit_fuzz.XXXXXX")"
+export TMPDIR
+trap 'rm -rf "$TMPDIR"' EXIT
 status=0
 for name in safetensors pickle audio yaml_configs hf_config decode_words; do
   mkdir -p "$build/corpus/$name" "$build/artifacts/$name"

@@ -762,6 +762,13 @@ TEST(AsrServer, ThePageStreamsTheMicrophoneInARealBrowser) {
                                          "--autoplay-policy=no-user-gesture-required",
                                          "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
                                          "--use-file-for-fake-audio-capture=" + dir + "/mic.wav%noloop", url};
+  // Chromium keeps its singleton socket under TMPDIR: inside the test's directory.
+  std::vector<std::string> env = {"TMPDIR=" + dir};
+  for (char** e = environ; *e != nullptr; ++e)
+    if (std::string(*e).rfind("TMPDIR=", 0) != 0) env.emplace_back(*e);
+  std::vector<char*> envp;
+  for (std::string& e : env) envp.push_back(e.data());
+  envp.push_back(nullptr);
   const pid_t pid = fork();
   ASSERT_GE(pid, 0);
   if (pid == 0) {
@@ -771,7 +778,7 @@ TEST(AsrServer, ThePageStreamsTheMicrophoneInARealBrowser) {
     const int null_fd = ::open("/dev/null", O_WRONLY);
     dup2(null_fd, 1);
     dup2(null_fd, 2);
-    execv(argv[0], argv.data());
+    execve(argv[0], argv.data(), envp.data());
     _exit(127);
   }
   struct Reaper {

@@ -67,8 +67,7 @@ namespace moekit {
 namespace {
 
 std::string asr_model_dir(bool with_decoder = true) {
-  const auto dir = std::filesystem::temp_directory_path() /
-                   ((with_decoder ? "moekit-cli-asr-" : "moekit-cli-asr-ctc-") + std::to_string(::getpid()));
+  const std::string dir = temp_dir(with_decoder ? "cli_asr" : "cli_asr_ctc");
   AsrConfig c = tiny_asr_config(6);
   if (!with_decoder) {
     c.decoder.num_blocks = c.decoder.r_num_blocks = 0;
@@ -76,8 +75,8 @@ std::string asr_model_dir(bool with_decoder = true) {
     c.ctc_weight = 1.0;
   }
   AsrModel model(c);
-  save_asr_model(dir.string(), model, Units({"<blank>", "<unk>", "a", "b", "\xe2\x96\x81", "<sos/eos>"}));
-  return dir.string();
+  save_asr_model(dir, model, Units({"<blank>", "<unk>", "a", "b", "\xe2\x96\x81", "<sos/eos>"}));
+  return dir;
 }
 
 }  // namespace

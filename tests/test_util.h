@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <cstdio>
+#include <cstdlib>
 #include <exception>
 #include <filesystem>
 #include <functional>
@@ -15,9 +17,49 @@
 
 namespace moekit {
 
-// A fresh, empty directory under the test temp dir, unique to this process.
+// Every test process keeps its files under one directory of its own,
+// <test temp dir>/moekit_tests_<pid>, which is removed after the last test
+// (kept when a test failed, or when MOEKIT_KEEP_TEST_DIRS is set, for a look
+// afterwards), so a test run leaves nothing behind. Paths a test derives
+// from a temp_dir (`dir + "-int8"`) stay inside it. A forked child never
+// removes its parent's directory.
+class TestTempRoot : public ::testing::Environment {
+ public:
+  // The directory, made by the first call.
+  static const std::string& path() {
+    static const std::string root = [] {
+      remove_path(name());
+      make_dirs(name());
+      return name();
+    }();
+    return root;
+  }
+
+  void TearDown() override {
+    if (::getpid() != owner_ || !std::filesystem::exists(name())) return;
+    const char* keep = std::getenv("MOEKIT_KEEP_TEST_DIRS");
+    if ((keep != nullptr && *keep != '\0') || ::testing::UnitTest::GetInstance()->Failed()) {
+      std::fprintf(stderr, "test files kept in %s\n", name().c_str());
+      return;
+    }
+    remove_path(name());
+  }
+
+ private:
+  static std::string name() {
+    std::string base = ::testing::TempDir();
+    if (!base.empty() && base.back() == '/') base.pop_back();
+    return base + "/moekit_tests_" + std::to_string(::getpid());
+  }
+
+  pid_t owner_ = ::getpid();
+};
+
+inline const bool kTestTempRootRegistered = (::testing::AddGlobalTestEnvironment(new TestTempRoot), true);
+
+// A fresh, empty directory inside this process's test directory.
 inline std::string temp_dir(const std::string& name) {
-  const std::string dir = ::testing::TempDir() + "/moekit_" + name + "_" + std::to_string(::getpid());
+  const std::string dir = TestTempRoot::path() + "/" + name;
   remove_path(dir);
   make_dirs(dir);
   return dir;
