@@ -33,10 +33,14 @@ else
 fi
 data=$work/data
 exp=$work/exp
+# Independent trainings run side by side, one thread each (PARALLEL= runs
+# them one after the other on all the threads).
+if [[ -n ${PARALLEL-1} && $threads -ge 2 ]]; then slots=$threads job_threads=1; else slots=1 job_threads=$threads; fi
 export OPENBLAS_NUM_THREADS=1  # LibTorch's own threads do the parallel work (--threads)
 
 log_name="lm recipe"
 source "$here/local/train.sh"  # log, train
+source "$root/recipes/jobs.sh"   # jobs_init, job, jobs_wait
 
 if [[ $stage -le 0 && $stop_stage -ge 0 ]]; then
   log "stage 0: corpus and tokenizer"
@@ -52,15 +56,19 @@ fi
 
 if [[ $stage -le 2 && $stop_stage -ge 2 ]]; then
   log "stage 2: Scale-Up to 2x width and depth ($grow_steps steps each)"
-  train grow_random --config "$here/conf/big.yaml" --tokenizer "$data/tokenizer.model" --total-steps "$grow_steps"
+  grow_and_train() {  # name width depth
+    [[ -f $exp/$1.init/model.safetensors ]] ||
+      "$moekit" grow "$exp/small/final" "$exp/$1.init" --d-model 256 --d-ffn 688 --n-layers 8 --width "$2" --depth "$3"
+    train_with "$job_threads" "$1" --config "$here/conf/grow_train.yaml" --init "$exp/$1.init" --total-steps "$grow_steps"
+  }
+  jobs_init "$slots"
+  job grow_random train_with "$job_threads" grow_random --config "$here/conf/big.yaml" \
+    --tokenizer "$data/tokenizer.model" --total-steps "$grow_steps"
   for method in fpi:stack fpi:interpolate aki:stack aki:interpolate; do
     width=${method%:*} depth=${method#*:}
-    name=grow_${width}_${depth}
-    [[ -f $exp/$name.init/model.safetensors ]] ||
-      "$moekit" grow "$exp/small/final" "$exp/$name.init" --d-model 256 --d-ffn 688 --n-layers 8 \
-        --width "$width" --depth "$depth"
-    train "$name" --config "$here/conf/grow_train.yaml" --init "$exp/$name.init" --total-steps "$grow_steps"
+    job "grow_${width}_${depth}" grow_and_train "grow_${width}_${depth}" "$width" "$depth"
   done
+  jobs_wait
 fi
 
 if [[ $stage -le 3 && $stop_stage -ge 3 ]]; then
@@ -71,8 +79,12 @@ if [[ $stage -le 3 && $stop_stage -ge 3 ]]; then
   budget=$("$python" -c "import json,sys; print([json.loads(l) for l in open(sys.argv[1]) if 'train_flops' in l][-1]['train_flops'])" \
     "$exp/out_upcycled/metrics.jsonl")
   log "stage 3: budget $budget training FLOPs"
-  train out_dense --config "$here/conf/scale_out.yaml" --init "$exp/small/final" --flops-budget "$budget"
-  train out_scratch --config "$here/conf/scale_out.yaml" --tokenizer "$data/tokenizer.model" --flops-budget "$budget"
+  jobs_init "$slots"
+  job out_dense train_with "$job_threads" out_dense --config "$here/conf/scale_out.yaml" --init "$exp/small/final" \
+    --flops-budget "$budget"
+  job out_scratch train_with "$job_threads" out_scratch --config "$here/conf/scale_out.yaml" \
+    --tokenizer "$data/tokenizer.model" --flops-budget "$budget"
+  jobs_wait
 fi
 
 if [[ $stage -le 4 && $stop_stage -ge 4 ]]; then

@@ -55,6 +55,9 @@ else
   beam=${BEAM:-4}
   dense=dense extracted=token_task distill_teacher=${DISTILL_TEACHER-token_task}
 fi
+# Independent steps (trainings, scoring) run side by side, one thread each
+# (PARALLEL= runs them one after the other on all the threads).
+if [[ -n ${PARALLEL-1} && $threads -ge 2 ]]; then slots=$threads job_threads=1; else slots=1 job_threads=$threads; fi
 student=${distill_teacher:+${distill_teacher}_distilled}
 scored=$models${student:+ $student}
 data=$work/data
@@ -62,6 +65,7 @@ exp=$work/exp
 export OPENBLAS_NUM_THREADS=1  # LibTorch's own threads do the parallel work (--threads)
 
 log() { echo "[seq2seq recipe $(date +%H:%M:%S)] $*" >&2; }
+source "$root/recipes/jobs.sh"  # jobs_init, job, jobs_wait
 
 if [[ $stage -le 0 && $stop_stage -ge 0 ]]; then
   log "stage 0: corpus and tokenizer"
@@ -78,15 +82,19 @@ if [[ $stage -le 0 && $stop_stage -ge 0 ]]; then
 fi
 
 if [[ $stage -le 1 && $stop_stage -ge 1 ]]; then
+  train_one() {  # name
+    local resume=()
+    [[ -d $exp/$1/checkpoints ]] && resume=(--resume)
+    log "stage 1: training $1 ($job_threads thread(s))"
+    "$moekit" --threads "$job_threads" train seq2seq --config "$here/conf/$1.yaml" --train-data "$data/train.tsv" \
+      --valid-data "$data/valid.tsv" --tokenizer "$data/tokenizer.model" --exp-dir "$exp/$1" "${resume[@]}"
+  }
+  jobs_init "$slots"
   for name in $models; do
     if [[ -f $exp/$name/final/model.safetensors ]]; then log "$name: already trained"; continue; fi
-    resume=()
-    [[ -d $exp/$name/checkpoints ]] && resume=(--resume)
-    log "stage 1: training $name"
-    "$moekit" --threads "$threads" train seq2seq --config "$here/conf/$name.yaml" --train-data "$data/train.tsv" \
-      --valid-data "$data/valid.tsv" --tokenizer "$data/tokenizer.model" --exp-dir "$exp/$name" "${resume[@]}" \
-      2> >(grep -v "^epoch .* step" >&2)
+    job "$name" train_one "$name"
   done
+  jobs_wait
   # The baseline the paper beats: a dense student of the dense model's shape,
   # initialised from the teacher's non-expert weights and trained as long as
   # every other model with KL to the teacher mixed into the label loss.
@@ -106,23 +114,28 @@ fi
 
 if [[ $stage -le 2 && $stop_stage -ge 2 ]]; then
   mkdir -p "$work/eval"
+  score() {  # name: the model on the whole test set
+    "$moekit" --threads "$job_threads" eval "$exp/$1/final" "$data/test.tsv" --beam "$beam" --json \
+      --hyp-out "$work/eval/$1.hyp" > "$work/eval/$1.json"
+  }
+  score_sub() {  # name task: its sub-network for the task, on the task's test sentences
+    local sub=$exp/$1/sub_$2
+    [[ -f $sub/model.safetensors ]] || "$moekit" extract "$exp/$1/final" --task "$2" --out "$sub" > /dev/null
+    "$moekit" --threads "$job_threads" info "$sub" --json > "$work/eval/${1}_sub_$2.info.json"
+    "$moekit" --threads "$job_threads" eval "$sub" "$work/eval/test_$2.tsv" --beam "$beam" --json \
+      > "$work/eval/${1}_sub_$2.json"
+  }
+  for l in ${langs//,/ }; do grep -P "^$l\t" "$data/test.tsv" > "$work/eval/test_$l.tsv"; done
+  jobs_init "$slots"
   for name in $scored; do
-    model=$exp/$name/final
     log "stage 2: scoring $name (beam $beam)"
-    "$moekit" --threads "$threads" info "$model" --json > "$work/eval/$name.info.json"
-    "$moekit" --threads "$threads" eval "$model" "$data/test.tsv" --beam "$beam" --json \
-      --hyp-out "$work/eval/$name.hyp" > "$work/eval/$name.json"
+    "$moekit" --threads "$job_threads" info "$exp/$name/final" --json > "$work/eval/$name.info.json"
+    job "$name" score "$name"
     if grep -q '"routing": *"task"' "$work/eval/$name.info.json"; then
-      for l in ${langs//,/ }; do
-        sub=$exp/$name/sub_$l
-        [[ -f $sub/model.safetensors ]] || "$moekit" extract "$model" --task "$l" --out "$sub" > /dev/null
-        grep -P "^$l\t" "$data/test.tsv" > "$work/eval/test_$l.tsv"
-        "$moekit" --threads "$threads" info "$sub" --json > "$work/eval/${name}_sub_$l.info.json"
-        "$moekit" --threads "$threads" eval "$sub" "$work/eval/test_$l.tsv" --beam "$beam" --json \
-          > "$work/eval/${name}_sub_$l.json"
-      done
+      for l in ${langs//,/ }; do job "${name}_sub_$l" score_sub "$name" "$l"; done
     fi
   done
+  jobs_wait
 fi
 
 if [[ $stage -le 3 && $stop_stage -ge 3 ]]; then

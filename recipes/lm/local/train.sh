@@ -11,5 +11,12 @@ train() {
   [[ -d $exp/$name/checkpoints ]] && resume=(--resume)
   log "training $name"
   "$moekit" --threads "$threads" train lm --train-text "$data/train.txt" --valid-text "$data/valid.txt" \
-    --exp-dir "$exp/$name" "${resume[@]}" "$@" 2> >(grep -v "^epoch .* step" >&2)
+    --exp-dir "$exp/$name" "${resume[@]}" "$@" 2> >(grep --line-buffered -v "^epoch .* step" >&2)
+}
+
+# train_with THREADS NAME ARGS...: train on THREADS threads.
+train_with() {
+  local threads=$1
+  shift
+  train "$@"
 }

@@ -1,0 +1,47 @@
+# Sourced by the recipes: runs independent steps (trainings, evaluations)
+# side by side, one single-threaded process per core. Small models' ops
+# scale poorly over threads, so on 2 cores two 1-thread runs side by side
+# finish well before two 2-thread runs one after the other.
+#
+#   jobs_init SLOTS         # at most SLOTS jobs at once (1: one after the other)
+#   job NAME CMD...         # runs CMD once a slot is free; its output lines,
+#                           # prefixed "  NAME: ", go to stderr as they come
+#   jobs_wait               # waits for every job; fails if one did
+#
+# A failed job's name is reported; the recipe stops at jobs_wait (the jobs
+# already running finish first, so their checkpoints stay consistent).
+
+jobs_init() {
+  _job_slots=$1
+  _job_failed=()
+  declare -gA _job_names=()
+}
+
+job() {
+  local name=$1
+  shift
+  while ((${#_job_names[@]} >= _job_slots)); do _job_reap; done
+  (
+    set -o pipefail
+    "$@" 2>&1 | { grep --line-buffered -v "^epoch .* step" || true; } | sed -u "s/^/  $name: /" >&2
+  ) &
+  _job_names[$!]=$name
+}
+
+_job_reap() {
+  local pid=""
+  if ! wait -n -p pid "${!_job_names[@]}"; then
+    [[ -n $pid ]] || return 0
+    _job_failed+=("${_job_names[$pid]}")
+  fi
+  [[ -n $pid ]] && unset "_job_names[$pid]"
+  return 0
+}
+
+jobs_wait() {
+  while ((${#_job_names[@]} > 0)); do _job_reap; done
+  if ((${#_job_failed[@]} > 0)); then
+    echo "failed: ${_job_failed[*]}" >&2
+    return 1
+  fi
+}
