@@ -54,7 +54,6 @@ lm_fusion=(--lm-weight "$lm_weight" --word-bonus "$word_bonus")
 export OPENBLAS_NUM_THREADS=1  # LibTorch's own threads do the parallel work (--threads)
 
 log() { echo "[asr recipe $(date +%H:%M:%S)] $*" >&2; }
-source "$root/recipes/jobs.sh"  # jobs_init, job, jobs_wait
 
 if [[ $stage -le 0 && $stop_stage -ge 0 ]]; then
   log "stage 0: $task corpus ($num_train train / $num_cv cv / $num_test test utterances, test voices unseen)"
@@ -112,30 +111,23 @@ if [[ $stage -le 1 && $stop_stage -ge 1 ]]; then
 fi
 
 if [[ $stage -le 2 && $stop_stage -ge 2 ]]; then
-  # Every decoding is a single-threaded job; independent ones run side by side.
-  evaluate() {  # out.json model_dir eval-args...
-    local out=$1 model=$2
-    shift 2
-    "$moekit" --threads 1 eval "$model" "$data/test/data.list" --json "$@" > "$out"
-  }
-  if [[ -n "$parallel" && $threads -ge 2 ]]; then jobs_init "$threads"; else jobs_init 1; fi
   for conf in $confs; do
     exp=$work/exp/$conf
     log "stage 2: evaluating $conf on unseen voices"
     "$moekit" --threads 1 info "$exp/final" --json > "$exp/info.json"
     for chunk in -1 16; do
-      job "$conf" evaluate "$exp/eval_chunk$chunk.json" "$exp/final" --chunk-size "$chunk" \
-        --mode ctc_greedy_search ctc_prefix_beam_search attention_rescoring
+      "$moekit" --threads 1 eval "$exp/final" "$data/test/data.list" --chunk-size "$chunk" --json \
+        --mode ctc_greedy_search ctc_prefix_beam_search attention_rescoring > "$exp/eval_chunk$chunk.json"
     done
     # A closed-vocabulary task: the beam searches again, held to its words,
     # and with its word trigram model as well.
     if [[ -f $data/words.txt ]]; then
       for chunk in -1 16; do
-        job "$conf" evaluate "$exp/eval_lexicon_chunk$chunk.json" "$exp/final" --chunk-size "$chunk" \
-          --lexicon "$data/words.txt" --mode ctc_prefix_beam_search attention_rescoring
-        job "$conf" evaluate "$exp/eval_lm_chunk$chunk.json" "$exp/final" --chunk-size "$chunk" \
+        "$moekit" --threads 1 eval "$exp/final" "$data/test/data.list" --chunk-size "$chunk" --json \
+          --lexicon "$data/words.txt" --mode ctc_prefix_beam_search attention_rescoring > "$exp/eval_lexicon_chunk$chunk.json"
+        "$moekit" --threads 1 eval "$exp/final" "$data/test/data.list" --chunk-size "$chunk" --json \
           --lexicon "$data/words.txt" --lm "$data/lm.arpa" "${lm_fusion[@]}" --mode ctc_prefix_beam_search \
-          attention_rescoring
+          attention_rescoring > "$exp/eval_lm_chunk$chunk.json"
       done
     fi
     # An MoE model again with its experts in int8 (moekit quantize), scored the same way.
@@ -143,12 +135,11 @@ if [[ $stage -le 2 && $stop_stage -ge 2 ]]; then
       log "stage 2: $conf with int8 experts (moekit quantize)"
       "$moekit" quantize "$exp/final" "$exp/final_int8" --experts int8 --force
       for chunk in -1 16; do
-        job "$conf int8" evaluate "$exp/eval_int8_chunk$chunk.json" "$exp/final_int8" --chunk-size "$chunk" \
-          --mode ctc_greedy_search ctc_prefix_beam_search attention_rescoring
+        "$moekit" --threads 1 eval "$exp/final_int8" "$data/test/data.list" --chunk-size "$chunk" --json \
+          --mode ctc_greedy_search ctc_prefix_beam_search attention_rescoring > "$exp/eval_int8_chunk$chunk.json"
       done
     fi
   done
-  jobs_wait
   LM_FUSION="weight $lm_weight, word bonus $word_bonus" \
     "$python" "$here/local/results_table.py" "$work/exp" $confs | tee "$work/results.md"
 fi
