@@ -15,6 +15,8 @@
 # Stages (STAGE / STOP_STAGE): 0 corpus + tokenizer, 1 small dense model,
 # 2 Scale-Up, 3 Scale-Out, 4 tables + plot. A killed run picks up where it
 # stopped: finished models are kept, training resumes from checkpoints.
+# Independent trainings run side by side, one thread each (PARALLEL= for one
+# after the other on THREADS threads).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)

@@ -21,7 +21,8 @@
 #
 # STAGE / STOP_STAGE pick stages; MODELS the configs (conf/<name>.yaml). A
 # killed run picks up where it stopped: trained models are kept, training
-# resumes from its checkpoint.
+# resumes from its checkpoint. Independent trainings and scorings run side by
+# side, one thread each (PARALLEL= for one after the other on THREADS threads).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
