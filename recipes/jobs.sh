@@ -8,8 +8,9 @@
 #                           # prefixed "  NAME: ", go to stderr as they come
 #   jobs_wait               # waits for every job; fails if one did
 #
-# A failed job's name is reported; the recipe stops at jobs_wait (the jobs
-# already running finish first, so their checkpoints stay consistent).
+# A failed job does not stop the others (they are independent, and a
+# training stopped midway would only resume later); jobs_wait then names it
+# and fails, which stops the recipe.
 
 jobs_init() {
   _job_slots=$1
