@@ -3,6 +3,9 @@
 # scale poorly over threads, so on 2 cores two 1-thread runs side by side
 # finish well before two 2-thread runs one after the other.
 #
+#   jobs_plan THREADS       # sets job_slots and job_threads: THREADS jobs of one
+#                           # thread each, or with PARALLEL= (or one thread) one
+#                           # job at a time on THREADS threads
 #   jobs_init SLOTS         # at most SLOTS jobs at once (1: one after the other)
 #   job NAME CMD...         # runs CMD once a slot is free; its output lines,
 #                           # prefixed "  NAME: ", go to stderr as they come
@@ -11,6 +14,10 @@
 # A failed job does not stop the others (they are independent, and a
 # training stopped midway would only resume later); jobs_wait then names it
 # and fails, which stops the recipe.
+
+jobs_plan() {
+  if [[ -n ${PARALLEL-1} && $1 -ge 2 ]]; then job_slots=$1 job_threads=1; else job_slots=1 job_threads=$1; fi
+}
 
 jobs_init() {
   _job_slots=$1

@@ -35,14 +35,12 @@ else
 fi
 data=$work/data
 exp=$work/exp
-# Independent trainings run side by side, one thread each (PARALLEL= runs
-# them one after the other on all the threads).
-if [[ -n ${PARALLEL-1} && $threads -ge 2 ]]; then slots=$threads job_threads=1; else slots=1 job_threads=$threads; fi
 export OPENBLAS_NUM_THREADS=1  # LibTorch's own threads do the parallel work (--threads)
 
 log_name="lm recipe"
 source "$here/local/train.sh"  # log, train
-source "$root/recipes/jobs.sh"   # jobs_init, job, jobs_wait
+source "$root/recipes/jobs.sh"   # jobs_plan, jobs_init, job, jobs_wait
+jobs_plan "$threads"
 
 if [[ $stage -le 0 && $stop_stage -ge 0 ]]; then
   log "stage 0: corpus and tokenizer"
@@ -63,7 +61,7 @@ if [[ $stage -le 2 && $stop_stage -ge 2 ]]; then
       "$moekit" grow "$exp/small/final" "$exp/$1.init" --d-model 256 --d-ffn 688 --n-layers 8 --width "$2" --depth "$3"
     train_with "$job_threads" "$1" --config "$here/conf/grow_train.yaml" --init "$exp/$1.init" --total-steps "$grow_steps"
   }
-  jobs_init "$slots"
+  jobs_init "$job_slots"
   job grow_random train_with "$job_threads" grow_random --config "$here/conf/big.yaml" \
     --tokenizer "$data/tokenizer.model" --total-steps "$grow_steps"
   for method in fpi:stack fpi:interpolate aki:stack aki:interpolate; do
@@ -81,7 +79,7 @@ if [[ $stage -le 3 && $stop_stage -ge 3 ]]; then
   budget=$("$python" -c "import json,sys; print([json.loads(l) for l in open(sys.argv[1]) if 'train_flops' in l][-1]['train_flops'])" \
     "$exp/out_upcycled/metrics.jsonl")
   log "stage 3: budget $budget training FLOPs"
-  jobs_init "$slots"
+  jobs_init "$job_slots"
   job out_dense train_with "$job_threads" out_dense --config "$here/conf/scale_out.yaml" --init "$exp/small/final" \
     --flops-budget "$budget"
   job out_scratch train_with "$job_threads" out_scratch --config "$here/conf/scale_out.yaml" \

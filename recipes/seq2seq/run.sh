@@ -56,9 +56,6 @@ else
   beam=${BEAM:-4}
   dense=dense extracted=token_task distill_teacher=${DISTILL_TEACHER-token_task}
 fi
-# Independent steps (trainings, scoring) run side by side, one thread each
-# (PARALLEL= runs them one after the other on all the threads).
-if [[ -n ${PARALLEL-1} && $threads -ge 2 ]]; then slots=$threads job_threads=1; else slots=1 job_threads=$threads; fi
 student=${distill_teacher:+${distill_teacher}_distilled}
 scored=$models${student:+ $student}
 data=$work/data
@@ -66,7 +63,8 @@ exp=$work/exp
 export OPENBLAS_NUM_THREADS=1  # LibTorch's own threads do the parallel work (--threads)
 
 log() { echo "[seq2seq recipe $(date +%H:%M:%S)] $*" >&2; }
-source "$root/recipes/jobs.sh"  # jobs_init, job, jobs_wait
+source "$root/recipes/jobs.sh"  # jobs_plan, jobs_init, job, jobs_wait
+jobs_plan "$threads"
 
 if [[ $stage -le 0 && $stop_stage -ge 0 ]]; then
   log "stage 0: corpus and tokenizer"
@@ -90,7 +88,7 @@ if [[ $stage -le 1 && $stop_stage -ge 1 ]]; then
     "$moekit" --threads "$job_threads" train seq2seq --config "$here/conf/$1.yaml" --train-data "$data/train.tsv" \
       --valid-data "$data/valid.tsv" --tokenizer "$data/tokenizer.model" --exp-dir "$exp/$1" "${resume[@]}"
   }
-  jobs_init "$slots"
+  jobs_init "$job_slots"
   for name in $models; do
     if [[ -f $exp/$name/final/model.safetensors ]]; then log "$name: already trained"; continue; fi
     job "$name" train_one "$name"
@@ -127,7 +125,7 @@ if [[ $stage -le 2 && $stop_stage -ge 2 ]]; then
       > "$work/eval/${1}_sub_$2.json"
   }
   for l in ${langs//,/ }; do grep -P "^$l\t" "$data/test.tsv" > "$work/eval/test_$l.tsv"; done
-  jobs_init "$slots"
+  jobs_init "$job_slots"
   for name in $scored; do
     log "stage 2: scoring $name (beam $beam)"
     "$moekit" --threads "$job_threads" info "$exp/$name/final" --json > "$work/eval/$name.info.json"
