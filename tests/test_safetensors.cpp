@@ -60,6 +60,23 @@ TEST(Safetensors, ExactRoundTripForEveryDtype) {
   const SafetensorsHeader header = read_safetensors_header(path);
   EXPECT_EQ(header.data_start % 8, 0u);
   EXPECT_EQ(header.entries.at("bf16").dtype, torch::kBFloat16);
+  // The streamed file holds exactly the bytes serialize_safetensors makes.
+  EXPECT_EQ(read_file(path), serialize_safetensors(tensors, metadata));
+}
+
+TEST(Safetensors, AFailedWriteLeavesThePreviousFileAndNoTemporaries) {
+  const std::string dir = temp_dir("safetensors_failed_write");
+  const std::string path = dir + "/model.safetensors";
+  const TensorMap good = {{"a", torch::arange(6, torch::kFloat32)}};
+  write_safetensors(path, good);
+  const std::string before = read_file(path);
+  // The bad tensor sorts after a good one, so the header is where it fails.
+  const TensorMap bad = {{"a", torch::ones({2})}, {"b", torch::Tensor()}};
+  EXPECT_THROW(write_safetensors(path, bad), std::invalid_argument);
+  EXPECT_EQ(read_file(path), before);
+  int entries = 0;
+  for ([[maybe_unused]] const auto& entry : std::filesystem::directory_iterator(dir)) ++entries;
+  EXPECT_EQ(entries, 1) << "a temporary was left in " << dir;
 }
 
 TEST(Safetensors, RejectsDamagedFiles) {

@@ -197,37 +197,62 @@ SafetensorsContents read_safetensors(const std::string& path) {
   return {tensors_from_buffer(header, file.data()), header.metadata};
 }
 
-std::string serialize_safetensors(const TensorMap& tensors, const StringMap& metadata) {
+namespace {
+
+// The padded header text of `tensors` in name order (only dtype and shape
+// are read: no tensor is copied) and the size of the data section.
+std::string safetensors_header_text(const TensorMap& tensors, const StringMap& metadata, uint64_t* data_bytes) {
   json header = json::object();
   if (!metadata.empty()) header["__metadata__"] = metadata;
-  std::vector<torch::Tensor> contiguous;
   uint64_t offset = 0;
   for (const auto& [name, tensor] : tensors) {
     MOEKIT_CHECK_ARG(name != "__metadata__", "a tensor cannot be named __metadata__");
     MOEKIT_CHECK_ARG(tensor.defined(), "tensor '", name, "' is undefined");
-    torch::Tensor t = tensor.detach().to(torch::kCPU).contiguous();
-    const uint64_t nbytes = static_cast<uint64_t>(t.numel()) * t.element_size();
-    header[name] = {{"dtype", safetensors_dtype_name(t.scalar_type())},
-                    {"shape", t.sizes().vec()},
+    const uint64_t nbytes = static_cast<uint64_t>(tensor.numel()) * tensor.element_size();
+    header[name] = {{"dtype", safetensors_dtype_name(tensor.scalar_type())},
+                    {"shape", tensor.sizes().vec()},
                     {"data_offsets", {offset, offset + nbytes}}};
     offset += nbytes;
-    contiguous.push_back(std::move(t));
   }
-  std::string header_text = header.dump();
-  header_text.append((8 - header_text.size() % 8) % 8, ' ');
+  std::string text = header.dump();
+  text.append((8 - text.size() % 8) % 8, ' ');
+  *data_bytes = offset;
   std::string out;
-  out.reserve(8 + header_text.size() + offset);
-  const uint64_t header_len = header_text.size();
+  const uint64_t header_len = text.size();
   out.append(reinterpret_cast<const char*>(&header_len), sizeof(header_len));
-  out += header_text;
-  for (const torch::Tensor& t : contiguous) {
-    out.append(static_cast<const char*>(t.data_ptr()), t.numel() * t.element_size());
+  return out + text;
+}
+
+// Hands `sink` the file's bytes in order: the header, then each tensor's
+// bytes, one tensor copied to contiguous CPU memory at a time.
+template <typename Sink>
+void emit_safetensors(const TensorMap& tensors, const StringMap& metadata, uint64_t* total_bytes, Sink&& sink) {
+  uint64_t data_bytes = 0;
+  const std::string header = safetensors_header_text(tensors, metadata, &data_bytes);
+  if (total_bytes != nullptr) *total_bytes = header.size() + data_bytes;
+  sink(std::string_view(header));
+  for (const auto& [name, tensor] : tensors) {
+    const torch::Tensor t = tensor.detach().to(torch::kCPU).contiguous();
+    sink(std::string_view(static_cast<const char*>(t.data_ptr()), t.numel() * t.element_size()));
   }
+}
+
+}  // namespace
+
+std::string serialize_safetensors(const TensorMap& tensors, const StringMap& metadata) {
+  std::string out;
+  uint64_t total = 0;  // set before the first piece arrives
+  emit_safetensors(tensors, metadata, &total, [&](std::string_view bytes) {
+    if (out.empty()) out.reserve(total);
+    out.append(bytes);
+  });
   return out;
 }
 
 void write_safetensors(const std::string& path, const TensorMap& tensors, const StringMap& metadata) {
-  write_file_atomic(path, serialize_safetensors(tensors, metadata));
+  AtomicFileWriter file(path);
+  emit_safetensors(tensors, metadata, nullptr, [&](std::string_view bytes) { file.write(bytes); });
+  file.commit();
 }
 
 }  // namespace moekit

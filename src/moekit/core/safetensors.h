@@ -62,7 +62,9 @@ SafetensorsContents read_safetensors(const std::string& path);
 // name, header padded with spaces to a multiple of 8 bytes).
 std::string serialize_safetensors(const TensorMap& tensors, const StringMap& metadata = {});
 
-// serialize_safetensors + write_file_atomic.
+// The bytes serialize_safetensors makes, written atomically (as
+// write_file_atomic) and streamed: the header, then one tensor at a time, so
+// a save needs no memory for the file beyond its largest tensor's copy.
 void write_safetensors(const std::string& path, const TensorMap& tensors,
                        const StringMap& metadata = {});
 
