@@ -1,6 +1,7 @@
 // The caching CPU allocator: blocks from 1 KiB are reused, contents are
-// intact, smaller ones bypass the cache, blocks from 4 MiB on are huge-page
-// blocks.
+// intact, smaller ones bypass the cache, blocks from 2 MiB on are huge-page
+// blocks, a request takes a larger cached block that wastes at most a
+// quarter of it.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -42,7 +43,7 @@ TEST(CachingCpuAllocator, HugePageBlocksAreAlignedAndSizedIn2MiB) {
     EXPECT_EQ(big[-1].item<float>(), static_cast<float>((5 << 20) / 4));
   }
   EXPECT_EQ(cpu_cache_stats().cached_bytes, 6 << 20);
-  // 3 MiB + 4 bytes stays in 1 MiB steps: 4 MiB.
+  // 3 MiB + 4 bytes: 2 MiB steps, 4 MiB.
   empty_cpu_cache();
   { torch::Tensor mid = torch::ones({(3 << 20) / 4 + 1}); }
   EXPECT_EQ(cpu_cache_stats().cached_bytes, 4 << 20);
@@ -65,6 +66,34 @@ TEST(CachingCpuAllocator, HugePageBlocksAreAlignedAndSizedIn2MiB) {
   empty_cpu_cache();
   { torch::Tensor tiny = torch::ones({200}); }
   EXPECT_EQ(cpu_cache_stats().cached_bytes, 0);
+  empty_cpu_cache();
+}
+
+TEST(CachingCpuAllocator, ALargerBlockServesARequestWithinAQuarterOfIt) {
+  install_caching_cpu_allocator();
+  empty_cpu_cache();
+  constexpr int64_t kMiB = int64_t{1} << 20;
+  { torch::Tensor first = torch::ones({10 * kMiB / 4}); }  // a 10 MiB block
+  ASSERT_EQ(cpu_cache_stats().cached_bytes, 10 * kMiB);
+  // 6 MiB would waste 4 of the 10: a fresh block; the 10 MiB one stays cached.
+  {
+    const int64_t hits = cpu_cache_stats().hits;
+    torch::Tensor small = torch::ones({6 * kMiB / 4});
+    EXPECT_EQ(cpu_cache_stats().hits, hits);
+    EXPECT_EQ(cpu_cache_stats().cached_bytes, 10 * kMiB);
+  }
+  // 8 MiB takes the cached 10 MiB block (2 MiB to spare: a quarter of 8),
+  // which goes back to the cache at its own size, its data written in full.
+  empty_cpu_cache();
+  { torch::Tensor first = torch::ones({10 * kMiB / 4}); }
+  {
+    const int64_t hits = cpu_cache_stats().hits;
+    torch::Tensor eight = torch::arange(8 * kMiB / 4, torch::kFloat32);
+    EXPECT_EQ(cpu_cache_stats().hits, hits + 1);
+    EXPECT_EQ(cpu_cache_stats().cached_bytes, 0);
+    EXPECT_EQ(eight[-1].item<float>(), static_cast<float>(8 * kMiB / 4 - 1));
+  }
+  EXPECT_EQ(cpu_cache_stats().cached_bytes, 10 * kMiB);
   empty_cpu_cache();
 }
 

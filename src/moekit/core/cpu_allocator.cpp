@@ -6,6 +6,7 @@
 #include <torch/version.h>
 
 #include <cstdlib>
+#include <map>
 #include <mutex>
 #include <unordered_map>
 #include <vector>
@@ -92,13 +93,19 @@ class CachingCpuAllocator final : public c10::Allocator {
     void* data = nullptr;
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      auto it = free_blocks_.find(rounded);
-      if (it != free_blocks_.end() && !it->second.empty()) {
+      // The smallest cached block that fits, if it wastes at most a
+      // quarter of the request: tensors whose sizes vary from batch to
+      // batch (training on utterances of different lengths) reuse each
+      // other's blocks instead of each size faulting in fresh memory.
+      auto it = free_blocks_.lower_bound(rounded);
+      if (it != free_blocks_.end() && it->first <= rounded + rounded / 4) {
+        const size_t size = it->first;
         data = it->second.back();
         it->second.pop_back();
-        cached_bytes_ -= rounded;
+        if (it->second.empty()) free_blocks_.erase(it);
+        cached_bytes_ -= size;
         ++hits_;
-        live_sizes_[data] = rounded;
+        live_sizes_[data] = size;
       } else {
         ++misses_;
       }
@@ -134,7 +141,7 @@ class CachingCpuAllocator final : public c10::Allocator {
   }
 
   void empty() {
-    std::unordered_map<size_t, std::vector<void*>> blocks;
+    std::map<size_t, std::vector<void*>> blocks;
     {
       std::lock_guard<std::mutex> lock(mutex_);
       blocks.swap(free_blocks_);
@@ -167,7 +174,7 @@ class CachingCpuAllocator final : public c10::Allocator {
 
   mutable std::mutex mutex_;
   // Free blocks by rounded size, the most recently freed last (warmest in cache).
-  mutable std::unordered_map<size_t, std::vector<void*>> free_blocks_;
+  mutable std::map<size_t, std::vector<void*>> free_blocks_;
   mutable std::unordered_map<void*, size_t> live_sizes_;
   mutable size_t cached_bytes_ = 0;
   mutable int64_t hits_ = 0, misses_ = 0;

@@ -7,8 +7,10 @@
 // allocating a 32 MiB activation took longer than the GEMM that fills it (see
 // bench/results/2026-11-24.md). This allocator keeps freed blocks of >= 1 KiB, keyed by
 // size rounded up to 1 KiB (64 KiB from 64 KiB on, 1 MiB from 1 MiB on;
-// 2 MiB, huge-page backed, from 4 MiB on), and hands them out again, up to a
-// cache limit. (glibc also returns blocks of a few hundred KiB to the OS, so
+// 2 MiB, huge-page backed, from 2 MiB on), and hands them out again, up to a
+// cache limit: a request takes the smallest cached block that fits if it is
+// at most a quarter larger, so tensors whose sizes vary from batch to batch
+// share blocks. (glibc also returns blocks of a few hundred KiB to the OS, so
 // a decoding loop faulted them in again on every step, and serves LibTorch's
 // aligned small blocks on a slow path.)
 #include <cstddef>
