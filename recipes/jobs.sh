@@ -9,6 +9,8 @@
 #   jobs_init SLOTS         # at most SLOTS jobs at once (1: one after the other)
 #   job NAME CMD...         # runs CMD once a slot is free; its output lines,
 #                           # prefixed "  NAME: ", go to stderr as they come
+#   jobs_wait_for NAME      # waits for the job NAME (the others go on);
+#                           # fails if it did
 #   jobs_wait               # waits for every job; fails if one did
 #
 # A failed job does not stop the others (they are independent, and a
@@ -43,6 +45,21 @@ _job_reap() {
     _job_failed+=("${_job_names[$pid]}")
   fi
   [[ -n $pid ]] && unset "_job_names[$pid]"
+  return 0
+}
+
+jobs_wait_for() {
+  local pid
+  while :; do
+    for pid in "${!_job_names[@]}"; do
+      [[ ${_job_names[$pid]} == "$1" ]] && { _job_reap; continue 2; }
+    done
+    break
+  done
+  local failed
+  for failed in "${_job_failed[@]}"; do
+    [[ $failed == "$1" ]] && { echo "failed: $1" >&2; return 1; }
+  done
   return 0
 }
 

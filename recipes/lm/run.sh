@@ -15,8 +15,9 @@
 # Stages (STAGE / STOP_STAGE): 0 corpus + tokenizer, 1 small dense model,
 # 2 Scale-Up, 3 Scale-Out, 4 tables + plot. A killed run picks up where it
 # stopped: finished models are kept, training resumes from checkpoints.
-# Independent trainings run side by side, one thread each (PARALLEL= for one
-# after the other on THREADS threads).
+# Independent trainings run side by side, one thread each, the Scale-Up and
+# Scale-Out runs in one pool (PARALLEL= for one after the other on THREADS
+# threads).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -54,36 +55,47 @@ if [[ $stage -le 1 && $stop_stage -ge 1 ]]; then
   train small --config "$here/conf/small.yaml" --tokenizer "$data/tokenizer.model" --total-steps "$small_steps"
 fi
 
-if [[ $stage -le 2 && $stop_stage -ge 2 ]]; then
-  log "stage 2: Scale-Up to 2x width and depth ($grow_steps steps each)"
-  grow_and_train() {  # name width depth
-    [[ -f $exp/$1.init/model.safetensors ]] ||
-      "$moekit" grow "$exp/small/final" "$exp/$1.init" --d-model 256 --d-ffn 688 --n-layers 8 --width "$2" --depth "$3"
-    train_with "$job_threads" "$1" --config "$here/conf/grow_train.yaml" --init "$exp/$1.init" --total-steps "$grow_steps"
-  }
-  jobs_init "$job_slots"
-  job grow_random train_with "$job_threads" grow_random --config "$here/conf/big.yaml" \
-    --tokenizer "$data/tokenizer.model" --total-steps "$grow_steps"
-  for method in fpi:stack fpi:interpolate aki:stack aki:interpolate; do
-    width=${method%:*} depth=${method#*:}
-    job "grow_${width}_${depth}" grow_and_train "grow_${width}_${depth}" "$width" "$depth"
-  done
-  jobs_wait
-fi
+grow_and_train() {  # name width depth
+  [[ -f $exp/$1.init/model.safetensors ]] ||
+    "$moekit" grow "$exp/small/final" "$exp/$1.init" --d-model 256 --d-ffn 688 --n-layers 8 --width "$2" --depth "$3"
+  train_with "$job_threads" "$1" --config "$here/conf/grow_train.yaml" --init "$exp/$1.init" --total-steps "$grow_steps"
+}
 
-if [[ $stage -le 3 && $stop_stage -ge 3 ]]; then
-  log "stage 3: Scale-Out at equal training FLOPs ($out_steps steps of the MoE)"
+upcycle_and_train() {
   [[ -f $exp/upcycled.init/model.safetensors ]] ||
     "$moekit" upcycle "$exp/small/final" "$exp/upcycled.init" --experts 8 --top-k 2 --seed 1
-  train out_upcycled --config "$here/conf/scale_out.yaml" --init "$exp/upcycled.init" --total-steps "$out_steps"
-  budget=$("$python" -c "import json,sys; print([json.loads(l) for l in open(sys.argv[1]) if 'train_flops' in l][-1]['train_flops'])" \
-    "$exp/out_upcycled/metrics.jsonl")
-  log "stage 3: budget $budget training FLOPs"
+  train_with "$job_threads" out_upcycled --config "$here/conf/scale_out.yaml" --init "$exp/upcycled.init" \
+    --total-steps "$out_steps"
+}
+
+# Stages 2 and 3 both start from the small model and share one pool of
+# jobs: the upcycled MoE first (the other Scale-Out runs need its training
+# FLOPs), the growth runs, then the other Scale-Out runs.
+if [[ $stage -le 3 && $stop_stage -ge 2 ]]; then
   jobs_init "$job_slots"
-  job out_dense train_with "$job_threads" out_dense --config "$here/conf/scale_out.yaml" --init "$exp/small/final" \
-    --flops-budget "$budget"
-  job out_scratch train_with "$job_threads" out_scratch --config "$here/conf/scale_out.yaml" \
-    --tokenizer "$data/tokenizer.model" --flops-budget "$budget"
+  if [[ $stage -le 3 && $stop_stage -ge 3 ]]; then
+    log "stage 3: Scale-Out at equal training FLOPs ($out_steps steps of the MoE)"
+    job out_upcycled upcycle_and_train
+  fi
+  if [[ $stage -le 2 && $stop_stage -ge 2 ]]; then
+    log "stage 2: Scale-Up to 2x width and depth ($grow_steps steps each)"
+    job grow_random train_with "$job_threads" grow_random --config "$here/conf/big.yaml" \
+      --tokenizer "$data/tokenizer.model" --total-steps "$grow_steps"
+    for method in fpi:stack fpi:interpolate aki:stack aki:interpolate; do
+      width=${method%:*} depth=${method#*:}
+      job "grow_${width}_${depth}" grow_and_train "grow_${width}_${depth}" "$width" "$depth"
+    done
+  fi
+  if [[ $stage -le 3 && $stop_stage -ge 3 ]]; then
+    jobs_wait_for out_upcycled || { jobs_wait || true; exit 1; }
+    budget=$("$python" -c "import json,sys; print([json.loads(l) for l in open(sys.argv[1]) if 'train_flops' in l][-1]['train_flops'])" \
+      "$exp/out_upcycled/metrics.jsonl")
+    log "stage 3: budget $budget training FLOPs (the upcycled MoE's) for dense and from-scratch runs"
+    job out_dense train_with "$job_threads" out_dense --config "$here/conf/scale_out.yaml" --init "$exp/small/final" \
+      --flops-budget "$budget"
+    job out_scratch train_with "$job_threads" out_scratch --config "$here/conf/scale_out.yaml" \
+      --tokenizer "$data/tokenizer.model" --flops-budget "$budget"
+  fi
   jobs_wait
 fi
 
