@@ -22,7 +22,8 @@
 # STAGE / STOP_STAGE pick stages; MODELS the configs (conf/<name>.yaml). A
 # killed run picks up where it stopped: trained models are kept, training
 # resumes from its checkpoint. Independent trainings and scorings run side by
-# side, one thread each (PARALLEL= for one after the other on THREADS threads).
+# side, one thread each, a model's scoring as soon as it is trained (PARALLEL=
+# for one after the other on THREADS threads).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -80,60 +81,70 @@ if [[ $stage -le 0 && $stop_stage -ge 0 ]]; then
       --model-type unigram --character-coverage 0.9995 --user-symbols "${tags[@]}"
 fi
 
-if [[ $stage -le 1 && $stop_stage -ge 1 ]]; then
-  train_one() {  # name
-    local resume=()
-    [[ -d $exp/$1/checkpoints ]] && resume=(--resume)
-    log "stage 1: training $1 ($job_threads thread(s))"
-    "$moekit" --threads "$job_threads" train seq2seq --config "$here/conf/$1.yaml" --train-data "$data/train.tsv" \
-      --valid-data "$data/valid.tsv" --tokenizer "$data/tokenizer.model" --exp-dir "$exp/$1" "${resume[@]}"
-  }
-  jobs_init "$job_slots"
-  for name in $models; do
-    if [[ -f $exp/$name/final/model.safetensors ]]; then log "$name: already trained"; continue; fi
-    job "$name" train_one "$name"
-  done
-  jobs_wait
-  # The baseline the paper beats: a dense student of the dense model's shape,
-  # initialised from the teacher's non-expert weights and trained as long as
-  # every other model with KL to the teacher mixed into the label loss.
-  if [[ -n $student ]]; then
-    if [[ -f $exp/$student/final/model.safetensors ]]; then
-      log "$student: already trained"
-    else
-      resume=()
-      [[ -d $exp/$student/checkpoints ]] && resume=(--resume)
-      log "stage 1: distilling $student from $distill_teacher"
-      "$moekit" --threads "$threads" distill "$exp/$distill_teacher/final" --config "$here/conf/$dense.yaml" \
-        --train-data "$data/train.tsv" --valid-data "$data/valid.tsv" --exp-dir "$exp/$student" \
-        --word-weight "${WORD_WEIGHT:-0.5}" "${resume[@]}" 2> >(grep -v "^epoch .* step" >&2)
-    fi
+train_one() {  # name
+  local resume=()
+  [[ -d $exp/$1/checkpoints ]] && resume=(--resume)
+  log "stage 1: training $1 ($job_threads thread(s))"
+  "$moekit" --threads "$job_threads" train seq2seq --config "$here/conf/$1.yaml" --train-data "$data/train.tsv" \
+    --valid-data "$data/valid.tsv" --tokenizer "$data/tokenizer.model" --exp-dir "$exp/$1" "${resume[@]}"
+}
+score() {  # name: the model on the whole test set
+  "$moekit" --threads "$job_threads" eval "$exp/$1/final" "$data/test.tsv" --beam "$beam" --json \
+    --hyp-out "$work/eval/$1.hyp" > "$work/eval/$1.json"
+}
+score_sub() {  # name task: its sub-network for the task, on the task's test sentences
+  local sub=$exp/$1/sub_$2
+  [[ -f $sub/model.safetensors ]] || "$moekit" extract "$exp/$1/final" --task "$2" --out "$sub" > /dev/null
+  "$moekit" --threads "$job_threads" info "$sub" --json > "$work/eval/${1}_sub_$2.info.json"
+  "$moekit" --threads "$job_threads" eval "$sub" "$work/eval/test_$2.tsv" --beam "$beam" --json \
+    > "$work/eval/${1}_sub_$2.json"
+}
+score_jobs() {  # name: jobs scoring the model and, if task-routed, each language's sub-network
+  log "stage 2: scoring $1 (beam $beam)"
+  "$moekit" --threads "$job_threads" info "$exp/$1/final" --json > "$work/eval/$1.info.json"
+  job "score_$1" score "$1"
+  if grep -q '"routing": *"task"' "$work/eval/$1.info.json"; then
+    for l in ${langs//,/ }; do job "score_${1}_sub_$l" score_sub "$1" "$l"; done
   fi
-fi
+}
+# Waits for the job NAME; if it failed, for the others, then stops the recipe.
+need() { jobs_wait_for "$1" || { jobs_wait || true; exit 1; }; }
 
-if [[ $stage -le 2 && $stop_stage -ge 2 ]]; then
-  mkdir -p "$work/eval"
-  score() {  # name: the model on the whole test set
-    "$moekit" --threads "$job_threads" eval "$exp/$1/final" "$data/test.tsv" --beam "$beam" --json \
-      --hyp-out "$work/eval/$1.hyp" > "$work/eval/$1.json"
-  }
-  score_sub() {  # name task: its sub-network for the task, on the task's test sentences
-    local sub=$exp/$1/sub_$2
-    [[ -f $sub/model.safetensors ]] || "$moekit" extract "$exp/$1/final" --task "$2" --out "$sub" > /dev/null
-    "$moekit" --threads "$job_threads" info "$sub" --json > "$work/eval/${1}_sub_$2.info.json"
-    "$moekit" --threads "$job_threads" eval "$sub" "$work/eval/test_$2.tsv" --beam "$beam" --json \
-      > "$work/eval/${1}_sub_$2.json"
-  }
-  for l in ${langs//,/ }; do grep -P "^$l\t" "$data/test.tsv" > "$work/eval/test_$l.tsv"; done
+# Stages 1 and 2 share one pool of jobs: a model is scored as soon as it is
+# trained, beside the trainings still running.
+if [[ $stage -le 2 && $stop_stage -ge 1 ]]; then
   jobs_init "$job_slots"
-  for name in $scored; do
-    log "stage 2: scoring $name (beam $beam)"
-    "$moekit" --threads "$job_threads" info "$exp/$name/final" --json > "$work/eval/$name.info.json"
-    job "$name" score "$name"
-    if grep -q '"routing": *"task"' "$work/eval/$name.info.json"; then
-      for l in ${langs//,/ }; do job "${name}_sub_$l" score_sub "$name" "$l"; done
+  if [[ $stage -le 1 && $stop_stage -ge 1 ]]; then
+    for name in $models; do
+      if [[ -f $exp/$name/final/model.safetensors ]]; then log "$name: already trained"; continue; fi
+      job "$name" train_one "$name"
+    done
+  fi
+  if [[ $stage -le 2 && $stop_stage -ge 2 ]]; then
+    mkdir -p "$work/eval"
+    for l in ${langs//,/ }; do grep -P "^$l\t" "$data/test.tsv" > "$work/eval/test_$l.tsv"; done
+    for name in $models; do
+      need "$name"
+      score_jobs "$name"
+    done
+  fi
+  if [[ -n $student ]]; then
+    if [[ $stage -le 1 && $stop_stage -ge 1 ]]; then
+      need "$distill_teacher"
+      if [[ -f $exp/$student/final/model.safetensors ]]; then
+        log "$student: already trained"
+      else
+        jobs_wait || exit 1  # the distillation runs alone, on every thread
+        resume=()
+        [[ -d $exp/$student/checkpoints ]] && resume=(--resume)
+        log "stage 1: distilling $student from $distill_teacher"
+        "$moekit" --threads "$threads" distill "$exp/$distill_teacher/final" --config "$here/conf/$dense.yaml" \
+          --train-data "$data/train.tsv" --valid-data "$data/valid.tsv" --exp-dir "$exp/$student" \
+          --word-weight "${WORD_WEIGHT:-0.5}" "${resume[@]}" 2> >(grep -v "^epoch .* step" >&2)
+      fi
     fi
-  done
+    if [[ $stage -le 2 && $stop_stage -ge 2 ]]; then score_jobs "$student"; fi
+  fi
   jobs_wait
 fi
 
