@@ -33,6 +33,22 @@ TEST(PackPanels, LayoutIsPanelInputLaneWithZeroPadding) {
         ASSERT_EQ(pa[e][o / kPanelWidth][k][o % kPanelWidth], want) << e << "," << o << "," << k;
       }
   EXPECT_EQ(pack_panels(torch::randn({64, 7})).sizes(), torch::IntArrayRef({2, 7, kPanelWidth}));
+  // bfloat16 keeps its bits; a transposed (non-contiguous) weight packs as
+  // its contiguous copy; a weight with no rows packs empty.
+  const torch::Tensor wb = torch::randn({2, 45, 130}).to(torch::kBFloat16);
+  const torch::Tensor wt = torch::randn({130, 45}).t();
+  for (const torch::Tensor& x : {wb, wt}) {
+    const torch::Tensor padded = torch::constant_pad_nd(x.contiguous(), {0, 0, 0, 2 * kPanelWidth - 45});
+    std::vector<int64_t> shape = x.sizes().vec();
+    shape.pop_back();
+    shape.pop_back();
+    shape.insert(shape.end(), {2, kPanelWidth, 130});
+    const torch::Tensor want = padded.reshape(shape).transpose(-1, -2).contiguous();
+    const torch::Tensor got = pack_panels(x);
+    EXPECT_EQ(got.scalar_type(), x.scalar_type());
+    EXPECT_TRUE(got.equal(want)) << x.sizes();
+  }
+  EXPECT_EQ(pack_panels(torch::randn({0, 7})).sizes(), torch::IntArrayRef({0, 7, kPanelWidth}));
   EXPECT_THROW(pack_panels(torch::randn({64})), std::invalid_argument);
   EXPECT_THROW(pack_panels(torch::randn({64, 7}, torch::kFloat64)), std::invalid_argument);
 }
