@@ -10,7 +10,7 @@
 #   job NAME CMD...         # runs CMD once a slot is free; its output lines,
 #                           # prefixed "  NAME: ", go to stderr as they come
 #   jobs_wait_for NAME      # waits for the job NAME (the others go on);
-#                           # fails if it did
+#                           # fails if it did (jobs_wait then names it)
 #   jobs_wait               # waits for every job; fails if one did
 #
 # A failed job does not stop the others (they are independent, and a
@@ -58,7 +58,7 @@ jobs_wait_for() {
   done
   local failed
   for failed in "${_job_failed[@]}"; do
-    [[ $failed == "$1" ]] && { echo "failed: $1" >&2; return 1; }
+    [[ $failed == "$1" ]] && return 1
   done
   return 0
 }
