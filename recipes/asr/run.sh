@@ -12,8 +12,10 @@
 #   recipes/asr/run.sh                 # full recipe (about 1.75 hours on 2 cores)
 #   DEMO=1 recipes/asr/run.sh          # the small version `make demo` runs
 #
-# Both sizes train their models side by side, one thread each
-# (PARALLEL= trains them one after the other with THREADS threads).
+# Both sizes train their models side by side, one thread each, and evaluate
+# a model as soon as it is trained, beside the training still running
+# (PARALLEL= runs everything one after the other, training on THREADS
+# threads).
 #
 # Stages (STAGE / STOP_STAGE): 0 data, 1 train, 2 evaluate + table.
 # A killed run picks up where it stopped: data is reused, training resumes.
@@ -35,14 +37,12 @@ if [[ -n "${DEMO:-}" ]]; then
   held_out_flite=${HELD_OUT_FLITE:-rms}
   num_train=${NUM_TRAIN:-800} num_cv=${NUM_CV:-60} num_test=${NUM_TEST:-60} max_words=${MAX_WORDS:-6}
   confs=${CONFS:-"demo_dense demo_moe"}
-  parallel=${PARALLEL-1}
 else
   work=${WORK:-$here/work}
   task=${TASK:-fortunes}
   held_out_flite=${HELD_OUT_FLITE:-slt}
   num_train=${NUM_TRAIN:-8000} num_cv=${NUM_CV:-300} num_test=${NUM_TEST:-300} max_words=${MAX_WORDS:-10}
   confs=${CONFS:-"dense moe"}
-  parallel=${PARALLEL-1}
 fi
 data=$work/data
 # Shallow fusion of the word trigram (closed-vocabulary tasks): the weight
@@ -72,76 +72,80 @@ for line in open(sys.argv[1], encoding="utf-8"): print("<s> %s </s>" % json.load
   fi
 fi
 
-train_one() {  # conf threads
+train_one() {  # conf threads: its log in exp/<conf>/train.log; a line per validation on stderr
   local exp=$work/exp/$1 resume=()
   [[ -d $exp/checkpoints ]] && resume=(--resume)
+  log "stage 1: training $1 ($2 thread(s), log in exp/$1/train.log)"
   "$moekit" --threads "$2" train asr --config "$here/conf/$1.yaml" \
-    --train-data "$data/train/data.list" --cv-data "$data/cv/data.list" --exp-dir "$exp" "${resume[@]}"
+    --train-data "$data/train/data.list" --cv-data "$data/cv/data.list" --exp-dir "$exp" "${resume[@]}" \
+    >> "$exp/train.log" 2>&1 || { tail -n 5 "$exp/train.log" >&2; return 1; }
+}
+# While a model trains (job PID), a line per validation from its log.
+follow_training() {  # conf pid
+  tail -n +1 -F --pid="$2" "$work/exp/$1/train.log" 2>/dev/null |
+    grep --line-buffered -E "validation|final model" | sed -u "s/^/  $1: /" >&2 &
 }
 
-if [[ $stage -le 1 && $stop_stage -ge 1 ]]; then
-  todo=()
-  for conf in $confs; do
-    if [[ -f $work/exp/$conf/final/model.safetensors ]]; then log "stage 1: $conf already trained"; else todo+=("$conf"); fi
-  done
-  if [[ -n "$parallel" && ${#todo[@]} -gt 1 ]]; then
-    # One single-threaded run per model side by side: on 2 cores this beats
-    # two-threaded runs one after the other (small ops scale poorly).
-    pids=()
-    for conf in "${todo[@]}"; do
+# The test set decoded by EXP/MODEL (final or final_int8) at one chunk size
+# on one thread (RTF is per thread), every decoding mode, into
+# EXP/PREFIXchunkCHUNK.json; for the float model of a closed-vocabulary task
+# also held to its lexicon, and with its word trigram model.
+evaluate() {  # exp model prefix chunk
+  local exp=$1 model=$2 prefix=$3 chunk=$4
+  "$moekit" --threads 1 eval "$exp/$model" "$data/test/data.list" --chunk-size "$chunk" --json \
+    --mode ctc_greedy_search ctc_prefix_beam_search attention_rescoring > "$exp/${prefix}chunk$chunk.json"
+  if [[ $prefix == eval_ && -f $data/words.txt ]]; then
+    "$moekit" --threads 1 eval "$exp/$model" "$data/test/data.list" --chunk-size "$chunk" --json \
+      --lexicon "$data/words.txt" --mode ctc_prefix_beam_search attention_rescoring > "$exp/eval_lexicon_chunk$chunk.json"
+    "$moekit" --threads 1 eval "$exp/$model" "$data/test/data.list" --chunk-size "$chunk" --json \
+      --lexicon "$data/words.txt" --lm "$data/lm.arpa" "${lm_fusion[@]}" --mode ctc_prefix_beam_search \
+      attention_rescoring > "$exp/eval_lm_chunk$chunk.json"
+  fi
+}
+
+# Stages 1 and 2 share one pool of jobs (recipes/jobs.sh): the models train
+# side by side, one thread each, and a model's evaluations start as soon as
+# it is trained, beside the trainings still running (PARALLEL= runs
+# everything one after the other, training on THREADS threads).
+source "$root/recipes/jobs.sh"  # jobs_plan, jobs_init, job, jobs_wait_for, jobs_wait
+jobs_plan "$threads"
+need() { jobs_wait_for "$1" || { jobs_wait || true; exit 1; }; }
+if [[ $stage -le 2 && $stop_stage -ge 1 ]]; then
+  jobs_init "$job_slots"
+  if [[ $stage -le 1 ]]; then
+    for conf in $confs; do
+      if [[ -f $work/exp/$conf/final/model.safetensors ]]; then log "stage 1: $conf already trained"; continue; fi
       mkdir -p "$work/exp/$conf"
-      log "stage 1: training $conf (1 thread, log in exp/$conf/train.log)"
-      train_one "$conf" 1 > "$work/exp/$conf/train.log" 2>&1 &
-      pids+=($!)
-      # A line per epoch (its validation) while the models train.
-      tail -n +1 -F --pid=$! "$work/exp/$conf/train.log" 2>/dev/null |
-        grep --line-buffered -E "validation|final model" | sed -u "s/^/  $conf: /" >&2 &
-    done
-    status=0
-    for i in "${!pids[@]}"; do
-      if ! wait "${pids[$i]}"; then log "stage 1: training ${todo[$i]} failed:"; tail -n 5 "$work/exp/${todo[$i]}/train.log" >&2; status=1; fi
-    done
-    [[ $status -eq 0 ]] || exit 1
-  else
-    for conf in "${todo[@]}"; do
-      log "stage 1: training $conf"
-      train_one "$conf" "$threads"
+      : > "$work/exp/$conf/train.log"
+      job "train_$conf" train_one "$conf" "$job_threads"
+      follow_training "$conf" $!
     done
   fi
-fi
-
-if [[ $stage -le 2 && $stop_stage -ge 2 ]]; then
-  for conf in $confs; do
-    exp=$work/exp/$conf
-    log "stage 2: evaluating $conf on unseen voices"
-    "$moekit" --threads 1 info "$exp/final" --json > "$exp/info.json"
-    for chunk in -1 16; do
-      "$moekit" --threads 1 eval "$exp/final" "$data/test/data.list" --chunk-size "$chunk" --json \
-        --mode ctc_greedy_search ctc_prefix_beam_search attention_rescoring > "$exp/eval_chunk$chunk.json"
+  if [[ $stop_stage -ge 2 ]]; then
+    for conf in $confs; do
+      exp=$work/exp/$conf
+      need "train_$conf"
+      log "stage 2: evaluating $conf on unseen voices"
+      "$moekit" --threads 1 info "$exp/final" --json > "$exp/info.json"
+      # An MoE model again with its experts in int8 (moekit quantize), scored the same way.
+      models=(final)
+      if grep -q '"top_k"' "$exp/info.json"; then
+        log "stage 2: $conf with int8 experts (moekit quantize)"
+        "$moekit" quantize "$exp/final" "$exp/final_int8" --experts int8 --force
+        models+=(final_int8)
+      fi
+      for model in "${models[@]}"; do
+        prefix=eval_
+        [[ $model == final_int8 ]] && prefix=eval_int8_
+        for chunk in -1 16; do job "eval_${conf}_${model}_chunk$chunk" evaluate "$exp" "$model" "$prefix" "$chunk"; done
+      done
     done
-    # A closed-vocabulary task: the beam searches again, held to its words,
-    # and with its word trigram model as well.
-    if [[ -f $data/words.txt ]]; then
-      for chunk in -1 16; do
-        "$moekit" --threads 1 eval "$exp/final" "$data/test/data.list" --chunk-size "$chunk" --json \
-          --lexicon "$data/words.txt" --mode ctc_prefix_beam_search attention_rescoring > "$exp/eval_lexicon_chunk$chunk.json"
-        "$moekit" --threads 1 eval "$exp/final" "$data/test/data.list" --chunk-size "$chunk" --json \
-          --lexicon "$data/words.txt" --lm "$data/lm.arpa" "${lm_fusion[@]}" --mode ctc_prefix_beam_search \
-          attention_rescoring > "$exp/eval_lm_chunk$chunk.json"
-      done
-    fi
-    # An MoE model again with its experts in int8 (moekit quantize), scored the same way.
-    if grep -q '"top_k"' "$exp/info.json"; then
-      log "stage 2: $conf with int8 experts (moekit quantize)"
-      "$moekit" quantize "$exp/final" "$exp/final_int8" --experts int8 --force
-      for chunk in -1 16; do
-        "$moekit" --threads 1 eval "$exp/final_int8" "$data/test/data.list" --chunk-size "$chunk" --json \
-          --mode ctc_greedy_search ctc_prefix_beam_search attention_rescoring > "$exp/eval_int8_chunk$chunk.json"
-      done
-    fi
-  done
-  LM_FUSION="weight $lm_weight, word bonus $word_bonus" \
-    "$python" "$here/local/results_table.py" "$work/exp" $confs | tee "$work/results.md"
+  fi
+  jobs_wait || exit 1
+  if [[ $stop_stage -ge 2 ]]; then
+    LM_FUSION="weight $lm_weight, word bonus $word_bonus" \
+      "$python" "$here/local/results_table.py" "$work/exp" $confs | tee "$work/results.md"
+  fi
 fi
 
 if [[ $stage -le 3 && $stop_stage -ge 3 ]]; then
