@@ -111,11 +111,14 @@ score_jobs() {  # name: jobs scoring the model and, if task-routed, each languag
 need() { jobs_wait_for "$1" || { jobs_wait || true; exit 1; }; }
 
 # Stages 1 and 2 share one pool of jobs: a model is scored as soon as it is
-# trained, beside the trainings still running.
+# trained, beside the trainings still running. The MoE models, which take
+# longest, train first.
+order=$(for name in $models; do grep -q '^  moe:' "$here/conf/$name.yaml" 2>/dev/null && echo "$name"; done
+        for name in $models; do grep -q '^  moe:' "$here/conf/$name.yaml" 2>/dev/null || echo "$name"; done)
 if [[ $stage -le 2 && $stop_stage -ge 1 ]]; then
   jobs_init "$job_slots"
   if [[ $stage -le 1 && $stop_stage -ge 1 ]]; then
-    for name in $models; do
+    for name in $order; do
       if [[ -f $exp/$name/final/model.safetensors ]]; then log "$name: already trained"; continue; fi
       job "$name" train_one "$name"
     done
@@ -123,7 +126,7 @@ if [[ $stage -le 2 && $stop_stage -ge 1 ]]; then
   if [[ $stage -le 2 && $stop_stage -ge 2 ]]; then
     mkdir -p "$work/eval"
     for l in ${langs//,/ }; do grep -P "^$l\t" "$data/test.tsv" > "$work/eval/test_$l.tsv"; done
-    for name in $models; do
+    for name in $order; do
       need "$name"
       score_jobs "$name"
     done
