@@ -26,6 +26,7 @@
 #include "moekit/dist/grad_sync.h"
 #include "moekit/dist/process_group.h"
 #include "moekit/moe/moe_layer.h"
+#include "moekit/train/adamw.h"
 #include "moekit/train/checkpoint_store.h"
 #include "moekit/train/metrics_log.h"
 #include "moekit/train/optimizer_state.h"
@@ -154,8 +155,7 @@ class TrainLoop {
     if (lead_) metrics_ = std::make_unique<MetricsLog>(exp_dir + "/metrics.jsonl");
     for (auto& p : model_.parameters())
       if (p.requires_grad()) params_.push_back(p);
-    optimizer_ = std::make_unique<torch::optim::Adam>(
-        params_, torch::optim::AdamOptions(o.lr).weight_decay(o.weight_decay));
+    optimizer_ = std::make_unique<AdamW>(params_, o.lr, o.weight_decay);
     MOEKIT_CHECK_ARG(!store_.list().empty() || !path_exists(exp_dir + "/final"), exp_dir,
                      ": holds a finished model (final/) and no checkpoints to resume from; use a new directory");
     const auto found = store_.list();
@@ -505,7 +505,7 @@ class TrainLoop {
   CheckpointStore store_;
   std::unique_ptr<MetricsLog> metrics_;
   std::vector<torch::Tensor> params_;
-  std::unique_ptr<torch::optim::Adam> optimizer_;
+  std::unique_ptr<AdamW> optimizer_;
   std::unique_ptr<dist::GradientReducer> reducer_;  // data parallelism: the dense gradients' all-reduce
   std::vector<MoELayerImpl*> budgeted_layers_;  // MoE layers under row budgets (forward_batch)
   std::map<const MoELayerImpl*, std::vector<double>> load_estimate_;  // recent load over the mean, per expert
