@@ -11,6 +11,8 @@
 #                           # prefixed "  NAME: ", go to stderr as they come
 #   jobs_wait_for NAME      # waits for the job NAME (the others go on);
 #                           # fails if it did (jobs_wait then names it)
+#   jobs_need NAME          # waits for the job NAME; if it failed, waits for
+#                           # the others, names the failures and exits 1
 #   jobs_wait               # waits for every job; fails if one did
 #
 # A failed job does not stop the others (they are independent, and a
@@ -61,6 +63,10 @@ jobs_wait_for() {
     [[ $failed == "$1" ]] && return 1
   done
   return 0
+}
+
+jobs_need() {
+  jobs_wait_for "$1" || { jobs_wait || true; exit 1; }
 }
 
 jobs_wait() {

@@ -72,7 +72,7 @@ for line in open(sys.argv[1], encoding="utf-8"): print("<s> %s </s>" % json.load
   fi
 fi
 
-train_one() {  # conf threads: its log in exp/<conf>/train.log; a line per validation on stderr
+train_one() {  # conf threads: its output in exp/<conf>/train.log (the tail on stderr if it fails)
   local exp=$work/exp/$1 resume=()
   [[ -d $exp/checkpoints ]] && resume=(--resume)
   log "stage 1: training $1 ($2 thread(s), log in exp/$1/train.log)"
@@ -107,9 +107,8 @@ evaluate() {  # exp model prefix chunk
 # side by side, one thread each, and a model's evaluations start as soon as
 # it is trained, beside the trainings still running (PARALLEL= runs
 # everything one after the other, training on THREADS threads).
-source "$root/recipes/jobs.sh"  # jobs_plan, jobs_init, job, jobs_wait_for, jobs_wait
+source "$root/recipes/jobs.sh"  # jobs_plan, jobs_init, job, jobs_need, jobs_wait
 jobs_plan "$threads"
-need() { jobs_wait_for "$1" || { jobs_wait || true; exit 1; }; }
 if [[ $stage -le 2 && $stop_stage -ge 1 ]]; then
   jobs_init "$job_slots"
   if [[ $stage -le 1 ]]; then
@@ -124,7 +123,7 @@ if [[ $stage -le 2 && $stop_stage -ge 1 ]]; then
   if [[ $stop_stage -ge 2 ]]; then
     for conf in $confs; do
       exp=$work/exp/$conf
-      need "train_$conf"
+      jobs_need "train_$conf"
       log "stage 2: evaluating $conf on unseen voices"
       "$moekit" --threads 1 info "$exp/final" --json > "$exp/info.json"
       # An MoE model again with its experts in int8 (moekit quantize), scored the same way.

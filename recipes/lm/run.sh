@@ -40,7 +40,7 @@ export OPENBLAS_NUM_THREADS=1  # LibTorch's own threads do the parallel work (--
 
 log_name="lm recipe"
 source "$here/local/train.sh"  # log, train
-source "$root/recipes/jobs.sh"   # jobs_plan, jobs_init, job, jobs_wait
+source "$root/recipes/jobs.sh"   # jobs_plan, jobs_init, job, jobs_need, jobs_wait
 jobs_plan "$threads"
 
 if [[ $stage -le 0 && $stop_stage -ge 0 ]]; then
@@ -87,7 +87,7 @@ if [[ $stage -le 3 && $stop_stage -ge 2 ]]; then
     done
   fi
   if [[ $stage -le 3 && $stop_stage -ge 3 ]]; then
-    jobs_wait_for out_upcycled || { jobs_wait || true; exit 1; }
+    jobs_need out_upcycled
     budget=$("$python" -c "import json,sys; print([json.loads(l) for l in open(sys.argv[1]) if 'train_flops' in l][-1]['train_flops'])" \
       "$exp/out_upcycled/metrics.jsonl")
     log "stage 3: budget $budget training FLOPs (the upcycled MoE's) for dense and from-scratch runs"

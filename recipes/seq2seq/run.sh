@@ -64,7 +64,7 @@ exp=$work/exp
 export OPENBLAS_NUM_THREADS=1  # LibTorch's own threads do the parallel work (--threads)
 
 log() { echo "[seq2seq recipe $(date +%H:%M:%S)] $*" >&2; }
-source "$root/recipes/jobs.sh"  # jobs_plan, jobs_init, job, jobs_wait
+source "$root/recipes/jobs.sh"  # jobs_plan, jobs_init, job, jobs_need, jobs_wait
 jobs_plan "$threads"
 
 if [[ $stage -le 0 && $stop_stage -ge 0 ]]; then
@@ -107,8 +107,6 @@ score_jobs() {  # name: jobs scoring the model and, if task-routed, each languag
     for l in ${langs//,/ }; do job "score_${1}_sub_$l" score_sub "$1" "$l"; done
   fi
 }
-# Waits for the job NAME; if it failed, for the others, then stops the recipe.
-need() { jobs_wait_for "$1" || { jobs_wait || true; exit 1; }; }
 
 # Stages 1 and 2 share one pool of jobs: a model is scored as soon as it is
 # trained, beside the trainings still running. The MoE models, which take
@@ -127,13 +125,13 @@ if [[ $stage -le 2 && $stop_stage -ge 1 ]]; then
     mkdir -p "$work/eval"
     for l in ${langs//,/ }; do grep -P "^$l\t" "$data/test.tsv" > "$work/eval/test_$l.tsv"; done
     for name in $order; do
-      need "$name"
+      jobs_need "$name"
       score_jobs "$name"
     done
   fi
   if [[ -n $student ]]; then
     if [[ $stage -le 1 && $stop_stage -ge 1 ]]; then
-      need "$distill_teacher"
+      jobs_need "$distill_teacher"
       if [[ -f $exp/$student/final/model.safetensors ]]; then
         log "$student: already trained"
       else
