@@ -107,8 +107,10 @@ int run_launch(const LaunchOptions& o) {
         if (code != 0 && !failed) {
           failed = true;
           result = code;
-          std::cerr << "moekit launch: rank " << o.node_rank * o.processes + local << " exited with status " << code
-                    << "; stopping the others within " << o.grace_s << " s\n";
+          // One write: the ranks print to the same stream, and a line sent in
+          // pieces can come out with theirs in between.
+          std::cerr << str_cat("moekit launch: rank ", o.node_rank * o.processes + local, " exited with status ", code,
+                               "; stopping the others within ", o.grace_s, " s\n");
           stop_deadline = std::chrono::steady_clock::now() +
                           std::chrono::milliseconds(static_cast<int64_t>(o.grace_s * 1000));
         }
