@@ -112,7 +112,7 @@ void add_bench_asr_command(CLI::App& bench, const GlobalOptions& global) {
     torch::manual_seed(static_cast<uint64_t>(o->seed));
     std::shared_ptr<AsrModel> model;
     if (!o->model_dir.empty()) {
-      model = load_asr_model(o->model_dir).model;
+      model = load_asr_model(o->model_dir, WeightStorage::kMap).model;
     } else {
       model = std::make_shared<AsrModel>(bench_config(*o));
       // Random but well-scaled weights (default init), CMVN identity.

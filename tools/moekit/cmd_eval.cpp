@@ -30,7 +30,7 @@ void run_perplexity_eval(const std::string& model_dir, const std::string& text, 
                          torch::Device device) {
   const std::string tok_path = find_lm_tokenizer(model_dir, tokenizer_path);
   const LmTokenizer tokenizer(tok_path);
-  const auto model = load_lm_model(model_dir, parse_lm_weight_dtype(weight_dtype, device));
+  const auto model = load_lm_model(model_dir, parse_lm_weight_dtype(weight_dtype, device), WeightStorage::kMap);
   options.validate(model->config());  // before the text is tokenized
   check_tokenizer_fits(tokenizer, tok_path, model->config().vocab_size);
   model->to(device);
@@ -129,7 +129,7 @@ void add_eval_command(CLI::App& app, const GlobalOptions& global) {
       return;
     }
     const torch::Device device = parse_device(global.device);
-    LoadedAsr loaded = load_asr_model(o->model_dir);
+    LoadedAsr loaded = load_asr_model(o->model_dir, WeightStorage::kMap);
     loaded.model->to(device);
     MOEKIT_CHECK_ARG(loaded.units.size() > 0, o->model_dir, ": no units.txt, cannot compare with transcripts");
     const auto data = read_asr_data(o->data);

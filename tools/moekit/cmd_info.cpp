@@ -108,7 +108,7 @@ std::string expert_weights(const ExpertsImpl& experts) {
 }
 
 json model_info(const std::string& dir) {
-  std::shared_ptr<Model> model = load_model(dir);
+  std::shared_ptr<Model> model = load_model(dir, WeightStorage::kMap);
   const ParameterCount count = count_parameters(*model);
   json j;
   j["model_dir"] = dir;

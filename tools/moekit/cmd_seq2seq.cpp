@@ -148,7 +148,7 @@ void add_distill_command(CLI::App& app, const GlobalOptions& global) {
     MOEKIT_CHECK_ARG(o->word_weight > 0.0 || o->sequence, "distill: nothing to distill (--word-weight 0 and no --sequence)");
     const YAML::Node y = load_yaml_file(o->config);
     check_known_keys(y, {"model", "data", "train_conf"}, o->config);
-    std::shared_ptr<Seq2seqModel> teacher = load_seq2seq_model(o->teacher);
+    std::shared_ptr<Seq2seqModel> teacher = load_seq2seq_model(o->teacher, WeightStorage::kMap);
     MOEKIT_CHECK_ARG(teacher->config().extracted_task.empty(), o->teacher, ": an extracted sub-network is not a teacher");
     const std::string tokenizer_path = o->teacher + "/tokenizer.model";
     const LmTokenizer tokenizer(tokenizer_path);

@@ -81,7 +81,7 @@ void add_serve_command(CLI::App& app, const GlobalOptions& global) {
                      o->decode.chunk_size);
     o->server.validate();
     const torch::Device device = parse_device(global.device);
-    LoadedAsr loaded = load_asr_model(o->model_dir);
+    LoadedAsr loaded = load_asr_model(o->model_dir, WeightStorage::kMap);
     loaded.model->to(device);
     o->decode.mode = resolve_decode_mode(o->mode, *loaded.model);
     const Recognizer recognizer(loaded.model, loaded.units, o->decode);

@@ -66,7 +66,7 @@ void add_transcribe_command(CLI::App& app, const GlobalOptions& global) {
     o->decode.validate();
     MOEKIT_CHECK_ARG(!o->streaming || o->decode.chunk_size > 0, "--streaming needs --chunk-size > 0");
     const torch::Device device = parse_device(global.device);
-    LoadedAsr loaded = load_asr_model(o->model_dir);
+    LoadedAsr loaded = load_asr_model(o->model_dir, WeightStorage::kMap);
     loaded.model->to(device);
     o->decode.mode = resolve_decode_mode(o->mode, *loaded.model);
     const Recognizer recognizer(loaded.model, loaded.units, o->decode);

@@ -15,7 +15,8 @@
 
 namespace moekit {
 
-MappedFile::MappedFile(const std::string& path, const std::string& what) : path_(path) {
+MappedFile::MappedFile(const std::string& path, const std::string& what, Access access)
+    : path_(path), access_(access) {
   check_regular_file(path, what);
   fd_ = ::open(path.c_str(), O_RDONLY | O_NONBLOCK);
   MOEKIT_CHECK_ARG(fd_ >= 0, "cannot open '", path, "': ", std::strerror(errno));
@@ -27,7 +28,8 @@ MappedFile::MappedFile(const std::string& path, const std::string& what) : path_
   }
   size_ = static_cast<size_t>(st.st_size);
   if (size_ > 0) {
-    void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd_, 0);
+    const int prot = access == Access::kCopyOnWrite ? PROT_READ | PROT_WRITE : PROT_READ;
+    void* p = ::mmap(nullptr, size_, prot, MAP_PRIVATE, fd_, 0);
     if (p == MAP_FAILED) {
       ::close(fd_);
       throw std::invalid_argument(str_cat("cannot map '", path, "': ", std::strerror(errno)));
@@ -44,8 +46,13 @@ MappedFile::~MappedFile() {
 void MappedFile::release(uint64_t offset, uint64_t bytes) const {
   if (data_ == nullptr || bytes == 0 || offset >= size_) return;
   static const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
-  const uint64_t end = std::min<uint64_t>(offset + bytes, size_);
-  const uint64_t first = offset / page * page;
+  uint64_t end = std::min<uint64_t>(offset + bytes, size_);
+  uint64_t first = offset / page * page;
+  if (access_ == Access::kCopyOnWrite) {
+    first = (offset + page - 1) / page * page;
+    if (end < size_) end = end / page * page;  // the file's last page ends the mapping
+    if (end <= first) return;
+  }
   // Advice only: a failure leaves the pages resident, which is still correct.
   ::madvise(const_cast<char*>(data_) + first, end - first, MADV_DONTNEED);
 }

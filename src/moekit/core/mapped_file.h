@@ -1,7 +1,10 @@
 #pragma once
-// A whole regular file mapped read-only (mmap, MAP_PRIVATE): its bytes are
+// A whole regular file mapped privately (mmap, MAP_PRIVATE): its bytes are
 // read from the page cache when first touched, so a multi-GB checkpoint costs
 // resident memory only for the parts in use, and release() gives those back.
+// Read-only by default; copy-on-write where tensors that a model may write
+// in place view the mapping (a write then makes a private page and never
+// reaches the file).
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -12,7 +15,8 @@ class MappedFile {
  public:
   // Throws std::invalid_argument naming the path when it is not a regular
   // file (`what` names the expected kind) or cannot be opened or mapped.
-  MappedFile(const std::string& path, const std::string& what);
+  enum class Access { kReadOnly, kCopyOnWrite };
+  MappedFile(const std::string& path, const std::string& what, Access access = Access::kReadOnly);
   ~MappedFile();
   MappedFile(const MappedFile&) = delete;
   MappedFile& operator=(const MappedFile&) = delete;
@@ -23,12 +27,16 @@ class MappedFile {
 
   // Drops the resident pages of [offset, offset + bytes) (madvise
   // MADV_DONTNEED): resident memory falls by them, and a later read of the
-  // range faults the file's bytes in again. Pages shared with a neighbouring
-  // range are dropped too; that costs a re-read, never a wrong byte.
+  // range faults the file's bytes in again. Read-only: pages shared with a
+  // neighbouring range are dropped too; that costs a re-read, never a wrong
+  // byte. Copy-on-write: only the pages wholly inside the range, since a
+  // neighbour's written page would lose its writes; the caller vouches that
+  // nothing wrote inside the range.
   void release(uint64_t offset, uint64_t bytes) const;
 
  private:
   std::string path_;
+  Access access_;
   int fd_ = -1;
   const char* data_ = nullptr;
   size_t size_ = 0;

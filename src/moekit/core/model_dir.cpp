@@ -1,11 +1,13 @@
 #include "moekit/core/model_dir.h"
 
+#include <cstdlib>
 #include <map>
 #include <sstream>
 
 #include "moekit/core/check.h"
 #include "moekit/core/config.h"
 #include "moekit/core/file_io.h"
+#include "moekit/core/mapped_tensors.h"
 #include "moekit/core/safetensors_stream.h"
 
 namespace moekit {
@@ -120,16 +122,32 @@ void load_module_state(torch::nn::Module& module, const TensorMap& weights, cons
   for (auto& [name, target] : targets) target.copy_(weights.at(name));
 }
 
-void load_module_state_from_dir(torch::nn::Module& module, const std::string& dir) {
+bool map_weights_enabled() {
+  static const bool enabled = [] {
+    const char* v = std::getenv("MOEKIT_MAP_WEIGHTS");
+    return v == nullptr || std::string(v) != "0";
+  }();
+  return enabled;
+}
+
+void load_module_state_from_dir(torch::nn::Module& module, const std::string& dir, WeightStorage storage) {
   const std::string path = dir + "/" + kWeightsFile;
   MOEKIT_CHECK_ARG(path_exists(path), "model directory '", dir, "' has no ", kWeightsFile);
-  const MappedSafetensors file(path);
+  const bool map = storage == WeightStorage::kMap && map_weights_enabled();
+  const MappedSafetensors file(path, /*copy_on_write=*/map);
   TensorMap targets = module_state(module);
   std::map<std::string, StoredTensor> stored;
   for (const auto& [name, entry] : file.header().entries) stored[name] = {entry.shape, entry.dtype};
   check_state(targets, stored, path);
   torch::NoGradGuard no_grad;
   for (auto& [name, target] : targets) {
+    if (map && target.device().is_cpu() && file.entry(name).dtype == target.scalar_type()) {
+      const torch::Tensor mapped = file.share(name);
+      if (mapped.defined()) {
+        adopt_mapped_tensor(target, mapped);
+        continue;
+      }
+    }
     target.copy_(file.view(name));
     file.release(name);
   }

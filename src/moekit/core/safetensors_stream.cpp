@@ -11,13 +11,17 @@
 #include "moekit/core/cpu_allocator.h"
 #include "moekit/core/file_io.h"
 #include "moekit/core/mapped_file.h"
+#include "moekit/core/mapped_tensors.h"
 
 namespace moekit {
 
 using json = nlohmann::json;
 
-MappedSafetensors::MappedSafetensors(const std::string& path)
-    : file_(std::make_unique<MappedFile>(path, "a safetensors file")),
+MappedSafetensors::MappedSafetensors(const std::string& path, bool copy_on_write)
+    : file_(std::make_shared<MappedFile>(path, "a safetensors file",
+                                         copy_on_write ? MappedFile::Access::kCopyOnWrite
+                                                       : MappedFile::Access::kReadOnly)),
+      copy_on_write_(copy_on_write),
       header_(parse_safetensors_header(file_->data(), file_->size(), file_->size(), path)) {}
 
 MappedSafetensors::~MappedSafetensors() = default;
@@ -34,6 +38,14 @@ torch::Tensor MappedSafetensors::view(const std::string& name) const {
   const SafetensorsEntry& e = entry(name);
   char* bytes = const_cast<char*>(file_->data()) + header_.data_start + e.begin;
   return torch::from_blob(bytes, e.shape, torch::TensorOptions().dtype(e.dtype));
+}
+
+torch::Tensor MappedSafetensors::share(const std::string& name) const {
+  MOEKIT_CHECK_ARG(copy_on_write_, path(), ": share() needs a copy-on-write mapping");
+  const SafetensorsEntry& e = entry(name);
+  const uint64_t offset = header_.data_start + e.begin;
+  if (e.end == e.begin || offset % c10::elementSize(e.dtype) != 0) return {};
+  return map_tensor(file_, offset, e.shape, e.dtype);
 }
 
 void MappedSafetensors::release(const std::string& name) const {

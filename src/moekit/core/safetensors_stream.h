@@ -18,12 +18,12 @@ namespace moekit {
 
 class MappedFile;
 
-// A safetensors file mapped read-only, its header validated as
-// read_safetensors validates it (a truncated file or a bad header is an
-// std::invalid_argument naming the file and the tensor).
+// A safetensors file mapped read-only (or copy-on-write, for share()), its
+// header validated as read_safetensors validates it (a truncated file or a
+// bad header is an std::invalid_argument naming the file and the tensor).
 class MappedSafetensors {
  public:
-  explicit MappedSafetensors(const std::string& path);
+  explicit MappedSafetensors(const std::string& path, bool copy_on_write = false);
   ~MappedSafetensors();
   MappedSafetensors(const MappedSafetensors&) = delete;
   MappedSafetensors& operator=(const MappedSafetensors&) = delete;
@@ -35,11 +35,17 @@ class MappedSafetensors {
   // A CPU tensor viewing the tensor's mapped bytes: no copy, valid while
   // this object lives, read-only (writing to it is undefined).
   torch::Tensor view(const std::string& name) const;
+  // A CPU tensor viewing the tensor's mapped bytes that keeps the mapping
+  // alive (mapped_tensors.h), for a model to hold as its weight; undefined
+  // where the bytes cannot be one (an empty tensor, or an offset not aligned
+  // to its dtype, as a file mixing dtypes may have). Copy-on-write files only.
+  torch::Tensor share(const std::string& name) const;
   // Gives the tensor's resident pages back (MappedFile::release).
   void release(const std::string& name) const;
 
  private:
-  std::unique_ptr<MappedFile> file_;
+  std::shared_ptr<MappedFile> file_;
+  bool copy_on_write_;
   SafetensorsHeader header_;
 };
 

@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "moekit/core/model_dir.h"
+
 namespace moekit {
 
 class Model : public torch::nn::Module {
@@ -29,8 +31,9 @@ std::shared_ptr<Model> create_model(const std::string& model_type, const YAML::N
 // Saves config.yaml + model.safetensors.
 void save_model(const std::string& dir, const Model& model);
 // Builds the model from config.yaml and loads its weights, with errors that
-// name every mismatching tensor.
-std::shared_ptr<Model> load_model(const std::string& dir);
+// name every mismatching tensor. WeightStorage::kMap for inference only
+// (model_dir.h).
+std::shared_ptr<Model> load_model(const std::string& dir, WeightStorage storage = WeightStorage::kCopy);
 
 // config.yaml's `quantization` entry: {experts: int8} for a model whose MoE
 // experts are stored as int8 (experts.w1 int8 + experts.w1_scale, ...). Makes

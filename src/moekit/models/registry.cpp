@@ -64,7 +64,7 @@ void save_model(const std::string& dir, const Model& model) {
   save_model_dir(dir, config, module_state(model));
 }
 
-std::shared_ptr<Model> load_model(const std::string& dir) {
+std::shared_ptr<Model> load_model(const std::string& dir, WeightStorage storage) {
   const YAML::Node config = read_model_config(dir);
   const std::string where = dir + "/" + kConfigFile;
   MOEKIT_CHECK_ARG(config["architecture"].IsMap(), where, ": missing or invalid 'architecture'");
@@ -75,8 +75,8 @@ std::shared_ptr<Model> load_model(const std::string& dir) {
   }
   apply_quantization(config, *model, where);
   // Each tensor copied from the mapped file straight into its parameter
-  // (no second copy of the whole file in memory).
-  load_module_state_from_dir(*model, dir);
+  // (no second copy of the whole file in memory), or mapped.
+  load_module_state_from_dir(*model, dir, storage);
   model->eval();
   // For quantized experts, loading freed the float32 weights they replaced:
   // kept in the caching CPU allocator (and glibc's heap) they would stay

@@ -15,6 +15,7 @@
 #include <mutex>
 #include <vector>
 
+#include "moekit/core/mapped_tensors.h"
 #include "moekit/kernels/panel_kernel.h"
 
 namespace moekit {
@@ -40,11 +41,15 @@ class WeightStamp {
   bool matches(const torch::Tensor& w) const {
     return data_ != nullptr && data_ == w.data_ptr() && version_ == w._version() && sizes_ == w.sizes();
   }
+  // Records w as the source of a packed copy just made. A weight mapped
+  // from its model file (mapped_tensors.h) gives its pages back: the packed
+  // copy serves from now on.
   void take(const torch::Tensor& w) {
     source_ = w;
     data_ = w.data_ptr();
     version_ = w._version();
     sizes_ = w.sizes().vec();
+    release_mapped_tensor(w);
   }
   void clear() { *this = WeightStamp(); }
 

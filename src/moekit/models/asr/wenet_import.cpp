@@ -318,8 +318,8 @@ void save_asr_model(const std::string& dir, const AsrModel& model, const Units& 
   }
 }
 
-LoadedAsr load_asr_model(const std::string& dir) {
-  std::shared_ptr<Model> base = load_model(dir);
+LoadedAsr load_asr_model(const std::string& dir, WeightStorage storage) {
+  std::shared_ptr<Model> base = load_model(dir, storage);
   auto asr = std::dynamic_pointer_cast<AsrModel>(base);
   MOEKIT_CHECK_ARG(asr, dir, ": model_type '", base->model_type(), "' is not a speech recognizer (asr)");
   LoadedAsr loaded{asr, Units()};

@@ -43,6 +43,6 @@ struct LoadedAsr {
   std::shared_ptr<AsrModel> model;
   Units units;
 };
-LoadedAsr load_asr_model(const std::string& dir);
+LoadedAsr load_asr_model(const std::string& dir, WeightStorage storage = WeightStorage::kCopy);
 
 }  // namespace moekit

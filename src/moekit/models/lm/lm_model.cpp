@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "moekit/core/check.h"
+#include "moekit/core/cpu_allocator.h"
 #include "moekit/core/file_io.h"
 #include "moekit/core/model_dir.h"
 #include "moekit/core/safetensors_stream.h"
@@ -389,7 +390,8 @@ c10::optional<torch::ScalarType> parse_lm_weight_dtype(const std::string& text, 
   throw std::invalid_argument(str_cat("weight dtype '", text, "' is not one of auto, fp32, bf16"));
 }
 
-std::shared_ptr<LmModel> load_lm_model(const std::string& dir, c10::optional<torch::ScalarType> weight_dtype) {
+std::shared_ptr<LmModel> load_lm_model(const std::string& dir, c10::optional<torch::ScalarType> weight_dtype,
+                                       WeightStorage storage) {
   const YAML::Node yaml = read_model_config(dir);
   const LmConfig config = read_lm_config(yaml, dir, /*allow_quantized=*/true);
   const std::string weights = dir + "/" + kWeightsFile;
@@ -414,8 +416,11 @@ std::shared_ptr<LmModel> load_lm_model(const std::string& dir, c10::optional<tor
   apply_quantization(yaml, *model, dir + "/" + kConfigFile);
   // Before the weights are copied in: bf16 ones then stay as stored.
   model->set_weight_dtype(*weight_dtype);
-  load_module_state_from_dir(*model, dir);
+  load_module_state_from_dir(*model, dir, storage);
   model->eval();
+  // Mapped weights replaced the tensors the model was built with: their
+  // blocks go back rather than wait, unused, in the allocator's cache.
+  if (storage == WeightStorage::kMap) release_cpu_memory();
   return model;
 }
 

@@ -148,8 +148,10 @@ void save_lm_dir(const LmWeights& model, const std::string& dir);
 // weight_dtype (LmModel::set_weight_dtype): float32 or bfloat16; by default
 // bfloat16 where the directory stores them so (a bf16 Hub checkpoint
 // imported as it is), float32 otherwise.
+// WeightStorage::kMap for inference only (model_dir.h).
 std::shared_ptr<LmModel> load_lm_model(const std::string& dir,
-                                       c10::optional<torch::ScalarType> weight_dtype = c10::nullopt);
+                                       c10::optional<torch::ScalarType> weight_dtype = c10::nullopt,
+                                       WeightStorage storage = WeightStorage::kCopy);
 // "auto" (nullopt), "fp32"/"float32", "bf16"/"bfloat16"; throws naming the
 // choices otherwise. For the commands' --dtype. On a device other than the
 // CPU "auto" is float32: bf16 matrices are read by the CPU's panel kernel,

@@ -260,8 +260,8 @@ void Seq2seqModel::select(Seq2seqDecoderState& state, const torch::Tensor& index
   if (state.route.sentence.defined()) state.route.sentence = state.route.sentence.index_select(0, index);
 }
 
-std::shared_ptr<Seq2seqModel> load_seq2seq_model(const std::string& dir) {
-  std::shared_ptr<Model> model = load_model(dir);
+std::shared_ptr<Seq2seqModel> load_seq2seq_model(const std::string& dir, WeightStorage storage) {
+  std::shared_ptr<Model> model = load_model(dir, storage);
   auto seq2seq = std::dynamic_pointer_cast<Seq2seqModel>(model);
   MOEKIT_CHECK_ARG(seq2seq, dir, " holds a ", model->model_type(), " model, not a seq2seq model");
   return seq2seq;

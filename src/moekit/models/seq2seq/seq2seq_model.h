@@ -148,6 +148,7 @@ class Seq2seqModel : public Model {
 };
 
 // Loads a model directory that must hold a seq2seq model (eval mode).
-std::shared_ptr<Seq2seqModel> load_seq2seq_model(const std::string& dir);
+std::shared_ptr<Seq2seqModel> load_seq2seq_model(const std::string& dir,
+                                                 WeightStorage storage = WeightStorage::kCopy);
 
 }  // namespace moekit

@@ -1,0 +1,42 @@
+#pragma once
+// Model weights that live in the model file's memory map instead of a copy.
+//
+// Inference packs most weights into panels (ops/packed_weights.h), a second
+// copy in the layout the kernels stream. If the first copy was read into
+// memory too, a serving process holds every packed weight twice. Mapped
+// instead (copy-on-write, so a write never reaches the file), a weight costs
+// resident memory only while its pages are touched, and once its packed copy
+// exists its pages go back: the process holds the panels, not the panels and
+// the weights. A later read of the weight (a path without panels, a repack)
+// faults the file's bytes in again.
+//
+// A weight written in place after it was mapped keeps its pages: its
+// version counter (bumped by every in-place write through it or its views)
+// tells, and only an unwritten weight's pages are dropped.
+#include <torch/torch.h>
+
+#include <memory>
+
+namespace moekit {
+
+class MappedFile;
+
+// A CPU tensor of `shape` and `dtype` viewing `file`'s bytes from `offset`,
+// which keeps the mapping alive while any tensor shares its storage.
+// `offset` must be aligned to the dtype's size, the bytes inside the file.
+torch::Tensor map_tensor(const std::shared_ptr<const MappedFile>& file, uint64_t offset,
+                         const std::vector<int64_t>& shape, torch::ScalarType dtype);
+
+// target.set_data(mapped) (mapped from map_tensor, of target's shape and
+// dtype), recording target's version counter for release_mapped_tensor.
+void adopt_mapped_tensor(torch::Tensor& target, const torch::Tensor& mapped);
+
+// If `w` (or the tensor it is a view of) was adopted from a map and has not
+// been written since, drops its resident pages and returns true; otherwise
+// does nothing. For callers that have just made a packed copy of `w`.
+bool release_mapped_tensor(const torch::Tensor& w);
+
+// Bytes of adopted tensors alive now (tests and reports).
+uint64_t mapped_tensor_bytes();
+
+}  // namespace moekit

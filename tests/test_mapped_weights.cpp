@@ -1,0 +1,113 @@
+// Weights mapped from the model file (WeightStorage::kMap): the same
+// function as copied weights, writes that stay in the process, and pages
+// that go back once a weight is packed for the kernels.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "moekit/core/cpu_allocator.h"
+#include "moekit/core/mapped_tensors.h"
+#include "moekit/core/model_dir.h"
+#include "moekit/core/process_memory.h"
+#include "moekit/ops/packed_linear.h"
+#include "moekit/ops/packed_weights.h"
+#include "test_util.h"
+
+namespace moekit {
+namespace {
+
+TEST(MappedWeights, AMappedModelComputesWhatACopiedOneDoes) {
+  if (!map_weights_enabled()) GTEST_SKIP() << "MOEKIT_MAP_WEIGHTS=0";
+  torch::manual_seed(0);
+  FfnStack model(small_stack_options(32, 3));
+  const std::string dir = temp_dir("mapped") + "/model";
+  save_model(dir, model);
+  const uint64_t before = mapped_tensor_bytes();
+  {
+    std::shared_ptr<Model> copied = load_model(dir, WeightStorage::kCopy);
+    EXPECT_EQ(mapped_tensor_bytes(), before);
+    std::shared_ptr<Model> mapped = load_model(dir, WeightStorage::kMap);
+    // Every float32 tensor is a view of the file: all of them here.
+    uint64_t bytes = 0;
+    for (const auto& [name, t] : module_state(*mapped)) bytes += t.numel() * t.element_size();
+    EXPECT_EQ(mapped_tensor_bytes() - before, bytes);
+    torch::NoGradGuard no_grad;
+    const torch::Tensor x = torch::randn({3, 7, 32});
+    auto* a = dynamic_cast<FfnStack*>(copied.get());
+    auto* b = dynamic_cast<FfnStack*>(mapped.get());
+    ASSERT_TRUE(a && b);
+    // Twice: the second forward runs on the packed copies, the mapped
+    // weights' pages given back.
+    for (int i = 0; i < 2; ++i) EXPECT_TRUE(b->forward(x).equal(a->forward(x)));
+  }
+  // The last tensor gone, the mapping is too.
+  EXPECT_EQ(mapped_tensor_bytes(), before);
+}
+
+TEST(MappedWeights, AWriteStaysInTheProcessAndKeepsItsPages) {
+  if (!map_weights_enabled()) GTEST_SKIP() << "MOEKIT_MAP_WEIGHTS=0";
+  torch::manual_seed(1);
+  PackedLinear linear(64, 48);
+  const std::string dir = temp_dir("mapped_write") + "/model";
+  save_model_dir(dir, YAML::Load("model_type: linear"), module_state(*linear));
+  const torch::Tensor stored = read_model_weights(dir).at("weight").clone();
+
+  PackedLinear loaded(64, 48);
+  load_module_state_from_dir(*loaded, dir, WeightStorage::kMap);
+  torch::NoGradGuard no_grad;
+  ASSERT_TRUE(loaded->weight.equal(stored));
+  // Unwritten: its pages can go, and reading it again gives the file's bytes.
+  EXPECT_TRUE(release_mapped_tensor(loaded->weight));
+  EXPECT_TRUE(loaded->weight.equal(stored));
+  // Written in place (an optimizer step, copy_): the write is the process's
+  // own page, never dropped, never in the file.
+  loaded->weight.mul_(2.0);
+  EXPECT_FALSE(release_mapped_tensor(loaded->weight));
+  EXPECT_FALSE(release_mapped_tensor(loaded->weight.view({-1})));  // nor through a view
+  EXPECT_TRUE(loaded->weight.equal(stored * 2.0));
+  EXPECT_TRUE(read_model_weights(dir).at("weight").equal(stored));
+  // Packing the written weight keeps it too.
+  const torch::Tensor x = torch::randn({3, 64});
+  EXPECT_TRUE(torch::allclose(loaded->forward(x), torch::linear(x, stored * 2.0, loaded->bias), 1e-5, 1e-5));
+  EXPECT_TRUE(loaded->weight.equal(stored * 2.0));
+}
+
+TEST(MappedWeights, PackingAMappedWeightGivesItsPagesBack) {
+  if (!map_weights_enabled() || !weight_panels_enabled())
+    GTEST_SKIP() << "MOEKIT_MAP_WEIGHTS=0 or MOEKIT_WEIGHT_PANELS=0";
+  if (resident_bytes() < 0) GTEST_SKIP() << "this kernel does not report resident memory";
+  torch::manual_seed(2);
+  const int64_t in = 4096, out = 2048;  // 32 MiB of float32
+  const int64_t bytes = in * out * 4;
+  const std::string dir = temp_dir("mapped_pages") + "/model";
+  {
+    PackedLinear linear(in, out);
+    save_model_dir(dir, YAML::Load("model_type: linear"), module_state(*linear));
+  }
+  release_cpu_memory();
+  // RSS growth from touching every weight to having packed it: about the
+  // panels for a copied weight, about nothing for a mapped one (the panels
+  // come, the weight's pages go).
+  auto growth_of_packing = [&](WeightStorage storage) {
+    PackedLinear linear(in, out);
+    load_module_state_from_dir(*linear, dir, storage);
+    release_cpu_memory();
+    torch::NoGradGuard no_grad;
+    EXPECT_TRUE(std::isfinite(linear->weight.sum().item<float>()));  // every page touched
+    const int64_t touched = resident_bytes();
+    const torch::Tensor panels = linear->panels();
+    const int64_t packed = resident_bytes();
+    EXPECT_EQ(panels.numel() * panels.element_size(), bytes);
+    // The forward still reads the file's weight wherever it needs it.
+    const torch::Tensor x = torch::randn({2, in});
+    EXPECT_TRUE(torch::allclose(linear->forward(x), torch::linear(x, linear->weight, linear->bias), 1e-4, 1e-4));
+    return packed - touched;
+  };
+  const int64_t copied = growth_of_packing(WeightStorage::kCopy);
+  const int64_t mapped = growth_of_packing(WeightStorage::kMap);
+  EXPECT_GT(copied, bytes * 3 / 4) << "copied: packing adds the panels";
+  EXPECT_LT(mapped, bytes / 4) << "mapped: the weight's pages went back";
+}
+
+}  // namespace
+}  // namespace moekit
