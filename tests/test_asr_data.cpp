@@ -292,6 +292,72 @@ TEST(AsrTraining, KilledRunResumesToTheSameWeights) {
   EXPECT_TRUE(path_exists(dir + "/killed/final/units.txt"));
 }
 
+// A corpus over dataset_conf.in_memory_mb is read again for each batch:
+// the same batches, losses and weights as holding it, for dithered features
+// (made afresh from the samples) and plain ones (made once when held), with
+// nothing held; a file that changes under the run is a clear error.
+TEST(AsrTraining, ReadingTheAudioPerBatchTrainsAsHoldingIt) {
+  if (!have_audio_files()) GTEST_SKIP() << "built without libsndfile/libsoxr";
+  const std::string dir = temp_dir("asr_streamed");
+  const auto train_data = tone_corpus(dir, 12, 2);
+  const std::vector<Utterance> cv(train_data.begin(), train_data.begin() + 3);
+  const Units units = build_char_units(train_data);
+  TrainerOptions o;
+  o.epochs = 2;
+  o.warmup_steps = 3;
+  o.log_interval = 1;
+  o.average_last = 1;
+  o.seed = 7;
+  for (const double dither : {0.1, 0.0}) {
+    auto run = [&](const std::string& exp, int64_t in_memory_mb, int64_t* held) {
+      torch::manual_seed(o.seed);
+      AsrConfig c = tiny_asr_config(units.size());
+      c.fbank.dither = dither;
+      auto model = std::make_shared<AsrModel>(c);
+      AsrDataOptions data;
+      data.batch_size = 4;
+      data.in_memory_mb = in_memory_mb;
+      AsrTrainTask task(model, units, train_data, cv, data, o.seed);
+      *held = task.held_bytes();
+      return train(task, o, exp, false);
+    };
+    const std::string tag = dither > 0 ? "dither" : "plain";
+    int64_t held = 0, streamed_held = -1;
+    const TrainSummary a = run(dir + "/held_" + tag, 64, &held);
+    const TrainSummary b = run(dir + "/read_" + tag, 0, &streamed_held);
+    EXPECT_GT(held, 0);
+    EXPECT_EQ(streamed_held, 0);
+    EXPECT_EQ(a.steps, b.steps);
+    // Every logged loss, gradient norm and validation figure (not the speed).
+    const auto records = [](const std::string& path) {
+      std::vector<nlohmann::json> out;
+      std::istringstream in(read_file(path));
+      for (std::string line; std::getline(in, line);) {
+        nlohmann::json j = nlohmann::json::parse(line);
+        j.erase("frames_per_s");
+        out.push_back(j);
+      }
+      return out;
+    };
+    const auto ra = records(dir + "/held_" + tag + "/metrics.jsonl");
+    EXPECT_GT(ra.size(), 4u);
+    EXPECT_EQ(ra, records(dir + "/read_" + tag + "/metrics.jsonl")) << tag;
+    const TensorMap wa = read_model_weights(a.final_dir), wb = read_model_weights(b.final_dir);
+    ASSERT_EQ(wa.size(), wb.size());
+    for (const auto& [name, t] : wa) EXPECT_TRUE(t.equal(wb.at(name))) << tag << " " << name;
+  }
+  // A file cut short after the start: its batch names it.
+  torch::manual_seed(o.seed);
+  AsrDataOptions data;
+  data.batch_size = 12;
+  data.in_memory_mb = 0;
+  AsrTrainTask task(std::make_shared<AsrModel>(tiny_asr_config(units.size())), units, train_data, cv, data, o.seed);
+  write_wav16(train_data[5].wav, std::vector<float>(4000, 0.1f), 16000);
+  const std::string error = error_of<std::invalid_argument>([&] { task.train_batch(0, 0); });
+  EXPECT_NE(error.find(train_data[5].wav + ": gives"), std::string::npos) << error;
+  EXPECT_NE(error.find("the file changed"), std::string::npos) << error;
+}
+
 TEST(SentencePiece, UnitsAndPiecesRoundTrip) {
   if (!have_sentencepiece() || std::system("command -v spm_train > /dev/null 2>&1") != 0)
     GTEST_SKIP() << "SentencePiece tools (package sentencepiece) not installed";

@@ -38,7 +38,10 @@ const FieldTable<AsrDataOptions>& asr_data_fields() {
           .at_least(1)
           .field("spec_aug", &O::spec_aug, "SpecAugment in training")
           .section<O>("spec_aug_conf", [](O& o) -> O& { return o; }, spec_aug_fields(), "SpecAugment's masks")
-          .field("shuffle", &O::shuffle, "shuffle utterances each epoch");
+          .field("shuffle", &O::shuffle, "shuffle utterances each epoch")
+          .field("in_memory_mb", &O::in_memory_mb,
+                 "audio (or features) held in memory up to this many MB; a larger corpus is read again per batch")
+          .non_negative();
   return table;
 }
 
@@ -110,30 +113,34 @@ AsrTrainTask::AsrTrainTask(std::shared_ptr<AsrModel> model, Units units, const s
       seed_(seed) {
   MOEKIT_CHECK_ARG(units_.size() == model_->config().vocab_size, "train: ", units_.size(),
                    " units for a model vocabulary of ", model_->config().vocab_size);
-  train_ = load(train, "training");
-  cv_ = load(cv, "validation");
+  train_ = load(train, "training", /*train=*/true);
+  cv_ = load(cv, "validation", /*train=*/false);
   // Global CMVN from the training features (WeNet's compute_cmvn_stats), in
   // the model so that decoding needs nothing else. A resumed run overwrites
   // it with the checkpoint's identical values.
-  torch::Tensor sum = torch::zeros({model_->config().encoder.input_dim}, torch::kDouble);
-  torch::Tensor sum_sq = torch::zeros_like(sum);
-  int64_t frames = 0;
-  for (const Example& e : train_) {
-    const torch::Tensor f = e.feats.to(torch::kDouble);
-    sum += f.sum(0);
-    sum_sq += (f * f).sum(0);
-    frames += f.size(0);
-  }
-  const torch::Tensor mean = sum / static_cast<double>(frames);
-  const torch::Tensor var = torch::clamp_min(sum_sq / static_cast<double>(frames) - mean * mean, 1e-20);
+  const torch::Tensor mean = feat_sum_ / static_cast<double>(feat_frames_);
+  const torch::Tensor var =
+      torch::clamp_min(feat_sum_sq_ / static_cast<double>(feat_frames_) - mean * mean, 1e-20);
   torch::NoGradGuard no_grad;
   model_->encoder->global_cmvn->mean.copy_(mean.to(torch::kFloat));
   model_->encoder->global_cmvn->istd.copy_((1.0 / var.sqrt()).to(torch::kFloat));
 }
 
-std::vector<AsrTrainTask::Example> AsrTrainTask::load(const std::vector<Utterance>& data, const char* what) {
+std::vector<AsrTrainTask::Example> AsrTrainTask::load(const std::vector<Utterance>& data, const char* what,
+                                                      bool train) {
   std::vector<Example> out;
   const int rate = model_->config().fbank.sample_rate;
+  // Training with dither makes its features afresh from the samples each
+  // time, so it holds the samples; otherwise the features.
+  const bool hold_samples = train && model_->config().fbank.dither > 0;
+  const int64_t budget = options_.in_memory_mb << 20;
+  int64_t held = held_bytes();  // the training set's, when this is the validation set
+  bool hold = held <= budget;
+  if (train) {
+    feat_sum_ = torch::zeros({model_->config().encoder.input_dim}, torch::kDouble);
+    feat_sum_sq_ = torch::zeros_like(feat_sum_);
+    feat_frames_ = 0;
+  }
   const int64_t min_frames = model_->encoder->right_context() + 1;
   int64_t skipped = 0;
   std::string first_reason;
@@ -151,14 +158,41 @@ std::vector<AsrTrainTask::Example> AsrTrainTask::load(const std::vector<Utteranc
       Example e;
       e.key = u.key;
       e.text = u.text;
-      e.samples = load_audio(u.wav, rate).samples;
-      e.feats = model_features(*model_, e.samples);
+      e.wav = u.wav;
+      std::vector<float> samples = load_audio(u.wav, rate).samples;
+      const torch::Tensor feats = model_features(*model_, samples);
+      e.frames = feats.size(0);
       e.tokens = sentencepiece_ ? pieces.at(current) : tokenize(u.text, units_, u.key);
       MOEKIT_CHECK_ARG(!e.tokens.empty(), u.key, ": empty transcript");
-      MOEKIT_CHECK_ARG(e.feats.size(0) >= min_frames, u.key, ": audio too short (", e.feats.size(0), " frames)");
-      const int64_t outputs = model_->encoder->embed->output_length(e.feats.size(0));
+      MOEKIT_CHECK_ARG(e.frames >= min_frames, u.key, ": audio too short (", e.frames, " frames)");
+      const int64_t outputs = model_->encoder->embed->output_length(e.frames);
       MOEKIT_CHECK_ARG(outputs >= static_cast<int64_t>(e.tokens.size()), u.key, ": ", e.tokens.size(),
                        " tokens do not fit in ", outputs, " encoder frames");
+      if (train) {
+        const torch::Tensor f = feats.to(torch::kDouble);
+        feat_sum_ += f.sum(0);
+        feat_sum_sq_ += (f * f).sum(0);
+        feat_frames_ += e.frames;
+      }
+      if (hold) {
+        const int64_t bytes = hold_samples ? static_cast<int64_t>(samples.size() * sizeof(float))
+                                           : feats.numel() * static_cast<int64_t>(sizeof(float));
+        if (held + bytes <= budget) {
+          if (hold_samples) {
+            e.samples = std::move(samples);
+          } else {
+            e.feats = feats;
+          }
+          held += bytes;
+        } else {
+          // Over the budget: this set is read per batch, and nothing of it is held.
+          hold = false;
+          for (Example& kept : out) {
+            kept.samples = std::vector<float>();
+            kept.feats = torch::Tensor();
+          }
+        }
+      }
       out.push_back(std::move(e));
     } catch (const std::invalid_argument& err) {
       if (first_reason.empty()) first_reason = err.what();
@@ -169,7 +203,21 @@ std::vector<AsrTrainTask::Example> AsrTrainTask::load(const std::vector<Utteranc
     std::cerr << "warning: skipped " << skipped << " of " << data.size() << " " << what << " utterances (first: "
               << first_reason << ")\n";
   MOEKIT_CHECK_ARG(!out.empty(), "no usable ", what, " utterances (first problem: ", first_reason, ")");
+  if (!hold)
+    std::cerr << "asr data: the " << what << " audio does not fit in dataset_conf.in_memory_mb (" << options_.in_memory_mb
+              << "): each batch reads its files again\n";
   return out;
+}
+
+int64_t AsrTrainTask::held_bytes() const {
+  int64_t bytes = 0;
+  for (const auto* set : {&train_, &cv_}) {
+    for (const Example& e : *set) {
+      bytes += static_cast<int64_t>(e.samples.size() * sizeof(float));
+      if (e.feats.defined()) bytes += e.feats.numel() * static_cast<int64_t>(sizeof(float));
+    }
+  }
+  return bytes;
 }
 
 std::vector<std::vector<size_t>> AsrTrainTask::make_batches(const std::vector<Example>& set, int64_t epoch,
@@ -182,13 +230,13 @@ std::vector<std::vector<size_t>> AsrTrainTask::make_batches(const std::vector<Ex
   for (size_t s = 0; s < order.size(); s += 100) {
     auto end = order.begin() + static_cast<std::ptrdiff_t>(std::min(order.size(), s + 100));
     std::stable_sort(order.begin() + static_cast<std::ptrdiff_t>(s), end,
-                     [&](size_t a, size_t b) { return set[a].feats.size(0) < set[b].feats.size(0); });
+                     [&](size_t a, size_t b) { return set[a].frames < set[b].frames; });
   }
   std::vector<std::vector<size_t>> batches;
   std::vector<size_t> current;
   int64_t longest = 0;
   for (size_t i : order) {
-    const int64_t frames = set[i].feats.size(0);
+    const int64_t frames = set[i].frames;
     const int64_t new_longest = std::max(longest, frames);
     if (!current.empty() && (static_cast<int64_t>(current.size()) + 1 > options_.batch_size ||
                              new_longest * static_cast<int64_t>(current.size() + 1) > options_.max_frames_in_batch)) {
@@ -212,14 +260,24 @@ int64_t AsrTrainTask::num_batches(int64_t epoch) {
   return static_cast<int64_t>(batches_.size());
 }
 
+std::vector<float> AsrTrainTask::read_samples(const Example& e) const {
+  return load_audio(e.wav, model_->config().fbank.sample_rate).samples;
+}
+
 torch::Tensor AsrTrainTask::features(const Example& e, bool train) const {
   const FbankOptions& fb = model_->config().fbank;
-  torch::Tensor feats = e.feats;
+  torch::Tensor feats;
   if (train && fb.dither > 0) {
-    torch::Tensor wave = torch::from_blob(const_cast<float*>(e.samples.data()),
-                                          {static_cast<int64_t>(e.samples.size())}, torch::kFloat) * 32768.0;
+    std::vector<float> read;
+    const std::vector<float>& s = e.samples.empty() ? (read = read_samples(e)) : e.samples;
+    torch::Tensor wave =
+        torch::from_blob(const_cast<float*>(s.data()), {static_cast<int64_t>(s.size())}, torch::kFloat) * 32768.0;
     feats = compute_fbank(wave, fb);
+  } else {
+    feats = e.feats.defined() ? e.feats : model_features(*model_, read_samples(e));
   }
+  MOEKIT_CHECK_ARG(feats.size(0) == e.frames, e.wav, ": gives ", feats.size(0), " feature frames, ", e.frames,
+                   " when training started: the file changed");
   if (train && options_.spec_aug) {
     feats = feats.clone();
     const int64_t t = feats.size(0), f = feats.size(1);
@@ -240,15 +298,15 @@ torch::Tensor AsrTrainTask::features(const Example& e, bool train) const {
 
 AsrLosses AsrTrainTask::forward(const std::vector<Example>& set, const std::vector<size_t>& batch, bool train) {
   int64_t longest = 0;
-  for (size_t i : batch) longest = std::max(longest, set[i].feats.size(0));
-  const int64_t dim = set[batch[0]].feats.size(1);
+  for (size_t i : batch) longest = std::max(longest, set[i].frames);
+  const int64_t dim = model_->config().encoder.input_dim;
   torch::Tensor feats = torch::zeros({static_cast<int64_t>(batch.size()), longest, dim});
   torch::Tensor lens = torch::empty({static_cast<int64_t>(batch.size())}, torch::kLong);
   std::vector<std::vector<int64_t>> targets;
   for (size_t b = 0; b < batch.size(); ++b) {
     const Example& e = set[batch[b]];
-    feats[static_cast<int64_t>(b)].slice(0, 0, e.feats.size(0)).copy_(features(e, train));
-    lens[static_cast<int64_t>(b)] = e.feats.size(0);
+    feats[static_cast<int64_t>(b)].slice(0, 0, e.frames).copy_(features(e, train));
+    lens[static_cast<int64_t>(b)] = e.frames;
     targets.push_back(e.tokens);
   }
   return model_->forward_train(feats.to(device_), lens.to(device_), targets);
@@ -266,7 +324,7 @@ BatchLoss AsrTrainTask::train_batch(int64_t epoch, int64_t index) {
     out.parts["acc"] = l.att_accuracy;
   }
   if (l.moe_aux.defined()) out.parts["moe_aux"] = l.moe_aux.item<double>();
-  for (size_t i : batch) out.units += train_[i].feats.size(0);
+  for (size_t i : batch) out.units += train_[i].frames;
   return out;
 }
 
@@ -284,8 +342,9 @@ std::map<std::string, double> AsrTrainTask::validate() {
     n += static_cast<int64_t>(batch.size());
   }
   for (const Example& e : cv_) {
-    const torch::Tensor lens = torch::full({1}, e.feats.size(0), torch::kLong);
-    auto [out, mask] = model_->encoder->forward(e.feats.unsqueeze(0).to(device_), lens.to(device_), -1, -1);
+    const torch::Tensor lens = torch::full({1}, e.frames, torch::kLong);
+    const torch::Tensor feats = features(e, false);
+    auto [out, mask] = model_->encoder->forward(feats.unsqueeze(0).to(device_), lens.to(device_), -1, -1);
     const auto tokens = ctc_greedy_search(model_->ctc_log_probs(out)[0].cpu(), model_->config().blank_id());
     rates.add(e.text, units_.to_text(tokens));
   }
