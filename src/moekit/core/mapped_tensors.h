@@ -21,6 +21,11 @@ namespace moekit {
 
 class MappedFile;
 
+// Tensors smaller than this are copied, not mapped: they cannot give whole
+// pages back, and the forward reads them at every call (norms, biases,
+// scales), so a copy costs nothing and keeps them from the file.
+constexpr uint64_t kMinMappedTensorBytes = 64 << 10;
+
 // A CPU tensor of `shape` and `dtype` viewing `file`'s bytes from `offset`,
 // which keeps the mapping alive while any tensor shares its storage.
 // `offset` must be aligned to the dtype's size, the bytes inside the file.

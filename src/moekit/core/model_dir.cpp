@@ -141,7 +141,9 @@ void load_module_state_from_dir(torch::nn::Module& module, const std::string& di
   check_state(targets, stored, path);
   torch::NoGradGuard no_grad;
   for (auto& [name, target] : targets) {
-    if (map && target.device().is_cpu() && file.entry(name).dtype == target.scalar_type()) {
+    const SafetensorsEntry& entry = file.entry(name);
+    if (map && target.device().is_cpu() && entry.dtype == target.scalar_type() &&
+        entry.end - entry.begin >= kMinMappedTensorBytes) {
       const torch::Tensor mapped = file.share(name);
       if (mapped.defined()) {
         adopt_mapped_tensor(target, mapped);

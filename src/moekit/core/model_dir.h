@@ -40,9 +40,10 @@ enum class WeightStorage {
   // Copied into the module's own tensors: for models that train or are
   // changed and saved.
   kCopy,
-  // Wherever the stored dtype is the module's, the module's tensor becomes
-  // a copy-on-write view of the file's memory map (mapped_tensors.h), whose
-  // pages go back once the weight is packed for the kernels: for inference,
+  // Wherever the stored dtype is the module's (and the tensor is not small),
+  // the module's tensor becomes a copy-on-write view of the file's memory
+  // map (mapped_tensors.h), whose pages go back once the weight is packed
+  // for the kernels: for inference,
   // where a copy would be a third of a serving process's weight memory held
   // for nothing. The file must not be truncated or rewritten in place while
   // the model lives (MoEKit's own saves replace files by rename, which is
