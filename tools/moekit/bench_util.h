@@ -5,12 +5,15 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <string>
 #include <chrono>
 #include <cstring>
 #include <functional>
 #include <vector>
 
 #include "moekit/core/check.h"
+#include "moekit/core/file_io.h"
 
 namespace moekit::cli {
 
@@ -29,6 +32,29 @@ inline double time_sample(const std::function<void()>& fn, double seconds) {
   } while (elapsed < seconds);
   return elapsed / static_cast<double>(calls);
 }
+
+// A fresh directory under $TMPDIR (else /tmp), removed with everything in
+// it when this goes out of scope.
+class ScratchDir {
+ public:
+  explicit ScratchDir(const std::string& prefix) {
+    const char* tmp = std::getenv("TMPDIR");
+    path_ = std::string(tmp != nullptr && *tmp != '\0' ? tmp : "/tmp") + "/" + prefix + ".XXXXXX";
+    MOEKIT_CHECK(::mkdtemp(path_.data()) != nullptr, "cannot create a directory under ", path_);
+  }
+  ~ScratchDir() {
+    try {
+      remove_path(path_);
+    } catch (const std::exception&) {
+    }
+  }
+  ScratchDir(const ScratchDir&) = delete;
+  ScratchDir& operator=(const ScratchDir&) = delete;
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
 
 inline double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());

@@ -72,18 +72,8 @@ nlohmann::json time_trainer(const std::shared_ptr<LmModel>& model, const BenchLm
   t.autocast = o.autocast;
   t.moe_dispatch = o.moe_dispatch;
   t.validate();
-  const char* tmp = std::getenv("TMPDIR");
-  std::string dir = std::string(tmp != nullptr && *tmp != '\0' ? tmp : "/tmp") + "/moekit_bench_lm.XXXXXX";
-  MOEKIT_CHECK(::mkdtemp(dir.data()) != nullptr, "bench lm: cannot create a directory under ", dir);
-  struct Remove {
-    std::string dir;
-    ~Remove() {
-      try {
-        remove_path(dir);
-      } catch (const std::exception&) {
-      }
-    }
-  } remove{dir};
+  const ScratchDir scratch("moekit_bench_lm");
+  const std::string& dir = scratch.path();
   LmTrainTask task(model, tokens((steps + 2) * o.batch * (o.seq + 1)), tokens(2 * o.batch * (o.seq + 1)), data,
                    o.seed, "");
   const TrainSummary summary = train(task, t, dir + "/exp", false, device);
