@@ -24,6 +24,7 @@
 #include "asr_test_util.h"
 #include "cli_test_util.h"
 #include "moekit/audio/audio_file.h"
+#include "moekit/core/mapped_tensors.h"
 #include "moekit/core/model_dir.h"
 #include "moekit/decode/recognizer.h"
 #include "moekit/models/asr/wenet_import.h"
@@ -633,6 +634,37 @@ TEST(AsrServer, APortInUseIsNamed) {
 
 // `moekit serve asr` as a user runs it: its final result for a WAV file
 // equals `moekit transcribe --streaming` on the same file; SIGTERM stops it.
+// A model file rewritten in place under the server (`cp` over it) would
+// have the model read a mix of the old and new weights: new streams are
+// refused with a message naming the file, and the server stays up.
+TEST(AsrServer, AModelFileRewrittenInPlaceRefusesNewStreams) {
+  if (!map_weights_enabled()) GTEST_SKIP() << "MOEKIT_MAP_WEIGHTS=0";
+  const std::string dir = temp_dir("asr_server_rewritten") + "/model";
+  {
+    torch::manual_seed(7);
+    AsrConfig config = small_asr_config();
+    config.encoder.ffn.hidden = 512;  // expert matrices of 128 KiB: mapped
+    save_asr_model(dir, AsrModel(config), test_units());
+  }
+  LoadedAsr loaded = load_asr_model(dir, WeightStorage::kMap);
+  ASSERT_GT(mapped_tensor_bytes(), 0u);
+  ServerFixture server(loaded.model, streaming_options());
+  {
+    Client client(server.port());
+    EXPECT_EQ(client.start(), "server_ready");
+  }
+  const std::string weights = dir + "/model.safetensors";
+  const std::string bytes = read_file(weights);
+  std::ofstream(weights, std::ios::binary | std::ios::trunc) << bytes;
+  Client client(server.port());
+  client.send({{"signal", "start"}});
+  const std::optional<json> reply = client.read();
+  ASSERT_TRUE(reply.has_value());
+  EXPECT_EQ(reply->value("status", ""), "failed");
+  const std::string message = reply->value("message", "");
+  EXPECT_NE(message.find(weights + " was rewritten in place"), std::string::npos) << message;
+}
+
 TEST(AsrServer, TheCommandAgreesWithTranscribeStreaming) {
   const std::string dir = temp_dir("serve_cli");
   auto model = test_model(true);

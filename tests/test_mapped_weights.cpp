@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <fstream>
 
 #include "moekit/core/cpu_allocator.h"
 #include "moekit/core/mapped_tensors.h"
@@ -72,6 +73,19 @@ TEST(MappedWeights, AWriteStaysInTheProcessAndKeepsItsPages) {
   EXPECT_FALSE(release_mapped_tensor(loaded->weight.view({-1})));  // nor through a view
   EXPECT_TRUE(loaded->weight.equal(stored * 2.0));
   EXPECT_TRUE(read_model_weights(dir).at("weight").equal(stored));
+  // Replaced by rename, the file the weight maps is untouched; rewritten in
+  // place, it is named.
+  EXPECT_EQ(changed_mapped_file(), "");
+  const std::string path = dir + "/model.safetensors";
+  const std::string bytes = read_file(path);
+  write_file_atomic(path, bytes);
+  EXPECT_EQ(changed_mapped_file(), "");
+  PackedLinear reloaded(256, 128);
+  load_module_state_from_dir(*reloaded, dir, WeightStorage::kMap);
+  std::ofstream(path, std::ios::binary | std::ios::trunc) << bytes;
+  EXPECT_EQ(changed_mapped_file(), path);
+  reloaded = PackedLinear(nullptr);
+  EXPECT_EQ(changed_mapped_file(), "");  // no tensor maps it any more
   // Packing the written weight keeps it too.
   const torch::Tensor x = torch::randn({3, 256});
   EXPECT_TRUE(torch::allclose(loaded->forward(x), torch::linear(x, stored * 2.0, loaded->bias), 1e-5, 1e-5));

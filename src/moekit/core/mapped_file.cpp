@@ -27,6 +27,7 @@ MappedFile::MappedFile(const std::string& path, const std::string& what, Access 
     throw std::invalid_argument(str_cat("'", path, "': ", reason, ", expected ", what));
   }
   size_ = static_cast<size_t>(st.st_size);
+  mtime_ns_ = static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
   if (size_ > 0) {
     const int prot = access == Access::kCopyOnWrite ? PROT_READ | PROT_WRITE : PROT_READ;
     void* p = ::mmap(nullptr, size_, prot, MAP_PRIVATE, fd_, 0);
@@ -41,6 +42,13 @@ MappedFile::MappedFile(const std::string& path, const std::string& what, Access 
 MappedFile::~MappedFile() {
   if (data_ != nullptr) ::munmap(const_cast<char*>(data_), size_);
   if (fd_ >= 0) ::close(fd_);
+}
+
+bool MappedFile::changed() const {
+  struct stat st {};
+  if (fd_ < 0 || ::fstat(fd_, &st) != 0) return false;
+  return static_cast<size_t>(st.st_size) != size_ ||
+         static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec != mtime_ns_;
 }
 
 void MappedFile::release(uint64_t offset, uint64_t bytes) const {

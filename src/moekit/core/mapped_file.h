@@ -34,12 +34,19 @@ class MappedFile {
   // nothing wrote inside the range.
   void release(uint64_t offset, uint64_t bytes) const;
 
+  // Whether the file was written in place since it was mapped (its size or
+  // modification time differ): the mapping then shows the new bytes, not
+  // the ones read so far. A file replaced by rename is not this one and
+  // leaves the mapping as it was.
+  bool changed() const;
+
  private:
   std::string path_;
   Access access_;
   int fd_ = -1;
   const char* data_ = nullptr;
   size_t size_ = 0;
+  int64_t mtime_ns_ = 0;
 };
 
 }  // namespace moekit

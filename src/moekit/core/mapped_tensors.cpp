@@ -75,6 +75,18 @@ bool release_mapped_tensor(const torch::Tensor& w) {
   return true;
 }
 
+std::string changed_mapped_file() {
+  Registry& r = registry();
+  std::lock_guard<std::mutex> lock(r.mutex);
+  const MappedFile* checked = nullptr;
+  for (const auto& [data, region] : r.regions) {
+    if (region.version < 0 || region.file == checked) continue;
+    checked = region.file;
+    if (region.file->changed()) return region.file->path();
+  }
+  return "";
+}
+
 uint64_t mapped_tensor_bytes() {
   Registry& r = registry();
   std::lock_guard<std::mutex> lock(r.mutex);

@@ -41,6 +41,12 @@ void adopt_mapped_tensor(torch::Tensor& target, const torch::Tensor& mapped);
 // does nothing. For callers that have just made a packed copy of `w`.
 bool release_mapped_tensor(const torch::Tensor& w);
 
+// The path of a file that adopted tensors map and that was written in place
+// since (MappedFile::changed), or "" if none: a long-running server asks
+// before each new stream, since the model it serves would now read a mix of
+// the old file's bytes and the new one's.
+std::string changed_mapped_file();
+
 // Bytes of adopted tensors alive now (tests and reports).
 uint64_t mapped_tensor_bytes();
 

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "moekit/core/check.h"
+#include "moekit/core/mapped_tensors.h"
 
 namespace moekit {
 
@@ -408,6 +409,10 @@ class Stream : public std::enable_shared_from_this<Stream> {
         return fail(str_cat("channels ", printable(v.dump()), " in the start message: this model takes ", rate,
                             " Hz 16-bit mono PCM"));
     }
+    if (const std::string changed = changed_mapped_file(); !changed.empty())
+      return fail(str_cat("the model file ", changed,
+                          " was rewritten in place since the server loaded it; restart the server "
+                          "(install a new model by renaming it into place)"));
     try {
       session_ = std::make_unique<StreamingSession>(server_->recognizer, server_->batcher.get());
     } catch (const std::exception& e) {
