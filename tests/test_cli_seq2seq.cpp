@@ -3,12 +3,15 @@
 // extract (the sub-network translates as the full model does), eval, and
 // one-line errors for bad input.
 #include <gtest/gtest.h>
+#include <sys/wait.h>
 
+#include <algorithm>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "cli_test_util.h"
 #include "moekit/core/file_io.h"
+#include "moekit/core/model_dir.h"
 #include "moekit/data/sentencepiece.h"
 #include "test_util.h"
 
@@ -203,6 +206,52 @@ TEST(CliSeq2seq, TrainTranslateExtractEval) {
   r = run_cli("train seq2seq --config " + d + "/s2s.yaml --train-data " + d + "/train.tsv --valid-data " + d +
               "/it.tsv --tokenizer " + d + "/tok.model --exp-dir " + d + "/exp2");
   EXPECT_NE(r.output.find("task 'it' is not one of the model's tasks"), std::string::npos) << r.output;
+}
+
+// `translate` maps the model file; one rewritten in place (cp over it)
+// while lines are still coming ends the command, naming the file, after
+// the lines it answered with the model it loaded.
+TEST(CliSeq2seq, TranslateStopsWhenItsModelFileIsRewrittenInPlace) {
+  if (!have_sentencepiece() || std::system("command -v spm_train > /dev/null 2>&1") != 0)
+    GTEST_SKIP() << "SentencePiece tools (package sentencepiece) not installed";
+  if (!map_weights_enabled()) GTEST_SKIP() << "MOEKIT_MAP_WEIGHTS=0";
+  const std::string d = temp_dir("cli_seq2seq_rewritten");
+  const std::string train_tsv = toy_corpus(60, 0);
+  write_file_atomic(d + "/train.tsv", train_tsv);
+  std::string text;
+  for (const std::string& word : {"one two three four five red blue cat dog house",
+                                  "eins zwei drei vier fuenf rot blau katze hund haus",
+                                  "un deux trois quatre cinq rouge bleu chat chien maison"})
+    for (int i = 0; i < 20; ++i) text += std::string(word) + "\n";
+  write_file_atomic(d + "/text.txt", text);
+  CliRun r = run_cli("tokenizer train --input " + d + "/text.txt --output " + d +
+                     "/tok.model --vocab-size 320 --user-symbols '<2de>' '<2fr>'");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  // A 320 x 64 float embedding (80 KiB) is mapped.
+  write_file_atomic(d + "/s2s.yaml",
+                    "model: {d_model: 64, heads: 4, ffn_hidden: 64, encoder_layers: 1, decoder_layers: 1}\n"
+                    "data: {max_tokens: 400}\n"
+                    "train_conf: {epochs: 5, total_steps: 2, log_interval: 1, average_last: 1}\n");
+  r = run_cli("--threads 1 train seq2seq --config " + d + "/s2s.yaml --train-data " + d + "/train.tsv --valid-data " +
+              d + "/train.tsv --tokenizer " + d + "/tok.model --exp-dir " + d + "/exp");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const std::string model = d + "/exp/final", out = d + "/out.txt";
+  // The second line is sent once the first one's translation is out, after
+  // the model file was rewritten in place with its own bytes.
+  const std::string input = "{ echo 'one two'; i=0; while [ ! -s " + out + " ] && [ $i -lt 1200 ]; do sleep 0.05; " +
+                            "i=$((i+1)); done; cp " + model + "/model.safetensors " + d + "/copy && cp " + d +
+                            "/copy " + model + "/model.safetensors; echo 'three four'; } | ";
+  const int status = std::system((input + MOEKIT_CLI_PATH + " --threads 1 translate " + model +
+                                   " --task de --batch-size 1 > " + out + " 2> " + d + "/err.txt")
+                                      .c_str());
+  const std::string errors = read_file(d + "/err.txt");
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 1) << status << " " << errors;
+  EXPECT_NE(errors.find("moekit: error: the model file " + model +
+                        "/model.safetensors was rewritten in place while translate was using it"),
+            std::string::npos)
+      << errors;
+  const std::string translated = read_file(out);
+  EXPECT_EQ(std::count(translated.begin(), translated.end(), '\n'), 1) << translated;
 }
 
 TEST(CliSeq2seq, BenchTimesEveryModelOrOneWithItsResidentMemory) {

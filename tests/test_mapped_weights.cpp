@@ -82,10 +82,20 @@ TEST(MappedWeights, AWriteStaysInTheProcessAndKeepsItsPages) {
   EXPECT_EQ(changed_mapped_file(), "");
   PackedLinear reloaded(256, 128);
   load_module_state_from_dir(*reloaded, dir, WeightStorage::kMap);
+  EXPECT_NO_THROW(check_mapped_files_unchanged("this test"));
   std::ofstream(path, std::ios::binary | std::ios::trunc) << bytes;
   EXPECT_EQ(changed_mapped_file(), path);
+  try {
+    check_mapped_files_unchanged("this test");
+    ADD_FAILURE() << "no error for a file rewritten in place";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find(path + " was rewritten in place while this test was using it"),
+              std::string::npos)
+        << e.what();
+  }
   reloaded = PackedLinear(nullptr);
   EXPECT_EQ(changed_mapped_file(), "");  // no tensor maps it any more
+  EXPECT_NO_THROW(check_mapped_files_unchanged("this test"));
   // Packing the written weight keeps it too.
   const torch::Tensor x = torch::randn({3, 256});
   EXPECT_TRUE(torch::allclose(loaded->forward(x), torch::linear(x, stored * 2.0, loaded->bias), 1e-5, 1e-5));

@@ -10,6 +10,7 @@
 #include "moekit/audio/audio_file.h"
 #include "moekit/core/check.h"
 #include "moekit/core/file_io.h"
+#include "moekit/core/mapped_tensors.h"
 #include "moekit/core/model_dir.h"
 #include "moekit/core/process_memory.h"
 #include "moekit/core/runtime.h"
@@ -41,6 +42,7 @@ void run_perplexity_eval(const std::string& model_dir, const std::string& text, 
   } catch (const std::invalid_argument& e) {
     throw std::invalid_argument(text + ": " + e.what());
   }
+  check_mapped_files_unchanged("eval");
   const double tokens_per_s = r.seconds > 0 ? static_cast<double>(r.tokens) / r.seconds : 0.0;
   if (json_output) {
     std::cout << nlohmann::json{{"nll", r.nll},       {"perplexity", r.perplexity}, {"tokens", r.tokens},
@@ -157,6 +159,7 @@ void add_eval_command(CLI::App& app, const GlobalOptions& global) {
           std::cerr << "moekit: error: " << u.key << ": " << e.what() << "\n";
         }
       }
+      check_mapped_files_unchanged("eval");
       nlohmann::json j = {{"mode", mode_name},      {"chunk_size", d.chunk_size}, {"utterances", data.size()},
                           {"failed", failed},       {"cer", rates.cer()},         {"wer", rates.wer()},
                           {"chars", rates.chars},   {"words", rates.words},

@@ -16,6 +16,7 @@
 #include "moekit/core/config.h"
 #include "moekit/core/fields.h"
 #include "moekit/core/file_io.h"
+#include "moekit/core/mapped_tensors.h"
 #include "moekit/core/runtime.h"
 #include "moekit/data/parallel_data.h"
 #include "moekit/decode/translator.h"
@@ -191,6 +192,7 @@ void add_distill_command(CLI::App& app, const GlobalOptions& global) {
         std::cerr << "distill: translating " << train.size() << " training sources with the teacher (beam "
                   << o->search.search.beam << ")\n";
         train = teacher_targets(*teacher, train, o->search.search, o->search.batch_size);
+        check_mapped_files_unchanged("distill");
         std::string text;
         for (const auto& e : train) {
           for (size_t i = 0; i < e.target.size(); ++i) text += (i ? " " : "") + std::to_string(e.target[i]);
@@ -234,6 +236,8 @@ void add_translate_command(CLI::App& app, const GlobalOptions& global) {
         lines.push_back(line);
       }
       if (lines.empty()) break;
+      // Checked before each batch, reading stdin may go on for days.
+      check_mapped_files_unchanged("translate");
       const std::vector<Translation> out = translator.translate(lines, o->task);
       for (size_t i = 0; i < out.size(); ++i) {
         ++number;
@@ -313,6 +317,7 @@ void run_translation_eval(const std::string& model_dir, const std::string& data,
     std::vector<std::string> sources, refs, task_hyps;
     for (size_t i : by_task[task]) sources.push_back(lines[i].source);
     const std::vector<Translation> out = translator.translate(sources, task);
+    check_mapped_files_unchanged("eval");
     for (size_t j = 0; j < out.size(); ++j) {
       if (!out[j].error.empty()) {
         ++failed;

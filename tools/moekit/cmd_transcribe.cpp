@@ -5,6 +5,7 @@
 #include "commands.h"
 #include "moekit/audio/audio_file.h"
 #include "moekit/core/check.h"
+#include "moekit/core/mapped_tensors.h"
 #include "moekit/core/runtime.h"
 #include "moekit/decode/recognizer.h"
 #include "moekit/models/asr/wenet_import.h"
@@ -88,6 +89,7 @@ void add_transcribe_command(CLI::App& app, const GlobalOptions& global) {
         } else {
           r = recognizer.recognize_file(path);
         }
+        check_mapped_files_unchanged("transcribe");
         const std::string text = loaded.units.size() > 0 ? r.text : [&] {
           std::string ids;
           for (int64_t t : r.tokens) ids += (ids.empty() ? "" : " ") + std::to_string(t);
@@ -100,6 +102,9 @@ void add_transcribe_command(CLI::App& app, const GlobalOptions& global) {
           std::cout << path << "\t" << text << "\n";
         }
       } catch (const std::exception& e) {
+        // A model file rewritten in place ends the command: every later
+        // file would be decoded with a mix of two models' weights.
+        check_mapped_files_unchanged("transcribe");
         ++failures;
         std::string message = e.what();
         message = message.substr(0, message.find('\n'));

@@ -87,6 +87,13 @@ std::string changed_mapped_file() {
   return "";
 }
 
+void check_mapped_files_unchanged(std::string_view user) {
+  const std::string changed = changed_mapped_file();
+  MOEKIT_CHECK(changed.empty(), "the model file ", changed, " was rewritten in place while ", user,
+               " was using it: its outputs would now mix the old and the new weights (install a new model by "
+               "renaming it into place, then run again)");
+}
+
 uint64_t mapped_tensor_bytes() {
   Registry& r = registry();
   std::lock_guard<std::mutex> lock(r.mutex);

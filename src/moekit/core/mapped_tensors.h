@@ -16,6 +16,8 @@
 #include <torch/torch.h>
 
 #include <memory>
+#include <string>
+#include <string_view>
 
 namespace moekit {
 
@@ -46,6 +48,13 @@ bool release_mapped_tensor(const torch::Tensor& w);
 // before each new stream, since the model it serves would now read a mix of
 // the old file's bytes and the new one's.
 std::string changed_mapped_file();
+
+// Throws, naming the file, if changed_mapped_file() finds one: for commands
+// that run long over one loaded model (translate reading stdin, transcribe
+// over many files, eval, distillation's teacher), called before each unit of
+// work so that no output comes from a mix of two files' weights. `user` names
+// the command in the message.
+void check_mapped_files_unchanged(std::string_view user);
 
 // Bytes of adopted tensors alive now (tests and reports).
 uint64_t mapped_tensor_bytes();

@@ -8,6 +8,7 @@
 #include "moekit/core/check.h"
 #include "moekit/core/fields.h"
 #include "moekit/core/file_io.h"
+#include "moekit/core/mapped_tensors.h"
 
 namespace moekit {
 namespace {
@@ -203,6 +204,9 @@ BatchLoss Seq2seqTrainTask::train_batch(int64_t epoch, int64_t index) {
       const Seq2seqLoss tl = teacher_->loss(t.src, t.src_lens, t.task, t.tgt, t.tgt_lens, 0.0);
       teacher_logp = torch::log_softmax(tl.logits, -1);
     }
+    // A teacher mapped from its file (distill) and rewritten in place would
+    // teach a mix of two models: the batch fails before its update.
+    check_mapped_files_unchanged("distillation's teacher");
     const torch::Tensor student_logp = torch::log_softmax(loss.logits, -1);
     const torch::Tensor kl_per_token = (teacher_logp.exp() * (teacher_logp - student_logp)).sum(-1);  // [B * L]
     const torch::Tensor kl = kl_per_token.masked_select(loss.valid).mean();
