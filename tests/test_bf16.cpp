@@ -1,15 +1,17 @@
 // bfloat16 weights under float32 activations on the CPU: the panel kernel's
 // bf16 variants against the float kernel on the same rounded weights (bit
 // for bit) and a naive loop; the linear map, the MoE experts and the whole
-// LM with bf16 matrices against their float32 forms holding the same
-// rounded values; and a bf16 model directory loading as bf16.
+// LM and the seq2seq model with bf16 matrices against their float32 forms
+// holding the same rounded values; and a bf16 model directory loading as bf16.
 #include <gtest/gtest.h>
 
 #include "lm_test_util.h"
 #include "moe_reference.h"
+#include "seq2seq_test_util.h"
 #include "moekit/core/model_dir.h"
 #include "moekit/kernels/panel_kernel.h"
 #include "moekit/models/model.h"
+#include "moekit/models/seq2seq/seq2seq_model.h"
 #include "moekit/moe/moe_layer.h"
 #include "moekit/ops/linear.h"
 #include "moekit/ops/packed_weights.h"
@@ -177,6 +179,56 @@ TEST(LmModel, Bf16MatricesGiveTheLogitsOfTheRoundedFloatModel) {
   EXPECT_THROW(model.set_weight_dtype(torch::kHalf), std::invalid_argument);
 }
 
+// Teacher-forced and step by step (the KV caches, the projected memory),
+// with dense, token- and task-routed FFNs.
+TEST(Seq2seqModel, Bf16MatricesGiveTheLogitsOfTheRoundedFloatModel) {
+  for (Routing decoder : {Routing::Token, Routing::Task}) {
+    torch::manual_seed(9);
+    Seq2seqModel model(tiny_seq2seq_config(Routing::Token, decoder));
+    model.eval();
+    torch::NoGradGuard no_grad;
+    model.set_weight_dtype(torch::kBFloat16);
+    model.set_weight_dtype(torch::kFloat);  // now every matrix holds bf16-representable values
+    const Seq2seqBatch b = random_seq2seq_batch({5, 3, 7});
+    const int64_t L = b.tgt.size(1);
+    // The decoder reads bos, then the target but its last token.
+    const torch::Tensor tgt_in = torch::cat({torch::ones({3, 1}, torch::kLong), b.tgt.narrow(1, 0, L - 1)}, 1);
+    auto forced = [&] { return model.decode(model.encode(b.src, b.src_lens, b.task), tgt_in, b.tgt_lens); };
+    auto stepped = [&] {
+      Seq2seqDecoderState state = model.start_decoding(model.encode(b.src, b.src_lens, b.task));
+      std::vector<torch::Tensor> steps;
+      for (int64_t t = 0; t < L; ++t) steps.push_back(model.step(state, tgt_in.select(1, t)));
+      return torch::stack(steps, 1);
+    };
+    const torch::Tensor want = forced(), want_steps = stepped();
+    model.set_weight_dtype(torch::kBFloat16);
+    EXPECT_EQ(model.weight_dtype(), torch::kBFloat16);
+    int64_t bf16 = 0;
+    for (const auto& item : model.named_parameters()) {
+      const std::string& name = item.key();
+      const bool matrix = item.value().dim() >= 2 && name.find(".gate.") == std::string::npos &&
+                          name.find("task_embedding") == std::string::npos &&
+                          name.find("experts.b") == std::string::npos;  // the experts' biases are [E, H]
+      EXPECT_EQ(item.value().scalar_type(), matrix ? torch::kBFloat16 : torch::kFloat) << name;
+      bf16 += matrix;
+    }
+    EXPECT_GE(bf16, 1 + 2 * 4 + 2 * 4 + 4);  // the table, 12 attention maps, the FFNs and experts
+    const FastPathProbe probe;
+    const torch::Tensor got = forced();
+    EXPECT_GT(probe.ran("linear.panels_bf16"), 0);
+    EXPECT_EQ(got.scalar_type(), torch::kFloat);
+    EXPECT_LT(relative_diff(want, got), 1e-5) << routing_name(decoder);
+    EXPECT_LT(relative_diff(want_steps, stepped()), 1e-5) << routing_name(decoder);
+  }
+  Seq2seqModel model(tiny_seq2seq_config());
+  EXPECT_THROW(model.set_weight_dtype(torch::kHalf), std::invalid_argument);
+  // Loading in bf16 by name; as stored (float32) otherwise.
+  const std::string dir = temp_dir("seq2seq_bf16") + "/model";
+  save_model(dir, model);
+  EXPECT_EQ(load_seq2seq_model(dir, WeightStorage::kMap)->weight_dtype(), torch::kFloat);
+  EXPECT_EQ(load_seq2seq_model(dir, WeightStorage::kMap, torch::kBFloat16)->weight_dtype(), torch::kBFloat16);
+}
+
 // A directory that stores bf16 matrices loads with them in bf16 by default,
 // in float32 when asked; one that stores float32 loads in float32.
 TEST(LmModel, LoadKeepsTheStoredBf16UnlessAskedOtherwise) {
@@ -191,11 +243,11 @@ TEST(LmModel, LoadKeepsTheStoredBf16UnlessAskedOtherwise) {
   EXPECT_EQ(load_lm_model(dir + "/bf16", torch::kFloat)->weight_dtype(), torch::kFloat);
   EXPECT_EQ(load_lm_model(dir + "/fp32")->weight_dtype(), torch::kFloat);
   EXPECT_EQ(load_lm_model(dir + "/fp32", torch::kBFloat16)->weight_dtype(), torch::kBFloat16);
-  EXPECT_EQ(parse_lm_weight_dtype("auto"), c10::nullopt);
-  EXPECT_EQ(parse_lm_weight_dtype("auto", torch::Device("cuda:0")), torch::kFloat);
-  EXPECT_EQ(parse_lm_weight_dtype("bf16"), torch::kBFloat16);
-  EXPECT_EQ(parse_lm_weight_dtype("fp32"), torch::kFloat);
-  EXPECT_EQ(error_of([] { parse_lm_weight_dtype("fp16"); }), "weight dtype 'fp16' is not one of auto, fp32, bf16");
+  EXPECT_EQ(parse_weight_dtype("auto"), c10::nullopt);
+  EXPECT_EQ(parse_weight_dtype("auto", torch::Device("cuda:0")), torch::kFloat);
+  EXPECT_EQ(parse_weight_dtype("bf16"), torch::kBFloat16);
+  EXPECT_EQ(parse_weight_dtype("fp32"), torch::kFloat);
+  EXPECT_EQ(error_of([] { parse_weight_dtype("fp16"); }), "weight dtype 'fp16' is not one of auto, fp32, bf16");
 }
 
 }  // namespace

@@ -141,6 +141,14 @@ TEST(CliSeq2seq, TrainTranslateExtractEval) {
     EXPECT_EQ(sub.output, full.output) << "beam " << beam;
     EXPECT_EQ(lines(full.output), 4);
   }
+  // bf16 matrices: a line per line (the tokens may differ where the
+  // rounding tips a choice); a dtype it does not have is refused by name.
+  r = run_cli("--threads 1 translate " + model + " --task de --dtype bf16 < " + d + "/good.txt");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(lines(r.output), 4) << r.output;
+  r = run_cli("translate " + model + " --task de --dtype fp16 < " + d + "/good.txt");
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.output.find("weight dtype 'fp16' is not one of auto, fp32, bf16"), std::string::npos) << r.output;
   r = run_cli("--threads 1 translate " + d + "/de --task fr < " + d + "/good.txt");
   EXPECT_NE(r.output.find("sub-network of task 'de'"), std::string::npos) << r.output;
   r = run_cli("extract " + model + " --task it --out " + d + "/it");

@@ -131,7 +131,7 @@ void add_bench_lm_command(CLI::App& bench, const GlobalOptions& global) {
       ->needs(trainer);
   cmd->callback([o, &global] {
     apply_runtime(global);
-    const c10::optional<torch::ScalarType> weight_dtype = parse_lm_weight_dtype(o->weight_dtype);
+    const c10::optional<torch::ScalarType> weight_dtype = parse_weight_dtype(o->weight_dtype);
     MOEKIT_CHECK_ARG(weight_dtype.has_value(), "bench lm: --dtype is fp32 or bf16");
     MOEKIT_CHECK_ARG(o->rounds >= 1 && o->steps >= 0 && o->tokens >= 1 && o->prompt >= 1,
                      "bench lm: --rounds, --tokens and --prompt must be >= 1, --steps >= 0");

@@ -31,7 +31,7 @@ void run_perplexity_eval(const std::string& model_dir, const std::string& text, 
                          torch::Device device) {
   const std::string tok_path = find_lm_tokenizer(model_dir, tokenizer_path);
   const LmTokenizer tokenizer(tok_path);
-  const auto model = load_lm_model(model_dir, parse_lm_weight_dtype(weight_dtype, device), WeightStorage::kMap);
+  const auto model = load_lm_model(model_dir, parse_weight_dtype(weight_dtype, device), WeightStorage::kMap);
   options.validate(model->config());  // before the text is tokenized
   check_tokenizer_fits(tokenizer, tok_path, model->config().vocab_size);
   model->to(device);
@@ -100,8 +100,8 @@ void add_eval_command(CLI::App& app, const GlobalOptions& global) {
       ->capture_default_str();
   cmd->add_option("--tokenizer", o->tokenizer, "lm: SentencePiece .model or HF tokenizer.json (default: the model directory's)");
   cmd->add_option("--dtype", o->weight_dtype,
-                  "lm: weight matrices in auto | fp32 | bf16 (auto: bf16 where the model directory stores bf16; "
-                  "activations stay float32)")
+                  "lm and seq2seq: weight matrices in auto | fp32 | bf16 (auto: as the model directory stores "
+                  "them; activations stay float32)")
       ->capture_default_str();
   cmd->add_option("--max-length", o->translate.search.max_length, "seq2seq: output tokens at most")
       ->capture_default_str();
@@ -126,6 +126,7 @@ void add_eval_command(CLI::App& app, const GlobalOptions& global) {
     if (family == "seq2seq") {
       TranslateOptions t = o->translate;
       if (cmd->get_option("--beam")->count() > 0) t.search.beam = o->decode.beam_size;  // else the seq2seq default
+      t.weight_dtype = parse_weight_dtype(o->weight_dtype, parse_device(global.device));
       run_translation_eval(o->model_dir, o->data, t, o->hyp_out, o->json_output, parse_device(global.device),
                            o->reference, o->task);
       return;

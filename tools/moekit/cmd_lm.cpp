@@ -165,7 +165,7 @@ void add_generate_command(CLI::App& app, const GlobalOptions& global) {
     const std::string tok_path = find_lm_tokenizer(o->model_dir, o->tokenizer);
     const LmTokenizer tokenizer(tok_path);
     const torch::Device device = parse_device(global.device);
-    const auto model = load_lm_model(o->model_dir, parse_lm_weight_dtype(o->weight_dtype, device), WeightStorage::kMap);
+    const auto model = load_lm_model(o->model_dir, parse_weight_dtype(o->weight_dtype, device), WeightStorage::kMap);
     model->to(device);
     check_tokenizer_fits(tokenizer, tok_path, model->config().vocab_size);
     // A Hub model's embedding may have rows past the tokenizer's ids: never chosen.

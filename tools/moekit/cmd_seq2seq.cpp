@@ -1,6 +1,7 @@
 // Seq2seq commands: `train seq2seq`, `translate`, `extract`, and the
 // translation half of `eval` (BLEU and chrF per task).
 
+#include <algorithm>
 #include <cmath>
 #include <iomanip>
 #include <iostream>
@@ -210,7 +211,7 @@ void add_distill_command(CLI::App& app, const GlobalOptions& global) {
 
 void add_translate_command(CLI::App& app, const GlobalOptions& global) {
   struct Options {
-    std::string model_dir, task;
+    std::string model_dir, task, weight_dtype = "auto";
     TranslateOptions translate;
   };
   auto o = std::make_shared<Options>();
@@ -219,8 +220,13 @@ void add_translate_command(CLI::App& app, const GlobalOptions& global) {
   cmd->add_option("model_dir", o->model_dir, "Model directory (a full model or an extracted sub-network)")->required();
   cmd->add_option("--task", o->task, "Target task (language), e.g. de")->required();
   add_search_options(*cmd, o->translate);
+  cmd->add_option("--dtype", o->weight_dtype,
+                  "Weight matrices in auto | fp32 | bf16 (bf16: half the bytes per decoding step, read by the CPU "
+                  "kernels in bf16 and widened; activations stay float32; auto: as the model directory stores them)")
+      ->capture_default_str();
   cmd->callback([o, &global] {
     apply_runtime(global);
+    o->translate.weight_dtype = parse_weight_dtype(o->weight_dtype, parse_device(global.device));
     Translator translator = load_translator(o->model_dir, o->translate, parse_device(global.device));
     translator.check_task(o->task);
     // Lines are read a batch at a time and answered before the next batch
@@ -376,6 +382,7 @@ void add_bench_seq2seq_command(CLI::App& bench, const GlobalOptions& global) {
     int64_t d_model = 256, heads = 4, ffn = 1024, layers = 4, experts = 32, vocab = 8000;
     int64_t source_len = 24, steps = 24, rounds = 3;
     std::vector<int64_t> batches = {1, 8, 32, 64, 256};
+    std::vector<std::string> dtypes = {"fp32"};
     uint64_t seed = 1;
     std::string save_dir, only;
   };
@@ -394,6 +401,11 @@ void add_bench_seq2seq_command(CLI::App& bench, const GlobalOptions& global) {
   cmd->add_option("--rounds", o->rounds, "Timed rounds (models interleaved); medians are reported")
       ->capture_default_str();
   cmd->add_option("--seed", o->seed, "Seed of the random models and data")->capture_default_str();
+  cmd->add_option("--dtype", o->dtypes,
+                  "Weight matrices in fp32 and/or bf16: each model is timed in each, side by side (a bf16 model "
+                  "is named <model>_bf16)")
+      ->check(CLI::IsMember({"fp32", "bf16"}))
+      ->capture_default_str();
   cmd->add_option("--save-dir", o->save_dir,
                   "Also write each model (DIR/<name>) with the first batch's sources and greedy output "
                   "(check.txt), for bench/seq2seq_pytorch.py");
@@ -405,6 +417,11 @@ void add_bench_seq2seq_command(CLI::App& bench, const GlobalOptions& global) {
     apply_runtime(global);
     MOEKIT_CHECK_ARG(o->rounds >= 1 && o->steps >= 1 && o->source_len >= 1, "bench seq2seq: --rounds, --steps and "
                      "--source-len must be >= 1");
+    const bool with_fp32 = std::count(o->dtypes.begin(), o->dtypes.end(), "fp32") > 0;
+    const bool with_bf16 = std::count(o->dtypes.begin(), o->dtypes.end(), "bf16") > 0;
+    MOEKIT_CHECK_ARG(o->save_dir.empty() || !with_bf16,
+                     "bench seq2seq: --save-dir writes float32 models for the PyTorch peer; leave out --dtype bf16");
+    MOEKIT_CHECK_ARG(o->only.empty() || o->dtypes.size() == 1, "bench seq2seq: --only times one model in one --dtype");
     auto config = [&](Routing enc, Routing dec) {
       Seq2seqConfig c;
       c.vocab_size = o->vocab;
@@ -443,8 +460,22 @@ void add_bench_seq2seq_command(CLI::App& bench, const GlobalOptions& global) {
     if (!o->only.empty()) {
       served = std::make_unique<ScratchDir>("moekit_bench_seq2seq");
       save_model(served->path() + "/model", *models.front().second);
-      models.front().second = load_seq2seq_model(served->path() + "/model", WeightStorage::kMap);
+      models.front().second = load_seq2seq_model(
+          served->path() + "/model", WeightStorage::kMap,
+          with_bf16 ? c10::optional<torch::ScalarType>(torch::kBFloat16) : c10::nullopt);
+      if (with_bf16) models.front().first += "_bf16";
       release_cpu_memory();
+    } else if (with_bf16) {
+      // The same weights with bf16 matrices, beside (or instead of) the
+      // float32 models.
+      const size_t built = models.size();
+      for (size_t i = 0; i < built; ++i) {
+        auto copy = std::make_shared<Seq2seqModel>(models[i].second->config());
+        load_module_state(*copy, module_state(*models[i].second), models[i].first);
+        copy->set_weight_dtype(torch::kBFloat16);
+        models.emplace_back(models[i].first + "_bf16", copy);
+      }
+      if (!with_fp32) models.erase(models.begin(), models.begin() + static_cast<std::ptrdiff_t>(built));
     }
     for (auto& [name, m] : models) m->eval();
     torch::NoGradGuard no_grad;
@@ -490,8 +521,9 @@ void add_bench_seq2seq_command(CLI::App& bench, const GlobalOptions& global) {
           }
         }
       }
+      const char* reference = with_fp32 ? "token_moe" : "token_moe_bf16";
       const double token_moe = o->only.empty()
-                                   ? static_cast<double>(batch * o->steps) / median(seconds["token_moe"])
+                                   ? static_cast<double>(batch * o->steps) / median(seconds[reference])
                                    : std::nan("");
       for (auto& [name, m] : models) {
         const double tps = static_cast<double>(batch * o->steps) / median(seconds[name]);

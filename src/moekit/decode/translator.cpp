@@ -115,7 +115,7 @@ std::vector<Translation> Translator::translate(const std::vector<std::string>& l
 }
 
 Translator load_translator(const std::string& model_dir, const TranslateOptions& options, const torch::Device& device) {
-  std::shared_ptr<Seq2seqModel> model = load_seq2seq_model(model_dir, WeightStorage::kMap);
+  std::shared_ptr<Seq2seqModel> model = load_seq2seq_model(model_dir, WeightStorage::kMap, options.weight_dtype);
   model->to(device);
   const std::string tokenizer = model_dir + "/tokenizer.model";
   MOEKIT_CHECK_ARG(path_exists(tokenizer), model_dir, ": no tokenizer.model");

@@ -18,6 +18,9 @@ struct TranslateOptions {
   int64_t batch_size = 32;         // sentences per search batch
   int64_t max_input_tokens = 256;  // source pieces (tag and </s> included) at most ...
   bool truncate = true;            // ... longer inputs cut to it (with a warning), else refused
+  // load_translator: the weight matrices in this dtype (float32 or bfloat16,
+  // Seq2seqModel::set_weight_dtype), as stored when unset.
+  c10::optional<torch::ScalarType> weight_dtype;
 };
 
 struct Translation {

@@ -35,6 +35,14 @@ void save_model(const std::string& dir, const Model& model);
 // (model_dir.h).
 std::shared_ptr<Model> load_model(const std::string& dir, WeightStorage storage = WeightStorage::kCopy);
 
+// The commands' --dtype for the weight matrices of an LM or seq2seq model:
+// "auto" (nullopt: as the directory stores them), "fp32"/"float32",
+// "bf16"/"bfloat16"; throws naming the choices otherwise. On a device other
+// than the CPU "auto" is float32: bf16 matrices are read by the CPU's panel
+// kernel, and elsewhere they would be widened per call.
+c10::optional<torch::ScalarType> parse_weight_dtype(const std::string& text,
+                                                    const torch::Device& device = torch::kCPU);
+
 // config.yaml's `quantization` entry: {experts: int8} for a model whose MoE
 // experts are stored as int8 (experts.w1 int8 + experts.w1_scale, ...). Makes
 // the model's experts int8 storage, ready for its weights to be loaded;

@@ -64,6 +64,13 @@ void save_model(const std::string& dir, const Model& model) {
   save_model_dir(dir, config, module_state(model));
 }
 
+c10::optional<torch::ScalarType> parse_weight_dtype(const std::string& text, const torch::Device& device) {
+  if (text == "auto") return device.is_cpu() ? c10::nullopt : c10::optional<torch::ScalarType>(torch::kFloat);
+  if (text == "fp32" || text == "float32") return torch::kFloat;
+  if (text == "bf16" || text == "bfloat16") return torch::kBFloat16;
+  throw std::invalid_argument(str_cat("weight dtype '", text, "' is not one of auto, fp32, bf16"));
+}
+
 std::shared_ptr<Model> load_model(const std::string& dir, WeightStorage storage) {
   const YAML::Node config = read_model_config(dir);
   const std::string where = dir + "/" + kConfigFile;

@@ -383,13 +383,6 @@ void save_lm_dir(const LmWeights& model, const std::string& dir) {
   save_model(dir, built);
 }
 
-c10::optional<torch::ScalarType> parse_lm_weight_dtype(const std::string& text, const torch::Device& device) {
-  if (text == "auto") return device.is_cpu() ? c10::nullopt : c10::optional<torch::ScalarType>(torch::kFloat);
-  if (text == "fp32" || text == "float32") return torch::kFloat;
-  if (text == "bf16" || text == "bfloat16") return torch::kBFloat16;
-  throw std::invalid_argument(str_cat("weight dtype '", text, "' is not one of auto, fp32, bf16"));
-}
-
 std::shared_ptr<LmModel> load_lm_model(const std::string& dir, c10::optional<torch::ScalarType> weight_dtype,
                                        WeightStorage storage) {
   const YAML::Node yaml = read_model_config(dir);

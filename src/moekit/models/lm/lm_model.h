@@ -152,11 +152,5 @@ void save_lm_dir(const LmWeights& model, const std::string& dir);
 std::shared_ptr<LmModel> load_lm_model(const std::string& dir,
                                        c10::optional<torch::ScalarType> weight_dtype = c10::nullopt,
                                        WeightStorage storage = WeightStorage::kCopy);
-// "auto" (nullopt), "fp32"/"float32", "bf16"/"bfloat16"; throws naming the
-// choices otherwise. For the commands' --dtype. On a device other than the
-// CPU "auto" is float32: bf16 matrices are read by the CPU's panel kernel,
-// and elsewhere they would be widened per call.
-c10::optional<torch::ScalarType> parse_lm_weight_dtype(const std::string& text,
-                                                       const torch::Device& device = torch::kCPU);
 
 }  // namespace moekit

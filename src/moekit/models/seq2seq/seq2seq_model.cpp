@@ -1,6 +1,7 @@
 #include "moekit/models/seq2seq/seq2seq_model.h"
 
 #include <cmath>
+#include <unordered_set>
 
 #include "moekit/core/check.h"
 #include "moekit/nn/norm.h"
@@ -128,8 +129,55 @@ void Seq2seqModel::reset_parameters() {
   embed_tokens->weight.normal_(0.0, 1.0 / std::sqrt(static_cast<double>(config_.d_model)));
 }
 
+void Seq2seqModel::set_weight_dtype(torch::ScalarType dtype) {
+  MOEKIT_CHECK_ARG(dtype == torch::kFloat || dtype == torch::kBFloat16,
+                   "seq2seq: weight matrices are stored in float32 or bfloat16, not ", dtype);
+  torch::NoGradGuard no_grad;
+  std::unordered_set<const c10::TensorImpl*> matrices;
+  auto store = [&](torch::Tensor& w) {
+    if (w.scalar_type() != dtype) w.set_data(w.to(dtype));
+    matrices.insert(w.unsafeGetTensorImpl());
+  };
+  auto attention = [&](MultiHeadedAttentionImpl& a) {
+    for (PackedLinear* p : {&a.linear_q, &a.linear_k, &a.linear_v, &a.linear_out}) store((*p)->weight);
+  };
+  auto ffn = [&](Seq2seqFfn& f) {
+    if (f.moe) {
+      Experts& experts = f.moe->experts;
+      experts->set_weight_dtype(dtype);
+      for (const torch::Tensor* w : {&experts->w1, &experts->w3, &experts->w2})
+        if (w->defined()) matrices.insert(w->unsafeGetTensorImpl());
+    } else {
+      for (PackedLinear* p : {&f.dense->w1, &f.dense->w2, &f.dense->w3})
+        if (*p) store((*p)->weight);
+    }
+  };
+  store(embed_tokens->weight);
+  for (auto& layer : encoder_layers) {
+    attention(*layer->self_attn);
+    ffn(layer->ffn);
+  }
+  for (auto& layer : decoder_layers) {
+    attention(*layer->self_attn);
+    attention(*layer->encoder_attn);
+    ffn(layer->ffn);
+  }
+  // Everything else in float32, also in a model built with bf16 as the
+  // default dtype.
+  auto widen = [&](torch::Tensor& t) {
+    if ((t.scalar_type() == torch::kBFloat16 || t.scalar_type() == torch::kHalf) &&
+        matrices.count(t.unsafeGetTensorImpl()) == 0)
+      t.set_data(t.to(torch::kFloat));
+  };
+  for (auto& p : parameters()) widen(p);
+  for (auto& b : buffers()) widen(b);
+}
+
 torch::Tensor Seq2seqModel::embed(const torch::Tensor& tokens, int64_t offset) {
-  const torch::Tensor e = embed_tokens(tokens) * std::sqrt(static_cast<double>(config_.d_model));
+  torch::Tensor e = embed_tokens(tokens);
+  // Activations in the norms' dtype (float32 under bf16 matrices).
+  if (e.scalar_type() != decoder_norm->weight.scalar_type()) e = e.to(decoder_norm->weight.scalar_type());
+  e = e * std::sqrt(static_cast<double>(config_.d_model));
   return dropout_(e + sinusoid_positions(offset, tokens.size(1), config_.d_model, e.device()).to(e.dtype()));
 }
 
@@ -260,10 +308,12 @@ void Seq2seqModel::select(Seq2seqDecoderState& state, const torch::Tensor& index
   if (state.route.sentence.defined()) state.route.sentence = state.route.sentence.index_select(0, index);
 }
 
-std::shared_ptr<Seq2seqModel> load_seq2seq_model(const std::string& dir, WeightStorage storage) {
+std::shared_ptr<Seq2seqModel> load_seq2seq_model(const std::string& dir, WeightStorage storage,
+                                                 c10::optional<torch::ScalarType> weight_dtype) {
   std::shared_ptr<Model> model = load_model(dir, storage);
   auto seq2seq = std::dynamic_pointer_cast<Seq2seqModel>(model);
   MOEKIT_CHECK_ARG(seq2seq, dir, " holds a ", model->model_type(), " model, not a seq2seq model");
+  if (weight_dtype) seq2seq->set_weight_dtype(*weight_dtype);
   return seq2seq;
 }
 

@@ -132,6 +132,19 @@ class Seq2seqModel : public Model {
   // scaled by sqrt(D) and tied to the output); the other layers keep
   // LibTorch's and moe/'s initialisation.
   void reset_parameters();
+  // Stores the weight matrices (the embedding, which is also the output
+  // map, the attention projections, the FFNs and the experts) in `dtype`,
+  // float32 or bfloat16; norms, biases, routers and task embeddings stay
+  // float32, as do activations, caches and logits. For inference on the
+  // CPU: the panel kernel reads bf16 panels and widens them in registers,
+  // so a decoding step, bound by reading weights at small batches, streams
+  // half the bytes; the result equals the float32 model holding the same
+  // bf16-rounded weights up to float summation order. Elsewhere (a forward
+  // recording gradients, another device, panels off) a bf16 matrix is
+  // widened per call. int8 experts stay int8.
+  void set_weight_dtype(torch::ScalarType dtype);
+  // The dtype the matrices are stored in.
+  torch::ScalarType weight_dtype() const { return embed_tokens->weight.scalar_type(); }
 
   PackedEmbedding embed_tokens{nullptr};  // also the output map (tied)
   std::vector<Seq2seqEncoderLayer> encoder_layers;
@@ -147,8 +160,11 @@ class Seq2seqModel : public Model {
   torch::nn::Dropout dropout_{nullptr};
 };
 
-// Loads a model directory that must hold a seq2seq model (eval mode).
+// Loads a model directory that must hold a seq2seq model (eval mode), its
+// matrices in weight_dtype (Seq2seqModel::set_weight_dtype) where given, as
+// stored otherwise.
 std::shared_ptr<Seq2seqModel> load_seq2seq_model(const std::string& dir,
-                                                 WeightStorage storage = WeightStorage::kCopy);
+                                                 WeightStorage storage = WeightStorage::kCopy,
+                                                 c10::optional<torch::ScalarType> weight_dtype = c10::nullopt);
 
 }  // namespace moekit
