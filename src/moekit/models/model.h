@@ -13,6 +13,8 @@
 
 namespace moekit {
 
+class ExpertsImpl;
+
 class Model : public torch::nn::Module {
  public:
   // The registry key ("ffn_stack", later "asr", "seq2seq", "lm").
@@ -34,6 +36,15 @@ void save_model(const std::string& dir, const Model& model);
 // name every mismatching tensor. WeightStorage::kMap for inference only
 // (model_dir.h).
 std::shared_ptr<Model> load_model(const std::string& dir, WeightStorage storage = WeightStorage::kCopy);
+
+// The models' set_weight_dtype: each of `matrices`, and the weights of each
+// of `experts` (ExpertsImpl::set_weight_dtype), stored in `dtype`, float32
+// or bfloat16; every other parameter and buffer of `model` held in bf16 or
+// half (norms, biases, routers; a model built with bf16 as the default
+// dtype) widened to float32. `what` names the model in the error for
+// another dtype.
+void store_weight_matrices(torch::nn::Module& model, const std::vector<torch::Tensor*>& matrices,
+                           const std::vector<ExpertsImpl*>& experts, torch::ScalarType dtype, const char* what);
 
 // The commands' --dtype for the weight matrices of an LM or seq2seq model:
 // "auto" (nullopt: as the directory stores them), "fp32"/"float32",

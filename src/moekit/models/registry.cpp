@@ -1,5 +1,6 @@
 #include <filesystem>
 #include <map>
+#include <unordered_set>
 
 #include "moekit/core/check.h"
 #include "moekit/core/cpu_allocator.h"
@@ -62,6 +63,30 @@ void save_model(const std::string& dir, const Model& model) {
   config["model_type"] = model.model_type();
   config["architecture"] = model.architecture();
   save_model_dir(dir, config, module_state(model));
+}
+
+void store_weight_matrices(torch::nn::Module& model, const std::vector<torch::Tensor*>& matrices,
+                           const std::vector<ExpertsImpl*>& experts, torch::ScalarType dtype, const char* what) {
+  MOEKIT_CHECK_ARG(dtype == torch::kFloat || dtype == torch::kBFloat16, what,
+                   ": weight matrices are stored in float32 or bfloat16, not ", dtype);
+  torch::NoGradGuard no_grad;
+  std::unordered_set<const c10::TensorImpl*> stored;
+  for (torch::Tensor* w : matrices) {
+    if (w->scalar_type() != dtype) w->set_data(w->to(dtype));
+    stored.insert(w->unsafeGetTensorImpl());
+  }
+  for (ExpertsImpl* e : experts) {
+    e->set_weight_dtype(dtype);
+    for (const torch::Tensor* w : {&e->w1, &e->w3, &e->w2})
+      if (w->defined()) stored.insert(w->unsafeGetTensorImpl());
+  }
+  auto widen = [&](torch::Tensor& t) {
+    if ((t.scalar_type() == torch::kBFloat16 || t.scalar_type() == torch::kHalf) &&
+        stored.count(t.unsafeGetTensorImpl()) == 0)
+      t.set_data(t.to(torch::kFloat));
+  };
+  for (auto& p : model.parameters()) widen(p);
+  for (auto& b : model.buffers()) widen(b);
 }
 
 c10::optional<torch::ScalarType> parse_weight_dtype(const std::string& text, const torch::Device& device) {

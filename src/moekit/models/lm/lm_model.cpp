@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
-#include <unordered_set>
 #include <vector>
 
 #include "moekit/core/check.h"
@@ -237,41 +236,21 @@ LmModel::LmModel(const LmConfig& config, bool initialize) : config_(config) {
 }
 
 void LmModel::set_weight_dtype(torch::ScalarType dtype) {
-  MOEKIT_CHECK_ARG(dtype == torch::kFloat || dtype == torch::kBFloat16,
-                   "lm: weight matrices are stored in float32 or bfloat16, not ", dtype);
-  torch::NoGradGuard no_grad;
-  std::unordered_set<const c10::TensorImpl*> matrices;
-  auto store = [&](torch::Tensor& w) {
-    if (w.scalar_type() != dtype) w.set_data(w.to(dtype));
-    matrices.insert(w.unsafeGetTensorImpl());
-  };
-  store(embed_tokens->weight);
-  if (lm_head) store(lm_head->weight);
+  std::vector<torch::Tensor*> matrices = {&embed_tokens->weight};
+  std::vector<ExpertsImpl*> experts;
+  if (lm_head) matrices.push_back(&lm_head->weight);
   for (auto& layer : layers) {
     for (PackedLinear* p : {&layer->self_attn->q_proj, &layer->self_attn->k_proj, &layer->self_attn->v_proj,
-                            &layer->self_attn->o_proj}) {
-      store((*p)->weight);
-    }
+                            &layer->self_attn->o_proj})
+      matrices.push_back(&(*p)->weight);
     if (layer->moe_mlp) {
-      auto& experts = layer->moe_mlp->experts;
-      experts->set_weight_dtype(dtype);
-      for (const torch::Tensor* w : {&experts->w1, &experts->w3, &experts->w2})
-        if (w->defined()) matrices.insert(w->unsafeGetTensorImpl());
+      experts.push_back(layer->moe_mlp->experts.get());
     } else {
-      for (PackedLinear* p : {&layer->dense_mlp->w1, &layer->dense_mlp->w2, &layer->dense_mlp->w3}) {
-        if (*p) store((*p)->weight);
-      }
+      for (PackedLinear* p : {&layer->dense_mlp->w1, &layer->dense_mlp->w2, &layer->dense_mlp->w3})
+        if (*p) matrices.push_back(&(*p)->weight);
     }
   }
-  // Everything else (norms, biases, routers, buffers) in float32, also in a
-  // model built with bf16 as the default dtype.
-  auto widen = [&](torch::Tensor& t) {
-    if ((t.scalar_type() == torch::kBFloat16 || t.scalar_type() == torch::kHalf) &&
-        matrices.count(t.unsafeGetTensorImpl()) == 0)
-      t.set_data(t.to(torch::kFloat));
-  };
-  for (auto& p : parameters()) widen(p);
-  for (auto& b : buffers()) widen(b);
+  store_weight_matrices(*this, matrices, experts, dtype, "lm");
 }
 
 void LmModel::reset_parameters() {

@@ -1,7 +1,6 @@
 #include "moekit/models/seq2seq/seq2seq_model.h"
 
 #include <cmath>
-#include <unordered_set>
 
 #include "moekit/core/check.h"
 #include "moekit/nn/norm.h"
@@ -130,29 +129,19 @@ void Seq2seqModel::reset_parameters() {
 }
 
 void Seq2seqModel::set_weight_dtype(torch::ScalarType dtype) {
-  MOEKIT_CHECK_ARG(dtype == torch::kFloat || dtype == torch::kBFloat16,
-                   "seq2seq: weight matrices are stored in float32 or bfloat16, not ", dtype);
-  torch::NoGradGuard no_grad;
-  std::unordered_set<const c10::TensorImpl*> matrices;
-  auto store = [&](torch::Tensor& w) {
-    if (w.scalar_type() != dtype) w.set_data(w.to(dtype));
-    matrices.insert(w.unsafeGetTensorImpl());
-  };
+  std::vector<torch::Tensor*> matrices = {&embed_tokens->weight};
+  std::vector<ExpertsImpl*> experts;
   auto attention = [&](MultiHeadedAttentionImpl& a) {
-    for (PackedLinear* p : {&a.linear_q, &a.linear_k, &a.linear_v, &a.linear_out}) store((*p)->weight);
+    for (PackedLinear* p : {&a.linear_q, &a.linear_k, &a.linear_v, &a.linear_out}) matrices.push_back(&(*p)->weight);
   };
   auto ffn = [&](Seq2seqFfn& f) {
     if (f.moe) {
-      Experts& experts = f.moe->experts;
-      experts->set_weight_dtype(dtype);
-      for (const torch::Tensor* w : {&experts->w1, &experts->w3, &experts->w2})
-        if (w->defined()) matrices.insert(w->unsafeGetTensorImpl());
+      experts.push_back(f.moe->experts.get());
     } else {
       for (PackedLinear* p : {&f.dense->w1, &f.dense->w2, &f.dense->w3})
-        if (*p) store((*p)->weight);
+        if (*p) matrices.push_back(&(*p)->weight);
     }
   };
-  store(embed_tokens->weight);
   for (auto& layer : encoder_layers) {
     attention(*layer->self_attn);
     ffn(layer->ffn);
@@ -162,15 +151,7 @@ void Seq2seqModel::set_weight_dtype(torch::ScalarType dtype) {
     attention(*layer->encoder_attn);
     ffn(layer->ffn);
   }
-  // Everything else in float32, also in a model built with bf16 as the
-  // default dtype.
-  auto widen = [&](torch::Tensor& t) {
-    if ((t.scalar_type() == torch::kBFloat16 || t.scalar_type() == torch::kHalf) &&
-        matrices.count(t.unsafeGetTensorImpl()) == 0)
-      t.set_data(t.to(torch::kFloat));
-  };
-  for (auto& p : parameters()) widen(p);
-  for (auto& b : buffers()) widen(b);
+  store_weight_matrices(*this, matrices, experts, dtype, "seq2seq");
 }
 
 torch::Tensor Seq2seqModel::embed(const torch::Tensor& tokens, int64_t offset) {
