@@ -146,6 +146,9 @@ TEST(CliSeq2seq, TrainTranslateExtractEval) {
   r = run_cli("--threads 1 translate " + model + " --task de --dtype bf16 < " + d + "/good.txt");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_EQ(lines(r.output), 4) << r.output;
+  r = run_cli("--threads 1 eval " + model + " " + d + "/valid.tsv --dtype bf16 --json");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("\"bleu_avg\""), std::string::npos) << r.output;
   r = run_cli("translate " + model + " --task de --dtype fp16 < " + d + "/good.txt");
   EXPECT_NE(r.exit_code, 0);
   EXPECT_NE(r.output.find("weight dtype 'fp16' is not one of auto, fp32, bf16"), std::string::npos) << r.output;

@@ -115,8 +115,8 @@ void add_eval_command(CLI::App& app, const GlobalOptions& global) {
     for (const std::string& mode : o->modes) check_decode_mode_name(mode);  // before any model loads
     o->decode.validate();
     const std::string family = read_model_config(o->model_dir)["model_type"].as<std::string>("");
-    MOEKIT_CHECK_ARG(family == "lm" || cmd->get_option("--dtype")->count() == 0,
-                     "eval: --dtype applies to language models; ", o->model_dir, " holds a ", family, " model");
+    MOEKIT_CHECK_ARG(family == "lm" || family == "seq2seq" || cmd->get_option("--dtype")->count() == 0,
+                     "eval: --dtype applies to language and seq2seq models; ", o->model_dir, " holds a ", family, " model");
     if (family == "lm") {
       if (cmd->get_option("--batch-size")->count() > 0) o->perplexity.batch_size = o->translate.batch_size;
       run_perplexity_eval(o->model_dir, o->data, o->tokenizer, o->perplexity, o->weight_dtype, o->json_output,
