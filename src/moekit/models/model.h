@@ -34,8 +34,11 @@ std::shared_ptr<Model> create_model(const std::string& model_type, const YAML::N
 void save_model(const std::string& dir, const Model& model);
 // Builds the model from config.yaml and loads its weights, with errors that
 // name every mismatching tensor. WeightStorage::kMap for inference only
-// (model_dir.h).
-std::shared_ptr<Model> load_model(const std::string& dir, WeightStorage storage = WeightStorage::kCopy);
+// (model_dir.h). `before_weights`, where given, runs on the built model
+// before its weights are loaded (e.g. to store its matrices as bf16, which
+// the float32 weights are then converted into, one tensor at a time).
+std::shared_ptr<Model> load_model(const std::string& dir, WeightStorage storage = WeightStorage::kCopy,
+                                  const std::function<void(Model&)>& before_weights = {});
 
 // The models' set_weight_dtype: each of `matrices`, and the weights of each
 // of `experts` (ExpertsImpl::set_weight_dtype), stored in `dtype`, float32

@@ -96,7 +96,8 @@ c10::optional<torch::ScalarType> parse_weight_dtype(const std::string& text, con
   throw std::invalid_argument(str_cat("weight dtype '", text, "' is not one of auto, fp32, bf16"));
 }
 
-std::shared_ptr<Model> load_model(const std::string& dir, WeightStorage storage) {
+std::shared_ptr<Model> load_model(const std::string& dir, WeightStorage storage,
+                                  const std::function<void(Model&)>& before_weights) {
   const YAML::Node config = read_model_config(dir);
   const std::string where = dir + "/" + kConfigFile;
   MOEKIT_CHECK_ARG(config["architecture"].IsMap(), where, ": missing or invalid 'architecture'");
@@ -106,6 +107,7 @@ std::shared_ptr<Model> load_model(const std::string& dir, WeightStorage storage)
     model = create_model(config["model_type"].as<std::string>(), config["architecture"], where);
   }
   apply_quantization(config, *model, where);
+  if (before_weights) before_weights(*model);
   // Each tensor copied from the mapped file straight into its parameter
   // (no second copy of the whole file in memory), or mapped.
   load_module_state_from_dir(*model, dir, storage);

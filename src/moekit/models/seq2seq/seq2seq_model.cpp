@@ -291,11 +291,15 @@ void Seq2seqModel::select(Seq2seqDecoderState& state, const torch::Tensor& index
 
 std::shared_ptr<Seq2seqModel> load_seq2seq_model(const std::string& dir, WeightStorage storage,
                                                  c10::optional<torch::ScalarType> weight_dtype) {
-  std::shared_ptr<Model> model = load_model(dir, storage);
-  auto seq2seq = std::dynamic_pointer_cast<Seq2seqModel>(model);
-  MOEKIT_CHECK_ARG(seq2seq, dir, " holds a ", model->model_type(), " model, not a seq2seq model");
-  if (weight_dtype) seq2seq->set_weight_dtype(*weight_dtype);
-  return seq2seq;
+  // The matrices take their dtype before the weights are loaded: float32
+  // weights are converted as they are copied in (a mapped file's pages of a
+  // converted tensor go back at once).
+  std::shared_ptr<Model> model = load_model(dir, storage, [&](Model& m) {
+    auto* seq2seq = dynamic_cast<Seq2seqModel*>(&m);
+    MOEKIT_CHECK_ARG(seq2seq, dir, " holds a ", m.model_type(), " model, not a seq2seq model");
+    if (weight_dtype) seq2seq->set_weight_dtype(*weight_dtype);
+  });
+  return std::dynamic_pointer_cast<Seq2seqModel>(model);
 }
 
 }  // namespace moekit
