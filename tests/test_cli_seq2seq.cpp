@@ -40,6 +40,22 @@ std::string toy_corpus(int count, int offset) {
   return out;
 }
 
+// The corpus's sources and targets written to d/text.txt and the shared
+// tokenizer trained on them: d/tok.model, 320 pieces with the task tags.
+CliRun train_toy_tokenizer(const std::string& d, const std::string& tsv) {
+  std::string text;
+  for (size_t at = 0; at < tsv.size();) {
+    const size_t end = tsv.find('\n', at);
+    const std::string line = tsv.substr(at, end - at);
+    const size_t a = line.find('\t'), b = line.find('\t', a + 1);
+    text += line.substr(a + 1, b - a - 1) + "\n" + line.substr(b + 1) + "\n";
+    at = end + 1;
+  }
+  write_file_atomic(d + "/text.txt", text);
+  return run_cli("tokenizer train --input " + d + "/text.txt --output " + d +
+                 "/tok.model --vocab-size 320 --user-symbols '<2de>' '<2fr>'");
+}
+
 }  // namespace
 
 TEST(CliSeq2seq, TrainTranslateExtractEval) {
@@ -49,17 +65,7 @@ TEST(CliSeq2seq, TrainTranslateExtractEval) {
   const std::string train_tsv = toy_corpus(300, 0), valid_tsv = toy_corpus(20, 1000);
   write_file_atomic(d + "/train.tsv", train_tsv);
   write_file_atomic(d + "/valid.tsv", valid_tsv);
-  std::string text;  // sources and targets for the shared vocabulary
-  for (size_t at = 0; at < train_tsv.size();) {
-    const size_t end = train_tsv.find('\n', at);
-    const std::string line = train_tsv.substr(at, end - at);
-    const size_t a = line.find('\t'), b = line.find('\t', a + 1);
-    text += line.substr(a + 1, b - a - 1) + "\n" + line.substr(b + 1) + "\n";
-    at = end + 1;
-  }
-  write_file_atomic(d + "/text.txt", text);
-  CliRun r = run_cli("tokenizer train --input " + d + "/text.txt --output " + d +
-                     "/tok.model --vocab-size 320 --user-symbols '<2de>' '<2fr>'");
+  CliRun r = train_toy_tokenizer(d, train_tsv);
   ASSERT_EQ(r.exit_code, 0) << r.output;
   write_file_atomic(d + "/s2s.yaml",
                     "model: {d_model: 32, heads: 4, ffn_hidden: 48, encoder_layers: 2, decoder_layers: 2, dropout: 0,\n"
@@ -229,14 +235,7 @@ TEST(CliSeq2seq, TranslateStopsWhenItsModelFileIsRewrittenInPlace) {
   const std::string d = temp_dir("cli_seq2seq_rewritten");
   const std::string train_tsv = toy_corpus(60, 0);
   write_file_atomic(d + "/train.tsv", train_tsv);
-  std::string text;
-  for (const std::string& word : {"one two three four five red blue cat dog house",
-                                  "eins zwei drei vier fuenf rot blau katze hund haus",
-                                  "un deux trois quatre cinq rouge bleu chat chien maison"})
-    for (int i = 0; i < 20; ++i) text += std::string(word) + "\n";
-  write_file_atomic(d + "/text.txt", text);
-  CliRun r = run_cli("tokenizer train --input " + d + "/text.txt --output " + d +
-                     "/tok.model --vocab-size 320 --user-symbols '<2de>' '<2fr>'");
+  CliRun r = train_toy_tokenizer(d, train_tsv);
   ASSERT_EQ(r.exit_code, 0) << r.output;
   // A 320 x 64 float embedding (80 KiB) is mapped.
   write_file_atomic(d + "/s2s.yaml",
