@@ -87,6 +87,23 @@ TEST(HfTokenizer, SplitBehavioursCutWhereTheLibraryCuts) {
   EXPECT_EQ(ids("MergedWithPrevious", "-b"), (V{2, 1}));       // nothing before the first "-"
 }
 
+// A Split regex that backtracks catastrophically on a text makes PCRE2 give
+// up (its match limit): encoding that text is an error naming the
+// pre-tokenizer, never a text split as if nothing had matched. The same
+// tokenizer still encodes texts the regex handles.
+TEST(HfTokenizer, ARegexThatGivesUpIsAnErrorNotAWrongSplit) {
+  const std::string dir = temp_dir("hf_tok_backtrack");
+  const std::string path = dir + "/tokenizer.json";
+  write_file_atomic(path, tiny_tokenizer({}, {{"pre_tokenizer", {{"type", "Split"},
+                                                                  {"pattern", {{"Regex", "(a|aa)+c|b"}}},
+                                                                  {"behavior", "Isolated"}}}}));
+  const HfTokenizer tok(path);
+  EXPECT_EQ(tok.encode("aacb", false), (std::vector<int64_t>{0, 0, 2, 1}));  // aac | b
+  const std::string error = error_of([&] { tok.encode(std::string(60, 'a') + "b", false); });
+  EXPECT_NE(error.find("pre_tokenizer Split"), std::string::npos) << error;
+  EXPECT_NE(error.find("regex failed"), std::string::npos) << error;
+}
+
 // Metaspace as the tokenizers library (Rust) defines it: spaces become
 // "▁", prepended per prepend_scheme (first: only where the text starts, not
 // after an added token), with split the words cut before each "▁"; its

@@ -148,7 +148,7 @@ constexpr const char* kGpt2Pattern = R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}
 
 class Regex {
  public:
-  Regex(const std::string& pattern, const std::string& where) {
+  Regex(const std::string& pattern, const std::string& where) : where_(where) {
     int error = 0;
     PCRE2_SIZE offset = 0;
     code_ = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.c_str()), pattern.size(), PCRE2_UTF | PCRE2_UCP, &error,
@@ -164,15 +164,28 @@ class Regex {
   Regex(const Regex&) = delete;
   Regex& operator=(const Regex&) = delete;
 
-  // [begin, end) of every match, left to right.
+  // [begin, end) of every match, left to right. A match that PCRE2 gives
+  // up on (its backtracking or memory limit, reached by a pattern that
+  // backtracks catastrophically on this text) is an error, never taken for
+  // "no more matches", which would split the text wrongly.
   std::vector<std::pair<size_t, size_t>> matches(const std::string& text) const {
     std::vector<std::pair<size_t, size_t>> out;
-    pcre2_match_data* data = pcre2_match_data_create_from_pattern(code_, nullptr);
+    std::unique_ptr<pcre2_match_data, decltype(&pcre2_match_data_free)> match(
+        pcre2_match_data_create_from_pattern(code_, nullptr), &pcre2_match_data_free);
+    MOEKIT_CHECK(match != nullptr, "out of memory for a regex match");
+    pcre2_match_data* data = match.get();
     size_t pos = 0;
     while (pos <= text.size()) {
       const int rc = pcre2_match(code_, reinterpret_cast<PCRE2_SPTR>(text.data()), text.size(), pos,
                                  PCRE2_NO_UTF_CHECK, data, nullptr);
-      if (rc < 0) break;
+      if (rc == PCRE2_ERROR_NOMATCH) break;
+      if (rc < 0) {
+        PCRE2_UCHAR message[256];
+        pcre2_get_error_message(rc, message, sizeof message);
+        throw std::invalid_argument(where_ + ": the regex failed on a text of " + std::to_string(text.size()) +
+                                    " bytes at byte " + std::to_string(pos) + ": " +
+                                    reinterpret_cast<const char*>(message));
+      }
       const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(data);
       if (ov[1] == ov[0]) {  // an empty match: step over one character
         pos = ov[0] + (ov[0] < text.size() ? utf8_length(static_cast<unsigned char>(text[ov[0]])) : 1);
@@ -181,11 +194,11 @@ class Regex {
       out.emplace_back(ov[0], ov[1]);
       pos = ov[1];
     }
-    pcre2_match_data_free(data);
     return out;
   }
 
  private:
+  std::string where_;
   pcre2_code* code_ = nullptr;
 };
 
