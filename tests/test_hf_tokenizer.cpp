@@ -159,6 +159,26 @@ TEST(HfTokenizer, UnsupportedComponentsAndBrokenFilesAreRefusedByName) {
       {tiny_tokenizer({}, {{"decoder", {{"type", "CTC"}}}}), "decoder \"CTC\""},
       {tiny_tokenizer({}, {{"pre_tokenizer", {{"type", "Metaspace"}, {"prepend_scheme", "sometimes"}}}}),
        "Metaspace prepend_scheme \"sometimes\" is not always, first or never"},
+      // Ids and counts must be integers in range: a float is never truncated
+      // (nor, when huge, converted: undefined behaviour, found by fuzzing).
+      {tiny_tokenizer({{"vocab", {{"a", 7.7e65}}}}), "vocabulary id is not an integer"},
+      {tiny_tokenizer({{"vocab", {{"a", 1.5}}}}), "vocabulary id is not an integer"},
+      {tiny_tokenizer({{"vocab", {{"a", -1}}}}), "vocabulary id -1 is out of range"},
+      {tiny_tokenizer({}, {{"added_tokens", {{{"id", 1e300}, {"content", "<s>"}}}}}), "added token id is not an integer"},
+      {tiny_tokenizer({}, {{"added_tokens", {{{"id", uint64_t{1} << 63}, {"content", "<s>"}}}}}),
+       "added token id 9223372036854775808 is out of range"},
+      {tiny_tokenizer({}, {{"post_processor", {{"type", "TemplateProcessing"},
+                                               {"single", {{{"SpecialToken", {{"id", "<s>"}}}}}},
+                                               {"special_tokens", {{"<s>", {{"ids", {2.5}}}}}}}}}),
+       "post_processor id is not an integer"},
+      // An empty Strip content would strip nothing start times: a loop of
+      // billions of steps per decoded text with a huge start.
+      {tiny_tokenizer({}, {{"decoder", {{"type", "Strip"}, {"content", ""}, {"start", 2147483647}}}}),
+       "decoder Strip content must be one character"},
+      {tiny_tokenizer({}, {{"decoder", {{"type", "Strip"}, {"content", " "}, {"start", 1e300}}}}),
+       "decoder Strip start is not an integer"},
+      {tiny_tokenizer({}, {{"decoder", {{"type", "Strip"}, {"content", " "}, {"stop", -2}}}}),
+       "decoder Strip stop -2 is out of range"},
       {"{\"model\": ", "not a tokenizer.json"},
       {"[1, 2]", "not a tokenizer.json"},
   };

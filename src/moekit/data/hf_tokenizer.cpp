@@ -202,6 +202,19 @@ class Regex {
   pcre2_code* code_ = nullptr;
 };
 
+// An integer field of the file in [0, limit): a float, a string or a number
+// out of range is refused by name (a float would otherwise be truncated, or
+// be undefined behaviour to convert when huge).
+int64_t index_field(const json& j, int64_t limit, const std::string& what) {
+  MOEKIT_CHECK_ARG(j.is_number_integer(), what, " is not an integer: ", j.dump().substr(0, 40));
+  const bool in_range = j.is_number_unsigned() ? j.get<uint64_t>() < static_cast<uint64_t>(limit)
+                                               : j.get<int64_t>() >= 0 && j.get<int64_t>() < limit;
+  MOEKIT_CHECK_ARG(in_range, what, " ", j.dump(), " is out of range [0, ", limit, ")");
+  return j.get<int64_t>();
+}
+
+constexpr int64_t kMaxTokenId = int64_t{1} << 24;
+
 struct PairHash {
   size_t operator()(const std::pair<std::string, std::string>& p) const {
     return std::hash<std::string>()(p.first) * 1000003u ^ std::hash<std::string>()(p.second);
@@ -359,7 +372,8 @@ struct HfTokenizer::Impl {
         const std::string name = piece.at("SpecialToken").at("id").get<std::string>();
         const json& specials = p.at("special_tokens");
         MOEKIT_CHECK_ARG(specials.contains(name), where("post_processor names \"" + name + "\" without its ids"));
-        for (const json& i : specials[name].at("ids")) (seen_sequence ? suffix : prefix).push_back(i.get<int64_t>());
+        for (const json& i : specials[name].at("ids"))
+          (seen_sequence ? suffix : prefix).push_back(index_field(i, kMaxTokenId, where("post_processor id")));
       }
     } else {
       throw std::invalid_argument(
@@ -378,7 +392,15 @@ struct HfTokenizer::Impl {
       MOEKIT_CHECK_ARG(d.at("pattern").contains("String"), where("decoder Replace with a regex is not supported"));
       decoders.push_back({type, d["pattern"]["String"].get<std::string>(), d.at("content").get<std::string>(), 0, 0});
     } else if (type == "Strip") {
-      decoders.push_back({type, d.at("content").get<std::string>(), "", d.value("start", 0), d.value("stop", 0)});
+      // The library's Strip takes one character and removes at most start
+      // / stop of them from each end.
+      const std::string content = d.at("content").get<std::string>();
+      MOEKIT_CHECK_ARG(utf8_chars(content).size() == 1, where("decoder Strip content must be one character"));
+      auto count = [&](const char* key) {
+        return d.contains(key) ? static_cast<int>(index_field(d[key], 1 << 20, where(std::string("decoder Strip ") + key)))
+                               : 0;
+      };
+      decoders.push_back({type, content, "", count("start"), count("stop")});
     } else if (type == "Metaspace") {
       decoders.push_back({type, metaspace_replacement(d, "decoder"), metaspace_prepend_scheme(d, "decoder"), 0, 0});
     } else {
@@ -399,11 +421,7 @@ struct HfTokenizer::Impl {
     byte_fallback = m.value("byte_fallback", false);
     fuse_unk = m.value("fuse_unk", false);
     ignore_merges = m.value("ignore_merges", false);
-    for (const auto& [token, i] : m.at("vocab").items()) {
-      const int64_t v = i.get<int64_t>();
-      MOEKIT_CHECK_ARG(v >= 0 && v < (int64_t{1} << 24), where("vocabulary id " + std::to_string(v) + " out of range"));
-      vocab[token] = v;
-    }
+    for (const auto& [token, i] : m.at("vocab").items()) vocab[token] = index_field(i, kMaxTokenId, where("vocabulary id"));
     int64_t rank = 0;
     for (const json& merge : m.at("merges")) {
       std::pair<std::string, std::string> pair;
@@ -674,10 +692,9 @@ HfTokenizer::HfTokenizer(const std::string& path) {
     m.read_decoder(j.value("decoder", json()));
     std::vector<std::pair<std::string, int64_t>> specials;
     for (const json& a : j.value("added_tokens", json::array())) {
-      Impl::Added added{a.at("content").get<std::string>(), a.at("id").get<int64_t>(), a.value("lstrip", false),
-                        a.value("rstrip", false)};
-      MOEKIT_CHECK_ARG(!added.content.empty() && added.id >= 0 && added.id < (int64_t{1} << 24),
-                       path, ": added token ", added.id, " is empty or out of range");
+      Impl::Added added{a.at("content").get<std::string>(), index_field(a.at("id"), kMaxTokenId, path + ": added token id"),
+                        a.value("lstrip", false), a.value("rstrip", false)};
+      MOEKIT_CHECK_ARG(!added.content.empty(), path, ": added token ", added.id, " is empty");
       m.vocab[added.content] = added.id;
       if (a.value("special", false)) specials.emplace_back(added.content, added.id);
       m.added.push_back(std::move(added));
