@@ -18,6 +18,7 @@
 #include "moekit/core/config.h"
 #include "moekit/core/model_dir.h"
 #include "moekit/core/torch_checkpoint.h"
+#include "moekit/data/hf_tokenizer.h"
 #include "moekit/decode/ngram_lm.h"
 #include "moekit/decode/recognizer.h"
 #include "moekit/models/asr/wenet_import.h"
@@ -282,7 +283,32 @@ TEST(HostileInput, FuzzCorpusFilesAreReadOrRefusedByName) {
     const std::string bytes = read_file(path);
     NgramLm::parse(bytes.substr(0, bytes.find('\0')), path);
   });
-  EXPECT_GE(files, 9);
+  // tokenizer.json, an optional tokenizer_config.json and a text, split at
+  // NUL bytes; the files go to a directory named after the corpus file.
+  int tokenizers = 0;
+  replay("hf_tokenizer", [&](const std::string& path) {
+    const std::string bytes = read_file(path);
+    std::vector<std::string> parts;
+    for (size_t begin = 0; parts.size() < 3; ) {
+      const size_t nul = bytes.find('\0', begin);
+      parts.push_back(bytes.substr(begin, nul == std::string::npos ? std::string::npos : nul - begin));
+      if (nul == std::string::npos) break;
+      begin = nul + 1;
+    }
+    parts.resize(3);
+    const std::string dir = temp_dir("fuzz_tokenizer") + "/" + fs::path(path).filename().string();
+    make_dirs(dir);
+    write_file_atomic(dir + "/tokenizer.json", parts[0]);
+    if (!parts[1].empty()) write_file_atomic(dir + "/tokenizer_config.json", parts[1]);
+    const HfTokenizer tokenizer(dir + "/tokenizer.json");
+    ++tokenizers;
+    try {
+      tokenizer.decode(tokenizer.encode(parts[2]));
+    } catch (const std::invalid_argument&) {  // a text that is not UTF-8
+    }
+  });
+  EXPECT_GE(tokenizers, 7) << "the seeds, made from real tokenizers' settings, must load";
+  EXPECT_GE(files, 16);
   // The reproducer of a zip whose directory points past the end of the file.
   EXPECT_NE(error_of<std::invalid_argument>([&] { read_torch_checkpoint(corpus + "/pickle/regression-read-past-end.pt"); }),
             "");
