@@ -25,6 +25,7 @@
 #include "moekit/data/sentencepiece.h"
 #include "moekit/core/safetensors.h"
 #include "moekit/dist/all_to_all.h"
+#include "moekit/dist/sharded_checkpoint.h"
 #include "moekit/dist/grad_sync.h"
 #include "moekit/dist/process_group.h"
 #include "moekit/moe/moe_layer.h"
@@ -88,6 +89,35 @@ TEST(Dist, LaunchEnvironmentIsReadAsTorchrunSetsItAndRefusedWhenIncomplete) {
             "launch environment: MASTER_PORT='70000' is not an integer in [1, 65535]");
   EXPECT_EQ(launch_error({{"RANK", "zero"}, {"WORLD_SIZE", "1"}}),
             "launch environment: RANK='zero' is not an integer in [0, 0]");
+}
+
+// A checkpoint's shard manifest that is not what write_shard_manifest
+// writes is refused with one line naming the file: a version given as a
+// huge float or a string included (never converted or thrown as a JSON
+// type error).
+TEST(Dist, AMalformedShardManifestIsRefusedByName) {
+  const std::string dir = temp_dir("dist_manifest");
+  dist::ShardManifest written;
+  written.shards = 2;
+  written.sharded["layers.0.mlp.experts.w1"] = {8, 16, 32};
+  dist::write_shard_manifest(dir, written);
+  const auto read = dist::read_shard_manifest(dir);
+  ASSERT_TRUE(read.has_value());
+  EXPECT_EQ(read->shards, 2);
+  EXPECT_EQ(read->sharded, written.sharded);
+  const std::string path = dir + "/" + dist::kShardManifestFile;
+  const std::string good = read_file(path);
+  for (const std::string& version : {"1e300", "\"1\"", "2", "null"}) {
+    nlohmann::json j = nlohmann::json::parse(good);
+    j["format_version"] = nlohmann::json::parse(version);
+    write_file_atomic(path, j.dump());
+    const std::string error = error_of<std::invalid_argument>([&] { dist::read_shard_manifest(dir); });
+    EXPECT_NE(error.find("not a shard manifest of format_version 1"), std::string::npos) << version << ": " << error;
+    EXPECT_EQ(error.rfind(path, 0), 0u) << error;
+  }
+  write_file_atomic(path, "{\"format_version\": 1, \"shards\": 0.5, \"sharded\": {}}");
+  EXPECT_NE(error_of<std::invalid_argument>([&] { dist::read_shard_manifest(dir); }).find("'shards' must be an integer"),
+            std::string::npos);
 }
 
 TEST(Dist, OneProcessGroupIsTheIdentity) {

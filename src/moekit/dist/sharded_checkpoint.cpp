@@ -27,7 +27,8 @@ std::optional<ShardManifest> read_shard_manifest(const std::string& dir) {
   } catch (const nlohmann::json::exception& e) {
     throw std::invalid_argument(str_cat(path, ": not JSON (", e.what(), ")"));
   }
-  MOEKIT_CHECK_ARG(j.is_object() && j.value("format_version", 0) == 1, path,
+  MOEKIT_CHECK_ARG(j.is_object() && j.contains("format_version") && j["format_version"].is_number_integer() &&
+                       j["format_version"] == 1, path,
                    ": not a shard manifest of format_version 1");
   MOEKIT_CHECK_ARG(j.contains("shards") && j["shards"].is_number_integer() && j["shards"].get<int64_t>() >= 1 &&
                        j["shards"].get<int64_t>() <= 65536,
