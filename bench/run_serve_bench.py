@@ -21,7 +21,9 @@ a chunk from the front end's arithmetic (25 ms / 10 ms fbank frames, the
 encoder's window of (chunk - 1) * subsampling + right context + 1 frames,
 stride chunk * subsampling), and matches partial results to them in order
 (a chunk whose partial would be empty sends none; then later partials are
-matched to earlier messages, which overstates latency, never understates).
+matched to earlier messages, which overstates latency, never understates;
+the "partials / chunks" column says how many chunks got a partial result:
+below 1.00 some latencies are overstated).
 CPU: the server process's user + system time over the run / wall time, and
 the same for this script's clients (they share the machine). Memory: the
 server's resident set (VmRSS) once it listens (model loaded, warmed up) and
@@ -118,10 +120,11 @@ async def one_stream(url, pcm, delay, message, completing, result):
         await sender
     result["partial"].extend(partial_latency)
     result["final"].append(final_latency)
+    result["chunks"] += len(completing)
 
 
 async def load(url, pcm, streams, message, completing):
-    result = {"partial": [], "final": []}
+    result = {"partial": [], "final": [], "chunks": 0}
     await asyncio.gather(*[one_stream(url, pcm, i / max(streams, 1), message, completing, result)
                            for i in range(streams)])
     return result
@@ -214,8 +217,8 @@ def run(a, work):
         else:
             os.rename(floats, model)
         print(f"\n{name}\n\n| streams | set-up | partial p50 (s) | p95 (s) | max (s) | final p95 (s) "
-              f"| server CPU (cores) | client CPU (cores) | chunks per step | server RSS listening / after (MB) |")
-        print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+              f"| server CPU (cores) | client CPU (cores) | chunks per step | partials / chunks | server RSS listening / after (MB) |")
+        print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for streams in [int(s) for s in a.streams.split(",")]:
             for setup, (threads, decode_threads, batch, *window) in setups.items():
                 proc, port, log = start_server(a.moekit, model, threads, decode_threads, batch, a.chunk_size,
@@ -247,7 +250,7 @@ def run(a, work):
                     held[(name, setup)] = max(held.get((name, setup), 0), streams)
                 print(f"| {streams} | {setup} | {statistics.median(p):.3f} | {p95:.3f} | {max(p):.3f} | "
                       f"{percentile(result['final'], 0.95):.3f} | {cpu:.2f} | {client_cpu:.2f} | {per_step:.1f} | "
-                      f"{rss0:.0f} / {rss1:.0f} |", flush=True)
+                      f"{len(p) / max(result['chunks'], 1):.2f} | {rss0:.0f} / {rss1:.0f} |", flush=True)
     print(f"\nMost streams held with p95 partial latency < {a.p95_limit} s (of the loads tried; 0: none):\n")
     names = list(setups)
     with_ratio = "unbatched" in setups and len(names) > 1
