@@ -294,4 +294,17 @@ TEST(CliSeq2seq, BenchTimesEveryModelOrOneWithItsResidentMemory) {
   const CliRun bad = run_cli(small + " --only sparse");
   EXPECT_NE(bad.exit_code, 0);
   EXPECT_NE(bad.output.find("--only"), std::string::npos) << bad.output;
+  // Beam search: batch x beam rows per step, the sentences' tokens counted.
+  const CliRun beam = run_cli(small + " --beam 3");
+  ASSERT_EQ(beam.exit_code, 0) << beam.output;
+  const auto c = records(beam.output);
+  ASSERT_EQ(c.size(), 8u) << beam.output;
+  for (const auto& r : c) EXPECT_EQ(r["beam"], 3) << r.dump();
+  EXPECT_EQ(c[2]["weights_mb"], a[2]["weights_mb"]);
+  for (const std::string& wrong :
+       std::vector<std::string>{" --beam 0", " --beam 101", " --beam 2 --save-dir " + temp_dir("bench_beam")}) {
+    const CliRun refused = run_cli(small + wrong);
+    EXPECT_NE(refused.exit_code, 0) << wrong;
+    EXPECT_NE(refused.output.find("--beam"), std::string::npos) << refused.output;
+  }
 }

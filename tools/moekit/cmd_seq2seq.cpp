@@ -5,6 +5,7 @@
 #include <cmath>
 #include <iomanip>
 #include <iostream>
+#include <limits>
 #include <map>
 #include <sstream>
 #include <nlohmann/json.hpp>
@@ -373,14 +374,17 @@ void run_translation_eval(const std::string& model_dir, const std::string& data,
 // sub-network for one task, and the dense model (a task/task model with
 // every MoE layer folded: a dense FFN of width top_k x d_hidden wherever
 // the MoE models have an MoE layer). Each timed call encodes a batch of
-// random sources and runs `steps` greedy decoder steps with the KV caches,
-// no early stop, so every model produces the same number of tokens.
+// random sources and runs `steps` decoder steps with the KV caches, greedy
+// or a beam search of --beam hypotheses per sentence (each step: the
+// hypotheses' log-probabilities, the best `beam` continuations of each
+// sentence, the caches reordered to them), no early stop, so every model
+// produces the same number of tokens.
 namespace moekit::cli {
 
 void add_bench_seq2seq_command(CLI::App& bench, const GlobalOptions& global) {
   struct Options {
     int64_t d_model = 256, heads = 4, ffn = 1024, layers = 4, experts = 32, vocab = 8000;
-    int64_t source_len = 24, steps = 24, rounds = 3;
+    int64_t source_len = 24, steps = 24, rounds = 3, beam = 1;
     std::vector<int64_t> batches = {1, 8, 32, 64, 256};
     std::vector<std::string> dtypes = {"fp32"};
     uint64_t seed = 1;
@@ -397,7 +401,11 @@ void add_bench_seq2seq_command(CLI::App& bench, const GlobalOptions& global) {
   cmd->add_option("--vocab", o->vocab, "Vocabulary")->capture_default_str();
   cmd->add_option("--source-len", o->source_len, "Source tokens per sentence")->capture_default_str();
   cmd->add_option("--steps", o->steps, "Target tokens decoded per sentence")->capture_default_str();
-  cmd->add_option("--batch", o->batches, "Batch sizes")->capture_default_str();
+  cmd->add_option("--batch", o->batches, "Batch sizes (sentences)")->capture_default_str();
+  cmd->add_option("--beam", o->beam,
+                  "Hypotheses per sentence (1 = greedy); a step then runs batch x beam rows, and tokens/s counts "
+                  "the sentences' target tokens")
+      ->capture_default_str();
   cmd->add_option("--rounds", o->rounds, "Timed rounds (models interleaved); medians are reported")
       ->capture_default_str();
   cmd->add_option("--seed", o->seed, "Seed of the random models and data")->capture_default_str();
@@ -415,8 +423,11 @@ void add_bench_seq2seq_command(CLI::App& bench, const GlobalOptions& global) {
       ->check(CLI::IsMember({"token_moe", "task_moe", "task_extracted", "dense"}));
   cmd->callback([o, &global] {
     apply_runtime(global);
-    MOEKIT_CHECK_ARG(o->rounds >= 1 && o->steps >= 1 && o->source_len >= 1, "bench seq2seq: --rounds, --steps and "
-                     "--source-len must be >= 1");
+    MOEKIT_CHECK_ARG(o->rounds >= 1 && o->steps >= 1 && o->source_len >= 1 && o->beam >= 1,
+                     "bench seq2seq: --rounds, --steps, --source-len and --beam must be >= 1");
+    MOEKIT_CHECK_ARG(o->beam <= o->vocab, "bench seq2seq: --beam ", o->beam, " exceeds the vocabulary (", o->vocab, ")");
+    MOEKIT_CHECK_ARG(o->save_dir.empty() || o->beam == 1,
+                     "bench seq2seq: --save-dir writes the greedy output for the PyTorch peer; leave out --beam");
     const bool with_fp32 = std::count(o->dtypes.begin(), o->dtypes.end(), "fp32") > 0;
     const bool with_bf16 = std::count(o->dtypes.begin(), o->dtypes.end(), "bf16") > 0;
     MOEKIT_CHECK_ARG(o->save_dir.empty() || !with_bf16,
@@ -492,14 +503,35 @@ void add_bench_seq2seq_command(CLI::App& bench, const GlobalOptions& global) {
           auto& [name, m] = models[round % 2 ? models.size() - 1 - i : i];
           const auto start = Clock::now();
           Seq2seqDecoderState state = m->start_decoding(m->encode(src, lens, task));
-          torch::Tensor prev = torch::full({batch}, m->config().bos_id, torch::kLong);
+          const int64_t beam = o->beam, rows = batch * beam;
+          torch::Tensor scores;  // [rows]: each hypothesis's log-probability
+          if (beam > 1) {
+            Seq2seqModel::select(state, torch::arange(batch, torch::kLong).repeat_interleave(beam));
+            // Every hypothesis of a sentence starts the same: only the
+            // first may continue at the first step.
+            scores = torch::full({batch, beam}, -std::numeric_limits<float>::infinity());
+            scores.select(1, 0).zero_();
+            scores = scores.view({rows});
+          }
+          torch::Tensor prev = torch::full({rows}, m->config().bos_id, torch::kLong);
           std::vector<torch::Tensor> produced;
           torch::Tensor first_logits;
           for (int64_t t = 0; t < o->steps; ++t) {
             const torch::Tensor logits = m->step(state, prev);
             if (t == 0) first_logits = logits;
-            prev = logits.argmax(-1);
-            produced.push_back(prev);
+            if (beam == 1) {
+              prev = logits.argmax(-1);
+              produced.push_back(prev);
+              continue;
+            }
+            const int64_t vocab = logits.size(1);
+            const torch::Tensor total = torch::log_softmax(logits, -1) + scores.unsqueeze(1);  // [rows, V]
+            const auto [best, index] = total.view({batch, beam * vocab}).topk(beam, 1);    // [batch, beam]
+            const torch::Tensor origin =
+                index.div(vocab, "floor") + torch::arange(batch, torch::kLong).unsqueeze(1) * beam;
+            Seq2seqModel::select(state, origin.view({rows}));
+            prev = index.remainder(vocab).view({rows});
+            scores = best.reshape({rows});
           }
           const double s = std::chrono::duration<double>(Clock::now() - start).count();
           if (round > 0) seconds[name].push_back(s);
@@ -530,6 +562,7 @@ void add_bench_seq2seq_command(CLI::App& bench, const GlobalOptions& global) {
         int64_t bytes = 0;
         for (const auto& p : m->parameters()) bytes += p.numel() * static_cast<int64_t>(p.element_size());
         results.push_back({{"batch", batch},
+                           {"beam", o->beam},
                            {"model", name},
                            {"tokens_per_s", tps},
                            {"vs_token_moe", tps / token_moe},
