@@ -2,35 +2,23 @@
 // model.safetensors.index.json (the input split at its first NUL byte) read
 // as `moekit import hf` reads them. Each is accepted or refused with
 // std::invalid_argument; nothing else.
-#include <unistd.h>
-
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <stdexcept>
 #include <string>
 
-#include "moekit/core/file_io.h"
+#include "fuzz_files.h"
 #include "moekit/models/lm/hf_config.h"
 
 namespace {
 
 const std::string& input_dir() {
-  static const std::string dir = [] {
-    const char* tmp = std::getenv("TMPDIR");
-    const std::string d = std::string(tmp != nullptr ? tmp : "/tmp") + "/moekit_fuzz_hf_" + std::to_string(::getpid());
-    moekit::make_dirs(d);
-    return d;
-  }();
+  static const std::string dir = moekit_fuzz::input_dir("hf");
   return dir;
 }
 
-void put(const std::string& name, const std::string& bytes) {
-  if (FILE* f = std::fopen((input_dir() + "/" + name).c_str(), "wb")) {
-    std::fwrite(bytes.data(), 1, bytes.size(), f);
-    std::fclose(f);
-  }
-}
+void put(const std::string& name, const std::string& bytes) { moekit_fuzz::put(input_dir(), name, bytes); }
 
 }  // namespace
 

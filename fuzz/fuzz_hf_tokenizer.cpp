@@ -6,8 +6,6 @@
 // encoded and decodes ids taken from the text's bytes. Encoding refuses
 // invalid UTF-8 and decoding refuses ids outside the vocabulary, both with
 // std::invalid_argument; nothing else.
-#include <unistd.h>
-
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
@@ -16,27 +14,17 @@
 #include <string>
 #include <vector>
 
-#include "moekit/core/file_io.h"
+#include "fuzz_files.h"
 #include "moekit/data/hf_tokenizer.h"
 
 namespace {
 
 const std::string& input_dir() {
-  static const std::string dir = [] {
-    const char* tmp = std::getenv("TMPDIR");
-    const std::string d = std::string(tmp != nullptr ? tmp : "/tmp") + "/moekit_fuzz_tok_" + std::to_string(::getpid());
-    moekit::make_dirs(d);
-    return d;
-  }();
+  static const std::string dir = moekit_fuzz::input_dir("tok");
   return dir;
 }
 
-void put(const std::string& name, const std::string& bytes) {
-  if (FILE* f = std::fopen((input_dir() + "/" + name).c_str(), "wb")) {
-    std::fwrite(bytes.data(), 1, bytes.size(), f);
-    std::fclose(f);
-  }
-}
+void put(const std::string& name, const std::string& bytes) { moekit_fuzz::put(input_dir(), name, bytes); }
 
 // The input's part `index` of those split at NUL bytes ("" past the last).
 std::string part(const std::string& input, int index) {
