@@ -18,6 +18,7 @@
 #include "moekit/core/check.h"
 #include "moekit/core/file_io.h"
 #include "moekit/core/json_error.h"
+#include "moekit/core/utf8.h"
 
 namespace moekit {
 
@@ -89,39 +90,6 @@ std::string utf8_of(uint32_t cp) {
     s += static_cast<char>(0x80 | (cp & 0x3f));
   }
   return s;
-}
-
-// Well-formed UTF-8 (Unicode's table 3-7: no overlong forms, surrogates or
-// code points past U+10FFFF), as PCRE2 in UTF mode requires.
-bool valid_utf8(const std::string& s) {
-  for (size_t i = 0; i < s.size();) {
-    const unsigned char c = static_cast<unsigned char>(s[i]);
-    size_t n;
-    unsigned char lo = 0x80, hi = 0xbf;  // bounds of the second byte
-    if (c < 0x80) {
-      ++i;
-      continue;
-    } else if (c >= 0xc2 && c <= 0xdf) {
-      n = 2;
-    } else if (c >= 0xe0 && c <= 0xef) {
-      n = 3;
-      if (c == 0xe0) lo = 0xa0;
-      if (c == 0xed) hi = 0x9f;
-    } else if (c >= 0xf0 && c <= 0xf4) {
-      n = 4;
-      if (c == 0xf0) lo = 0x90;
-      if (c == 0xf4) hi = 0x8f;
-    } else {
-      return false;
-    }
-    if (i + n > s.size()) return false;
-    const unsigned char second = static_cast<unsigned char>(s[i + 1]);
-    if (second < lo || second > hi) return false;
-    for (size_t k = 2; k < n; ++k)
-      if ((static_cast<unsigned char>(s[i + k]) & 0xc0) != 0x80) return false;
-    i += n;
-  }
-  return true;
 }
 
 // GPT-2's reversible map of bytes to printable characters (byte-level BPE):
@@ -749,7 +717,7 @@ HfTokenizer::HfTokenizer(const std::string& path) {
 std::vector<int64_t> HfTokenizer::encode(const std::string& text, bool add_special_tokens) const {
   const Impl& m = *impl_;
   // The regexes run in UTF mode without re-checking the subject.
-  MOEKIT_CHECK_ARG(valid_utf8(text), "tokenizer: the text is not valid UTF-8");
+  MOEKIT_CHECK_ARG(is_valid_utf8(text), "tokenizer: the text is not valid UTF-8");
   std::vector<int64_t> ids;
   if (add_special_tokens) ids = m.prefix;
   bool at_start = true;  // the piece begins the text
@@ -810,7 +778,7 @@ std::string HfTokenizer::decode(const std::vector<int64_t>& ids, bool skip_speci
       size_t run_count = 0;
       auto flush = [&] {
         if (run_count == 0) return;
-        if (valid_utf8(run)) {
+        if (is_valid_utf8(run)) {
           out.push_back(run);
         } else {
           for (size_t k = 0; k < run_count; ++k) out.push_back("\xef\xbf\xbd");

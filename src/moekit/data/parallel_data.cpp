@@ -36,43 +36,6 @@ std::vector<std::string> read_lines(const std::string& path) {
 
 }  // namespace
 
-bool is_valid_utf8(const std::string& text) {
-  const auto* s = reinterpret_cast<const unsigned char*>(text.data());
-  const size_t n = text.size();
-  for (size_t i = 0; i < n;) {
-    const unsigned char c = s[i];
-    size_t len;
-    uint32_t cp;
-    if (c < 0x80) {
-      ++i;
-      continue;
-    } else if ((c >> 5) == 0x6) {
-      len = 2;
-      cp = c & 0x1F;
-    } else if ((c >> 4) == 0xE) {
-      len = 3;
-      cp = c & 0x0F;
-    } else if ((c >> 3) == 0x1E) {
-      len = 4;
-      cp = c & 0x07;
-    } else {
-      return false;
-    }
-    if (i + len > n) return false;
-    for (size_t j = 1; j < len; ++j) {
-      if ((s[i + j] & 0xC0) != 0x80) return false;
-      cp = (cp << 6) | (s[i + j] & 0x3F);
-    }
-    // Overlong forms, surrogates and code points past U+10FFFF.
-    if ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) || cp > 0x10FFFF ||
-        (cp >= 0xD800 && cp <= 0xDFFF)) {
-      return false;
-    }
-    i += len;
-  }
-  return true;
-}
-
 std::vector<ParallelLine> read_parallel_tsv(const std::string& path) {
   std::vector<ParallelLine> out;
   const std::vector<std::string> lines = read_lines(path);

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "moekit/core/utf8.h"
 #include "moekit/data/lm_tokenizer.h"
 
 namespace moekit {
@@ -15,9 +16,6 @@ struct ParallelLine {
   std::string task, source, target;
   int64_t line = 0;  // 1-based line in its file
 };
-
-// Whether `text` is well-formed UTF-8.
-bool is_valid_utf8(const std::string& text);
 
 // Reads a parallel TSV file. Empty lines are skipped; a line without exactly
 // three tab-separated fields, an empty field or invalid UTF-8 is an error
