@@ -224,6 +224,57 @@ TEST(AsrData, ListsAndKaldiDirectories) {
   EXPECT_EQ(text_to_chars("a  b"), (std::vector<std::string>{"a", "\xe2\x96\x81", "b"}));
 }
 
+// A transcript in Latin-1 would become units of single bytes, and a second
+// transcript for an utterance would replace the first: both are refused with
+// the file and line.
+TEST(AsrData, BrokenTranscriptsAreRefusedByFileAndLine) {
+  const std::string dir = temp_dir("asr_broken");
+  make_dirs(dir + "/kaldi");
+  write_file_atomic(dir + "/kaldi/wav.scp", "u1 /x/a.wav\nu2 /x/b.wav\n");
+  const auto error_for_text = [&](const std::string& text) {
+    write_file_atomic(dir + "/kaldi/text", text);
+    return error_of<std::invalid_argument>([&] { read_asr_data(dir + "/kaldi"); });
+  };
+  EXPECT_EQ(error_for_text("u1 gr\xfc\xdf\nu2 b\n"), dir + "/kaldi/text:1: invalid UTF-8");
+  EXPECT_EQ(error_for_text("u1 a\n\nu2 \xc3\n"), dir + "/kaldi/text:3: invalid UTF-8");
+  EXPECT_EQ(error_for_text("u1 a\nu2 b\nu1 c\n"), dir + "/kaldi/text:3: utterance u1 was already given on line 1");
+  EXPECT_EQ(error_for_text("u1 gr\xc3\xbc\xc3\x9f\nu2 b\n"), "");  // UTF-8 "grüß"
+  EXPECT_EQ(read_asr_data(dir + "/kaldi")[0].text, "gr\xc3\xbc\xc3\x9f");
+  write_file_atomic(dir + "/kaldi/wav.scp", "u1 /x/a.wav\nu2 /x/b.wav\nu1 /x/c.wav\n");
+  EXPECT_EQ(error_of<std::invalid_argument>([&] { read_asr_data(dir + "/kaldi"); }),
+            dir + "/kaldi/wav.scp:3: utterance u1 was already given on line 1");
+
+  const auto error_for_list = [&](const std::string& text) {
+    write_file_atomic(dir + "/data.list", text);
+    return error_of<std::invalid_argument>([&] { read_asr_data(dir + "/data.list"); });
+  };
+  EXPECT_NE(error_for_list("{\"key\": \"u1\", \"wav\": \"a.wav\", \"txt\": \"gr\xfc\xdf\"}\n").find("data.list:1: not a data.list line"),
+            std::string::npos);
+  EXPECT_EQ(error_for_list("{\"key\": \"\", \"wav\": \"a.wav\", \"txt\": \"a\"}\n"), dir + "/data.list:1: empty key");
+  EXPECT_EQ(error_for_list("{\"key\": \"u1\", \"wav\": \"a.wav\", \"txt\": \"a\"}\n{\"key\": \"u2\", \"wav\": \"\", \"txt\": \"a\"}\n"),
+            dir + "/data.list:2: empty wav");
+}
+
+// White space other than a space inside a transcript (a tab, a form feed, a
+// line break escaped in JSON) is a word boundary like a space: as a unit of
+// its own it would make a units.txt line that cannot be read back.
+TEST(AsrData, EveryAsciiWhiteSpaceIsAWordBoundaryAndUnitsStayReadable) {
+  const std::string b = "\xe2\x96\x81";
+  EXPECT_EQ(text_to_chars(" a\vb\f\fc\r\n d\t"), (std::vector<std::string>{"a", b, "b", b, "c", b, "d"}));
+  EXPECT_EQ(text_to_chars("\xc3\xbc \xe3\x80\x80x"), (std::vector<std::string>{"\xc3\xbc", b, "\xe3\x80\x80", "x"}));
+  const std::string dir = temp_dir("asr_spaces");
+  write_file_atomic(dir + "/data.list", "{\"key\": \"u1\", \"wav\": \"a.wav\", \"txt\": \"a\\u000bb\\nc\\td\"}\n");
+  const Units units = build_char_units(read_asr_data(dir + "/data.list"));
+  const Units back = Units::parse(units.serialize(), "units.txt");
+  ASSERT_EQ(back.size(), units.size());
+  EXPECT_EQ(units.size(), 2 + 5 + 1);  // <blank> <unk>, a b c d and the boundary, <sos/eos>
+  for (int64_t i = 0; i < units.size(); ++i) EXPECT_EQ(back.symbol(i), units.symbol(i));
+  EXPECT_EQ(error_of<std::invalid_argument>([] { Units({"<blank>", "a b"}).serialize(); }),
+            "units: unit 1 is empty or holds white space, which units.txt cannot store");
+  EXPECT_EQ(error_of<std::invalid_argument>([] { Units({"<blank>", ""}).serialize(); }),
+            "units: unit 1 is empty or holds white space, which units.txt cannot store");
+}
+
 TEST(AsrData, ErrorRates) {
   ErrorRates r;
   r.add("the cat sat", "the bat sat down");

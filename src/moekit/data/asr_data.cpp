@@ -3,12 +3,15 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <cctype>
+#include <map>
 #include <set>
 #include <sstream>
 
 #include "moekit/core/check.h"
 #include "moekit/core/file_io.h"
 #include "moekit/core/json_error.h"
+#include "moekit/core/utf8.h"
 
 namespace moekit {
 
@@ -40,7 +43,8 @@ std::vector<Utterance> read_data_list(const std::string& path) {
     try {
       const auto j = nlohmann::json::parse(line);
       Utterance u{j.at("key").get<std::string>(), j.at("wav").get<std::string>(), j.at("txt").get<std::string>()};
-      if (!u.wav.empty() && u.wav[0] != '/') u.wav = base + "/" + u.wav;
+      MOEKIT_CHECK_ARG(!u.key.empty() && !u.wav.empty(), path, ":", line_no, ": empty ", u.key.empty() ? "key" : "wav");
+      if (u.wav[0] != '/') u.wav = base + "/" + u.wav;
       out.push_back(std::move(u));
     } catch (const nlohmann::json::exception& e) {
       throw std::invalid_argument(str_cat(path, ":", line_no, ": not a data.list line with key, wav, txt (",
@@ -50,19 +54,27 @@ std::vector<Utterance> read_data_list(const std::string& path) {
   return out;
 }
 
+// A Kaldi table ("key value" lines). Each key once, as Kaldi's
+// validate_data_dir.sh requires: a second transcript for an utterance would
+// otherwise replace the first without a word. Values must be UTF-8 (JSON
+// data.list lines are checked by the JSON parser).
 std::vector<std::pair<std::string, std::string>> read_kaldi_table(const std::string& path) {
   std::istringstream in(read_file(path));
   std::string line;
   std::vector<std::pair<std::string, std::string>> out;
+  std::map<std::string, int> first_line;
   int line_no = 0;
   while (std::getline(in, line)) {
     ++line_no;
     line = trim(line);
     if (line.empty()) continue;
+    MOEKIT_CHECK_ARG(is_valid_utf8(line), path, ":", line_no, ": invalid UTF-8");
     const size_t space = line.find_first_of(" \t");
-    const std::string key = line.substr(0, space);
+    std::string key = line.substr(0, space);
     const std::string value = space == std::string::npos ? "" : trim(line.substr(space));
-    out.emplace_back(key, value);
+    const auto [it, added] = first_line.emplace(key, line_no);
+    MOEKIT_CHECK_ARG(added, path, ":", line_no, ": utterance ", key, " was already given on line ", it->second);
+    out.emplace_back(std::move(key), value);
   }
   return out;
 }
@@ -96,17 +108,19 @@ std::vector<Utterance> read_asr_data(const std::string& path) {
 
 std::vector<std::string> text_to_chars(const std::string& text) {
   std::vector<std::string> out;
-  const std::string t = trim(text);
-  for (size_t i = 0; i < t.size();) {
-    const unsigned char c = static_cast<unsigned char>(t[i]);
+  bool boundary = false;  // white space seen since the last character
+  for (size_t i = 0; i < text.size();) {
+    const unsigned char c = static_cast<unsigned char>(text[i]);
     const size_t n = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 1;
-    std::string ch = t.substr(i, n);
-    i += n;
-    if (ch == " " || ch == "\t") {
-      if (!out.empty() && out.back() != kBoundary) out.push_back(kBoundary);
+    if (n == 1 && std::isspace(c)) {  // ASCII white space: a units.txt line could not hold it
+      boundary = true;
+      ++i;
       continue;
     }
-    out.push_back(ch);
+    if (boundary && !out.empty() && out.back() != kBoundary) out.push_back(kBoundary);
+    boundary = false;
+    out.push_back(text.substr(i, n));
+    i += n;
   }
   return out;
 }

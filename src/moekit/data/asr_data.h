@@ -19,7 +19,8 @@ struct Utterance {
 // Relative wav paths in a data.list are taken relative to the list's directory.
 std::vector<Utterance> read_asr_data(const std::string& path);
 
-// UTF-8 characters of `text`, spaces as "▁" (runs of spaces collapse).
+// UTF-8 characters of `text`; ASCII white space (space, tab, line breaks,
+// form feed) as "▁", runs of it collapsed.
 std::vector<std::string> text_to_chars(const std::string& text);
 
 // <blank>, <unk>, the characters of all transcripts (sorted), <sos/eos>.

@@ -1,5 +1,7 @@
 #include "moekit/data/units.h"
 
+#include <algorithm>
+#include <cctype>
 #include <sstream>
 
 #include "moekit/core/check.h"
@@ -57,7 +59,13 @@ Units Units::read(const std::string& path) { return parse(read_file(path), path)
 
 std::string Units::serialize() const {
   std::string out;
-  for (size_t i = 0; i < symbols_.size(); ++i) out += symbols_[i] + " " + std::to_string(i) + "\n";
+  for (size_t i = 0; i < symbols_.size(); ++i) {
+    const std::string& s = symbols_[i];
+    // parse() splits lines at white space: such a unit could not be read back.
+    MOEKIT_CHECK_ARG(!s.empty() && std::none_of(s.begin(), s.end(), [](char c) { return std::isspace(static_cast<unsigned char>(c)); }),
+                     "units: unit ", i, " is empty or holds white space, which units.txt cannot store");
+    out += s + " " + std::to_string(i) + "\n";
+  }
   return out;
 }
 
