@@ -428,8 +428,9 @@ TEST(AsrServer, ConcurrentRealTimeStreamsAllGetTheirResults) {
   EXPECT_EQ(server.server().stats().streams_served, 3 * kStreams);
   // Chunks of streams that were ready together ran as one encoder step.
   EXPECT_GT(server.server().stats().encoder_chunks, server.server().stats().encoder_steps);
-  if (kMemoryBoundsApply)
+  if (kMemoryBoundsApply) {
     EXPECT_LT(rss_mib() - after_first, 16.0) << "memory grew over two more rounds of " << kStreams << " streams";
+  }
 }
 
 // With --batch-streams 1 every stream's chunk is its own encoder step; the

@@ -256,5 +256,7 @@ TEST(CliLm, ABf16DirectoryLoadsInAboutItsSize) {
   std::cout << "bf16 model directory of " << weights_mb << " MB: eval peak " << peak << " MB, the bare process "
             << base << " MB, bound " << bound << " MB\n";
   EXPECT_GT(j["tokens"].get<int64_t>(), 0);
-  if (kMemoryBoundsApply) EXPECT_LT(peak, bound);
+  if (kMemoryBoundsApply) {
+    EXPECT_LT(peak, bound);
+  }
 }

@@ -107,7 +107,7 @@ TEST(Dist, AMalformedShardManifestIsRefusedByName) {
   EXPECT_EQ(read->sharded, written.sharded);
   const std::string path = dir + "/" + dist::kShardManifestFile;
   const std::string good = read_file(path);
-  for (const std::string& version : {"1e300", "\"1\"", "2", "null"}) {
+  for (const char* version : {"1e300", "\"1\"", "2", "null"}) {
     nlohmann::json j = nlohmann::json::parse(good);
     j["format_version"] = nlohmann::json::parse(version);
     write_file_atomic(path, j.dump());

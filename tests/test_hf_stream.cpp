@@ -521,7 +521,9 @@ TEST(HfUpcycle, AFewGigabyteCheckpointGrowsAndUpcyclesInBoundedMemory) {
   std::cout << "bound: the bare process " << base << " MB + 3 x the largest tensor (" << largest << " MB) = " << bound
             << " MB\n";
   EXPECT_GT(peak, 0) << run.output;
-  if (kMemoryBoundsApply) EXPECT_LT(peak, bound);
+  if (kMemoryBoundsApply) {
+    EXPECT_LT(peak, bound);
+  }
   // The Mixtral directory imported as a MoEKit model directory (each
   // layer's 8 experts stacked into one tensor), in the same bound.
   const CliRun imported = run_cli("--threads 1 import hf " + dir + "/out " + dir + "/imported");
@@ -531,7 +533,9 @@ TEST(HfUpcycle, AFewGigabyteCheckpointGrowsAndUpcyclesInBoundedMemory) {
             << std::filesystem::file_size(dir + "/imported/model.safetensors") / 1e9 << " GB written, peak memory "
             << import_peak << " MB\n";
   EXPECT_GT(import_peak, 0) << imported.output;
-  if (kMemoryBoundsApply) EXPECT_LT(import_peak, bound);
+  if (kMemoryBoundsApply) {
+    EXPECT_LT(import_peak, bound);
+  }
   {
     MappedSafetensors got(dir + "/imported/model.safetensors");
     const HfCheckpoint source(dir + "/out");
@@ -551,6 +555,8 @@ TEST(HfUpcycle, AFewGigabyteCheckpointGrowsAndUpcyclesInBoundedMemory) {
   std::cout << "grow of the same checkpoint to 32 layers, FFN 4224 (aki + interpolate): " << grown_bytes / 1e9
             << " GB written, peak memory " << grow_peak << " MB\n";
   EXPECT_GT(grow_peak, 0) << grow.output;
-  if (kMemoryBoundsApply) EXPECT_LT(grow_peak, bound);
+  if (kMemoryBoundsApply) {
+    EXPECT_LT(grow_peak, bound);
+  }
   remove_path(dir);
 }
