@@ -219,6 +219,124 @@ TEST(Seq2seqSearch, ABatchEqualsItsSentencesOneByOne) {
   }
 }
 
+// A beam search written plainly, for one sentence: every hypothesis scored
+// by the teacher-forced decoder on its whole prefix (no caches, no reordering),
+// every token of the vocabulary a candidate, one full sort per step; the
+// rules of fairseq's sequence_generator, which translate_batch follows (beam
+// finished hypotheses end a sentence, the length limit forces eos, no eos
+// before min_length).
+std::vector<SeqHypothesis> reference_beam(Seq2seqModel& m, const Seq2seqBatch& b, int64_t i, const SearchOptions& o) {
+  torch::NoGradGuard no_grad;
+  const int64_t len = b.src_lens[i].item<int64_t>(), eos = m.config().eos_id;
+  const auto enc = m.encode(b.src.narrow(0, i, 1).narrow(1, 0, len), b.src_lens.narrow(0, i, 1), b.task.narrow(0, i, 1));
+  const int64_t limit = std::max<int64_t>(
+      1, std::min<int64_t>(o.max_length, static_cast<int64_t>(o.max_length_ratio * len + o.max_length_offset)));
+  struct Hyp {
+    std::vector<int64_t> tokens;
+    double log_prob;
+  };
+  std::vector<Hyp> live = {{{}, 0.0}};
+  std::vector<SeqHypothesis> finished;
+  for (int64_t t = 0; t < limit; ++t) {
+    const bool last = t + 1 >= limit;
+    struct Candidate {
+      double log_prob;
+      size_t hyp;
+      int64_t token;
+    };
+    std::vector<Candidate> candidates;
+    for (size_t h = 0; h < live.size(); ++h) {
+      std::vector<int64_t> in = {m.config().bos_id};
+      in.insert(in.end(), live[h].tokens.begin(), live[h].tokens.end());
+      const torch::Tensor logits = m.decode(enc, torch::tensor(in, torch::kLong).unsqueeze(0),
+                                            torch::tensor({static_cast<int64_t>(in.size())}));
+      const torch::Tensor lp = torch::log_softmax(logits[0][static_cast<int64_t>(in.size()) - 1], -1);
+      for (int64_t v = 0; v < lp.size(0); ++v) {
+        if ((last && v != eos) || (t < o.min_length && !last && v == eos)) continue;
+        candidates.push_back({live[h].log_prob + lp[v].item<double>(), h, v});
+      }
+    }
+    std::stable_sort(candidates.begin(), candidates.end(),
+                     [](const Candidate& x, const Candidate& y) { return x.log_prob > y.log_prob; });
+    // fairseq's sequence_generator: the 2 * beam best candidates; an eos
+    // among the first beam is finalized, the first beam others continue.
+    candidates.resize(std::min<size_t>(candidates.size(), 2 * o.beam));
+    std::vector<Hyp> next;
+    for (size_t rank = 0; rank < candidates.size(); ++rank) {
+      const Candidate& c = candidates[rank];
+      if (c.token == eos) {
+        if (static_cast<int64_t>(rank) >= o.beam || static_cast<int64_t>(finished.size()) >= o.beam) continue;
+        SeqHypothesis h;
+        h.tokens = live[c.hyp].tokens;
+        h.log_prob = c.log_prob;
+        h.score = c.log_prob / std::pow(static_cast<double>(t + 1), o.length_penalty);
+        h.finished = !last;
+        finished.push_back(h);
+      } else if (static_cast<int64_t>(next.size()) < o.beam) {
+        Hyp grown = live[c.hyp];
+        grown.tokens.push_back(c.token);
+        grown.log_prob = c.log_prob;
+        next.push_back(grown);
+      }
+    }
+    if (static_cast<int64_t>(finished.size()) >= o.beam || next.empty() || last) break;
+    live = next;
+  }
+  std::stable_sort(finished.begin(), finished.end(),
+                   [](const SeqHypothesis& x, const SeqHypothesis& y) { return x.score > y.score; });
+  if (static_cast<int64_t>(finished.size()) > o.nbest) finished.resize(static_cast<size_t>(o.nbest));
+  return finished;
+}
+
+TEST(Seq2seqSearch, BeamSearchEqualsAPlainBeamSearchWithoutCaches) {
+  Seq2seqConfig c = tiny_seq2seq_config(Routing::Token, Routing::Task);
+  c.moe.capacity_factor = 0;  // dropless: a step's routing does not depend on the other rows
+  auto m = eval_model(c, 7);
+  {
+    // A random model rarely ranks eos high; a larger eos embedding (tied to
+    // the output) makes it the best token after some prefixes and the worst
+    // after others, so hypotheses end at different lengths.
+    torch::NoGradGuard no_grad;
+    int64_t scaled = 0;
+    for (auto& p : m->named_parameters()) {
+      if (p.value().dim() == 2 && p.value().size(0) == c.vocab_size && p.value().size(1) == c.d_model) {
+        p.value()[c.eos_id].mul_(6.0);
+        ++scaled;
+      }
+    }
+    ASSERT_GE(scaled, 1);
+  }
+  const Seq2seqBatch b = random_seq2seq_batch({5, 3, 6});
+  int64_t ended_early = 0;  // hypotheses that chose eos before the length limit
+  for (const auto& [beam, min_length] : std::vector<std::pair<int64_t, int64_t>>{{1, 0}, {3, 0}, {3, 4}, {4, 20}}) {
+    SearchOptions o;
+    o.beam = beam;
+    o.nbest = beam;
+    o.min_length = min_length;
+    o.max_length = 9;
+    o.length_penalty = 0.8;
+    const auto hyps = translate_batch(*m, b.src, b.src_lens, b.task, o);
+    int64_t hypotheses = 0, ended_by_eos = 0;
+    for (int64_t i = 0; i < 3; ++i) {
+      const auto expected = reference_beam(*m, b, i, o);
+      ASSERT_EQ(hyps[i].size(), expected.size()) << "beam " << beam << " min_length " << min_length << " sentence " << i;
+      for (size_t j = 0; j < expected.size(); ++j) {
+        EXPECT_EQ(hyps[i][j].tokens, expected[j].tokens) << beam << "/" << min_length << "/" << i << "/" << j;
+        EXPECT_NEAR(hyps[i][j].log_prob, expected[j].log_prob, 1e-4);
+        EXPECT_NEAR(hyps[i][j].score, expected[j].score, 1e-4);
+        EXPECT_EQ(hyps[i][j].finished, expected[j].finished);
+        // min_length holds unless the length limit (8 tokens + eos) came first.
+        EXPECT_GE(static_cast<int64_t>(hyps[i][j].tokens.size()), std::min<int64_t>(min_length, 8));
+        ++hypotheses;
+        ended_by_eos += hyps[i][j].finished ? 1 : 0;
+      }
+    }
+    EXPECT_GE(hypotheses, 3 * beam);
+    if (min_length == 0) ended_early += ended_by_eos;
+  }
+  EXPECT_GE(ended_early, 1) << "no hypothesis chose eos: the test would not see the finishing rules";
+}
+
 TEST(Seq2seqSearch, BadOptionsAreRefused) {
   SearchOptions o;
   o.beam = 0;
@@ -228,6 +346,9 @@ TEST(Seq2seqSearch, BadOptionsAreRefused) {
   o.beam = 2;
   o.nbest = 3;
   EXPECT_NE(error_of<std::invalid_argument>([&] { o.validate(); }).find("nbest"), std::string::npos);
+  o.nbest = 1;
+  o.min_length = -1;
+  EXPECT_NE(error_of<std::invalid_argument>([&] { o.validate(); }).find("min_length"), std::string::npos);
 }
 
 void expect_extraction_exact(Seq2seqConfig c, const std::string& what) {

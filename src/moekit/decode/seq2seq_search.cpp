@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
-#include <numeric>
 
 #include "moekit/core/check.h"
 #include "moekit/core/fields.h"
@@ -21,6 +20,7 @@ const FieldTable<SearchOptions>& search_fields() {
           .field("max_length_offset", &O::max_length_offset, "target length limit added to the ratio's")
           .in_range(0, 100000)
           .field("max_length", &O::max_length, "target positions at most (eos included)").in_range(1, 100000)
+          .field("min_length", &O::min_length, "tokens before eos at least").in_range(0, 100000)
           .field("nbest", &O::nbest, "hypotheses returned per sentence").in_range(1, 256)
           .rule([](const O& o) {
             return o.nbest <= o.beam ? std::string() : str_cat("nbest ", o.nbest, " exceeds beam ", o.beam);
@@ -39,6 +39,23 @@ Seq2seqEncoded repeat_rows(const Seq2seqEncoded& e, const torch::Tensor& index) 
 
 double normalised(double log_prob, int64_t length, double penalty) {
   return log_prob / std::pow(static_cast<double>(std::max<int64_t>(length, 1)), penalty);
+}
+
+// The `k` best tokens of one row of log-probabilities into `best`, best
+// first, ties to the lower token id (the order of a full sort by (-p, id)),
+// skipping token `banned` (-1: none). One pass over the row: a token enters
+// only when it beats the k-th best so far, so most cost one comparison.
+void top_tokens(const float* p, int64_t vocab, int64_t k, int64_t banned, std::vector<int64_t>& best) {
+  best.clear();
+  const auto better = [p](int64_t x, int64_t y) { return p[x] > p[y] || (p[x] == p[y] && x < y); };
+  for (int64_t v = 0; v < vocab; ++v) {
+    if (v == banned) continue;
+    if (static_cast<int64_t>(best.size()) == k) {
+      if (!(p[v] > p[best.back()])) continue;  // ids rise, so a tie never displaces
+      best.pop_back();
+    }
+    best.insert(std::upper_bound(best.begin(), best.end(), v, better), v);
+  }
 }
 
 }  // namespace
@@ -78,6 +95,7 @@ std::vector<std::vector<SeqHypothesis>> translate_batch(Seq2seqModel& model, con
   std::vector<std::vector<SeqHypothesis>> finished(static_cast<size_t>(batch));
   std::vector<char> done(static_cast<size_t>(batch), 0);
   std::vector<int64_t> prev(static_cast<size_t>(rows), config.bos_id);
+  std::vector<int64_t> best;  // one row's best tokens
 
   for (int64_t t = 0; t < longest; ++t) {
     const torch::Tensor tokens = torch::tensor(prev, torch::kLong).to(device);
@@ -89,16 +107,17 @@ std::vector<std::vector<SeqHypothesis>> translate_batch(Seq2seqModel& model, con
     for (int64_t b = 0; b < batch; ++b) {
       if (done[b]) continue;
       const bool last = t + 1 >= limit[b];
-      // Candidates (score, row, token): each live row's best 2 * beam
-      // tokens cover every continuation that can survive (at most beam of
-      // them end with eos).
+      // Candidates (score, row, token): the sentence's best 2 * beam are
+      // among its live rows' best 2 * beam tokens each.
       struct Candidate {
         double score;
         int64_t row, token;
       };
       std::vector<Candidate> candidates;
-      const int64_t per_row = std::min<int64_t>(vocab, 2 * beam);
-      std::vector<int64_t> order(static_cast<size_t>(vocab));
+      // Before min_length tokens eos is not a candidate (the length limit
+      // still ends a hypothesis).
+      const int64_t banned = t < options.min_length ? config.eos_id : -1;
+      const int64_t per_row = std::min<int64_t>(vocab - (banned >= 0 ? 1 : 0), 2 * beam);
       for (int64_t j = 0; j < beam; ++j) {
         const int64_t row = b * beam + j;
         if (!std::isfinite(score[row])) continue;
@@ -107,30 +126,34 @@ std::vector<std::vector<SeqHypothesis>> translate_batch(Seq2seqModel& model, con
           candidates.push_back({score[row] + p[config.eos_id], row, config.eos_id});
           continue;
         }
-        std::iota(order.begin(), order.end(), 0);
-        std::partial_sort(order.begin(), order.begin() + per_row, order.end(),
-                          [p](int64_t x, int64_t y) { return p[x] > p[y] || (p[x] == p[y] && x < y); });
-        for (int64_t i = 0; i < per_row; ++i) candidates.push_back({score[row] + p[order[i]], row, order[i]});
+        top_tokens(p, vocab, per_row, banned, best);
+        for (int64_t token : best) candidates.push_back({score[row] + p[token], row, token});
       }
       std::stable_sort(candidates.begin(), candidates.end(),
                        [](const Candidate& x, const Candidate& y) { return x.score > y.score; });
+      // fairseq's rule: of the sentence's 2 * beam best candidates, an eos
+      // among the first beam ends its hypothesis, and the first beam others
+      // continue; an eos further down is dropped, so a sentence never ends
+      // on hypotheses far worse than the ones still growing. (At most one
+      // eos per row: at least beam others are among the 2 * beam.)
+      const int64_t considered = std::min<int64_t>(static_cast<int64_t>(candidates.size()), 2 * beam);
       int64_t live = 0;
-      for (const Candidate& c : candidates) {
+      for (int64_t i = 0; i < considered; ++i) {
+        const Candidate& c = candidates[static_cast<size_t>(i)];
         if (c.token == config.eos_id) {
+          if (i >= beam || static_cast<int64_t>(finished[b].size()) >= beam) continue;
           SeqHypothesis h;
           h.tokens = history[c.row];
           h.log_prob = c.score;
           h.score = normalised(c.score, t + 1, options.length_penalty);
           h.finished = !last;  // at the length limit eos is forced
           finished[b].push_back(std::move(h));
-          if (static_cast<int64_t>(finished[b].size()) >= beam) break;
         } else if (live < beam) {
           const int64_t row = b * beam + live++;
           parent[row] = c.row;
           next[row] = c.token;
           next_score[row] = c.score;
         }
-        if (live == beam && static_cast<int64_t>(finished[b].size()) >= beam) break;
       }
       // A sentence is done once it has beam finished hypotheses (fairseq's
       // rule), or nothing is left alive.

@@ -19,6 +19,8 @@ struct SearchOptions {
   double max_length_ratio = 2.0; // target positions at most ratio * source length + max_length_offset ...
   int64_t max_length_offset = 10;
   int64_t max_length = 256;      // ... and never more than this (eos included)
+  int64_t min_length = 0;        // eos not allowed before this many tokens (fairseq's min_len), unless the
+                                 // length limit ends the hypothesis first
   int64_t nbest = 1;             // hypotheses returned per sentence (<= beam)
 
   static const FieldTable<SearchOptions>& fields();
