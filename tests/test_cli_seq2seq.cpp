@@ -128,6 +128,10 @@ TEST(CliSeq2seq, TrainTranslateExtractEval) {
   r = run_cli("translate " + model + " --task de --beam 0 < " + d + "/long.txt");
   EXPECT_NE(r.output.find("beam"), std::string::npos) << r.output;
   EXPECT_EQ(lines(r.output), 1) << r.output;
+  r = run_cli("translate " + model + " --task de --min-length -1 < " + d + "/long.txt");
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.output.find("min_length"), std::string::npos) << r.output;
+  EXPECT_EQ(lines(r.output), 1) << r.output;
 
   r = run_cli("--threads 1 translate " + model + " --task xx < " + d + "/in.txt");
   EXPECT_NE(r.exit_code, 0);

@@ -35,6 +35,9 @@ void add_search_options(CLI::App& cmd, TranslateOptions& o) {
                                                        "max-length-ratio x input + 10")->capture_default_str();
   cmd.add_option("--max-length-ratio", o.search.max_length_ratio, "Output length limit per input token")
       ->capture_default_str();
+  cmd.add_option("--min-length", o.search.min_length,
+                 "Output tokens at least before </s> (unless the length limit comes first)")
+      ->capture_default_str();
   cmd.add_option("--batch-size", o.batch_size, "Sentences searched together")->capture_default_str();
   cmd.add_option("--max-input-tokens", o.max_input_tokens, "Input pieces at most (task tag and </s> included)")
       ->capture_default_str();
@@ -373,12 +376,11 @@ void run_translation_eval(const std::string& model_dir, const std::string& data,
 // token-routed MoE, a token/task-routed MoE, that model's extracted
 // sub-network for one task, and the dense model (a task/task model with
 // every MoE layer folded: a dense FFN of width top_k x d_hidden wherever
-// the MoE models have an MoE layer). Each timed call encodes a batch of
-// random sources and runs `steps` decoder steps with the KV caches, greedy
-// or a beam search of --beam hypotheses per sentence (each step: the
-// hypotheses' log-probabilities, the best `beam` continuations of each
-// sentence, the caches reordered to them), no early stop, so every model
-// produces the same number of tokens.
+// the MoE models have an MoE layer). Each timed call is translate's search
+// (translate_batch: encoder, decoder steps with the KV caches, greedy or a
+// beam of --beam hypotheses per sentence) over a batch of random sources,
+// held to exactly `steps` positions per sentence (eos is not a candidate
+// before the last), so every model produces the same number of tokens.
 namespace moekit::cli {
 
 void add_bench_seq2seq_command(CLI::App& bench, const GlobalOptions& global) {
@@ -400,7 +402,7 @@ void add_bench_seq2seq_command(CLI::App& bench, const GlobalOptions& global) {
   cmd->add_option("--experts", o->experts, "Experts per MoE layer (top-2)")->capture_default_str();
   cmd->add_option("--vocab", o->vocab, "Vocabulary")->capture_default_str();
   cmd->add_option("--source-len", o->source_len, "Source tokens per sentence")->capture_default_str();
-  cmd->add_option("--steps", o->steps, "Target tokens decoded per sentence")->capture_default_str();
+  cmd->add_option("--steps", o->steps, "Target positions decoded per sentence (eos the last)")->capture_default_str();
   cmd->add_option("--batch", o->batches, "Batch sizes (sentences)")->capture_default_str();
   cmd->add_option("--beam", o->beam,
                   "Hypotheses per sentence (1 = greedy); a step then runs batch x beam rows, and tokens/s counts "
@@ -490,6 +492,16 @@ void add_bench_seq2seq_command(CLI::App& bench, const GlobalOptions& global) {
     }
     for (auto& [name, m] : models) m->eval();
     torch::NoGradGuard no_grad;
+    // translate's search, made to decode exactly --steps positions per
+    // sentence: eos is not a candidate before the last, where the length
+    // limit forces it.
+    SearchOptions search;
+    search.beam = o->beam;
+    search.nbest = 1;
+    search.max_length = o->steps;
+    search.max_length_ratio = 0;
+    search.max_length_offset = o->steps;
+    search.min_length = o->steps - 1;
     nlohmann::json results = nlohmann::json::array();
     for (int64_t batch : o->batches) {
       MOEKIT_CHECK_ARG(batch >= 1, "bench seq2seq: batch sizes must be >= 1");
@@ -502,42 +514,25 @@ void add_bench_seq2seq_command(CLI::App& bench, const GlobalOptions& global) {
           // Alternate the order each round so no model always runs first.
           auto& [name, m] = models[round % 2 ? models.size() - 1 - i : i];
           const auto start = Clock::now();
-          Seq2seqDecoderState state = m->start_decoding(m->encode(src, lens, task));
-          const int64_t beam = o->beam, rows = batch * beam;
-          torch::Tensor scores;  // [rows]: each hypothesis's log-probability
-          if (beam > 1) {
-            Seq2seqModel::select(state, torch::arange(batch, torch::kLong).repeat_interleave(beam));
-            // Every hypothesis of a sentence starts the same: only the
-            // first may continue at the first step.
-            scores = torch::full({batch, beam}, -std::numeric_limits<float>::infinity());
-            scores.select(1, 0).zero_();
-            scores = scores.view({rows});
-          }
-          torch::Tensor prev = torch::full({rows}, m->config().bos_id, torch::kLong);
-          std::vector<torch::Tensor> produced;
-          torch::Tensor first_logits;
-          for (int64_t t = 0; t < o->steps; ++t) {
-            const torch::Tensor logits = m->step(state, prev);
-            if (t == 0) first_logits = logits;
-            if (beam == 1) {
-              prev = logits.argmax(-1);
-              produced.push_back(prev);
-              continue;
-            }
-            const int64_t vocab = logits.size(1);
-            const torch::Tensor total = torch::log_softmax(logits, -1) + scores.unsqueeze(1);  // [rows, V]
-            const auto [best, index] = total.view({batch, beam * vocab}).topk(beam, 1);    // [batch, beam]
-            const torch::Tensor origin =
-                index.div(vocab, "floor") + torch::arange(batch, torch::kLong).unsqueeze(1) * beam;
-            Seq2seqModel::select(state, origin.view({rows}));
-            prev = index.remainder(vocab).view({rows});
-            scores = best.reshape({rows});
-          }
+          const auto hyps = translate_batch(*m, src, lens, task, search);
           const double s = std::chrono::duration<double>(Clock::now() - start).count();
           if (round > 0) seconds[name].push_back(s);
+          for (const auto& sentence : hyps)
+            MOEKIT_CHECK(sentence.size() == 1 && static_cast<int64_t>(sentence[0].tokens.size()) == o->steps - 1,
+                         "bench seq2seq: the search did not decode ", o->steps, " positions per sentence");
           if (round == 0 && !o->save_dir.empty() && batch == o->batches.front()) {
-            // The sources (a row per sentence), the greedy tokens and the
-            // first step's logits, for the peer to compare.
+            // The sources (a row per sentence), the plain greedy tokens (eos
+            // allowed, no search) and the first step's logits, for the peer
+            // to compare.
+            Seq2seqDecoderState state = m->start_decoding(m->encode(src, lens, task));
+            torch::Tensor prev = torch::full({batch}, m->config().bos_id, torch::kLong), first_logits;
+            std::vector<torch::Tensor> produced;
+            for (int64_t t = 0; t < o->steps; ++t) {
+              const torch::Tensor logits = m->step(state, prev);
+              if (t == 0) first_logits = logits;
+              prev = logits.argmax(-1);
+              produced.push_back(prev);
+            }
             const torch::Tensor out = torch::stack(produced, 1);
             std::ostringstream text;
             text.precision(9);
