@@ -18,6 +18,7 @@
 #include "moekit/core/config.h"
 #include "moekit/core/model_dir.h"
 #include "moekit/core/torch_checkpoint.h"
+#include "moekit/data/asr_data.h"
 #include "moekit/data/hf_tokenizer.h"
 #include "moekit/decode/ngram_lm.h"
 #include "moekit/decode/recognizer.h"
@@ -285,17 +286,20 @@ TEST(HostileInput, FuzzCorpusFilesAreReadOrRefusedByName) {
   });
   // tokenizer.json, an optional tokenizer_config.json and a text, split at
   // NUL bytes; the files go to a directory named after the corpus file.
-  int tokenizers = 0;
-  replay("hf_tokenizer", [&](const std::string& path) {
-    const std::string bytes = read_file(path);
+  const auto split_at_nul = [](const std::string& bytes, size_t count) {
     std::vector<std::string> parts;
-    for (size_t begin = 0; parts.size() < 3; ) {
-      const size_t nul = bytes.find('\0', begin);
+    for (size_t begin = 0; parts.size() < count;) {
+      const size_t nul = parts.size() + 1 < count ? bytes.find('\0', begin) : std::string::npos;
       parts.push_back(bytes.substr(begin, nul == std::string::npos ? std::string::npos : nul - begin));
       if (nul == std::string::npos) break;
       begin = nul + 1;
     }
-    parts.resize(3);
+    parts.resize(count);
+    return parts;
+  };
+  int tokenizers = 0;
+  replay("hf_tokenizer", [&](const std::string& path) {
+    const std::vector<std::string> parts = split_at_nul(read_file(path), 3);
     const std::string dir = temp_dir("fuzz_tokenizer") + "/" + fs::path(path).filename().string();
     make_dirs(dir);
     write_file_atomic(dir + "/tokenizer.json", parts[0]);
@@ -308,7 +312,33 @@ TEST(HostileInput, FuzzCorpusFilesAreReadOrRefusedByName) {
     }
   });
   EXPECT_GE(tokenizers, 7) << "the seeds, made from real tokenizers' settings, must load";
-  EXPECT_GE(files, 16);
+  // A data.list, a Kaldi wav.scp and text, and a units.txt, split at NUL
+  // bytes: the speech data a training run reads, and the units it writes
+  // read back.
+  int speech_sets = 0;
+  replay("asr_data", [&](const std::string& path) {
+    const std::vector<std::string> parts = split_at_nul(read_file(path), 4);
+    const std::string dir = temp_dir("fuzz_asr_data") + "/" + fs::path(path).filename().string();
+    make_dirs(dir);
+    write_file_atomic(dir + ".list", parts[0]);
+    write_file_atomic(dir + "/wav.scp", parts[1]);
+    write_file_atomic(dir + "/text", parts[2]);
+    if (!parts[3].empty()) Units::parse(parts[3], path);
+    for (const std::string& source : {dir + ".list", dir}) {
+      try {
+        const std::vector<Utterance> data = read_asr_data(source);
+        const Units units = build_char_units(data);
+        const Units back = Units::parse(units.serialize(), source);
+        ASSERT_EQ(back.size(), units.size()) << source;
+        for (const Utterance& u : data) EXPECT_EQ(tokenize(u.text, back, u.key), tokenize(u.text, units, u.key));
+        ++speech_sets;
+      } catch (const std::invalid_argument& e) {
+        EXPECT_NE(std::string(e.what()).find(fs::path(path).filename().string()), std::string::npos) << e.what();
+      }
+    }
+  });
+  EXPECT_GE(speech_sets, 4) << "the seeds hold two data lists and two Kaldi directories that must load";
+  EXPECT_GE(files, 19);
   // The reproducer of a zip whose directory points past the end of the file.
   EXPECT_NE(error_of<std::invalid_argument>([&] { read_torch_checkpoint(corpus + "/pickle/regression-read-past-end.pt"); }),
             "");
