@@ -105,6 +105,8 @@ void add_eval_command(CLI::App& app, const GlobalOptions& global) {
       ->capture_default_str();
   cmd->add_option("--max-length", o->translate.search.max_length, "seq2seq: output tokens at most")
       ->capture_default_str();
+  cmd->add_option("--min-length", o->translate.search.min_length, "seq2seq: output tokens at least before </s>")
+      ->capture_default_str();
   cmd->add_option("--hyp-out", o->hyp_out, "seq2seq: write the translations here, one per line of the data");
   cmd->add_option("--ref", o->reference,
                   "seq2seq: references, line by line with `data` as a plain source file (needs --task)");
