@@ -547,6 +547,114 @@ TEST(AsrServer, EachMalformedInputEndsOnlyItsStreamWithAnError) {
   EXPECT_EQ(got.finals.size(), 1u);
 }
 
+// Random sequences of messages, good and bad mixed (start messages whose
+// options take values of every JSON type, audio frames of any length and
+// content, end signals, text that is not JSON or not UTF-8, connections
+// dropped mid-way): every connection ends within the idle timeout with
+// replies of the protocol's shape, and afterwards nothing is left open and
+// a good stream gets its result. The sequences are fixed by the seed.
+TEST(AsrServer, RandomMessageSequencesEndEachStreamCleanly) {
+  AsrServerOptions options;
+  options.max_stream_seconds = 2;
+  options.idle_timeout_seconds = 0.3;
+  ServerFixture server(test_model(true), streaming_options(), options);
+  const int port = server.port();
+  std::mt19937 rng(20261205);
+  const auto pick = [&](size_t n) { return static_cast<size_t>(rng() % n); };
+  const std::vector<json> values = {1,    -1,    0,  2.5, 1e300, "x", "", true, false, nullptr, json::array(),
+                                    json::object(), 16000, 8000, std::numeric_limits<uint64_t>::max()};
+  const std::vector<std::string> keys = {"nbest", "continuous_decoding", "sample_rate", "channels", "signal"};
+  const std::vector<int16_t> pcm = test_pcm(1.0, 7);
+  int messages = 0, failed = 0, finals = 0;
+  for (int connection = 0; connection < 40; ++connection) {
+    SCOPED_TRACE("connection " + std::to_string(connection));
+    Client client(port);
+    // Every third connection a good stream in pieces of random sizes, so
+    // streams that succeed are interleaved with the rest.
+    const bool good = connection % 3 == 0;
+    if (good) {
+      client.send({{"signal", "start"}, {"nbest", 1 + static_cast<int>(pick(3))}, {"continuous_decoding", pick(2) == 0}});
+      for (size_t pos = 0; pos < pcm.size();) {
+        const size_t n = std::min(pcm.size() - pos, 1 + pick(8000));
+        client.pcm(pcm.data() + pos, n);
+        pos += n;
+      }
+      client.send({{"signal", "end"}});
+    }
+    const size_t actions = good ? 0 : 1 + pick(6);
+    bool dropped = false;
+    for (size_t a = 0; a < actions && !dropped; ++a) {
+      switch (pick(7)) {
+        case 0:
+        case 1: {  // a start message: good options, or options drawn from every JSON type
+          json start = {{"signal", "start"}};
+          if (pick(2) == 0) {
+            start["nbest"] = 1 + static_cast<int>(pick(3));
+            start["continuous_decoding"] = pick(2) == 0;
+          } else {
+            for (size_t k = pick(3); k > 0; --k) start[keys[pick(keys.size())]] = values[pick(values.size())];
+          }
+          client.send(start);
+          break;
+        }
+        case 2:
+        case 3: {  // audio: whole samples or an odd byte count, speech or noise
+          const size_t samples = pick(6000);
+          if (pick(2) == 0) {
+            client.pcm(pcm.data(), std::min(samples, pcm.size()));
+          } else {
+            std::vector<unsigned char> bytes(2 * samples + pick(2));
+            for (auto& b : bytes) b = static_cast<unsigned char>(rng());
+            client.binary(bytes);
+          }
+          break;
+        }
+        case 4:
+          client.send({{"signal", "end"}});
+          break;
+        case 5: {  // text that is not a protocol message: JSON of another shape, not JSON, not UTF-8
+          const std::vector<std::string> texts = {"{}", "[]", "null", "{\"signal\": 3}", "{start", "\xff\xfe", ""};
+          client.text(texts[pick(texts.size())]);
+          break;
+        }
+        default:
+          client.drop();
+          dropped = true;
+      }
+    }
+    if (dropped) continue;
+    // The server either finished the stream, refused it, or ends it for
+    // silence within the idle timeout: no connection outlives that.
+    const int finals_before = finals;
+    for (const json& m : client.read_all(10)) {
+      ++messages;
+      ASSERT_TRUE(m.is_object()) << m.dump();
+      const std::string status = m.value("status", "");
+      ASSERT_TRUE(status == "ok" || status == "failed") << m.dump();
+      if (status == "failed") {
+        ++failed;
+        EXPECT_FALSE(m.value("message", "").empty()) << m.dump();
+      } else {
+        ASSERT_TRUE(m.contains("type")) << m.dump();
+        finals += m["type"] == "final_result" ? 1 : 0;
+      }
+    }
+    EXPECT_FALSE(client.timed_out());
+    if (good) {
+      EXPECT_GE(finals - finals_before, 1);
+    }
+  }
+  EXPECT_GT(failed, 10) << "the random sequences should refuse many streams";
+  EXPECT_GT(messages, failed);
+  for (int i = 0; i < 500 && server.server().stats().open_streams > 0; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_EQ(server.server().stats().open_streams, 0);
+  Client client(port);
+  const Expected got = received(stream(client, test_pcm(0.9), 1600, {{"signal", "start"}}));
+  EXPECT_EQ(got.finals.size(), 1u);
+  std::cout << "random sequences: " << messages << " replies, " << failed << " failed, " << finals << " final results\n";
+}
+
 TEST(AsrServer, AMessageOverTheLimitClosesTheStreamWithCode1009) {
   AsrServerOptions options;
   options.max_message_bytes = 1000;
