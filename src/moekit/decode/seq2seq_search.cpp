@@ -47,6 +47,7 @@ double normalised(double log_prob, int64_t length, double penalty) {
 // only when it beats the k-th best so far, so most cost one comparison.
 void top_tokens(const float* p, int64_t vocab, int64_t k, int64_t banned, std::vector<int64_t>& best) {
   best.clear();
+  if (k <= 0) return;
   const auto better = [p](int64_t x, int64_t y) { return p[x] > p[y] || (p[x] == p[y] && x < y); };
   for (int64_t v = 0; v < vocab; ++v) {
     if (v == banned) continue;
