@@ -36,12 +36,16 @@ if [[ -n "${DEMO:-}" ]]; then
   # against 21-41% on the unseen espeak accents).
   held_out_flite=${HELD_OUT_FLITE:-rms}
   num_train=${NUM_TRAIN:-800} num_cv=${NUM_CV:-60} num_test=${NUM_TEST:-60} max_words=${MAX_WORDS:-6}
+  # The synthesizers' silence before and after each command cut to 0.1 s:
+  # a sixth of the audio, whose frames cost training time and teach nothing.
+  edge_silence=${EDGE_SILENCE-0.1}
   confs=${CONFS:-"demo_dense demo_moe"}
 else
   work=${WORK:-$here/work}
   task=${TASK:-fortunes}
   held_out_flite=${HELD_OUT_FLITE:-slt}
   num_train=${NUM_TRAIN:-8000} num_cv=${NUM_CV:-300} num_test=${NUM_TEST:-300} max_words=${MAX_WORDS:-10}
+  edge_silence=${EDGE_SILENCE-}
   confs=${CONFS:-"dense moe"}
 fi
 data=$work/data
@@ -58,7 +62,7 @@ log() { echo "[asr recipe $(date +%H:%M:%S)] $*" >&2; }
 if [[ $stage -le 0 && $stop_stage -ge 0 ]]; then
   log "stage 0: $task corpus ($num_train train / $num_cv cv / $num_test test utterances, test voices unseen)"
   "$python" "$here/local/make_corpus.py" "$data" --task "$task" --held-out-flite "$held_out_flite" --train "$num_train" --cv "$num_cv" --test "$num_test" \
-    --max-words "$max_words"
+    --max-words "$max_words" ${edge_silence:+--edge-silence "$edge_silence"}
   if [[ -f $data/words.txt ]]; then
     # A closed-vocabulary task: a word trigram model of the training
     # transcripts (IRSTLM, Witten-Bell smoothing) for the beam searches.

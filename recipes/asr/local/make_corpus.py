@@ -132,6 +132,12 @@ def synthesize(job):
         return path
     tmp = path + ".tmp.wav"
     effects = spec.get("sox", [])
+    if "edge_silence" in spec:
+        # The synthesizers' leading and trailing silence cut (everything
+        # under 0.5% of full scale), then EDGE seconds put back on each side.
+        edge = "%.3f" % spec["edge_silence"]
+        effects = ["silence", "1", "0.02", "0.5%", "reverse", "silence", "1", "0.02", "0.5%", "reverse",
+                   "pad", edge, edge] + effects
     if spec["engine"] == "espeak":
         voice = spec["voice"] + ("+" + spec["variant"] if spec.get("variant") else "")
         cmd = ["espeak-ng", "-v", voice, "-s", str(spec["speed"]), "-p", str(spec["pitch"]), "--stdout", text]
@@ -178,8 +184,13 @@ def main():
     p.add_argument("--min-words", type=int, default=3)
     p.add_argument("--max-words", type=int, default=10)
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
+    p.add_argument("--edge-silence", type=float, default=None, metavar="SECONDS",
+                   help="cut the leading and trailing silence down to SECONDS on each side (default: keep it as "
+                   "synthesized, about a sixth of the audio)")
     p.add_argument("--seed", type=int, default=1)
     a = p.parse_args()
+    if a.edge_silence is not None and not 0 <= a.edge_silence <= 5:
+        p.error("--edge-silence must be between 0 and 5 seconds, got %g" % a.edge_silence)
 
     rng = random.Random(a.seed)
     need = a.train + a.cv + a.test
@@ -204,6 +215,8 @@ def main():
                 spec = speaker(rng, TEST_ACCENTS, test_flite, test_variants)
             else:
                 spec = augment(rng, speaker(rng, TRAIN_ACCENTS, train_flite, train_variants))
+            if a.edge_silence is not None:
+                spec["edge_silence"] = a.edge_silence
             tag = hashlib.sha1((text + json.dumps(spec, sort_keys=True)).encode()).hexdigest()[:10]
             key = "%s_%05d_%s" % (split, i, tag)
             path = os.path.join(a.out, "wav", key + ".wav")
