@@ -29,7 +29,7 @@ stop_stage=${STOP_STAGE:-4}
 
 if [[ -n "${DEMO:-}" ]]; then
   work=${WORK:-$root/build/demo_lm}
-  small_steps=${SMALL_STEPS:-150} grow_steps=${GROW_STEPS:-20} out_steps=${OUT_STEPS:-50}
+  small_steps=${SMALL_STEPS:-150} grow_steps=${GROW_STEPS:-12} out_steps=${OUT_STEPS:-30}
 else
   work=${WORK:-$here/work}
   small_steps=${SMALL_STEPS:-600} grow_steps=${GROW_STEPS:-100} out_steps=${OUT_STEPS:-200}
