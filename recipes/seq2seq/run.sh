@@ -44,7 +44,9 @@ if [[ $corpus == g2p ]]; then
   dense=g2p_dense extracted=g2p_token_task distill_teacher=${DISTILL_TEACHER-g2p_token_task}
 elif [[ -n "${DEMO:-}" ]]; then
   work=${WORK:-$root/build/demo_seq2seq}
-  models=${MODELS:-demo_dense demo_token_token demo_token_task}
+  # Two models, trained side by side on 2 cores (MODELS=... adds
+  # demo_token_token, the token-routed MoE of the same size).
+  models=${MODELS:-demo_dense demo_token_task}
   corpus_args=(--max-train 2500 --test 60 --valid 50)
   vocab=${VOCAB:-1000}
   beam=${BEAM:-1}
