@@ -10,8 +10,8 @@
 # by five methods, and upcycled into an 8-expert MoE compared at equal
 # training FLOPs with continued dense training and an MoE from scratch.
 # Then the task-level MoE translation recipe (recipes/seq2seq with DEMO=1):
-# English into 6 languages from Debian's gettext catalogs, a dense model, a
-# token-routed and a token/task-routed MoE, BLEU/chrF per language, and the
+# English into 6 languages from Debian's gettext catalogs, a dense model
+# and a token/task-routed MoE, BLEU/chrF per language, and the
 # per-language sub-networks extracted from the task-routed model.
 # `make bench` runs the MoE layer benchmarks.
 set -euo pipefail
