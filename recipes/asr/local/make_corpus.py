@@ -186,7 +186,7 @@ def main():
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     p.add_argument("--edge-silence", type=float, default=None, metavar="SECONDS",
                    help="cut the leading and trailing silence down to SECONDS on each side (default: keep it as "
-                   "synthesized, about a sixth of the audio)")
+                   "synthesized)")
     p.add_argument("--seed", type=int, default=1)
     a = p.parse_args()
     if a.edge_silence is not None and not 0 <= a.edge_silence <= 5:
