@@ -3,6 +3,7 @@
 // one-line errors for bad input.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <nlohmann/json.hpp>
@@ -49,6 +50,31 @@ TEST(CliLm, TokenizerTrainGenerateGrowUpcycleExport) {
   r = run_cli("tokenizer train --input " + d + "/train.txt --output " + d + "/other.model --vocab-size 300 --seed 7 "
               "--model-type unigram");
   ASSERT_EQ(r.exit_code, 0) << r.output;
+  // --split-digits: no piece holds two digits, so a number is read digit by
+  // digit; without it the pieces learned from this text do hold several.
+  r = run_cli("tokenizer train --input " + d + "/train.txt --output " + d + "/digits.model --vocab-size 288 "
+              "--model-type unigram --split-digits");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const auto most_digits = [](const std::string& path) {
+    const LmTokenizer tokenizer(path);
+    size_t most = 0;
+    for (int64_t id = 0; id < tokenizer.vocab_size(); ++id) {
+      const std::string& piece = tokenizer.piece(id);
+      if (piece.rfind("<0x", 0) == 0) continue;  // a byte piece, <0x33>, not a run of digits
+      most = std::max(most, static_cast<size_t>(std::count_if(piece.begin(), piece.end(), [](char c) { return c >= '0' && c <= '9'; })));
+    }
+    return most;
+  };
+  EXPECT_EQ(most_digits(d + "/digits.model"), 1u);
+  EXPECT_GT(most_digits(d + "/other.model"), 1u);
+  const LmTokenizer digits(d + "/digits.model");
+  std::string read;
+  const std::vector<std::vector<int64_t>> encoded = digits.encode({"number 4567"});
+  for (int64_t id : encoded[0]) {
+    const std::string& piece = digits.piece(id);
+    if (std::any_of(piece.begin(), piece.end(), [](char c) { return c >= '0' && c <= '9'; })) read += piece + "|";
+  }
+  EXPECT_EQ(read, "4|5|6|7|");
   r = run_cli("--threads 1 " + run + " --tokenizer " + d + "/other.model --resume");
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.output.find("is not the tokenizer the run in"), std::string::npos) << r.output;

@@ -178,6 +178,33 @@ TEST(CliSeq2seq, TrainTranslateExtractEval) {
   r = run_cli("--threads 1 eval " + model + " " + d + "/valid.tsv --json");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("\"bleu_avg\""), std::string::npos) << r.output;
+  // Exact matches: the share of outputs equal to their reference. With the
+  // beam-2 outputs as references every output matches and the CER is 0;
+  // against the real references the share is what a count gives.
+  {
+    std::istringstream valid(read_file(d + "/valid.tsv")), hyp(read_file(d + "/hyp.txt"));
+    std::string row, h, own;
+    int matches = 0, rows = 0;
+    while (std::getline(valid, row) && std::getline(hyp, h)) {
+      const size_t tab = row.find('\t', row.find('\t') + 1);
+      own += row.substr(0, tab) + "\t" + h + "\n";
+      matches += row.substr(tab + 1) == h;
+      ++rows;
+    }
+    ASSERT_EQ(rows, 20);
+    write_file_atomic(d + "/own.tsv", own);
+    r = run_cli("--threads 1 eval " + model + " " + d + "/own.tsv --beam 2 --json");
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    const nlohmann::json self = nlohmann::json::parse(r.output);
+    EXPECT_DOUBLE_EQ(self["exact_avg"].get<double>(), 1.0) << r.output;
+    EXPECT_DOUBLE_EQ(self["cer_avg"].get<double>(), 0.0) << r.output;
+    r = run_cli("--threads 1 eval " + model + " " + d + "/valid.tsv --beam 2 --json");
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    const nlohmann::json real = nlohmann::json::parse(r.output);
+    double counted = 0;
+    for (const auto& task : real["tasks"]) counted += task["exact"].get<double>() * task["sentences"].get<double>();
+    EXPECT_NEAR(counted, matches, 1e-9) << r.output;
+  }
 
   // Distillation into a dense student, word- and sequence-level; the
   // teacher's translations are cached for a resumed run.

@@ -74,8 +74,8 @@ void add_eval_command(CLI::App& app, const GlobalOptions& global) {
   };
   auto o = std::make_shared<Options>();
   CLI::App* cmd = app.add_subcommand(
-      "eval", "Error rates (CER, WER) of an asr model on a data list or Kaldi dir; BLEU and chrF per task of a "
-              "seq2seq model on a parallel file; perplexity of an lm on a text file");
+      "eval", "Error rates (CER, WER) of an asr model on a data list or Kaldi dir; BLEU, chrF, CER and exact "
+              "matches per task of a seq2seq model on a parallel file; perplexity of an lm on a text file");
   cmd->add_option("model_dir", o->model_dir, "Model directory")->required();
   cmd->add_option("data", o->data,
                   "asr: WeNet data.list or Kaldi data directory; seq2seq: task<TAB>source<TAB>target lines; lm: text, "

@@ -32,6 +32,8 @@ void add_tokenizer_command(CLI::App& app, const GlobalOptions& global) {
   train->add_option("--input-sentence-size", o->input_sentence_size, "Lines sampled for training (0 = all)")
       ->capture_default_str();
   train->add_option("--seed", o->seed, "Sampling seed")->capture_default_str();
+  train->add_flag("--split-digits", o->split_digits,
+                  "No piece holds two digits: numbers are read digit by digit, as LLaMA's tokenizer reads them");
   train->add_option("--user-symbols", o->user_defined_symbols,
                     "Pieces kept whole, e.g. the task tags of a seq2seq model: --user-symbols '<2de>' '<2fr>'");
   auto force = std::make_shared<bool>(false);

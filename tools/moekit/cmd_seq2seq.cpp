@@ -321,7 +321,7 @@ void run_translation_eval(const std::string& model_dir, const std::string& data,
   for (const std::string& task : order) translator.check_task(task);
   std::vector<std::string> hyps(lines.size());
   nlohmann::json results = nlohmann::json::array();
-  double bleu_sum = 0, chrf_sum = 0, cer_sum = 0;
+  double bleu_sum = 0, chrf_sum = 0, cer_sum = 0, exact_sum = 0;
   int64_t failed = 0;
   for (const std::string& task : order) {
     std::vector<std::string> sources, refs, task_hyps;
@@ -340,26 +340,36 @@ void run_translation_eval(const std::string& model_dir, const std::string& data,
     const BleuStats bleu = corpus_bleu(task_hyps, {refs});
     const ChrfStats chrf = corpus_chrf(task_hyps, refs);
     EditStats edits;
-    for (size_t j = 0; j < refs.size(); ++j) edits.add(char_edit_stats(task_hyps[j], refs[j]));
+    // Exact: the share of outputs equal to their reference, the sentence
+    // (or word) accuracy that G2P and text normalization report.
+    size_t equal = 0;
+    for (size_t j = 0; j < refs.size(); ++j) {
+      edits.add(char_edit_stats(task_hyps[j], refs[j]));
+      equal += task_hyps[j] == refs[j];
+    }
+    const double exact = static_cast<double>(equal) / static_cast<double>(refs.size());
     bleu_sum += bleu.score();
     chrf_sum += chrf.score();
     cer_sum += edits.rate();
+    exact_sum += exact;
     results.push_back({{"task", task}, {"sentences", sources.size()}, {"bleu", bleu.score()}, {"chrf", chrf.score()},
-                       {"cer", edits.rate()}, {"brevity_penalty", bleu.brevity_penalty()}});
+                       {"cer", edits.rate()}, {"exact", exact}, {"brevity_penalty", bleu.brevity_penalty()}});
     if (!json_output) {
       std::cout << std::left << std::setw(8) << task << " BLEU " << std::fixed << std::setprecision(2) << bleu.score()
-                << "  chrF " << chrf.score() << "  CER " << 100 * edits.rate() << "%  (" << sources.size()
-                << " sentences, BP " << std::setprecision(3) << bleu.brevity_penalty() << ")\n";
+                << "  chrF " << chrf.score() << "  CER " << 100 * edits.rate() << "%  exact " << 100 * exact << "%  ("
+                << sources.size() << " sentences, BP " << std::setprecision(3) << bleu.brevity_penalty() << ")\n";
     }
   }
   const double n = static_cast<double>(order.size());
   if (json_output) {
-    std::cout << nlohmann::json{{"tasks", results},      {"bleu_avg", bleu_sum / n}, {"chrf_avg", chrf_sum / n},
-                                {"cer_avg", cer_sum / n}, {"failed", failed}}.dump()
+    std::cout << nlohmann::json{{"tasks", results},         {"bleu_avg", bleu_sum / n},   {"chrf_avg", chrf_sum / n},
+                                {"cer_avg", cer_sum / n},    {"exact_avg", exact_sum / n}, {"failed", failed}}
+                     .dump()
               << "\n";
   } else {
     std::cout << std::left << std::setw(8) << "average" << " BLEU " << std::fixed << std::setprecision(2)
-              << bleu_sum / n << "  chrF " << chrf_sum / n << "  CER " << 100 * cer_sum / n << "%\n";
+              << bleu_sum / n << "  chrF " << chrf_sum / n << "  CER " << 100 * cer_sum / n << "%  exact "
+              << 100 * exact_sum / n << "%\n";
   }
   if (!hyp_out.empty()) {
     std::string text;

@@ -37,6 +37,7 @@ void train_tokenizer(const TokenizerTrainOptions& o) {
       << " --vocab_size=" << o.vocab_size << " --model_type=" << o.model_type
       << " --character_coverage=" << o.character_coverage << " --byte_fallback=" << (o.byte_fallback ? "true" : "false")
       << " --random_seed=" << o.seed << " --num_threads=1 --minloglevel=2";
+  if (o.split_digits) cmd << " --split_digits=true";
   if (!o.user_defined_symbols.empty()) {
     std::string symbols;
     for (const std::string& symbol : o.user_defined_symbols) symbols += (symbols.empty() ? "" : ",") + symbol;

@@ -16,6 +16,7 @@ struct TokenizerTrainOptions {
   std::string model_type = "bpe";    // bpe | unigram
   double character_coverage = 1.0;   // characters covered by pieces; the rest fall back to bytes
   bool byte_fallback = true;         // unknown characters become <0xNN> byte pieces
+  bool split_digits = false;         // every digit its own piece (numbers read digit by digit)
   int64_t input_sentence_size = 0;   // sample this many lines (0 = all)
   uint64_t seed = 0;                 // sampling seed (spm's --random_seed)
   std::vector<std::string> user_defined_symbols;  // pieces kept whole (e.g. the task tags <2de>)
