@@ -9,10 +9,12 @@
 # a small dense LLaMA-style model on Debian text, grown to 2x width and depth
 # by five methods, and upcycled into an 8-expert MoE compared at equal
 # training FLOPs with continued dense training and an MoE from scratch.
-# Then the task-level MoE translation recipe (recipes/seq2seq with DEMO=1):
-# English into 6 languages from Debian's gettext catalogs, a dense model
-# and a token/task-routed MoE, BLEU/chrF per language, and the
-# per-language sub-networks extracted from the task-routed model.
+# Then the task-level MoE recipe (recipes/seq2seq with DEMO=1) on a task
+# its minutes can learn: numbers 0-9999 in words in 6 languages (ICU's
+# spell-out rules; the task is the language), a dense model and a
+# token/task-routed MoE, exact matches and CER per language, and the
+# per-language sub-networks extracted from the task-routed model. The full
+# recipe translates English into the same languages (gettext catalogs).
 # `make bench` runs the MoE layer benchmarks.
 set -euo pipefail
 build=${1:-build}
@@ -23,7 +25,7 @@ echo
 start=$(date +%s)
 moekit_abs="$(cd "$(dirname "$moekit")" && pwd)/moekit"
 build_abs=$(cd "$build" && pwd)
-# The LM and translation recipes' data (corpus and tokenizer, stage 0) and
+# The LM and seq2seq recipes' data (corpus and tokenizer, stage 0) and
 # the LM recipe's small dense model (stage 1, one thread: two are no faster
 # at its size) take one core for about a minute. They run in the background
 # at idle priority (SCHED_IDLE: a CPU runs them only when nothing else wants
@@ -50,7 +52,7 @@ trap 'kill -- -$prep 2>/dev/null || true' EXIT
 prepared() {  # recipe
   if ! wait $prep; then
     cat "$build_abs"/demo_*.prep.log >&2
-    echo "demo: the LM and translation recipes' background steps failed (logs above)" >&2
+    echo "demo: the LM and seq2seq recipes' background steps failed (logs above)" >&2
     exit 1
   fi
   cat "$build_abs/demo_$1.prep.log"
@@ -63,7 +65,7 @@ echo "== EfficientScale LM recipe, demo size (recipes/lm/run.sh with DEMO=1)"
 prepared lm
 DEMO=1 MOEKIT="$moekit_abs" WORK="$build_abs/demo_lm" STAGE=2 bash recipes/lm/run.sh
 echo
-echo "== Task-level MoE translation recipe, demo size (recipes/seq2seq/run.sh with DEMO=1)"
+echo "== Task-level MoE recipe, demo size: numbers in words (recipes/seq2seq/run.sh with DEMO=1)"
 prepared seq2seq
 DEMO=1 MOEKIT="$moekit_abs" WORK="$build_abs/demo_seq2seq" STAGE=1 bash recipes/seq2seq/run.sh
 echo

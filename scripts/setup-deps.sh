@@ -25,10 +25,11 @@ fi
 if [[ "${1:-}" == "--recipes" ]]; then
   # speech synthesis and augmentation, IRSTLM (the ASR recipe's word n-gram
   # model); gettext catalogs (the translation recipe): data-only l10n packages;
-  # word lists (its grapheme-to-phoneme set)
+  # word lists (its grapheme-to-phoneme set); ICU's spell-out rules (its
+  # numbers-in-words set, the demo's)
   packages+=(espeak-ng flite sox libsox-fmt-all gettext fortunes gnuplot-nox irstlm
     vlc-l10n gnupg-l10n libc-l10n util-linux-locales gcc-12-locales
-    python3-websockets wamerican wfrench wngerman wspanish witalian wportuguese wdutch wpolish wdanish)
+    python3-websockets python3-icu wamerican wfrench wngerman wspanish witalian wportuguese wdutch wpolish wdanish)
 fi
 
 missing=()

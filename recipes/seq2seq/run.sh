@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Task-level MoE recipe: multilingual translation English -> 6 languages from
-# the gettext catalogs Debian installs (the task is the target language).
+# the gettext catalogs Debian installs (the task is the target language); or
+# grapheme-to-phoneme, or numbers in words (CORPUS=g2p | numbers).
 #   stage 0: corpus (local/make_corpus.py) and a shared SentencePiece model
 #            with a <2xx> tag piece per language
 #   stage 1: the paper's Table 1 at this scale, equal training steps:
@@ -14,10 +15,13 @@
 #   stage 3: the table (work/results.md)
 #
 #   recipes/seq2seq/run.sh            # full recipe
-#   DEMO=1 recipes/seq2seq/run.sh     # the short version `make demo` runs
+#   DEMO=1 recipes/seq2seq/run.sh     # the short version `make demo` runs: numbers
+#                                     # in words, 0-9999 (DEMO=1 CORPUS=mt: translation)
 #   CORPUS=g2p recipes/seq2seq/run.sh # the second multi-task set: grapheme-to-phoneme
 #                                     # in 9 languages (word lists + espeak-ng IPA), scored
 #                                     # by CER over IPA symbols as well
+#   CORPUS=numbers recipes/seq2seq/run.sh  # a number in digits to its words in the 6
+#                                     # languages (ICU's CLDR spell-out rules), 0-999999
 #
 # STAGE / STOP_STAGE pick stages; MODELS the configs (conf/<name>.yaml). A
 # killed run picks up where it stopped: trained models are kept, training
@@ -33,7 +37,14 @@ threads=${THREADS:-2}
 stage=${STAGE:-0}
 stop_stage=${STOP_STAGE:-3}
 corpus=${CORPUS:-mt}
+[[ -n "${DEMO:-}" ]] && corpus=${CORPUS:-numbers}
 langs=${LANGS:-de,fr,es,it,sv,ru}
+case $corpus in
+  mt | g2p | numbers) ;;
+  *) echo "seq2seq recipe: CORPUS must be mt, g2p or numbers, got '$corpus'" >&2; exit 2 ;;
+esac
+spm_args=(--character-coverage 0.9995)
+per_task=bleu
 
 if [[ $corpus == g2p ]]; then
   langs=${LANGS:-en,fr,de,es,it,pt,nl,pl,da}
@@ -42,12 +53,14 @@ if [[ $corpus == g2p ]]; then
   vocab=${VOCAB:-600}
   beam=${BEAM:-4}
   dense=g2p_dense extracted=g2p_token_task distill_teacher=${DISTILL_TEACHER-g2p_token_task}
+  per_task=cer
 elif [[ -n "${DEMO:-}" ]]; then
   work=${WORK:-$root/build/demo_seq2seq}
   # Two models, trained side by side on 2 cores (MODELS=... adds
   # demo_token_token, the token-routed MoE of the same size).
   models=${MODELS:-demo_dense demo_token_task}
   corpus_args=(--max-train 2500 --test 60 --valid 50)
+  [[ $corpus == numbers ]] && corpus_args=(--max-number 9999 --train 2500 --test 60 --valid 50)
   vocab=${VOCAB:-1000}
   beam=${BEAM:-1}
   dense=demo_dense extracted=demo_token_task distill_teacher=${DISTILL_TEACHER-}
@@ -58,6 +71,17 @@ else
   vocab=${VOCAB:-8000}
   beam=${BEAM:-4}
   dense=dense extracted=token_task distill_teacher=${DISTILL_TEACHER-token_task}
+  if [[ $corpus == numbers ]]; then
+    work=${WORK:-$here/work_numbers}
+    corpus_args=(--train 20000 --test 500 --valid 300)
+    vocab=${VOCAB:-1000}
+  fi
+fi
+if [[ $corpus == numbers ]]; then
+  # Every character its own piece (the alphabets are small) and every
+  # digit: the model reads a number digit by digit.
+  spm_args=(--character-coverage 1 --split-digits)
+  per_task=exact
 fi
 student=${distill_teacher:+${distill_teacher}_distilled}
 scored=$models${student:+ $student}
@@ -73,6 +97,8 @@ if [[ $stage -le 0 && $stop_stage -ge 0 ]]; then
   log "stage 0: corpus and tokenizer"
   if [[ $corpus == g2p ]]; then
     [[ -f $data/test.tsv ]] || "$python" "$here/local/make_g2p.py" "$data"
+  elif [[ $corpus == numbers ]]; then
+    [[ -f $data/test.tsv ]] || "$python" "$here/local/make_numbers.py" "$data" --langs "$langs" "${corpus_args[@]}"
   else
     [[ -f $data/test.tsv ]] || "$python" "$here/local/make_corpus.py" "$data" --langs "$langs" "${corpus_args[@]}"
   fi
@@ -80,7 +106,7 @@ if [[ $stage -le 0 && $stop_stage -ge 0 ]]; then
   for l in ${langs//,/ }; do tags+=("<2$l>"); done
   [[ -f $data/tokenizer.model ]] ||
     "$moekit" tokenizer train --input "$data/spm_text.txt" --output "$data/tokenizer.model" --vocab-size "$vocab" \
-      --model-type unigram --character-coverage 0.9995 --user-symbols "${tags[@]}"
+      --model-type unigram "${spm_args[@]}" --user-symbols "${tags[@]}"
 fi
 
 train_one() {  # name
@@ -156,8 +182,6 @@ if [[ $stage -le 3 && $stop_stage -ge 3 ]]; then
   compare=()
   [[ -n $student && " $models " == *" $dense "* && " $models " == *" $extracted "* ]] &&
     compare=(--dense "$dense" --distill "$distill_teacher" "$student" --extracted "$extracted")
-  per_task=bleu
-  [[ $corpus == g2p ]] && per_task=cer
   "$python" "$here/local/results.py" "$work/eval" --models $scored --langs "$langs" --out "$work/results.md" \
     --per-task $per_task "${compare[@]}"
   cat "$work/results.md"

@@ -20,6 +20,11 @@ def load(path):
         return json.load(f)
 
 
+def percent(share):
+    """A share as a percentage; "-" for evaluations written before eval reported it."""
+    return "-" if share is None else f"{100 * share:.1f}%"
+
+
 def millions(n):
     return f"{n / 1e6:.1f}M"
 
@@ -88,15 +93,17 @@ def main():
     ap.add_argument("--distill", nargs=2, metavar=("TEACHER", "STUDENT"),
                     help="a teacher and the dense student distilled from it")
     ap.add_argument("--extracted", help="the task-routed model whose sub-networks are compared")
-    ap.add_argument("--per-task", choices=["bleu", "cer"], default="bleu",
-                    help="per-task cells: BLEU / chrF (translation) or chrF / CER (one-word outputs such as g2p, "
-                         "where BLEU, needing 4-grams, is 0)")
+    ap.add_argument("--per-task", choices=["bleu", "cer", "exact"], default="bleu",
+                    help="per-task cells: BLEU / chrF (translation), chrF / CER (one-word outputs such as g2p, "
+                         "where BLEU, needing 4-grams, is 0) or exact / CER (outputs with one right answer, "
+                         "such as numbers in words: the share of outputs equal to the reference)")
     args = ap.parse_args()
     langs = args.langs.split(",")
-    per_task = "BLEU (13a) / chrF" if args.per_task == "bleu" else "chrF / CER"
-    lines = [f"## Test set, {per_task} per task; averages; CER over characters (IPA symbols for g2p)", ""]
+    per_task = {"bleu": "BLEU (13a) / chrF", "cer": "chrF / CER", "exact": "exact / CER"}[args.per_task]
+    lines = [f"## Test set, {per_task} per task; averages; CER over characters (IPA symbols for g2p); "
+             "exact: outputs equal to their reference", ""]
     head = ("| model | routing (enc/dec) | params total | active per token | " + " | ".join(langs) +
-            " | avg BLEU | avg chrF | avg CER |")
+            " | avg BLEU | avg chrF | avg CER | avg exact |")
     lines += [head, "|" + "---|" * (head.count("|") - 1)]
     subs = []
     for name in args.models:
@@ -111,25 +118,31 @@ def main():
         def cell(t):
             if args.per_task == "bleu":
                 return f"{t['bleu']:.1f} / {t['chrf']:.1f}"
+            if args.per_task == "exact":
+                return f"{100 * t['exact']:.1f}% / {100 * t['cer']:.1f}%"
             return f"{t['chrf']:.1f} / {100 * t['cer']:.1f}%"
         cells = [cell(by_task[l]) if l in by_task else "-" for l in langs]
         lines.append(f"| {name} | {routing} | {millions(info['parameters']['total'])} | "
                      f"{millions(info['parameters']['active_per_token'])} | " + " | ".join(cells) +
-                     f" | {ev['bleu_avg']:.2f} | {ev['chrf_avg']:.2f} | {100 * ev['cer_avg']:.1f}% |")
+                     f" | {ev['bleu_avg']:.2f} | {ev['chrf_avg']:.2f} | {100 * ev['cer_avg']:.1f}% | "
+                     f"{percent(ev.get('exact_avg'))} |")
         for l in langs:
             path = os.path.join(args.eval_dir, f"{name}_sub_{l}.json")
             if os.path.exists(path):
                 sub = load(path)["tasks"][0]
                 sub_info = load(os.path.join(args.eval_dir, f"{name}_sub_{l}.info.json"))
-                same = all(abs(sub[m] - by_task[l][m]) < 1e-9 for m in ("bleu", "chrf", "cer"))
+                same = all(abs(sub[m] - by_task[l][m]) < 1e-9 for m in ("bleu", "chrf", "cer", "exact")
+                           if m in sub and m in by_task[l])
+                def scores(t):
+                    return (f"{t['bleu']:.2f} / {t['chrf']:.2f} / {100 * t['cer']:.1f}% / "
+                            f"{percent(t.get('exact'))}")
                 subs.append(f"| {name} | {l} | {millions(sub_info['parameters']['total'])} | "
-                            f"{millions(info['parameters']['total'])} | {sub['bleu']:.2f} / {sub['chrf']:.2f} / "
-                            f"{100 * sub['cer']:.1f}% | {by_task[l]['bleu']:.2f} / {by_task[l]['chrf']:.2f} / "
-                            f"{100 * by_task[l]['cer']:.1f}% | {'yes' if same else 'NO'} |")
+                            f"{millions(info['parameters']['total'])} | {scores(sub)} | {scores(by_task[l])} | "
+                            f"{'yes' if same else 'NO'} |")
     if subs:
         lines += ["", "## Extracted task sub-networks", "",
-                  "| model | task | sub-network params | full model params | BLEU / chrF / CER (sub) | "
-                  "BLEU / chrF / CER (full) | identical |",
+                  "| model | task | sub-network params | full model params | BLEU / chrF / CER / exact (sub) | "
+                  "BLEU / chrF / CER / exact (full) | identical |",
                   "|---|---|---|---|---|---|---|"] + subs
     if args.distill and args.dense and args.extracted:
         lines += ["", *gain_table(args.eval_dir, args.dense, *args.distill, args.extracted, langs)]
