@@ -17,11 +17,12 @@ being the target language), OUT_DIR/spm_text.txt (sources and targets for
 the shared SentencePiece model) and prints the counts per language.
 """
 import argparse
-import hashlib
 import os
 import re
 import struct
 import sys
+
+from corpus_io import stable, write_lines, write_splits
 
 LOCALE = "/usr/share/locale"
 
@@ -99,7 +100,7 @@ def pairs_for(lang):
 
 
 def split_of(source, test_pct, valid_pct):
-    h = int(hashlib.sha1(source.encode("utf-8")).hexdigest()[:8], 16) % 10000
+    h = int(stable(source)[:8], 16) % 10000
     if h < test_pct * 100:
         return "test"
     if h < (test_pct + valid_pct) * 100:
@@ -126,7 +127,7 @@ def main():
             sys.exit(f"make_corpus: no usable catalog entries for '{lang}' under {LOCALE}/{lang}")
         counts = {}
         # Sources in hash order: a stable, shuffled selection under the limits.
-        ordered = sorted(pairs, key=lambda s: hashlib.sha1((lang + s).encode("utf-8")).hexdigest())
+        ordered = sorted(pairs, key=lambda s: stable(lang + s))
         for split in splits:
             rows = [s for s in ordered if split_of(s, 3, 2) == split]
             if limits[split] > 0:
@@ -134,22 +135,14 @@ def main():
             counts[split] = len(rows)
             splits[split] += [(lang, s, pairs[s]) for s in rows]
         print(f"{lang:6} {counts['train']:7d} {counts['valid']:7d} {counts['test']:7d}")
-    for split, rows in splits.items():
-        rows.sort(key=lambda r: hashlib.sha1((r[0] + r[1]).encode("utf-8")).hexdigest())
-        tmp = os.path.join(args.out_dir, split + ".tsv.tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            for lang, s, t in rows:
-                f.write(f"{lang}\t{s}\t{t}\n")
-        os.replace(tmp, os.path.join(args.out_dir, split + ".tsv"))
-    tmp = os.path.join(args.out_dir, "spm_text.txt.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        sources = set()
-        for lang, s, t in splits["train"]:
-            if s not in sources:
-                sources.add(s)
-                f.write(s + "\n")
-            f.write(t + "\n")
-    os.replace(tmp, os.path.join(args.out_dir, "spm_text.txt"))
+    write_splits(args.out_dir, splits)
+    spm_text, sources = [], set()
+    for _, s, t in splits["train"]:
+        if s not in sources:
+            sources.add(s)
+            spm_text.append(s)
+        spm_text.append(t)
+    write_lines(os.path.join(args.out_dir, "spm_text.txt"), spm_text)
     # The promise of the split: no English source in two splits.
     seen = {split: {s for _, s, _ in rows} for split, rows in splits.items()}
     assert not (seen["train"] & seen["test"]) and not (seen["train"] & seen["valid"]) and not (seen["valid"] & seen["test"])

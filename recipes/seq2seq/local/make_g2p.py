@@ -14,10 +14,11 @@ writes OUT_DIR/{train,valid,test}.tsv (task<TAB>word<TAB>ipa) and
 OUT_DIR/spm_text.txt, and prints the counts per language.
 """
 import argparse
-import hashlib
 import os
 import subprocess
 import sys
+
+from corpus_io import stable, write_lines, write_splits
 
 # task: (word list under /usr/share/dict, its encoding, espeak-ng voice)
 LANGS = {
@@ -31,10 +32,6 @@ LANGS = {
     "pl": ("polish", "utf-8", "pl"),
     "da": ("danish", "utf-8", "da"),
 }
-
-
-def stable(text):
-    return hashlib.sha1(text.encode("utf-8")).hexdigest()
 
 
 def words_of(task, path, encoding, count):
@@ -74,19 +71,8 @@ def main():
         for split, rows in (("train", train), ("valid", valid), ("test", test)):
             splits[split] += [(task, w, p) for w, p in rows]
         print(f"{task:6} {len(train):7d} {len(valid):7d} {len(test):7d}")
-    for split, rows in splits.items():
-        rows.sort(key=lambda r: stable(r[0] + r[1]))
-        tmp = os.path.join(args.out_dir, split + ".tsv.tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            for task, w, p in rows:
-                f.write(f"{task}\t{w}\t{p}\n")
-        os.replace(tmp, os.path.join(args.out_dir, split + ".tsv"))
-    tmp = os.path.join(args.out_dir, "spm_text.txt.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for _, w, p in splits["train"]:
-            f.write(w + "\n" + p + "\n")
-    os.replace(tmp, os.path.join(args.out_dir, "spm_text.txt"))
-
+    write_splits(args.out_dir, splits)
+    write_lines(os.path.join(args.out_dir, "spm_text.txt"), [line for _, w, p in splits["train"] for line in (w, p)])
 
 if __name__ == "__main__":
     main()

@@ -24,14 +24,11 @@ writes OUT_DIR/{train,valid,test}.tsv (task<TAB>digits<TAB>words) and
 OUT_DIR/spm_text.txt, and prints the counts per language.
 """
 import argparse
-import hashlib
 import math
 import os
 import sys
 
-def stable(text):
-    return hashlib.sha1(text.encode("utf-8")).hexdigest()
-
+from corpus_io import stable, write_lines, write_splits
 
 def numbers(count, largest, salt):
     """count distinct numbers in 0..largest, log-uniform, fixed by salt."""
@@ -92,19 +89,9 @@ def main():
             rows[split_of[n]].append((lang, str(n).zfill(width), words))
             counts[split_of[n]] += 1
         print(f"{lang:6} {counts['train']:7d} {counts['valid']:7d} {counts['test']:7d}")
-    for split, split_rows in rows.items():
-        split_rows.sort(key=lambda r: stable(r[0] + r[1]))
-        tmp = os.path.join(args.out_dir, split + ".tsv.tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            for lang, digits, words in split_rows:
-                f.write(f"{lang}\t{digits}\t{words}\n")
-        os.replace(tmp, os.path.join(args.out_dir, split + ".tsv"))
-    tmp = os.path.join(args.out_dir, "spm_text.txt.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for _, digits, words in rows["train"]:
-            f.write(digits + "\n" + words + "\n")
-    os.replace(tmp, os.path.join(args.out_dir, "spm_text.txt"))
-
+    write_splits(args.out_dir, rows)
+    write_lines(os.path.join(args.out_dir, "spm_text.txt"),
+                [line for _, digits, words in rows["train"] for line in (digits, words)])
 
 if __name__ == "__main__":
     main()
