@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -293,6 +294,16 @@ TEST(CliSeq2seq, TranslateStopsWhenItsModelFileIsRewrittenInPlace) {
       << errors;
   const std::string translated = read_file(out);
   EXPECT_EQ(std::count(translated.begin(), translated.end(), '\n'), 1) << translated;
+  // --no-mmap reads the file into memory: the rewrite cannot reach what
+  // translate holds, and every line is answered.
+  std::remove(out.c_str());
+  const int copy_status = std::system((input + MOEKIT_CLI_PATH + " --threads 1 --no-mmap translate " + model +
+                                       " --task de --batch-size 1 > " + out + " 2> " + d + "/err.txt")
+                                          .c_str());
+  EXPECT_TRUE(WIFEXITED(copy_status) && WEXITSTATUS(copy_status) == 0) << copy_status << read_file(d + "/err.txt");
+  const std::string all = read_file(out);
+  EXPECT_EQ(std::count(all.begin(), all.end(), '\n'), 2) << all;
+  EXPECT_EQ(all.substr(0, all.find('\n') + 1), translated);
 }
 
 TEST(CliSeq2seq, BenchTimesEveryModelOrOneWithItsResidentMemory) {

@@ -7,6 +7,7 @@
 #include <fstream>
 
 #include "moekit/core/cpu_allocator.h"
+#include "moekit/core/mapped_file.h"
 #include "moekit/core/mapped_tensors.h"
 #include "moekit/core/model_dir.h"
 #include "moekit/core/process_memory.h"
@@ -100,6 +101,60 @@ TEST(MappedWeights, AWriteStaysInTheProcessAndKeepsItsPages) {
   const torch::Tensor x = torch::randn({3, 256});
   EXPECT_TRUE(torch::allclose(loaded->forward(x), torch::linear(x, stored * 2.0, loaded->bias), 1e-5, 1e-5));
   EXPECT_TRUE(loaded->weight.equal(stored * 2.0));
+}
+
+// Mapping off (as where a file system refuses to map): the file is read
+// into private memory, with the mapping's bytes and access. Its pages are
+// never given back (anonymous pages dropped would read as zeros), and a
+// rewrite of the file cannot reach it.
+TEST(MappedFile, ACopyHasTheFilesBytesAndKeepsThem) {
+  struct MappingOff {
+    MappingOff() { set_file_mapping(false); }
+    ~MappingOff() { set_file_mapping(true); }
+  };
+  const std::string path = temp_dir("mapped_copy") + "/bytes.bin";
+  std::string bytes(3 * 4096 + 5, '\0');
+  for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<char>(i * 7 + 1);
+  write_file_atomic(path, bytes);
+  {
+    const MappedFile mapped(path, "a test file");
+    EXPECT_FALSE(mapped.copied());
+    EXPECT_EQ(std::string(mapped.data(), mapped.size()), bytes);
+  }
+  const MappingOff off;
+  const MappedFile read_only(path, "a test file");
+  MappedFile writable(path, "a test file", MappedFile::Access::kCopyOnWrite);
+  for (const MappedFile* f : {&read_only, static_cast<const MappedFile*>(&writable)}) {
+    EXPECT_TRUE(f->copied());
+    ASSERT_EQ(f->size(), bytes.size());
+    f->release(0, bytes.size());
+    EXPECT_EQ(std::string(f->data(), f->size()), bytes);
+  }
+  const_cast<char*>(writable.data())[4096] = 'x';  // copy-on-write: the process's own byte
+  EXPECT_EQ(writable.data()[4096], 'x');
+  std::ofstream(path, std::ios::binary | std::ios::trunc) << std::string(bytes.size(), 'y');
+  EXPECT_FALSE(read_only.changed());
+  EXPECT_EQ(std::string(read_only.data(), read_only.size()), bytes);
+  EXPECT_EQ(read_file(path), std::string(bytes.size(), 'y'));
+  EXPECT_EQ(MappedFile(path, "a test file").size(), bytes.size());
+  EXPECT_THROW(MappedFile(path + ".missing", "a test file"), std::invalid_argument);
+
+  // A model loaded for inference from copies computes as the copied one, and
+  // its weights keep their values once packed (their pages not dropped).
+  torch::manual_seed(3);
+  FfnStack model(small_stack_options(128, 3));
+  const std::string dir = temp_dir("mapped_copy") + "/model";
+  save_model(dir, model);
+  std::shared_ptr<Model> copied = load_model(dir, WeightStorage::kCopy);
+  std::shared_ptr<Model> from_copy = load_model(dir, WeightStorage::kMap);
+  auto* a = dynamic_cast<FfnStack*>(copied.get());
+  auto* b = dynamic_cast<FfnStack*>(from_copy.get());
+  ASSERT_TRUE(a && b);
+  torch::NoGradGuard no_grad;
+  const torch::Tensor x = torch::randn({3, 7, 128});
+  for (int i = 0; i < 2; ++i) EXPECT_TRUE(b->forward(x).equal(a->forward(x)));
+  const TensorMap stored = read_model_weights(dir);
+  for (const auto& [name, t] : module_state(*b)) EXPECT_TRUE(t.equal(stored.at(name))) << name;
 }
 
 TEST(MappedWeights, PackingAMappedWeightGivesItsPagesBack) {

@@ -10,6 +10,7 @@
 
 #include "commands.h"
 #include "moekit/core/cpu_allocator.h"
+#include "moekit/core/mapped_file.h"
 #include "moekit/core/runtime.h"
 #include "moekit/core/version.h"
 
@@ -59,6 +60,11 @@ int main(int argc, char** argv) {
                  "collective before stopping with an error")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
+  app.add_flag_callback(
+      "--no-mmap", [] { moekit::set_file_mapping(false); },
+      "Read model files into memory instead of mapping them (mapping is refused on some FUSE and network file "
+      "systems, which falls back to reading by itself): more resident memory, and the loaded weights stay as read "
+      "whatever happens to the file");
   add_info_command(app, global);
   add_bench_command(app, global);
   add_import_command(app, global);
