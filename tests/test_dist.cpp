@@ -271,7 +271,11 @@ TEST(DistWorker, Run) {
     // all_reduce_gradients after the pass: two accumulated passes (only the
     // last armed), a parameter without a gradient, then a step in which
     // rank 1 has no backward pass at all (a skipped non-finite batch), then
-    // two steps never armed (overlap off: every bucket after the pass).
+    // two steps never armed (overlap off: every bucket after the pass),
+    // gradients set to none before each of those steps; then an armed and
+    // an unarmed step with the gradients zeroed in place, as LibTorch 1.13's
+    // optimizers do, in which they must stay where the reducer put them
+    // (views of its buckets: nothing copied, no second copy kept).
     auto make = [] {
       torch::manual_seed(1);
       torch::nn::Sequential net(torch::nn::Linear(32, 32), torch::nn::Linear(32, 32), torch::nn::Linear(32, 32),
@@ -288,12 +292,18 @@ TEST(DistWorker, Run) {
     };
     dist::GradientReducer reducer(world, a->parameters(), /*bucket_bytes=*/4500, /*first_bucket_bytes=*/4500);
     EXPECT_GE(reducer.buckets(), 5);
-    for (int step = 0; step < 4; ++step) {
-      for (auto* net : {&a, &b})
-        for (auto& p : (*net)->parameters()) p.mutable_grad() = torch::Tensor();
+    std::vector<const void*> where;  // each gradient's storage after step 3
+    for (int step = 0; step < 6; ++step) {
+      const bool in_place = step >= 4, armed = step < 2 || step == 4;
+      for (auto* net : {&a, &b}) {
+        for (auto& p : (*net)->parameters()) {
+          if (in_place) p.mutable_grad().zero_();
+          else p.mutable_grad() = torch::Tensor();
+        }
+      }
       const bool skipped = step == 1 && world->rank() == 1;
       for (int pass = 0; pass < 2; ++pass) {
-        if (pass == 1 && step < 2) reducer.arm();
+        if (pass == 1 && armed) reducer.arm();
         if (skipped && pass == 1) continue;
         loss_of(a, pass).backward();
         loss_of(b, pass).backward();
@@ -304,13 +314,22 @@ TEST(DistWorker, Run) {
       for (size_t i = 0; i < pa.size(); ++i)
         EXPECT_TRUE(torch::equal(pa[i].grad(), pb[i].grad())) << "step " << step << " parameter " << i;
       // The passes that ran started every bucket but layer 0's during the pass.
-      if (step >= 2) {
+      if (!armed || skipped) {
         EXPECT_EQ(reducer.started_in_backward(), 0) << "step " << step;
-      } else if (!skipped) {
+      } else {
         EXPECT_GE(reducer.started_in_backward(), 1) << "step " << step;
         EXPECT_LT(reducer.started_in_backward(), reducer.buckets()) << "step " << step;
-      } else {
-        EXPECT_EQ(reducer.started_in_backward(), 0);
+      }
+      if (step == 3) {
+        for (const auto& p : pa) where.push_back(p.grad().data_ptr());
+        // A bucket's gradients lie one after the other in it: the last
+        // parameter's gradient ends where the one before it starts (buckets
+        // hold the parameters in reverse order).
+        EXPECT_EQ(static_cast<const float*>(where[pa.size() - 1]) + pa.back().numel(), where[pa.size() - 2]);
+      }
+      if (step >= 4) {
+        for (size_t i = 0; i < pa.size(); ++i)
+          EXPECT_EQ(pa[i].grad().data_ptr(), where[i]) << "step " << step << " parameter " << i;
       }
     }
     TensorMap grads;

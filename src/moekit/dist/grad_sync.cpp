@@ -167,11 +167,19 @@ void GradientReducer::start(Bucket& b) {
   torch::NoGradGuard no_grad;
   int64_t offset = 0;
   for (size_t k : b.params) {
-    const torch::Tensor& p = params_[k];
-    torch::Tensor slice = b.flat.narrow(0, offset, p.numel());
-    if (p.grad().defined()) slice.copy_(p.grad().reshape(-1));
-    else slice.zero_();
+    torch::Tensor& p = params_[k];
+    const torch::Tensor slice = b.flat.narrow(0, offset, p.numel());
     offset += p.numel();
+    torch::Tensor& g = p.mutable_grad();
+    // A gradient that is already this bucket's view (every step after the
+    // first while the optimizer zeroes gradients in place) is reduced where
+    // it lies; any other (the first step, or after gradients were set to
+    // none) is copied in once and then replaced by the view, as DDP's
+    // gradient_as_bucket_view does.
+    if (g.defined() && g.data_ptr() == slice.data_ptr()) continue;
+    if (g.defined()) slice.copy_(g.reshape(-1));
+    else slice.zero_();
+    g = slice.view(p.sizes());
   }
   std::vector<torch::Tensor> tensors{b.flat};
   b.pending = group_->all_reduce_sum_async(tensors);
@@ -194,16 +202,7 @@ void GradientReducer::finish(double divisor) {
   for (Bucket& b : buckets_) {
     b.pending->wait();
     b.pending.reset();
-    b.flat.div_(divisor);
-    int64_t offset = 0;
-    for (size_t k : b.params) {
-      torch::Tensor& p = params_[k];
-      torch::Tensor& g = p.mutable_grad();
-      const torch::Tensor avg = b.flat.narrow(0, offset, p.numel()).view(p.sizes());
-      if (g.defined()) g.copy_(avg);
-      else g = avg.clone();
-      offset += p.numel();
-    }
+    b.flat.div_(divisor);  // every gradient of the bucket is a view of it (start)
   }
   reset();
 }

@@ -35,8 +35,13 @@ void all_reduce_gradients(const Group& group, const std::vector<torch::Tensor>& 
 // every member, whatever order the gradients arrive in, so the members'
 // collectives always pair up. finish() waits for them, reduces the buckets
 // not started (a parameter without a gradient in the pass takes part as
-// zeros, as in all_reduce_gradients) and writes the averages into .grad:
-// the same values all_reduce_gradients gives.
+// zeros, as in all_reduce_gradients) and divides: the same values
+// all_reduce_gradients gives. Each parameter's .grad becomes a view of its
+// bucket the first time the bucket starts (DDP's gradient_as_bucket_view):
+// while the optimizer zeroes gradients in place, backward accumulates
+// straight into the buckets, with no copy in or out and no second copy of
+// the gradients in memory; a gradient set to none or replaced is copied in
+// once and becomes a view again.
 class GradientReducer {
  public:
   GradientReducer(std::shared_ptr<const Group> group, std::vector<torch::Tensor> params,
@@ -58,7 +63,7 @@ class GradientReducer {
  private:
   struct Bucket {
     std::vector<size_t> params;  // indices into params_
-    torch::Tensor flat;          // the gradients, flattened (the all-reduce's buffer)
+    torch::Tensor flat;          // the gradients, flattened (the all-reduce's buffer, .grad's storage)
     size_t waiting = 0;          // gradients not yet final in the armed pass
     std::unique_ptr<PendingCollective> pending;
   };

@@ -392,8 +392,22 @@ class TrainLoop {
     }
     for (auto& group : optimizer_->param_groups()) static_cast<torch::optim::AdamOptions&>(group.options()).lr(lr);
     if (std::isfinite(grad_norm)) optimizer_->step();
-    optimizer_->zero_grad();
+    zero_gradients();
     return grad_norm;
+  }
+  // Every gradient zeroed for the next step. Under data parallelism the
+  // dense gradients are views of the reducer's buckets, zeroed in place
+  // (LibTorch 1.13's Optimizer::zero_grad detaches in place, which views
+  // refuse; later ones set gradients to none, which would make the reducer
+  // copy them into its buckets again each step).
+  void zero_gradients() {
+    if (!reducer_) {
+      optimizer_->zero_grad();
+      return;
+    }
+    torch::NoGradGuard no_grad;
+    for (auto& p : params_)
+      if (p.grad().defined()) p.mutable_grad().zero_();
   }
   // The final model: the mean of the last epoch-end checkpoints.
   void average_final(const std::string& exp_dir) {
@@ -542,7 +556,7 @@ TrainSummary TrainLoop::run(const std::string& exp_dir) {
                      ranks > 1 ? str_cat(" for each of ", ranks, " processes (", global_batches, " in all)") : "");
     std::map<std::string, double> running;
     int64_t running_n = 0;
-    optimizer_->zero_grad();
+    zero_gradients();
     for (int64_t b = next_batch; b < batches; ++b) {
       const bool boundary = (b + 1) % o.accum_grad == 0 || b + 1 == batches;
       // The step's last backward pass all-reduces the gradients as it goes.
@@ -553,7 +567,7 @@ TrainSummary TrainLoop::run(const std::string& exp_dir) {
         std::cerr << "warning: non-finite loss at epoch " << epoch + 1 << " batch " << b * ranks + rank
                   << ", batch skipped\n";
         if (ranks == 1) {
-          optimizer_->zero_grad();
+          zero_gradients();
           continue;
         }
         // The other ranks step at this batch's boundary: this rank takes
