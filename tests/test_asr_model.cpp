@@ -268,16 +268,69 @@ TEST(AsrModel, CausalConvModuleInferencePathEqualsTheTrainingPath) {
   }
 }
 
+// The front end through LibTorch's own convolutions: recording gradients
+// with features that need a gradient too.
+static torch::Tensor subsampling_by_libtorch(Conv2dSubsampling& sub, const torch::Tensor& x) {
+  torch::AutoGradMode grad(true);
+  return sub->forward(x.detach().requires_grad_());
+}
+
 TEST(AsrModel, SubsamplingInferencePathEqualsTheTrainingPath) {
   torch::manual_seed(10);
   for (int64_t rate : {4, 6, 8}) {
     Conv2dSubsampling sub(20, 16, rate);
     const torch::Tensor x = torch::randn({2, 41, 20});
-    const torch::Tensor reference = sub->forward(x).detach();  // recording gradients: LibTorch's convolutions
+    const torch::Tensor reference = subsampling_by_libtorch(sub, x).detach();
+    const torch::Tensor training = sub->forward(x).detach();  // recording gradients: the first convolution's own path
+    EXPECT_TRUE(torch::allclose(training, reference, 1e-5, 1e-5)) << "rate " << rate;
     torch::NoGradGuard no_grad;  // inference: the first convolution in a loop
     const FastPathProbe probe;
     EXPECT_TRUE(torch::allclose(sub->forward(x), reference, 1e-5, 1e-5)) << "rate " << rate;
     EXPECT_EQ(probe.ran("subsampling.first_conv_rows"), 1) << "rate " << rate;
+  }
+}
+
+TEST(AsrModel, SubsamplingTrainingPathGivesLibTorchsOutputAndGradients) {
+  // Training with features that need no gradient runs the first convolution
+  // and its ReLU by the row kernel with a backward of its own: the output
+  // and every parameter's gradient are LibTorch's (its convolutions' own
+  // autograd is the reference), with and without the first bias, over
+  // utterances of odd and even lengths.
+  torch::manual_seed(12);
+  for (int64_t rate : {4, 6, 8}) {
+    for (bool bias : {true, false}) {
+      Conv2dSubsampling sub(23, 16, rate);
+      auto& first = *sub->conv->ptr<torch::nn::Conv2dImpl>(0);
+      if (!bias) first.bias = torch::Tensor();
+      for (int64_t frames : {41, 56}) {
+        const torch::Tensor x = torch::randn({3, frames, 23});
+        auto grads_of = [&](const torch::Tensor& y) {
+          for (auto& p : sub->parameters()) p.mutable_grad() = torch::Tensor();
+          const torch::Tensor weights = torch::linspace(-1.0, 1.0, y.numel()).view(y.sizes());
+          (y * weights).sum().backward();
+          std::vector<torch::Tensor> out;
+          // (Without the first bias, the module still lists the tensor it dropped: no gradient.)
+          for (const auto& p : sub->parameters()) out.push_back(p.grad().defined() ? p.grad().clone() : torch::zeros_like(p));
+          return out;
+        };
+        const torch::Tensor reference = subsampling_by_libtorch(sub, x);
+        const std::vector<torch::Tensor> reference_grads = grads_of(reference);
+        const FastPathProbe probe;
+        const torch::Tensor y = sub->forward(x);
+        EXPECT_EQ(probe.ran("subsampling.first_conv_train"), 1);
+        const std::vector<torch::Tensor> grads = grads_of(y);
+        const std::string where = "rate " + std::to_string(rate) + (bias ? " bias" : " no bias") + " frames " +
+                                  std::to_string(frames);
+        EXPECT_TRUE(torch::allclose(y, reference, 1e-5, 1e-5)) << where;
+        ASSERT_EQ(grads.size(), reference_grads.size());
+        for (size_t i = 0; i < grads.size(); ++i) {
+          const double scale = reference_grads[i].abs().max().item<double>();
+          EXPECT_LE((grads[i] - reference_grads[i]).abs().max().item<double>(), 1e-5 * std::max(1.0, scale))
+              << where << " parameter " << i;
+        }
+        EXPECT_GT(grads[0].abs().max().item<double>(), 0.0) << where;  // the first weight's gradient is not empty
+      }
+    }
   }
 }
 
@@ -287,10 +340,7 @@ TEST(AsrModel, SubsamplingKeepsItsConvolutionWeightsInStepWithTheModule) {
   torch::manual_seed(11);
   Conv2dSubsampling sub(20, 16, 8);
   const torch::Tensor x = torch::randn({1, 45, 20});
-  auto reference = [&] {
-    torch::AutoGradMode grad(true);  // LibTorch's convolutions
-    return sub->forward(x).detach();
-  };
+  auto reference = [&] { return subsampling_by_libtorch(sub, x).detach(); };
   torch::NoGradGuard no_grad;
   const FastPathProbe probe;
   EXPECT_TRUE(torch::allclose(sub->forward(x), reference(), 1e-5, 1e-5));

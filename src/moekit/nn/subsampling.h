@@ -31,6 +31,9 @@ class Conv2dSubsamplingImpl : public torch::nn::Module {
  private:
   // No gradient, CPU float32: the first convolution by the row kernel.
   bool inference_cpu_applies(const torch::Tensor& x) const;
+  // Recording gradients, CPU float32, features without a gradient: the first
+  // convolution and its ReLU by the row kernel, with a backward of its own.
+  bool training_cpu_applies(const torch::Tensor& x) const;
   int64_t rate_;
   ConvWeightCache conv_weights_[2];  // the convolutions after the first (one for x4 and x6, two for x8)
 };
