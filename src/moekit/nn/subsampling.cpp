@@ -15,7 +15,8 @@ namespace {
 // the masked output gradient with the input's 3x3 patches (9 columns).
 // LibTorch's path ran oneDNN's convolution for one input channel, converted
 // the output between oneDNN's blocked layout and NCHW, and made separate
-// ReLU passes: about 3x slower for the demo's front end.
+// ReLU passes (bench/README.md, "Speech training: the first subsampling
+// convolution").
 class FirstConvReluFunction : public torch::autograd::Function<FirstConvReluFunction> {
  public:
   // x [B, T, F], weight [C, 1, 3, 3], bias [C] or [0] (none: LibTorch 1.13's
