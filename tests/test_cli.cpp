@@ -272,6 +272,26 @@ TEST(Cli, PaddedMoeDispatchUnderRowBudgetsTrainsAsTheSortedOne) {
   ASSERT_EQ(sorted.size(), 10u);
   ASSERT_EQ(padded.size(), sorted.size());
   for (size_t i = 0; i < sorted.size(); ++i) EXPECT_NEAR(padded[i], sorted[i], 1e-4 * sorted[i]) << "step " << i + 1;
+  // Paused at step 5 and resumed, the run keeps its budgets: the same
+  // losses, reruns and rows as the run that went through.
+  const std::regex budget_line("computed ([0-9.]+) rows per routed assignment; (\\d+)");
+  std::smatch found;
+  ASSERT_TRUE(std::regex_search(run.output, found, budget_line));
+  const std::string whole_rows = found[1], whole_reruns = found[2];
+  write_file_atomic(d + "/paused.yaml", model_conf + "train_conf: {" + schedule +
+                                            ", max_steps: 5, moe_dispatch: padded, moe_row_margin: 1.0}\n");
+  run = run_cli("--threads 1 train asr --config " + d + "/paused.yaml --train-data " + d + "/train.list --cv-data " +
+                d + "/train.list --exp-dir " + d + "/resumed");
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  run = run_cli("--threads 1 train asr --config " + d + "/padded.yaml --train-data " + d + "/train.list --cv-data " +
+                d + "/train.list --exp-dir " + d + "/resumed --resume");
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  ASSERT_TRUE(std::regex_search(run.output, found, budget_line)) << run.output;
+  EXPECT_EQ(found[1], whole_rows) << run.output;
+  EXPECT_EQ(found[2], whole_reruns) << run.output;
+  const std::vector<double> resumed = logged_losses(d + "/resumed");
+  ASSERT_EQ(resumed.size(), padded.size());
+  for (size_t i = 0; i < padded.size(); ++i) EXPECT_NEAR(resumed[i], padded[i], 1e-5 * padded[i]) << "step " << i + 1;
   write_file_atomic(d + "/bad.yaml", model_conf + "train_conf: {" + schedule + ", moe_row_margin: 0.5}\n");
   run = train("bad");
   EXPECT_EQ(run.exit_code, 1);

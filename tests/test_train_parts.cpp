@@ -118,12 +118,36 @@ TEST(CheckpointStore, RoundTripsWeightsOptimizerAndGeneratorAndPrunesTheOldest) 
     state.epoch = s / 2;
     state.next_batch = s % 2;
     state.units_total = 10 * s;
+    // Row budgets: one layer that has not routed yet, doubles that need all 17 digits.
+    state.moe_load_estimates = {{1.0 / 3.0, 2.5 + 1e-13, 0.5}, {}};
+    state.moe_reruns = s;
+    state.moe_budget_rows = 1.0 / 7.0 * static_cast<double>(s);
+    state.moe_budget_assignments = 123456789.0;
     store.save(state, model, adam, [&](const std::string& d) { assets.push_back(d); }, /*keep=*/2);
   }
   ASSERT_EQ(store.list(), (std::vector<std::string>{dir + "/checkpoints/step_3", dir + "/checkpoints/step_4"}));
   EXPECT_EQ(assets.size(), 4u);
   const TrainerState s4 = CheckpointStore::read_state(dir + "/checkpoints/step_4");
   EXPECT_EQ(s4.units_total, 40);
+  EXPECT_EQ(s4.moe_load_estimates, (std::vector<std::vector<double>>{{1.0 / 3.0, 2.5 + 1e-13, 0.5}, {}}));
+  EXPECT_EQ(s4.moe_reruns, 4);
+  EXPECT_EQ(s4.moe_budget_rows, 1.0 / 7.0 * 4.0);
+  EXPECT_EQ(s4.moe_budget_assignments, 123456789.0);
+  // A malformed budget record is named, not read as something else.
+  make_dirs(dir + "/bad");
+  for (const std::string budgets : {"3", "{load_estimates: x}", "{load_estimates: [[1, a]]}", "{reruns: [1]}"}) {
+    write_file_atomic(dir + "/bad/trainer_state.yaml", "step: 8\nepoch: 1\nnext_batch: 0\nmoe_row_budgets: " + budgets + "\n");
+    try {
+      CheckpointStore::read_state(dir + "/bad");
+      ADD_FAILURE() << budgets << " was read";
+    } catch (const std::invalid_argument& e) {
+      EXPECT_NE(std::string(e.what()).find("trainer_state.yaml"), std::string::npos) << e.what();
+      EXPECT_TRUE(std::string(e.what()).find("moe_row_budgets") != std::string::npos ||
+                  std::string(e.what()).find("load_estimates") != std::string::npos ||
+                  std::string(e.what()).find("reruns") != std::string::npos)
+          << e.what();
+    }
+  }
   EXPECT_TRUE(s4.averageable());                                                   // next_batch 0
   EXPECT_FALSE(CheckpointStore::read_state(dir + "/checkpoints/step_3").averageable());  // mid-epoch
   // A directory without trainer_state.yaml (a save killed half-way) is not a checkpoint.

@@ -199,6 +199,14 @@ void CheckpointStore::save(const TrainerState& state, const Model& model, torch:
   node["end_of_run"] = state.end_of_run;
   node["world_size"] = state.world_size;
   node["ep_size"] = state.ep_size;
+  if (!state.moe_load_estimates.empty() || state.moe_budget_assignments > 0) {
+    YAML::Node budgets;
+    budgets["load_estimates"] = state.moe_load_estimates;
+    budgets["reruns"] = state.moe_reruns;
+    budgets["rows"] = state.moe_budget_rows;
+    budgets["assignments"] = state.moe_budget_assignments;
+    node["moe_row_budgets"] = budgets;
+  }
   write_yaml_file(dir + "/trainer_state.yaml", node);  // last: the checkpoint counts once renamed
   staged->commit();
   auto all = list();
@@ -229,6 +237,13 @@ TrainerState CheckpointStore::read_state(const std::string& dir) {
   s.end_of_run = yaml_get_or<bool>(node, "end_of_run", false, path);
   s.world_size = yaml_get_or<int64_t>(node, "world_size", 1, path);
   s.ep_size = yaml_get_or<int64_t>(node, "ep_size", 1, path);
+  if (const YAML::Node budgets = node["moe_row_budgets"]) {
+    MOEKIT_CHECK_ARG(budgets.IsMap(), path, ": field 'moe_row_budgets' is not a map");
+    s.moe_load_estimates = yaml_get_or<std::vector<std::vector<double>>>(budgets, "load_estimates", {}, path);
+    s.moe_reruns = yaml_get_or<int64_t>(budgets, "reruns", 0, path);
+    s.moe_budget_rows = yaml_get_or<double>(budgets, "rows", 0.0, path);
+    s.moe_budget_assignments = yaml_get_or<double>(budgets, "assignments", 0.0, path);
+  }
   return s;
 }
 

@@ -42,6 +42,15 @@ struct TrainerState {
   // resumes on the same layout only.
   int64_t world_size = 1;
   int64_t ep_size = 1;
+  // MoE row budgets (dropless training on the padded dispatch): each
+  // budgeted layer's recent load over the mean load, per expert, in model
+  // order (rank 0's; empty for a layer that has not routed yet), and the
+  // run's budget counters. A resumed run sizes the experts' blocks as the
+  // uninterrupted run would and reports the whole run's figures.
+  std::vector<std::vector<double>> moe_load_estimates;
+  int64_t moe_reruns = 0;               // batch forwards run again with more rows
+  double moe_budget_rows = 0;           // rows the experts computed
+  double moe_budget_assignments = 0;    // assignments routed to them
 
   // An epoch boundary or the run's end: a checkpoint the final average may use.
   bool averageable() const { return next_batch == 0 || end_of_run; }

@@ -179,6 +179,7 @@ class TrainLoop {
       if (lead_)
         std::cerr << "resumed from " << found.back() << " (step " << state_.step << ", epoch " << state_.epoch + 1
                   << ", batch " << state_.next_batch << ")\n";
+      restore_row_budgets(found.back());
     } else {
       // The same starting weights on every rank (rank 0's), then a
       // generator of its own per rank (dropout masks differ across ranks).
@@ -301,10 +302,45 @@ class TrainLoop {
     }
   }
 
+  // The row budgets a checkpoint recorded, so the resumed run's experts get
+  // the blocks the uninterrupted run's would (a checkpoint of a run without
+  // budgets, or this run without them, leaves the defaults).
+  void restore_row_budgets(const std::string& checkpoint) {
+    summary_.moe_reruns = state_.moe_reruns;
+    budget_rows_ = state_.moe_budget_rows;
+    budget_assignments_ = state_.moe_budget_assignments;
+    const auto& saved = state_.moe_load_estimates;
+    if (budgeted_layers_.empty() || saved.empty()) return;
+    MOEKIT_CHECK_ARG(saved.size() == budgeted_layers_.size(), checkpoint, ": row budgets for ", saved.size(),
+                     " MoE layers; the model has ", budgeted_layers_.size());
+    for (size_t i = 0; i < saved.size(); ++i) {
+      MoELayerImpl* moe = budgeted_layers_[i];
+      if (saved[i].empty()) continue;
+      MOEKIT_CHECK_ARG(static_cast<int64_t>(saved[i].size()) == moe->options().num_experts, checkpoint,
+                       ": row budgets for ", saved[i].size(), " experts in MoE layer ", i, "; it has ",
+                       moe->options().num_experts);
+      std::vector<double> budgets = saved[i];
+      for (double& b : budgets) {
+        MOEKIT_CHECK_ARG(std::isfinite(b) && b > 0, checkpoint, ": MoE layer ", i, " has a row budget estimate ", b);
+        b *= o_.moe_row_margin;
+      }
+      load_estimate_[moe] = saved[i];
+      moe->set_row_budgets(std::move(budgets));
+    }
+  }
+
   void save_checkpoint(int64_t at_epoch, int64_t at_batch, bool end_of_run) {
     sync_units();
     sync_buffers();
     TrainerState s = state_;
+    s.moe_reruns = summary_.moe_reruns;
+    s.moe_budget_rows = budget_rows_;
+    s.moe_budget_assignments = budget_assignments_;
+    s.moe_load_estimates.clear();
+    for (MoELayerImpl* moe : budgeted_layers_) {
+      const auto it = load_estimate_.find(moe);
+      s.moe_load_estimates.push_back(it != load_estimate_.end() ? it->second : std::vector<double>());
+    }
     s.epoch = at_epoch;
     s.next_batch = at_batch * world_->size();  // stored as the epoch's global batch position
     s.lr = scheduled_lr(o_, state_.step, horizon_);
