@@ -26,8 +26,10 @@
 #include "moekit/audio/audio_file.h"
 #include "moekit/core/mapped_tensors.h"
 #include "moekit/core/model_dir.h"
+#include "moekit/core/utf8.h"
 #include "moekit/decode/recognizer.h"
 #include "moekit/models/asr/wenet_import.h"
+#include "moekit/serve/asr_protocol.h"
 #include "moekit/serve/asr_server.h"
 #include "test_util.h"
 
@@ -488,6 +490,90 @@ std::string failure(const std::function<void(Client&)>& act, int port) {
   return client.timed_out() ? "timed out" : "";
 }
 
+// Client input quoted in a reply: whole characters up to the limit, what
+// is not UTF-8 or is a control character shown as '?'.
+TEST(AsrProtocol, PrintableQuotesWholeUtf8Characters) {
+  EXPECT_EQ(printable("plain"), "plain");
+  EXPECT_EQ(printable(std::string(79, 'x') + "\u00e9z"), std::string(79, 'x') + "...");
+  EXPECT_EQ(printable(std::string(78, 'x') + "\u00e9z"), std::string(78, 'x') + "\u00e9...");
+  EXPECT_EQ(printable("a\xff\xc3" "b\n\x7f\u20ac"), "a??b??\u20ac");
+  EXPECT_EQ(printable("\xf0\x9f\x98\x80\xf0\x9f", 6), "\xf0\x9f\x98\x80??");
+  EXPECT_EQ(printable("\xf0\x9f\x98\x80\xf0\x9f", 5), "\xf0\x9f\x98\x80?...");
+  EXPECT_EQ(printable(std::string(100, 'y'), 3), "yyy...");
+}
+
+// The protocol's order and formats without a server: what each message
+// gives, and each refusal.
+TEST(AsrProtocol, AcceptsOneStreamInOrderAndRefusesTheRest) {
+  ClientProtocol p(16000, 1.0);
+  const auto refusal = [](const std::function<void()>& f) -> std::string {
+    try {
+      f();
+    } catch (const std::invalid_argument& e) {
+      return e.what();
+    }
+    return "(accepted)";
+  };
+  const unsigned char pcm[] = {0x00, 0x80, 0xff, 0x7f, 0x01, 0x00};
+  EXPECT_EQ(refusal([&] { p.binary(pcm, 6); }), "Start signal is expected before binary data");
+  EXPECT_EQ(refusal([&] { p.text(R"({"signal": "end"})"); }), "an end signal before the start signal");
+  EXPECT_NE(refusal([&] { p.text(R"({"signal": "start", "nbest": 0})"); }).find("nbest"), std::string::npos);
+  EXPECT_FALSE(p.started());
+  const ClientSignal start = p.text(R"({"signal": "start", "nbest": 18446744073709551615, "continuous_decoding": true,
+                                        "sample_rate": 16000.0, "channels": 1})");
+  EXPECT_EQ(start.kind, ClientSignal::Kind::Start);
+  EXPECT_EQ(start.nbest, 1000u);
+  EXPECT_TRUE(start.continuous);
+  EXPECT_EQ(refusal([&] { p.text(R"({"signal": "start"})"); }),
+            "a start signal while the stream is open (one stream per connection)");
+  EXPECT_EQ(p.binary(pcm, 6), (std::vector<float>{-1.0f, 32767.0f / 32768.0f, 1.0f / 32768.0f}));
+  EXPECT_EQ(refusal([&] { p.binary(pcm, 5); }), "a binary message of 5 bytes: audio is 16-bit PCM, an even number of bytes");
+  EXPECT_EQ(p.samples(), 3);
+  EXPECT_EQ(p.text(R"({"signal": "end"})").kind, ClientSignal::Kind::End);
+  EXPECT_EQ(refusal([&] { p.binary(pcm, 6); }), "binary data after the end signal");
+  EXPECT_EQ(refusal([&] { p.text(R"({"signal": "end"})"); }), "a second end signal");
+  // The longest stream, counted over the messages.
+  ClientProtocol q(4, 1.0);
+  q.text(R"({"signal": "start"})");
+  const std::vector<unsigned char> four(8, 0);
+  EXPECT_EQ(q.binary(four.data(), 8).size(), 4u);
+  EXPECT_EQ(refusal([&] { q.binary(four.data(), 2); }), "the stream is longer than 1 s (--max-stream-seconds)");
+}
+
+// fuzz/corpus/asr_protocol: message sequences as fuzz_asr_protocol reads
+// them (a kind byte, even for text; a 16-bit little-endian length; the
+// bytes). Each is accepted to its end or refused with one line of UTF-8.
+TEST(AsrProtocol, FuzzCorpusSequencesAreAcceptedOrRefusedWithOneLine) {
+  int accepted = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(std::string(MOEKIT_SOURCE_DIR) + "/fuzz/corpus/asr_protocol")) {
+    SCOPED_TRACE(entry.path().string());
+    const std::string bytes = read_file(entry.path().string());
+    ClientProtocol protocol(16000, 2.0);
+    bool refused = false;
+    for (size_t at = 0; at + 3 <= bytes.size() && !refused;) {
+      const auto* u = reinterpret_cast<const unsigned char*>(bytes.data());
+      const size_t length = std::min<size_t>(u[at + 1] | (u[at + 2] << 8), bytes.size() - at - 3);
+      const bool binary = (u[at] & 1) != 0;
+      const std::string payload = bytes.substr(at + 3, length);
+      at += 3 + length;
+      try {
+        if (binary) {
+          protocol.binary(reinterpret_cast<const unsigned char*>(payload.data()), payload.size());
+        } else {
+          protocol.text(payload);
+        }
+      } catch (const std::invalid_argument& e) {
+        const std::string reason = e.what();
+        EXPECT_TRUE(is_valid_utf8(reason)) << reason;
+        EXPECT_EQ(printable(reason, reason.size()), reason);  // no control characters
+        refused = true;
+      }
+    }
+    accepted += refused ? 0 : 1;
+  }
+  EXPECT_GE(accepted, 2) << "the seeds 'stream' and 'start_format' are whole streams";
+}
+
 TEST(AsrServer, EachMalformedInputEndsOnlyItsStreamWithAnError) {
   AsrServerOptions options;
   options.max_stream_seconds = 1;
@@ -504,6 +590,15 @@ TEST(AsrServer, EachMalformedInputEndsOnlyItsStreamWithAnError) {
   const std::vector<Case> cases = {
       {"audio first", [&](Client& c) { c.pcm(pcm.data(), 100); }, "Start signal is expected before binary data"},
       {"not JSON", [](Client& c) { c.text("{start"); }, "text message is not JSON: {start"},
+      // Quoted up to 80 bytes: cut before the character that straddles them
+      // (cut inside it, the reply was not UTF-8 and its JSON dump threw,
+      // which took the whole server down).
+      {"not JSON, a character across the quote's end",
+       [](Client& c) { c.text(std::string(79, 'x') + "\u00e9 and more"); },
+       "text message is not JSON: xxxxxxxxxx"},
+      {"unknown signal, long and not ASCII",
+       [](Client& c) { c.send({{"signal", std::string(39, 'a') + "\u00fcberlange \u00fcberlange"}}); },
+       "Unexpected signal type: \"aaaa"},
       {"not an object", [](Client& c) { c.text("[1]"); }, "Wrong protocol"},
       {"no signal", [](Client& c) { c.send({{"nbest", 1}}); }, "Wrong message header"},
       {"unknown signal", [](Client& c) { c.send({{"signal", "pause"}}); }, "Unexpected signal type: \"pause\""},

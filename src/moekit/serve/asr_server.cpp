@@ -20,6 +20,7 @@
 
 #include "moekit/core/check.h"
 #include "moekit/core/mapped_tensors.h"
+#include "moekit/serve/asr_protocol.h"
 
 namespace moekit {
 
@@ -106,14 +107,6 @@ json result_reply(const std::string& type, const std::string& nbest) {
   json message = reply(type);
   message["nbest"] = nbest;
   return message;
-}
-
-// A text for a log line or an error message: at most 80 bytes of it, control
-// bytes shown as '?'.
-std::string printable(const std::string& text) {
-  std::string out;
-  for (char c : text.substr(0, 80)) out += (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) ? '?' : c;
-  return text.size() > 80 ? out + "..." : out;
 }
 
 // Gathers the encoder steps of concurrent StreamingSessions into batched
@@ -283,7 +276,10 @@ struct AsrServerImpl {
 class Stream : public std::enable_shared_from_this<Stream> {
  public:
   Stream(AsrServerImpl* server, tcp::socket socket)
-      : server_(server), ws_(std::move(socket)), idle_timer_(server_->ioc) {
+      : server_(server),
+        ws_(std::move(socket)),
+        idle_timer_(server_->ioc),
+        protocol_(server->sample_rate, server->options.max_stream_seconds) {
     ++server_->open_streams;
   }
   ~Stream() { --server_->open_streams; }
@@ -331,7 +327,7 @@ class Stream : public std::enable_shared_from_this<Stream> {
     idle_timer_.expires_after(millis(server_->options.idle_timeout_seconds));
     idle_timer_.async_wait([weak = weak_from_this()](beast::error_code ec) {
       auto self = weak.lock();
-      if (ec || !self || self->ended_) return;
+      if (ec || !self || self->protocol_.ended()) return;
       self->fail(str_cat("no message for ", self->server_->options.idle_timeout_seconds,
                          " s (--idle-timeout): the stream is closed"));
     });
@@ -340,7 +336,7 @@ class Stream : public std::enable_shared_from_this<Stream> {
   void do_read() {
     if (reading_ || closing_) return;
     reading_ = true;
-    if (!ended_) arm_idle_timer();
+    if (!protocol_.ended()) arm_idle_timer();
     ws_.async_read(buffer_, [self = shared_from_this()](beast::error_code ec, std::size_t) {
       self->reading_ = false;
       self->on_read(ec);
@@ -357,10 +353,18 @@ class Stream : public std::enable_shared_from_this<Stream> {
       closing_ = true;
       return;
     }
-    if (ws_.got_text()) {
-      on_text(beast::buffers_to_string(buffer_.data()));
-    } else {
-      on_binary(buffer_);
+    // A message the protocol refuses ends its stream with the reason; so
+    // does anything else thrown while handling it: never the server.
+    try {
+      if (ws_.got_text()) {
+        on_text(beast::buffers_to_string(buffer_.data()));
+      } else {
+        on_binary(buffer_);
+      }
+    } catch (const std::invalid_argument& e) {
+      fail(e.what());
+    } catch (const std::exception& e) {
+      fail(str_cat("the server could not handle the message: ", e.what()));
     }
     buffer_.consume(buffer_.size());
     if (closing_) return;
@@ -371,44 +375,19 @@ class Stream : public std::enable_shared_from_this<Stream> {
     }
   }
 
+  // Throw std::invalid_argument (ClientProtocol's refusals), which on_read
+  // turns into the stream's failure reply.
   void on_text(const std::string& text) {
-    const json message = json::parse(text, nullptr, /*allow_exceptions=*/false);
-    if (message.is_discarded()) return fail("text message is not JSON: " + printable(text));
-    if (!message.is_object()) return fail("Wrong protocol: a text message must be a JSON object");
-    if (!message.contains("signal") || !message["signal"].is_string())
-      return fail("Wrong message header: a text message needs a \"signal\" (\"start\" or \"end\")");
-    const std::string signal = message["signal"].get<std::string>();
-    if (signal == "start") return on_start(message);
-    if (signal == "end") return on_end();
-    fail("Unexpected signal type: \"" + printable(signal) + "\" (expected \"start\" or \"end\")");
+    const ClientSignal signal = protocol_.text(text);
+    if (signal.kind == ClientSignal::Kind::Start) return on_start(signal);
+    idle_timer_.cancel();
+    enqueue(Job{{}, true});
   }
 
-  void on_start(const json& message) {
-    if (started_) return fail("a start signal while the stream is open (one stream per connection)");
-    if (message.contains("nbest")) {
-      if (!message["nbest"].is_number_integer() || message["nbest"].get<int64_t>() < 1)
-        return fail("integer is expected for nbest option (>= 1)");
-      // Read by the decode threads only after the jobs this start precedes.
-      nbest_ = static_cast<size_t>(std::min<int64_t>(message["nbest"].get<int64_t>(), 1000));
-    }
-    if (message.contains("continuous_decoding")) {
-      if (!message["continuous_decoding"].is_boolean())
-        return fail("boolean true or false is expected for continuous_decoding option");
-      continuous_ = message["continuous_decoding"].get<bool>();
-    }
-    const int rate = server_->sample_rate;
-    if (message.contains("sample_rate")) {
-      const json& v = message["sample_rate"];
-      if (!v.is_number() || v.get<double>() != rate)
-        return fail(str_cat("sample_rate ", printable(v.dump()), " in the start message: this model takes ", rate,
-                            " Hz 16-bit mono PCM"));
-    }
-    if (message.contains("channels")) {
-      const json& v = message["channels"];
-      if (!v.is_number_integer() || v.get<int64_t>() != 1)
-        return fail(str_cat("channels ", printable(v.dump()), " in the start message: this model takes ", rate,
-                            " Hz 16-bit mono PCM"));
-    }
+  void on_start(const ClientSignal& signal) {
+    // Read by the decode threads only after the jobs this start precedes.
+    nbest_ = signal.nbest;
+    continuous_ = signal.continuous;
     if (const std::string changed = changed_mapped_file(); !changed.empty())
       return fail(str_cat("the model file ", changed,
                           " was rewritten in place since the server loaded it; restart the server "
@@ -418,36 +397,12 @@ class Stream : public std::enable_shared_from_this<Stream> {
     } catch (const std::exception& e) {
       return fail(e.what());
     }
-    started_ = true;
     send(reply("server_ready"));
   }
 
-  void on_end() {
-    if (!started_) return fail("an end signal before the start signal");
-    if (ended_) return fail("a second end signal");
-    ended_ = true;
-    idle_timer_.cancel();
-    enqueue(Job{{}, true});
-  }
-
   void on_binary(const beast::flat_buffer& buffer) {
-    if (!started_) return fail("Start signal is expected before binary data");
-    if (ended_) return fail("binary data after the end signal");
-    const size_t bytes = buffer.size();
-    if (bytes % 2 != 0)
-      return fail(str_cat("a binary message of ", bytes, " bytes: audio is 16-bit PCM, an even number of bytes"));
-    const size_t count = bytes / 2;
-    samples_received_ += static_cast<int64_t>(count);
-    if (static_cast<double>(samples_received_) > server_->options.max_stream_seconds * server_->sample_rate)
-      return fail(str_cat("the stream is longer than ", server_->options.max_stream_seconds,
-                          " s (--max-stream-seconds)"));
     Job job;
-    job.samples.resize(count);
-    const auto* bytes_in = static_cast<const unsigned char*>(buffer.data().data());
-    for (size_t i = 0; i < count; ++i) {
-      const auto v = static_cast<int16_t>(static_cast<uint16_t>(bytes_in[2 * i] | (bytes_in[2 * i + 1] << 8)));
-      job.samples[i] = static_cast<float>(v) / 32768.0f;  // as libsndfile reads 16-bit files
-    }
+    job.samples = protocol_.binary(static_cast<const unsigned char*>(buffer.data().data()), buffer.size());
     enqueue(std::move(job));
   }
 
@@ -483,7 +438,9 @@ class Stream : public std::enable_shared_from_this<Stream> {
 
   void send(const json& message) {
     if (closing_) return;
-    outbox_.push_back(message.dump());
+    // Replies quote client input (printable() keeps it UTF-8); bytes that
+    // are not UTF-8 are replaced rather than thrown on.
+    outbox_.push_back(message.dump(-1, ' ', false, json::error_handler_t::replace));
     if (!writing_) do_write();
   }
 
@@ -531,11 +488,9 @@ class Stream : public std::enable_shared_from_this<Stream> {
   bool writing_ = false;
   bool closing_ = false;  // no more replies; close once the outbox is out
   bool close_started_ = false;
-  bool started_ = false;
-  bool ended_ = false;
+  ClientProtocol protocol_;  // which messages the client may send now
   bool continuous_ = false;
   size_t nbest_ = 1;  // hypotheses per result (at most the beam's)
-  int64_t samples_received_ = 0;
 
   // Shared with the decode threads, under mutex_.
   std::mutex mutex_;
