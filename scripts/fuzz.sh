@@ -23,7 +23,7 @@ TMPDIR="$(mktemp -d "${TMPDIR:-/tmp}/moekit_fuzz.XXXXXX")"
 export TMPDIR
 trap 'rm -rf "$TMPDIR"' EXIT
 status=0
-for name in safetensors pickle audio yaml_configs hf_config hf_tokenizer decode_words asr_data; do
+for name in safetensors pickle audio yaml_configs hf_config hf_tokenizer decode_words asr_data asr_protocol; do
   mkdir -p "$build/corpus/$name" "$build/artifacts/$name"
   log="$build/fuzz_$name.log"
   if "$build/fuzz/fuzz_$name" "$build/corpus/$name" "fuzz/corpus/$name" -max_total_time="$seconds" \
