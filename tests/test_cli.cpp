@@ -107,6 +107,21 @@ TEST(Cli, TranscribeGoesOnPastBadFilesAndFailsAtTheEnd) {
   EXPECT_FALSE(rows[2].contains("error")) << rows[2];
   EXPECT_NE(rows[3]["error"].get<std::string>().find("too short"), std::string::npos) << rows[3];
   EXPECT_EQ(errors, 3) << run.output;  // two files + the summary line
+  // File names are bytes: one in Latin-1 is decoded, and the JSON names it
+  // with U+FFFD for the byte that is not UTF-8 (the command used to fail
+  // printing it); a missing one is reported the same way.
+  write_wav16(dir + "/caf\xe9.wav", tone, 16000);
+  const CliRun latin1 =
+      run_cli("transcribe " + dir + " '" + dir + "/caf\xe9.wav' '" + dir + "/gon\xe9.wav' --json");
+  EXPECT_EQ(latin1.exit_code, 1) << latin1.output;
+  std::vector<nlohmann::json> named;
+  std::istringstream latin1_lines(latin1.output);
+  while (std::getline(latin1_lines, line))
+    if (line.rfind("{", 0) == 0) named.push_back(nlohmann::json::parse(line));
+  ASSERT_EQ(named.size(), 2u) << latin1.output;
+  EXPECT_EQ(named[0]["file"], dir + "/caf\xef\xbf\xbd.wav") << named[0];
+  EXPECT_EQ(named[0]["text"], rows[0]["text"]) << named[0];
+  EXPECT_NE(named[1]["error"].get<std::string>().find("gon\xef\xbf\xbd.wav"), std::string::npos) << named[1];
 
   const CliRun streaming = run_cli("transcribe " + dir + " " + dir + "/tone.wav --chunk-size 2 --streaming");
   EXPECT_EQ(streaming.exit_code, 0) << streaming.output;

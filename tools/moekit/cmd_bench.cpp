@@ -295,7 +295,7 @@ void add_bench_command(CLI::App& app, const GlobalOptions& global) {
     }
     out["layer"] = layers;
     if (opt->stack_layers > 0) out["stack"] = stacks;
-    std::cout << out.dump(2) << std::endl;
+    std::cout << json_text(out, 2) << std::endl;
   });
 }
 

@@ -283,7 +283,7 @@ void add_bench_asr_command(CLI::App& bench, const GlobalOptions& global) {
       // where skipping idle experts beats reading them all.
       j["chunk_fraction_of_all_weights_bound"] = all_bytes * static_cast<double>(chunks) / st / bandwidth;
     }
-    std::cout << j.dump(2) << std::endl;
+    std::cout << json_text(j, 2) << std::endl;
   });
 }
 

@@ -227,7 +227,7 @@ void add_bench_kernels_command(CLI::App& bench, const GlobalOptions& global) {
     j["int8"] = {{"matrix", {o->out, o->in}}, {"results", int8_results}};
     j["bf16"] = {{"matrix", {o->out, o->in}}, {"results", bf16_results}};
     j["silu"] = {{"floats", o->silu_floats}, {"results", silu_results}};
-    std::cout << j.dump(2) << std::endl;
+    std::cout << json_text(j, 2) << std::endl;
   });
 }
 

@@ -250,7 +250,7 @@ void add_bench_lm_command(CLI::App& bench, const GlobalOptions& global) {
       j["read_bandwidth_gb_per_s"] = bandwidth / 1e9;
       j["decode_fraction_of_bandwidth_bound"] = bytes / per_token / bandwidth;
     }
-    std::cout << j.dump(2) << std::endl;
+    std::cout << json_text(j, 2) << std::endl;
   });
 }
 

@@ -45,11 +45,15 @@ void run_perplexity_eval(const std::string& model_dir, const std::string& text, 
   check_mapped_files_unchanged("eval");
   const double tokens_per_s = r.seconds > 0 ? static_cast<double>(r.tokens) / r.seconds : 0.0;
   if (json_output) {
-    std::cout << nlohmann::json{{"nll", r.nll},       {"perplexity", r.perplexity}, {"tokens", r.tokens},
-                                {"windows", r.windows}, {"window", r.window},        {"stride", r.stride},
-                                {"tokens_per_s", tokens_per_s}, {"peak_memory_mb", peak_resident_bytes() >> 20}}
-                     .dump()
-              << "\n";
+    const nlohmann::json j = {{"nll", r.nll},
+                              {"perplexity", r.perplexity},
+                              {"tokens", r.tokens},
+                              {"windows", r.windows},
+                              {"window", r.window},
+                              {"stride", r.stride},
+                              {"tokens_per_s", tokens_per_s},
+                              {"peak_memory_mb", peak_resident_bytes() >> 20}};
+    std::cout << json_text(j) << "\n";
     return;
   }
   std::cout << std::fixed << std::setprecision(4) << "perplexity " << r.perplexity << "  nll " << r.nll
@@ -178,7 +182,7 @@ void add_eval_command(CLI::App& app, const GlobalOptions& global) {
                   << "%  (" << data.size() - failed << " utterances, RTF " << std::setprecision(4)
                   << j["rtf"].get<double>() << ")\n";
     }
-    if (o->json_output) std::cout << results.dump() << "\n";
+    if (o->json_output) std::cout << json_text(results) << "\n";
     // Error rates cover the readable utterances; the exit code says some were not.
     MOEKIT_CHECK(total_failed == 0, total_failed, " utterance decodes failed (see above)");
   });

@@ -178,7 +178,7 @@ void add_info_command(CLI::App& app, const GlobalOptions& global) {
                      "info needs either a model directory or --system");
     const json j = options->system ? system_info() : model_info(options->model_dir);
     if (options->json_output) {
-      std::cout << j.dump(2) << "\n";
+      std::cout << json_text(j, 2) << "\n";
     } else if (options->system) {
       print_system(j);
     } else {

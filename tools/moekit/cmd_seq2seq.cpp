@@ -362,10 +362,9 @@ void run_translation_eval(const std::string& model_dir, const std::string& data,
   }
   const double n = static_cast<double>(order.size());
   if (json_output) {
-    std::cout << nlohmann::json{{"tasks", results},         {"bleu_avg", bleu_sum / n},   {"chrf_avg", chrf_sum / n},
-                                {"cer_avg", cer_sum / n},    {"exact_avg", exact_sum / n}, {"failed", failed}}
-                     .dump()
-              << "\n";
+    const nlohmann::json j = {{"tasks", results},      {"bleu_avg", bleu_sum / n},   {"chrf_avg", chrf_sum / n},
+                              {"cer_avg", cer_sum / n}, {"exact_avg", exact_sum / n}, {"failed", failed}};
+    std::cout << json_text(j) << "\n";
   } else {
     std::cout << std::left << std::setw(8) << "average" << " BLEU " << std::fixed << std::setprecision(2)
               << bleu_sum / n << "  chrF " << chrf_sum / n << "  CER " << 100 * cer_sum / n << "%  exact "
@@ -573,17 +572,17 @@ void add_bench_seq2seq_command(CLI::App& bench, const GlobalOptions& global) {
                            {"vs_token_moe", tps / token_moe},
                            {"weights_mb", static_cast<double>(bytes) / 1e6}});
         if (!o->only.empty()) results.back().erase("vs_token_moe");
-        std::cout << nlohmann::json(results.back()).dump() << std::endl;
+        std::cout << json_text(results.back()) << std::endl;
       }
     }
     if (!o->only.empty()) {
       // What stays resident while serving: the weights, their panels, the
       // code; the freed decoding buffers given back first.
       release_cpu_memory();
-      std::cout << nlohmann::json{{"model", o->only}, {"resident_mb", static_cast<double>(resident_bytes()) / 1e6},
-                                  {"peak_resident_mb", static_cast<double>(peak_resident_bytes()) / 1e6}}
-                       .dump()
-                << std::endl;
+      const nlohmann::json j = {{"model", o->only},
+                                {"resident_mb", static_cast<double>(resident_bytes()) / 1e6},
+                                {"peak_resident_mb", static_cast<double>(peak_resident_bytes()) / 1e6}};
+      std::cout << json_text(j) << std::endl;
     }
   });
 }

@@ -97,7 +97,7 @@ void add_transcribe_command(CLI::App& app, const GlobalOptions& global) {
         }();
         if (o->json_output) {
           nlohmann::json j = {{"file", path}, {"text", text}, {"tokens", r.tokens}, {"score", r.score}};
-          std::cout << j.dump() << "\n";
+          std::cout << json_text(j) << "\n";
         } else {
           std::cout << path << "\t" << text << "\n";
         }
@@ -109,7 +109,7 @@ void add_transcribe_command(CLI::App& app, const GlobalOptions& global) {
         std::string message = e.what();
         message = message.substr(0, message.find('\n'));
         if (message.rfind(path, 0) != 0) message = path + ": " + message;
-        if (o->json_output) std::cout << nlohmann::json{{"file", path}, {"error", message}}.dump() << "\n";
+        if (o->json_output) std::cout << json_text({{"file", path}, {"error", message}}) << "\n";
         std::cerr << "moekit: error: " << message << "\n";
       }
       std::cout.flush();

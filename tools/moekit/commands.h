@@ -2,6 +2,7 @@
 // Subcommands of the `moekit` CLI. Each adds itself to the app; its callback
 // throws on error and main() turns that into a one-line message + exit code.
 #include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
 
 #include <string>
 #include <vector>
@@ -84,6 +85,13 @@ void print_train_summary(const TrainSummary& summary);
 std::string run_tokenizer_file(const std::string& exp_dir, bool resume, const std::string& given,
                                const std::string& kept_name, const std::string& option,
                                const std::vector<std::string>& siblings = {});
+
+// A command's JSON output. File names are bytes, not always UTF-8 (a
+// Latin-1 name from an old archive): their bytes that are not UTF-8 come
+// out as U+FFFD rather than failing the command after its work is done.
+inline std::string json_text(const nlohmann::json& j, int indent = -1) {
+  return j.dump(indent, ' ', false, nlohmann::json::error_handler_t::replace);
+}
 
 // Applies --threads to LibTorch and the BLAS. With two or more threads it
 // may first start the program over with the thread pools' wait settings
