@@ -532,6 +532,17 @@ TEST(AsrProtocol, AcceptsOneStreamInOrderAndRefusesTheRest) {
   EXPECT_EQ(p.text(R"({"signal": "end"})").kind, ClientSignal::Kind::End);
   EXPECT_EQ(refusal([&] { p.binary(pcm, 6); }), "binary data after the end signal");
   EXPECT_EQ(refusal([&] { p.text(R"({"signal": "end"})"); }), "a second end signal");
+  // An option's value quoted by its kind when it is an array or object:
+  // written whole, 500,000 levels of nesting overflowed the stack (and
+  // stopped the server).
+  ClientProtocol deep(16000, 1.0);
+  EXPECT_EQ(refusal([&] {
+              deep.text(R"({"signal": "start", "sample_rate": )" + std::string(500000, '[') + std::string(500000, ']') +
+                        "}");
+            }),
+            "sample_rate an array of 1 elements in the start message: this model takes 16000 Hz 16-bit mono PCM");
+  EXPECT_EQ(refusal([&] { deep.text(R"({"signal": "start", "channels": ")" + std::string(100, 'c') + "\"}"); }),
+            "channels \"" + std::string(79, 'c') + "... in the start message: this model takes 16000 Hz 16-bit mono PCM");
   // The longest stream, counted over the messages.
   ClientProtocol q(4, 1.0);
   q.text(R"({"signal": "start"})");

@@ -146,7 +146,7 @@ TEST(HfTokenizer, MetaspaceReplacesSpacesPrependsPerSchemeAndSplits) {
 
 TEST(HfTokenizer, UnsupportedComponentsAndBrokenFilesAreRefusedByName) {
   const std::string dir = temp_dir("hf_tok_bad");
-  const std::vector<std::pair<std::string, std::string>> cases = {
+  std::vector<std::pair<std::string, std::string>> cases = {
       {tiny_tokenizer({}, {{"normalizer", {{"type", "Lowercase"}}}}), "normalizer \"Lowercase\" is not supported"},
       {tiny_tokenizer({}, {{"pre_tokenizer", {{"type", "Split"}, {"pattern", {{"String", " "}}}, {"behavior", "Sideways"}}}}),
        "Split behavior \"Sideways\" is not supported"},
@@ -182,6 +182,25 @@ TEST(HfTokenizer, UnsupportedComponentsAndBrokenFilesAreRefusedByName) {
       {"{\"model\": ", "not a tokenizer.json"},
       {"[1, 2]", "not a tokenizer.json"},
   };
+  // Nesting as deep as a file can hold is an error, not a stack overflow:
+  // Sequences past 64 levels, and a value quoted in an error by its kind
+  // (writing it whole recursed once per level). Spliced in as text, since
+  // building such a value with nlohmann would recurse as deep.
+  const auto splice = [](std::string text, const std::string& raw) {
+    return text.replace(text.find("\"@@\""), 4, raw);
+  };
+  const auto sequences = [](const std::string& key, int levels) {
+    std::string raw;
+    for (int i = 0; i < levels; ++i) raw += "{\"type\": \"Sequence\", \"" + key + "\": [";
+    for (int i = 0; i < levels; ++i) raw += "]}";
+    return raw;
+  };
+  cases.emplace_back(splice(tiny_tokenizer({}, {{"normalizer", "@@"}}), sequences("normalizers", 300000)),
+                     "normalizer Sequences nested deeper than 64 levels");
+  cases.emplace_back(splice(tiny_tokenizer({}, {{"decoder", "@@"}}), sequences("decoders", 65)),
+                     "decoder Sequences nested deeper than 64 levels");
+  cases.emplace_back(splice(tiny_tokenizer({{"vocab", {{"a", "@@"}}}}), std::string(500000, '[') + std::string(500000, ']')),
+                     "vocabulary id is not an integer: an array of 1 elements");
   int n = 0;
   for (const auto& [text, expected] : cases) {
     const std::string path = dir + "/t" + std::to_string(n++) + ".json";
@@ -192,6 +211,10 @@ TEST(HfTokenizer, UnsupportedComponentsAndBrokenFilesAreRefusedByName) {
     EXPECT_EQ(message.find('\n'), std::string::npos) << message;
   }
   EXPECT_NE(error_of([&] { HfTokenizer t(dir + "/missing.json"); }).find("no such file"), std::string::npos);
+  // 64 levels load (an empty innermost Sequence normalizes nothing).
+  std::string nested = tiny_tokenizer({}, {{"normalizer", "@@"}});
+  write_file_atomic(dir + "/deep64.json", splice(nested, sequences("normalizers", 64)));
+  EXPECT_EQ(HfTokenizer(dir + "/deep64.json").encode("abc"), (std::vector<int64_t>{5}));
 }
 
 TEST(HfTokenizer, IdsEqualHuggingFacesJavaScriptTokenizersOnRealFiles) {

@@ -5,9 +5,11 @@
 // error message.
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <string>
 
 #include "moekit/core/check.h"
+#include "moekit/core/utf8.h"
 
 namespace moekit {
 
@@ -19,6 +21,25 @@ inline std::string json_error_reason(const nlohmann::json::exception& e) {
   const std::string what = e.what();
   const size_t close = what.find("] ");
   return close == std::string::npos ? what : what.substr(close + 2);
+}
+
+// A JSON value quoted in an error message: a number, string, boolean or
+// null as JSON writes it, cut between characters after max_bytes ("...");
+// an array or object by its kind and size only. Serializing a whole value
+// is never done: nlohmann's serializer recurses once per level, so a
+// deeply nested value (a 1 MB message holds 500,000 levels) would overflow
+// the stack.
+inline std::string json_value_for_message(const nlohmann::json& v, size_t max_bytes = 40) {
+  if (v.is_array()) return str_cat("an array of ", v.size(), " elements");
+  if (v.is_object()) return str_cat("an object of ", v.size(), " fields");
+  const std::string text = v.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  size_t end = 0;
+  while (end < text.size()) {
+    const size_t n = std::max<size_t>(utf8_char_length(text, end), 1);
+    if (end + n > max_bytes) return text.substr(0, end) + "...";
+    end += n;
+  }
+  return text;
 }
 
 }  // namespace moekit

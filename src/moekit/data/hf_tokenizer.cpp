@@ -170,14 +170,25 @@ class Regex {
   pcre2_code* code_ = nullptr;
 };
 
+// A field of an object, null where absent, by reference: json::value()
+// with a json default returns a copy, and copying a value recurses once
+// per level of its nesting, so a deeply nested field would overflow the
+// stack before it could be refused.
+const json& field_or_null(const json& object, const char* key) {
+  static const json null_value;
+  if (!object.is_object()) return null_value;
+  const auto it = object.find(key);
+  return it == object.end() ? null_value : *it;
+}
+
 // An integer field of the file in [0, limit): a float, a string or a number
 // out of range is refused by name (a float would otherwise be truncated, or
 // be undefined behaviour to convert when huge).
 int64_t index_field(const json& j, int64_t limit, const std::string& what) {
-  MOEKIT_CHECK_ARG(j.is_number_integer(), what, " is not an integer: ", j.dump().substr(0, 40));
+  MOEKIT_CHECK_ARG(j.is_number_integer(), what, " is not an integer: ", json_value_for_message(j));
   const bool in_range = j.is_number_unsigned() ? j.get<uint64_t>() < static_cast<uint64_t>(limit)
                                                : j.get<int64_t>() >= 0 && j.get<int64_t>() < limit;
-  MOEKIT_CHECK_ARG(in_range, what, " ", j.dump(), " is out of range [0, ", limit, ")");
+  MOEKIT_CHECK_ARG(in_range, what, " ", json_value_for_message(j), " is out of range [0, ", limit, ")");
   return j.get<int64_t>();
 }
 
@@ -245,16 +256,24 @@ struct HfTokenizer::Impl {
 
   std::string where(const std::string& part) const { return path + ": " + part; }
 
+  // Sequences within sequences, as deep as serde_json (which reads the file
+  // for Hugging Face's library) allows: its 128 levels of nesting hold
+  // fewer than 64 Sequences. Deeper would recurse here without bound.
+  void check_nesting(int depth, const std::string& part) const {
+    MOEKIT_CHECK_ARG(depth < 64, where(part + " Sequences nested deeper than 64 levels"));
+  }
+
   int64_t id(const std::string& token) const {
     const auto it = vocab.find(token);
     return it == vocab.end() ? -1 : it->second;
   }
 
-  void read_normalizer(const json& n) {
+  void read_normalizer(const json& n, int depth = 0) {
     if (n.is_null()) return;
+    check_nesting(depth, "normalizer");
     const std::string type = type_of(n, where("normalizer"));
     if (type == "Sequence") {
-      for (const json& child : n.at("normalizers")) read_normalizer(child);
+      for (const json& child : n.at("normalizers")) read_normalizer(child, depth + 1);
     } else if (type == "Prepend") {
       normalizers.push_back({type, n.at("prepend").get<std::string>(), ""});
     } else if (type == "Replace") {
@@ -268,11 +287,12 @@ struct HfTokenizer::Impl {
     }
   }
 
-  void read_pre_tokenizer(const json& p) {
+  void read_pre_tokenizer(const json& p, int depth = 0) {
     if (p.is_null()) return;
+    check_nesting(depth, "pre_tokenizer");
     const std::string type = type_of(p, where("pre_tokenizer"));
     if (type == "Sequence") {
-      for (const json& child : p.at("pretokenizers")) read_pre_tokenizer(child);
+      for (const json& child : p.at("pretokenizers")) read_pre_tokenizer(child, depth + 1);
     } else if (type == "Split") {
       MOEKIT_CHECK_ARG(!p.value("invert", false), where("pre_tokenizer Split with invert is not supported"));
       const std::string behavior = p.at("behavior").get<std::string>();
@@ -323,11 +343,12 @@ struct HfTokenizer::Impl {
     return scheme;
   }
 
-  void read_post_processor(const json& p) {
+  void read_post_processor(const json& p, int depth = 0) {
     if (p.is_null()) return;
+    check_nesting(depth, "post_processor");
     const std::string type = type_of(p, where("post_processor"));
     if (type == "Sequence") {
-      for (const json& child : p.at("processors")) read_post_processor(child);
+      for (const json& child : p.at("processors")) read_post_processor(child, depth + 1);
     } else if (type == "ByteLevel") {
       // Offsets only; the ids are unchanged.
     } else if (type == "TemplateProcessing") {
@@ -349,11 +370,12 @@ struct HfTokenizer::Impl {
     }
   }
 
-  void read_decoder(const json& d) {
+  void read_decoder(const json& d, int depth = 0) {
     if (d.is_null()) return;
+    check_nesting(depth, "decoder");
     const std::string type = type_of(d, where("decoder"));
     if (type == "Sequence") {
-      for (const json& child : d.at("decoders")) read_decoder(child);
+      for (const json& child : d.at("decoders")) read_decoder(child, depth + 1);
     } else if (type == "ByteLevel" || type == "ByteFallback" || type == "Fuse") {
       decoders.push_back({type, "", "", 0, 0});
     } else if (type == "Replace") {
@@ -382,10 +404,10 @@ struct HfTokenizer::Impl {
     const std::string type = type_of(m, where("model"));
     MOEKIT_CHECK_ARG(type == "BPE", where("model \"" + type + "\" is not supported (BPE)"));
     for (const char* key : {"continuing_subword_prefix", "end_of_word_suffix"})
-      MOEKIT_CHECK_ARG(m.value(key, json()).is_null() || m[key] == "",
+      MOEKIT_CHECK_ARG(field_or_null(m, key).is_null() || m[key] == "",
                        where(std::string("BPE ") + key + " is not supported"));
-    MOEKIT_CHECK_ARG(m.value("dropout", json()).is_null() || m["dropout"] == 0, where("BPE dropout is not supported"));
-    unk_token = m.value("unk_token", json()).is_string() ? m["unk_token"].get<std::string>() : "";
+    MOEKIT_CHECK_ARG(field_or_null(m, "dropout").is_null() || m["dropout"] == 0, where("BPE dropout is not supported"));
+    unk_token = field_or_null(m, "unk_token").is_string() ? m["unk_token"].get<std::string>() : "";
     byte_fallback = m.value("byte_fallback", false);
     fuse_unk = m.value("fuse_unk", false);
     ignore_merges = m.value("ignore_merges", false);
@@ -654,12 +676,12 @@ HfTokenizer::HfTokenizer(const std::string& path) {
   MOEKIT_CHECK_ARG(j.is_object() && j.contains("model"), path, ": not a tokenizer.json (no \"model\")");
   try {
     m.read_model(j["model"]);
-    m.read_normalizer(j.value("normalizer", json()));
-    m.read_pre_tokenizer(j.value("pre_tokenizer", json()));
-    m.read_post_processor(j.value("post_processor", json()));
-    m.read_decoder(j.value("decoder", json()));
+    m.read_normalizer(field_or_null(j, "normalizer"));
+    m.read_pre_tokenizer(field_or_null(j, "pre_tokenizer"));
+    m.read_post_processor(field_or_null(j, "post_processor"));
+    m.read_decoder(field_or_null(j, "decoder"));
     std::vector<std::pair<std::string, int64_t>> specials;
-    for (const json& a : j.value("added_tokens", json::array())) {
+    for (const json& a : field_or_null(j, "added_tokens")) {
       Impl::Added added{a.at("content").get<std::string>(), index_field(a.at("id"), kMaxTokenId, path + ": added token id"),
                         a.value("lstrip", false), a.value("rstrip", false)};
       MOEKIT_CHECK_ARG(!added.content.empty(), path, ": added token ", added.id, " is empty");
@@ -692,10 +714,10 @@ HfTokenizer::HfTokenizer(const std::string& path) {
   if (path_exists(config_path)) {
     try {
       const json c = json::parse(read_file(config_path));
-      const json clean = c.value("clean_up_tokenization_spaces", json());
+      const json& clean = field_or_null(c, "clean_up_tokenization_spaces");
       m.clean_up_spaces = clean.is_boolean() && clean.get<bool>();
-      bos_name = name_of(c.value("bos_token", json()));
-      eos_name = name_of(c.value("eos_token", json()));
+      bos_name = name_of(field_or_null(c, "bos_token"));
+      eos_name = name_of(field_or_null(c, "eos_token"));
       bos_named = c.is_object() && c.contains("bos_token");
       eos_named = c.is_object() && c.contains("eos_token");
     } catch (const json::exception& e) {

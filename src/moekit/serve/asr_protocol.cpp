@@ -5,6 +5,7 @@
 #include <stdexcept>
 
 #include "moekit/core/check.h"
+#include "moekit/core/json_error.h"
 #include "moekit/core/utf8.h"
 
 namespace moekit {
@@ -36,10 +37,10 @@ ClientSignal read_start(const json& message, int sample_rate) {
   const std::string format = str_cat(" in the start message: this model takes ", sample_rate, " Hz 16-bit mono PCM");
   if (const auto v = message.find("sample_rate"); v != message.end()) {
     if (!v->is_number() || v->get<double>() != sample_rate)
-      refuse(str_cat("sample_rate ", printable(v->dump()), format));
+      refuse(str_cat("sample_rate ", json_value_for_message(*v, 80), format));
   }
   if (const auto v = message.find("channels"); v != message.end()) {
-    if (!v->is_number_integer() || v->get<int64_t>() != 1) refuse(str_cat("channels ", printable(v->dump()), format));
+    if (!v->is_number_integer() || v->get<int64_t>() != 1) refuse(str_cat("channels ", json_value_for_message(*v, 80), format));
   }
   return s;
 }
