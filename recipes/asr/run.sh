@@ -9,7 +9,7 @@
 # lexicon, and with a word trigram model), with parameter counts and
 # real-time factors.
 #
-#   recipes/asr/run.sh                 # full recipe (about 1.75 hours on 2 cores)
+#   recipes/asr/run.sh                 # full recipe (about 1 h 50 min on 2 cores)
 #   DEMO=1 recipes/asr/run.sh          # the small version `make demo` runs
 #
 # Both sizes train their models side by side, one thread each, and evaluate

@@ -50,9 +50,10 @@ def main():
         if q is None:
             continue
         f = by_name[conf]
-        worst = max(((q[k]["cer"] - f[k]["cer"]) * 100, k) for k in f if k in q)
-        print("%s int8: the same model with its experts in int8 (moekit quantize --experts int8); CER changes by "
-              "at most %+.2f points (%s, %s)" % (conf, worst[0], dict(MODES)[worst[1][0]],
+        # The largest change either way (a decrease is a change too).
+        worst = max((((q[k]["cer"] - f[k]["cer"]) * 100, k) for k in f if k in q), key=lambda c: abs(c[0]))
+        print("%s int8: the same model with its experts in int8 (moekit quantize --experts int8); the largest "
+              "CER change is %+.2f points (%s, %s)" % (conf, worst[0], dict(MODES)[worst[1][0]],
                                                  "full context" if worst[1][1] == "-1" else "chunk 16"))
     if lexicon_words:
         print("\n\"+ lexicon\": the beam searches held to the task's %d-word lexicon (moekit eval --lexicon "
