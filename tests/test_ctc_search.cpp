@@ -309,6 +309,27 @@ TEST(NgramLm, MalformedFilesAreNamedWithTheirLine) {
   no_end.replace(no_end.find("-0.7\t</s>"), 9, "-0.7\tend");
   no_end.replace(no_end.find("b </s>"), 6, "b end");
   EXPECT_NE(error(no_end).find("no <s> or no </s>"), std::string::npos);
+  // An n-gram listed twice would replace its first entry and still match
+  // the count: refused with the line of the second.
+  std::string twice = t;
+  twice.replace(twice.find("-1.5\tb baa"), 10, "-1.5\tab b");
+  EXPECT_NE(error(twice).find("x.arpa:18: the 2-gram 'ab b' is listed twice"), std::string::npos) << error(twice);
+  std::string unigram_twice = t;
+  unigram_twice.replace(unigram_twice.find("-1.2\tbaa"), 8, "-1.2\tb");
+  EXPECT_NE(error(unigram_twice).find("x.arpa:12: the 1-gram 'b' is listed twice"), std::string::npos)
+      << error(unigram_twice);
+  // A count with anything after it is refused; a long or binary line is
+  // quoted in part, as printable UTF-8.
+  std::string trailing = t;
+  trailing.replace(trailing.find("ngram 2=4"), 9, "ngram 2=4x");
+  EXPECT_NE(error(trailing).find("x.arpa:5: expected 'ngram N=count', got 'ngram 2=4x'"), std::string::npos)
+      << error(trailing);
+  std::string long_line = t;
+  long_line.replace(long_line.find("ngram 2=4"), 9, "ngram 2=4" + std::string(100000, '\xff'));
+  const std::string long_error = error(long_line);
+  EXPECT_NE(long_error.find("x.arpa:5: expected 'ngram N=count', got 'ngram 2=4???"), std::string::npos) << long_error;
+  EXPECT_LT(long_error.size(), 300u);
+  EXPECT_EQ(long_error.find('\xff'), std::string::npos);
 }
 
 // With a lexicon, a bigram model and a beam as wide as the number of

@@ -5,7 +5,6 @@
 // error message.
 #include <nlohmann/json.hpp>
 
-#include <algorithm>
 #include <string>
 
 #include "moekit/core/check.h"
@@ -32,14 +31,7 @@ inline std::string json_error_reason(const nlohmann::json::exception& e) {
 inline std::string json_value_for_message(const nlohmann::json& v, size_t max_bytes = 40) {
   if (v.is_array()) return str_cat("an array of ", v.size(), " elements");
   if (v.is_object()) return str_cat("an object of ", v.size(), " fields");
-  const std::string text = v.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
-  size_t end = 0;
-  while (end < text.size()) {
-    const size_t n = std::max<size_t>(utf8_char_length(text, end), 1);
-    if (end + n > max_bytes) return text.substr(0, end) + "...";
-    end += n;
-  }
-  return text;
+  return printable(v.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace), max_bytes);
 }
 
 }  // namespace moekit

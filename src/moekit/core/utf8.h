@@ -4,6 +4,7 @@
 // tokenizer, a units table or PCRE2 in UTF mode is checked with it, so a
 // Latin-1 file is refused by name instead of being split into byte units.
 #include <cstddef>
+#include <string>
 #include <string_view>
 
 namespace moekit {
@@ -44,6 +45,29 @@ inline bool is_valid_utf8(std::string_view s) {
     i += n;
   }
   return true;
+}
+
+// A piece of input quoted in an error or a log line: at most max_bytes of
+// it, cut between characters, control characters and bytes that are not
+// UTF-8 shown as '?', "..." where it was cut. The result is always
+// well-formed UTF-8 on one line, whatever the input (a JSON serializer
+// accepts it, a terminal shows it).
+inline std::string printable(std::string_view text, size_t max_bytes = 80) {
+  std::string out;
+  size_t i = 0;
+  while (i < text.size()) {
+    const size_t n = utf8_char_length(text, i);  // 0: a byte that is not UTF-8
+    const auto c = static_cast<unsigned char>(text[i]);
+    const bool shown = n > 0 && c >= 0x20 && c != 0x7f;
+    if (out.size() + (shown ? n : 1) > max_bytes) break;
+    if (shown) {
+      out.append(text, i, n);
+    } else {
+      out += '?';
+    }
+    i += n > 0 ? n : 1;
+  }
+  return i < text.size() ? out + "..." : out;
 }
 
 }  // namespace moekit

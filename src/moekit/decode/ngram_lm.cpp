@@ -1,11 +1,13 @@
 #include "moekit/decode/ngram_lm.h"
 
+#include <algorithm>
 #include <cmath>
 #include <sstream>
 #include <stdexcept>
 
 #include "moekit/core/check.h"
 #include "moekit/core/file_io.h"
+#include "moekit/core/utf8.h"
 
 namespace moekit {
 namespace {
@@ -51,24 +53,33 @@ std::shared_ptr<const NgramLm> NgramLm::parse(const std::string& text, const std
   std::vector<int64_t> counts;
   while (next_line() && line.rfind("ngram ", 0) == 0) {
     const size_t eq = line.find('=');
-    if (eq == std::string::npos) fail_at("expected 'ngram N=count', got '" + line + "'");
+    if (eq == std::string::npos) fail_at("expected 'ngram N=count', got '" + printable(line) + "'");
     int n = 0;
     int64_t count = -1;
-    try {
-      n = std::stoi(line.substr(6, eq - 6));
-      count = std::stoll(line.substr(eq + 1));
-    } catch (const std::exception&) {
-      fail_at("expected 'ngram N=count', got '" + line + "'");
-    }
+    // Both numbers whole (std::stoll alone would read "5x" as 5), spaces
+    // around them allowed.
+    auto whole_number = [](const std::string& s, int64_t* out) {
+      const size_t begin = s.find_first_not_of(" \t");
+      const size_t end = s.find_last_not_of(" \t");
+      if (begin == std::string::npos) return false;
+      const std::string digits = s.substr(begin, end - begin + 1);
+      if (digits.size() > 18 || digits.find_first_not_of("0123456789") != std::string::npos) return false;
+      *out = std::stoll(digits);
+      return true;
+    };
+    int64_t order = 0;
+    if (!whole_number(line.substr(6, eq - 6), &order) || !whole_number(line.substr(eq + 1), &count))
+      fail_at("expected 'ngram N=count', got '" + printable(line) + "'");
+    n = static_cast<int>(std::min<int64_t>(order, 1000));
     if (n != static_cast<int>(counts.size()) + 1 || count < 0 || n > 10)
-      fail_at("ngram counts must be listed for 1, 2, ... (at most 10) with counts >= 0, got '" + line + "'");
+      fail_at("ngram counts must be listed for 1, 2, ... (at most 10) with counts >= 0, got '" + printable(line) + "'");
     counts.push_back(count);
   }
   MOEKIT_CHECK_ARG(!counts.empty(), where, ": no 'ngram N=count' lines after \\data\\");
   lm->order_ = static_cast<int>(counts.size());
   for (int n = 1; n <= lm->order_; ++n) {
     const std::string header = "\\" + std::to_string(n) + "-grams:";
-    if (line != header) fail_at("expected '" + header + "', got '" + line + "'");
+    if (line != header) fail_at("expected '" + header + "', got '" + printable(line) + "'");
     int64_t seen = 0;
     while (next_line() && line[0] != '\\') {
       std::istringstream fields(line);
@@ -76,25 +87,32 @@ std::shared_ptr<const NgramLm> NgramLm::parse(const std::string& text, const std
       for (std::string s; fields >> s;) f.push_back(s);
       if (f.size() != static_cast<size_t>(n) + 1 && f.size() != static_cast<size_t>(n) + 2)
         fail_at("a " + std::to_string(n) + "-gram line needs a probability, " + std::to_string(n) +
-                " words and an optional backoff, got '" + line + "'");
+                " words and an optional backoff, got '" + printable(line) + "'");
       Entry e;
-      if (!parse_float(f[0], &e.log10_prob)) fail_at("bad log10 probability '" + f[0] + "'");
+      if (!parse_float(f[0], &e.log10_prob)) fail_at("bad log10 probability '" + printable(f[0]) + "'");
       if (f.size() == static_cast<size_t>(n) + 2 && !parse_float(f.back(), &e.log10_backoff))
-        fail_at("bad log10 backoff '" + f.back() + "'");
+        fail_at("bad log10 backoff '" + printable(f.back()) + "'");
       std::vector<int32_t> ngram;
       for (int i = 1; i <= n; ++i) {
         auto [it, added] = lm->ids_.emplace(f[static_cast<size_t>(i)], static_cast<int32_t>(lm->ids_.size()));
-        if (n > 1 && added) fail_at("word '" + f[static_cast<size_t>(i)] + "' has no unigram");
+        if (n > 1 && added) fail_at("word '" + printable(f[static_cast<size_t>(i)]) + "' has no unigram");
         ngram.push_back(it->second);
       }
-      lm->ngrams_[ngram] = e;
+      // A second entry for an n-gram would silently replace the first (and
+      // still match the section's count): the file is damaged or was
+      // concatenated.
+      if (!lm->ngrams_.emplace(std::move(ngram), e).second) {
+        std::string words = f[1];
+        for (int i = 2; i <= n; ++i) words += " " + f[static_cast<size_t>(i)];
+        fail_at("the " + std::to_string(n) + "-gram '" + printable(words) + "' is listed twice");
+      }
       ++seen;
     }
     if (seen != counts[static_cast<size_t>(n - 1)])
       fail_at("\\data\\ says " + std::to_string(counts[static_cast<size_t>(n - 1)]) + " " + std::to_string(n) +
               "-grams, the section has " + std::to_string(seen));
   }
-  if (line != "\\end\\") fail_at("expected '\\end\\', got '" + line + "'");
+  if (line != "\\end\\") fail_at("expected '\\end\\', got '" + printable(line) + "'");
   auto id_of = [&](const char* w) {
     auto it = lm->ids_.find(w);
     return it == lm->ids_.end() ? -1 : it->second;

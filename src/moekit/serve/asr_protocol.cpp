@@ -47,24 +47,6 @@ ClientSignal read_start(const json& message, int sample_rate) {
 
 }  // namespace
 
-std::string printable(const std::string& text, size_t max_bytes) {
-  std::string out;
-  size_t i = 0;
-  while (i < text.size()) {
-    const size_t n = utf8_char_length(text, i);  // 0: a byte that is not UTF-8
-    const auto c = static_cast<unsigned char>(text[i]);
-    const bool shown = n > 0 && c >= 0x20 && c != 0x7f;
-    if (out.size() + (shown ? n : 1) > max_bytes) break;
-    if (shown) {
-      out.append(text, i, n);
-    } else {
-      out += '?';
-    }
-    i += n > 0 ? n : 1;
-  }
-  return i < text.size() ? out + "..." : out;
-}
-
 ClientProtocol::ClientProtocol(int sample_rate, double max_stream_seconds)
     : sample_rate_(sample_rate), max_stream_seconds_(max_stream_seconds) {
   MOEKIT_CHECK_ARG(sample_rate > 0, "serve: sample rate ", sample_rate);

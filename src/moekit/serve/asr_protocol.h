@@ -48,9 +48,4 @@ class ClientProtocol {
   int64_t samples_ = 0;
 };
 
-// A piece of client input quoted in an error or a log line: at most
-// max_bytes of it, cut between characters, control characters and bytes
-// that are not UTF-8 shown as '?', "..." where it was cut.
-std::string printable(const std::string& text, size_t max_bytes = 80);
-
 }  // namespace moekit

@@ -20,6 +20,7 @@
 
 #include "moekit/core/check.h"
 #include "moekit/core/mapped_tensors.h"
+#include "moekit/core/utf8.h"
 #include "moekit/serve/asr_protocol.h"
 
 namespace moekit {
