@@ -47,7 +47,11 @@ import sys
 import tempfile
 import time
 
-import websockets
+try:
+    import websockets
+except ImportError:
+    sys.exit("run_serve_bench.py: needs Debian's python3-websockets "
+             "(bash scripts/setup-deps.sh --recipes installs it)")
 
 from run_long_audio_bench import write_audio
 
