@@ -103,6 +103,12 @@ TEST(ModelDir, BadDirectoriesAreClearErrors) {
   EXPECT_NE(error_of<std::invalid_argument>([&] { load_model(dir); }).find("unknown model_type 'warp_drive'"), std::string::npos);
   write_file_atomic(dir + "/config.yaml", "model_type: [unclosed\n");
   EXPECT_NE(error_of<std::invalid_argument>([&] { load_model(dir); }).find("not valid YAML"), std::string::npos);
+  // Nested 200,000 deep (400 KB): refused by yaml-cpp's depth limit, with
+  // what is wrong, not its "bad file".
+  write_file_atomic(dir + "/config.yaml", "model_type: " + std::string(200000, '[') + std::string(200000, ']') + "\n");
+  const std::string deep = error_of<std::invalid_argument>([&] { load_model(dir); });
+  EXPECT_NE(deep.find("config.yaml: not valid YAML (line 1: nested too deeply, yaml-cpp's limit is "), std::string::npos)
+      << deep;
   // A model directory whose weights belong to another architecture.
   FfnStack model(stack_options());
   save_model(dir, model);

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <vector>
+#include <yaml-cpp/depthguard.h>
 
 #include "moekit/core/fields.h"
 #include "moekit/core/file_io.h"
@@ -13,6 +14,11 @@ YAML::Node load_yaml_file(const std::string& path) { return parse_yaml_text(read
 YAML::Node parse_yaml_text(const std::string& text, const std::string& where) {
   try {
     return YAML::Load(text);
+  } catch (const YAML::DeepRecursion& e) {
+    // yaml-cpp stops at a fixed depth (the stack stays bounded) but says
+    // only "bad file".
+    throw std::invalid_argument(
+        str_cat(where, ": not valid YAML (line ", e.mark.line + 1, ": nested too deeply, yaml-cpp's limit is ", e.depth(), " levels)"));
   } catch (const YAML::Exception& e) {
     throw std::invalid_argument(str_cat(where, ": not valid YAML (line ", e.mark.line + 1, ": ", e.msg, ")"));
   }
