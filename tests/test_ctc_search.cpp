@@ -199,6 +199,11 @@ TEST(Lexicon, BadListsAreNamed) {
   EXPECT_NE(error_of([&] { Lexicon(chars, {}); }).find("no words"), std::string::npos);
   EXPECT_NE(error_of([&] { Lexicon(chars, {"ab", "abc"}); }).find("cannot spell 'abc'"), std::string::npos);
   EXPECT_NE(error_of([&] { Lexicon(chars, {"a b"}); }).find("'a b' is not a word"), std::string::npos);
+  // A long or binary word is quoted in part, as printable UTF-8.
+  const std::string long_word = error_of([&] { Lexicon(chars, {"ab", "c" + std::string(100000, '\xff')}); });
+  EXPECT_NE(long_word.find("cannot spell 'c???"), std::string::npos) << long_word;
+  EXPECT_LT(long_word.size(), 300u);
+  EXPECT_NE(error_of([&] { Lexicon(chars, {"a\r"}); }).find("'a?' is not a word"), std::string::npos);
   // A words.txt as WeNet writes it: ids after the words, <eps> and #0 left out.
   const std::string dir = temp_dir("lexicon");
   write_file_atomic(dir + "/words.txt", "<eps> 0\nab 1\n\nba 2\n#0 3\n<unk> 4\n");

@@ -6,6 +6,7 @@
 
 #include "moekit/core/check.h"
 #include "moekit/core/file_io.h"
+#include "moekit/core/utf8.h"
 
 namespace moekit {
 namespace {
@@ -99,7 +100,7 @@ std::vector<ParallelExample> encode_parallel(const std::vector<ParallelLine>& li
   std::map<std::string, std::vector<size_t>> by_task;
   for (size_t i = 0; i < lines.size(); ++i) {
     const auto it = std::find(tasks.begin(), tasks.end(), lines[i].task);
-    MOEKIT_CHECK_ARG(it != tasks.end(), where, ":", lines[i].line, ": task '", lines[i].task,
+    MOEKIT_CHECK_ARG(it != tasks.end(), where, ":", lines[i].line, ": task '", printable(lines[i].task),
                      "' is not one of the model's tasks");
     by_task[lines[i].task].push_back(i);
   }

@@ -5,6 +5,7 @@
 
 #include "moekit/core/check.h"
 #include "moekit/core/file_io.h"
+#include "moekit/core/utf8.h"
 
 namespace moekit {
 namespace {
@@ -38,8 +39,8 @@ Lexicon::Lexicon(const Units& units, std::vector<std::string> words, const std::
   for (const std::string& w : words) {
     MOEKIT_CHECK_ARG(!w.empty() && w.find_first_of(" \t\r\n") == std::string::npos &&
                          w.find(kBoundary) == std::string::npos,
-                     where, ": '", w, "' is not a word (empty, or with white space or '▁')");
-    MOEKIT_CHECK_ARG(spellable(w), where, ": the model's units cannot spell '", w, "'");
+                     where, ": '", printable(w), "' is not a word (empty, or with white space or '▁')");
+    MOEKIT_CHECK_ARG(spellable(w), where, ": the model's units cannot spell '", printable(w), "'");
   }
   MOEKIT_CHECK_ARG(!words.empty(), where, ": no words");
   std::sort(words.begin(), words.end());
