@@ -33,6 +33,19 @@ TEST(Fields, ClosestNameFindsLikelyMisspellingsOnly) {
   EXPECT_EQ(closest_name("lr_", known), "lr");
   EXPECT_EQ(closest_name("dropout", known), "");  // nothing close: no guess
   EXPECT_EQ(closest_name("x", known), "");
+  EXPECT_EQ(closest_name("num_experts" + std::string(1000000, 's'), known), "");  // no guess, and no 1M x 11 table
+}
+
+TEST(Fields, AnUnknownKeyIsQuotedInPart) {
+  YAML::Node node;
+  node[std::string(1000000, 'k') + "\x01"] = 1;
+  try {
+    check_known_keys(node, {"lr", "epochs"}, "t.yaml");
+    FAIL() << "expected an error";
+  } catch (const std::invalid_argument& e) {
+    const std::string message = e.what();
+    EXPECT_EQ(message, "t.yaml: unknown option '" + std::string(80, 'k') + "...'");
+  }
 }
 
 TEST(Fields, MisspeltKeysAreRefusedInEverySectionNamingTheClosestKnownOne) {

@@ -112,6 +112,10 @@ TEST(Safetensors, RejectsDamagedFiles) {
                            std::string(8, '\0')),
                   "twice");
   expect_rejected(raw_file(R"({"__metadata__":{"k":1}})", ""), "not a string");
+  // A tensor name is quoted in part (200 bytes), control characters as '?'.
+  expect_rejected(raw_file("{\"\\u0001" + std::string(100000, 'n') + R"(":{"dtype":"F32","shape":[2]}})",
+                           std::string(8, '\0')),
+                  "tensor '?" + std::string(199, 'n') + "...': header entry lacks 'data_offsets'");
 }
 
 TEST(Safetensors, FuzzedHeadersNeverCrash) {

@@ -6,6 +6,7 @@
 
 #include "moekit/core/fields.h"
 #include "moekit/core/file_io.h"
+#include "moekit/core/utf8.h"
 
 namespace moekit {
 
@@ -55,6 +56,9 @@ std::string closest_name(const std::string& word, const std::vector<std::string>
   std::string best;
   size_t best_distance = allowed + 1;
   for (const std::string& c : candidates) {
+    // The distance is at least the difference in length: a long word (a
+    // key of megabytes in a hostile file) is compared with nothing.
+    if ((word.size() > c.size() ? word.size() - c.size() : c.size() - word.size()) > allowed) continue;
     const size_t d = edit_distance(word, c);
     if (d < best_distance) {
       best_distance = d;
@@ -72,7 +76,7 @@ void check_known_keys(const YAML::Node& node, const std::vector<std::string>& kn
     if (std::find(known.begin(), known.end(), key) != known.end()) continue;
     const std::string near = closest_name(key, known);
     throw std::invalid_argument(
-        str_cat(where, ": unknown option '", key, "'", near.empty() ? "" : str_cat(" (did you mean '", near, "'?)")));
+        str_cat(where, ": unknown option '", printable(key), "'", near.empty() ? "" : str_cat(" (did you mean '", near, "'?)")));
   }
 }
 

@@ -14,6 +14,7 @@
 #include "moekit/core/file_io.h"
 #include "moekit/core/json_error.h"
 #include "moekit/core/mapped_file.h"
+#include "moekit/core/utf8.h"
 
 namespace moekit {
 namespace {
@@ -51,7 +52,7 @@ bool checked_mul(uint64_t a, uint64_t b, uint64_t* out) {
 
 SafetensorsEntry parse_entry(const std::string& name, const json& value, uint64_t data_size,
                              const std::string& source) {
-  auto where = [&] { return str_cat(source, ": tensor '", name, "'"); };
+  auto where = [&] { return str_cat(source, ": tensor '", printable(name, 200), "'"); };
   MOEKIT_CHECK_ARG(value.is_object(), where(), ": header entry is not an object");
   for (const char* key : {"dtype", "shape", "data_offsets"}) {
     MOEKIT_CHECK_ARG(value.contains(key), where(), ": header entry lacks '", key, "'");
