@@ -1,6 +1,5 @@
 #include "moekit/decode/ngram_lm.h"
 
-#include <algorithm>
 #include <cmath>
 #include <sstream>
 #include <stdexcept>
@@ -19,6 +18,17 @@ bool parse_float(const std::string& s, float* out) {
   const double v = std::strtod(s.c_str(), &end);
   if (s.empty() || end != s.c_str() + s.size() || !std::isfinite(v)) return false;
   *out = static_cast<float>(v);
+  return true;
+}
+
+// A whole non-negative number, spaces around it allowed (std::stoll alone
+// would read "5x" as 5).
+bool parse_count(const std::string& s, int64_t* out) {
+  const size_t begin = s.find_first_not_of(" \t");
+  if (begin == std::string::npos) return false;
+  const std::string digits = s.substr(begin, s.find_last_not_of(" \t") - begin + 1);
+  if (digits.size() > 18 || digits.find_first_not_of("0123456789") != std::string::npos) return false;
+  *out = std::stoll(digits);
   return true;
 }
 
@@ -54,25 +64,11 @@ std::shared_ptr<const NgramLm> NgramLm::parse(const std::string& text, const std
   while (next_line() && line.rfind("ngram ", 0) == 0) {
     const size_t eq = line.find('=');
     if (eq == std::string::npos) fail_at("expected 'ngram N=count', got '" + printable(line) + "'");
-    int n = 0;
-    int64_t count = -1;
-    // Both numbers whole (std::stoll alone would read "5x" as 5), spaces
-    // around them allowed.
-    auto whole_number = [](const std::string& s, int64_t* out) {
-      const size_t begin = s.find_first_not_of(" \t");
-      const size_t end = s.find_last_not_of(" \t");
-      if (begin == std::string::npos) return false;
-      const std::string digits = s.substr(begin, end - begin + 1);
-      if (digits.size() > 18 || digits.find_first_not_of("0123456789") != std::string::npos) return false;
-      *out = std::stoll(digits);
-      return true;
-    };
-    int64_t order = 0;
-    if (!whole_number(line.substr(6, eq - 6), &order) || !whole_number(line.substr(eq + 1), &count))
+    int64_t n = 0, count = 0;
+    if (!parse_count(line.substr(6, eq - 6), &n) || !parse_count(line.substr(eq + 1), &count))
       fail_at("expected 'ngram N=count', got '" + printable(line) + "'");
-    n = static_cast<int>(std::min<int64_t>(order, 1000));
-    if (n != static_cast<int>(counts.size()) + 1 || count < 0 || n > 10)
-      fail_at("ngram counts must be listed for 1, 2, ... (at most 10) with counts >= 0, got '" + printable(line) + "'");
+    if (n != static_cast<int64_t>(counts.size()) + 1 || n > 10)
+      fail_at("ngram counts must be listed for 1, 2, ... (at most 10), got '" + printable(line) + "'");
     counts.push_back(count);
   }
   MOEKIT_CHECK_ARG(!counts.empty(), where, ": no 'ngram N=count' lines after \\data\\");
