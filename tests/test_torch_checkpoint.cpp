@@ -163,6 +163,11 @@ TEST(TorchCheckpoint, RefusesWhatItCannotReadByName) {
             std::string::npos);
   EXPECT_NE(with([](Pickle& p) { p.get(9); }, six).find("memo key 9 unset"), std::string::npos);
   EXPECT_NE(with([](Pickle& p) { p.raw("\xff"); }, six).find("unsupported pickle opcode 0xff"), std::string::npos);
+  // TUPLE2 taking items from below a MARK, then the MARK's own TUPLE (a
+  // fuzzer's input: the mark pointed past the stack's end).
+  EXPECT_NE(with([](Pickle& p) { p.str("a").str("b").mark().raw("\x86").tuple(); }, six)
+                .find("malformed pickle (stack underflow)"),
+            std::string::npos);
   auto from_string = [](Pickle& p) {
     p.global("torch._utils", "_rebuild_tensor_v2").mark().str("x").int1(0).ints({1}).ints({1}).tuple().reduce();
   };

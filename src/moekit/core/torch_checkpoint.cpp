@@ -218,7 +218,9 @@ class Unpickler {
     return stack_.back();
   }
   std::vector<PyRef> pop_vector(size_t n) {
-    if (stack_.size() < n) fail("malformed pickle (stack underflow)");
+    // As pop() and CPython's unpickler: nothing below the latest mark.
+    if (stack_.size() < n || (!marks_.empty() && stack_.size() - n < marks_.back()))
+      fail("malformed pickle (stack underflow)");
     std::vector<PyRef> out(stack_.end() - n, stack_.end());
     stack_.resize(stack_.size() - n);
     return out;
@@ -227,7 +229,8 @@ class Unpickler {
     if (marks_.empty()) fail("malformed pickle (no mark)");
     const size_t mark = marks_.back();
     marks_.pop_back();
-    std::vector<PyRef> out(stack_.begin() + mark, stack_.end());
+    if (mark > stack_.size()) fail("malformed pickle (stack underflow)");
+    std::vector<PyRef> out(stack_.begin() + static_cast<std::ptrdiff_t>(mark), stack_.end());
     stack_.resize(mark);
     return out;
   }
